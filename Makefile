@@ -1,0 +1,138 @@
+# hermit — one Makefile for every module.
+# Modules are folders; each folder's *.c (except main.c) becomes a static library,
+# main.c becomes the folder's binary. New files are picked up by wildcard.
+
+BUILD    ?= build
+PREFIX   ?= /usr/local
+CC       ?= gcc
+CLANG    ?= clang
+BPFTOOL  ?= bpftool
+GO       ?= go
+
+SAN_FLAGS :=
+ifeq ($(SAN),1)
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -I$(BUILD)/bpf \
+           -fno-strict-aliasing -MMD -MP $(SAN_FLAGS)
+LDFLAGS += $(SAN_FLAGS)
+LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lcurl -lpcre2-8 -lpthread
+
+# library modules, in link order (dependents first)
+LIB_MODULES := agent tracer kube runtime loader proto util
+BIN_trace-pod   := runtime
+BIN_trace-agent := agent
+BIN_trace-run   := tracer
+
+define module_vars
+$(1)_SRC := $$(filter-out $(1)/main.c,$$(wildcard $(1)/*.c))
+$(1)_OBJ := $$(patsubst %.c,$(BUILD)/obj/%.o,$$($(1)_SRC))
+$(1)_LIB := $$(if $$($(1)_SRC),$(BUILD)/lib/lib$(1).a)
+endef
+$(foreach m,$(LIB_MODULES),$(eval $(call module_vars,$(m))))
+
+ALL_LIBS := $(foreach m,$(LIB_MODULES),$($(m)_LIB))
+BINS := $(foreach b,trace-pod trace-agent trace-run,$(if $(wildcard $(BIN_$(b))/main.c),$(BUILD)/bin/$(b)))
+
+# ---- BPF: vmlinux.h from the running kernel's BTF, objects, skeletons ----
+BPF_SRC  := $(wildcard bpf/*.bpf.c)
+BPF_OBJ  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRC))
+BPF_SKEL := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.skel.h,$(BPF_SRC))
+
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+GO_APPS   := $(patsubst tests/apps/%/main.go,$(BUILD)/apps/%,$(wildcard tests/apps/*/main.go))
+
+.PHONY: all deps test unit integration asan bench demo install clean fuzz format
+all: $(BINS) $(UNIT_BINS) $(GO_APPS)
+
+deps:
+	@bash scripts/deps.sh
+
+$(BUILD)/bpf/vmlinux.h:
+	@mkdir -p $(@D)
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BUILD)/bpf/vmlinux.h
+	$(CLANG) -target bpf -g -O2 -D__TARGET_ARCH_x86 -I$(BUILD)/bpf -Ibpf -c $< -o $@
+
+$(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
+	$(BPFTOOL) gen skeleton $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# loader code includes the generated skeletons
+$(loader_OBJ): $(BPF_SKEL)
+
+$(BUILD)/lib/lib%.a:
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+define module_lib_rule
+$($(1)_LIB): $($(1)_OBJ)
+endef
+$(foreach m,$(LIB_MODULES),$(if $($(m)_LIB),$(eval $(call module_lib_rule,$(m)))))
+
+.SECONDEXPANSION:
+$(BUILD)/bin/%: $(BUILD)/obj/$$(BIN_$$*)/main.o $(ALL_LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS) -lcmocka
+
+# static Go test apps (CGO_ENABLED=0): the case an LD_PRELOAD tool cannot see
+$(BUILD)/apps/%: tests/apps/%/main.go
+	@mkdir -p $(@D)
+	cd tests/apps/$* && CGO_ENABLED=0 GOCACHE=$(abspath $(BUILD))/gocache GOFLAGS=-mod=mod \
+		$(GO) build -trimpath -o $(abspath $@) .
+
+test: deps all
+	@BUILD=$(BUILD) bash tests/run.sh
+
+unit: all
+	@BUILD=$(BUILD) bash tests/run.sh --unit
+
+integration: all
+	@BUILD=$(BUILD) bash tests/run.sh --integration
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 test
+
+bench: deps all
+	@BUILD=$(BUILD) bash bench/run.sh
+
+demo: deps all
+	@BUILD=$(BUILD) bash scripts/demo.sh
+
+# libFuzzer targets: one per network-facing decoder
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+FUZZ_TIME ?= 60
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(wildcard proto/*.c util/*.c proto/*.h util/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
+		-o $@ $< $(wildcard proto/*.c util/*.c) -lz
+fuzz: $(FUZZ_BINS)
+	@set -e; for f in $(FUZZ_BINS); do \
+		mkdir -p $(BUILD)/fuzz/corpus-$$(basename $$f); \
+		echo "fuzz: $$f for $(FUZZ_TIME)s"; \
+		$$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 $(BUILD)/fuzz/corpus-$$(basename $$f) 2>&1 | tail -3; \
+	done
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' | grep -v '^bpf/vmlinux')
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

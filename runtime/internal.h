@@ -1,0 +1,120 @@
+/* Interfaces between the files of the runtime module. Not for other modules. */
+#ifndef HERMIT_RUNTIME_INTERNAL_H
+#define HERMIT_RUNTIME_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runtime/runtime.h"
+
+#define RT_BRIDGE_NAME "hermit0"
+#define RT_BRIDGE_PREFIX "10.213"   /* private /16: pods get 10.213.x.y */
+#define RT_BRIDGE_IP "10.213.0.1"
+#define RT_BRIDGE_PREFIXLEN 16
+
+/* ---- cgroup.c: cgroup v2 + v1 (hybrid hosts) ---- */
+struct rt_limits {
+	uint64_t pids_max;   /* 0 = unset */
+	uint64_t memory_max; /* bytes, 0 = unset */
+	uint64_t cpu_quota;  /* microseconds per period, 0 = unset */
+	uint64_t cpu_period; /* microseconds, default 100000 */
+};
+
+#define RT_CGROUP_V1_MAX 16
+struct rt_cgroup {
+	char v2_path[PATH_MAX]; /* e.g. /sys/fs/cgroup/unified/hermit/NAME; "" if no cgroup2 */
+	int v2_fd;              /* O_PATH|O_DIRECTORY fd of v2_path for CLONE_INTO_CGROUP, -1 if none */
+	int n_v1;
+	char v1_paths[RT_CGROUP_V1_MAX][PATH_MAX]; /* each controller dir we created */
+};
+
+/* Parse "--cpu-max" values: "max", "QUOTA" or "QUOTA PERIOD" / "QUOTA/PERIOD" (µs). */
+int rt_parse_cpu_max(const char *s, struct rt_limits *lim, struct hm_err *err);
+/* Create the pod's cgroups (v2 dir for CLONE_INTO_CGROUP and the v1 controller dirs a
+ * limit needs, plus pids/memory/cpu v1 dirs when those controllers are on v1) and write
+ * the limits. A requested limit with no controller anywhere is an error. */
+int rt_cgroup_create(const char *name, const struct rt_limits *lim, struct rt_cgroup *cg,
+		     struct hm_err *err);
+/* Move pid into every v1 cgroup (the v2 one is entered by clone3). */
+int rt_cgroup_attach_v1(const struct rt_cgroup *cg, pid_t pid, struct hm_err *err);
+/* Move pid into every cgroup, v2 included (for `trace-pod exec`). */
+int rt_cgroup_attach_all(const struct rt_cgroup *cg, pid_t pid, struct hm_err *err);
+/* Number of OOM kills recorded in the pod's memory cgroup (v2 memory.events or v1
+ * memory.oom_control), 0 when unknown. */
+uint64_t rt_cgroup_oom_kills(const struct rt_cgroup *cg);
+/* Kill what is left and remove every directory; idempotent. */
+int rt_cgroup_destroy(struct rt_cgroup *cg, struct hm_err *err);
+/* Persist/restore the paths (for exec, stop, rm and the agent): one path per line. */
+int rt_cgroup_save(const struct rt_cgroup *cg, const char *file, struct hm_err *err);
+int rt_cgroup_load(struct rt_cgroup *cg, const char *file, struct hm_err *err);
+
+/* ---- net.c: bridge + veth over netlink (libmnl) ---- */
+/* Allocate a free address in the bridge subnet for pod `name` and record it in the
+ * pod's state dir (file "ip"), under a lock shared by all trace-pod processes. */
+int rt_net_alloc_ip(const char *name, char *ip, size_t iplen, struct hm_err *err);
+/* Ensure the bridge exists and is up with RT_BRIDGE_IP/16; create the veth pair
+ * host_if <-> eth0 in the netns of `pid`, with `ip`/16, lo up, default route via the
+ * bridge. host_if receives the host-side name ("hm" + short id). */
+int rt_net_setup_pod(pid_t pid, const char *name, const char *ip, char *host_if, size_t host_if_len,
+		     struct hm_err *err);
+/* Bring lo up in the netns of pid (for --net none). */
+int rt_net_setup_loopback(pid_t pid, struct hm_err *err);
+/* Delete the host-side veth (missing is success). */
+int rt_net_teardown_pod(const char *host_if, struct hm_err *err);
+
+/* ---- state.c: /run/hermit/pods/NAME ---- */
+/* Create the pod's state dir atomically; EEXIST means the name is taken. */
+int rt_state_create(const char *name, struct hm_err *err);
+int rt_state_write(const char *name, const char *key, const char *value, struct hm_err *err);
+int rt_state_read(const char *name, const char *key, char *buf, size_t len, struct hm_err *err);
+/* Path of a file in the pod's state dir. */
+void rt_state_path(const char *name, const char *key, char *buf, size_t len);
+int rt_state_remove(const char *name, struct hm_err *err);
+/* Valid pod names: [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62} */
+bool rt_name_valid(const char *name);
+
+/* ---- rootfs.c ---- */
+/* Build a minimal root filesystem from Debian's busybox-static in dir. */
+int rt_rootfs_build(const char *dir, struct hm_err *err);
+/* Copy a (static) binary into dir/bin. */
+int rt_rootfs_deploy(const char *rootfs, const char *file, struct hm_err *err);
+
+/* ---- container.c: clone3 and the child's side ---- */
+struct rt_spec {
+	const char *name;
+	const char *rootfs;   /* absolute */
+	const char *hostname;
+	const char *workdir;  /* inside the pod, default "/" */
+	char **argv;          /* command, NULL-terminated */
+	char **env;           /* KEY=VALUE, NULL-terminated (already merged with defaults) */
+	bool init;            /* run a reaping init as PID 1 */
+	bool net_host;        /* share the host's netns (no CLONE_NEWNET) */
+	const char *hosts_file;      /* host path bind-mounted onto /etc/hosts (or NULL) */
+	const char *resolv_file;     /* ... /etc/resolv.conf */
+	const char *hostname_file;   /* ... /etc/hostname */
+};
+
+struct rt_container {
+	pid_t pid;
+	int pidfd;
+	int sync_fd;  /* parent end: write one byte to let the child go on */
+	int error_fd; /* parent end: child reports setup/exec failure here */
+};
+
+/* clone3() the pod's PID 1 into the v2 cgroup (CLONE_INTO_CGROUP) with new pid, mount,
+ * uts, ipc, net and cgroup namespaces. The child waits on the sync pipe before it sets
+ * up its root and execs, so the caller can attach cgroups and networking first. */
+int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg, struct rt_container *c,
+		       struct hm_err *err);
+/* Let the child continue; then wait for it to exec. Returns 0 once exec succeeded, or
+ * <0 with the child's reason; *exit_code gets 127 (not found), 126 (not executable)
+ * or 125 (setup failure). */
+int rt_container_start(struct rt_container *c, int *exit_code, struct hm_err *err);
+void rt_container_release(struct rt_container *c);
+
+/* ---- exec.c: `trace-pod exec` ---- */
+/* Join every namespace of the pod (through its pidfd) and its cgroups, run argv, wait,
+ * return its exit code (or <0). */
+int rt_pod_exec(const struct rt_pod_state *st, char **argv, struct hm_err *err);
+
+#endif

@@ -1,0 +1,85 @@
+/* util: error reporting, cleanup helpers, logging and small I/O helpers shared by
+ * every hermit module. Fallible functions return < 0 and fill a struct hm_err so
+ * the caller can add context and, at the top, print one clear line. */
+#ifndef HERMIT_UTIL_H
+#define HERMIT_UTIL_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define HM_ERR_MSG_MAX 1024
+
+struct hm_err {
+	int code; /* errno value, 0 when the failure has no errno */
+	char msg[HM_ERR_MSG_MAX];
+};
+
+/* Fill err with a formatted message; when code != 0, ": strerror(code)" is appended.
+ * Always returns -1 so callers can `return hm_err_set(...)`. */
+int hm_err_set(struct hm_err *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Prepend "context: " to an error already filled by a callee. Returns -1. */
+int hm_err_prefix(struct hm_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Convenience: hm_err_set(err, errno, ...). */
+#define hm_err_errno(err, ...) hm_err_set((err), errno, __VA_ARGS__)
+
+/* cleanup helpers (crun style) */
+void hm_closep(int *fd);
+void hm_freep(void *p);
+void hm_fclosep(FILE **f);
+#define hm_autofd __attribute__((cleanup(hm_closep))) int
+#define hm_autofree __attribute__((cleanup(hm_freep)))
+#define hm_autofile __attribute__((cleanup(hm_fclosep))) FILE *
+static inline int hm_steal_fd(int *fd)
+{
+	int r = *fd;
+	*fd = -1;
+	return r;
+}
+static inline void *hm_steal_ptr(void *pp)
+{
+	void **p = (void **)pp;
+	void *r = *p;
+	*p = NULL;
+	return r;
+}
+
+/* logging on stderr, leveled */
+enum hm_log_level { HM_LOG_DEBUG = 0, HM_LOG_INFO, HM_LOG_WARN, HM_LOG_ERROR, HM_LOG_QUIET };
+void hm_log_init(const char *prog, enum hm_log_level level);
+enum hm_log_level hm_log_level(void);
+void hm_log(enum hm_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define hm_debug(...) hm_log(HM_LOG_DEBUG, __VA_ARGS__)
+#define hm_info(...) hm_log(HM_LOG_INFO, __VA_ARGS__)
+#define hm_warn(...) hm_log(HM_LOG_WARN, __VA_ARGS__)
+#define hm_error(...) hm_log(HM_LOG_ERROR, __VA_ARGS__)
+
+/* I/O: all fds opened O_CLOEXEC. */
+ssize_t hm_read_all(int fd, void *buf, size_t len);        /* until len or EOF; <0 on error */
+ssize_t hm_write_all(int fd, const void *buf, size_t len); /* <0 on error */
+/* Write data to an existing file (O_WRONLY|O_TRUNC), e.g. cgroup and proc files. */
+int hm_write_file(const char *path, const char *data, struct hm_err *err);
+int hm_write_file_at(int dirfd, const char *path, const char *data, struct hm_err *err);
+/* Create or replace a file with mode. */
+int hm_create_file(const char *path, const void *data, size_t len, mode_t mode, struct hm_err *err);
+/* Read a whole file, NUL-terminated; *len excludes the NUL. */
+int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err);
+int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err);
+int hm_mkdir_p(const char *path, mode_t mode, struct hm_err *err);
+/* Remove a directory tree (does not cross mount points). Missing path is success. */
+int hm_rm_rf(const char *path, struct hm_err *err);
+
+/* parsing */
+int hm_parse_u64(const char *s, uint64_t *out);  /* decimal, whole string, <0 on error */
+int hm_parse_size(const char *s, uint64_t *out); /* 123, 64k, 64M, 1G (powers of 1024) */
+
+#define HM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
