@@ -56,10 +56,13 @@ $(BUILD)/bpf/vmlinux.h:
 	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BUILD)/bpf/vmlinux.h
-	$(CLANG) -target bpf -g -O2 -D__TARGET_ARCH_x86 -I$(BUILD)/bpf -Ibpf -c $< -o $@
+	$(CLANG) -target bpf -g -O2 -D__TARGET_ARCH_x86 -I$(BUILD)/bpf -Ibpf -MMD -MP -c $< -o $@
 
 $(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
 	$(BPFTOOL) gen skeleton $< > $@.tmp && mv $@.tmp $@
+# objects named explicitly are not intermediates: make keeps them for bpftool/llvm-objdump
+# and rebuilds them when a header in their .d changes
+$(BPF_SKEL): | $(BPF_OBJ)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
@@ -136,3 +139,4 @@ clean:
 	rm -rf build build-asan
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(BPF_OBJ:.o=.d)

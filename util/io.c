@@ -180,7 +180,8 @@ int hm_rm_rf(const char *path, struct hm_err *err)
 
 int hm_parse_u64(const char *s, uint64_t *out)
 {
-	if (!s || !*s || *s == '-' || *s == '+')
+	/* strtoull would skip spaces and accept a sign: " -5" becomes 2^64-5 */
+	if (!s || *s < '0' || *s > '9')
 		return -1;
 	char *end;
 	errno = 0;
@@ -193,7 +194,7 @@ int hm_parse_u64(const char *s, uint64_t *out)
 
 int hm_parse_size(const char *s, uint64_t *out)
 {
-	if (!s || !*s || *s == '-' || *s == '+')
+	if (!s || *s < '0' || *s > '9')
 		return -1;
 	char *end;
 	errno = 0;

@@ -49,6 +49,8 @@ static void test_parse_size(void **state)
 	assert_true(hm_parse_size("", &v) < 0);
 	assert_true(hm_parse_size("99999999999999999999G", &v) < 0);
 	assert_true(hm_parse_u64("12a", &v) < 0);
+	assert_true(hm_parse_u64(" -5", &v) < 0);
+	assert_true(hm_parse_size(" 5", &v) < 0);
 	assert_int_equal(hm_parse_u64("42", &v), 0);
 	assert_int_equal(v, 42);
 }

@@ -1,0 +1,58 @@
+/* loader: the user-space half of hermit's eBPF programs. It opens the skeletons that
+ * the build generates from bpf/NAME.bpf.c, sets their read-only config, attaches them
+ * inside the target's network namespace and detaches them again. The agent calls
+ * only what is declared here.
+ *
+ * TC filters outlive the process that attached them, so every tc attachment is
+ * detached explicitly, and attaching first removes hermit filters whose owner died
+ * (a filter is stale when no process holds its program any more: a hermit process
+ * keeps its program fd open for as long as its filter is attached). */
+#ifndef HERMIT_LOADER_H
+#define HERMIT_LOADER_H
+
+#include <stdint.h>
+
+#include "util/util.h"
+
+/* An interface inside a network namespace. The calling thread enters the namespace
+ * for the duration of each call and returns to its own before the call returns. */
+struct hm_netdev {
+	const char *netns_path; /* "/proc/PID/ns/net", "/run/netns/NAME"; NULL: use netns_fd */
+	int netns_fd;		/* used when netns_path is NULL; -1: the calling thread's netns */
+	const char *ifname;
+};
+
+/* hermit's tc filters all carry this handle, one priority per program, so
+ * `tc filter show dev IF ingress` shows them for what they are. Priorities sit
+ * between Cilium's (1) and the kernel's automatic ones (from 49152 down). */
+#define HM_TC_HANDLE 0x686d /* "hm" */
+#define HM_TC_PRIO_COUNTER 0x6801
+
+/* ---- counter: packets and bytes per IP protocol at tc ingress (bpf/counter.bpf.c) ---- */
+
+struct hm_counter;
+
+struct hm_counter_opts {
+	struct hm_netdev dev;
+	uint8_t only_ip_proto; /* count only this IP protocol (IPPROTO_UDP ...); 0: all */
+};
+
+struct hm_counter_stats {
+	uint64_t packets;
+	uint64_t bytes; /* frames as tc ingress sees them, Ethernet header included */
+};
+
+/* Load the program and attach it to the tc ingress hook of opts->dev (creating the
+ * clsact qdisc when the interface has none). Fails with EBUSY when a live process
+ * already holds hermit's counter filter on that interface. */
+int hm_counter_attach(const struct hm_counter_opts *opts, struct hm_counter **out,
+		      struct hm_err *err);
+/* Totals over all CPUs for one IP protocol (IPv4 protocol / IPv6 next header). */
+int hm_counter_read(const struct hm_counter *counter, uint8_t ip_proto,
+		    struct hm_counter_stats *out, struct hm_err *err);
+/* Detach (removing the clsact qdisc too when attach created it and nothing else uses
+ * it) and free. Always frees; < 0 when the filter could not be removed, in which case
+ * the next attach on that interface removes it as stale. NULL is a no-op. */
+int hm_counter_destroy(struct hm_counter *counter, struct hm_err *err);
+
+#endif
