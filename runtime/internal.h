@@ -72,6 +72,13 @@ void rt_state_path(const char *name, const char *key, char *buf, size_t len);
 int rt_state_remove(const char *name, struct hm_err *err);
 /* Valid pod names: [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62} */
 bool rt_name_valid(const char *name);
+/* A pidfd for the pod's monitor if it still is the process that created the state dir
+ * (its start time is recorded there, so a reused pid does not count), else -1/ESRCH. */
+int rt_state_monitor_pidfd(const char *name, pid_t monitor_pid);
+bool rt_state_monitor_alive(const char *name, pid_t monitor_pid);
+/* Names of every pod with a state dir, sorted; free with rt_state_list_free. */
+int rt_state_list(char ***names, size_t *count, struct hm_err *err);
+void rt_state_list_free(char **names, size_t count);
 
 /* ---- rootfs.c ---- */
 /* Build a minimal root filesystem from Debian's busybox-static in dir. */
@@ -112,9 +119,80 @@ int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg, s
 int rt_container_start(struct rt_container *c, int *exit_code, struct hm_err *err);
 void rt_container_release(struct rt_container *c);
 
+/* ---- child side (container.c, mounts.c, init.c; shared with exec.c) ----
+ * These run in the pod's first process (or exec's helper) between clone and exec. A
+ * failure is sent to the runtime as one record on the error pipe (O_CLOEXEC: a
+ * successful exec closes it, so EOF means "exec happened"). */
+enum rt_child_stage { RT_STAGE_SETUP = 1, RT_STAGE_EXEC = 2 };
+/* In the pod's new mount namespace: private propagation, pivot_root into spec->rootfs
+ * with the old root detached, /proc, /sys (ro), /dev, the /etc/hosts-style binds,
+ * masked and read-only paths. */
+int rt_mounts_setup(const struct rt_spec *spec, struct hm_err *err);
+/* --init: PID 1 forks argv, forwards SIGTERM/INT/HUP/QUIT/USR1/USR2 to it, reaps every
+ * zombie and exits with argv's status (128+N when killed by signal N). */
+void rt_init_run(char **argv, char **env, int error_fd) __attribute__((noreturn));
+/* Bounding set down to docker's default capabilities, capset to match, no ambient
+ * caps, PR_SET_NO_NEW_PRIVS. */
+int rt_child_restrict(struct hm_err *err);
+/* Default dispositions (SIG_IGN included) and an empty signal mask, as for a fresh exec. */
+void rt_child_reset_signals(void);
+/* chdir(dir), then refuse a cwd outside the root (CVE-2024-21626). */
+int rt_child_enter_workdir(const char *dir, struct hm_err *err);
+/* Close every fd above stdio but a and b (-1: none): the child must not hold the
+ * runtime's fds (cgroup dirs, other pods' pipes, a test harness's files) even before
+ * exec, while a process in the pod could reach them through /proc. */
+void rt_child_close_fds_except(int a, int b);
+/* execvpe with PATH from env; on failure report RT_STAGE_EXEC and _exit(126/127). */
+void rt_child_exec(char **argv, char **env, int error_fd) __attribute__((noreturn));
+/* Send (errno, stage, message) on error_fd and _exit with the matching code. */
+void rt_child_fail(int error_fd, enum rt_child_stage stage, const struct hm_err *err)
+	__attribute__((noreturn));
+/* Runtime side: read the error pipe to EOF. 0 when the child exec'd; <0 with err (the
+ * child's message and errno) and *exit_code 125, 126 or 127 when it reported a failure. */
+int rt_child_error_read(int fd, int *exit_code, struct hm_err *err);
+
+/* ---- pod.c: the `trace-pod run` lifecycle ---- */
+enum rt_net_mode { RT_NET_BRIDGE, RT_NET_NONE, RT_NET_HOST };
+
+struct rt_run_opts {
+	char name[RT_NAME_MAX + 1];
+	char rootfs[PATH_MAX];   /* absolute, checked to exist */
+	const char *hostname;    /* NULL: the pod name */
+	struct rt_limits limits;
+	enum rt_net_mode net;
+	char **env;              /* the user's KEY=VALUE list, NULL-terminated */
+	const char *workdir;     /* NULL: "/" */
+	const char *dns;         /* NULL: the host's nameservers */
+	unsigned stop_timeout;   /* seconds from a forwarded signal to SIGKILL */
+	bool init;
+	bool detach;
+	char **argv;
+};
+
+struct rt_run_result {
+	int exit_code;  /* what trace-pod exits with */
+	bool monitor;   /* true in the forked monitor of a detached pod: exit quietly */
+};
+
+/* Create, start and wait for a pod (foreground), or start it under a forked monitor
+ * (detach). Everything created is released before it returns, whatever happens.
+ * <0 with err and result->exit_code 125/126/127 when the pod could not start. */
+int rt_pod_run(const struct rt_run_opts *opts, struct rt_run_result *result, struct hm_err *err);
+
+/* ---- control.c: stop / rm of existing pods ---- */
+/* "running", "created", "exited", or "dead" for a pod whose monitor disappeared. */
+const char *rt_pod_status(const struct rt_pod_state *st);
+/* SIGTERM to the monitor (which forwards it and escalates), SIGKILL to the pod after
+ * timeout seconds; returns once the pod is gone and released. */
+int rt_pod_stop(const char *name, unsigned timeout, struct hm_err *err);
+/* Remove an exited or dead pod (force: kill a running one first) and its state. */
+int rt_pod_remove(const char *name, bool force, struct hm_err *err);
+
 /* ---- exec.c: `trace-pod exec` ---- */
 /* Join every namespace of the pod (through its pidfd) and its cgroups, run argv, wait,
- * return its exit code (or <0). */
+ * return its exit code (or <0). When argv cannot be executed it returns 127 (not found)
+ * or 126 and also fills err with the reason ("exec 'foo': No such file or directory").
+ * err is cleared on entry, so a caller prints err->msg whenever it is not empty. */
 int rt_pod_exec(const struct rt_pod_state *st, char **argv, struct hm_err *err);
 
 #endif

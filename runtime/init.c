@@ -1,0 +1,61 @@
+/* --init: a tiny PID 1 for the pod (the pod's first process itself, no extra binary).
+ * A command run as PID 1 gets no default signal actions and must reap orphans; this
+ * init does both for it, like tini. */
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#include "runtime/internal.h"
+
+static const int forwarded_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+static int status_to_exit_code(int status)
+{
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WEXITSTATUS(status);
+}
+
+void rt_init_run(char **argv, char **env, int error_fd)
+{
+	sigset_t waited;
+	sigemptyset(&waited);
+	sigaddset(&waited, SIGCHLD);
+	for (size_t i = 0; i < HM_ARRAY_SIZE(forwarded_signals); i++)
+		sigaddset(&waited, forwarded_signals[i]);
+	/* The kernel drops a signal to a namespace's PID 1 whose action is SIG_DFL, unless
+	 * it is blocked: blocked, it stays pending for sigwaitinfo. Blocking before fork
+	 * also means no SIGCHLD can be missed. */
+	sigprocmask(SIG_BLOCK, &waited, NULL);
+
+	pid_t child = fork();
+	if (child < 0) {
+		struct hm_err err;
+		hm_err_errno(&err, "init: fork");
+		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
+	}
+	if (child == 0) {
+		rt_child_reset_signals();
+		rt_child_exec(argv, env, error_fd);
+	}
+	/* the command alone holds the error pipe now: the runtime sees EOF at its exec */
+	close(error_fd);
+	prctl(PR_SET_NAME, "hermit-init", 0, 0, 0);
+
+	for (;;) {
+		siginfo_t info;
+		int sig = sigwaitinfo(&waited, &info);
+		if (sig < 0)
+			continue;
+		if (sig != SIGCHLD) {
+			kill(child, sig);
+			continue;
+		}
+		/* one SIGCHLD may stand for many exits */
+		int status;
+		pid_t pid;
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+			if (pid == child)
+				_exit(status_to_exit_code(status));
+	}
+}
