@@ -25,6 +25,10 @@ LIB_MODULES := agent tracer kube runtime loader proto util
 BIN_trace-pod   := runtime
 BIN_trace-agent := agent
 BIN_trace-run   := tracer
+# the modules each binary links, in link order
+LIBS_trace-pod   := runtime util
+LIBS_trace-agent := agent runtime loader proto util
+LIBS_trace-run   := tracer agent runtime proto util
 
 define module_vars
 $(1)_SRC := $$(filter-out $(1)/main.c,$$(wildcard $(1)/*.c))
@@ -44,6 +48,9 @@ BPF_SKEL := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.skel.h,$(BPF_SRC))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 GO_APPS   := $(patsubst tests/apps/%/main.go,$(BUILD)/apps/%,$(wildcard tests/apps/*/main.go))
+
+# keep objects make would treat as intermediate (test and main objects)
+.SECONDARY:
 
 .PHONY: all deps test unit integration asan bench demo install clean fuzz format
 all: $(BINS) $(UNIT_BINS) $(GO_APPS)
@@ -81,9 +88,9 @@ endef
 $(foreach m,$(LIB_MODULES),$(if $($(m)_LIB),$(eval $(call module_lib_rule,$(m)))))
 
 .SECONDEXPANSION:
-$(BUILD)/bin/%: $(BUILD)/obj/$$(BIN_$$*)/main.o $(ALL_LIBS)
+$(BUILD)/bin/%: $(BUILD)/obj/$$(BIN_$$*)/main.o $$(foreach m,$$(LIBS_$$*),$$($$(m)_LIB))
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(LIBS_$*),$($(m)_LIB)) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(@D)

@@ -227,6 +227,10 @@ static void __attribute__((noreturn))
 child_main(const struct rt_spec *spec, int sync_fd, int error_fd)
 {
 	rt_child_reset_signals();
+	/* The pod must not outlive the trace-pod process that owns it (foreground run or
+	 * detached monitor): nobody would clean up its cgroups and veth. If the parent is
+	 * already gone, the sync read below sees EOF. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	rt_child_close_fds_except(sync_fd, error_fd);
 	char go;
 	ssize_t n;
