@@ -48,12 +48,16 @@ BPF_SKEL := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.skel.h,$(BPF_SRC))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 GO_APPS   := $(patsubst tests/apps/%/main.go,$(BUILD)/apps/%,$(wildcard tests/apps/*/main.go))
+# end-to-end driver of a real agent (tests/integration/20_agent.sh): every tests/agent/*.c
+AGENT_E2E_SRC := $(wildcard tests/agent/*.c)
+AGENT_E2E_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(AGENT_E2E_SRC))
+AGENT_E2E     := $(if $(AGENT_E2E_SRC),$(BUILD)/tests/agent_e2e)
 
 # keep objects make would treat as intermediate (test and main objects)
 .SECONDARY:
 
 .PHONY: all deps test unit integration asan bench demo install clean fuzz format
-all: $(BINS) $(UNIT_BINS) $(GO_APPS)
+all: $(BINS) $(UNIT_BINS) $(GO_APPS) $(AGENT_E2E)
 
 deps:
 	@bash scripts/deps.sh
@@ -96,6 +100,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS) -lcmocka
 
+$(BUILD)/tests/agent_e2e: $(AGENT_E2E_OBJ) $(ALL_LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(AGENT_E2E_OBJ) $(ALL_LIBS) $(LDLIBS)
+
 # static Go test apps (CGO_ENABLED=0): the case an LD_PRELOAD tool cannot see
 $(BUILD)/apps/%: tests/apps/%/main.go
 	@mkdir -p $(@D)
@@ -127,12 +135,17 @@ FUZZ_TIME ?= 60
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(wildcard proto/*.c util/*.c proto/*.h util/*.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
-		-o $@ $< $(wildcard proto/*.c util/*.c) -lz
+		-fno-sanitize-recover=undefined -o $@ $< $(wildcard proto/*.c util/*.c) -lz
+# seeds: tests/fuzz/seeds/NAME/ (read-only, committed); a finding fails the target
 fuzz: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do \
-		mkdir -p $(BUILD)/fuzz/corpus-$$(basename $$f); \
+		n=$$(basename $$f); mkdir -p $(BUILD)/fuzz/corpus-$$n; \
 		echo "fuzz: $$f for $(FUZZ_TIME)s"; \
-		$$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 $(BUILD)/fuzz/corpus-$$(basename $$f) 2>&1 | tail -3; \
+		if ! $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/ \
+			$(BUILD)/fuzz/corpus-$$n $$(ls -d tests/fuzz/seeds/$$n 2>/dev/null) \
+			> $(BUILD)/fuzz/$$n.log 2>&1; then \
+			tail -40 $(BUILD)/fuzz/$$n.log; echo "fuzz: $$n FAILED"; exit 1; fi; \
+		grep -E 'DONE |^stat::(number_of_executed_units|peak_rss_mb)' $(BUILD)/fuzz/$$n.log; \
 	done
 
 install: $(BINS)
