@@ -464,7 +464,10 @@ static int create_dirs_and_limits(const char *name, const struct rt_limits *lim,
 				return hm_err_prefix(err, "%s", limit_flags[c]);
 	}
 	for (int c = 0; c < CTRL_COUNT; c++) {
-		if (on_v2[c] || !lay->v1_mount[c][0])
+		/* v1 only for the limits asked for: every v1 attach waits for an RCU grace
+		 * period (cgroup_threadgroup_rwsem), ~10 ms per start, and the v2 dir already
+		 * tracks and kills the pod's processes */
+		if (on_v2[c] || !lay->v1_mount[c][0] || !limit_requested(lim, c))
 			continue;
 		/* co-mounted controllers (cpu,cpuacct or a combined pids,memory) share one dir */
 		char want[PATH_MAX];

@@ -1,13 +1,50 @@
 /* --init: a tiny PID 1 for the pod (the pod's first process itself, no extra binary).
  * A command run as PID 1 gets no default signal actions and must reap orphans; this
  * init does both for it, like tini. */
+#include <fcntl.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "runtime/internal.h"
 
 static const int forwarded_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+/* Hide the host's trace-pod command line (rootfs path, flags) from the pod: overwrite
+ * our argv area, whose bounds /proc/self/stat gives (fields 48 and 49). */
+static void hide_host_cmdline(void)
+{
+	char buf[2048];
+	hm_autofd fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	/* fields after the command name, which may contain spaces, start after the last ')' */
+	char *p = strrchr(buf, ')');
+	if (!p)
+		return;
+	unsigned long arg_start = 0, arg_end = 0;
+	int field = 2;
+	for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " ")) {
+		field++;
+		if (field == 48)
+			arg_start = strtoul(tok, NULL, 10);
+		else if (field == 49) {
+			arg_end = strtoul(tok, NULL, 10);
+			break;
+		}
+	}
+	if (!arg_start || arg_end <= arg_start)
+		return;
+	char *area = (char *)arg_start;
+	size_t len = arg_end - arg_start;
+	memset(area, 0, len);
+	snprintf(area, len, "hermit-init");
+}
 
 static int status_to_exit_code(int status)
 {
@@ -41,6 +78,11 @@ void rt_init_run(char **argv, char **env, int error_fd)
 	/* the command alone holds the error pipe now: the runtime sees EOF at its exec */
 	close(error_fd);
 	prctl(PR_SET_NAME, "hermit-init", 0, 0, 0);
+	/* Non-dumpable: the pod's processes cannot open /proc/1/exe (the host's trace-pod
+	 * binary, CVE-2019-5736) nor ptrace or read init's memory. Set after fork: the
+	 * command's own exec makes it dumpable again as usual. */
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	hide_host_cmdline();
 
 	for (;;) {
 		siginfo_t info;

@@ -46,6 +46,7 @@ run_test() {
 	local rc=$?
 	if [ $rc -eq 0 ]; then
 		echo "  ok   $name ($((SECONDS - start))s)"
+		[ -z "${HERMIT_TEST_VERBOSE:-}" ] || sed 's/^/       | /' "$log"
 		echo "PASS $name" >>"$RESULTS"
 	else
 		echo "  FAIL $name (exit $rc)"
@@ -67,4 +68,86 @@ wait_until() {
 		[ "$tries" -gt 0 ] || return 1
 		sleep 0.1
 	done
+}
+
+# ---- trace-pod helpers ----
+
+# trace-pod with a deadline, so a hung runtime fails the test instead of the suite.
+tp() { timeout "${TP_TIMEOUT:-60}" "$TRACE_POD" "$@"; }
+
+# pod_field NAME FIELD: one field of pod NAME from `trace-pod ls --json` (empty if absent).
+pod_field() {
+	tp ls --json | python3 -c '
+import json, sys
+name, field = sys.argv[1], sys.argv[2]
+for p in json.load(sys.stdin):
+    if p.get("name") == name:
+        v = p.get(field)
+        print("" if v is None else v)
+' "$1" "$2"
+}
+pod_ip() { pod_field "$1" ip; }
+
+# Stop and remove pods, ignoring errors: for traps, so a failed test leaves nothing running.
+pod_cleanup() {
+	local n
+	for n in "$@"; do
+		[ -e "/run/hermit/pods/$n" ] || continue
+		timeout 20 "$TRACE_POD" rm -f "$n" >/dev/null 2>&1 && continue
+		timeout 20 "$TRACE_POD" stop "$n" >/dev/null 2>&1 || true
+		timeout 20 "$TRACE_POD" rm "$n" >/dev/null 2>&1 || true
+	done
+}
+
+# What trace-pod can leave behind, one item per line: cgroup directories (v1 and v2) and
+# state directories whose name contains PREFIX, every host veth named hm*, and the number
+# of mounts. Other sessions may run pods at the same time, so tests compare a snapshot
+# taken before with one taken after, for their own PREFIX.
+hermit_resources() { # PREFIX
+	local prefix="$1"
+	{
+		find /sys/fs/cgroup/*/hermit -mindepth 1 -type d 2>/dev/null | grep -F -- "$prefix" | sed 's/^/cgroup /'
+		ls /run/hermit/pods 2>/dev/null | grep -F -- "$prefix" | sed 's/^/state /'
+		ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^hm' | sed 's/^/veth /'
+		echo "mounts $(wc -l </proc/self/mountinfo)"
+	} | sort
+}
+
+# assert_no_leaks BEFORE_FILE PREFIX: what is there now and was not before must vanish
+# within a few seconds (teardown may still be finishing when the test checks).
+assert_no_leaks() {
+	local before="$1" prefix="$2" tries=50 now extra
+	while :; do
+		now=$(hermit_resources "$prefix")
+		extra=$(comm -13 "$before" <(echo "$now"))
+		[ -z "$extra" ] && return 0
+		tries=$((tries - 1))
+		[ "$tries" -gt 0 ] || break
+		sleep 0.1
+	done
+	echo "left behind (not there before the test):" >&2
+	echo "$extra" | sed 's/^/  /' >&2
+	echo "mounts before: $(grep '^mounts' "$before")" >&2
+	fail "trace-pod leaked resources"
+}
+
+# Count non-empty lines.
+count_lines() { grep -c . <<<"$1" || true; }
+pod_status_is() { [ "$(pod_field "$1" status)" = "$2" ]; }
+
+# on_exit CMD [ARGS...]: run CMD with ARGS as they are now (quoted at this call) when the
+# test's subshell exits, last registered first. Use it instead of `trap '... $var'`: a
+# trap runs after the function returned, when its locals are gone, and `rm -rf "/tmp/$x"`
+# with an empty x is rm -rf /tmp/.
+on_exit() {
+	_HM_ON_EXIT="$(printf '%q ' "$@") || true; ${_HM_ON_EXIT:-}"
+	trap "$_HM_ON_EXIT" EXIT
+}
+
+# pid_exited PID: true once PID is gone or a zombie (a child we have not waited for yet).
+pid_exited() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+	stat=${stat##*) }
+	[ "${stat%% *}" = Z ]
 }
