@@ -52,12 +52,14 @@ GO_APPS   := $(patsubst tests/apps/%/main.go,$(BUILD)/apps/%,$(wildcard tests/ap
 AGENT_E2E_SRC := $(wildcard tests/agent/*.c)
 AGENT_E2E_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(AGENT_E2E_SRC))
 AGENT_E2E     := $(if $(AGENT_E2E_SRC),$(BUILD)/tests/agent_e2e)
+# small static C servers that tests deploy into pods (trace-pod deploy): tests/apps-c/NAME.c
+APPS_C := $(patsubst tests/apps-c/%.c,$(BUILD)/tests/%,$(wildcard tests/apps-c/*.c))
 
 # keep objects make would treat as intermediate (test and main objects)
 .SECONDARY:
 
 .PHONY: all deps test unit integration asan bench demo install clean fuzz format
-all: $(BINS) $(UNIT_BINS) $(GO_APPS) $(AGENT_E2E)
+all: $(BINS) $(UNIT_BINS) $(GO_APPS) $(AGENT_E2E) $(APPS_C)
 
 deps:
 	@bash scripts/deps.sh
@@ -103,6 +105,11 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
 $(BUILD)/tests/agent_e2e: $(AGENT_E2E_OBJ) $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(AGENT_E2E_OBJ) $(ALL_LIBS) $(LDLIBS)
+
+# no sanitizers: they do not link statically, and a pod has no libasan
+$(APPS_C): $(BUILD)/tests/%: tests/apps-c/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -static -o $@ $<
 
 # static Go test apps (CGO_ENABLED=0): the case an LD_PRELOAD tool cannot see
 $(BUILD)/apps/%: tests/apps/%/main.go

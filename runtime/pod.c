@@ -69,7 +69,7 @@ static bool loopback_address(const char *addr)
 }
 
 /* Append the nameservers (and search/options lines) of a host resolv.conf; loopback
- * servers only when the pod shares the host's network, where they are reachable. */
+ * servers only when keep_loopback (the pod shares the host's network). */
 static int append_host_resolvers(const char *path, bool keep_loopback, char *out, size_t len)
 {
 	hm_autofree char *text = NULL;
@@ -109,17 +109,21 @@ static int write_etc_files(struct pod *p, char *hosts_path, char *resolv_path, c
 	buf[0] = '\0';
 	if (o->dns) {
 		snprintf(buf, sizeof(buf), "nameserver %s\n", o->dns);
-	} else {
-		bool host_net = o->net == RT_NET_HOST;
-		int n = append_host_resolvers("/etc/resolv.conf", host_net, buf, sizeof(buf));
+	} else if (o->net == RT_NET_HOST) {
+		int n = append_host_resolvers("/etc/resolv.conf", true, buf, sizeof(buf));
 		if (n == 0) {
 			/* systemd-resolved hosts point at 127.0.0.53; its upstream list is here */
 			buf[0] = '\0';
-			n = append_host_resolvers("/run/systemd/resolve/resolv.conf", host_net, buf,
+			n = append_host_resolvers("/run/systemd/resolve/resolv.conf", true, buf,
 						  sizeof(buf));
 		}
 		if (n == 0)
-			snprintf(buf, sizeof(buf), "nameserver %s\n", RT_BRIDGE_IP);
+			snprintf(buf, sizeof(buf), "nameserver 127.0.0.1\n");
+	} else {
+		/* The bridge is not NATed to the outside, so the host's resolvers are not
+		 * reachable from a pod: point at the bridge, where a resolver can be run (or
+		 * pass --dns to name a pod that runs one). */
+		snprintf(buf, sizeof(buf), "nameserver %s\n", RT_BRIDGE_IP);
 	}
 	if (hm_create_file(resolv_path, buf, strlen(buf), 0644, err) < 0)
 		return -1;

@@ -1,0 +1,76 @@
+/* The target's environment, from /proc/PID/environ. The file is read by pid, so the
+ * target's pidfd is checked afterwards: if the process exited meanwhile, the pid may name
+ * another process already and what was read is thrown away. */
+#include <fcntl.h>
+#include <string.h>
+
+#include "agent/internal.h"
+
+void agent_env_release(struct agent_env *e)
+{
+	free(e->buf);
+	free(e->vars);
+	memset(e, 0, sizeof(*e));
+}
+
+int agent_env_read(const struct agent_target *t, struct agent_env *out, struct hm_err *err)
+{
+	memset(out, 0, sizeof(*out));
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int)agent_target_pid(t));
+	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return hm_err_errno(err, "open %s", path);
+	size_t cap = 16384, len = 0;
+	hm_autofree char *buf = malloc(cap);
+	if (!buf)
+		return hm_err_set(err, ENOMEM, "read %s", path);
+	for (;;) {
+		if (len == cap - 1) {
+			if (cap > AGENT_ENV_MAX)
+				return hm_err_set(err, E2BIG, "%s: environment over %u bytes", path,
+						  AGENT_ENV_MAX);
+			char *bigger = realloc(buf, cap * 2);
+			if (!bigger)
+				return hm_err_set(err, ENOMEM, "read %s", path);
+			buf = bigger;
+			cap *= 2;
+		}
+		ssize_t n = read(fd, buf + len, cap - 1 - len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return hm_err_errno(err, "read %s", path);
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0'; /* the last entry may lack its NUL if the process rewrote it */
+	if (!agent_target_alive(t))
+		return hm_err_set(err, ESRCH, "%s exited", agent_target_describe(t));
+
+	size_t count = 0;
+	for (size_t i = 0; i < len; i++)
+		if (buf[i] == '\0')
+			count++;
+	count++;
+	const char **vars = calloc(count, sizeof(*vars));
+	if (!vars)
+		return hm_err_set(err, ENOMEM, "read %s", path);
+	uint32_t n = 0;
+	for (size_t off = 0; off < len;) {
+		const char *entry = buf + off;
+		size_t elen = strlen(entry);
+		off += elen + 1;
+		/* A process may scribble anything over its environment block: send only what
+		 * the protocol can carry and a program could have got from execve. */
+		if (elen == 0 || elen > PROTO_ENV_ENTRY_MAX)
+			continue;
+		vars[n++] = entry;
+	}
+	out->buf = hm_steal_ptr(&buf);
+	out->vars = vars;
+	out->count = n;
+	return 0;
+}

@@ -1,0 +1,425 @@
+/* File requests, read side: path resolution inside a target's root, read, stat,
+ * access, readlink, readdir, statfs. Every path comes from the client and is hostile:
+ * the only resolver is openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) below root_fd,
+ * and no path-based syscall ever sees a string built from client input. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <linux/openat2.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "agent/internal.h"
+
+/* RESOLVE_IN_ROOT reports EAGAIN when a concurrent rename might have let ".." escape;
+ * the resolution is then simply retried. */
+#define OPENAT2_EAGAIN_RETRIES 32
+#define READ_CHUNK_MIN 4096
+
+int agent_file_check_path(const char *path, struct hm_err *err)
+{
+	if (!path)
+		return hm_err_set(err, EINVAL, "missing path");
+	if (path[0] != '/')
+		return hm_err_set(err, EINVAL, "%s: path is not absolute", path);
+	if (strnlen(path, PROTO_PATH_MAX + 1) > PROTO_PATH_MAX)
+		return hm_err_set(err, ENAMETOOLONG, "path longer than %u bytes", PROTO_PATH_MAX);
+	return 0;
+}
+
+int agent_file_open_in_root(int root_fd, const char *path, int flags, mode_t mode,
+			    struct hm_err *err)
+{
+	if (agent_file_check_path(path, err) < 0)
+		return -1;
+	struct open_how how = {
+	    .flags = (uint64_t)(flags | O_CLOEXEC),
+	    /* openat2 rejects a mode without O_CREAT/O_TMPFILE */
+	    .mode = ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) ? (mode & 07777) : 0,
+	    .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+	};
+	for (int tries = 0;; tries++) {
+		long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof(how));
+		if (fd >= 0)
+			return (int)fd;
+		if (errno == EAGAIN && tries < OPENAT2_EAGAIN_RETRIES)
+			continue;
+		if (errno == ENOSYS)
+			return hm_err_set(err, ENOSYS, "%s: openat2 needs Linux 5.6", path);
+		return hm_err_errno(err, "%s", path);
+	}
+}
+
+int agent_file_split_path(const char *path, struct agent_path_split *out, struct hm_err *err)
+{
+	if (agent_file_check_path(path, err) < 0)
+		return -1;
+	size_t len = strlen(path);
+	memcpy(out->buf, path, len + 1);
+	out->trailing_slash = false;
+	while (len > 1 && out->buf[len - 1] == '/') {
+		out->buf[--len] = '\0';
+		out->trailing_slash = true;
+	}
+	char *last = strrchr(out->buf, '/');
+	if (len == 1) { /* the root itself, whatever the number of slashes */
+		out->parent = "/";
+		out->name = "";
+		return 0;
+	}
+	*last = '\0';
+	out->name = last + 1;
+	out->parent = out->buf[0] ? out->buf : "/";
+	if (strlen(out->name) > PROTO_FILENAME_MAX)
+		return hm_err_set(err, ENAMETOOLONG, "%s: file name longer than %u bytes", path,
+				  PROTO_FILENAME_MAX);
+	return 0;
+}
+
+int agent_file_open_parent(int root_fd, const struct agent_path_split *sp, struct hm_err *err)
+{
+	return agent_file_open_in_root(root_fd, sp->parent, O_PATH | O_DIRECTORY, 0, err);
+}
+
+int agent_file_reopen(int path_fd, int flags, struct hm_err *err)
+{
+	char proc_path[64];
+	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", path_fd);
+	int fd = open(proc_path, flags | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return hm_err_errno(err, "reopen through %s (is /proc mounted for the agent?)",
+				    proc_path);
+	return fd;
+}
+
+/* The errno open(2) would give for a non-regular file, without opening it. */
+static int reject_non_regular(const struct stat *st, const char *path, struct hm_err *err)
+{
+	if (S_ISREG(st->st_mode))
+		return 0;
+	if (S_ISDIR(st->st_mode))
+		return hm_err_set(err, EISDIR, "%s", path);
+	if (S_ISLNK(st->st_mode)) /* only reached with O_NOFOLLOW, like open(2) */
+		return hm_err_set(err, ELOOP, "%s", path);
+	return hm_err_set(err, EINVAL, "%s: not a regular file", path);
+}
+
+static uint64_t smaller_cap(uint64_t a, uint64_t b)
+{
+	if (!a)
+		return b;
+	if (!b)
+		return a;
+	return a < b ? a : b;
+}
+
+/* Read until EOF, at most limit bytes (EFBIG beyond). size_hint is st_size, which is 0
+ * for procfs files whose content is generated on read. */
+static int read_whole(int fd, uint64_t size_hint, uint64_t limit, const char *path, void **out,
+		      uint64_t *out_len, struct hm_err *err)
+{
+	size_t cap = (size_t)(size_hint < limit ? size_hint : limit) + 1; /* +1 meets EOF */
+	if (cap < READ_CHUNK_MIN)
+		cap = READ_CHUNK_MIN;
+	hm_autofree char *buf = malloc(cap);
+	if (!buf)
+		return hm_err_set(err, ENOMEM, "%s", path);
+	size_t len = 0;
+	for (;;) {
+		if (len == cap) {
+			size_t new_cap = cap * 2;
+			if (new_cap > limit + 1)
+				new_cap = (size_t)limit + 1;
+			char *p = realloc(buf, new_cap);
+			if (!p)
+				return hm_err_set(err, ENOMEM, "%s", path);
+			buf = p;
+			cap = new_cap;
+		}
+		ssize_t n = read(fd, buf + len, cap - len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return hm_err_errno(err, "read %s", path);
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > limit)
+			return hm_err_set(err, EFBIG, "%s: larger than %llu bytes", path,
+					  (unsigned long long)limit);
+	}
+	*out = hm_steal_ptr(&buf);
+	*out_len = len;
+	return 0;
+}
+
+int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap,
+		    struct agent_file_read_result *out, struct hm_err *err)
+{
+	*out = (struct agent_file_read_result){.fd = -1};
+	if (req->flags & ~PROTO_READ_NOFOLLOW)
+		return hm_err_set(err, EINVAL, "read: unknown flags 0x%x", req->flags);
+	int nofollow = (req->flags & PROTO_READ_NOFOLLOW) ? O_NOFOLLOW : 0;
+	/* O_PATH first: opening a FIFO would block and opening a device can have side
+	 * effects (a watchdog, a tape), so nothing but a regular file is really opened. */
+	hm_autofd path_fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	if (path_fd < 0)
+		return -1;
+	struct stat st;
+	if (fstat(path_fd, &st) < 0)
+		return hm_err_errno(err, "stat %s", req->path);
+	if (reject_non_regular(&st, req->path, err) < 0)
+		return -1;
+	/* O_NONBLOCK: a lease held on the file fails the open instead of blocking it */
+	hm_autofd fd = agent_file_reopen(path_fd, O_RDONLY | O_NONBLOCK, err);
+	if (fd < 0)
+		return hm_err_prefix(err, "%s", req->path);
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+		return hm_err_errno(err, "fcntl %s", req->path);
+	if (fstat(fd, &st) < 0)
+		return hm_err_errno(err, "stat %s", req->path);
+	proto_stat_from_host(&st, &out->st);
+
+	uint64_t limit = smaller_cap(cap, req->max_size);
+	uint64_t size = (uint64_t)st.st_size;
+	if (limit && size > limit)
+		return hm_err_set(err, EFBIG, "%s: %llu bytes, the limit is %llu", req->path,
+				  (unsigned long long)size, (unsigned long long)limit);
+	if (size > PROTO_INLINE_MAX) {
+		out->size = size;
+		out->fd = hm_steal_fd(&fd);
+		return 0;
+	}
+	uint64_t inline_limit = smaller_cap(limit, PROTO_INLINE_MAX);
+	if (read_whole(fd, size, inline_limit, req->path, &out->data, &out->size, err) < 0)
+		return -1;
+	return 0;
+}
+
+int agent_file_stat(int root_fd, const struct proto_path_req *req, struct proto_stat *out,
+		    struct hm_err *err)
+{
+	if (req->flags & ~PROTO_STAT_NOFOLLOW)
+		return hm_err_set(err, EINVAL, "stat: unknown flags 0x%x", req->flags);
+	/* O_PATH|O_NOFOLLOW on a symlink gives the link itself: that is lstat */
+	int nofollow = (req->flags & PROTO_STAT_NOFOLLOW) ? O_NOFOLLOW : 0;
+	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	if (fd < 0)
+		return -1;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return hm_err_errno(err, "stat %s", req->path);
+	proto_stat_from_host(&st, out);
+	return 0;
+}
+
+/* faccessat2 (5.8) checks the permission bits, read-only mounts (EROFS) and immutable
+ * files for us, with the agent's credentials: root, as the agent acts inside the root.
+ * AT_EMPTY_PATH on the O_PATH fd keeps the check on the inode openat2 resolved. */
+int agent_file_access(int root_fd, const struct proto_file_access *req, struct hm_err *err)
+{
+	if (req->mode & ~(uint32_t)(PROTO_ACCESS_R | PROTO_ACCESS_W | PROTO_ACCESS_X))
+		return hm_err_set(err, EINVAL, "access: bad mode 0%o", req->mode);
+	if (req->flags & ~(uint32_t)(PROTO_ACCESS_EACCESS | PROTO_ACCESS_NOFOLLOW))
+		return hm_err_set(err, EINVAL, "access: unknown flags 0x%x", req->flags);
+	int nofollow = (req->flags & PROTO_ACCESS_NOFOLLOW) ? O_NOFOLLOW : 0;
+	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	if (fd < 0)
+		return -1;
+	int mode = (int)req->mode; /* PROTO_ACCESS_* are R_OK/W_OK/X_OK */
+	int at_flags = AT_EMPTY_PATH | ((req->flags & PROTO_ACCESS_EACCESS) ? AT_EACCESS : 0);
+	if (syscall(SYS_faccessat2, fd, "", mode, at_flags) == 0)
+		return 0;
+	if (errno != ENOSYS)
+		return hm_err_errno(err, "access %s", req->path);
+	/* before 5.8: the same check through our own fd's magic link; root's real and
+	 * effective ids are equal, so AT_EACCESS changes nothing */
+	char proc_path[64];
+	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
+	if (access(proc_path, mode) < 0)
+		return hm_err_errno(err, "access %s", req->path);
+	return 0;
+}
+
+int agent_file_readlink(int root_fd, const struct proto_path_req *req, char *buf, size_t buflen,
+			struct proto_readlink_reply *out, struct hm_err *err)
+{
+	if (req->flags)
+		return hm_err_set(err, EINVAL, "readlink: unknown flags 0x%x", req->flags);
+	if (buflen < 2)
+		return hm_err_set(err, EINVAL, "readlink: buffer too small");
+	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | O_NOFOLLOW, 0, err);
+	if (fd < 0)
+		return -1;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return hm_err_errno(err, "stat %s", req->path);
+	if (!S_ISLNK(st.st_mode))
+		return hm_err_set(err, EINVAL, "%s: not a symbolic link", req->path);
+	/* procfs links (/proc/PID/root, fd/N, exe, ...) are made up for the reader: the
+	 * kernel would describe them as the agent sees them, not as the target does */
+	struct statfs sfs;
+	if (fstatfs(fd, &sfs) < 0)
+		return hm_err_errno(err, "statfs %s", req->path);
+	if (sfs.f_type == PROC_SUPER_MAGIC)
+		return hm_err_set(err, ELOOP, "%s: procfs links are not read through the agent",
+				  req->path);
+	ssize_t n = readlinkat(fd, "", buf, buflen);
+	if (n < 0)
+		return hm_err_errno(err, "readlink %s", req->path);
+	if ((size_t)n >= buflen || n > (ssize_t)PROTO_PATH_MAX)
+		return hm_err_set(err, ENAMETOOLONG, "%s: link target too long", req->path);
+	if (n == 0)
+		return hm_err_set(err, EINVAL, "%s: empty link target", req->path);
+	buf[n] = '\0';
+	out->target = buf;
+	return 0;
+}
+
+/* Entries gathered before the final block is laid out. */
+struct dirent_acc {
+	struct raw_dirent {
+		uint64_t ino;
+		uint8_t type;
+		size_t name_off;
+	} * ents;
+	size_t count, ents_cap;
+	char *names;
+	size_t names_len, names_cap;
+	size_t encoded; /* bytes of the FILE_READDIR_REPLY payload so far */
+};
+
+static void dirent_acc_release(struct dirent_acc *a)
+{
+	free(a->ents);
+	free(a->names);
+}
+
+static int dirent_acc_add(struct dirent_acc *a, uint64_t ino, uint8_t type, const char *name,
+			  const char *path, struct hm_err *err)
+{
+	size_t len = strlen(name);
+	if (!len || len > PROTO_FILENAME_MAX)
+		return hm_err_set(err, EIO, "%s: entry with a bad name length %zu", path, len);
+	a->encoded += 8 + 1 + 4 + len + 1; /* ino, type, string */
+	if (a->count >= AGENT_READDIR_MAX_ENTRIES || a->encoded > PROTO_MAX_PAYLOAD - 4)
+		return hm_err_set(err, E2BIG, "%s: more than %u entries or %u bytes", path,
+				  AGENT_READDIR_MAX_ENTRIES, PROTO_MAX_PAYLOAD);
+	if (a->count == a->ents_cap) {
+		size_t cap = a->ents_cap ? a->ents_cap * 2 : 64;
+		void *p = reallocarray(a->ents, cap, sizeof(*a->ents));
+		if (!p)
+			return hm_err_set(err, ENOMEM, "%s", path);
+		a->ents = p;
+		a->ents_cap = cap;
+	}
+	if (a->names_len + len + 1 > a->names_cap) {
+		size_t cap = a->names_cap ? a->names_cap * 2 : 4096;
+		while (cap < a->names_len + len + 1)
+			cap *= 2;
+		char *p = realloc(a->names, cap);
+		if (!p)
+			return hm_err_set(err, ENOMEM, "%s", path);
+		a->names = p;
+		a->names_cap = cap;
+	}
+	memcpy(a->names + a->names_len, name, len + 1);
+	a->ents[a->count++] = (struct raw_dirent){ino, type, a->names_len};
+	a->names_len += len + 1;
+	return 0;
+}
+
+/* One block: the entry array, then the names it points to. */
+static int dirent_acc_finish(const struct dirent_acc *a, struct proto_readdir_reply *out,
+			     void **storage, const char *path, struct hm_err *err)
+{
+	size_t ents_bytes = a->count * sizeof(struct proto_dirent);
+	char *block = malloc(ents_bytes + a->names_len + 1);
+	if (!block)
+		return hm_err_set(err, ENOMEM, "%s", path);
+	struct proto_dirent *ents = (struct proto_dirent *)block;
+	char *names = block + ents_bytes;
+	if (a->names_len)
+		memcpy(names, a->names, a->names_len);
+	for (size_t i = 0; i < a->count; i++)
+		ents[i] = (struct proto_dirent){
+		    .ino = a->ents[i].ino,
+		    .type = a->ents[i].type,
+		    .name = names + a->ents[i].name_off,
+		};
+	out->count = (uint32_t)a->count;
+	out->entries = ents;
+	*storage = block;
+	return 0;
+}
+
+struct linux_dirent64 {
+	uint64_t d_ino;
+	int64_t d_off;
+	unsigned short d_reclen;
+	unsigned char d_type;
+	char d_name[];
+};
+
+int agent_file_readdir(int root_fd, const struct proto_path_req *req,
+		       struct proto_readdir_reply *out, void **storage, struct hm_err *err)
+{
+	*out = (struct proto_readdir_reply){0};
+	*storage = NULL;
+	if (req->flags)
+		return hm_err_set(err, EINVAL, "readdir: unknown flags 0x%x", req->flags);
+	/* O_DIRECTORY fails with ENOTDIR before a FIFO or device would be opened */
+	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_RDONLY | O_DIRECTORY, 0, err);
+	if (fd < 0)
+		return -1;
+	struct dirent_acc acc = {0};
+	int rc = 0;
+	size_t bufsize = 32768;
+	hm_autofree char *buf = malloc(bufsize);
+	if (!buf) {
+		rc = hm_err_set(err, ENOMEM, "%s", req->path);
+		goto out;
+	}
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, bufsize);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = hm_err_errno(err, "readdir %s", req->path);
+			goto out;
+		}
+		if (n == 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct linux_dirent64 *d = (struct linux_dirent64 *)(buf + off);
+			rc = dirent_acc_add(&acc, d->d_ino, d->d_type, d->d_name, req->path, err);
+			if (rc < 0)
+				goto out;
+			off += d->d_reclen;
+		}
+	}
+	rc = dirent_acc_finish(&acc, out, storage, req->path, err);
+out:
+	dirent_acc_release(&acc);
+	return rc;
+}
+
+int agent_file_statfs(int root_fd, const struct proto_path_req *req, struct proto_statfs *out,
+		      struct hm_err *err)
+{
+	if (req->flags)
+		return hm_err_set(err, EINVAL, "statfs: unknown flags 0x%x", req->flags);
+	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH, 0, err);
+	if (fd < 0)
+		return -1;
+	struct statfs sfs;
+	if (fstatfs(fd, &sfs) < 0)
+		return hm_err_errno(err, "statfs %s", req->path);
+	proto_statfs_from_host(&sfs, out);
+	return 0;
+}

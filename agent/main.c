@@ -1,0 +1,324 @@
+/* trace-agent: hermit's node agent. Parses the command line, prepares the auth token,
+ * turns SIGTERM/SIGINT into a graceful stop and runs the server (server.c); `status`
+ * asks a running agent for its counters. */
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+
+#include "agent/agent.h"
+#include "agent/internal.h"
+
+#define PROG "trace-agent"
+#define EXIT_USAGE 2
+#define DEFAULT_MAX_FILE (1ull << 30)
+#define DEFAULT_HANDSHAKE_MS 5000
+
+static const char usage_text[] =
+	"usage: trace-agent [OPTIONS]\n"
+	"       trace-agent status [--unix PATH | --agent ADDR:PORT] [--token-file F]\n"
+	"\n"
+	"hermit's node agent: serves trace-run sessions on local targets (pod/NAME, pid/N,\n"
+	"container/ID): their environment, their files and connections from their network.\n"
+	"Runs in the foreground and logs on stderr; SIGTERM, SIGINT or SIGHUP stop it\n"
+	"gracefully: every session ends with a message to its client.\n"
+	"\n"
+	"  --unix PATH            unix socket to listen on (default " AGENT_DEFAULT_UNIX ",\n"
+	"                         mode 0666: the token is what authenticates)\n"
+	"  --no-unix              do not listen on a unix socket\n"
+	"  --listen ADDR:PORT     also listen on TCP, e.g. 0.0.0.0:7070 or [::1]:7070\n"
+	"  --token-file F         auth token (default " AGENT_DEFAULT_TOKEN_FILE "); created\n"
+	"                         with a random token, mode 0600, if it does not exist\n"
+	"  --max-file-size SIZE   largest file a client may read (default 1G)\n"
+	"  --handshake-timeout MS time a new connection has to say hello (default 5000)\n"
+	"  --stream-ttl MS        life of an unclaimed stream token (default 30000)\n"
+	"  --log-level L          debug, info (default), warn or error\n"
+	"  --version              print the version\n"
+	"  -h, --help             this text\n"
+	"\n"
+	"status: print the sessions, streams, requests, errors and bytes of a running agent.\n"
+	"The token may also come from the HERMIT_TOKEN environment variable.\n";
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, PROG ": ");
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry '" PROG " --help'.\n");
+	return EXIT_USAGE;
+}
+
+static int fail(const struct hm_err *err)
+{
+	fprintf(stderr, PROG ": %s\n", err->msg);
+	return 1;
+}
+
+/* Load the token file, creating it with a fresh random token if it does not exist. */
+static int token_prepare(const char *path, char *token, size_t len, struct hm_err *err)
+{
+	struct hm_err load_err = {0};
+	if (agent_token_load(path, token, len, &load_err) == 0)
+		return 0;
+	if (load_err.code != ENOENT) {
+		*err = load_err;
+		return -1;
+	}
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = '\0';
+		if (hm_mkdir_p(dir, 0755, err) < 0)
+			return -1;
+	}
+	uint8_t raw[32];
+	if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw))
+		return hm_err_errno(err, "getrandom");
+	char hex[2 * sizeof(raw) + 2];
+	for (size_t i = 0; i < sizeof(raw); i++)
+		snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+	explicit_bzero(raw, sizeof(raw));
+	hex[2 * sizeof(raw)] = '\n';
+	hex[2 * sizeof(raw) + 1] = '\0';
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		if (errno == EEXIST) /* another agent made it just now */
+			return agent_token_load(path, token, len, err);
+		return hm_err_errno(err, "create token file %s", path);
+	}
+	ssize_t n = hm_write_all(fd, hex, strlen(hex));
+	int saved = errno;
+	close(fd);
+	if (n < 0) {
+		unlink(path);
+		return hm_err_set(err, saved, "write token file %s", path);
+	}
+	hm_info("created token file %s", path);
+	return agent_token_load(path, token, len, err);
+}
+
+static void warn_token_mode(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) == 0 && (st.st_mode & 077))
+		hm_warn("token file %s is readable by others (mode %04o)", path,
+			(unsigned)(st.st_mode & 07777));
+}
+
+static int parse_level(const char *s, enum hm_log_level *out)
+{
+	static const char *names[] = {"debug", "info", "warn", "error"};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(names); i++) {
+		if (!strcmp(s, names[i])) {
+			*out = (enum hm_log_level)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* Relayed sockets may take many fds: use the hard limit. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"unix", required_argument, NULL, 'u'},
+		{"agent", required_argument, NULL, 'a'},
+		{"token-file", required_argument, NULL, 't'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	const char *where = NULL, *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	bool where_unix = true;
+	bool token_file_set = false;
+	int opt;
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'u':
+		case 'a':
+			if (where)
+				return usage_error("status: give one of --unix and --agent");
+			where = optarg;
+			where_unix = opt == 'u';
+			break;
+		case 't':
+			token_file = optarg;
+			token_file_set = true;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return 0;
+		case ':':
+			return usage_error("status: option '%s' needs a value", argv[optind - 1]);
+		default:
+			return usage_error("status: unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("status: unexpected argument '%s'", argv[optind]);
+	struct hm_err err = {0};
+	struct agent_endpoint ep;
+	char spec[4200];
+	if (!where)
+		where = AGENT_DEFAULT_UNIX;
+	/* --unix takes a path even without a slash */
+	snprintf(spec, sizeof(spec), "%s%s", where_unix ? "unix:" : "", where);
+	if (agent_endpoint_parse(spec, &ep, &err) < 0)
+		return fail(&err);
+	char token[PROTO_AUTH_TOKEN_MAX + 1];
+	const char *env_token = getenv("HERMIT_TOKEN");
+	if (env_token && env_token[0] && !token_file_set) {
+		snprintf(token, sizeof(token), "%s", env_token);
+	} else if (agent_token_load(token_file, token, sizeof(token), &err) < 0) {
+		return fail(&err);
+	}
+	struct agent_client_opts copts = {.client_name = PROG " status " AGENT_VERSION};
+	struct agent_client *c;
+	if (agent_client_connect(&ep, token, &copts, &c, &err) < 0)
+		return fail(&err);
+	struct agent_status st;
+	int rc = agent_client_status(c, &st, &err);
+	agent_client_close(c);
+	if (rc < 0)
+		return fail(&err);
+	agent_status_print(stdout, &st);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	hm_log_init(PROG, HM_LOG_INFO);
+	if (argc > 1 && !strcmp(argv[1], "status"))
+		return cmd_status(argc - 1, argv + 1);
+
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"unix", required_argument, NULL, 'u'},
+		{"no-unix", no_argument, NULL, 'U'},
+		{"token-file", required_argument, NULL, 't'},
+		{"max-file-size", required_argument, NULL, 'm'},
+		{"handshake-timeout", required_argument, NULL, 'H'},
+		{"stream-ttl", required_argument, NULL, 'S'},
+		{"log-level", required_argument, NULL, 'L'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	struct agent_server_config cfg = {
+		.unix_path = AGENT_DEFAULT_UNIX,
+		.max_file_size = DEFAULT_MAX_FILE,
+		.handshake_timeout_ms = DEFAULT_HANDSHAKE_MS,
+		.stream_ttl_ms = AGENT_STREAM_TTL_MS,
+	};
+	const char *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	enum hm_log_level level = HM_LOG_INFO;
+	uint64_t v;
+	int opt;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'l':
+			cfg.listen_addr = optarg;
+			break;
+		case 'u':
+			cfg.unix_path = optarg;
+			break;
+		case 'U':
+			cfg.unix_path = NULL;
+			break;
+		case 't':
+			token_file = optarg;
+			break;
+		case 'm':
+			if (hm_parse_size(optarg, &v) < 0 || v == 0)
+				return usage_error("bad --max-file-size '%s'", optarg);
+			cfg.max_file_size = v;
+			break;
+		case 'H':
+			if (hm_parse_u64(optarg, &v) < 0 || v == 0 || v > 600000)
+				return usage_error("bad --handshake-timeout '%s' (1..600000 ms)",
+						   optarg);
+			cfg.handshake_timeout_ms = (int)v;
+			break;
+		case 'S':
+			if (hm_parse_u64(optarg, &v) < 0 || v == 0 || v > 3600000)
+				return usage_error("bad --stream-ttl '%s' (1..3600000 ms)", optarg);
+			cfg.stream_ttl_ms = (unsigned)v;
+			break;
+		case 'L':
+			if (parse_level(optarg, &level) < 0)
+				return usage_error("bad --log-level '%s' (debug, info, warn, error)",
+						   optarg);
+			break;
+		case 'V':
+			printf("%s (protocol %d)\n", AGENT_SERVER_NAME, PROTO_VERSION);
+			return 0;
+		case 'h':
+			fputs(usage_text, stdout);
+			return 0;
+		case ':':
+			return usage_error("option '%s' needs a value", argv[optind - 1]);
+		default:
+			return usage_error("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (!cfg.unix_path && !cfg.listen_addr)
+		return usage_error("--no-unix needs --listen");
+	hm_log_init(PROG, level);
+
+	struct hm_err err = {0};
+	char token[PROTO_AUTH_TOKEN_MAX + 1];
+	if (token_prepare(token_file, token, sizeof(token), &err) < 0)
+		return fail(&err);
+	warn_token_mode(token_file);
+	cfg.token = token;
+	raise_fd_limit();
+	/* modes of files and dirs a client creates in the target are the client's, as
+	 * open(2)/mkdir(2) in the pod would apply them; the umask is the app's concern */
+	umask(0);
+
+	/* Every thread inherits this mask, so the signals reach only the signalfd. */
+	sigset_t stop_set;
+	sigemptyset(&stop_set);
+	sigaddset(&stop_set, SIGTERM);
+	sigaddset(&stop_set, SIGINT);
+	sigaddset(&stop_set, SIGHUP);
+	if (pthread_sigmask(SIG_BLOCK, &stop_set, NULL) != 0)
+		return fail(&(struct hm_err){.msg = "cannot block signals"});
+	signal(SIGPIPE, SIG_IGN); /* splice() to a closed socket must fail, not kill */
+	int sfd = signalfd(-1, &stop_set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		hm_err_errno(&err, "signalfd");
+		return fail(&err);
+	}
+	cfg.stop_fd = sfd;
+	int rc = agent_server_run(&cfg, &err);
+	struct signalfd_siginfo si;
+	if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		hm_debug("stopped by signal %u", si.ssi_signo);
+	close(sfd);
+	explicit_bzero(token, sizeof(token));
+	if (rc < 0)
+		return fail(&err);
+	return 0;
+}

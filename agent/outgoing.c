@@ -1,0 +1,142 @@
+/* Outgoing traffic from the target's network: sockets are made by the target's worker
+ * thread (inside its netns) and then connected or bound from whatever thread asks; a
+ * socket keeps the namespace it was created in, so the pod's routes, addresses and
+ * firewall apply and the peer sees the pod's IP. */
+#include <netinet/in.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "agent/internal.h"
+
+#define OUTGOING_DEFAULT_TIMEOUT_MS 10000
+/* a client cannot pin a request thread for longer than this */
+#define OUTGOING_MAX_TIMEOUT_MS 120000
+
+static int family_to_domain(uint8_t family, struct hm_err *err)
+{
+	if (family == PROTO_AF_INET)
+		return AF_INET;
+	if (family == PROTO_AF_INET6)
+		return AF_INET6;
+	return hm_err_set(err, EAFNOSUPPORT, "address family %u", family);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int local_addr(int fd, struct proto_addr *local, struct hm_err *err)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return hm_err_errno(err, "getsockname");
+	return proto_addr_from_sockaddr((struct sockaddr *)&ss, len, local, err);
+}
+
+/* Wait for a non-blocking connect to finish: its outcome (an errno, 0 on success), or
+ * -1 with err filled when waiting itself failed. */
+static int connect_wait(int fd, uint32_t timeout_ms, struct hm_err *err)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	for (;;) {
+		int64_t left = deadline - now_ms();
+		if (left <= 0)
+			return ETIMEDOUT;
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		int n = poll(&p, 1, (int)left);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			hm_err_errno(err, "poll");
+			return -1;
+		}
+		if (n == 0)
+			return ETIMEDOUT;
+		int soerr = 0;
+		socklen_t len = sizeof(soerr);
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) {
+			hm_err_errno(err, "getsockopt SO_ERROR");
+			return -1;
+		}
+		return soerr;
+	}
+}
+
+int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
+			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+{
+	char dst_str[80];
+	proto_addr_str(dst, dst_str, sizeof(dst_str));
+	int domain = family_to_domain(dst->family, err);
+	if (domain < 0)
+		return hm_err_prefix(err, "connect to %s", dst_str);
+	if (timeout_ms == 0)
+		timeout_ms = OUTGOING_DEFAULT_TIMEOUT_MS;
+	if (timeout_ms > OUTGOING_MAX_TIMEOUT_MS)
+		timeout_ms = OUTGOING_MAX_TIMEOUT_MS;
+
+	/* non-blocking from the start: the timeout is ours, not the kernel's ~2 minutes,
+	 * and the relay wants it non-blocking anyway */
+	hm_autofd fd = agent_target_socket(t, domain, SOCK_STREAM | SOCK_NONBLOCK, 0, err);
+	if (fd < 0)
+		return hm_err_prefix(err, "connect to %s", dst_str);
+	struct sockaddr_storage ss;
+	socklen_t sl = proto_addr_to_sockaddr(dst, &ss);
+	int outcome = 0;
+	if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
+		outcome = errno;
+		if (outcome == EINPROGRESS || outcome == EINTR) {
+			outcome = connect_wait(fd, timeout_ms, err);
+			if (outcome < 0)
+				return hm_err_prefix(err, "connect to %s", dst_str);
+		}
+	}
+	if (outcome == ETIMEDOUT)
+		return hm_err_set(err, ETIMEDOUT, "connect to %s: no answer after %u ms", dst_str,
+				  timeout_ms);
+	if (outcome)
+		return hm_err_set(err, outcome, "connect to %s", dst_str);
+	if (local && local_addr(fd, local, err) < 0)
+		return hm_err_prefix(err, "connect to %s", dst_str);
+	hm_debug("outgoing: tcp to %s connected", dst_str);
+	return hm_steal_fd(&fd);
+}
+
+int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto_addr *local,
+			    struct hm_err *err)
+{
+	int domain = family_to_domain(family, err);
+	if (domain < 0)
+		return hm_err_prefix(err, "udp socket");
+	hm_autofd fd = agent_target_socket(t, domain, SOCK_DGRAM | SOCK_NONBLOCK, 0, err);
+	if (fd < 0)
+		return hm_err_prefix(err, "udp socket");
+	/* the wildcard address: each datagram leaves from whatever source the pod's routes
+	 * pick for its destination. On AF_INET6 the default (not v6-only) lets v4-mapped
+	 * destinations through, as on the app's own dual-stack sockets. */
+	struct sockaddr_storage ss = {0};
+	socklen_t sl;
+	if (domain == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+		in->sin_family = AF_INET;
+		in->sin_addr.s_addr = htonl(INADDR_ANY);
+		sl = sizeof(*in);
+	} else {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+		in6->sin6_family = AF_INET6;
+		in6->sin6_addr = in6addr_any;
+		sl = sizeof(*in6);
+	}
+	if (bind(fd, (struct sockaddr *)&ss, sl) < 0)
+		return hm_err_errno(err, "udp socket: bind to an ephemeral port");
+	struct proto_addr unused;
+	if (local_addr(fd, local ? local : &unused, err) < 0)
+		return hm_err_prefix(err, "udp socket");
+	return hm_steal_fd(&fd);
+}

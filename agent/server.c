@@ -1,0 +1,1138 @@
+/* trace-agent's server: listeners, one thread per connection, authentication, the
+ * session on each control connection and its request dispatch.
+ *
+ * Threads: the main thread accepts; each connection has a thread that reads its frames
+ * and answers them in order, except TCP_CONNECT, which runs in a short-lived thread of
+ * its own so a slow connect does not hold up the session's other requests. Frames to a
+ * connection are serialized by its send lock. A connection is freed when its thread and
+ * its connect threads are all done (refcount).
+ *
+ * Everything a peer sends is hostile: before HELLO succeeds only a hello-sized frame is
+ * read, within a deadline; a frame that is malformed, oversized, of an unknown type or
+ * not a request closes its connection, and only that one. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "agent/internal.h"
+
+#define MAX_CONNECTIONS 4096
+#define MAX_HANDSHAKING 256        /* connections that have not said HELLO yet */
+#define MAX_CONNECTS_PER_SESSION 512 /* TCP_CONNECTs in flight on one session */
+#define SEND_STALL_MS 30000        /* a peer that reads nothing for this long is dropped */
+#define DRAIN_MS 500               /* reading leftovers before close, so TCP sends no RST */
+#define SHUTDOWN_WAIT_MS 10000
+#define THREAD_STACK (256u << 10)
+
+struct server {
+	const struct agent_server_config *cfg;
+	int unix_fd, tcp_fd;
+	dev_t unix_dev;
+	ino_t unix_ino;
+	struct agent_relay *relay;
+	struct agent_streams *streams;
+	struct agent_stats stats;
+	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* nconns changed */
+	unsigned nconns, nhandshaking;
+	atomic_uint_fast64_t next_conn_id, next_session_id;
+};
+
+struct conn {
+	struct server *srv;
+	atomic_uint refs;
+	int fd;
+	uint64_t id;
+	char peer[128];
+	bool handshaking; /* counted in srv->nhandshaking */
+
+	pthread_mutex_t send_lock; /* frames out; also guards closed and connects */
+	bool closed;               /* the session ended: nothing more is sent or parked */
+	unsigned connects;         /* TCP_CONNECT threads running */
+
+	uint64_t features; /* agreed in the handshake */
+	uint64_t session_id;
+	struct agent_target *target;
+	char target_name[PROTO_NAME_MAX]; /* as the client named it */
+};
+
+static int errno_for_wire(int e)
+{
+	return e > 0 && e <= 4095 ? e : EIO;
+}
+
+/* ---- connection lifetime ---- */
+
+static void conn_put(struct conn *c)
+{
+	if (atomic_fetch_sub(&c->refs, 1) != 1)
+		return;
+	struct server *srv = c->srv;
+	if (c->fd >= 0)
+		close(c->fd);
+	agent_target_put(c->target);
+	pthread_mutex_destroy(&c->send_lock);
+	free(c);
+	atomic_fetch_sub(&srv->stats.connections, 1);
+	pthread_mutex_lock(&srv->lock);
+	srv->nconns--;
+	pthread_cond_broadcast(&srv->cond);
+	pthread_mutex_unlock(&srv->lock);
+}
+
+static void conn_handshake_done(struct conn *c)
+{
+	if (!c->handshaking)
+		return;
+	c->handshaking = false;
+	pthread_mutex_lock(&c->srv->lock);
+	c->srv->nhandshaking--;
+	pthread_mutex_unlock(&c->srv->lock);
+}
+
+/* ---- sending ---- */
+
+/* Write a whole buffer to the non-blocking fd. Gives up when the peer has read nothing
+ * for SEND_STALL_MS or the agent stops. Call with send_lock held. */
+static int send_bytes(struct conn *c, const uint8_t *p, size_t len, struct hm_err *err)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t n = send(c->fd, p + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			return hm_err_errno(err, "send");
+		struct pollfd pf[2] = {{.fd = c->fd, .events = POLLOUT},
+				       {.fd = c->srv->stop_efd, .events = POLLIN}};
+		int r = poll(pf, 2, SEND_STALL_MS);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return hm_err_errno(err, "poll");
+		if (r == 0)
+			return hm_err_set(err, ETIMEDOUT, "peer read nothing for %d s",
+					  SEND_STALL_MS / 1000);
+		if (pf[1].revents)
+			return hm_err_set(err, ESHUTDOWN, "agent stopping");
+	}
+	atomic_fetch_add(&c->srv->stats.ctl_bytes_in, len);
+	return 0;
+}
+
+/* Send one frame unless the session has ended. A reply we cannot encode (a value
+ * outside the protocol's limits, e.g. a too long link target) becomes an ERROR. */
+static int conn_send(struct conn *c, uint32_t id, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	struct proto_buf b = PROTO_BUF_INIT;
+	if (proto_encode(&b, id, m, &err) < 0) {
+		hm_warn("conn %llu: cannot encode %s: %s", (unsigned long long)c->id,
+			proto_type_name(m->type), err.msg);
+		proto_buf_reset(&b);
+		char text[PROTO_MSG_MAX];
+		snprintf(text, sizeof(text), "agent could not encode its %s: %.900s",
+			 proto_type_name(m->type), err.msg);
+		struct proto_msg e = {.type = PROTO_ERROR};
+		e.error.errnum = err.code == E2BIG ? E2BIG : EIO;
+		e.error.message = text;
+		atomic_fetch_add(&c->srv->stats.errors, 1);
+		if (proto_encode(&b, id, &e, &err) < 0) {
+			proto_buf_release(&b);
+			return -1;
+		}
+	}
+	int rc = 0;
+	pthread_mutex_lock(&c->send_lock);
+	if (c->closed) {
+		rc = -1;
+	} else if (send_bytes(c, b.data, b.len, &err) < 0) {
+		hm_debug("conn %llu: %s: %s", (unsigned long long)c->id, proto_type_name(m->type),
+			 err.msg);
+		/* a peer that cannot take a reply gets nothing more: the reader notices the
+		 * dead socket or the shutdown */
+		c->closed = true;
+		shutdown(c->fd, SHUT_RDWR);
+		rc = -1;
+	}
+	pthread_mutex_unlock(&c->send_lock);
+	proto_buf_release(&b);
+	return rc;
+}
+
+static int conn_send_error(struct conn *c, uint32_t id, uint16_t req_type, int errnum,
+			   const char *msg)
+{
+	atomic_fetch_add(&c->srv->stats.errors, 1);
+	hm_debug("conn %llu: %s #%u failed: %s", (unsigned long long)c->id,
+		 proto_type_name(req_type), id, msg);
+	char text[PROTO_MSG_MAX];
+	snprintf(text, sizeof(text), "%s", msg); /* the protocol's message limit */
+	struct proto_msg m = {.type = PROTO_ERROR};
+	m.error.errnum = errno_for_wire(errnum);
+	m.error.message = text;
+	return conn_send(c, id, &m);
+}
+
+static int conn_send_err(struct conn *c, uint32_t id, uint16_t req_type, const struct hm_err *err)
+{
+	return conn_send_error(c, id, req_type, err->code ? err->code : EIO, err->msg);
+}
+
+/* End the session on this connection: a last frame (SESSION_ENDED with why), no more
+ * after it, and the session's unclaimed streams closed. */
+static void conn_end(struct conn *c, int errnum, const char *why)
+{
+	pthread_mutex_lock(&c->send_lock);
+	bool was_open = !c->closed;
+	pthread_mutex_unlock(&c->send_lock);
+	if (was_open && errnum) {
+		struct proto_msg m = {.type = PROTO_SESSION_ENDED};
+		m.error.errnum = errno_for_wire(errnum);
+		m.error.message = why;
+		conn_send(c, 0, &m);
+	}
+	pthread_mutex_lock(&c->send_lock);
+	c->closed = true;
+	pthread_mutex_unlock(&c->send_lock);
+	if (c->session_id) {
+		agent_streams_drop_session(c->srv->streams, c->session_id);
+		atomic_fetch_sub(&c->srv->stats.sessions, 1);
+		hm_info("conn %llu: session %llu on %s ended: %s", (unsigned long long)c->id,
+			(unsigned long long)c->session_id, agent_target_describe(c->target),
+			why ? why : "client disconnected");
+	}
+	if (was_open && errnum && c->fd >= 0) {
+		/* Let the last frame reach the client: closing with unread input would make
+		 * TCP reset the connection and maybe drop it. */
+		shutdown(c->fd, SHUT_WR);
+		uint64_t until = agent_now_ms() + DRAIN_MS;
+		char sink[4096];
+		for (;;) {
+			uint64_t now = agent_now_ms();
+			if (now >= until)
+				break;
+			struct pollfd p = {.fd = c->fd, .events = POLLIN};
+			if (poll(&p, 1, (int)(until - now)) <= 0)
+				break;
+			ssize_t n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
+			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+				break;
+		}
+	}
+	if (c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR);
+}
+
+/* ---- request handlers: each answers exactly once (reply or ERROR) ---- */
+
+static void handle_session_open(struct conn *c, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	if (c->target) {
+		conn_send_error(c, m->id, m->type, EISCONN,
+				"this connection has a session already; open another connection");
+		return;
+	}
+	struct proto_target spec;
+	if (proto_target_parse(m->session_open.target, &spec, &err) < 0) {
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
+	struct agent_target *t;
+	if (agent_target_resolve(&spec, &t, &err) < 0) {
+		hm_info("conn %llu (%s): target %s: %s", (unsigned long long)c->id, c->peer,
+			m->session_open.target, err.msg);
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
+	c->target = t;
+	c->session_id = atomic_fetch_add(&c->srv->next_session_id, 1);
+	snprintf(c->target_name, sizeof(c->target_name), "%s", m->session_open.target);
+	atomic_fetch_add(&c->srv->stats.sessions, 1);
+	char description[PROTO_NAME_MAX];
+	/* the protocol's limit for descriptions is the target string's */
+	snprintf(description, sizeof(description), "%.200s (pid %d)", c->target_name,
+		 (int)agent_target_pid(t));
+	hm_info("conn %llu (%s): session %llu opened on %s", (unsigned long long)c->id, c->peer,
+		(unsigned long long)c->session_id, description);
+	struct proto_msg r = {.type = PROTO_SESSION_OPEN_REPLY};
+	r.session_open_reply.session_id = c->session_id;
+	r.session_open_reply.pid = (uint32_t)agent_target_pid(t);
+	r.session_open_reply.description = description;
+	conn_send(c, m->id, &r);
+}
+
+static void handle_env(struct conn *c, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	struct agent_env env;
+	if (agent_env_read(c->target, &env, &err) < 0) {
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
+	struct proto_msg r = {.type = PROTO_ENV_REPLY};
+	r.env_reply.count = env.count;
+	r.env_reply.vars = env.vars;
+	conn_send(c, m->id, &r);
+	agent_env_release(&env);
+}
+
+static void handle_file_read(struct conn *c, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	struct agent_file_read_result res = {.fd = -1};
+	if (agent_file_read(agent_target_root_fd(c->target), &m->file_read,
+			    c->srv->cfg->max_file_size, &res, &err) < 0) {
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
+	hm_autofd file_fd = res.fd;
+	hm_autofree void *data = res.data;
+	struct proto_msg r = {.type = PROTO_FILE_READ_REPLY};
+	r.file_read_reply.st = res.st;
+	if (res.size <= PROTO_INLINE_MAX) {
+		if (res.size && !data) {
+			conn_send_error(c, m->id, m->type, EIO, "file content missing");
+			return;
+		}
+		r.file_read_reply.transfer = PROTO_XFER_INLINE;
+		r.file_read_reply.data.data = data;
+		r.file_read_reply.data.size = res.size;
+		r.file_read_reply.data.compress = c->features & PROTO_FEAT_ZLIB;
+	} else {
+		if (file_fd < 0) {
+			conn_send_error(c, m->id, m->type, EIO, "file not open");
+			return;
+		}
+		r.file_read_reply.transfer = PROTO_XFER_STREAM;
+		r.file_read_reply.stream_size = res.size;
+		if (agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_FILE,
+				      hm_steal_fd(&file_fd), res.size, r.file_read_reply.token,
+				      &err) < 0) {
+			conn_send_err(c, m->id, m->type, &err);
+			return;
+		}
+	}
+	conn_send(c, m->id, &r);
+}
+
+static void handle_file_write(struct conn *c, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	struct proto_msg r = {.type = PROTO_FILE_WRITE_REPLY};
+	if (agent_file_write(agent_target_root_fd(c->target), &m->file_write, &r.file_write_reply,
+			     &err) < 0)
+		conn_send_err(c, m->id, m->type, &err);
+	else
+		conn_send(c, m->id, &r);
+}
+
+static void handle_file_simple(struct conn *c, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	int root = agent_target_root_fd(c->target);
+	struct proto_msg r = {.type = proto_reply_type(m->type)};
+	char link[PROTO_PATH_MAX + 2];
+	void *storage = NULL;
+	int rc;
+	switch (m->type) {
+	case PROTO_FILE_STAT:
+		rc = agent_file_stat(root, &m->path_req, &r.stat_reply, &err);
+		break;
+	case PROTO_FILE_ACCESS:
+		rc = agent_file_access(root, &m->file_access, &err);
+		break;
+	case PROTO_FILE_READLINK:
+		rc = agent_file_readlink(root, &m->path_req, link, sizeof(link), &r.readlink_reply,
+					 &err);
+		break;
+	case PROTO_FILE_READDIR:
+		rc = agent_file_readdir(root, &m->path_req, &r.readdir_reply, &storage, &err);
+		break;
+	case PROTO_FILE_MKDIR:
+		rc = agent_file_mkdir(root, &m->file_mkdir, &err);
+		break;
+	case PROTO_FILE_UNLINK:
+		rc = agent_file_unlink(root, &m->file_unlink, &err);
+		break;
+	case PROTO_FILE_RENAME:
+		rc = agent_file_rename(root, &m->file_rename, &err);
+		break;
+	case PROTO_FILE_STATFS:
+		rc = agent_file_statfs(root, &m->path_req, &r.statfs_reply, &err);
+		break;
+	default:
+		rc = hm_err_set(&err, ENOSYS, "%s not handled", proto_type_name(m->type));
+	}
+	if (rc < 0)
+		conn_send_err(c, m->id, m->type, &err);
+	else
+		conn_send(c, m->id, &r);
+	free(storage);
+}
+
+static void handle_udp_open(struct conn *c, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	struct proto_msg r = {.type = PROTO_UDP_OPEN_REPLY};
+	int fd = agent_outgoing_udp_open(c->target, m->udp_open.family, &r.udp_open_reply.local,
+					 &err);
+	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_UDP, fd, 0,
+					r.udp_open_reply.token, &err) < 0) {
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
+	conn_send(c, m->id, &r);
+}
+
+struct connect_job {
+	struct conn *c;
+	uint32_t id;
+	struct proto_tcp_connect req;
+};
+
+static void *connect_main(void *arg)
+{
+	struct connect_job *job = arg;
+	struct conn *c = job->c;
+	struct hm_err err = {0};
+	struct proto_msg r = {.type = PROTO_TCP_CONNECT_REPLY};
+	char dst[80];
+	proto_addr_str(&job->req.dst, dst, sizeof(dst));
+	int fd = agent_outgoing_tcp_connect(c->target, &job->req.dst, job->req.timeout_ms,
+					    &r.tcp_connect_reply.local, &err);
+	int rc = fd;
+	if (fd >= 0) {
+		/* park it unless the session ended meanwhile (conn_end drops what is parked
+		 * before it, under the same lock) */
+		pthread_mutex_lock(&c->send_lock);
+		if (c->closed) {
+			close(fd);
+			rc = hm_err_set(&err, ECONNABORTED, "session ended");
+		} else {
+			rc = agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_TCP, fd,
+					       0, r.tcp_connect_reply.token, &err);
+		}
+		pthread_mutex_unlock(&c->send_lock);
+	}
+	if (rc < 0) {
+		conn_send_error(c, job->id, PROTO_TCP_CONNECT, err.code ? err.code : EIO, err.msg);
+	} else {
+		char local[80];
+		hm_debug("conn %llu: session %llu: TCP %s -> %s", (unsigned long long)c->id,
+			 (unsigned long long)c->session_id,
+			 proto_addr_str(&r.tcp_connect_reply.local, local, sizeof(local)), dst);
+		conn_send(c, job->id, &r);
+	}
+	pthread_mutex_lock(&c->send_lock);
+	c->connects--;
+	pthread_mutex_unlock(&c->send_lock);
+	free(job);
+	conn_put(c);
+	return NULL;
+}
+
+static int spawn_detached(void *(*fn)(void *), void *arg)
+{
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, THREAD_STACK);
+	pthread_t th;
+	int rc = pthread_create(&th, &attr, fn, arg);
+	pthread_attr_destroy(&attr);
+	return rc;
+}
+
+static void handle_tcp_connect(struct conn *c, const struct proto_msg *m)
+{
+	pthread_mutex_lock(&c->send_lock);
+	bool busy = c->connects >= MAX_CONNECTS_PER_SESSION;
+	if (!busy)
+		c->connects++;
+	pthread_mutex_unlock(&c->send_lock);
+	if (busy) {
+		conn_send_error(c, m->id, m->type, EAGAIN, "too many connects in flight");
+		return;
+	}
+	struct connect_job *job = calloc(1, sizeof(*job));
+	int rc = ENOMEM;
+	if (job) {
+		job->c = c;
+		job->id = m->id;
+		job->req = m->tcp_connect;
+		atomic_fetch_add(&c->refs, 1);
+		rc = spawn_detached(connect_main, job);
+		if (rc) {
+			atomic_fetch_sub(&c->refs, 1);
+			free(job);
+		}
+	}
+	if (rc) {
+		pthread_mutex_lock(&c->send_lock);
+		c->connects--;
+		pthread_mutex_unlock(&c->send_lock);
+		conn_send_error(c, m->id, m->type, rc, "cannot start the connect");
+	}
+}
+
+static void handle_status(struct conn *c, const struct proto_msg *m)
+{
+	struct proto_msg r = {.type = PROTO_STATUS_REPLY};
+	agent_stats_fill(&c->srv->stats, AGENT_SERVER_NAME,
+			 agent_streams_pending(c->srv->streams), &r.status_reply);
+	conn_send(c, m->id, &r);
+}
+
+/* One decoded request. Returns < 0 when the connection must close. */
+static int dispatch(struct conn *c, const struct proto_msg *m)
+{
+	uint16_t reply = proto_reply_type(m->type);
+	if (!reply || m->type == PROTO_HELLO || m->type == PROTO_STREAM_HELLO) {
+		hm_warn("conn %llu (%s): %s is not a request here; closing",
+			(unsigned long long)c->id, c->peer, proto_type_name(m->type));
+		atomic_fetch_add(&c->srv->stats.errors, 1);
+		return -1;
+	}
+	atomic_fetch_add(&c->srv->stats.requests, 1);
+	switch (m->type) {
+	case PROTO_PING: {
+		struct proto_msg r = {.type = PROTO_PONG};
+		r.ping.nonce = m->ping.nonce;
+		conn_send(c, m->id, &r);
+		return 0;
+	}
+	case PROTO_STATUS:
+		handle_status(c, m);
+		return 0;
+	case PROTO_SESSION_OPEN:
+		handle_session_open(c, m);
+		return 0;
+	default:
+		break;
+	}
+	if (!c->target) {
+		conn_send_error(c, m->id, m->type, ENOTCONN, "no session: send SESSION_OPEN first");
+		return 0;
+	}
+	switch (m->type) {
+	case PROTO_ENV_GET:
+		handle_env(c, m);
+		break;
+	case PROTO_FILE_READ:
+		handle_file_read(c, m);
+		break;
+	case PROTO_FILE_WRITE:
+		handle_file_write(c, m);
+		break;
+	case PROTO_FILE_STAT:
+	case PROTO_FILE_ACCESS:
+	case PROTO_FILE_READLINK:
+	case PROTO_FILE_READDIR:
+	case PROTO_FILE_MKDIR:
+	case PROTO_FILE_UNLINK:
+	case PROTO_FILE_RENAME:
+	case PROTO_FILE_STATFS:
+		handle_file_simple(c, m);
+		break;
+	case PROTO_TCP_CONNECT:
+		handle_tcp_connect(c, m);
+		break;
+	case PROTO_UDP_OPEN:
+		handle_udp_open(c, m);
+		break;
+	default:
+		conn_send_error(c, m->id, m->type, EOPNOTSUPP, "request not supported by this agent");
+	}
+	return 0;
+}
+
+/* ---- reading frames ---- */
+
+enum wake { WAKE_FRAME, WAKE_CLOSED, WAKE_STOP, WAKE_TARGET, WAKE_TIMEOUT, WAKE_BAD };
+
+/* Wait for the next whole frame, the end of the connection, the agent's stop or the
+ * target's exit. deadline_ms 0: none. On WAKE_BAD/WAKE_CLOSED err says why. */
+static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
+			    struct proto_frame *f, struct hm_err *err)
+{
+	for (;;) {
+		struct pollfd pf[3] = {
+			{.fd = c->fd, .events = POLLIN},
+			{.fd = c->srv->stop_efd, .events = POLLIN},
+			{.fd = c->target ? agent_target_pidfd(c->target) : -1, .events = POLLIN},
+		};
+		int timeout = -1;
+		if (deadline_ms) {
+			uint64_t now = agent_now_ms();
+			if (now >= deadline_ms)
+				return WAKE_TIMEOUT;
+			timeout = (int)(deadline_ms - now);
+		}
+		int n = poll(pf, 3, timeout);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			hm_err_errno(err, "poll");
+			return WAKE_BAD;
+		}
+		if (n == 0)
+			continue; /* the deadline check above returns */
+		if (pf[1].revents)
+			return WAKE_STOP;
+		if (pf[2].revents)
+			return WAKE_TARGET;
+		if (!pf[0].revents)
+			continue;
+		int rc = proto_frame_reader_read(rd, c->fd, f, err);
+		if (rc == 1) {
+			atomic_fetch_add(&c->srv->stats.ctl_bytes_out, PROTO_HDR_LEN + f->hdr.len);
+			return WAKE_FRAME;
+		}
+		if (rc < 0)
+			return err->code == 0 ? WAKE_CLOSED : WAKE_BAD;
+	}
+}
+
+/* A frame a peer had no business sending: log it with the peer, count it. */
+static void protocol_error(struct conn *c, const char *what, const struct hm_err *err)
+{
+	atomic_fetch_add(&c->srv->stats.errors, 1);
+	hm_warn("conn %llu (%s): %s: %s; closing", (unsigned long long)c->id, c->peer, what,
+		err->msg);
+}
+
+/* A STREAM_HELLO: the token names a parked object; the fd goes to the relay. */
+static void start_stream(struct conn *c, const struct proto_msg *m)
+{
+	struct server *srv = c->srv;
+	struct agent_pending_stream ps;
+	struct proto_msg r = {.type = PROTO_STREAM_HELLO_REPLY};
+	if (agent_streams_claim(srv->streams, m->stream_hello.token, &ps) < 0) {
+		atomic_fetch_add(&srv->stats.errors, 1);
+		atomic_fetch_add(&srv->stats.auth_failures, 1);
+		hm_warn("conn %llu (%s): stream token unknown, used or expired; closing",
+			(unsigned long long)c->id, c->peer);
+		r.stream_hello_reply.error = EACCES;
+		r.stream_hello_reply.reason = "unknown, used or expired stream token";
+		conn_send(c, 0, &r);
+		return;
+	}
+	r.stream_hello_reply.reason = "";
+	if (conn_send(c, 0, &r) < 0) {
+		close(ps.fd);
+		return;
+	}
+	/* the relay owns both fds from here on, also when adding fails */
+	struct hm_err err = {0};
+	int client_fd = hm_steal_fd(&c->fd);
+	int rc;
+	const char *kind;
+	switch (ps.kind) {
+	case AGENT_STREAM_TCP:
+		kind = "tcp";
+		rc = agent_relay_add_tcp(srv->relay, client_fd, ps.fd, &err);
+		break;
+	case AGENT_STREAM_UDP:
+		kind = "udp";
+		rc = agent_relay_add_udp(srv->relay, client_fd, ps.fd, &err);
+		break;
+	case AGENT_STREAM_FILE:
+		kind = "file";
+		rc = agent_relay_add_file(srv->relay, client_fd, ps.fd, ps.size, &err);
+		break;
+	default:
+		kind = "?";
+		close(client_fd);
+		close(ps.fd);
+		rc = hm_err_set(&err, EINVAL, "unknown stream kind");
+	}
+	if (rc < 0) {
+		atomic_fetch_add(&srv->stats.errors, 1);
+		hm_warn("conn %llu (%s): %s stream of session %llu: %s", (unsigned long long)c->id,
+			c->peer, kind, (unsigned long long)ps.session_id, err.msg);
+	} else {
+		hm_debug("conn %llu (%s): %s stream of session %llu relayed",
+			 (unsigned long long)c->id, c->peer, kind, (unsigned long long)ps.session_id);
+	}
+}
+
+/* The first frame: HELLO (control) or STREAM_HELLO (stream). Returns 1 when a control
+ * connection is authenticated, 0 when the connection is done (stream handed over,
+ * rejected). */
+static int handshake(struct conn *c)
+{
+	struct server *srv = c->srv;
+	struct proto_frame_reader rd;
+	proto_frame_reader_init(&rd, PROTO_HELLO_MAX_PAYLOAD);
+	struct proto_frame f = {0};
+	struct hm_err err = {0};
+	enum wake w = next_frame(c, &rd, agent_now_ms() + (uint64_t)srv->cfg->handshake_timeout_ms,
+				 &f, &err);
+	proto_frame_reader_release(&rd);
+	switch (w) {
+	case WAKE_FRAME:
+		break;
+	case WAKE_TIMEOUT:
+		atomic_fetch_add(&srv->stats.errors, 1);
+		hm_warn("conn %llu (%s): no hello within %d ms; closing", (unsigned long long)c->id,
+			c->peer, srv->cfg->handshake_timeout_ms);
+		return 0;
+	case WAKE_CLOSED:
+		hm_debug("conn %llu (%s): closed before hello", (unsigned long long)c->id, c->peer);
+		return 0;
+	case WAKE_BAD:
+		protocol_error(c, "bad frame before hello", &err);
+		return 0;
+	default:
+		return 0;
+	}
+	struct proto_msg m;
+	if (proto_decode_frame(&f, &m, &err) < 0) {
+		protocol_error(c, "malformed hello", &err);
+		proto_msg_free(&m);
+		return 0;
+	}
+	int result = 0;
+	if (m.type == PROTO_HELLO) {
+		struct proto_msg r = {.type = PROTO_HELLO_REPLY};
+		if (proto_server_check_hello(&m.hello, srv->cfg->token, PROTO_FEATURES_SUPPORTED,
+					     AGENT_SERVER_NAME, &r.hello_reply) < 0) {
+			atomic_fetch_add(&srv->stats.errors, 1);
+			atomic_fetch_add(&srv->stats.auth_failures, 1);
+			hm_warn("conn %llu (%s): rejected client '%s': %s", (unsigned long long)c->id,
+				c->peer, m.hello.client, r.hello_reply.reason);
+		} else {
+			c->features = r.hello_reply.features;
+			hm_info("conn %llu (%s): client '%s' authenticated", (unsigned long long)c->id,
+				c->peer, m.hello.client);
+			result = 1;
+		}
+		conn_send(c, 0, &r);
+	} else if (m.type == PROTO_STREAM_HELLO) {
+		conn_handshake_done(c);
+		start_stream(c, &m);
+	} else {
+		atomic_fetch_add(&srv->stats.errors, 1);
+		hm_warn("conn %llu (%s): first frame is %s, not HELLO; closing",
+			(unsigned long long)c->id, c->peer, proto_type_name(m.type));
+	}
+	proto_msg_free(&m);
+	return result;
+}
+
+static void serve(struct conn *c)
+{
+	struct proto_frame_reader rd;
+	proto_frame_reader_init(&rd, PROTO_MAX_PAYLOAD);
+	char why[PROTO_MSG_MAX];
+	int end_errno = 0;
+	for (;;) {
+		struct proto_frame f = {0};
+		struct hm_err err = {0};
+		enum wake w = next_frame(c, &rd, 0, &f, &err);
+		if (w == WAKE_STOP) {
+			end_errno = ESHUTDOWN;
+			snprintf(why, sizeof(why), "agent shutting down");
+			break;
+		}
+		if (w == WAKE_TARGET) {
+			end_errno = ESRCH;
+			snprintf(why, sizeof(why), "target %s (pid %d) exited", c->target_name,
+				 (int)agent_target_pid(c->target));
+			break;
+		}
+		if (w == WAKE_CLOSED) {
+			snprintf(why, sizeof(why), "client disconnected");
+			break;
+		}
+		if (w != WAKE_FRAME) {
+			protocol_error(c, "bad frame", &err);
+			snprintf(why, sizeof(why), "protocol error");
+			break;
+		}
+		uint16_t type = f.hdr.type;
+		struct proto_msg m;
+		if (proto_decode_frame(&f, &m, &err) < 0) {
+			char what[64];
+			snprintf(what, sizeof(what), "malformed %s", proto_type_name(type));
+			protocol_error(c, what, &err);
+			proto_msg_free(&m);
+			snprintf(why, sizeof(why), "protocol error");
+			break;
+		}
+		m.id = f.hdr.id;
+		int rc = dispatch(c, &m);
+		proto_msg_free(&m);
+		if (rc < 0) {
+			snprintf(why, sizeof(why), "protocol error");
+			break;
+		}
+	}
+	proto_frame_reader_release(&rd);
+	conn_end(c, end_errno, why);
+}
+
+static void *conn_main(void *arg)
+{
+	struct conn *c = arg;
+	if (handshake(c) == 1) {
+		conn_handshake_done(c);
+		serve(c);
+	} else {
+		conn_end(c, 0, NULL);
+	}
+	conn_handshake_done(c);
+	conn_put(c);
+	return NULL;
+}
+
+/* ---- listeners ---- */
+
+static void describe_peer(int fd, bool is_unix, const struct sockaddr_storage *ss, char *buf,
+			  size_t len)
+{
+	if (is_unix) {
+		struct ucred cred;
+		socklen_t cl = sizeof(cred);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0)
+			snprintf(buf, len, "unix pid %d uid %d", (int)cred.pid, (int)cred.uid);
+		else
+			snprintf(buf, len, "unix");
+		return;
+	}
+	struct proto_addr a;
+	if (proto_addr_from_sockaddr((const struct sockaddr *)ss, sizeof(*ss), &a, NULL) == 0)
+		proto_addr_str(&a, buf, len);
+	else
+		snprintf(buf, len, "tcp");
+}
+
+static void accept_one(struct server *srv, int lfd, bool is_unix)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0) {
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+			hm_warn("accept: %s", strerror(errno));
+			poll(NULL, 0, 100); /* the backlog stays readable: do not spin */
+		}
+		return;
+	}
+	if (!is_unix) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	uint64_t id = atomic_fetch_add(&srv->next_conn_id, 1);
+	char peer[128];
+	describe_peer(fd, is_unix, &ss, peer, sizeof(peer));
+	pthread_mutex_lock(&srv->lock);
+	bool full = srv->nconns >= MAX_CONNECTIONS || srv->nhandshaking >= MAX_HANDSHAKING;
+	if (!full) {
+		srv->nconns++;
+		srv->nhandshaking++;
+	}
+	pthread_mutex_unlock(&srv->lock);
+	if (full) {
+		atomic_fetch_add(&srv->stats.errors, 1);
+		hm_warn("conn %llu (%s): too many connections; closing", (unsigned long long)id, peer);
+		close(fd);
+		return;
+	}
+	struct conn *c = calloc(1, sizeof(*c));
+	if (c) {
+		c->srv = srv;
+		atomic_init(&c->refs, 1);
+		c->fd = fd;
+		c->id = id;
+		c->handshaking = true;
+		snprintf(c->peer, sizeof(c->peer), "%s", peer);
+		pthread_mutex_init(&c->send_lock, NULL);
+		atomic_fetch_add(&srv->stats.connections, 1);
+		hm_debug("conn %llu (%s): accepted", (unsigned long long)id, peer);
+		int rc = spawn_detached(conn_main, c);
+		if (rc == 0)
+			return;
+		hm_warn("conn %llu: cannot start its thread: %s", (unsigned long long)id,
+			strerror(rc));
+		c->handshaking = false;
+		pthread_mutex_lock(&srv->lock);
+		srv->nhandshaking--;
+		pthread_mutex_unlock(&srv->lock);
+		conn_put(c); /* closes fd, nconns-- */
+		return;
+	}
+	close(fd);
+	pthread_mutex_lock(&srv->lock);
+	srv->nconns--;
+	srv->nhandshaking--;
+	pthread_mutex_unlock(&srv->lock);
+}
+
+/* Refuse to take over a socket another agent is serving; remove a stale one. */
+static int unix_path_prepare(const char *path, struct hm_err *err)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		return hm_err_errno(err, "%s", path);
+	}
+	if (!S_ISSOCK(st.st_mode))
+		return hm_err_set(err, EEXIST, "%s exists and is not a socket", path);
+	hm_autofd fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return hm_err_errno(err, "socket");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+		return hm_err_set(err, EADDRINUSE, "another agent is listening on %s", path);
+	if (errno != ECONNREFUSED)
+		return hm_err_errno(err, "probe %s", path);
+	hm_info("removing stale socket %s", path);
+	if (unlink(path) < 0 && errno != ENOENT)
+		return hm_err_errno(err, "remove %s", path);
+	return 0;
+}
+
+static int listen_unix(struct server *srv, const char *path, struct hm_err *err)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (!path[0] || strlen(path) >= sizeof(sa.sun_path))
+		return hm_err_set(err, ENAMETOOLONG, "unix socket path '%s'", path);
+	strcpy(sa.sun_path, path);
+	char dir[sizeof(sa.sun_path)];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = '\0';
+		if (hm_mkdir_p(dir, 0755, err) < 0)
+			return -1;
+	}
+	if (unix_path_prepare(path, err) < 0)
+		return -1;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return hm_err_errno(err, "socket");
+	/* The developer's unprivileged trace-run must reach the socket; the token, not the
+	 * file mode, is what keeps others out. Bind under a umask that gives 0666. */
+	mode_t old = umask(0);
+	int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	struct stat st;
+	if (rc < 0 || chmod(path, 0666) < 0 || stat(path, &st) < 0 || listen(fd, 512) < 0) {
+		hm_err_errno(err, "listen on %s", path);
+		close(fd);
+		return -1;
+	}
+	srv->unix_fd = fd;
+	srv->unix_dev = st.st_dev;
+	srv->unix_ino = st.st_ino;
+	hm_info("listening on unix:%s", path);
+	return 0;
+}
+
+static int split_host_port(const char *spec, char *host, size_t hlen, char *port, size_t plen,
+			   struct hm_err *err)
+{
+	const char *colon;
+	const char *h = spec;
+	size_t hl;
+	if (spec[0] == '[') {
+		const char *end = strchr(spec, ']');
+		if (!end || end[1] != ':')
+			return hm_err_set(err, EINVAL, "bad address '%s': expected [V6]:PORT", spec);
+		h = spec + 1;
+		hl = (size_t)(end - h);
+		colon = end + 1;
+	} else {
+		colon = strrchr(spec, ':');
+		if (!colon)
+			return hm_err_set(err, EINVAL, "bad address '%s': expected ADDR:PORT", spec);
+		hl = (size_t)(colon - spec);
+	}
+	if (hl >= hlen || strlen(colon + 1) >= plen || !colon[1])
+		return hm_err_set(err, EINVAL, "bad address '%s'", spec);
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	strcpy(port, colon + 1);
+	return 0;
+}
+
+static int listen_tcp(struct server *srv, const char *spec, struct hm_err *err)
+{
+	char host[256], port[16];
+	if (split_host_port(spec, host, sizeof(host), port, sizeof(port), err) < 0)
+		return -1;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC,
+				 .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+	struct addrinfo *res;
+	int gai = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+	if (gai)
+		return hm_err_set(err, EINVAL, "listen address '%s': %s", spec, gai_strerror(gai));
+	int fd = -1;
+	int saved = 0;
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+			    ai->ai_protocol);
+		if (fd < 0) {
+			saved = errno;
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 512) == 0)
+			break;
+		saved = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return hm_err_set(err, saved, "listen on %s", spec);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	struct proto_addr a;
+	char shown[80] = "?";
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+	    proto_addr_from_sockaddr((struct sockaddr *)&ss, sl, &a, NULL) == 0)
+		proto_addr_str(&a, shown, sizeof(shown));
+	srv->tcp_fd = fd;
+	hm_info("listening on %s", shown);
+	return 0;
+}
+
+static void remove_unix_socket(struct server *srv)
+{
+	struct stat st;
+	const char *path = srv->cfg->unix_path;
+	/* only our own socket: another agent may have replaced it since */
+	if (path && lstat(path, &st) == 0 && st.st_dev == srv->unix_dev &&
+	    st.st_ino == srv->unix_ino)
+		unlink(path);
+}
+
+static int wait_connections_gone(struct server *srv)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += SHUTDOWN_WAIT_MS / 1000;
+	int rc = 0;
+	pthread_mutex_lock(&srv->lock);
+	while (srv->nconns > 0 && rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&srv->cond, &srv->lock, &until);
+	unsigned left = srv->nconns;
+	pthread_mutex_unlock(&srv->lock);
+	return left ? -1 : 0;
+}
+
+int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
+{
+	static struct server srv_storage; /* one per process: threads may outlive a failed stop */
+	struct server *srv = &srv_storage;
+	memset(srv, 0, sizeof(*srv));
+	srv->cfg = cfg;
+	srv->unix_fd = srv->tcp_fd = -1;
+	agent_stats_init(&srv->stats);
+	atomic_init(&srv->next_conn_id, 1);
+	atomic_init(&srv->next_session_id, 1);
+	pthread_mutex_init(&srv->lock, NULL);
+	pthread_cond_init(&srv->cond, NULL);
+	if (!cfg->token || !cfg->token[0])
+		return hm_err_set(err, EINVAL, "no auth token");
+	if (!cfg->unix_path && !cfg->listen_addr)
+		return hm_err_set(err, EINVAL, "nothing to listen on");
+	srv->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (srv->stop_efd < 0)
+		return hm_err_errno(err, "eventfd");
+	if (agent_streams_create(cfg->stream_ttl_ms, &srv->streams, err) < 0)
+		goto fail;
+	if (agent_relay_create(&srv->stats.relay, &srv->relay, err) < 0)
+		goto fail;
+	if (cfg->unix_path && listen_unix(srv, cfg->unix_path, err) < 0)
+		goto fail;
+	if (cfg->listen_addr && listen_tcp(srv, cfg->listen_addr, err) < 0)
+		goto fail;
+	hm_info("%s ready (pid %d)", AGENT_SERVER_NAME, (int)getpid());
+
+	for (;;) {
+		struct pollfd pf[3] = {
+			{.fd = cfg->stop_fd, .events = POLLIN},
+			{.fd = srv->unix_fd, .events = POLLIN},
+			{.fd = srv->tcp_fd, .events = POLLIN},
+		};
+		int n = poll(pf, 3, 1000);
+		if (n < 0 && errno != EINTR) {
+			hm_err_errno(err, "poll");
+			break;
+		}
+		if (n <= 0) {
+			agent_streams_expire(srv->streams);
+			continue;
+		}
+		if (pf[0].revents)
+			break;
+		if (pf[1].revents)
+			accept_one(srv, srv->unix_fd, true);
+		if (pf[2].revents)
+			accept_one(srv, srv->tcp_fd, false);
+	}
+
+	pthread_mutex_lock(&srv->lock);
+	unsigned open_conns = srv->nconns;
+	pthread_mutex_unlock(&srv->lock);
+	hm_info("shutting down: ending %u connection(s)", open_conns);
+	/* stop accepting first, so nothing new starts while sessions end */
+	if (srv->unix_fd >= 0) {
+		close(srv->unix_fd);
+		srv->unix_fd = -1;
+		remove_unix_socket(srv);
+	}
+	if (srv->tcp_fd >= 0) {
+		close(srv->tcp_fd);
+		srv->tcp_fd = -1;
+	}
+	uint64_t one = 1;
+	if (write(srv->stop_efd, &one, sizeof(one)) < 0)
+		hm_warn("signal the connections to stop: %s", strerror(errno));
+	if (wait_connections_gone(srv) < 0) {
+		/* threads still use the relay and the tokens: leave them to the exit */
+		hm_warn("connections did not end within %d s", SHUTDOWN_WAIT_MS / 1000);
+		return 0;
+	}
+	agent_relay_destroy(srv->relay);
+	agent_streams_destroy(srv->streams);
+	close(srv->stop_efd);
+	hm_info("stopped");
+	return 0;
+
+fail:
+	if (srv->unix_fd >= 0) {
+		close(srv->unix_fd);
+		remove_unix_socket(srv);
+	}
+	if (srv->tcp_fd >= 0)
+		close(srv->tcp_fd);
+	if (srv->relay)
+		agent_relay_destroy(srv->relay);
+	agent_streams_destroy(srv->streams);
+	close(srv->stop_efd);
+	return -1;
+}

@@ -1,0 +1,459 @@
+/* Targets: pod/NAME, pid/N or container/ID resolved to a live process held by a pidfd,
+ * its root directory, and a worker thread inside its network namespace. Sessions that
+ * name the same process share one agent_target (refcounted, in a registry). */
+#include <ctype.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+
+#include "agent/internal.h"
+#include "runtime/runtime.h"
+
+#define CONTAINER_ID_MIN 12 /* docker's short ids; shorter ones match too much */
+#define CONTAINER_ID_MAX 64
+
+struct socket_request {
+	int domain, type, protocol;
+	int result; /* fd, or -errno */
+	bool done;
+	struct socket_request *next;
+};
+
+struct agent_target {
+	struct agent_target *next; /* registry */
+	unsigned refs;             /* under registry_lock */
+	pid_t pid;
+	int pidfd;
+	int root_fd;
+	char description[PROTO_NAME_MAX + 32];
+
+	pthread_t worker;
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* new request, request done, worker state */
+	struct socket_request *queue, *queue_tail;
+	bool stopping;
+	int worker_state; /* 0 starting, 1 ready, < 0 -errno of setns */
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct agent_target *registry;
+
+static int pidfd_open(pid_t pid, unsigned flags)
+{
+	return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+
+static bool pidfd_alive(int pidfd)
+{
+	struct pollfd p = {.fd = pidfd, .events = POLLIN};
+	int n;
+	do
+		n = poll(&p, 1, 0);
+	while (n < 0 && errno == EINTR);
+	return n == 0;
+}
+
+bool agent_target_alive(const struct agent_target *t)
+{
+	return pidfd_alive(t->pidfd);
+}
+
+pid_t agent_target_pid(const struct agent_target *t)
+{
+	return t->pid;
+}
+
+int agent_target_pidfd(const struct agent_target *t)
+{
+	return t->pidfd;
+}
+
+int agent_target_root_fd(const struct agent_target *t)
+{
+	return t->root_fd;
+}
+
+const char *agent_target_describe(const struct agent_target *t)
+{
+	return t->description;
+}
+
+unsigned agent_target_count(void)
+{
+	unsigned n = 0;
+	pthread_mutex_lock(&registry_lock);
+	for (struct agent_target *t = registry; t; t = t->next)
+		n++;
+	pthread_mutex_unlock(&registry_lock);
+	return n;
+}
+
+/* ---- the worker: one thread per target, inside the target's netns ---- */
+
+static void *worker_main(void *arg)
+{
+	struct agent_target *t = arg;
+	/* only this thread changes namespace: the rest of the agent stays in the host's */
+	int state = setns(t->pidfd, CLONE_NEWNET) < 0 ? -errno : 1;
+	pthread_mutex_lock(&t->lock);
+	t->worker_state = state;
+	pthread_cond_broadcast(&t->cond);
+	while (state > 0) {
+		while (!t->queue && !t->stopping)
+			pthread_cond_wait(&t->cond, &t->lock);
+		if (!t->queue)
+			break;
+		struct socket_request *req = t->queue;
+		t->queue = req->next;
+		if (!t->queue)
+			t->queue_tail = NULL;
+		pthread_mutex_unlock(&t->lock);
+		int fd = socket(req->domain, req->type | SOCK_CLOEXEC, req->protocol);
+		int result = fd < 0 ? -errno : fd;
+		pthread_mutex_lock(&t->lock);
+		req->result = result;
+		req->done = true;
+		pthread_cond_broadcast(&t->cond);
+	}
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+int agent_target_socket(struct agent_target *t, int domain, int type, int protocol,
+			struct hm_err *err)
+{
+	struct socket_request req = {.domain = domain, .type = type, .protocol = protocol};
+	pthread_mutex_lock(&t->lock);
+	if (t->stopping || t->worker_state <= 0) {
+		pthread_mutex_unlock(&t->lock);
+		return hm_err_set(err, ESRCH, "%s: target worker stopped", t->description);
+	}
+	if (t->queue_tail)
+		t->queue_tail->next = &req;
+	else
+		t->queue = &req;
+	t->queue_tail = &req;
+	pthread_cond_broadcast(&t->cond);
+	while (!req.done)
+		pthread_cond_wait(&t->cond, &t->lock);
+	pthread_mutex_unlock(&t->lock);
+	if (req.result < 0)
+		return hm_err_set(err, -req.result, "socket in the netns of %s", t->description);
+	return req.result;
+}
+
+static void target_free(struct agent_target *t)
+{
+	if (t->worker_state != 0) {
+		pthread_mutex_lock(&t->lock);
+		t->stopping = true;
+		pthread_cond_broadcast(&t->cond);
+		pthread_mutex_unlock(&t->lock);
+		pthread_join(t->worker, NULL);
+	}
+	pthread_mutex_destroy(&t->lock);
+	pthread_cond_destroy(&t->cond);
+	if (t->pidfd >= 0)
+		close(t->pidfd);
+	if (t->root_fd >= 0)
+		close(t->root_fd);
+	free(t);
+}
+
+void agent_target_put(struct agent_target *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&registry_lock);
+	bool last = --t->refs == 0;
+	if (last) {
+		for (struct agent_target **pp = &registry; *pp; pp = &(*pp)->next) {
+			if (*pp == t) {
+				*pp = t->next;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&registry_lock);
+	if (last) {
+		hm_debug("target %s released", t->description);
+		target_free(t);
+	}
+}
+
+/* ---- resolution: target string -> pid ---- */
+
+static int resolve_pod(const char *name, pid_t *pid, struct hm_err *err)
+{
+	struct rt_pod_state st;
+	if (rt_pod_state_load(name, &st, err) < 0)
+		return -1;
+	if (!rt_pod_is_running(&st))
+		return hm_err_set(err, ESRCH, "pod %s is not running (status %s)", name, st.status);
+	*pid = st.pid;
+	return 0;
+}
+
+static bool is_hex(int c)
+{
+	return isdigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* Does a /proc/PID/cgroup line name container id? The id must stand as a path element
+ * of its own, or behind a runtime prefix: "/docker/ID", "/kubepods/.../ID",
+ * "cri-containerd-ID.scope", "crio-ID.scope", "docker-ID.scope". A full 64-digit id
+ * must match whole; an abbreviated one (>= 12 digits) may be the start of a longer id. */
+static bool cgroup_line_has_id(const char *line, const char *id, size_t idlen)
+{
+	for (const char *p = line; (p = strstr(p, id)); p++) {
+		char before = p == line ? '\0' : p[-1];
+		if (before != '/' && before != '-')
+			continue;
+		const char *after = p + idlen;
+		while (is_hex((unsigned char)*after) && idlen < CONTAINER_ID_MAX)
+			after++; /* an abbreviated id: the rest of the full id */
+		if (after - p > CONTAINER_ID_MAX)
+			continue;
+		if (*after == '\0' || *after == '\n' || *after == '/' || *after == '.')
+			return true;
+	}
+	return false;
+}
+
+static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, size_t idlen)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "%s/cgroup", pid_name);
+	hm_autofd fd = openat(proc_fd, path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	/* cgroup files are small; a bounded read is plenty and a huge one is nobody's */
+	char buf[16384];
+	ssize_t n = hm_read_all(fd, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	char *save = NULL;
+	for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		/* "hierarchy-id:controllers:path": only the path may carry the id */
+		char *path_part = strchr(line, ':');
+		path_part = path_part ? strchr(path_part + 1, ':') : NULL;
+		if (path_part && cgroup_line_has_id(path_part + 1, id, idlen))
+			return true;
+	}
+	return false;
+}
+
+static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
+{
+	size_t idlen = strlen(id);
+	if (idlen < CONTAINER_ID_MIN || idlen > CONTAINER_ID_MAX)
+		return hm_err_set(err, EINVAL, "container id '%s': expected %d to %d hex digits", id,
+				  CONTAINER_ID_MIN, CONTAINER_ID_MAX);
+	for (size_t i = 0; i < idlen; i++)
+		if (!is_hex((unsigned char)id[i]))
+			return hm_err_set(err, EINVAL, "container id '%s': not hexadecimal", id);
+	char lower[CONTAINER_ID_MAX + 1];
+	for (size_t i = 0; i <= idlen; i++)
+		lower[i] = (char)tolower((unsigned char)id[i]);
+
+	hm_autofd proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (proc_fd < 0)
+		return hm_err_errno(err, "open /proc");
+	int dir_fd = fcntl(proc_fd, F_DUPFD_CLOEXEC, 0);
+	DIR *d = dir_fd < 0 ? NULL : fdopendir(dir_fd);
+	if (!d) {
+		hm_err_errno(err, "read /proc");
+		if (dir_fd >= 0)
+			close(dir_fd);
+		return -1;
+	}
+	pid_t best = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		uint64_t n;
+		if (hm_parse_u64(de->d_name, &n) < 0 || n == 0 || n > INT32_MAX)
+			continue;
+		if (best && (pid_t)n >= best)
+			continue;
+		if (pid_in_container(proc_fd, de->d_name, lower, idlen))
+			best = (pid_t)n;
+	}
+	closedir(d);
+	if (!best)
+		return hm_err_set(err, ESRCH, "no process in a cgroup of container %s", id);
+	*pid = best;
+	return 0;
+}
+
+/* An existing live target for pid, with a reference taken; NULL if none. A registered
+ * target whose process exited is not reused even if the pid came back. */
+static struct agent_target *registry_get(pid_t pid)
+{
+	struct agent_target *found = NULL;
+	pthread_mutex_lock(&registry_lock);
+	for (struct agent_target *t = registry; t; t = t->next) {
+		if (t->pid == pid && pidfd_alive(t->pidfd)) {
+			t->refs++;
+			found = t;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&registry_lock);
+	return found;
+}
+
+static int target_create(pid_t pid, int pidfd, const char *description,
+			 struct agent_target **out, struct hm_err *err)
+{
+	struct agent_target *t = calloc(1, sizeof(*t));
+	if (!t) {
+		close(pidfd);
+		return hm_err_set(err, ENOMEM, "target");
+	}
+	t->refs = 1;
+	t->pid = pid;
+	t->pidfd = pidfd;
+	t->root_fd = -1;
+	snprintf(t->description, sizeof(t->description), "%s", description);
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_cond_init(&t->cond, NULL);
+
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/root", (int)pid);
+	t->root_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (t->root_fd < 0) {
+		hm_err_errno(err, "open %s", path);
+		target_free(t);
+		return -1;
+	}
+	/* the root was opened by pid: only valid if that pid is still the pidfd's process */
+	if (!pidfd_alive(pidfd)) {
+		hm_err_set(err, ESRCH, "%s exited", description);
+		target_free(t);
+		return -1;
+	}
+
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 64 << 10);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old); /* the worker must take no signals */
+	int rc = pthread_create(&t->worker, &attr, worker_main, t);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	if (rc) {
+		hm_err_set(err, rc, "start the worker of %s", description);
+		target_free(t);
+		return -1;
+	}
+	pthread_mutex_lock(&t->lock);
+	while (t->worker_state == 0)
+		pthread_cond_wait(&t->cond, &t->lock);
+	int state = t->worker_state;
+	pthread_mutex_unlock(&t->lock);
+	if (state < 0) {
+		hm_err_set(err, -state, "enter the network namespace of %s", description);
+		target_free(t);
+		return -1;
+	}
+	*out = t;
+	return 0;
+}
+
+int agent_target_resolve(const struct proto_target *spec, struct agent_target **out,
+			 struct hm_err *err)
+{
+	*out = NULL;
+	pid_t pid = 0;
+	const char *kind = "pid";
+	switch (spec->kind) {
+	case PROTO_TARGET_POD:
+		kind = "pod";
+		if (resolve_pod(spec->value, &pid, err) < 0)
+			return -1;
+		break;
+	case PROTO_TARGET_PID:
+		if (spec->pid == 0 || spec->pid > INT32_MAX)
+			return hm_err_set(err, EINVAL, "bad pid %u", spec->pid);
+		pid = (pid_t)spec->pid;
+		break;
+	case PROTO_TARGET_CONTAINER:
+		kind = "container";
+		if (resolve_container(spec->value, &pid, err) < 0)
+			return -1;
+		break;
+	default:
+		return hm_err_set(err, EINVAL, "unknown target kind %d", (int)spec->kind);
+	}
+
+	char description[PROTO_NAME_MAX + 32];
+	snprintf(description, sizeof(description), "%s/%s (pid %d)", kind, spec->value, (int)pid);
+	int pidfd = pidfd_open(pid, 0);
+	if (pidfd < 0) {
+		if (errno == ESRCH)
+			return hm_err_set(err, ESRCH, "%s: no such process", description);
+		return hm_err_errno(err, "pidfd_open %s", description);
+	}
+	/* The pid was read (state file, /proc scan) before the pidfd was opened: check
+	 * again now that the pidfd pins the process, so a recycled pid is not served. */
+	if (spec->kind == PROTO_TARGET_POD) {
+		struct rt_pod_state st;
+		if (rt_pod_state_load(spec->value, &st, err) < 0 || !rt_pod_is_running(&st) ||
+		    st.pid != pid) {
+			close(pidfd);
+			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+		}
+	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
+		hm_autofd proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		char pid_name[16];
+		snprintf(pid_name, sizeof(pid_name), "%d", (int)pid);
+		char lower[CONTAINER_ID_MAX + 1];
+		size_t idlen = strlen(spec->value);
+		for (size_t i = 0; i <= idlen; i++)
+			lower[i] = (char)tolower((unsigned char)spec->value[i]);
+		if (proc_fd < 0 || !pid_in_container(proc_fd, pid_name, lower, idlen) ||
+		    !pidfd_alive(pidfd)) {
+			close(pidfd);
+			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+		}
+	}
+
+	struct agent_target *t = registry_get(pid);
+	if (t) {
+		close(pidfd);
+		*out = t;
+		return 0;
+	}
+	if (target_create(pid, pidfd, description, &t, err) < 0)
+		return -1;
+	/* Two sessions may have resolved the same pid at once: keep the first registered. */
+	pthread_mutex_lock(&registry_lock);
+	struct agent_target *other = NULL;
+	for (struct agent_target *o = registry; o; o = o->next) {
+		if (o->pid == pid && pidfd_alive(o->pidfd)) {
+			o->refs++;
+			other = o;
+			break;
+		}
+	}
+	if (!other) {
+		t->next = registry;
+		registry = t;
+	}
+	pthread_mutex_unlock(&registry_lock);
+	if (other) {
+		target_free(t);
+		t = other;
+	} else {
+		hm_info("target %s resolved", t->description);
+	}
+	*out = t;
+	return 0;
+}

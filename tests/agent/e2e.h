@@ -1,0 +1,43 @@
+/* agent_e2e: end-to-end checks of a real trace-agent through the client library.
+ * `agent_e2e [--unix PATH | --agent ADDR] --token-file F [--target T] CMD [ARGS]`: each
+ * CMD asserts one thing and exits 0 (pass), 1 (failed, with a FAIL: line on stderr) or
+ * 2 (usage). Other files add commands with E2E_REGISTER (e.g. e2e_outgoing.c). */
+#ifndef HERMIT_TESTS_AGENT_E2E_H
+#define HERMIT_TESTS_AGENT_E2E_H
+
+#include "agent/agent.h"
+
+struct e2e_ctx {
+	struct agent_endpoint ep;
+	char token[PROTO_AUTH_TOKEN_MAX + 1];
+	const char *target; /* --target, NULL when not given */
+};
+
+struct e2e_cmd {
+	const char *name;
+	const char *args; /* usage of the arguments after the name */
+	int (*run)(struct e2e_ctx *ctx, int argc, char **argv); /* argv[0] is the name */
+};
+
+void e2e_register(const struct e2e_cmd *cmds, size_t n);
+#define E2E_REGISTER(table)                                                                   \
+	static void __attribute__((constructor)) e2e_register_##table(void)                    \
+	{                                                                                      \
+		e2e_register(table, HM_ARRAY_SIZE(table));                                     \
+	}
+
+/* "FAIL: ..." on stderr; returns 1 (the failing exit code). */
+int e2e_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "ok: ..." on stdout; returns 0. */
+int e2e_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A client connected and authenticated, or NULL after printing why. */
+struct agent_client *e2e_connect(struct e2e_ctx *ctx);
+/* A client with a session on ctx->target (required), or NULL after printing why. */
+struct agent_client *e2e_session(struct e2e_ctx *ctx);
+/* "10.0.0.1:80", "[::1]:53" -> proto_addr; < 0 if malformed. */
+int e2e_parse_addr(const char *s, struct proto_addr *out);
+/* 0 when the agent still serves a fresh client (ping, and a session + env when
+ * ctx->target is set); else 1 after printing why. */
+int e2e_agent_still_serves(struct e2e_ctx *ctx);
+
+#endif

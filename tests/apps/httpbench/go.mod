@@ -1,0 +1,3 @@
+module hermit/tests/apps/httpbench
+
+go 1.19

@@ -1,0 +1,3 @@
+module hermit/tests/apps/httpserve
+
+go 1.19

@@ -1,0 +1,3 @@
+module hermit/tests/apps/podprobe
+
+go 1.19

@@ -1,0 +1,220 @@
+/* agent: one-time stream tokens (streams.c), endpoint parsing and token files
+ * (client.c). */
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <cmocka.h>
+
+#include "agent/agent.h"
+#include "agent/internal.h"
+
+static int a_socket(void)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	return fd;
+}
+
+static bool fd_open(int fd)
+{
+	return fcntl(fd, F_GETFD) >= 0;
+}
+
+static void test_token_claimed_once(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(0, &s, &err), 0);
+	int fd = a_socket();
+	uint8_t token[PROTO_TOKEN_LEN];
+	assert_int_equal(agent_streams_add(s, 7, AGENT_STREAM_FILE, fd, 1234, token, &err), 0);
+	assert_int_equal(agent_streams_pending(s), 1);
+
+	uint8_t wrong[PROTO_TOKEN_LEN];
+	memcpy(wrong, token, sizeof(wrong));
+	wrong[PROTO_TOKEN_LEN - 1] ^= 1;
+	struct agent_pending_stream ps;
+	assert_int_equal(agent_streams_claim(s, wrong, &ps), -1);
+
+	assert_int_equal(agent_streams_claim(s, token, &ps), 0);
+	assert_int_equal(ps.kind, AGENT_STREAM_FILE);
+	assert_int_equal(ps.fd, fd);
+	assert_int_equal(ps.size, 1234);
+	assert_int_equal(ps.session_id, 7);
+	assert_true(fd_open(fd)); /* the claimer owns it now */
+	assert_int_equal(agent_streams_claim(s, token, &ps), -1);
+	assert_int_equal(agent_streams_pending(s), 0);
+	close(fd);
+	agent_streams_destroy(s);
+}
+
+static void test_tokens_differ(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(0, &s, &err), 0);
+	uint8_t a[PROTO_TOKEN_LEN], b[PROTO_TOKEN_LEN];
+	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_TCP, a_socket(), 0, a, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_TCP, a_socket(), 0, b, &err), 0);
+	assert_memory_not_equal(a, b, PROTO_TOKEN_LEN);
+	agent_streams_destroy(s); /* closes both */
+}
+
+static void test_drop_session_closes_its_fds(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(0, &s, &err), 0);
+	int mine = a_socket(), other = a_socket();
+	uint8_t t1[PROTO_TOKEN_LEN], t2[PROTO_TOKEN_LEN];
+	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_UDP, mine, 0, t1, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, AGENT_STREAM_UDP, other, 0, t2, &err), 0);
+	agent_streams_drop_session(s, 1);
+	assert_false(fd_open(mine));
+	assert_true(fd_open(other));
+	struct agent_pending_stream ps;
+	assert_int_equal(agent_streams_claim(s, t1, &ps), -1);
+	assert_int_equal(agent_streams_claim(s, t2, &ps), 0);
+	close(ps.fd);
+	agent_streams_destroy(s);
+}
+
+static void test_expiry(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(50, &s, &err), 0);
+	int fd = a_socket();
+	uint8_t t[PROTO_TOKEN_LEN];
+	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_TCP, fd, 0, t, &err), 0);
+	usleep(120 * 1000);
+	agent_streams_expire(s);
+	assert_false(fd_open(fd));
+	struct agent_pending_stream ps;
+	assert_int_equal(agent_streams_claim(s, t, &ps), -1);
+	agent_streams_destroy(s);
+}
+
+static void test_per_session_cap(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(0, &s, &err), 0);
+	uint8_t t[PROTO_TOKEN_LEN];
+	for (int i = 0; i < AGENT_STREAMS_PER_SESSION; i++)
+		assert_int_equal(agent_streams_add(s, 9, AGENT_STREAM_TCP, a_socket(), 0, t, &err),
+				 0);
+	int fd = a_socket();
+	assert_int_equal(agent_streams_add(s, 9, AGENT_STREAM_TCP, fd, 0, t, &err), -1);
+	assert_int_equal(err.code, EAGAIN);
+	assert_false(fd_open(fd)); /* taken over even on failure */
+	/* another session is not affected */
+	assert_int_equal(agent_streams_add(s, 10, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
+	agent_streams_destroy(s);
+}
+
+static void test_endpoint_parse(void **state)
+{
+	(void)state;
+	struct agent_endpoint ep;
+	char buf[200];
+	assert_int_equal(agent_endpoint_parse("unix:/run/x.sock", &ep, NULL), 0);
+	assert_true(ep.is_unix);
+	assert_string_equal(ep.path, "/run/x.sock");
+	assert_int_equal(agent_endpoint_parse("/abs.sock", &ep, NULL), 0);
+	assert_true(ep.is_unix);
+	assert_int_equal(agent_endpoint_parse("127.0.0.1:7070", &ep, NULL), 0);
+	assert_false(ep.is_unix);
+	assert_string_equal(ep.host, "127.0.0.1");
+	assert_string_equal(ep.port, "7070");
+	assert_string_equal(agent_endpoint_str(&ep, buf, sizeof(buf)), "127.0.0.1:7070");
+	assert_int_equal(agent_endpoint_parse("[::1]:53", &ep, NULL), 0);
+	assert_string_equal(ep.host, "::1");
+	assert_string_equal(agent_endpoint_str(&ep, buf, sizeof(buf)), "[::1]:53");
+	assert_int_equal(agent_endpoint_parse("node.example:443", &ep, NULL), 0);
+	assert_string_equal(ep.host, "node.example");
+
+	const char *bad[] = {"", "host", "host:", "host:0", "host:65536", "host:12a", ":80",
+			     "[::1]53", "[::1", "unix:"};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(bad); i++)
+		assert_int_equal(agent_endpoint_parse(bad[i], &ep, NULL), -1);
+	char longpath[300] = "unix:/";
+	memset(longpath + 6, 'a', 250);
+	longpath[256] = '\0';
+	assert_int_equal(agent_endpoint_parse(longpath, &ep, NULL), -1);
+}
+
+static void write_file(const char *path, const char *content)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(content, f);
+	fclose(f);
+}
+
+static void test_token_load(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hermit-token-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	char path[256], tok[PROTO_AUTH_TOKEN_MAX + 1];
+	snprintf(path, sizeof(path), "%s/t", dir);
+	struct hm_err err = {0};
+
+	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), -1);
+	assert_int_equal(err.code, ENOENT);
+
+	write_file(path, "  abc123 \t\nsecond line\n");
+	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), 0);
+	assert_string_equal(tok, "abc123");
+
+	write_file(path, "\n\n");
+	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), -1);
+	assert_int_equal(err.code, EINVAL);
+
+	char big[PROTO_AUTH_TOKEN_MAX + 10];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	write_file(path, big);
+	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), -1);
+	assert_int_equal(err.code, E2BIG);
+
+	write_file(path, "short");
+	char tiny[4];
+	assert_int_equal(agent_token_load(path, tiny, sizeof(tiny), &err), -1);
+
+	unlink(path);
+	rmdir(dir);
+}
+
+int main(void)
+{
+	hm_log_init("test_agent_streams", HM_LOG_QUIET);
+	/* the per-session cap test parks AGENT_STREAMS_PER_SESSION sockets */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_token_claimed_once),
+		cmocka_unit_test(test_tokens_differ),
+		cmocka_unit_test(test_drop_session_closes_its_fds),
+		cmocka_unit_test(test_expiry),
+		cmocka_unit_test(test_per_session_cap),
+		cmocka_unit_test(test_endpoint_parse),
+		cmocka_unit_test(test_token_load),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
