@@ -914,9 +914,10 @@ static int unix_path_prepare(const char *path, struct hm_err *err)
 static int listen_unix(struct server *srv, const char *path, struct hm_err *err)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	if (!path[0] || strlen(path) >= sizeof(sa.sun_path))
+	/* room for the ".PID.tmp" name we bind first */
+	if (!path[0] || strlen(path) + 20 >= sizeof(sa.sun_path))
 		return hm_err_set(err, ENAMETOOLONG, "unix socket path '%s'", path);
-	strcpy(sa.sun_path, path);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.%d.tmp", path, (int)getpid());
 	char dir[sizeof(sa.sun_path)];
 	snprintf(dir, sizeof(dir), "%s", path);
 	char *slash = strrchr(dir, '/');
@@ -927,17 +928,22 @@ static int listen_unix(struct server *srv, const char *path, struct hm_err *err)
 	}
 	if (unix_path_prepare(path, err) < 0)
 		return -1;
+	unlink(sa.sun_path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return hm_err_errno(err, "socket");
 	/* The developer's unprivileged trace-run must reach the socket; the token, not the
-	 * file mode, is what keeps others out. Bind under a umask that gives 0666. */
+	 * file mode, is what keeps others out. Bind under a umask that gives 0666. Bind and
+	 * listen under a temporary name, then rename: a client never finds the socket
+	 * file before it accepts connections. */
 	mode_t old = umask(0);
 	int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
 	struct stat st;
-	if (rc < 0 || chmod(path, 0666) < 0 || stat(path, &st) < 0 || listen(fd, 512) < 0) {
+	if (rc < 0 || chmod(sa.sun_path, 0666) < 0 || listen(fd, 512) < 0 ||
+	    rename(sa.sun_path, path) < 0 || stat(path, &st) < 0) {
 		hm_err_errno(err, "listen on %s", path);
+		unlink(sa.sun_path);
 		close(fd);
 		return -1;
 	}

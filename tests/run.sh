@@ -26,8 +26,12 @@ run_unit() {
 		p=${p:-0}
 		f=${f:-0}
 		if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-			echo "$out" | tail -20
 			f=1
+		fi
+		if [ "$f" -gt 0 ]; then
+			echo "---- full output of $(basename "$t") (exit $rc) ----"
+			echo "$out" | tail -60
+			echo "----"
 		fi
 		passed=$((passed + p))
 		failed=$((failed + f))
