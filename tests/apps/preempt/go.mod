@@ -1,0 +1,3 @@
+module hermit/tests/apps/preempt
+
+go 1.19

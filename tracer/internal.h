@@ -1,0 +1,239 @@
+/* Interfaces between the files of the tracer module, and the handler API that the
+ * file, network and env handlers plug into. Not for other modules. */
+#ifndef HERMIT_TRACER_INTERNAL_H
+#define HERMIT_TRACER_INTERNAL_H
+
+#include <limits.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/un.h>
+#include <sys/user.h>
+
+#include "tracer/tracer.h"
+
+/* ---- architecture: one syscall table per arch; x86-64 first ---- */
+#if defined(__x86_64__)
+#define TRACER_NATIVE_ARCH AUDIT_ARCH_X86_64
+/* x32 syscalls arrive with arch X86_64 and this bit set in nr: a second table the
+ * handlers do not know, so the filter refuses them outright */
+#define TRACER_X32_SYSCALL_BIT 0x40000000U
+#define TRACER_SYSCALL_INSN_LEN 2 /* `syscall` = 0f 05 */
+#else
+#error "trace-run: only x86-64 is supported so far (add a syscall table and ptrace regs)"
+#endif
+
+/* every native syscall number is below this (x86-64 is at ~470 in 2025) */
+#define TRACER_NR_MAX 1024
+
+/* ---- handler API ----
+ * A handler sees one intercepted syscall of the program and decides its result. It
+ * runs in trace-run's supervisor loop, for both backends, with the calling thread
+ * blocked in the syscall. Pointer arguments are addresses in the program: read them
+ * with tracer_read_*, never dereference them.
+ *
+ * A reply can fail to arrive: the seccomp backend may find that the syscall was
+ * interrupted by a signal (Go preempts every ~10 ms with SIGURG) and will be re-issued
+ * with a new notification; any thread may be killed meanwhile. Handlers must therefore
+ * be idempotent, or set result.undo to take back what they did.
+ *
+ * Handlers run one at a time on the supervisor's thread: one that waits (for the agent,
+ * say) holds up every intercepted syscall of every thread meanwhile. */
+struct tracer;
+
+struct tracer_call {
+	struct tracer *tracer;
+	pid_t pid;     /* the calling thread (TID), in trace-run's pid namespace */
+	int nr;	       /* native syscall number (SYS_openat...) */
+	uint32_t arch; /* AUDIT_ARCH_*, always TRACER_NATIVE_ARCH today */
+	uint64_t args[6];
+	uint64_t ip; /* user instruction pointer after the syscall instruction */
+	uint64_t id; /* seccomp notification id; ptrace: a sequence number */
+};
+
+enum tracer_verdict {
+	TRACER_CONTINUE,   /* let the kernel run the syscall as the program issued it */
+	TRACER_RETURN,	   /* skip it; it returns value */
+	TRACER_ERROR,	   /* skip it; it fails with error (a positive errno) */
+	TRACER_INSTALL_FD, /* skip it; install fd in the program and return the new number */
+};
+
+struct tracer_result {
+	enum tracer_verdict verdict;
+	int64_t value; /* TRACER_RETURN */
+	int error;     /* TRACER_ERROR */
+	int fd;	       /* TRACER_INSTALL_FD: trace-run's fd; the core closes it */
+	int fd_flags;  /* TRACER_INSTALL_FD: O_CLOEXEC and/or O_NONBLOCK as the program asked */
+	/* called when the result could not be delivered (syscall interrupted, thread gone) */
+	void (*undo)(void *arg);
+	void *undo_arg;
+};
+
+static inline struct tracer_result tracer_continue(void)
+{
+	return (struct tracer_result){.verdict = TRACER_CONTINUE, .fd = -1};
+}
+static inline struct tracer_result tracer_return(int64_t value)
+{
+	return (struct tracer_result){.verdict = TRACER_RETURN, .value = value, .fd = -1};
+}
+static inline struct tracer_result tracer_error(int error)
+{
+	return (struct tracer_result){.verdict = TRACER_ERROR, .error = error, .fd = -1};
+}
+/* Takes ownership of fd. */
+static inline struct tracer_result tracer_install_fd(int fd, int fd_flags)
+{
+	return (struct tracer_result){.verdict = TRACER_INSTALL_FD, .fd = fd, .fd_flags = fd_flags};
+}
+
+typedef struct tracer_result (*tracer_handler_fn)(const struct tracer_call *call, void *data);
+
+/* Intercept syscall nr (native number) with fn. Must be called before tracer_run(); the
+ * filter is built from the registered set. Registering twice replaces the handler. */
+int tracer_set_handler(struct tracer *t, int nr, tracer_handler_fn fn, void *data,
+		       struct hm_err *err);
+
+/* ---- access to the program's memory (memory.c) ----
+ * process_vm_readv/writev, falling back to /proc/TID/mem. Failures fill err with EFAULT
+ * (bad address), ESRCH (thread gone) or the errno of the access. */
+int tracer_read_mem(const struct tracer_call *call, uint64_t addr, void *buf, size_t len,
+		    struct hm_err *err);
+int tracer_write_mem(const struct tracer_call *call, uint64_t addr, const void *buf, size_t len,
+		     struct hm_err *err);
+/* NUL-terminated string of at most size-1 bytes; ENAMETOOLONG when longer. */
+int tracer_read_string(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
+		       struct hm_err *err);
+/* True while the notification is still pending, i.e. what was read belongs to the
+ * thread that made this call and not to a recycled TID (SECCOMP_IOCTL_NOTIF_ID_VALID).
+ * It does not stop a sibling thread from rewriting the memory meanwhile: hermit is not
+ * a sandbox, the program runs as the user. Always true with ptrace (thread stopped). */
+bool tracer_call_valid(const struct tracer_call *call);
+/* tracer_read_string + tracer_call_valid: the path argument at addr. */
+int tracer_read_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
+		     struct hm_err *err);
+/* The absolute, lexically normalized form of path as the program would resolve it
+ * relative to dirfd (AT_FDCWD = its current directory), through /proc/TID/{cwd,fd}. */
+int tracer_resolve_at(const struct tracer_call *call, int dirfd, const char *path, char *out,
+		      size_t size, struct hm_err *err);
+/* Collapse "//", "/./" and "/../" in an absolute path, in place. */
+void tracer_path_normalize(char *path);
+
+/* ---- demonstration handlers (redirect.c), used by the tests ----
+ * open/openat of a path under prefix returns a read-only memfd holding content: exactly
+ * how remote files will reach the program. Writes are refused with EROFS. */
+struct tracer_redirect {
+	const char *prefix; /* absolute; matches the path itself and everything below */
+	const void *content;
+	size_t len;
+	unsigned long hits; /* files handed out */
+};
+int tracer_redirect_register(struct tracer *t, struct tracer_redirect *r, struct hm_err *err);
+
+/* ---- everything below is the core's own business ---- */
+
+struct tracer_handler_entry {
+	tracer_handler_fn fn;
+	void *data;
+};
+
+struct tracer_stats {
+	unsigned long calls;	 /* intercepted syscalls dispatched */
+	unsigned long continued; /* answered with CONTINUE */
+	unsigned long fds;	 /* fds installed */
+	unsigned long abandoned; /* replies that found the syscall gone (ENOENT / ESRCH) */
+};
+
+struct tracer_ptrace; /* ptrace.c */
+
+struct tracer {
+	enum tracer_backend backend;
+	struct tracer_features features;
+	struct tracer_handler_entry handlers[TRACER_NR_MAX];
+	uint64_t handoff_cookie[2]; /* see filter.c: the listener handoff sendmsg */
+
+	/* while running */
+	pid_t main_pid;
+	bool main_done;
+	struct tracer_exit exit;
+	int listener;	 /* seccomp backend */
+	int status_sock; /* launch.c: child's exec errors; EOF once exec succeeded */
+	int sigfd;
+	sigset_t saved_mask;
+	struct sigaction saved_sigchld;
+	bool no_children; /* waitpid said ECHILD: everything has exited */
+	size_t notif_size, resp_size;
+	uint64_t next_call_id;
+	struct tracer_ptrace *pt;
+	struct tracer_stats stats;
+};
+
+/* probe.c */
+int tracer_probe(struct tracer_features *f, struct hm_err *err);
+void tracer_probe_log(const struct tracer_features *f);
+
+/* filter.c: the BPF program for the registered handlers. intercept_action is
+ * SECCOMP_RET_USER_NOTIF or SECCOMP_RET_TRACE. Free prog->filter with free(). */
+int tracer_filter_build(const struct tracer *t, uint32_t intercept_action, struct sock_fprog *prog,
+			struct hm_err *err);
+/* syscalls refused with ENOSYS whatever the handlers: io_uring would bypass seccomp */
+bool tracer_filter_refused(int nr);
+
+/* handlers.c */
+struct tracer_result tracer_dispatch(struct tracer *t, const struct tracer_call *call);
+/* result was not delivered: close its fd, run its undo */
+void tracer_result_abandon(struct tracer *t, struct tracer_result *res);
+void tracer_result_release(struct tracer_result *res);
+int tracer_register_builtin(struct tracer *t, struct hm_err *err);
+
+/* launch.c: fork the program with the filter in place. seccomp: t->listener is set
+ * on return; ptrace: the child is seized and will stop at its exec. */
+int tracer_launch(struct tracer *t, char *const argv[], struct hm_err *err);
+/* read what the launch child reports after the handoff; false once it has exec'd */
+void tracer_launch_status(struct tracer *t);
+
+/* lifecycle.c: signals, reaping, exit status */
+int tracer_signals_block(struct tracer *t, struct hm_err *err);
+void tracer_signals_restore(struct tracer *t);
+/* drain the signalfd: forward what must reach the program, reap on SIGCHLD */
+void tracer_signals_handle(struct tracer *t);
+/* a wait status for pid (from waitpid); records the program's own outcome */
+void tracer_note_exit(struct tracer *t, pid_t pid, int status);
+/* waitpid(-1, WNOHANG) until nothing is left to reap (seccomp backend) */
+void tracer_reap(struct tracer *t);
+
+/* notify.c / ptrace.c: the supervisor loops; return when everything has exited */
+int tracer_notify_loop(struct tracer *t, struct hm_err *err);
+int tracer_ptrace_loop(struct tracer *t, struct hm_err *err);
+void tracer_ptrace_free(struct tracer *t);
+
+/* ptrace.c / inject.c */
+struct tracer_pt_proc; /* per thread group: the fd channel into the program */
+struct tracer_ptrace {
+	struct tracer_pt_proc *procs;
+	int listen_fd; /* abstract unix socket programs connect back to, -1 until needed */
+	struct sockaddr_un listen_addr;
+	socklen_t listen_addrlen;
+	pid_t current_tid; /* the thread whose seccomp stop is being handled */
+	uint64_t current_id;
+	/* tid -> tgid, direct-mapped; an entry leaves when its thread exits or execs */
+	struct {
+		pid_t tid, tgid;
+	} tgid_cache[256];
+};
+/* the call is the one being handled (its thread stays stopped until we resume it) */
+bool tracer_ptrace_valid(const struct tracer_call *call);
+/* one waitpid() status of a tracee */
+void tracer_pt_handle_status(struct tracer *t, pid_t pid, int status);
+/* at the seccomp stop described by regs: install res->fd as the syscall's result and
+ * resume the thread */
+void tracer_pt_install_fd(struct tracer *t, pid_t tid, const struct user_regs_struct *regs,
+			  struct tracer_result *res);
+/* the thread group tgid exec'd or exited: drop its channel */
+void tracer_pt_forget(struct tracer *t, pid_t tgid);
+/* thread tid is gone (exit, or replaced in an exec) */
+void tracer_pt_thread_gone(struct tracer *t, pid_t tid);
+void tracer_pt_free_procs(struct tracer *t);
+
+#endif
