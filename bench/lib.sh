@@ -75,3 +75,33 @@ for j, row in enumerate(table):
         print("-+-".join("-" * x for x in w))
 EOF
 }
+
+# Exit hooks: a benchmark that starts something (pods, daemons) registers a function
+# that stops it; run.sh runs them all once on exit, whatever the exit path.
+BENCH_EXIT_HOOKS=()
+bench_on_exit() { BENCH_EXIT_HOOKS+=("$1"); }
+bench_run_exit_hooks() {
+	local h
+	for h in "${BENCH_EXIT_HOOKS[@]}"; do
+		"$h" || true
+	done
+	BENCH_EXIT_HOOKS=()
+}
+
+# print_rows TITLE TSV: rows "name<TAB>value<TAB>baseline<TAB>ratio<TAB>goal", values
+# already formatted (units included; "-" where nothing applies), printed as a table.
+print_rows() {
+	local title="$1" tsv="$2"
+	echo
+	echo "== $title"
+	python3 - "$tsv" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+table = [["name", "value", "baseline", "ratio", "goal"]] + rows
+w = [max(len(r[i]) for r in table) for i in range(5)]
+for j, r in enumerate(table):
+    print(" | ".join(c.ljust(w[i]) if i in (0, 4) else c.rjust(w[i]) for i, c in enumerate(r)))
+    if j == 0:
+        print("-+-".join("-" * x for x in w))
+PY
+}

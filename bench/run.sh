@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
+source bench/agent.sh
+source bench/tracer.sh
 
-BENCHMARKS=(pod_start)
+BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}")
 
 # Busybox rootfs shared by the benchmarks, built by trace-pod itself.
 bench_rootfs() {
@@ -58,6 +60,9 @@ bench_pod_start() {
 
 main() {
 	local b
+	# whatever ends the run, pods and daemons a benchmark started are stopped
+	trap bench_run_exit_hooks EXIT
+	trap 'exit 130' INT TERM
 	[ -x "$TRACE_POD" ] || { echo "bench: $TRACE_POD not built (make BUILD=... all)" >&2; exit 1; }
 	local selected=("$@")
 	[ ${#selected[@]} -gt 0 ] || selected=("${BENCHMARKS[@]}")

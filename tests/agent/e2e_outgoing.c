@@ -226,7 +226,16 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 	double t_open = now_s() - t0;
 	if (rc == 0) {
 		struct agent_status st;
-		if (agent_client_status(c, &st, &err) < 0)
+		/* the agent replies to a stream hello just before its relay counts the
+		 * stream: give the last ones a moment to be counted */
+		int status_rc;
+		for (int tries = 0;; tries++) {
+			status_rc = agent_client_status(c, &st, &err);
+			if (status_rc < 0 || st.streams >= (uint32_t)n || tries >= 100)
+				break;
+			usleep(10000);
+		}
+		if (status_rc < 0)
 			rc = e2e_fail("STATUS: %s", err.msg);
 		else if (st.streams < (uint32_t)n)
 			rc = e2e_fail("the agent reports %u open streams with %d connections open",

@@ -1,0 +1,156 @@
+# Sourced by bench/run.sh: benchmarks of trace-run against a real trace-agent and real
+# pods, the scenario of tests/trace_fixture.sh (pod web the target, pod svc an HTTP
+# service), started on first use and removed by an exit hook.
+#
+#   tracer_syscalls  system calls trace-run does not intercept (getppid, pread of a local
+#                    file), timed inside tests/apps-c/syscall_loop: vs native, goal <= 1.05x
+#   tracer_open      open+read+close of a 4 KiB file in the pod, seccomp vs ptrace backend
+#                    in the same run: goal seccomp <= 0.3x ptrace
+#   tracer_start     `trace-run --target pod/web /bin/true` vs /bin/true: goal < 50 ms added
+#   tracer_http      httpbench (static Go) GETs to pod svc: under trace-run on the host vs
+#                    the same binary inside pod web: goal >= 0.7x the requests per second
+source "$HERMIT_ROOT/tests/lib.sh"
+source "$HERMIT_ROOT/tests/agent/agent_lib.sh"
+source "$HERMIT_ROOT/tests/trace_fixture.sh"
+
+TRACER_BENCHMARKS=(tracer_syscalls tracer_open tracer_start tracer_http)
+SYSCALL_LOOP="$BUILD/tests/syscall_loop"
+BENCH_TRACER_PROCS="${BENCH_TRACER_PROCS:-5}"   # processes per row, interleaved
+BENCH_SYSCALL_N="${BENCH_SYSCALL_N:-200000}"    # calls per round, 11 rounds per process
+BENCH_OPEN_N="${BENCH_OPEN_N:-1000}"            # opens per round, 5 rounds per process
+BENCH_HTTP_ROUNDS="${BENCH_HTTP_ROUNDS:-3}"
+BENCH_HTTP_SECONDS="${BENCH_HTTP_SECONDS:-3}"
+BENCH_HTTP_C="${BENCH_HTTP_C:-4}"
+
+tb_median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+tb_ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2fx" % (a / b) if b else "-")' "$1" "$2"; }
+
+tracer_env_up() {
+	[ -z "$FX_WORK" ] || return 0
+	[ -x "$SYSCALL_LOOP" ] || { echo "bench: $SYSCALL_LOOP not built (make BUILD=... all)" >&2; return 1; }
+	bench_on_exit fixture_down
+	FX_PREFIX="hb$$-" FX_NO_TRAP=1 FX_QUIET=1 fixture_up
+	# a local file for the pread loop: /tmp is local under trace-run's default policy
+	head -c 4096 /dev/urandom >"$FX_WORK/local-4k.bin"
+}
+
+# tb_run BACKEND|native CMD [ARGS]: CMD natively or under trace-run on pod web.
+tb_run() {
+	local how="$1"
+	shift
+	if [ "$how" = native ]; then
+		"$@"
+	else
+		trun --backend "$how" -- "$@"
+	fi
+}
+
+# tb_ns HOW CMD [ARGS]: the ns= figure of one syscall_loop process
+tb_ns() {
+	local out
+	out=$(tb_run "$@") || { echo "bench: $* failed" >&2; return 1; }
+	sed -n 's/.* ns=\([0-9.]*\) .*/\1/p' <<<"$out"
+}
+
+bench_tracer_syscalls() {
+	tracer_env_up
+	local tsv="$BENCH_DIR/tracer_syscalls.tsv" mode how p
+	local -A runs=()
+	local file="$FX_WORK/local-4k.bin"
+	for p in $(seq "$BENCH_TRACER_PROCS"); do
+		for mode in getppid pread; do
+			for how in native seccomp ptrace; do
+				local args=(-n "$BENCH_SYSCALL_N" -r 11 "$mode")
+				[ "$mode" = getppid ] || args+=("$file")
+				runs[$mode.$how]+=" $(tb_ns "$how" "$SYSCALL_LOOP" "${args[@]}")"
+			done
+		done
+	done
+	mkdir -p "$BENCH_DIR"
+	: >"$tsv"
+	for mode in getppid pread; do
+		local base m
+		# shellcheck disable=SC2086
+		base=$(tb_median ${runs[$mode.native]})
+		printf '%s\t%s\t%s\t%s\t%s\n' "$mode, native" "$base ns" "-" "-" "-" >>"$tsv"
+		for how in seccomp ptrace; do
+			# shellcheck disable=SC2086
+			m=$(tb_median ${runs[$mode.$how]})
+			printf '%s\t%s\t%s\t%s\t%s\n' "$mode, trace-run --backend $how" "$m ns" "$base ns" \
+				"$(tb_ratio "$m" "$base")" "<= 1.05x native" >>"$tsv"
+		done
+	done
+	print_rows "system calls trace-run does not intercept, ns per call (median of $BENCH_TRACER_PROCS processes x 11 rounds x $BENCH_SYSCALL_N calls)" "$tsv"
+	for mode in getppid pread; do
+		echo "runs $mode ns: native${runs[$mode.native]}; seccomp${runs[$mode.seccomp]}; ptrace${runs[$mode.ptrace]}"
+	done
+}
+
+bench_tracer_open() {
+	tracer_env_up
+	local tsv="$BENCH_DIR/tracer_open.tsv" p sec=() ptr=() loc=() ms mp ml
+	for p in $(seq "$BENCH_TRACER_PROCS"); do
+		sec+=("$(tb_ns seccomp "$SYSCALL_LOOP" -n "$BENCH_OPEN_N" -r 5 open /srv/bench/4k.bin)")
+		ptr+=("$(tb_ns ptrace "$SYSCALL_LOOP" -n "$BENCH_OPEN_N" -r 5 open /srv/bench/4k.bin)")
+		loc+=("$(tb_ns native "$SYSCALL_LOOP" -n "$BENCH_OPEN_N" -r 5 open "$FX_ROOTFS/srv/bench/4k.bin")")
+	done
+	ms=$(tb_median "${sec[@]}")
+	mp=$(tb_median "${ptr[@]}")
+	ml=$(tb_median "${loc[@]}")
+	mkdir -p "$BENCH_DIR"
+	printf '%s\t%s\t%s\t%s\t%s\n' \
+		"for scale: the same file opened natively" "$(tb_us "$ml") us" "-" "-" "-" \
+		"remote, --backend ptrace" "$(tb_us "$mp") us" "-" "-" "-" \
+		"remote, --backend seccomp" "$(tb_us "$ms") us" "$(tb_us "$mp") us" "$(tb_ratio "$ms" "$mp")" "<= 0.30x ptrace" \
+		>"$tsv"
+	print_rows "intercepted open+read+close of a 4 KiB file in pod web, us per open (median of $BENCH_TRACER_PROCS processes x 5 rounds x $BENCH_OPEN_N)" "$tsv"
+	echo "runs ns: seccomp ${sec[*]}; ptrace ${ptr[*]}; native ${loc[*]}"
+}
+tb_us() { python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) / 1000))' "$1"; }
+
+bench_tracer_start() {
+	tracer_env_up
+	local tsv="$BENCH_DIR/tracer_start.tsv"
+	local tr="$TRACE_RUN --agent-unix $FX_SOCK --token-file $FX_TOKEN_FILE --target pod/$FX_WEB"
+	bench_measure "$tsv" \
+		"/bin/true" "/bin/true" \
+		"trace-run --backend seccomp" "$tr --backend seccomp -- /bin/true" \
+		"trace-run --backend ptrace" "$tr --backend ptrace -- /bin/true"
+	print_table "trace-run --target pod/web /bin/true vs /bin/true, N=$BENCH_N interleaved (goal: < 50 ms added)" "/bin/true" "$tsv"
+	awk -F'\t' 'NR == 1 { base = $2 } NR > 1 { printf "added by %s: %.1f ms (goal < 50 ms)\n", $1, $2 - base }' "$tsv"
+}
+
+# httpbench's rps= figure; the client's failures fail the benchmark
+tb_rps() {
+	local out
+	out=$("$@") || { echo "bench: $* failed: $out" >&2; return 1; }
+	sed -n 's/.* rps=\([0-9.]*\) .*/\1/p' <<<"$out"
+}
+
+bench_tracer_http() {
+	tracer_env_up
+	local tsv="$BENCH_DIR/tracer_http.tsv" url="http://$FX_SVC_IP:$FX_PORT/" r pod=() sec=() ptr=() host=()
+	local args=(-url "$url" -c "$BENCH_HTTP_C" -d "${BENCH_HTTP_SECONDS}s")
+	# unmeasured: the agent's worker for the pod, page cache, the service's goroutines
+	tb_rps trun -- "$BUILD/apps/httpbench" -url "$url" -n 200 >/dev/null
+	for r in $(seq "$BENCH_HTTP_ROUNDS"); do
+		pod+=("$(tb_rps tp exec "$FX_WEB" -- httpbench "${args[@]}")")
+		sec+=("$(tb_rps trun --backend seccomp -- "$BUILD/apps/httpbench" "${args[@]}")")
+		ptr+=("$(tb_rps trun --backend ptrace -- "$BUILD/apps/httpbench" "${args[@]}")")
+		host+=("$(tb_rps "$BUILD/apps/httpbench" "${args[@]}")")
+	done
+	local mpod msec mptr mhost
+	mpod=$(tb_median "${pod[@]}")
+	msec=$(tb_median "${sec[@]}")
+	mptr=$(tb_median "${ptr[@]}")
+	mhost=$(tb_median "${host[@]}")
+	mkdir -p "$BENCH_DIR"
+	printf '%s\t%s\t%s\t%s\t%s\n' \
+		"client inside pod web" "$mpod rps" "-" "-" "-" \
+		"for scale: client on the host, no trace-run" "$mhost rps" "$mpod rps" "$(tb_ratio "$mhost" "$mpod")" "-" \
+		"trace-run --backend seccomp on the host" "$msec rps" "$mpod rps" "$(tb_ratio "$msec" "$mpod")" ">= 0.70x in pod" \
+		"trace-run --backend ptrace on the host" "$mptr rps" "$mpod rps" "$(tb_ratio "$mptr" "$mpod")" "-" \
+		>"$tsv"
+	print_rows "HTTP GET to pod svc, httpbench -c $BENCH_HTTP_C keep-alive, ${BENCH_HTTP_SECONDS}s, median of $BENCH_HTTP_ROUNDS" "$tsv"
+	echo "runs rps: pod ${pod[*]}; seccomp ${sec[*]}; ptrace ${ptr[*]}; host ${host[*]}"
+}
