@@ -139,10 +139,13 @@ demo: deps all
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 FUZZ_TIME ?= 60
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(wildcard proto/*.c util/*.c proto/*.h util/*.h)
+# the module sources each target links besides util/
+FUZZ_LINK_fuzz_proto := $(wildcard proto/*.c)
+FUZZ_LINK_fuzz_dns   := tracer/net_filter.c
+$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
-		-fno-sanitize-recover=undefined -o $@ $< $(wildcard proto/*.c util/*.c) -lz
+		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) -lz -lpthread
 # seeds: tests/fuzz/seeds/NAME/ (read-only, committed); a finding fails the target
 fuzz: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do \
