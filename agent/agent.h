@@ -16,6 +16,7 @@
 #ifndef HERMIT_AGENT_H
 #define HERMIT_AGENT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/un.h>
@@ -164,5 +165,34 @@ int agent_udp_send(int stream_fd, const struct proto_addr *dst, const void *data
  * timeout_ms < 0 waits forever; ETIMEDOUT; err->code 0 when the agent closed the stream. */
 ssize_t agent_udp_recv(int stream_fd, struct proto_addr *src, void *buf, size_t cap,
 		       int timeout_ms, struct hm_err *err);
+
+
+/* ---- the splice relay (relay.c) ----
+ * The agent's byte mover, also trace-run's local proxy for redirected connections: one
+ * thread with an epoll loop that moves bytes between pairs of fds with splice() through
+ * pipes (no user-space copy). Per stream it keeps ~200 bytes and its own fds; pipes are
+ * pooled and held only while bytes are in flight (at most 32 idle pipes are kept).
+ * The thread is created with the caller's signal mask: block the signals it must not
+ * take (a signalfd user) around agent_relay_create. */
+struct agent_counters {
+	atomic_uint_fast64_t bytes_in;	/* towards the client */
+	atomic_uint_fast64_t bytes_out; /* from the client */
+	atomic_uint_fast64_t streams;	/* currently open */
+};
+struct agent_relay;
+/* counters must outlive the relay. */
+int agent_relay_create(struct agent_counters *counters, struct agent_relay **out,
+		       struct hm_err *err);
+/* Stops the thread and closes (with a reset) everything still relayed or queued. No add
+ * may run concurrently with or after it. */
+void agent_relay_destroy(struct agent_relay *r);
+/* Relay a pair of connected stream sockets until both directions are done. May be
+ * called from any thread; takes ownership of both fds in every case (closed on failure:
+ * ENOMEM, or ESHUTDOWN once destroy began) and switches them to O_NONBLOCK.
+ * EOF from one side becomes shutdown(SHUT_WR) on the other once the bytes before it are
+ * delivered; the pair is closed when both directions saw EOF. A reset or error on one
+ * side resets the other (close with SO_LINGER 0), so the app sees ECONNRESET where the
+ * pod would have. */
+int agent_relay_add_tcp(struct agent_relay *r, int client_fd, int remote_fd, struct hm_err *err);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "agent/agent.h"
 #include "proto/proto.h"
 #include "util/util.h"
 
@@ -99,12 +100,9 @@ int agent_file_open_parent(int root_fd, const struct agent_path_split *sp, struc
 int agent_file_reopen(int path_fd, int flags, struct hm_err *err);
 
 /* ---- outgoing.c + relay.c: outgoing TCP/UDP and the byte relay ----
- * Byte counters the status endpoint reports. */
-struct agent_counters {
-	atomic_uint_fast64_t bytes_in;  /* towards the client */
-	atomic_uint_fast64_t bytes_out; /* from the client */
-	atomic_uint_fast64_t streams;   /* currently open */
-};
+ * struct agent_counters (the byte counters the status endpoint reports),
+ * agent_relay_create/destroy and agent_relay_add_tcp are in agent/agent.h: trace-run's
+ * local proxy uses the same relay. */
 /* Connect a socket made by agent_target_socket to dst (non-blocking connect, waiting
  * at most timeout_ms: 0 means 10 s, more than 120 s is cut to 120 s) and report the
  * local address the pod's side got (local may be NULL). Returns the connected fd,
@@ -132,13 +130,6 @@ int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto
  * Counters: bytes_out counts bytes from the client delivered to the pod side, bytes_in
  * bytes delivered to the client; streams is incremented by a successful add and
  * decremented when that stream is closed. */
-struct agent_relay;
-int agent_relay_create(struct agent_counters *counters, struct agent_relay **out,
-		       struct hm_err *err);
-/* Stops the thread and closes (with a reset) everything still relayed or queued. No add
- * may run concurrently with or after it. */
-void agent_relay_destroy(struct agent_relay *r);
-int agent_relay_add_tcp(struct agent_relay *r, int client_fd, int remote_fd, struct hm_err *err);
 /* client_fd carries UDP_DATAGRAM frames (id 0) both ways; udp_fd is the pod-side
  * socket. Each frame from the client is one sendto() to its peer (a v4 peer on a v6
  * socket goes out v4-mapped; an unsendable datagram is dropped, as UDP may); each

@@ -4,7 +4,9 @@
  *                                      would reach syscalls the handlers never see)
  *   nr has the x32 bit              -> ERRNO(ENOSYS)
  *   io_uring_setup/enter/register   -> ERRNO(ENOSYS) (io_uring bypasses seccomp)
- *   a registered syscall            -> the intercept action (USER_NOTIF or TRACE)
+ *   a registered syscall            -> the intercept action (USER_NOTIF or TRACE),
+ *                                      or ALLOW when registered with a condition on an
+ *                                      argument (tracer_set_handler_if_arg) that is 0
  *   anything else                   -> ALLOW
  *
  * Registered numbers are found by a binary search, so a non-intercepted syscall costs
@@ -53,7 +55,8 @@ static void emit_ret(struct bpf_builder *b, uint32_t action)
 struct filter_rule {
 	uint32_t nr;
 	uint32_t action;
-	bool cookie; /* allow when args[3], args[4] carry the handoff cookie */
+	bool cookie;	      /* allow when args[3], args[4] carry the handoff cookie */
+	uint8_t when_arg_set; /* 1 + the argument that must be non-zero for action */
 };
 
 #define ARG_LO(i) ((uint32_t)offsetof(struct seccomp_data, args[i]))
@@ -61,6 +64,18 @@ struct filter_rule {
 
 static void emit_rule(struct bpf_builder *b, const struct filter_rule *r, const uint64_t cookie[2])
 {
+	if (r->when_arg_set && !r->cookie) {
+		/* both halves zero: allow; the block returns on every path once nr matched */
+		int arg = r->when_arg_set - 1;
+		emit(b, BPF_JMP | BPF_JEQ | BPF_K, r->nr, 0, 6);
+		emit(b, BPF_LD | BPF_W | BPF_ABS, ARG_LO(arg), 0, 0);
+		emit(b, BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 3);
+		emit(b, BPF_LD | BPF_W | BPF_ABS, ARG_HI(arg), 0, 0);
+		emit(b, BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1);
+		emit_ret(b, SECCOMP_RET_ALLOW);
+		emit_ret(b, r->action);
+		return;
+	}
 	if (!r->cookie) {
 		emit(b, BPF_JMP | BPF_JEQ | BPF_K, r->nr, 0, 1);
 		emit_ret(b, r->action);
@@ -119,11 +134,12 @@ int tracer_filter_build(const struct tracer *t, uint32_t intercept_action, struc
 	/* ascending nr by construction */
 	for (int nr = 0; nr < TRACER_NR_MAX; nr++) {
 		if (tracer_filter_refused(nr)) {
-			rules[n++] = (struct filter_rule){nr, SECCOMP_RET_ERRNO | ENOSYS, false};
+			rules[n++] = (struct filter_rule){nr, SECCOMP_RET_ERRNO | ENOSYS, false, 0};
 		} else if (t->handlers[nr].fn) {
 			bool cookie =
 			    intercept_action == SECCOMP_RET_USER_NOTIF && nr == SYS_sendmsg;
-			rules[n++] = (struct filter_rule){nr, intercept_action, cookie};
+			rules[n++] = (struct filter_rule){nr, intercept_action, cookie,
+							  t->handlers[nr].when_arg_set};
 		}
 	}
 

@@ -20,6 +20,17 @@ int tracer_set_handler(struct tracer *t, int nr, tracer_handler_fn fn, void *dat
 	return 0;
 }
 
+int tracer_set_handler_if_arg(struct tracer *t, int nr, int arg, tracer_handler_fn fn, void *data,
+			      struct hm_err *err)
+{
+	if (arg < 0 || arg > 5)
+		return hm_err_set(err, EINVAL, "syscall argument %d out of range", arg);
+	if (tracer_set_handler(t, nr, fn, data, err) < 0)
+		return -1;
+	t->handlers[nr].when_arg_set = (uint8_t)(arg + 1);
+	return 0;
+}
+
 struct tracer_result tracer_dispatch(struct tracer *t, const struct tracer_call *call)
 {
 	t->stats.calls++;
@@ -68,4 +79,83 @@ static struct tracer_result handle_seccomp(const struct tracer_call *call, void 
 int tracer_register_builtin(struct tracer *t, struct hm_err *err)
 {
 	return tracer_set_handler(t, SYS_seccomp, handle_seccomp, NULL, err);
+}
+
+/* ---- deferred calls ---- */
+
+int tracer_defer_add(struct tracer *t, const struct tracer_call *call,
+		     const struct tracer_result *res, const struct user_regs_struct *regs)
+{
+	if (t->n_deferred == t->cap_deferred) {
+		size_t cap = t->cap_deferred ? t->cap_deferred * 2 : 16;
+		struct tracer_deferred *n = realloc(t->deferred, cap * sizeof(*n));
+		if (!n)
+			return -1;
+		t->deferred = n;
+		t->cap_deferred = cap;
+	}
+	struct tracer_deferred *d = &t->deferred[t->n_deferred++];
+	memset(d, 0, sizeof(*d));
+	d->call = *call;
+	d->res = *res;
+	if (regs)
+		d->regs = *regs;
+	return 0;
+}
+
+size_t tracer_defer_pollfds(const struct tracer *t, struct pollfd *pfd)
+{
+	for (size_t i = 0; i < t->n_deferred; i++)
+		pfd[i] = (struct pollfd){.fd = t->deferred[i].res.defer_fd, .events = POLLIN};
+	return t->n_deferred;
+}
+
+static void defer_remove(struct tracer *t, size_t i)
+{
+	t->deferred[i] = t->deferred[--t->n_deferred];
+}
+
+size_t tracer_defer_take_ready(struct tracer *t, const struct pollfd *pfd, size_t npfd,
+			       struct tracer_deferred **ready)
+{
+	*ready = NULL;
+	size_t n = 0, count = npfd < t->n_deferred ? npfd : t->n_deferred;
+	for (size_t i = 0; i < count; i++)
+		if (pfd[i].revents)
+			n++;
+	if (!n)
+		return 0;
+	struct tracer_deferred *out = malloc(n * sizeof(*out));
+	if (!out)
+		return 0; /* try again on the next round */
+	size_t k = 0;
+	/* from the end, so that the swap-with-last removal never moves an unvisited entry
+	 * into a visited slot */
+	for (size_t i = count; i-- > 0;) {
+		if (!pfd[i].revents)
+			continue;
+		out[k++] = t->deferred[i];
+		defer_remove(t, i);
+	}
+	*ready = out;
+	return k;
+}
+
+void tracer_defer_drop(struct tracer *t, bool (*gone)(const struct tracer_call *call, void *arg),
+		       void *arg)
+{
+	for (size_t i = t->n_deferred; i-- > 0;) {
+		struct tracer_deferred d = t->deferred[i];
+		if (gone && !gone(&d.call, arg))
+			continue;
+		defer_remove(t, i);
+		t->stats.abandoned++;
+		if (d.res.cancel)
+			d.res.cancel(d.res.defer_arg);
+	}
+	if (!t->n_deferred) {
+		free(t->deferred);
+		t->deferred = NULL;
+		t->cap_deferred = 0;
+	}
 }

@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/un.h>
@@ -57,7 +58,14 @@ enum tracer_verdict {
 	TRACER_RETURN,	   /* skip it; it returns value */
 	TRACER_ERROR,	   /* skip it; it fails with error (a positive errno) */
 	TRACER_INSTALL_FD, /* skip it; install fd in the program and return the new number */
+	TRACER_DEFER,	   /* answer later: see tracer_defer() */
 };
+
+struct tracer_result;
+/* Called on the supervisor thread once a deferred call's defer_fd is readable (or
+ * reports an error or hang-up); returns the final result, or TRACER_DEFER again to go
+ * on waiting (on the same or another fd, with the same or another arg). */
+typedef struct tracer_result (*tracer_resume_fn)(const struct tracer_call *call, void *arg);
 
 struct tracer_result {
 	enum tracer_verdict verdict;
@@ -68,6 +76,11 @@ struct tracer_result {
 	/* called when the result could not be delivered (syscall interrupted, thread gone) */
 	void (*undo)(void *arg);
 	void *undo_arg;
+	/* TRACER_DEFER */
+	int defer_fd;		   /* trace-run's fd to wait for (POLLIN); not owned by the core */
+	tracer_resume_fn resume;   /* produces the result once defer_fd is ready */
+	void (*cancel)(void *arg); /* the call went away before resume answered it */
+	void *defer_arg;
 };
 
 static inline struct tracer_result tracer_continue(void)
@@ -88,12 +101,41 @@ static inline struct tracer_result tracer_install_fd(int fd, int fd_flags)
 	return (struct tracer_result){.verdict = TRACER_INSTALL_FD, .fd = fd, .fd_flags = fd_flags};
 }
 
+/* Answer later, without holding up the supervisor: the calling thread stays blocked in
+ * its syscall while every other intercepted syscall is served. For work that waits on
+ * the outside world (an agent request made by a worker thread, a datagram on a socket):
+ * the handler starts it and returns tracer_defer(fd, resume, cancel, arg); the core
+ * polls fd together with its own fds and calls resume(call, arg) on the supervisor
+ * thread when fd is readable. resume gets a copy of the original call (same id: the
+ * memory helpers and tracer_call_valid work) and is only called while the call is
+ * still valid. When the call goes away first (the thread was killed, a signal
+ * interrupted the syscall, the program ended), cancel(arg) runs instead, exactly once,
+ * and resume never does. A deferred call can only be interrupted by a fatal signal (the
+ * seccomp backend waits killably when the kernel can; the ptrace backend keeps the
+ * thread stopped), so defer only what completes or fails on its own. */
+static inline struct tracer_result tracer_defer(int fd, tracer_resume_fn resume,
+						void (*cancel)(void *arg), void *arg)
+{
+	return (struct tracer_result){.verdict = TRACER_DEFER,
+				      .fd = -1,
+				      .defer_fd = fd,
+				      .resume = resume,
+				      .cancel = cancel,
+				      .defer_arg = arg};
+}
+
 typedef struct tracer_result (*tracer_handler_fn)(const struct tracer_call *call, void *data);
 
 /* Intercept syscall nr (native number) with fn. Must be called before tracer_run(); the
  * filter is built from the registered set. Registering twice replaces the handler. */
 int tracer_set_handler(struct tracer *t, int nr, tracer_handler_fn fn, void *data,
 		       struct hm_err *err);
+/* The same, but the filter intercepts nr only when argument arg (0-5) is not zero;
+ * otherwise the syscall runs natively at full speed. For calls whose interesting form
+ * is recognizable by a pointer: recvfrom() with a source address buffer, sendto() with
+ * a destination. */
+int tracer_set_handler_if_arg(struct tracer *t, int nr, int arg, tracer_handler_fn fn, void *data,
+			      struct hm_err *err);
 
 /* ---- access to the program's memory (memory.c) ----
  * process_vm_readv/writev, falling back to /proc/TID/mem. Failures fill err with EFAULT
@@ -136,6 +178,7 @@ int tracer_redirect_register(struct tracer *t, struct tracer_redirect *r, struct
 struct tracer_handler_entry {
 	tracer_handler_fn fn;
 	void *data;
+	uint8_t when_arg_set; /* 1 + the argument that must be non-zero; 0: always */
 };
 
 struct tracer_stats {
@@ -146,6 +189,13 @@ struct tracer_stats {
 };
 
 struct tracer_ptrace; /* ptrace.c */
+
+/* handlers.c: calls answered with TRACER_DEFER, waiting for their fd */
+struct tracer_deferred {
+	struct tracer_call call;
+	struct tracer_result res;     /* verdict TRACER_DEFER */
+	struct user_regs_struct regs; /* ptrace: the thread's registers at its seccomp stop */
+};
 
 struct tracer {
 	enum tracer_backend backend;
@@ -167,6 +217,8 @@ struct tracer {
 	uint64_t next_call_id;
 	struct tracer_ptrace *pt;
 	struct tracer_stats stats;
+	struct tracer_deferred *deferred;
+	size_t n_deferred, cap_deferred;
 };
 
 /* probe.c */
@@ -186,6 +238,21 @@ struct tracer_result tracer_dispatch(struct tracer *t, const struct tracer_call 
 void tracer_result_abandon(struct tracer *t, struct tracer_result *res);
 void tracer_result_release(struct tracer_result *res);
 int tracer_register_builtin(struct tracer *t, struct hm_err *err);
+/* Park a deferred call (regs: ptrace only, else NULL). Fails only on ENOMEM; the
+ * caller then cancels it and answers ENOMEM. */
+int tracer_defer_add(struct tracer *t, const struct tracer_call *call,
+		     const struct tracer_result *res, const struct user_regs_struct *regs);
+/* Append a pollfd (POLLIN) per deferred call to pfd, which has room for n_deferred
+ * more. Returns how many were appended, in the order of t->deferred. */
+size_t tracer_defer_pollfds(const struct tracer *t, struct pollfd *pfd);
+/* Take out the calls whose pollfd (the npfd from tracer_defer_pollfds, calls added
+ * since then come after them) reported readiness; *ready is malloc'ed (NULL when none). */
+size_t tracer_defer_take_ready(struct tracer *t, const struct pollfd *pfd, size_t npfd,
+			       struct tracer_deferred **ready);
+/* Drop the deferred calls for which gone(call) is true (or every call when gone is
+ * NULL), cancelling each. */
+void tracer_defer_drop(struct tracer *t, bool (*gone)(const struct tracer_call *call, void *arg),
+		       void *arg);
 
 /* launch.c: fork the program with the filter in place. seccomp: t->listener is set
  * on return; ptrace: the child is seized and will stop at its exec. */

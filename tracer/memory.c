@@ -127,7 +127,11 @@ void tracer_path_normalize(char *path)
 		} else {
 			memmove(out, in, n);
 			out += n;
+			/* out may have caught up with in: the '/' would overwrite the NUL */
+			bool last = !*end;
 			*out++ = '/';
+			if (last)
+				break;
 		}
 		in = end;
 	}

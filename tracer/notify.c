@@ -35,6 +35,9 @@ static void reply(struct tracer *t, uint64_t id, struct tracer_result *res,
 	memset(resp, 0, t->resp_size);
 	resp->id = id;
 	switch (res->verdict) {
+	case TRACER_DEFER: /* answer() parks these; never replied */
+		resp->error = -ENOSYS;
+		break;
 	case TRACER_CONTINUE:
 		resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
 		break;
@@ -80,6 +83,22 @@ static void reply(struct tracer *t, uint64_t id, struct tracer_result *res,
 		tracer_result_release(res);
 }
 
+/* Reply now, or park a deferred call until its fd is ready. */
+static void answer(struct tracer *t, const struct tracer_call *call, struct tracer_result *res,
+		   struct seccomp_notif_resp *resp)
+{
+	if (res->verdict != TRACER_DEFER) {
+		reply(t, call->id, res, resp);
+		return;
+	}
+	if (tracer_defer_add(t, call, res, NULL) == 0)
+		return;
+	if (res->cancel)
+		res->cancel(res->defer_arg);
+	struct tracer_result oom = tracer_error(ENOMEM);
+	reply(t, call->id, &oom, resp);
+}
+
 static void handle_notification(struct tracer *t, struct seccomp_notif *req,
 				struct seccomp_notif_resp *resp)
 {
@@ -104,7 +123,33 @@ static void handle_notification(struct tracer *t, struct seccomp_notif *req,
 		res = tracer_error(ENOSYS); /* the filter kills foreign ABIs; belt and braces */
 	else
 		res = tracer_dispatch(t, &call);
-	reply(t, req->id, &res, resp);
+	answer(t, &call, &res, resp);
+}
+
+static bool notif_gone(const struct tracer_call *call, void *arg)
+{
+	(void)arg;
+	return !tracer_call_valid(call);
+}
+
+/* Deferred calls whose fd turned ready: resume them, answer or park them again. */
+static void run_deferred(struct tracer *t, const struct pollfd *pfd, size_t npfd,
+			 struct seccomp_notif_resp *resp)
+{
+	hm_autofree struct tracer_deferred *ready = NULL;
+	size_t n = tracer_defer_take_ready(t, pfd, npfd, &ready);
+	for (size_t i = 0; i < n; i++) {
+		struct tracer_deferred *d = &ready[i];
+		if (!tracer_call_valid(&d->call)) {
+			/* interrupted meanwhile: the program never sees this answer */
+			t->stats.abandoned++;
+			if (d->res.cancel)
+				d->res.cancel(d->res.defer_arg);
+			continue;
+		}
+		struct tracer_result res = d->res.resume(&d->call, d->res.defer_arg);
+		answer(t, &d->call, &res, resp);
+	}
 }
 
 int tracer_notify_loop(struct tracer *t, struct hm_err *err)
@@ -124,8 +169,17 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 	if (!req || !resp)
 		return hm_err_set(err, ENOMEM, "notification buffers");
 
+	hm_autofree struct pollfd *pfd = NULL;
+	size_t pfd_cap = 0;
 	while (!t->no_children) {
-		struct pollfd pfd[2];
+		if (pfd_cap < 2 + t->n_deferred) {
+			size_t cap = 2 + t->cap_deferred;
+			struct pollfd *bigger = realloc(pfd, cap * sizeof(*pfd));
+			if (!bigger)
+				return hm_err_set(err, ENOMEM, "poll set");
+			pfd = bigger;
+			pfd_cap = cap;
+		}
 		nfds_t n = 0;
 		int lpos = -1;
 		if (t->listener >= 0) {
@@ -134,11 +188,22 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 		}
 		int spos = (int)n;
 		pfd[n++] = (struct pollfd){.fd = t->sigfd, .events = POLLIN};
-		if (poll(pfd, n, -1) < 0) {
+		size_t dpos = n;
+		n += tracer_defer_pollfds(t, pfd + dpos);
+		/* deferred calls are checked for validity now and then: a thread killed while
+		 * it waits leaves nothing behind that would wake us */
+		int r = poll(pfd, n, t->n_deferred ? 1000 : -1);
+		if (r < 0) {
 			if (errno == EINTR)
 				continue;
 			return hm_err_errno(err, "poll");
 		}
+		if (r == 0) {
+			tracer_defer_drop(t, notif_gone, NULL);
+			continue;
+		}
+		if (t->listener >= 0 && n > dpos)
+			run_deferred(t, pfd + dpos, n - dpos, resp);
 		if (lpos >= 0) {
 			if (pfd[lpos].revents & POLLIN) {
 				handle_notification(t, req, resp);
@@ -146,10 +211,12 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 				/* every process that had the filter is gone */
 				close(t->listener);
 				t->listener = -1;
+				tracer_defer_drop(t, NULL, NULL);
 			}
 		}
 		if (pfd[spos].revents & POLLIN)
 			tracer_signals_handle(t);
 	}
+	tracer_defer_drop(t, NULL, NULL);
 	return 0;
 }

@@ -67,7 +67,25 @@ static void apply_result(struct tracer *t, pid_t tid, struct user_regs_struct *r
 	case TRACER_INSTALL_FD:
 		tracer_pt_install_fd(t, tid, regs, res);
 		return;
+	case TRACER_DEFER: /* answer() parks these; never applied */
+		break;
 	}
+}
+
+/* Apply now, or leave the thread stopped until the deferred call's fd is ready. */
+static void answer(struct tracer *t, const struct tracer_call *call, struct user_regs_struct *regs,
+		   struct tracer_result *res)
+{
+	if (res->verdict != TRACER_DEFER) {
+		apply_result(t, call->pid, regs, res);
+		return;
+	}
+	if (tracer_defer_add(t, call, res, regs) == 0)
+		return;
+	if (res->cancel)
+		res->cancel(res->defer_arg);
+	struct tracer_result oom = tracer_error(ENOMEM);
+	apply_result(t, call->pid, regs, &oom);
 }
 
 static void handle_seccomp_stop(struct tracer *t, pid_t tid)
@@ -89,7 +107,36 @@ static void handle_seccomp_stop(struct tracer *t, pid_t tid)
 	pt->current_id = call.id;
 	struct tracer_result res = tracer_dispatch(t, &call);
 	pt->current_tid = 0;
-	apply_result(t, tid, &regs, &res);
+	answer(t, &call, &regs, &res);
+}
+
+static bool tid_gone(const struct tracer_call *call, void *arg)
+{
+	return call->pid == *(const pid_t *)arg;
+}
+
+/* the thread is gone: nothing waits for its deferred call any more */
+static void thread_gone(struct tracer *t, pid_t tid)
+{
+	tracer_pt_thread_gone(t, tid);
+	if (t->n_deferred)
+		tracer_defer_drop(t, tid_gone, &tid);
+}
+
+/* Deferred calls whose fd turned ready: their threads are still at the seccomp stop. */
+static void run_deferred(struct tracer *t, const struct pollfd *pfd, size_t npfd)
+{
+	hm_autofree struct tracer_deferred *ready = NULL;
+	size_t n = tracer_defer_take_ready(t, pfd, npfd, &ready);
+	struct tracer_ptrace *pt = t->pt;
+	for (size_t i = 0; i < n; i++) {
+		struct tracer_deferred *d = &ready[i];
+		pt->current_tid = d->call.pid;
+		pt->current_id = d->call.id;
+		struct tracer_result res = d->res.resume(&d->call, d->res.defer_arg);
+		pt->current_tid = 0;
+		answer(t, &d->call, &d->regs, &res);
+	}
 }
 
 static bool is_stop_signal(int sig)
@@ -101,7 +148,7 @@ void tracer_pt_handle_status(struct tracer *t, pid_t pid, int status)
 {
 	if (WIFEXITED(status) || WIFSIGNALED(status)) {
 		tracer_note_exit(t, pid, status);
-		tracer_pt_thread_gone(t, pid);
+		thread_gone(t, pid);
 		tracer_pt_forget(t, pid); /* a no-op unless pid was a thread group leader */
 		return;
 	}
@@ -118,7 +165,7 @@ void tracer_pt_handle_status(struct tracer *t, pid_t pid, int status)
 		 * thread that exec'd now carries the leader's pid and its own tid is gone */
 		unsigned long former = 0;
 		if (ptrace(PTRACE_GETEVENTMSG, pid, 0, &former) == 0 && (pid_t)former != pid)
-			tracer_pt_thread_gone(t, (pid_t)former);
+			thread_gone(t, (pid_t)former);
 		tracer_pt_forget(t, pid);
 		resume(pid, 0);
 		return;
@@ -145,6 +192,8 @@ int tracer_ptrace_loop(struct tracer *t, struct hm_err *err)
 {
 	if (!pt_state(t))
 		return hm_err_set(err, ENOMEM, "ptrace state");
+	hm_autofree struct pollfd *pfd = NULL;
+	size_t pfd_cap = 0;
 	while (!t->no_children) {
 		int status;
 		pid_t pid = waitpid(-1, &status, __WALL | WNOHANG);
@@ -161,13 +210,26 @@ int tracer_ptrace_loop(struct tracer *t, struct hm_err *err)
 			}
 			return hm_err_errno(err, "waitpid");
 		}
-		/* nothing to reap: sleep until SIGCHLD (stops notify the tracer too) or a
-		 * signal to forward */
-		struct pollfd pfd = {.fd = t->sigfd, .events = POLLIN};
-		if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+		/* nothing to reap: sleep until SIGCHLD (stops notify the tracer too), a
+		 * signal to forward or a deferred call's fd */
+		if (pfd_cap < 1 + t->n_deferred) {
+			size_t cap = 1 + t->cap_deferred;
+			struct pollfd *bigger = realloc(pfd, cap * sizeof(*pfd));
+			if (!bigger)
+				return hm_err_set(err, ENOMEM, "poll set");
+			pfd = bigger;
+			pfd_cap = cap;
+		}
+		pfd[0] = (struct pollfd){.fd = t->sigfd, .events = POLLIN};
+		size_t nd = tracer_defer_pollfds(t, pfd + 1);
+		int r = poll(pfd, 1 + nd, -1);
+		if (r < 0 && errno != EINTR)
 			return hm_err_errno(err, "poll");
+		if (r > 0 && nd)
+			run_deferred(t, pfd + 1, nd);
 		tracer_signals_handle(t);
 	}
+	tracer_defer_drop(t, NULL, NULL);
 	return 0;
 }
 
