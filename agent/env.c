@@ -13,11 +13,35 @@ void agent_env_release(struct agent_env *e)
 	memset(e, 0, sizeof(*e));
 }
 
+/* A trace-pod started with --init has hermit-init as PID 1, whose environment is not
+ * the pod's (it never execs): the pod's command, init's first child, has it. */
+static pid_t env_source_pid(pid_t pid)
+{
+	char path[64], comm[32];
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, comm, sizeof(comm) - 1);
+	if (n <= 0)
+		return pid;
+	comm[n] = '\0';
+	if (strcmp(comm, "hermit-init\n"))
+		return pid;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
+	hm_autofd cfd = open(path, O_RDONLY | O_CLOEXEC);
+	char list[64];
+	n = cfd < 0 ? -1 : read(cfd, list, sizeof(list) - 1);
+	if (n <= 0)
+		return pid;
+	list[n] = '\0';
+	long child = strtol(list, NULL, 10);
+	return child > 0 ? (pid_t)child : pid;
+}
+
 int agent_env_read(const struct agent_target *t, struct agent_env *out, struct hm_err *err)
 {
 	memset(out, 0, sizeof(*out));
 	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/environ", (int)agent_target_pid(t));
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int)env_source_pid(agent_target_pid(t)));
 	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", path);

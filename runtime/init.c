@@ -11,9 +11,10 @@
 
 static const int forwarded_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
-/* Hide the host's trace-pod command line (rootfs path, flags) from the pod: overwrite
- * our argv area, whose bounds /proc/self/stat gives (fields 48 and 49). */
-static void hide_host_cmdline(void)
+/* Hide the host's trace-pod command line (rootfs path, flags) and environment (the
+ * host user's variables) from the pod: overwrite our argv and env areas, whose bounds
+ * /proc/self/stat gives (fields 48-51). The agent reads a pod's env from init's child. */
+static void hide_host_cmdline_and_env(void)
 {
 	char buf[2048];
 	hm_autofd fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
@@ -27,23 +28,20 @@ static void hide_host_cmdline(void)
 	char *p = strrchr(buf, ')');
 	if (!p)
 		return;
-	unsigned long arg_start = 0, arg_end = 0;
+	unsigned long area[4] = {0}; /* arg_start, arg_end, env_start, env_end */
 	int field = 2;
-	for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " ")) {
+	for (char *tok = strtok(p + 1, " "); tok && field < 51; tok = strtok(NULL, " ")) {
 		field++;
-		if (field == 48)
-			arg_start = strtoul(tok, NULL, 10);
-		else if (field == 49) {
-			arg_end = strtoul(tok, NULL, 10);
-			break;
-		}
+		if (field >= 48 && field <= 51)
+			area[field - 48] = strtoul(tok, NULL, 10);
 	}
-	if (!arg_start || arg_end <= arg_start)
+	clearenv();
+	if (area[2] && area[3] > area[2])
+		memset((char *)area[2], 0, area[3] - area[2]);
+	if (!area[0] || area[1] <= area[0])
 		return;
-	char *area = (char *)arg_start;
-	size_t len = arg_end - arg_start;
-	memset(area, 0, len);
-	snprintf(area, len, "hermit-init");
+	memset((char *)area[0], 0, area[1] - area[0]);
+	snprintf((char *)area[0], area[1] - area[0], "hermit-init");
 }
 
 static int status_to_exit_code(int status)
@@ -82,7 +80,7 @@ void rt_init_run(char **argv, char **env, int error_fd)
 	 * binary, CVE-2019-5736) nor ptrace or read init's memory. Set after fork: the
 	 * command's own exec makes it dumpable again as usual. */
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-	hide_host_cmdline();
+	hide_host_cmdline_and_env();
 
 	for (;;) {
 		siginfo_t info;
