@@ -4,7 +4,8 @@
 # service), started on first use and removed by an exit hook.
 #
 #   tracer_syscalls  system calls trace-run does not intercept (getppid, pread of a local
-#                    file), timed inside tests/apps-c/syscall_loop: vs native, goal <= 1.05x
+#                    file), timed inside tests/apps-c/syscall_loop: vs native, goal <= 1.05x;
+#                    with the floor any seccomp filter costs (a 1-instruction ALLOW filter)
 #   tracer_open      open+read+close of a 4 KiB file in the pod, seccomp vs ptrace backend
 #                    in the same run: goal seccomp <= 0.3x ptrace
 #   tracer_start     `trace-run --target pod/web /bin/true` vs /bin/true: goal < 50 ms added
@@ -58,6 +59,8 @@ tb_ns() {
 	sed -n 's/.* ns=\([0-9.]*\) .*/\1/p' <<<"$out"
 }
 
+# native | floor (syscall_loop -s: a one-instruction seccomp ALLOW filter, what any
+# filter costs) | seccomp | ptrace (trace-run's backends)
 bench_tracer_syscalls() {
 	tracer_env_up
 	local tsv="$BENCH_DIR/tracer_syscalls.tsv" mode how
@@ -65,10 +68,14 @@ bench_tracer_syscalls() {
 	local file="$FX_WORK/local-4k.bin"
 	for _ in $(seq "$BENCH_TRACER_PROCS"); do
 		for mode in getppid pread; do
-			for how in native seccomp ptrace; do
+			for how in native floor seccomp ptrace; do
 				local args=(-n "$BENCH_SYSCALL_N" -r 11 "$mode")
 				[ "$mode" = getppid ] || args+=("$file")
-				runs[$mode.$how]+=" $(tb_ns "$how" "$SYSCALL_LOOP" "${args[@]}")"
+				if [ "$how" = floor ]; then
+					runs[$mode.$how]+=" $(tb_ns native "$SYSCALL_LOOP" -s "${args[@]}")"
+				else
+					runs[$mode.$how]+=" $(tb_ns "$how" "$SYSCALL_LOOP" "${args[@]}")"
+				fi
 			done
 		done
 	done
@@ -79,6 +86,10 @@ bench_tracer_syscalls() {
 		# shellcheck disable=SC2086
 		base=$(tb_median ${runs[$mode.native]})
 		printf '%s\t%s\t%s\t%s\t%s\n' "$mode, native" "$base ns" "-" "-" "-" >>"$tsv"
+		# shellcheck disable=SC2086
+		m=$(tb_median ${runs[$mode.floor]})
+		printf '%s\t%s\t%s\t%s\t%s\n' "$mode, floor: any seccomp filter (1 insn)" "$m ns" "$base ns" \
+			"$(tb_ratio "$m" "$base")" "-" >>"$tsv"
 		for how in seccomp ptrace; do
 			# shellcheck disable=SC2086
 			m=$(tb_median ${runs[$mode.$how]})
@@ -88,7 +99,7 @@ bench_tracer_syscalls() {
 	done
 	print_rows "system calls trace-run does not intercept, ns per call (median of $BENCH_TRACER_PROCS processes x 11 rounds x $BENCH_SYSCALL_N calls)" "$tsv"
 	for mode in getppid pread; do
-		echo "runs $mode ns: native${runs[$mode.native]}; seccomp${runs[$mode.seccomp]}; ptrace${runs[$mode.ptrace]}"
+		echo "runs $mode ns: native${runs[$mode.native]}; floor${runs[$mode.floor]}; seccomp${runs[$mode.seccomp]}; ptrace${runs[$mode.ptrace]}"
 	done
 }
 

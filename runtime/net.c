@@ -588,19 +588,48 @@ int rt_net_alloc_ip(const char *name, char *ip, size_t iplen, struct hm_err *err
 	if (!S_ISDIR(st.st_mode))
 		return hm_err_set(err, ENOTDIR, "state directory of pod %s", name);
 
+	/* a pod that already holds an address keeps it */
+	char own_path[PATH_MAX];
+	rt_state_path(name, "ip", own_path, sizeof(own_path));
+	hm_autofree char *own = NULL;
+	uint32_t own_host;
+	if (hm_read_file(own_path, &own, NULL, NULL) == 0 && parse_pod_ip(own, &own_host) == 0 &&
+	    host_part_usable(own_host)) {
+		snprintf(ip, iplen, "%s.%u.%u", RT_BRIDGE_PREFIX, own_host >> 8, own_host & 0xff);
+		return 0;
+	}
+
 	hm_autofree uint8_t *used = calloc(65536 / 8, 1);
 	if (!used)
 		return hm_err_set(err, ENOMEM, "allocate address for pod %s", name);
 	if (collect_used(name, used, err) < 0)
 		return hm_err_prefix(err, "allocate address for pod %s", name);
 
-	uint32_t host = 2;
-	for (; host < 65536; host++)
-		if (host_part_usable(host) && !(used[host / 8] & (1u << (host % 8))))
+	/* Hand addresses out round-robin from the last one given, not lowest-free: a
+	 * just-released address stays unused as long as possible, so neighbours (the host's
+	 * ARP cache on the bridge, other pods) do not talk to a stale MAC for it. */
+	char last_text[16] = {0};
+	uint32_t last = 1;
+	if (pread(lock, last_text, sizeof(last_text) - 1, 0) > 0) {
+		uint64_t v;
+		last_text[strcspn(last_text, "\n")] = '\0';
+		if (hm_parse_u64(last_text, &v) == 0 && v < 65536)
+			last = (uint32_t)v;
+	}
+	uint32_t host = 0;
+	for (uint32_t i = 1; i <= 65536; i++) {
+		uint32_t candidate = (last + i) % 65536;
+		if (host_part_usable(candidate) && !(used[candidate / 8] & (1u << (candidate % 8)))) {
+			host = candidate;
 			break;
-	if (host >= 65536)
+		}
+	}
+	if (host == 0)
 		return hm_err_set(err, ENOSPC, "no free address left in %s.0.0/%d",
 				  RT_BRIDGE_PREFIX, RT_BRIDGE_PREFIXLEN);
+	snprintf(last_text, sizeof(last_text), "%u\n", host);
+	if (ftruncate(lock, 0) < 0 || pwrite(lock, last_text, strlen(last_text), 0) < 0)
+		hm_debug("ipam: cannot record the last address: %s", strerror(errno));
 
 	snprintf(ip, iplen, "%s.%u.%u", RT_BRIDGE_PREFIX, host >> 8, host & 0xff);
 	/* Written while the lock is held: the next allocator must see it. */

@@ -9,6 +9,7 @@ PACKAGES=(
   libmnl-dev libcmocka-dev libjson-c-dev libcurl4-openssl-dev libpcre2-dev
   busybox-static runc golang-go
   iproute2 procps curl python3 valgrind
+  musl-tools
 )
 
 missing=()

@@ -154,11 +154,8 @@ static struct tracer_result handle_connect(const struct tracer_call *call, void 
 	raise_nofile(st);
 	int fd = (int)call->args[0];
 	struct net_addr dst;
-	if (net_read_addr(call, call->args[1], call->args[2], &dst) < 0) {
-		if (dst.ss.ss_family == AF_UNSPEC)
-			udp_unconnect(st, call, fd);
+	if (net_read_addr(call, call->args[1], call->args[2], &dst) < 0)
 		return tracer_continue();
-	}
 	if (dst.ss.ss_family != AF_INET && dst.ss.ss_family != AF_INET6) {
 		if (dst.ss.ss_family == AF_UNSPEC)
 			udp_unconnect(st, call, fd);

@@ -36,6 +36,8 @@ static void ep_add(struct net_state *st, int fd, uint64_t data)
 
 /* ---- entries and proxies (st->lock held) ---- */
 
+static void sock_bury(struct net_state *st, struct net_sock *ns);
+
 static struct net_proxy *proxy_find_remote(struct net_sock *ns, const struct net_addr *remote)
 {
 	for (struct net_proxy *p = ns->proxies; p; p = p->next)
@@ -148,10 +150,8 @@ static struct net_sock *udp_sock_new(struct net_state *st, int dup, ino_t ino, i
 	}
 	net_loopback(st, ns->family, 9, &ns->diag_peer); /* any source reaches it */
 	struct net_sock *old = net_table_find(st, ino);
-	if (old) { /* a closed socket's inode, reused */
-		net_table_remove(st, old);
-		net_sock_free(st, old);
-	}
+	if (old) /* a closed socket's inode, reused */
+		sock_bury(st, old);
 	net_table_insert(st, ns);
 	ep_add(st, stream, (uint64_t)(uintptr_t)ns);
 	st->redirected_udp++;
@@ -672,7 +672,9 @@ struct tracer_result net_udp_recv(struct net_state *st, const struct tracer_call
 
 /* ---- the UDP thread ---- */
 
-/* UDP thread only: there is one per trace-run */
+/* Entries out of the table whose fds may still be in a batch of events the UDP thread
+ * got from epoll: freed by that thread at the end of its batch. Under st->lock; there is
+ * one net_state per trace-run. */
 static struct net_sock *graveyard;
 
 /* out of the table now, freed after the current batch of events */

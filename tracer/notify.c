@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 
 #include "tracer/internal.h"
 
@@ -171,6 +172,7 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 
 	hm_autofree struct pollfd *pfd = NULL;
 	size_t pfd_cap = 0;
+	time_t last_sweep = 0;
 	while (!t->no_children) {
 		if (pfd_cap < 2 + t->n_deferred) {
 			size_t cap = 2 + t->cap_deferred;
@@ -198,11 +200,7 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 				continue;
 			return hm_err_errno(err, "poll");
 		}
-		if (r == 0) {
-			tracer_defer_drop(t, notif_gone, NULL);
-			continue;
-		}
-		if (t->listener >= 0 && n > dpos)
+		if (r > 0 && t->listener >= 0 && n > dpos)
 			run_deferred(t, pfd + dpos, n - dpos, resp);
 		if (lpos >= 0) {
 			if (pfd[lpos].revents & POLLIN) {
@@ -216,6 +214,13 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 		}
 		if (pfd[spos].revents & POLLIN)
 			tracer_signals_handle(t);
+		/* after the poll set was used: dropping reorders the deferred calls */
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (t->n_deferred && now.tv_sec != last_sweep) {
+			last_sweep = now.tv_sec;
+			tracer_defer_drop(t, notif_gone, NULL);
+		}
 	}
 	tracer_defer_drop(t, NULL, NULL);
 	return 0;

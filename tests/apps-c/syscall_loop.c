@@ -2,9 +2,12 @@
  * statically so that neither the dynamic loader nor libc's caching hides a system call.
  * It times itself, so the start-up of trace-run is no part of the figures.
  *
- *   syscall_loop [-n N] [-r ROUNDS] getppid        N raw getppid() calls
- *   syscall_loop [-n N] [-r ROUNDS] pread FILE     N pread() of 4 KiB at offset 0
- *   syscall_loop [-n N] [-r ROUNDS] open FILE      N times open + read all + close
+ *   syscall_loop [-n N] [-r ROUNDS] [-s] getppid        N raw getppid() calls
+ *   syscall_loop [-n N] [-r ROUNDS] [-s] pread FILE     N pread() of 4 KiB at offset 0
+ *   syscall_loop [-n N] [-r ROUNDS] [-s] open FILE      N times open + read all + close
+ *
+ * -s installs a one-instruction seccomp filter (SECCOMP_RET_ALLOW) first: the floor of
+ * what any seccomp filter costs a system call, however short the filter.
  *
  * In FILE, "%d" stands for the iteration number modulo 1000 in three digits (000 to
  * 999): 1000 different files, so that trace-run's short-lived cache of remote file
@@ -20,7 +23,10 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,23 +102,39 @@ static double round_open(const char *pattern, long n)
 	return (now_ns() - t0) / (double)n;
 }
 
+static int allow_all_filter(void)
+{
+	struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+	struct sock_fprog prog = {.len = 1, .filter = allow};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) {
+		fprintf(stderr, "syscall_loop: seccomp filter: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: syscall_loop [-n N] [-r ROUNDS] getppid | pread FILE | open FILE\n");
+		"usage: syscall_loop [-n N] [-r ROUNDS] [-s] getppid | pread FILE | open FILE\n");
 }
 
 int main(int argc, char **argv)
 {
 	long n = 1000000;
 	int rounds = 5, opt;
-	while ((opt = getopt(argc, argv, "n:r:h")) != -1) {
+	int seccomp_floor = 0;
+	while ((opt = getopt(argc, argv, "n:r:sh")) != -1) {
 		switch (opt) {
 		case 'n':
 			n = atol(optarg);
 			break;
 		case 'r':
 			rounds = atoi(optarg);
+			break;
+		case 's':
+			seccomp_floor = 1;
 			break;
 		default:
 			usage();
@@ -140,6 +162,8 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	if (seccomp_floor && allow_all_filter() < 0)
+		return 1;
 	double samples[MAX_ROUNDS];
 	for (int r = 0; r < rounds; r++) {
 		double ns;

@@ -3,8 +3,8 @@
 # `trace-run --target pod/NAME` reach servers in other pods from the target pod's
 # address, resolve names with the target pod's resolver, and see consistent addresses
 # (getpeername, recvfrom sources). Static Go (podprobe, httpbench), glibc curl, busybox
-# (static) wget and nslookup, python3; with the seccomp and the ptrace backend. Plus
-# `trace-run port-forward`.
+# (static) wget and nslookup, python3, a static musl program; with the seccomp and the
+# ptrace backend. Plus `trace-run port-forward`.
 source "$(dirname "$0")/../lib.sh"
 source "$HERMIT_ROOT/tests/agent/agent_lib.sh"
 ensure_rootfs
@@ -64,7 +64,7 @@ tp run -d --name "$DNS" --rootfs "$ROOTFS" -- dns_responder -p 53 "$NAME=$WEB_IP
 	"$ECHO_NAME=$SRV_IP" </dev/null >/dev/null
 wait_listening "$DNS"
 DNS_IP=$(pod_ip "$DNS")
-tp run -d --init --name "$TGT" --dns "$DNS_IP" --rootfs "$ROOTFS" -- sleep 1000000 </dev/null >/dev/null
+tp run -d --name "$TGT" --dns "$DNS_IP" --rootfs "$ROOTFS" -- sleep 1000000 </dev/null >/dev/null
 wait_until 50 sh -c "[ -n \"\$('$TRACE_POD' ls --json | grep -F '\"$TGT\"')\" ]"
 TGT_IP=$(pod_ip "$TGT")
 echo "pods: target $TGT_IP, echo $SRV_IP, web $WEB_IP, resolver $DNS_IP"
@@ -177,6 +177,39 @@ test_python() {
 	done
 }
 
+# musl's resolver: sendto() to each nameserver on an unconnected socket, and answers
+# whose source is not the nameserver's address are dropped
+MUSL_GAI_C='
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+int main(int argc, char **argv)
+{
+	struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
+	int r = getaddrinfo(argv[1], "80", &hints, &res);
+	if (r) {
+		printf("error %s\n", gai_strerror(r));
+		return 1;
+	}
+	char buf[64];
+	for (struct addrinfo *a = res; a; a = a->ai_next)
+		printf("%s\n", inet_ntop(AF_INET, &((struct sockaddr_in *)a->ai_addr)->sin_addr,
+					 buf, sizeof(buf)));
+	return 0;
+}
+'
+
+test_musl() {
+	command -v musl-gcc >/dev/null || { echo "no musl-gcc (musl-tools): skipped"; return 0; }
+	printf '%s' "$MUSL_GAI_C" >"$WORK/gai.c"
+	musl-gcc -static -O2 -o "$WORK/gai-musl" "$WORK/gai.c"
+	local b out
+	for b in $BACKENDS; do
+		out=$(TR "$b" -- "$WORK/gai-musl" "$NAME")
+		assert_eq "$WEB_IP" "$out" "musl getaddrinfo ($b)"
+	done
+}
+
 test_ipv6_socket() {
 	local out
 	out=$(TR seccomp -- "$PYTHON" -c "
@@ -200,6 +233,21 @@ test_errors() {
 		TR "$b" -- curl -sS "http://$SRV_IP:$((ECHO_PORT + 1))/" >/dev/null 2>&1 || rc=$?
 		assert_eq 7 "$rc" "curl to a closed port ($b)"
 	done
+}
+
+test_slow_connect() {
+	# a connect the pod cannot complete quickly (nobody has that address: ARP fails,
+	# EHOSTUNREACH after ~3 s) waits in its own thread; the other calls go on
+	local out ms
+	out=$(TR seccomp -- bash -c "'$PODPROBE' -timeout 30s -connect 10.213.255.254:80 2>&1 |
+		sed 's/^/slow: /' & s=\$(date +%s%N)
+		for i in \$(seq 10); do curl -s http://$WEB_IP:8080/ >/dev/null || echo fail; done
+		echo fast \$(( (\$(date +%s%N) - s) / 1000000 )); wait")
+	echo "$out"
+	assert_not_contains "$out" fail "connections meanwhile"
+	assert_contains "$out" "slow: podprobe: connect 10.213.255.254:80" "the slow connect's error"
+	ms=$(sed -n 's/^fast //p' <<<"$out")
+	[ "$ms" -lt 2000 ] || fail "10 connections took ${ms} ms next to a pending connect"
 }
 
 test_local_stays_local() {
@@ -291,8 +339,10 @@ run_test "net: Go's own resolver and HTTP by name" test_go_dns_http
 run_test "net: curl (glibc) by address and by name" test_curl
 run_test "net: busybox wget and nslookup" test_busybox
 run_test "net: python urllib, unconnected UDP with real sources" test_python
+run_test "net: musl's resolver (static)" test_musl
 run_test "net: an IPv6 socket to a v4-mapped address" test_ipv6_socket
 run_test "net: refused connects carry the pod's errno" test_errors
+run_test "net: a slow connect does not hold up the others" test_slow_connect
 run_test "net: loopback, local filters and name filters stay local" test_local_stays_local
 run_test "net: 100 parallel connections, Go under load" test_many_connections
 run_test "net: as an unprivileged user" test_unprivileged
