@@ -214,7 +214,7 @@ static int link_reply_cb(const struct nlmsghdr *nlh, void *data)
 /* Look a link up by name in the connection's netns; ENODEV when it is not there. */
 static int link_get(struct nl_conn *c, const char *ifname, struct link_info *li, struct hm_err *err)
 {
-	char buf[NL_SEND_BUF];
+	char buf[NL_SEND_BUF] = {0}; /* attribute padding goes to the kernel too */
 	struct ifinfomsg *ifm;
 	struct nlmsghdr *nlh = nl_link_msg(buf, RTM_GETLINK, 0, &ifm);
 	mnl_attr_put_strz(nlh, IFLA_IFNAME, ifname);
@@ -229,7 +229,7 @@ static int link_get(struct nl_conn *c, const char *ifname, struct link_info *li,
 
 static int link_set_up(struct nl_conn *c, int index, const char *ifname, struct hm_err *err)
 {
-	char buf[NL_SEND_BUF];
+	char buf[NL_SEND_BUF] = {0}; /* attribute padding goes to the kernel too */
 	struct ifinfomsg *ifm;
 	struct nlmsghdr *nlh = nl_link_msg(buf, RTM_NEWLINK, 0, &ifm);
 	ifm->ifi_index = index;
@@ -242,7 +242,7 @@ static int link_set_up(struct nl_conn *c, int index, const char *ifname, struct 
 static int addr_add(struct nl_conn *c, int index, const char *ifname, struct in_addr addr,
 		    int prefixlen, struct hm_err *err)
 {
-	char buf[NL_SEND_BUF];
+	char buf[NL_SEND_BUF] = {0}; /* attribute padding goes to the kernel too */
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
 	nlh->nlmsg_type = RTM_NEWADDR;
 	nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
@@ -265,7 +265,7 @@ static int addr_add(struct nl_conn *c, int index, const char *ifname, struct in_
 static int route_add_default(struct nl_conn *c, int index, const char *ifname, struct in_addr gw,
 			     struct hm_err *err)
 {
-	char buf[NL_SEND_BUF];
+	char buf[NL_SEND_BUF] = {0}; /* attribute padding goes to the kernel too */
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
 	nlh->nlmsg_type = RTM_NEWROUTE;
 	nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
@@ -288,7 +288,7 @@ static int route_add_default(struct nl_conn *c, int index, const char *ifname, s
  * create and address it, so every step treats EEXIST as "someone else did it". */
 static int bridge_ensure(struct nl_conn *c, int *bridge_index, struct hm_err *err)
 {
-	char buf[NL_SEND_BUF];
+	char buf[NL_SEND_BUF] = {0}; /* attribute padding goes to the kernel too */
 	struct ifinfomsg *ifm;
 	struct nlmsghdr *nlh = nl_link_msg(buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifm);
 	mnl_attr_put_strz(nlh, IFLA_IFNAME, RT_BRIDGE_NAME);
@@ -346,7 +346,7 @@ static void host_if_name(const char *pod, char *out, size_t len)
 static int veth_create(struct nl_conn *c, const char *host_if, int bridge_index, int pod_netns_fd,
 		       struct hm_err *err)
 {
-	char buf[NL_SEND_BUF];
+	char buf[NL_SEND_BUF] = {0}; /* attribute padding goes to the kernel too */
 	struct ifinfomsg *ifm;
 	struct nlmsghdr *nlh = nl_link_msg(buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifm);
 	/* Host side joins the bridge and comes up in the same request as its creation. */
@@ -371,7 +371,7 @@ static int veth_create(struct nl_conn *c, const char *host_if, int bridge_index,
 
 static int link_delete(struct nl_conn *c, const char *ifname, struct hm_err *err)
 {
-	char buf[NL_SEND_BUF];
+	char buf[NL_SEND_BUF] = {0}; /* attribute padding goes to the kernel too */
 	struct ifinfomsg *ifm;
 	struct nlmsghdr *nlh = nl_link_msg(buf, RTM_DELLINK, 0, &ifm);
 	mnl_attr_put_strz(nlh, IFLA_IFNAME, ifname);
