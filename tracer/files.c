@@ -304,6 +304,7 @@ int files_put(const struct tracer_call *call, uint64_t addr, const void *buf, si
 /* ---------------------------------------------------------------- read cache */
 
 static int64_t ns_since(const struct timespec *t);
+static int64_t ns_between(const struct timespec *from, const struct timespec *to);
 
 static void cache_drop(struct files_cache_entry *e)
 {
@@ -316,11 +317,14 @@ static void cache_drop(struct files_cache_entry *e)
 
 const struct files_cache_entry *files_cache_get(struct files *f, const char *path, bool nofollow)
 {
+	/* once, not per slot: this runs on every remote open */
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++) {
 		struct files_cache_entry *e = &f->cache[i];
 		if (!e->path)
 			continue;
-		if (ns_since(&e->when) > FILES_CACHE_NS) {
+		if (ns_between(&e->when, &now) > FILES_CACHE_NS) {
 			cache_drop(e);
 			continue;
 		}
@@ -342,7 +346,7 @@ void files_cache_put(struct files *f, const char *path, bool nofollow, int memfd
 			victim = e;
 			break;
 		}
-		if (!victim || ns_since(&e->when) > ns_since(&victim->when))
+		if (!victim || ns_between(&e->when, &victim->when) > 0) /* e is older */
 			victim = e;
 	}
 	cache_drop(victim);
@@ -385,11 +389,16 @@ void files_cache_clear(struct files *f)
 
 /* ---------------------------------------------------------------- undo */
 
+static int64_t ns_between(const struct timespec *from, const struct timespec *to)
+{
+	return (int64_t)(to->tv_sec - from->tv_sec) * 1000000000LL + (to->tv_nsec - from->tv_nsec);
+}
+
 static int64_t ns_since(const struct timespec *t)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)(now.tv_sec - t->tv_sec) * 1000000000LL + (now.tv_nsec - t->tv_nsec);
+	return ns_between(t, &now);
 }
 
 bool files_undo_replay(struct files *f, const struct tracer_call *call, struct tracer_result *out)
@@ -465,6 +474,7 @@ int trace_files_register(struct trace_session *s, struct hm_err *err)
 	f->client = s->client;
 	f->fs = s->fs;
 	f->mirror_fd = -1;
+	f->self_fds = -1;
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++)
 		f->cache[i].memfd = -1;
 	const struct hm_trace_config *c = &s->cfg;
@@ -498,6 +508,8 @@ void trace_files_release(struct trace_session *s)
 	}
 	free(f->buckets);
 	files_mirror_remove(f);
+	if (f->self_fds >= 0)
+		close(f->self_fds);
 	free(f);
 	s->files = NULL;
 }

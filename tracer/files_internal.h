@@ -92,6 +92,7 @@ struct files {
 	char mirror[PATH_MAX]; /* base/root: the target's "/" */
 	size_t mirror_len;
 	int mirror_fd; /* O_PATH of mirror, -1 until made */
+	int self_fds;  /* O_PATH of /proc/self/fd, -1 until first needed */
 	/* nodes by (dev, ino) */
 	struct files_node **buckets;
 	size_t nbuckets, count, writers;

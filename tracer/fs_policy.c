@@ -22,9 +22,19 @@
 #include <string.h>
 
 #include "tracer/policy.h"
+#include <valgrind/valgrind.h>
+
+/* valgrind cannot see through JIT-generated code and reports its reads as
+ * uninitialised; the interpreter gives the same answers there */
+static bool jit_wanted(void)
+{
+	return !RUNNING_ON_VALGRIND;
+}
 
 struct fs_rule {
 	pcre2_code *re; /* a regex rule, or: */
+	bool jit;	/* re is JIT-compiled: pcre2_jit_match skips pcre2_match's checks */
+	const char *src; /* a default's static pattern, joined into fs_rules.any */
 	char *path;	/* a literal path, matched exactly or with everything under it */
 	bool subtree;
 	const char *why; /* static, or why_owned */
@@ -34,6 +44,10 @@ struct fs_rule {
 struct fs_rules {
 	struct fs_rule *v;
 	size_t n;
+	/* all of v's regexes as one alternation (defaults only): a path that most rules
+	 * miss, the usual remote file, then costs one match instead of one per rule */
+	pcre2_code *any;
+	bool any_jit;
 };
 
 struct hm_fs_policy {
@@ -102,6 +116,7 @@ static void rules_free(struct fs_rules *r)
 		free(r->v[i].why_owned);
 	}
 	free(r->v);
+	pcre2_code_free(r->any);
 	*r = (struct fs_rules){0};
 }
 
@@ -117,8 +132,9 @@ static struct fs_rule *rules_add(struct fs_rules *r, struct hm_err *err)
 	return &r->v[r->n++];
 }
 
-static int rules_add_regex(struct fs_rules *r, const char *re, uint32_t options, const char *why,
-			   char *why_owned, struct hm_err *err)
+/* static_src: re is a static default pattern (options 0) that rules_join may combine */
+static int rules_add_regex(struct fs_rules *r, const char *re, uint32_t options, bool static_src,
+			   const char *why, char *why_owned, struct hm_err *err)
 {
 	struct fs_rule *rule = rules_add(r, err);
 	if (!rule) {
@@ -127,6 +143,7 @@ static int rules_add_regex(struct fs_rules *r, const char *re, uint32_t options,
 	}
 	rule->why = why_owned ? why_owned : why;
 	rule->why_owned = why_owned;
+	rule->src = static_src ? re : NULL;
 	int code;
 	PCRE2_SIZE offset;
 	rule->re =
@@ -138,7 +155,39 @@ static int rules_add_regex(struct fs_rules *r, const char *re, uint32_t options,
 				  re, (const char *)msg, (size_t)offset);
 	}
 	/* JIT makes a match a few times faster; without it (no JIT support) matches still work */
-	(void)pcre2_jit_compile(rule->re, PCRE2_JIT_COMPLETE);
+	rule->jit = jit_wanted() && pcre2_jit_compile(rule->re, PCRE2_JIT_COMPLETE) == 0;
+	return 0;
+}
+
+/* Compile r->any from the rules' static patterns; left NULL (every rule tried in turn)
+ * when a regex rule has none, since "any" must match whenever one of them does. */
+static int rules_join(struct fs_rules *r, struct hm_err *err)
+{
+	size_t len = 0, regexes = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		if (!r->v[i].re)
+			continue;
+		if (!r->v[i].src)
+			return 0;
+		len += strlen(r->v[i].src) + sizeof("|(?:)");
+		regexes++;
+	}
+	if (regexes < 2)
+		return 0;
+	hm_autofree char *joined = malloc(len + 1);
+	if (!joined)
+		return hm_err_set(err, ENOMEM, "file policy");
+	char *p = joined;
+	for (size_t i = 0; i < r->n; i++)
+		if (r->v[i].re)
+			/* (?:...) keeps each pattern's own alternatives and anchors to itself */
+			p += sprintf(p, "%s(?:%s)", p == joined ? "" : "|", r->v[i].src);
+	int code;
+	PCRE2_SIZE offset;
+	r->any = pcre2_compile((PCRE2_SPTR)joined, PCRE2_ZERO_TERMINATED, 0, &code, &offset, NULL);
+	if (!r->any)
+		return hm_err_set(err, EINVAL, "file policy: default regexes do not combine");
+	r->any_jit = jit_wanted() && pcre2_jit_compile(r->any, PCRE2_JIT_COMPLETE) == 0;
 	return 0;
 }
 
@@ -173,7 +222,7 @@ static int add_user_list(struct fs_rules *r, const char *key, const struct hm_st
 		if (asprintf(&why, "%s[%zu]", key, i) < 0)
 			return hm_err_set(err, ENOMEM, "file policy");
 		/* case insensitive like mirrord's, so its configs carry over; "(?-i)" opts out */
-		if (rules_add_regex(r, list->items[i], PCRE2_CASELESS, NULL, why, err) < 0)
+		if (rules_add_regex(r, list->items[i], PCRE2_CASELESS, false, NULL, why, err) < 0)
 			return -1;
 	}
 	return 0;
@@ -183,7 +232,7 @@ static int add_defaults(struct fs_rules *r, const struct default_regex *d, size_
 			struct hm_err *err)
 {
 	for (size_t i = 0; i < n; i++)
-		if (rules_add_regex(r, d[i].re, 0, d[i].why, NULL, err) < 0)
+		if (rules_add_regex(r, d[i].re, 0, true, d[i].why, NULL, err) < 0)
 			return -1;
 	return 0;
 }
@@ -229,7 +278,7 @@ int hm_fs_policy_new(const struct hm_fs_policy_opts *o, struct hm_fs_policy **ou
 
 	/* without DNS from the pod, the local resolver configuration must win over mode read */
 	if (!o->dns_remote &&
-	    rules_add_regex(&p->default_local, remote_dns_regexes[0].re, 0,
+	    rules_add_regex(&p->default_local, remote_dns_regexes[0].re, 0, true,
 			    "default local: name resolution (feature.network.dns false)", NULL,
 			    err) < 0)
 		goto fail;
@@ -241,7 +290,8 @@ int hm_fs_policy_new(const struct hm_fs_policy_opts *o, struct hm_fs_policy **ou
 		0 ||
 	    rules_add_path(&p->default_local, o->tmpdir, NULL, true, "default local: $TMPDIR",
 			   err) < 0 ||
-	    add_defaults(&p->default_local, local_regexes, HM_ARRAY_SIZE(local_regexes), err) < 0)
+	    add_defaults(&p->default_local, local_regexes, HM_ARRAY_SIZE(local_regexes), err) < 0 ||
+	    rules_join(&p->default_remote, err) < 0 || rules_join(&p->default_local, err) < 0)
 		goto fail;
 	*out = p;
 	return 0;
@@ -263,6 +313,15 @@ void hm_fs_policy_opts_from_config(const struct hm_trace_config *c, struct hm_fs
 
 /* ---------------------------------------------------------------- decisions */
 
+/* >= 0: a match (0 only says the ovector was too small to hold the groups) */
+static bool regex_matches(const pcre2_code *re, bool jit, const char *path, size_t len,
+			  pcre2_match_data *md)
+{
+	if (jit)
+		return pcre2_jit_match(re, (PCRE2_SPTR)path, len, 0, 0, md, NULL) >= 0;
+	return pcre2_match(re, (PCRE2_SPTR)path, len, 0, 0, md, NULL) >= 0;
+}
+
 static bool rule_matches(const struct fs_rule *rule, const char *path, size_t len,
 			 pcre2_match_data *md)
 {
@@ -272,16 +331,19 @@ static bool rule_matches(const struct fs_rule *rule, const char *path, size_t le
 			return false;
 		return path[n] == '\0' || (rule->subtree && path[n] == '/');
 	}
-	/* >= 0: a match (0 only says the ovector was too small to hold the groups) */
-	return pcre2_match(rule->re, (PCRE2_SPTR)path, len, 0, 0, md, NULL) >= 0;
+	return regex_matches(rule->re, rule->jit, path, len, md);
 }
 
 static const struct fs_rule *first_match(const struct fs_rules *r, const char *path, size_t len,
 					 pcre2_match_data *md)
 {
-	for (size_t i = 0; i < r->n; i++)
+	bool some_regex = !r->any || regex_matches(r->any, r->any_jit, path, len, md);
+	for (size_t i = 0; i < r->n; i++) {
+		if (r->v[i].re && !some_regex)
+			continue;
 		if (rule_matches(&r->v[i], path, len, md))
 			return &r->v[i];
+	}
 	return NULL;
 }
 
