@@ -154,6 +154,13 @@ int agent_client_statfs(struct agent_client *c, const char *path, struct proto_s
  * be NULL) gets the address the pod's socket got. */
 int agent_client_tcp_connect(struct agent_client *c, const struct proto_addr *dst,
 			     uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
+/* The same connect, without opening the stream: the one-time token for a STREAM_HELLO
+ * the caller sends on a connection of its own to the agent's address (a socket it
+ * wants to carry the pod's bytes itself, with no relay in between). The token expires
+ * when unused, like every stream token. */
+int agent_client_tcp_connect_token(struct agent_client *c, const struct proto_addr *dst,
+				   uint32_t timeout_ms, uint8_t token[PROTO_TOKEN_LEN],
+				   struct proto_addr *local, struct hm_err *err);
 /* A UDP socket in the pod (family PROTO_AF_INET or _INET6). Returns the stream fd for
  * agent_udp_send / agent_udp_recv; *local (may be NULL) gets the pod-side address. */
 int agent_client_udp_open(struct agent_client *c, uint8_t family, struct proto_addr *local,

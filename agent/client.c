@@ -858,8 +858,9 @@ int agent_client_rename(struct agent_client *c, const char *from, const char *to
 
 /* ---- outgoing ---- */
 
-int agent_client_tcp_connect(struct agent_client *c, const struct proto_addr *dst,
-			     uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+int agent_client_tcp_connect_token(struct agent_client *c, const struct proto_addr *dst,
+				   uint32_t timeout_ms, uint8_t token[PROTO_TOKEN_LEN],
+				   struct proto_addr *local, struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_TCP_CONNECT}, reply;
 	req.tcp_connect.dst = *dst;
@@ -872,8 +873,18 @@ int agent_client_tcp_connect(struct agent_client *c, const struct proto_addr *ds
 		return -1;
 	if (local)
 		*local = reply.tcp_connect_reply.local;
-	int fd = open_stream(c, reply.tcp_connect_reply.token, err);
+	memcpy(token, reply.tcp_connect_reply.token, PROTO_TOKEN_LEN);
 	proto_msg_free(&reply);
+	return 0;
+}
+
+int agent_client_tcp_connect(struct agent_client *c, const struct proto_addr *dst,
+			     uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+{
+	uint8_t token[PROTO_TOKEN_LEN];
+	if (agent_client_tcp_connect_token(c, dst, timeout_ms, token, local, err) < 0)
+		return -1;
+	int fd = open_stream(c, token, err);
 	if (fd < 0) {
 		char where[80];
 		return hm_err_prefix(err, "TCP stream to %s", proto_addr_str(dst, where, sizeof(where)));

@@ -6,8 +6,11 @@
  *    (in a worker thread; the program's thread waits in its connect, the supervisor
  *    does not), then connects the program's own socket (a pidfd_getfd duplicate) to
  *    trace-run's relay listener on loopback, pairs the accepted connection with the
- *    agent's stream and hands both to the splice relay (agent/agent.h). The program's
- *    reads and writes are never intercepted.
+ *    agent's stream and hands both to the splice relay (agent/agent.h). When the agent
+ *    is a TCP address (--agent HOST:PORT), the program's socket instead connects to
+ *    the agent itself and sends the STREAM_HELLO: its bytes then go straight to the
+ *    agent with no trace-run process in between. The program's reads and writes are
+ *    never intercepted.
  *  - UDP: each redirected program socket has one agent UDP stream and one loopback
  *    "proxy" socket per remote peer. Datagrams the program sends natively to a proxy
  *    go to the agent addressed to that peer; datagrams from the agent come to the
@@ -68,6 +71,11 @@ struct net_state {
 	int listen4, listen6; /* the relay listeners; listen6 -1 without IPv6 loopback */
 	struct net_addr listen4_addr, listen6_addr;
 	bool have6; /* ::1 can be bound */
+	/* --agent HOST:PORT: the agent's address, per family of the program's socket
+	 * (IPv4 as v4-mapped for AF_INET6 sockets when the agent has no IPv6 one).
+	 * Redirected sockets connect there themselves and carry the agent's stream: no
+	 * relay, no loopback hop. len 0 when there is none for that family. */
+	struct net_addr direct4, direct6;
 
 	pthread_mutex_t lock; /* the table and every net_sock in it */
 	struct net_sock *table[1024];
@@ -162,6 +170,7 @@ struct net_job {
 	size_t data_len;
 	/* outputs */
 	int result_fd;
+	bool direct; /* dup itself is connected to the agent and carries the stream */
 	struct proto_addr local;
 	struct hm_err err;
 };

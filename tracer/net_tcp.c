@@ -1,7 +1,9 @@
 /* Redirected TCP connects: the agent connects from the pod, the program's own socket is
  * connected to trace-run's relay listener on loopback, and the splice relay joins the
- * accepted connection to the agent's stream. See net_internal.h. */
+ * accepted connection to the agent's stream. With a TCP agent the program's socket is
+ * the stream itself (direct). See net_internal.h. */
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -43,8 +45,46 @@ static int listener_open(int family, struct net_addr *addr, struct hm_err *err)
 	return hm_steal_fd(&fd);
 }
 
+/* The agent's TCP address for program sockets of either family. Only the first
+ * address of each family counts (the order the control connection tried them in). */
+static void direct_init(struct net_state *st)
+{
+	const struct agent_endpoint *ep = &st->s->endpoint;
+	if (ep->is_unix)
+		return;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC,
+				 .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_NUMERICSERV};
+	struct addrinfo *res;
+	int gai = getaddrinfo(ep->host, ep->port, &hints, &res);
+	if (gai) {
+		hm_debug("agent %s: %s; connections go through the relay", ep->host,
+			 gai_strerror(gai));
+		return;
+	}
+	struct net_addr v4 = {0}, v6 = {0};
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		struct net_addr *a = ai->ai_family == AF_INET ? &v4 : ai->ai_family == AF_INET6 ? &v6 : NULL;
+		if (!a || a->len || ai->ai_addrlen > sizeof(a->ss))
+			continue;
+		memcpy(&a->ss, ai->ai_addr, ai->ai_addrlen);
+		a->len = ai->ai_addrlen;
+	}
+	freeaddrinfo(res);
+	st->direct4 = v4;
+	if (v6.len)
+		st->direct6 = v6;
+	else if (v4.len) /* IPv4 agent, AF_INET6 program socket: v4-mapped */
+		net_addr_for_family(&v4, AF_INET6, &st->direct6);
+	char b4[80], b6[80];
+	hm_debug("TCP agent: redirected IPv4 sockets connect to %s, IPv6 sockets to %s",
+		 st->direct4.len ? net_addr_str(&st->direct4, b4, sizeof(b4)) : "the relay",
+		 st->direct6.len ? net_addr_str(&st->direct6, b6, sizeof(b6)) : "the relay");
+}
+
 int net_tcp_init(struct net_state *st, struct hm_err *err)
 {
+	direct_init(st);
 	st->listen4 = listener_open(AF_INET, &st->listen4_addr, err);
 	if (st->listen4 < 0)
 		return hm_err_prefix(err, "127.0.0.1");
@@ -184,10 +224,113 @@ static int connect_errno(int code)
 	}
 }
 
+static int socket_family(int fd)
+{
+	int family = 0;
+	socklen_t sl = sizeof(family);
+	getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &sl);
+	return family;
+}
+
+static const struct net_addr *direct_addr(const struct net_state *st, int family)
+{
+	const struct net_addr *a = family == AF_INET    ? &st->direct4
+				   : family == AF_INET6 ? &st->direct6
+							: NULL;
+	return a && a->len ? a : NULL;
+}
+
+/* Connect the program's socket (dup) to the agent. The dup shares the program's file
+ * status flags: a non-blocking socket is waited for with poll, a blocking one waits in
+ * connect like the program's own connect would. -1 with errno. */
+static int direct_connect(int dup, const struct net_addr *agent, int timeout_ms)
+{
+	int rc;
+	do
+		rc = connect(dup, (const struct sockaddr *)&agent->ss, agent->len);
+	while (rc < 0 && errno == EINTR);
+	if (rc == 0)
+		return 0;
+	if (errno != EINPROGRESS)
+		return -1;
+	if (wait_fd(dup, POLLOUT, net_now_ms() + (uint64_t)timeout_ms) <= 0) {
+		errno = ETIMEDOUT;
+		return -1;
+	}
+	/* reading SO_ERROR also clears it: the program later reads 0 */
+	int soerr = 0;
+	socklen_t sl = sizeof(soerr);
+	if (getsockopt(dup, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+		return -1;
+	if (soerr) {
+		errno = soerr;
+		return -1;
+	}
+	return 0;
+}
+
+/* The program's socket becomes the agent's stream: connect it to the agent and send the
+ * STREAM_HELLO on it. The hello reply is read to its last byte and no further, so what
+ * follows on the socket is the pod connection's own bytes, for the program to read.
+ * 0 when done; 1 when the socket could not reach the agent and is still unconnected
+ * (the relay can take over with the same token); -1 otherwise. */
+static int direct_stream(struct net_job *job, const struct net_addr *agent,
+			 const uint8_t token[PROTO_TOKEN_LEN])
+{
+	int timeout = AGENT_DEFAULT_TIMEOUT_MS; /* as the client library's own streams */
+	char where[80];
+	if (direct_connect(job->dup, agent, ATTACH_TIMEOUT_MS) < 0) {
+		int e = errno;
+		hm_err_set(&job->err, e, "connect to the agent at %s",
+			   net_addr_str(agent, where, sizeof(where)));
+		/* refused or unreachable: the socket is closed again and may connect once
+		 * more; a timed-out attempt may still be under way */
+		return e == ETIMEDOUT ? -1 : 1;
+	}
+	if (proto_stream_open(job->dup, token, timeout, &job->err) < 0) {
+		/* the program's connect fails: its socket must not stay a line to the agent */
+		shutdown(job->dup, SHUT_RDWR);
+		return hm_err_prefix(&job->err, "stream from the agent at %s",
+				     net_addr_str(agent, where, sizeof(where)));
+	}
+	return 0;
+}
+
 static void tcp_work(struct net_job *job)
 {
-	job->result_fd =
-	    agent_client_tcp_connect(job->st->s->client, &job->pdst, 0, &job->local, &job->err);
+	struct net_state *st = job->st;
+	const struct net_addr *agent = direct_addr(st, socket_family(job->dup));
+	if (!agent) {
+		job->result_fd =
+		    agent_client_tcp_connect(st->s->client, &job->pdst, 0, &job->local, &job->err);
+		return;
+	}
+	uint8_t token[PROTO_TOKEN_LEN];
+	if (agent_client_tcp_connect_token(st->s->client, &job->pdst, 0, token, &job->local,
+					   &job->err) < 0)
+		return;
+	int rc = direct_stream(job, agent, token);
+	if (rc == 0) {
+		job->direct = true;
+		return;
+	}
+	if (rc < 0) {
+		/* the pod's connection exists but the program's socket cannot carry it */
+		char where[80];
+		hm_warn("connect to %s: %s", net_addr_str(&job->dst, where, sizeof(where)),
+			job->err.msg);
+		if (job->err.code != ETIMEDOUT)
+			job->err.code = ECONNRESET;
+		return;
+	}
+	hm_debug("%s; through the relay instead", job->err.msg);
+	job->err = (struct hm_err){0};
+	/* the relay's path: trace-run's own stream connection, as agent_client_tcp_connect */
+	int timeout = AGENT_DEFAULT_TIMEOUT_MS;
+	hm_autofd fd = agent_endpoint_dial(&st->s->endpoint, timeout, &job->err);
+	if (fd < 0 || proto_stream_open(fd, token, timeout, &job->err) < 0)
+		return;
+	job->result_fd = hm_steal_fd(&fd);
 }
 
 static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_call *call)
@@ -195,7 +338,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	struct net_state *st = job->st;
 	char where[80];
 	net_addr_str(&job->dst, where, sizeof(where));
-	if (job->result_fd < 0) {
+	if (job->result_fd < 0 && !job->direct) {
 		int code = connect_errno(job->err.code);
 		if (code != job->err.code)
 			hm_warn("connect to %s through the agent: %s", where, job->err.msg);
@@ -203,9 +346,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 			hm_debug("pid %d: connect %s: %s", call->pid, where, strerror(code));
 		return tracer_error(code);
 	}
-	int family = 0;
-	socklen_t sl = sizeof(family);
-	getsockopt(job->dup, SOL_SOCKET, SO_DOMAIN, &family, &sl);
+	int family = socket_family(job->dup);
 	struct hm_err err = {0};
 	struct net_sock *ns = calloc(1, sizeof(*ns));
 	if (!ns)
@@ -214,17 +355,27 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	ns->type = SOCK_STREAM;
 	ns->family = family;
 	ns->stream = -1;
-	int acc = attach(st, job->dup, family, &job->dst, &ns->prog, &ns->diag_peer, &err);
-	if (acc < 0) {
-		hm_warn("connect to %s: %s", where, err.msg);
-		free(ns);
-		return tracer_error(ECONNREFUSED);
-	}
-	int agent_fd = hm_steal_fd(&job->result_fd);
-	if (agent_relay_add_tcp(st->relay, acc, agent_fd, &err) < 0) {
-		hm_warn("connect to %s: %s", where, err.msg);
-		free(ns);
-		return tracer_error(ENOBUFS);
+	if (job->direct) {
+		/* connected and handshaken by the worker: nothing to relay */
+		const struct net_addr *agent = direct_addr(st, family);
+		if (agent)
+			ns->diag_peer = *agent;
+		ns->prog.len = sizeof(ns->prog.ss);
+		if (getsockname(job->dup, (struct sockaddr *)&ns->prog.ss, &ns->prog.len) < 0)
+			ns->prog.len = 0;
+	} else {
+		int acc = attach(st, job->dup, family, &job->dst, &ns->prog, &ns->diag_peer, &err);
+		if (acc < 0) {
+			hm_warn("connect to %s: %s", where, err.msg);
+			free(ns);
+			return tracer_error(ECONNREFUSED);
+		}
+		int agent_fd = hm_steal_fd(&job->result_fd);
+		if (agent_relay_add_tcp(st->relay, acc, agent_fd, &err) < 0) {
+			hm_warn("connect to %s: %s", where, err.msg);
+			free(ns);
+			return tracer_error(ENOBUFS);
+		}
 	}
 	net_addr_for_family(&job->dst, family, &ns->peer);
 	struct net_addr local;
@@ -242,8 +393,9 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	st->redirected_tcp++;
 	pthread_mutex_unlock(&st->lock);
 	char pod[80];
-	hm_debug("pid %d: connect %s through the pod (from %s)", call->pid, where,
-		 net_addr_str(&ns->local, pod, sizeof(pod)));
+	hm_debug("pid %d: connect %s through the pod (from %s)%s", call->pid, where,
+		 net_addr_str(&ns->local, pod, sizeof(pod)),
+		 job->direct ? ", the socket is the agent's stream" : "");
 	return connected(st, ns->ino, job->dup);
 }
 

@@ -30,6 +30,7 @@ DNS=$(pod_name dns) # the resolver the target's /etc/resolv.conf names
 cleanup() {
 	local f
 	agent_stop "$WORK" main >/dev/null 2>&1
+	agent_stop "$WORK" tcp >/dev/null 2>&1
 	for f in "$WORK"/*.pid; do
 		[ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null
 	done
@@ -222,6 +223,50 @@ s.sendall(b'six'); s.shutdown(socket.SHUT_WR); print('echo', s.recv(10).decode()
 	assert_contains "$out" "echo six" "v4-mapped echo"
 }
 
+# --agent HOST:PORT (a cluster's port-forward): the program's own socket connects to the
+# agent and carries the stream, with no relay of trace-run's in between
+test_tcp_agent() {
+	local port b out local_addr
+	port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	agent_start "$WORK" tcp --listen "127.0.0.1:$port"
+	TRT() {
+		local backend="$1"
+		shift
+		timeout 60 "$TRACE_RUN" --agent "127.0.0.1:$port" --token-file "$WORK/token" \
+			--target "pod/$TGT" --backend "$backend" "$@"
+	}
+	for b in $BACKENDS; do
+		out=$(TRT "$b" -vv -- "$PODPROBE" -connect "$SRV_IP:$ECHO_PORT" -send "direct-$b" 2>"$WORK/tcp-$b.err")
+		echo "$b: $out"
+		assert_contains "$out" "remote=$SRV_IP:$ECHO_PORT" "getpeername ($b, TCP agent)"
+		assert_contains "$out" "local=$TGT_IP:" "getsockname ($b, TCP agent)"
+		assert_contains "$out" "direct-$b" "echo ($b, TCP agent)"
+		local_addr=$(sed -n 's/.* local=\([^ ]*\) .*/\1/p' <<<"$out")
+		wait_until 50 sh -c "'$TRACE_POD' logs '$SRV' | grep -qF 'accept $local_addr on'" ||
+			fail "echo server log has no 'accept $local_addr': $(pod_logs "$SRV" | tail -3)"
+		grep -q "connect $SRV_IP:$ECHO_PORT through the pod .*the socket is the agent's stream" \
+			"$WORK/tcp-$b.err" || fail "not the direct path ($b): $(grep -i connect "$WORK/tcp-$b.err")"
+		out=$(TRT "$b" -- "$PODPROBE" -get "http://$WEB_IP:8080/echo" -get "http://$WEB_IP:8080/")
+		assert_contains "$out" "remote=$TGT_IP:" "the web server's view of the client ($b, TCP agent)"
+		assert_contains "$out" "hello from the web pod" "HTTP body ($b, TCP agent)"
+		out=$(TRT "$b" -- curl -sS "http://$WEB_IP:8080/echo")
+		assert_contains "$out" "remote=$TGT_IP:" "curl ($b, TCP agent)"
+		out=$(TRT "$b" -- "$PYTHON" -c "
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setblocking(False)
+assert s.connect_ex(('::ffff:$SRV_IP', $ECHO_PORT)) in (0, 115)
+import select; select.select([], [s], [], 10)
+assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+s.setblocking(True)
+print('peer', s.getpeername()[0], s.getpeername()[1], 'local', s.getsockname()[0])
+s.sendall(b'six'); s.shutdown(socket.SHUT_WR); print('echo', s.recv(10).decode())")
+		assert_contains "$out" "peer ::ffff:$SRV_IP $ECHO_PORT local ::ffff:$TGT_IP" "non-blocking v4-mapped ($b, TCP agent)"
+		assert_contains "$out" "echo six" "v4-mapped echo ($b, TCP agent)"
+	done
+	agent_stop "$WORK" tcp >/dev/null 2>&1
+}
+
 test_errors() {
 	local b out rc
 	for b in $BACKENDS; do
@@ -341,6 +386,7 @@ run_test "net: busybox wget and nslookup" test_busybox
 run_test "net: python urllib, unconnected UDP with real sources" test_python
 run_test "net: musl's resolver (static)" test_musl
 run_test "net: an IPv6 socket to a v4-mapped address" test_ipv6_socket
+run_test "net: a TCP agent address, the program's socket carries the stream" test_tcp_agent
 run_test "net: refused connects carry the pod's errno" test_errors
 run_test "net: a slow connect does not hold up the others" test_slow_connect
 run_test "net: loopback, local filters and name filters stay local" test_local_stays_local
