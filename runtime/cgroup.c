@@ -45,22 +45,6 @@ struct cgroup_layout {
 
 /* ---- layout detection ---- */
 
-/* For messages that already say everything: keep errno in err->code for callers, but
- * without the ": strerror" suffix hm_err_set would add. */
-static int err_plain(struct hm_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int err_plain(struct hm_err *err, int code, const char *fmt, ...)
-{
-	if (!err)
-		return -1;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-	va_end(ap);
-	err->code = code;
-	return -1;
-}
-
 static int join_path(char *buf, size_t len, struct hm_err *err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int join_path(char *buf, size_t len, struct hm_err *err, const char *fmt, ...)
@@ -70,7 +54,7 @@ static int join_path(char *buf, size_t len, struct hm_err *err, const char *fmt,
 	int n = vsnprintf(buf, len, fmt, ap);
 	va_end(ap);
 	if (n < 0 || (size_t)n >= len)
-		return err_plain(err, ENAMETOOLONG, "cgroup path too long: %s...", buf);
+		return hm_err_plain(err, ENAMETOOLONG, "cgroup path too long: %s...", buf);
 	return 0;
 }
 
@@ -218,13 +202,14 @@ static int check_pod_cgroup_path(const char *path, struct hm_err *err)
 	size_t len = strlen(path);
 	if (path[0] != '/' || len >= PATH_MAX || strstr(path, "/../") || strstr(path, "/./") ||
 	    strchr(path, '\n'))
-		return err_plain(err, EINVAL, "not a pod cgroup path: '%s'", path);
+		return hm_err_plain(err, EINVAL, "not a pod cgroup path: '%s'", path);
 	const char *base = strrchr(path, '/');
 	if (!pod_name_ok(base + 1) || base - path < (ptrdiff_t)strlen("/" CGROUP_PARENT) ||
 	    strncmp(base - strlen("/" CGROUP_PARENT), "/" CGROUP_PARENT "/",
 		    strlen(CGROUP_PARENT) + 2))
-		return err_plain(err, EINVAL, "not a pod cgroup path (expected .../%s/NAME): '%s'",
-				 CGROUP_PARENT, path);
+		return hm_err_plain(err, EINVAL,
+				    "not a pod cgroup path (expected .../%s/NAME): '%s'",
+				    CGROUP_PARENT, path);
 	return 0;
 }
 
@@ -234,17 +219,19 @@ static int parse_usec(const char *s, const char *what, const char *input, uint64
 		      struct hm_err *err)
 {
 	if (*s == '-')
-		return err_plain(err, EINVAL, "invalid cpu-max '%s': %s must not be negative",
-				 input, what);
+		return hm_err_plain(err, EINVAL, "invalid cpu-max '%s': %s must not be negative",
+				    input, what);
 	if (!*s || strspn(s, "0123456789") != strlen(s))
-		return err_plain(err, EINVAL,
-				 "invalid cpu-max '%s': %s is not a number (expected max, QUOTA, "
-				 "'QUOTA PERIOD' or QUOTA/PERIOD in microseconds)",
-				 input, what);
+		return hm_err_plain(
+		    err, EINVAL,
+		    "invalid cpu-max '%s': %s is not a number (expected max, QUOTA, "
+		    "'QUOTA PERIOD' or QUOTA/PERIOD in microseconds)",
+		    input, what);
 	errno = 0;
 	unsigned long long v = strtoull(s, NULL, 10);
 	if (errno == ERANGE)
-		return err_plain(err, ERANGE, "invalid cpu-max '%s': %s is too large", input, what);
+		return hm_err_plain(err, ERANGE, "invalid cpu-max '%s': %s is too large", input,
+				    what);
 	*out = v;
 	return 0;
 }
@@ -252,7 +239,7 @@ static int parse_usec(const char *s, const char *what, const char *input, uint64
 int rt_parse_cpu_max(const char *s, struct rt_limits *lim, struct hm_err *err)
 {
 	if (!s)
-		return err_plain(err, EINVAL, "invalid cpu-max: no value");
+		return hm_err_plain(err, EINVAL, "invalid cpu-max: no value");
 	if (!strcmp(s, "max")) {
 		lim->cpu_quota = 0;
 		lim->cpu_period = CPU_PERIOD_DEFAULT;
@@ -260,7 +247,7 @@ int rt_parse_cpu_max(const char *s, struct rt_limits *lim, struct hm_err *err)
 	}
 	char quota_s[64];
 	if (strlen(s) >= sizeof(quota_s))
-		return err_plain(err, EINVAL, "invalid cpu-max '%.*s...': too long", 32, s);
+		return hm_err_plain(err, EINVAL, "invalid cpu-max '%.*s...': too long", 32, s);
 	strcpy(quota_s, s);
 	const char *period_s = NULL;
 	char *sep = strpbrk(quota_s, " /");
@@ -274,20 +261,20 @@ int rt_parse_cpu_max(const char *s, struct rt_limits *lim, struct hm_err *err)
 	if (period_s && parse_usec(period_s, "the period", s, &period, err) < 0)
 		return -1;
 	if (quota == 0)
-		return err_plain(err, EINVAL,
-				 "invalid cpu-max '%s': the quota must be greater than 0 "
-				 "(use 'max' for no limit)",
-				 s);
+		return hm_err_plain(err, EINVAL,
+				    "invalid cpu-max '%s': the quota must be greater than 0 "
+				    "(use 'max' for no limit)",
+				    s);
 	if (quota < CPU_USEC_MIN || quota > CPU_QUOTA_MAX)
-		return err_plain(err, ERANGE,
-				 "invalid cpu-max '%s': the quota must be between %llu and "
-				 "%llu microseconds",
-				 s, CPU_USEC_MIN, CPU_QUOTA_MAX);
+		return hm_err_plain(err, ERANGE,
+				    "invalid cpu-max '%s': the quota must be between %llu and "
+				    "%llu microseconds",
+				    s, CPU_USEC_MIN, CPU_QUOTA_MAX);
 	if (period < CPU_USEC_MIN || period > CPU_PERIOD_MAX)
-		return err_plain(err, ERANGE,
-				 "invalid cpu-max '%s': the period must be between %llu and "
-				 "%llu microseconds",
-				 s, CPU_USEC_MIN, CPU_PERIOD_MAX);
+		return hm_err_plain(err, ERANGE,
+				    "invalid cpu-max '%s': the period must be between %llu and "
+				    "%llu microseconds",
+				    s, CPU_USEC_MIN, CPU_PERIOD_MAX);
 	lim->cpu_quota = quota;
 	lim->cpu_period = period;
 	return 0;
@@ -348,8 +335,8 @@ static int make_pod_dir(const char *mount, const char *name, char *out, struct h
 	 * populated cgroup fails with EBUSY, which is exactly the check we need. */
 	if (rmdir(out) < 0) {
 		if (errno == EBUSY)
-			return err_plain(err, EEXIST, "cgroup %s already exists and is in use",
-					 out);
+			return hm_err_plain(err, EEXIST, "cgroup %s already exists and is in use",
+					    out);
 		return hm_err_errno(err, "rmdir stale cgroup %s", out);
 	}
 	if (mkdir(out, 0755) < 0)
@@ -498,17 +485,18 @@ int rt_cgroup_create(const char *name, const struct rt_limits *lim, struct rt_cg
 {
 	cgroup_reset(cg);
 	if (!pod_name_ok(name))
-		return err_plain(err, EINVAL, "cgroup: invalid pod name '%s'", name ? name : "");
+		return hm_err_plain(err, EINVAL, "cgroup: invalid pod name '%s'", name ? name : "");
 	struct cgroup_layout lay;
 	if (detect_layout(&lay, err) < 0)
 		return hm_err_prefix(err, "cgroup: detect layout");
 	/* refuse before creating anything, so a bad request leaves nothing behind */
 	for (int c = 0; c < CTRL_COUNT; c++)
 		if (limit_requested(lim, c) && !lay.v2_listed[c] && !lay.v1_mount[c][0])
-			return err_plain(err, ENODEV,
-					 "%s needs the '%s' cgroup controller, which this host has "
-					 "neither on cgroup v2 nor mounted as cgroup v1",
-					 limit_flags[c], controller_names[c]);
+			return hm_err_plain(
+			    err, ENODEV,
+			    "%s needs the '%s' cgroup controller, which this host has "
+			    "neither on cgroup v2 nor mounted as cgroup v1",
+			    limit_flags[c], controller_names[c]);
 	if (create_dirs_and_limits(name, lim, &lay, cg, err) < 0) {
 		struct hm_err cleanup_err;
 		if (rt_cgroup_destroy(cg, &cleanup_err) < 0)
@@ -681,7 +669,7 @@ static int remove_pod_cgroup(const char *dir, struct hm_err *err)
 		return hm_err_errno(err, "statfs %s", dir);
 	}
 	if (sfs.f_type != CGROUP_SUPER_MAGIC && sfs.f_type != CGROUP2_SUPER_MAGIC)
-		return err_plain(err, EINVAL, "refusing to remove %s: not a cgroup", dir);
+		return hm_err_plain(err, EINVAL, "refusing to remove %s: not a cgroup", dir);
 	long deadline = now_ms() + DESTROY_TIMEOUT_MS;
 	long pause_ms = 1;
 	for (;;) {
@@ -691,8 +679,9 @@ static int remove_pod_cgroup(const char *dir, struct hm_err *err)
 		if (errno != EBUSY)
 			return hm_err_errno(err, "rmdir %s", dir);
 		if (now_ms() >= deadline)
-			return err_plain(err, EBUSY, "rmdir %s: processes still inside after %d ms",
-					 dir, DESTROY_TIMEOUT_MS);
+			return hm_err_plain(err, EBUSY,
+					    "rmdir %s: processes still inside after %d ms", dir,
+					    DESTROY_TIMEOUT_MS);
 		sleep_ms(pause_ms);
 		if (pause_ms < 20)
 			pause_ms *= 2;
@@ -796,7 +785,7 @@ int rt_cgroup_load(struct rt_cgroup *cg, const char *file, struct hm_err *err)
 	}
 	return 0;
 bad:
-	err_plain(err, EINVAL, "line %d: expected 'v2 PATH' or 'v1 PATH'", lineno);
+	hm_err_plain(err, EINVAL, "line %d: expected 'v2 PATH' or 'v1 PATH'", lineno);
 bad_path:
 	cgroup_reset(cg);
 	return hm_err_prefix(err, "cgroup: load %s", file);

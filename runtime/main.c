@@ -95,18 +95,6 @@ static const char usage_logs[] = "usage: trace-pod logs NAME\n"
 				 "\n"
 				 "Print what a detached pod (run -d) wrote on stdout and stderr.\n";
 
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int code, const char *fmt, ...)
-{
-	char msg[HM_ERR_MSG_MAX + 128];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	fprintf(stderr, PROG ": %s\n", msg);
-	return code;
-}
-
 static void set_verbose(void)
 {
 	hm_log_init(PROG, HM_LOG_DEBUG);
@@ -117,14 +105,15 @@ static int bad_option(const char *cmd, int opt, char **argv)
 {
 	const char *arg = argv[optind - 1];
 	if (opt == ':')
-		return fail(RT_EXIT_RUNTIME,
-			    "%s: option '%s' needs a value (see trace-pod %s --help)", cmd, arg,
-			    cmd);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "%s: option '%s' needs a value (see trace-pod %s --help)", cmd,
+				   arg, cmd);
 	if (optopt && !(arg[0] == '-' && arg[1] == '-'))
-		return fail(RT_EXIT_RUNTIME, "%s: unknown option '-%c' (see trace-pod %s --help)",
-			    cmd, optopt, cmd);
-	return fail(RT_EXIT_RUNTIME, "%s: unknown option '%s' (see trace-pod %s --help)", cmd, arg,
-		    cmd);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "%s: unknown option '-%c' (see trace-pod %s --help)", cmd,
+				   optopt, cmd);
+	return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+			   "%s: unknown option '%s' (see trace-pod %s --help)", cmd, arg, cmd);
 }
 
 static int print_usage(const char *text)
@@ -168,8 +157,8 @@ static int parse_timeout(const char *flag, const char *value, unsigned *out)
 {
 	uint64_t v;
 	if (hm_parse_u64(value, &v) < 0 || v > MAX_TIMEOUT) {
-		fail(RT_EXIT_RUNTIME, "%s '%s': expected whole seconds (0 to %d)", flag, value,
-		     MAX_TIMEOUT);
+		hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s '%s': expected whole seconds (0 to %d)",
+			    flag, value, MAX_TIMEOUT);
 		return -1;
 	}
 	*out = (unsigned)v;
@@ -186,9 +175,9 @@ static int parse_limit(const char *flag, const char *value, bool size, uint64_t 
 	}
 	int r = size ? hm_parse_size(value, out) : hm_parse_u64(value, out);
 	if (r < 0 || *out == 0) {
-		fail(RT_EXIT_RUNTIME, "%s '%s': expected %s", flag, value,
-		     size ? "a size in bytes > 0 (k, M, G suffixes) or max"
-			  : "a whole number > 0 or max");
+		hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s '%s': expected %s", flag, value,
+			    size ? "a size in bytes > 0 (k, M, G suffixes) or max"
+				 : "a whole number > 0 or max");
 		return -1;
 	}
 	return 0;
@@ -231,7 +220,7 @@ static int cmd_run(int argc, char **argv)
 	const char *name = NULL, *rootfs = NULL;
 	hm_autofree char **env = calloc(argc + 1, sizeof(*env));
 	if (!env)
-		return fail(RT_EXIT_RUNTIME, "out of memory");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "out of memory");
 	size_t n_env = 0;
 	int opt;
 	/* '+': stop at CMD, whose own flags are not ours */
@@ -245,8 +234,8 @@ static int cmd_run(int argc, char **argv)
 			break;
 		case OPT_HOSTNAME:
 			if (!hostname_valid(optarg))
-				return fail(
-				    RT_EXIT_RUNTIME,
+				return hm_cli_fail(
+				    PROG, RT_EXIT_RUNTIME,
 				    "--hostname '%s': expected 1 to 64 letters, digits, '-' or '.'",
 				    optarg);
 			o.hostname = optarg;
@@ -262,7 +251,7 @@ static int cmd_run(int argc, char **argv)
 		case OPT_CPU: {
 			struct hm_err err = {0};
 			if (rt_parse_cpu_max(optarg, &o.limits, &err) < 0)
-				return fail(RT_EXIT_RUNTIME, "%s", err.msg);
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 			break;
 		}
 		case OPT_NET:
@@ -273,21 +262,23 @@ static int cmd_run(int argc, char **argv)
 			else if (!strcmp(optarg, "host"))
 				o.net = RT_NET_HOST;
 			else
-				return fail(RT_EXIT_RUNTIME,
-					    "--net '%s': expected bridge, none or host", optarg);
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+						   "--net '%s': expected bridge, none or host",
+						   optarg);
 			break;
 		case 'e': {
 			const char *eq = strchr(optarg, '=');
 			if (!eq || eq == optarg)
-				return fail(RT_EXIT_RUNTIME, "--env '%s': expected KEY=VALUE",
-					    optarg);
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+						   "--env '%s': expected KEY=VALUE", optarg);
 			env[n_env++] = optarg;
 			break;
 		}
 		case 'w':
 			if (optarg[0] != '/')
-				return fail(RT_EXIT_RUNTIME,
-					    "--workdir '%s': expected an absolute path", optarg);
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+						   "--workdir '%s': expected an absolute path",
+						   optarg);
 			o.workdir = optarg;
 			break;
 		case OPT_INIT:
@@ -300,8 +291,8 @@ static int cmd_run(int argc, char **argv)
 			unsigned char addr[16];
 			if (inet_pton(AF_INET, optarg, addr) != 1 &&
 			    inet_pton(AF_INET6, optarg, addr) != 1)
-				return fail(RT_EXIT_RUNTIME, "--dns '%s': expected an IP address",
-					    optarg);
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+						   "--dns '%s': expected an IP address", optarg);
 			o.dns = optarg;
 			break;
 		}
@@ -319,28 +310,30 @@ static int cmd_run(int argc, char **argv)
 		}
 	}
 	if (optind >= argc)
-		return fail(RT_EXIT_RUNTIME, "run: missing command (see trace-pod run --help)");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "run: missing command (see trace-pod run --help)");
 	o.argv = argv + optind;
 	o.env = env;
 	if (!rootfs)
-		return fail(RT_EXIT_RUNTIME, "run: --rootfs DIR is required");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "run: --rootfs DIR is required");
 	struct stat st;
 	char bin[PATH_MAX + 8];
 	if (!realpath(rootfs, o.rootfs) || stat(o.rootfs, &st) < 0 || !S_ISDIR(st.st_mode))
-		return fail(RT_EXIT_RUNTIME, "rootfs %s: %s", rootfs,
-			    strerror(errno ? errno : ENOTDIR));
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "rootfs %s: %s", rootfs,
+				   strerror(errno ? errno : ENOTDIR));
 	snprintf(bin, sizeof(bin), "%s/bin", o.rootfs);
 	if (stat(bin, &st) < 0)
-		return fail(RT_EXIT_RUNTIME,
-			    "rootfs %s: %s: %s (build one with: trace-pod rootfs %s)", rootfs, bin,
-			    strerror(errno), rootfs);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "rootfs %s: %s: %s (build one with: trace-pod rootfs %s)",
+				   rootfs, bin, strerror(errno), rootfs);
 	if (name) {
 		if (!rt_name_valid(name))
-			return fail(RT_EXIT_RUNTIME,
-				    "--name '%s': expected [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", name);
+			return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+					   "--name '%s': expected [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}",
+					   name);
 		snprintf(o.name, sizeof(o.name), "%s", name);
 	} else if (random_name(o.name, sizeof(o.name)) < 0) {
-		return fail(RT_EXIT_RUNTIME, "random pod name: %s", strerror(errno));
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "random pod name: %s", strerror(errno));
 	}
 	/* pod names may hold '_', hostnames may not */
 	static char default_hostname[RT_NAME_MAX + 1];
@@ -358,7 +351,8 @@ static int cmd_run(int argc, char **argv)
 	if (res.monitor)
 		return res.exit_code;
 	if (rc < 0)
-		return fail(res.exit_code ? res.exit_code : RT_EXIT_RUNTIME, "%s", err.msg);
+		return hm_cli_fail(PROG, res.exit_code ? res.exit_code : RT_EXIT_RUNTIME, "%s",
+				   err.msg);
 	if (o.detach)
 		printf("%s\n", o.name);
 	return res.exit_code;
@@ -395,11 +389,11 @@ static int cmd_rootfs(int argc, char **argv)
 	if (r >= 0)
 		return r;
 	if (argc - optind != 1)
-		return fail(RT_EXIT_RUNTIME,
-			    "rootfs: expected one DIR (see trace-pod rootfs --help)");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "rootfs: expected one DIR (see trace-pod rootfs --help)");
 	struct hm_err err = {0};
 	if (rt_rootfs_build(argv[optind], &err) < 0)
-		return fail(RT_EXIT_RUNTIME, "%s", err.msg);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	char abs[PATH_MAX];
 	printf("%s\n", realpath(argv[optind], abs) ? abs : argv[optind]);
 	return 0;
@@ -430,11 +424,12 @@ static int cmd_deploy(int argc, char **argv)
 		}
 	}
 	if (argc - optind != 1 || !rootfs)
-		return fail(RT_EXIT_RUNTIME,
-			    "deploy: expected FILE --rootfs DIR (see trace-pod deploy --help)");
+		return hm_cli_fail(
+		    PROG, RT_EXIT_RUNTIME,
+		    "deploy: expected FILE --rootfs DIR (see trace-pod deploy --help)");
 	struct hm_err err = {0};
 	if (rt_rootfs_deploy(rootfs, argv[optind], &err) < 0)
-		return fail(RT_EXIT_RUNTIME, "%s", err.msg);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	return 0;
 }
 
@@ -465,16 +460,17 @@ static int cmd_ls(int argc, char **argv)
 		}
 	}
 	if (optind != argc)
-		return fail(RT_EXIT_RUNTIME, "ls: unexpected argument '%s'", argv[optind]);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "ls: unexpected argument '%s'",
+				   argv[optind]);
 	struct hm_err err = {0};
 	char **names;
 	size_t count;
 	if (rt_state_list(&names, &count, &err) < 0)
-		return fail(RT_EXIT_RUNTIME, "%s", err.msg);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	struct rt_pod_state *pods = calloc(count ? count : 1, sizeof(*pods));
 	if (!pods) {
 		rt_state_list_free(names, count);
-		return fail(RT_EXIT_RUNTIME, "out of memory");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "out of memory");
 	}
 	size_t n = 0;
 	int width = 4;
@@ -551,27 +547,28 @@ static int cmd_exec(int argc, char **argv)
 		}
 	}
 	if (optind >= argc)
-		return fail(RT_EXIT_RUNTIME,
-			    "exec: expected NAME -- CMD (see trace-pod exec --help)");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "exec: expected NAME -- CMD (see trace-pod exec --help)");
 	const char *name = argv[optind++];
 	if (optind < argc && !strcmp(argv[optind], "--"))
 		optind++;
 	if (optind >= argc)
-		return fail(RT_EXIT_RUNTIME, "exec: missing command (see trace-pod exec --help)");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "exec: missing command (see trace-pod exec --help)");
 	struct hm_err err = {0};
 	struct rt_pod_state st;
 	if (rt_pod_state_load(name, &st, &err) < 0)
-		return fail(RT_EXIT_RUNTIME, "%s", err.msg);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	if (!rt_pod_is_running(&st))
-		return fail(RT_EXIT_RUNTIME, "pod %s is not running", name);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "pod %s is not running", name);
 	fflush(NULL);
 	err.msg[0] = '\0';
 	int rc = rt_pod_exec(&st, argv + optind, &err);
 	if (rc < 0)
-		return fail(RT_EXIT_RUNTIME, "%s", err.msg);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	/* 126/127: the command could not be run, and err says why */
 	if (err.msg[0])
-		fail(rc, "%s", err.msg);
+		hm_cli_fail(PROG, rc, "%s", err.msg);
 	return rc;
 }
 
@@ -602,12 +599,13 @@ static int cmd_stop(int argc, char **argv)
 		}
 	}
 	if (optind >= argc)
-		return fail(RT_EXIT_RUNTIME, "stop: expected NAME (see trace-pod stop --help)");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "stop: expected NAME (see trace-pod stop --help)");
 	int rc = 0;
 	for (int i = optind; i < argc; i++) {
 		struct hm_err err = {0};
 		if (rt_pod_stop(argv[i], timeout, &err) < 0)
-			rc = fail(RT_EXIT_RUNTIME, "%s", err.msg);
+			rc = hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	}
 	return rc;
 }
@@ -637,12 +635,13 @@ static int cmd_rm(int argc, char **argv)
 		}
 	}
 	if (optind >= argc)
-		return fail(RT_EXIT_RUNTIME, "rm: expected NAME (see trace-pod rm --help)");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "rm: expected NAME (see trace-pod rm --help)");
 	int rc = 0;
 	for (int i = optind; i < argc; i++) {
 		struct hm_err err = {0};
 		if (rt_pod_remove(argv[i], force, &err) < 0)
-			rc = fail(RT_EXIT_RUNTIME, "%s", err.msg);
+			rc = hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	}
 	return rc;
 }
@@ -653,21 +652,22 @@ static int cmd_logs(int argc, char **argv)
 	if (r >= 0)
 		return r;
 	if (argc - optind != 1)
-		return fail(RT_EXIT_RUNTIME, "logs: expected NAME (see trace-pod logs --help)");
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "logs: expected NAME (see trace-pod logs --help)");
 	const char *name = argv[optind];
 	struct hm_err err = {0};
 	struct rt_pod_state st;
 	if (rt_pod_state_load(name, &st, &err) < 0)
-		return fail(RT_EXIT_RUNTIME, "%s", err.msg);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	char path[PATH_MAX];
 	rt_state_path(name, "log", path, sizeof(path));
 	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		if (errno == ENOENT)
-			return fail(RT_EXIT_RUNTIME,
-				    "pod %s has no log (only detached pods, run -d, have one)",
-				    name);
-		return fail(RT_EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+			return hm_cli_fail(
+			    PROG, RT_EXIT_RUNTIME,
+			    "pod %s has no log (only detached pods, run -d, have one)", name);
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s: %s", path, strerror(errno));
 	}
 	char buf[65536];
 	for (;;) {
@@ -675,11 +675,12 @@ static int cmd_logs(int argc, char **argv)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
-			return fail(RT_EXIT_RUNTIME, "read %s: %s", path, strerror(errno));
+			return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "read %s: %s", path,
+					   strerror(errno));
 		if (n == 0)
 			break;
 		if (hm_write_all(STDOUT_FILENO, buf, n) < 0)
-			return fail(RT_EXIT_RUNTIME, "write: %s", strerror(errno));
+			return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "write: %s", strerror(errno));
 	}
 	return 0;
 }
@@ -710,8 +711,8 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
 			return print_usage(usage_main);
 		else
-			return fail(RT_EXIT_RUNTIME, "unknown option '%s' (see trace-pod --help)",
-				    argv[i]);
+			return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+					   "unknown option '%s' (see trace-pod --help)", argv[i]);
 	}
 	if (i >= argc) {
 		fputs(usage_main, stderr);
@@ -728,5 +729,6 @@ int main(int argc, char **argv)
 		if (!strcmp(cmd, commands[c].name))
 			/* the command parses its own argv, with itself as argv[0] */
 			return commands[c].fn(argc - i, argv + i);
-	return fail(RT_EXIT_RUNTIME, "unknown command '%s' (see trace-pod --help)", cmd);
+	return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "unknown command '%s' (see trace-pod --help)",
+			   cmd);
 }

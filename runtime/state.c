@@ -13,22 +13,6 @@
 
 #define MONITOR_START_KEY "monitor_start"
 
-/* An error whose message is complete without strerror(), but whose errno callers test
- * (EEXIST: name taken, ENOENT: no such pod). */
-static int err_with_code(struct hm_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int err_with_code(struct hm_err *err, int code, const char *fmt, ...)
-{
-	if (!err)
-		return -1;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-	va_end(ap);
-	err->code = code;
-	return -1;
-}
-
 bool rt_name_valid(const char *name)
 {
 	if (!name || !isalnum((unsigned char)name[0]))
@@ -150,7 +134,7 @@ int rt_state_read(const char *name, const char *key, char *buf, size_t len, stru
 int rt_state_create(const char *name, struct hm_err *err)
 {
 	if (!rt_name_valid(name)) {
-		return err_with_code(
+		return hm_err_plain(
 		    err, EINVAL, "invalid pod name '%s' (expected [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62})",
 		    name);
 	}
@@ -181,7 +165,7 @@ int rt_state_create(const char *name, struct hm_err *err)
 	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_NOREPLACE) < 0) {
 		if (errno == EEXIST || errno == ENOTEMPTY) {
 			hm_rm_rf(tmp, NULL);
-			return err_with_code(err, EEXIST, "pod %s already exists", name);
+			return hm_err_plain(err, EEXIST, "pod %s already exists", name);
 		}
 		if (errno != EINVAL)
 			goto fail_errno;
@@ -190,7 +174,7 @@ int rt_state_create(const char *name, struct hm_err *err)
 		hm_rm_rf(tmp, NULL);
 		if (mkdir(final, 0700) < 0) {
 			if (errno == EEXIST) {
-				return err_with_code(err, EEXIST, "pod %s already exists", name);
+				return hm_err_plain(err, EEXIST, "pod %s already exists", name);
 			}
 			return hm_err_errno(err, "mkdir %s", final);
 		}
@@ -245,18 +229,18 @@ int rt_pod_state_load(const char *name, struct rt_pod_state *out, struct hm_err 
 	memset(out, 0, sizeof(*out));
 	if (!rt_name_valid(name)) {
 		/* an invalid name can never exist: say "no such pod" */
-		return err_with_code(err, ENOENT, "no such pod: %s", name);
+		return hm_err_plain(err, ENOENT, "no such pod: %s", name);
 	}
 	char dir[PATH_MAX];
 	rt_state_path(name, NULL, dir, sizeof(dir));
 	struct stat st;
 	if (stat(dir, &st) < 0) {
 		if (errno == ENOENT)
-			return err_with_code(err, ENOENT, "no such pod: %s", name);
+			return hm_err_plain(err, ENOENT, "no such pod: %s", name);
 		return hm_err_errno(err, "pod %s", name);
 	}
 	if (!S_ISDIR(st.st_mode))
-		return err_with_code(err, ENOENT, "no such pod: %s", name);
+		return hm_err_plain(err, ENOENT, "no such pod: %s", name);
 	snprintf(out->name, sizeof(out->name), "%s", name);
 	out->pid = read_opt_long(name, "pid", 0);
 	out->monitor_pid = read_opt_long(name, "monitor_pid", 0);

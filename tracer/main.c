@@ -56,18 +56,6 @@ static const char usage[] =
     "  126  PROGRAM is not executable\n"
     "  127  PROGRAM not found\n";
 
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...)
-{
-	char msg[HM_ERR_MSG_MAX + 128];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	fprintf(stderr, PROG ": %s\n", msg);
-	return TRACER_EXIT_FAILURE;
-}
-
 /* Die the way the program died. Its core (if any) was already written. */
 static int exit_like(const struct tracer_exit *e)
 {
@@ -169,27 +157,31 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 			break;
 		case OPT_BACKEND:
 			if (hm_cfg_backend_parse(optarg, &c->backend) < 0)
-				return fail("--backend '%s': expected seccomp, ptrace or auto",
-					    optarg);
+				return hm_cli_fail(
+				    PROG, TRACER_EXIT_FAILURE,
+				    "--backend '%s': expected seccomp, ptrace or auto", optarg);
 			break;
 		case OPT_FS_MODE:
 			if (hm_fs_mode_parse(optarg, &c->feature.fs.mode) < 0)
-				return fail("--fs-mode '%s': expected read, write, local or "
-					    "localwithoverrides",
-					    optarg);
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+						   "--fs-mode '%s': expected read, write, local or "
+						   "localwithoverrides",
+						   optarg);
 			break;
 		case OPT_ENV_INCLUDE:
 		case OPT_ENV_EXCLUDE: {
 			struct hm_strv *v = opt == OPT_ENV_INCLUDE ? &c->feature.env.include
 								   : &c->feature.env.exclude;
 			if (!optarg[0])
-				return fail("%s: empty glob", argv[optind - 1]);
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s: empty glob",
+						   argv[optind - 1]);
 			rc = hm_strv_push(v, optarg, &err);
 			break;
 		}
 		case 'e':
 			if (!strchr(optarg, '=') || optarg[0] == '=')
-				return fail("--env '%s': expected KEY=VALUE", optarg);
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+						   "--env '%s': expected KEY=VALUE", optarg);
 			rc = hm_config_env_override(c, optarg, &err);
 			break;
 		case 'v':
@@ -199,16 +191,21 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 			fputs(usage, stdout);
 			return -1;
 		case ':':
-			return fail("option '%s' needs a value (see trace-run --help)",
-				    argv[optind - 1]);
+			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+					   "option '%s' needs a value (see trace-run --help)",
+					   argv[optind - 1]);
 		default:
-			return fail("unknown option '%s' (see trace-run --help)", argv[optind - 1]);
+			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+					   "unknown option '%s' (see trace-run --help)",
+					   argv[optind - 1]);
 		}
 		if (rc < 0)
-			return fail("%s", err.msg[0] ? err.msg : "out of memory");
+			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s",
+					   err.msg[0] ? err.msg : "out of memory");
 	}
 	if (optind >= argc)
-		return fail("no PROGRAM given (see trace-run --help)");
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+				   "no PROGRAM given (see trace-run --help)");
 	return 0;
 }
 
@@ -218,12 +215,13 @@ static int build_config(const struct cli *cli, struct hm_trace_config *out)
 	struct hm_err err = {0};
 	hm_config_init(out);
 	if (cli->config_file && hm_config_load_file(out, cli->config_file, &err) < 0)
-		return fail("%s", err.msg);
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	if (hm_config_merge(out, &cli->flags, &err) < 0 || hm_config_finalize(out, &err) < 0)
-		return fail("%s", err.msg);
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	if (!out->target || !out->target[0])
-		return fail("no target: give --target pod/NAME (or pid/N, container/ID), or "
-			    "\"target\" in the config file");
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+				   "no target: give --target pod/NAME (or pid/N, container/ID), or "
+				   "\"target\" in the config file");
 	return 0;
 }
 
@@ -252,7 +250,7 @@ static int run(int argc, char **argv)
 	struct tracer *t = NULL;
 	if (tracer_new(backend_of(cfg.backend), &t, &err) < 0) {
 		hm_config_free(&cfg);
-		return fail("%s", err.msg);
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	}
 
 	struct trace_session s;
@@ -285,19 +283,21 @@ static int run(int argc, char **argv)
 	hm_env_free(env);
 	tracer_free(t);
 	if (rc < 0)
-		return fail("%s", err.msg);
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	if (ex.outcome == TRACER_EXEC_FAILED) {
-		fail("%s: %s", program[0], strerror(ex.code));
+		hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s: %s", program[0], strerror(ex.code));
 		return tracer_exit_code(&ex);
 	}
 	if (ex.outcome == TRACER_SIGNALED && ex.code == SIGSYS)
-		fail("%s was killed by SIGSYS; a system call with a foreign ABI (32-bit int 0x80) "
-		     "would get past the tracer, so it is not allowed",
-		     program[0]);
+		hm_cli_fail(
+		    PROG, TRACER_EXIT_FAILURE,
+		    "%s was killed by SIGSYS; a system call with a foreign ABI (32-bit int 0x80) "
+		    "would get past the tracer, so it is not allowed",
+		    program[0]);
 	return exit_like(&ex);
 
 fail:
-	fail("%s", err.msg);
+	hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	trace_net_release(&s);
 	trace_files_release(&s);
 	trace_session_release(&s);

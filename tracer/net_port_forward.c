@@ -62,18 +62,6 @@ struct pf_conn {
 	struct net_addr from;
 };
 
-static int pf_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int pf_fail(const char *fmt, ...)
-{
-	char msg[HM_ERR_MSG_MAX + 128];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	fprintf(stderr, PROG ": %s\n", msg);
-	return TRACER_EXIT_FAILURE;
-}
-
 /* ---- -L specs ---- */
 
 /* split at ':' outside brackets; brackets are stripped */
@@ -539,9 +527,10 @@ static int parse_args(int argc, char **argv, struct hm_trace_config *cfg, struct
 			break;
 		case 'L':
 			if (pf->n_fwd == MAX_FORWARDS)
-				return pf_fail("at most %d -L", MAX_FORWARDS);
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "at most %d -L",
+						   MAX_FORWARDS);
 			if (parse_forward(optarg, &pf->fwd[pf->n_fwd], &err) < 0)
-				return pf_fail("%s", err.msg);
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 			pf->n_fwd++;
 			break;
 		case 'v':
@@ -551,23 +540,29 @@ static int parse_args(int argc, char **argv, struct hm_trace_config *cfg, struct
 			fputs(usage, stdout);
 			return -1;
 		case ':':
-			return pf_fail("option '%s' needs a value (see --help)", argv[optind - 1]);
+			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+					   "option '%s' needs a value (see --help)",
+					   argv[optind - 1]);
 		default:
-			return pf_fail("unknown option '%s' (see --help)", argv[optind - 1]);
+			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+					   "unknown option '%s' (see --help)", argv[optind - 1]);
 		}
 		if (slot) {
 			free(*slot);
 			*slot = strdup(optarg);
 			if (!*slot)
-				return pf_fail("out of memory");
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "out of memory");
 		}
 	}
 	if (optind < argc)
-		return pf_fail("unexpected argument '%s' (see --help)", argv[optind]);
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+				   "unexpected argument '%s' (see --help)", argv[optind]);
 	if (!cfg->target)
-		return pf_fail("no target: give --target pod/NAME (or pid/N, container/ID)");
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+				   "no target: give --target pod/NAME (or pid/N, container/ID)");
 	if (!pf->n_fwd)
-		return pf_fail("no forward: give -L [BIND:]LPORT:HOST:PORT");
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+				   "no forward: give -L [BIND:]LPORT:HOST:PORT");
 	return 0;
 }
 
@@ -583,7 +578,7 @@ static int serve(struct pf *pf, int sigfd)
 		if (poll(pfd, n, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			return pf_fail("poll: %s", strerror(errno));
+			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "poll: %s", strerror(errno));
 		}
 		if (pfd[n - 2].revents) {
 			struct signalfd_siginfo si;
@@ -593,7 +588,8 @@ static int serve(struct pf *pf, int sigfd)
 		}
 		struct hm_err why = {0};
 		if (pfd[n - 1].revents && agent_client_ended(pf->s.client, &why))
-			return pf_fail("the session ended: %s", why.msg);
+			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "the session ended: %s",
+					   why.msg);
 		for (size_t i = 0; i < pf->n_fwd; i++)
 			if (pfd[i].revents)
 				accept_all(pf, &pf->fwd[i]);
@@ -605,7 +601,7 @@ int trace_port_forward_main(int argc, char **argv)
 	hm_log_init(PROG, HM_LOG_WARN);
 	struct pf *pf = calloc(1, sizeof(*pf));
 	if (!pf)
-		return pf_fail("out of memory");
+		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "out of memory");
 	struct hm_trace_config cfg;
 	hm_config_init(&cfg);
 	int verbose = 0;
@@ -631,23 +627,23 @@ int trace_port_forward_main(int argc, char **argv)
 	int exit_code = TRACER_EXIT_FAILURE;
 	bool session = false;
 	if (sigfd < 0) {
-		rc = pf_fail("signalfd: %s", strerror(errno));
+		rc = hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "signalfd: %s", strerror(errno));
 		goto out;
 	}
 	for (size_t i = 0; i < pf->n_fwd; i++) {
 		if (listen_on(&pf->fwd[i], &err) < 0) {
-			rc = pf_fail("%s", err.msg);
+			rc = hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 			goto out;
 		}
 	}
 	if (hm_config_finalize(&cfg, &err) < 0) {
-		rc = pf_fail("%s", err.msg);
+		rc = hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 		goto out;
 	}
 	session = true;
 	if (trace_session_init(&pf->s, &cfg, getenv("HERMIT_TOKEN"), &err) < 0 ||
 	    trace_session_connect(&pf->s, &exit_code, &err) < 0) {
-		rc = pf_fail("%s", err.msg);
+		rc = hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 		rc = exit_code;
 		goto out;
 	}
@@ -657,7 +653,7 @@ int trace_port_forward_main(int argc, char **argv)
 	int r = agent_relay_create(&pf->counters, &pf->relay, &err);
 	pthread_sigmask(SIG_SETMASK, &cur, NULL);
 	if (r < 0) {
-		rc = pf_fail("%s", err.msg);
+		rc = hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 		goto out;
 	}
 	for (size_t i = 0; i < pf->n_fwd; i++) {

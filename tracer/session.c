@@ -36,19 +36,6 @@ int trace_session_init(struct trace_session *s, struct hm_trace_config *cfg, con
 	return 0;
 }
 
-/* a message that does not end in strerror(code), with code kept for the caller */
-static int fail_with(struct hm_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail_with(struct hm_err *err, int code, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-	va_end(ap);
-	err->code = code;
-	return -1;
-}
-
 static bool agent_unreachable(int code)
 {
 	switch (code) {
@@ -108,21 +95,21 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 			if (fd >= 0) {
 				close(fd);
 				*exit_code = TRACE_EXIT_AUTH;
-				return fail_with(err, EACCES,
-						 "the agent at %s rejected the auth token "
-						 "(wrong --token-file or HERMIT_TOKEN?)",
-						 where);
+				return hm_err_plain(err, EACCES,
+						    "the agent at %s rejected the auth token "
+						    "(wrong --token-file or HERMIT_TOKEN?)",
+						    where);
 			}
 			*exit_code = TRACE_EXIT_AGENT_DOWN;
-			return fail_with(err, dial_err.code, "cannot reach the agent at %s: %s",
-					 where, strerror(dial_err.code));
+			return hm_err_plain(err, dial_err.code, "cannot reach the agent at %s: %s",
+					    where, strerror(dial_err.code));
 		}
 		if (agent_unreachable(err->code)) {
 			*exit_code = TRACE_EXIT_AGENT_DOWN;
-			return fail_with(err, err->code,
-					 "cannot reach the agent at %s: %s (is trace-agent "
-					 "running? --agent / --agent-unix say where it is)",
-					 where, strerror(err->code));
+			return hm_err_plain(err, err->code,
+					    "cannot reach the agent at %s: %s (is trace-agent "
+					    "running? --agent / --agent-unix say where it is)",
+					    where, strerror(err->code));
 		}
 		return hm_err_prefix(err, "agent at %s", where);
 	}
@@ -135,7 +122,7 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 				why += 14;
 			char msg[HM_ERR_MSG_MAX];
 			snprintf(msg, sizeof(msg), "%s", why);
-			return fail_with(err, err->code, "target %s: %s", s->cfg.target, msg);
+			return hm_err_plain(err, err->code, "target %s: %s", s->cfg.target, msg);
 		}
 		if (agent_unreachable(err->code) || err->code == ESHUTDOWN)
 			*exit_code = TRACE_EXIT_AGENT_DOWN;

@@ -18,6 +18,29 @@ int hm_err_set(struct hm_err *err, int code, const char *fmt, ...)
 	return -1;
 }
 
+int hm_err_plain(struct hm_err *err, int code, const char *fmt, ...)
+{
+	if (!err)
+		return -1;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	va_end(ap);
+	err->code = code;
+	return -1;
+}
+
+int hm_cli_fail(const char *prog, int code, const char *fmt, ...)
+{
+	char msg[HM_ERR_MSG_MAX + 128];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s: %s\n", prog, msg);
+	return code;
+}
+
 int hm_err_prefix(struct hm_err *err, const char *fmt, ...)
 {
 	if (!err)

@@ -24,9 +24,17 @@ struct hm_err {
 /* Fill err with a formatted message; when code != 0, ": strerror(code)" is appended.
  * Always returns -1 so callers can `return hm_err_set(...)`. */
 int hm_err_set(struct hm_err *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 /* Prepend "context: " to an error already filled by a callee. Returns -1. */
 int hm_err_prefix(struct hm_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* For messages that already say everything: err->code keeps the errno callers test,
+ * without the ": strerror" suffix hm_err_set adds. Returns -1. */
+int hm_err_plain(struct hm_err *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Command-line tools: print "prog: message" on stderr as one line and return code,
+ * so main can `return hm_cli_fail(...)`. */
+int hm_cli_fail(const char *prog, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Convenience: hm_err_set(err, errno, ...). */
 #define hm_err_errno(err, ...) hm_err_set((err), errno, __VA_ARGS__)
 
@@ -62,7 +70,7 @@ void hm_log(enum hm_log_level level, const char *fmt, ...) __attribute__((format
 #define hm_error(...) hm_log(HM_LOG_ERROR, __VA_ARGS__)
 
 /* I/O: all fds opened O_CLOEXEC. */
-ssize_t hm_read_all(int fd, void *buf, size_t len);        /* until len or EOF; <0 on error */
+ssize_t hm_read_all(int fd, void *buf, size_t len);	   /* until len or EOF; <0 on error */
 ssize_t hm_write_all(int fd, const void *buf, size_t len); /* <0 on error */
 /* Write data to an existing file (O_WRONLY|O_TRUNC), e.g. cgroup and proc files. */
 int hm_write_file(const char *path, const char *data, struct hm_err *err);
@@ -77,7 +85,7 @@ int hm_mkdir_p(const char *path, mode_t mode, struct hm_err *err);
 int hm_rm_rf(const char *path, struct hm_err *err);
 
 /* parsing */
-int hm_parse_u64(const char *s, uint64_t *out);  /* decimal, whole string, <0 on error */
+int hm_parse_u64(const char *s, uint64_t *out);	 /* decimal, whole string, <0 on error */
 int hm_parse_size(const char *s, uint64_t *out); /* 123, 64k, 64M, 1G (powers of 1024) */
 
 #define HM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
