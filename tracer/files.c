@@ -20,6 +20,7 @@ enum files_route files_route_path(struct files *f, const struct tracer_call *cal
 {
 	t->mapped = t->relative = t->trailing_slash = false;
 	t->error = 0;
+	t->path[0] = '\0';
 	if (addr == 0)
 		return empty_is_fd ? ROUTE_FD : ROUTE_LOCAL;
 	char raw[PATH_MAX];
@@ -37,6 +38,18 @@ enum files_route files_route_path(struct files *f, const struct tracer_call *cal
 		tracer_path_normalize(abs);
 	} else {
 		t->relative = true;
+		/* a remote working directory is trace-run's alone: the kernel's is elsewhere */
+		const char *cwd = dirfd == AT_FDCWD ? files_cwd_get(f, call->pid) : NULL;
+		if (cwd) {
+			if ((size_t)snprintf(t->path, sizeof(t->path), "%s/%s", cwd, raw) >=
+			    sizeof(t->path)) {
+				t->error = ENAMETOOLONG;
+				return ROUTE_FAIL;
+			}
+			tracer_path_normalize(t->path);
+			t->mapped = true;
+			goto decide;
+		}
 		if (tracer_resolve_at(call, dirfd, raw, abs, sizeof(abs), &err) < 0)
 			return ROUTE_LOCAL; /* EBADF, ENOTDIR...: the kernel's to report */
 		/* relative to a memfd or a deleted directory: ENOTDIR / ENOENT from the
@@ -49,6 +62,7 @@ enum files_route files_route_path(struct files *f, const struct tracer_call *cal
 	else
 		memcpy(t->path, abs, strlen(abs) + 1);
 
+decide:;
 	const char *why = NULL;
 	enum hm_fs_verdict v = hm_fs_policy_decide(f->fs, t->path, access, &why);
 	if (t->mapped && v == HM_FS_LOCAL) {
@@ -508,6 +522,7 @@ void trace_files_release(struct trace_session *s)
 	}
 	free(f->buckets);
 	files_mirror_remove(f);
+	files_cwd_release(f);
 	if (f->self_fds >= 0)
 		close(f->self_fds);
 	free(f);

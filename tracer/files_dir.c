@@ -15,11 +15,21 @@
  * same user's next trace-run mirrors a directory.
  *
  * chdir: into a mirrored directory (a relative path from a mirror working directory,
- * or fchdir on a remote directory fd) works natively. An absolute remote path works when
- * this machine has a directory of that name (the program lands there, and its relative
- * paths resolve to the same absolute paths, which go to the target). A directory that
- * exists only in the target cannot become the program's working directory: seccomp can
- * only let the call run with its own path argument; that chdir fails with EOPNOTSUPP. */
+ * or fchdir on a remote directory fd) works natively: the kernel's working directory is
+ * the mirror copy. An absolute remote path works natively too when this machine has a
+ * directory of that name (the program lands there, and its relative paths resolve to the
+ * same absolute paths, which go to the target). A directory that exists only in the
+ * target cannot become the kernel's working directory: seccomp can only let the call run
+ * with its own path argument. trace-run then keeps a "remote working directory" for the
+ * process instead: chdir returns 0 and leaves the kernel's where it was, every
+ * intercepted call with a path relative to AT_FDCWD starts from the remote one (and goes
+ * to the target, as it would from a mirror directory), getcwd answers with it, and chdir
+ * elsewhere or fchdir drops it. exec keeps it; a child takes its parent's (looked up
+ * through the PPid chain at its first relative path, then its own). Limits: a syscall
+ * trace-run does not intercept (execve("./x"), chmod, symlink...) resolves a relative
+ * path against the kernel's working directory; a child that is already running when its
+ * parent changes directory, but had no relative path yet, takes the new one; a thread
+ * made without CLONE_FS shares its process's. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -369,6 +379,173 @@ int files_dir_open(struct files *f, const char *path, struct hm_err *err)
 	return hm_steal_fd(&fd);
 }
 
+/* ---------------------------------------------------------------- remote cwd */
+
+/* Where a process is, when trace-run knows better than the kernel. path NULL: the
+ * kernel's working directory (recorded so that a child's lookup stops there). start
+ * tells a recycled pid apart. */
+struct files_cwd {
+	pid_t tgid;
+	unsigned long long start;
+	char *path;
+};
+
+#define CWD_ANCESTORS 16
+
+/* Tgid and PPid of thread tid */
+static int proc_ids(pid_t tid, pid_t *tgid, pid_t *ppid)
+{
+	char path[64], line[128];
+	snprintf(path, sizeof(path), "/proc/%d/status", tid);
+	hm_autofile fp = fopen(path, "re");
+	int found = 0;
+	while (fp && found < 2 && fgets(line, sizeof(line), fp)) {
+		int v;
+		if (sscanf(line, "Tgid: %d", &v) == 1) {
+			*tgid = v;
+			found++;
+		} else if (sscanf(line, "PPid: %d", &v) == 1) {
+			*ppid = v;
+			found++;
+		}
+	}
+	return found == 2 ? 0 : -1;
+}
+
+/* the process's start time (clock ticks since boot), 0 when gone */
+static unsigned long long proc_start(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* "pid (comm) state ..." : comm may hold spaces and parentheses; starttime is
+	 * field 22, the 20th after the ')' */
+	char *p = strrchr(buf, ')');
+	for (int field = 2; p && field < 22; field++)
+		p = strchr(p + 1, ' ');
+	return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+static struct files_cwd *cwd_find(struct files *f, pid_t tgid)
+{
+	for (size_t i = 0; i < f->ncwds; i++) {
+		struct files_cwd *c = &f->cwds[i];
+		if (c->tgid != tgid)
+			continue;
+		if (c->start == proc_start(tgid))
+			return c;
+		free(c->path); /* a recycled pid */
+		f->cwds[i] = f->cwds[--f->ncwds];
+		return NULL;
+	}
+	return NULL;
+}
+
+/* drop the records of processes that are gone */
+static void cwd_purge(struct files *f)
+{
+	for (size_t i = 0; i < f->ncwds;) {
+		struct files_cwd *c = &f->cwds[i];
+		if (c->start == proc_start(c->tgid)) {
+			i++;
+			continue;
+		}
+		free(c->path);
+		f->cwds[i] = f->cwds[--f->ncwds];
+	}
+}
+
+/* record path (NULL: the kernel's) as tgid's; false on ENOMEM */
+static bool cwd_set(struct files *f, pid_t tgid, const char *path)
+{
+	char *copy = NULL;
+	if (path && !(copy = strdup(path)))
+		return false;
+	struct files_cwd *c = cwd_find(f, tgid);
+	if (!c) {
+		if (f->ncwds == f->cap_cwds)
+			cwd_purge(f);
+		if (f->ncwds == f->cap_cwds) {
+			size_t cap = f->cap_cwds ? f->cap_cwds * 2 : 16;
+			struct files_cwd *v = realloc(f->cwds, cap * sizeof(*v));
+			if (!v) {
+				free(copy);
+				return false;
+			}
+			f->cwds = v;
+			f->cap_cwds = cap;
+		}
+		c = &f->cwds[f->ncwds++];
+		*c = (struct files_cwd){.tgid = tgid, .start = proc_start(tgid)};
+	}
+	free(c->path);
+	c->path = copy;
+	return true;
+}
+
+static bool any_remote_cwd(const struct files *f)
+{
+	for (size_t i = 0; i < f->ncwds; i++)
+		if (f->cwds[i].path)
+			return true;
+	return false;
+}
+
+const char *files_cwd_get(struct files *f, pid_t tid)
+{
+	if (!f->ncwds)
+		return NULL; /* the common case: no process ever left the kernel's */
+	pid_t tgid, ppid;
+	if (proc_ids(tid, &tgid, &ppid) < 0)
+		return NULL;
+	struct files_cwd *c = cwd_find(f, tgid);
+	if (c)
+		return c->path;
+	if (!any_remote_cwd(f))
+		return NULL;
+	/* first time: the nearest ancestor with a record decides; from now on tgid has
+	 * its own, so that its parent's later chdir does not move it */
+	const char *inherited = NULL;
+	pid_t self = getpid();
+	for (int depth = 0; depth < CWD_ANCESTORS && ppid > 1 && ppid != self; depth++) {
+		struct files_cwd *a = cwd_find(f, ppid);
+		if (a) {
+			inherited = a->path;
+			break;
+		}
+		pid_t up;
+		if (proc_ids(ppid, &up, &ppid) < 0)
+			break;
+	}
+	if (!cwd_set(f, tgid, inherited))
+		return NULL;
+	c = cwd_find(f, tgid);
+	return c ? c->path : NULL;
+}
+
+void files_cwd_release(struct files *f)
+{
+	for (size_t i = 0; i < f->ncwds; i++)
+		free(f->cwds[i].path);
+	free(f->cwds);
+	f->cwds = NULL;
+	f->ncwds = f->cap_cwds = 0;
+}
+
+/* the process of tid now is where the kernel says */
+static void cwd_drop(struct files *f, pid_t tid)
+{
+	pid_t tgid, ppid;
+	if (f->ncwds && proc_ids(tid, &tgid, &ppid) == 0)
+		cwd_set(f, tgid, NULL);
+	if (f->ncwds && !any_remote_cwd(f))
+		files_cwd_release(f); /* back to the free case */
+}
+
 /* ---------------------------------------------------------------- chdir, getcwd */
 
 static struct tracer_result handle_chdir(const struct tracer_call *call, void *data)
@@ -381,42 +558,63 @@ static struct tracer_result handle_chdir(const struct tracer_call *call, void *d
 		break;
 	case ROUTE_FAIL:
 		return tracer_error(t.error);
-	default:
+	default: {
+		/* a local directory: the kernel's working directory is the one again */
+		struct stat lst;
+		if (t.path[0] && stat(t.path, &lst) == 0 && S_ISDIR(lst.st_mode))
+			cwd_drop(f, call->pid);
 		return tracer_continue();
 	}
+	}
 	struct hm_err err = {0};
+	bool from_remote_cwd = t.relative && files_cwd_get(f, call->pid);
 	if (!t.mapped) {
 		struct stat lst;
-		if (stat(t.path, &lst) == 0 && S_ISDIR(lst.st_mode))
+		if (stat(t.path, &lst) == 0 && S_ISDIR(lst.st_mode)) {
+			cwd_drop(f, call->pid);
 			return tracer_continue();
-		struct proto_stat st;
-		f->remote_ops++;
-		if (agent_client_stat(f->client, t.path, 0, &st, &err) < 0)
-			return tracer_error(files_agent_errno(f, "chdir", t.path, &err));
-		if (!S_ISDIR(st.mode))
-			return tracer_error(ENOTDIR);
-		if (!f->warned_chdir) {
-			hm_warn("chdir %s: a directory only the target has cannot become the "
-				"program's working directory (EOPNOTSUPP); use absolute paths",
-				t.path);
-			f->warned_chdir = true;
 		}
-		return tracer_error(EOPNOTSUPP);
+	} else if (!from_remote_cwd) {
+		/* the kernel resolves the program's path to the mirror copy: make it current */
+		int fd = files_dir_open(f, t.path, &err);
+		if (fd < 0)
+			return tracer_error(files_agent_errno(f, "chdir", t.path, &err));
+		close(fd);
+		cwd_drop(f, call->pid);
+		return tracer_continue();
 	}
-	/* the kernel resolves the program's path to the mirror copy: make it current */
-	int fd = files_dir_open(f, t.path, &err);
-	if (fd < 0)
+	struct proto_stat st;
+	f->remote_ops++;
+	if (agent_client_stat(f->client, t.path, 0, &st, &err) < 0)
 		return tracer_error(files_agent_errno(f, "chdir", t.path, &err));
-	close(fd);
+	if (!S_ISDIR(st.mode))
+		return tracer_error(ENOTDIR);
+	pid_t tgid, ppid;
+	if (proc_ids(call->pid, &tgid, &ppid) < 0)
+		return tracer_error(ESRCH);
+	if (!cwd_set(f, tgid, t.path))
+		return tracer_error(ENOMEM);
+	hm_debug("pid %d: remote working directory %s", tgid, t.path);
+	return tracer_return(0);
+}
+
+static struct tracer_result handle_fchdir(const struct tracer_call *call, void *data)
+{
+	cwd_drop(data, call->pid);
 	return tracer_continue();
 }
 
 static struct tracer_result handle_getcwd(const struct tracer_call *call, void *data)
 {
 	struct files *f = data;
+	char link[64], local[PATH_MAX], remote[PATH_MAX];
+	const char *cwd = files_cwd_get(f, call->pid);
+	if (cwd) {
+		snprintf(remote, sizeof(remote), "%s", cwd);
+		goto answer;
+	}
 	if (!f->mirror_len)
 		return tracer_continue();
-	char link[64], local[PATH_MAX], remote[PATH_MAX];
 	snprintf(link, sizeof(link), "/proc/%d/cwd", call->pid);
 	ssize_t n = readlink(link, local, sizeof(local) - 1);
 	if (n < 0)
@@ -424,6 +622,7 @@ static struct tracer_result handle_getcwd(const struct tracer_call *call, void *
 	local[n] = '\0';
 	if (!files_mirror_map(f, local, remote, sizeof(remote)))
 		return tracer_continue();
+answer:;
 	size_t len = strlen(remote) + 1;
 	if (len > call->args[1])
 		return tracer_error(ERANGE);
@@ -435,6 +634,7 @@ int files_register_dir(struct files *f, struct hm_err *err)
 {
 	struct tracer *t = f->s->tracer;
 	if (tracer_set_handler(t, SYS_chdir, handle_chdir, f, err) < 0 ||
+	    tracer_set_handler(t, SYS_fchdir, handle_fchdir, f, err) < 0 ||
 	    tracer_set_handler(t, SYS_getcwd, handle_getcwd, f, err) < 0)
 		return -1;
 	return 0;

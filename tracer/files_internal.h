@@ -102,8 +102,11 @@ struct files {
 	struct files_cache_entry cache[FILES_CACHE_SLOTS];
 	unsigned long cache_hits;
 	unsigned undo_next;
-	bool warned_chdir, warned_agent;
+	bool warned_agent;
 	unsigned long remote_ops;
+	/* remote working directories, by process (files_dir.c) */
+	struct files_cwd *cwds;
+	size_t ncwds, cap_cwds;
 };
 
 /* ---- files.c: routing, nodes, helpers ---- */
@@ -118,7 +121,7 @@ enum files_route {
 struct files_target {
 	char path[PATH_MAX]; /* ROUTE_REMOTE: absolute, normalized, in the target */
 	enum hm_fs_verdict verdict;
-	bool mapped;	     /* reached through the mirror */
+	bool mapped;	     /* reached through the mirror or a remote working directory */
 	bool relative;	     /* the program gave a relative path */
 	bool trailing_slash; /* "dir/": must be a directory */
 	int error;
@@ -187,6 +190,10 @@ int files_dir_open(struct files *f, const char *path, struct hm_err *err);
 bool files_mirror_map(const struct files *f, const char *local, char *remote, size_t size);
 void files_mirror_remove(struct files *f);
 int files_register_dir(struct files *f, struct hm_err *err);
+/* The remote directory thread tid's process chdir'd into (absolute, in the target), or
+ * NULL when its working directory is the kernel's. Free while no process has one. */
+const char *files_cwd_get(struct files *f, pid_t tid);
+void files_cwd_release(struct files *f);
 
 /* ---- files_open.c / files_stat.c / files_write.c ---- */
 int files_register_open(struct files *f, struct hm_err *err);

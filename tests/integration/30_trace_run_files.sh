@@ -154,10 +154,9 @@ os.chdir("sub")
 print(os.getcwd(), os.listdir("."), open("../b.txt").read(), end="")
 os.chdir("..")
 print(os.getcwd(), os.path.islink("link"), os.readlink("link"))
-try:
-    os.chdir(P + "/dir/sub")
-except OSError as e:
-    print("chdir", e.strerror)
+os.chdir(P + "/dir/sub")
+print("chdir", os.getcwd(), os.listdir("."), open("../a.txt").read(), end="")
+os.chdir("/tmp")
 print(os.path.exists(P + "/nope"), os.access(P + "/hello.txt", os.R_OK))
 '
 test_python() {
@@ -165,9 +164,40 @@ test_python() {
 	expected="$(printf '%s\n' "$HELLO" "['a.txt', 'b.txt', 'c.txt', 'fifo', 'link', 'sub']" \
 		"0o100640" "fstat $((${#HELLO} + 1)) 0o100640" "mmap b'only'" "write True" \
 		"fstat dir 0o40755" "$P/dir file a" "$P/dir/sub [] file b" "$P/dir True a.txt" \
-		"chdir Operation not supported" "False True")"
+		"chdir $P/dir/sub [] file a" "False True")"
 	for b in "${BACKENDS[@]}"; do
 		expect_out "python3 ($b)" "$expected" trun --backend "$b" -- "$PYTHON" -c "$PY_CHECKS" "$P"
+	done
+}
+
+# a directory only the pod has becomes the working directory (trace-run keeps it: the
+# kernel cannot), for the shell and the programs it starts, until a local chdir
+PY_CHDIR='
+import os, sys
+P, LOCAL = sys.argv[1], sys.argv[2]
+os.chdir(P)
+print(open("hello.txt").read(), end="")
+print(os.getcwd(), sorted(os.listdir("dir")))
+os.chdir("dir/sub")
+print(os.getcwd(), open("../b.txt").read(), end="")
+os.chdir(os.path.dirname(LOCAL))
+print(os.getcwd(), open(os.path.basename(LOCAL)).read(), end="")
+'
+test_chdir_remote() {
+	local b sh listing local_name
+	listing="$(printf '%s\n' a.txt b.txt c.txt fifo link sub)"
+	local_name=$(basename "$LOCAL_TMP")
+	for b in "${BACKENDS[@]}"; do
+		for sh in "$BUSYBOX sh" /bin/bash; do
+			expect_out "$sh: cd into a pod-only dir ($b)" \
+				"$(printf '%s\n' "$P/dir" "file a" "$listing" "$P/dir/sub" "file b" "/tmp" "host tmp")" \
+				trun --backend "$b" -- $sh -c "cd $P/dir && pwd && cat a.txt && ls && cd sub && \
+					pwd && cat ../b.txt && cd /tmp && pwd && cat $local_name"
+		done
+		expect_out "python3 chdir into a pod-only dir ($b)" "$(printf '%s\n' "$HELLO" \
+			"$P ['a.txt', 'b.txt', 'c.txt', 'fifo', 'link', 'sub']" "$P/dir/sub file b" \
+			"/tmp host tmp")" \
+			trun --backend "$b" -- "$PYTHON" -c "$PY_CHDIR" "$P" "$LOCAL_TMP"
 	done
 }
 
@@ -376,6 +406,7 @@ run_test "trace-run files: static Go (podprobe), both backends" test_podprobe
 run_test "trace-run files: static busybox cat/ls/stat/readlink" test_busybox
 run_test "trace-run files: glibc cat/stat/ls -l, 3 MiB checksummed" test_glibc
 run_test "trace-run files: python3 read, listdir, fstat, mmap, fchdir" test_python
+run_test "trace-run files: chdir into a pod-only directory (sh, bash, python3)" test_chdir_remote
 run_test "trace-run files: /tmp, \$HOME, cwd stay local; /etc/hostname remote" test_local_stays_local
 run_test "trace-run files: not_found, local, fs mode; strict config" test_config
 run_test "trace-run files: write mode writes back into the pod" test_write_mode
