@@ -45,32 +45,16 @@ int agent_env_read(const struct agent_target *t, struct agent_env *out, struct h
 	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", path);
-	size_t cap = 16384, len = 0;
-	hm_autofree char *buf = malloc(cap);
-	if (!buf)
-		return hm_err_set(err, ENOMEM, "read %s", path);
-	for (;;) {
-		if (len == cap - 1) {
-			if (cap > AGENT_ENV_MAX)
-				return hm_err_set(err, E2BIG, "%s: environment over %u bytes", path,
-						  AGENT_ENV_MAX);
-			char *bigger = realloc(buf, cap * 2);
-			if (!bigger)
-				return hm_err_set(err, ENOMEM, "read %s", path);
-			buf = bigger;
-			cap *= 2;
-		}
-		ssize_t n = read(fd, buf + len, cap - 1 - len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return hm_err_errno(err, "read %s", path);
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
+	hm_autofree char *buf = NULL;
+	size_t len = 0;
+	/* hm_read_fd NUL-terminates: the last entry may lack its NUL if the process
+	 * rewrote it */
+	if (hm_read_fd(fd, 16384, AGENT_ENV_MAX, path, &buf, &len, err) < 0) {
+		if (err && err->code == EFBIG)
+			return hm_err_set(err, E2BIG, "%s: environment over %u bytes", path,
+					  AGENT_ENV_MAX);
+		return -1;
 	}
-	buf[len] = '\0'; /* the last entry may lack its NUL if the process rewrote it */
 	if (!agent_target_alive(t))
 		return hm_err_set(err, ESRCH, "%s exited", agent_target_describe(t));
 

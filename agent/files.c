@@ -17,7 +17,6 @@
 /* RESOLVE_IN_ROOT reports EAGAIN when a concurrent rename might have let ".." escape;
  * the resolution is then simply retried. */
 #define OPENAT2_EAGAIN_RETRIES 32
-#define READ_CHUNK_MIN 4096
 
 int agent_file_check_path(const char *path, struct hm_err *err)
 {
@@ -116,47 +115,6 @@ static uint64_t smaller_cap(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
-/* Read until EOF, at most limit bytes (EFBIG beyond). size_hint is st_size, which is 0
- * for procfs files whose content is generated on read. */
-static int read_whole(int fd, uint64_t size_hint, uint64_t limit, const char *path, void **out,
-		      uint64_t *out_len, struct hm_err *err)
-{
-	size_t cap = (size_t)(size_hint < limit ? size_hint : limit) + 1; /* +1 meets EOF */
-	if (cap < READ_CHUNK_MIN)
-		cap = READ_CHUNK_MIN;
-	hm_autofree char *buf = malloc(cap);
-	if (!buf)
-		return hm_err_set(err, ENOMEM, "%s", path);
-	size_t len = 0;
-	for (;;) {
-		if (len == cap) {
-			size_t new_cap = cap * 2;
-			if (new_cap > limit + 1)
-				new_cap = (size_t)limit + 1;
-			char *p = realloc(buf, new_cap);
-			if (!p)
-				return hm_err_set(err, ENOMEM, "%s", path);
-			buf = p;
-			cap = new_cap;
-		}
-		ssize_t n = read(fd, buf + len, cap - len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return hm_err_errno(err, "read %s", path);
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len > limit)
-			return hm_err_set(err, EFBIG, "%s: larger than %llu bytes", path,
-					  (unsigned long long)limit);
-	}
-	*out = hm_steal_ptr(&buf);
-	*out_len = len;
-	return 0;
-}
-
 int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap,
 		    struct agent_file_read_result *out, struct hm_err *err)
 {
@@ -196,8 +154,13 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 		return 0;
 	}
 	uint64_t inline_limit = smaller_cap(limit, PROTO_INLINE_MAX);
-	if (read_whole(fd, size, inline_limit, req->path, &out->data, &out->size, err) < 0)
+	/* read to EOF rather than trusting st_size: procfs files report 0 */
+	char *data;
+	size_t len;
+	if (hm_read_fd(fd, (size_t)size, (size_t)inline_limit, req->path, &data, &len, err) < 0)
 		return -1;
+	out->data = data;
+	out->size = len;
 	return 0;
 }
 

@@ -94,32 +94,16 @@ static int busybox_applets(const char *busybox, const char *flag, char **out, st
 	hm_autofd rfd = pipefd[0];
 	if (rc != 0)
 		return hm_err_set(err, rc, "run %s %s", busybox, flag);
-	size_t cap = 16384, n = 0;
-	char *buf = malloc(cap);
-	while (buf) {
-		if (n + 1 >= cap) {
-			char *nb = realloc(buf, cap * 2);
-			if (!nb) {
-				free(buf);
-				buf = NULL;
-				break;
-			}
-			buf = nb;
-			cap *= 2;
-		}
-		ssize_t r = read(rfd, buf + n, cap - n - 1);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		n += r;
-	}
+	char *buf = NULL;
+	size_t n = 0;
+	struct hm_err read_err;
+	if (hm_read_fd(rfd, 16384, 0, busybox, &buf, &n, &read_err) < 0)
+		buf = NULL;
 	int status;
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (!buf)
-		return hm_err_set(err, ENOMEM, "read %s %s", busybox, flag);
-	buf[n] = '\0';
+		return hm_err_set(err, read_err.code, "read %s %s", busybox, flag);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || n == 0) {
 		free(buf);
 		return hm_err_set(err, 0, "%s %s failed", busybox, flag);

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/user.h>
 
@@ -161,6 +162,19 @@ int tracer_resolve_at(const struct tracer_call *call, int dirfd, const char *pat
 		      size_t size, struct hm_err *err);
 /* Collapse "//", "/./" and "/../" in an absolute path, in place. */
 void tracer_path_normalize(char *path);
+
+/* ---- fdpass.c: a one-byte message carrying one fd (SCM_RIGHTS) ----
+ * msg points into the struct itself: initialize it where it will be used. */
+struct tracer_fd_msg {
+	struct msghdr msg;
+	struct iovec iov;
+	char byte;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} control;
+};
+void tracer_fd_msg_init(struct tracer_fd_msg *m, char tag, int fd);
 
 /* ---- demonstration handlers (redirect.c), used by the tests ----
  * open/openat of a path under prefix returns a read-only memfd holding content: exactly

@@ -104,25 +104,10 @@ __attribute__((noreturn)) static void child_main(const struct launch_child *c)
 	if (listener < 0)
 		child_fail(c, STAGE_SECCOMP, errno);
 	if (c->send_listener) {
-		int fd = (int)listener;
-		char byte = 'L';
-		struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-		union {
-			char buf[CMSG_SPACE(sizeof(int))];
-			struct cmsghdr align;
-		} u;
-		memset(&u, 0, sizeof(u));
-		struct msghdr msg = {.msg_iov = &iov,
-				     .msg_iovlen = 1,
-				     .msg_control = u.buf,
-				     .msg_controllen = sizeof(u.buf)};
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+		struct tracer_fd_msg m;
+		tracer_fd_msg_init(&m, 'L', (int)listener);
 		/* the cookie in the unused argument registers is what the filter lets through */
-		long n = syscall(SYS_sendmsg, c->sock, &msg, MSG_NOSIGNAL, c->cookie[0],
+		long n = syscall(SYS_sendmsg, c->sock, &m.msg, MSG_NOSIGNAL, c->cookie[0],
 				 c->cookie[1], 0);
 		if (n != 1)
 			child_fail(c, STAGE_HANDOFF, n < 0 ? errno : EIO);

@@ -128,6 +128,8 @@ void net_table_insert(struct net_state *st, struct net_sock *ns);
 void net_table_remove(struct net_state *st, struct net_sock *ns);
 /* frees the entry (closes its UDP stream and proxies); not in the table any more */
 void net_sock_free(struct net_state *st, struct net_sock *ns);
+/* AF_INET / AF_INET6 of a socket (SO_DOMAIN), 0 when unknown */
+int net_socket_family(int fd);
 /* false once sock_diag says the program's socket ns->ino is gone */
 bool net_sock_alive(struct net_state *st, const struct net_sock *ns);
 

@@ -363,3 +363,11 @@ bool net_sock_alive(struct net_state *st, const struct net_sock *ns)
 		}
 	}
 }
+
+int net_socket_family(int fd)
+{
+	int family = 0;
+	socklen_t len = sizeof(family);
+	getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len);
+	return family;
+}

@@ -52,9 +52,8 @@ static void direct_init(struct net_state *st)
 	const struct agent_endpoint *ep = &st->s->endpoint;
 	if (ep->is_unix)
 		return;
-	struct addrinfo hints = {.ai_family = AF_UNSPEC,
-				 .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_NUMERICSERV};
+	struct addrinfo hints = {
+	    .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
 	struct addrinfo *res;
 	int gai = getaddrinfo(ep->host, ep->port, &hints, &res);
 	if (gai) {
@@ -64,7 +63,9 @@ static void direct_init(struct net_state *st)
 	}
 	struct net_addr v4 = {0}, v6 = {0};
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		struct net_addr *a = ai->ai_family == AF_INET ? &v4 : ai->ai_family == AF_INET6 ? &v6 : NULL;
+		struct net_addr *a = ai->ai_family == AF_INET	 ? &v4
+				     : ai->ai_family == AF_INET6 ? &v6
+								 : NULL;
 		if (!a || a->len || ai->ai_addrlen > sizeof(a->ss))
 			continue;
 		memcpy(&a->ss, ai->ai_addr, ai->ai_addrlen);
@@ -224,17 +225,9 @@ static int connect_errno(int code)
 	}
 }
 
-static int socket_family(int fd)
-{
-	int family = 0;
-	socklen_t sl = sizeof(family);
-	getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &sl);
-	return family;
-}
-
 static const struct net_addr *direct_addr(const struct net_state *st, int family)
 {
-	const struct net_addr *a = family == AF_INET    ? &st->direct4
+	const struct net_addr *a = family == AF_INET	? &st->direct4
 				   : family == AF_INET6 ? &st->direct6
 							: NULL;
 	return a && a->len ? a : NULL;
@@ -299,7 +292,7 @@ static int direct_stream(struct net_job *job, const struct net_addr *agent,
 static void tcp_work(struct net_job *job)
 {
 	struct net_state *st = job->st;
-	const struct net_addr *agent = direct_addr(st, socket_family(job->dup));
+	const struct net_addr *agent = direct_addr(st, net_socket_family(job->dup));
 	if (!agent) {
 		job->result_fd =
 		    agent_client_tcp_connect(st->s->client, &job->pdst, 0, &job->local, &job->err);
@@ -346,7 +339,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 			hm_debug("pid %d: connect %s: %s", call->pid, where, strerror(code));
 		return tracer_error(code);
 	}
-	int family = socket_family(job->dup);
+	int family = net_socket_family(job->dup);
 	struct hm_err err = {0};
 	struct net_sock *ns = calloc(1, sizeof(*ns));
 	if (!ns)

@@ -85,14 +85,6 @@ static struct net_proxy *proxy_get(struct net_state *st, struct net_sock *ns,
 	return p;
 }
 
-static int sock_family(int fd)
-{
-	int family = 0;
-	socklen_t l = sizeof(family);
-	getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &l);
-	return family;
-}
-
 static bool addr_is_any(const struct net_addr *a)
 {
 	uint8_t k[16];
@@ -139,7 +131,7 @@ static struct net_sock *udp_sock_new(struct net_state *st, int dup, ino_t ino, i
 	}
 	ns->ino = ino;
 	ns->type = SOCK_DGRAM;
-	ns->family = sock_family(dup);
+	ns->family = net_socket_family(dup);
 	ns->stream = stream;
 	ns->last_ms = net_now_ms();
 	proto_frame_reader_init(&ns->reader, PROTO_DATAGRAM_MAX + 512);
@@ -255,7 +247,7 @@ struct tracer_result net_udp_connect(struct net_state *st, const struct tracer_c
 		return tracer_error(ENOMEM);
 	}
 	job->dst = *dst;
-	job->family = proto_family(sock_family(dup));
+	job->family = proto_family(net_socket_family(dup));
 	job->work = udp_open_work;
 	job->finish = udp_connect_finish;
 	return net_job_defer(job);
@@ -291,7 +283,7 @@ static int udp_dup(const struct tracer_call *call, int fd, const struct net_addr
 	struct stat sb;
 	int type = 0, proto = 0;
 	socklen_t l1 = sizeof(type), l2 = sizeof(proto);
-	int family = sock_family(dup);
+	int family = net_socket_family(dup);
 	if (fstat(dup, &sb) < 0 || !S_ISSOCK(sb.st_mode) ||
 	    getsockopt(dup, SOL_SOCKET, SO_TYPE, &type, &l1) < 0 ||
 	    getsockopt(dup, SOL_SOCKET, SO_PROTOCOL, &proto, &l2) < 0 || type != SOCK_DGRAM ||
@@ -335,7 +327,7 @@ static struct tracer_result send_datagram(struct net_state *st, const struct tra
 	job->dst = *dst;
 	job->data = data;
 	job->data_len = len;
-	job->family = proto_family(sock_family(dup));
+	job->family = proto_family(net_socket_family(dup));
 	job->work = udp_open_work;
 	job->finish = udp_sendto_finish;
 	return net_job_defer(job);
@@ -471,7 +463,7 @@ struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_
 		if (via_agent && !ns) {
 			pthread_mutex_unlock(&st->lock);
 			int stream = agent_client_udp_open(
-			    st->s->client, proto_family(sock_family(dup)), NULL, &err);
+			    st->s->client, proto_family(net_socket_family(dup)), NULL, &err);
 			pthread_mutex_lock(&st->lock);
 			ns = net_table_find(st, ino);
 			if (!ns && stream >= 0)

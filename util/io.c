@@ -67,38 +67,55 @@ int hm_create_file(const char *path, const void *data, size_t len, mode_t mode, 
 	return 0;
 }
 
-int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err)
+int hm_read_fd(int fd, size_t size_hint, size_t max, const char *what, char **out, size_t *len,
+	       struct hm_err *err)
 {
-	hm_autofd fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return hm_err_errno(err, "open %s", path);
-	size_t cap = 4096, n = 0;
+	/* +1 so the read that meets EOF (or the byte past max) needs no reallocation */
+	size_t cap = size_hint + 2;
+	if (max && cap > max + 2)
+		cap = max + 2;
+	if (cap < 4096)
+		cap = 4096;
+	size_t n = 0;
 	hm_autofree char *buf = malloc(cap);
 	if (!buf)
-		return hm_err_set(err, ENOMEM, "read %s", path);
+		return hm_err_set(err, ENOMEM, "read %s", what);
 	for (;;) {
 		if (n + 1 >= cap) {
-			char *nb = realloc(buf, cap * 2);
+			size_t new_cap = cap * 2;
+			if (max && new_cap > max + 2)
+				new_cap = max + 2;
+			char *nb = realloc(buf, new_cap);
 			if (!nb)
-				return hm_err_set(err, ENOMEM, "read %s", path);
+				return hm_err_set(err, ENOMEM, "read %s", what);
 			buf = nb;
-			cap *= 2;
+			cap = new_cap;
 		}
 		ssize_t r = read(fd, buf + n, cap - n - 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			return hm_err_errno(err, "read %s", path);
+			return hm_err_errno(err, "read %s", what);
 		}
 		if (r == 0)
 			break;
 		n += r;
+		if (max && n > max)
+			return hm_err_set(err, EFBIG, "%s: larger than %zu bytes", what, max);
 	}
 	buf[n] = '\0';
 	if (len)
 		*len = n;
 	*out = hm_steal_ptr(&buf);
 	return 0;
+}
+
+int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err)
+{
+	hm_autofd fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return hm_err_errno(err, "open %s", path);
+	return hm_read_fd(fd, 0, 0, path, out, len, err);
 }
 
 int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err)
@@ -136,7 +153,8 @@ static int rm_rf_at(int parent_fd, const char *name, dev_t dev, struct hm_err *e
 	}
 	if (S_ISDIR(st.st_mode)) {
 		if (st.st_dev != dev)
-			return hm_err_set(err, EXDEV, "refusing to cross a mount point at %s", name);
+			return hm_err_set(err, EXDEV, "refusing to cross a mount point at %s",
+					  name);
 		int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			return hm_err_errno(err, "open %s", name);
@@ -204,10 +222,20 @@ int hm_parse_size(const char *s, uint64_t *out)
 	uint64_t mult = 1;
 	if (*end) {
 		switch (*end) {
-		case 'k': case 'K': mult = 1ULL << 10; break;
-		case 'm': case 'M': mult = 1ULL << 20; break;
-		case 'g': case 'G': mult = 1ULL << 30; break;
-		default: return -1;
+		case 'k':
+		case 'K':
+			mult = 1ULL << 10;
+			break;
+		case 'm':
+		case 'M':
+			mult = 1ULL << 20;
+			break;
+		case 'g':
+		case 'G':
+			mult = 1ULL << 30;
+			break;
+		default:
+			return -1;
 		}
 		end++;
 		if (*end == 'i' || *end == 'I')

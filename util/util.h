@@ -77,6 +77,11 @@ int hm_write_file(const char *path, const char *data, struct hm_err *err);
 int hm_write_file_at(int dirfd, const char *path, const char *data, struct hm_err *err);
 /* Create or replace a file with mode. */
 int hm_create_file(const char *path, const void *data, size_t len, mode_t mode, struct hm_err *err);
+/* Read fd to EOF into a malloc'ed, NUL-terminated buffer; *len excludes the NUL.
+ * size_hint (e.g. st_size) sizes the first allocation; max > 0 fails with EFBIG once
+ * more than max bytes arrive. what names the source in messages. */
+int hm_read_fd(int fd, size_t size_hint, size_t max, const char *what, char **out, size_t *len,
+	       struct hm_err *err);
 /* Read a whole file, NUL-terminated; *len excludes the NUL. */
 int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err);
 int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err);

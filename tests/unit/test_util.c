@@ -81,6 +81,31 @@ static void test_files_and_rm_rf(void **state)
 	assert_int_equal(err.code, ENOENT);
 }
 
+static void test_read_fd_bounded(void **state)
+{
+	(void)state;
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(write(p[1], "0123456789", 10), 10);
+	close(p[1]);
+	struct hm_err err = {0};
+	char *out = NULL;
+	size_t len = 0;
+	assert_true(hm_read_fd(p[0], 0, 9, "pipe", &out, &len, &err) < 0);
+	assert_int_equal(err.code, EFBIG);
+	assert_null(out);
+	close(p[0]);
+
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(write(p[1], "0123456789", 10), 10);
+	close(p[1]);
+	assert_int_equal(hm_read_fd(p[0], 3, 10, "pipe", &out, &len, &err), 0);
+	assert_int_equal(len, 10);
+	assert_string_equal(out, "0123456789");
+	free(out);
+	close(p[0]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -88,6 +113,7 @@ int main(void)
 		cmocka_unit_test(test_err_prefix_truncates_safely),
 		cmocka_unit_test(test_parse_size),
 		cmocka_unit_test(test_files_and_rm_rf),
+		cmocka_unit_test(test_read_fd_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
