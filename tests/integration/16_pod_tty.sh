@@ -7,14 +7,10 @@
 source "$(dirname "$0")/../lib.sh"
 ensure_rootfs
 
-POD_ESCAPE="$BUILD/tests/pod_escape"
 TTY_SHELL="$HERMIT_ROOT/tests/tty_shell.py"
-[ -x "$POD_ESCAPE" ] || { echo "missing $POD_ESCAPE (make all)" >&2; exit 1; }
-
 WORK=$(mktemp -d /tmp/hermit-tty-test.XXXXXX)
 ROOTFS="$WORK/rootfs"
-cp -a "$TEST_ROOTFS" "$ROOTFS"
-tp deploy "$POD_ESCAPE" --rootfs "$ROOTFS" >/dev/null
+rootfs_with "$ROOTFS" "$BUILD/tests/pod_escape"
 POD=$(pod_name tty)     # a running pod for exec
 POD_OFF=$(pod_name tty) # the same with --seccomp off
 cleanup() {
@@ -44,31 +40,28 @@ test_tiocsti_control_on_the_host() {
 	# the same program outside any pod: the harness sees the attack when it works
 	local f="$WORK/pwned-host" out
 	rm -f "$f"
-	out=$(at_terminal "!$POD_ESCAPE tiocsti 'touch $f'" "?__rc=[0-9]+__" "!echo sy''nc" "?sync")
+	out=$(at_terminal "!$BUILD/tests/pod_escape tiocsti 'touch $f'" "?__rc=[0-9]+__" "!echo sy''nc" "?sync")
 	echo "$out"
 	[ -e "$f" ] || fail "TIOCSTI on the host did not run the typed line (dev.tty.legacy_tiocsti=$(cat /proc/sys/dev/tty/legacy_tiocsti 2>/dev/null)): this test proves nothing here"
 }
 
-test_tiocsti_from_run_refused() {
-	local f="$WORK/pwned-run" out
-	out=$(tiocsti_attack "$f" "$TRACE_POD run --net none --rootfs $ROOTFS -- pod_escape tiocsti 'touch $f'")
-	assert_contains "$out" "tiocsti errno=1 " "TIOCSTI from run"
+# tiocsti_refused WHAT ARGS: the attack as `trace-pod ARGS -- pod_escape tiocsti ...`
+tiocsti_refused() {
+	local what="$1" args="$2" f="$WORK/pwned-$RANDOM" out
+	out=$(tiocsti_attack "$f" "$TRACE_POD $args -- pod_escape tiocsti 'touch $f'")
+	assert_contains "$out" "tiocsti errno=1 " "TIOCSTI from $what"
 }
+
+test_tiocsti_from_run_refused() { tiocsti_refused run "run --net none --rootfs $ROOTFS"; }
 
 test_tiocsti_from_run_without_seccomp_refused() {
 	# without the profile, the new session alone keeps the terminal out of reach
-	local f="$WORK/pwned-run-off" out
-	out=$(tiocsti_attack "$f" "$TRACE_POD run --seccomp off --net none --rootfs $ROOTFS -- pod_escape tiocsti 'touch $f'")
-	assert_contains "$out" "tiocsti errno=1 " "TIOCSTI from run --seccomp off"
+	tiocsti_refused "run --seccomp off" "run --seccomp off --net none --rootfs $ROOTFS"
 }
 
 test_tiocsti_from_exec_refused() {
-	local f="$WORK/pwned-exec" out
-	out=$(tiocsti_attack "$f" "$TRACE_POD exec $POD -- pod_escape tiocsti 'touch $f'")
-	assert_contains "$out" "tiocsti errno=1 " "TIOCSTI from exec"
-	f="$WORK/pwned-exec-off"
-	out=$(tiocsti_attack "$f" "$TRACE_POD exec $POD_OFF -- pod_escape tiocsti 'touch $f'")
-	assert_contains "$out" "tiocsti errno=1 " "TIOCSTI from exec in a --seccomp off pod"
+	tiocsti_refused exec "exec $POD"
+	tiocsti_refused "exec in a --seccomp off pod" "exec $POD_OFF"
 }
 
 test_tiocsti_on_own_pty() {

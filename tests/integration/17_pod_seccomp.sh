@@ -7,13 +7,9 @@
 source "$(dirname "$0")/../lib.sh"
 ensure_rootfs
 
-POD_ESCAPE="$BUILD/tests/pod_escape"
-[ -x "$POD_ESCAPE" ] || { echo "missing $POD_ESCAPE (make all)" >&2; exit 1; }
-
 WORK=$(mktemp -d /tmp/hermit-seccomp-test.XXXXXX)
 ROOTFS="$WORK/rootfs"
-cp -a "$TEST_ROOTFS" "$ROOTFS"
-tp deploy "$POD_ESCAPE" --rootfs "$ROOTFS" >/dev/null
+rootfs_with "$ROOTFS" "$BUILD/tests/pod_escape"
 PODS=()
 cleanup() {
 	pod_cleanup "${PODS[@]}"
