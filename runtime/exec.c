@@ -150,7 +150,8 @@ static int load_pod_cgroups(const char *name, struct rt_cgroup *cg, bool *have, 
 static int load_pod_seccomp(const char *name, struct rt_seccomp_prog *prog, struct hm_err *err)
 {
 	char value[16];
-	if (rt_state_read(name, "seccomp", value, sizeof(value), NULL) == 0 && !strcmp(value, "off"))
+	if (rt_state_read(name, "seccomp", value, sizeof(value), NULL) == 0 &&
+	    !strcmp(value, "off"))
 		return 0;
 	return rt_seccomp_compile(prog, err);
 }

@@ -120,8 +120,8 @@ int rt_tty_receive_master(int sock, int *master, struct hm_err *err)
 int rt_tty_require_terminal(struct hm_err *err)
 {
 	if (!isatty(STDIN_FILENO))
-		return hm_err_plain(err, ENOTTY,
-				    "-t: the input is not a terminal (drop -t to use a pipe or file)");
+		return hm_err_plain(
+		    err, ENOTTY, "-t: the input is not a terminal (drop -t to use a pipe or file)");
 	return 0;
 }
 
@@ -129,8 +129,8 @@ int rt_tty_require_terminal(struct hm_err *err)
 static struct termios saved_termios;
 static volatile sig_atomic_t terminal_is_raw;
 
-static const int fatal_signals[] = {SIGHUP,  SIGTERM, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS,
-				    SIGFPE,  SIGILL,  SIGTRAP, SIGSYS,	SIGALRM, SIGUSR1,
+static const int fatal_signals[] = {SIGHUP,  SIGTERM, SIGQUIT, SIGABRT, SIGSEGV,  SIGBUS,
+				    SIGFPE,  SIGILL,  SIGTRAP, SIGSYS,	SIGALRM,  SIGUSR1,
 				    SIGUSR2, SIGXCPU, SIGXFSZ, SIGPROF, SIGVTALRM};
 static struct sigaction previous_actions[HM_ARRAY_SIZE(fatal_signals)];
 
@@ -198,8 +198,8 @@ int rt_tty_relay_fds(const struct rt_tty_relay *r, struct pollfd *fds)
 	/* input waits in to_pod until the pod takes it: stdin is read only when it is empty */
 	if (r->stdin_open && r->to_pod_len == 0)
 		fds[n++] = (struct pollfd){.fd = STDIN_FILENO, .events = POLLIN};
-	fds[n++] = (struct pollfd){.fd = r->master,
-				   .events = POLLIN | (r->to_pod_len ? POLLOUT : 0)};
+	fds[n++] =
+	    (struct pollfd){.fd = r->master, .events = POLLIN | (r->to_pod_len ? POLLOUT : 0)};
 	return n;
 }
 

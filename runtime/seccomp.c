@@ -108,7 +108,7 @@ static const struct denied_syscall denied_syscalls[] = {
  * CLONE_NEWTIME shares its bit with clone()'s exit signal, so it is checked on
  * unshare only. */
 static const uint64_t namespace_flags[] = {
-    CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWPID,
+    CLONE_NEWUSER, CLONE_NEWNS,	 CLONE_NEWCGROUP, CLONE_NEWPID,
     CLONE_NEWNET,  CLONE_NEWUTS, CLONE_NEWIPC,
 };
 
@@ -140,8 +140,8 @@ static int deny_namespace_flags(scmp_filter_ctx ctx, const char *name, bool with
 {
 	int nr = seccomp_syscall_resolve_name(name);
 	for (size_t i = 0; i < HM_ARRAY_SIZE(namespace_flags) + with_newtime; i++) {
-		uint64_t flag = i < HM_ARRAY_SIZE(namespace_flags) ? namespace_flags[i]
-								    : CLONE_NEWTIME;
+		uint64_t flag =
+		    i < HM_ARRAY_SIZE(namespace_flags) ? namespace_flags[i] : CLONE_NEWTIME;
 		struct scmp_arg_cmp cmp = SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag);
 		if (add_rule(ctx, EPERM, nr, 1, &cmp, name, err) < 0)
 			return -1;
@@ -188,7 +188,8 @@ static int build_filter(scmp_filter_ctx ctx, struct hm_err *err)
 	for (size_t i = 0; i < HM_ARRAY_SIZE(denied_syscalls); i++) {
 		int nr = seccomp_syscall_resolve_name(denied_syscalls[i].name);
 		if (nr == __NR_SCMP_ERROR) {
-			hm_debug("seccomp: this libseccomp does not know %s", denied_syscalls[i].name);
+			hm_debug("seccomp: this libseccomp does not know %s",
+				 denied_syscalls[i].name);
 			continue;
 		}
 		if (add_rule(ctx, denied_syscalls[i].errno_value, nr, 0, NULL,
@@ -199,7 +200,8 @@ static int build_filter(scmp_filter_ctx ctx, struct hm_err *err)
 	    deny_namespace_flags(ctx, "unshare", true, err) < 0)
 		return -1;
 	for (size_t i = 0; i < HM_ARRAY_SIZE(denied_ioctls); i++) {
-		struct scmp_arg_cmp cmp = SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffULL, denied_ioctls[i]);
+		struct scmp_arg_cmp cmp =
+		    SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffULL, denied_ioctls[i]);
 		if (add_rule(ctx, EPERM, SCMP_SYS(ioctl), 1, &cmp, "ioctl", err) < 0)
 			return -1;
 	}

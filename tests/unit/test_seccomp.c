@@ -41,7 +41,8 @@ static void run_probes(int out)
 	results[n++] = outcome(syscall(SYS_unshare, CLONE_NEWNS | CLONE_FILES));
 	results[n++] = outcome(syscall(SYS_unshare, CLONE_FILES));
 	results[n++] = outcome(syscall(SYS_ioctl, master, TIOCSTI, &c));
-	results[n++] = outcome(syscall(SYS_ioctl, master, (unsigned long)TIOCSTI | (1UL << 32), &c));
+	results[n++] =
+	    outcome(syscall(SYS_ioctl, master, (unsigned long)TIOCSTI | (1UL << 32), &c));
 	struct winsize ws;
 	results[n++] = outcome(syscall(SYS_ioctl, master, TIOCGWINSZ, &ws));
 	results[n++] = outcome(syscall(SYS_personality, READ_IMPLIES_EXEC));
