@@ -97,16 +97,18 @@ static int legit_attempt(struct e2e_ctx *ctx, int timeout_ms, char *why, size_t 
 	return rc;
 }
 
-/* flood IDLE LEGIT [ATTEMPT_MS [MIN_OK]] */
+/* flood IDLE LEGIT [ATTEMPT_MS [SPREAD_MS [MIN_OK]]]: the attempts start SPREAD_MS apart in
+ * total, so the flood lasts longer than the agent's pre-auth deadline. */
 static int cmd_flood(struct e2e_ctx *ctx, int argc, char **argv)
 {
-	if (argc < 3 || argc > 5)
+	if (argc < 3 || argc > 6)
 		return 2;
 	unsigned idle = (unsigned)atoi(argv[1]);
 	unsigned legit = (unsigned)atoi(argv[2]);
 	int attempt_ms = argc > 3 ? atoi(argv[3]) : 3000;
-	unsigned min_ok = argc > 4 ? (unsigned)atoi(argv[4]) : legit;
-	if (!idle || !legit || attempt_ms <= 0)
+	int spread_ms = argc > 4 ? atoi(argv[4]) : 0;
+	unsigned min_ok = argc > 5 ? (unsigned)atoi(argv[5]) : legit;
+	if (!idle || !legit || attempt_ms <= 0 || spread_ms < 0)
 		return 2;
 	struct flood fl = {.ctx = ctx, .n = idle};
 	fl.fds = calloc(idle, sizeof(int));
@@ -126,8 +128,12 @@ static int cmd_flood(struct e2e_ctx *ctx, int argc, char **argv)
 	unsigned ok = 0;
 	double worst = 0, total = 0;
 	char why[512] = "";
+	double start = now_s();
 	for (unsigned i = 0; i < legit; i++) {
 		char this_why[512];
+		double due = start + (double)spread_ms / 1000.0 * i / legit;
+		if (now_s() < due)
+			poll(NULL, 0, (int)((due - now_s()) * 1000) + 1);
 		double t0 = now_s();
 		if (legit_attempt(ctx, attempt_ms, this_why, sizeof(this_why)) == 0)
 			ok++;
@@ -147,8 +153,9 @@ static int cmd_flood(struct e2e_ctx *ctx, int argc, char **argv)
 			close(fl.fds[i]);
 	free(fl.fds);
 	printf("flood: %u idle connections opened, %u held at the end (at least %u during the "
-	       "attempts), %llu closed by the agent and reopened\n",
-	       opened, held, min_held, (unsigned long long)atomic_load(&fl.reopened));
+	       "%.1f s of attempts), %llu closed by the agent and reopened\n",
+	       opened, held, min_held, now_s() - start,
+	       (unsigned long long)atomic_load(&fl.reopened));
 	printf("flood: legitimate clients %u/%u succeeded (handshake + PING within %d ms; mean "
 	       "%.0f ms, worst %.0f ms)%s%s\n",
 	       ok, legit, attempt_ms, total / legit * 1000, worst * 1000, *why ? "; last failure: " : "",
@@ -162,6 +169,6 @@ static int cmd_flood(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd flood_cmds[] = {
-	{"flood", "IDLE LEGIT [ATTEMPT_MS [MIN_OK]]", cmd_flood},
+	{"flood", "IDLE LEGIT [ATTEMPT_MS [SPREAD_MS [MIN_OK]]]", cmd_flood},
 };
 E2E_REGISTER(flood_cmds)
