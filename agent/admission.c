@@ -224,7 +224,6 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
 		a->head = p;
 	a->tail = p;
 	a->count[peer->is_unix]++;
-	hm_debug("conn %llu (%s): accepted", (unsigned long long)id, peer->desc);
 }
 
 int agent_admission_service(struct agent_admission *a)

@@ -273,14 +273,17 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
-	/* again on the process the target pins: the pid may have been recycled since */
-	if (spec.kind == PROTO_TARGET_PID &&
-	    (agent_peer_may_target_pid(&c->from, agent_target_pid(t), any_pid, &err) < 0 ||
-	     (!agent_target_alive(t) &&
-	      hm_err_plain(&err, ESRCH, "pid/%u exited", spec.pid) < 0))) {
-		agent_target_put(t);
-		target_refused(c, m, &err);
-		return;
+	/* again now that the target pins the process (its pidfd): the pid may have been
+	 * recycled in between, and a live target read after the check is the one checked */
+	if (spec.kind == PROTO_TARGET_PID) {
+		int rc = agent_peer_may_target_pid(&c->from, agent_target_pid(t), any_pid, &err);
+		if (rc == 0 && !agent_target_alive(t))
+			rc = hm_err_plain(&err, ESRCH, "pid/%u exited", spec.pid);
+		if (rc < 0) {
+			agent_target_put(t);
+			target_refused(c, m, &err);
+			return;
+		}
 	}
 	c->target = t;
 	c->session_id = atomic_fetch_add(&c->srv->next_session_id, 1);
@@ -839,6 +842,7 @@ static void admitted(void *arg, int fd, uint64_t id, const struct agent_peer *pe
 	snprintf(c->peer, sizeof(c->peer), "%s", peer->desc);
 	pthread_mutex_init(&c->send_lock, NULL);
 	atomic_fetch_add(&srv->stats.connections, 1);
+	hm_debug("conn %llu (%s): accepted", (unsigned long long)id, peer->desc);
 	int rc = spawn_detached(conn_main, c);
 	if (rc == 0)
 		return;
