@@ -34,6 +34,9 @@
 #define MAX_PENDING_PER_TRANSPORT 256 /* connections that have not sent their first frame */
 #define MAX_PENDING_PER_PEER 64    /* ... of one uid (unix) or source address (TCP) */
 #define ACCEPT_BATCH 32            /* accepts per listener between reads of pending ones */
+/* a full accept queue drops a TCP client's SYN (it retries after 1 s) and blocks a unix
+ * client: room for floods, at the kernel's cost (capped by net.core.somaxconn) */
+#define LISTEN_BACKLOG 4096
 #define MAX_CONNECTS_PER_SESSION 512 /* TCP_CONNECTs in flight on one session */
 #define SEND_STALL_MS 30000        /* a peer that reads nothing for this long is dropped */
 #define DRAIN_MS 500               /* reading leftovers before close, so TCP sends no RST */
@@ -932,7 +935,7 @@ static int listen_unix(struct server *srv, const char *path, struct hm_err *err)
 	umask(old);
 	struct stat st;
 	if (rc < 0 || chown(sa.sun_path, (uid_t)-1, srv->cfg->unix_gid) < 0 ||
-	    chmod(sa.sun_path, 0660) < 0 || listen(fd, 512) < 0 ||
+	    chmod(sa.sun_path, 0660) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
 	    rename(sa.sun_path, path) < 0 || stat(path, &st) < 0) {
 		hm_err_errno(err, "listen on %s", path);
 		unlink(sa.sun_path);
@@ -1022,7 +1025,7 @@ static int listen_tcp(struct server *srv, const char *spec, struct hm_err *err)
 		}
 		int one = 1;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 512) == 0)
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, LISTEN_BACKLOG) == 0)
 			break;
 		saved = errno;
 		close(fd);
