@@ -26,7 +26,7 @@ BIN_trace-pod   := runtime
 BIN_trace-agent := agent
 BIN_trace-run   := tracer
 # the modules each binary links, in link order
-LIBS_trace-pod   := runtime util
+LIBS_trace-pod   := runtime loader util
 LIBS_trace-agent := agent runtime loader proto util
 LIBS_trace-run   := tracer agent runtime proto util
 

@@ -50,13 +50,13 @@ static int check_pod_process(const struct rt_pod_state *st, int pidfd, struct hm
 	return 0;
 }
 
-static void __attribute__((noreturn)) run_in_pod(char **argv, int error_fd)
+static void __attribute__((noreturn)) run_in_pod(char **argv, bool keep_mknod, int error_fd)
 {
 	struct hm_err err = {0};
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	rt_child_reset_signals();
 	umask(022);
-	if (rt_child_restrict(&err) < 0 || rt_child_enter_workdir("/", &err) < 0)
+	if (rt_child_restrict(keep_mknod, &err) < 0 || rt_child_enter_workdir("/", &err) < 0)
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
 		hm_err_errno(&err, "close_range");
@@ -72,9 +72,12 @@ static void __attribute__((noreturn)) run_in_pod(char **argv, int error_fd)
 
 /* Outside the pod: join it, fork the command, wait, exit with its status. */
 static void __attribute__((noreturn))
-exec_helper(int pidfd, const struct rt_cgroup *cg, char **argv, int error_fd, pid_t runtime_pid)
+exec_helper(int pidfd, const struct rt_cgroup *cg, char **argv, int error_fd, pid_t runtime_pid,
+	    pid_t pod_pid)
 {
 	struct hm_err err = {0};
+	/* read while /proc is still the host's; the pidfd check made pod_pid the pod's */
+	bool keep_mknod = rt_devices_pid_keeps_mknod(pod_pid);
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	if (getppid() != runtime_pid)
 		_exit(RT_EXIT_RUNTIME);
@@ -98,7 +101,7 @@ exec_helper(int pidfd, const struct rt_cgroup *cg, char **argv, int error_fd, pi
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	}
 	if (child == 0)
-		run_in_pod(argv, error_fd);
+		run_in_pod(argv, keep_mknod, error_fd);
 	close(error_fd);
 	int status;
 	while (waitpid(child, &status, 0) < 0)
@@ -173,7 +176,7 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, struct hm_err *err)
 		goto out_signals;
 	}
 	if (helper == 0)
-		exec_helper(pidfd, have_cg ? &cg : NULL, argv, error_child, runtime_pid);
+		exec_helper(pidfd, have_cg ? &cg : NULL, argv, error_child, runtime_pid, st->pid);
 	hm_closep(&error_child);
 
 	int failure_code = 0;
