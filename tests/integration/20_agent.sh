@@ -28,7 +28,9 @@ trap cleanup EXIT
 
 # ---- the pods' root filesystem: a copy of the shared one with pod-only files ----
 set -e # a broken setup fails the file, not every test with a puzzling message
-ROOTFS="$WORK/rootfs"
+# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
+mkdir -m 0700 "$WORK/private"
+ROOTFS="$WORK/private/rootfs"
 mkdir "$ROOTFS"
 cp -a "$TEST_ROOTFS/." "$ROOTFS/"
 mkdir -p "$ROOTFS/data/dir/sub"
