@@ -45,9 +45,9 @@ struct rt_clone_args {
  * pod's /dev is made for it, and a node it makes could only be opened where the device
  * policy allows anyway (runtime/devices.c); --allow-mknod keeps it */
 static const int default_caps[] = {
-    CAP_CHOWN,	 CAP_DAC_OVERRIDE,     CAP_FSETID,     CAP_FOWNER, CAP_NET_RAW,
-    CAP_SETGID,	 CAP_SETUID,	       CAP_SETFCAP,    CAP_SETPCAP, CAP_NET_BIND_SERVICE,
-    CAP_SYS_CHROOT, CAP_KILL,	       CAP_AUDIT_WRITE,
+    CAP_CHOWN,	    CAP_DAC_OVERRIDE, CAP_FSETID,      CAP_FOWNER,  CAP_NET_RAW,
+    CAP_SETGID,	    CAP_SETUID,	      CAP_SETFCAP,     CAP_SETPCAP, CAP_NET_BIND_SERVICE,
+    CAP_SYS_CHROOT, CAP_KILL,	      CAP_AUDIT_WRITE,
 };
 
 struct child_error_record {

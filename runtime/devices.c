@@ -28,8 +28,8 @@ int rt_devices_write_v1(const char *dir, bool allow_mknod, struct hm_err *err)
 	for (size_t i = 0; i < HM_ARRAY_SIZE(rules); i++)
 		if (hm_write_file(path, rules[i], err) < 0)
 			return hm_err_prefix(err, "device policy: '%s'", rules[i]);
-	if (allow_mknod && (hm_write_file(path, "c *:* m", err) < 0 ||
-			    hm_write_file(path, "b *:* m", err) < 0))
+	if (allow_mknod &&
+	    (hm_write_file(path, "c *:* m", err) < 0 || hm_write_file(path, "b *:* m", err) < 0))
 		return hm_err_prefix(err, "device policy: --allow-mknod");
 	return 0;
 }

@@ -82,8 +82,8 @@ static int clone_host_file(const char *path, int *tree_fd, struct hm_err *err)
 	*tree_fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
 	if (*tree_fd < 0)
 		return hm_err_errno(err, "bind %s", path);
-	struct mount_attr attr = {.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV |
-					      MOUNT_ATTR_NOEXEC};
+	struct mount_attr attr = {.attr_set =
+				      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC};
 	if (mount_setattr(*tree_fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
 		return hm_err_errno(err, "bind %s: set nosuid,nodev,noexec", path);
 	return 0;
