@@ -11,12 +11,7 @@ ensure_rootfs
 WORK=$(mktemp -d /tmp/hermit-devices-test.XXXXXX)
 R="$WORK/rootfs"
 cp -a "$TEST_ROOTFS" "$R"
-PODS=()
-cleanup() {
-	pod_cleanup "${PODS[@]}"
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap 'rm -rf -- "$WORK"' EXIT
 
 V1_DEVICES=/sys/fs/cgroup/devices
 if [ -d /sys/fs/cgroup/unified ] && [ "$(stat -fc %T /sys/fs/cgroup/unified)" = cgroup2fs ]; then
@@ -105,7 +100,7 @@ test_allow_mknod_cannot_open_host_devices() {
 test_each_cgroup_policy_alone() {
 	local name mon out prog
 	name=$(pod_name dev)
-	PODS+=("$name")
+	on_exit pod_cleanup "$name"
 	tp run -d --name "$name" --net none --allow-mknod --rootfs "$R" -- sleep 1000 </dev/null >/dev/null
 	wait_until 50 pod_status_is "$name" running
 	mon=$(cat "/run/hermit/pods/$name/monitor_pid")
@@ -154,7 +149,7 @@ test_each_cgroup_policy_alone() {
 test_exec_follows_the_pods_mknod() {
 	local name out
 	name=$(pod_name dex)
-	PODS+=("$name")
+	on_exit pod_cleanup "$name"
 	tp run -d --name "$name" --net none --rootfs "$R" -- sleep 1000 </dev/null >/dev/null
 	out=$(tp exec "$name" -- sh -c 'mknod /dev/hm-null c 1 3 2>&1; echo done' 2>&1)
 	assert_contains "$out" "Operation not permitted"
