@@ -26,7 +26,7 @@ BIN_trace-pod   := runtime
 BIN_trace-agent := agent
 BIN_trace-run   := tracer
 # the modules each binary links, in link order
-LIBS_trace-pod   := runtime util
+LIBS_trace-pod   := runtime loader util
 LIBS_trace-agent := agent runtime loader proto util
 LIBS_trace-run   := tracer agent runtime proto util
 
@@ -135,6 +135,7 @@ VALGRIND_TESTS := test_util test_proto test_agent_streams test_cgroup test_net t
 valgrind: all
 	@set -e; for t in $(VALGRIND_TESTS); do echo "valgrind: $$t"; \
 		valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
+			--suppressions=tests/valgrind.supp \
 			$(BUILD)/tests/$$t >$(BUILD)/tests/$$t.valgrind.log 2>&1 || \
 			{ tail -40 $(BUILD)/tests/$$t.valgrind.log; echo "valgrind: $$t FAILED"; exit 1; }; \
 	done; echo "valgrind: $(words $(VALGRIND_TESTS)) unit test programs clean"

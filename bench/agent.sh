@@ -85,7 +85,9 @@ agent_env_up() {
 	chmod 0755 "$AB_WORK"
 	AB_SINK="hb$$-sink"
 	AB_SRC="hb$$-src"
-	local rootfs="$AB_WORK/rootfs"
+	# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
+	mkdir -m 0700 "$AB_WORK/private"
+	local rootfs="$AB_WORK/private/rootfs"
 	cp -a "$(bench_rootfs)" "$rootfs"
 	"$TRACE_POD" deploy "$TCP_SINK" --rootfs "$rootfs" >/dev/null
 	# files only the pod's root has, read through the agent; the host reads the same

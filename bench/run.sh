@@ -13,11 +13,12 @@ BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]
 
 # Busybox rootfs shared by the benchmarks, built by trace-pod itself.
 bench_rootfs() {
-	if [ ! -x "$BENCH_DIR/rootfs/bin/busybox" ]; then
+	# trace-pod rootfs makes the missing private/ 0700: trace-pod run wants it so
+	if [ ! -x "$BENCH_DIR/private/rootfs/bin/busybox" ]; then
 		mkdir -p "$BENCH_DIR"
-		"$TRACE_POD" rootfs "$BENCH_DIR/rootfs" >/dev/null
+		"$TRACE_POD" rootfs "$BENCH_DIR/private/rootfs" >/dev/null
 	fi
-	echo "$BENCH_DIR/rootfs"
+	echo "$BENCH_DIR/private/rootfs"
 }
 
 # A runc bundle over a copy of the same rootfs, running /bin/true with the namespaces

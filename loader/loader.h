@@ -10,6 +10,7 @@
 #ifndef HERMIT_LOADER_H
 #define HERMIT_LOADER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "util/util.h"
@@ -54,5 +55,14 @@ int hm_counter_read(const struct hm_counter *counter, uint8_t ip_proto,
  * it) and free. Always frees; < 0 when the filter could not be removed, in which case
  * the next attach on that interface removes it as stale. NULL is a no-op. */
 int hm_counter_destroy(struct hm_counter *counter, struct hm_err *err);
+
+/* ---- device policy of a pod's cgroup v2 (bpf/devices.bpf.c) ---- */
+
+/* Attach the pod device allow-list (bpf/devices.h) to the cgroup v2 directory
+ * cgroup_fd (borrowed; O_PATH is fine) with the legacy BPF_PROG_ATTACH and
+ * BPF_F_ALLOW_MULTI: the cgroup holds the program, not our fd, so the policy keeps
+ * applying when the caller exits or is killed, and it goes away with the cgroup.
+ * allow_mknod lets mknod of any device node through (opening one stays denied). */
+int hm_device_policy_attach(int cgroup_fd, bool allow_mknod, struct hm_err *err);
 
 #endif

@@ -33,9 +33,11 @@
 /* tasks of a killed pod need a moment to leave the cgroup before rmdir succeeds */
 #define DESTROY_TIMEOUT_MS 3000
 
-enum controller { CTRL_PIDS, CTRL_MEMORY, CTRL_CPU, CTRL_COUNT };
-static const char *const controller_names[CTRL_COUNT] = {"pids", "memory", "cpu"};
-static const char *const limit_flags[CTRL_COUNT] = {"--pids-max", "--memory-max", "--cpu-max"};
+/* devices has no v2 controller: there the policy is a BPF program (devices.c) */
+enum controller { CTRL_PIDS, CTRL_MEMORY, CTRL_CPU, CTRL_DEVICES, CTRL_COUNT };
+static const char *const controller_names[CTRL_COUNT] = {"pids", "memory", "cpu", "devices"};
+static const char *const limit_flags[CTRL_COUNT] = {"--pids-max", "--memory-max", "--cpu-max",
+						    "device policy"};
 
 struct cgroup_layout {
 	char v2_root[PATH_MAX];		     /* "" when there is no cgroup2 mount */
@@ -291,7 +293,7 @@ static bool limit_requested(const struct rt_limits *lim, enum controller c)
 		return lim->memory_max != 0;
 	case CTRL_CPU:
 		return lim->cpu_quota != 0;
-	default:
+	default: /* the device policy is always set, by create_device_policy */
 		return false;
 	}
 }
@@ -412,6 +414,50 @@ static void cgroup_reset(struct rt_cgroup *cg)
 		cg->v1_paths[i][0] = '\0';
 }
 
+/* The pod's directory in the v1 hierarchy mounted at mount, made on first use. */
+static int v1_pod_dir(const char *mount, const char *name, struct rt_cgroup *cg, const char **dir,
+		      struct hm_err *err)
+{
+	/* co-mounted controllers (cpu,cpuacct or a combined pids,memory) share one dir */
+	char want[PATH_MAX];
+	if (join_path(want, sizeof(want), err, "%s/%s/%s", mount, CGROUP_PARENT, name) < 0)
+		return -1;
+	for (int i = 0; i < cg->n_v1; i++)
+		if (!strcmp(cg->v1_paths[i], want)) {
+			*dir = cg->v1_paths[i];
+			return 0;
+		}
+	if (cg->n_v1 >= RT_CGROUP_V1_MAX)
+		return hm_err_set(err, E2BIG, "too many cgroup v1 hierarchies");
+	if (make_pod_dir(mount, name, cg->v1_paths[cg->n_v1], err) < 0) {
+		cg->v1_paths[cg->n_v1][0] = '\0';
+		return -1;
+	}
+	*dir = cg->v1_paths[cg->n_v1++];
+	return 0;
+}
+
+/* The kernel checks a device access against both the v2 program and the v1 devices
+ * controller, so the policy goes everywhere it can, and nowhere is an error: a pod
+ * without one could open every device node it can make or find. */
+static int create_device_policy(const char *name, const struct rt_limits *lim,
+				const struct cgroup_layout *lay, struct rt_cgroup *cg,
+				struct hm_err *err)
+{
+	if (cg->v2_fd < 0 && !lay->v1_mount[CTRL_DEVICES][0])
+		return hm_err_plain(err, ENODEV,
+				    "device policy: this host has neither cgroup v2 nor a "
+				    "cgroup v1 devices controller");
+	if (cg->v2_fd >= 0 && rt_devices_attach_v2(cg->v2_fd, lim->allow_mknod, err) < 0)
+		return hm_err_prefix(err, "%s", cg->v2_path);
+	if (!lay->v1_mount[CTRL_DEVICES][0])
+		return 0;
+	const char *dir;
+	if (v1_pod_dir(lay->v1_mount[CTRL_DEVICES], name, cg, &dir, err) < 0)
+		return -1;
+	return rt_devices_write_v1(dir, lim->allow_mknod, err);
+}
+
 static int create_dirs_and_limits(const char *name, const struct rt_limits *lim,
 				  const struct cgroup_layout *lay, struct rt_cgroup *cg,
 				  struct hm_err *err)
@@ -456,28 +502,13 @@ static int create_dirs_and_limits(const char *name, const struct rt_limits *lim,
 		 * tracks and kills the pod's processes */
 		if (on_v2[c] || !lay->v1_mount[c][0] || !limit_requested(lim, c))
 			continue;
-		/* co-mounted controllers (cpu,cpuacct or a combined pids,memory) share one dir */
-		char want[PATH_MAX];
-		if (join_path(want, sizeof(want), err, "%s/%s/%s", lay->v1_mount[c], CGROUP_PARENT,
-			      name) < 0)
+		const char *dir;
+		if (v1_pod_dir(lay->v1_mount[c], name, cg, &dir, err) < 0)
 			return -1;
-		const char *dir = NULL;
-		for (int i = 0; i < cg->n_v1 && !dir; i++)
-			if (!strcmp(cg->v1_paths[i], want))
-				dir = cg->v1_paths[i];
-		if (!dir) {
-			if (cg->n_v1 >= RT_CGROUP_V1_MAX)
-				return hm_err_set(err, E2BIG, "too many cgroup v1 hierarchies");
-			if (make_pod_dir(lay->v1_mount[c], name, cg->v1_paths[cg->n_v1], err) < 0) {
-				cg->v1_paths[cg->n_v1][0] = '\0';
-				return -1;
-			}
-			dir = cg->v1_paths[cg->n_v1++];
-		}
 		if (limit_requested(lim, c) && write_v1_limit(dir, c, lim, err) < 0)
 			return hm_err_prefix(err, "%s", limit_flags[c]);
 	}
-	return 0;
+	return create_device_policy(name, lim, lay, cg, err);
 }
 
 int rt_cgroup_create(const char *name, const struct rt_limits *lim, struct rt_cgroup *cg,

@@ -41,12 +41,13 @@ struct rt_clone_args {
 	uint64_t cgroup;
 };
 
-/* docker's default capability set (moby/oci/caps/defaults.go) */
+/* docker's default capability set (moby/oci/caps/defaults.go) minus CAP_MKNOD: the
+ * pod's /dev is made for it, and a node it makes could only be opened where the device
+ * policy allows anyway (runtime/devices.c); --allow-mknod keeps it */
 static const int default_caps[] = {
-    CAP_CHOWN,	 CAP_DAC_OVERRIDE, CAP_FSETID,		 CAP_FOWNER,
-    CAP_MKNOD,	 CAP_NET_RAW,	   CAP_SETGID,		 CAP_SETUID,
-    CAP_SETFCAP, CAP_SETPCAP,	   CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT,
-    CAP_KILL,	 CAP_AUDIT_WRITE,
+    CAP_CHOWN,	    CAP_DAC_OVERRIDE, CAP_FSETID,      CAP_FOWNER,  CAP_NET_RAW,
+    CAP_SETGID,	    CAP_SETUID,	      CAP_SETFCAP,     CAP_SETPCAP, CAP_NET_BIND_SERVICE,
+    CAP_SYS_CHROOT, CAP_KILL,	      CAP_AUDIT_WRITE,
 };
 
 struct child_error_record {
@@ -115,9 +116,9 @@ void rt_child_reset_signals(void)
 	sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-int rt_child_restrict(struct hm_err *err)
+int rt_child_restrict(bool keep_mknod, struct hm_err *err)
 {
-	uint64_t keep = 0;
+	uint64_t keep = keep_mknod ? 1ULL << CAP_MKNOD : 0;
 	for (size_t i = 0; i < HM_ARRAY_SIZE(default_caps); i++)
 		keep |= 1ULL << default_caps[i];
 	/* PR_CAPBSET_READ fails past the kernel's last capability */
@@ -212,7 +213,7 @@ static int child_setup(const struct rt_spec *spec, struct hm_err *err)
 	const char *hostname = spec->hostname ? spec->hostname : spec->name;
 	if (hostname && sethostname(hostname, strlen(hostname)) < 0)
 		return hm_err_errno(err, "sethostname %s", hostname);
-	if (rt_child_restrict(err) < 0)
+	if (rt_child_restrict(spec->allow_mknod, err) < 0)
 		return -1;
 	if (rt_child_enter_workdir(spec->workdir && *spec->workdir ? spec->workdir : "/", err) < 0)
 		return -1;

@@ -61,14 +61,14 @@ struct exec_child {
 	const struct rt_seccomp_prog *seccomp;
 };
 
-static void __attribute__((noreturn)) run_in_pod(const struct exec_child *x)
+static void __attribute__((noreturn)) run_in_pod(const struct exec_child *x, bool keep_mknod)
 {
 	struct hm_err err = {0};
 	int error_fd = x->error_fd;
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	rt_child_reset_signals();
 	umask(022);
-	if (rt_child_restrict(&err) < 0 || rt_child_enter_workdir("/", &err) < 0)
+	if (rt_child_restrict(keep_mknod, &err) < 0 || rt_child_enter_workdir("/", &err) < 0)
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
 		hm_err_errno(&err, "close_range");
@@ -91,10 +91,13 @@ static void __attribute__((noreturn)) run_in_pod(const struct exec_child *x)
 
 /* Outside the pod: join it, fork the command, wait, exit with its status. */
 static void __attribute__((noreturn))
-exec_helper(int pidfd, const struct rt_cgroup *cg, const struct exec_child *x, pid_t runtime_pid)
+exec_helper(int pidfd, const struct rt_cgroup *cg, const struct exec_child *x, pid_t runtime_pid,
+	    pid_t pod_pid)
 {
 	struct hm_err err = {0};
 	int error_fd = x->error_fd;
+	/* read while /proc is still the host's; the pidfd check made pod_pid the pod's */
+	bool keep_mknod = rt_devices_pid_keeps_mknod(pod_pid);
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	if (getppid() != runtime_pid)
 		_exit(RT_EXIT_RUNTIME);
@@ -118,7 +121,7 @@ exec_helper(int pidfd, const struct rt_cgroup *cg, const struct exec_child *x, p
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	}
 	if (child == 0)
-		run_in_pod(x);
+		run_in_pod(x, keep_mknod);
 	close(error_fd);
 	if (x->tty_sock >= 0)
 		close(x->tty_sock);
@@ -275,7 +278,7 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_
 				       .error_fd = error_child,
 				       .tty_sock = tty_child,
 				       .seccomp = &seccomp};
-		exec_helper(pidfd, have_cg ? &cg : NULL, &x, runtime_pid);
+		exec_helper(pidfd, have_cg ? &cg : NULL, &x, runtime_pid, st->pid);
 	}
 	hm_closep(&error_child);
 	hm_closep(&tty_child);

@@ -18,6 +18,7 @@ struct rt_limits {
 	uint64_t memory_max; /* bytes, 0 = unset */
 	uint64_t cpu_quota;  /* microseconds per period, 0 = unset */
 	uint64_t cpu_period; /* microseconds, default 100000 */
+	bool allow_mknod;    /* device policy: mknod of any node passes (open does not) */
 };
 
 #define RT_CGROUP_V1_MAX 16
@@ -47,6 +48,15 @@ int rt_cgroup_destroy(struct rt_cgroup *cg, struct hm_err *err);
 /* Persist/restore the paths (for exec, stop, rm and the agent): one path per line. */
 int rt_cgroup_save(const struct rt_cgroup *cg, const char *file, struct hm_err *err);
 int rt_cgroup_load(struct rt_cgroup *cg, const char *file, struct hm_err *err);
+
+/* ---- devices.c: the pod's device policy (allow-list in bpf/devices.h) ---- */
+/* v1 devices controller: deny all, then allow the list (and mknod of any node). */
+int rt_devices_write_v1(const char *dir, bool allow_mknod, struct hm_err *err);
+/* cgroup v2: attach bpf/devices.bpf.c to the pod's directory; it stays with the cgroup. */
+int rt_devices_attach_v2(int v2_fd, bool allow_mknod, struct hm_err *err);
+/* Whether the process keeps CAP_MKNOD in its bounding set (a pod run with
+ * --allow-mknod): `trace-pod exec` gives its command the same capabilities. */
+bool rt_devices_pid_keeps_mknod(pid_t pid);
 
 /* ---- net.c: bridge + veth over netlink (libmnl) ---- */
 /* Allocate a free address in the bridge subnet for pod `name` and record it in the
@@ -128,6 +138,13 @@ int rt_tty_relay_fds(const struct rt_tty_relay *r, struct pollfd *fds);
 void rt_tty_relay_io(struct rt_tty_relay *r, const struct pollfd *fds, int n);
 void rt_tty_relay_resize(struct rt_tty_relay *r);
 void rt_tty_relay_finish(struct rt_tty_relay *r);
+/* ---- rootfs_private.c: keep the pod's files from the host's other users ---- */
+/* rootfs (a realpath) is private when a directory on its path, itself included, is
+ * owned by root and closed to group and others; else EACCES with the fix in err. */
+int rt_rootfs_check_private(const char *rootfs, struct hm_err *err);
+/* Before `trace-pod rootfs DIR` makes DIR: a missing parent is created 0700 (with
+ * any missing ancestors), so a new rootfs is private from the start. */
+int rt_rootfs_prepare_parent(const char *dir, struct hm_err *err);
 
 /* ---- container.c: clone3 and the child's side ---- */
 struct rt_spec {
@@ -139,6 +156,7 @@ struct rt_spec {
 	char **env;           /* KEY=VALUE, NULL-terminated (already merged with defaults) */
 	bool init;            /* run a reaping init as PID 1 */
 	bool net_host;        /* share the host's netns (no CLONE_NEWNET) */
+	bool allow_mknod;     /* keep CAP_MKNOD (the cgroup device policy still applies) */
 	const char *hosts_file;      /* host path bind-mounted onto /etc/hosts (or NULL) */
 	const char *resolv_file;     /* ... /etc/resolv.conf */
 	const char *hostname_file;   /* ... /etc/hostname */
@@ -178,9 +196,10 @@ int rt_mounts_setup(const struct rt_spec *spec, struct hm_err *err);
 /* --init: PID 1 forks argv, forwards SIGTERM/INT/HUP/QUIT/USR1/USR2 to it, reaps every
  * zombie and exits with argv's status (128+N when killed by signal N). */
 void rt_init_run(char **argv, char **env, int error_fd) __attribute__((noreturn));
-/* Bounding set down to docker's default capabilities, capset to match, no ambient
- * caps, PR_SET_NO_NEW_PRIVS. */
-int rt_child_restrict(struct hm_err *err);
+/* Bounding set down to docker's default capabilities without CAP_MKNOD (kept only
+ * when keep_mknod: --allow-mknod), capset to match, no ambient caps,
+ * PR_SET_NO_NEW_PRIVS. */
+int rt_child_restrict(bool keep_mknod, struct hm_err *err);
 /* Default dispositions (SIG_IGN included) and an empty signal mask, as for a fresh exec. */
 void rt_child_reset_signals(void);
 /* chdir(dir), then refuse a cwd outside the root (CVE-2024-21626). */
@@ -215,6 +234,7 @@ struct rt_run_opts {
 	bool detach;
 	bool tty;                /* -t: a pty of its own, relayed to our terminal */
 	bool seccomp;            /* the default seccomp profile (false: --seccomp off) */
+	bool public_rootfs;      /* --unsafe-public-rootfs: skip rt_rootfs_check_private */
 	char **argv;
 };
 

@@ -60,14 +60,26 @@ static const char usage_run[] =
     "  --seccomp PROFILE    default: refuse user namespaces, mounts, keyctl, io_uring,\n"
     "                       bpf, kernel modules, TIOCSTI and more (see README);\n"
     "                       off: no seccomp profile (exec in the pod follows the pod)\n"
-    "  -v, --verbose        debug logs\n";
+    "  --allow-mknod        keep CAP_MKNOD: root in the pod may make device nodes, but\n"
+    "                       opening one is still limited to the standard /dev set\n"
+    "  --unsafe-public-rootfs\n"
+    "                       run a rootfs that other host users can reach (UNSAFE: a\n"
+    "                       setuid-root file made in the pod becomes root for them);\n"
+    "                       by default DIR or a parent must be root-owned, mode 0700\n"
+    "  -v, --verbose        debug logs\n"
+    "\n"
+    "The pod's /dev is a fresh tmpfs with null, zero, full, random, urandom, tty, ptmx,\n"
+    "pts/, shm/ and mqueue/; a cgroup device policy (v1 devices controller and a v2\n"
+    "BPF program) denies every other device, CAP_MKNOD is dropped.\n";
 
 static const char usage_rootfs[] =
     "usage: trace-pod rootfs DIR\n"
     "\n"
     "Build (or refresh) a minimal root filesystem in DIR from the host's Debian\n"
     "busybox-static: the usual directories, busybox and one link per applet, and\n"
-    "/etc/os-release, passwd, group, hosts, resolv.conf and hostname.\n";
+    "/etc/os-release, passwd, group, hosts, resolv.conf and hostname.\n"
+    "A missing parent of DIR is created with mode 0700: `trace-pod run` wants a rootfs\n"
+    "that other host users cannot reach (see trace-pod run --help).\n";
 
 static const char usage_deploy[] =
     "usage: trace-pod deploy FILE --rootfs DIR\n"
@@ -148,6 +160,8 @@ enum {
 	OPT_JSON,
 	OPT_TIMEOUT,
 	OPT_SECCOMP,
+	OPT_ALLOW_MKNOD,
+	OPT_PUBLIC_ROOTFS,
 };
 
 static bool hostname_valid(const char *h)
@@ -233,6 +247,8 @@ static int cmd_run(int argc, char **argv)
 	    {"stop-timeout", required_argument, NULL, OPT_STOP_TIMEOUT},
 	    {"tty", no_argument, NULL, 't'},
 	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
+	    {"allow-mknod", no_argument, NULL, OPT_ALLOW_MKNOD},
+	    {"unsafe-public-rootfs", no_argument, NULL, OPT_PUBLIC_ROOTFS},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
@@ -339,6 +355,12 @@ static int cmd_run(int argc, char **argv)
 			if (parse_timeout("--stop-timeout", optarg, &o.stop_timeout) < 0)
 				return RT_EXIT_RUNTIME;
 			break;
+		case OPT_ALLOW_MKNOD:
+			o.limits.allow_mknod = true;
+			break;
+		case OPT_PUBLIC_ROOTFS:
+			o.public_rootfs = true;
+			break;
 		case 'v':
 			set_verbose();
 			break;
@@ -371,6 +393,9 @@ static int cmd_run(int argc, char **argv)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
 				   "rootfs %s: %s: %s (build one with: trace-pod rootfs %s)",
 				   rootfs, bin, strerror(errno), rootfs);
+	struct hm_err private_err = {0};
+	if (!o.public_rootfs && rt_rootfs_check_private(o.rootfs, &private_err) < 0)
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", private_err.msg);
 	if (name) {
 		if (!rt_name_valid(name))
 			return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
@@ -437,10 +462,15 @@ static int cmd_rootfs(int argc, char **argv)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
 				   "rootfs: expected one DIR (see trace-pod rootfs --help)");
 	struct hm_err err = {0};
-	if (rt_rootfs_build(argv[optind], &err) < 0)
+	if (rt_rootfs_prepare_parent(argv[optind], &err) < 0 ||
+	    rt_rootfs_build(argv[optind], &err) < 0)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	char abs[PATH_MAX];
-	printf("%s\n", realpath(argv[optind], abs) ? abs : argv[optind]);
+	bool resolved = realpath(argv[optind], abs) != NULL;
+	/* built all the same: the user may mean to move it, or to run it unsafe */
+	if (resolved && rt_rootfs_check_private(abs, &err) < 0)
+		fprintf(stderr, "trace-pod: warning: %s\n", err.msg);
+	printf("%s\n", resolved ? abs : argv[optind]);
 	return 0;
 }
 

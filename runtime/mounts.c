@@ -82,6 +82,10 @@ static int clone_host_file(const char *path, int *tree_fd, struct hm_err *err)
 	*tree_fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
 	if (*tree_fd < 0)
 		return hm_err_errno(err, "bind %s", path);
+	struct mount_attr attr = {.attr_set =
+				      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC};
+	if (mount_setattr(*tree_fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+		return hm_err_errno(err, "bind %s: set nosuid,nodev,noexec", path);
 	return 0;
 }
 
@@ -107,8 +111,10 @@ static int setup_dev(struct hm_err *err)
 {
 	if (require_dir("/dev", err) < 0)
 		return -1;
-	if (mount_at("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k",
-		     err) < 0)
+	/* a fresh tmpfs: nothing of the rootfs's /dev, only the nodes made below (and
+	 * those the device policy lets the pod open); never a place to run code from */
+	if (mount_at("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_STRICTATIME,
+		     "mode=755,size=65536k", err) < 0)
 		return -1;
 	for (size_t i = 0; i < HM_ARRAY_SIZE(dev_nodes); i++) {
 		char path[32];
@@ -128,6 +134,11 @@ static int setup_dev(struct hm_err *err)
 	if (mkdir("/dev/shm", 01777) < 0)
 		return hm_err_errno(err, "mkdir /dev/shm");
 	if (mount_at("shm", "/dev/shm", "tmpfs", DEV_MOUNT_FLAGS, "mode=1777,size=65536k", err) < 0)
+		return -1;
+	/* the pod's own IPC namespace's POSIX message queues */
+	if (mkdir("/dev/mqueue", 01777) < 0)
+		return hm_err_errno(err, "mkdir /dev/mqueue");
+	if (mount_at("mqueue", "/dev/mqueue", "mqueue", DEV_MOUNT_FLAGS, NULL, err) < 0)
 		return -1;
 	for (size_t i = 0; i < HM_ARRAY_SIZE(dev_links); i++)
 		if (symlink(dev_links[i][1], dev_links[i][0]) < 0)
@@ -168,6 +179,12 @@ int rt_mounts_setup(const struct rt_spec *spec, struct hm_err *err)
 		return -1;
 	if (mount_at(spec->rootfs, spec->rootfs, NULL, MS_BIND | MS_REC, NULL, err) < 0)
 		return -1;
+	/* Device nodes belong in the pod's /dev only: one left in the rootfs (made by an
+	 * earlier pod run with --allow-mknod, or shipped in an image) cannot be opened.
+	 * mount_setattr adds the flag and keeps the others (ro, nosuid) as they are. */
+	struct mount_attr nodev = {.attr_set = MOUNT_ATTR_NODEV};
+	if (mount_setattr(AT_FDCWD, spec->rootfs, AT_RECURSIVE, &nodev, sizeof(nodev)) < 0)
+		return hm_err_errno(err, "mount %s nodev", spec->rootfs);
 
 	struct {
 		const char *host, *target;

@@ -235,6 +235,7 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 	    .env = env,
 	    .init = o->init,
 	    .net_host = o->net == RT_NET_HOST,
+	    .allow_mknod = o->limits.allow_mknod,
 	    .hosts_file = hosts,
 	    .resolv_file = resolv,
 	    .hostname_file = hostname_file,

@@ -8,7 +8,9 @@ TRACE_POD="$BIN/trace-pod"
 TRACE_AGENT="$BIN/trace-agent"
 TRACE_RUN="$BIN/trace-run"
 RESULTS="${RESULTS:-/dev/null}"
-TEST_ROOTFS="$BUILD/test-rootfs"
+# inside a 0700 directory (trace-pod rootfs creates it): trace-pod run refuses a rootfs
+# other host users can reach
+TEST_ROOTFS="$BUILD/private/test-rootfs"
 
 # Build the shared busybox rootfs once per build tree.
 ensure_rootfs() {

@@ -73,7 +73,9 @@ fixture_up() {
 	FX_SVC="${prefix}svc"
 	FX_DNS="${prefix}dns"
 
-	FX_ROOTFS="$FX_WORK/rootfs"
+	# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
+	mkdir -m 0700 "$FX_WORK/private"
+	FX_ROOTFS="$FX_WORK/private/rootfs"
 	cp -a "$TEST_ROOTFS" "$FX_ROOTFS"
 	for f in "$BUILD/apps/podprobe" "$BUILD/apps/httpserve" "$BUILD/apps/httpbench" \
 		"$BUILD/tests/dns_responder"; do

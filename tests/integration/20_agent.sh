@@ -28,7 +28,9 @@ trap cleanup EXIT
 
 # ---- the pods' root filesystem: a copy of the shared one with pod-only files ----
 set -e # a broken setup fails the file, not every test with a puzzling message
-ROOTFS="$WORK/rootfs"
+# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
+mkdir -m 0700 "$WORK/private"
+ROOTFS="$WORK/private/rootfs"
 mkdir "$ROOTFS"
 cp -a "$TEST_ROOTFS/." "$ROOTFS/"
 mkdir -p "$ROOTFS/data/dir/sub"
@@ -40,8 +42,8 @@ ln -s file1 "$ROOTFS/data/dir/link"
 mkfifo "$ROOTFS/data/dir/fifo"
 head -c 50M /dev/urandom >"$ROOTFS/data/big.bin"
 # a host-only secret next to the pod's root, and ways to try to reach it from inside
-SECRET="$WORK/host-only/secret"
-mkdir -p "$WORK/host-only"
+SECRET="$WORK/private/host-only/secret"
+mkdir -p "$WORK/private/host-only"
 echo "host secret $RANDOM" >"$SECRET"
 ln -s "$SECRET" "$ROOTFS/data/escape-abs"
 ln -s "../../../../../../../../../..$SECRET" "$ROOTFS/data/escape-rel"

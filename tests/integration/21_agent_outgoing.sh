@@ -28,7 +28,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ROOTFS="$WORK/rootfs"
+# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
+mkdir -m 0700 "$WORK/private"
+ROOTFS="$WORK/private/rootfs"
 cp -a "$TEST_ROOTFS" "$ROOTFS"
 tp deploy "$ECHO_SERVER" --rootfs "$ROOTFS" >/dev/null
 tp deploy "$DNS_RESPONDER" --rootfs "$ROOTFS" >/dev/null

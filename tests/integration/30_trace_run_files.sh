@@ -31,7 +31,9 @@ trap cleanup EXIT
 
 # ---- the pod: a copy of the shared rootfs with files the host does not have ----
 set -e
-ROOTFS="$WORK/rootfs"
+# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
+mkdir -m 0700 "$WORK/private"
+ROOTFS="$WORK/private/rootfs"
 mkdir "$ROOTFS"
 cp -a "$TEST_ROOTFS/." "$ROOTFS/"
 P=/srv/hermit-files # pod-only tree

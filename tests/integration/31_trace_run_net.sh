@@ -39,7 +39,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ROOTFS="$WORK/rootfs"
+# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
+mkdir -m 0700 "$WORK/private"
+ROOTFS="$WORK/private/rootfs"
 cp -a "$TEST_ROOTFS" "$ROOTFS"
 for f in "$ECHO_SERVER" "$DNS_RESPONDER" "$HTTPSERVE"; do
 	tp deploy "$f" --rootfs "$ROOTFS" >/dev/null
