@@ -86,6 +86,31 @@ int rt_rootfs_build(const char *dir, struct hm_err *err);
 /* Copy a (static) binary into dir/bin. */
 int rt_rootfs_deploy(const char *rootfs, const char *file, struct hm_err *err);
 
+/* ---- rootfs_path.c: host-side writes into a rootfs ----
+ * A rootfs is the pods': any entry may be a symlink planted to reach the host. Paths are
+ * relative to root (an fd of the rootfs) and resolved with openat2(RESOLVE_IN_ROOT |
+ * RESOLVE_NO_MAGICLINKS): links are followed as the pod would see them, never out of the
+ * rootfs; a final component that is created or replaced is not followed. When a link on
+ * the way does not resolve, the message names it and its target. */
+/* O_PATH fd of the rootfs directory the operator named. */
+int rt_rootfs_open_root(const char *dir, struct hm_err *err);
+int rt_rootfs_open(int root, const char *path, int flags, mode_t mode, struct hm_err *err);
+/* path is a directory (created if missing) with mode, set through an fd. */
+int rt_rootfs_mkdir(int root, const char *path, mode_t mode, struct hm_err *err);
+/* Create or replace path with src_fd's content (or, src_fd < 0, len bytes of data) and
+ * mode: a temporary file beside it renamed over it, so a link at path is replaced and a
+ * running binary never seen half-written. */
+int rt_rootfs_install(int root, const char *path, int src_fd, const void *data, size_t len,
+		      mode_t mode, struct hm_err *err);
+/* Create path with data unless something of that name exists (kept, a link too). */
+int rt_rootfs_create(int root, const char *path, const void *data, size_t len, mode_t mode,
+		     struct hm_err *err);
+/* A symlink at path to target unless something of that name exists. */
+int rt_rootfs_symlink(int root, const char *path, const char *target, struct hm_err *err);
+/* O_PATH fd of the regular file path (created empty if missing), a bind-mount target for
+ * move_mount(MOVE_MOUNT_T_EMPTY_PATH). */
+int rt_rootfs_mount_target(int root, const char *path, struct hm_err *err);
+
 /* ---- container.c: clone3 and the child's side ---- */
 struct rt_spec {
 	const char *name;
