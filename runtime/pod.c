@@ -332,10 +332,10 @@ static void pod_release(struct pod *p, bool keep_state, int exit_code)
 	}
 	if (p->spawned)
 		rt_container_release(&p->c);
-	/* The veth goes with the pod's network namespace, which dies with its last process
-	 * (reaped above); the kernel's async netns cleanup removes both ends. An explicit
-	 * RTM_DELLINK would block the exit ~20 ms on the RTNL + RCU grace period. */
-	if (p->host_if[0] && !p->reaped && rt_net_teardown_pod(p->host_if, &err) < 0)
+	/* The kernel would remove the pair with the pod's network namespace, but in a
+	 * workqueue, later: deleted here (the ack comes once the link is unlisted), the veth
+	 * is gone when trace-pod returns. ENODEV, the namespace won the race, is success. */
+	if (p->host_if[0] && rt_net_teardown_pod(p->host_if, &err) < 0)
 		hm_warn("pod %s: remove veth %s: %s", name, p->host_if, err.msg);
 	if (p->cgroup_created && rt_cgroup_destroy(&p->cg, &err) < 0)
 		hm_warn("pod %s: %s", name, err.msg);
