@@ -70,6 +70,10 @@ int rt_state_read(const char *name, const char *key, char *buf, size_t len, stru
 /* Path of a file in the pod's state dir. */
 void rt_state_path(const char *name, const char *key, char *buf, size_t len);
 int rt_state_remove(const char *name, struct hm_err *err);
+/* An exclusive lock (close the fd to release it) that rt_state_create holds while it
+ * takes a name: whoever removes a pod whose monitor is gone re-checks that under it, so
+ * a new pod that took the name meanwhile is never removed. */
+int rt_state_lock(struct hm_err *err);
 /* Valid pod names: [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62} */
 bool rt_name_valid(const char *name);
 /* A pidfd for the pod's monitor if it still is the process that created the state dir
@@ -79,6 +83,22 @@ bool rt_state_monitor_alive(const char *name, pid_t monitor_pid);
 /* Names of every pod with a state dir, sorted; free with rt_state_list_free. */
 int rt_state_list(char ***names, size_t *count, struct hm_err *err);
 void rt_state_list_free(char **names, size_t count);
+
+/* ---- podlog.c: a detached pod's log, capped and rotated ---- */
+#define RT_LOG_MAX_DEFAULT (10ULL << 20)
+struct rt_log {
+	int fd;      /* the current file, also the monitor's stdout and stderr */
+	uint64_t max; /* bytes per file: "log" is renamed to "log.1" before it would pass */
+	char name[RT_NAME_MAX + 1];
+};
+/* Open (append to) the pod's log and point stdout and stderr at it. max 0: default. */
+int rt_log_open(struct rt_log *log, const char *name, uint64_t max, struct hm_err *err);
+/* Move what the non-blocking pipe_fd holds into the log, until it is empty or at EOF
+ * (*eof). <0 when some output could not be written (it is dropped, the pipe drained). */
+int rt_log_relay(struct rt_log *log, int pipe_fd, bool *eof, struct hm_err *err);
+void rt_log_close(struct rt_log *log);
+/* Write the pod's log.1 and log to out_fd (`trace-pod logs`); ENOENT without a log. */
+int rt_log_print(const char *name, int out_fd, struct hm_err *err);
 
 /* ---- rootfs.c ---- */
 /* Build a minimal root filesystem from Debian's busybox-static in dir. */
@@ -189,6 +209,7 @@ struct rt_run_opts {
 	const char *workdir;     /* NULL: "/" */
 	const char *dns;         /* NULL: the host's nameservers */
 	unsigned stop_timeout;   /* seconds from a forwarded signal to SIGKILL */
+	uint64_t log_max_size;   /* detached: cap of each log file, 0 = RT_LOG_MAX_DEFAULT */
 	bool init;
 	bool detach;
 	char **argv;
@@ -210,6 +231,10 @@ const char *rt_pod_status(const struct rt_pod_state *st);
 /* SIGTERM to the monitor (which forwards it and escalates), SIGKILL to the pod after
  * timeout seconds; returns once the pod is gone and released. */
 int rt_pod_stop(const char *name, unsigned timeout, struct hm_err *err);
+/* A pod whose monitor died (kill -9, crash) before it released the pod: its processes,
+ * cgroups, veth and state dir are removed and the name is free. Pods that are running,
+ * being set up or exited normally are left alone. 1: removed, 0: nothing to do. */
+int rt_pod_reap_dead(const char *name, struct hm_err *err);
 /* Remove an exited or dead pod (force: kill a running one first) and its state. */
 int rt_pod_remove(const char *name, bool force, struct hm_err *err);
 

@@ -54,6 +54,8 @@ static const char usage_run[] =
     "  -d, --detach         run in the background, print the pod name\n"
     "  --dns IP             nameserver for /etc/resolv.conf (default: the host's)\n"
     "  --stop-timeout S     seconds from a forwarded signal to SIGKILL (default: 10)\n"
+    "  --log-max-size SIZE  with -d: the log is rotated (one older file kept) before it\n"
+    "                       passes SIZE (k, M, G suffixes; default: 10M)\n"
     "  -v, --verbose        debug logs\n";
 
 static const char usage_rootfs[] =
@@ -71,9 +73,11 @@ static const char usage_deploy[] =
 static const char usage_ls[] =
     "usage: trace-pod ls [--json]\n"
     "\n"
-    "List pods: NAME, PID (of its PID 1), IP, STATUS (created, running, exited,\n"
-    "or dead when its trace-pod disappeared). --json prints an array of objects\n"
-    "with name, pid, ip, status, rootfs, net and exit_code.\n";
+    "List pods: NAME, PID (of its PID 1), IP, STATUS (created, running, exited).\n"
+    "A pod whose trace-pod was killed is removed (its cgroups, veth and state) instead\n"
+    "of listed, as `run --name` does with its name; one that cannot be is listed as\n"
+    "dead. --json prints an array of objects with name, pid, ip, status, rootfs, net\n"
+    "and exit_code.\n";
 
 static const char usage_exec[] =
     "usage: trace-pod exec NAME [--] CMD [ARGS]\n"
@@ -91,9 +95,11 @@ static const char usage_rm[] =
     "\n"
     "Remove a pod that is not running and its state. -f kills a running pod first.\n";
 
-static const char usage_logs[] = "usage: trace-pod logs NAME\n"
-				 "\n"
-				 "Print what a detached pod (run -d) wrote on stdout and stderr.\n";
+static const char usage_logs[] =
+    "usage: trace-pod logs NAME\n"
+    "\n"
+    "Print what a detached pod (run -d) wrote on stdout and stderr: the latest\n"
+    "--log-max-size bytes (of run) and the file rotated before them.\n";
 
 static void set_verbose(void)
 {
@@ -137,6 +143,7 @@ enum {
 	OPT_NAME,
 	OPT_JSON,
 	OPT_TIMEOUT,
+	OPT_LOG_MAX,
 };
 
 static bool hostname_valid(const char *h)
@@ -208,6 +215,7 @@ static int cmd_run(int argc, char **argv)
 	    {"detach", no_argument, NULL, 'd'},
 	    {"dns", required_argument, NULL, OPT_DNS},
 	    {"stop-timeout", required_argument, NULL, OPT_STOP_TIMEOUT},
+	    {"log-max-size", required_argument, NULL, OPT_LOG_MAX},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
@@ -299,6 +307,13 @@ static int cmd_run(int argc, char **argv)
 		case OPT_STOP_TIMEOUT:
 			if (parse_timeout("--stop-timeout", optarg, &o.stop_timeout) < 0)
 				return RT_EXIT_RUNTIME;
+			break;
+		case OPT_LOG_MAX:
+			if (hm_parse_size(optarg, &o.log_max_size) < 0 || o.log_max_size == 0)
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+						   "--log-max-size '%s': expected a size in bytes > 0 "
+						   "(k, M, G suffixes)",
+						   optarg);
 			break;
 		case 'v':
 			set_verbose();
@@ -478,6 +493,14 @@ static int cmd_ls(int argc, char **argv)
 		/* a pod removed while we list is simply not listed */
 		if (rt_pod_state_load(names[i], &pods[n], NULL) < 0)
 			continue;
+		/* what a killed trace-pod left is removed, not listed */
+		if (!strcmp(rt_pod_status(&pods[n]), "dead")) {
+			int reaped = rt_pod_reap_dead(names[i], &err);
+			if (reaped < 0)
+				hm_warn("%s", err.msg);
+			if (reaped > 0)
+				continue;
+		}
 		if ((int)strlen(pods[n].name) > width)
 			width = strlen(pods[n].name);
 		n++;
@@ -659,29 +682,8 @@ static int cmd_logs(int argc, char **argv)
 	struct rt_pod_state st;
 	if (rt_pod_state_load(name, &st, &err) < 0)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
-	char path[PATH_MAX];
-	rt_state_path(name, "log", path, sizeof(path));
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return hm_cli_fail(
-			    PROG, RT_EXIT_RUNTIME,
-			    "pod %s has no log (only detached pods, run -d, have one)", name);
-		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s: %s", path, strerror(errno));
-	}
-	char buf[65536];
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "read %s: %s", path,
-					   strerror(errno));
-		if (n == 0)
-			break;
-		if (hm_write_all(STDOUT_FILENO, buf, n) < 0)
-			return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "write: %s", strerror(errno));
-	}
+	if (rt_log_print(name, STDOUT_FILENO, &err) < 0)
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	return 0;
 }
 
