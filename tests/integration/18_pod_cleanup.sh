@@ -26,11 +26,12 @@ start_pod() {
 	wait_until 100 pod_status_is "$1" running || fail "pod $1 never ran"
 }
 
-# After kill -9 of the monitor, `ls` removes the pod: no state, cgroups or veth are left
-# and the name can be used again.
-test_dead_monitor_reaped_by_ls() {
-	local prefix before name veth out
-	prefix="t$$-dead"
+# After kill -9 of the monitor, `ls` (HOW=ls) removes the pod: no state, cgroups or veth
+# are left and the name can be used again; without an ls in between (HOW=run), `run
+# --name` of the dead pod's name takes it over.
+test_dead_monitor() { # HOW
+	local how="$1" prefix before name veth out
+	prefix="t$$-dead$how"
 	name="$prefix-1"
 	before=$(mktemp)
 	on_exit rm -f -- "$before"
@@ -40,6 +41,13 @@ test_dead_monitor_reaped_by_ls() {
 	veth=$(cat "$(state_of "$name")/veth")
 	hermit_resources "$prefix" | grep -q "^cgroup .*$name" || fail "control: the pod has no cgroup directory"
 	kill_monitor "$name"
+	if [ "$how" = run ]; then
+		start_pod "$name"
+		assert_eq running "$(pod_field "$name" status)" "status of the new pod"
+		tp rm -f "$name"
+		assert_no_leaks "$before" "$prefix"
+		return
+	fi
 	out=$(tp ls)
 	echo "$out"
 	assert_not_contains "$out" "$name" "ls after the monitor was killed"
@@ -48,23 +56,6 @@ test_dead_monitor_reaped_by_ls() {
 	assert_no_leaks "$before" "$prefix"
 	out=$(tp run --name "$name" --net none --rootfs "$R" -- echo reused </dev/null)
 	assert_eq reused "$out" "run with the name of the dead pod"
-	assert_no_leaks "$before" "$prefix"
-}
-
-# Without an ls in between, `run --name` of the dead pod's name takes it over.
-test_dead_monitor_name_reused_by_run() {
-	local prefix before name out
-	prefix="t$$-dname"
-	name="$prefix-1"
-	before=$(mktemp)
-	on_exit rm -f -- "$before"
-	on_exit pod_cleanup "$name"
-	hermit_resources "$prefix" >"$before"
-	start_pod "$name"
-	kill_monitor "$name"
-	start_pod "$name"
-	assert_eq running "$(pod_field "$name" status)" "status of the new pod"
-	tp rm -f "$name"
 	assert_no_leaks "$before" "$prefix"
 }
 
@@ -135,8 +126,8 @@ $left"
 	done
 }
 
-run_test dead_monitor_reaped_by_ls test_dead_monitor_reaped_by_ls
-run_test dead_monitor_name_reused_by_run test_dead_monitor_name_reused_by_run
+run_test dead_monitor_reaped_by_ls test_dead_monitor ls
+run_test dead_monitor_name_reused_by_run test_dead_monitor run
 run_test ls_keeps_live_and_exited test_ls_keeps_live_and_exited
 run_test log_capped_1m test_log_capped_1m
 run_test log_capped_default test_log_capped_default
