@@ -61,14 +61,18 @@ static const char usage_run[] =
 static const char usage_rootfs[] =
     "usage: trace-pod rootfs DIR\n"
     "\n"
-    "Build (or refresh) a minimal root filesystem in DIR from the host's Debian\n"
+    "Build (or repair) a minimal root filesystem in DIR from the host's Debian\n"
     "busybox-static: the usual directories, busybox and one link per applet, and\n"
-    "/etc/os-release, passwd, group, hosts, resolv.conf and hostname.\n";
+    "/etc/os-release, passwd, group, hosts, resolv.conf and hostname. Run again, it\n"
+    "creates what is missing and restores busybox, passwd, group and os-release;\n"
+    "symlinks in DIR are followed only inside DIR, as a pod sees them, and one that\n"
+    "leads nowhere there is an error.\n";
 
 static const char usage_deploy[] =
     "usage: trace-pod deploy FILE --rootfs DIR\n"
     "\n"
-    "Copy FILE (a statically linked program) into DIR/bin with mode 0755.\n";
+    "Copy FILE (a statically linked program) into DIR/bin with mode 0755. DIR/bin is\n"
+    "resolved inside DIR; a link of FILE's name there is replaced, not written through.\n";
 
 static const char usage_ls[] =
     "usage: trace-pod ls [--json]\n"
