@@ -93,8 +93,9 @@ struct rt_log {
 };
 /* Open (append to) the pod's log and point stdout and stderr at it. max 0: default. */
 int rt_log_open(struct rt_log *log, const char *name, uint64_t max, struct hm_err *err);
-/* Move what the non-blocking pipe_fd holds into the log, until it is empty or at EOF
- * (*eof). <0 when some output could not be written (it is dropped, the pipe drained). */
+/* Move what the non-blocking pipe_fd holds into the log, until it is empty, at EOF
+ * (*eof) or after 1 MiB. <0 when some output could not be written (it is dropped, the
+ * pipe drained all the same). */
 int rt_log_relay(struct rt_log *log, int pipe_fd, bool *eof, struct hm_err *err);
 void rt_log_close(struct rt_log *log);
 /* Write the pod's log.1 and log to out_fd (`trace-pod logs`); ENOENT without a log. */

@@ -361,10 +361,9 @@ static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 	p->reaped = true;
 	/* PID 1 exits last in its pid namespace: the pod's writers are gone, the rest of
 	 * its output is in the pipe */
-	if (p->out_pipe >= 0) {
-		bool eof;
+	bool eof = p->out_pipe < 0;
+	for (int calls = 0; !eof && calls < 64; calls++)
 		relay_output(p, &eof);
-	}
 	if (info.si_code == CLD_EXITED)
 		*status = info.si_status;
 	else

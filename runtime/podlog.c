@@ -10,6 +10,9 @@
 #include "runtime/internal.h"
 
 #define RELAY_CHUNK 65536
+/* Chunks per call: a pod that writes as fast as we can move its output must not keep
+ * the monitor from its other work (signals to forward, the pod's exit). */
+#define RELAY_CHUNKS_PER_CALL 16
 
 static void log_paths(const char *name, char *cur, char *old)
 {
@@ -91,7 +94,7 @@ int rt_log_relay(struct rt_log *log, int pipe_fd, bool *eof, struct hm_err *err)
 	char buf[RELAY_CHUNK];
 	int rc = 0;
 	*eof = false;
-	for (;;) {
+	for (int chunks = 0; chunks < RELAY_CHUNKS_PER_CALL;) {
 		ssize_t n = read(pipe_fd, buf, sizeof(buf));
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -104,7 +107,9 @@ int rt_log_relay(struct rt_log *log, int pipe_fd, bool *eof, struct hm_err *err)
 		/* a failed write drops this chunk; the pipe is drained all the same */
 		if (rc == 0 && log_append(log, buf, (size_t)n, err) < 0)
 			rc = -1;
+		chunks++;
 	}
+	return rc;
 }
 
 static int copy_to(int in, int out, const char *path, struct hm_err *err)

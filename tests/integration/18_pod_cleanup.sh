@@ -105,6 +105,22 @@ $marker" "$out" "end of trace-pod logs"
 test_log_capped_1m() { CAP_BYTES=1048576 test_log_capped --log-max-size 1M; }
 test_log_capped_default() { CAP_BYTES=$((10 << 20)) test_log_capped; }
 
+# While a pod floods its log, its trace-pod still forwards a stop's SIGTERM at once
+# (--init passes it on to yes) instead of only relaying output.
+test_log_flood_stop_is_prompt() {
+	local name start
+	name=$(pod_name flood)
+	on_exit pod_cleanup "$name"
+	tp run -d --init --name "$name" --net none --log-max-size 256k --rootfs "$R" -- yes flood </dev/null >/dev/null
+	wait_until 50 sh -c "[ \$(cat '$(state_of "$name")'/log* | wc -c) -gt 262144 ]" || fail "the pod wrote nothing"
+	start=$(date +%s%N)
+	tp stop --timeout 20 "$name"
+	echo "stop took $((($(date +%s%N) - start) / 1000000)) ms"
+	[ $((($(date +%s%N) - start) / 1000000)) -lt 5000 ] || fail "stop waited for the timeout: the monitor did not forward SIGTERM"
+	assert_eq exited "$(pod_field "$name" status)" "status after stop"
+	[ "$(log_bytes "$name")" -le $((2 * 262144)) ] || fail "log above twice the cap"
+}
+
 # 5 pods end at the same time; when their trace-pods have returned, none of their veths
 # is listed any more (the host end, found by the index eth0 names as its peer).
 test_veth_gone_on_return() {
@@ -131,4 +147,5 @@ run_test dead_monitor_name_reused_by_run test_dead_monitor run
 run_test ls_keeps_live_and_exited test_ls_keeps_live_and_exited
 run_test log_capped_1m test_log_capped_1m
 run_test log_capped_default test_log_capped_default
+run_test log_flood_stop_is_prompt test_log_flood_stop_is_prompt
 run_test veth_gone_on_return test_veth_gone_on_return
