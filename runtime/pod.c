@@ -389,8 +389,8 @@ static void pod_release(struct pod *p, bool keep_state, int exit_code)
 	hm_closep(&p->out_pipe);
 	rt_log_close(&p->log);
 	/* The kernel would remove the pair with the pod's network namespace, but in a
-	 * workqueue, later: deleted here (the ack comes once the link is unlisted), the veth
-	 * is gone when trace-pod returns. ENODEV, the namespace won the race, is success. */
+	 * workqueue, later: deleted here (this returns once the link is unlisted), the veth
+	 * is gone when trace-pod returns. Gone already, the namespace won, is success. */
 	if (p->host_if[0] && rt_net_teardown_pod(p->host_if, &err) < 0)
 		hm_warn("pod %s: remove veth %s: %s", name, p->host_if, err.msg);
 	if (p->cgroup_created && rt_cgroup_destroy(&p->cg, &err) < 0)
