@@ -14,10 +14,6 @@
 
 #include "agent/internal.h"
 
-/* RESOLVE_IN_ROOT reports EAGAIN when a concurrent rename might have let ".." escape;
- * the resolution is then simply retried. */
-#define OPENAT2_EAGAIN_RETRIES 32
-
 int agent_file_check_path(const char *path, struct hm_err *err)
 {
 	if (!path)
@@ -34,22 +30,7 @@ int agent_file_open_in_root(int root_fd, const char *path, int flags, mode_t mod
 {
 	if (agent_file_check_path(path, err) < 0)
 		return -1;
-	struct open_how how = {
-	    .flags = (uint64_t)(flags | O_CLOEXEC),
-	    /* openat2 rejects a mode without O_CREAT/O_TMPFILE */
-	    .mode = ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) ? (mode & 07777) : 0,
-	    .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-	};
-	for (int tries = 0;; tries++) {
-		long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof(how));
-		if (fd >= 0)
-			return (int)fd;
-		if (errno == EAGAIN && tries < OPENAT2_EAGAIN_RETRIES)
-			continue;
-		if (errno == ENOSYS)
-			return hm_err_set(err, ENOSYS, "%s: openat2 needs Linux 5.6", path);
-		return hm_err_errno(err, "%s", path);
-	}
+	return hm_openat2(root_fd, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, err);
 }
 
 int agent_file_split_path(const char *path, struct agent_path_split *out, struct hm_err *err)

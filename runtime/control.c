@@ -73,6 +73,40 @@ static int release_leftovers(const char *name, struct hm_err *err)
 	return cg_failed || net_failed ? -1 : 0;
 }
 
+/* The pod's leftovers and state, if, re-read under the state lock, its monitor is still
+ * gone: a new pod may have taken the name since the caller looked. keep_exited leaves a
+ * pod that exited normally (its state and log stay until rm). *alive tells a live
+ * monitor apart from a pod already removed; both return 0, 1 means removed. */
+static int remove_orphaned(const char *name, bool keep_exited, bool *alive, struct hm_err *err)
+{
+	*alive = false;
+	hm_autofd lock = rt_state_lock(err);
+	if (lock < 0)
+		return -1;
+	struct rt_pod_state st;
+	if (rt_pod_state_load(name, &st, NULL) < 0)
+		return 0;
+	if (rt_state_monitor_alive(name, st.monitor_pid)) {
+		*alive = true;
+		return 0;
+	}
+	if (keep_exited && !strcmp(st.status, "exited"))
+		return 0;
+	hm_debug("pod %s: monitor %d is gone; removing what it left", name, (int)st.monitor_pid);
+	if (release_leftovers(name, err) < 0 || rt_state_remove(name, err) < 0)
+		return -1;
+	return 1;
+}
+
+int rt_pod_reap_dead(const char *name, struct hm_err *err)
+{
+	bool alive;
+	int r = remove_orphaned(name, true, &alive, err);
+	if (r < 0)
+		return hm_err_prefix(err, "pod %s, whose trace-pod died", name);
+	return r;
+}
+
 static int mark_exited(const char *name, struct hm_err *err)
 {
 	char path[PATH_MAX];
@@ -94,7 +128,12 @@ int rt_pod_stop(const char *name, unsigned timeout, struct hm_err *err)
 		return -1;
 	hm_autofd monitor = rt_state_monitor_pidfd(name, st.monitor_pid);
 	if (monitor < 0) {
-		if (!strcmp(st.status, "exited"))
+		/* re-read under the lock: the pod may have been reaped and its name taken */
+		hm_autofd lock = rt_state_lock(err);
+		if (lock < 0)
+			return -1;
+		if (rt_pod_state_load(name, &st, NULL) < 0 || !strcmp(st.status, "exited") ||
+		    rt_state_monitor_alive(name, st.monitor_pid))
 			return 0;
 		hm_debug("pod %s: monitor %d is gone; releasing what it left", name,
 			 (int)st.monitor_pid);
@@ -146,7 +185,10 @@ int rt_pod_remove(const char *name, bool force, struct hm_err *err)
 			wait_exit(monitor, 2000);
 		}
 	}
-	if (release_leftovers(name, err) < 0)
+	bool alive;
+	if (remove_orphaned(name, false, &alive, err) < 0)
 		return hm_err_prefix(err, "remove pod %s", name);
-	return rt_state_remove(name, err);
+	if (alive)
+		return hm_err_set(err, 0, "pod %s is running; stop it first or use rm -f", name);
+	return 0;
 }

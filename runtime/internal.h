@@ -80,6 +80,10 @@ int rt_state_read(const char *name, const char *key, char *buf, size_t len, stru
 /* Path of a file in the pod's state dir. */
 void rt_state_path(const char *name, const char *key, char *buf, size_t len);
 int rt_state_remove(const char *name, struct hm_err *err);
+/* An exclusive lock (close the fd to release it) that rt_state_create holds while it
+ * takes a name: whoever removes a pod whose monitor is gone re-checks that under it, so
+ * a new pod that took the name meanwhile is never removed. */
+int rt_state_lock(struct hm_err *err);
 /* Valid pod names: [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62} */
 bool rt_name_valid(const char *name);
 /* A pidfd for the pod's monitor if it still is the process that created the state dir
@@ -89,6 +93,23 @@ bool rt_state_monitor_alive(const char *name, pid_t monitor_pid);
 /* Names of every pod with a state dir, sorted; free with rt_state_list_free. */
 int rt_state_list(char ***names, size_t *count, struct hm_err *err);
 void rt_state_list_free(char **names, size_t count);
+
+/* ---- podlog.c: a detached pod's log, capped and rotated ---- */
+#define RT_LOG_MAX_DEFAULT (10ULL << 20)
+struct rt_log {
+	int fd;      /* the current file, also the monitor's stdout and stderr */
+	uint64_t max; /* bytes per file: "log" is renamed to "log.1" before it would pass */
+	char name[RT_NAME_MAX + 1];
+};
+/* Open (append to) the pod's log and point stdout and stderr at it. max 0: default. */
+int rt_log_open(struct rt_log *log, const char *name, uint64_t max, struct hm_err *err);
+/* Move what the non-blocking pipe_fd holds into the log, until it is empty, at EOF
+ * (*eof) or after 1 MiB. <0 when some output could not be written (it is dropped, the
+ * pipe drained all the same). */
+int rt_log_relay(struct rt_log *log, int pipe_fd, bool *eof, struct hm_err *err);
+void rt_log_close(struct rt_log *log);
+/* Write the pod's log.1 and log to out_fd (`trace-pod logs`); ENOENT without a log. */
+int rt_log_print(const char *name, int out_fd, struct hm_err *err);
 
 /* ---- rootfs.c ---- */
 /* Build a minimal root filesystem from Debian's busybox-static in dir. */
@@ -145,6 +166,30 @@ int rt_rootfs_check_private(const char *rootfs, struct hm_err *err);
 /* Before `trace-pod rootfs DIR` makes DIR: a missing parent is created 0700 (with
  * any missing ancestors), so a new rootfs is private from the start. */
 int rt_rootfs_prepare_parent(const char *dir, struct hm_err *err);
+/* ---- rootfs_path.c: host-side writes into a rootfs ----
+ * A rootfs is the pods': any entry may be a symlink planted to reach the host. Paths are
+ * relative to root (an fd of the rootfs) and resolved with openat2(RESOLVE_IN_ROOT |
+ * RESOLVE_NO_MAGICLINKS): links are followed as the pod would see them, never out of the
+ * rootfs; a final component that is created or replaced is not followed. When a link on
+ * the way does not resolve, the message names it and its target. */
+/* O_PATH fd of the rootfs directory the operator named. */
+int rt_rootfs_open_root(const char *dir, struct hm_err *err);
+int rt_rootfs_open(int root, const char *path, int flags, mode_t mode, struct hm_err *err);
+/* path is a directory (created if missing) with mode, set through an fd. */
+int rt_rootfs_mkdir(int root, const char *path, mode_t mode, struct hm_err *err);
+/* Create or replace path with src_fd's content (or, src_fd < 0, len bytes of data) and
+ * mode: a temporary file beside it renamed over it, so a link at path is replaced and a
+ * running binary never seen half-written. */
+int rt_rootfs_install(int root, const char *path, int src_fd, const void *data, size_t len,
+		      mode_t mode, struct hm_err *err);
+/* Create path with data unless something of that name exists (kept, a link too). */
+int rt_rootfs_create(int root, const char *path, const void *data, size_t len, mode_t mode,
+		     struct hm_err *err);
+/* A symlink at path to target unless something of that name exists. */
+int rt_rootfs_symlink(int root, const char *path, const char *target, struct hm_err *err);
+/* O_PATH fd of the regular file path (created empty if missing), a bind-mount target for
+ * move_mount(MOVE_MOUNT_T_EMPTY_PATH). */
+int rt_rootfs_mount_target(int root, const char *path, struct hm_err *err);
 
 /* ---- container.c: clone3 and the child's side ---- */
 struct rt_spec {
@@ -230,6 +275,7 @@ struct rt_run_opts {
 	const char *workdir;     /* NULL: "/" */
 	const char *dns;         /* NULL: the host's nameservers */
 	unsigned stop_timeout;   /* seconds from a forwarded signal to SIGKILL */
+	uint64_t log_max_size;   /* detached: cap of each log file, 0 = RT_LOG_MAX_DEFAULT */
 	bool init;
 	bool detach;
 	bool tty;                /* -t: a pty of its own, relayed to our terminal */
@@ -254,6 +300,10 @@ const char *rt_pod_status(const struct rt_pod_state *st);
 /* SIGTERM to the monitor (which forwards it and escalates), SIGKILL to the pod after
  * timeout seconds; returns once the pod is gone and released. */
 int rt_pod_stop(const char *name, unsigned timeout, struct hm_err *err);
+/* A pod whose monitor died (kill -9, crash) before it released the pod: its processes,
+ * cgroups, veth and state dir are removed and the name is free. Pods that are running,
+ * being set up or exited normally are left alone. 1: removed, 0: nothing to do. */
+int rt_pod_reap_dead(const char *name, struct hm_err *err);
 /* Remove an exited or dead pod (force: kill a running one first) and its state. */
 int rt_pod_remove(const char *name, bool force, struct hm_err *err);
 

@@ -66,6 +66,8 @@ static const char usage_run[] =
     "                       run a rootfs that other host users can reach (UNSAFE: a\n"
     "                       setuid-root file made in the pod becomes root for them);\n"
     "                       by default DIR or a parent must be root-owned, mode 0700\n"
+    "  --log-max-size SIZE  with -d: the log is rotated (one older file kept) before it\n"
+    "                       passes SIZE (k, M, G suffixes; default: 10M)\n"
     "  -v, --verbose        debug logs\n"
     "\n"
     "The pod's /dev is a fresh tmpfs with null, zero, full, random, urandom, tty, ptmx,\n"
@@ -75,23 +77,29 @@ static const char usage_run[] =
 static const char usage_rootfs[] =
     "usage: trace-pod rootfs DIR\n"
     "\n"
-    "Build (or refresh) a minimal root filesystem in DIR from the host's Debian\n"
+    "Build (or repair) a minimal root filesystem in DIR from the host's Debian\n"
     "busybox-static: the usual directories, busybox and one link per applet, and\n"
-    "/etc/os-release, passwd, group, hosts, resolv.conf and hostname.\n"
+    "/etc/os-release, passwd, group, hosts, resolv.conf and hostname. Run again, it\n"
+    "creates what is missing and restores busybox, passwd, group and os-release;\n"
+    "symlinks in DIR are followed only inside DIR, as a pod sees them, and one that\n"
+    "leads nowhere there is an error.\n"
     "A missing parent of DIR is created with mode 0700: `trace-pod run` wants a rootfs\n"
     "that other host users cannot reach (see trace-pod run --help).\n";
 
 static const char usage_deploy[] =
     "usage: trace-pod deploy FILE --rootfs DIR\n"
     "\n"
-    "Copy FILE (a statically linked program) into DIR/bin with mode 0755.\n";
+    "Copy FILE (a statically linked program) into DIR/bin with mode 0755. DIR/bin is\n"
+    "resolved inside DIR; a link of FILE's name there is replaced, not written through.\n";
 
 static const char usage_ls[] =
     "usage: trace-pod ls [--json]\n"
     "\n"
-    "List pods: NAME, PID (of its PID 1), IP, STATUS (created, running, exited,\n"
-    "or dead when its trace-pod disappeared). --json prints an array of objects\n"
-    "with name, pid, ip, status, rootfs, net and exit_code.\n";
+    "List pods: NAME, PID (of its PID 1), IP, STATUS (created, running, exited).\n"
+    "A pod whose trace-pod was killed is removed (its cgroups, veth and state) instead\n"
+    "of listed, as `run --name` does with its name; one that cannot be is listed as\n"
+    "dead. --json prints an array of objects with name, pid, ip, status, rootfs, net\n"
+    "and exit_code.\n";
 
 static const char usage_exec[] =
     "usage: trace-pod exec [-t|--tty] NAME [--] CMD [ARGS]\n"
@@ -113,9 +121,11 @@ static const char usage_rm[] =
     "\n"
     "Remove a pod that is not running and its state. -f kills a running pod first.\n";
 
-static const char usage_logs[] = "usage: trace-pod logs NAME\n"
-				 "\n"
-				 "Print what a detached pod (run -d) wrote on stdout and stderr.\n";
+static const char usage_logs[] =
+    "usage: trace-pod logs NAME\n"
+    "\n"
+    "Print what a detached pod (run -d) wrote on stdout and stderr: the latest\n"
+    "--log-max-size bytes (of run) and the file rotated before them.\n";
 
 static void set_verbose(void)
 {
@@ -162,6 +172,7 @@ enum {
 	OPT_SECCOMP,
 	OPT_ALLOW_MKNOD,
 	OPT_PUBLIC_ROOTFS,
+	OPT_LOG_MAX,
 };
 
 static bool hostname_valid(const char *h)
@@ -249,6 +260,7 @@ static int cmd_run(int argc, char **argv)
 	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
 	    {"allow-mknod", no_argument, NULL, OPT_ALLOW_MKNOD},
 	    {"unsafe-public-rootfs", no_argument, NULL, OPT_PUBLIC_ROOTFS},
+	    {"log-max-size", required_argument, NULL, OPT_LOG_MAX},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
@@ -360,6 +372,13 @@ static int cmd_run(int argc, char **argv)
 			break;
 		case OPT_PUBLIC_ROOTFS:
 			o.public_rootfs = true;
+			break;
+		case OPT_LOG_MAX:
+			if (hm_parse_size(optarg, &o.log_max_size) < 0 || o.log_max_size == 0)
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+						   "--log-max-size '%s': expected a size in bytes > 0 "
+						   "(k, M, G suffixes)",
+						   optarg);
 			break;
 		case 'v':
 			set_verbose();
@@ -553,6 +572,14 @@ static int cmd_ls(int argc, char **argv)
 		/* a pod removed while we list is simply not listed */
 		if (rt_pod_state_load(names[i], &pods[n], NULL) < 0)
 			continue;
+		/* what a killed trace-pod left is removed, not listed */
+		if (!strcmp(rt_pod_status(&pods[n]), "dead")) {
+			int reaped = rt_pod_reap_dead(names[i], &err);
+			if (reaped < 0)
+				hm_warn("%s", err.msg);
+			if (reaped > 0)
+				continue;
+		}
 		if ((int)strlen(pods[n].name) > width)
 			width = strlen(pods[n].name);
 		n++;
@@ -741,29 +768,8 @@ static int cmd_logs(int argc, char **argv)
 	struct rt_pod_state st;
 	if (rt_pod_state_load(name, &st, &err) < 0)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
-	char path[PATH_MAX];
-	rt_state_path(name, "log", path, sizeof(path));
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return hm_cli_fail(
-			    PROG, RT_EXIT_RUNTIME,
-			    "pod %s has no log (only detached pods, run -d, have one)", name);
-		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s: %s", path, strerror(errno));
-	}
-	char buf[65536];
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "read %s: %s", path,
-					   strerror(errno));
-		if (n == 0)
-			break;
-		if (hm_write_all(STDOUT_FILENO, buf, n) < 0)
-			return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "write: %s", strerror(errno));
-	}
+	if (rt_log_print(name, STDOUT_FILENO, &err) < 0)
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	return 0;
 }
 

@@ -90,18 +90,23 @@ static int clone_host_file(const char *path, int *tree_fd, struct hm_err *err)
 }
 
 /* Attach a cloned host file over target inside the new root. A missing target is
- * created empty; nothing else is written into the rootfs, which several pods share. */
+ * created empty; nothing else is written into the rootfs, which several pods share. The
+ * target is a pod's file and may be a link: it is resolved inside the root without
+ * magic links (a /proc/self/fd/N link would reach the host files this process holds)
+ * and the mount goes onto that fd, not onto a path resolved again. */
 static int attach_host_file(int *tree_fd, const char *target, struct hm_err *err)
 {
 	if (*tree_fd < 0)
 		return 0;
 	if (mkdir("/etc", 0755) < 0 && errno != EEXIST)
 		return hm_err_errno(err, "mkdir /etc");
-	hm_autofd fd = open(target, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+	hm_autofd root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (root < 0)
+		return hm_err_errno(err, "open /");
+	hm_autofd fd = rt_rootfs_mount_target(root, target, err);
 	if (fd < 0)
-		return hm_err_errno(err, "create %s", target);
-	if (move_mount(*tree_fd, "", AT_FDCWD, target,
-		       MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS) < 0)
+		return hm_err_prefix(err, "bind onto %s", target);
+	if (move_mount(*tree_fd, "", fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
 		return hm_err_errno(err, "bind onto %s", target);
 	hm_closep(tree_fd);
 	return 0;

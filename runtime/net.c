@@ -13,11 +13,14 @@
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include "runtime/internal.h"
 
@@ -493,14 +496,59 @@ int rt_net_setup_loopback(pid_t pid, struct hm_err *err)
 	return loopback_up(&pod, err);
 }
 
+static bool link_listed(unsigned index, const char *ifname)
+{
+	char name[IF_NAMESIZE];
+	return if_indextoname(index, name) && !strcmp(name, ifname);
+}
+
+/* RTM_DELLINK keeps its sender in the kernel well after the link is unlisted: the
+ * rcu_barrier() of netdev_run_todo costs ~20 ms, more than a whole pod start. So a
+ * forked helper sends the request and stays for that part, and we return as soon as the
+ * link is gone from the host's list (~2 ms). When the helper fails, the request is
+ * repeated here, where its error is read. */
 int rt_net_teardown_pod(const char *host_if, struct hm_err *err)
 {
 	if (!host_if || !host_if[0])
 		return 0;
+	/* When the pod's netns dies first the kernel removes the pair by itself. */
+	unsigned index = if_nametoindex(host_if);
+	if (index == 0 && errno == ENODEV)
+		return 0;
 	nl_autoconn host = {0};
 	if (nl_conn_open(&host, err) < 0)
 		return -1;
-	/* When the pod's netns dies first the kernel removes the pair by itself. */
+	pid_t helper = index ? fork() : -1;
+	if (helper == 0) {
+		/* only the socket: a caller reading our stdout must not wait for the helper */
+		int sock = mnl_socket_get_fd(host.sock);
+		if (sock > 0)
+			syscall(SYS_close_range, 0, sock - 1, 0);
+		syscall(SYS_close_range, sock + 1, ~0U, 0);
+		char buf[NL_SEND_BUF] = {0};
+		struct ifinfomsg *ifm;
+		struct nlmsghdr *nlh = nl_link_msg(buf, RTM_DELLINK, 0, &ifm);
+		nlh->nlmsg_flags |= NLM_F_REQUEST;
+		mnl_attr_put_strz(nlh, IFLA_IFNAME, host_if);
+		_exit(mnl_socket_sendto(host.sock, nlh, nlh->nlmsg_len) < 0 ? 1 : 0);
+	}
+	if (helper > 0) {
+		hm_autofd pidfd = syscall(SYS_pidfd_open, helper, 0);
+		bool exited = false;
+		for (int waited_ms = 0; pidfd >= 0 && waited_ms < 10000; waited_ms++) {
+			if (!link_listed(index, host_if))
+				return 0; /* the helper is reaped with us, or by init */
+			if (exited)
+				break;
+			struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+			if (poll(&pfd, 1, 1) > 0) {
+				waitpid(helper, NULL, 0);
+				exited = true; /* one more look at the list, then ask ourselves */
+			}
+		}
+		if (!exited)
+			hm_debug("veth %s: deletion helper still busy, deleting here", host_if);
+	}
 	if (link_delete(&host, host_if, err) < 0 && err->code != ENODEV)
 		return -1;
 	return 0;

@@ -30,6 +30,9 @@ struct pod {
 	struct rt_seccomp_prog seccomp;
 	bool relaying;
 	struct rt_tty_relay tty;
+	struct rt_log log; /* detached only */
+	int out_pipe;      /* detached: read end of the pod's stdout and stderr, else -1 */
+	bool log_failed;
 };
 
 static int pidfd_signal(int pidfd, int sig)
@@ -180,13 +183,60 @@ static const char *net_name(enum rt_net_mode m)
 	return m == RT_NET_HOST ? "host" : m == RT_NET_NONE ? "none" : "bridge";
 }
 
+/* The pod's PID 1, with its stdout and stderr on a pipe to us when it is detached: the
+ * monitor caps the log (podlog.c). The child inherits our fds 1 and 2 at the clone. */
+static int spawn(struct pod *p, const struct rt_spec *spec, struct hm_err *err)
+{
+	if (!p->o->detach)
+		return rt_container_spawn(spec, &p->cg, &p->c, err);
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return hm_err_errno(err, "pipe");
+	p->out_pipe = fds[0];
+	hm_autofd write_end = fds[1];
+	/* only our end: the pod's writes block while the log is being written */
+	if (fcntl(p->out_pipe, F_SETFL, O_NONBLOCK) < 0)
+		return hm_err_errno(err, "pipe");
+	if (dup2(write_end, STDOUT_FILENO) < 0 || dup2(write_end, STDERR_FILENO) < 0)
+		return hm_err_errno(err, "redirect output to the pipe");
+	int rc = rt_container_spawn(spec, &p->cg, &p->c, err);
+	if (dup2(p->log.fd, STDOUT_FILENO) < 0 || dup2(p->log.fd, STDERR_FILENO) < 0) {
+		if (rc == 0)
+			return hm_err_errno(err, "redirect output to the log");
+	}
+	return rc;
+}
+
+/* Move the pod's output into its log. On a failed write (a full /run) the output is
+ * dropped, said once, so the pod never blocks on a pipe nobody reads. */
+static void relay_output(struct pod *p, bool *eof)
+{
+	struct hm_err err;
+	if (rt_log_relay(&p->log, p->out_pipe, eof, &err) < 0 && !p->log_failed) {
+		p->log_failed = true;
+		hm_warn("pod %s: output dropped: %s", p->o->name, err.msg);
+	}
+}
+
 /* Everything up to a running pod. *code gets 125, or 126/127 from the exec. */
 static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 {
 	const struct rt_run_opts *o = p->o;
 	*code = RT_EXIT_RUNTIME;
 
-	if (rt_state_create(o->name, err) < 0)
+	int created = rt_state_create(o->name, err);
+	if (created < 0 && err->code == EEXIST) {
+		/* the name of a pod whose trace-pod was killed is free again */
+		struct hm_err reap_err;
+		int reaped = rt_pod_reap_dead(o->name, &reap_err);
+		if (reaped < 0) {
+			*err = reap_err;
+			return -1;
+		}
+		if (reaped > 0)
+			created = rt_state_create(o->name, err);
+	}
+	if (created < 0)
 		return -1;
 	p->state_created = true;
 	if (rt_state_write(o->name, "rootfs", o->rootfs, err) < 0 ||
@@ -196,17 +246,9 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 	if (o->seccomp && rt_seccomp_compile(&p->seccomp, err) < 0)
 		return -1;
 
-	if (o->detach) {
-		/* from now on the pod's and our own output go to its log */
-		char log[PATH_MAX];
-		rt_state_path(o->name, "log", log, sizeof(log));
-		hm_autofd fd =
-		    open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
-		if (fd < 0)
-			return hm_err_errno(err, "open %s", log);
-		if (dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0)
-			return hm_err_errno(err, "redirect output to %s", log);
-	}
+	/* from now on our own output goes to the log, and the pod's through us */
+	if (o->detach && rt_log_open(&p->log, o->name, o->log_max_size, err) < 0)
+		return -1;
 
 	if (rt_cgroup_create(o->name, &o->limits, &p->cg, err) < 0)
 		return -1;
@@ -242,7 +284,7 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 	    .seccomp = &p->seccomp,
 	    .tty = o->tty,
 	};
-	if (rt_container_spawn(&spec, &p->cg, &p->c, err) < 0)
+	if (spawn(p, &spec, err) < 0)
 		return -1;
 	p->spawned = true;
 	hm_debug("pod %s: PID 1 is host pid %d", o->name, (int)p->c.pid);
@@ -283,9 +325,11 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 {
 	int64_t kill_at = -1;
-	struct pollfd fds[4] = {
+	/* the pod, signals, a detached pod's output, then the tty relay's (at most 2) */
+	struct pollfd fds[5] = {
 	    {.fd = p->c.pidfd, .events = POLLIN},
 	    {.fd = p->sigfd, .events = POLLIN},
+	    {.fd = p->out_pipe, .events = POLLIN},
 	};
 	for (;;) {
 		int timeout = -1;
@@ -293,17 +337,23 @@ static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 			int64_t left = kill_at - now_ms();
 			timeout = left > 0 ? (int)left : 0;
 		}
-		int n_tty = p->relaying ? rt_tty_relay_fds(&p->tty, fds + 2) : 0;
-		int r = poll(fds, 2 + n_tty, timeout);
+		int n_tty = p->relaying ? rt_tty_relay_fds(&p->tty, fds + 3) : 0;
+		int r = poll(fds, 3 + n_tty, timeout);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
 			return hm_err_errno(err, "poll");
 		}
 		if (n_tty)
-			rt_tty_relay_io(&p->tty, fds + 2, n_tty);
+			rt_tty_relay_io(&p->tty, fds + 3, n_tty);
 		if (fds[0].revents)
 			break;
+		if (fds[2].revents) {
+			bool eof;
+			relay_output(p, &eof);
+			if (eof) /* every writer gone: nothing more to wait for here */
+				fds[2].fd = -1;
+		}
 		if (fds[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			if (read(p->sigfd, &si, sizeof(si)) != sizeof(si))
@@ -332,6 +382,11 @@ static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 			return hm_err_errno(err, "wait for pod %s", p->o->name);
 	}
 	p->reaped = true;
+	/* PID 1 exits last in its pid namespace: the pod's writers are gone, the rest of
+	 * its output is in the pipe */
+	bool eof = p->out_pipe < 0;
+	for (int calls = 0; !eof && calls < 64; calls++)
+		relay_output(p, &eof);
 	if (info.si_code == CLD_EXITED)
 		*status = info.si_status;
 	else
@@ -359,10 +414,12 @@ static void pod_release(struct pod *p, bool keep_state, int exit_code)
 	if (p->spawned)
 		rt_container_release(&p->c);
 	rt_seccomp_free(&p->seccomp);
-	/* The veth goes with the pod's network namespace, which dies with its last process
-	 * (reaped above); the kernel's async netns cleanup removes both ends. An explicit
-	 * RTM_DELLINK would block the exit ~20 ms on the RTNL + RCU grace period. */
-	if (p->host_if[0] && !p->reaped && rt_net_teardown_pod(p->host_if, &err) < 0)
+	hm_closep(&p->out_pipe);
+	rt_log_close(&p->log);
+	/* The kernel would remove the pair with the pod's network namespace, but in a
+	 * workqueue, later: deleted here (this returns once the link is unlisted), the veth
+	 * is gone when trace-pod returns. Gone already, the namespace won, is success. */
+	if (p->host_if[0] && rt_net_teardown_pod(p->host_if, &err) < 0)
 		hm_warn("pod %s: remove veth %s: %s", name, p->host_if, err.msg);
 	if (p->cgroup_created && rt_cgroup_destroy(&p->cg, &err) < 0)
 		hm_warn("pod %s: %s", name, err.msg);
@@ -409,6 +466,8 @@ static int pod_lifecycle(const struct rt_run_opts *o, int report_fd, int *exit_c
 	    .c = {.pid = 0, .pidfd = -1, .sync_fd = -1, .error_fd = -1, .tty_fd = -1},
 	    .cg = {.v2_fd = -1},
 	    .sigfd = -1,
+	    .log = {.fd = -1},
+	    .out_pipe = -1,
 	};
 	sigset_t set;
 	forwarded_signals(&set);

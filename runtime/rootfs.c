@@ -1,12 +1,15 @@
 /* A minimal root filesystem made of Debian's busybox-static, and copying static binaries
  * into one. Both are idempotent: running them again repairs and updates, and never
- * replaces what a user put into the rootfs. */
+ * replaces what a user put into the rootfs. "Repair" means: missing directories, links
+ * and files are created, trace-pod's own files (busybox, passwd, group, os-release) are
+ * restored as regular files, and directory modes are reset. Every path is resolved inside
+ * the rootfs (rootfs_path.c): a symlink a pod planted is followed as the pod would see
+ * it, and one that does not resolve inside the rootfs is an error that names it. */
 #include <elf.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <spawn.h>
 #include <string.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -37,9 +40,9 @@ static const char passwd[] = "root:x:0:0:root:/root:/bin/sh\n"
 			     "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 static const char group[] = "root:x:0:\nnogroup:x:65534:\n";
 
-/* Copy src to dst with mode through a temporary file renamed into place, so a rootfs
- * in use never has a half-written binary and a running one is not modified. */
-static int copy_file(const char *src, const char *dst, mode_t mode, struct hm_err *err)
+/* Install the host file src at path in the rootfs (see rt_rootfs_install). */
+static int install_host_file(int root, const char *src, const char *path, mode_t mode,
+			     struct hm_err *err)
 {
 	hm_autofd in = open(src, O_RDONLY | O_CLOEXEC);
 	if (in < 0)
@@ -49,30 +52,7 @@ static int copy_file(const char *src, const char *dst, mode_t mode, struct hm_er
 		return hm_err_errno(err, "stat %s", src);
 	if (!S_ISREG(st.st_mode))
 		return hm_err_set(err, 0, "%s: not a regular file", src);
-	char tmp[PATH_MAX];
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp%d", dst, (int)getpid()) >= (int)sizeof(tmp))
-		return hm_err_set(err, ENAMETOOLONG, "%s", dst);
-	hm_autofd out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (out < 0)
-		return hm_err_errno(err, "create %s", tmp);
-	off_t left = st.st_size;
-	while (left > 0) {
-		ssize_t n = sendfile(out, in, NULL, left);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			int e = n < 0 ? errno : EIO;
-			unlink(tmp);
-			return hm_err_set(err, e, "copy %s to %s", src, tmp);
-		}
-		left -= n;
-	}
-	if (fchmod(out, mode) < 0 || rename(tmp, dst) < 0) {
-		int e = errno;
-		unlink(tmp);
-		return hm_err_set(err, e, "install %s", dst);
-	}
-	return 0;
+	return rt_rootfs_install(root, path, in, NULL, 0, mode, err);
 }
 
 /* Run `busybox --list-full` (applets with their usual directory, e.g. usr/bin/env);
@@ -138,8 +118,8 @@ static int link_applets(int root, struct hm_err *err)
 		/* --list-full names linuxrc at the top; keep the tree's top level tidy */
 		if (!strchr(rel, '/'))
 			continue;
-		if (symlinkat("/bin/busybox", root, rel) < 0 && errno != EEXIST)
-			return hm_err_errno(err, "symlink %s", rel);
+		if (rt_rootfs_symlink(root, rel, "/bin/busybox", err) < 0)
+			return -1;
 		count++;
 	}
 	hm_debug("rootfs: %d busybox applets", count);
@@ -150,16 +130,9 @@ static int write_etc(int root, const char *name, const char *data, bool replace,
 {
 	char rel[64];
 	snprintf(rel, sizeof(rel), "etc/%s", name);
-	int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (replace ? O_TRUNC : O_EXCL);
-	hm_autofd fd = openat(root, rel, flags, 0644);
-	if (fd < 0) {
-		if (!replace && errno == EEXIST)
-			return 0;
-		return hm_err_errno(err, "create %s", rel);
-	}
-	if (hm_write_all(fd, data, strlen(data)) < 0)
-		return hm_err_errno(err, "write %s", rel);
-	return 0;
+	if (replace)
+		return rt_rootfs_install(root, rel, -1, data, strlen(data), 0644, err);
+	return rt_rootfs_create(root, rel, data, strlen(data), 0644, err);
 }
 
 int rt_rootfs_build(const char *dir, struct hm_err *err)
@@ -169,20 +142,14 @@ int rt_rootfs_build(const char *dir, struct hm_err *err)
 				    HOST_BUSYBOX);
 	if (hm_mkdir_p(dir, 0755, err) < 0)
 		return -1;
-	hm_autofd root = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	hm_autofd root = rt_rootfs_open_root(dir, err);
 	if (root < 0)
-		return hm_err_errno(err, "%s", dir);
-	for (size_t i = 0; i < HM_ARRAY_SIZE(rootfs_dirs); i++) {
-		if (mkdirat(root, rootfs_dirs[i].path, rootfs_dirs[i].mode) < 0 && errno != EEXIST)
-			return hm_err_errno(err, "mkdir %s/%s", dir, rootfs_dirs[i].path);
-		/* explicit chmod: the umask would drop tmp's sticky world-writable bits */
-		if (fchmodat(root, rootfs_dirs[i].path, rootfs_dirs[i].mode, 0) < 0)
-			return hm_err_errno(err, "chmod %s/%s", dir, rootfs_dirs[i].path);
-	}
-	char dst[PATH_MAX];
-	snprintf(dst, sizeof(dst), "%s/bin/busybox", dir);
-	if (copy_file(HOST_BUSYBOX, dst, 0755, err) < 0)
 		return -1;
+	for (size_t i = 0; i < HM_ARRAY_SIZE(rootfs_dirs); i++)
+		if (rt_rootfs_mkdir(root, rootfs_dirs[i].path, rootfs_dirs[i].mode, err) < 0)
+			return hm_err_prefix(err, "rootfs %s", dir);
+	if (install_host_file(root, HOST_BUSYBOX, "bin/busybox", 0755, err) < 0)
+		return hm_err_prefix(err, "rootfs %s", dir);
 	if (link_applets(root, err) < 0)
 		return hm_err_prefix(err, "rootfs %s", dir);
 	if (write_etc(root, "os-release", os_release, true, err) < 0 ||
@@ -218,28 +185,29 @@ static bool elf_is_dynamic(const char *file)
 
 int rt_rootfs_deploy(const char *rootfs, const char *file, struct hm_err *err)
 {
+	hm_autofd in = open(file, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return hm_err_errno(err, "%s", file);
 	struct stat st;
-	if (stat(file, &st) < 0)
+	if (fstat(in, &st) < 0)
 		return hm_err_errno(err, "%s", file);
 	if (!S_ISREG(st.st_mode))
 		return hm_err_set(err, 0, "%s: not a regular file", file);
-	char bin[PATH_MAX];
-	snprintf(bin, sizeof(bin), "%s/bin", rootfs);
-	if (stat(rootfs, &st) < 0)
-		return hm_err_errno(err, "rootfs %s", rootfs);
-	if (stat(bin, &st) < 0)
-		return hm_err_errno(err, "rootfs %s: %s", rootfs, bin);
-	if (!S_ISDIR(st.st_mode))
-		return hm_err_set(err, ENOTDIR, "rootfs %s: %s", rootfs, bin);
+	hm_autofd root = rt_rootfs_open_root(rootfs, err);
+	if (root < 0)
+		return hm_err_prefix(err, "rootfs");
+	hm_autofd bin = rt_rootfs_open(root, "bin", O_PATH | O_DIRECTORY, 0, err);
+	if (bin < 0)
+		return hm_err_prefix(err, "rootfs %s", rootfs);
 	char copy[PATH_MAX];
 	snprintf(copy, sizeof(copy), "%s", file);
 	char dst[PATH_MAX];
-	if (snprintf(dst, sizeof(dst), "%s/%s", bin, basename(copy)) >= (int)sizeof(dst))
-		return hm_err_set(err, ENAMETOOLONG, "%s/%s", bin, basename(copy));
-	/* rename() in copy_file replaces a busybox applet link of the same name instead of
-	 * writing through it into busybox */
-	if (copy_file(file, dst, 0755, err) < 0)
-		return -1;
+	if (snprintf(dst, sizeof(dst), "bin/%s", basename(copy)) >= (int)sizeof(dst))
+		return hm_err_set(err, ENAMETOOLONG, "%s", file);
+	/* the rename replaces a busybox applet link of the same name instead of writing
+	 * through it into busybox */
+	if (rt_rootfs_install(root, dst, in, NULL, 0, 0755, err) < 0)
+		return hm_err_prefix(err, "rootfs %s", rootfs);
 	if (elf_is_dynamic(file))
 		hm_warn("%s is dynamically linked: it needs its libraries inside the rootfs", file);
 	return 0;

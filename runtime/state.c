@@ -6,12 +6,14 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
 #include "runtime/internal.h"
 
 #define MONITOR_START_KEY "monitor_start"
+#define RT_STATE_LOCK RT_RUN_DIR "/pods.lock"
 
 bool rt_name_valid(const char *name)
 {
@@ -82,6 +84,23 @@ static int ensure_state_root(struct hm_err *err)
 	return 0;
 }
 
+int rt_state_lock(struct hm_err *err)
+{
+	if (ensure_state_root(err) < 0)
+		return -1;
+	int fd = open(RT_STATE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return hm_err_errno(err, "open %s", RT_STATE_LOCK);
+	while (flock(fd, LOCK_EX) < 0) {
+		if (errno != EINTR) {
+			hm_err_errno(err, "lock %s", RT_STATE_LOCK);
+			close(fd);
+			return -1;
+		}
+	}
+	return fd;
+}
+
 static int write_value_at(const char *dir, const char *key, const char *value, struct hm_err *err)
 {
 	char path[PATH_MAX], tmp[PATH_MAX];
@@ -131,6 +150,41 @@ int rt_state_read(const char *name, const char *key, char *buf, size_t len, stru
 	return 0;
 }
 
+/* Rename the complete hidden directory tmp to final, the pod's name, unless taken. */
+static int publish_state_dir(const char *name, const char *tmp, const char *final,
+			     struct hm_err *err)
+{
+	/* taking the name is serialized with removing a dead pod of that name */
+	hm_autofd lock = rt_state_lock(err);
+	if (lock < 0) {
+		hm_rm_rf(tmp, NULL);
+		return -1;
+	}
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_NOREPLACE) == 0)
+		return 0;
+	int e = errno;
+	hm_rm_rf(tmp, NULL);
+	if (e == EEXIST || e == ENOTEMPTY)
+		return hm_err_plain(err, EEXIST, "pod %s already exists", name);
+	if (e != EINVAL)
+		return hm_err_set(err, e, "create state %s", final);
+	/* a file system without RENAME_NOREPLACE: mkdir is atomic too, only the directory
+	 * is briefly empty */
+	if (mkdir(final, 0700) < 0) {
+		if (errno == EEXIST)
+			return hm_err_plain(err, EEXIST, "pod %s already exists", name);
+		return hm_err_errno(err, "mkdir %s", final);
+	}
+	char value[32];
+	snprintf(value, sizeof(value), "%d", (int)getpid());
+	if (rt_state_write(name, "monitor_pid", value, err) < 0 ||
+	    rt_state_write(name, "status", "created", err) < 0) {
+		hm_rm_rf(final, NULL);
+		return -1;
+	}
+	return 0;
+}
+
 int rt_state_create(const char *name, struct hm_err *err)
 {
 	if (!rt_name_valid(name)) {
@@ -162,30 +216,7 @@ int rt_state_create(const char *name, struct hm_err *err)
 	}
 	if (write_value_at(tmp, "status", "created", err) < 0)
 		goto fail;
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_NOREPLACE) < 0) {
-		if (errno == EEXIST || errno == ENOTEMPTY) {
-			hm_rm_rf(tmp, NULL);
-			return hm_err_plain(err, EEXIST, "pod %s already exists", name);
-		}
-		if (errno != EINVAL)
-			goto fail_errno;
-		/* a file system without RENAME_NOREPLACE: mkdir is atomic too, only the
-		 * directory is briefly empty */
-		hm_rm_rf(tmp, NULL);
-		if (mkdir(final, 0700) < 0) {
-			if (errno == EEXIST) {
-				return hm_err_plain(err, EEXIST, "pod %s already exists", name);
-			}
-			return hm_err_errno(err, "mkdir %s", final);
-		}
-		snprintf(value, sizeof(value), "%d", (int)getpid());
-		if (rt_state_write(name, "monitor_pid", value, err) < 0 ||
-		    rt_state_write(name, "status", "created", err) < 0) {
-			hm_rm_rf(final, NULL);
-			return -1;
-		}
-	}
-	return 0;
+	return publish_state_dir(name, tmp, final, err);
 
 fail_errno:
 	hm_err_errno(err, "create state %s", tmp);

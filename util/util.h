@@ -86,6 +86,12 @@ int hm_read_fd(int fd, size_t size_hint, size_t max, const char *what, char **ou
 int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err);
 int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err);
 int hm_mkdir_p(const char *path, mode_t mode, struct hm_err *err);
+/* openat2(dirfd, path, flags | O_CLOEXEC, mode, resolve) with RESOLVE_* flags
+ * (<linux/openat2.h>), retried on the EAGAIN of RESOLVE_IN_ROOT/RESOLVE_BENEATH. mode
+ * counts only with O_CREAT or O_TMPFILE. Returns the fd, or < 0 with err->code the errno
+ * (ENOSYS before Linux 5.6) and the message "PATH: strerror". */
+int hm_openat2(int dirfd, const char *path, int flags, mode_t mode, uint64_t resolve,
+	       struct hm_err *err);
 /* Remove a directory tree (does not cross mount points). Missing path is success. */
 int hm_rm_rf(const char *path, struct hm_err *err);
 
