@@ -249,7 +249,11 @@ void hm_env_opts_from_config(const struct hm_trace_config *c, struct hm_env_opts
 int hm_env_build(const struct hm_env_opts *o, char *const remote[], char *const local[],
 		 char ***out, struct hm_err *err);
 void hm_env_free(char **env);
-/* True for PATH, HOME and the other names kept local unless included by name. */
-bool hm_env_local_by_default(const char *name, size_t len);
+/* PATH, HOME...: this machine's installation; and everything hm_env_never_imported says */
+bool hm_env_local_by_default(const char *name);
+/* Variables that make a local program load or run code (LD_*, BASH_ENV, ENV,
+ * PYTHONSTARTUP, NODE_OPTIONS...): never taken from the pod unless include names them
+ * exactly (not by a glob) or an override sets them. */
+bool hm_env_never_imported(const char *name);
 
 #endif

@@ -66,6 +66,50 @@ test_exit_status_kept() {
 	done
 }
 
+# A pod whose environment would run the pod's code on this machine: LD_AUDIT and
+# LD_PRELOAD name a library only the pod has (served by trace-run like any pod file, and
+# not named *.so, which would stay local), BASH_ENV a script only the pod has. Each
+# leaves a marker on the host when it runs.
+test_env_code_not_imported() {
+	local pod marker="$HD/pod-code-ran" out
+	pod=$(pod_name envx)
+	on_exit pod_cleanup "$pod"
+	mkdir -p "$FX_ROOTFS/srv/evil"
+	printf '#include <fcntl.h>\n#include <unistd.h>\n
+		static void mark(void) { close(open("%s", O_CREAT | O_WRONLY | O_CLOEXEC, 0644)); }
+		__attribute__((constructor)) static void on_load(void) { mark(); }
+		unsigned int la_version(unsigned int v) { mark(); return v; }\n' "$marker" >"$HD/evil.c"
+	cc -shared -fPIC -o "$FX_ROOTFS/srv/evil/audit.lib" "$HD/evil.c" || fail "cannot build the library"
+	printf 'touch %s\n' "$marker" >"$FX_ROOTFS/srv/evil/bashenv"
+	[ ! -e /srv/evil ] || fail "the host has a /srv/evil: the check proves nothing"
+	tp run -d --name "$pod" --rootfs "$FX_ROOTFS" --env LD_AUDIT=/srv/evil/audit.lib \
+		--env LD_PRELOAD=/srv/evil/audit.lib --env BASH_ENV=/srv/evil/bashenv \
+		--env ENV=/srv/evil/bashenv --env PYTHONSTARTUP=/srv/evil/bashenv \
+		--env HARMLESS=pod-value -- sleep 100000 </dev/null >/dev/null
+	local run=("$TRACE_RUN" --agent-unix "$FX_SOCK" --token-file "$FX_TOKEN_FILE" --target "pod/$pod")
+
+	out=$(timeout 30 "${run[@]}" -- /usr/bin/env) || fail "env failed under trace-run: $out"
+	assert_contains "$out" "HARMLESS=pod-value" "the pod's ordinary variables"
+	local v
+	for v in LD_AUDIT LD_PRELOAD BASH_ENV ENV PYTHONSTARTUP; do
+		! grep -q "^$v=" <<<"$out" || fail "$v was imported: $(grep "^$v=" <<<"$out")"
+	done
+	out=$(timeout 30 "${run[@]}" -- bash -c 'id -u; echo bash ran') || fail "bash failed: $out"
+	assert_contains "$out" "bash ran"
+	[ ! -e "$marker" ] || fail "the pod's code ran on the host"
+
+	# the attack is real: named exactly, BASH_ENV comes in and the pod's script runs
+	out=$(timeout 30 "${run[@]}" --env-include BASH_ENV -- bash -c 'echo bash ran') ||
+		fail "bash failed: $out"
+	[ -e "$marker" ] || fail "an explicitly included BASH_ENV did not apply"
+	rm -f "$marker"
+	# and so does the loader's, given with -e
+	out=$(timeout 30 "${run[@]}" -e LD_AUDIT=/srv/evil/audit.lib -- /usr/bin/true) ||
+		fail "true failed: $out"
+	[ -e "$marker" ] || fail "-e LD_AUDIT did not apply"
+}
+
 run_test "hardening: kill -9 of trace-run kills the program's tree (seccomp)" test_kill9_seccomp
 run_test "hardening: kill -9 of trace-run kills the program's tree (ptrace)" test_kill9_ptrace
 run_test "hardening: exit statuses through the guard" test_exit_status_kept
+run_test "hardening: loader/shell start-up variables are not imported" test_env_code_not_imported

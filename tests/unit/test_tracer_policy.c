@@ -1379,9 +1379,58 @@ static void test_env_include_exclude(void **state)
 	assert_string_equal(env_get(env, "PATH"), "/usr/bin");
 	assert_null(env_get(env, "HOSTNAME"));
 	hm_env_free(env);
-	assert_true(hm_env_local_by_default("PATH", 4));
-	assert_false(hm_env_local_by_default("PATHX", 5));
-	assert_false(hm_env_local_by_default("PAT", 3));
+	assert_true(hm_env_local_by_default("PATH"));
+	assert_false(hm_env_local_by_default("PATHX"));
+	assert_false(hm_env_local_by_default("PAT"));
+}
+
+/* Variables that make a local program run code never come from the pod: the pod's
+ * LD_AUDIT names a library in the pod that trace-run would serve to the local loader. */
+static void test_env_never_imported(void **state)
+{
+	(void)state;
+	static const char *const code_loading[] = {
+	    "LD_AUDIT",	     "LD_PRELOAD",	"LD_LIBRARY_PATH", "LD_DEBUG_OUTPUT", "GCONV_PATH",
+	    "GLIBC_TUNABLES", "BASH_ENV",	"ENV",		   "BASH_FUNC_ls%%",  "PS4",
+	    "SHELLOPTS",      "PYTHONSTARTUP",	"PYTHONPATH",	   "PYTHONHOME",      "PERL5OPT",
+	    "PERL5LIB",	     "RUBYOPT",		"NODE_OPTIONS",	   "JAVA_TOOL_OPTIONS", "LUA_INIT_5_4",
+	    "OPENSSL_CONF",   "HOSTALIASES",	"LOCPATH",	   "NLSPATH",	      "DYLD_INSERT_LIBRARIES",
+	};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(code_loading); i++) {
+		if (!hm_env_never_imported(code_loading[i]))
+			fail_msg("%s is imported", code_loading[i]);
+		assert_true(hm_env_local_by_default(code_loading[i]));
+	}
+	/* ordinary settings, even look-alikes, still come from the pod */
+	static const char *const settings[] = {"LDAP_URI", "ENVIRONMENT", "APP_ENV", "PYTHONUNBUFFERED",
+					       "NODE_ENV", "LANG", "TZ", "BASH", "MY_LD_AUDIT"};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(settings); i++)
+		if (hm_env_never_imported(settings[i]))
+			fail_msg("%s is not imported", settings[i]);
+
+	char *const pod[] = {"LD_AUDIT=/lib/evil.so", "LD_PRELOAD=/pod/lib.so", "BASH_ENV=/tmp/x",
+			     "ENV=/tmp/x", "PYTHONSTARTUP=/pod/s.py", "GCONV_PATH=/pod/gconv",
+			     "BASH_FUNC_ls%%=() { evil; }", "APP=1", NULL};
+	char *const local[] = {"LD_LIBRARY_PATH=/opt/mine", NULL};
+	/* every glob, even "*" and "LD_*", lets none of them in */
+	char **env = build_env("*;LD_*;BASH_*;PYTHON*", NULL, NULL, true, pod, local);
+	assert_string_equal(env_get(env, "APP"), "1");
+	assert_null(env_get(env, "LD_AUDIT"));
+	assert_null(env_get(env, "LD_PRELOAD"));
+	assert_null(env_get(env, "BASH_ENV"));
+	assert_null(env_get(env, "ENV"));
+	assert_null(env_get(env, "PYTHONSTARTUP"));
+	assert_null(env_get(env, "GCONV_PATH"));
+	assert_null(env_get(env, "BASH_FUNC_ls%%"));
+	assert_string_equal(env_get(env, "LD_LIBRARY_PATH"), "/opt/mine"); /* the local one stays */
+	hm_env_free(env);
+	/* naming one exactly lets that one in; an override sets one whatever the pod says */
+	static const char *const ov[] = {"BASH_ENV=/home/dev/.bashenv", NULL};
+	env = build_env("APP;LD_AUDIT", NULL, ov, true, pod, local);
+	assert_string_equal(env_get(env, "LD_AUDIT"), "/lib/evil.so");
+	assert_null(env_get(env, "LD_PRELOAD"));
+	assert_string_equal(env_get(env, "BASH_ENV"), "/home/dev/.bashenv");
+	hm_env_free(env);
 }
 
 static void test_env_overrides_and_off(void **state)
@@ -1459,6 +1508,7 @@ int main(void)
 	    cmocka_unit_test(test_env_default),
 	    cmocka_unit_test(test_env_include_exclude),
 	    cmocka_unit_test(test_env_overrides_and_off),
+	    cmocka_unit_test(test_env_never_imported),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
