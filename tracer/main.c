@@ -35,6 +35,8 @@ static const char usage[] =
     "  --backend B         seccomp (user notification, Linux 5.9+), ptrace (slower, for\n"
     "                      older kernels) or auto (default: the best the kernel offers)\n"
     "  --fs-mode M         read (default), write, local or localwithoverrides\n"
+    "  --max-file-size S   largest remote file the program may open (default 1G; k, M, G\n"
+    "                      suffixes); a larger one fails with EFBIG\n"
     "  --env-include G     import only the target's variables matching glob G (repeatable;\n"
     "                      LD_*, BASH_ENV, ENV, PYTHONSTARTUP and other variables that\n"
     "                      load code are only imported when G names them exactly)\n"
@@ -111,6 +113,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 		OPT_TOKEN_FILE,
 		OPT_BACKEND,
 		OPT_FS_MODE,
+		OPT_MAX_FILE_SIZE,
 		OPT_ENV_INCLUDE,
 		OPT_ENV_EXCLUDE,
 	};
@@ -122,6 +125,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 	    {"config", required_argument, NULL, 'f'},
 	    {"backend", required_argument, NULL, OPT_BACKEND},
 	    {"fs-mode", required_argument, NULL, OPT_FS_MODE},
+	    {"max-file-size", required_argument, NULL, OPT_MAX_FILE_SIZE},
 	    {"env-include", required_argument, NULL, OPT_ENV_INCLUDE},
 	    {"env-exclude", required_argument, NULL, OPT_ENV_EXCLUDE},
 	    {"env", required_argument, NULL, 'e'},
@@ -168,6 +172,14 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
 						   "--fs-mode '%s': expected read, write, local or "
 						   "localwithoverrides",
+						   optarg);
+			break;
+		case OPT_MAX_FILE_SIZE:
+			if (hm_parse_size(optarg, &c->feature.fs.max_file_size) < 0 ||
+			    !c->feature.fs.max_file_size)
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+						   "--max-file-size '%s': expected bytes, or a number "
+						   "with k, M or G",
 						   optarg);
 			break;
 		case OPT_ENV_INCLUDE:

@@ -81,6 +81,7 @@ struct hm_trace_config {
 		struct {
 			enum hm_fs_mode mode;
 			struct hm_strv read_only, read_write, local, not_found; /* PCRE2 */
+			uint64_t max_file_size; /* bytes; 0: unset (HM_FS_MAX_FILE_DEFAULT) */
 		} fs;
 		struct {
 			struct {
@@ -92,6 +93,9 @@ struct hm_trace_config {
 		} network;
 	} feature;
 };
+
+/* feature.fs.max_file_size when unset: the agent's own default cap */
+#define HM_FS_MAX_FILE_DEFAULT (1ULL << 30)
 
 void hm_config_init(struct hm_trace_config *c);
 void hm_config_free(struct hm_trace_config *c); /* leaves c initialized (empty) */

@@ -109,7 +109,81 @@ test_env_code_not_imported() {
 	[ -e "$marker" ] || fail "-e LD_AUDIT did not apply"
 }
 
+# opens PATH three times (the last after the marker file FLAG appears, if given) and
+# prints per open: errno or "ok", the memfd's local inode, the content's sha256
+OPEN_PROBE='
+import hashlib, os, sys, time
+path, flag = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None
+for i in range(3):
+    if i == 2 and flag:
+        open(flag, "w").close()
+        while os.path.exists(flag):
+            time.sleep(0.05)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        print("open", i, "errno", e.errno)
+        continue
+    ino = os.stat("/proc/self/fd/%d" % fd).st_ino  # /proc is local: the memfd itself
+    data = os.pread(fd, 64 << 20, 0)
+    print("open", i, "ok", ino, hashlib.sha256(data).hexdigest())
+    time.sleep(0.1)  # past the 5 ms cache of repeated opens
+'
+
+# A remote file over feature.fs.max_file_size is not read: the open fails with EFBIG
+# and trace-run says which setting refused it, once, on its own stderr.
+test_max_file_size() {
+	mkdir -p "$FX_ROOTFS/srv/big"
+	head -c $((3 << 20)) /dev/urandom >"$FX_ROOTFS/srv/big/3m.bin"
+	local out
+	out=$(trun --max-file-size 2M -- python3 -c "$OPEN_PROBE" /srv/big/3m.bin 2>"$HD/err") ||
+		fail "the probe failed: $out $(cat "$HD/err")"
+	cat "$HD/err"
+	echo "$out"
+	assert_eq 3 "$(grep -c 'errno 27$' <<<"$out")" "opens failing with EFBIG (27)"
+	grep -q 'trace-run warn: open /srv/big/3m.bin: .*EFBIG.*max_file_size' "$HD/err" ||
+		fail "no trace-run line naming max_file_size: $(cat "$HD/err")"
+	assert_eq 1 "$(wc -l <"$HD/err")" "lines on stderr for three opens"
+	# the config key does the same; the limit lets smaller files through
+	printf '{"feature": {"fs": {"max_file_size": "2M"}}}\n' >"$HD/max.json"
+	out=$(trun -f "$HD/max.json" -- python3 -c "$OPEN_PROBE" /srv/big/3m.bin 2>/dev/null)
+	assert_eq 3 "$(grep -c 'errno 27$' <<<"$out")" "opens failing with EFBIG (config key)"
+	out=$(trun --max-file-size 4M -- python3 -c "$OPEN_PROBE" /srv/big/3m.bin 2>/dev/null)
+	assert_eq 3 "$(grep -c ' ok ' <<<"$out")" "opens under a 4M limit"
+}
+
+# Two opens of a big unchanged file share one copy (the same memfd inode) with the same
+# content as the pod's file; once the file changes in the pod, the next open reads the
+# new version.
+test_big_file_shared() {
+	mkdir -p "$FX_ROOTFS/srv/big"
+	local file="$FX_ROOTFS/srv/big/16m.bin" flag="$HD/changed" out want new
+	head -c $((16 << 20)) /dev/urandom >"$file"
+	want=$(sha256sum "$file" | cut -d' ' -f1)
+	rm -f "$flag"
+	trun -- python3 -c "$OPEN_PROBE" /srv/big/16m.bin "$flag" >"$HD/out" 2>"$HD/err" &
+	local tr=$!
+	wait_until 300 test -e "$flag" || fail "the probe did not get to its third open"
+	head -c $((16 << 20)) /dev/urandom >"$file.new"
+	mv "$file.new" "$file"
+	new=$(sha256sum "$file" | cut -d' ' -f1)
+	rm -f "$flag"
+	wait "$tr" || fail "the probe failed: $(cat "$HD/err")"
+	cat "$HD/out"
+	local -a o0 o1 o2
+	read -ra o0 < <(sed -n 1p "$HD/out")
+	read -ra o1 < <(sed -n 2p "$HD/out")
+	read -ra o2 < <(sed -n 3p "$HD/out")
+	assert_eq "$want" "${o0[4]}" "content of the first open"
+	assert_eq "$want" "${o1[4]}" "content of the second open"
+	assert_eq "${o0[3]}" "${o1[3]}" "memfd inode of the two opens (one shared copy)"
+	assert_eq "$new" "${o2[4]}" "content after the pod's file changed"
+	[ "${o2[3]}" != "${o0[3]}" ] || fail "the changed file was served from the old copy"
+}
+
 run_test "hardening: kill -9 of trace-run kills the program's tree (seccomp)" test_kill9_seccomp
 run_test "hardening: kill -9 of trace-run kills the program's tree (ptrace)" test_kill9_ptrace
 run_test "hardening: exit statuses through the guard" test_exit_status_kept
 run_test "hardening: loader/shell start-up variables are not imported" test_env_code_not_imported
+run_test "hardening: remote files over max_file_size fail with EFBIG, with one line" test_max_file_size
+run_test "hardening: big remote files are shared between opens while unchanged" test_big_file_shared

@@ -68,6 +68,7 @@ static void test_config_example_loads(void **state)
 	assert_int_equal(c.feature.fs.read_write.len, 1);
 	assert_int_equal(c.feature.fs.local.len, 1);
 	assert_int_equal(c.feature.fs.not_found.len, 1);
+	assert_int_equal(c.feature.fs.max_file_size, 512ull << 20);
 	assert_int_equal(c.feature.network.outgoing.tcp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.udp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.filter_kind, HM_NET_FILTER_REMOTE);
@@ -108,11 +109,38 @@ static void test_config_defaults(void **state)
 	assert_int_equal(c.feature.env.enabled, HM_TRI_TRUE);
 	assert_int_equal(c.feature.env.include.len, 0);
 	assert_int_equal(c.feature.fs.mode, HM_FS_MODE_READ);
+	assert_int_equal(c.feature.fs.max_file_size, HM_FS_MAX_FILE_DEFAULT);
 	assert_int_equal(c.feature.network.outgoing.tcp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.udp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.filter_kind, HM_NET_FILTER_NONE);
 	assert_int_equal(c.feature.network.dns, HM_TRI_TRUE);
 	hm_config_free(&c);
+}
+
+static void test_config_max_file_size(void **state)
+{
+	(void)state;
+	struct hm_trace_config c;
+	struct hm_err err = {0};
+	assert_int_equal(load(&c, "{\"feature\": {\"fs\": {\"max_file_size\": 1000}}}", &err), 0);
+	assert_int_equal(c.feature.fs.max_file_size, 1000);
+	hm_config_free(&c);
+	assert_int_equal(load(&c, "{\"feature\": {\"fs\": {\"max_file_size\": \"2G\"}}}", &err), 0);
+	assert_int_equal(c.feature.fs.max_file_size, 2ull << 30);
+	/* a flag wins over the file */
+	struct hm_trace_config flags;
+	hm_config_init(&flags);
+	flags.feature.fs.max_file_size = 4096;
+	assert_int_equal(hm_config_merge(&c, &flags, &err), 0);
+	assert_int_equal(c.feature.fs.max_file_size, 4096);
+	hm_config_free(&flags);
+	hm_config_free(&c);
+	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": 0}}}",
+			  "feature.fs.max_file_size: must be a positive number of bytes");
+	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": \"12x\"}}}",
+			  "feature.fs.max_file_size: bad size \"12x\"");
+	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": true}}}",
+			  "feature.fs.max_file_size: expected a number or a size string, got boolean");
 }
 
 static void test_config_unknown_keys(void **state)
@@ -123,7 +151,7 @@ static void test_config_unknown_keys(void **state)
 	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
 			  "unknown key feature.fs.mdoe");
 	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
-			  "(known here: mode, read_only, read_write, local, not_found)");
+			  "(known here: mode, read_only, read_write, local, not_found, max_file_size)");
 	expect_load_error("{\"feature\": {\"env\": {\"includes\": []}}}",
 			  "unknown key feature.env.includes");
 	expect_load_error("{\"feature\": {\"network\": {\"dsn\": true}}}",
@@ -1509,6 +1537,7 @@ int main(void)
 	    cmocka_unit_test(test_env_include_exclude),
 	    cmocka_unit_test(test_env_overrides_and_off),
 	    cmocka_unit_test(test_env_never_imported),
+	    cmocka_unit_test(test_config_max_file_size),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
