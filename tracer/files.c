@@ -275,6 +275,11 @@ int files_node_stat(struct files *f, struct files_node *n, const struct stat *ls
 
 int files_agent_errno(struct files *f, const char *op, const char *path, const struct hm_err *err)
 {
+	int lost_errno;
+	if (err->code != EFBIG && trace_session_lost(f->s, &lost_errno)) {
+		hm_debug("%s %s: %s", op, path, err->msg);
+		return lost_errno;
+	}
 	switch (err->code) {
 	case 0:
 	case ECONNRESET:

@@ -115,8 +115,7 @@ struct files {
 	uint64_t shared_bytes;
 	unsigned long shared_hits;
 	uint64_t max_file_size; /* feature.fs.max_file_size: larger files fail with EFBIG */
-	uint64_t warned_too_big[16]; /* hashes of the paths already reported as too big */
-	unsigned warned_too_big_next;
+	struct tracer_once warned_too_big; /* files over max_file_size, reported once each */
 	unsigned undo_next;
 	bool warned_agent;
 	unsigned long remote_ops;

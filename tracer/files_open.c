@@ -219,13 +219,8 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 /* once per file: a program may retry an open in a loop */
 static void warn_too_big(struct files *f, const char *path, const struct hm_err *err)
 {
-	uint64_t h = 1469598103934665603ull; /* FNV-1a */
-	for (const char *p = path; *p; p++)
-		h = (h ^ (unsigned char)*p) * 1099511628211ull;
-	for (unsigned i = 0; i < HM_ARRAY_SIZE(f->warned_too_big); i++)
-		if (f->warned_too_big[i] == h)
-			return;
-	f->warned_too_big[f->warned_too_big_next++ % HM_ARRAY_SIZE(f->warned_too_big)] = h;
+	if (!tracer_once(&f->warned_too_big, path))
+		return;
 	hm_warn("open %s: over the size limit, the program gets EFBIG; raise "
 		"feature.fs.max_file_size / --max-file-size (now %llu bytes), and the agent's "
 		"--max-file-size if it is lower (%s)",

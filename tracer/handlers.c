@@ -34,6 +34,8 @@ int tracer_set_handler_if_arg(struct tracer *t, int nr, int arg, tracer_handler_
 struct tracer_result tracer_dispatch(struct tracer *t, const struct tracer_call *call)
 {
 	t->stats.calls++;
+	if (call->nr == SYS_execve || call->nr == SYS_execveat)
+		tracer_exec_check(t, call);
 	if (call->nr < 0 || call->nr >= TRACER_NR_MAX || !t->handlers[call->nr].fn)
 		return tracer_continue();
 	struct tracer_result res = t->handlers[call->nr].fn(call, t->handlers[call->nr].data);
@@ -78,7 +80,9 @@ static struct tracer_result handle_seccomp(const struct tracer_call *call, void 
 
 int tracer_register_builtin(struct tracer *t, struct hm_err *err)
 {
-	return tracer_set_handler(t, SYS_seccomp, handle_seccomp, NULL, err);
+	if (tracer_set_handler(t, SYS_seccomp, handle_seccomp, NULL, err) < 0)
+		return -1;
+	return tracer_exec_check_register(t, err);
 }
 
 /* ---- deferred calls ---- */

@@ -211,6 +211,14 @@ struct tracer_deferred {
 	struct user_regs_struct regs; /* ptrace: the thread's registers at its seccomp stop */
 };
 
+/* once.c: a small memory of keys already reported */
+struct tracer_once {
+	uint64_t seen[32];
+	unsigned next;
+};
+/* true the first time key is seen (of the last 32) */
+bool tracer_once(struct tracer_once *o, const char *key);
+
 struct tracer {
 	enum tracer_backend backend;
 	struct tracer_features features;
@@ -235,6 +243,7 @@ struct tracer {
 	struct tracer_stats stats;
 	struct tracer_deferred *deferred;
 	size_t n_deferred, cap_deferred;
+	struct tracer_once warned_exec; /* exec_check.c */
 };
 
 /* probe.c */
@@ -269,6 +278,12 @@ size_t tracer_defer_take_ready(struct tracer *t, const struct pollfd *pfd, size_
  * NULL), cancelling each. */
 void tracer_defer_drop(struct tracer *t, bool (*gone)(const struct tracer_call *call, void *arg),
 		       void *arg);
+
+/* exec_check.c: intercept execve/execveat (CONTINUE) and, from the dispatcher whatever
+ * handler is registered for them later, say once per program that a setuid / setgid /
+ * file-capability program gains nothing under no_new_privs */
+int tracer_exec_check_register(struct tracer *t, struct hm_err *err);
+void tracer_exec_check(struct tracer *t, const struct tracer_call *call);
 
 /* launch.c: fork the program with the filter in place. seccomp: t->listener is set
  * on return; ptrace: the child is seized and will stop at its exec. */

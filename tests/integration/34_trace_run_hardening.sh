@@ -181,9 +181,106 @@ test_big_file_shared() {
 	[ "${o2[3]}" != "${o0[3]}" ] || fail "the changed file was served from the old copy"
 }
 
+# Opens two pod files and connects twice to svc, before and after FLAG is removed (the
+# test takes the pod or the agent away meanwhile); one line per attempt with the errno.
+SESSION_PROBE='
+import os, socket, sys, time
+flag, host = sys.argv[1], sys.argv[2]
+def attempt(tag):
+    for path in ("/srv/web/message.txt", "/srv/web/index.html"):
+        try:
+            open(path).read()
+            print(tag, "open ok")
+        except OSError as e:
+            print(tag, "open errno", e.errno)
+    for i in range(2):
+        s = socket.socket()
+        s.settimeout(10)
+        try:
+            s.connect((host, 8080))
+            print(tag, "connect ok")
+        except OSError as e:
+            print(tag, "connect errno", e.errno)
+        s.close()
+    sys.stdout.flush()
+attempt("before")
+open(flag, "w").close()
+while os.path.exists(flag):
+    time.sleep(0.05)
+attempt("after")
+'
+
+# session_probe AGENT-SOCK TOKEN TARGET BREAK-COMMAND...: runs SESSION_PROBE and breaks
+# the session with the command once the "before" round is done; output in $HD/out,
+# trace-run's stderr in $HD/err
+session_probe() {
+	local sock="$1" token="$2" target="$3" flag="$HD/flag" tr
+	shift 3
+	rm -f "$flag"
+	timeout 60 "$TRACE_RUN" --agent-unix "$sock" --token-file "$token" --target "$target" -- \
+		python3 -c "$SESSION_PROBE" "$flag" "$FX_SVC_IP" >"$HD/out" 2>"$HD/err" &
+	tr=$!
+	wait_until 300 test -e "$flag" || fail "the probe did not start: $(cat "$HD/err")"
+	"$@"
+	rm -f "$flag"
+	wait "$tr" || fail "trace-run failed: $(cat "$HD/err")"
+	cat "$HD/out" "$HD/err"
+	assert_eq 4 "$(grep -c '^before .* ok$' "$HD/out")" "calls that worked before"
+}
+
+# The target pod exits mid-session: file calls fail with ESRCH, connects with
+# ENETUNREACH, and trace-run says why in one line, once.
+test_target_exits_mid_session() {
+	local pod
+	pod=$(pod_name gone)
+	on_exit pod_cleanup "$pod"
+	tp run -d --name "$pod" --rootfs "$FX_ROOTFS" -- sleep 100000 </dev/null >/dev/null
+	session_probe "$FX_SOCK" "$FX_TOKEN_FILE" "pod/$pod" tp rm -f "$pod"
+	assert_eq 2 "$(grep -c '^after open errno 3$' "$HD/out")" "opens failing with ESRCH"
+	assert_eq 2 "$(grep -c '^after connect errno 101$' "$HD/out")" "connects failing with ENETUNREACH"
+	assert_eq 1 "$(wc -l <"$HD/err")" "lines from trace-run"
+	grep -q "^[0-9:.]* trace-run warn: session ended: target pod/$pod .*exited; .*ESRCH.*ENETUNREACH" "$HD/err" ||
+		fail "no line saying the target exited"
+}
+
+# The agent dies mid-session: file calls fail with EIO; connects with ENETUNREACH, not
+# with the ECONNRESET / ECONNREFUSED a server would give; one line says so.
+test_agent_dies_mid_session() {
+	agent_start "$HD" agent2
+	on_exit agent_stop "$HD" agent2
+	session_probe "$HD/agent2.sock" "$HD/token" "pod/$FX_WEB" kill -9 "$(agent_pid "$HD" agent2)"
+	assert_eq 2 "$(grep -c '^after open errno 5$' "$HD/out")" "opens failing with EIO"
+	assert_eq 2 "$(grep -c '^after connect errno 101$' "$HD/out")" "connects failing with ENETUNREACH"
+	assert_eq 1 "$(wc -l <"$HD/err")" "lines from trace-run"
+	grep -q "^[0-9:.]* trace-run warn: lost the agent (.*); .*EIO.*ENETUNREACH" "$HD/err" ||
+		fail "no line saying the agent is gone"
+}
+
+# A setuid program gains nothing under no_new_privs; trace-run says so once per program.
+test_setuid_explained() {
+	printf '#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf("euid %%d\\n", (int)geteuid()); return 0; }\n' >"$HD/euid.c"
+	cc -o "$HD/euid" "$HD/euid.c" || fail "cannot build the probe"
+	chmod 4755 "$HD/euid"
+	assert_eq "euid 0" "$(runuser -u nobody -- "$HD/euid")" "the setuid probe outside trace-run"
+	local b out
+	for b in seccomp ptrace; do
+		out=$(trun_nobody --backend "$b" -- sh -c "$HD/euid; $HD/euid; su -c true </dev/null; true" 2>"$HD/err")
+		cat "$HD/err"
+		assert_eq "euid 65534
+euid 65534" "$out" "$b: euid of the setuid probe under trace-run"
+		assert_eq 1 "$(grep -c "trace-run warn: $HD/euid is setuid, .*no_new_privs" "$HD/err")" \
+			"$b: lines explaining the probe"
+		assert_eq 1 "$(grep -c "trace-run warn: /[a-z/]*bin/su is setuid, .*no_new_privs" "$HD/err")" \
+			"$b: lines explaining su"
+	done
+}
+
 run_test "hardening: kill -9 of trace-run kills the program's tree (seccomp)" test_kill9_seccomp
 run_test "hardening: kill -9 of trace-run kills the program's tree (ptrace)" test_kill9_ptrace
 run_test "hardening: exit statuses through the guard" test_exit_status_kept
 run_test "hardening: loader/shell start-up variables are not imported" test_env_code_not_imported
 run_test "hardening: remote files over max_file_size fail with EFBIG, with one line" test_max_file_size
 run_test "hardening: big remote files are shared between opens while unchanged" test_big_file_shared
+run_test "hardening: the target exits mid-session: one line, ESRCH / ENETUNREACH" test_target_exits_mid_session
+run_test "hardening: the agent dies mid-session: one line, EIO / ENETUNREACH" test_agent_dies_mid_session
+run_test "hardening: a setuid program under trace-run: the no_new_privs line" test_setuid_explained
