@@ -136,6 +136,10 @@ __attribute__((noreturn)) static void guard_main(struct launch_child *c, int gua
 	}
 	/* only the program may hold the status socket: its EOF tells that exec worked */
 	close(c->sock);
+	/* nor may the guard keep trace-run's other fds (the agent connection...) alive */
+	if (guard_sock > 3)
+		syscall(SYS_close_range, 3, guard_sock - 1, 0);
+	syscall(SYS_close_range, guard_sock + 1, ~0U, 0);
 	tracer_guard_main(guard_sock, pid);
 }
 
