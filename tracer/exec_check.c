@@ -66,10 +66,11 @@ void tracer_exec_check(struct tracer *t, const struct tracer_call *call)
 	gid_t egid = 0;
 	if (!effective_ids(call->pid, &euid, &egid))
 		return;
-	const char *what = (st.st_mode & S_ISUID) && st.st_uid != euid   ? "setuid"
+	const char *what = (st.st_mode & S_ISUID) && st.st_uid != euid	 ? "setuid"
 			   : (st.st_mode & S_ISGID) && st.st_gid != egid ? "setgid"
-			   : getxattr(abs, "security.capability", NULL, 0) > 0 ? "given file capabilities"
-									       : NULL;
+			   : getxattr(abs, "security.capability", NULL, 0) > 0
+			       ? "given file capabilities"
+			       : NULL;
 	if (!what || !tracer_once(&t->warned_exec, abs))
 		return;
 	hm_warn("%s is %s, but programs under trace-run run with no_new_privs (required for the "

@@ -574,8 +574,8 @@ int trace_files_register(struct trace_session *s, struct hm_err *err)
 	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++)
 		f->shared[i].memfd = -1;
 	const struct hm_trace_config *c = &s->cfg;
-	f->max_file_size = c->feature.fs.max_file_size ? c->feature.fs.max_file_size
-						       : HM_FS_MAX_FILE_DEFAULT;
+	f->max_file_size =
+	    c->feature.fs.max_file_size ? c->feature.fs.max_file_size : HM_FS_MAX_FILE_DEFAULT;
 	f->writes = c->feature.fs.mode == HM_FS_MODE_WRITE ||
 		    (c->feature.fs.mode != HM_FS_MODE_LOCAL && c->feature.fs.read_write.len > 0);
 	s->files = f;

@@ -167,7 +167,8 @@ __attribute__((noreturn)) void tracer_guard_main(int sock, pid_t program)
 				guard_send(sock, GUARD_PROGRAM_STATUS, status);
 		if (pid < 0 && errno == ECHILD)
 			_exit(0); /* the program and everything it started are gone */
-		struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
+		struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN},
+					{.fd = sigfd, .events = POLLIN}};
 		/* without a signalfd, look for exited children every 100 ms */
 		int r = poll(pfd, sigfd >= 0 ? 2 : 1, sigfd >= 0 ? -1 : 100);
 		if (r > 0 && pfd[0].revents) {
@@ -183,7 +184,7 @@ __attribute__((noreturn)) void tracer_guard_main(int sock, pid_t program)
 	}
 }
 
-/* Drain the guard's messages; block only when wait_for_pid and no pid came yet. */
+/* Read the guard's messages; block (until the program's pid came) only when told to. */
 static int guard_read(struct tracer *t, bool block)
 {
 	while (t->guard_sock >= 0) {

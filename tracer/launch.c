@@ -2,9 +2,10 @@
  *
  * trace-run forks the guard (guard.c), which forks the program: the whole tree then
  * dies with trace-run. The program: dies with the guard (PR_SET_PDEATHSIG, checked
- * against the race with an early parent death), gets back the signal mask and SIGCHLD disposition trace-run had,
- * sets no_new_privs (what lets an ordinary user install a filter, and keeps setuid
- * programs from gaining privileges under it), installs the filter and execs.
+ * against the race with an early parent death), gets back the signal mask and SIGCHLD
+ * disposition trace-run had, sets no_new_privs (what lets an ordinary user install a
+ * filter, and keeps setuid programs from gaining privileges under it), installs the
+ * filter and execs.
  *  - seccomp: the filter comes with a listener (plus WAIT_KILLABLE_RECV when probed),
  *    handed to trace-run over a SOCK_SEQPACKET socketpair with SCM_RIGHTS before exec
  *    (the filter lets that one sendmsg through, see filter.c).

@@ -177,10 +177,11 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 		case OPT_MAX_FILE_SIZE:
 			if (hm_parse_size(optarg, &c->feature.fs.max_file_size) < 0 ||
 			    !c->feature.fs.max_file_size)
-				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
-						   "--max-file-size '%s': expected bytes, or a number "
-						   "with k, M or G",
-						   optarg);
+				return hm_cli_fail(
+				    PROG, TRACER_EXIT_FAILURE,
+				    "--max-file-size '%s': expected bytes, or a number "
+				    "with k, M or G",
+				    optarg);
 			break;
 		case OPT_ENV_INCLUDE:
 		case OPT_ENV_EXCLUDE: {

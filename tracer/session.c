@@ -47,9 +47,10 @@ bool trace_session_lost(struct trace_session *s, int *errno_for_files)
 	if (!s->lost_reported) {
 		s->lost_reported = true;
 		if (target_gone)
-			hm_warn("%s; from now on the program's remote files fail with ESRCH and its "
-				"connections through the pod with ENETUNREACH",
-				why.msg);
+			hm_warn(
+			    "%s; from now on the program's remote files fail with ESRCH and its "
+			    "connections through the pod with ENETUNREACH",
+			    why.msg);
 		else
 			hm_warn("lost the agent (%s); from now on the program's remote files fail "
 				"with EIO and its connections through the pod with ENETUNREACH",

@@ -139,8 +139,9 @@ static void test_config_max_file_size(void **state)
 			  "feature.fs.max_file_size: must be a positive number of bytes");
 	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": \"12x\"}}}",
 			  "feature.fs.max_file_size: bad size \"12x\"");
-	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": true}}}",
-			  "feature.fs.max_file_size: expected a number or a size string, got boolean");
+	expect_load_error(
+	    "{\"feature\": {\"fs\": {\"max_file_size\": true}}}",
+	    "feature.fs.max_file_size: expected a number or a size string, got boolean");
 }
 
 static void test_config_unknown_keys(void **state)
@@ -150,8 +151,9 @@ static void test_config_unknown_keys(void **state)
 	expect_load_error("{\"agent\": {\"port\": 1}}", "unknown key agent.port");
 	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
 			  "unknown key feature.fs.mdoe");
-	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
-			  "(known here: mode, read_only, read_write, local, not_found, max_file_size)");
+	expect_load_error(
+	    "{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
+	    "(known here: mode, read_only, read_write, local, not_found, max_file_size)");
 	expect_load_error("{\"feature\": {\"env\": {\"includes\": []}}}",
 			  "unknown key feature.env.includes");
 	expect_load_error("{\"feature\": {\"network\": {\"dsn\": true}}}",
@@ -1418,11 +1420,31 @@ static void test_env_never_imported(void **state)
 {
 	(void)state;
 	static const char *const code_loading[] = {
-	    "LD_AUDIT",	     "LD_PRELOAD",	"LD_LIBRARY_PATH", "LD_DEBUG_OUTPUT", "GCONV_PATH",
-	    "GLIBC_TUNABLES", "BASH_ENV",	"ENV",		   "BASH_FUNC_ls%%",  "PS4",
-	    "SHELLOPTS",      "PYTHONSTARTUP",	"PYTHONPATH",	   "PYTHONHOME",      "PERL5OPT",
-	    "PERL5LIB",	     "RUBYOPT",		"NODE_OPTIONS",	   "JAVA_TOOL_OPTIONS", "LUA_INIT_5_4",
-	    "OPENSSL_CONF",   "HOSTALIASES",	"LOCPATH",	   "NLSPATH",	      "DYLD_INSERT_LIBRARIES",
+	    "LD_AUDIT",
+	    "LD_PRELOAD",
+	    "LD_LIBRARY_PATH",
+	    "LD_DEBUG_OUTPUT",
+	    "GCONV_PATH",
+	    "GLIBC_TUNABLES",
+	    "BASH_ENV",
+	    "ENV",
+	    "BASH_FUNC_ls%%",
+	    "PS4",
+	    "SHELLOPTS",
+	    "PYTHONSTARTUP",
+	    "PYTHONPATH",
+	    "PYTHONHOME",
+	    "PERL5OPT",
+	    "PERL5LIB",
+	    "RUBYOPT",
+	    "NODE_OPTIONS",
+	    "JAVA_TOOL_OPTIONS",
+	    "LUA_INIT_5_4",
+	    "OPENSSL_CONF",
+	    "HOSTALIASES",
+	    "LOCPATH",
+	    "NLSPATH",
+	    "DYLD_INSERT_LIBRARIES",
 	};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(code_loading); i++) {
 		if (!hm_env_never_imported(code_loading[i]))
@@ -1430,15 +1452,22 @@ static void test_env_never_imported(void **state)
 		assert_true(hm_env_local_by_default(code_loading[i]));
 	}
 	/* ordinary settings, even look-alikes, still come from the pod */
-	static const char *const settings[] = {"LDAP_URI", "ENVIRONMENT", "APP_ENV", "PYTHONUNBUFFERED",
-					       "NODE_ENV", "LANG", "TZ", "BASH", "MY_LD_AUDIT"};
+	static const char *const settings[] = {
+	    "LDAP_URI", "ENVIRONMENT", "APP_ENV", "PYTHONUNBUFFERED", "NODE_ENV",
+	    "LANG",	"TZ",	       "BASH",	  "MY_LD_AUDIT"};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(settings); i++)
 		if (hm_env_never_imported(settings[i]))
 			fail_msg("%s is not imported", settings[i]);
 
-	char *const pod[] = {"LD_AUDIT=/lib/evil.so", "LD_PRELOAD=/pod/lib.so", "BASH_ENV=/tmp/x",
-			     "ENV=/tmp/x", "PYTHONSTARTUP=/pod/s.py", "GCONV_PATH=/pod/gconv",
-			     "BASH_FUNC_ls%%=() { evil; }", "APP=1", NULL};
+	char *const pod[] = {"LD_AUDIT=/lib/evil.so",
+			     "LD_PRELOAD=/pod/lib.so",
+			     "BASH_ENV=/tmp/x",
+			     "ENV=/tmp/x",
+			     "PYTHONSTARTUP=/pod/s.py",
+			     "GCONV_PATH=/pod/gconv",
+			     "BASH_FUNC_ls%%=() { evil; }",
+			     "APP=1",
+			     NULL};
 	char *const local[] = {"LD_LIBRARY_PATH=/opt/mine", NULL};
 	/* every glob, even "*" and "LD_*", lets none of them in */
 	char **env = build_env("*;LD_*;BASH_*;PYTHON*", NULL, NULL, true, pod, local);
