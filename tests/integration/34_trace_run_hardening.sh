@@ -181,8 +181,9 @@ test_big_file_shared() {
 	[ "${o2[3]}" != "${o0[3]}" ] || fail "the changed file was served from the old copy"
 }
 
-# Opens two pod files and connects twice to svc, before and after FLAG is removed (the
-# test takes the pod or the agent away meanwhile); one line per attempt with the errno.
+# Opens two pod files, connects twice to svc and sends a datagram, before and after FLAG
+# is removed (the test takes the pod or the agent away meanwhile); one line per attempt
+# with the errno.
 SESSION_PROBE='
 import os, socket, sys, time
 flag, host = sys.argv[1], sys.argv[2]
@@ -202,6 +203,13 @@ def attempt(tag):
         except OSError as e:
             print(tag, "connect errno", e.errno)
         s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.sendto(b"x", (host, 9))
+        print(tag, "udp ok")
+    except OSError as e:
+        print(tag, "udp errno", e.errno)
+    u.close()
     sys.stdout.flush()
 attempt("before")
 open(flag, "w").close()
@@ -225,7 +233,7 @@ session_probe() {
 	rm -f "$flag"
 	wait "$tr" || fail "trace-run failed: $(cat "$HD/err")"
 	cat "$HD/out" "$HD/err"
-	assert_eq 4 "$(grep -c '^before .* ok$' "$HD/out")" "calls that worked before"
+	assert_eq 5 "$(grep -c '^before .* ok$' "$HD/out")" "calls that worked before"
 }
 
 # The target pod exits mid-session: file calls fail with ESRCH, connects with
@@ -238,6 +246,7 @@ test_target_exits_mid_session() {
 	session_probe "$FX_SOCK" "$FX_TOKEN_FILE" "pod/$pod" tp rm -f "$pod"
 	assert_eq 2 "$(grep -c '^after open errno 3$' "$HD/out")" "opens failing with ESRCH"
 	assert_eq 2 "$(grep -c '^after connect errno 101$' "$HD/out")" "connects failing with ENETUNREACH"
+	assert_eq 1 "$(grep -c '^after udp errno 101$' "$HD/out")" "datagrams failing with ENETUNREACH"
 	assert_eq 1 "$(wc -l <"$HD/err")" "lines from trace-run"
 	grep -q "^[0-9:.]* trace-run warn: session ended: target pod/$pod .*exited; .*ESRCH.*ENETUNREACH" "$HD/err" ||
 		fail "no line saying the target exited"
@@ -251,6 +260,7 @@ test_agent_dies_mid_session() {
 	session_probe "$HD/agent2.sock" "$HD/token" "pod/$FX_WEB" kill -9 "$(agent_pid "$HD" agent2)"
 	assert_eq 2 "$(grep -c '^after open errno 5$' "$HD/out")" "opens failing with EIO"
 	assert_eq 2 "$(grep -c '^after connect errno 101$' "$HD/out")" "connects failing with ENETUNREACH"
+	assert_eq 1 "$(grep -c '^after udp errno 101$' "$HD/out")" "datagrams failing with ENETUNREACH"
 	assert_eq 1 "$(wc -l <"$HD/err")" "lines from trace-run"
 	grep -q "^[0-9:.]* trace-run warn: lost the agent (.*); .*EIO.*ENETUNREACH" "$HD/err" ||
 		fail "no line saying the agent is gone"
