@@ -85,6 +85,31 @@ int tracer_register_builtin(struct tracer *t, struct hm_err *err)
 	return tracer_exec_check_register(t, err);
 }
 
+/* ---- the watched fd ---- */
+
+void tracer_watch_fd(struct tracer *t, int fd, void (*fn)(void *arg), void *arg)
+{
+	t->watch_fd = fd;
+	t->watch_fn = fn;
+	t->watch_arg = arg;
+}
+
+size_t tracer_watch_pollfd(const struct tracer *t, struct pollfd *pfd)
+{
+	if (t->watch_fd < 0)
+		return 0;
+	*pfd = (struct pollfd){.fd = t->watch_fd, .events = POLLIN};
+	return 1;
+}
+
+void tracer_watch_check(struct tracer *t, const struct pollfd *pfd, size_t n)
+{
+	if (n == 0 || !pfd->revents)
+		return;
+	t->watch_fd = -1; /* once: it stays readable */
+	t->watch_fn(t->watch_arg);
+}
+
 /* ---- deferred calls ---- */
 
 int tracer_defer_add(struct tracer *t, const struct tracer_call *call,

@@ -138,6 +138,11 @@ int tracer_set_handler(struct tracer *t, int nr, tracer_handler_fn fn, void *dat
 int tracer_set_handler_if_arg(struct tracer *t, int nr, int arg, tracer_handler_fn fn, void *data,
 			      struct hm_err *err);
 
+/* Call fn(arg) once, on the supervisor thread, when fd (not owned; e.g. an eventfd)
+ * turns readable or hangs up: news from outside that does not wait for a syscall of
+ * the program. One watch per tracer, set before tracer_run(). */
+void tracer_watch_fd(struct tracer *t, int fd, void (*fn)(void *arg), void *arg);
+
 /* ---- access to the program's memory (memory.c) ----
  * process_vm_readv/writev, falling back to /proc/TID/mem. Failures fill err with EFAULT
  * (bad address), ESRCH (thread gone) or the errno of the access. */
@@ -244,6 +249,9 @@ struct tracer {
 	struct tracer_deferred *deferred;
 	size_t n_deferred, cap_deferred;
 	struct tracer_once warned_exec; /* exec_check.c */
+	int watch_fd;			/* tracer_watch_fd, -1 when none (or fired) */
+	void (*watch_fn)(void *arg);
+	void *watch_arg;
 };
 
 /* probe.c */
@@ -284,6 +292,11 @@ void tracer_defer_drop(struct tracer *t, bool (*gone)(const struct tracer_call *
  * file-capability program gains nothing under no_new_privs */
 int tracer_exec_check_register(struct tracer *t, struct hm_err *err);
 void tracer_exec_check(struct tracer *t, const struct tracer_call *call);
+
+/* handlers.c: the watched fd in the supervisor loops: append its pollfd (0 or 1
+ * appended), then fire it if that pollfd reported anything */
+size_t tracer_watch_pollfd(const struct tracer *t, struct pollfd *pfd);
+void tracer_watch_check(struct tracer *t, const struct pollfd *pfd, size_t n);
 
 /* launch.c: fork the program with the filter in place. seccomp: t->listener is set
  * on return; ptrace: the child is seized and will stop at its exec. */

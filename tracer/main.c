@@ -286,6 +286,7 @@ static int run(int argc, char **argv)
 	if (trace_session_policies(&s, program[0], path, &err) < 0 ||
 	    trace_files_register(&s, &err) < 0 || trace_net_register(&s, &err) < 0)
 		goto fail;
+	trace_session_watch(&s);
 
 	char **saved_environ = environ;
 	environ = env; /* what execvp in the launched child passes on */

@@ -59,6 +59,16 @@ bool trace_session_lost(struct trace_session *s, int *errno_for_files)
 	return true;
 }
 
+static void session_ended(void *arg)
+{
+	trace_session_lost(arg, NULL);
+}
+
+void trace_session_watch(struct trace_session *s)
+{
+	tracer_watch_fd(s->tracer, agent_client_event_fd(s->client), session_ended, s);
+}
+
 static bool agent_unreachable(int code)
 {
 	switch (code) {

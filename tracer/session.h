@@ -56,6 +56,9 @@ int trace_session_policies(struct trace_session *s, const char *program, const c
  * outgoing connects then fail with ENETUNREACH. False while the session is up.
  * Supervisor thread only. */
 bool trace_session_lost(struct trace_session *s, int *errno_for_files);
+/* Have the tracer call trace_session_lost as soon as the session ends, so that the
+ * line comes when it happens, not at the program's next remote call. */
+void trace_session_watch(struct trace_session *s);
 /* Close the connection and free everything (s may be partly set up). */
 void trace_session_release(struct trace_session *s);
 

@@ -68,6 +68,7 @@ int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *
 	t->listener = -1;
 	t->status_sock = -1;
 	t->guard_sock = -1;
+	t->watch_fd = -1;
 	t->sigfd = -1;
 	if (tracer_probe(&t->features, err) < 0 || (tracer_probe_log(&t->features), 0) ||
 	    choose_backend(t, backend, err) < 0 || tracer_register_builtin(t, err) < 0) {

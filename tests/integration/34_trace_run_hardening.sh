@@ -230,6 +230,9 @@ session_probe() {
 	tr=$!
 	wait_until 300 test -e "$flag" || fail "the probe did not start: $(cat "$HD/err")"
 	"$@"
+	# said when it happens, before the program's next remote call
+	wait_until 50 grep -q 'trace-run warn: ' "$HD/err" ||
+		fail "nothing from trace-run while the program made no remote call"
 	rm -f "$flag"
 	wait "$tr" || fail "trace-run failed: $(cat "$HD/err")"
 	cat "$HD/out" "$HD/err"
