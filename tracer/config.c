@@ -423,6 +423,26 @@ static int walk_env(struct walk *w, json_object *obj, struct hm_trace_config *c)
 	return 0;
 }
 
+/* a byte count: a positive integer, or a string with a k/M/G suffix ("512M") */
+static int get_size(struct walk *w, const char *path, json_object *v, uint64_t *dst)
+{
+	if (json_object_is_type(v, json_type_int)) {
+		int64_t n = json_object_get_int64(v);
+		if (n <= 0)
+			return fail(w, "%s: must be a positive number of bytes", path);
+		*dst = (uint64_t)n;
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_string))
+		return type_error(w, path, "a number or a size string", v);
+	uint64_t n;
+	if (hm_parse_size(json_object_get_string(v), &n) < 0 || n == 0)
+		return fail(w, "%s: bad size \"%s\" (expected bytes, or a number with k, M or G)",
+			    path, json_object_get_string(v));
+	*dst = n;
+	return 0;
+}
+
 static int get_fs_mode(struct walk *w, const char *path, json_object *v, enum hm_fs_mode *dst)
 {
 	if (!json_object_is_type(v, json_type_string))
@@ -460,9 +480,12 @@ static int walk_fs(struct walk *w, json_object *obj, struct hm_trace_config *c)
 			rc = get_list(w, path, val, 0, &c->feature.fs.local);
 		else if (strcmp(key, "not_found") == 0)
 			rc = get_list(w, path, val, 0, &c->feature.fs.not_found);
+		else if (strcmp(key, "max_file_size") == 0)
+			rc = get_size(w, path, val, &c->feature.fs.max_file_size);
 		else
 			rc = unknown_key(w, parent, key,
-					 "mode, read_only, read_write, local, not_found");
+					 "mode, read_only, read_write, local, not_found, "
+					 "max_file_size");
 		if (rc < 0)
 			return -1;
 	}
@@ -725,6 +748,8 @@ int hm_config_merge(struct hm_trace_config *base, const struct hm_trace_config *
 	}
 	if (of->fs.mode)
 		bf->fs.mode = of->fs.mode;
+	if (of->fs.max_file_size)
+		bf->fs.max_file_size = of->fs.max_file_size;
 	if (merge_list(&bf->fs.read_only, &of->fs.read_only, err) < 0 ||
 	    merge_list(&bf->fs.read_write, &of->fs.read_write, err) < 0 ||
 	    merge_list(&bf->fs.local, &of->fs.local, err) < 0 ||
@@ -761,6 +786,8 @@ int hm_config_finalize(struct hm_trace_config *c, struct hm_err *err)
 	default_tri(&c->feature.env.enabled);
 	if (c->feature.fs.mode == HM_FS_MODE_UNSET)
 		c->feature.fs.mode = HM_FS_MODE_READ;
+	if (!c->feature.fs.max_file_size)
+		c->feature.fs.max_file_size = HM_FS_MAX_FILE_DEFAULT;
 	default_tri(&c->feature.network.outgoing.tcp);
 	default_tri(&c->feature.network.outgoing.udp);
 	default_tri(&c->feature.network.dns);

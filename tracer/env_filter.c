@@ -2,28 +2,94 @@
  * pod's variables (those include/exclude let through) set over it, then the overrides.
  * Local variables the pod does not have are kept, so the program still finds TERM,
  * DISPLAY, SSH_AUTH_SOCK... Variables that describe this machine's installation
- * (PATH, HOME, the loader's and interpreters' search paths, the shell's bookkeeping)
- * stay local unless include names them exactly. */
+ * (PATH, HOME, the shell's bookkeeping) and those that make a program load or run code
+ * (the loader's LD_*, BASH_ENV, PYTHONSTARTUP...) stay local unless include names them
+ * exactly or an override sets them. */
 #include <fnmatch.h>
 #include <string.h>
 
 #include "tracer/policy.h"
 
 /* mirrord keeps PATH, HOME, CLASSPATH, JAVA_HOME, PYTHONPATH local for the same
- * reason; the loader's variables would make the local ld.so search pod paths, and the
- * shell's are about the local shell. */
+ * reason; the shell's bookkeeping is about the local shell. */
 static const char *const local_by_default[] = {
-    "PATH",	  "HOME",      "PWD",	    "OLDPWD", "SHLVL", "_", "LD_PRELOAD", "LD_LIBRARY_PATH",
-    "PYTHONPATH", "CLASSPATH", "JAVA_HOME",
+    "PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_", "CLASSPATH", "JAVA_HOME",
 };
 
-bool hm_env_local_by_default(const char *name, size_t len)
+/* Never imported (unless named exactly): variables that make a local program load or
+ * run code. The pod's values name the pod's files, which this machine's loader, shell
+ * or interpreter would otherwise happily execute here: LD_AUDIT=/lib/evil.so in the
+ * pod means /lib/evil.so of the pod, served by trace-run, loaded into /usr/bin/id. The
+ * list is glibc's "unsecure" variables (what it drops for setuid programs) plus the
+ * start-up hooks of shells and common interpreters. fnmatch globs. */
+static const char *const never_import[] = {
+    /* the dynamic loader and glibc */
+    "LD_*",
+    "DYLD_*",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "TZDIR",
+    /* shells: start-up files, exported functions, trace prompts run on expansion */
+    "BASH_ENV",
+    "ENV",
+    "BASH_FUNC_*",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "ZDOTDIR",
+    /* interpreters and runtimes */
+    "PYTHONSTARTUP",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONBREAKPOINT",
+    "PYTHONWARNINGS",
+    "PYTHONPLATLIBDIR",
+    "PYTHONEXECUTABLE",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5OPT",
+    "PERL5DB",
+    "RUBYLIB",
+    "RUBYOPT",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "LUA_INIT*",
+    "LUA_PATH*",
+    "LUA_CPATH*",
+    "TCLLIBPATH",
+    /* libraries that load modules named by the environment */
+    "OPENSSL_CONF",
+    "OPENSSL_ENGINES",
+    "OPENSSL_MODULES",
+    "GIO_EXTRA_MODULES",
+    "GTK_MODULES",
+};
+
+bool hm_env_never_imported(const char *name)
 {
-	for (size_t i = 0; i < HM_ARRAY_SIZE(local_by_default); i++)
-		if (strlen(local_by_default[i]) == len &&
-		    memcmp(local_by_default[i], name, len) == 0)
+	for (size_t i = 0; i < HM_ARRAY_SIZE(never_import); i++)
+		if (fnmatch(never_import[i], name, 0) == 0)
 			return true;
 	return false;
+}
+
+bool hm_env_local_by_default(const char *name)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(local_by_default); i++)
+		if (strcmp(local_by_default[i], name) == 0)
+			return true;
+	return hm_env_never_imported(name);
 }
 
 void hm_env_opts_from_config(const struct hm_trace_config *c, struct hm_env_opts *o)
@@ -54,7 +120,7 @@ static bool any_exact(const struct hm_strv *names, const char *name)
 static bool import_wanted(const struct hm_env_opts *o, const char *name)
 {
 	bool include_all = !o->include || o->include->len == 0;
-	if (hm_env_local_by_default(name, strlen(name)) && !any_exact(o->include, name))
+	if (hm_env_local_by_default(name) && !any_exact(o->include, name))
 		return false;
 	if (!include_all && !any_glob(o->include, name))
 		return false;

@@ -275,6 +275,11 @@ int files_node_stat(struct files *f, struct files_node *n, const struct stat *ls
 
 int files_agent_errno(struct files *f, const char *op, const char *path, const struct hm_err *err)
 {
+	int lost_errno;
+	if (err->code != EFBIG && trace_session_lost(f->s, &lost_errno)) {
+		hm_debug("%s %s: %s", op, path, err->msg);
+		return lost_errno;
+	}
 	switch (err->code) {
 	case 0:
 	case ECONNRESET:
@@ -329,6 +334,21 @@ static void cache_drop(struct files_cache_entry *e)
 	e->memfd = -1;
 }
 
+static void entry_fill(struct files_cache_entry *e, bool nofollow, int memfd,
+		       const struct proto_stat *st)
+{
+	e->nofollow = nofollow;
+	e->memfd = memfd;
+	struct stat lst;
+	if (memfd >= 0 && fstat(memfd, &lst) == 0) {
+		e->dev = lst.st_dev;
+		e->ino = lst.st_ino;
+	}
+	if (st)
+		e->st = *st;
+	clock_gettime(CLOCK_MONOTONIC, &e->when);
+}
+
 const struct files_cache_entry *files_cache_get(struct files *f, const char *path, bool nofollow)
 {
 	/* once, not per slot: this runs on every remote open */
@@ -370,17 +390,70 @@ void files_cache_put(struct files *f, const char *path, bool nofollow, int memfd
 			close(memfd);
 		return;
 	}
-	victim->nofollow = nofollow;
-	victim->memfd = memfd;
-	struct stat lst;
-	if (memfd >= 0 && fstat(memfd, &lst) == 0) {
-		victim->dev = lst.st_dev;
-		victim->ino = lst.st_ino;
-	}
+	entry_fill(victim, nofollow, memfd, st);
 	victim->error = error;
-	if (st)
-		victim->st = *st;
-	clock_gettime(CLOCK_MONOTONIC, &victim->when);
+}
+
+struct files_cache_entry *files_shared_get(struct files *f, const char *path, bool nofollow)
+{
+	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++) {
+		struct files_cache_entry *e = &f->shared[i];
+		if (e->path && e->nofollow == nofollow && !strcmp(e->path, path)) {
+			clock_gettime(CLOCK_MONOTONIC, &e->when); /* recently used */
+			return e;
+		}
+	}
+	return NULL;
+}
+
+void files_shared_drop(struct files *f, struct files_cache_entry *e)
+{
+	if (e->path)
+		f->shared_bytes -= e->st.size;
+	cache_drop(e);
+}
+
+/* the least recently used copy, or a free slot */
+static struct files_cache_entry *shared_victim(struct files *f)
+{
+	struct files_cache_entry *victim = NULL;
+	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++) {
+		struct files_cache_entry *e = &f->shared[i];
+		if (!e->path)
+			return e;
+		if (!victim || ns_between(&e->when, &victim->when) > 0)
+			victim = e;
+	}
+	return victim;
+}
+
+void files_shared_put(struct files *f, const char *path, bool nofollow, int memfd,
+		      const struct proto_stat *st)
+{
+	struct files_cache_entry *old = files_shared_get(f, path, nofollow);
+	if (old)
+		files_shared_drop(f, old);
+	while (f->shared_bytes && f->shared_bytes + st->size > f->max_file_size) {
+		struct files_cache_entry *e = shared_victim(f);
+		if (!e->path)
+			break;
+		files_shared_drop(f, e);
+	}
+	struct files_cache_entry *slot = shared_victim(f);
+	files_shared_drop(f, slot);
+	slot->path = strdup(path);
+	if (!slot->path) {
+		close(memfd);
+		return;
+	}
+	entry_fill(slot, nofollow, memfd, st);
+	f->shared_bytes += st->size;
+}
+
+static bool under(const char *entry, const char *path, size_t n)
+{
+	return !strncmp(entry, path, n) &&
+	       (entry[n] == '\0' || entry[n] == '/' || (n == 1 && path[0] == '/'));
 }
 
 void files_cache_invalidate(struct files *f, const char *path)
@@ -388,9 +461,13 @@ void files_cache_invalidate(struct files *f, const char *path)
 	size_t n = strlen(path);
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++) {
 		struct files_cache_entry *e = &f->cache[i];
-		if (e->path && !strncmp(e->path, path, n) &&
-		    (e->path[n] == '\0' || e->path[n] == '/' || (n == 1 && path[0] == '/')))
+		if (e->path && under(e->path, path, n))
 			cache_drop(e);
+	}
+	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++) {
+		struct files_cache_entry *e = &f->shared[i];
+		if (e->path && under(e->path, path, n))
+			files_shared_drop(f, e);
 	}
 }
 
@@ -399,6 +476,9 @@ void files_cache_clear(struct files *f)
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++)
 		if (f->cache[i].path)
 			cache_drop(&f->cache[i]);
+	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++)
+		if (f->shared[i].path)
+			files_shared_drop(f, &f->shared[i]);
 }
 
 /* ---------------------------------------------------------------- undo */
@@ -491,7 +571,11 @@ int trace_files_register(struct trace_session *s, struct hm_err *err)
 	f->self_fds = -1;
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++)
 		f->cache[i].memfd = -1;
+	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++)
+		f->shared[i].memfd = -1;
 	const struct hm_trace_config *c = &s->cfg;
+	f->max_file_size =
+	    c->feature.fs.max_file_size ? c->feature.fs.max_file_size : HM_FS_MAX_FILE_DEFAULT;
 	f->writes = c->feature.fs.mode == HM_FS_MODE_WRITE ||
 		    (c->feature.fs.mode != HM_FS_MODE_LOCAL && c->feature.fs.read_write.len > 0);
 	s->files = f;
@@ -509,8 +593,9 @@ void trace_files_release(struct trace_session *s)
 		return;
 	if (f->writers)
 		files_sync_all(f);
-	hm_info("remote files: %lu agent calls, %lu reads from the %lld ms cache", f->remote_ops,
-		f->cache_hits, FILES_CACHE_NS / 1000000);
+	hm_info("remote files: %lu agent calls, %lu reads from the %lld ms cache, %lu opens of "
+		"a shared big file",
+		f->remote_ops, f->cache_hits, FILES_CACHE_NS / 1000000, f->shared_hits);
 	files_cache_clear(f);
 	for (size_t i = 0; i < f->nbuckets; i++) {
 		struct files_node *n = f->buckets[i];

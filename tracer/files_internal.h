@@ -83,6 +83,16 @@ struct files_cache_entry {
 	struct timespec when;
 };
 
+/* Big remote files, shared between opens: the sealed memfd of a read of at least
+ * FILES_SHARE_MIN bytes stays here after the short cache above has forgotten it. A later
+ * open asks the target for the file's stat (one small round trip instead of the whole
+ * content) and, when the version is the same (inode, size, mtime, ctime), hands out
+ * another read-only open of the same memfd: two opens of a 900 MB file cost one copy
+ * and one transfer. Least recently used first out, bounded in slots and in bytes
+ * (feature.fs.max_file_size); an evicted copy lives on as long as the program's fds. */
+#define FILES_SHARE_MIN (1u << 20)
+#define FILES_SHARED_SLOTS 8
+
 struct files {
 	struct trace_session *s;
 	struct agent_client *client;
@@ -101,6 +111,11 @@ struct files {
 	struct files_undo undo[FILES_UNDO_SLOTS];
 	struct files_cache_entry cache[FILES_CACHE_SLOTS];
 	unsigned long cache_hits;
+	struct files_cache_entry shared[FILES_SHARED_SLOTS];
+	uint64_t shared_bytes;
+	unsigned long shared_hits;
+	uint64_t max_file_size; /* feature.fs.max_file_size: larger files fail with EFBIG */
+	struct tracer_once warned_too_big; /* files over max_file_size, reported once each */
 	unsigned undo_next;
 	bool warned_agent;
 	unsigned long remote_ops;
@@ -173,7 +188,14 @@ const struct files_cache_entry *files_cache_get(struct files *f, const char *pat
 /* Remember a read (takes memfd, -1 with error). */
 void files_cache_put(struct files *f, const char *path, bool nofollow, int memfd,
 		     const struct proto_stat *st, int error);
-/* Forget path and everything under it (trace-run changed it in the target). */
+/* The shared copy of a big file (NULL when none); the caller revalidates it. */
+struct files_cache_entry *files_shared_get(struct files *f, const char *path, bool nofollow);
+/* Keep memfd (taken; sealed, size bytes) as the shared copy of path at version st. */
+void files_shared_put(struct files *f, const char *path, bool nofollow, int memfd,
+		      const struct proto_stat *st);
+void files_shared_drop(struct files *f, struct files_cache_entry *e);
+/* Forget path and everything under it (trace-run changed it in the target), in both
+ * the short cache and the shared copies. */
 void files_cache_invalidate(struct files *f, const char *path);
 void files_cache_clear(struct files *f);
 

@@ -2,8 +2,10 @@
  *
  * Reading: the whole file comes in one agent round trip (zlib when it pays, a stream
  * connection above 8 MiB) into a memfd, sealed against writes and reopened read-only,
- * so that a write fails with EBADF as on a file opened O_RDONLY. A directory is mirrored
- * (files_dir.c) and its mirror opened.
+ * so that a write fails with EBADF as on a file opened O_RDONLY. A file larger than
+ * feature.fs.max_file_size is not read: the open fails with EFBIG and trace-run says
+ * why. A big file's memfd is shared by later opens while the file is unchanged (see
+ * FILES_SHARE_MIN). A directory is mirrored (files_dir.c) and its mirror opened.
  *
  * Writing (fs mode write, or a read_write path): the open itself happens in the target
  * first, as a zero-byte write with the program's O_CREAT / O_EXCL / O_TRUNC and its mode
@@ -69,6 +71,40 @@ static bool file_errno(int code)
 	       code == ELOOP || code == ENAMETOOLONG;
 }
 
+static bool same_version(const struct proto_stat *a, const struct proto_stat *b)
+{
+	return a->ino == b->ino && a->dev_major == b->dev_major && a->dev_minor == b->dev_minor &&
+	       a->size == b->size && a->mode == b->mode && a->mtime.sec == b->mtime.sec &&
+	       a->mtime.nsec == b->mtime.nsec && a->ctime.sec == b->ctime.sec &&
+	       a->ctime.nsec == b->ctime.nsec;
+}
+
+/* The shared copy of a big file, if the target's file is still that version: 1 and
+ * *fd, 0 when there is none (or it is stale: dropped), -1 when the stat failed. */
+static int shared_read_fd(struct files *f, const char *path, bool nofollow, int *fd,
+			  struct hm_err *err)
+{
+	struct files_cache_entry *shared = files_shared_get(f, path, nofollow);
+	if (!shared)
+		return 0;
+	struct proto_stat now;
+	f->remote_ops++;
+	if (agent_client_stat(f->client, path, nofollow ? PROTO_STAT_NOFOLLOW : 0, &now, err) < 0) {
+		files_shared_drop(f, shared);
+		return -1;
+	}
+	if (!same_version(&shared->st, &now)) {
+		hm_debug("open %s: changed in the target, read again", path);
+		files_shared_drop(f, shared);
+		return 0;
+	}
+	*fd = share_content(f, shared->memfd, path, &shared->st, shared, err);
+	if (*fd < 0)
+		return -1;
+	f->shared_hits++;
+	return 1;
+}
+
 /* a read-only fd holding the remote file, recorded as a node */
 static int remote_read_fd(struct files *f, const char *path, int flags, struct hm_err *err)
 {
@@ -80,6 +116,10 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 					  FILES_CACHE_NS / 1000000);
 		return share_content(f, cached->memfd, path, &cached->st, cached, err);
 	}
+	int shared_fd = -1;
+	int r = shared_read_fd(f, path, nofollow, &shared_fd, err);
+	if (r != 0)
+		return r < 0 ? -1 : shared_fd;
 	struct proto_stat st;
 	char name[256];
 	memfd_name(name, sizeof(name), path);
@@ -88,8 +128,8 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 		return hm_err_errno(err, "memfd_create");
 	uint64_t size = 0;
 	f->remote_ops++;
-	if (agent_client_read_file_fd(f->client, path, nofollow ? PROTO_READ_NOFOLLOW : 0, 0, fd,
-				      &st, &size, err) < 0) {
+	if (agent_client_read_file_fd(f->client, path, nofollow ? PROTO_READ_NOFOLLOW : 0,
+				      f->max_file_size, fd, &st, &size, err) < 0) {
 		if (file_errno(err->code))
 			files_cache_put(f, path, nofollow, -1, NULL, err->code);
 		return -1;
@@ -98,8 +138,14 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 		return hm_err_errno(err, "seal memfd");
 	st.size = size; /* what the program can read, even if the file changed meanwhile */
 	int ro = share_content(f, fd, path, &st, NULL, err);
-	if (ro >= 0)
-		files_cache_put(f, path, nofollow, hm_steal_fd(&fd), &st, 0);
+	if (ro < 0)
+		return -1;
+	if (size >= FILES_SHARE_MIN) {
+		int keep = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (keep >= 0)
+			files_shared_put(f, path, nofollow, keep, &st);
+	}
+	files_cache_put(f, path, nofollow, hm_steal_fd(&fd), &st, 0);
 	return ro;
 }
 
@@ -143,7 +189,8 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 	struct proto_stat st = wr.st;
 	if (!(flags & O_TRUNC) && wr.st.size > 0) {
 		f->remote_ops++;
-		if (agent_client_read_file_fd(f->client, path, 0, 0, fd, &st, NULL, err) < 0)
+		if (agent_client_read_file_fd(f->client, path, 0, f->max_file_size, fd, &st, NULL,
+					      err) < 0)
 			return -1;
 	}
 	int prog_flags = (flags & O_ACCMODE) | (flags & O_APPEND);
@@ -167,6 +214,17 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 		(*undo)->ino = n->ino;
 	}
 	return hm_steal_fd(&prog_fd);
+}
+
+/* once per file: a program may retry an open in a loop */
+static void warn_too_big(struct files *f, const char *path, const struct hm_err *err)
+{
+	if (!tracer_once(&f->warned_too_big, path))
+		return;
+	hm_warn("open %s: over the size limit, the program gets EFBIG; raise "
+		"feature.fs.max_file_size / --max-file-size (now %llu bytes), and the agent's "
+		"--max-file-size if it is lower (%s)",
+		path, (unsigned long long)f->max_file_size, err->msg);
 }
 
 static struct tracer_result open_remote(struct files *f, const struct tracer_call *call, int dirfd,
@@ -204,6 +262,8 @@ static struct tracer_result open_remote(struct files *f, const struct tracer_cal
 			fd = files_dir_open(f, t.path, &err);
 		}
 	}
+	if (fd < 0 && err.code == EFBIG)
+		warn_too_big(f, t.path, &err);
 	if (fd < 0)
 		return tracer_error(files_agent_errno(f, "open", t.path, &err));
 	struct tracer_result res = tracer_install_fd(fd, flags & (O_CLOEXEC | O_NONBLOCK));

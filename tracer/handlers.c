@@ -34,6 +34,8 @@ int tracer_set_handler_if_arg(struct tracer *t, int nr, int arg, tracer_handler_
 struct tracer_result tracer_dispatch(struct tracer *t, const struct tracer_call *call)
 {
 	t->stats.calls++;
+	if (call->nr == SYS_execve || call->nr == SYS_execveat)
+		tracer_exec_check(t, call);
 	if (call->nr < 0 || call->nr >= TRACER_NR_MAX || !t->handlers[call->nr].fn)
 		return tracer_continue();
 	struct tracer_result res = t->handlers[call->nr].fn(call, t->handlers[call->nr].data);
@@ -78,7 +80,34 @@ static struct tracer_result handle_seccomp(const struct tracer_call *call, void 
 
 int tracer_register_builtin(struct tracer *t, struct hm_err *err)
 {
-	return tracer_set_handler(t, SYS_seccomp, handle_seccomp, NULL, err);
+	if (tracer_set_handler(t, SYS_seccomp, handle_seccomp, NULL, err) < 0)
+		return -1;
+	return tracer_exec_check_register(t, err);
+}
+
+/* ---- the watched fd ---- */
+
+void tracer_watch_fd(struct tracer *t, int fd, void (*fn)(void *arg), void *arg)
+{
+	t->watch_fd = fd;
+	t->watch_fn = fn;
+	t->watch_arg = arg;
+}
+
+size_t tracer_watch_pollfd(const struct tracer *t, struct pollfd *pfd)
+{
+	if (t->watch_fd < 0)
+		return 0;
+	*pfd = (struct pollfd){.fd = t->watch_fd, .events = POLLIN};
+	return 1;
+}
+
+void tracer_watch_check(struct tracer *t, const struct pollfd *pfd, size_t n)
+{
+	if (n == 0 || !pfd->revents)
+		return;
+	t->watch_fd = -1; /* once: it stays readable */
+	t->watch_fn(t->watch_arg);
 }
 
 /* ---- deferred calls ---- */

@@ -138,6 +138,11 @@ int tracer_set_handler(struct tracer *t, int nr, tracer_handler_fn fn, void *dat
 int tracer_set_handler_if_arg(struct tracer *t, int nr, int arg, tracer_handler_fn fn, void *data,
 			      struct hm_err *err);
 
+/* Call fn(arg) once, on the supervisor thread, when fd (not owned; e.g. an eventfd)
+ * turns readable or hangs up: news from outside that does not wait for a syscall of
+ * the program. One watch per tracer, set before tracer_run(). */
+void tracer_watch_fd(struct tracer *t, int fd, void (*fn)(void *arg), void *arg);
+
 /* ---- access to the program's memory (memory.c) ----
  * process_vm_readv/writev, falling back to /proc/TID/mem. Failures fill err with EFAULT
  * (bad address), ESRCH (thread gone) or the errno of the access. */
@@ -211,6 +216,14 @@ struct tracer_deferred {
 	struct user_regs_struct regs; /* ptrace: the thread's registers at its seccomp stop */
 };
 
+/* once.c: a small memory of keys already reported */
+struct tracer_once {
+	uint64_t seen[32];
+	unsigned next;
+};
+/* true the first time key is seen (of the last 32) */
+bool tracer_once(struct tracer_once *o, const char *key);
+
 struct tracer {
 	enum tracer_backend backend;
 	struct tracer_features features;
@@ -220,6 +233,8 @@ struct tracer {
 	/* while running */
 	pid_t main_pid;
 	bool main_done;
+	pid_t guard_pid; /* guard.c: the program's parent, the subreaper of its tree */
+	int guard_sock;	 /* the guard's reports; its hang-up tells the guard we died */
 	struct tracer_exit exit;
 	int listener;	 /* seccomp backend */
 	int status_sock; /* launch.c: child's exec errors; EOF once exec succeeded */
@@ -233,6 +248,10 @@ struct tracer {
 	struct tracer_stats stats;
 	struct tracer_deferred *deferred;
 	size_t n_deferred, cap_deferred;
+	struct tracer_once warned_exec; /* exec_check.c */
+	int watch_fd;			/* tracer_watch_fd, -1 when none (or fired) */
+	void (*watch_fn)(void *arg);
+	void *watch_arg;
 };
 
 /* probe.c */
@@ -268,11 +287,33 @@ size_t tracer_defer_take_ready(struct tracer *t, const struct pollfd *pfd, size_
 void tracer_defer_drop(struct tracer *t, bool (*gone)(const struct tracer_call *call, void *arg),
 		       void *arg);
 
+/* exec_check.c: intercept execve/execveat (CONTINUE) and, from the dispatcher whatever
+ * handler is registered for them later, say once per program that a setuid / setgid /
+ * file-capability program gains nothing under no_new_privs */
+int tracer_exec_check_register(struct tracer *t, struct hm_err *err);
+void tracer_exec_check(struct tracer *t, const struct tracer_call *call);
+
+/* handlers.c: the watched fd in the supervisor loops: append its pollfd (0 or 1
+ * appended), then fire it if that pollfd reported anything */
+size_t tracer_watch_pollfd(const struct tracer *t, struct pollfd *pfd);
+void tracer_watch_check(struct tracer *t, const struct pollfd *pfd, size_t n);
+
 /* launch.c: fork the program with the filter in place. seccomp: t->listener is set
  * on return; ptrace: the child is seized and will stop at its exec. */
 int tracer_launch(struct tracer *t, char *const argv[], struct hm_err *err);
 /* read what the launch child reports after the handoff; false once it has exec'd */
 void tracer_launch_status(struct tracer *t);
+
+/* guard.c: the guard process (see there) */
+__attribute__((noreturn)) void tracer_guard_main(int sock, pid_t program);
+/* wait for the guard to report the program's pid (t->main_pid) */
+int tracer_guard_program_pid(struct tracer *t);
+/* read what the guard reported meanwhile (the program's exit status) */
+void tracer_guard_poll(struct tracer *t);
+/* The parent of pid from /proc/PID/stat, -1 if gone; async-signal-safe. */
+pid_t tracer_proc_ppid(pid_t pid);
+/* fn(pid) for every process in /proc; async-signal-safe. */
+int tracer_proc_for_each(void (*fn)(pid_t pid, void *arg), void *arg);
 
 /* lifecycle.c: signals, reaping, exit status */
 int tracer_signals_block(struct tracer *t, struct hm_err *err);

@@ -1,9 +1,11 @@
 /* Starting the program under the filter.
  *
- * The child: dies with trace-run (PR_SET_PDEATHSIG, checked against the race with an
- * early parent death), gets back the signal mask and SIGCHLD disposition trace-run had,
- * sets no_new_privs (what lets an ordinary user install a filter, and keeps setuid
- * programs from gaining privileges under it), installs the filter and execs.
+ * trace-run forks the guard (guard.c), which forks the program: the whole tree then
+ * dies with trace-run. The program: dies with the guard (PR_SET_PDEATHSIG, checked
+ * against the race with an early parent death), gets back the signal mask and SIGCHLD
+ * disposition trace-run had, sets no_new_privs (what lets an ordinary user install a
+ * filter, and keeps setuid programs from gaining privileges under it), installs the
+ * filter and execs.
  *  - seccomp: the filter comes with a listener (plus WAIT_KILLABLE_RECV when probed),
  *    handed to trace-run over a SOCK_SEQPACKET socketpair with SCM_RIGHTS before exec
  *    (the filter lets that one sendmsg through, see filter.c).
@@ -117,6 +119,31 @@ __attribute__((noreturn)) static void child_main(const struct launch_child *c)
 	child_fail(c, STAGE_EXEC, errno);
 }
 
+/* The guard: becomes the subreaper of the program's tree, forks the program and watches
+ * over both (guard.c). */
+__attribute__((noreturn)) static void guard_main(struct launch_child *c, int guard_sock)
+{
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+		child_fail(c, STAGE_SETUP, errno);
+	if (getppid() != c->parent)
+		_exit(TRACER_EXIT_FAILURE); /* trace-run is gone already */
+	c->parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0)
+		child_fail(c, STAGE_SETUP, errno);
+	if (pid == 0) {
+		close(guard_sock);
+		child_main(c);
+	}
+	/* only the program may hold the status socket: its EOF tells that exec worked */
+	close(c->sock);
+	/* nor may the guard keep trace-run's other fds (the agent connection...) alive */
+	if (guard_sock > 3)
+		syscall(SYS_close_range, 3, guard_sock - 1, 0);
+	syscall(SYS_close_range, guard_sock + 1, ~0U, 0);
+	tracer_guard_main(guard_sock, pid);
+}
+
 static int recv_listener(int sock, int *listener, struct launch_record *rec)
 {
 	union {
@@ -149,14 +176,19 @@ static int recv_listener(int sock, int *listener, struct launch_record *rec)
 	return 1;
 }
 
-/* a failed launch: make sure the child is gone and reaped before reporting */
-static int launch_failed(struct tracer *t, pid_t pid, const struct launch_record *rec,
-			 struct hm_err *err)
+/* a failed launch: make sure the program and the guard are gone and reaped (the
+ * program too, when it is our tracee) before reporting */
+static int launch_failed(struct tracer *t, const struct launch_record *rec, struct hm_err *err)
 {
-	kill(pid, SIGKILL);
-	while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
-		;
+	if (t->main_pid > 0)
+		kill(t->main_pid, SIGKILL);
+	for (;;) {
+		pid_t r = waitpid(-1, NULL, __WALL);
+		if ((r < 0 && errno != EINTR) || r == t->guard_pid)
+			break;
+	}
 	t->main_pid = 0;
+	t->guard_pid = 0;
 	return hm_err_set(err, rec->code, "cannot %s", stage_name(rec->stage));
 }
 
@@ -191,22 +223,41 @@ int tracer_launch(struct tracer *t, char *const argv[], struct hm_err *err)
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return hm_err_errno(err, "socketpair");
 	c.sock = sv[1];
-	pid_t pid = fork();
-	if (pid < 0) {
+	int gsv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, gsv) < 0) {
 		int e = errno;
 		close(sv[0]);
 		close(sv[1]);
+		return hm_err_set(err, e, "socketpair");
+	}
+	pid_t guard = fork();
+	if (guard < 0) {
+		int e = errno;
+		close(sv[0]);
+		close(sv[1]);
+		close(gsv[0]);
+		close(gsv[1]);
 		return hm_err_set(err, e, "fork");
 	}
-	if (pid == 0) {
+	if (guard == 0) {
 		close(sv[0]);
-		child_main(&c);
+		close(gsv[0]);
+		guard_main(&c, gsv[1]);
 	}
 	close(sv[1]);
-	t->main_pid = pid;
+	close(gsv[1]);
+	t->guard_pid = guard;
+	t->guard_sock = gsv[0];
 	t->status_sock = sv[0];
-
 	struct launch_record rec = {0};
+	if (tracer_guard_program_pid(t) < 0) {
+		/* the guard could not start the program: its reason is on the status socket */
+		if (recv(t->status_sock, &rec, sizeof(rec), MSG_DONTWAIT) != (ssize_t)sizeof(rec))
+			rec = (struct launch_record){.stage = STAGE_SETUP, .code = EPIPE};
+		return launch_failed(t, &rec, err);
+	}
+	pid_t pid = t->main_pid;
+
 	if (ptrace_backend) {
 		long opts = PTRACE_O_TRACESECCOMP | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK |
 			    PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL |
@@ -215,13 +266,13 @@ int tracer_launch(struct tracer *t, char *const argv[], struct hm_err *err)
 			/* EPERM: Yama, or trace-run itself is being traced (a tracee's children
 			 * belong to its tracer) */
 			rec = (struct launch_record){.stage = STAGE_SETUP, .code = errno};
-			launch_failed(t, pid, &rec, err);
+			launch_failed(t, &rec, err);
 			return hm_err_set(err, rec.code, "cannot trace the program: PTRACE_SEIZE");
 		}
 		char go = 'G';
 		if (write(t->status_sock, &go, 1) != 1) {
 			rec = (struct launch_record){.stage = STAGE_SETUP, .code = errno};
-			return launch_failed(t, pid, &rec, err);
+			return launch_failed(t, &rec, err);
 		}
 		return 0;
 	}
@@ -230,10 +281,10 @@ int tracer_launch(struct tracer *t, char *const argv[], struct hm_err *err)
 	int r = recv_listener(t->status_sock, &listener, &rec);
 	if (r < 0) {
 		rec = (struct launch_record){.stage = STAGE_HANDOFF, .code = errno};
-		return launch_failed(t, pid, &rec, err);
+		return launch_failed(t, &rec, err);
 	}
 	if (r > 0)
-		return launch_failed(t, pid, &rec, err);
+		return launch_failed(t, &rec, err);
 	t->listener = listener;
 	if (t->features.sync_wakeup) {
 		/* wake the supervisor on the notifying CPU: 33 µs -> 3 µs a round trip */

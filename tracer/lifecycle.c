@@ -4,10 +4,10 @@
  * trace-run blocks SIGCHLD and the forwarded signals and reads them from a signalfd.
  * A signal that another process sent to trace-run (kill, timeout, systemd) is sent on
  * to the program. One the kernel generated for the terminal's foreground group (^C)
- * is not: the program is in that group and got its own copy. trace-run is a child
- * subreaper, so descendants orphaned by the program are reaped here, and "everything
- * has exited" is simply waitpid() saying ECHILD. */
-#include <dirent.h>
+ * is not: the program is in that group and got its own copy. The program's parent is
+ * the guard (guard.c), a child subreaper that reaps what the program orphans and exits
+ * once all of it has exited, so "everything has exited" is simply waitpid() saying
+ * ECHILD here. trace-run is a subreaper too, for when the guard itself is killed. */
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -56,6 +56,11 @@ void tracer_signals_restore(struct tracer *t)
 
 void tracer_note_exit(struct tracer *t, pid_t pid, int status)
 {
+	if (pid == t->guard_pid && pid > 0) {
+		/* the guard reported the program's status before it exited */
+		tracer_guard_poll(t);
+		return;
+	}
 	if (pid != t->main_pid || t->main_done)
 		return;
 	if (WIFEXITED(status)) {
@@ -95,33 +100,27 @@ void tracer_reap(struct tracer *t)
 }
 
 /* After the program itself is gone, a forwarded signal goes to what it left behind:
- * our direct children (orphans come to us, the subreaper). */
-static void forward_to_children(int sig)
+ * the children of the guard (orphans come to it, the subreaper) and ours, if the guard
+ * died. */
+struct forward {
+	pid_t self, guard;
+	int sig;
+};
+
+static void forward_if_child(pid_t pid, void *arg)
 {
-	DIR *d = opendir("/proc");
-	if (!d)
+	const struct forward *f = arg;
+	if (pid == f->guard)
 		return;
-	pid_t self = getpid();
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		char path[300], buf[512];
-		if (de->d_name[0] < '1' || de->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
-		FILE *f = fopen(path, "re");
-		if (!f)
-			continue;
-		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-		fclose(f);
-		buf[n] = '\0';
-		/* "pid (comm) state ppid ...": comm may hold spaces and parentheses */
-		char *rp = strrchr(buf, ')');
-		int ppid;
-		char state;
-		if (rp && sscanf(rp + 1, " %c %d", &state, &ppid) == 2 && ppid == self)
-			kill(atoi(de->d_name), sig);
-	}
-	closedir(d);
+	pid_t ppid = tracer_proc_ppid(pid);
+	if (ppid > 0 && (ppid == f->self || ppid == f->guard))
+		kill(pid, f->sig);
+}
+
+static void forward_to_children(struct tracer *t, int sig)
+{
+	struct forward f = {.self = getpid(), .guard = t->guard_pid, .sig = sig};
+	tracer_proc_for_each(forward_if_child, &f);
 }
 
 void tracer_signals_handle(struct tracer *t)
@@ -140,10 +139,11 @@ void tracer_signals_handle(struct tracer *t)
 		if ((pid_t)si.ssi_pid == t->main_pid)
 			continue;
 		hm_debug("forwarding signal %d from pid %u", sig, si.ssi_pid);
+		tracer_guard_poll(t);
 		if (!t->main_done)
 			kill(t->main_pid, sig);
 		else
-			forward_to_children(sig);
+			forward_to_children(t, sig);
 	}
 	if (reap && t->backend == TRACER_BACKEND_SECCOMP)
 		tracer_reap(t);

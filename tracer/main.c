@@ -35,7 +35,11 @@ static const char usage[] =
     "  --backend B         seccomp (user notification, Linux 5.9+), ptrace (slower, for\n"
     "                      older kernels) or auto (default: the best the kernel offers)\n"
     "  --fs-mode M         read (default), write, local or localwithoverrides\n"
-    "  --env-include G     import only the target's variables matching glob G (repeatable)\n"
+    "  --max-file-size S   largest remote file the program may open (default 1G; k, M, G\n"
+    "                      suffixes); a larger one fails with EFBIG\n"
+    "  --env-include G     import only the target's variables matching glob G (repeatable;\n"
+    "                      LD_*, BASH_ENV, ENV, PYTHONSTARTUP and other variables that\n"
+    "                      load code are only imported when G names them exactly)\n"
     "  --env-exclude G     never import variables matching G (repeatable)\n"
     "  -e, --env K=V       set K=V in the program's environment (repeatable)\n"
     "  -v, --verbose       what trace-run does (-vv: every remote file decision)\n"
@@ -46,7 +50,7 @@ static const char usage[] =
     "program, the current directory, $HOME and /tmp stay local (docs/config.md).\n"
     "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to PROGRAM;\n"
     "trace-run returns once PROGRAM and everything it started have exited. If trace-run\n"
-    "dies, PROGRAM is killed.\n"
+    "dies, even by SIGKILL, PROGRAM and everything it started are killed.\n"
     "\n"
     "exit codes: PROGRAM's exit status (or trace-run dies of PROGRAM's fatal signal), or\n"
     "  121  the agent is unreachable (no socket, connection refused, timeout)\n"
@@ -109,6 +113,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 		OPT_TOKEN_FILE,
 		OPT_BACKEND,
 		OPT_FS_MODE,
+		OPT_MAX_FILE_SIZE,
 		OPT_ENV_INCLUDE,
 		OPT_ENV_EXCLUDE,
 	};
@@ -120,6 +125,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 	    {"config", required_argument, NULL, 'f'},
 	    {"backend", required_argument, NULL, OPT_BACKEND},
 	    {"fs-mode", required_argument, NULL, OPT_FS_MODE},
+	    {"max-file-size", required_argument, NULL, OPT_MAX_FILE_SIZE},
 	    {"env-include", required_argument, NULL, OPT_ENV_INCLUDE},
 	    {"env-exclude", required_argument, NULL, OPT_ENV_EXCLUDE},
 	    {"env", required_argument, NULL, 'e'},
@@ -167,6 +173,15 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 						   "--fs-mode '%s': expected read, write, local or "
 						   "localwithoverrides",
 						   optarg);
+			break;
+		case OPT_MAX_FILE_SIZE:
+			if (hm_parse_size(optarg, &c->feature.fs.max_file_size) < 0 ||
+			    !c->feature.fs.max_file_size)
+				return hm_cli_fail(
+				    PROG, TRACER_EXIT_FAILURE,
+				    "--max-file-size '%s': expected bytes, or a number "
+				    "with k, M or G",
+				    optarg);
 			break;
 		case OPT_ENV_INCLUDE:
 		case OPT_ENV_EXCLUDE: {
@@ -271,6 +286,7 @@ static int run(int argc, char **argv)
 	if (trace_session_policies(&s, program[0], path, &err) < 0 ||
 	    trace_files_register(&s, &err) < 0 || trace_net_register(&s, &err) < 0)
 		goto fail;
+	trace_session_watch(&s);
 
 	char **saved_environ = environ;
 	environ = env; /* what execvp in the launched child passes on */

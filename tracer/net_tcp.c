@@ -332,6 +332,11 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	char where[80];
 	net_addr_str(&job->dst, where, sizeof(where));
 	if (job->result_fd < 0 && !job->direct) {
+		if (trace_session_lost(st->s, NULL)) {
+			/* not ECONNRESET / ECONNREFUSED: no server refused anything */
+			hm_debug("pid %d: connect %s: %s", call->pid, where, job->err.msg);
+			return tracer_error(ENETUNREACH);
+		}
 		int code = connect_errno(job->err.code);
 		if (code != job->err.code)
 			hm_warn("connect to %s through the agent: %s", where, job->err.msg);

@@ -210,9 +210,13 @@ static struct net_sock *job_sock(struct net_job *job)
 	return ns;
 }
 
-static int udp_errno(const struct hm_err *err)
+/* the session's end is said once (trace_session_lost), not once per datagram */
+static int udp_errno(struct net_state *st, const struct hm_err *err)
 {
-	hm_warn("UDP through the agent: %s", err->msg);
+	if (trace_session_lost(st->s, NULL))
+		hm_debug("UDP through the agent: %s", err->msg);
+	else
+		hm_warn("UDP through the agent: %s", err->msg);
 	return ENETUNREACH;
 }
 
@@ -223,7 +227,7 @@ static struct tracer_result udp_connect_finish(struct net_job *job, const struct
 	pthread_mutex_lock(&st->lock);
 	struct net_sock *ns = job_sock(job);
 	struct tracer_result res = ns ? connect_via_proxy(st, ns, job->dup, &job->dst)
-				      : tracer_error(udp_errno(&job->err));
+				      : tracer_error(udp_errno(job->st, &job->err));
 	pthread_mutex_unlock(&st->lock);
 	return res;
 }
@@ -263,9 +267,9 @@ static struct tracer_result udp_sendto_finish(struct net_job *job, const struct 
 	struct net_sock *ns = job_sock(job);
 	struct tracer_result res;
 	if (!ns)
-		res = tracer_error(udp_errno(&job->err));
+		res = tracer_error(udp_errno(job->st, &job->err));
 	else if (udp_send(ns, &job->dst, job->data, job->data_len, &job->err) < 0)
-		res = tracer_error(udp_errno(&job->err));
+		res = tracer_error(udp_errno(job->st, &job->err));
 	else
 		res = tracer_return((int64_t)job->data_len);
 	pthread_mutex_unlock(&st->lock);
@@ -315,7 +319,7 @@ static struct tracer_result send_datagram(struct net_state *st, const struct tra
 		pthread_mutex_unlock(&st->lock);
 		close(dup);
 		free(data);
-		return r < 0 ? tracer_error(udp_errno(&err)) : tracer_return((int64_t)len);
+		return r < 0 ? tracer_error(udp_errno(st, &err)) : tracer_return((int64_t)len);
 	}
 	pthread_mutex_unlock(&st->lock);
 	struct net_job *job = net_job_new(st, dup, ino);
@@ -471,10 +475,10 @@ struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_
 			else if (stream >= 0)
 				close(stream);
 			if (!ns)
-				error = udp_errno(&err);
+				error = udp_errno(st, &err);
 		}
 		if (!error && via_agent && udp_send(ns, &dst, data, len, &err) < 0)
-			error = udp_errno(&err);
+			error = udp_errno(st, &err);
 		pthread_mutex_unlock(&st->lock);
 		if (!error && !via_agent) {
 			struct iovec v = {.iov_base = data, .iov_len = len};

@@ -174,8 +174,8 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 	size_t pfd_cap = 0;
 	time_t last_sweep = 0;
 	while (!t->no_children) {
-		if (pfd_cap < 2 + t->n_deferred) {
-			size_t cap = 2 + t->cap_deferred;
+		if (pfd_cap < 3 + t->n_deferred) {
+			size_t cap = 3 + t->cap_deferred;
 			struct pollfd *bigger = realloc(pfd, cap * sizeof(*pfd));
 			if (!bigger)
 				return hm_err_set(err, ENOMEM, "poll set");
@@ -190,6 +190,8 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 		}
 		int spos = (int)n;
 		pfd[n++] = (struct pollfd){.fd = t->sigfd, .events = POLLIN};
+		size_t wpos = n, nw = tracer_watch_pollfd(t, pfd + n);
+		n += nw;
 		size_t dpos = n;
 		n += tracer_defer_pollfds(t, pfd + dpos);
 		/* deferred calls are checked for validity now and then: a thread killed while
@@ -214,6 +216,8 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 		}
 		if (pfd[spos].revents & POLLIN)
 			tracer_signals_handle(t);
+		if (r > 0)
+			tracer_watch_check(t, pfd + wpos, nw);
 		/* after the poll set was used: dropping reorders the deferred calls */
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);

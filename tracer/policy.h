@@ -81,6 +81,7 @@ struct hm_trace_config {
 		struct {
 			enum hm_fs_mode mode;
 			struct hm_strv read_only, read_write, local, not_found; /* PCRE2 */
+			uint64_t max_file_size; /* bytes; 0: unset (HM_FS_MAX_FILE_DEFAULT) */
 		} fs;
 		struct {
 			struct {
@@ -92,6 +93,9 @@ struct hm_trace_config {
 		} network;
 	} feature;
 };
+
+/* feature.fs.max_file_size when unset: the agent's own default cap */
+#define HM_FS_MAX_FILE_DEFAULT (1ULL << 30)
 
 void hm_config_init(struct hm_trace_config *c);
 void hm_config_free(struct hm_trace_config *c); /* leaves c initialized (empty) */
@@ -249,7 +253,11 @@ void hm_env_opts_from_config(const struct hm_trace_config *c, struct hm_env_opts
 int hm_env_build(const struct hm_env_opts *o, char *const remote[], char *const local[],
 		 char ***out, struct hm_err *err);
 void hm_env_free(char **env);
-/* True for PATH, HOME and the other names kept local unless included by name. */
-bool hm_env_local_by_default(const char *name, size_t len);
+/* PATH, HOME...: this machine's installation; and everything hm_env_never_imported says */
+bool hm_env_local_by_default(const char *name);
+/* Variables that make a local program load or run code (LD_*, BASH_ENV, ENV,
+ * PYTHONSTARTUP, NODE_OPTIONS...): never taken from the pod unless include names them
+ * exactly (not by a glob) or an override sets them. */
+bool hm_env_never_imported(const char *name);
 
 #endif

@@ -212,8 +212,8 @@ int tracer_ptrace_loop(struct tracer *t, struct hm_err *err)
 		}
 		/* nothing to reap: sleep until SIGCHLD (stops notify the tracer too), a
 		 * signal to forward or a deferred call's fd */
-		if (pfd_cap < 1 + t->n_deferred) {
-			size_t cap = 1 + t->cap_deferred;
+		if (pfd_cap < 2 + t->n_deferred) {
+			size_t cap = 2 + t->cap_deferred;
 			struct pollfd *bigger = realloc(pfd, cap * sizeof(*pfd));
 			if (!bigger)
 				return hm_err_set(err, ENOMEM, "poll set");
@@ -221,12 +221,15 @@ int tracer_ptrace_loop(struct tracer *t, struct hm_err *err)
 			pfd_cap = cap;
 		}
 		pfd[0] = (struct pollfd){.fd = t->sigfd, .events = POLLIN};
-		size_t nd = tracer_defer_pollfds(t, pfd + 1);
-		int r = poll(pfd, 1 + nd, -1);
+		size_t nw = tracer_watch_pollfd(t, pfd + 1);
+		size_t nd = tracer_defer_pollfds(t, pfd + 1 + nw);
+		int r = poll(pfd, 1 + nw + nd, -1);
 		if (r < 0 && errno != EINTR)
 			return hm_err_errno(err, "poll");
 		if (r > 0 && nd)
-			run_deferred(t, pfd + 1, nd);
+			run_deferred(t, pfd + 1 + nw, nd);
+		if (r > 0)
+			tracer_watch_check(t, pfd + 1, nw);
 		tracer_signals_handle(t);
 	}
 	tracer_defer_drop(t, NULL, NULL);

@@ -36,6 +36,39 @@ int trace_session_init(struct trace_session *s, struct hm_trace_config *cfg, con
 	return 0;
 }
 
+bool trace_session_lost(struct trace_session *s, int *errno_for_files)
+{
+	struct hm_err why = {0};
+	if (!s->client || !agent_client_ended(s->client, &why))
+		return false;
+	bool target_gone = why.code == ESRCH;
+	if (errno_for_files)
+		*errno_for_files = target_gone ? ESRCH : EIO;
+	if (!s->lost_reported) {
+		s->lost_reported = true;
+		if (target_gone)
+			hm_warn(
+			    "%s; from now on the program's remote files fail with ESRCH and its "
+			    "connections through the pod with ENETUNREACH",
+			    why.msg);
+		else
+			hm_warn("lost the agent (%s); from now on the program's remote files fail "
+				"with EIO and its connections through the pod with ENETUNREACH",
+				why.msg);
+	}
+	return true;
+}
+
+static void session_ended(void *arg)
+{
+	trace_session_lost(arg, NULL);
+}
+
+void trace_session_watch(struct trace_session *s)
+{
+	tracer_watch_fd(s->tracer, agent_client_event_fd(s->client), session_ended, s);
+}
+
 static bool agent_unreachable(int code)
 {
 	switch (code) {

@@ -36,6 +36,7 @@ struct trace_session {
 	char home[PATH_MAX];	    /* "" when unset */
 	char tmpdir[PATH_MAX];	    /* $TMPDIR, "" when unset */
 	char runtime_dir[PATH_MAX]; /* $XDG_RUNTIME_DIR, "" when unset */
+	bool lost_reported;	    /* trace_session_lost said so */
 };
 
 /* session.c */
@@ -50,6 +51,14 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
  * searched in path (the program's PATH) to know the file that stays local. */
 int trace_session_policies(struct trace_session *s, const char *program, const char *path,
 			   struct hm_err *err);
+/* The session is over while the program runs: the target exited (*errno_for_files
+ * ESRCH) or the agent is gone (EIO). Says so once, in one line on trace-run's stderr;
+ * outgoing connects then fail with ENETUNREACH. False while the session is up.
+ * Supervisor thread only. */
+bool trace_session_lost(struct trace_session *s, int *errno_for_files);
+/* Have the tracer call trace_session_lost as soon as the session ends, so that the
+ * line comes when it happens, not at the program's next remote call. */
+void trace_session_watch(struct trace_session *s);
 /* Close the connection and free everything (s may be partly set up). */
 void trace_session_release(struct trace_session *s);
 

@@ -67,6 +67,8 @@ int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *
 		return hm_err_set(err, ENOMEM, "tracer");
 	t->listener = -1;
 	t->status_sock = -1;
+	t->guard_sock = -1;
+	t->watch_fd = -1;
 	t->sigfd = -1;
 	if (tracer_probe(&t->features, err) < 0 || (tracer_probe_log(&t->features), 0) ||
 	    choose_backend(t, backend, err) < 0 || tracer_register_builtin(t, err) < 0) {
@@ -86,6 +88,8 @@ void tracer_free(struct tracer *t)
 		close(t->listener);
 	if (t->status_sock >= 0)
 		close(t->status_sock);
+	if (t->guard_sock >= 0)
+		close(t->guard_sock);
 	if (t->sigfd >= 0)
 		close(t->sigfd);
 	tracer_ptrace_free(t);
@@ -115,7 +119,8 @@ int tracer_run(struct tracer *t, char *const argv[], struct tracer_exit *out, st
 		r = t->backend == TRACER_BACKEND_PTRACE ? tracer_ptrace_loop(t, err)
 							: tracer_notify_loop(t, err);
 	if (r < 0 && t->main_pid > 0 && !t->no_children) {
-		/* the supervisor failed: nobody would answer the program any more */
+		/* the supervisor failed: nobody would answer the program any more (the guard
+		 * kills the rest of its tree when we are gone) */
 		kill(t->main_pid, SIGKILL);
 	}
 	tracer_signals_restore(t);

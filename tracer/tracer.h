@@ -11,11 +11,9 @@
  *
  * Lifecycle: the program's exit status (or terminating signal) is reported by
  * tracer_run(); SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to
- * trace-run are forwarded to it. If trace-run dies, the program gets SIGKILL
- * (PR_SET_PDEATHSIG; with ptrace, PTRACE_O_EXITKILL kills every traced process). With
- * seccomp, descendants of the program that outlive trace-run are not killed, but none
- * of them is left waiting: once the listener is closed, every pending and later
- * intercepted syscall fails with ENOSYS. */
+ * trace-run are forwarded to it. If trace-run dies, however it dies, the program and
+ * every descendant get SIGKILL: they live under a guard process (a child subreaper
+ * that sees trace-run's end of a socketpair hang up; guard.c), on both backends. */
 #ifndef HERMIT_TRACER_H
 #define HERMIT_TRACER_H
 

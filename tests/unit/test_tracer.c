@@ -252,6 +252,35 @@ static int helper(int argc, char **argv)
 		for (;;)
 			pause();
 	}
+	if (!strcmp(name, "tree-and-sleep")) {
+		/* a child, and an orphan whose parent exited: "SELF CHILD ORPHAN" on one line */
+		int p[2];
+		if (pipe(p) < 0)
+			return 1;
+		pid_t child = fork();
+		if (child == 0) {
+			for (;;)
+				pause();
+		}
+		pid_t middle = fork();
+		if (middle == 0) {
+			pid_t orphan = fork();
+			if (orphan == 0) {
+				for (;;)
+					pause();
+			}
+			ssize_t n = write(p[1], &orphan, sizeof(orphan));
+			_exit(n == (ssize_t)sizeof(orphan) ? 0 : 1);
+		}
+		pid_t orphan = 0;
+		if (read(p[0], &orphan, sizeof(orphan)) != (ssize_t)sizeof(orphan))
+			return 1;
+		waitpid(middle, NULL, 0);
+		printf("%d %d %d\n", getpid(), child, orphan);
+		fflush(stdout);
+		for (;;)
+			pause();
+	}
 	fprintf(stderr, "unknown helper %s\n", name);
 	return 2;
 }
@@ -738,6 +767,19 @@ static void test_tracer_death_kills_program(void **state)
 		pid_t pid = atoi(r.out);
 		assert_true(pid > 0);
 		assert_true(process_gone(pid));
+
+		/* the whole tree: a child and an orphan (reparented to the guard) die too */
+		char *tree[] = {self_exe, "--helper", "tree-and-sleep", NULL};
+		run_traced(&(struct run_opts){.backend = b, .kill_tracer_after_line = 1}, tree, &r);
+		assert_true(WIFSIGNALED(r.wstatus));
+		pid_t pids[3] = {0};
+		assert_int_equal(sscanf(r.out, "%d %d %d", &pids[0], &pids[1], &pids[2]), 3);
+		for (int i = 0; i < 3; i++) {
+			assert_true(pids[i] > 0);
+			if (!process_gone(pids[i]))
+				fail_msg("%s: pid %d outlived trace-run", tracer_backend_name(b),
+					 pids[i]);
+		}
 	}
 }
 

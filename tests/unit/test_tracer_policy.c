@@ -68,6 +68,7 @@ static void test_config_example_loads(void **state)
 	assert_int_equal(c.feature.fs.read_write.len, 1);
 	assert_int_equal(c.feature.fs.local.len, 1);
 	assert_int_equal(c.feature.fs.not_found.len, 1);
+	assert_int_equal(c.feature.fs.max_file_size, 512ull << 20);
 	assert_int_equal(c.feature.network.outgoing.tcp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.udp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.filter_kind, HM_NET_FILTER_REMOTE);
@@ -108,11 +109,39 @@ static void test_config_defaults(void **state)
 	assert_int_equal(c.feature.env.enabled, HM_TRI_TRUE);
 	assert_int_equal(c.feature.env.include.len, 0);
 	assert_int_equal(c.feature.fs.mode, HM_FS_MODE_READ);
+	assert_int_equal(c.feature.fs.max_file_size, HM_FS_MAX_FILE_DEFAULT);
 	assert_int_equal(c.feature.network.outgoing.tcp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.udp, HM_TRI_TRUE);
 	assert_int_equal(c.feature.network.outgoing.filter_kind, HM_NET_FILTER_NONE);
 	assert_int_equal(c.feature.network.dns, HM_TRI_TRUE);
 	hm_config_free(&c);
+}
+
+static void test_config_max_file_size(void **state)
+{
+	(void)state;
+	struct hm_trace_config c;
+	struct hm_err err = {0};
+	assert_int_equal(load(&c, "{\"feature\": {\"fs\": {\"max_file_size\": 1000}}}", &err), 0);
+	assert_int_equal(c.feature.fs.max_file_size, 1000);
+	hm_config_free(&c);
+	assert_int_equal(load(&c, "{\"feature\": {\"fs\": {\"max_file_size\": \"2G\"}}}", &err), 0);
+	assert_int_equal(c.feature.fs.max_file_size, 2ull << 30);
+	/* a flag wins over the file */
+	struct hm_trace_config flags;
+	hm_config_init(&flags);
+	flags.feature.fs.max_file_size = 4096;
+	assert_int_equal(hm_config_merge(&c, &flags, &err), 0);
+	assert_int_equal(c.feature.fs.max_file_size, 4096);
+	hm_config_free(&flags);
+	hm_config_free(&c);
+	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": 0}}}",
+			  "feature.fs.max_file_size: must be a positive number of bytes");
+	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": \"12x\"}}}",
+			  "feature.fs.max_file_size: bad size \"12x\"");
+	expect_load_error(
+	    "{\"feature\": {\"fs\": {\"max_file_size\": true}}}",
+	    "feature.fs.max_file_size: expected a number or a size string, got boolean");
 }
 
 static void test_config_unknown_keys(void **state)
@@ -122,8 +151,9 @@ static void test_config_unknown_keys(void **state)
 	expect_load_error("{\"agent\": {\"port\": 1}}", "unknown key agent.port");
 	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
 			  "unknown key feature.fs.mdoe");
-	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
-			  "(known here: mode, read_only, read_write, local, not_found)");
+	expect_load_error(
+	    "{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
+	    "(known here: mode, read_only, read_write, local, not_found, max_file_size)");
 	expect_load_error("{\"feature\": {\"env\": {\"includes\": []}}}",
 			  "unknown key feature.env.includes");
 	expect_load_error("{\"feature\": {\"network\": {\"dsn\": true}}}",
@@ -1379,9 +1409,85 @@ static void test_env_include_exclude(void **state)
 	assert_string_equal(env_get(env, "PATH"), "/usr/bin");
 	assert_null(env_get(env, "HOSTNAME"));
 	hm_env_free(env);
-	assert_true(hm_env_local_by_default("PATH", 4));
-	assert_false(hm_env_local_by_default("PATHX", 5));
-	assert_false(hm_env_local_by_default("PAT", 3));
+	assert_true(hm_env_local_by_default("PATH"));
+	assert_false(hm_env_local_by_default("PATHX"));
+	assert_false(hm_env_local_by_default("PAT"));
+}
+
+/* Variables that make a local program run code never come from the pod: the pod's
+ * LD_AUDIT names a library in the pod that trace-run would serve to the local loader. */
+static void test_env_never_imported(void **state)
+{
+	(void)state;
+	static const char *const code_loading[] = {
+	    "LD_AUDIT",
+	    "LD_PRELOAD",
+	    "LD_LIBRARY_PATH",
+	    "LD_DEBUG_OUTPUT",
+	    "GCONV_PATH",
+	    "GLIBC_TUNABLES",
+	    "BASH_ENV",
+	    "ENV",
+	    "BASH_FUNC_ls%%",
+	    "PS4",
+	    "SHELLOPTS",
+	    "PYTHONSTARTUP",
+	    "PYTHONPATH",
+	    "PYTHONHOME",
+	    "PERL5OPT",
+	    "PERL5LIB",
+	    "RUBYOPT",
+	    "NODE_OPTIONS",
+	    "JAVA_TOOL_OPTIONS",
+	    "LUA_INIT_5_4",
+	    "OPENSSL_CONF",
+	    "HOSTALIASES",
+	    "LOCPATH",
+	    "NLSPATH",
+	    "DYLD_INSERT_LIBRARIES",
+	};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(code_loading); i++) {
+		if (!hm_env_never_imported(code_loading[i]))
+			fail_msg("%s is imported", code_loading[i]);
+		assert_true(hm_env_local_by_default(code_loading[i]));
+	}
+	/* ordinary settings, even look-alikes, still come from the pod */
+	static const char *const settings[] = {
+	    "LDAP_URI", "ENVIRONMENT", "APP_ENV", "PYTHONUNBUFFERED", "NODE_ENV",
+	    "LANG",	"TZ",	       "BASH",	  "MY_LD_AUDIT"};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(settings); i++)
+		if (hm_env_never_imported(settings[i]))
+			fail_msg("%s is not imported", settings[i]);
+
+	char *const pod[] = {"LD_AUDIT=/lib/evil.so",
+			     "LD_PRELOAD=/pod/lib.so",
+			     "BASH_ENV=/tmp/x",
+			     "ENV=/tmp/x",
+			     "PYTHONSTARTUP=/pod/s.py",
+			     "GCONV_PATH=/pod/gconv",
+			     "BASH_FUNC_ls%%=() { evil; }",
+			     "APP=1",
+			     NULL};
+	char *const local[] = {"LD_LIBRARY_PATH=/opt/mine", NULL};
+	/* every glob, even "*" and "LD_*", lets none of them in */
+	char **env = build_env("*;LD_*;BASH_*;PYTHON*", NULL, NULL, true, pod, local);
+	assert_string_equal(env_get(env, "APP"), "1");
+	assert_null(env_get(env, "LD_AUDIT"));
+	assert_null(env_get(env, "LD_PRELOAD"));
+	assert_null(env_get(env, "BASH_ENV"));
+	assert_null(env_get(env, "ENV"));
+	assert_null(env_get(env, "PYTHONSTARTUP"));
+	assert_null(env_get(env, "GCONV_PATH"));
+	assert_null(env_get(env, "BASH_FUNC_ls%%"));
+	assert_string_equal(env_get(env, "LD_LIBRARY_PATH"), "/opt/mine"); /* the local one stays */
+	hm_env_free(env);
+	/* naming one exactly lets that one in; an override sets one whatever the pod says */
+	static const char *const ov[] = {"BASH_ENV=/home/dev/.bashenv", NULL};
+	env = build_env("APP;LD_AUDIT", NULL, ov, true, pod, local);
+	assert_string_equal(env_get(env, "LD_AUDIT"), "/lib/evil.so");
+	assert_null(env_get(env, "LD_PRELOAD"));
+	assert_string_equal(env_get(env, "BASH_ENV"), "/home/dev/.bashenv");
+	hm_env_free(env);
 }
 
 static void test_env_overrides_and_off(void **state)
@@ -1459,6 +1565,8 @@ int main(void)
 	    cmocka_unit_test(test_env_default),
 	    cmocka_unit_test(test_env_include_exclude),
 	    cmocka_unit_test(test_env_overrides_and_off),
+	    cmocka_unit_test(test_env_never_imported),
+	    cmocka_unit_test(test_config_max_file_size),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
