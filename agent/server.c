@@ -30,7 +30,6 @@
 
 #define MAX_CONNECTIONS 4096
 #define MAX_HANDSHAKING 256        /* connections that have not said HELLO yet */
-#define MAX_CONNECTS_PER_SESSION 512 /* TCP_CONNECTs in flight on one session */
 #define SEND_STALL_MS 30000        /* a peer that reads nothing for this long is dropped */
 #define DRAIN_MS 500               /* reading leftovers before close, so TCP sends no RST */
 #define SHUTDOWN_WAIT_MS 10000
@@ -43,6 +42,7 @@ struct server {
 	ino_t unix_ino;
 	struct agent_relay *relay;
 	struct agent_streams *streams;
+	struct agent_budget *budget;
 	struct agent_stats stats;
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
 	pthread_mutex_t lock;
@@ -59,12 +59,12 @@ struct conn {
 	char peer[128];
 	bool handshaking; /* counted in srv->nhandshaking */
 
-	pthread_mutex_t send_lock; /* frames out; also guards closed and connects */
+	pthread_mutex_t send_lock; /* frames out; also guards closed */
 	bool closed;               /* the session ended: nothing more is sent or parked */
-	unsigned connects;         /* TCP_CONNECT threads running */
 
 	uint64_t features; /* agreed in the handshake */
 	uint64_t session_id;
+	struct agent_budget_account *account; /* the session's share of the budgets */
 	struct agent_target *target;
 	char target_name[PROTO_NAME_MAX]; /* as the client named it */
 };
@@ -84,6 +84,7 @@ static void conn_put(struct conn *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	agent_target_put(c->target);
+	agent_budget_account_put(c->account);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c);
 	atomic_fetch_sub(&srv->stats.connections, 1);
@@ -214,6 +215,7 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 	pthread_mutex_unlock(&c->send_lock);
 	if (c->session_id) {
 		agent_streams_drop_session(c->srv->streams, c->session_id);
+		agent_budget_session_close(c->account);
 		atomic_fetch_sub(&c->srv->stats.sessions, 1);
 		hm_info("conn %llu: session %llu on %s ended: %s", (unsigned long long)c->id,
 			(unsigned long long)c->session_id, agent_target_describe(c->target),
@@ -243,6 +245,28 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 
 /* ---- request handlers: each answers exactly once (reply or ERROR) ---- */
 
+/* Whom a session counts against for --max-peer-sessions: the uid of a unix peer, the
+ * address of a TCP one (its port changes with every connection). */
+static void session_peer_key(const struct conn *c, char *buf, size_t len)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.pid > 0) {
+		snprintf(buf, len, "uid %u", (unsigned)cred.uid);
+		return;
+	}
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	struct proto_addr a;
+	if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0 &&
+	    proto_addr_from_sockaddr((struct sockaddr *)&ss, sl, &a, NULL) == 0) {
+		a.port = 0;
+		proto_addr_str(&a, buf, len);
+		return;
+	}
+	snprintf(buf, len, "?");
+}
+
 static void handle_session_open(struct conn *c, const struct proto_msg *m)
 {
 	struct hm_err err = {0};
@@ -256,14 +280,26 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
+	char peer_key[64];
+	session_peer_key(c, peer_key, sizeof(peer_key));
+	struct agent_budget_account *account;
+	if (agent_budget_session_open(c->srv->budget, peer_key, &account, &err) < 0) {
+		hm_warn("conn %llu (%s): session refused: %s", (unsigned long long)c->id, c->peer,
+			err.msg);
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
 	struct agent_target *t;
 	if (agent_target_resolve(&spec, &t, &err) < 0) {
 		hm_info("conn %llu (%s): target %s: %s", (unsigned long long)c->id, c->peer,
 			m->session_open.target, err.msg);
+		agent_budget_session_close(account);
+		agent_budget_account_put(account);
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
 	c->target = t;
+	c->account = account;
 	c->session_id = atomic_fetch_add(&c->srv->next_session_id, 1);
 	snprintf(c->target_name, sizeof(c->target_name), "%s", m->session_open.target);
 	atomic_fetch_add(&c->srv->stats.sessions, 1);
@@ -288,11 +324,56 @@ static void handle_env(struct conn *c, const struct proto_msg *m)
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
+	/* read before it is counted: an environment is small (AGENT_ENV_MAX at most) and
+	 * its size is not known before */
+	uint64_t cost = 0;
+	for (uint32_t i = 0; i < env.count; i++)
+		cost += 2 * (strlen(env.vars[i]) + 1) + 4 + sizeof(char *);
+	if (agent_budget_reserve(c->account, AGENT_RES_BYTES, cost, AGENT_BUDGET_WAIT_MS, &err) <
+	    0) {
+		agent_env_release(&env);
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
 	struct proto_msg r = {.type = PROTO_ENV_REPLY};
 	r.env_reply.count = env.count;
 	r.env_reply.vars = env.vars;
 	conn_send(c, m->id, &r);
 	agent_env_release(&env);
+	agent_budget_release(c->account, AGENT_RES_BYTES, cost);
+}
+
+static void send_file_read_reply(struct conn *c, const struct proto_msg *m,
+				 struct agent_file_read_result *res)
+{
+	struct hm_err err = {0};
+	hm_autofd file_fd = res->fd;
+	void *data = res->data;
+	struct proto_msg r = {.type = PROTO_FILE_READ_REPLY};
+	r.file_read_reply.st = res->st;
+	if (file_fd < 0) {
+		if (res->size && !data) {
+			conn_send_error(c, m->id, m->type, EIO, "file content missing");
+			return;
+		}
+		r.file_read_reply.transfer = PROTO_XFER_INLINE;
+		r.file_read_reply.data.data = data;
+		r.file_read_reply.data.size = res->size;
+		/* zlib costs ~60 us per small file and saves little there; it pays on big
+		 * text files over slow links (port-forwarded agents) */
+		r.file_read_reply.data.compress = (c->features & PROTO_FEAT_ZLIB) &&
+						  res->size >= AGENT_COMPRESS_MIN;
+	} else {
+		r.file_read_reply.transfer = PROTO_XFER_STREAM;
+		r.file_read_reply.stream_size = res->size;
+		if (agent_streams_add(c->srv->streams, c->session_id, c->account,
+				      AGENT_STREAM_FILE, hm_steal_fd(&file_fd), res->size,
+				      r.file_read_reply.token, &err) < 0) {
+			conn_send_err(c, m->id, m->type, &err);
+			return;
+		}
+	}
+	conn_send(c, m->id, &r);
 }
 
 static void handle_file_read(struct conn *c, const struct proto_msg *m)
@@ -300,41 +381,13 @@ static void handle_file_read(struct conn *c, const struct proto_msg *m)
 	struct hm_err err = {0};
 	struct agent_file_read_result res = {.fd = -1};
 	if (agent_file_read(agent_target_root_fd(c->target), &m->file_read,
-			    c->srv->cfg->max_file_size, &res, &err) < 0) {
+			    c->srv->cfg->max_file_size, c->account, &res, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
-	hm_autofd file_fd = res.fd;
-	hm_autofree void *data = res.data;
-	struct proto_msg r = {.type = PROTO_FILE_READ_REPLY};
-	r.file_read_reply.st = res.st;
-	if (res.size <= PROTO_INLINE_MAX) {
-		if (res.size && !data) {
-			conn_send_error(c, m->id, m->type, EIO, "file content missing");
-			return;
-		}
-		r.file_read_reply.transfer = PROTO_XFER_INLINE;
-		r.file_read_reply.data.data = data;
-		r.file_read_reply.data.size = res.size;
-		/* zlib costs ~60 us per small file and saves little there; it pays on big
-		 * text files over slow links (port-forwarded agents) */
-		r.file_read_reply.data.compress = (c->features & PROTO_FEAT_ZLIB) &&
-						  res.size >= AGENT_COMPRESS_MIN;
-	} else {
-		if (file_fd < 0) {
-			conn_send_error(c, m->id, m->type, EIO, "file not open");
-			return;
-		}
-		r.file_read_reply.transfer = PROTO_XFER_STREAM;
-		r.file_read_reply.stream_size = res.size;
-		if (agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_FILE,
-				      hm_steal_fd(&file_fd), res.size, r.file_read_reply.token,
-				      &err) < 0) {
-			conn_send_err(c, m->id, m->type, &err);
-			return;
-		}
-	}
-	conn_send(c, m->id, &r);
+	send_file_read_reply(c, m, &res);
+	free(res.data);
+	agent_budget_release(c->account, AGENT_RES_BYTES, res.reserved);
 }
 
 static void handle_file_write(struct conn *c, const struct proto_msg *m)
@@ -355,6 +408,7 @@ static void handle_file_simple(struct conn *c, const struct proto_msg *m)
 	struct proto_msg r = {.type = proto_reply_type(m->type)};
 	char link[PROTO_PATH_MAX + 2];
 	void *storage = NULL;
+	uint64_t reserved = 0;
 	int rc;
 	switch (m->type) {
 	case PROTO_FILE_STAT:
@@ -368,7 +422,8 @@ static void handle_file_simple(struct conn *c, const struct proto_msg *m)
 					 &err);
 		break;
 	case PROTO_FILE_READDIR:
-		rc = agent_file_readdir(root, &m->path_req, &r.readdir_reply, &storage, &err);
+		rc = agent_file_readdir(root, &m->path_req, c->account, &r.readdir_reply, &storage,
+					&reserved, &err);
 		break;
 	case PROTO_FILE_MKDIR:
 		rc = agent_file_mkdir(root, &m->file_mkdir, &err);
@@ -390,6 +445,7 @@ static void handle_file_simple(struct conn *c, const struct proto_msg *m)
 	else
 		conn_send(c, m->id, &r);
 	free(storage);
+	agent_budget_release(c->account, AGENT_RES_BYTES, reserved);
 }
 
 static void handle_udp_open(struct conn *c, const struct proto_msg *m)
@@ -398,8 +454,8 @@ static void handle_udp_open(struct conn *c, const struct proto_msg *m)
 	struct proto_msg r = {.type = PROTO_UDP_OPEN_REPLY};
 	int fd = agent_outgoing_udp_open(c->target, m->udp_open.family, &r.udp_open_reply.local,
 					 &err);
-	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_UDP, fd, 0,
-					r.udp_open_reply.token, &err) < 0) {
+	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, c->account,
+					AGENT_STREAM_UDP, fd, 0, r.udp_open_reply.token, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
@@ -431,8 +487,9 @@ static void *connect_main(void *arg)
 			close(fd);
 			rc = hm_err_set(&err, ECONNABORTED, "session ended");
 		} else {
-			rc = agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_TCP, fd,
-					       0, r.tcp_connect_reply.token, &err);
+			rc = agent_streams_add(c->srv->streams, c->session_id, c->account,
+					       AGENT_STREAM_TCP, fd, 0, r.tcp_connect_reply.token,
+					       &err);
 		}
 		pthread_mutex_unlock(&c->send_lock);
 	}
@@ -445,9 +502,7 @@ static void *connect_main(void *arg)
 			 proto_addr_str(&r.tcp_connect_reply.local, local, sizeof(local)), dst);
 		conn_send(c, job->id, &r);
 	}
-	pthread_mutex_lock(&c->send_lock);
-	c->connects--;
-	pthread_mutex_unlock(&c->send_lock);
+	agent_budget_release(c->account, AGENT_RES_CONNECTS, 1);
 	free(job);
 	conn_put(c);
 	return NULL;
@@ -467,13 +522,10 @@ static int spawn_detached(void *(*fn)(void *), void *arg)
 
 static void handle_tcp_connect(struct conn *c, const struct proto_msg *m)
 {
-	pthread_mutex_lock(&c->send_lock);
-	bool busy = c->connects >= MAX_CONNECTS_PER_SESSION;
-	if (!busy)
-		c->connects++;
-	pthread_mutex_unlock(&c->send_lock);
-	if (busy) {
-		conn_send_error(c, m->id, m->type, EAGAIN, "too many connects in flight");
+	/* each connect in progress is a thread and a socket */
+	struct hm_err err = {0};
+	if (agent_budget_reserve(c->account, AGENT_RES_CONNECTS, 1, 0, &err) < 0) {
+		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
 	struct connect_job *job = calloc(1, sizeof(*job));
@@ -490,9 +542,7 @@ static void handle_tcp_connect(struct conn *c, const struct proto_msg *m)
 		}
 	}
 	if (rc) {
-		pthread_mutex_lock(&c->send_lock);
-		c->connects--;
-		pthread_mutex_unlock(&c->send_lock);
+		agent_budget_release(c->account, AGENT_RES_CONNECTS, 1);
 		conn_send_error(c, m->id, m->type, rc, "cannot start the connect");
 	}
 }
@@ -640,34 +690,23 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 		return;
 	}
 	r.stream_hello_reply.reason = "";
+	/* the stream keeps counting for its session until the relay closes it */
+	struct agent_relay_release rel = {agent_budget_stream_closed, ps.account};
 	if (conn_send(c, 0, &r) < 0) {
 		close(ps.fd);
+		agent_budget_stream_closed(ps.account);
 		return;
 	}
 	/* the relay owns both fds from here on, also when adding fails */
 	struct hm_err err = {0};
 	int client_fd = hm_steal_fd(&c->fd);
-	int rc;
-	const char *kind;
-	switch (ps.kind) {
-	case AGENT_STREAM_TCP:
-		kind = "tcp";
-		rc = agent_relay_add_tcp(srv->relay, client_fd, ps.fd, &err);
-		break;
-	case AGENT_STREAM_UDP:
-		kind = "udp";
-		rc = agent_relay_add_udp(srv->relay, client_fd, ps.fd, &err);
-		break;
-	case AGENT_STREAM_FILE:
-		kind = "file";
-		rc = agent_relay_add_file(srv->relay, client_fd, ps.fd, ps.size, &err);
-		break;
-	default:
-		kind = "?";
-		close(client_fd);
-		close(ps.fd);
-		rc = hm_err_set(&err, EINVAL, "unknown stream kind");
-	}
+	static const char *const kinds[] = {
+	    [AGENT_STREAM_TCP] = "tcp", [AGENT_STREAM_UDP] = "udp", [AGENT_STREAM_FILE] = "file"};
+	const char *kind = ps.kind >= AGENT_STREAM_TCP && ps.kind <= AGENT_STREAM_FILE
+				   ? kinds[ps.kind]
+				   : "?";
+	int rc = agent_relay_add_stream(srv->relay, ps.kind, client_fd, ps.fd, ps.size,
+					ps.account ? &rel : NULL, &err);
 	if (rc < 0) {
 		atomic_fetch_add(&srv->stats.errors, 1);
 		hm_warn("conn %llu (%s): %s stream of session %llu: %s", (unsigned long long)c->id,
@@ -835,7 +874,9 @@ static void accept_one(struct server *srv, int lfd, bool is_unix)
 	socklen_t sl = sizeof(ss);
 	int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd < 0) {
-		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+		if (errno == EMFILE || errno == ENFILE) {
+			agent_fd_spare_shed(lfd);
+		} else if (errno == ENOBUFS || errno == ENOMEM) {
 			hm_warn("accept: %s", strerror(errno));
 			poll(NULL, 0, 100); /* the backlog stays readable: do not spin */
 		}
@@ -1076,6 +1117,9 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		return hm_err_errno(err, "eventfd");
 	if (agent_streams_create(cfg->stream_ttl_ms, &srv->streams, err) < 0)
 		goto fail;
+	if (agent_budget_create(&cfg->limits, &srv->budget, err) < 0 ||
+	    agent_fd_spare_init(err) < 0)
+		goto fail;
 	if (agent_relay_create(&srv->stats.relay, &srv->relay, err) < 0)
 		goto fail;
 	if (cfg->unix_path && listen_unix(srv, cfg->unix_path, err) < 0)
@@ -1084,6 +1128,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		goto fail;
 	hm_info("%s ready (pid %d)", AGENT_SERVER_NAME, (int)getpid());
 
+	uint64_t expired_ms = agent_now_ms();
 	for (;;) {
 		struct pollfd pf[3] = {
 			{.fd = cfg->stop_fd, .events = POLLIN},
@@ -1095,10 +1140,13 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 			hm_err_errno(err, "poll");
 			break;
 		}
-		if (n <= 0) {
+		/* also when connections keep arriving: an unclaimed token holds an fd */
+		if (agent_now_ms() - expired_ms >= 1000) {
 			agent_streams_expire(srv->streams);
-			continue;
+			expired_ms = agent_now_ms();
 		}
+		if (n <= 0)
+			continue;
 		if (pf[0].revents)
 			break;
 		if (pf[1].revents)
@@ -1124,6 +1172,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	uint64_t one = 1;
 	if (write(srv->stop_efd, &one, sizeof(one)) < 0)
 		hm_warn("signal the connections to stop: %s", strerror(errno));
+	agent_budget_stop(srv->budget);
 	if (wait_connections_gone(srv) < 0) {
 		/* threads still use the relay and the tokens: leave them to the exit */
 		hm_warn("connections did not end within %d s", SHUTDOWN_WAIT_MS / 1000);
@@ -1131,6 +1180,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	}
 	agent_relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
+	agent_budget_destroy(srv->budget);
 	close(srv->stop_efd);
 	hm_info("stopped");
 	return 0;
@@ -1145,6 +1195,7 @@ fail:
 	if (srv->relay)
 		agent_relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
+	agent_budget_destroy(srv->budget);
 	close(srv->stop_efd);
 	return -1;
 }
