@@ -69,7 +69,7 @@ void agent_budget_default_limits(struct agent_budget_limits *l)
 			   [AGENT_RES_STREAMS] = 8192,
 			   [AGENT_RES_BYTES] = 256ull << 20,
 			   [AGENT_RES_CONNECTS] = 256},
-		.per_session = {[AGENT_RES_SESSIONS] = 64,
+		.per_session = {[AGENT_RES_SESSIONS] = 128,
 				[AGENT_RES_STREAMS] = 1024,
 				[AGENT_RES_BYTES] = 64ull << 20,
 				[AGENT_RES_CONNECTS] = 64},
@@ -298,7 +298,6 @@ void agent_budget_session_close(struct agent_budget_account *a)
 	}
 	pthread_mutex_unlock(&b->lock);
 	agent_budget_release(a, AGENT_RES_SESSIONS, 1);
-	agent_budget_account_put(a);
 }
 
 struct agent_budget_account *agent_budget_account_get(struct agent_budget_account *a)
@@ -367,4 +366,20 @@ void agent_fd_spare_shed(int listen_fd)
 		hm_warn("out of file descriptors: a new connection was closed unserved (see "
 			"--max-streams and ulimit -n)");
 	}
+}
+
+void agent_budget_status(struct agent_budget *b, struct proto_status_reply *out)
+{
+	static const enum proto_budget_kind kinds[AGENT_RES_COUNT] = {
+		[AGENT_RES_SESSIONS] = PROTO_BUDGET_SESSIONS,
+		[AGENT_RES_STREAMS] = PROTO_BUDGET_STREAMS,
+		[AGENT_RES_BYTES] = PROTO_BUDGET_INFLIGHT,
+		[AGENT_RES_CONNECTS] = PROTO_BUDGET_CONNECTS,
+	};
+	struct agent_budget_usage u;
+	agent_budget_usage(b, &u);
+	for (int r = 0; r < AGENT_RES_COUNT; r++)
+		out->budgets[kinds[r]] = (struct proto_budget){
+			.used = u.used[r], .limit = u.limit[r], .peak = u.peak[r], .refused = u.refused[r]};
+	out->nbudgets = PROTO_BUDGET_COUNT;
 }

@@ -265,6 +265,8 @@ void agent_budget_release(struct agent_budget_account *a, enum agent_budget_res 
  * stream's reference to the account. */
 void agent_budget_stream_closed(void *account);
 void agent_budget_usage(struct agent_budget *b, struct agent_budget_usage *out);
+/* The budgets of a STATUS_REPLY. */
+void agent_budget_status(struct agent_budget *b, struct proto_status_reply *out);
 /* Memory reservations: how long a request waits for the agent's share of reply memory
  * before it fails with ENOBUFS. */
 #define AGENT_BUDGET_WAIT_MS 10000

@@ -3,6 +3,7 @@
  * asks a running agent for its counters. */
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/random.h>
@@ -41,7 +42,7 @@ static const char usage_text[] =
 	"keeps serving the others:\n"
 	"  --max-sessions N       sessions open at once (default 256; EUSERS)\n"
 	"  --max-peer-sessions N  sessions of one peer: a unix uid or a TCP address\n"
-	"                         (default 64; EUSERS)\n"
+	"                         (default 128; EUSERS)\n"
 	"  --max-streams N        streams (opened, relayed) in all (default 8192, fewer if\n"
 	"                         the fd limit is low; ENFILE)\n"
 	"  --max-session-streams N  streams of one session (default 1024; EMFILE)\n"
@@ -376,6 +377,10 @@ int main(int argc, char **argv)
 	/* modes of files and dirs a client creates in the target are the client's, as
 	 * open(2)/mkdir(2) in the pod would apply them; the umask is the app's concern */
 	umask(0);
+	/* A fixed threshold: glibc's adaptive one would move big reply buffers into the
+	 * heap once one was freed, where freeing them keeps them resident; mmap'ed, they
+	 * go back to the kernel, so the agent's memory follows --max-inflight. */
+	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 
 	/* Every thread inherits this mask, so the signals reach only the signalfd. */
 	sigset_t stop_set;

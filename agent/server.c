@@ -552,6 +552,7 @@ static void handle_status(struct conn *c, const struct proto_msg *m)
 	struct proto_msg r = {.type = PROTO_STATUS_REPLY};
 	agent_stats_fill(&c->srv->stats, AGENT_SERVER_NAME,
 			 agent_streams_pending(c->srv->streams), &r.status_reply);
+	agent_budget_status(c->srv->budget, &r.status_reply);
 	conn_send(c, m->id, &r);
 }
 

@@ -8,8 +8,11 @@
  *   read     COUNT FILE_READs of path= per session, replies taken, streams never claimed
  *   readdir  COUNT FILE_READDIRs of path= per session
  *   connect  COUNT TCP_CONNECTs at once per session to dst= (timeout= ms)
+ *   session  SESSIONS sessions held open at once (COUNT is ignored)
  * Keys: path=, dst=, timeout=MS, check=POD_PATH (the other client reads it),
+ *   check-agent=ENDPOINT (where the other client connects; default: the same),
  *   errno=NAME[,NAME] (the abusers must be refused, only with these errnos),
+ *   allow=NAME[,NAME] (the abusers may be refused, only with these errnos),
  *   max-fds=N, max-threads=N, max-rss-mib=N (peaks of the agent while abused). */
 #include <dirent.h>
 #include <pthread.h>
@@ -182,14 +185,20 @@ static void abuse_connects(struct abuse *a, struct agent_client *c)
 static void *abuser_main(void *arg)
 {
 	struct abuse *a = arg;
-	struct agent_client *c = e2e_session(a->ctx);
-	if (!c) {
-		struct hm_err err = {.code = EIO};
+	struct agent_client *c = e2e_connect(a->ctx);
+	struct hm_err err = {.code = EIO};
+	struct agent_session_info info;
+	if (!c || agent_client_session_open(c, a->ctx->target, &info, &err) < 0) {
 		count_result(a, -1, &err);
 		atomic_fetch_add(&a->sessions_up, 1);
+		if (c)
+			agent_client_close(c);
 		return NULL;
 	}
-	if (!strcmp(a->kind, "connect")) {
+	if (!strcmp(a->kind, "session")) {
+		count_result(a, 0, &err);
+		atomic_fetch_add(&a->sessions_up, 1);
+	} else if (!strcmp(a->kind, "connect")) {
 		abuse_connects(a, c);
 	} else {
 		for (int i = 0; i < a->count; i++) {
@@ -224,16 +233,16 @@ static void *abuser_main(void *arg)
 }
 
 /* The other client, while the abuse holds everything it got. */
-static void check_other_client(struct abuse *a)
+static void check_other_client(struct abuse *a, struct e2e_ctx *ctx)
 {
-	if (e2e_agent_still_serves(a->ctx)) {
+	if (e2e_agent_still_serves(ctx)) {
 		snprintf(a->check_failure, sizeof(a->check_failure),
 			 "another client was not served (see above)");
 		return;
 	}
 	if (!a->check)
 		return;
-	struct agent_client *c = e2e_session(a->ctx);
+	struct agent_client *c = e2e_session(ctx);
 	if (!c) {
 		snprintf(a->check_failure, sizeof(a->check_failure), "no session for the check");
 		return;
@@ -261,11 +270,12 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 	a.agent = (pid_t)atoi(argv[4]);
 	a.timeout_ms = 20000;
 	if (strcmp(a.kind, "udp") && strcmp(a.kind, "read") && strcmp(a.kind, "readdir") &&
-	    strcmp(a.kind, "connect"))
+	    strcmp(a.kind, "connect") && strcmp(a.kind, "session"))
 		return 2;
 	if (a.sessions < 1 || a.sessions > ABUSE_MAX_SESSIONS || a.count < 1 || a.agent <= 0)
 		return 2;
-	const char *expect = NULL;
+	const char *expect = NULL, *allow = NULL;
+	struct e2e_ctx check_ctx = *ctx;
 	unsigned long max_fds = 0, max_threads = 0, max_rss_mib = 0;
 	for (int i = 5; i < argc; i++) {
 		char *eq = strchr(argv[i], '=');
@@ -277,12 +287,17 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 			a.path = v;
 		else if (!strcmp(k, "check"))
 			a.check = v;
+		else if (!strcmp(k, "check-agent") &&
+			 agent_endpoint_parse(v, &check_ctx.ep, NULL) == 0)
+			;
 		else if (!strcmp(k, "dst") && e2e_parse_addr(v, &a.dst) == 0)
 			;
 		else if (!strcmp(k, "timeout"))
 			a.timeout_ms = (uint32_t)atoi(v);
 		else if (!strcmp(k, "errno"))
 			expect = v;
+		else if (!strcmp(k, "allow"))
+			allow = v;
 		else if (!strcmp(k, "max-fds"))
 			max_fds = strtoul(v, NULL, 10);
 		else if (!strcmp(k, "max-threads"))
@@ -309,7 +324,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	check_other_client(&a);
+	check_other_client(&a, &check_ctx);
 	atomic_store(&a.check_done, true);
 	for (int i = 0; i < a.sessions; i++)
 		pthread_join(th[i], NULL);
@@ -331,9 +346,9 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		if (off >= sizeof(refused_text))
 			off = sizeof(refused_text) - 1;
 		bool listed = false;
-		if (expect) {
+		if (expect || allow) {
 			char list[128];
-			snprintf(list, sizeof(list), "%s", expect);
+			snprintf(list, sizeof(list), "%s", expect ? expect : allow);
 			char *save = NULL;
 			for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
 				listed |= errno_code(t) == e;
@@ -355,7 +370,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 	if (unexpected)
 		return e2e_fail("the abusing sessions were refused with %s, expected %s",
 				unexpected > 0 ? errno_name(unexpected) : "an unknown error",
-				expect ? expect : "no refusal");
+				expect ? expect : allow ? allow : "no refusal");
 	if (max_fds && a.peak_fds > max_fds)
 		return e2e_fail("the agent held %u fds, the bound is %lu", a.peak_fds, max_fds);
 	if (max_threads && a.peak_threads > max_threads)
@@ -368,6 +383,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd abuse_cmds[] = {
-	{"abuse", "udp|read|readdir|connect SESSIONS COUNT AGENT_PID [KEY=VALUE]...", cmd_abuse},
+	{"abuse", "udp|read|readdir|connect|session SESSIONS COUNT AGENT_PID [KEY=VALUE]...",
+	 cmd_abuse},
 };
 E2E_REGISTER(abuse_cmds)

@@ -21,6 +21,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Under SAN=1 freed memory would sit in ASan's quarantine and count as the agent's RSS.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=0:allocator_release_to_os_interval_ms=50"
+
 set -e
 ROOTFS="$WORK/rootfs"
 mkdir "$ROOTFS"
@@ -29,8 +32,8 @@ mkdir -p "$ROOTFS/data/wide"
 echo "still served $RANDOM" >"$ROOTFS/data/small.txt"
 # 7 MiB: below the inline limit, so a reply holds it in the agent's memory
 head -c 7M /dev/urandom >"$ROOTFS/data/seven.bin"
-# a listing of ~2.4 MiB: 12000 names of 200 characters
-(cd "$ROOTFS/data/wide" && seq -f "%0200g" 12000 | xargs touch)
+# a listing of ~4 MiB: 20000 names of 200 characters
+(cd "$ROOTFS/data/wide" && seq -f "%0200g" 20000 | xargs touch)
 tp run -d --name "$POD" --rootfs "$ROOTFS" -- sleep 100000 </dev/null >/dev/null
 set +e
 
@@ -39,35 +42,55 @@ start_budgeted() {
 	agent_start "$WORK" "$1" --max-sessions 40 --max-peer-sessions 30 \
 		--max-streams 300 --max-session-streams 100 --stream-ttl 3000 \
 		--max-inflight 64M --max-session-inflight 24M \
-		--max-connects 64 --max-session-connects 16
+		--max-connects 64 --max-session-connects 16 "${@:2}"
 }
 
 A() { e2e "$WORK" "$1" --target "pod/$POD" "${@:2}"; }
+
+# stop_clean NAME: SIGTERM; a clean stop, and (under SAN=1) no sanitizer report.
+stop_clean() {
+	local pid
+	pid=$(agent_pid "$WORK" "$1")
+	kill -TERM "$pid"
+	wait_until 150 sh -c "! kill -0 $pid 2>/dev/null" || fail "agent $1 did not stop in 15 s"
+	grep -q 'stopped$' "$WORK/$1.log" || fail "agent $1: no clean stop: $(tail -5 "$WORK/$1.log")"
+	if grep -B2 -A30 -E 'Sanitizer|runtime error' "$WORK/$1.log"; then
+		fail "sanitizer report in agent $1's log"
+	fi
+}
 
 test_udp_streams() {
 	start_budgeted udp
 	local pid
 	pid=$(agent_pid "$WORK" udp)
-	# 6 x 150 unclaimed UDP sockets: each session stops at 100 (EMFILE), the agent at
-	# 300 (ENFILE); an unlimited agent would hold 900 sockets
+	# one session stops at 100 unclaimed sockets (EMFILE)
+	A udp abuse udp 1 150 "$pid" check=/data/small.txt errno=EMFILE max-fds=200 ||
+		fail "udp abuse, one session"
+	# 6 x 150: the agent stops at 300 (ENFILE); an unlimited one would hold 900 sockets
 	A udp abuse udp 6 150 "$pid" check=/data/small.txt errno=EMFILE,ENFILE max-fds=700 ||
 		fail "udp abuse"
 	# unclaimed tokens expire: their sockets are closed within the TTL
 	wait_until 100 sh -c "[ \$(ls /proc/$pid/fd | wc -l) -le 40 ]" ||
 		fail "unclaimed UDP sockets still open after their TTL: $(ls /proc/$pid/fd | wc -l) fds"
-	agent_stop "$WORK" udp
+	stop_clean udp
 }
 
 test_reads() {
 	start_budgeted read
 	local pid
 	pid=$(agent_pid "$WORK" read)
-	# 16 sessions x 7 MiB inline replies: at most 64 MiB in flight (plus the agent's own)
-	A read abuse read 16 4 "$pid" path=/data/seven.bin check=/data/small.txt \
-		errno=EMFILE,ENFILE,ENOBUFS max-rss-mib=200 || fail "read abuse"
-	A read abuse readdir 16 4 "$pid" path=/data/wide check=/data/small.txt \
-		errno=ENOBUFS max-rss-mib=200 || fail "readdir abuse"
-	agent_stop "$WORK" read
+	# 24 sessions reading 7 MiB files inline would hold ~340 MiB; with 64 MiB for
+	# replies the rest come as streams, and another client still reads the whole file
+	A read abuse read 24 3 "$pid" path=/data/seven.bin check=/data/seven.bin \
+		allow=EMFILE,ENFILE max-rss-mib=160 || fail "read abuse"
+	stop_clean read
+	start_budgeted list
+	pid=$(agent_pid "$WORK" list)
+	# 24 sessions listing ~14 MiB each (names, entries, the encoded reply) would hold
+	# ~330 MiB; they wait their turn instead
+	A list abuse readdir 24 3 "$pid" path=/data/wide check=/data/small.txt \
+		allow=ENOBUFS max-rss-mib=160 || fail "readdir abuse"
+	stop_clean list
 }
 
 test_connects() {
@@ -77,9 +100,28 @@ test_connects() {
 	# an address on the pods' subnet that nobody has: every connect hangs for seconds
 	A conn abuse connect 8 100 "$pid" dst=10.213.255.254:80 timeout=4000 \
 		check=/data/small.txt errno=EAGAIN max-threads=120 || fail "connect abuse"
-	agent_stop "$WORK" conn
+	stop_clean conn
+}
+
+test_sessions() {
+	local port=$((20000 + RANDOM % 20000))
+	start_budgeted sess --listen "127.0.0.1:$port"
+	local pid
+	pid=$(agent_pid "$WORK" sess)
+	# 36 sessions of one uid on the unix socket: 30 open (the peer's limit), 6 refused
+	# with EUSERS; another peer (TCP from 127.0.0.1) still gets a session
+	A sess abuse session 36 1 "$pid" check-agent="127.0.0.1:$port" check=/data/small.txt \
+		errno=EUSERS max-threads=60 || fail "session abuse"
+	local out
+	out=$("$TRACE_AGENT" status --unix "$WORK/sess.sock" --token-file "$WORK/token") ||
+		fail "status: $out"
+	echo "$out"
+	assert_contains "$out" "sessions" "status lists the session budget"
+	assert_contains "$out" "refused" "status counts refusals"
+	stop_clean sess
 }
 
 run_test "budget: unclaimed UDP streams refused with EMFILE/ENFILE, fds bounded" test_udp_streams
 run_test "budget: big reads and listings bounded in memory" test_reads
 run_test "budget: connects bounded in threads" test_connects
+run_test "budget: sessions per peer refused with EUSERS" test_sessions

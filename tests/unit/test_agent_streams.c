@@ -105,6 +105,12 @@ static void test_expiry(void **state)
 	agent_streams_destroy(s);
 }
 
+static void close_session(struct agent_budget_account *a)
+{
+	agent_budget_session_close(a);
+	agent_budget_account_put(a);
+}
+
 static struct agent_budget *small_budget(void)
 {
 	struct agent_budget_limits l = {0};
@@ -166,8 +172,8 @@ static void test_stream_budget(void **state)
 	agent_streams_destroy(s);
 	agent_budget_usage(b, &u);
 	assert_int_equal(u.used[AGENT_RES_STREAMS], 0);
-	agent_budget_session_close(one);
-	agent_budget_session_close(two);
+	close_session(one);
+	close_session(two);
 	agent_budget_destroy(b);
 }
 
@@ -186,11 +192,11 @@ static void test_session_budget(void **state)
 	assert_int_equal(agent_budget_session_open(b, "10.0.0.2", &x, &err), -1);
 	assert_int_equal(err.code, EUSERS);
 	assert_non_null(strstr(err.msg, "--max-sessions"));
-	agent_budget_session_close(a1);
+	close_session(a1);
 	assert_int_equal(agent_budget_session_open(b, "10.0.0.2", &x, &err), 0);
-	agent_budget_session_close(x);
-	agent_budget_session_close(a2);
-	agent_budget_session_close(a3);
+	close_session(x);
+	close_session(a2);
+	close_session(a3);
 	agent_budget_destroy(b);
 }
 
@@ -244,8 +250,8 @@ static void test_bytes_budget(void **state)
 	assert_int_equal(w.rc, -1);
 	assert_int_equal(w.code, ESHUTDOWN);
 	agent_budget_release(two, AGENT_RES_BYTES, 500);
-	agent_budget_session_close(one);
-	agent_budget_session_close(two);
+	close_session(one);
+	close_session(two);
 	agent_budget_destroy(b);
 }
 
