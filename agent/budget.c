@@ -68,11 +68,11 @@ void agent_budget_default_limits(struct agent_budget_limits *l)
 		.global = {[AGENT_RES_SESSIONS] = 256,
 			   [AGENT_RES_STREAMS] = 8192,
 			   [AGENT_RES_BYTES] = 256ull << 20,
-			   [AGENT_RES_CONNECTS] = 256},
+			   [AGENT_RES_CONNECTS] = 1024},
 		.per_session = {[AGENT_RES_SESSIONS] = 128,
 				[AGENT_RES_STREAMS] = 1024,
 				[AGENT_RES_BYTES] = 64ull << 20,
-				[AGENT_RES_CONNECTS] = 64},
+				[AGENT_RES_CONNECTS] = 256},
 	};
 }
 

@@ -122,6 +122,17 @@ int agent_file_reopen(int path_fd, int flags, struct hm_err *err);
  * the calling thread up to the timeout. */
 int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
 			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
+/* The same in two steps, for a caller that waits for many connects at once:
+ * begin makes the socket and starts the connect: 0 connected, 1 in progress (wait for
+ * POLLOUT), both with *fd the socket; < 0 failed. finish reports the outcome: outcome
+ * an errno (0: connected; ETIMEDOUT: the caller's deadline passed), or -1 to read it
+ * from SO_ERROR; fills local. timeout_ms is only for the message. */
+int agent_outgoing_tcp_begin(struct agent_target *t, const struct proto_addr *dst, int *fd,
+			     struct hm_err *err);
+int agent_outgoing_tcp_finish(int fd, const struct proto_addr *dst, int outcome,
+			      uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
+/* The timeout that applies to a request's timeout_ms (0: the default, capped). */
+uint32_t agent_outgoing_timeout(uint32_t timeout_ms);
 /* A UDP socket in the target's netns (family PROTO_AF_*), bound to the wildcard address
  * and an ephemeral port; O_NONBLOCK | O_CLOEXEC. An AF_INET6 socket is dual-stack. */
 int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto_addr *local,
@@ -215,6 +226,25 @@ struct agent_relay_release {
 int agent_relay_add_stream(struct agent_relay *r, enum agent_stream_kind kind, int client_fd,
 			   int fd, uint64_t size, const struct agent_relay_release *rel,
 			   struct hm_err *err);
+
+/* ---- connects.c: one session's TCP connects in progress ----
+ * Driven by the session's thread: it polls agent_connects_fd (POLLIN when a connect
+ * finished) and wakes by agent_connects_deadline (0: none), then calls
+ * agent_connects_progress. done gets each result once: fd (connected, O_NONBLOCK,
+ * the callee's) and local, or fd -1 and err with the errno the app would have got. */
+typedef void (*agent_connect_done_fn)(void *ctx, uint32_t id, int fd,
+				      const struct proto_addr *local, const struct hm_err *err);
+struct agent_connects;
+int agent_connects_create(struct agent_connects **out, struct hm_err *err);
+void agent_connects_destroy(struct agent_connects *cs); /* closes what is in progress */
+int agent_connects_fd(const struct agent_connects *cs);  /* -1 for NULL */
+size_t agent_connects_count(const struct agent_connects *cs);
+uint64_t agent_connects_deadline(const struct agent_connects *cs);
+/* done may be called before this returns (refused at once, the pod's loopback). */
+void agent_connects_start(struct agent_connects *cs, struct agent_target *t, uint32_t id,
+			  const struct proto_addr *dst, uint32_t timeout_ms,
+			  agent_connect_done_fn done, void *ctx);
+void agent_connects_progress(struct agent_connects *cs, agent_connect_done_fn done, void *ctx);
 
 /* ---- budget.c: global and per-session limits ----
  * What one client may take of the agent's shared resources. Each resource has a

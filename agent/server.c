@@ -2,10 +2,10 @@
  * session on each control connection and its request dispatch.
  *
  * Threads: the main thread accepts; each connection has a thread that reads its frames
- * and answers them in order, except TCP_CONNECT, which runs in a short-lived thread of
- * its own so a slow connect does not hold up the session's other requests. Frames to a
- * connection are serialized by its send lock. A connection is freed when its thread and
- * its connect threads are all done (refcount).
+ * and answers them in order, except TCP_CONNECT, whose connect the same thread waits
+ * for beside the frames (connects.c), so a slow connect does not hold up the session's
+ * other requests. Frames to a connection are serialized by its send lock. A connection
+ * is freed when its last reference goes (refcount).
  *
  * Everything a peer sends is hostile: before HELLO succeeds only a hello-sized frame is
  * read, within a deadline; a frame that is malformed, oversized, of an unknown type or
@@ -65,6 +65,7 @@ struct conn {
 	uint64_t features; /* agreed in the handshake */
 	uint64_t session_id;
 	struct agent_budget_account *account; /* the session's share of the budgets */
+	struct agent_connects *connects;      /* TCP connects in progress (serve's thread) */
 	struct agent_target *target;
 	char target_name[PROTO_NAME_MAX]; /* as the client named it */
 };
@@ -213,6 +214,9 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 	pthread_mutex_lock(&c->send_lock);
 	c->closed = true;
 	pthread_mutex_unlock(&c->send_lock);
+	agent_budget_release(c->account, AGENT_RES_CONNECTS, agent_connects_count(c->connects));
+	agent_connects_destroy(c->connects);
+	c->connects = NULL;
 	if (c->session_id) {
 		agent_streams_drop_session(c->srv->streams, c->session_id);
 		agent_budget_session_close(c->account);
@@ -462,50 +466,29 @@ static void handle_udp_open(struct conn *c, const struct proto_msg *m)
 	conn_send(c, m->id, &r);
 }
 
-struct connect_job {
-	struct conn *c;
-	uint32_t id;
-	struct proto_tcp_connect req;
-};
-
-static void *connect_main(void *arg)
+/* A connect finished: connects.c calls this on the session's thread. */
+static void connect_done(void *ctx, uint32_t id, int fd, const struct proto_addr *local,
+			 const struct hm_err *result)
 {
-	struct connect_job *job = arg;
-	struct conn *c = job->c;
-	struct hm_err err = {0};
-	struct proto_msg r = {.type = PROTO_TCP_CONNECT_REPLY};
-	char dst[80];
-	proto_addr_str(&job->req.dst, dst, sizeof(dst));
-	int fd = agent_outgoing_tcp_connect(c->target, &job->req.dst, job->req.timeout_ms,
-					    &r.tcp_connect_reply.local, &err);
-	int rc = fd;
-	if (fd >= 0) {
-		/* park it unless the session ended meanwhile (conn_end drops what is parked
-		 * before it, under the same lock) */
-		pthread_mutex_lock(&c->send_lock);
-		if (c->closed) {
-			close(fd);
-			rc = hm_err_set(&err, ECONNABORTED, "session ended");
-		} else {
-			rc = agent_streams_add(c->srv->streams, c->session_id, c->account,
-					       AGENT_STREAM_TCP, fd, 0, r.tcp_connect_reply.token,
-					       &err);
-		}
-		pthread_mutex_unlock(&c->send_lock);
-	}
-	if (rc < 0) {
-		conn_send_error(c, job->id, PROTO_TCP_CONNECT, err.code ? err.code : EIO, err.msg);
-	} else {
-		char local[80];
-		hm_debug("conn %llu: session %llu: TCP %s -> %s", (unsigned long long)c->id,
-			 (unsigned long long)c->session_id,
-			 proto_addr_str(&r.tcp_connect_reply.local, local, sizeof(local)), dst);
-		conn_send(c, job->id, &r);
-	}
+	struct conn *c = ctx;
 	agent_budget_release(c->account, AGENT_RES_CONNECTS, 1);
-	free(job);
-	conn_put(c);
-	return NULL;
+	struct hm_err err = *result;
+	struct proto_msg r = {.type = PROTO_TCP_CONNECT_REPLY};
+	if (fd >= 0) {
+		r.tcp_connect_reply.local = *local;
+		if (agent_streams_add(c->srv->streams, c->session_id, c->account, AGENT_STREAM_TCP,
+				      fd, 0, r.tcp_connect_reply.token, &err) < 0)
+			fd = -1;
+	}
+	if (fd < 0) {
+		conn_send_error(c, id, PROTO_TCP_CONNECT, err.code ? err.code : EIO, err.msg);
+		return;
+	}
+	char local_str[80];
+	hm_debug("conn %llu: session %llu: TCP from %s", (unsigned long long)c->id,
+		 (unsigned long long)c->session_id,
+		 proto_addr_str(&r.tcp_connect_reply.local, local_str, sizeof(local_str)));
+	conn_send(c, id, &r);
 }
 
 static int spawn_detached(void *(*fn)(void *), void *arg)
@@ -520,31 +503,22 @@ static int spawn_detached(void *(*fn)(void *), void *arg)
 	return rc;
 }
 
+/* Started here, finished by the session's own loop (serve): a slow connect holds a
+ * socket, not a thread, and does not hold up the session's other requests. */
 static void handle_tcp_connect(struct conn *c, const struct proto_msg *m)
 {
-	/* each connect in progress is a thread and a socket */
 	struct hm_err err = {0};
 	if (agent_budget_reserve(c->account, AGENT_RES_CONNECTS, 1, 0, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
-	struct connect_job *job = calloc(1, sizeof(*job));
-	int rc = ENOMEM;
-	if (job) {
-		job->c = c;
-		job->id = m->id;
-		job->req = m->tcp_connect;
-		atomic_fetch_add(&c->refs, 1);
-		rc = spawn_detached(connect_main, job);
-		if (rc) {
-			atomic_fetch_sub(&c->refs, 1);
-			free(job);
-		}
-	}
-	if (rc) {
+	if (!c->connects && agent_connects_create(&c->connects, &err) < 0) {
 		agent_budget_release(c->account, AGENT_RES_CONNECTS, 1);
-		conn_send_error(c, m->id, m->type, rc, "cannot start the connect");
+		conn_send_err(c, m->id, m->type, &err);
+		return;
 	}
+	agent_connects_start(c->connects, c->target, m->id, &m->tcp_connect.dst,
+			     m->tcp_connect.timeout_ms, connect_done, c);
 }
 
 static void handle_status(struct conn *c, const struct proto_msg *m)
@@ -621,27 +595,36 @@ static int dispatch(struct conn *c, const struct proto_msg *m)
 
 /* ---- reading frames ---- */
 
-enum wake { WAKE_FRAME, WAKE_CLOSED, WAKE_STOP, WAKE_TARGET, WAKE_TIMEOUT, WAKE_BAD };
+enum wake { WAKE_FRAME, WAKE_CLOSED, WAKE_STOP, WAKE_TARGET, WAKE_TIMEOUT, WAKE_BAD, WAKE_CONNECTS };
 
-/* Wait for the next whole frame, the end of the connection, the agent's stop or the
- * target's exit. deadline_ms 0: none. On WAKE_BAD/WAKE_CLOSED err says why. */
+/* Wait for the next whole frame, the end of the connection, the agent's stop, the
+ * target's exit, or a connect of the session to finish or time out (WAKE_CONNECTS).
+ * deadline_ms 0: none. On WAKE_BAD/WAKE_CLOSED err says why. */
 static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
 			    struct proto_frame *f, struct hm_err *err)
 {
 	for (;;) {
-		struct pollfd pf[3] = {
+		struct pollfd pf[4] = {
 			{.fd = c->fd, .events = POLLIN},
 			{.fd = c->srv->stop_efd, .events = POLLIN},
 			{.fd = c->target ? agent_target_pidfd(c->target) : -1, .events = POLLIN},
+			{.fd = agent_connects_fd(c->connects), .events = POLLIN},
 		};
 		int timeout = -1;
+		uint64_t now = agent_now_ms();
 		if (deadline_ms) {
-			uint64_t now = agent_now_ms();
 			if (now >= deadline_ms)
 				return WAKE_TIMEOUT;
 			timeout = (int)(deadline_ms - now);
 		}
-		int n = poll(pf, 3, timeout);
+		uint64_t connect_deadline = agent_connects_deadline(c->connects);
+		if (connect_deadline) {
+			if (now >= connect_deadline)
+				return WAKE_CONNECTS;
+			if (timeout < 0 || connect_deadline - now < (uint64_t)timeout)
+				timeout = (int)(connect_deadline - now);
+		}
+		int n = poll(pf, 4, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -654,6 +637,8 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 			return WAKE_STOP;
 		if (pf[2].revents)
 			return WAKE_TARGET;
+		if (pf[3].revents)
+			return WAKE_CONNECTS;
 		if (!pf[0].revents)
 			continue;
 		int rc = proto_frame_reader_read(rd, c->fd, f, err);
@@ -806,6 +791,10 @@ static void serve(struct conn *c)
 		if (w == WAKE_CLOSED) {
 			snprintf(why, sizeof(why), "client disconnected");
 			break;
+		}
+		if (w == WAKE_CONNECTS) {
+			agent_connects_progress(c->connects, connect_done, c);
+			continue;
 		}
 		if (w != WAKE_FRAME) {
 			protocol_error(c, "bad frame", &err);
