@@ -258,7 +258,7 @@ enum agent_budget_res {
 	AGENT_RES_SESSIONS,
 	AGENT_RES_STREAMS,  /* unclaimed stream tokens and relayed streams */
 	AGENT_RES_BYTES,    /* memory held by replies being built or sent */
-	AGENT_RES_CONNECTS, /* TCP connects in progress, one thread each */
+	AGENT_RES_CONNECTS, /* TCP connects in progress, a socket each */
 	AGENT_RES_COUNT
 };
 struct agent_budget_limits {

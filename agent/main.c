@@ -37,6 +37,9 @@ static const char usage_text[] =
 	"  --max-file-size SIZE   largest file a client may read (default 1G)\n"
 	"  --handshake-timeout MS time a new connection has to say hello (default 5000)\n"
 	"  --stream-ttl MS        life of an unclaimed stream token (default 10000)\n"
+	"  --log-level L          debug, info (default), warn or error\n"
+	"  --version              print the version\n"
+	"  -h, --help             this text\n"
 	"\n"
 	"Budgets (0: unlimited). A client over one gets an error naming the flag; the agent\n"
 	"keeps serving the others:\n"
@@ -50,14 +53,11 @@ static const char usage_text[] =
 	"                         sent (default 256M; a request waits up to 10 s, then\n"
 	"                         ENOBUFS; a file over 64K is streamed instead)\n"
 	"  --max-session-inflight SIZE  the same for one session (default 64M)\n"
-	"  --max-connects N       TCP connects in progress, one thread each (default 256;\n"
-	"                         EAGAIN)\n"
-	"  --max-session-connects N  the same for one session (default 64)\n"
-	"  --log-level L          debug, info (default), warn or error\n"
-	"  --version              print the version\n"
-	"  -h, --help             this text\n"
+	"  --max-connects N       TCP connects in progress (default 1024; EAGAIN)\n"
+	"  --max-session-connects N  the same for one session (default 256)\n"
 	"\n"
-	"status: print the sessions, streams, requests, errors and bytes of a running agent.\n"
+	"status: print the sessions, streams, requests, errors, bytes and budgets of a running\n"
+	"agent.\n"
 	"The token may also come from the HERMIT_TOKEN environment variable.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
