@@ -34,6 +34,7 @@
 #define DRAIN_MS 500               /* reading leftovers before close, so TCP sends no RST */
 #define SHUTDOWN_WAIT_MS 10000
 #define THREAD_STACK (256u << 10)
+#define FRAME_CHARGE_MIN (64u << 10) /* smaller requests are not counted */
 
 struct server {
 	const struct agent_server_config *cfg;
@@ -66,6 +67,7 @@ struct conn {
 	uint64_t session_id;
 	struct agent_budget_account *account; /* the session's share of the budgets */
 	struct agent_connects *connects;      /* TCP connects in progress (serve's thread) */
+	uint64_t frame_charge;                /* reply memory held by the request read */
 	struct agent_target *target;
 	char target_name[PROTO_NAME_MAX]; /* as the client named it */
 };
@@ -215,6 +217,8 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 	c->closed = true;
 	pthread_mutex_unlock(&c->send_lock);
 	agent_budget_release(c->account, AGENT_RES_CONNECTS, agent_connects_count(c->connects));
+	agent_budget_release(c->account, AGENT_RES_BYTES, c->frame_charge);
+	c->frame_charge = 0;
 	agent_connects_destroy(c->connects);
 	c->connects = NULL;
 	if (c->session_id) {
@@ -642,6 +646,18 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 		if (!pf[0].revents)
 			continue;
 		int rc = proto_frame_reader_read(rd, c->fd, f, err);
+		/* a big request (a file written back) is reply-like memory too: counted
+		 * once its length is known, waiting before the rest is read */
+		uint32_t len = rc == 1 ? f->hdr.len : rd->got >= PROTO_HDR_LEN ? rd->frame.hdr.len : 0;
+		if (rc >= 0 && c->account && !c->frame_charge && len >= FRAME_CHARGE_MIN) {
+			if (agent_budget_reserve(c->account, AGENT_RES_BYTES, len,
+						 AGENT_BUDGET_WAIT_MS, err) < 0) {
+				if (rc == 1)
+					free(f->payload);
+				return WAKE_BAD;
+			}
+			c->frame_charge = len;
+		}
 		if (rc == 1) {
 			atomic_fetch_add(&c->srv->stats.ctl_bytes_out, PROTO_HDR_LEN + f->hdr.len);
 			return WAKE_FRAME;
@@ -796,6 +812,14 @@ static void serve(struct conn *c)
 			agent_connects_progress(c->connects, connect_done, c);
 			continue;
 		}
+		if (w == WAKE_BAD && err.code == ENOBUFS) {
+			/* a request too big for the memory left: the client learns why */
+			hm_warn("conn %llu (%s): %s; ending the session", (unsigned long long)c->id,
+				c->peer, err.msg);
+			end_errno = ENOBUFS;
+			snprintf(why, sizeof(why), "%s", err.msg);
+			break;
+		}
 		if (w != WAKE_FRAME) {
 			protocol_error(c, "bad frame", &err);
 			snprintf(why, sizeof(why), "protocol error");
@@ -814,6 +838,8 @@ static void serve(struct conn *c)
 		m.id = f.hdr.id;
 		int rc = dispatch(c, &m);
 		proto_msg_free(&m);
+		agent_budget_release(c->account, AGENT_RES_BYTES, c->frame_charge);
+		c->frame_charge = 0;
 		if (rc < 0) {
 			snprintf(why, sizeof(why), "protocol error");
 			break;

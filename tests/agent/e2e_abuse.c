@@ -9,6 +9,7 @@
  *   readdir  COUNT FILE_READDIRs of path= per session
  *   connect  COUNT TCP_CONNECTs at once per session to dst= (timeout= ms)
  *   session  SESSIONS sessions held open at once (COUNT is ignored)
+ *   write    COUNT FILE_WRITEs of 7 MiB per session to path=.N (N: the session)
  * Keys: path=, dst=, timeout=MS, check=POD_PATH (the other client reads it),
  *   check-agent=ENDPOINT (where the other client connects; default: the same),
  *   errno=NAME[,NAME] (the abusers must be refused, only with these errnos),
@@ -24,6 +25,7 @@
 
 #define ABUSE_MAX_SESSIONS 256
 #define ERRNO_SLOTS 4096
+#define WRITE_SIZE (7u << 20)
 
 struct abuse {
 	struct e2e_ctx *ctx;
@@ -36,6 +38,8 @@ struct abuse {
 	atomic_uint ok;
 	atomic_uint refused[ERRNO_SLOTS];
 	atomic_uint sessions_up;    /* sessions that did all their requests */
+	atomic_uint next_index;     /* numbers the sessions (write: their files) */
+	void *write_data;
 	atomic_bool check_done;     /* the other client has been checked: let go */
 	atomic_bool sampling;
 	char check_failure[512];
@@ -201,10 +205,20 @@ static void *abuser_main(void *arg)
 	} else if (!strcmp(a->kind, "connect")) {
 		abuse_connects(a, c);
 	} else {
+		unsigned index = atomic_fetch_add(&a->next_index, 1);
+		char write_path[PROTO_PATH_MAX + 1];
+		snprintf(write_path, sizeof(write_path), "%.4000s.%u", a->path ? a->path : "", index);
 		for (int i = 0; i < a->count; i++) {
 			struct hm_err err = {0};
 			struct proto_msg req = {0}, reply;
-			if (!strcmp(a->kind, "udp")) {
+			if (!strcmp(a->kind, "write")) {
+				req.type = PROTO_FILE_WRITE;
+				req.file_write.path = write_path;
+				req.file_write.flags = PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC;
+				req.file_write.mode = 0600;
+				req.file_write.data.data = a->write_data;
+				req.file_write.data.size = WRITE_SIZE;
+			} else if (!strcmp(a->kind, "udp")) {
 				req.type = PROTO_UDP_OPEN;
 				req.udp_open.family = PROTO_AF_INET;
 			} else if (!strcmp(a->kind, "read")) {
@@ -270,7 +284,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 	a.agent = (pid_t)atoi(argv[4]);
 	a.timeout_ms = 20000;
 	if (strcmp(a.kind, "udp") && strcmp(a.kind, "read") && strcmp(a.kind, "readdir") &&
-	    strcmp(a.kind, "connect") && strcmp(a.kind, "session"))
+	    strcmp(a.kind, "connect") && strcmp(a.kind, "session") && strcmp(a.kind, "write"))
 		return 2;
 	if (a.sessions < 1 || a.sessions > ABUSE_MAX_SESSIONS || a.count < 1 || a.agent <= 0)
 		return 2;
@@ -307,8 +321,21 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		else
 			return 2;
 	}
-	if ((!strcmp(a.kind, "read") || !strcmp(a.kind, "readdir")) && !a.path)
+	if ((!strcmp(a.kind, "read") || !strcmp(a.kind, "readdir") || !strcmp(a.kind, "write")) &&
+	    !a.path)
 		return 2;
+	if (!strcmp(a.kind, "write")) {
+		/* incompressible, so the frame on the wire is as big as the content */
+		uint8_t *d = malloc(WRITE_SIZE);
+		if (!d)
+			return e2e_fail("no memory for the write abuse");
+		uint64_t x = 0x9e3779b97f4a7c15ull;
+		for (size_t i = 0; i < WRITE_SIZE; i++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			d[i] = (uint8_t)x;
+		}
+		a.write_data = d;
+	}
 	if (!strcmp(a.kind, "connect") && !a.dst.family)
 		return 2;
 
@@ -330,6 +357,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		pthread_join(th[i], NULL);
 	atomic_store(&a.sampling, false);
 	pthread_join(sampler, NULL);
+	free(a.write_data);
 	read_status(a.agent, NULL, NULL, &a.hwm_kib);
 
 	unsigned refused = 0;
@@ -383,7 +411,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd abuse_cmds[] = {
-	{"abuse", "udp|read|readdir|connect|session SESSIONS COUNT AGENT_PID [KEY=VALUE]...",
+	{"abuse", "udp|read|readdir|write|connect|session SESSIONS COUNT AGENT_PID [KEY=VALUE]...",
 	 cmd_abuse},
 };
 E2E_REGISTER(abuse_cmds)

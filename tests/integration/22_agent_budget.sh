@@ -91,6 +91,12 @@ test_reads() {
 	A list abuse readdir 24 3 "$pid" path=/data/wide check=/data/small.txt \
 		allow=ENOBUFS max-rss-mib=160 || fail "readdir abuse"
 	stop_clean list
+	start_budgeted write --max-sessions 50 --max-peer-sessions 40
+	pid=$(agent_pid "$WORK" write)
+	# 32 sessions writing 7 MiB each at once: ~224 MiB of requests held unbounded
+	A write abuse write 32 1 "$pid" path=/data/out check=/data/small.txt \
+		allow=ENOBUFS max-rss-mib=160 || fail "write abuse"
+	stop_clean write
 }
 
 test_connects() {
@@ -126,6 +132,6 @@ test_sessions() {
 }
 
 run_test "budget: unclaimed UDP streams refused with EMFILE/ENFILE, fds bounded" test_udp_streams
-run_test "budget: big reads and listings bounded in memory" test_reads
+run_test "budget: big reads, listings and writes bounded in memory" test_reads
 run_test "budget: connects bounded in threads" test_connects
 run_test "budget: sessions per peer refused with EUSERS" test_sessions
