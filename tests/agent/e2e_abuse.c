@@ -12,6 +12,8 @@
  *   write    COUNT FILE_WRITEs of 7 MiB per session to path=.N (N: the session)
  * Keys: path=, dst=, timeout=MS, check=POD_PATH (the other client reads it),
  *   check-agent=ENDPOINT (where the other client connects; default: the same),
+ *   check=refused: the agent is expected to be out of fds: the other client must be
+ *   turned away within 5 s (not left hanging), and served once the abusers are gone,
  *   errno=NAME[,NAME] (the abusers must be refused, only with these errnos),
  *   allow=NAME[,NAME] (the abusers may be refused, only with these errnos),
  *   max-fds=N, max-threads=N, max-rss-mib=N (peaks of the agent while abused). */
@@ -271,6 +273,31 @@ static void check_other_client(struct abuse *a, struct e2e_ctx *ctx)
 	agent_client_close(c);
 }
 
+/* With no fd left, the agent accepts a new connection with its spare fd and closes it:
+ * the client learns at once, instead of waiting in the backlog until it times out. */
+static void check_turned_away(struct abuse *a, struct e2e_ctx *ctx)
+{
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	struct hm_err err = {0};
+	struct agent_client *c;
+	struct agent_client_opts opts = {.client_name = "agent_e2e check", .timeout_ms = 20000};
+	int rc = agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	if (rc == 0) {
+		agent_client_close(c);
+		snprintf(a->check_failure, sizeof(a->check_failure),
+			 "the agent served a client although it should be out of fds");
+		return;
+	}
+	printf("while out of fds, a new client was turned away after %.2f s: %s\n", took,
+	       err.msg);
+	if (took > 5)
+		snprintf(a->check_failure, sizeof(a->check_failure),
+			 "a new client waited %.1f s to be turned away", took);
+}
+
 static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc < 5)
@@ -351,10 +378,26 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	check_other_client(&a, &check_ctx);
+	bool expect_refused = a.check && !strcmp(a.check, "refused");
+	if (expect_refused)
+		check_turned_away(&a, &check_ctx);
+	else
+		check_other_client(&a, &check_ctx);
 	atomic_store(&a.check_done, true);
 	for (int i = 0; i < a.sessions; i++)
 		pthread_join(th[i], NULL);
+	if (expect_refused && !a.check_failure[0]) {
+		/* the abusers are gone: their fds with them */
+		a.check = NULL;
+		for (int tries = 0; tries < 50; tries++) {
+			a.check_failure[0] = '\0';
+			check_other_client(&a, &check_ctx);
+			if (!a.check_failure[0])
+				break;
+			struct timespec ts = {0, 100 * 1000 * 1000};
+			nanosleep(&ts, NULL);
+		}
+	}
 	atomic_store(&a.sampling, false);
 	pthread_join(sampler, NULL);
 	free(a.write_data);

@@ -91,10 +91,10 @@ test_reads() {
 	A list abuse readdir 24 3 "$pid" path=/data/wide check=/data/small.txt \
 		allow=ENOBUFS max-rss-mib=160 || fail "readdir abuse"
 	stop_clean list
-	start_budgeted write --max-sessions 50 --max-peer-sessions 40
+	start_budgeted write --max-sessions 55 --max-peer-sessions 45
 	pid=$(agent_pid "$WORK" write)
-	# 32 sessions writing 7 MiB each at once: ~224 MiB of requests held unbounded
-	A write abuse write 32 1 "$pid" path=/data/out check=/data/small.txt \
+	# 40 sessions writing 7 MiB each at once: ~280 MiB of requests held unbounded
+	A write abuse write 40 1 "$pid" path=/data/out check=/data/small.txt \
 		allow=ENOBUFS max-rss-mib=160 || fail "write abuse"
 	stop_clean write
 }
@@ -131,7 +131,22 @@ test_sessions() {
 	stop_clean sess
 }
 
+test_fd_spare() {
+	# an agent whose budgets do not fit its fd limit: it runs out of fds, and a new
+	# client is turned away at once instead of hanging in the backlog
+	(
+		ulimit -n 128
+		agent_start "$WORK" fds --max-streams 0 --max-session-streams 0
+	)
+	local pid
+	pid=$(agent_pid "$WORK" fds)
+	A fds abuse udp 1 200 "$pid" check=refused errno=EMFILE || fail "fd exhaustion"
+	grep -q "out of file descriptors" "$WORK/fds.log" || fail "no warning in the log"
+	stop_clean fds
+}
+
 run_test "budget: unclaimed UDP streams refused with EMFILE/ENFILE, fds bounded" test_udp_streams
 run_test "budget: big reads, listings and writes bounded in memory" test_reads
 run_test "budget: connects bounded in threads" test_connects
 run_test "budget: sessions per peer refused with EUSERS" test_sessions
+run_test "budget: out of fds, a new client is turned away, not left hanging" test_fd_spare
