@@ -1,5 +1,5 @@
 /* Global and per-session budgets: what one token holder may take of the agent's shared
- * resources (sessions, stream objects, reply memory, connect threads), so that no
+ * resources (sessions, stream objects, reply memory, connects in progress), so that no
  * client can use them up for the others.
  *
  * One lock guards every counter: reservations are a handful per request, far from
@@ -56,11 +56,6 @@ static const struct {
 	[AGENT_RES_CONNECTS] = {"connects in progress", "--max-connects",
 				"--max-session-connects", EAGAIN, EAGAIN},
 };
-
-const char *agent_budget_res_name(enum agent_budget_res res)
-{
-	return res < AGENT_RES_COUNT ? res_info[res].what : "?";
-}
 
 void agent_budget_default_limits(struct agent_budget_limits *l)
 {

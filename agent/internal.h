@@ -273,7 +273,6 @@ struct agent_budget;
 /* One session's share. Refcounted: streams and connects outlive their session. */
 struct agent_budget_account;
 void agent_budget_default_limits(struct agent_budget_limits *l);
-const char *agent_budget_res_name(enum agent_budget_res res);
 int agent_budget_create(const struct agent_budget_limits *limits, struct agent_budget **out,
 			struct hm_err *err);
 void agent_budget_destroy(struct agent_budget *b);
