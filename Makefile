@@ -18,7 +18,7 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -I$(BUILD)/bpf \
            -fno-strict-aliasing -MMD -MP $(SAN_FLAGS)
 LDFLAGS += $(SAN_FLAGS)
-LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lcurl -lpcre2-8 -lpthread
+LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lcurl -lpcre2-8 -lseccomp -lpthread
 
 # library modules, in link order (dependents first)
 LIB_MODULES := agent tracer kube runtime loader proto util

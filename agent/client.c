@@ -174,6 +174,11 @@ int agent_endpoint_dial(const struct agent_endpoint *ep, int timeout_ms, struct 
 	if (rc < 0) {
 		int saved = errno;
 		close(fd);
+		if (saved == EACCES)
+			return hm_err_plain(err, EACCES,
+					    "connect to agent at %s: permission denied (only root and "
+					    "the socket's group, trace-agent --unix-group, may connect)",
+					    ep->path);
 		return hm_err_set(err, saved, "connect to agent at %s", ep->path);
 	}
 	return fd;

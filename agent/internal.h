@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "agent/agent.h"
 #include "proto/proto.h"
@@ -323,6 +324,62 @@ uint64_t agent_now_ms(void); /* CLOCK_MONOTONIC */
 void agent_stats_fill(struct agent_stats *s, const char *version, size_t pending_streams,
 		      struct proto_status_reply *out);
 
+/* ---- peer.c: who is connected, and which pids it may target ---- */
+struct agent_peer {
+	bool is_unix;
+	bool has_cred; /* unix: SO_PEERCRED worked */
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	uint8_t addr[16]; /* TCP: the source address, without the port */
+	uint8_t addr_len; /* 4 or 16 */
+	char desc[128];   /* "unix pid 12 uid 0", "127.0.0.1:4321": for the logs */
+};
+/* Right after accept4 (SO_PEERCRED gives the connecting process's credentials). */
+void agent_peer_from_accept(int fd, bool is_unix, const struct sockaddr_storage *ss,
+			    struct agent_peer *out);
+/* Same uid (unix) or same source address (TCP): one peer for the per-peer limits. */
+bool agent_peer_same_source(const struct agent_peer *a, const struct agent_peer *b);
+/* The same as a string, for keys kept past the connection (--max-peer-sessions):
+ * "uid N", "unix" (credentials unknown) or the TCP source address. */
+void agent_peer_key(const struct agent_peer *peer, char *buf, size_t len);
+/* May this peer open a session on process pid? Root (unix uid 0) may; another unix peer
+ * only on a process all of whose uids (real, effective, saved, fs) are its own; a TCP
+ * peer never (its user is unknown). allow_any_pid: everyone may (token only). Fails with
+ * EPERM and a message saying why; ESRCH when the process is gone. */
+int agent_peer_may_target_pid(const struct agent_peer *peer, pid_t pid, bool allow_any_pid,
+			      struct hm_err *err);
+
+/* ---- admission.c: accepted connections until their first frame ----
+ * Owned by the server's main thread (not thread-safe). Pending connections have no
+ * thread; their first whole frame (at most PROTO_HELLO_MAX_PAYLOAD) goes to admitted(),
+ * which takes the fd and the frame's payload. See admission.c for the limits. */
+/* connections that have not sent their first frame, per transport (each holds an fd) */
+#define AGENT_MAX_PENDING_PER_TRANSPORT 256
+struct agent_admission_config {
+	int deadline_ms;            /* for the whole first frame, from accept */
+	unsigned max_per_transport; /* pending unix connections; pending TCP ones */
+	unsigned max_per_peer;      /* pending connections of one uid / source address */
+	struct agent_stats *stats;  /* errors counted here */
+	void (*admitted)(void *arg, int fd, uint64_t id, const struct agent_peer *peer,
+			 struct proto_frame *first);
+	void *arg;
+};
+struct agent_admission;
+int agent_admission_create(const struct agent_admission_config *cfg, struct agent_admission **out,
+			   struct hm_err *err);
+/* Closes every pending connection. */
+void agent_admission_destroy(struct agent_admission *a);
+/* Readable (poll) when a pending connection has something to read. */
+int agent_admission_fd(const struct agent_admission *a);
+/* A freshly accepted connection (fd owned from here on). */
+void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
+			 const struct agent_peer *peer);
+/* Read what arrived, hand over whole first frames, close expired connections. Returns
+ * the ms until the next deadline, -1 when nothing is pending. */
+int agent_admission_service(struct agent_admission *a);
+unsigned agent_admission_pending(const struct agent_admission *a, bool is_unix);
+
 /* ---- server.c: listeners, connections, sessions ---- */
 #define AGENT_VERSION "0.1"
 #define AGENT_SERVER_NAME "trace-agent " AGENT_VERSION
@@ -331,7 +388,10 @@ struct agent_server_config {
 	const char *listen_addr; /* "ADDR:PORT" / "[V6]:PORT"; NULL: no TCP listener */
 	const char *token;       /* the auth token every control connection presents */
 	uint64_t max_file_size;  /* FILE_READ cap */
-	int handshake_timeout_ms;
+	int handshake_timeout_ms; /* for the first frame, from accept */
+	gid_t unix_gid;           /* group of the unix socket (mode 0660) */
+	bool allow_any_pid;       /* pid/N for every token holder (else see peer.c) */
+	bool insecure_listen;     /* --listen may be a non-loopback address */
 	unsigned stream_ttl_ms;
 	struct agent_budget_limits limits;
 	int stop_fd;             /* readable (e.g. a signalfd) -> graceful shutdown */

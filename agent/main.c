@@ -3,6 +3,7 @@
  * asks a running agent for its counters. */
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <malloc.h>
 #include <signal.h>
 #include <string.h>
@@ -17,7 +18,7 @@
 #define PROG "trace-agent"
 #define EXIT_USAGE 2
 #define DEFAULT_MAX_FILE (1ull << 30)
-#define DEFAULT_HANDSHAKE_MS 5000
+#define DEFAULT_HANDSHAKE_MS 2000
 
 static const char usage_text[] =
 	"usage: trace-agent [OPTIONS]\n"
@@ -28,14 +29,20 @@ static const char usage_text[] =
 	"Runs in the foreground and logs on stderr; SIGTERM, SIGINT or SIGHUP stop it\n"
 	"gracefully: every session ends with a message to its client.\n"
 	"\n"
-	"  --unix PATH            unix socket to listen on (default " AGENT_DEFAULT_UNIX ",\n"
-	"                         mode 0666: the token is what authenticates)\n"
+	"  --unix PATH            unix socket to listen on (default " AGENT_DEFAULT_UNIX "),\n"
+	"                         mode 0660: only root and --unix-group may connect\n"
+	"  --unix-group GROUP     the unix socket's group, name or gid (default: root)\n"
 	"  --no-unix              do not listen on a unix socket\n"
-	"  --listen ADDR:PORT     also listen on TCP, e.g. 0.0.0.0:7070 or [::1]:7070\n"
+	"  --listen ADDR:PORT     also listen on TCP, e.g. 127.0.0.1:7070 or [::1]:7070;\n"
+	"                         loopback only, unless --insecure\n"
+	"  --insecure             allow --listen on any address: TCP is not encrypted, the\n"
+	"                         token and file contents cross the network in clear\n"
+	"  --allow-any-pid        any token holder may target any pid/N (default: root\n"
+	"                         any; other unix users their own processes; TCP none)\n"
 	"  --token-file F         auth token (default " AGENT_DEFAULT_TOKEN_FILE "); created\n"
 	"                         with a random token, mode 0600, if it does not exist\n"
 	"  --max-file-size SIZE   largest file a client may read (default 1G)\n"
-	"  --handshake-timeout MS time a new connection has to say hello (default 5000)\n"
+	"  --handshake-timeout MS time a new connection has to say hello (default 2000)\n"
 	"  --stream-ttl MS        life of an unclaimed stream token (default 10000)\n"
 	"  --log-level L          debug, info (default), warn or error\n"
 	"  --version              print the version\n"
@@ -159,8 +166,9 @@ static const struct {
 };
 
 /* fds besides the streams': listeners, logs, targets' pidfds and roots, the relay's
- * pipe pool, the spare fd for accept */
-#define FD_OVERHEAD 256
+ * pipe pool, the spare fd for accept, and the connections that have not sent their
+ * first frame yet (both transports) */
+#define FD_OVERHEAD (256 + 2 * AGENT_MAX_PENDING_PER_TRANSPORT)
 
 /* Relayed sockets take many fds: use the hard limit. A stream holds ~3 (the client's
  * connection, the pod's socket, a share of the pipes), a session and a connect one:
@@ -191,6 +199,20 @@ static void fit_fd_limit(struct agent_budget_limits *l, bool streams_set)
 	hm_info("fd limit %llu: at most %llu streams", (unsigned long long)rl.rlim_cur,
 		(unsigned long long)room);
 	*streams = room;
+}
+
+static int parse_group(const char *s, gid_t *out)
+{
+	struct group *g = getgrnam(s);
+	if (g) {
+		*out = g->gr_gid;
+		return 0;
+	}
+	uint64_t v;
+	if (hm_parse_u64(s, &v) < 0 || v >= UINT32_MAX)
+		return -1;
+	*out = (gid_t)v;
+	return 0;
 }
 
 static int cmd_status(int argc, char **argv)
@@ -271,6 +293,9 @@ int main(int argc, char **argv)
 		{"listen", required_argument, NULL, 'l'},
 		{"unix", required_argument, NULL, 'u'},
 		{"no-unix", no_argument, NULL, 'U'},
+		{"unix-group", required_argument, NULL, 'g'},
+		{"insecure", no_argument, NULL, 'I'},
+		{"allow-any-pid", no_argument, NULL, 'P'},
 		{"token-file", required_argument, NULL, 't'},
 		{"max-file-size", required_argument, NULL, 'm'},
 		{"handshake-timeout", required_argument, NULL, 'H'},
@@ -311,6 +336,16 @@ int main(int argc, char **argv)
 			break;
 		case 'U':
 			cfg.unix_path = NULL;
+			break;
+		case 'g':
+			if (parse_group(optarg, &cfg.unix_gid) < 0)
+				return usage_error("--unix-group: no group '%s'", optarg);
+			break;
+		case 'I':
+			cfg.insecure_listen = true;
+			break;
+		case 'P':
+			cfg.allow_any_pid = true;
 			break;
 		case 't':
 			token_file = optarg;
@@ -365,6 +400,9 @@ int main(int argc, char **argv)
 		return usage_error("unexpected argument '%s'", argv[optind]);
 	if (!cfg.unix_path && !cfg.listen_addr)
 		return usage_error("--no-unix needs --listen");
+	if (cfg.listen_addr && cfg.insecure_listen)
+		hm_warn("--insecure: TCP on %s carries the token and file contents unencrypted",
+			cfg.listen_addr);
 	hm_log_init(PROG, level);
 
 	struct hm_err err = {0};

@@ -1,11 +1,14 @@
 /* trace-agent's server: listeners, one thread per connection, authentication, the
  * session on each control connection and its request dispatch.
  *
- * Threads: the main thread accepts; each connection has a thread that reads its frames
- * and answers them in order, except TCP_CONNECT, whose connect the same thread waits
- * for beside the frames (connects.c), so a slow connect does not hold up the session's
- * other requests. Frames to a connection are serialized by its send lock. A connection
- * is freed when its last reference goes (refcount).
+ * Threads: the main thread accepts and reads every connection's first frame
+ * (admission.c: no thread for a peer that has not said anything yet); then each
+ * connection has a thread that checks that frame, reads the next ones and answers them
+ * in order, except TCP_CONNECT, whose connect the same thread waits for beside the
+ * frames (connects.c), so a slow connect does not hold up the session's other requests.
+ * Frames to a connection are serialized by its send lock. A connection is freed by its
+ * own thread when it ends: nothing else refers to it (an unclaimed token or a relayed
+ * stream holds its fd and a reference to the session's budget account instead).
  *
  * Everything a peer sends is hostile: before HELLO succeeds only a hello-sized frame is
  * read, within a deadline; a frame that is malformed, oversized, of an unknown type or
@@ -29,7 +32,11 @@
 #define AGENT_COMPRESS_MIN (64u << 10)
 
 #define MAX_CONNECTIONS 4096
-#define MAX_HANDSHAKING 256        /* connections that have not said HELLO yet */
+#define MAX_PENDING_PER_PEER 64    /* AGENT_MAX_PENDING_PER_TRANSPORT of one uid / address */
+#define ACCEPT_BATCH 32            /* accepts per listener between reads of pending ones */
+/* a full accept queue drops a TCP client's SYN (it retries after 1 s) and blocks a unix
+ * client: room for floods, at the kernel's cost (capped by net.core.somaxconn) */
+#define LISTEN_BACKLOG 4096
 #define SEND_STALL_MS 30000        /* a peer that reads nothing for this long is dropped */
 #define DRAIN_MS 500               /* reading leftovers before close, so TCP sends no RST */
 #define SHUTDOWN_WAIT_MS 10000
@@ -45,20 +52,21 @@ struct server {
 	struct agent_streams *streams;
 	struct agent_budget *budget;
 	struct agent_stats stats;
+	struct agent_admission *admission;
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* nconns changed */
-	unsigned nconns, nhandshaking;
+	unsigned nconns;
 	atomic_uint_fast64_t next_conn_id, next_session_id;
 };
 
 struct conn {
 	struct server *srv;
-	atomic_uint refs;
 	int fd;
 	uint64_t id;
 	char peer[128];
-	bool handshaking; /* counted in srv->nhandshaking */
+	struct agent_peer from;
+	struct proto_frame first; /* read by admission; consumed by handshake() */
 
 	pthread_mutex_t send_lock; /* frames out; also guards closed */
 	bool closed;               /* the session ended: nothing more is sent or parked */
@@ -79,15 +87,14 @@ static int errno_for_wire(int e)
 
 /* ---- connection lifetime ---- */
 
-static void conn_put(struct conn *c)
+static void conn_free(struct conn *c)
 {
-	if (atomic_fetch_sub(&c->refs, 1) != 1)
-		return;
 	struct server *srv = c->srv;
 	if (c->fd >= 0)
 		close(c->fd);
 	agent_target_put(c->target);
 	agent_budget_account_put(c->account);
+	proto_frame_release(&c->first);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c);
 	atomic_fetch_sub(&srv->stats.connections, 1);
@@ -95,16 +102,6 @@ static void conn_put(struct conn *c)
 	srv->nconns--;
 	pthread_cond_broadcast(&srv->cond);
 	pthread_mutex_unlock(&srv->lock);
-}
-
-static void conn_handshake_done(struct conn *c)
-{
-	if (!c->handshaking)
-		return;
-	c->handshaking = false;
-	pthread_mutex_lock(&c->srv->lock);
-	c->srv->nhandshaking--;
-	pthread_mutex_unlock(&c->srv->lock);
 }
 
 /* ---- sending ---- */
@@ -253,26 +250,18 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 
 /* ---- request handlers: each answers exactly once (reply or ERROR) ---- */
 
-/* Whom a session counts against for --max-peer-sessions: the uid of a unix peer, the
- * address of a TCP one (its port changes with every connection). */
-static void session_peer_key(const struct conn *c, char *buf, size_t len)
+static void target_refused(struct conn *c, const struct proto_msg *m, const struct hm_err *err)
 {
-	struct ucred cred;
-	socklen_t cl = sizeof(cred);
-	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.pid > 0) {
-		snprintf(buf, len, "uid %u", (unsigned)cred.uid);
-		return;
-	}
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	struct proto_addr a;
-	if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0 &&
-	    proto_addr_from_sockaddr((struct sockaddr *)&ss, sl, &a, NULL) == 0) {
-		a.port = 0;
-		proto_addr_str(&a, buf, len);
-		return;
-	}
-	snprintf(buf, len, "?");
+	hm_warn("conn %llu (%s): target %s refused: %s", (unsigned long long)c->id, c->peer,
+		m->session_open.target, err->msg);
+	conn_send_err(c, m->id, m->type, err);
+}
+
+/* A session refused after its budget was taken gives its slot back. */
+static void session_account_drop(struct agent_budget_account *account)
+{
+	agent_budget_session_close(account);
+	agent_budget_account_put(account);
 }
 
 static void handle_session_open(struct conn *c, const struct proto_msg *m)
@@ -288,8 +277,16 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
+	bool any_pid = c->srv->cfg->allow_any_pid;
+	if (spec.kind == PROTO_TARGET_PID && spec.pid > 0 && spec.pid <= INT32_MAX &&
+	    agent_peer_may_target_pid(&c->from, (pid_t)spec.pid, any_pid, &err) < 0) {
+		target_refused(c, m, &err);
+		return;
+	}
+	/* --max-peer-sessions counts by who connected (uid / source address), as the
+	 * admission's per-peer limit does */
 	char peer_key[64];
-	session_peer_key(c, peer_key, sizeof(peer_key));
+	agent_peer_key(&c->from, peer_key, sizeof(peer_key));
 	struct agent_budget_account *account;
 	if (agent_budget_session_open(c->srv->budget, peer_key, &account, &err) < 0) {
 		hm_warn("conn %llu (%s): session refused: %s", (unsigned long long)c->id, c->peer,
@@ -301,10 +298,22 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 	if (agent_target_resolve(&spec, &t, &err) < 0) {
 		hm_info("conn %llu (%s): target %s: %s", (unsigned long long)c->id, c->peer,
 			m->session_open.target, err.msg);
-		agent_budget_session_close(account);
-		agent_budget_account_put(account);
+		session_account_drop(account);
 		conn_send_err(c, m->id, m->type, &err);
 		return;
+	}
+	/* again now that the target pins the process (its pidfd): the pid may have been
+	 * recycled in between, and a live target read after the check is the one checked */
+	if (spec.kind == PROTO_TARGET_PID) {
+		int rc = agent_peer_may_target_pid(&c->from, agent_target_pid(t), any_pid, &err);
+		if (rc == 0 && !agent_target_alive(t))
+			rc = hm_err_plain(&err, ESRCH, "pid/%u exited", spec.pid);
+		if (rc < 0) {
+			agent_target_put(t);
+			session_account_drop(account);
+			target_refused(c, m, &err);
+			return;
+		}
 	}
 	c->target = t;
 	c->account = account;
@@ -725,32 +734,12 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 static int handshake(struct conn *c)
 {
 	struct server *srv = c->srv;
-	struct proto_frame_reader rd;
-	proto_frame_reader_init(&rd, PROTO_HELLO_MAX_PAYLOAD);
-	struct proto_frame f = {0};
 	struct hm_err err = {0};
-	enum wake w = next_frame(c, &rd, agent_now_ms() + (uint64_t)srv->cfg->handshake_timeout_ms,
-				 &f, &err);
-	proto_frame_reader_release(&rd);
-	switch (w) {
-	case WAKE_FRAME:
-		break;
-	case WAKE_TIMEOUT:
-		atomic_fetch_add(&srv->stats.errors, 1);
-		hm_warn("conn %llu (%s): no hello within %d ms; closing", (unsigned long long)c->id,
-			c->peer, srv->cfg->handshake_timeout_ms);
-		return 0;
-	case WAKE_CLOSED:
-		hm_debug("conn %llu (%s): closed before hello", (unsigned long long)c->id, c->peer);
-		return 0;
-	case WAKE_BAD:
-		protocol_error(c, "bad frame before hello", &err);
-		return 0;
-	default:
-		return 0;
-	}
 	struct proto_msg m;
-	if (proto_decode_frame(&f, &m, &err) < 0) {
+	atomic_fetch_add(&srv->stats.ctl_bytes_out, PROTO_HDR_LEN + c->first.hdr.len);
+	int decoded = proto_decode_frame(&c->first, &m, &err);
+	c->first = (struct proto_frame){0}; /* the message owns the payload now */
+	if (decoded < 0) {
 		protocol_error(c, "malformed hello", &err);
 		proto_msg_free(&m);
 		return 0;
@@ -772,7 +761,6 @@ static int handshake(struct conn *c)
 		}
 		conn_send(c, 0, &r);
 	} else if (m.type == PROTO_STREAM_HELLO) {
-		conn_handshake_done(c);
 		start_stream(c, &m);
 	} else {
 		atomic_fetch_add(&srv->stats.errors, 1);
@@ -852,100 +840,81 @@ static void serve(struct conn *c)
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
-	if (handshake(c) == 1) {
-		conn_handshake_done(c);
+	if (handshake(c) == 1)
 		serve(c);
-	} else {
+	else
 		conn_end(c, 0, NULL);
-	}
-	conn_handshake_done(c);
-	conn_put(c);
+	conn_free(c);
 	return NULL;
 }
 
 /* ---- listeners ---- */
 
-static void describe_peer(int fd, bool is_unix, const struct sockaddr_storage *ss, char *buf,
-			  size_t len)
+/* admission.c has a whole first frame from this connection: it gets its thread. */
+static void admitted(void *arg, int fd, uint64_t id, const struct agent_peer *peer,
+		     struct proto_frame *first)
 {
-	if (is_unix) {
-		struct ucred cred;
-		socklen_t cl = sizeof(cred);
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0)
-			snprintf(buf, len, "unix pid %d uid %d", (int)cred.pid, (int)cred.uid);
-		else
-			snprintf(buf, len, "unix");
-		return;
-	}
-	struct proto_addr a;
-	if (proto_addr_from_sockaddr((const struct sockaddr *)ss, sizeof(*ss), &a, NULL) == 0)
-		proto_addr_str(&a, buf, len);
-	else
-		snprintf(buf, len, "tcp");
-}
-
-static void accept_one(struct server *srv, int lfd, bool is_unix)
-{
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-	if (fd < 0) {
-		if (errno == EMFILE || errno == ENFILE) {
-			agent_fd_spare_shed(lfd);
-		} else if (errno == ENOBUFS || errno == ENOMEM) {
-			hm_warn("accept: %s", strerror(errno));
-			poll(NULL, 0, 100); /* the backlog stays readable: do not spin */
+	struct server *srv = arg;
+	pthread_mutex_lock(&srv->lock);
+	bool full = srv->nconns >= MAX_CONNECTIONS;
+	if (!full)
+		srv->nconns++;
+	pthread_mutex_unlock(&srv->lock);
+	struct conn *c = full ? NULL : calloc(1, sizeof(*c));
+	if (!c) {
+		atomic_fetch_add(&srv->stats.errors, 1);
+		hm_warn("conn %llu (%s): %s; closing", (unsigned long long)id, peer->desc,
+			full ? "too many connections" : "out of memory");
+		proto_frame_release(first);
+		close(fd);
+		if (!full) {
+			pthread_mutex_lock(&srv->lock);
+			srv->nconns--;
+			pthread_cond_broadcast(&srv->cond);
+			pthread_mutex_unlock(&srv->lock);
 		}
 		return;
 	}
-	if (!is_unix) {
-		int one = 1;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	}
-	uint64_t id = atomic_fetch_add(&srv->next_conn_id, 1);
-	char peer[128];
-	describe_peer(fd, is_unix, &ss, peer, sizeof(peer));
-	pthread_mutex_lock(&srv->lock);
-	bool full = srv->nconns >= MAX_CONNECTIONS || srv->nhandshaking >= MAX_HANDSHAKING;
-	if (!full) {
-		srv->nconns++;
-		srv->nhandshaking++;
-	}
-	pthread_mutex_unlock(&srv->lock);
-	if (full) {
-		atomic_fetch_add(&srv->stats.errors, 1);
-		hm_warn("conn %llu (%s): too many connections; closing", (unsigned long long)id, peer);
-		close(fd);
+	c->srv = srv;
+	c->fd = fd;
+	c->id = id;
+	c->from = *peer;
+	c->first = *first;
+	snprintf(c->peer, sizeof(c->peer), "%s", peer->desc);
+	pthread_mutex_init(&c->send_lock, NULL);
+	atomic_fetch_add(&srv->stats.connections, 1);
+	hm_debug("conn %llu (%s): accepted", (unsigned long long)id, peer->desc);
+	int rc = spawn_detached(conn_main, c);
+	if (rc == 0)
 		return;
-	}
-	struct conn *c = calloc(1, sizeof(*c));
-	if (c) {
-		c->srv = srv;
-		atomic_init(&c->refs, 1);
-		c->fd = fd;
-		c->id = id;
-		c->handshaking = true;
-		snprintf(c->peer, sizeof(c->peer), "%s", peer);
-		pthread_mutex_init(&c->send_lock, NULL);
-		atomic_fetch_add(&srv->stats.connections, 1);
-		hm_debug("conn %llu (%s): accepted", (unsigned long long)id, peer);
-		int rc = spawn_detached(conn_main, c);
-		if (rc == 0)
+	hm_warn("conn %llu: cannot start its thread: %s", (unsigned long long)id, strerror(rc));
+	conn_free(c); /* closes fd, nconns-- */
+}
+
+static void accept_some(struct server *srv, int lfd, bool is_unix)
+{
+	for (int i = 0; i < ACCEPT_BATCH; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE) {
+				agent_fd_spare_shed(lfd);
+			} else if (errno == ENOBUFS || errno == ENOMEM) {
+				hm_warn("accept: %s", strerror(errno));
+				poll(NULL, 0, 100); /* the backlog stays readable: do not spin */
+			}
 			return;
-		hm_warn("conn %llu: cannot start its thread: %s", (unsigned long long)id,
-			strerror(rc));
-		c->handshaking = false;
-		pthread_mutex_lock(&srv->lock);
-		srv->nhandshaking--;
-		pthread_mutex_unlock(&srv->lock);
-		conn_put(c); /* closes fd, nconns-- */
-		return;
+		}
+		if (!is_unix) {
+			int one = 1;
+			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		}
+		struct agent_peer peer;
+		agent_peer_from_accept(fd, is_unix, &ss, &peer);
+		agent_admission_add(srv->admission, fd, atomic_fetch_add(&srv->next_conn_id, 1),
+				    &peer);
 	}
-	close(fd);
-	pthread_mutex_lock(&srv->lock);
-	srv->nconns--;
-	srv->nhandshaking--;
-	pthread_mutex_unlock(&srv->lock);
 }
 
 /* Refuse to take over a socket another agent is serving; remove a stale one. */
@@ -995,15 +964,17 @@ static int listen_unix(struct server *srv, const char *path, struct hm_err *err)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return hm_err_errno(err, "socket");
-	/* The developer's unprivileged trace-run must reach the socket; the token, not the
-	 * file mode, is what keeps others out. Bind under a umask that gives 0666. Bind and
-	 * listen under a temporary name, then rename: a client never finds the socket
-	 * file before it accepts connections. */
-	mode_t old = umask(0);
+	/* Who may connect at all is the file's business, before any token: root and the
+	 * socket's group (--unix-group; root's by default), mode 0660. Bind under a umask
+	 * that lets nobody else in even for an instant, and listen under a temporary name,
+	 * then rename: a client never finds the socket file before it accepts connections
+	 * with its final owner and mode. */
+	mode_t old = umask(0177);
 	int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
 	struct stat st;
-	if (rc < 0 || chmod(sa.sun_path, 0666) < 0 || listen(fd, 512) < 0 ||
+	if (rc < 0 || chown(sa.sun_path, (uid_t)-1, srv->cfg->unix_gid) < 0 ||
+	    chmod(sa.sun_path, 0660) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
 	    rename(sa.sun_path, path) < 0 || stat(path, &st) < 0) {
 		hm_err_errno(err, "listen on %s", path);
 		unlink(sa.sun_path);
@@ -1013,7 +984,7 @@ static int listen_unix(struct server *srv, const char *path, struct hm_err *err)
 	srv->unix_fd = fd;
 	srv->unix_dev = st.st_dev;
 	srv->unix_ino = st.st_ino;
-	hm_info("listening on unix:%s", path);
+	hm_info("listening on unix:%s (mode 0660, group %u)", path, (unsigned)st.st_gid);
 	return 0;
 }
 
@@ -1044,6 +1015,20 @@ static int split_host_port(const char *spec, char *host, size_t hlen, char *port
 	return 0;
 }
 
+static bool sockaddr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
+}
+
 static int listen_tcp(struct server *srv, const char *spec, struct hm_err *err)
 {
 	char host[256], port[16];
@@ -1056,6 +1041,18 @@ static int listen_tcp(struct server *srv, const char *spec, struct hm_err *err)
 	int gai = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
 	if (gai)
 		return hm_err_set(err, EINVAL, "listen address '%s': %s", spec, gai_strerror(gai));
+	for (struct addrinfo *ai = res; ai && !srv->cfg->insecure_listen; ai = ai->ai_next) {
+		if (!sockaddr_is_loopback(ai->ai_addr)) {
+			freeaddrinfo(res);
+			return hm_err_plain(err, EPERM,
+					    "refusing to listen on %s: not a loopback address, and "
+					    "TCP carries the token and file contents in clear text "
+					    "(anyone on the path can read or hijack sessions); listen "
+					    "on 127.0.0.1 and reach it through a port-forward or SSH "
+					    "tunnel, or add --insecure to accept the risk",
+					    spec);
+		}
+	}
 	int fd = -1;
 	int saved = 0;
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
@@ -1067,7 +1064,7 @@ static int listen_tcp(struct server *srv, const char *spec, struct hm_err *err)
 		}
 		int one = 1;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 512) == 0)
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, LISTEN_BACKLOG) == 0)
 			break;
 		saved = errno;
 		close(fd);
@@ -1138,37 +1135,53 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		goto fail;
 	if (agent_relay_create(&srv->stats.relay, &srv->relay, err) < 0)
 		goto fail;
+	struct agent_admission_config acfg = {
+		.deadline_ms = cfg->handshake_timeout_ms,
+		.max_per_transport = AGENT_MAX_PENDING_PER_TRANSPORT,
+		.max_per_peer = MAX_PENDING_PER_PEER,
+		.stats = &srv->stats,
+		.admitted = admitted,
+		.arg = srv,
+	};
+	if (agent_admission_create(&acfg, &srv->admission, err) < 0)
+		goto fail;
 	if (cfg->unix_path && listen_unix(srv, cfg->unix_path, err) < 0)
 		goto fail;
 	if (cfg->listen_addr && listen_tcp(srv, cfg->listen_addr, err) < 0)
 		goto fail;
 	hm_info("%s ready (pid %d)", AGENT_SERVER_NAME, (int)getpid());
 
-	uint64_t expired_ms = agent_now_ms();
+	uint64_t next_expire = agent_now_ms() + 1000;
 	for (;;) {
-		struct pollfd pf[3] = {
+		struct pollfd pf[4] = {
 			{.fd = cfg->stop_fd, .events = POLLIN},
 			{.fd = srv->unix_fd, .events = POLLIN},
 			{.fd = srv->tcp_fd, .events = POLLIN},
+			{.fd = agent_admission_fd(srv->admission), .events = POLLIN},
 		};
-		int n = poll(pf, 3, 1000);
+		int wait = agent_admission_service(srv->admission);
+		if (wait < 0 || wait > 1000)
+			wait = 1000;
+		int n = poll(pf, 4, wait);
 		if (n < 0 && errno != EINTR) {
 			hm_err_errno(err, "poll");
 			break;
 		}
 		/* also when connections keep arriving: an unclaimed token holds an fd */
-		if (agent_now_ms() - expired_ms >= 1000) {
+		if (agent_now_ms() >= next_expire) {
 			agent_streams_expire(srv->streams);
-			expired_ms = agent_now_ms();
+			next_expire = agent_now_ms() + 1000;
 		}
 		if (n <= 0)
 			continue;
 		if (pf[0].revents)
 			break;
+		/* hellos that arrived first, so newcomers do not evict them */
+		agent_admission_service(srv->admission);
 		if (pf[1].revents)
-			accept_one(srv, srv->unix_fd, true);
+			accept_some(srv, srv->unix_fd, true);
 		if (pf[2].revents)
-			accept_one(srv, srv->tcp_fd, false);
+			accept_some(srv, srv->tcp_fd, false);
 	}
 
 	pthread_mutex_lock(&srv->lock);
@@ -1185,6 +1198,8 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		close(srv->tcp_fd);
 		srv->tcp_fd = -1;
 	}
+	agent_admission_destroy(srv->admission);
+	srv->admission = NULL;
 	uint64_t one = 1;
 	if (write(srv->stop_efd, &one, sizeof(one)) < 0)
 		hm_warn("signal the connections to stop: %s", strerror(errno));
@@ -1212,6 +1227,7 @@ fail:
 		agent_relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
+	agent_admission_destroy(srv->admission);
 	close(srv->stop_efd);
 	return -1;
 }

@@ -180,21 +180,20 @@ void rt_child_exec(char **argv, char **env, int error_fd)
 	rt_child_fail(error_fd, RT_STAGE_EXEC, &err);
 }
 
-void rt_child_close_fds_except(int a, int b)
+void rt_child_close_fds_except(const int *keep, size_t n)
 {
-	if (a > b) {
-		int t = a;
-		a = b;
-		b = t;
-	}
+	/* close_range between the kept fds, in ascending order, without malloc */
 	unsigned lo = 3;
-	int keep[2] = {a, b};
-	for (int i = 0; i < 2; i++) {
-		if (keep[i] < (int)lo)
-			continue;
-		if ((unsigned)keep[i] > lo)
-			syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0);
-		lo = keep[i] + 1;
+	for (;;) {
+		int next = -1;
+		for (size_t i = 0; i < n; i++)
+			if (keep[i] >= (int)lo && (next < 0 || keep[i] < next))
+				next = keep[i];
+		if (next < 0)
+			break;
+		if ((unsigned)next > lo)
+			syscall(SYS_close_range, lo, (unsigned)next - 1, 0);
+		lo = next + 1;
 	}
 	syscall(SYS_close_range, lo, ~0U, 0);
 }
@@ -231,7 +230,7 @@ child_main(const struct rt_spec *spec, int sync_fd, int error_fd)
 	 * detached monitor): nobody would clean up its cgroups and veth. If the parent is
 	 * already gone, the sync read below sees EOF. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	rt_child_close_fds_except(sync_fd, error_fd);
+	rt_child_close_fds_except((int[]){sync_fd, error_fd}, 2);
 	char go;
 	ssize_t n;
 	do
@@ -240,10 +239,18 @@ child_main(const struct rt_spec *spec, int sync_fd, int error_fd)
 	/* EOF: the runtime released us without starting (error path or it died) */
 	if (n != 1)
 		_exit(RT_EXIT_RUNTIME);
-	close(sync_fd);
+	/* with -t the pty's master goes back on the sync socket */
+	if (!spec->tty)
+		hm_closep(&sync_fd);
 
 	struct hm_err err = {0};
 	if (child_setup(spec, &err) < 0)
+		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
+	/* never the caller's session: its terminal must not be ours (TIOCSTI) */
+	if (rt_child_new_session(sync_fd, &err) < 0)
+		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
+	hm_closep(&sync_fd);
+	if (rt_seccomp_load(spec->seccomp, &err) < 0)
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	if (spec->init)
 		rt_init_run(spec->argv, spec->env, error_fd);
@@ -267,7 +274,8 @@ int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg,
 		       struct rt_container *c, struct hm_err *err)
 {
 	c->pid = 0;
-	c->pidfd = c->sync_fd = c->error_fd = -1;
+	c->pidfd = c->sync_fd = c->error_fd = c->tty_fd = -1;
+	c->tty = spec->tty;
 	if (!spec->argv || !spec->argv[0])
 		return hm_err_set(err, EINVAL, "no command to run");
 	if (!spec->rootfs || spec->rootfs[0] != '/')
@@ -350,15 +358,26 @@ int rt_container_start(struct rt_container *c, int *exit_code, struct hm_err *er
 	do
 		n = send(c->sync_fd, &go, 1, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
-	hm_closep(&c->sync_fd);
 	if (n != 1) {
+		hm_closep(&c->sync_fd);
 		hm_closep(&c->error_fd);
 		if (exit_code)
 			*exit_code = RT_EXIT_RUNTIME;
 		return hm_err_errno(err, "the pod's process died before it was started");
 	}
+	struct hm_err tty_err = {0};
+	int tty_rc = c->tty ? rt_tty_receive_master(c->sync_fd, &c->tty_fd, &tty_err) : 0;
+	hm_closep(&c->sync_fd);
+	/* the child's own report explains a missing pty better than the socket's EOF */
 	int rc = rt_child_error_read(c->error_fd, exit_code, err);
 	hm_closep(&c->error_fd);
+	if (rc == 0 && (tty_rc < 0 || (c->tty && c->tty_fd < 0))) {
+		if (exit_code)
+			*exit_code = RT_EXIT_RUNTIME;
+		if (tty_rc < 0 && err)
+			*err = tty_err;
+		return tty_rc < 0 ? -1 : hm_err_set(err, EPROTO, "the pod's process sent no pty");
+	}
 	return rc;
 }
 
@@ -368,4 +387,5 @@ void rt_container_release(struct rt_container *c)
 	hm_closep(&c->sync_fd);
 	hm_closep(&c->error_fd);
 	hm_closep(&c->pidfd);
+	hm_closep(&c->tty_fd);
 }

@@ -3,11 +3,14 @@
  * at once through the pod's pidfd, and forks: setns(CLONE_NEWPID) only applies to
  * children. The command gets the same capability set and no_new_privs as the pod. */
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -50,9 +53,18 @@ static int check_pod_process(const struct rt_pod_state *st, int pidfd, struct hm
 	return 0;
 }
 
-static void __attribute__((noreturn)) run_in_pod(char **argv, int error_fd)
+/* What the command in the pod gets besides argv. */
+struct exec_child {
+	char **argv;
+	int error_fd;
+	int tty_sock; /* -1 without a pty */
+	const struct rt_seccomp_prog *seccomp;
+};
+
+static void __attribute__((noreturn)) run_in_pod(const struct exec_child *x)
 {
 	struct hm_err err = {0};
+	int error_fd = x->error_fd;
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	rt_child_reset_signals();
 	umask(022);
@@ -62,26 +74,34 @@ static void __attribute__((noreturn)) run_in_pod(char **argv, int error_fd)
 		hm_err_errno(&err, "close_range");
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	}
+	/* never the caller's session: its terminal must not be the command's (TIOCSTI) */
+	if (rt_child_new_session(x->tty_sock, &err) < 0)
+		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
+	if (x->tty_sock >= 0)
+		close(x->tty_sock);
+	if (rt_seccomp_load(x->seccomp, &err) < 0)
+		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	char term[256];
 	char *env[4] = {DEFAULT_PATH, "HOME=/root", NULL, NULL};
 	const char *host_term = getenv("TERM");
 	if (host_term && snprintf(term, sizeof(term), "TERM=%s", host_term) < (int)sizeof(term))
 		env[2] = term;
-	rt_child_exec(argv, env, error_fd);
+	rt_child_exec(x->argv, env, error_fd);
 }
 
 /* Outside the pod: join it, fork the command, wait, exit with its status. */
 static void __attribute__((noreturn))
-exec_helper(int pidfd, const struct rt_cgroup *cg, char **argv, int error_fd, pid_t runtime_pid)
+exec_helper(int pidfd, const struct rt_cgroup *cg, const struct exec_child *x, pid_t runtime_pid)
 {
 	struct hm_err err = {0};
+	int error_fd = x->error_fd;
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	if (getppid() != runtime_pid)
 		_exit(RT_EXIT_RUNTIME);
 	/* Once in the pod, its root could open /proc/PID/fd of this process and of the
 	 * command before exec (runc CVE-2016-9962): hold no other fd, and stay
 	 * non-dumpable until exec resets it. */
-	rt_child_close_fds_except(pidfd, error_fd);
+	rt_child_close_fds_except((int[]){pidfd, error_fd, x->tty_sock}, 3);
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	if (cg && rt_cgroup_attach_all(cg, getpid(), &err) < 0) {
 		hm_err_prefix(&err, "join the pod's cgroups");
@@ -98,8 +118,10 @@ exec_helper(int pidfd, const struct rt_cgroup *cg, char **argv, int error_fd, pi
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	}
 	if (child == 0)
-		run_in_pod(argv, error_fd);
+		run_in_pod(x);
 	close(error_fd);
+	if (x->tty_sock >= 0)
+		close(x->tty_sock);
 	int status;
 	while (waitpid(child, &status, 0) < 0)
 		if (errno != EINTR)
@@ -124,7 +146,69 @@ static int load_pod_cgroups(const char *name, struct rt_cgroup *cg, bool *have, 
 	return 0;
 }
 
-int rt_pod_exec(const struct rt_pod_state *st, char **argv, struct hm_err *err)
+/* The pod's profile, as `run` chose it: only an explicit "off" goes without. */
+static int load_pod_seccomp(const char *name, struct rt_seccomp_prog *prog, struct hm_err *err)
+{
+	char value[16];
+	if (rt_state_read(name, "seccomp", value, sizeof(value), NULL) == 0 &&
+	    !strcmp(value, "off"))
+		return 0;
+	return rt_seccomp_compile(prog, err);
+}
+
+/* -t: relay the command's pty until the helper (which waits for the command) exits. */
+static int relay_until_exit(pid_t helper, int master, struct hm_err *err)
+{
+	hm_autofd helper_fd = pidfd_open(helper, 0);
+	if (helper_fd < 0)
+		return hm_err_errno(err, "pidfd_open");
+	sigset_t winch;
+	sigemptyset(&winch);
+	sigaddset(&winch, SIGWINCH);
+	sigset_t old;
+	sigprocmask(SIG_BLOCK, &winch, &old);
+	hm_autofd sigfd = signalfd(-1, &winch, SFD_CLOEXEC | SFD_NONBLOCK);
+	int rc = -1;
+	struct rt_tty_relay relay;
+	if (sigfd < 0) {
+		hm_err_errno(err, "signalfd");
+		close(master);
+		goto out;
+	}
+	if (rt_tty_relay_start(&relay, master, err) < 0) {
+		close(master);
+		goto out;
+	}
+	for (;;) {
+		struct pollfd fds[4] = {
+		    {.fd = helper_fd, .events = POLLIN},
+		    {.fd = sigfd, .events = POLLIN},
+		};
+		int n_tty = rt_tty_relay_fds(&relay, fds + 2);
+		if (poll(fds, 2 + n_tty, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			hm_err_errno(err, "poll");
+			break;
+		}
+		rt_tty_relay_io(&relay, fds + 2, n_tty);
+		if (fds[1].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			if (read(sigfd, &si, sizeof(si)) == sizeof(si))
+				rt_tty_relay_resize(&relay);
+		}
+		if (fds[0].revents) {
+			rc = 0;
+			break;
+		}
+	}
+	rt_tty_relay_finish(&relay);
+out:
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	return rc;
+}
+
+int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_err *err)
 {
 	if (err) {
 		err->code = 0;
@@ -151,15 +235,29 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, struct hm_err *err)
 	if (load_pod_cgroups(st->name, &cg, &have_cg, err) < 0)
 		return hm_err_prefix(err, "pod %s", st->name);
 
+	struct rt_seccomp_prog seccomp = {0};
 	int error_pipe[2] = {-1, -1};
 	hm_autofd error_parent = -1;
 	hm_autofd error_child = -1;
+	hm_autofd tty_parent = -1;
+	hm_autofd tty_child = -1;
+	if (load_pod_seccomp(st->name, &seccomp, err) < 0)
+		goto out_cg;
 	if (pipe2(error_pipe, O_CLOEXEC) < 0) {
 		hm_err_errno(err, "pipe");
 		goto out_cg;
 	}
 	error_parent = error_pipe[0];
 	error_child = error_pipe[1];
+	if (tty) {
+		int pair[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) {
+			hm_err_errno(err, "socketpair");
+			goto out_cg;
+		}
+		tty_parent = pair[0];
+		tty_child = pair[1];
+	}
 
 	/* like system(): a ^C from the terminal is the command's to handle, not ours */
 	struct sigaction ignore = {.sa_handler = SIG_IGN}, old_int, old_quit;
@@ -172,12 +270,37 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, struct hm_err *err)
 		hm_err_errno(err, "fork");
 		goto out_signals;
 	}
-	if (helper == 0)
-		exec_helper(pidfd, have_cg ? &cg : NULL, argv, error_child, runtime_pid);
+	if (helper == 0) {
+		struct exec_child x = {.argv = argv,
+				       .error_fd = error_child,
+				       .tty_sock = tty_child,
+				       .seccomp = &seccomp};
+		exec_helper(pidfd, have_cg ? &cg : NULL, &x, runtime_pid);
+	}
 	hm_closep(&error_child);
+	hm_closep(&tty_child);
 
+	int master = -1;
+	struct hm_err tty_err = {0};
+	int tty_rc = tty ? rt_tty_receive_master(tty_parent, &master, &tty_err) : 0;
 	int failure_code = 0;
 	int reported = rt_child_error_read(error_parent, &failure_code, err);
+	if (reported == 0 && tty && master < 0) {
+		/* no pty although the command runs: it must not run on without its terminal */
+		kill(helper, SIGKILL);
+		if (tty_rc < 0 && err)
+			*err = tty_err;
+		else
+			hm_err_set(err, EPROTO, "the command's process sent no pty");
+		reported = -1;
+		failure_code = RT_EXIT_RUNTIME;
+	} else if (master >= 0 && reported == 0 && relay_until_exit(helper, master, err) < 0) {
+		kill(helper, SIGKILL);
+		reported = -1;
+		failure_code = RT_EXIT_RUNTIME;
+	} else if (master >= 0 && reported < 0) {
+		close(master);
+	}
 	int status;
 	while (waitpid(helper, &status, 0) < 0) {
 		if (errno != EINTR) {
@@ -194,6 +317,7 @@ out_signals:
 	sigaction(SIGINT, &old_int, NULL);
 	sigaction(SIGQUIT, &old_quit, NULL);
 out_cg:
+	rt_seccomp_free(&seccomp);
 	if (have_cg)
 		hm_closep(&cg.v2_fd);
 	return rc;

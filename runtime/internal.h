@@ -86,6 +86,49 @@ int rt_rootfs_build(const char *dir, struct hm_err *err);
 /* Copy a (static) binary into dir/bin. */
 int rt_rootfs_deploy(const char *rootfs, const char *file, struct hm_err *err);
 
+/* ---- seccomp.c: the pods' default seccomp profile ---- */
+struct sock_filter;
+/* A compiled profile (classic BPF); insns NULL: no profile (--seccomp off). */
+struct rt_seccomp_prog {
+	struct sock_filter *insns;
+	size_t len;
+};
+/* Build the default profile with libseccomp, in trace-pod (it allocates). */
+int rt_seccomp_compile(struct rt_seccomp_prog *prog, struct hm_err *err);
+void rt_seccomp_free(struct rt_seccomp_prog *prog);
+/* In the pod's process, the last step before exec (needs no_new_privs; no malloc). A
+ * NULL or empty prog loads nothing. */
+int rt_seccomp_load(const struct rt_seccomp_prog *prog, struct hm_err *err);
+
+/* ---- pty.c: the pod's session and terminal ---- */
+/* Child side, after the pod's mounts: setsid(); with tty_sock >= 0 also a pty from the
+ * pod's /dev/pts as controlling terminal and fds 0-2, its master sent on tty_sock. */
+int rt_child_new_session(int tty_sock, struct hm_err *err);
+/* trace-pod side. -t needs a terminal on stdin: <0 with a clear message otherwise. */
+int rt_tty_require_terminal(struct hm_err *err);
+/* Receive the master the child sent; *master -1 (and 0 returned) when the child closed
+ * the socket without sending one (it failed: its reason is on the error pipe). */
+int rt_tty_receive_master(int sock, int *master, struct hm_err *err);
+/* Relay between the operator's terminal (stdin/stdout, raw mode while it runs) and
+ * the pod's pty. The caller polls the fds rt_tty_relay_fds gives (at most 2) with its
+ * own, passes them to rt_tty_relay_io, calls rt_tty_relay_resize on SIGWINCH and
+ * rt_tty_relay_finish once the process exited: that copies the last output, restores
+ * the terminal (also restored if a signal kills trace-pod meanwhile) and closes. */
+struct rt_tty_relay {
+	int master;
+	bool stdin_open;
+	bool output_open;
+	bool handlers_installed;
+	size_t to_pod_len, to_pod_off;
+	char to_pod[4096];
+};
+struct pollfd;
+int rt_tty_relay_start(struct rt_tty_relay *r, int master, struct hm_err *err);
+int rt_tty_relay_fds(const struct rt_tty_relay *r, struct pollfd *fds);
+void rt_tty_relay_io(struct rt_tty_relay *r, const struct pollfd *fds, int n);
+void rt_tty_relay_resize(struct rt_tty_relay *r);
+void rt_tty_relay_finish(struct rt_tty_relay *r);
+
 /* ---- container.c: clone3 and the child's side ---- */
 struct rt_spec {
 	const char *name;
@@ -99,6 +142,8 @@ struct rt_spec {
 	const char *hosts_file;      /* host path bind-mounted onto /etc/hosts (or NULL) */
 	const char *resolv_file;     /* ... /etc/resolv.conf */
 	const char *hostname_file;   /* ... /etc/hostname */
+	const struct rt_seccomp_prog *seccomp; /* loaded just before exec; NULL: none */
+	bool tty;             /* a pty of its own (-t), its master for rt_container_start */
 };
 
 struct rt_container {
@@ -106,6 +151,8 @@ struct rt_container {
 	int pidfd;
 	int sync_fd;  /* parent end: write one byte to let the child go on */
 	int error_fd; /* parent end: child reports setup/exec failure here */
+	bool tty;     /* the child sends a pty master on sync_fd before it execs */
+	int tty_fd;   /* that master once started, or -1 */
 };
 
 /* clone3() the pod's PID 1 into the v2 cgroup (CLONE_INTO_CGROUP) with new pid, mount,
@@ -138,10 +185,10 @@ int rt_child_restrict(struct hm_err *err);
 void rt_child_reset_signals(void);
 /* chdir(dir), then refuse a cwd outside the root (CVE-2024-21626). */
 int rt_child_enter_workdir(const char *dir, struct hm_err *err);
-/* Close every fd above stdio but a and b (-1: none): the child must not hold the
+/* Close every fd above stdio but the n in keep (-1: none): the child must not hold the
  * runtime's fds (cgroup dirs, other pods' pipes, a test harness's files) even before
  * exec, while a process in the pod could reach them through /proc. */
-void rt_child_close_fds_except(int a, int b);
+void rt_child_close_fds_except(const int *keep, size_t n);
 /* execvpe with PATH from env; on failure report RT_STAGE_EXEC and _exit(126/127). */
 void rt_child_exec(char **argv, char **env, int error_fd) __attribute__((noreturn));
 /* Send (errno, stage, message) on error_fd and _exit with the matching code. */
@@ -166,6 +213,8 @@ struct rt_run_opts {
 	unsigned stop_timeout;   /* seconds from a forwarded signal to SIGKILL */
 	bool init;
 	bool detach;
+	bool tty;                /* -t: a pty of its own, relayed to our terminal */
+	bool seccomp;            /* the default seccomp profile (false: --seccomp off) */
 	char **argv;
 };
 
@@ -189,10 +238,11 @@ int rt_pod_stop(const char *name, unsigned timeout, struct hm_err *err);
 int rt_pod_remove(const char *name, bool force, struct hm_err *err);
 
 /* ---- exec.c: `trace-pod exec` ---- */
-/* Join every namespace of the pod (through its pidfd) and its cgroups, run argv, wait,
- * return its exit code (or <0). When argv cannot be executed it returns 127 (not found)
+/* Join every namespace of the pod (through its pidfd) and its cgroups, run argv in a
+ * new session under the pod's seccomp profile (with tty: on a pty of the pod's relayed
+ * to our terminal), wait, return its exit code (or <0). When argv cannot be executed it returns 127 (not found)
  * or 126 and also fills err with the reason ("exec 'foo': No such file or directory").
  * err is cleared on entry, so a caller prints err->msg whenever it is not empty. */
-int rt_pod_exec(const struct rt_pod_state *st, char **argv, struct hm_err *err);
+int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_err *err);
 
 #endif

@@ -25,7 +25,7 @@ static const char usage_main[] =
     "  deploy FILE --rootfs DIR      copy a (static) binary into DIR/bin\n"
     "  run [OPTIONS] -- CMD [ARGS]   run CMD as PID 1 of a new pod\n"
     "  ls [--json]                   list pods\n"
-    "  exec NAME -- CMD [ARGS]       run CMD inside a running pod\n"
+    "  exec [-t] NAME -- CMD [ARGS]  run CMD inside a running pod\n"
     "  stop [--timeout S] NAME       stop a pod (SIGTERM, then SIGKILL after S seconds)\n"
     "  rm [-f] NAME                  remove a stopped pod (-f: kill it first)\n"
     "  logs NAME                     print the output of a detached pod\n"
@@ -54,6 +54,12 @@ static const char usage_run[] =
     "  -d, --detach         run in the background, print the pod name\n"
     "  --dns IP             nameserver for /etc/resolv.conf (default: the host's)\n"
     "  --stop-timeout S     seconds from a forwarded signal to SIGKILL (default: 10)\n"
+    "  -t, --tty            give CMD a terminal of its own (a pty relayed to ours;\n"
+    "                       stdin must be a terminal). Without -t, CMD still gets a\n"
+    "                       new session: our terminal is never its controlling one\n"
+    "  --seccomp PROFILE    default: refuse user namespaces, mounts, keyctl, io_uring,\n"
+    "                       bpf, kernel modules, TIOCSTI and more (see README);\n"
+    "                       off: no seccomp profile (exec in the pod follows the pod)\n"
     "  -v, --verbose        debug logs\n";
 
 static const char usage_rootfs[] =
@@ -76,9 +82,13 @@ static const char usage_ls[] =
     "with name, pid, ip, status, rootfs, net and exit_code.\n";
 
 static const char usage_exec[] =
-    "usage: trace-pod exec NAME [--] CMD [ARGS]\n"
+    "usage: trace-pod exec [-t|--tty] NAME [--] CMD [ARGS]\n"
     "\n"
-    "Run CMD in every namespace and cgroup of the running pod NAME; exit with its status.\n";
+    "Run CMD in every namespace and cgroup of the running pod NAME, in a new session,\n"
+    "under the pod's seccomp profile; exit with its status.\n"
+    "\n"
+    "  -t, --tty            give CMD a terminal of its own (a pty relayed to ours;\n"
+    "                       stdin must be a terminal)\n";
 
 static const char usage_stop[] =
     "usage: trace-pod stop [--timeout S] NAME...\n"
@@ -137,6 +147,7 @@ enum {
 	OPT_NAME,
 	OPT_JSON,
 	OPT_TIMEOUT,
+	OPT_SECCOMP,
 };
 
 static bool hostname_valid(const char *h)
@@ -183,6 +194,18 @@ static int parse_limit(const char *flag, const char *value, bool size, uint64_t 
 	return 0;
 }
 
+/* -t relays our terminal: without one on stdin there is nothing to relay (and no raw
+ * mode to set), so say so instead of guessing. Prints the error. */
+static int require_terminal(void)
+{
+	struct hm_err err = {0};
+	if (rt_tty_require_terminal(&err) < 0) {
+		hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
 static int random_name(char *buf, size_t len)
 {
 	unsigned char r[3];
@@ -208,6 +231,8 @@ static int cmd_run(int argc, char **argv)
 	    {"detach", no_argument, NULL, 'd'},
 	    {"dns", required_argument, NULL, OPT_DNS},
 	    {"stop-timeout", required_argument, NULL, OPT_STOP_TIMEOUT},
+	    {"tty", no_argument, NULL, 't'},
+	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
@@ -216,6 +241,7 @@ static int cmd_run(int argc, char **argv)
 	    .net = RT_NET_BRIDGE,
 	    .stop_timeout = DEFAULT_STOP_TIMEOUT,
 	    .limits = {.cpu_period = 100000},
+	    .seccomp = true,
 	};
 	const char *name = NULL, *rootfs = NULL;
 	hm_autofree char **env = calloc(argc + 1, sizeof(*env));
@@ -224,7 +250,7 @@ static int cmd_run(int argc, char **argv)
 	size_t n_env = 0;
 	int opt;
 	/* '+': stop at CMD, whose own flags are not ours */
-	while ((opt = getopt_long(argc, argv, "+:e:w:dvh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "+:e:w:dtvh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case OPT_NAME:
 			name = optarg;
@@ -287,6 +313,19 @@ static int cmd_run(int argc, char **argv)
 		case 'd':
 			o.detach = true;
 			break;
+		case 't':
+			o.tty = true;
+			break;
+		case OPT_SECCOMP:
+			if (!strcmp(optarg, "default"))
+				o.seccomp = true;
+			else if (!strcmp(optarg, "off"))
+				o.seccomp = false;
+			else
+				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+						   "--seccomp '%s': expected default or off",
+						   optarg);
+			break;
 		case OPT_DNS: {
 			unsigned char addr[16];
 			if (inet_pton(AF_INET, optarg, addr) != 1 &&
@@ -314,6 +353,12 @@ static int cmd_run(int argc, char **argv)
 				   "run: missing command (see trace-pod run --help)");
 	o.argv = argv + optind;
 	o.env = env;
+	if (o.tty && o.detach)
+		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
+				   "run: -t and -d exclude each other (a detached pod has no "
+				   "terminal to relay to)");
+	if (o.tty && require_terminal() < 0)
+		return RT_EXIT_RUNTIME;
 	if (!rootfs)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "run: --rootfs DIR is required");
 	struct stat st;
@@ -530,13 +575,18 @@ static int cmd_ls(int argc, char **argv)
 static int cmd_exec(int argc, char **argv)
 {
 	static const struct option longopts[] = {
+	    {"tty", no_argument, NULL, 't'},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
+	bool tty = false;
 	int opt;
-	while ((opt = getopt_long(argc, argv, "+:vh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "+:tvh", longopts, NULL)) != -1) {
 		switch (opt) {
+		case 't':
+			tty = true;
+			break;
 		case 'v':
 			set_verbose();
 			break;
@@ -555,6 +605,8 @@ static int cmd_exec(int argc, char **argv)
 	if (optind >= argc)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
 				   "exec: missing command (see trace-pod exec --help)");
+	if (tty && require_terminal() < 0)
+		return RT_EXIT_RUNTIME;
 	struct hm_err err = {0};
 	struct rt_pod_state st;
 	if (rt_pod_state_load(name, &st, &err) < 0)
@@ -563,7 +615,7 @@ static int cmd_exec(int argc, char **argv)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "pod %s is not running", name);
 	fflush(NULL);
 	err.msg[0] = '\0';
-	int rc = rt_pod_exec(&st, argv + optind, &err);
+	int rc = rt_pod_exec(&st, argv + optind, tty, &err);
 	if (rc < 0)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "%s", err.msg);
 	/* 126/127: the command could not be run, and err says why */

@@ -27,6 +27,9 @@ struct pod {
 	char ip[64];
 	char host_if[32];
 	int sigfd;
+	struct rt_seccomp_prog seccomp;
+	bool relaying;
+	struct rt_tty_relay tty;
 };
 
 static int pidfd_signal(int pidfd, int sig)
@@ -56,6 +59,8 @@ static int block_signals(sigset_t *old, struct hm_err *err)
 	sigset_t set;
 	forwarded_signals(&set);
 	sigaddset(&set, SIGPIPE);
+	/* for the signalfd of a pod with a pty; ignored otherwise, as by default */
+	sigaddset(&set, SIGWINCH);
 	if (sigprocmask(SIG_BLOCK, &set, old) < 0)
 		return hm_err_errno(err, "block signals");
 	return 0;
@@ -185,7 +190,10 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 		return -1;
 	p->state_created = true;
 	if (rt_state_write(o->name, "rootfs", o->rootfs, err) < 0 ||
-	    rt_state_write(o->name, "net", net_name(o->net), err) < 0)
+	    rt_state_write(o->name, "net", net_name(o->net), err) < 0 ||
+	    rt_state_write(o->name, "seccomp", o->seccomp ? "default" : "off", err) < 0)
+		return -1;
+	if (o->seccomp && rt_seccomp_compile(&p->seccomp, err) < 0)
 		return -1;
 
 	if (o->detach) {
@@ -230,6 +238,8 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 	    .hosts_file = hosts,
 	    .resolv_file = resolv,
 	    .hostname_file = hostname_file,
+	    .seccomp = &p->seccomp,
+	    .tty = o->tty,
 	};
 	if (rt_container_spawn(&spec, &p->cg, &p->c, err) < 0)
 		return -1;
@@ -258,6 +268,11 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 
 	if (rt_container_start(&p->c, code, err) < 0)
 		return -1;
+	if (o->tty) {
+		if (rt_tty_relay_start(&p->tty, hm_steal_fd(&p->c.tty_fd), err) < 0)
+			return -1;
+		p->relaying = true;
+	}
 	*code = 0;
 	return 0;
 }
@@ -267,7 +282,7 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 {
 	int64_t kill_at = -1;
-	struct pollfd fds[2] = {
+	struct pollfd fds[4] = {
 	    {.fd = p->c.pidfd, .events = POLLIN},
 	    {.fd = p->sigfd, .events = POLLIN},
 	};
@@ -277,25 +292,31 @@ static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 			int64_t left = kill_at - now_ms();
 			timeout = left > 0 ? (int)left : 0;
 		}
-		int r = poll(fds, 2, timeout);
+		int n_tty = p->relaying ? rt_tty_relay_fds(&p->tty, fds + 2) : 0;
+		int r = poll(fds, 2 + n_tty, timeout);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
 			return hm_err_errno(err, "poll");
 		}
+		if (n_tty)
+			rt_tty_relay_io(&p->tty, fds + 2, n_tty);
 		if (fds[0].revents)
 			break;
 		if (fds[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
-			if (read(p->sigfd, &si, sizeof(si)) == sizeof(si)) {
-				hm_debug("pod %s: forwarding %s", p->o->name,
-					 strsignal(si.ssi_signo));
-				if (pidfd_signal(p->c.pidfd, si.ssi_signo) < 0 && errno != ESRCH)
-					hm_warn("forward %s to pod %s: %s", strsignal(si.ssi_signo),
-						p->o->name, strerror(errno));
-				if (kill_at < 0)
-					kill_at = now_ms() + (int64_t)p->o->stop_timeout * 1000;
+			if (read(p->sigfd, &si, sizeof(si)) != sizeof(si))
+				continue;
+			if (si.ssi_signo == SIGWINCH) {
+				rt_tty_relay_resize(&p->tty);
+				continue;
 			}
+			hm_debug("pod %s: forwarding %s", p->o->name, strsignal(si.ssi_signo));
+			if (pidfd_signal(p->c.pidfd, si.ssi_signo) < 0 && errno != ESRCH)
+				hm_warn("forward %s to pod %s: %s", strsignal(si.ssi_signo),
+					p->o->name, strerror(errno));
+			if (kill_at < 0)
+				kill_at = now_ms() + (int64_t)p->o->stop_timeout * 1000;
 		}
 		if (kill_at >= 0 && now_ms() >= kill_at) {
 			hm_debug("pod %s: still running %us after the signal, sending SIGKILL",
@@ -330,8 +351,13 @@ static void pod_release(struct pod *p, bool keep_state, int exit_code)
 			;
 		p->reaped = true;
 	}
+	if (p->relaying) {
+		rt_tty_relay_finish(&p->tty);
+		p->relaying = false;
+	}
 	if (p->spawned)
 		rt_container_release(&p->c);
+	rt_seccomp_free(&p->seccomp);
 	/* The veth goes with the pod's network namespace, which dies with its last process
 	 * (reaped above); the kernel's async netns cleanup removes both ends. An explicit
 	 * RTM_DELLINK would block the exit ~20 ms on the RTNL + RCU grace period. */
@@ -379,12 +405,15 @@ static int pod_lifecycle(const struct rt_run_opts *o, int report_fd, int *exit_c
 	struct pod p = {
 	    .o = o,
 	    .hostname = o->hostname ? o->hostname : o->name,
-	    .c = {.pid = 0, .pidfd = -1, .sync_fd = -1, .error_fd = -1},
+	    .c = {.pid = 0, .pidfd = -1, .sync_fd = -1, .error_fd = -1, .tty_fd = -1},
 	    .cg = {.v2_fd = -1},
 	    .sigfd = -1,
 	};
 	sigset_t set;
 	forwarded_signals(&set);
+	/* a resized terminal is the pty's business, not a signal to forward */
+	if (o->tty)
+		sigaddset(&set, SIGWINCH);
 	/* signals that arrive during the setup wait in the signalfd and are forwarded after */
 	hm_autofd sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sigfd < 0) {

@@ -88,6 +88,18 @@ for p in json.load(sys.stdin):
 }
 pod_ip() { pod_field "$1" ip; }
 
+# rootfs_with DIR PROGRAM...: a private copy of the test rootfs in DIR with the static
+# PROGRAMs (tests/apps-c, built by make all) deployed into its /bin.
+rootfs_with() {
+	local dir="$1" prog
+	shift
+	cp -a "$TEST_ROOTFS" "$dir"
+	for prog in "$@"; do
+		[ -x "$prog" ] || { echo "missing $prog (make all)" >&2; exit 1; }
+		tp deploy "$prog" --rootfs "$dir" >/dev/null
+	done
+}
+
 # Stop and remove pods, ignoring errors: for traps, so a failed test leaves nothing running.
 pod_cleanup() {
 	local n

@@ -18,7 +18,7 @@
 #   pod web  the target: --env HERMIT_DEMO_GREETING=hello-from-web, --dns DNS_IP (its
 #            /etc/resolv.conf names the dns pod), sleep as PID 1 (not --init: the agent
 #            reads PID 1's environment, and hermit-init's is not the pod's).
-#   agent    a real trace-agent on FX_WORK/agent.sock (mode 0666) with token
+#   agent    a real trace-agent on FX_WORK/agent.sock (0660, group nogroup) with token
 #            FX_WORK/token (root only); FX_TOKEN_NOBODY is a copy owned by nobody.
 #
 # What a correct answer under `trace-run --target pod/web` proves:

@@ -50,8 +50,8 @@ static const char usage[] =
     "\n"
     "exit codes: PROGRAM's exit status (or trace-run dies of PROGRAM's fatal signal), or\n"
     "  121  the agent is unreachable (no socket, connection refused, timeout)\n"
-    "  122  no auth token, or the agent rejected it\n"
-    "  123  the agent has no such target, or it is not running\n"
+    "  122  no auth token, the agent rejected it, or no permission on its socket\n"
+    "  123  the agent has no such target, it is not running, or it is not yours\n"
     "  125  any other trace-run failure (usage, config file, kernel support)\n"
     "  126  PROGRAM is not executable\n"
     "  127  PROGRAM not found\n";

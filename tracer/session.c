@@ -100,6 +100,10 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 						    "(wrong --token-file or HERMIT_TOKEN?)",
 						    where);
 			}
+			if (dial_err.code == EACCES) {
+				*exit_code = TRACE_EXIT_AUTH;
+				return hm_err_plain(err, EACCES, "%s", dial_err.msg);
+			}
 			*exit_code = TRACE_EXIT_AGENT_DOWN;
 			return hm_err_plain(err, dial_err.code, "cannot reach the agent at %s: %s",
 					    where, strerror(dial_err.code));
@@ -114,7 +118,8 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 		return hm_err_prefix(err, "agent at %s", where);
 	}
 	if (agent_client_session_open(s->client, s->cfg.target, &s->info, err) < 0) {
-		if (err->code == ENOENT || err->code == ESRCH || err->code == EINVAL) {
+		if (err->code == ENOENT || err->code == ESRCH || err->code == EINVAL ||
+		    err->code == EPERM) {
 			*exit_code = TRACE_EXIT_TARGET;
 			/* the agent's words, without the request name the client puts first */
 			const char *why = err->msg;

@@ -16,7 +16,7 @@
  * 124 is left to timeout(1). */
 #define TRACE_EXIT_AGENT_DOWN 121 /* no agent at the address (no socket, refused, timeout) */
 #define TRACE_EXIT_AUTH 122	  /* no usable token, or the agent rejected it */
-#define TRACE_EXIT_TARGET 123	  /* the agent knows no such target, or it is not running */
+#define TRACE_EXIT_TARGET 123	  /* no such target, not running, or not the caller's */
 
 struct trace_session {
 	struct hm_trace_config cfg;	/* merged and finalized */

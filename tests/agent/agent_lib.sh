@@ -4,11 +4,15 @@
 AGENT_E2E="$BUILD/tests/agent_e2e"
 
 # agent_start DIR NAME [TRACE-AGENT ARGS...]: start an agent and wait until it serves.
+# Its socket's group is nogroup (AGENT_UNIX_GROUP), user nobody's, so tests can run
+# clients as nobody.
+AGENT_UNIX_GROUP="${AGENT_UNIX_GROUP:-nogroup}"
 agent_start() {
 	local dir="$1" name="$2"
 	shift 2
 	"$TRACE_AGENT" --unix "$dir/$name.sock" --token-file "$dir/token" --log-level debug \
-		--handshake-timeout 2000 "$@" </dev/null 2>"$dir/$name.log" &
+		--handshake-timeout 2000 --unix-group "$AGENT_UNIX_GROUP" "$@" </dev/null \
+		2>"$dir/$name.log" &
 	echo $! >"$dir/$name.pid"
 	if ! wait_until 100 grep -q ' ready (pid ' "$dir/$name.log"; then
 		cat "$dir/$name.log" >&2

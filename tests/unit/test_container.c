@@ -442,14 +442,14 @@ static void test_pod_exec(void **state)
 	int leaky = open("/etc/passwd", O_RDONLY); /* deliberately inheritable */
 	int saved;
 	int out = stdout_to_pipe(&saved);
-	int rc = rt_pod_exec(&st, argv, &err);
+	int rc = rt_pod_exec(&st, argv, false, &err);
 	stdout_restore(saved);
 	close(leaky);
 	char buf[4096];
 	read_all_into(out, buf, sizeof(buf));
 	char *missing[] = {"no-such-command", NULL};
 	struct hm_err err2 = {0};
-	int rc_missing = rt_pod_exec(&st, missing, &err2);
+	int rc_missing = rt_pod_exec(&st, missing, false, &err2);
 
 	kill(c.pid, SIGKILL);
 	waitpid(c.pid, NULL, 0);
@@ -472,7 +472,7 @@ static void test_pod_exec(void **state)
 
 	/* a pod that is gone */
 	struct hm_err err3 = {0};
-	assert_true(rt_pod_exec(&st, argv, &err3) < 0);
+	assert_true(rt_pod_exec(&st, argv, false, &err3) < 0);
 	assert_non_null(strstr(err3.msg, "not running"));
 }
 

@@ -131,6 +131,39 @@ test_sessions() {
 	stop_clean sess
 }
 
+test_refusals_release() {
+	# two sessions in all; refused sessions must not keep what they took
+	start_budgeted refuse --max-sessions 2 --max-peer-sessions 2
+	install -m 0600 -o nobody "$WORK/token" "$WORK/token-nobody"
+	local i
+	for i in $(seq 6); do
+		# refused after the session's budget was taken (the target does not resolve)
+		e2e "$WORK" refuse --target pod/no-such-pod-here bad-target ENOENT ||
+			fail "pod/no-such-pod-here"
+		e2e "$WORK" refuse --target pid/4194303 bad-target ESRCH || fail "pid/4194303"
+		# refused before it (nobody may not target init)
+		(cd / && timeout 60 setpriv --reuid 65534 --regid 65534 --clear-groups \
+			"$AGENT_E2E" --unix "$WORK/refuse.sock" --token-file "$WORK/token-nobody" \
+			--target pid/1 bad-target EPERM) || fail "pid/1 as nobody"
+	done
+	# both slots are still free: two sessions open at once, a third is over the limit
+	A refuse hold "$WORK/hold1" &
+	local h1=$!
+	A refuse hold "$WORK/hold2" &
+	local h2=$!
+	wait_until 100 sh -c "[ -e '$WORK/hold1' ] && [ -e '$WORK/hold2' ]" ||
+		fail "two sessions could not open after 18 refused ones (leaked reservations)"
+	A refuse bad-target EUSERS || fail "a third session was not refused"
+	rm -f "$WORK/hold1" "$WORK/hold2"
+	wait "$h1" "$h2"
+	local out
+	out=$("$TRACE_AGENT" status --unix "$WORK/refuse.sock" --token-file "$WORK/token")
+	echo "$out"
+	assert_eq 0 "$(echo "$out" | awk '$1 == "sessions" && NF >= 5 {print $2}')" \
+		"sessions budget used after every session ended"
+	stop_clean refuse
+}
+
 test_fd_spare() {
 	# an agent whose budgets do not fit its fd limit: it runs out of fds, and a new
 	# client is turned away at once instead of hanging in the backlog
@@ -149,4 +182,5 @@ run_test "budget: unclaimed UDP streams refused with EMFILE/ENFILE, fds bounded"
 run_test "budget: big reads, listings and writes bounded in memory" test_reads
 run_test "budget: connects bounded in threads" test_connects
 run_test "budget: sessions per peer refused with EUSERS" test_sessions
+run_test "budget: refused sessions give their budget back" test_refusals_release
 run_test "budget: out of fds, a new client is turned away, not left hanging" test_fd_spare

@@ -1,0 +1,122 @@
+/* Who is on the other end of a connection, and what that peer may target.
+ *
+ * A unix peer has kernel-checked credentials (SO_PEERCRED, taken at accept: the
+ * credentials of the process that connected). A TCP peer has only an address, which
+ * says nothing about a local user: a port-forward or a proxy may stand in between. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "agent/internal.h"
+
+void agent_peer_from_accept(int fd, bool is_unix, const struct sockaddr_storage *ss,
+			    struct agent_peer *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->is_unix = is_unix;
+	if (is_unix) {
+		struct ucred cred;
+		socklen_t cl = sizeof(cred);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cl == sizeof(cred)) {
+			out->has_cred = true;
+			out->pid = cred.pid;
+			out->uid = cred.uid;
+			out->gid = cred.gid;
+			snprintf(out->desc, sizeof(out->desc), "unix pid %d uid %d", (int)cred.pid,
+				 (int)cred.uid);
+		} else {
+			snprintf(out->desc, sizeof(out->desc), "unix");
+		}
+		return;
+	}
+	/* the source address without the port: what per-peer limits count by */
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+		out->addr_len = 4;
+		memcpy(out->addr, &sin->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+		out->addr_len = 16;
+		memcpy(out->addr, &sin6->sin6_addr, 16);
+	}
+	struct proto_addr a;
+	if (proto_addr_from_sockaddr((const struct sockaddr *)ss, sizeof(*ss), &a, NULL) == 0)
+		proto_addr_str(&a, out->desc, sizeof(out->desc));
+	else
+		snprintf(out->desc, sizeof(out->desc), "tcp");
+}
+
+bool agent_peer_same_source(const struct agent_peer *a, const struct agent_peer *b)
+{
+	if (a->is_unix != b->is_unix)
+		return false;
+	if (a->is_unix)
+		return a->has_cred == b->has_cred && (!a->has_cred || a->uid == b->uid);
+	return a->addr_len == b->addr_len && !memcmp(a->addr, b->addr, a->addr_len);
+}
+
+void agent_peer_key(const struct agent_peer *peer, char *buf, size_t len)
+{
+	char addr[INET6_ADDRSTRLEN];
+	if (peer->is_unix && peer->has_cred)
+		snprintf(buf, len, "uid %u", (unsigned)peer->uid);
+	else if (peer->is_unix)
+		snprintf(buf, len, "unix");
+	else if ((peer->addr_len == 4 || peer->addr_len == 16) &&
+		 inet_ntop(peer->addr_len == 4 ? AF_INET : AF_INET6, peer->addr, addr,
+			   sizeof(addr)))
+		snprintf(buf, len, "%s", addr);
+	else
+		snprintf(buf, len, "tcp");
+}
+
+/* Every uid of the process (real, effective, saved, filesystem) from /proc/PID/status:
+ * a setuid program that dropped or raised one of them is not wholly the caller's. */
+static int process_uids(pid_t pid, uid_t uids[4], struct hm_err *err)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	hm_autofree char *text = NULL;
+	size_t len;
+	if (hm_read_file(path, &text, &len, err) < 0)
+		return hm_err_set(err, ESRCH, "process %d: no such process", (int)pid);
+	const char *line = strstr(text, "\nUid:");
+	unsigned long v[4];
+	if (!line || sscanf(line + 5, "%lu %lu %lu %lu", &v[0], &v[1], &v[2], &v[3]) != 4)
+		return hm_err_plain(err, EIO, "process %d: no Uid line in %s", (int)pid, path);
+	for (int i = 0; i < 4; i++)
+		uids[i] = (uid_t)v[i];
+	return 0;
+}
+
+int agent_peer_may_target_pid(const struct agent_peer *peer, pid_t pid, bool allow_any_pid,
+			      struct hm_err *err)
+{
+	if (allow_any_pid)
+		return 0;
+	if (!peer->is_unix)
+		return hm_err_plain(err, EPERM,
+				    "pid/%d: a client over TCP may target pods and containers only "
+				    "(the agent cannot tell which user it is; trace-agent "
+				    "--allow-any-pid lifts this)",
+				    (int)pid);
+	if (!peer->has_cred)
+		return hm_err_plain(err, EPERM, "pid/%d: the client's credentials are unknown",
+				    (int)pid);
+	if (peer->uid == 0)
+		return 0;
+	uid_t uids[4];
+	if (process_uids(pid, uids, err) < 0)
+		return -1;
+	for (int i = 0; i < 4; i++) {
+		if (uids[i] != peer->uid)
+			return hm_err_plain(err, EPERM,
+					    "pid/%d: permission denied: the process runs as uid %lu, "
+					    "the client is uid %lu (only root may target another "
+					    "user's process)",
+					    (int)pid, (unsigned long)uids[i], (unsigned long)peer->uid);
+	}
+	return 0;
+}
