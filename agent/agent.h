@@ -83,6 +83,8 @@ struct agent_status {
 	uint64_t uptime_ms;
 	uint32_t sessions, streams;
 	uint64_t requests, errors, bytes_in, bytes_out;
+	unsigned nbudgets; /* 0: an agent without budgets */
+	struct proto_budget budgets[PROTO_BUDGET_COUNT]; /* by enum proto_budget_kind */
 };
 int agent_client_status(struct agent_client *c, struct agent_status *out, struct hm_err *err);
 void agent_status_print(FILE *f, const struct agent_status *s);

@@ -503,6 +503,8 @@ int agent_client_status(struct agent_client *c, struct agent_status *out, struct
 	out->errors = s->errors;
 	out->bytes_in = s->bytes_in;
 	out->bytes_out = s->bytes_out;
+	out->nbudgets = s->nbudgets;
+	memcpy(out->budgets, s->budgets, sizeof(out->budgets));
 	proto_msg_free(&reply);
 	return 0;
 }

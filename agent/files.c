@@ -96,8 +96,16 @@ static uint64_t smaller_cap(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
+/* Memory an inline reply of size bytes holds while it is built and sent: the content,
+ * the encoded frame and, for the sizes that are compressed, zlib's state. */
+static uint64_t inline_cost(uint64_t size)
+{
+	return 2 * size + (size >= AGENT_FILE_STREAM_MIN ? (320u << 10) : (4u << 10));
+}
+
 int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap,
-		    struct agent_file_read_result *out, struct hm_err *err)
+		    struct agent_budget_account *account, struct agent_file_read_result *out,
+		    struct hm_err *err)
 {
 	*out = (struct agent_file_read_result){.fd = -1};
 	if (req->flags & ~PROTO_READ_NOFOLLOW)
@@ -129,7 +137,30 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	if (limit && size > limit)
 		return hm_err_set(err, EFBIG, "%s: %llu bytes, the limit is %llu", req->path,
 				  (unsigned long long)size, (unsigned long long)limit);
-	if (size > PROTO_INLINE_MAX) {
+	bool as_stream = size > PROTO_INLINE_MAX;
+	uint64_t reserved = 0;
+	if (!as_stream && size > 0) {
+		/* a stream costs the agent no memory (sendfile): the way out for a big
+		 * file when the memory for replies is taken; small ones wait their turn */
+		struct hm_err busy = {0};
+		if (agent_budget_reserve(account, AGENT_RES_BYTES, inline_cost(size), 0, &busy) == 0)
+			reserved = inline_cost(size);
+		else if (size >= AGENT_FILE_STREAM_MIN)
+			as_stream = true;
+		else if (agent_budget_reserve(account, AGENT_RES_BYTES, inline_cost(size),
+					      AGENT_BUDGET_WAIT_MS, err) < 0)
+			return hm_err_prefix(err, "%s", req->path);
+		else
+			reserved = inline_cost(size);
+	} else if (!as_stream) {
+		/* procfs and sysfs files say 0: reserve for a typical one, and for the rest
+		 * once its size is known */
+		if (agent_budget_reserve(account, AGENT_RES_BYTES, inline_cost(AGENT_FILE_STREAM_MIN),
+					 AGENT_BUDGET_WAIT_MS, err) < 0)
+			return hm_err_prefix(err, "%s", req->path);
+		reserved = inline_cost(AGENT_FILE_STREAM_MIN);
+	}
+	if (as_stream) {
 		out->size = size;
 		out->fd = hm_steal_fd(&fd);
 		return 0;
@@ -138,10 +169,23 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	/* read to EOF rather than trusting st_size: procfs files report 0 */
 	char *data;
 	size_t len;
-	if (hm_read_fd(fd, (size_t)size, (size_t)inline_limit, req->path, &data, &len, err) < 0)
+	int rc = hm_read_fd(fd, (size_t)size, (size_t)inline_limit, req->path, &data, &len, err);
+	if (rc == 0 && inline_cost(len) > reserved) {
+		if (agent_budget_reserve(account, AGENT_RES_BYTES, inline_cost(len) - reserved, 0,
+					 err) < 0) {
+			free(data);
+			rc = hm_err_prefix(err, "%s", req->path);
+		} else {
+			reserved = inline_cost(len);
+		}
+	}
+	if (rc < 0) {
+		agent_budget_release(account, AGENT_RES_BYTES, reserved);
 		return -1;
+	}
 	out->data = data;
 	out->size = len;
+	out->reserved = reserved;
 	return 0;
 }
 
@@ -310,11 +354,51 @@ struct linux_dirent64 {
 	char d_name[];
 };
 
+/* The first pass over a directory: what its listing will take, without keeping it.
+ * E2BIG beyond the protocol's limits, as the second pass would. */
+static int dir_measure(int fd, char *buf, size_t bufsize, const char *path, size_t *count,
+		       size_t *names, struct hm_err *err)
+{
+	*count = *names = 0;
+	size_t encoded = 0;
+	for (;;) {
+		long n = syscall(SYS_getdents64, fd, buf, bufsize);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return hm_err_errno(err, "readdir %s", path);
+		}
+		if (n == 0)
+			break;
+		for (long off = 0; off < n;) {
+			struct linux_dirent64 *d = (struct linux_dirent64 *)(buf + off);
+			size_t len = strlen(d->d_name);
+			encoded += 8 + 1 + 4 + len + 1;
+			*names += len + 1;
+			if (++*count > AGENT_READDIR_MAX_ENTRIES || encoded > PROTO_MAX_PAYLOAD - 4)
+				return hm_err_set(err, E2BIG, "%s: more than %u entries or %u bytes",
+						  path, AGENT_READDIR_MAX_ENTRIES, PROTO_MAX_PAYLOAD);
+			off += d->d_reclen;
+		}
+	}
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		return hm_err_errno(err, "rewind %s", path);
+	return 0;
+}
+
+/* Memory a listing holds while it is gathered, laid out, encoded and sent. */
+static uint64_t listing_cost(size_t count, size_t names)
+{
+	return 3 * (uint64_t)names + 80 * (uint64_t)count + (64u << 10);
+}
+
 int agent_file_readdir(int root_fd, const struct proto_path_req *req,
-		       struct proto_readdir_reply *out, void **storage, struct hm_err *err)
+		       struct agent_budget_account *account, struct proto_readdir_reply *out,
+		       void **storage, uint64_t *reserved, struct hm_err *err)
 {
 	*out = (struct proto_readdir_reply){0};
 	*storage = NULL;
+	*reserved = 0;
 	if (req->flags)
 		return hm_err_set(err, EINVAL, "readdir: unknown flags 0x%x", req->flags);
 	/* O_DIRECTORY fails with ENOTDIR before a FIFO or device would be opened */
@@ -325,10 +409,24 @@ int agent_file_readdir(int root_fd, const struct proto_path_req *req,
 	int rc = 0;
 	size_t bufsize = 32768;
 	hm_autofree char *buf = malloc(bufsize);
-	if (!buf) {
+	if (!buf)
+		return hm_err_set(err, ENOMEM, "%s", req->path);
+	/* measured first, so the memory is reserved (or waited for) in one piece: a
+	 * request that held part of it while waiting for more could deadlock others */
+	size_t count, names;
+	if (dir_measure(fd, buf, bufsize, req->path, &count, &names, err) < 0)
+		return -1;
+	uint64_t cost = listing_cost(count, names);
+	if (agent_budget_reserve(account, AGENT_RES_BYTES, cost, AGENT_BUDGET_WAIT_MS, err) < 0)
+		return hm_err_prefix(err, "list %s", req->path);
+	acc.ents = reallocarray(NULL, count + 16, sizeof(*acc.ents));
+	acc.names = malloc(names + 4096);
+	if (!acc.ents || !acc.names) {
 		rc = hm_err_set(err, ENOMEM, "%s", req->path);
 		goto out;
 	}
+	acc.ents_cap = count + 16;
+	acc.names_cap = names + 4096;
 	for (;;) {
 		long n = syscall(SYS_getdents64, fd, buf, bufsize);
 		if (n < 0) {
@@ -347,9 +445,21 @@ int agent_file_readdir(int root_fd, const struct proto_path_req *req,
 			off += d->d_reclen;
 		}
 	}
+	/* the directory may have grown between the passes */
+	uint64_t actual = listing_cost(acc.count, acc.names_len);
+	if (actual > cost) {
+		rc = agent_budget_reserve(account, AGENT_RES_BYTES, actual - cost, 0, err);
+		if (rc < 0)
+			goto out;
+		cost = actual;
+	}
 	rc = dirent_acc_finish(&acc, out, storage, req->path, err);
 out:
 	dirent_acc_release(&acc);
+	if (rc < 0)
+		agent_budget_release(account, AGENT_RES_BYTES, cost);
+	else
+		*reserved = cost;
 	return rc;
 }
 

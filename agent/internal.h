@@ -52,12 +52,19 @@ struct agent_file_read_result {
 	int fd;
 	void *data;
 	uint64_t size;
+	uint64_t reserved; /* reply memory taken from the account: release after sending */
 };
 /* Only regular files (EISDIR, ELOOP for a symlink under NOFOLLOW, EINVAL for FIFOs,
  * sockets and devices, which are never opened). cap is the agent's limit and
- * req->max_size the client's; 0 means none; the smaller one applies: EFBIG above. */
+ * req->max_size the client's; 0 means none; the smaller one applies: EFBIG above.
+ * Inline content takes reply memory from account (may be NULL): a file of at least
+ * AGENT_FILE_STREAM_MIN bytes comes as a stream (fd) instead when there is none
+ * left, a smaller one waits for it (ENOBUFS after AGENT_BUDGET_WAIT_MS). */
+#define AGENT_FILE_STREAM_MIN (64u << 10)
+struct agent_budget_account;
 int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap,
-		    struct agent_file_read_result *out, struct hm_err *err);
+		    struct agent_budget_account *account, struct agent_file_read_result *out,
+		    struct hm_err *err);
 int agent_file_write(int root_fd, const struct proto_file_write *req,
 		     struct proto_file_write_reply *out, struct hm_err *err);
 int agent_file_stat(int root_fd, const struct proto_path_req *req, struct proto_stat *out,
@@ -70,9 +77,13 @@ int agent_file_access(int root_fd, const struct proto_file_access *req, struct h
  * (the agent), not for the target. */
 int agent_file_readlink(int root_fd, const struct proto_path_req *req, char *buf, size_t buflen,
 			struct proto_readlink_reply *out, struct hm_err *err);
-/* out->entries and names are malloc'ed into *storage; free(*storage) releases them */
+/* out->entries and names are malloc'ed into *storage; free(*storage) releases them.
+ * The listing is measured first and its memory taken from account (may be NULL) in
+ * one piece, waiting for it (ENOBUFS after AGENT_BUDGET_WAIT_MS); *reserved says how
+ * much to release after sending. */
 int agent_file_readdir(int root_fd, const struct proto_path_req *req,
-		       struct proto_readdir_reply *out, void **storage, struct hm_err *err);
+		       struct agent_budget_account *account, struct proto_readdir_reply *out,
+		       void **storage, uint64_t *reserved, struct hm_err *err);
 int agent_file_mkdir(int root_fd, const struct proto_file_mkdir *req, struct hm_err *err);
 int agent_file_unlink(int root_fd, const struct proto_file_unlink *req, struct hm_err *err);
 int agent_file_rename(int root_fd, const struct proto_file_rename *req, struct hm_err *err);
@@ -112,6 +123,17 @@ int agent_file_reopen(int path_fd, int flags, struct hm_err *err);
  * the calling thread up to the timeout. */
 int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
 			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
+/* The same in two steps, for a caller that waits for many connects at once:
+ * begin makes the socket and starts the connect: 0 connected, 1 in progress (wait for
+ * POLLOUT), both with *fd the socket; < 0 failed. finish reports the outcome: outcome
+ * an errno (0: connected; ETIMEDOUT: the caller's deadline passed), or -1 to read it
+ * from SO_ERROR; fills local. timeout_ms is only for the message. */
+int agent_outgoing_tcp_begin(struct agent_target *t, const struct proto_addr *dst, int *fd,
+			     struct hm_err *err);
+int agent_outgoing_tcp_finish(int fd, const struct proto_addr *dst, int outcome,
+			      uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
+/* The timeout that applies to a request's timeout_ms (0: the default, capped). */
+uint32_t agent_outgoing_timeout(uint32_t timeout_ms);
 /* A UDP socket in the target's netns (family PROTO_AF_*), bound to the wildcard address
  * and an ephemeral port; O_NONBLOCK | O_CLOEXEC. An AF_INET6 socket is dual-stack. */
 int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto_addr *local,
@@ -171,22 +193,118 @@ struct agent_pending_stream {
 	int fd;              /* TCP or UDP socket in the pod's netns, or the file */
 	uint64_t size;       /* FILE: bytes to send */
 	uint64_t session_id; /* the session that asked */
+	/* its budget: one stream reserved and one reference, released together by
+	 * agent_budget_stream_closed (NULL: not counted) */
+	struct agent_budget_account *account;
 };
-#define AGENT_STREAM_TTL_MS 30000
-#define AGENT_STREAMS_PER_SESSION 1024 /* unclaimed tokens one session may hold */
+/* short: a client claims its token within a round trip; an unclaimed token holds a
+ * socket or file open */
+#define AGENT_STREAM_TTL_MS 10000
 struct agent_streams;
 int agent_streams_create(unsigned ttl_ms, struct agent_streams **out, struct hm_err *err);
 void agent_streams_destroy(struct agent_streams *s); /* closes every unclaimed fd */
-/* Park fd (owned from here on, closed on failure too) and fill token. */
-int agent_streams_add(struct agent_streams *s, uint64_t session_id, enum agent_stream_kind kind,
-		      int fd, uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
-/* Take the object a token names: 0 and *out (the caller owns out->fd), or -1 when the
- * token is unknown, used or expired. */
+/* Park fd (owned from here on, closed on failure too) and fill token. One stream of
+ * account's budget is reserved (EMFILE/ENFILE when there is none left). */
+int agent_streams_add(struct agent_streams *s, uint64_t session_id,
+		      struct agent_budget_account *account, enum agent_stream_kind kind, int fd,
+		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
+/* Take the object a token names: 0 and *out (the caller owns out->fd and the budget
+ * stream of out->account), or -1 when the token is unknown, used or expired. */
 int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN_LEN],
 			struct agent_pending_stream *out);
 void agent_streams_drop_session(struct agent_streams *s, uint64_t session_id);
 void agent_streams_expire(struct agent_streams *s);
 size_t agent_streams_pending(struct agent_streams *s);
+
+/* ---- relay.c (additions) ---- */
+/* Called (from the relay's thread, or the adding thread on failure) once a stream's
+ * fds are closed, exactly once per add: the agent returns the stream's budget there. */
+struct agent_relay_release {
+	void (*fn)(void *arg);
+	void *arg;
+};
+/* agent_relay_add_tcp/udp/file by kind, with a release hook (may be NULL). */
+int agent_relay_add_stream(struct agent_relay *r, enum agent_stream_kind kind, int client_fd,
+			   int fd, uint64_t size, const struct agent_relay_release *rel,
+			   struct hm_err *err);
+
+/* ---- connects.c: one session's TCP connects in progress ----
+ * Driven by the session's thread: it polls agent_connects_fd (POLLIN when a connect
+ * finished) and wakes by agent_connects_deadline (0: none), then calls
+ * agent_connects_progress. done gets each result once: fd (connected, O_NONBLOCK,
+ * the callee's) and local, or fd -1 and err with the errno the app would have got. */
+typedef void (*agent_connect_done_fn)(void *ctx, uint32_t id, int fd,
+				      const struct proto_addr *local, const struct hm_err *err);
+struct agent_connects;
+int agent_connects_create(struct agent_connects **out, struct hm_err *err);
+void agent_connects_destroy(struct agent_connects *cs); /* closes what is in progress */
+int agent_connects_fd(const struct agent_connects *cs);  /* -1 for NULL */
+size_t agent_connects_count(const struct agent_connects *cs);
+uint64_t agent_connects_deadline(const struct agent_connects *cs);
+/* done may be called before this returns (refused at once, the pod's loopback). */
+void agent_connects_start(struct agent_connects *cs, struct agent_target *t, uint32_t id,
+			  const struct proto_addr *dst, uint32_t timeout_ms,
+			  agent_connect_done_fn done, void *ctx);
+void agent_connects_progress(struct agent_connects *cs, agent_connect_done_fn done, void *ctx);
+
+/* ---- budget.c: global and per-session limits ----
+ * What one client may take of the agent's shared resources. Each resource has a
+ * global limit and a per-session one (for sessions: per peer, a unix uid or a TCP
+ * address); 0 means unlimited. A refusal fails with err->code the errno the client
+ * sees and a message naming the trace-agent flag: sessions EUSERS; streams EMFILE
+ * (this session's) or ENFILE (the agent's); reply memory ENOBUFS; connects EAGAIN.
+ * Streams count from the reply that opens them (an unclaimed token) to the relay's
+ * close. Reply memory is the only resource a request waits for (in arrival order). */
+enum agent_budget_res {
+	AGENT_RES_SESSIONS,
+	AGENT_RES_STREAMS,  /* unclaimed stream tokens and relayed streams */
+	AGENT_RES_BYTES,    /* memory held by replies being built or sent */
+	AGENT_RES_CONNECTS, /* TCP connects in progress, a socket each */
+	AGENT_RES_COUNT
+};
+struct agent_budget_limits {
+	uint64_t global[AGENT_RES_COUNT];
+	uint64_t per_session[AGENT_RES_COUNT]; /* [AGENT_RES_SESSIONS]: per peer */
+};
+struct agent_budget_usage {
+	uint64_t used[AGENT_RES_COUNT], peak[AGENT_RES_COUNT], limit[AGENT_RES_COUNT];
+	uint64_t refused[AGENT_RES_COUNT];
+};
+struct agent_budget;
+/* One session's share. Refcounted: streams and connects outlive their session. */
+struct agent_budget_account;
+void agent_budget_default_limits(struct agent_budget_limits *l);
+int agent_budget_create(const struct agent_budget_limits *limits, struct agent_budget **out,
+			struct hm_err *err);
+void agent_budget_destroy(struct agent_budget *b);
+/* Wake every waiter and refuse from now on (ESHUTDOWN). */
+void agent_budget_stop(struct agent_budget *b);
+/* A new session of peer_key: its account with one reference, or EUSERS. */
+int agent_budget_session_open(struct agent_budget *b, const char *peer_key,
+			      struct agent_budget_account **out, struct hm_err *err);
+/* The session ended: its slot is free; the caller's reference stays. */
+void agent_budget_session_close(struct agent_budget_account *a);
+struct agent_budget_account *agent_budget_account_get(struct agent_budget_account *a);
+void agent_budget_account_put(struct agent_budget_account *a);
+/* Take n of res for the session and the agent. wait_ms > 0 (reply memory only): wait
+ * that long for the agent's share. a NULL: nothing is counted (tests, tools). */
+int agent_budget_reserve(struct agent_budget_account *a, enum agent_budget_res res, uint64_t n,
+			 int wait_ms, struct hm_err *err);
+void agent_budget_release(struct agent_budget_account *a, enum agent_budget_res res, uint64_t n);
+/* For the relay's release hook: one stream of the account is closed; drops the
+ * stream's reference to the account. */
+void agent_budget_stream_closed(void *account);
+void agent_budget_usage(struct agent_budget *b, struct agent_budget_usage *out);
+/* The budgets of a STATUS_REPLY. */
+void agent_budget_status(struct agent_budget *b, struct proto_status_reply *out);
+/* Memory reservations: how long a request waits for the agent's share of reply memory
+ * before it fails with ENOBUFS. */
+#define AGENT_BUDGET_WAIT_MS 10000
+/* File descriptors for accept() when the agent is at its fd limit: one spare fd is
+ * kept; at EMFILE it is closed, the pending connection accepted and closed (the peer
+ * sees a clean close instead of hanging in the backlog), and the spare reopened. */
+int agent_fd_spare_init(struct hm_err *err);
+void agent_fd_spare_shed(int listen_fd);
 
 /* ---- status.c: what `trace-agent status` reports ---- */
 struct agent_stats {
@@ -222,6 +340,9 @@ void agent_peer_from_accept(int fd, bool is_unix, const struct sockaddr_storage 
 			    struct agent_peer *out);
 /* Same uid (unix) or same source address (TCP): one peer for the per-peer limits. */
 bool agent_peer_same_source(const struct agent_peer *a, const struct agent_peer *b);
+/* The same as a string, for keys kept past the connection (--max-peer-sessions):
+ * "uid N", "unix" (credentials unknown) or the TCP source address. */
+void agent_peer_key(const struct agent_peer *peer, char *buf, size_t len);
 /* May this peer open a session on process pid? Root (unix uid 0) may; another unix peer
  * only on a process all of whose uids (real, effective, saved, fs) are its own; a TCP
  * peer never (its user is unknown). allow_any_pid: everyone may (token only). Fails with
@@ -233,6 +354,8 @@ int agent_peer_may_target_pid(const struct agent_peer *peer, pid_t pid, bool all
  * Owned by the server's main thread (not thread-safe). Pending connections have no
  * thread; their first whole frame (at most PROTO_HELLO_MAX_PAYLOAD) goes to admitted(),
  * which takes the fd and the frame's payload. See admission.c for the limits. */
+/* connections that have not sent their first frame, per transport (each holds an fd) */
+#define AGENT_MAX_PENDING_PER_TRANSPORT 256
 struct agent_admission_config {
 	int deadline_ms;            /* for the whole first frame, from accept */
 	unsigned max_per_transport; /* pending unix connections; pending TCP ones */
@@ -270,6 +393,7 @@ struct agent_server_config {
 	bool allow_any_pid;       /* pid/N for every token holder (else see peer.c) */
 	bool insecure_listen;     /* --listen may be a non-loopback address */
 	unsigned stream_ttl_ms;
+	struct agent_budget_limits limits;
 	int stop_fd;             /* readable (e.g. a signalfd) -> graceful shutdown */
 };
 /* Serve until stop_fd turns readable, then end every session, release everything and

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <malloc.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/random.h>
@@ -42,12 +43,28 @@ static const char usage_text[] =
 	"                         with a random token, mode 0600, if it does not exist\n"
 	"  --max-file-size SIZE   largest file a client may read (default 1G)\n"
 	"  --handshake-timeout MS time a new connection has to say hello (default 2000)\n"
-	"  --stream-ttl MS        life of an unclaimed stream token (default 30000)\n"
+	"  --stream-ttl MS        life of an unclaimed stream token (default 10000)\n"
 	"  --log-level L          debug, info (default), warn or error\n"
 	"  --version              print the version\n"
 	"  -h, --help             this text\n"
 	"\n"
-	"status: print the sessions, streams, requests, errors and bytes of a running agent.\n"
+	"Budgets (0: unlimited). A client over one gets an error naming the flag; the agent\n"
+	"keeps serving the others:\n"
+	"  --max-sessions N       sessions open at once (default 256; EUSERS)\n"
+	"  --max-peer-sessions N  sessions of one peer: a unix uid or a TCP address\n"
+	"                         (default 128; EUSERS)\n"
+	"  --max-streams N        streams (opened, relayed) in all (default 8192, fewer if\n"
+	"                         the fd limit is low; ENFILE)\n"
+	"  --max-session-streams N  streams of one session (default 1024; EMFILE)\n"
+	"  --max-inflight SIZE    memory of file contents, listings and environments being\n"
+	"                         sent (default 256M; a request waits up to 10 s, then\n"
+	"                         ENOBUFS; a file over 64K is streamed instead)\n"
+	"  --max-session-inflight SIZE  the same for one session (default 64M)\n"
+	"  --max-connects N       TCP connects in progress (default 1024; EAGAIN)\n"
+	"  --max-session-connects N  the same for one session (default 256)\n"
+	"\n"
+	"status: print the sessions, streams, requests, errors, bytes and budgets of a running\n"
+	"agent.\n"
 	"The token may also come from the HERMIT_TOKEN environment variable.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -132,14 +149,56 @@ static int parse_level(const char *s, enum hm_log_level *out)
 	return -1;
 }
 
-/* Relayed sockets may take many fds: use the hard limit. */
-static void raise_fd_limit(void)
+#define OPT_BUDGET 0x100
+static const struct {
+	const char *name;
+	enum agent_budget_res res;
+	bool global;
+} budget_flags[] = {
+	{"max-sessions", AGENT_RES_SESSIONS, true},
+	{"max-peer-sessions", AGENT_RES_SESSIONS, false},
+	{"max-streams", AGENT_RES_STREAMS, true},
+	{"max-session-streams", AGENT_RES_STREAMS, false},
+	{"max-inflight", AGENT_RES_BYTES, true},
+	{"max-session-inflight", AGENT_RES_BYTES, false},
+	{"max-connects", AGENT_RES_CONNECTS, true},
+	{"max-session-connects", AGENT_RES_CONNECTS, false},
+};
+
+/* fds besides the streams': listeners, logs, targets' pidfds and roots, the relay's
+ * pipe pool, the spare fd for accept, and the connections that have not sent their
+ * first frame yet (both transports) */
+#define FD_OVERHEAD (256 + 2 * AGENT_MAX_PENDING_PER_TRANSPORT)
+
+/* Relayed sockets take many fds: use the hard limit. A stream holds ~3 (the client's
+ * connection, the pod's socket, a share of the pipes), a session and a connect one:
+ * unless told, keep the stream budget within the limit, so that the agent itself never
+ * runs out of fds. */
+static void fit_fd_limit(struct agent_budget_limits *l, bool streams_set)
 {
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
 	}
+	if (rl.rlim_cur == RLIM_INFINITY)
+		return;
+	uint64_t others = FD_OVERHEAD + l->global[AGENT_RES_SESSIONS] + l->global[AGENT_RES_CONNECTS];
+	uint64_t room = rl.rlim_cur > others ? (rl.rlim_cur - others) / 3 : 1;
+	uint64_t *streams = &l->global[AGENT_RES_STREAMS];
+	if (*streams && *streams <= room)
+		return;
+	if (streams_set) {
+		hm_warn("--max-streams %llu may need more fds than the limit of %llu (ulimit -n)",
+			(unsigned long long)*streams, (unsigned long long)rl.rlim_cur);
+		return;
+	}
+	hm_info("fd limit %llu: at most %llu streams", (unsigned long long)rl.rlim_cur,
+		(unsigned long long)room);
+	*streams = room;
 }
 
 static int parse_group(const char *s, gid_t *out)
@@ -241,6 +300,14 @@ int main(int argc, char **argv)
 		{"max-file-size", required_argument, NULL, 'm'},
 		{"handshake-timeout", required_argument, NULL, 'H'},
 		{"stream-ttl", required_argument, NULL, 'S'},
+		{"max-sessions", required_argument, NULL, OPT_BUDGET + 0},
+		{"max-peer-sessions", required_argument, NULL, OPT_BUDGET + 1},
+		{"max-streams", required_argument, NULL, OPT_BUDGET + 2},
+		{"max-session-streams", required_argument, NULL, OPT_BUDGET + 3},
+		{"max-inflight", required_argument, NULL, OPT_BUDGET + 4},
+		{"max-session-inflight", required_argument, NULL, OPT_BUDGET + 5},
+		{"max-connects", required_argument, NULL, OPT_BUDGET + 6},
+		{"max-session-connects", required_argument, NULL, OPT_BUDGET + 7},
 		{"log-level", required_argument, NULL, 'L'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
@@ -252,6 +319,8 @@ int main(int argc, char **argv)
 		.handshake_timeout_ms = DEFAULT_HANDSHAKE_MS,
 		.stream_ttl_ms = AGENT_STREAM_TTL_MS,
 	};
+	agent_budget_default_limits(&cfg.limits);
+	bool streams_set = false;
 	const char *token_file = AGENT_DEFAULT_TOKEN_FILE;
 	enum hm_log_level level = HM_LOG_INFO;
 	uint64_t v;
@@ -297,6 +366,19 @@ int main(int argc, char **argv)
 				return usage_error("bad --stream-ttl '%s' (1..3600000 ms)", optarg);
 			cfg.stream_ttl_ms = (unsigned)v;
 			break;
+		case OPT_BUDGET + 0 ... OPT_BUDGET + 7: {
+			int i = opt - OPT_BUDGET;
+			uint64_t *slot = budget_flags[i].global
+						 ? &cfg.limits.global[budget_flags[i].res]
+						 : &cfg.limits.per_session[budget_flags[i].res];
+			int prc = budget_flags[i].res == AGENT_RES_BYTES ? hm_parse_size(optarg, &v)
+									 : hm_parse_u64(optarg, &v);
+			if (prc < 0)
+				return usage_error("bad --%s '%s'", budget_flags[i].name, optarg);
+			*slot = v;
+			streams_set |= i == 2;
+			break;
+		}
 		case 'L':
 			if (parse_level(optarg, &level) < 0)
 				return usage_error("bad --log-level '%s' (debug, info, warn, error)",
@@ -329,10 +411,14 @@ int main(int argc, char **argv)
 		return fail(&err);
 	warn_token_mode(token_file);
 	cfg.token = token;
-	raise_fd_limit();
+	fit_fd_limit(&cfg.limits, streams_set);
 	/* modes of files and dirs a client creates in the target are the client's, as
 	 * open(2)/mkdir(2) in the pod would apply them; the umask is the app's concern */
 	umask(0);
+	/* A fixed threshold: glibc's adaptive one would move big reply buffers into the
+	 * heap once one was freed, where freeing them keeps them resident; mmap'ed, they
+	 * go back to the kernel, so the agent's memory follows --max-inflight. */
+	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 
 	/* Every thread inherits this mask, so the signals reach only the signalfd. */
 	sigset_t stop_set;

@@ -68,19 +68,22 @@ static int connect_wait(int fd, uint32_t timeout_ms, struct hm_err *err)
 	}
 }
 
-int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
-			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+uint32_t agent_outgoing_timeout(uint32_t timeout_ms)
 {
+	if (timeout_ms == 0)
+		return OUTGOING_DEFAULT_TIMEOUT_MS;
+	return timeout_ms > OUTGOING_MAX_TIMEOUT_MS ? OUTGOING_MAX_TIMEOUT_MS : timeout_ms;
+}
+
+int agent_outgoing_tcp_begin(struct agent_target *t, const struct proto_addr *dst, int *fd_out,
+			     struct hm_err *err)
+{
+	*fd_out = -1;
 	char dst_str[80];
 	proto_addr_str(dst, dst_str, sizeof(dst_str));
 	int domain = family_to_domain(dst->family, err);
 	if (domain < 0)
 		return hm_err_prefix(err, "connect to %s", dst_str);
-	if (timeout_ms == 0)
-		timeout_ms = OUTGOING_DEFAULT_TIMEOUT_MS;
-	if (timeout_ms > OUTGOING_MAX_TIMEOUT_MS)
-		timeout_ms = OUTGOING_MAX_TIMEOUT_MS;
-
 	/* non-blocking from the start: the timeout is ours, not the kernel's ~2 minutes,
 	 * and the relay wants it non-blocking anyway */
 	hm_autofd fd = agent_target_socket(t, domain, SOCK_STREAM | SOCK_NONBLOCK, 0, err);
@@ -88,14 +91,28 @@ int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *
 		return hm_err_prefix(err, "connect to %s", dst_str);
 	struct sockaddr_storage ss;
 	socklen_t sl = proto_addr_to_sockaddr(dst, &ss);
-	int outcome = 0;
-	if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
-		outcome = errno;
-		if (outcome == EINPROGRESS || outcome == EINTR) {
-			outcome = connect_wait(fd, timeout_ms, err);
-			if (outcome < 0)
-				return hm_err_prefix(err, "connect to %s", dst_str);
-		}
+	if (connect(fd, (struct sockaddr *)&ss, sl) == 0) {
+		*fd_out = hm_steal_fd(&fd);
+		return 0;
+	}
+	if (errno == EINPROGRESS || errno == EINTR) {
+		*fd_out = hm_steal_fd(&fd);
+		return 1;
+	}
+	return hm_err_set(err, errno, "connect to %s", dst_str);
+}
+
+int agent_outgoing_tcp_finish(int fd, const struct proto_addr *dst, int outcome,
+			      uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+{
+	char dst_str[80];
+	proto_addr_str(dst, dst_str, sizeof(dst_str));
+	if (outcome < 0) {
+		int soerr = 0;
+		socklen_t len = sizeof(soerr);
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+			return hm_err_errno(err, "connect to %s: getsockopt SO_ERROR", dst_str);
+		outcome = soerr;
 	}
 	if (outcome == ETIMEDOUT)
 		return hm_err_set(err, ETIMEDOUT, "connect to %s: no answer after %u ms", dst_str,
@@ -105,6 +122,28 @@ int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *
 	if (local && local_addr(fd, local, err) < 0)
 		return hm_err_prefix(err, "connect to %s", dst_str);
 	hm_debug("outgoing: tcp to %s connected", dst_str);
+	return 0;
+}
+
+int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
+			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+{
+	timeout_ms = agent_outgoing_timeout(timeout_ms);
+	hm_autofd fd = -1;
+	int rc = agent_outgoing_tcp_begin(t, dst, &fd, err);
+	if (rc < 0)
+		return -1;
+	int outcome = 0;
+	if (rc == 1) {
+		outcome = connect_wait(fd, timeout_ms, err);
+		if (outcome < 0) {
+			char dst_str[80];
+			return hm_err_prefix(err, "connect to %s",
+					     proto_addr_str(dst, dst_str, sizeof(dst_str)));
+		}
+	}
+	if (agent_outgoing_tcp_finish(fd, dst, outcome, timeout_ms, local, err) < 0)
+		return -1;
 	return hm_steal_fd(&fd);
 }
 

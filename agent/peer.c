@@ -57,6 +57,21 @@ bool agent_peer_same_source(const struct agent_peer *a, const struct agent_peer 
 	return a->addr_len == b->addr_len && !memcmp(a->addr, b->addr, a->addr_len);
 }
 
+void agent_peer_key(const struct agent_peer *peer, char *buf, size_t len)
+{
+	char addr[INET6_ADDRSTRLEN];
+	if (peer->is_unix && peer->has_cred)
+		snprintf(buf, len, "uid %u", (unsigned)peer->uid);
+	else if (peer->is_unix)
+		snprintf(buf, len, "unix");
+	else if ((peer->addr_len == 4 || peer->addr_len == 16) &&
+		 inet_ntop(peer->addr_len == 4 ? AF_INET : AF_INET6, peer->addr, addr,
+			   sizeof(addr)))
+		snprintf(buf, len, "%s", addr);
+	else
+		snprintf(buf, len, "tcp");
+}
+
 /* Every uid of the process (real, effective, saved, filesystem) from /proc/PID/status:
  * a setuid program that dropped or raised one of them is not wholly the caller's. */
 static int process_uids(pid_t pid, uid_t uids[4], struct hm_err *err)

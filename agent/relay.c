@@ -68,6 +68,7 @@ struct relay_conn {
 	enum relay_kind kind;
 	bool on_ready;
 	bool closed; /* later events of the same epoll batch must skip it */
+	struct agent_relay_release release; /* called once its fds are closed */
 	struct relay_end end[2];
 	union {
 		struct {
@@ -144,12 +145,21 @@ static void pipe_put(struct agent_relay *r, struct relay_pipe *p, bool empty)
 
 /* ---- connection lifecycle ---- */
 
-static struct relay_conn *conn_new(enum relay_kind kind, int client_fd, int remote_fd)
+static void release_call(const struct agent_relay_release *rel)
+{
+	if (rel && rel->fn)
+		rel->fn(rel->arg);
+}
+
+static struct relay_conn *conn_new(enum relay_kind kind, int client_fd, int remote_fd,
+				   const struct agent_relay_release *rel)
 {
 	struct relay_conn *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
 	c->kind = kind;
+	if (rel)
+		c->release = *rel;
 	for (int s = 0; s < 2; s++) {
 		c->end[s].conn = c;
 		c->end[s].side = (uint8_t)s;
@@ -187,6 +197,8 @@ static void conn_release(struct agent_relay *r, struct relay_conn *c, bool reset
 		proto_frame_reader_release(&c->udp.reader);
 		proto_buf_release(&c->udp.out);
 	}
+	release_call(&c->release);
+	c->release.fn = NULL;
 }
 
 /* Close a connection from the relay thread. Events of the current batch may still
@@ -846,14 +858,14 @@ static int enqueue(struct agent_relay *r, struct relay_conn *c, struct hm_err *e
 	return 0;
 }
 
-static int add_pair(enum relay_kind kind, int client_fd, int remote_fd, struct relay_conn **out,
-		    struct hm_err *err)
+static int add_pair(enum relay_kind kind, int client_fd, int remote_fd,
+		    const struct agent_relay_release *rel, struct relay_conn **out, struct hm_err *err)
 {
 	*out = NULL;
 	if (set_nonblock(client_fd, err) < 0 ||
 	    (kind != RELAY_FILE && set_nonblock(remote_fd, err) < 0))
 		goto fail;
-	*out = conn_new(kind, client_fd, remote_fd);
+	*out = conn_new(kind, client_fd, remote_fd, rel);
 	if (!*out) {
 		hm_err_set(err, ENOMEM, "relay connection");
 		goto fail;
@@ -862,20 +874,23 @@ static int add_pair(enum relay_kind kind, int client_fd, int remote_fd, struct r
 fail:
 	close_fd(client_fd);
 	close_fd(remote_fd);
+	release_call(rel);
 	return -1;
 }
 
-int agent_relay_add_tcp(struct agent_relay *r, int client_fd, int remote_fd, struct hm_err *err)
+static int add_tcp(struct agent_relay *r, int client_fd, int remote_fd,
+		   const struct agent_relay_release *rel, struct hm_err *err)
 {
 	struct relay_conn *c;
-	if (add_pair(RELAY_TCP, client_fd, remote_fd, &c, err) < 0)
+	if (add_pair(RELAY_TCP, client_fd, remote_fd, rel, &c, err) < 0)
 		return hm_err_prefix(err, "relay tcp");
 	set_nodelay(client_fd);
 	set_nodelay(remote_fd);
 	return enqueue(r, c, err);
 }
 
-int agent_relay_add_udp(struct agent_relay *r, int client_fd, int udp_fd, struct hm_err *err)
+static int add_udp(struct agent_relay *r, int client_fd, int udp_fd,
+		   const struct agent_relay_release *rel, struct hm_err *err)
 {
 	int family = 0;
 	socklen_t len = sizeof(family);
@@ -883,26 +898,62 @@ int agent_relay_add_udp(struct agent_relay *r, int client_fd, int udp_fd, struct
 		hm_err_errno(err, "relay udp: SO_DOMAIN");
 		close_fd(client_fd);
 		close_fd(udp_fd);
+		release_call(rel);
 		return -1;
 	}
 	struct relay_conn *c;
-	if (add_pair(RELAY_UDP, client_fd, udp_fd, &c, err) < 0)
+	if (add_pair(RELAY_UDP, client_fd, udp_fd, rel, &c, err) < 0)
 		return hm_err_prefix(err, "relay udp");
 	c->udp.family = family;
 	return enqueue(r, c, err);
 }
 
-int agent_relay_add_file(struct agent_relay *r, int client_fd, int file_fd, uint64_t size,
-			 struct hm_err *err)
+static int add_file(struct agent_relay *r, int client_fd, int file_fd, uint64_t size,
+		    const struct agent_relay_release *rel, struct hm_err *err)
 {
 	struct relay_conn *c;
 	if (size > (uint64_t)INT64_MAX) {
 		close_fd(client_fd);
 		close_fd(file_fd);
+		release_call(rel);
 		return hm_err_set(err, EFBIG, "relay file: size %llu", (unsigned long long)size);
 	}
-	if (add_pair(RELAY_FILE, client_fd, file_fd, &c, err) < 0)
+	if (add_pair(RELAY_FILE, client_fd, file_fd, rel, &c, err) < 0)
 		return hm_err_prefix(err, "relay file");
 	c->file.size = size;
 	return enqueue(r, c, err);
+}
+
+int agent_relay_add_tcp(struct agent_relay *r, int client_fd, int remote_fd, struct hm_err *err)
+{
+	return add_tcp(r, client_fd, remote_fd, NULL, err);
+}
+
+int agent_relay_add_udp(struct agent_relay *r, int client_fd, int udp_fd, struct hm_err *err)
+{
+	return add_udp(r, client_fd, udp_fd, NULL, err);
+}
+
+int agent_relay_add_file(struct agent_relay *r, int client_fd, int file_fd, uint64_t size,
+			 struct hm_err *err)
+{
+	return add_file(r, client_fd, file_fd, size, NULL, err);
+}
+
+int agent_relay_add_stream(struct agent_relay *r, enum agent_stream_kind kind, int client_fd,
+			   int fd, uint64_t size, const struct agent_relay_release *rel,
+			   struct hm_err *err)
+{
+	switch (kind) {
+	case AGENT_STREAM_TCP:
+		return add_tcp(r, client_fd, fd, rel, err);
+	case AGENT_STREAM_UDP:
+		return add_udp(r, client_fd, fd, rel, err);
+	case AGENT_STREAM_FILE:
+		return add_file(r, client_fd, fd, size, rel, err);
+	}
+	close_fd(client_fd);
+	close_fd(fd);
+	release_call(rel);
+	return hm_err_set(err, EINVAL, "unknown stream kind %d", (int)kind);
 }

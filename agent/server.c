@@ -3,11 +3,12 @@
  *
  * Threads: the main thread accepts and reads every connection's first frame
  * (admission.c: no thread for a peer that has not said anything yet); then each
- * connection has a thread that checks that frame and reads the next ones
- * and answers them in order, except TCP_CONNECT, which runs in a short-lived thread of
- * its own so a slow connect does not hold up the session's other requests. Frames to a
- * connection are serialized by its send lock. A connection is freed when its thread and
- * its connect threads are all done (refcount).
+ * connection has a thread that checks that frame, reads the next ones and answers them
+ * in order, except TCP_CONNECT, whose connect the same thread waits for beside the
+ * frames (connects.c), so a slow connect does not hold up the session's other requests.
+ * Frames to a connection are serialized by its send lock. A connection is freed by its
+ * own thread when it ends: nothing else refers to it (an unclaimed token or a relayed
+ * stream holds its fd and a reference to the session's budget account instead).
  *
  * Everything a peer sends is hostile: before HELLO succeeds only a hello-sized frame is
  * read, within a deadline; a frame that is malformed, oversized, of an unknown type or
@@ -31,17 +32,16 @@
 #define AGENT_COMPRESS_MIN (64u << 10)
 
 #define MAX_CONNECTIONS 4096
-#define MAX_PENDING_PER_TRANSPORT 256 /* connections that have not sent their first frame */
-#define MAX_PENDING_PER_PEER 64    /* ... of one uid (unix) or source address (TCP) */
+#define MAX_PENDING_PER_PEER 64    /* AGENT_MAX_PENDING_PER_TRANSPORT of one uid / address */
 #define ACCEPT_BATCH 32            /* accepts per listener between reads of pending ones */
 /* a full accept queue drops a TCP client's SYN (it retries after 1 s) and blocks a unix
  * client: room for floods, at the kernel's cost (capped by net.core.somaxconn) */
 #define LISTEN_BACKLOG 4096
-#define MAX_CONNECTS_PER_SESSION 512 /* TCP_CONNECTs in flight on one session */
 #define SEND_STALL_MS 30000        /* a peer that reads nothing for this long is dropped */
 #define DRAIN_MS 500               /* reading leftovers before close, so TCP sends no RST */
 #define SHUTDOWN_WAIT_MS 10000
 #define THREAD_STACK (256u << 10)
+#define FRAME_CHARGE_MIN (64u << 10) /* smaller requests are not counted */
 
 struct server {
 	const struct agent_server_config *cfg;
@@ -50,6 +50,7 @@ struct server {
 	ino_t unix_ino;
 	struct agent_relay *relay;
 	struct agent_streams *streams;
+	struct agent_budget *budget;
 	struct agent_stats stats;
 	struct agent_admission *admission;
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
@@ -61,19 +62,20 @@ struct server {
 
 struct conn {
 	struct server *srv;
-	atomic_uint refs;
 	int fd;
 	uint64_t id;
 	char peer[128];
 	struct agent_peer from;
 	struct proto_frame first; /* read by admission; consumed by handshake() */
 
-	pthread_mutex_t send_lock; /* frames out; also guards closed and connects */
+	pthread_mutex_t send_lock; /* frames out; also guards closed */
 	bool closed;               /* the session ended: nothing more is sent or parked */
-	unsigned connects;         /* TCP_CONNECT threads running */
 
 	uint64_t features; /* agreed in the handshake */
 	uint64_t session_id;
+	struct agent_budget_account *account; /* the session's share of the budgets */
+	struct agent_connects *connects;      /* TCP connects in progress (serve's thread) */
+	uint64_t frame_charge;                /* reply memory held by the request read */
 	struct agent_target *target;
 	char target_name[PROTO_NAME_MAX]; /* as the client named it */
 };
@@ -85,14 +87,13 @@ static int errno_for_wire(int e)
 
 /* ---- connection lifetime ---- */
 
-static void conn_put(struct conn *c)
+static void conn_free(struct conn *c)
 {
-	if (atomic_fetch_sub(&c->refs, 1) != 1)
-		return;
 	struct server *srv = c->srv;
 	if (c->fd >= 0)
 		close(c->fd);
 	agent_target_put(c->target);
+	agent_budget_account_put(c->account);
 	proto_frame_release(&c->first);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c);
@@ -212,8 +213,14 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 	pthread_mutex_lock(&c->send_lock);
 	c->closed = true;
 	pthread_mutex_unlock(&c->send_lock);
+	agent_budget_release(c->account, AGENT_RES_CONNECTS, agent_connects_count(c->connects));
+	agent_budget_release(c->account, AGENT_RES_BYTES, c->frame_charge);
+	c->frame_charge = 0;
+	agent_connects_destroy(c->connects);
+	c->connects = NULL;
 	if (c->session_id) {
 		agent_streams_drop_session(c->srv->streams, c->session_id);
+		agent_budget_session_close(c->account);
 		atomic_fetch_sub(&c->srv->stats.sessions, 1);
 		hm_info("conn %llu: session %llu on %s ended: %s", (unsigned long long)c->id,
 			(unsigned long long)c->session_id, agent_target_describe(c->target),
@@ -250,6 +257,13 @@ static void target_refused(struct conn *c, const struct proto_msg *m, const stru
 	conn_send_err(c, m->id, m->type, err);
 }
 
+/* A session refused after its budget was taken gives its slot back. */
+static void session_account_drop(struct agent_budget_account *account)
+{
+	agent_budget_session_close(account);
+	agent_budget_account_put(account);
+}
+
 static void handle_session_open(struct conn *c, const struct proto_msg *m)
 {
 	struct hm_err err = {0};
@@ -269,10 +283,22 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		target_refused(c, m, &err);
 		return;
 	}
+	/* --max-peer-sessions counts by who connected (uid / source address), as the
+	 * admission's per-peer limit does */
+	char peer_key[64];
+	agent_peer_key(&c->from, peer_key, sizeof(peer_key));
+	struct agent_budget_account *account;
+	if (agent_budget_session_open(c->srv->budget, peer_key, &account, &err) < 0) {
+		hm_warn("conn %llu (%s): session refused: %s", (unsigned long long)c->id, c->peer,
+			err.msg);
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
 	struct agent_target *t;
 	if (agent_target_resolve(&spec, &t, &err) < 0) {
 		hm_info("conn %llu (%s): target %s: %s", (unsigned long long)c->id, c->peer,
 			m->session_open.target, err.msg);
+		session_account_drop(account);
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
@@ -284,11 +310,13 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 			rc = hm_err_plain(&err, ESRCH, "pid/%u exited", spec.pid);
 		if (rc < 0) {
 			agent_target_put(t);
+			session_account_drop(account);
 			target_refused(c, m, &err);
 			return;
 		}
 	}
 	c->target = t;
+	c->account = account;
 	c->session_id = atomic_fetch_add(&c->srv->next_session_id, 1);
 	snprintf(c->target_name, sizeof(c->target_name), "%s", m->session_open.target);
 	atomic_fetch_add(&c->srv->stats.sessions, 1);
@@ -313,11 +341,56 @@ static void handle_env(struct conn *c, const struct proto_msg *m)
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
+	/* read before it is counted: an environment is small (AGENT_ENV_MAX at most) and
+	 * its size is not known before */
+	uint64_t cost = 0;
+	for (uint32_t i = 0; i < env.count; i++)
+		cost += 2 * (strlen(env.vars[i]) + 1) + 4 + sizeof(char *);
+	if (agent_budget_reserve(c->account, AGENT_RES_BYTES, cost, AGENT_BUDGET_WAIT_MS, &err) <
+	    0) {
+		agent_env_release(&env);
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
 	struct proto_msg r = {.type = PROTO_ENV_REPLY};
 	r.env_reply.count = env.count;
 	r.env_reply.vars = env.vars;
 	conn_send(c, m->id, &r);
 	agent_env_release(&env);
+	agent_budget_release(c->account, AGENT_RES_BYTES, cost);
+}
+
+static void send_file_read_reply(struct conn *c, const struct proto_msg *m,
+				 struct agent_file_read_result *res)
+{
+	struct hm_err err = {0};
+	hm_autofd file_fd = res->fd;
+	void *data = res->data;
+	struct proto_msg r = {.type = PROTO_FILE_READ_REPLY};
+	r.file_read_reply.st = res->st;
+	if (file_fd < 0) {
+		if (res->size && !data) {
+			conn_send_error(c, m->id, m->type, EIO, "file content missing");
+			return;
+		}
+		r.file_read_reply.transfer = PROTO_XFER_INLINE;
+		r.file_read_reply.data.data = data;
+		r.file_read_reply.data.size = res->size;
+		/* zlib costs ~60 us per small file and saves little there; it pays on big
+		 * text files over slow links (port-forwarded agents) */
+		r.file_read_reply.data.compress = (c->features & PROTO_FEAT_ZLIB) &&
+						  res->size >= AGENT_COMPRESS_MIN;
+	} else {
+		r.file_read_reply.transfer = PROTO_XFER_STREAM;
+		r.file_read_reply.stream_size = res->size;
+		if (agent_streams_add(c->srv->streams, c->session_id, c->account,
+				      AGENT_STREAM_FILE, hm_steal_fd(&file_fd), res->size,
+				      r.file_read_reply.token, &err) < 0) {
+			conn_send_err(c, m->id, m->type, &err);
+			return;
+		}
+	}
+	conn_send(c, m->id, &r);
 }
 
 static void handle_file_read(struct conn *c, const struct proto_msg *m)
@@ -325,41 +398,13 @@ static void handle_file_read(struct conn *c, const struct proto_msg *m)
 	struct hm_err err = {0};
 	struct agent_file_read_result res = {.fd = -1};
 	if (agent_file_read(agent_target_root_fd(c->target), &m->file_read,
-			    c->srv->cfg->max_file_size, &res, &err) < 0) {
+			    c->srv->cfg->max_file_size, c->account, &res, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
-	hm_autofd file_fd = res.fd;
-	hm_autofree void *data = res.data;
-	struct proto_msg r = {.type = PROTO_FILE_READ_REPLY};
-	r.file_read_reply.st = res.st;
-	if (res.size <= PROTO_INLINE_MAX) {
-		if (res.size && !data) {
-			conn_send_error(c, m->id, m->type, EIO, "file content missing");
-			return;
-		}
-		r.file_read_reply.transfer = PROTO_XFER_INLINE;
-		r.file_read_reply.data.data = data;
-		r.file_read_reply.data.size = res.size;
-		/* zlib costs ~60 us per small file and saves little there; it pays on big
-		 * text files over slow links (port-forwarded agents) */
-		r.file_read_reply.data.compress = (c->features & PROTO_FEAT_ZLIB) &&
-						  res.size >= AGENT_COMPRESS_MIN;
-	} else {
-		if (file_fd < 0) {
-			conn_send_error(c, m->id, m->type, EIO, "file not open");
-			return;
-		}
-		r.file_read_reply.transfer = PROTO_XFER_STREAM;
-		r.file_read_reply.stream_size = res.size;
-		if (agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_FILE,
-				      hm_steal_fd(&file_fd), res.size, r.file_read_reply.token,
-				      &err) < 0) {
-			conn_send_err(c, m->id, m->type, &err);
-			return;
-		}
-	}
-	conn_send(c, m->id, &r);
+	send_file_read_reply(c, m, &res);
+	free(res.data);
+	agent_budget_release(c->account, AGENT_RES_BYTES, res.reserved);
 }
 
 static void handle_file_write(struct conn *c, const struct proto_msg *m)
@@ -380,6 +425,7 @@ static void handle_file_simple(struct conn *c, const struct proto_msg *m)
 	struct proto_msg r = {.type = proto_reply_type(m->type)};
 	char link[PROTO_PATH_MAX + 2];
 	void *storage = NULL;
+	uint64_t reserved = 0;
 	int rc;
 	switch (m->type) {
 	case PROTO_FILE_STAT:
@@ -393,7 +439,8 @@ static void handle_file_simple(struct conn *c, const struct proto_msg *m)
 					 &err);
 		break;
 	case PROTO_FILE_READDIR:
-		rc = agent_file_readdir(root, &m->path_req, &r.readdir_reply, &storage, &err);
+		rc = agent_file_readdir(root, &m->path_req, c->account, &r.readdir_reply, &storage,
+					&reserved, &err);
 		break;
 	case PROTO_FILE_MKDIR:
 		rc = agent_file_mkdir(root, &m->file_mkdir, &err);
@@ -415,6 +462,7 @@ static void handle_file_simple(struct conn *c, const struct proto_msg *m)
 	else
 		conn_send(c, m->id, &r);
 	free(storage);
+	agent_budget_release(c->account, AGENT_RES_BYTES, reserved);
 }
 
 static void handle_udp_open(struct conn *c, const struct proto_msg *m)
@@ -423,59 +471,37 @@ static void handle_udp_open(struct conn *c, const struct proto_msg *m)
 	struct proto_msg r = {.type = PROTO_UDP_OPEN_REPLY};
 	int fd = agent_outgoing_udp_open(c->target, m->udp_open.family, &r.udp_open_reply.local,
 					 &err);
-	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_UDP, fd, 0,
-					r.udp_open_reply.token, &err) < 0) {
+	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, c->account,
+					AGENT_STREAM_UDP, fd, 0, r.udp_open_reply.token, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
 	conn_send(c, m->id, &r);
 }
 
-struct connect_job {
-	struct conn *c;
-	uint32_t id;
-	struct proto_tcp_connect req;
-};
-
-static void *connect_main(void *arg)
+/* A connect finished: connects.c calls this on the session's thread. */
+static void connect_done(void *ctx, uint32_t id, int fd, const struct proto_addr *local,
+			 const struct hm_err *result)
 {
-	struct connect_job *job = arg;
-	struct conn *c = job->c;
-	struct hm_err err = {0};
+	struct conn *c = ctx;
+	agent_budget_release(c->account, AGENT_RES_CONNECTS, 1);
+	struct hm_err err = *result;
 	struct proto_msg r = {.type = PROTO_TCP_CONNECT_REPLY};
-	char dst[80];
-	proto_addr_str(&job->req.dst, dst, sizeof(dst));
-	int fd = agent_outgoing_tcp_connect(c->target, &job->req.dst, job->req.timeout_ms,
-					    &r.tcp_connect_reply.local, &err);
-	int rc = fd;
 	if (fd >= 0) {
-		/* park it unless the session ended meanwhile (conn_end drops what is parked
-		 * before it, under the same lock) */
-		pthread_mutex_lock(&c->send_lock);
-		if (c->closed) {
-			close(fd);
-			rc = hm_err_set(&err, ECONNABORTED, "session ended");
-		} else {
-			rc = agent_streams_add(c->srv->streams, c->session_id, AGENT_STREAM_TCP, fd,
-					       0, r.tcp_connect_reply.token, &err);
-		}
-		pthread_mutex_unlock(&c->send_lock);
+		r.tcp_connect_reply.local = *local;
+		if (agent_streams_add(c->srv->streams, c->session_id, c->account, AGENT_STREAM_TCP,
+				      fd, 0, r.tcp_connect_reply.token, &err) < 0)
+			fd = -1;
 	}
-	if (rc < 0) {
-		conn_send_error(c, job->id, PROTO_TCP_CONNECT, err.code ? err.code : EIO, err.msg);
-	} else {
-		char local[80];
-		hm_debug("conn %llu: session %llu: TCP %s -> %s", (unsigned long long)c->id,
-			 (unsigned long long)c->session_id,
-			 proto_addr_str(&r.tcp_connect_reply.local, local, sizeof(local)), dst);
-		conn_send(c, job->id, &r);
+	if (fd < 0) {
+		conn_send_error(c, id, PROTO_TCP_CONNECT, err.code ? err.code : EIO, err.msg);
+		return;
 	}
-	pthread_mutex_lock(&c->send_lock);
-	c->connects--;
-	pthread_mutex_unlock(&c->send_lock);
-	free(job);
-	conn_put(c);
-	return NULL;
+	char local_str[80];
+	hm_debug("conn %llu: session %llu: TCP from %s", (unsigned long long)c->id,
+		 (unsigned long long)c->session_id,
+		 proto_addr_str(&r.tcp_connect_reply.local, local_str, sizeof(local_str)));
+	conn_send(c, id, &r);
 }
 
 static int spawn_detached(void *(*fn)(void *), void *arg)
@@ -490,36 +516,22 @@ static int spawn_detached(void *(*fn)(void *), void *arg)
 	return rc;
 }
 
+/* Started here, finished by the session's own loop (serve): a slow connect holds a
+ * socket, not a thread, and does not hold up the session's other requests. */
 static void handle_tcp_connect(struct conn *c, const struct proto_msg *m)
 {
-	pthread_mutex_lock(&c->send_lock);
-	bool busy = c->connects >= MAX_CONNECTS_PER_SESSION;
-	if (!busy)
-		c->connects++;
-	pthread_mutex_unlock(&c->send_lock);
-	if (busy) {
-		conn_send_error(c, m->id, m->type, EAGAIN, "too many connects in flight");
+	struct hm_err err = {0};
+	if (agent_budget_reserve(c->account, AGENT_RES_CONNECTS, 1, 0, &err) < 0) {
+		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
-	struct connect_job *job = calloc(1, sizeof(*job));
-	int rc = ENOMEM;
-	if (job) {
-		job->c = c;
-		job->id = m->id;
-		job->req = m->tcp_connect;
-		atomic_fetch_add(&c->refs, 1);
-		rc = spawn_detached(connect_main, job);
-		if (rc) {
-			atomic_fetch_sub(&c->refs, 1);
-			free(job);
-		}
+	if (!c->connects && agent_connects_create(&c->connects, &err) < 0) {
+		agent_budget_release(c->account, AGENT_RES_CONNECTS, 1);
+		conn_send_err(c, m->id, m->type, &err);
+		return;
 	}
-	if (rc) {
-		pthread_mutex_lock(&c->send_lock);
-		c->connects--;
-		pthread_mutex_unlock(&c->send_lock);
-		conn_send_error(c, m->id, m->type, rc, "cannot start the connect");
-	}
+	agent_connects_start(c->connects, c->target, m->id, &m->tcp_connect.dst,
+			     m->tcp_connect.timeout_ms, connect_done, c);
 }
 
 static void handle_status(struct conn *c, const struct proto_msg *m)
@@ -527,6 +539,7 @@ static void handle_status(struct conn *c, const struct proto_msg *m)
 	struct proto_msg r = {.type = PROTO_STATUS_REPLY};
 	agent_stats_fill(&c->srv->stats, AGENT_SERVER_NAME,
 			 agent_streams_pending(c->srv->streams), &r.status_reply);
+	agent_budget_status(c->srv->budget, &r.status_reply);
 	conn_send(c, m->id, &r);
 }
 
@@ -595,27 +608,36 @@ static int dispatch(struct conn *c, const struct proto_msg *m)
 
 /* ---- reading frames ---- */
 
-enum wake { WAKE_FRAME, WAKE_CLOSED, WAKE_STOP, WAKE_TARGET, WAKE_TIMEOUT, WAKE_BAD };
+enum wake { WAKE_FRAME, WAKE_CLOSED, WAKE_STOP, WAKE_TARGET, WAKE_TIMEOUT, WAKE_BAD, WAKE_CONNECTS };
 
-/* Wait for the next whole frame, the end of the connection, the agent's stop or the
- * target's exit. deadline_ms 0: none. On WAKE_BAD/WAKE_CLOSED err says why. */
+/* Wait for the next whole frame, the end of the connection, the agent's stop, the
+ * target's exit, or a connect of the session to finish or time out (WAKE_CONNECTS).
+ * deadline_ms 0: none. On WAKE_BAD/WAKE_CLOSED err says why. */
 static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
 			    struct proto_frame *f, struct hm_err *err)
 {
 	for (;;) {
-		struct pollfd pf[3] = {
+		struct pollfd pf[4] = {
 			{.fd = c->fd, .events = POLLIN},
 			{.fd = c->srv->stop_efd, .events = POLLIN},
 			{.fd = c->target ? agent_target_pidfd(c->target) : -1, .events = POLLIN},
+			{.fd = agent_connects_fd(c->connects), .events = POLLIN},
 		};
 		int timeout = -1;
+		uint64_t now = agent_now_ms();
 		if (deadline_ms) {
-			uint64_t now = agent_now_ms();
 			if (now >= deadline_ms)
 				return WAKE_TIMEOUT;
 			timeout = (int)(deadline_ms - now);
 		}
-		int n = poll(pf, 3, timeout);
+		uint64_t connect_deadline = agent_connects_deadline(c->connects);
+		if (connect_deadline) {
+			if (now >= connect_deadline)
+				return WAKE_CONNECTS;
+			if (timeout < 0 || connect_deadline - now < (uint64_t)timeout)
+				timeout = (int)(connect_deadline - now);
+		}
+		int n = poll(pf, 4, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -628,9 +650,23 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 			return WAKE_STOP;
 		if (pf[2].revents)
 			return WAKE_TARGET;
+		if (pf[3].revents)
+			return WAKE_CONNECTS;
 		if (!pf[0].revents)
 			continue;
 		int rc = proto_frame_reader_read(rd, c->fd, f, err);
+		/* a big request (a file written back) is reply-like memory too: counted
+		 * once its length is known, waiting before the rest is read */
+		uint32_t len = rc == 1 ? f->hdr.len : rd->got >= PROTO_HDR_LEN ? rd->frame.hdr.len : 0;
+		if (rc >= 0 && c->account && !c->frame_charge && len >= FRAME_CHARGE_MIN) {
+			if (agent_budget_reserve(c->account, AGENT_RES_BYTES, len,
+						 AGENT_BUDGET_WAIT_MS, err) < 0) {
+				if (rc == 1)
+					free(f->payload);
+				return WAKE_BAD;
+			}
+			c->frame_charge = len;
+		}
 		if (rc == 1) {
 			atomic_fetch_add(&c->srv->stats.ctl_bytes_out, PROTO_HDR_LEN + f->hdr.len);
 			return WAKE_FRAME;
@@ -665,34 +701,23 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 		return;
 	}
 	r.stream_hello_reply.reason = "";
+	/* the stream keeps counting for its session until the relay closes it */
+	struct agent_relay_release rel = {agent_budget_stream_closed, ps.account};
 	if (conn_send(c, 0, &r) < 0) {
 		close(ps.fd);
+		agent_budget_stream_closed(ps.account);
 		return;
 	}
 	/* the relay owns both fds from here on, also when adding fails */
 	struct hm_err err = {0};
 	int client_fd = hm_steal_fd(&c->fd);
-	int rc;
-	const char *kind;
-	switch (ps.kind) {
-	case AGENT_STREAM_TCP:
-		kind = "tcp";
-		rc = agent_relay_add_tcp(srv->relay, client_fd, ps.fd, &err);
-		break;
-	case AGENT_STREAM_UDP:
-		kind = "udp";
-		rc = agent_relay_add_udp(srv->relay, client_fd, ps.fd, &err);
-		break;
-	case AGENT_STREAM_FILE:
-		kind = "file";
-		rc = agent_relay_add_file(srv->relay, client_fd, ps.fd, ps.size, &err);
-		break;
-	default:
-		kind = "?";
-		close(client_fd);
-		close(ps.fd);
-		rc = hm_err_set(&err, EINVAL, "unknown stream kind");
-	}
+	static const char *const kinds[] = {
+	    [AGENT_STREAM_TCP] = "tcp", [AGENT_STREAM_UDP] = "udp", [AGENT_STREAM_FILE] = "file"};
+	const char *kind = ps.kind >= AGENT_STREAM_TCP && ps.kind <= AGENT_STREAM_FILE
+				   ? kinds[ps.kind]
+				   : "?";
+	int rc = agent_relay_add_stream(srv->relay, ps.kind, client_fd, ps.fd, ps.size,
+					ps.account ? &rel : NULL, &err);
 	if (rc < 0) {
 		atomic_fetch_add(&srv->stats.errors, 1);
 		hm_warn("conn %llu (%s): %s stream of session %llu: %s", (unsigned long long)c->id,
@@ -771,6 +796,18 @@ static void serve(struct conn *c)
 			snprintf(why, sizeof(why), "client disconnected");
 			break;
 		}
+		if (w == WAKE_CONNECTS) {
+			agent_connects_progress(c->connects, connect_done, c);
+			continue;
+		}
+		if (w == WAKE_BAD && err.code == ENOBUFS) {
+			/* a request too big for the memory left: the client learns why */
+			hm_warn("conn %llu (%s): %s; ending the session", (unsigned long long)c->id,
+				c->peer, err.msg);
+			end_errno = ENOBUFS;
+			snprintf(why, sizeof(why), "%s", err.msg);
+			break;
+		}
 		if (w != WAKE_FRAME) {
 			protocol_error(c, "bad frame", &err);
 			snprintf(why, sizeof(why), "protocol error");
@@ -789,6 +826,8 @@ static void serve(struct conn *c)
 		m.id = f.hdr.id;
 		int rc = dispatch(c, &m);
 		proto_msg_free(&m);
+		agent_budget_release(c->account, AGENT_RES_BYTES, c->frame_charge);
+		c->frame_charge = 0;
 		if (rc < 0) {
 			snprintf(why, sizeof(why), "protocol error");
 			break;
@@ -805,7 +844,7 @@ static void *conn_main(void *arg)
 		serve(c);
 	else
 		conn_end(c, 0, NULL);
-	conn_put(c);
+	conn_free(c);
 	return NULL;
 }
 
@@ -837,7 +876,6 @@ static void admitted(void *arg, int fd, uint64_t id, const struct agent_peer *pe
 		return;
 	}
 	c->srv = srv;
-	atomic_init(&c->refs, 1);
 	c->fd = fd;
 	c->id = id;
 	c->from = *peer;
@@ -850,7 +888,7 @@ static void admitted(void *arg, int fd, uint64_t id, const struct agent_peer *pe
 	if (rc == 0)
 		return;
 	hm_warn("conn %llu: cannot start its thread: %s", (unsigned long long)id, strerror(rc));
-	conn_put(c); /* closes fd, nconns-- */
+	conn_free(c); /* closes fd, nconns-- */
 }
 
 static void accept_some(struct server *srv, int lfd, bool is_unix)
@@ -860,8 +898,9 @@ static void accept_some(struct server *srv, int lfd, bool is_unix)
 		socklen_t sl = sizeof(ss);
 		int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-			    errno == ENOMEM) {
+			if (errno == EMFILE || errno == ENFILE) {
+				agent_fd_spare_shed(lfd);
+			} else if (errno == ENOBUFS || errno == ENOMEM) {
 				hm_warn("accept: %s", strerror(errno));
 				poll(NULL, 0, 100); /* the backlog stays readable: do not spin */
 			}
@@ -1091,11 +1130,14 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		return hm_err_errno(err, "eventfd");
 	if (agent_streams_create(cfg->stream_ttl_ms, &srv->streams, err) < 0)
 		goto fail;
+	if (agent_budget_create(&cfg->limits, &srv->budget, err) < 0 ||
+	    agent_fd_spare_init(err) < 0)
+		goto fail;
 	if (agent_relay_create(&srv->stats.relay, &srv->relay, err) < 0)
 		goto fail;
 	struct agent_admission_config acfg = {
 		.deadline_ms = cfg->handshake_timeout_ms,
-		.max_per_transport = MAX_PENDING_PER_TRANSPORT,
+		.max_per_transport = AGENT_MAX_PENDING_PER_TRANSPORT,
 		.max_per_peer = MAX_PENDING_PER_PEER,
 		.stats = &srv->stats,
 		.admitted = admitted,
@@ -1125,6 +1167,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 			hm_err_errno(err, "poll");
 			break;
 		}
+		/* also when connections keep arriving: an unclaimed token holds an fd */
 		if (agent_now_ms() >= next_expire) {
 			agent_streams_expire(srv->streams);
 			next_expire = agent_now_ms() + 1000;
@@ -1160,6 +1203,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	uint64_t one = 1;
 	if (write(srv->stop_efd, &one, sizeof(one)) < 0)
 		hm_warn("signal the connections to stop: %s", strerror(errno));
+	agent_budget_stop(srv->budget);
 	if (wait_connections_gone(srv) < 0) {
 		/* threads still use the relay and the tokens: leave them to the exit */
 		hm_warn("connections did not end within %d s", SHUTDOWN_WAIT_MS / 1000);
@@ -1167,6 +1211,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	}
 	agent_relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
+	agent_budget_destroy(srv->budget);
 	close(srv->stop_efd);
 	hm_info("stopped");
 	return 0;
@@ -1181,6 +1226,7 @@ fail:
 	if (srv->relay)
 		agent_relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
+	agent_budget_destroy(srv->budget);
 	agent_admission_destroy(srv->admission);
 	close(srv->stop_efd);
 	return -1;

@@ -68,4 +68,32 @@ void agent_status_print(FILE *f, const struct agent_status *s)
 	/* the protocol's counters are named from the client's side of the agent */
 	print_bytes(f, "to clients", s->bytes_in);
 	print_bytes(f, "from clients", s->bytes_out);
+	if (!s->nbudgets)
+		return;
+	static const struct {
+		const char *name;
+		bool bytes;
+	} kinds[PROTO_BUDGET_COUNT] = {
+		[PROTO_BUDGET_SESSIONS] = {"sessions", false},
+		[PROTO_BUDGET_STREAMS] = {"streams", false},
+		[PROTO_BUDGET_INFLIGHT] = {"in flight", true},
+		[PROTO_BUDGET_CONNECTS] = {"connects", false},
+	};
+	fprintf(f, "budgets      %-10s %10s %10s %10s %10s\n", "", "used", "peak", "limit",
+		"refused");
+	for (unsigned i = 0; i < s->nbudgets && i < PROTO_BUDGET_COUNT; i++) {
+		const struct proto_budget *b = &s->budgets[i];
+		char used[32], peak[32], limit[32];
+		if (kinds[i].bytes) {
+			snprintf(used, sizeof(used), "%lluK", (unsigned long long)(b->used >> 10));
+			snprintf(peak, sizeof(peak), "%lluK", (unsigned long long)(b->peak >> 10));
+			snprintf(limit, sizeof(limit), "%lluK", (unsigned long long)(b->limit >> 10));
+		} else {
+			snprintf(used, sizeof(used), "%llu", (unsigned long long)b->used);
+			snprintf(peak, sizeof(peak), "%llu", (unsigned long long)b->peak);
+			snprintf(limit, sizeof(limit), "%llu", (unsigned long long)b->limit);
+		}
+		fprintf(f, "             %-10s %10s %10s %10s %10llu\n", kinds[i].name, used, peak,
+			b->limit ? limit : "none", (unsigned long long)b->refused);
+	}
 }

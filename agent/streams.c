@@ -1,8 +1,9 @@
 /* One-time stream tokens. A token is 16 bytes from getrandom(): unguessable, so holding
  * one is the stream connection's credential. It names one parked object (a socket in the
  * pod's netns or an open file), works once, and expires if nobody claims it in time.
- * The set is small (bounded per session), so a list searched in full is enough; every
- * comparison runs in constant time. */
+ * Each parked object holds one stream of its session's budget (budget.c), which bounds
+ * the set, so a list searched in full is enough; every comparison runs in constant
+ * time. */
 #include <string.h>
 #include <sys/random.h>
 
@@ -37,6 +38,8 @@ static void parked_free(struct parked *p)
 {
 	if (p->obj.fd >= 0)
 		close(p->obj.fd);
+	if (p->obj.account)
+		agent_budget_stream_closed(p->obj.account);
 	explicit_bzero(p->token, sizeof(p->token));
 	free(p);
 }
@@ -111,42 +114,37 @@ static bool of_session(const struct parked *p, uint64_t session_id)
 	return p->obj.session_id == session_id;
 }
 
-int agent_streams_add(struct agent_streams *s, uint64_t session_id, enum agent_stream_kind kind,
-		      int fd, uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
+int agent_streams_add(struct agent_streams *s, uint64_t session_id,
+		      struct agent_budget_account *account, enum agent_stream_kind kind, int fd,
+		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
 {
+	agent_streams_expire(s); /* what expired frees room before it is counted */
+	if (agent_budget_reserve(account, AGENT_RES_STREAMS, 1, 0, err) < 0) {
+		close(fd);
+		return -1;
+	}
 	struct parked *p = calloc(1, sizeof(*p));
 	if (!p) {
 		close(fd);
+		agent_budget_release(account, AGENT_RES_STREAMS, 1);
 		return hm_err_set(err, ENOMEM, "stream token");
 	}
-	p->obj = (struct agent_pending_stream){
-		.kind = kind, .fd = fd, .size = size, .session_id = session_id};
+	p->obj = (struct agent_pending_stream){.kind = kind,
+					       .fd = fd,
+					       .size = size,
+					       .session_id = session_id,
+					       .account = agent_budget_account_get(account)};
 	if (random_token(p->token, err) < 0) {
 		parked_free(p);
 		return -1;
 	}
-	uint64_t now = agent_now_ms();
-	p->expires_ms = now + s->ttl_ms;
-
+	p->expires_ms = agent_now_ms() + s->ttl_ms;
+	memcpy(token, p->token, PROTO_TOKEN_LEN);
 	pthread_mutex_lock(&s->lock);
-	struct parked *expired = unlink_where(s, is_expired, now);
-	size_t mine = 0;
-	for (struct parked *q = s->list; q; q = q->next)
-		mine += q->obj.session_id == session_id;
-	bool full = mine >= AGENT_STREAMS_PER_SESSION;
-	if (!full) {
-		p->next = s->list;
-		s->list = p;
-		s->count++;
-		memcpy(token, p->token, PROTO_TOKEN_LEN);
-	}
+	p->next = s->list;
+	s->list = p;
+	s->count++;
 	pthread_mutex_unlock(&s->lock);
-	free_list(expired, "expired unclaimed");
-	if (full) {
-		parked_free(p);
-		return hm_err_set(err, EAGAIN, "%d streams opened and not connected yet",
-				  AGENT_STREAMS_PER_SESSION);
-	}
 	return 0;
 }
 
@@ -171,6 +169,7 @@ int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN
 		return -1;
 	*out = found->obj;
 	found->obj.fd = -1;
+	found->obj.account = NULL; /* the claimer's now, with its stream of the budget */
 	parked_free(found);
 	return 0;
 }

@@ -380,6 +380,16 @@ static void enc_body(struct proto_buf *b, const struct proto_msg *m)
 		proto_put_u64(b, s->errors);
 		proto_put_u64(b, s->bytes_in);
 		proto_put_u64(b, s->bytes_out);
+		need(b, s->nbudgets <= PROTO_BUDGET_COUNT);
+		if (s->nbudgets) {
+			proto_put_u8(b, s->nbudgets);
+			for (unsigned i = 0; i < s->nbudgets && i < PROTO_BUDGET_COUNT; i++) {
+				proto_put_u64(b, s->budgets[i].used);
+				proto_put_u64(b, s->budgets[i].limit);
+				proto_put_u64(b, s->budgets[i].peak);
+				proto_put_u64(b, s->budgets[i].refused);
+			}
+		}
 		break;
 	}
 	case PROTO_SESSION_OPEN: {
@@ -572,6 +582,23 @@ static void dec_body(struct proto_reader *r, struct proto_msg *m)
 		s->errors = proto_get_u64(r);
 		s->bytes_in = proto_get_u64(r);
 		s->bytes_out = proto_get_u64(r);
+		if (r->error || r->off == r->len)
+			break; /* an agent without budgets */
+		uint8_t n = proto_get_u8(r);
+		if (n == 0 || n > PROTO_BUDGET_MAX) {
+			proto_reader_fail(r, EBADMSG, "bad budget count");
+			break;
+		}
+		for (unsigned i = 0; i < n && !r->error; i++) {
+			struct proto_budget bd;
+			bd.used = proto_get_u64(r);
+			bd.limit = proto_get_u64(r);
+			bd.peak = proto_get_u64(r);
+			bd.refused = proto_get_u64(r);
+			if (i < PROTO_BUDGET_COUNT)
+				s->budgets[i] = bd;
+		}
+		s->nbudgets = n < PROTO_BUDGET_COUNT ? n : PROTO_BUDGET_COUNT;
 		break;
 	}
 	case PROTO_SESSION_OPEN: {

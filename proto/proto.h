@@ -201,6 +201,20 @@ struct proto_ping { /* PING and PONG: the pong echoes the nonce */
 	uint64_t nonce;
 };
 
+/* The agent's budgets, in this order (a later agent may append more; a reader keeps
+ * the ones it knows). Optional at the end of STATUS_REPLY: u8 count, then per budget
+ * u64 used | u64 limit (0: none) | u64 peak | u64 refused. */
+enum proto_budget_kind {
+	PROTO_BUDGET_SESSIONS,
+	PROTO_BUDGET_STREAMS,
+	PROTO_BUDGET_INFLIGHT, /* bytes of replies in flight */
+	PROTO_BUDGET_CONNECTS,
+	PROTO_BUDGET_COUNT
+};
+#define PROTO_BUDGET_MAX 16 /* budgets a STATUS_REPLY may carry */
+struct proto_budget {
+	uint64_t used, limit, peak, refused;
+};
 struct proto_status_reply {
 	const char *version;
 	uint64_t uptime_ms;
@@ -210,6 +224,8 @@ struct proto_status_reply {
 	uint64_t errors;
 	uint64_t bytes_in;
 	uint64_t bytes_out;
+	uint8_t nbudgets; /* 0 from an agent without budgets; <= PROTO_BUDGET_COUNT */
+	struct proto_budget budgets[PROTO_BUDGET_COUNT];
 };
 
 struct proto_session_open {

@@ -473,7 +473,7 @@ static int errno_by_name(const char *name)
 	} names[] = {{"ENOENT", ENOENT},   {"ESRCH", ESRCH},       {"EACCES", EACCES},
 		     {"EINVAL", EINVAL},   {"ENOTCONN", ENOTCONN}, {"ESHUTDOWN", ESHUTDOWN},
 		     {"EISCONN", EISCONN}, {"EPERM", EPERM},       {"ELOOP", ELOOP},
-		     {"EXDEV", EXDEV}};
+		     {"EXDEV", EXDEV},     {"EUSERS", EUSERS}};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(names); i++)
 		if (!strcmp(names[i].name, name))
 			return names[i].value;

@@ -95,7 +95,7 @@ static int do_read(const char *path, uint32_t flags, uint64_t cap, uint64_t max,
 {
 	struct hm_err err = {0};
 	struct proto_file_read req = {.path = path, .flags = flags, .max_size = max};
-	if (agent_file_read(fx.root_fd, &req, cap, res, &err) < 0) {
+	if (agent_file_read(fx.root_fd, &req, cap, NULL, res, &err) < 0) {
 		assert_int_not_equal(err.code, 0);
 		assert_int_equal(res->fd, -1);
 		assert_null(res->data);
@@ -157,7 +157,8 @@ static int do_readdir(const char *path, struct proto_readdir_reply *out, void **
 {
 	struct hm_err err = {0};
 	struct proto_path_req req = {.path = path};
-	if (agent_file_readdir(fx.root_fd, &req, out, storage, &err) < 0) {
+	uint64_t reserved;
+	if (agent_file_readdir(fx.root_fd, &req, NULL, out, storage, &reserved, &err) < 0) {
 		assert_null(*storage);
 		return err.code;
 	}

@@ -111,6 +111,32 @@ static void test_same_source(void **state)
 	assert_false(agent_peer_same_source(&a, &u1));
 }
 
+/* The key --max-peer-sessions counts by: one per uid / source address, whatever the
+ * port or the process; a peer without credentials is not mistaken for root. */
+static void test_peer_key(void **state)
+{
+	(void)state;
+	char k[64];
+	struct agent_peer u0 = unix_uid(0), u7 = unix_uid(7);
+	u7.pid = 1234;
+	agent_peer_key(&u0, k, sizeof(k));
+	assert_string_equal(k, "uid 0");
+	agent_peer_key(&u7, k, sizeof(k));
+	assert_string_equal(k, "uid 7");
+	struct agent_peer anon = {.is_unix = true};
+	agent_peer_key(&anon, k, sizeof(k));
+	assert_string_equal(k, "unix");
+	struct agent_peer a = {.addr_len = 4, .addr = {10, 0, 0, 1}};
+	agent_peer_key(&a, k, sizeof(k));
+	assert_string_equal(k, "10.0.0.1");
+	struct agent_peer v6 = {.addr_len = 16, .addr = {[15] = 1}};
+	agent_peer_key(&v6, k, sizeof(k));
+	assert_string_equal(k, "::1");
+	struct agent_peer none = {0};
+	agent_peer_key(&none, k, sizeof(k));
+	assert_string_equal(k, "tcp");
+}
+
 int main(void)
 {
 	hm_log_init("test_agent_peer", HM_LOG_ERROR);
@@ -119,6 +145,7 @@ int main(void)
 		cmocka_unit_test(test_mixed_uids_refused),
 		cmocka_unit_test(test_root_tcp_and_allow_any),
 		cmocka_unit_test(test_same_source),
+		cmocka_unit_test(test_peer_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,7 +34,7 @@ static void test_token_claimed_once(void **state)
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	int fd = a_socket();
 	uint8_t token[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 7, AGENT_STREAM_FILE, fd, 1234, token, &err), 0);
+	assert_int_equal(agent_streams_add(s, 7, NULL, AGENT_STREAM_FILE, fd, 1234, token, &err), 0);
 	assert_int_equal(agent_streams_pending(s), 1);
 
 	uint8_t wrong[PROTO_TOKEN_LEN];
@@ -62,8 +62,8 @@ static void test_tokens_differ(void **state)
 	struct hm_err err = {0};
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	uint8_t a[PROTO_TOKEN_LEN], b[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_TCP, a_socket(), 0, a, &err), 0);
-	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_TCP, a_socket(), 0, b, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_TCP, a_socket(), 0, a, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_TCP, a_socket(), 0, b, &err), 0);
 	assert_memory_not_equal(a, b, PROTO_TOKEN_LEN);
 	agent_streams_destroy(s); /* closes both */
 }
@@ -76,8 +76,8 @@ static void test_drop_session_closes_its_fds(void **state)
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	int mine = a_socket(), other = a_socket();
 	uint8_t t1[PROTO_TOKEN_LEN], t2[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_UDP, mine, 0, t1, &err), 0);
-	assert_int_equal(agent_streams_add(s, 2, AGENT_STREAM_UDP, other, 0, t2, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_UDP, mine, 0, t1, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, NULL, AGENT_STREAM_UDP, other, 0, t2, &err), 0);
 	agent_streams_drop_session(s, 1);
 	assert_false(fd_open(mine));
 	assert_true(fd_open(other));
@@ -96,7 +96,7 @@ static void test_expiry(void **state)
 	assert_int_equal(agent_streams_create(50, &s, &err), 0);
 	int fd = a_socket();
 	uint8_t t[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, AGENT_STREAM_TCP, fd, 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_TCP, fd, 0, t, &err), 0);
 	usleep(120 * 1000);
 	agent_streams_expire(s);
 	assert_false(fd_open(fd));
@@ -105,23 +105,154 @@ static void test_expiry(void **state)
 	agent_streams_destroy(s);
 }
 
-static void test_per_session_cap(void **state)
+static void close_session(struct agent_budget_account *a)
+{
+	agent_budget_session_close(a);
+	agent_budget_account_put(a);
+}
+
+static struct agent_budget *small_budget(void)
+{
+	struct agent_budget_limits l = {0};
+	l.global[AGENT_RES_SESSIONS] = 3;
+	l.per_session[AGENT_RES_SESSIONS] = 2; /* per peer */
+	l.global[AGENT_RES_STREAMS] = 6;
+	l.per_session[AGENT_RES_STREAMS] = 4;
+	l.global[AGENT_RES_BYTES] = 1000;
+	l.per_session[AGENT_RES_BYTES] = 600;
+	struct agent_budget *b;
+	struct hm_err err = {0};
+	assert_int_equal(agent_budget_create(&l, &b, &err), 0);
+	return b;
+}
+
+/* Unclaimed streams count against their session (EMFILE) and the agent (ENFILE);
+ * a stream's count lasts until it is closed, also after its token is claimed. */
+static void test_stream_budget(void **state)
 {
 	(void)state;
 	struct agent_streams *s;
 	struct hm_err err = {0};
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
-	uint8_t t[PROTO_TOKEN_LEN];
-	for (int i = 0; i < AGENT_STREAMS_PER_SESSION; i++)
-		assert_int_equal(agent_streams_add(s, 9, AGENT_STREAM_TCP, a_socket(), 0, t, &err),
+	struct agent_budget *b = small_budget();
+	struct agent_budget_account *one, *two;
+	assert_int_equal(agent_budget_session_open(b, "uid 1", &one, &err), 0);
+	assert_int_equal(agent_budget_session_open(b, "uid 2", &two, &err), 0);
+	uint8_t t[PROTO_TOKEN_LEN], first[PROTO_TOKEN_LEN];
+	assert_int_equal(agent_streams_add(s, 1, one, AGENT_STREAM_TCP, a_socket(), 0, first, &err),
+			 0);
+	for (int i = 1; i < 4; i++)
+		assert_int_equal(agent_streams_add(s, 1, one, AGENT_STREAM_TCP, a_socket(), 0, t, &err),
 				 0);
 	int fd = a_socket();
-	assert_int_equal(agent_streams_add(s, 9, AGENT_STREAM_TCP, fd, 0, t, &err), -1);
-	assert_int_equal(err.code, EAGAIN);
+	assert_int_equal(agent_streams_add(s, 1, one, AGENT_STREAM_TCP, fd, 0, t, &err), -1);
+	assert_int_equal(err.code, EMFILE);
+	assert_non_null(strstr(err.msg, "--max-session-streams"));
 	assert_false(fd_open(fd)); /* taken over even on failure */
-	/* another session is not affected */
-	assert_int_equal(agent_streams_add(s, 10, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
+	/* the other session has its own share, up to what the agent has left */
+	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), -1);
+	assert_int_equal(err.code, ENFILE);
+	assert_non_null(strstr(err.msg, "--max-streams"));
+	/* claimed: still counted (now the relay's), until closed */
+	struct agent_pending_stream ps;
+	assert_int_equal(agent_streams_claim(s, first, &ps), 0);
+	assert_ptr_equal(ps.account, one);
+	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), -1);
+	close(ps.fd);
+	agent_budget_stream_closed(ps.account);
+	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
+	/* a session's end returns its unclaimed streams */
+	agent_streams_drop_session(s, 1);
+	struct agent_budget_usage u;
+	agent_budget_usage(b, &u);
+	assert_int_equal(u.used[AGENT_RES_STREAMS], 3);
+	assert_int_equal(u.refused[AGENT_RES_STREAMS], 3);
 	agent_streams_destroy(s);
+	agent_budget_usage(b, &u);
+	assert_int_equal(u.used[AGENT_RES_STREAMS], 0);
+	close_session(one);
+	close_session(two);
+	agent_budget_destroy(b);
+}
+
+static void test_session_budget(void **state)
+{
+	(void)state;
+	struct agent_budget *b = small_budget();
+	struct hm_err err = {0};
+	struct agent_budget_account *a1, *a2, *a3, *x;
+	assert_int_equal(agent_budget_session_open(b, "uid 1", &a1, &err), 0);
+	assert_int_equal(agent_budget_session_open(b, "uid 1", &a2, &err), 0);
+	assert_int_equal(agent_budget_session_open(b, "uid 1", &x, &err), -1);
+	assert_int_equal(err.code, EUSERS);
+	assert_non_null(strstr(err.msg, "--max-peer-sessions"));
+	assert_int_equal(agent_budget_session_open(b, "10.0.0.1", &a3, &err), 0);
+	assert_int_equal(agent_budget_session_open(b, "10.0.0.2", &x, &err), -1);
+	assert_int_equal(err.code, EUSERS);
+	assert_non_null(strstr(err.msg, "--max-sessions"));
+	close_session(a1);
+	assert_int_equal(agent_budget_session_open(b, "10.0.0.2", &x, &err), 0);
+	close_session(x);
+	close_session(a2);
+	close_session(a3);
+	agent_budget_destroy(b);
+}
+
+struct waiter_arg {
+	struct agent_budget_account *a;
+	uint64_t n;
+	int rc, code;
+};
+
+static void *reserve_waiting(void *arg)
+{
+	struct waiter_arg *w = arg;
+	struct hm_err err = {0};
+	w->rc = agent_budget_reserve(w->a, AGENT_RES_BYTES, w->n, 5000, &err);
+	w->code = err.code;
+	return NULL;
+}
+
+/* Reply memory: over the session's share fails at once; over the agent's waits for a
+ * release, or fails with ENOBUFS when none comes in time. */
+static void test_bytes_budget(void **state)
+{
+	(void)state;
+	struct agent_budget *b = small_budget();
+	struct hm_err err = {0};
+	struct agent_budget_account *one, *two;
+	assert_int_equal(agent_budget_session_open(b, "uid 1", &one, &err), 0);
+	assert_int_equal(agent_budget_session_open(b, "uid 2", &two, &err), 0);
+	assert_int_equal(agent_budget_reserve(one, AGENT_RES_BYTES, 700, 1000, &err), -1);
+	assert_int_equal(err.code, ENOBUFS);
+	assert_non_null(strstr(err.msg, "--max-session-inflight"));
+	assert_int_equal(agent_budget_reserve(one, AGENT_RES_BYTES, 600, 0, &err), 0);
+	assert_int_equal(agent_budget_reserve(two, AGENT_RES_BYTES, 500, 0, &err), -1);
+	assert_int_equal(err.code, ENOBUFS);
+	assert_int_equal(agent_budget_reserve(two, AGENT_RES_BYTES, 500, 50, &err), -1);
+	assert_int_equal(err.code, ENOBUFS);
+	assert_non_null(strstr(err.msg, "--max-inflight"));
+	struct waiter_arg w = {.a = two, .n = 500};
+	pthread_t th;
+	pthread_create(&th, NULL, reserve_waiting, &w);
+	usleep(50 * 1000);
+	agent_budget_release(one, AGENT_RES_BYTES, 600);
+	pthread_join(th, NULL);
+	assert_int_equal(w.rc, 0);
+	/* stopping wakes a waiter */
+	w = (struct waiter_arg){.a = one, .n = 600};
+	pthread_create(&th, NULL, reserve_waiting, &w);
+	usleep(50 * 1000);
+	agent_budget_stop(b);
+	pthread_join(th, NULL);
+	assert_int_equal(w.rc, -1);
+	assert_int_equal(w.code, ESHUTDOWN);
+	agent_budget_release(two, AGENT_RES_BYTES, 500);
+	close_session(one);
+	close_session(two);
+	agent_budget_destroy(b);
 }
 
 static void test_endpoint_parse(void **state)
@@ -201,18 +332,14 @@ static void test_token_load(void **state)
 int main(void)
 {
 	hm_log_init("test_agent_streams", HM_LOG_QUIET);
-	/* the per-session cap test parks AGENT_STREAMS_PER_SESSION sockets */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_token_claimed_once),
 		cmocka_unit_test(test_tokens_differ),
 		cmocka_unit_test(test_drop_session_closes_its_fds),
 		cmocka_unit_test(test_expiry),
-		cmocka_unit_test(test_per_session_cap),
+		cmocka_unit_test(test_stream_budget),
+		cmocka_unit_test(test_session_budget),
+		cmocka_unit_test(test_bytes_budget),
 		cmocka_unit_test(test_endpoint_parse),
 		cmocka_unit_test(test_token_load),
 	};

@@ -92,7 +92,10 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		return true;
 	case PROTO_STATUS_REPLY:
 		m->status_reply =
-		    (struct proto_status_reply){"0.1", 12345, 2, 17, 1000, 3, 1 << 20, 2 << 20};
+		    (struct proto_status_reply){"0.1", 12345, 2, 17, 1000, 3, 1 << 20, 2 << 20, 0, {{0}}};
+		m->status_reply.nbudgets = PROTO_BUDGET_COUNT;
+		for (unsigned i = 0; i < PROTO_BUDGET_COUNT; i++)
+			m->status_reply.budgets[i] = (struct proto_budget){i, 100 + i, 50 + i, 7 * i};
 		return true;
 	case PROTO_SESSION_OPEN:
 		m->session_open.target = "pod/web";
@@ -269,6 +272,9 @@ static void assert_msg_equal(const struct proto_msg *a, const struct proto_msg *
 		assert_int_equal(a->status_reply.errors, b->status_reply.errors);
 		assert_int_equal(a->status_reply.bytes_in, b->status_reply.bytes_in);
 		assert_int_equal(a->status_reply.bytes_out, b->status_reply.bytes_out);
+		assert_int_equal(a->status_reply.nbudgets, b->status_reply.nbudgets);
+		assert_memory_equal(a->status_reply.budgets, b->status_reply.budgets,
+				    sizeof(a->status_reply.budgets));
 		break;
 	case PROTO_SESSION_OPEN:
 		assert_string_equal(a->session_open.target, b->session_open.target);
@@ -492,7 +498,13 @@ static void test_truncated_at_every_offset(void **state)
 		assert_true(
 		    proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 		uint32_t full = h.len;
+		/* a STATUS_REPLY without its optional budgets is an older agent's, and whole */
+		uint32_t budgetless = t == PROTO_STATUS_REPLY
+					  ? full - 1 - 32 * m.status_reply.nbudgets
+					  : UINT32_MAX;
 		for (uint32_t n = 0; n < full; n++) {
+			if (n == budgetless)
+				continue;
 			h.len = n;
 			uint8_t *copy =
 			    malloc(n ? n : 1); /* exact size so ASan sees any over-read */
@@ -512,6 +524,37 @@ static void test_truncated_at_every_offset(void **state)
 		assert_int_equal(err.code, EBADMSG);
 		free(longer);
 	}
+	proto_buf_release(&b);
+}
+
+/* An agent from before the budgets: its STATUS_REPLY ends after bytes_out. */
+static void test_status_without_budgets(void **state)
+{
+	(void)state;
+	struct proto_msg m, out;
+	struct hm_err err = {0};
+	sample(PROTO_STATUS_REPLY, &m);
+	m.status_reply.nbudgets = 0;
+	struct proto_buf b = PROTO_BUF_INIT;
+	assert_int_equal(proto_encode(&b, 1, &m, &err), 0);
+	struct proto_hdr h;
+	const uint8_t *payload;
+	assert_true(proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
+	assert_int_equal(proto_decode(&h, payload, &out, &err), 0);
+	assert_int_equal(out.status_reply.nbudgets, 0);
+	assert_int_equal(out.status_reply.bytes_out, m.status_reply.bytes_out);
+	proto_msg_free(&out);
+	/* more budgets than the protocol allows is a lie */
+	m.status_reply.nbudgets = 1;
+	proto_buf_reset(&b);
+	assert_int_equal(proto_encode(&b, 1, &m, &err), 0);
+	assert_true(proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
+	uint8_t *copy = malloc(h.len);
+	memcpy(copy, payload, h.len);
+	copy[h.len - 33] = PROTO_BUDGET_MAX + 1;
+	assert_int_equal(proto_decode(&h, copy, &out, &err), -1);
+	assert_int_equal(err.code, EBADMSG);
+	free(copy);
 	proto_buf_release(&b);
 }
 
@@ -1265,6 +1308,7 @@ int main(void)
 	    cmocka_unit_test(test_roundtrip_every_type),
 	    cmocka_unit_test(test_roundtrip_variants),
 	    cmocka_unit_test(test_truncated_at_every_offset),
+	    cmocka_unit_test(test_status_without_budgets),
 	    cmocka_unit_test(test_truncated_stream_through_reader),
 	    cmocka_unit_test(test_oversize_rejected_before_allocation),
 	    cmocka_unit_test(test_unknown_type_and_flags_rejected),
