@@ -21,14 +21,14 @@ LDFLAGS += $(SAN_FLAGS)
 LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lcurl -lpcre2-8 -lseccomp -lpthread
 
 # library modules, in link order (dependents first)
-LIB_MODULES := agent tracer kube runtime loader proto util
+LIB_MODULES := agent tracer client relay kube runtime loader proto util
 BIN_trace-pod   := runtime
 BIN_trace-agent := agent
 BIN_trace-run   := tracer
 # the modules each binary links, in link order
 LIBS_trace-pod   := runtime loader util
-LIBS_trace-agent := agent runtime loader proto util
-LIBS_trace-run   := tracer agent runtime proto util
+LIBS_trace-agent := agent client relay runtime loader proto util
+LIBS_trace-run   := tracer client relay runtime proto util
 
 define module_vars
 $(1)_SRC := $$(filter-out $(1)/main.c,$$(wildcard $(1)/*.c))

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 
 #include "agent/agent.h"
-#include "agent/internal.h"
+#include "client/client.h"
 
 #define PROG "trace-agent"
 #define EXIT_USAGE 2
@@ -29,7 +29,7 @@ static const char usage_text[] =
 	"Runs in the foreground and logs on stderr; SIGTERM, SIGINT or SIGHUP stop it\n"
 	"gracefully: every session ends with a message to its client.\n"
 	"\n"
-	"  --unix PATH            unix socket to listen on (default " AGENT_DEFAULT_UNIX "),\n"
+	"  --unix PATH            unix socket to listen on (default " PROTO_DEFAULT_AGENT_UNIX "),\n"
 	"                         mode 0660: only root and --unix-group may connect\n"
 	"  --unix-group GROUP     the unix socket's group, name or gid (default: root)\n"
 	"  --no-unix              do not listen on a unix socket\n"
@@ -39,7 +39,7 @@ static const char usage_text[] =
 	"                         token and file contents cross the network in clear\n"
 	"  --allow-any-pid        any token holder may target any pid/N (default: root\n"
 	"                         any; other unix users their own processes; TCP none)\n"
-	"  --token-file F         auth token (default " AGENT_DEFAULT_TOKEN_FILE "); created\n"
+	"  --token-file F         auth token (default " PROTO_DEFAULT_TOKEN_FILE "); created\n"
 	"                         with a random token, mode 0600, if it does not exist\n"
 	"  --max-file-size SIZE   largest file a client may read (default 1G)\n"
 	"  --handshake-timeout MS time a new connection has to say hello (default 2000)\n"
@@ -89,7 +89,7 @@ static int fail(const struct hm_err *err)
 static int token_prepare(const char *path, char *token, size_t len, struct hm_err *err)
 {
 	struct hm_err load_err = {0};
-	if (agent_token_load(path, token, len, &load_err) == 0)
+	if (client_token_load(path, token, len, &load_err) == 0)
 		return 0;
 	if (load_err.code != ENOENT) {
 		*err = load_err;
@@ -115,7 +115,7 @@ static int token_prepare(const char *path, char *token, size_t len, struct hm_er
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		if (errno == EEXIST) /* another agent made it just now */
-			return agent_token_load(path, token, len, err);
+			return client_token_load(path, token, len, err);
 		return hm_err_errno(err, "create token file %s", path);
 	}
 	ssize_t n = hm_write_all(fd, hex, strlen(hex));
@@ -126,7 +126,7 @@ static int token_prepare(const char *path, char *token, size_t len, struct hm_er
 		return hm_err_set(err, saved, "write token file %s", path);
 	}
 	hm_info("created token file %s", path);
-	return agent_token_load(path, token, len, err);
+	return client_token_load(path, token, len, err);
 }
 
 static void warn_token_mode(const char *path)
@@ -224,7 +224,7 @@ static int cmd_status(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
-	const char *where = NULL, *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	const char *where = NULL, *token_file = PROTO_DEFAULT_TOKEN_FILE;
 	bool where_unix = true;
 	bool token_file_set = false;
 	int opt;
@@ -255,31 +255,31 @@ static int cmd_status(int argc, char **argv)
 	if (optind < argc)
 		return usage_error("status: unexpected argument '%s'", argv[optind]);
 	struct hm_err err = {0};
-	struct agent_endpoint ep;
+	struct client_endpoint ep;
 	char spec[4200];
 	if (!where)
-		where = AGENT_DEFAULT_UNIX;
+		where = PROTO_DEFAULT_AGENT_UNIX;
 	/* --unix takes a path even without a slash */
 	snprintf(spec, sizeof(spec), "%s%s", where_unix ? "unix:" : "", where);
-	if (agent_endpoint_parse(spec, &ep, &err) < 0)
+	if (client_endpoint_parse(spec, &ep, &err) < 0)
 		return fail(&err);
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
 	const char *env_token = getenv("HERMIT_TOKEN");
 	if (env_token && env_token[0] && !token_file_set) {
 		snprintf(token, sizeof(token), "%s", env_token);
-	} else if (agent_token_load(token_file, token, sizeof(token), &err) < 0) {
+	} else if (client_token_load(token_file, token, sizeof(token), &err) < 0) {
 		return fail(&err);
 	}
-	struct agent_client_opts copts = {.client_name = PROG " status " AGENT_VERSION};
-	struct agent_client *c;
-	if (agent_client_connect(&ep, token, &copts, &c, &err) < 0)
+	struct client_opts copts = {.client_name = PROG " status " AGENT_VERSION};
+	struct client *c;
+	if (client_connect(&ep, token, &copts, &c, &err) < 0)
 		return fail(&err);
-	struct agent_status st;
-	int rc = agent_client_status(c, &st, &err);
-	agent_client_close(c);
+	struct client_status st;
+	int rc = client_status(c, &st, &err);
+	client_close(c);
 	if (rc < 0)
 		return fail(&err);
-	agent_status_print(stdout, &st);
+	client_status_print(stdout, &st);
 	return 0;
 }
 
@@ -314,14 +314,14 @@ int main(int argc, char **argv)
 		{0},
 	};
 	struct agent_server_config cfg = {
-		.unix_path = AGENT_DEFAULT_UNIX,
+		.unix_path = PROTO_DEFAULT_AGENT_UNIX,
 		.max_file_size = DEFAULT_MAX_FILE,
 		.handshake_timeout_ms = DEFAULT_HANDSHAKE_MS,
 		.stream_ttl_ms = AGENT_STREAM_TTL_MS,
 	};
 	agent_budget_default_limits(&cfg.limits);
 	bool streams_set = false;
-	const char *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	const char *token_file = PROTO_DEFAULT_TOKEN_FILE;
 	enum hm_log_level level = HM_LOG_INFO;
 	uint64_t v;
 	int opt;

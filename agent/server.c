@@ -48,7 +48,7 @@ struct server {
 	int unix_fd, tcp_fd;
 	dev_t unix_dev;
 	ino_t unix_ino;
-	struct agent_relay *relay;
+	struct relay *relay;
 	struct agent_streams *streams;
 	struct agent_budget *budget;
 	struct agent_stats stats;
@@ -384,7 +384,7 @@ static void send_file_read_reply(struct conn *c, const struct proto_msg *m,
 		r.file_read_reply.transfer = PROTO_XFER_STREAM;
 		r.file_read_reply.stream_size = res->size;
 		if (agent_streams_add(c->srv->streams, c->session_id, c->account,
-				      AGENT_STREAM_FILE, hm_steal_fd(&file_fd), res->size,
+				      RELAY_FILE, hm_steal_fd(&file_fd), res->size,
 				      r.file_read_reply.token, &err) < 0) {
 			conn_send_err(c, m->id, m->type, &err);
 			return;
@@ -472,7 +472,7 @@ static void handle_udp_open(struct conn *c, const struct proto_msg *m)
 	int fd = agent_outgoing_udp_open(c->target, m->udp_open.family, &r.udp_open_reply.local,
 					 &err);
 	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, c->account,
-					AGENT_STREAM_UDP, fd, 0, r.udp_open_reply.token, &err) < 0) {
+					RELAY_UDP, fd, 0, r.udp_open_reply.token, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
@@ -489,7 +489,7 @@ static void connect_done(void *ctx, uint32_t id, int fd, const struct proto_addr
 	struct proto_msg r = {.type = PROTO_TCP_CONNECT_REPLY};
 	if (fd >= 0) {
 		r.tcp_connect_reply.local = *local;
-		if (agent_streams_add(c->srv->streams, c->session_id, c->account, AGENT_STREAM_TCP,
+		if (agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_TCP,
 				      fd, 0, r.tcp_connect_reply.token, &err) < 0)
 			fd = -1;
 	}
@@ -702,7 +702,7 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 	}
 	r.stream_hello_reply.reason = "";
 	/* the stream keeps counting for its session until the relay closes it */
-	struct agent_relay_release rel = {agent_budget_stream_closed, ps.account};
+	struct relay_release rel = {agent_budget_stream_closed, ps.account};
 	if (conn_send(c, 0, &r) < 0) {
 		close(ps.fd);
 		agent_budget_stream_closed(ps.account);
@@ -712,11 +712,11 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 	struct hm_err err = {0};
 	int client_fd = hm_steal_fd(&c->fd);
 	static const char *const kinds[] = {
-	    [AGENT_STREAM_TCP] = "tcp", [AGENT_STREAM_UDP] = "udp", [AGENT_STREAM_FILE] = "file"};
-	const char *kind = ps.kind >= AGENT_STREAM_TCP && ps.kind <= AGENT_STREAM_FILE
+	    [RELAY_TCP] = "tcp", [RELAY_UDP] = "udp", [RELAY_FILE] = "file"};
+	const char *kind = ps.kind >= RELAY_TCP && ps.kind <= RELAY_FILE
 				   ? kinds[ps.kind]
 				   : "?";
-	int rc = agent_relay_add_stream(srv->relay, ps.kind, client_fd, ps.fd, ps.size,
+	int rc = relay_add(srv->relay, ps.kind, client_fd, ps.fd, ps.size,
 					ps.account ? &rel : NULL, &err);
 	if (rc < 0) {
 		atomic_fetch_add(&srv->stats.errors, 1);
@@ -1133,7 +1133,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	if (agent_budget_create(&cfg->limits, &srv->budget, err) < 0 ||
 	    agent_fd_spare_init(err) < 0)
 		goto fail;
-	if (agent_relay_create(&srv->stats.relay, &srv->relay, err) < 0)
+	if (relay_create(&srv->stats.relay, &srv->relay, err) < 0)
 		goto fail;
 	struct agent_admission_config acfg = {
 		.deadline_ms = cfg->handshake_timeout_ms,
@@ -1209,7 +1209,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		hm_warn("connections did not end within %d s", SHUTDOWN_WAIT_MS / 1000);
 		return 0;
 	}
-	agent_relay_destroy(srv->relay);
+	relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
 	close(srv->stop_efd);
@@ -1224,7 +1224,7 @@ fail:
 	if (srv->tcp_fd >= 0)
 		close(srv->tcp_fd);
 	if (srv->relay)
-		agent_relay_destroy(srv->relay);
+		relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
 	agent_admission_destroy(srv->admission);

@@ -115,7 +115,7 @@ static bool of_session(const struct parked *p, uint64_t session_id)
 }
 
 int agent_streams_add(struct agent_streams *s, uint64_t session_id,
-		      struct agent_budget_account *account, enum agent_stream_kind kind, int fd,
+		      struct agent_budget_account *account, enum relay_kind kind, int fd,
 		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
 {
 	agent_streams_expire(s); /* what expired frees room before it is counted */

@@ -110,6 +110,9 @@
 #define PROTO_FILENAME_MAX 255
 #define PROTO_ENV_ENTRY_MAX (128u << 10) /* the kernel's MAX_ARG_STRLEN */
 #define PROTO_DATAGRAM_MAX 65535
+/* where both ends meet by default: the agent's unix socket and the token file it writes */
+#define PROTO_DEFAULT_AGENT_UNIX "/run/hermit/agent.sock"
+#define PROTO_DEFAULT_TOKEN_FILE "/run/hermit/agent.token"
 
 /* Handshake feature bits; HELLO_REPLY carries the intersection. */
 #define PROTO_FEAT_ZLIB (1ull << 0)   /* peer inflates zlib blobs: the agent may compress */

@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 
+#include "relay/relay.h"
 #include "tracer/session.h"
 
 /* A socket address as the program sees one. */
@@ -66,8 +67,8 @@ struct net_sock {
 
 struct net_state {
 	struct trace_session *s;
-	struct agent_counters counters;
-	struct agent_relay *relay;
+	struct relay_counters counters;
+	struct relay *relay;
 	int listen4, listen6; /* the relay listeners; listen6 -1 without IPv6 loopback */
 	struct net_addr listen4_addr, listen6_addr;
 	bool have6; /* ::1 can be bound */

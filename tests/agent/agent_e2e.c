@@ -52,32 +52,32 @@ int e2e_ok(const char *fmt, ...)
 	return 0;
 }
 
-struct agent_client *e2e_connect(struct e2e_ctx *ctx)
+struct client *e2e_connect(struct e2e_ctx *ctx)
 {
 	struct hm_err err = {0};
-	struct agent_client *c;
-	struct agent_client_opts opts = {.client_name = "agent_e2e", .timeout_ms = 20000};
-	if (agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
+	struct client *c;
+	struct client_opts opts = {.client_name = "agent_e2e", .timeout_ms = 20000};
+	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		e2e_fail("connect: %s", err.msg);
 		return NULL;
 	}
 	return c;
 }
 
-struct agent_client *e2e_session(struct e2e_ctx *ctx)
+struct client *e2e_session(struct e2e_ctx *ctx)
 {
 	if (!ctx->target) {
 		e2e_fail("this command needs --target");
 		return NULL;
 	}
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return NULL;
 	struct hm_err err = {0};
-	struct agent_session_info info;
-	if (agent_client_session_open(c, ctx->target, &info, &err) < 0) {
+	struct client_session_info info;
+	if (client_session_open(c, ctx->target, &info, &err) < 0) {
 		e2e_fail("session on %s: %s", ctx->target, err.msg);
-		agent_client_close(c);
+		client_close(c);
 		return NULL;
 	}
 	return c;
@@ -85,8 +85,8 @@ struct agent_client *e2e_session(struct e2e_ctx *ctx)
 
 int e2e_parse_addr(const char *s, struct proto_addr *out)
 {
-	struct agent_endpoint ep;
-	if (agent_endpoint_parse(s, &ep, NULL) < 0 || ep.is_unix)
+	struct client_endpoint ep;
+	if (client_endpoint_parse(s, &ep, NULL) < 0 || ep.transport != &client_transport_tcp)
 		return -1;
 	memset(out, 0, sizeof(*out));
 	out->port = (uint16_t)atoi(ep.port);
@@ -103,24 +103,24 @@ int e2e_parse_addr(const char *s, struct proto_addr *out)
 
 int e2e_agent_still_serves(struct e2e_ctx *ctx)
 {
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return e2e_fail("the agent no longer accepts a good client");
 	struct hm_err err = {0};
 	int rc = 0;
-	if (agent_client_ping(c, &err) < 0) {
+	if (client_ping(c, &err) < 0) {
 		rc = e2e_fail("the agent no longer answers a ping: %s", err.msg);
 	} else if (ctx->target) {
-		struct agent_session_info info;
+		struct client_session_info info;
 		char **vars;
 		size_t n;
-		if (agent_client_session_open(c, ctx->target, &info, &err) < 0 ||
-		    agent_client_env(c, &vars, &n, &err) < 0)
+		if (client_session_open(c, ctx->target, &info, &err) < 0 ||
+		    client_env(c, &vars, &n, &err) < 0)
 			rc = e2e_fail("the agent no longer serves a session: %s", err.msg);
 		else
 			free(vars);
 	}
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -153,15 +153,15 @@ static int cmd_env_equals(struct e2e_ctx *ctx, int argc, char **argv)
 	size_t len;
 	if (read_local(argv[1], &raw, &len) < 0)
 		return 1;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	char **vars;
 	size_t n;
-	if (agent_client_env(c, &vars, &n, &err) < 0)
+	if (client_env(c, &vars, &n, &err) < 0)
 		return e2e_fail("ENV_GET: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	/* the expected list: the NUL-separated dump, without empty entries */
 	size_t i = 0, off = 0;
 	int rc = 0;
@@ -193,15 +193,15 @@ static int cmd_env_has(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	char **vars;
 	size_t n;
-	if (agent_client_env(c, &vars, &n, &err) < 0)
+	if (client_env(c, &vars, &n, &err) < 0)
 		return e2e_fail("ENV_GET: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	bool found = false;
 	for (size_t i = 0; i < n; i++)
 		found |= !strcmp(vars[i], argv[1]);
@@ -224,13 +224,13 @@ static int cmd_read_equals(struct e2e_ctx *ctx, int argc, char **argv)
 	struct stat st;
 	if (stat(argv[2], &st) < 0)
 		return e2e_fail("stat %s: %s", argv[2], strerror(errno));
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_file_content fc;
+	struct client_file_content fc;
 	int rc = 0;
-	if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
+	if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
 		rc = e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 	} else {
 		if (fc.size != want_len || memcmp(fc.data, want, want_len))
@@ -243,17 +243,17 @@ static int cmd_read_equals(struct e2e_ctx *ctx, int argc, char **argv)
 				      argv[1], (unsigned long long)fc.st.size, fc.st.mode,
 				      (unsigned long long)fc.st.ino, (long long)st.st_size,
 				      st.st_mode, (unsigned long long)st.st_ino);
-		agent_file_content_release(&fc);
+		client_file_content_release(&fc);
 	}
 	/* FILE_STAT says the same as the read */
 	struct proto_stat ps;
-	if (rc == 0 && agent_client_stat(c, argv[1], 0, &ps, &err) < 0)
+	if (rc == 0 && client_stat(c, argv[1], 0, &ps, &err) < 0)
 		rc = e2e_fail("FILE_STAT %s: %s", argv[1], err.msg);
 	else if (rc == 0 && (ps.size != (uint64_t)st.st_size || ps.ino != st.st_ino))
 		rc = e2e_fail("FILE_STAT %s: size %llu ino %llu, expected %lld %llu", argv[1],
 			      (unsigned long long)ps.size, (unsigned long long)ps.ino,
 			      (long long)st.st_size, (unsigned long long)st.st_ino);
-	agent_client_close(c);
+	client_close(c);
 	free(want);
 	if (rc == 0)
 		e2e_ok("%s read intact (%zu bytes)", argv[1], want_len);
@@ -301,18 +301,18 @@ static int cmd_read_crc(struct e2e_ctx *ctx, int argc, char **argv)
 	uint64_t want_size = 0;
 	if (local_crc(argv[2], &want_crc, &want_size))
 		return 1;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_file_content fc;
+	struct client_file_content fc;
 	double t0 = now_s();
-	if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
+	if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
 		return e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 	double dt = now_s() - t0;
 	uLong got_crc = crc_of(fc.data, fc.size);
 	uint64_t got_size = fc.size;
-	agent_file_content_release(&fc);
+	client_file_content_release(&fc);
 	if (got_size != want_size || got_crc != want_crc)
 		return e2e_fail("%s: %llu bytes crc32 %08lx, expected %llu bytes crc32 %08lx",
 				argv[1], (unsigned long long)got_size, got_crc,
@@ -323,9 +323,9 @@ static int cmd_read_crc(struct e2e_ctx *ctx, int argc, char **argv)
 		return e2e_fail("memfd_create: %s", strerror(errno));
 	uint64_t fd_size = 0;
 	struct proto_stat st;
-	if (agent_client_read_file_fd(c, argv[1], 0, 0, mfd, &st, &fd_size, &err) < 0)
+	if (client_read_file_fd(c, argv[1], 0, 0, mfd, &st, &fd_size, &err) < 0)
 		return e2e_fail("FILE_READ %s into a memfd: %s", argv[1], err.msg);
-	agent_client_close(c);
+	client_close(c);
 	void *map = fd_size ? mmap(NULL, fd_size, PROT_READ, MAP_PRIVATE, mfd, 0) : NULL;
 	if (fd_size && map == MAP_FAILED)
 		return e2e_fail("mmap memfd: %s", strerror(errno));
@@ -362,15 +362,15 @@ static int cmd_readdir_equals(struct e2e_ctx *ctx, int argc, char **argv)
 		nlocal++;
 	}
 	closedir(d);
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_dirent *ents;
+	struct client_dirent *ents;
 	size_t n;
-	if (agent_client_readdir(c, argv[1], &ents, &n, &err) < 0)
+	if (client_readdir(c, argv[1], &ents, &n, &err) < 0)
 		return e2e_fail("FILE_READDIR %s: %s", argv[1], err.msg);
-	agent_client_close(c);
+	client_close(c);
 	char **remote = calloc(n + 1, sizeof(char *));
 	for (size_t i = 0; i < n; i++)
 		if (asprintf(&remote[i], "%s/%u", ents[i].name, (unsigned)ents[i].type) < 0)
@@ -408,27 +408,27 @@ static int cmd_read_denied(struct e2e_ctx *ctx, int argc, char **argv)
 	size_t secret_len;
 	if (read_local(argv[2], &secret, &secret_len) < 0)
 		return 1;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_file_content fc;
+	struct client_file_content fc;
 	int rc = 0;
-	if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) == 0) {
+	if (client_read_file(c, argv[1], 0, 0, &fc, &err) == 0) {
 		if (fc.size == secret_len && !memcmp(fc.data, secret, secret_len))
 			rc = e2e_fail("ESCAPE: %s returned the host's %s", argv[1], argv[2]);
 		else
 			rc = e2e_fail("%s: read succeeded (%llu bytes), expected a failure", argv[1],
 				      (unsigned long long)fc.size);
-		agent_file_content_release(&fc);
+		client_file_content_release(&fc);
 	} else {
 		printf("FILE_READ %s failed as it must: %s\n", argv[1], err.msg);
 	}
 	struct proto_stat st;
-	if (rc == 0 && agent_client_stat(c, argv[1], 0, &st, &err) == 0)
+	if (rc == 0 && client_stat(c, argv[1], 0, &st, &err) == 0)
 		rc = e2e_fail("FILE_STAT %s succeeded (size %llu), expected a failure", argv[1],
 			      (unsigned long long)st.size);
-	agent_client_close(c);
+	client_close(c);
 	free(secret);
 	if (rc == 0)
 		e2e_ok("%s stays inside the pod's root", argv[1]);
@@ -439,7 +439,7 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -447,17 +447,17 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 	snprintf(content, sizeof(content), "written through the agent by pid %d\n", (int)getpid());
 	struct proto_file_write_reply wr;
 	int rc = 0;
-	struct agent_file_content fc = {0};
-	if (agent_client_write_file(c, argv[1], PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC, 0644, 0,
+	struct client_file_content fc = {0};
+	if (client_write_file(c, argv[1], PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC, 0644, 0,
 				    content, strlen(content), &wr, &err) < 0)
 		rc = e2e_fail("FILE_WRITE %s: %s", argv[1], err.msg);
-	else if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
+	else if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
 		rc = e2e_fail("FILE_READ %s after writing: %s", argv[1], err.msg);
 	else if (fc.size != strlen(content) || memcmp(fc.data, content, fc.size))
 		rc = e2e_fail("%s: read back %llu bytes that differ from what was written",
 			      argv[1], (unsigned long long)fc.size);
-	agent_file_content_release(&fc);
-	agent_client_close(c);
+	client_file_content_release(&fc);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("%s written and read back", argv[1]);
 	return rc;
@@ -488,13 +488,13 @@ static int cmd_bad_target(struct e2e_ctx *ctx, int argc, char **argv)
 	int want = errno_by_name(argv[1]);
 	if (want < 0)
 		return 2;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_session_info info;
+	struct client_session_info info;
 	int rc;
-	if (agent_client_session_open(c, ctx->target, &info, &err) == 0)
+	if (client_session_open(c, ctx->target, &info, &err) == 0)
 		rc = e2e_fail("session on %s opened (pid %d), expected %s", ctx->target, info.pid,
 			      argv[1]);
 	else if (err.code != want)
@@ -502,7 +502,7 @@ static int cmd_bad_target(struct e2e_ctx *ctx, int argc, char **argv)
 			      err.code, argv[1]);
 	else
 		rc = e2e_ok("session on %s refused: %s", ctx->target, err.msg);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -511,20 +511,20 @@ static int cmd_session_pid(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_session_info info;
+	struct client_session_info info;
 	int rc;
-	if (agent_client_session_open(c, ctx->target ? ctx->target : "", &info, &err) < 0)
+	if (client_session_open(c, ctx->target ? ctx->target : "", &info, &err) < 0)
 		rc = e2e_fail("session on %s: %s", ctx->target, err.msg);
 	else if (info.pid != atoi(argv[1]))
 		rc = e2e_fail("session on %s is pid %d, expected %s", ctx->target, info.pid,
 			      argv[1]);
 	else
 		rc = e2e_ok("%s resolves to pid %d (%s)", ctx->target, info.pid, info.description);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -534,25 +534,25 @@ static int cmd_session_rules(struct e2e_ctx *ctx, int argc, char **argv)
 	(void)argv;
 	if (argc != 1 || !ctx->target)
 		return 2;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	char **vars;
 	size_t n;
 	int rc = 0;
-	struct agent_session_info info;
-	if (agent_client_env(c, &vars, &n, &err) == 0)
+	struct client_session_info info;
+	if (client_env(c, &vars, &n, &err) == 0)
 		rc = e2e_fail("ENV_GET without a session succeeded");
 	else if (err.code != ENOTCONN)
 		rc = e2e_fail("ENV_GET without a session: %s, expected ENOTCONN", err.msg);
-	else if (agent_client_session_open(c, ctx->target, &info, &err) < 0)
+	else if (client_session_open(c, ctx->target, &info, &err) < 0)
 		rc = e2e_fail("session: %s", err.msg);
-	else if (agent_client_session_open(c, ctx->target, &info, &err) == 0)
+	else if (client_session_open(c, ctx->target, &info, &err) == 0)
 		rc = e2e_fail("a second SESSION_OPEN on one connection succeeded");
 	else if (err.code != EISCONN)
 		rc = e2e_fail("second SESSION_OPEN: %s, expected EISCONN", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("no requests before SESSION_OPEN, one session per connection");
 	return rc;
@@ -568,36 +568,36 @@ static int cmd_session_ended(struct e2e_ctx *ctx, int argc, char **argv)
 	if (want < 0)
 		return 2;
 	int timeout_s = atoi(argv[2]);
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	if (hm_create_file(argv[3], "ready\n", 6, 0644, &err) < 0)
 		return e2e_fail("%s", err.msg);
-	struct pollfd p = {.fd = agent_client_event_fd(c), .events = POLLIN};
+	struct pollfd p = {.fd = client_event_fd(c), .events = POLLIN};
 	int n = poll(&p, 1, timeout_s * 1000);
 	if (n <= 0)
 		return e2e_fail("the session did not end within %d s", timeout_s);
 	struct hm_err why = {0};
-	if (!agent_client_ended(c, &why))
+	if (!client_ended(c, &why))
 		return e2e_fail("event fd readable but the client is not ended");
 	if (why.code != want)
 		return e2e_fail("session ended with '%s' (errno %d), expected %s", why.msg, why.code,
 				argv[1]);
 	char **vars;
 	size_t nv;
-	if (agent_client_env(c, &vars, &nv, &err) == 0)
+	if (client_env(c, &vars, &nv, &err) == 0)
 		return e2e_fail("ENV_GET succeeded after the session ended");
 	if (err.code != want)
 		return e2e_fail("ENV_GET after the end: '%s' (errno %d), expected %s", err.msg,
 				err.code, argv[1]);
-	agent_client_close(c);
+	client_close(c);
 	return e2e_ok("session ended cleanly: %s; later requests fail: %s", why.msg, err.msg);
 }
 
 /* N threads issue mixed requests on one connection: replies must reach their callers. */
 struct conc_arg {
-	struct agent_client *c;
+	struct client *c;
 	const char *path;
 	int iterations;
 	char failure[HM_ERR_MSG_MAX + 128];
@@ -611,22 +611,22 @@ static void *conc_main(void *arg)
 		char **vars;
 		size_t n;
 		struct proto_stat st;
-		struct agent_file_content fc;
-		if (agent_client_env(a->c, &vars, &n, &err) < 0) {
+		struct client_file_content fc;
+		if (client_env(a->c, &vars, &n, &err) < 0) {
 			snprintf(a->failure, sizeof(a->failure), "ENV_GET: %s", err.msg);
 			break;
 		}
 		free(vars);
-		if (agent_client_stat(a->c, a->path, 0, &st, &err) < 0 ||
-		    agent_client_read_file(a->c, a->path, 0, 0, &fc, &err) < 0) {
+		if (client_stat(a->c, a->path, 0, &st, &err) < 0 ||
+		    client_read_file(a->c, a->path, 0, 0, &fc, &err) < 0) {
 			snprintf(a->failure, sizeof(a->failure), "%s: %s", a->path, err.msg);
 			break;
 		}
 		if (fc.size != st.size)
 			snprintf(a->failure, sizeof(a->failure), "read %llu bytes, stat says %llu",
 				 (unsigned long long)fc.size, (unsigned long long)st.size);
-		agent_file_content_release(&fc);
-		if (agent_client_ping(a->c, &err) < 0)
+		client_file_content_release(&fc);
+		if (client_ping(a->c, &err) < 0)
 			snprintf(a->failure, sizeof(a->failure), "PING: %s", err.msg);
 	}
 	return NULL;
@@ -639,7 +639,7 @@ static int cmd_concurrent(struct e2e_ctx *ctx, int argc, char **argv)
 	int threads = atoi(argv[1]);
 	if (threads < 1 || threads > 256)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct conc_arg args[256];
@@ -654,7 +654,7 @@ static int cmd_concurrent(struct e2e_ctx *ctx, int argc, char **argv)
 		if (args[i].failure[0] && rc == 0)
 			rc = e2e_fail("thread %d: %s", i, args[i].failure);
 	}
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("%d threads x 50 rounds of env, stat, read and ping on one connection",
 		       threads);
@@ -666,7 +666,7 @@ static int cmd_concurrent(struct e2e_ctx *ctx, int argc, char **argv)
 static int raw_connect(struct e2e_ctx *ctx)
 {
 	struct hm_err err = {0};
-	int fd = agent_endpoint_dial(&ctx->ep, 5000, &err);
+	int fd = client_endpoint_dial(&ctx->ep, 5000, &err);
 	if (fd < 0)
 		e2e_fail("connect: %s", err.msg);
 	return fd;
@@ -829,13 +829,13 @@ static int cmd_stream_token_once(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct proto_msg req = {.type = PROTO_FILE_READ}, reply;
 	req.file_read.path = argv[1];
 	struct hm_err err = {0};
-	if (agent_client_call(c, &req, &reply, 0, &err) < 0)
+	if (client_call(c, &req, &reply, 0, &err) < 0)
 		return e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 	if (reply.file_read_reply.transfer != PROTO_XFER_STREAM)
 		return e2e_fail("%s came inline; use a file over %u bytes", argv[1],
@@ -867,7 +867,7 @@ static int cmd_stream_token_once(struct e2e_ctx *ctx, int argc, char **argv)
 			break;
 		got += (uint64_t)n;
 	}
-	agent_client_close(c);
+	client_close(c);
 	if (got != size)
 		return e2e_fail("stream carried %llu bytes, expected %llu", (unsigned long long)got,
 				(unsigned long long)size);
@@ -884,13 +884,13 @@ static int cmd_stream_token_dies(struct e2e_ctx *ctx, int argc, char **argv)
 	bool dropped = !strcmp(argv[1], "dropped");
 	if (!dropped && strcmp(argv[1], "expires"))
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct proto_msg req = {.type = PROTO_FILE_READ}, reply;
 	req.file_read.path = argv[2];
 	struct hm_err err = {0};
-	if (agent_client_call(c, &req, &reply, 0, &err) < 0)
+	if (client_call(c, &req, &reply, 0, &err) < 0)
 		return e2e_fail("FILE_READ %s: %s", argv[2], err.msg);
 	if (reply.file_read_reply.transfer != PROTO_XFER_STREAM)
 		return e2e_fail("%s came inline; use a file over %u bytes", argv[2],
@@ -899,7 +899,7 @@ static int cmd_stream_token_dies(struct e2e_ctx *ctx, int argc, char **argv)
 	memcpy(token, reply.file_read_reply.token, sizeof(token));
 	proto_msg_free(&reply);
 	if (dropped) {
-		agent_client_close(c);
+		client_close(c);
 		c = NULL;
 	}
 	poll(NULL, 0, atoi(argv[3]));
@@ -908,7 +908,7 @@ static int cmd_stream_token_dies(struct e2e_ctx *ctx, int argc, char **argv)
 		return 1;
 	int rc = proto_stream_open(s, token, 5000, &err);
 	if (c)
-		agent_client_close(c);
+		client_close(c);
 	if (rc == 0)
 		return e2e_fail("the stream token still worked (%s)", argv[1]);
 	if (err.code != EACCES)
@@ -920,16 +920,16 @@ static int cmd_ping(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_status st;
-	if (agent_client_ping(c, &err) < 0)
+	struct client_status st;
+	if (client_ping(c, &err) < 0)
 		return e2e_fail("PING: %s", err.msg);
-	if (agent_client_status(c, &st, &err) < 0)
+	if (client_status(c, &st, &err) < 0)
 		return e2e_fail("STATUS: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	return e2e_ok("agent %s answers (up %llu ms, %u sessions)", st.version,
 		      (unsigned long long)st.uptime_ms, st.sessions);
 }
@@ -939,7 +939,7 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -947,7 +947,7 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 		return e2e_fail("%s", err.msg);
 	for (int i = 0; i < 600 && access(argv[1], F_OK) == 0; i++)
 		poll(NULL, 0, 100);
-	agent_client_close(c);
+	client_close(c);
 	return 0;
 }
 
@@ -992,8 +992,8 @@ int main(int argc, char **argv)
 	};
 	struct e2e_ctx ctx = {0};
 	char spec[4200];
-	snprintf(spec, sizeof(spec), "unix:%s", AGENT_DEFAULT_UNIX);
-	const char *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	snprintf(spec, sizeof(spec), "unix:%s", PROTO_DEFAULT_AGENT_UNIX);
+	const char *token_file = PROTO_DEFAULT_TOKEN_FILE;
 	int opt;
 	hm_log_init("agent_e2e", HM_LOG_WARN);
 	while ((opt = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
@@ -1020,8 +1020,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct hm_err err = {0};
-	if (agent_endpoint_parse(spec, &ctx.ep, &err) < 0 ||
-	    agent_token_load(token_file, ctx.token, sizeof(ctx.token), &err) < 0) {
+	if (client_endpoint_parse(spec, &ctx.ep, &err) < 0 ||
+	    client_token_load(token_file, ctx.token, sizeof(ctx.token), &err) < 0) {
 		fprintf(stderr, "agent_e2e: %s\n", err.msg);
 		return 2;
 	}

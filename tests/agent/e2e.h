@@ -5,10 +5,10 @@
 #ifndef HERMIT_TESTS_AGENT_E2E_H
 #define HERMIT_TESTS_AGENT_E2E_H
 
-#include "agent/agent.h"
+#include "client/client.h"
 
 struct e2e_ctx {
-	struct agent_endpoint ep;
+	struct client_endpoint ep;
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
 	const char *target; /* --target, NULL when not given */
 };
@@ -31,9 +31,9 @@ int e2e_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "ok: ..." on stdout; returns 0. */
 int e2e_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A client connected and authenticated, or NULL after printing why. */
-struct agent_client *e2e_connect(struct e2e_ctx *ctx);
+struct client *e2e_connect(struct e2e_ctx *ctx);
 /* A client with a session on ctx->target (required), or NULL after printing why. */
-struct agent_client *e2e_session(struct e2e_ctx *ctx);
+struct client *e2e_session(struct e2e_ctx *ctx);
 /* "10.0.0.1:80", "[::1]:53" -> proto_addr; < 0 if malformed. */
 int e2e_parse_addr(const char *s, struct proto_addr *out);
 /* 0 when the agent still serves a fresh client (ping, and a session + env when

@@ -148,7 +148,7 @@ static void count_result(struct abuse *a, int rc, const struct hm_err *err)
 
 struct connect_arg {
 	struct abuse *a;
-	struct agent_client *c;
+	struct client *c;
 };
 
 static void *one_connect(void *arg)
@@ -158,7 +158,7 @@ static void *one_connect(void *arg)
 	struct proto_msg req = {.type = PROTO_TCP_CONNECT}, reply;
 	req.tcp_connect.dst = ca->a->dst;
 	req.tcp_connect.timeout_ms = ca->a->timeout_ms;
-	int rc = agent_client_call(ca->c, &req, &reply, (int)ca->a->timeout_ms + 30000, &err);
+	int rc = client_call(ca->c, &req, &reply, (int)ca->a->timeout_ms + 30000, &err);
 	if (rc == 0)
 		proto_msg_free(&reply);
 	/* a black hole answers with an error after its timeout: that is not a refusal */
@@ -169,7 +169,7 @@ static void *one_connect(void *arg)
 	return NULL;
 }
 
-static void abuse_connects(struct abuse *a, struct agent_client *c)
+static void abuse_connects(struct abuse *a, struct client *c)
 {
 	pthread_t *th = calloc((size_t)a->count, sizeof(*th));
 	bool *started = calloc((size_t)a->count, sizeof(*started));
@@ -191,14 +191,14 @@ static void abuse_connects(struct abuse *a, struct agent_client *c)
 static void *abuser_main(void *arg)
 {
 	struct abuse *a = arg;
-	struct agent_client *c = e2e_connect(a->ctx);
+	struct client *c = e2e_connect(a->ctx);
 	struct hm_err err = {.code = EIO};
-	struct agent_session_info info;
-	if (!c || agent_client_session_open(c, a->ctx->target, &info, &err) < 0) {
+	struct client_session_info info;
+	if (!c || client_session_open(c, a->ctx->target, &info, &err) < 0) {
 		count_result(a, -1, &err);
 		atomic_fetch_add(&a->sessions_up, 1);
 		if (c)
-			agent_client_close(c);
+			client_close(c);
 		return NULL;
 	}
 	if (!strcmp(a->kind, "session")) {
@@ -230,7 +230,7 @@ static void *abuser_main(void *arg)
 				req.type = PROTO_FILE_READDIR;
 				req.path_req.path = a->path;
 			}
-			int rc = agent_client_call(c, &req, &reply, 60000, &err);
+			int rc = client_call(c, &req, &reply, 60000, &err);
 			if (rc == 0)
 				proto_msg_free(&reply);
 			count_result(a, rc, &err);
@@ -244,7 +244,7 @@ static void *abuser_main(void *arg)
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	agent_client_close(c);
+	client_close(c);
 	return NULL;
 }
 
@@ -258,19 +258,19 @@ static void check_other_client(struct abuse *a, struct e2e_ctx *ctx)
 	}
 	if (!a->check)
 		return;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c) {
 		snprintf(a->check_failure, sizeof(a->check_failure), "no session for the check");
 		return;
 	}
 	struct hm_err err = {0};
-	struct agent_file_content fc;
-	if (agent_client_read_file(c, a->check, 0, 0, &fc, &err) < 0)
+	struct client_file_content fc;
+	if (client_read_file(c, a->check, 0, 0, &fc, &err) < 0)
 		snprintf(a->check_failure, sizeof(a->check_failure), "read %.200s: %.250s", a->check,
 			 err.msg);
 	else
-		agent_file_content_release(&fc);
-	agent_client_close(c);
+		client_file_content_release(&fc);
+	client_close(c);
 }
 
 /* With no fd left, the agent accepts a new connection with its spare fd and closes it:
@@ -280,13 +280,13 @@ static void check_turned_away(struct abuse *a, struct e2e_ctx *ctx)
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	struct hm_err err = {0};
-	struct agent_client *c;
-	struct agent_client_opts opts = {.client_name = "agent_e2e check", .timeout_ms = 20000};
-	int rc = agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err);
+	struct client *c;
+	struct client_opts opts = {.client_name = "agent_e2e check", .timeout_ms = 20000};
+	int rc = client_connect(&ctx->ep, ctx->token, &opts, &c, &err);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
 	if (rc == 0) {
-		agent_client_close(c);
+		client_close(c);
 		snprintf(a->check_failure, sizeof(a->check_failure),
 			 "the agent served a client although it should be out of fds");
 		return;
@@ -329,7 +329,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		else if (!strcmp(k, "check"))
 			a.check = v;
 		else if (!strcmp(k, "check-agent") &&
-			 agent_endpoint_parse(v, &check_ctx.ep, NULL) == 0)
+			 client_endpoint_parse(v, &check_ctx.ep, NULL) == 0)
 			;
 		else if (!strcmp(k, "dst") && e2e_parse_addr(v, &a.dst) == 0)
 			;

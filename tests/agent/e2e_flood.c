@@ -33,7 +33,7 @@ static double now_s(void)
 static int flood_dial(struct flood *fl)
 {
 	struct hm_err err = {0};
-	return agent_endpoint_dial(&fl->ctx->ep, 2000, &err);
+	return client_endpoint_dial(&fl->ctx->ep, 2000, &err);
 }
 
 static void flood_count(struct flood *fl)
@@ -83,17 +83,17 @@ static void *flood_main(void *arg)
 static int legit_attempt(struct e2e_ctx *ctx, int timeout_ms, char *why, size_t whylen)
 {
 	struct hm_err err = {0};
-	struct agent_client *c;
-	struct agent_client_opts opts = {.client_name = "agent_e2e flood-legit",
+	struct client *c;
+	struct client_opts opts = {.client_name = "agent_e2e flood-legit",
 					 .timeout_ms = timeout_ms};
-	if (agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
+	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		snprintf(why, whylen, "connect: %.400s", err.msg);
 		return -1;
 	}
-	int rc = agent_client_ping(c, &err);
+	int rc = client_ping(c, &err);
 	if (rc < 0)
 		snprintf(why, whylen, "ping: %.400s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 

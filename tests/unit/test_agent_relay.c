@@ -25,8 +25,9 @@
 #include <zlib.h>
 
 #include "agent/internal.h"
+#include "relay/relay.h"
 
-static struct agent_counters counters;
+static struct relay_counters counters;
 
 /* ---- helpers ---- */
 
@@ -102,7 +103,7 @@ struct chain {
 	int app, server;
 };
 
-static void chain_open(struct agent_relay *r, struct chain *ch, bool unix_client)
+static void chain_open(struct relay *r, struct chain *ch, bool unix_client)
 {
 	int client_side, remote_side;
 	if (unix_client) {
@@ -115,7 +116,7 @@ static void chain_open(struct agent_relay *r, struct chain *ch, bool unix_client
 	}
 	tcp_pair(&remote_side, &ch->server);
 	struct hm_err err;
-	assert_int_equal(agent_relay_add_tcp(r, client_side, remote_side, &err), 0);
+	assert_int_equal(relay_add_tcp(r, client_side, remote_side, &err), 0);
 }
 
 static void chain_close(struct chain *ch)
@@ -226,9 +227,9 @@ static void pump_join(struct pump *p)
 static int relay_setup(void **state)
 {
 	memset(&counters, 0, sizeof(counters));
-	struct agent_relay *r;
+	struct relay *r;
 	struct hm_err err;
-	if (agent_relay_create(&counters, &r, &err) < 0) {
+	if (relay_create(&counters, &r, &err) < 0) {
 		print_error("%s\n", err.msg);
 		return -1;
 	}
@@ -238,13 +239,13 @@ static int relay_setup(void **state)
 
 static int relay_teardown(void **state)
 {
-	agent_relay_destroy(*state);
+	relay_destroy(*state);
 	return 0;
 }
 
 /* ---- TCP ---- */
 
-static void bulk_both_ways(struct agent_relay *r, bool unix_client)
+static void bulk_both_ways(struct relay *r, bool unix_client)
 {
 	const uint64_t size = 10 << 20;
 	struct chain ch;
@@ -273,7 +274,7 @@ static void bulk_both_ways(struct agent_relay *r, bool unix_client)
 
 static void test_tcp_bulk_both_directions(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	bulk_both_ways(r, false);
 	assert_true(atomic_load(&counters.bytes_out) == 10 << 20);
 	assert_true(atomic_load(&counters.bytes_in) == (10 << 20) + 12345);
@@ -299,7 +300,7 @@ static ssize_t read_all_timeout(int fd, char *buf, size_t cap, int timeout_ms)
 	}
 }
 
-static void half_close(struct agent_relay *r, bool unix_client)
+static void half_close(struct relay *r, bool unix_client)
 {
 	struct chain ch;
 	chain_open(r, &ch, unix_client);
@@ -331,7 +332,7 @@ static void test_tcp_half_close(void **state)
 
 static void test_tcp_reset_propagates(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct chain ch;
 	chain_open(r, &ch, false);
 	assert_int_equal(send(ch.app, "x", 1, 0), 1);
@@ -369,7 +370,7 @@ struct endpoint {
 
 static void test_tcp_200_parallel(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	const uint64_t size = 256 << 10;
 	int fds_before = count_fds();
 	struct mallinfo2 mi_before = mallinfo2();
@@ -507,14 +508,14 @@ static void send_datagram(int stream, const struct proto_addr *peer, const void 
 
 static void test_udp_round_trip(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	struct proto_addr echo_addr, pod_addr, src;
 	int echo = udp_socket(AF_INET, "127.0.0.1", &echo_addr);
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
 
 	static uint8_t data[65507];
 	pattern_fill(7, 0, data, sizeof(data));
@@ -556,7 +557,7 @@ static void test_udp_round_trip(void **state)
 
 static void test_udp_v6_and_mapped(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	struct proto_addr echo6, echo4, pod_addr, src;
 	int e6 = udp_socket(AF_INET6, "::1", &echo6);
@@ -564,7 +565,7 @@ static void test_udp_v6_and_mapped(void **state)
 	int pod = udp_socket(AF_INET6, "::", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
 
 	send_datagram(sv[0], &echo6, "six", 3);
 	echo_once(e6, &src);
@@ -592,13 +593,13 @@ static void test_udp_v6_and_mapped(void **state)
 
 static void test_udp_malformed_closes(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	struct proto_addr pod_addr;
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
 	/* a frame of another type has no business on a UDP stream */
 	struct proto_msg ping = {.type = PROTO_PING};
 	ping.ping.nonce = 1;
@@ -611,7 +612,7 @@ static void test_udp_malformed_closes(void **state)
 	/* garbage that is no frame at all */
 	pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
 	static const uint8_t junk[32] = {0xff, 0xff, 0xff, 0x7f, 0x02, 0x05};
 	assert_int_equal(send(sv[0], junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
 	assert_true(read_all_timeout(sv[0], &c, 1, 5000) <= 0);
@@ -636,7 +637,7 @@ static int temp_file(uint64_t size, uint64_t seed)
 
 static void test_file_sendfile(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	const uint64_t size = (5 << 20) + 333;
 	for (int unix_client = 0; unix_client < 2; unix_client++) {
@@ -651,7 +652,7 @@ static void test_file_sendfile(void **state)
 		}
 		int f = temp_file(size + 4096, 42);
 		/* exactly `size` bytes, though the file is longer */
-		assert_int_equal(agent_relay_add_file(r, client_side, f, size, &err), 0);
+		assert_int_equal(relay_add_file(r, client_side, f, size, &err), 0);
 		struct pump rd;
 		pump_start(&rd, app, false, 42, 0);
 		pump_join(&rd);
@@ -666,7 +667,7 @@ static void test_file_sendfile(void **state)
 	int app, client_side;
 	tcp_pair(&app, &client_side);
 	int f = temp_file(100000, 43);
-	assert_int_equal(agent_relay_add_file(r, client_side, f, 200000, &err), 0);
+	assert_int_equal(relay_add_file(r, client_side, f, 200000, &err), 0);
 	struct pump rd;
 	pump_start(&rd, app, false, 43, 0);
 	pump_join(&rd);
@@ -678,7 +679,7 @@ static void test_file_sendfile(void **state)
 	/* an empty file: EOF right away */
 	tcp_pair(&app, &client_side);
 	f = temp_file(0, 44);
-	assert_int_equal(agent_relay_add_file(r, client_side, f, 0, &err), 0);
+	assert_int_equal(relay_add_file(r, client_side, f, 0, &err), 0);
 	char c;
 	assert_int_equal(read_all_timeout(app, &c, 1, 5000), 0);
 	wait_streams(0);
@@ -719,8 +720,8 @@ static void test_destroy_while_busy(void **state)
 	struct hm_err err;
 	memset(&counters, 0, sizeof(counters));
 	int fds_before = count_fds();
-	struct agent_relay *r;
-	assert_int_equal(agent_relay_create(&counters, &r, &err), 0);
+	struct relay *r;
+	assert_int_equal(relay_create(&counters, &r, &err), 0);
 	enum { N = 20 };
 	struct chain ch[N];
 	struct spinner sp[4 * N];
@@ -740,13 +741,13 @@ static void test_destroy_while_busy(void **state)
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int usv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, usv), 0);
-	assert_int_equal(agent_relay_add_udp(r, usv[1], pod, &err), 0);
+	assert_int_equal(relay_add_udp(r, usv[1], pod, &err), 0);
 	int fapp, fclient;
 	tcp_pair(&fapp, &fclient);
-	assert_int_equal(agent_relay_add_file(r, fclient, temp_file(8 << 20, 5), 8 << 20, &err), 0);
+	assert_int_equal(relay_add_file(r, fclient, temp_file(8 << 20, 5), 8 << 20, &err), 0);
 	usleep(200000);
 	assert_int_equal(atomic_load(&counters.streams), N + 2);
-	agent_relay_destroy(r);
+	relay_destroy(r);
 	assert_int_equal(atomic_load(&counters.streams), 0);
 	/* every spinner ends on its own: the relay reset or closed each stream */
 	for (int i = 0; i < 4 * N; i++)
@@ -766,12 +767,12 @@ static void test_destroy_right_after_add(void **state)
 	struct hm_err err;
 	memset(&counters, 0, sizeof(counters));
 	int fds_before = count_fds();
-	struct agent_relay *r;
-	assert_int_equal(agent_relay_create(&counters, &r, &err), 0);
+	struct relay *r;
+	assert_int_equal(relay_create(&counters, &r, &err), 0);
 	struct chain ch[8];
 	for (int i = 0; i < 8; i++)
 		chain_open(r, &ch[i], false);
-	agent_relay_destroy(r);
+	relay_destroy(r);
 	assert_int_equal(atomic_load(&counters.streams), 0);
 	for (int i = 0; i < 8; i++)
 		chain_close(&ch[i]);
@@ -889,10 +890,10 @@ static void test_throughput(void **state)
 	close(a);
 	close(b);
 
-	struct agent_relay *r;
+	struct relay *r;
 	struct hm_err err;
 	memset(&counters, 0, sizeof(counters));
-	assert_int_equal(agent_relay_create(&counters, &r, &err), 0);
+	assert_int_equal(relay_create(&counters, &r, &err), 0);
 	struct chain ch;
 	chain_open(r, &ch, false);
 	setsockopt(ch.app, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -906,7 +907,7 @@ static void test_throughput(void **state)
 	chain_open(r, &ch, false);
 	double relay_down = transfer_mbps(ch.server, ch.app, size, &c_down);
 	chain_close(&ch);
-	agent_relay_destroy(r);
+	relay_destroy(r);
 	print_message("throughput, 1 GiB on loopback (CPU s per GB, all threads):\n"
 		      "  direct TCP        %5.0f MB/s  %.2f\n"
 		      "  relay tcp -> tcp  %5.0f MB/s  %.2f  (%.2fx direct)\n"

@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "agent/agent.h"
-#include "agent/internal.h"
+#include "client/client.h"
 
 #define TOKEN "unit-test-token-0123456789"
 
@@ -29,7 +29,7 @@ struct fixture {
 	struct agent_server_config cfg;
 	int rc;
 	struct hm_err err;
-	struct agent_endpoint ep;
+	struct client_endpoint ep;
 };
 
 static void *server_main(void *arg)
@@ -58,7 +58,7 @@ static int setup(void **state)
 	for (int i = 0; i < 200 && access(f->sock, F_OK) < 0; i++)
 		usleep(10000);
 	assert_int_equal(access(f->sock, F_OK), 0);
-	assert_int_equal(agent_endpoint_parse(f->sock, &f->ep, NULL), 0);
+	assert_int_equal(client_endpoint_parse(f->sock, &f->ep, NULL), 0);
 	*state = f;
 	return 0;
 }
@@ -78,11 +78,11 @@ static int teardown(void **state)
 	return 0;
 }
 
-static struct agent_client *connect_ok(struct fixture *f)
+static struct client *connect_ok(struct fixture *f)
 {
-	struct agent_client *c;
+	struct client *c;
 	struct hm_err err = {0};
-	int rc = agent_client_connect(&f->ep, TOKEN, NULL, &c, &err);
+	int rc = client_connect(&f->ep, TOKEN, NULL, &c, &err);
 	if (rc < 0)
 		fail_msg("connect: %s", err.msg);
 	return c;
@@ -91,38 +91,38 @@ static struct agent_client *connect_ok(struct fixture *f)
 static void test_ping_and_status(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
-	assert_int_equal(agent_client_ping(c, &err), 0);
-	assert_true(agent_client_features(c) & PROTO_FEAT_ZLIB);
-	struct agent_status st;
-	assert_int_equal(agent_client_status(c, &st, &err), 0);
+	assert_int_equal(client_ping(c, &err), 0);
+	assert_true(client_features(c) & PROTO_FEAT_ZLIB);
+	struct client_status st;
+	assert_int_equal(client_status(c, &st, &err), 0);
 	assert_string_equal(st.version, AGENT_SERVER_NAME);
 	assert_true(st.requests >= 2);
 	assert_int_equal(st.sessions, 0);
-	agent_client_close(c);
+	client_close(c);
 }
 
 static void test_wrong_token(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c;
+	struct client *c;
 	struct hm_err err = {0};
-	assert_int_equal(agent_client_connect(&f->ep, TOKEN "x", NULL, &c, &err), -1);
+	assert_int_equal(client_connect(&f->ep, TOKEN "x", NULL, &c, &err), -1);
 	assert_int_equal(err.code, EACCES);
-	assert_int_equal(agent_client_connect(&f->ep, "unit", NULL, &c, &err), -1);
+	assert_int_equal(client_connect(&f->ep, "unit", NULL, &c, &err), -1);
 	assert_int_equal(err.code, EACCES);
 	/* the server goes on */
 	c = connect_ok(f);
-	assert_int_equal(agent_client_ping(c, &err), 0);
-	agent_client_close(c);
+	assert_int_equal(client_ping(c, &err), 0);
+	client_close(c);
 }
 
 static void test_silent_peer_cut_off(void **state)
 {
 	struct fixture *f = *state;
 	struct hm_err err = {0};
-	int fd = agent_endpoint_dial(&f->ep, 1000, &err);
+	int fd = client_endpoint_dial(&f->ep, 1000, &err);
 	assert_true(fd >= 0);
 	struct pollfd p = {.fd = fd, .events = POLLIN};
 	assert_int_equal(poll(&p, 1, 3000), 1); /* handshake timeout is 300 ms */
@@ -134,15 +134,15 @@ static void test_silent_peer_cut_off(void **state)
 static void test_no_session_yet(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
 	struct proto_stat st;
-	assert_int_equal(agent_client_stat(c, "/", 0, &st, &err), -1);
+	assert_int_equal(client_stat(c, "/", 0, &st, &err), -1);
 	assert_int_equal(err.code, ENOTCONN);
-	struct agent_session_info info;
-	assert_int_equal(agent_client_session_open(c, "pod/surely-not-a-pod-here", &info, &err), -1);
+	struct client_session_info info;
+	assert_int_equal(client_session_open(c, "pod/surely-not-a-pod-here", &info, &err), -1);
 	assert_int_equal(err.code, ENOENT);
-	agent_client_close(c);
+	client_close(c);
 }
 
 static void test_session_on_self(void **state)
@@ -150,18 +150,18 @@ static void test_session_on_self(void **state)
 	struct fixture *f = *state;
 	if (geteuid() != 0)
 		skip(); /* entering a netns, even our own, needs CAP_SYS_ADMIN */
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
 	char target[32];
 	snprintf(target, sizeof(target), "pid/%d", (int)getpid());
-	struct agent_session_info info;
-	assert_int_equal(agent_client_session_open(c, target, &info, &err), 0);
+	struct client_session_info info;
+	assert_int_equal(client_session_open(c, target, &info, &err), 0);
 	assert_int_equal(info.pid, getpid());
 
 	/* the environment block of exec time, as /proc/self/environ has it */
 	char **vars;
 	size_t n;
-	assert_int_equal(agent_client_env(c, &vars, &n, &err), 0);
+	assert_int_equal(client_env(c, &vars, &n, &err), 0);
 	assert_non_null(vars);
 	assert_null(vars[n]);
 	char *raw;
@@ -185,23 +185,23 @@ static void test_session_on_self(void **state)
 	FILE *fp = fopen(path, "w");
 	fputs("hello agent", fp);
 	fclose(fp);
-	struct agent_file_content fc;
-	assert_int_equal(agent_client_read_file(c, path, 0, 0, &fc, &err), 0);
+	struct client_file_content fc;
+	assert_int_equal(client_read_file(c, path, 0, 0, &fc, &err), 0);
 	assert_int_equal(fc.size, 11);
 	assert_memory_equal(fc.data, "hello agent", 11);
-	agent_file_content_release(&fc);
+	client_file_content_release(&fc);
 	unlink(path);
-	assert_int_equal(agent_client_read_file(c, path, 0, 0, &fc, &err), -1);
+	assert_int_equal(client_read_file(c, path, 0, 0, &fc, &err), -1);
 	assert_int_equal(err.code, ENOENT);
 
-	struct agent_status st;
-	assert_int_equal(agent_client_status(c, &st, &err), 0);
+	struct client_status st;
+	assert_int_equal(client_status(c, &st, &err), 0);
 	assert_int_equal(st.sessions, 1);
-	agent_client_close(c);
+	client_close(c);
 }
 
 struct par {
-	struct agent_client *c;
+	struct client *c;
 	int failures;
 };
 
@@ -210,7 +210,7 @@ static void *par_main(void *arg)
 	struct par *p = arg;
 	struct hm_err err = {0};
 	for (int i = 0; i < 200; i++)
-		if (agent_client_ping(p->c, &err) < 0)
+		if (client_ping(p->c, &err) < 0)
 			p->failures++;
 	return NULL;
 }
@@ -218,7 +218,7 @@ static void *par_main(void *arg)
 static void test_concurrent_calls(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct par ps[8];
 	pthread_t th[8];
 	for (int i = 0; i < 8; i++) {
@@ -229,7 +229,7 @@ static void test_concurrent_calls(void **state)
 		pthread_join(th[i], NULL);
 		assert_int_equal(ps[i].failures, 0);
 	}
-	agent_client_close(c);
+	client_close(c);
 }
 
 static void test_stop_ends_sessions(void **state)
@@ -237,20 +237,20 @@ static void test_stop_ends_sessions(void **state)
 	struct fixture *f = *state;
 	if (geteuid() != 0)
 		skip();
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
 	char target[32];
 	snprintf(target, sizeof(target), "pid/%d", (int)getpid());
-	assert_int_equal(agent_client_session_open(c, target, NULL, &err), 0);
+	assert_int_equal(client_session_open(c, target, NULL, &err), 0);
 	uint64_t one = 1;
 	assert_int_equal(write(f->stop_fd, &one, sizeof(one)), sizeof(one));
-	struct pollfd p = {.fd = agent_client_event_fd(c), .events = POLLIN};
+	struct pollfd p = {.fd = client_event_fd(c), .events = POLLIN};
 	assert_int_equal(poll(&p, 1, 5000), 1);
-	assert_true(agent_client_ended(c, &err));
+	assert_true(client_ended(c, &err));
 	assert_int_equal(err.code, ESHUTDOWN);
-	assert_int_equal(agent_client_ping(c, &err), -1);
+	assert_int_equal(client_ping(c, &err), -1);
 	assert_int_equal(err.code, ESHUTDOWN);
-	agent_client_close(c);
+	client_close(c);
 }
 
 int main(void)
