@@ -96,7 +96,7 @@ static void free_pending(struct pending *p)
 static void log_drop(struct agent_admission *a, const struct pending *p, const char *why)
 {
 	atomic_fetch_add(&a->cfg.stats->errors, 1);
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	if (now - a->window_start_ms >= LOG_WINDOW_MS) {
 		if (a->suppressed)
 			hm_warn("%u more connection(s) closed before their hello in the last %d s "
@@ -185,7 +185,7 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
 	p->fd = fd;
 	p->id = id;
 	p->peer = *peer;
-	p->deadline_ms = agent_now_ms() + (uint64_t)a->cfg.deadline_ms;
+	p->deadline_ms = hm_now_ms() + (uint64_t)a->cfg.deadline_ms;
 	proto_frame_reader_init(&p->rd, PROTO_HELLO_MAX_PAYLOAD);
 	struct proto_frame f = {0};
 	int rc = advance(a, p, &f);
@@ -245,7 +245,7 @@ int agent_admission_service(struct agent_admission *a)
 				free_pending(p);
 		}
 	} while (n == (int)HM_ARRAY_SIZE(evs));
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	char why[64];
 	snprintf(why, sizeof(why), "no hello within %d ms", a->cfg.deadline_ms);
 	/* the same deadline for all: the oldest expires first */

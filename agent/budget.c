@@ -355,7 +355,7 @@ void agent_fd_spare_shed(int listen_fd)
 	if (fd >= 0)
 		close(fd);
 	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	if (now - last_warn_ms >= 1000) {
 		last_warn_ms = now;
 		hm_warn("out of file descriptors: a new connection was closed unserved (see "

@@ -14,7 +14,7 @@
 
 #include "agent/internal.h"
 
-int agent_file_check_path(const char *path, struct hm_err *err)
+static int check_path(const char *path, struct hm_err *err)
 {
 	if (!path)
 		return hm_err_set(err, EINVAL, "missing path");
@@ -28,14 +28,14 @@ int agent_file_check_path(const char *path, struct hm_err *err)
 int agent_file_open_in_root(int root_fd, const char *path, int flags, mode_t mode,
 			    struct hm_err *err)
 {
-	if (agent_file_check_path(path, err) < 0)
+	if (check_path(path, err) < 0)
 		return -1;
 	return hm_openat2(root_fd, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, err);
 }
 
 int agent_file_split_path(const char *path, struct agent_path_split *out, struct hm_err *err)
 {
-	if (agent_file_check_path(path, err) < 0)
+	if (check_path(path, err) < 0)
 		return -1;
 	size_t len = strlen(path);
 	memcpy(out->buf, path, len + 1);

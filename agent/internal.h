@@ -105,7 +105,6 @@ struct agent_path_split {
 	const char *name;    /* "" when the path is the root itself */
 	bool trailing_slash; /* "dir/": the final component must be a directory */
 };
-int agent_file_check_path(const char *path, struct hm_err *err);
 int agent_file_split_path(const char *path, struct agent_path_split *out, struct hm_err *err);
 int agent_file_open_parent(int root_fd, const struct agent_path_split *sp, struct hm_err *err);
 /* A real open of the inode behind an O_PATH fd (through /proc/self/fd, the only way to
@@ -115,35 +114,30 @@ int agent_file_reopen(int path_fd, int flags, struct hm_err *err);
 /* ---- outgoing.c: outgoing TCP/UDP ----
  * Their streams are relayed by relay/relay.h (struct relay_counters are the byte
  * counters the status endpoint reports). */
-/* Connect a socket made by agent_target_socket to dst (non-blocking connect, waiting
- * at most timeout_ms: 0 means 10 s, more than 120 s is cut to 120 s) and report the
- * local address the pod's side got (local may be NULL). Returns the connected fd,
- * O_NONBLOCK | O_CLOEXEC. A refused, unreachable or timed-out connect fails with
- * err->code = the errno the app would have got (ECONNREFUSED, ETIMEDOUT...). Blocks
- * the calling thread up to the timeout. */
-int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
-			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
-/* The same in two steps, for a caller that waits for many connects at once:
- * begin makes the socket and starts the connect: 0 connected, 1 in progress (wait for
- * POLLOUT), both with *fd the socket; < 0 failed. finish reports the outcome: outcome
- * an errno (0: connected; ETIMEDOUT: the caller's deadline passed), or -1 to read it
- * from SO_ERROR; fills local. timeout_ms is only for the message. */
+/* A TCP connect from the target's netns to dst, in two steps, so that one thread can
+ * wait for many connects at once (connects.c). begin makes the socket (non-blocking,
+ * O_CLOEXEC) and starts the connect: 0 connected, 1 in progress (wait for POLLOUT),
+ * both with *fd the socket; < 0 failed. finish reports the outcome: outcome an errno
+ * (0: connected; ETIMEDOUT: the caller's deadline passed), or -1 to read it from
+ * SO_ERROR; fills local (the address the pod's side got; may be NULL). A refused,
+ * unreachable or timed-out connect fails with err->code = the errno the app would have
+ * got (ECONNREFUSED, ETIMEDOUT...). timeout_ms is only for the message. */
 int agent_outgoing_tcp_begin(struct agent_target *t, const struct proto_addr *dst, int *fd,
 			     struct hm_err *err);
 int agent_outgoing_tcp_finish(int fd, const struct proto_addr *dst, int outcome,
 			      uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
-/* The timeout that applies to a request's timeout_ms (0: the default, capped). */
+/* The timeout that applies to a request's timeout_ms: 0 means 10 s, more than 120 s is
+ * cut to 120 s. */
 uint32_t agent_outgoing_timeout(uint32_t timeout_ms);
 /* A UDP socket in the target's netns (family PROTO_AF_*), bound to the wildcard address
  * and an ephemeral port; O_NONBLOCK | O_CLOEXEC. An AF_INET6 socket is dual-stack. */
 int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto_addr *local,
 			    struct hm_err *err);
+
 /* ---- target.c (additions) ---- */
 /* False once the target process has exited (its pidfd turned readable). Check after
  * reading anything through /proc/PID so a recycled pid is never served. */
 bool agent_target_alive(const struct agent_target *t);
-/* Number of targets currently resolved, for the status report. */
-unsigned agent_target_count(void);
 
 /* ---- env.c: the target's environment ---- */
 struct agent_env {
@@ -257,7 +251,6 @@ struct agent_stats {
 	uint64_t started_ms;                /* CLOCK_MONOTONIC */
 };
 void agent_stats_init(struct agent_stats *s);
-uint64_t agent_now_ms(void); /* CLOCK_MONOTONIC */
 /* version must outlive out */
 void agent_stats_fill(struct agent_stats *s, const char *version, size_t pending_streams,
 		      struct proto_status_reply *out);

@@ -230,14 +230,11 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 		/* Let the last frame reach the client: closing with unread input would make
 		 * TCP reset the connection and maybe drop it. */
 		shutdown(c->fd, SHUT_WR);
-		uint64_t until = agent_now_ms() + DRAIN_MS;
+		int64_t until = hm_deadline_in(DRAIN_MS);
 		char sink[4096];
 		for (;;) {
-			uint64_t now = agent_now_ms();
-			if (now >= until)
-				break;
-			struct pollfd p = {.fd = c->fd, .events = POLLIN};
-			if (poll(&p, 1, (int)(until - now)) <= 0)
+			/* the deadline ends the drain even while the client keeps sending */
+			if (hm_now_ms() >= until || hm_poll_fd(c->fd, POLLIN, until) <= 0)
 				break;
 			ssize_t n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
 			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
@@ -624,7 +621,7 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 			{.fd = agent_connects_fd(c->connects), .events = POLLIN},
 		};
 		int timeout = -1;
-		uint64_t now = agent_now_ms();
+		uint64_t now = hm_now_ms();
 		if (deadline_ms) {
 			if (now >= deadline_ms)
 				return WAKE_TIMEOUT;
@@ -1151,7 +1148,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		goto fail;
 	hm_info("%s ready (pid %d)", AGENT_SERVER_NAME, (int)getpid());
 
-	uint64_t next_expire = agent_now_ms() + 1000;
+	int64_t next_expire = hm_now_ms() + 1000;
 	for (;;) {
 		struct pollfd pf[4] = {
 			{.fd = cfg->stop_fd, .events = POLLIN},
@@ -1168,9 +1165,9 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 			break;
 		}
 		/* also when connections keep arriving: an unclaimed token holds an fd */
-		if (agent_now_ms() >= next_expire) {
+		if (hm_now_ms() >= next_expire) {
 			agent_streams_expire(srv->streams);
-			next_expire = agent_now_ms() + 1000;
+			next_expire = hm_now_ms() + 1000;
 		}
 		if (n <= 0)
 			continue;

@@ -1,21 +1,13 @@
 /* The agent's counters, as the STATUS request reports them (client/status.c prints
  * them for `trace-agent status`). */
 #include <string.h>
-#include <time.h>
 
 #include "agent/internal.h"
-
-uint64_t agent_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 void agent_stats_init(struct agent_stats *s)
 {
 	memset(s, 0, sizeof(*s));
-	s->started_ms = agent_now_ms();
+	s->started_ms = hm_now_ms();
 }
 
 static uint32_t clamp32(uint64_t v)
@@ -28,7 +20,7 @@ void agent_stats_fill(struct agent_stats *s, const char *version, size_t pending
 {
 	memset(out, 0, sizeof(*out));
 	out->version = version;
-	out->uptime_ms = agent_now_ms() - s->started_ms;
+	out->uptime_ms = hm_now_ms() - s->started_ms;
 	out->sessions = clamp32(atomic_load(&s->sessions));
 	/* streams: relayed now, plus opened by a reply and not yet connected */
 	out->streams = clamp32(atomic_load(&s->relay.streams) + pending_streams);

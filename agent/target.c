@@ -50,12 +50,7 @@ static int pidfd_open(pid_t pid, unsigned flags)
 
 static bool pidfd_alive(int pidfd)
 {
-	struct pollfd p = {.fd = pidfd, .events = POLLIN};
-	int n;
-	do
-		n = poll(&p, 1, 0);
-	while (n < 0 && errno == EINTR);
-	return n == 0;
+	return hm_poll_fd(pidfd, POLLIN, 0) == 0; /* a passed deadline: look once */
 }
 
 bool agent_target_alive(const struct agent_target *t)
@@ -81,16 +76,6 @@ int agent_target_root_fd(const struct agent_target *t)
 const char *agent_target_describe(const struct agent_target *t)
 {
 	return t->description;
-}
-
-unsigned agent_target_count(void)
-{
-	unsigned n = 0;
-	pthread_mutex_lock(&registry_lock);
-	for (struct agent_target *t = registry; t; t = t->next)
-		n++;
-	pthread_mutex_unlock(&registry_lock);
-	return n;
 }
 
 /* ---- the worker: one thread per target, inside the target's netns ---- */

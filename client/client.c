@@ -11,6 +11,12 @@
 
 #include "client/internal.h"
 
+/* The request timeout where one must be finite */
+static int finite_timeout(const struct client *c)
+{
+	return c->timeout_ms > 0 ? c->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+}
+
 /* ---- the control connection ---- */
 
 static void client_end(struct client *c, int code, const char *fmt, ...)
@@ -91,7 +97,7 @@ int client_connect(const struct client_endpoint *ep, const char *token,
 	atomic_init(&c->next_id, 1);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->send_lock, NULL);
-	int connect_timeout = client_finite_timeout(c);
+	int connect_timeout = finite_timeout(c);
 	c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (c->event_fd < 0) {
 		hm_err_errno(err, "eventfd");
@@ -358,15 +364,10 @@ int client_env(struct client *c, char ***vars, size_t *count, struct hm_err *err
 
 /* ---- streams ---- */
 
-int client_finite_timeout(const struct client *c)
-{
-	return c->timeout_ms > 0 ? c->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
-}
-
 int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
 		       struct hm_err *err)
 {
-	int timeout = client_finite_timeout(c);
+	int timeout = finite_timeout(c);
 	int fd = client_endpoint_dial(&c->ep, timeout, err);
 	if (fd < 0)
 		return -1;

@@ -4,7 +4,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -112,21 +111,9 @@ static int dial_tcp(const struct client_endpoint *ep, int timeout_ms, struct hm_
 			saved = errno;
 			continue;
 		}
-		int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
-		if (rc < 0 && errno == EINPROGRESS) {
-			struct pollfd p = {.fd = fd, .events = POLLOUT};
-			int n;
-			do
-				n = poll(&p, 1, timeout_ms);
-			while (n < 0 && errno == EINTR);
-			int soerr = ETIMEDOUT;
-			socklen_t sl = sizeof(soerr);
-			if (n > 0)
-				getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-			rc = soerr ? -1 : 0;
-			errno = soerr;
-		}
-		if (rc < 0 || set_blocking(fd, true) < 0) {
+		if (hm_connect_deadline(fd, ai->ai_addr, ai->ai_addrlen, hm_deadline_in(timeout_ms),
+					NULL) < 0 ||
+		    set_blocking(fd, true) < 0) {
 			saved = errno;
 			close(fd);
 			fd = -1;

@@ -25,9 +25,8 @@ static int read_exact(struct client *c, int fd, void *buf, size_t len, uint64_t 
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return hm_err_errno(err, "read stream");
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		int r = poll(&p, 1, c->timeout_ms > 0 ? c->timeout_ms : -1);
-		if (r < 0 && errno != EINTR)
+		int r = hm_poll_fd(fd, POLLIN, hm_deadline_in(c->timeout_ms > 0 ? c->timeout_ms : -1));
+		if (r < 0)
 			return hm_err_errno(err, "poll stream");
 		if (r == 0)
 			return hm_err_set(err, ETIMEDOUT, "stream stalled after %llu of %llu bytes",

@@ -37,7 +37,5 @@ struct client {
 /* A stream connection: dial the agent again and claim token (STREAM_HELLO). */
 int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
 		       struct hm_err *err);
-/* The client's request timeout where one must be finite (0: none set). */
-int client_finite_timeout(const struct client *c);
 
 #endif

@@ -74,11 +74,7 @@ ssize_t client_udp_recv(int stream_fd, struct proto_addr *src, void *buf, size_t
 {
 	/* Wait for the frame's first byte here, then give the rest a grace period: a
 	 * timeout inside a frame would lose its beginning and the stream with it. */
-	struct pollfd p = {.fd = stream_fd, .events = POLLIN};
-	int n;
-	do
-		n = poll(&p, 1, timeout_ms);
-	while (n < 0 && errno == EINTR);
+	int n = hm_poll_fd(stream_fd, POLLIN, hm_deadline_in(timeout_ms));
 	if (n < 0)
 		return hm_err_errno(err, "poll UDP stream");
 	if (n == 0)

@@ -92,6 +92,7 @@ struct relay_conn {
 struct relay {
 	struct relay_counters *counters;
 	pthread_t thread;
+	bool thread_started;
 	int epfd;
 	int wake_fd; /* eventfd: new work queued or stop requested */
 
@@ -722,6 +723,8 @@ static void *relay_main(void *arg)
 
 /* ---- API ---- */
 
+static void stop_thread(struct relay *r);
+
 int relay_create(struct relay_counters *counters, struct relay **out,
 		       struct hm_err *err)
 {
@@ -762,16 +765,11 @@ int relay_create(struct relay_counters *counters, struct relay **out,
 		hm_err_set(err, rc, "relay thread");
 		goto fail;
 	}
+	r->thread_started = true;
 	*out = r;
 	return 0;
 fail:
-	if (r->epfd >= 0)
-		close(r->epfd);
-	if (r->wake_fd >= 0)
-		close(r->wake_fd);
-	free(r->dgram_buf);
-	pthread_mutex_destroy(&r->lock);
-	free(r);
+	relay_destroy(r);
 	return -1;
 }
 
@@ -786,6 +784,25 @@ void relay_destroy(struct relay *r)
 {
 	if (!r)
 		return;
+	if (r->thread_started)
+		stop_thread(r);
+	while (r->pool_len) {
+		struct relay_pipe *p = &r->pool[--r->pool_len];
+		close(p->rd);
+		close(p->wr);
+	}
+	if (r->epfd >= 0)
+		close(r->epfd);
+	if (r->wake_fd >= 0)
+		close(r->wake_fd);
+	free(r->dgram_buf);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+/* Stop the thread, then close what it left: everything below is ours from then on. */
+static void stop_thread(struct relay *r)
+{
 	pthread_mutex_lock(&r->lock);
 	r->stopping = true;
 	pthread_mutex_unlock(&r->lock);
@@ -807,16 +824,6 @@ void relay_destroy(struct relay *r)
 		c->on_ready = false;
 	r->ready = NULL;
 	bury(r);
-	while (r->pool_len) {
-		struct relay_pipe *p = &r->pool[--r->pool_len];
-		close(p->rd);
-		close(p->wr);
-	}
-	close(r->epfd);
-	close(r->wake_fd);
-	free(r->dgram_buf);
-	pthread_mutex_destroy(&r->lock);
-	free(r);
 }
 
 static int set_nonblock(int fd, struct hm_err *err)
@@ -945,14 +952,4 @@ int relay_add(struct relay *r, enum relay_kind kind, int client_fd, int fd, uint
 int relay_add_tcp(struct relay *r, int client_fd, int remote_fd, struct hm_err *err)
 {
 	return add_tcp(r, client_fd, remote_fd, NULL, err);
-}
-
-int relay_add_udp(struct relay *r, int client_fd, int udp_fd, struct hm_err *err)
-{
-	return add_udp(r, client_fd, udp_fd, NULL, err);
-}
-
-int relay_add_file(struct relay *r, int client_fd, int file_fd, uint64_t size, struct hm_err *err)
-{
-	return add_file(r, client_fd, file_fd, size, NULL, err);
 }

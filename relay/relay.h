@@ -64,10 +64,7 @@ void relay_destroy(struct relay *r);
  * O_NONBLOCK. */
 int relay_add(struct relay *r, enum relay_kind kind, int client_fd, int fd, uint64_t size,
 	      const struct relay_release *rel, struct hm_err *err);
-/* relay_add without a release hook, by kind */
+/* relay_add of a RELAY_TCP pair without a release hook */
 int relay_add_tcp(struct relay *r, int client_fd, int remote_fd, struct hm_err *err);
-int relay_add_udp(struct relay *r, int client_fd, int udp_fd, struct hm_err *err);
-int relay_add_file(struct relay *r, int client_fd, int file_fd, uint64_t size,
-		   struct hm_err *err);
 
 #endif

@@ -29,6 +29,29 @@
 
 static struct relay_counters counters;
 
+/* A blocking connect from the target's netns, the way the server's connects.c drives
+ * agent_outgoing_tcp_begin/finish (timeout_ms 0: the agent's default): the connected
+ * fd, or -1 with err->code the errno the app would have got. */
+static int outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
+				uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+{
+	timeout_ms = agent_outgoing_timeout(timeout_ms);
+	hm_autofd fd = -1;
+	int rc = agent_outgoing_tcp_begin(t, dst, &fd, err);
+	if (rc < 0)
+		return -1;
+	int outcome = 0;
+	if (rc == 1) {
+		struct hm_err wait_err = {0};
+		if (hm_connect_wait(fd, hm_deadline_in(timeout_ms), &wait_err) < 0)
+			outcome = wait_err.code;
+	}
+	if (agent_outgoing_tcp_finish(fd, dst, outcome, timeout_ms, local, err) < 0)
+		return -1;
+	return hm_steal_fd(&fd);
+}
+
+
 /* ---- helpers ---- */
 
 static double now_s(void)
@@ -515,7 +538,7 @@ static void test_udp_round_trip(void **state)
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 
 	static uint8_t data[65507];
 	pattern_fill(7, 0, data, sizeof(data));
@@ -565,7 +588,7 @@ static void test_udp_v6_and_mapped(void **state)
 	int pod = udp_socket(AF_INET6, "::", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 
 	send_datagram(sv[0], &echo6, "six", 3);
 	echo_once(e6, &src);
@@ -599,7 +622,7 @@ static void test_udp_malformed_closes(void **state)
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 	/* a frame of another type has no business on a UDP stream */
 	struct proto_msg ping = {.type = PROTO_PING};
 	ping.ping.nonce = 1;
@@ -612,7 +635,7 @@ static void test_udp_malformed_closes(void **state)
 	/* garbage that is no frame at all */
 	pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 	static const uint8_t junk[32] = {0xff, 0xff, 0xff, 0x7f, 0x02, 0x05};
 	assert_int_equal(send(sv[0], junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
 	assert_true(read_all_timeout(sv[0], &c, 1, 5000) <= 0);
@@ -652,7 +675,7 @@ static void test_file_sendfile(void **state)
 		}
 		int f = temp_file(size + 4096, 42);
 		/* exactly `size` bytes, though the file is longer */
-		assert_int_equal(relay_add_file(r, client_side, f, size, &err), 0);
+		assert_int_equal(relay_add(r, RELAY_FILE, client_side, f, size, NULL, &err), 0);
 		struct pump rd;
 		pump_start(&rd, app, false, 42, 0);
 		pump_join(&rd);
@@ -667,7 +690,7 @@ static void test_file_sendfile(void **state)
 	int app, client_side;
 	tcp_pair(&app, &client_side);
 	int f = temp_file(100000, 43);
-	assert_int_equal(relay_add_file(r, client_side, f, 200000, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_FILE, client_side, f, 200000, NULL, &err), 0);
 	struct pump rd;
 	pump_start(&rd, app, false, 43, 0);
 	pump_join(&rd);
@@ -679,7 +702,7 @@ static void test_file_sendfile(void **state)
 	/* an empty file: EOF right away */
 	tcp_pair(&app, &client_side);
 	f = temp_file(0, 44);
-	assert_int_equal(relay_add_file(r, client_side, f, 0, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_FILE, client_side, f, 0, NULL, &err), 0);
 	char c;
 	assert_int_equal(read_all_timeout(app, &c, 1, 5000), 0);
 	wait_streams(0);
@@ -741,10 +764,10 @@ static void test_destroy_while_busy(void **state)
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int usv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, usv), 0);
-	assert_int_equal(relay_add_udp(r, usv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, usv[1], pod, 0, NULL, &err), 0);
 	int fapp, fclient;
 	tcp_pair(&fapp, &fclient);
-	assert_int_equal(relay_add_file(r, fclient, temp_file(8 << 20, 5), 8 << 20, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_FILE, fclient, temp_file(8 << 20, 5), 8 << 20, NULL, &err), 0);
 	usleep(200000);
 	assert_int_equal(atomic_load(&counters.streams), N + 2);
 	relay_destroy(r);
@@ -967,7 +990,7 @@ static void test_outgoing_tcp(void **state)
 		int l;
 		struct proto_addr dst, local, peer;
 		listener(families[i], 4, &l, &dst);
-		int fd = agent_outgoing_tcp_connect(t, &dst, 0, &local, &err);
+		int fd = outgoing_tcp_connect(t, &dst, 0, &local, &err);
 		if (fd < 0)
 			fail_msg("%s", err.msg);
 		struct sockaddr_storage ss;
@@ -987,7 +1010,7 @@ static void test_outgoing_tcp(void **state)
 		/* nobody listening: the errno the app would get */
 		struct proto_addr refused = dst;
 		close(l);
-		assert_true(agent_outgoing_tcp_connect(t, &refused, 0, &local, &err) < 0);
+		assert_true(outgoing_tcp_connect(t, &refused, 0, &local, &err) < 0);
 		assert_int_equal(err.code, ECONNREFUSED);
 	}
 
@@ -998,7 +1021,7 @@ static void test_outgoing_tcp(void **state)
 	int fill[4];
 	int nfill = 0;
 	for (; nfill < 4; nfill++) {
-		fill[nfill] = agent_outgoing_tcp_connect(t, &dst, 300, &local, &err);
+		fill[nfill] = outgoing_tcp_connect(t, &dst, 300, &local, &err);
 		if (fill[nfill] < 0)
 			break;
 	}
@@ -1009,7 +1032,7 @@ static void test_outgoing_tcp(void **state)
 	close(l);
 
 	struct proto_addr bad = {.family = 9};
-	assert_true(agent_outgoing_tcp_connect(t, &bad, 0, &local, &err) < 0);
+	assert_true(outgoing_tcp_connect(t, &bad, 0, &local, &err) < 0);
 	assert_int_equal(err.code, EAFNOSUPPORT);
 	agent_target_put(t);
 }
