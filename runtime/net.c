@@ -667,7 +667,8 @@ int rt_net_alloc_ip(const char *name, char *ip, size_t iplen, struct hm_err *err
 	uint32_t host = 0;
 	for (uint32_t i = 1; i <= 65536; i++) {
 		uint32_t candidate = (last + i) % 65536;
-		if (host_part_usable(candidate) && !(used[candidate / 8] & (1u << (candidate % 8)))) {
+		if (host_part_usable(candidate) &&
+		    !(used[candidate / 8] & (1u << (candidate % 8)))) {
 			host = candidate;
 			break;
 		}

@@ -31,7 +31,7 @@ struct pod {
 	bool relaying;
 	struct rt_tty_relay tty;
 	struct rt_log log; /* detached only */
-	int out_pipe;      /* detached: read end of the pod's stdout and stderr, else -1 */
+	int out_pipe;	   /* detached: read end of the pod's stdout and stderr, else -1 */
 	bool log_failed;
 };
 

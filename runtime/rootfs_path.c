@@ -126,8 +126,8 @@ static int create_temp(int parent, const char *name, char *tmp, size_t tmplen, s
 	if (snprintf(tmp, tmplen, ".%s.tmp%d", name, (int)getpid()) >= (int)tmplen)
 		return hm_err_set(err, ENAMETOOLONG, "%s", name);
 	for (int attempt = 0; attempt < 2; attempt++) {
-		int fd = openat(parent, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-				0600);
+		int fd =
+		    openat(parent, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 		if (fd >= 0)
 			return fd;
 		if (errno != EEXIST)
@@ -186,7 +186,8 @@ int rt_rootfs_create(int root, const char *path, const void *data, size_t len, m
 	hm_autofd parent = open_parent(root, path, &name, err);
 	if (parent < 0)
 		return -1;
-	hm_autofd fd = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	hm_autofd fd =
+	    openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (fd < 0) {
 		if (errno == EEXIST)
 			return 0;
@@ -213,8 +214,8 @@ int rt_rootfs_mount_target(int root, const char *path, struct hm_err *err)
 	int fd = rt_rootfs_open(root, path, O_PATH, 0, err);
 	if (fd < 0 && err->code == ENOENT) {
 		/* missing: create it empty, through a dangling link too (inside the rootfs) */
-		hm_autofd created = rt_rootfs_open(root, path, O_WRONLY | O_CREAT | O_NONBLOCK | O_NOCTTY,
-						   0644, err);
+		hm_autofd created = rt_rootfs_open(
+		    root, path, O_WRONLY | O_CREAT | O_NONBLOCK | O_NOCTTY, 0644, err);
 		if (created < 0)
 			return -1;
 		fd = rt_rootfs_open(root, path, O_PATH, 0, err);

@@ -247,8 +247,10 @@ static void test_no_limits_v2_only(void **state)
 	if (rt_cgroup_create(g_name, &lim, &g_cg, &err) < 0)
 		fail_msg("create: %s", err.msg);
 	struct statfs sfs;
-	bool has_v2 = statfs("/sys/fs/cgroup/unified", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC;
-	has_v2 = has_v2 || (statfs("/sys/fs/cgroup", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC);
+	bool has_v2 =
+	    statfs("/sys/fs/cgroup/unified", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC;
+	has_v2 =
+	    has_v2 || (statfs("/sys/fs/cgroup", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC);
 	if (has_v2) {
 		assert_true(g_cg.v2_fd >= 0);
 		assert_true(g_cg.v2_path[0] != '\0');

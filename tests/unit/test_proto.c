@@ -91,11 +91,12 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		m->ping.nonce = 0x0123456789abcdefull;
 		return true;
 	case PROTO_STATUS_REPLY:
-		m->status_reply =
-		    (struct proto_status_reply){"0.1", 12345, 2, 17, 1000, 3, 1 << 20, 2 << 20, 0, {{0}}};
+		m->status_reply = (struct proto_status_reply){"0.1", 12345,   2,       17, 1000,
+							      3,     1 << 20, 2 << 20, 0,  {{0}}};
 		m->status_reply.nbudgets = PROTO_BUDGET_COUNT;
 		for (unsigned i = 0; i < PROTO_BUDGET_COUNT; i++)
-			m->status_reply.budgets[i] = (struct proto_budget){i, 100 + i, 50 + i, 7 * i};
+			m->status_reply.budgets[i] =
+			    (struct proto_budget){i, 100 + i, 50 + i, 7 * i};
 		return true;
 	case PROTO_SESSION_OPEN:
 		m->session_open.target = "pod/web";
@@ -499,9 +500,8 @@ static void test_truncated_at_every_offset(void **state)
 		    proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 		uint32_t full = h.len;
 		/* a STATUS_REPLY without its optional budgets is an older agent's, and whole */
-		uint32_t budgetless = t == PROTO_STATUS_REPLY
-					  ? full - 1 - 32 * m.status_reply.nbudgets
-					  : UINT32_MAX;
+		uint32_t budgetless =
+		    t == PROTO_STATUS_REPLY ? full - 1 - 32 * m.status_reply.nbudgets : UINT32_MAX;
 		for (uint32_t n = 0; n < full; n++) {
 			if (n == budgetless)
 				continue;
