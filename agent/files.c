@@ -113,7 +113,7 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	int nofollow = (req->flags & PROTO_READ_NOFOLLOW) ? O_NOFOLLOW : 0;
 	/* O_PATH first: opening a FIFO would block and opening a device can have side
 	 * effects (a watchdog, a tape), so nothing but a regular file is really opened. */
-	hm_autofd path_fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int path_fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (path_fd < 0)
 		return -1;
 	struct stat st;
@@ -122,7 +122,7 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	if (reject_non_regular(&st, req->path, err) < 0)
 		return -1;
 	/* O_NONBLOCK: a lease held on the file fails the open instead of blocking it */
-	hm_autofd fd = agent_file_reopen(path_fd, O_RDONLY | O_NONBLOCK, err);
+	hm_cleanup_close int fd = agent_file_reopen(path_fd, O_RDONLY | O_NONBLOCK, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "%s", req->path);
 	int fl = fcntl(fd, F_GETFL);
@@ -196,7 +196,7 @@ int agent_file_stat(int root_fd, const struct proto_path_req *req, struct proto_
 		return hm_err_set(err, EINVAL, "stat: unknown flags 0x%x", req->flags);
 	/* O_PATH|O_NOFOLLOW on a symlink gives the link itself: that is lstat */
 	int nofollow = (req->flags & PROTO_STAT_NOFOLLOW) ? O_NOFOLLOW : 0;
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (fd < 0)
 		return -1;
 	struct stat st;
@@ -216,7 +216,7 @@ int agent_file_access(int root_fd, const struct proto_file_access *req, struct h
 	if (req->flags & ~(uint32_t)(PROTO_ACCESS_EACCESS | PROTO_ACCESS_NOFOLLOW))
 		return hm_err_set(err, EINVAL, "access: unknown flags 0x%x", req->flags);
 	int nofollow = (req->flags & PROTO_ACCESS_NOFOLLOW) ? O_NOFOLLOW : 0;
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (fd < 0)
 		return -1;
 	int mode = (int)req->mode; /* PROTO_ACCESS_* are R_OK/W_OK/X_OK */
@@ -241,7 +241,7 @@ int agent_file_readlink(int root_fd, const struct proto_path_req *req, char *buf
 		return hm_err_set(err, EINVAL, "readlink: unknown flags 0x%x", req->flags);
 	if (buflen < 2)
 		return hm_err_set(err, EINVAL, "readlink: buffer too small");
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | O_NOFOLLOW, 0, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(root_fd, req->path, O_PATH | O_NOFOLLOW, 0, err);
 	if (fd < 0)
 		return -1;
 	struct stat st;
@@ -402,13 +402,13 @@ int agent_file_readdir(int root_fd, const struct proto_path_req *req,
 	if (req->flags)
 		return hm_err_set(err, EINVAL, "readdir: unknown flags 0x%x", req->flags);
 	/* O_DIRECTORY fails with ENOTDIR before a FIFO or device would be opened */
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_RDONLY | O_DIRECTORY, 0, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(root_fd, req->path, O_RDONLY | O_DIRECTORY, 0, err);
 	if (fd < 0)
 		return -1;
 	struct dirent_acc acc = {0};
 	int rc = 0;
 	size_t bufsize = 32768;
-	hm_autofree char *buf = malloc(bufsize);
+	hm_cleanup_free char *buf = malloc(bufsize);
 	if (!buf)
 		return hm_err_set(err, ENOMEM, "%s", req->path);
 	/* measured first, so the memory is reserved (or waited for) in one piece: a
@@ -468,7 +468,7 @@ int agent_file_statfs(int root_fd, const struct proto_path_req *req, struct prot
 {
 	if (req->flags)
 		return hm_err_set(err, EINVAL, "statfs: unknown flags 0x%x", req->flags);
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH, 0, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(root_fd, req->path, O_PATH, 0, err);
 	if (fd < 0)
 		return -1;
 	struct statfs sfs;

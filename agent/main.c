@@ -271,13 +271,11 @@ static int cmd_status(int argc, char **argv)
 		return fail(&err);
 	}
 	struct client_opts copts = {.client_name = PROG " status " AGENT_VERSION};
-	struct client *c;
+	client_cleanup_close struct client *c = NULL;
 	if (client_connect(&ep, token, &copts, &c, &err) < 0)
 		return fail(&err);
 	struct client_status st;
-	int rc = client_status(c, &st, &err);
-	client_close(c);
-	if (rc < 0)
+	if (client_status(c, &st, &err) < 0)
 		return fail(&err);
 	client_status_print(stdout, &st);
 	return 0;

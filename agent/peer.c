@@ -78,7 +78,7 @@ static int process_uids(pid_t pid, uid_t uids[4], struct hm_err *err)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	size_t len;
 	if (hm_read_file(path, &text, &len, err) < 0)
 		return hm_err_set(err, ESRCH, "process %d: no such process", (int)pid);

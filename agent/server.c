@@ -361,7 +361,7 @@ static void send_file_read_reply(struct conn *c, const struct proto_msg *m,
 				 struct agent_file_read_result *res)
 {
 	struct hm_err err = {0};
-	hm_autofd file_fd = res->fd;
+	hm_cleanup_close int file_fd = res->fd;
 	void *data = res->data;
 	struct proto_msg r = {.type = PROTO_FILE_READ_REPLY};
 	r.file_read_reply.st = res->st;
@@ -732,13 +732,12 @@ static int handshake(struct conn *c)
 {
 	struct server *srv = c->srv;
 	struct hm_err err = {0};
-	struct proto_msg m;
+	proto_cleanup_msg struct proto_msg m = {0};
 	atomic_fetch_add(&srv->stats.ctl_bytes_out, PROTO_HDR_LEN + c->first.hdr.len);
 	int decoded = proto_decode_frame(&c->first, &m, &err);
 	c->first = (struct proto_frame){0}; /* the message owns the payload now */
 	if (decoded < 0) {
 		protocol_error(c, "malformed hello", &err);
-		proto_msg_free(&m);
 		return 0;
 	}
 	int result = 0;
@@ -764,7 +763,6 @@ static int handshake(struct conn *c)
 		hm_warn("conn %llu (%s): first frame is %s, not HELLO; closing",
 			(unsigned long long)c->id, c->peer, proto_type_name(m.type));
 	}
-	proto_msg_free(&m);
 	return result;
 }
 
@@ -925,7 +923,7 @@ static int unix_path_prepare(const char *path, struct hm_err *err)
 	}
 	if (!S_ISSOCK(st.st_mode))
 		return hm_err_set(err, EEXIST, "%s exists and is not a socket", path);
-	hm_autofd fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	hm_cleanup_close int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return hm_err_errno(err, "socket");
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};

@@ -214,7 +214,7 @@ static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, 
 {
 	char path[64];
 	snprintf(path, sizeof(path), "%s/cgroup", pid_name);
-	hm_autofd fd = openat(proc_fd, path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = openat(proc_fd, path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
 	/* cgroup files are small; a bounded read is plenty and a huge one is nobody's */
@@ -247,7 +247,7 @@ static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
 	for (size_t i = 0; i <= idlen; i++)
 		lower[i] = (char)tolower((unsigned char)id[i]);
 
-	hm_autofd proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (proc_fd < 0)
 		return hm_err_errno(err, "open /proc");
 	int dir_fd = fcntl(proc_fd, F_DUPFD_CLOEXEC, 0);
@@ -396,7 +396,7 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
 		}
 	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
-		hm_autofd proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		char pid_name[16];
 		snprintf(pid_name, sizeof(pid_name), "%d", (int)pid);
 		char lower[CONTAINER_ID_MAX + 1];

@@ -45,10 +45,9 @@ static void *reader_main(void *arg)
 {
 	struct client *c = arg;
 	for (;;) {
-		struct proto_msg m;
+		proto_cleanup_msg struct proto_msg m = {0};
 		struct hm_err err = {0};
 		if (proto_recv(c->fd, PROTO_MAX_PAYLOAD, -1, &m, &err) < 0) {
-			proto_msg_free(&m);
 			if (err.code == 0)
 				client_end(c, ECONNRESET, "the agent closed the connection");
 			else
@@ -58,23 +57,20 @@ static void *reader_main(void *arg)
 		}
 		if (m.type == PROTO_SESSION_ENDED) {
 			client_end(c, m.error.errnum, "session ended: %s", m.error.message);
-			proto_msg_free(&m);
 			return NULL;
 		}
-		bool routed = false;
+		/* unrouted (the caller gave up, or the agent misbehaves): freed here */
 		pthread_mutex_lock(&c->lock);
 		for (struct pending_call *p = c->pending; p && m.id; p = p->next) {
 			if (p->id == m.id && !p->done) {
 				p->reply = m;
+				m = (struct proto_msg){0}; /* the waiting caller owns it now */
 				p->done = true;
 				pthread_cond_signal(&p->cond);
-				routed = true;
 				break;
 			}
 		}
 		pthread_mutex_unlock(&c->lock);
-		if (!routed) /* the caller gave up (timeout), or the agent misbehaves */
-			proto_msg_free(&m);
 	}
 }
 
@@ -144,6 +140,12 @@ void client_close(struct client *c)
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c);
+}
+
+void client_closep(struct client **c)
+{
+	client_close(*c);
+	*c = NULL;
 }
 
 void client_shutdown(struct client *c)
@@ -278,7 +280,8 @@ out:
 
 int client_ping(struct client *c, struct hm_err *err)
 {
-	struct proto_msg req = {.type = PROTO_PING}, reply;
+	struct proto_msg req = {.type = PROTO_PING};
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (getrandom(&req.ping.nonce, sizeof(req.ping.nonce), GRND_NONBLOCK) < 0)
 		req.ping.nonce = (uint64_t)time(NULL);
 	if (client_call(c, &req, &reply, 0, err) < 0)
@@ -286,13 +289,13 @@ int client_ping(struct client *c, struct hm_err *err)
 	int rc = reply.ping.nonce == req.ping.nonce
 			 ? 0
 			 : hm_err_set(err, EPROTO, "PONG echoes the wrong nonce");
-	proto_msg_free(&reply);
 	return rc;
 }
 
 int client_status(struct client *c, struct client_status *out, struct hm_err *err)
 {
-	struct proto_msg req = {.type = PROTO_STATUS}, reply;
+	struct proto_msg req = {.type = PROTO_STATUS};
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (client_call(c, &req, &reply, 0, err) < 0)
 		return -1;
 	const struct proto_status_reply *s = &reply.status_reply;
@@ -307,7 +310,6 @@ int client_status(struct client *c, struct client_status *out, struct hm_err *er
 	out->bytes_out = s->bytes_out;
 	out->nbudgets = s->nbudgets;
 	memcpy(out->budgets, s->budgets, sizeof(out->budgets));
-	proto_msg_free(&reply);
 	return 0;
 }
 
@@ -317,7 +319,8 @@ int client_session_open(struct client *c, const char *target,
 	struct proto_target t;
 	if (proto_target_parse(target, &t, err) < 0)
 		return -1;
-	struct proto_msg req = {.type = PROTO_SESSION_OPEN}, reply;
+	struct proto_msg req = {.type = PROTO_SESSION_OPEN};
+	proto_cleanup_msg struct proto_msg reply = {0};
 	req.session_open.target = target;
 	if (client_call(c, &req, &reply, 0, err) < 0)
 		return -1;
@@ -328,7 +331,6 @@ int client_session_open(struct client *c, const char *target,
 		snprintf(out->description, sizeof(out->description), "%s",
 			 reply.session_open_reply.description);
 	}
-	proto_msg_free(&reply);
 	return 0;
 }
 
@@ -336,7 +338,8 @@ int client_env(struct client *c, char ***vars, size_t *count, struct hm_err *err
 {
 	*vars = NULL;
 	*count = 0;
-	struct proto_msg req = {.type = PROTO_ENV_GET}, reply;
+	struct proto_msg req = {.type = PROTO_ENV_GET};
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (client_call(c, &req, &reply, 0, err) < 0)
 		return -1;
 	const struct proto_env_reply *e = &reply.env_reply;
@@ -344,10 +347,8 @@ int client_env(struct client *c, char ***vars, size_t *count, struct hm_err *err
 	for (uint32_t i = 0; i < e->count; i++)
 		bytes += strlen(e->vars[i]) + 1;
 	char **arr = malloc(bytes);
-	if (!arr) {
-		proto_msg_free(&reply);
+	if (!arr)
 		return hm_err_set(err, ENOMEM, "environment of %u variables", e->count);
-	}
 	char *p = (char *)(arr + e->count + 1);
 	for (uint32_t i = 0; i < e->count; i++) {
 		size_t n = strlen(e->vars[i]) + 1;
@@ -358,7 +359,6 @@ int client_env(struct client *c, char ***vars, size_t *count, struct hm_err *err
 	arr[e->count] = NULL;
 	*vars = arr;
 	*count = e->count;
-	proto_msg_free(&reply);
 	return 0;
 }
 

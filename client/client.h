@@ -78,6 +78,9 @@ int client_connect(const struct client_endpoint *ep, const char *token,
  * may be running in another thread (client_shutdown first makes them fail). Stream
  * fds already returned stay open and are the caller's. */
 void client_close(struct client *c);
+/* client_close on scope exit: `client_cleanup_close struct client *c = NULL;` */
+void client_closep(struct client **c);
+#define client_cleanup_close __attribute__((cleanup(client_closep)))
 /* End the connection now: running and later calls fail with ECONNRESET. */
 void client_shutdown(struct client *c);
 uint64_t client_features(const struct client *c); /* agreed PROTO_FEAT_* */

@@ -61,7 +61,7 @@ int client_read_file(struct client *c, const char *path, uint32_t flags,
 			   uint64_t max_size, struct client_file_content *out, struct hm_err *err)
 {
 	memset(out, 0, sizeof(*out));
-	struct proto_msg reply;
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (file_read_call(c, path, flags, max_size, &reply, err) < 0)
 		return -1;
 	const struct proto_file_read_reply *r = &reply.file_read_reply;
@@ -89,7 +89,6 @@ int client_read_file(struct client *c, const char *path, uint32_t flags,
 		if (fd >= 0)
 			close(fd);
 	}
-	proto_msg_free(&reply);
 	if (rc < 0)
 		client_file_content_release(out);
 	return rc;
@@ -106,7 +105,7 @@ int client_read_file_fd(struct client *c, const char *path, uint32_t flags,
 			      uint64_t max_size, int dst_fd, struct proto_stat *st, uint64_t *size,
 			      struct hm_err *err)
 {
-	struct proto_msg reply;
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (file_read_call(c, path, flags, max_size, &reply, err) < 0)
 		return -1;
 	const struct proto_file_read_reply *r = &reply.file_read_reply;
@@ -123,8 +122,8 @@ int client_read_file_fd(struct client *c, const char *path, uint32_t flags,
 		if (size)
 			*size = total;
 		size_t bufsize = 1u << 20;
-		hm_autofree void *buf = malloc(bufsize);
-		hm_autofd fd = -1;
+		hm_cleanup_free void *buf = malloc(bufsize);
+		hm_cleanup_close int fd = -1;
 		if (!buf)
 			rc = hm_err_set(err, ENOMEM, "read %s", path);
 		else if ((fd = client_open_stream(c, r->token, err)) < 0)
@@ -137,7 +136,6 @@ int client_read_file_fd(struct client *c, const char *path, uint32_t flags,
 				rc = hm_err_errno(err, "write the content of %s", path);
 		}
 	}
-	proto_msg_free(&reply);
 	return rc;
 }
 
@@ -149,7 +147,8 @@ int client_write_file(struct client *c, const char *path, uint32_t flags,
 	uint64_t written = 0;
 	do {
 		size_t n = size - done < PROTO_INLINE_MAX ? size - done : PROTO_INLINE_MAX;
-		struct proto_msg req = {.type = PROTO_FILE_WRITE}, reply;
+		struct proto_msg req = {.type = PROTO_FILE_WRITE};
+		proto_cleanup_msg struct proto_msg reply = {0};
 		req.file_write.path = path;
 		/* create/truncate/exclusive apply to the first piece only */
 		req.file_write.flags =
@@ -165,7 +164,6 @@ int client_write_file(struct client *c, const char *path, uint32_t flags,
 		written += reply.file_write_reply.written;
 		if (out)
 			*out = reply.file_write_reply;
-		proto_msg_free(&reply);
 		done += n;
 	} while (done < size);
 	if (out)
@@ -185,29 +183,27 @@ static int path_call(struct client *c, uint16_t type, const char *path, uint32_t
 int client_stat(struct client *c, const char *path, uint32_t flags,
 		      struct proto_stat *out, struct hm_err *err)
 {
-	struct proto_msg reply;
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (path_call(c, PROTO_FILE_STAT, path, flags, &reply, err) < 0)
 		return -1;
 	*out = reply.stat_reply;
-	proto_msg_free(&reply);
 	return 0;
 }
 
 int client_statfs(struct client *c, const char *path, struct proto_statfs *out,
 			struct hm_err *err)
 {
-	struct proto_msg reply;
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (path_call(c, PROTO_FILE_STATFS, path, 0, &reply, err) < 0)
 		return -1;
 	*out = reply.statfs_reply;
-	proto_msg_free(&reply);
 	return 0;
 }
 
 int client_readlink(struct client *c, const char *path, char *buf, size_t buflen,
 			  struct hm_err *err)
 {
-	struct proto_msg reply;
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (path_call(c, PROTO_FILE_READLINK, path, 0, &reply, err) < 0)
 		return -1;
 	size_t n = strlen(reply.readlink_reply.target);
@@ -216,7 +212,6 @@ int client_readlink(struct client *c, const char *path, char *buf, size_t buflen
 		rc = hm_err_set(err, ENAMETOOLONG, "link %s: %zu bytes", path, n);
 	else
 		memcpy(buf, reply.readlink_reply.target, n + 1);
-	proto_msg_free(&reply);
 	return rc;
 }
 
@@ -225,7 +220,7 @@ int client_readdir(struct client *c, const char *path, struct client_dirent **en
 {
 	*entries = NULL;
 	*count = 0;
-	struct proto_msg reply;
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (path_call(c, PROTO_FILE_READDIR, path, 0, &reply, err) < 0)
 		return -1;
 	const struct proto_readdir_reply *r = &reply.readdir_reply;
@@ -233,10 +228,8 @@ int client_readdir(struct client *c, const char *path, struct client_dirent **en
 	for (uint32_t i = 0; i < r->count; i++)
 		bytes += strlen(r->entries[i].name) + 1;
 	struct client_dirent *arr = malloc(bytes);
-	if (!arr) {
-		proto_msg_free(&reply);
+	if (!arr)
 		return hm_err_set(err, ENOMEM, "directory %s of %u entries", path, r->count);
-	}
 	char *p = (char *)(arr + (r->count ? r->count : 1));
 	for (uint32_t i = 0; i < r->count; i++) {
 		size_t n = strlen(r->entries[i].name) + 1;
@@ -247,16 +240,14 @@ int client_readdir(struct client *c, const char *path, struct client_dirent **en
 	}
 	*entries = arr;
 	*count = r->count;
-	proto_msg_free(&reply);
 	return 0;
 }
 
 static int ok_call(struct client *c, struct proto_msg *req, struct hm_err *err)
 {
-	struct proto_msg reply;
+	proto_cleanup_msg struct proto_msg reply = {0};
 	if (client_call(c, req, &reply, 0, err) < 0)
 		return -1;
-	proto_msg_free(&reply);
 	return 0;
 }
 

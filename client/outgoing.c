@@ -11,7 +11,8 @@ int client_tcp_connect_token(struct client *c, const struct proto_addr *dst,
 				   uint32_t timeout_ms, uint8_t token[PROTO_TOKEN_LEN],
 				   struct proto_addr *local, struct hm_err *err)
 {
-	struct proto_msg req = {.type = PROTO_TCP_CONNECT}, reply;
+	struct proto_msg req = {.type = PROTO_TCP_CONNECT};
+	proto_cleanup_msg struct proto_msg reply = {0};
 	req.tcp_connect.dst = *dst;
 	req.tcp_connect.timeout_ms = timeout_ms;
 	/* the agent gives up on the connect first and says why */
@@ -23,7 +24,6 @@ int client_tcp_connect_token(struct client *c, const struct proto_addr *dst,
 	if (local)
 		*local = reply.tcp_connect_reply.local;
 	memcpy(token, reply.tcp_connect_reply.token, PROTO_TOKEN_LEN);
-	proto_msg_free(&reply);
 	return 0;
 }
 
@@ -44,14 +44,14 @@ int client_tcp_connect(struct client *c, const struct proto_addr *dst,
 int client_udp_open(struct client *c, uint8_t family, struct proto_addr *local,
 			  struct hm_err *err)
 {
-	struct proto_msg req = {.type = PROTO_UDP_OPEN}, reply;
+	struct proto_msg req = {.type = PROTO_UDP_OPEN};
+	proto_cleanup_msg struct proto_msg reply = {0};
 	req.udp_open.family = family;
 	if (client_call(c, &req, &reply, 0, err) < 0)
 		return -1;
 	if (local)
 		*local = reply.udp_open_reply.local;
 	int fd = client_open_stream(c, reply.udp_open_reply.token, err);
-	proto_msg_free(&reply);
 	if (fd < 0)
 		return hm_err_prefix(err, "UDP stream");
 	return fd;
@@ -79,23 +79,16 @@ ssize_t client_udp_recv(int stream_fd, struct proto_addr *src, void *buf, size_t
 		return hm_err_errno(err, "poll UDP stream");
 	if (n == 0)
 		return hm_err_set(err, ETIMEDOUT, "no datagram within %d ms", timeout_ms);
-	struct proto_msg m;
-	if (proto_recv(stream_fd, PROTO_DATAGRAM_MAX + 64, STREAM_FRAME_GRACE_MS, &m, err) < 0) {
-		proto_msg_free(&m);
+	proto_cleanup_msg struct proto_msg m = {0};
+	if (proto_recv(stream_fd, PROTO_DATAGRAM_MAX + 64, STREAM_FRAME_GRACE_MS, &m, err) < 0)
 		return -1;
-	}
-	ssize_t rc;
-	if (m.type != PROTO_UDP_DATAGRAM) {
-		rc = hm_err_set(err, EPROTO, "UDP stream carried %s", proto_type_name(m.type));
-	} else {
-		size_t len = m.udp_datagram.len < cap ? m.udp_datagram.len : cap;
-		if (len)
-			memcpy(buf, m.udp_datagram.data, len);
-		if (src)
-			*src = m.udp_datagram.peer;
-		rc = (ssize_t)len;
-	}
-	proto_msg_free(&m);
-	return rc;
+	if (m.type != PROTO_UDP_DATAGRAM)
+		return hm_err_set(err, EPROTO, "UDP stream carried %s", proto_type_name(m.type));
+	size_t len = m.udp_datagram.len < cap ? m.udp_datagram.len : cap;
+	if (len)
+		memcpy(buf, m.udp_datagram.data, len);
+	if (src)
+		*src = m.udp_datagram.peer;
+	return (ssize_t)len;
 }
 

@@ -6,7 +6,7 @@
 
 int client_token_load(const char *path, char *out, size_t outlen, struct hm_err *err)
 {
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "token file %s", path);
 	char buf[PROTO_AUTH_TOKEN_MAX + 64];

@@ -500,6 +500,9 @@ struct proto_hdr {
 int proto_decode(const struct proto_hdr *hdr, const void *payload, struct proto_msg *m,
 		 struct hm_err *err);
 void proto_msg_free(struct proto_msg *m);
+/* A message freed when it goes out of scope, initialised so that any exit is safe:
+ * `proto_cleanup_msg struct proto_msg reply = {0};` */
+#define proto_cleanup_msg __attribute__((cleanup(proto_msg_free)))
 
 /* ---- frames ---- */
 void proto_hdr_encode(uint8_t out[PROTO_HDR_LEN], const struct proto_hdr *h);

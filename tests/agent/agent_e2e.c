@@ -52,6 +52,39 @@ int e2e_ok(const char *fmt, ...)
 	return 0;
 }
 
+/* every errno a command names on its command line */
+#define ERRNO_NAME(e) {#e, e}
+static const struct {
+	const char *name;
+	int code;
+} errno_names[] = {
+	ERRNO_NAME(E2BIG),	  ERRNO_NAME(EACCES),	    ERRNO_NAME(EADDRNOTAVAIL),
+	ERRNO_NAME(EAFNOSUPPORT), ERRNO_NAME(EAGAIN),	    ERRNO_NAME(EBUSY),
+	ERRNO_NAME(ECONNREFUSED), ERRNO_NAME(ECONNRESET),   ERRNO_NAME(EHOSTUNREACH),
+	ERRNO_NAME(EINVAL),	  ERRNO_NAME(EISCONN),	    ERRNO_NAME(ELOOP),
+	ERRNO_NAME(EMFILE),	  ERRNO_NAME(ENETUNREACH),  ERRNO_NAME(ENFILE),
+	ERRNO_NAME(ENOBUFS),	  ERRNO_NAME(ENOENT),	    ERRNO_NAME(ENOMEM),
+	ERRNO_NAME(ENOTCONN),	  ERRNO_NAME(EPERM),	    ERRNO_NAME(ESHUTDOWN),
+	ERRNO_NAME(ESRCH),	  ERRNO_NAME(ETIMEDOUT),    ERRNO_NAME(EUSERS),
+	ERRNO_NAME(EXDEV),
+};
+
+int e2e_errno_code(const char *name)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
+		if (!strcmp(errno_names[i].name, name))
+			return errno_names[i].code;
+	return -1;
+}
+
+const char *e2e_errno_name(int e)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
+		if (errno_names[i].code == e)
+			return errno_names[i].name;
+	return strerror(e);
+}
+
 struct client *e2e_connect(struct e2e_ctx *ctx)
 {
 	struct hm_err err = {0};
@@ -70,17 +103,16 @@ struct client *e2e_session(struct e2e_ctx *ctx)
 		e2e_fail("this command needs --target");
 		return NULL;
 	}
-	struct client *c = e2e_connect(ctx);
+	client_cleanup_close struct client *c = e2e_connect(ctx);
 	if (!c)
 		return NULL;
 	struct hm_err err = {0};
 	struct client_session_info info;
 	if (client_session_open(c, ctx->target, &info, &err) < 0) {
 		e2e_fail("session on %s: %s", ctx->target, err.msg);
-		client_close(c);
 		return NULL;
 	}
-	return c;
+	return hm_steal_ptr(&c);
 }
 
 int e2e_parse_addr(const char *s, struct proto_addr *out)
@@ -262,7 +294,7 @@ static int cmd_read_equals(struct e2e_ctx *ctx, int argc, char **argv)
 
 static int local_crc(const char *path, uLong *crc, uint64_t *size)
 {
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return e2e_fail("open %s: %s", path, strerror(errno));
 	static unsigned char buf[1 << 20];
@@ -318,7 +350,7 @@ static int cmd_read_crc(struct e2e_ctx *ctx, int argc, char **argv)
 				argv[1], (unsigned long long)got_size, got_crc,
 				(unsigned long long)want_size, want_crc);
 
-	hm_autofd mfd = memfd_create("e2e", MFD_CLOEXEC);
+	hm_cleanup_close int mfd = memfd_create("e2e", MFD_CLOEXEC);
 	if (mfd < 0)
 		return e2e_fail("memfd_create: %s", strerror(errno));
 	uint64_t fd_size = 0;
@@ -465,27 +497,13 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 
 /* ---- sessions ---- */
 
-static int errno_by_name(const char *name)
-{
-	static const struct {
-		const char *name;
-		int value;
-	} names[] = {{"ENOENT", ENOENT},   {"ESRCH", ESRCH},       {"EACCES", EACCES},
-		     {"EINVAL", EINVAL},   {"ENOTCONN", ENOTCONN}, {"ESHUTDOWN", ESHUTDOWN},
-		     {"EISCONN", EISCONN}, {"EPERM", EPERM},       {"ELOOP", ELOOP},
-		     {"EXDEV", EXDEV},     {"EUSERS", EUSERS}};
-	for (size_t i = 0; i < HM_ARRAY_SIZE(names); i++)
-		if (!strcmp(names[i].name, name))
-			return names[i].value;
-	return -1;
-}
 
 /* SESSION_OPEN of ctx->target fails with the errno named. */
 static int cmd_bad_target(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2 || !ctx->target)
 		return 2;
-	int want = errno_by_name(argv[1]);
+	int want = e2e_errno_code(argv[1]);
 	if (want < 0)
 		return 2;
 	struct client *c = e2e_connect(ctx);
@@ -564,7 +582,7 @@ static int cmd_session_ended(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 4)
 		return 2;
-	int want = errno_by_name(argv[1]);
+	int want = e2e_errno_code(argv[1]);
 	if (want < 0)
 		return 2;
 	int timeout_s = atoi(argv[2]);
@@ -729,7 +747,7 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 		return 2;
 	const char *kind = argv[1];
 	int wait_ms = argc == 3 ? atoi(argv[2]) : 3000;
-	hm_autofd fd = raw_connect(ctx);
+	hm_cleanup_close int fd = raw_connect(ctx);
 	if (fd < 0)
 		return 1;
 	uint8_t junk[64];
@@ -844,12 +862,12 @@ static int cmd_stream_token_once(struct e2e_ctx *ctx, int argc, char **argv)
 	memcpy(token, reply.file_read_reply.token, sizeof(token));
 	uint64_t size = reply.file_read_reply.stream_size;
 	proto_msg_free(&reply);
-	hm_autofd s1 = raw_connect(ctx);
+	hm_cleanup_close int s1 = raw_connect(ctx);
 	if (s1 < 0)
 		return 1;
 	if (proto_stream_open(s1, token, 5000, &err) < 0)
 		return e2e_fail("first use of the token: %s", err.msg);
-	hm_autofd s2 = raw_connect(ctx);
+	hm_cleanup_close int s2 = raw_connect(ctx);
 	if (s2 < 0)
 		return 1;
 	if (proto_stream_open(s2, token, 5000, &err) == 0)
@@ -903,7 +921,7 @@ static int cmd_stream_token_dies(struct e2e_ctx *ctx, int argc, char **argv)
 		c = NULL;
 	}
 	poll(NULL, 0, atoi(argv[3]));
-	hm_autofd s = raw_connect(ctx);
+	hm_cleanup_close int s = raw_connect(ctx);
 	if (s < 0)
 		return 1;
 	int rc = proto_stream_open(s, token, 5000, &err);

@@ -77,19 +77,16 @@ static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 	uint64_t size;
 	if (argc != 3 || e2e_parse_addr(argv[1], &dst) < 0 || hm_parse_size(argv[2], &size) < 0)
 		return 2;
-	struct client *c = e2e_session(ctx);
+	client_cleanup_close struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	hm_autofd fd = client_tcp_connect(c, &dst, 0, NULL, &err);
-	if (fd < 0) {
-		client_close(c);
+	hm_cleanup_close int fd = client_tcp_connect(c, &dst, 0, NULL, &err);
+	if (fd < 0)
 		return e2e_fail("TCP_CONNECT %s: %s", argv[1], err.msg);
-	}
 	double t0 = now_s();
 	int rc = send_all_to_sink(fd, size);
 	double dt = now_s() - t0;
-	client_close(c);
 	if (rc == 0)
 		printf("sent %llu in %.6f s: %.1f MB/s\n", (unsigned long long)size, dt,
 		       (double)size / dt / 1e6);
@@ -100,7 +97,7 @@ static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 static struct client *bench_session(struct e2e_ctx *ctx, bool zlib)
 {
 	struct hm_err err = {0};
-	struct client *c;
+	client_cleanup_close struct client *c = NULL;
 	struct client_opts opts = {.client_name = "agent_e2e bench",
 					 .disable_features = zlib ? 0 : PROTO_FEAT_ZLIB,
 					 .timeout_ms = 20000};
@@ -111,10 +108,9 @@ static struct client *bench_session(struct e2e_ctx *ctx, bool zlib)
 	}
 	if (client_session_open(c, ctx->target, &info, &err) < 0) {
 		e2e_fail("session on %s: %s", ctx->target, err.msg);
-		client_close(c);
 		return NULL;
 	}
-	return c;
+	return hm_steal_ptr(&c);
 }
 
 /* bench-file-rtt POD_PATH LOCAL_PATH N [nozlib]: N rounds, each a FILE_READ of POD_PATH through

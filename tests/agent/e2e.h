@@ -34,6 +34,10 @@ int e2e_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 struct client *e2e_connect(struct e2e_ctx *ctx);
 /* A client with a session on ctx->target (required), or NULL after printing why. */
 struct client *e2e_session(struct e2e_ctx *ctx);
+/* "ENOENT" -> ENOENT, -1 for a name the table does not know; and back (strerror
+ * for an unknown code). */
+int e2e_errno_code(const char *name);
+const char *e2e_errno_name(int e);
 /* "10.0.0.1:80", "[::1]:53" -> proto_addr; < 0 if malformed. */
 int e2e_parse_addr(const char *s, struct proto_addr *out);
 /* 0 when the agent still serves a fresh client (ping, and a session + env when

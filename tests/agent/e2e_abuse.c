@@ -52,32 +52,6 @@ struct abuse {
 	unsigned base_fds, base_threads;
 };
 
-static const struct {
-	const char *name;
-	int code;
-} errno_names[] = {
-	{"EMFILE", EMFILE},   {"ENFILE", ENFILE},	{"ENOBUFS", ENOBUFS},
-	{"EAGAIN", EAGAIN},   {"EUSERS", EUSERS},	{"E2BIG", E2BIG},
-	{"ENOMEM", ENOMEM},   {"ETIMEDOUT", ETIMEDOUT}, {"EHOSTUNREACH", EHOSTUNREACH},
-	{"ECONNRESET", ECONNRESET}, {"EBUSY", EBUSY},
-};
-
-static const char *errno_name(int e)
-{
-	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
-		if (errno_names[i].code == e)
-			return errno_names[i].name;
-	return strerror(e);
-}
-
-static int errno_code(const char *name)
-{
-	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
-		if (!strcmp(errno_names[i].name, name))
-			return errno_names[i].code;
-	return -1;
-}
-
 /* ---- the agent's figures ---- */
 
 static unsigned count_fds(pid_t pid)
@@ -413,7 +387,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 			continue;
 		refused += n;
 		off += (size_t)snprintf(refused_text + off, sizeof(refused_text) - off, " %s x%u",
-					e ? errno_name(e) : "?", n);
+					e ? e2e_errno_name(e) : "?", n);
 		if (off >= sizeof(refused_text))
 			off = sizeof(refused_text) - 1;
 		bool listed = false;
@@ -422,7 +396,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 			snprintf(list, sizeof(list), "%s", expect ? expect : allow);
 			char *save = NULL;
 			for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
-				listed |= errno_code(t) == e;
+				listed |= e2e_errno_code(t) == e;
 		}
 		if (!listed && !unexpected)
 			unexpected = e ? e : -1;
@@ -440,7 +414,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		return e2e_fail("the abusing sessions were never refused (expected %s)", expect);
 	if (unexpected)
 		return e2e_fail("the abusing sessions were refused with %s, expected %s",
-				unexpected > 0 ? errno_name(unexpected) : "an unknown error",
+				unexpected > 0 ? e2e_errno_name(unexpected) : "an unknown error",
 				expect ? expect : allow ? allow : "no refusal");
 	if (max_fds && a.peak_fds > max_fds)
 		return e2e_fail("the agent held %u fds, the bound is %lu", a.peak_fds, max_fds);

@@ -17,23 +17,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static const struct {
-	const char *name;
-	int code;
-} errnos[] = {
-    {"ECONNREFUSED", ECONNREFUSED}, {"ETIMEDOUT", ETIMEDOUT},
-    {"ENETUNREACH", ENETUNREACH},   {"EHOSTUNREACH", EHOSTUNREACH},
-    {"EAFNOSUPPORT", EAFNOSUPPORT}, {"EADDRNOTAVAIL", EADDRNOTAVAIL},
-};
-
-static int errno_named(const char *name)
-{
-	for (size_t i = 0; i < HM_ARRAY_SIZE(errnos); i++)
-		if (!strcmp(errnos[i].name, name))
-			return errnos[i].code;
-	return -1;
-}
-
 /* A byte stream every connection can check at any offset: the seed tells the
  * connections apart, so crossed streams are caught too. */
 static uint8_t pattern_byte(uint64_t seed, uint64_t off)
@@ -308,7 +291,7 @@ static int cmd_tcp_connect_fails(struct e2e_ctx *ctx, int argc, char **argv)
 	struct proto_addr dst;
 	if (argc < 3 || argc > 4 || e2e_parse_addr(argv[1], &dst) < 0)
 		return 2;
-	int want = errno_named(argv[2]);
+	int want = e2e_errno_code(argv[2]);
 	if (want < 0)
 		return 2;
 	uint32_t timeout_ms = argc == 4 ? (uint32_t)atoi(argv[3]) : 0;

@@ -36,7 +36,7 @@ static int outgoing_tcp_connect(struct agent_target *t, const struct proto_addr 
 				uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
 {
 	timeout_ms = agent_outgoing_timeout(timeout_ms);
-	hm_autofd fd = -1;
+	hm_cleanup_close int fd = -1;
 	int rc = agent_outgoing_tcp_begin(t, dst, &fd, err);
 	if (rc < 0)
 		return -1;
