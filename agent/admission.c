@@ -178,7 +178,8 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
 {
 	struct pending *p = calloc(1, sizeof(*p));
 	if (!p) {
-		hm_warn("conn %llu (%s): out of memory; closing", (unsigned long long)id, peer->desc);
+		hm_warn("conn %llu (%s): out of memory; closing", (unsigned long long)id,
+			peer->desc);
 		close(fd);
 		return;
 	}
@@ -201,13 +202,13 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
 	struct pending *victim = oldest_of_peer(a, peer, &same);
 	if (same < a->cfg.max_per_peer)
 		victim = a->count[peer->is_unix] >= a->cfg.max_per_transport
-				 ? oldest_of_transport(a, peer->is_unix)
-				 : NULL;
+			     ? oldest_of_transport(a, peer->is_unix)
+			     : NULL;
 	if (victim) {
 		char why[128];
 		snprintf(why, sizeof(why), "no hello yet, evicted by a newer connection (%s)",
 			 same >= a->cfg.max_per_peer ? "this peer's pending limit"
-						      : "pending handshakes full");
+						     : "pending handshakes full");
 		drop(a, victim, why);
 	}
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = p};

@@ -45,17 +45,17 @@ void agent_budget_default_limits(struct agent_budget_limits *l);
 #define AGENT_VERSION "0.1"
 #define AGENT_SERVER_NAME "trace-agent " AGENT_VERSION
 struct agent_server_config {
-	const char *unix_path;   /* NULL: no unix listener */
-	const char *listen_addr; /* "ADDR:PORT" / "[V6]:PORT"; NULL: no TCP listener */
-	const char *token;       /* the auth token every control connection presents */
-	uint64_t max_file_size;  /* FILE_READ cap */
+	const char *unix_path;	  /* NULL: no unix listener */
+	const char *listen_addr;  /* "ADDR:PORT" / "[V6]:PORT"; NULL: no TCP listener */
+	const char *token;	  /* the auth token every control connection presents */
+	uint64_t max_file_size;	  /* FILE_READ cap */
 	int handshake_timeout_ms; /* for the first frame, from accept */
-	gid_t unix_gid;           /* group of the unix socket (mode 0660) */
-	bool allow_any_pid;       /* pid/N for every token holder (else see peer.c) */
-	bool insecure_listen;     /* --listen may be a non-loopback address */
+	gid_t unix_gid;		  /* group of the unix socket (mode 0660) */
+	bool allow_any_pid;	  /* pid/N for every token holder (else see peer.c) */
+	bool insecure_listen;	  /* --listen may be a non-loopback address */
 	unsigned stream_ttl_ms;
 	struct agent_budget_limits limits;
-	int stop_fd;             /* readable (e.g. a signalfd) -> graceful shutdown */
+	int stop_fd; /* readable (e.g. a signalfd) -> graceful shutdown */
 };
 /* Serve until stop_fd turns readable, then end every session, release everything and
  * remove the unix socket. */

@@ -30,7 +30,8 @@ static int open_for_write(int root_fd, const struct proto_file_write *req, struc
 	bool excl = create && (req->flags & PROTO_WRITE_EXCL);
 	struct stat st;
 
-	hm_cleanup_close int path_fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int path_fd =
+	    agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (path_fd >= 0) {
 		if (excl)
 			return hm_err_set(err, EEXIST, "%s", req->path);
@@ -51,10 +52,10 @@ static int open_for_write(int root_fd, const struct proto_file_write *req, struc
 		return -1;
 	/* Without O_EXCL, O_CREAT follows a dangling symlink and creates its target, as
 	 * open(2) does; RESOLVE_IN_ROOT keeps that target inside the root. */
-	hm_cleanup_close int fd = agent_file_open_in_root(root_fd, req->path,
-					       O_WRONLY | O_CREAT | O_NOCTTY | O_NONBLOCK |
-						   nofollow | trunc | (excl ? O_EXCL : 0),
-					       req->mode & 07777, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(
+	    root_fd, req->path,
+	    O_WRONLY | O_CREAT | O_NOCTTY | O_NONBLOCK | nofollow | trunc | (excl ? O_EXCL : 0),
+	    req->mode & 07777, err);
 	if (fd < 0)
 		return -1;
 	if (fstat(fd, &st) < 0)

@@ -27,7 +27,7 @@ int agent_target_resolve(const struct proto_target *t, struct agent_target **out
 			 struct hm_err *err);
 void agent_target_put(struct agent_target *t);
 pid_t agent_target_pid(const struct agent_target *t);
-int agent_target_pidfd(const struct agent_target *t);   /* POLLIN when the target exits */
+int agent_target_pidfd(const struct agent_target *t);	/* POLLIN when the target exits */
 int agent_target_root_fd(const struct agent_target *t); /* O_PATH dir fd of its root */
 const char *agent_target_describe(const struct agent_target *t);
 /* socket(domain, type|SOCK_CLOEXEC, protocol) inside the target's netns. */
@@ -141,8 +141,8 @@ bool agent_target_alive(const struct agent_target *t);
 
 /* ---- env.c: the target's environment ---- */
 struct agent_env {
-	char *buf;          /* /proc/PID/environ content; vars point into it */
-	const char **vars;  /* "KEY=VALUE" entries, NUL-free, each <= PROTO_ENV_ENTRY_MAX */
+	char *buf;	   /* /proc/PID/environ content; vars point into it */
+	const char **vars; /* "KEY=VALUE" entries, NUL-free, each <= PROTO_ENV_ENTRY_MAX */
 	uint32_t count;
 };
 #define AGENT_ENV_MAX (4u << 20) /* an environment larger than this is refused (E2BIG) */
@@ -156,8 +156,8 @@ void agent_env_release(struct agent_env *e);
  * asked for them ends. */
 struct agent_pending_stream {
 	enum relay_kind kind;
-	int fd;              /* TCP or UDP socket in the pod's netns, or the file */
-	uint64_t size;       /* FILE: bytes to send */
+	int fd;		     /* TCP or UDP socket in the pod's netns, or the file */
+	uint64_t size;	     /* FILE: bytes to send */
 	uint64_t session_id; /* the session that asked */
 	/* its budget: one stream reserved and one reference, released together by
 	 * agent_budget_stream_closed (NULL: not counted) */
@@ -189,7 +189,7 @@ typedef void (*agent_connect_done_fn)(void *ctx, uint32_t id, int fd,
 struct agent_connects;
 int agent_connects_create(struct agent_connects **out, struct hm_err *err);
 void agent_connects_destroy(struct agent_connects *cs); /* closes what is in progress */
-int agent_connects_fd(const struct agent_connects *cs);  /* -1 for NULL */
+int agent_connects_fd(const struct agent_connects *cs); /* -1 for NULL */
 size_t agent_connects_count(const struct agent_connects *cs);
 uint64_t agent_connects_deadline(const struct agent_connects *cs);
 /* done may be called before this returns (refused at once, the pod's loopback). */
@@ -240,15 +240,15 @@ void agent_fd_spare_shed(int listen_fd);
 
 /* ---- status.c: what `trace-agent status` reports ---- */
 struct agent_stats {
-	struct relay_counters relay;   /* bytes and open streams, updated by the relay */
-	atomic_uint_fast64_t requests; /* requests answered on control connections */
-	atomic_uint_fast64_t errors;   /* ERROR replies, rejected peers, protocol errors */
-	atomic_uint_fast64_t sessions; /* open */
+	struct relay_counters relay;	  /* bytes and open streams, updated by the relay */
+	atomic_uint_fast64_t requests;	  /* requests answered on control connections */
+	atomic_uint_fast64_t errors;	  /* ERROR replies, rejected peers, protocol errors */
+	atomic_uint_fast64_t sessions;	  /* open */
 	atomic_uint_fast64_t connections; /* open control and stream connections */
 	atomic_uint_fast64_t auth_failures;
 	atomic_uint_fast64_t ctl_bytes_in;  /* control frames to clients */
 	atomic_uint_fast64_t ctl_bytes_out; /* control frames from clients */
-	uint64_t started_ms;                /* CLOCK_MONOTONIC */
+	uint64_t started_ms;		    /* CLOCK_MONOTONIC */
 };
 void agent_stats_init(struct agent_stats *s);
 /* version must outlive out */
@@ -264,7 +264,7 @@ struct agent_peer {
 	gid_t gid;
 	uint8_t addr[16]; /* TCP: the source address, without the port */
 	uint8_t addr_len; /* 4 or 16 */
-	char desc[128];   /* "unix pid 12 uid 0", "127.0.0.1:4321": for the logs */
+	char desc[128];	  /* "unix pid 12 uid 0", "127.0.0.1:4321": for the logs */
 };
 /* Right after accept4 (SO_PEERCRED gives the connecting process's credentials). */
 void agent_peer_from_accept(int fd, bool is_unix, const struct sockaddr_storage *ss,
@@ -286,9 +286,9 @@ int agent_peer_may_target_pid(const struct agent_peer *peer, pid_t pid, bool all
  * thread; their first whole frame (at most PROTO_HELLO_MAX_PAYLOAD) goes to admitted(),
  * which takes the fd and the frame's payload. See admission.c for the limits. */
 struct agent_admission_config {
-	int deadline_ms;            /* for the whole first frame, from accept */
+	int deadline_ms;	    /* for the whole first frame, from accept */
 	unsigned max_per_transport; /* pending unix connections; pending TCP ones */
-	unsigned max_per_peer;      /* pending connections of one uid / source address */
+	unsigned max_per_peer;	    /* pending connections of one uid / source address */
 	struct agent_stats *stats;  /* errors counted here */
 	void (*admitted)(void *arg, int fd, uint64_t id, const struct agent_peer *peer,
 			 struct proto_frame *first);

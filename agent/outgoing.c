@@ -48,7 +48,8 @@ int agent_outgoing_tcp_begin(struct agent_target *t, const struct proto_addr *ds
 		return hm_err_prefix(err, "connect to %s", dst_str);
 	/* non-blocking from the start: the timeout is ours, not the kernel's ~2 minutes,
 	 * and the relay wants it non-blocking anyway */
-	hm_cleanup_close int fd = agent_target_socket(t, domain, SOCK_STREAM | SOCK_NONBLOCK, 0, err);
+	hm_cleanup_close int fd =
+	    agent_target_socket(t, domain, SOCK_STREAM | SOCK_NONBLOCK, 0, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "connect to %s", dst_str);
 	struct sockaddr_storage ss;
@@ -93,7 +94,8 @@ int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto
 	int domain = family_to_domain(family, err);
 	if (domain < 0)
 		return hm_err_prefix(err, "udp socket");
-	hm_cleanup_close int fd = agent_target_socket(t, domain, SOCK_DGRAM | SOCK_NONBLOCK, 0, err);
+	hm_cleanup_close int fd =
+	    agent_target_socket(t, domain, SOCK_DGRAM | SOCK_NONBLOCK, 0, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "udp socket");
 	/* the wildcard address: each datagram leaves from whatever source the pod's routes

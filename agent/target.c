@@ -26,7 +26,7 @@ struct socket_request {
 
 struct agent_target {
 	struct agent_target *next; /* registry */
-	unsigned refs;             /* under registry_lock */
+	unsigned refs;		   /* under registry_lock */
 	pid_t pid;
 	int pidfd;
 	int root_fd;
@@ -238,8 +238,8 @@ static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
 {
 	size_t idlen = strlen(id);
 	if (idlen < CONTAINER_ID_MIN || idlen > CONTAINER_ID_MAX)
-		return hm_err_set(err, EINVAL, "container id '%s': expected %d to %d hex digits", id,
-				  CONTAINER_ID_MIN, CONTAINER_ID_MAX);
+		return hm_err_set(err, EINVAL, "container id '%s': expected %d to %d hex digits",
+				  id, CONTAINER_ID_MIN, CONTAINER_ID_MAX);
 	for (size_t i = 0; i < idlen; i++)
 		if (!is_hex((unsigned char)id[i]))
 			return hm_err_set(err, EINVAL, "container id '%s': not hexadecimal", id);
@@ -293,8 +293,8 @@ static struct agent_target *registry_get(pid_t pid)
 	return found;
 }
 
-static int target_create(pid_t pid, int pidfd, const char *description,
-			 struct agent_target **out, struct hm_err *err)
+static int target_create(pid_t pid, int pidfd, const char *description, struct agent_target **out,
+			 struct hm_err *err)
 {
 	struct agent_target *t = calloc(1, sizeof(*t));
 	if (!t) {
@@ -393,7 +393,8 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		if (rt_pod_state_load(spec->value, &st, err) < 0 || !rt_pod_is_running(&st) ||
 		    st.pid != pid) {
 			close(pidfd);
-			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+			return hm_err_set(err, ESRCH, "%s exited while being resolved",
+					  description);
 		}
 	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
 		hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -406,7 +407,8 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		if (proc_fd < 0 || !pid_in_container(proc_fd, pid_name, lower, idlen) ||
 		    !pidfd_alive(pidfd)) {
 			close(pidfd);
-			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+			return hm_err_set(err, ESRCH, "%s exited while being resolved",
+					  description);
 		}
 	}
 

@@ -20,7 +20,7 @@ static int finite_timeout(const struct client *c)
 /* ---- the control connection ---- */
 
 static void client_end(struct client *c, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void client_end(struct client *c, int code, const char *fmt, ...)
 {
 	pthread_mutex_lock(&c->lock);
@@ -75,8 +75,7 @@ static void *reader_main(void *arg)
 }
 
 int client_connect(const struct client_endpoint *ep, const char *token,
-			 const struct client_opts *opts, struct client **out,
-			 struct hm_err *err)
+		   const struct client_opts *opts, struct client **out, struct hm_err *err)
 {
 	*out = NULL;
 	struct client_opts defaults = {0};
@@ -183,8 +182,8 @@ static void unlink_pending(struct client *c, struct pending_call *pc)
 	}
 }
 
-int client_call(struct client *c, const struct proto_msg *req,
-		      struct proto_msg *reply, int timeout_ms, struct hm_err *err)
+int client_call(struct client *c, const struct proto_msg *req, struct proto_msg *reply,
+		int timeout_ms, struct hm_err *err)
 {
 	memset(reply, 0, sizeof(*reply));
 	uint16_t want = proto_reply_type(req->type);
@@ -266,8 +265,8 @@ int client_call(struct client *c, const struct proto_msg *req,
 		err->code = e;
 		rc = -1;
 	} else if (reply->type != want) {
-		rc = hm_err_set(err, EPROTO, "%s: the agent answered %s", proto_type_name(req->type),
-				proto_type_name(reply->type));
+		rc = hm_err_set(err, EPROTO, "%s: the agent answered %s",
+				proto_type_name(req->type), proto_type_name(reply->type));
 	}
 	if (rc < 0) {
 		proto_msg_free(reply);
@@ -287,8 +286,8 @@ int client_ping(struct client *c, struct hm_err *err)
 	if (client_call(c, &req, &reply, 0, err) < 0)
 		return -1;
 	int rc = reply.ping.nonce == req.ping.nonce
-			 ? 0
-			 : hm_err_set(err, EPROTO, "PONG echoes the wrong nonce");
+		     ? 0
+		     : hm_err_set(err, EPROTO, "PONG echoes the wrong nonce");
 	return rc;
 }
 
@@ -313,8 +312,8 @@ int client_status(struct client *c, struct client_status *out, struct hm_err *er
 	return 0;
 }
 
-int client_session_open(struct client *c, const char *target,
-			      struct client_session_info *out, struct hm_err *err)
+int client_session_open(struct client *c, const char *target, struct client_session_info *out,
+			struct hm_err *err)
 {
 	struct proto_target t;
 	if (proto_target_parse(target, &t, err) < 0)
@@ -364,8 +363,7 @@ int client_env(struct client *c, char ***vars, size_t *count, struct hm_err *err
 
 /* ---- streams ---- */
 
-int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
-		       struct hm_err *err)
+int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
 {
 	int timeout = finite_timeout(c);
 	int fd = client_endpoint_dial(&c->ep, timeout, err);
@@ -377,4 +375,3 @@ int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
 	}
 	return fd;
 }
-

@@ -37,9 +37,9 @@ int client_endpoint_parse(const char *spec, struct client_endpoint *out, struct 
 	} else {
 		colon = strrchr(spec, ':');
 		if (!colon)
-			return hm_err_set(err, EINVAL,
-					  "bad agent address '%s': expected HOST:PORT or a socket path",
-					  spec);
+			return hm_err_set(
+			    err, EINVAL,
+			    "bad agent address '%s': expected HOST:PORT or a socket path", spec);
 		hlen = (size_t)(colon - spec);
 	}
 	uint64_t port;
@@ -95,9 +95,8 @@ static int set_blocking(int fd, bool blocking)
 
 static int dial_tcp(const struct client_endpoint *ep, int timeout_ms, struct hm_err *err)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC,
-				 .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_NUMERICSERV};
+	struct addrinfo hints = {
+	    .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
 	struct addrinfo *res;
 	int gai = getaddrinfo(ep->host, ep->port, &hints, &res);
 	if (gai)
@@ -128,7 +127,7 @@ static int dial_tcp(const struct client_endpoint *ep, int timeout_ms, struct hm_
 }
 
 const struct client_transport client_transport_tcp = {
-	.name = "tcp", .dial = dial_tcp, .describe = describe_tcp};
+    .name = "tcp", .dial = dial_tcp, .describe = describe_tcp};
 
 /* ---- unix ---- */
 
@@ -153,14 +152,15 @@ static int dial_unix(const struct client_endpoint *ep, int timeout_ms, struct hm
 		int saved = errno;
 		close(fd);
 		if (saved == EACCES)
-			return hm_err_plain(err, EACCES,
-					    "connect to agent at %s: permission denied (only root and "
-					    "the socket's group, trace-agent --unix-group, may connect)",
-					    ep->path);
+			return hm_err_plain(
+			    err, EACCES,
+			    "connect to agent at %s: permission denied (only root and "
+			    "the socket's group, trace-agent --unix-group, may connect)",
+			    ep->path);
 		return hm_err_set(err, saved, "connect to agent at %s", ep->path);
 	}
 	return fd;
 }
 
 const struct client_transport client_transport_unix = {
-	.name = "unix", .dial = dial_unix, .describe = describe_unix};
+    .name = "unix", .dial = dial_unix, .describe = describe_unix};

@@ -25,7 +25,8 @@ static int read_exact(struct client *c, int fd, void *buf, size_t len, uint64_t 
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return hm_err_errno(err, "read stream");
-		int r = hm_poll_fd(fd, POLLIN, hm_deadline_in(c->timeout_ms > 0 ? c->timeout_ms : -1));
+		int r =
+		    hm_poll_fd(fd, POLLIN, hm_deadline_in(c->timeout_ms > 0 ? c->timeout_ms : -1));
 		if (r < 0)
 			return hm_err_errno(err, "poll stream");
 		if (r == 0)
@@ -38,8 +39,8 @@ static int read_exact(struct client *c, int fd, void *buf, size_t len, uint64_t 
 }
 
 /* FILE_READ: the reply, checked against the client's cap. */
-static int file_read_call(struct client *c, const char *path, uint32_t flags,
-			  uint64_t max_size, struct proto_msg *reply, struct hm_err *err)
+static int file_read_call(struct client *c, const char *path, uint32_t flags, uint64_t max_size,
+			  struct proto_msg *reply, struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_FILE_READ};
 	req.file_read.path = path;
@@ -57,8 +58,8 @@ static int file_read_call(struct client *c, const char *path, uint32_t flags,
 	return 0;
 }
 
-int client_read_file(struct client *c, const char *path, uint32_t flags,
-			   uint64_t max_size, struct client_file_content *out, struct hm_err *err)
+int client_read_file(struct client *c, const char *path, uint32_t flags, uint64_t max_size,
+		     struct client_file_content *out, struct hm_err *err)
 {
 	memset(out, 0, sizeof(*out));
 	proto_cleanup_msg struct proto_msg reply = {0};
@@ -101,9 +102,8 @@ void client_file_content_release(struct client_file_content *fc)
 	fc->size = 0;
 }
 
-int client_read_file_fd(struct client *c, const char *path, uint32_t flags,
-			      uint64_t max_size, int dst_fd, struct proto_stat *st, uint64_t *size,
-			      struct hm_err *err)
+int client_read_file_fd(struct client *c, const char *path, uint32_t flags, uint64_t max_size,
+			int dst_fd, struct proto_stat *st, uint64_t *size, struct hm_err *err)
 {
 	proto_cleanup_msg struct proto_msg reply = {0};
 	if (file_read_call(c, path, flags, max_size, &reply, err) < 0)
@@ -139,9 +139,9 @@ int client_read_file_fd(struct client *c, const char *path, uint32_t flags,
 	return rc;
 }
 
-int client_write_file(struct client *c, const char *path, uint32_t flags,
-			    uint32_t mode, uint64_t offset, const void *data, size_t size,
-			    struct proto_file_write_reply *out, struct hm_err *err)
+int client_write_file(struct client *c, const char *path, uint32_t flags, uint32_t mode,
+		      uint64_t offset, const void *data, size_t size,
+		      struct proto_file_write_reply *out, struct hm_err *err)
 {
 	size_t done = 0;
 	uint64_t written = 0;
@@ -152,8 +152,8 @@ int client_write_file(struct client *c, const char *path, uint32_t flags,
 		req.file_write.path = path;
 		/* create/truncate/exclusive apply to the first piece only */
 		req.file_write.flags =
-			done ? flags & ~(PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC | PROTO_WRITE_EXCL)
-			     : flags;
+		    done ? flags & ~(PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC | PROTO_WRITE_EXCL)
+			 : flags;
 		req.file_write.mode = mode;
 		req.file_write.offset = offset + done;
 		req.file_write.data.data = n ? (const char *)data + done : NULL;
@@ -180,8 +180,8 @@ static int path_call(struct client *c, uint16_t type, const char *path, uint32_t
 	return client_call(c, &req, reply, 0, err);
 }
 
-int client_stat(struct client *c, const char *path, uint32_t flags,
-		      struct proto_stat *out, struct hm_err *err)
+int client_stat(struct client *c, const char *path, uint32_t flags, struct proto_stat *out,
+		struct hm_err *err)
 {
 	proto_cleanup_msg struct proto_msg reply = {0};
 	if (path_call(c, PROTO_FILE_STAT, path, flags, &reply, err) < 0)
@@ -190,8 +190,7 @@ int client_stat(struct client *c, const char *path, uint32_t flags,
 	return 0;
 }
 
-int client_statfs(struct client *c, const char *path, struct proto_statfs *out,
-			struct hm_err *err)
+int client_statfs(struct client *c, const char *path, struct proto_statfs *out, struct hm_err *err)
 {
 	proto_cleanup_msg struct proto_msg reply = {0};
 	if (path_call(c, PROTO_FILE_STATFS, path, 0, &reply, err) < 0)
@@ -201,7 +200,7 @@ int client_statfs(struct client *c, const char *path, struct proto_statfs *out,
 }
 
 int client_readlink(struct client *c, const char *path, char *buf, size_t buflen,
-			  struct hm_err *err)
+		    struct hm_err *err)
 {
 	proto_cleanup_msg struct proto_msg reply = {0};
 	if (path_call(c, PROTO_FILE_READLINK, path, 0, &reply, err) < 0)
@@ -216,7 +215,7 @@ int client_readlink(struct client *c, const char *path, char *buf, size_t buflen
 }
 
 int client_readdir(struct client *c, const char *path, struct client_dirent **entries,
-			 size_t *count, struct hm_err *err)
+		   size_t *count, struct hm_err *err)
 {
 	*entries = NULL;
 	*count = 0;
@@ -235,7 +234,7 @@ int client_readdir(struct client *c, const char *path, struct client_dirent **en
 		size_t n = strlen(r->entries[i].name) + 1;
 		memcpy(p, r->entries[i].name, n);
 		arr[i] = (struct client_dirent){
-			.ino = r->entries[i].ino, .type = r->entries[i].type, .name = p};
+		    .ino = r->entries[i].ino, .type = r->entries[i].type, .name = p};
 		p += n;
 	}
 	*entries = arr;
@@ -251,24 +250,22 @@ static int ok_call(struct client *c, struct proto_msg *req, struct hm_err *err)
 	return 0;
 }
 
-int client_access(struct client *c, const char *path, uint32_t mode,
-			uint32_t flags, struct hm_err *err)
+int client_access(struct client *c, const char *path, uint32_t mode, uint32_t flags,
+		  struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_FILE_ACCESS};
 	req.file_access = (struct proto_file_access){.path = path, .mode = mode, .flags = flags};
 	return ok_call(c, &req, err);
 }
 
-int client_mkdir(struct client *c, const char *path, uint32_t mode,
-		       struct hm_err *err)
+int client_mkdir(struct client *c, const char *path, uint32_t mode, struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_FILE_MKDIR};
 	req.file_mkdir = (struct proto_file_mkdir){.path = path, .mode = mode};
 	return ok_call(c, &req, err);
 }
 
-int client_unlink(struct client *c, const char *path, uint32_t flags,
-			struct hm_err *err)
+int client_unlink(struct client *c, const char *path, uint32_t flags, struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_FILE_UNLINK};
 	req.file_unlink = (struct proto_file_unlink){.path = path, .flags = flags};
@@ -276,10 +273,9 @@ int client_unlink(struct client *c, const char *path, uint32_t flags,
 }
 
 int client_rename(struct client *c, const char *from, const char *to, uint32_t flags,
-			struct hm_err *err)
+		  struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_FILE_RENAME};
 	req.file_rename = (struct proto_file_rename){.from = from, .to = to, .flags = flags};
 	return ok_call(c, &req, err);
 }
-

@@ -35,7 +35,6 @@ struct client {
 
 /* ---- client.c ---- */
 /* A stream connection: dial the agent again and claim token (STREAM_HELLO). */
-int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
-		       struct hm_err *err);
+int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
 
 #endif

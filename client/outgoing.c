@@ -7,9 +7,9 @@
 
 #define STREAM_FRAME_GRACE_MS 5000 /* a frame that started arriving completes by then */
 
-int client_tcp_connect_token(struct client *c, const struct proto_addr *dst,
-				   uint32_t timeout_ms, uint8_t token[PROTO_TOKEN_LEN],
-				   struct proto_addr *local, struct hm_err *err)
+int client_tcp_connect_token(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
+			     uint8_t token[PROTO_TOKEN_LEN], struct proto_addr *local,
+			     struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_TCP_CONNECT};
 	proto_cleanup_msg struct proto_msg reply = {0};
@@ -17,8 +17,8 @@ int client_tcp_connect_token(struct client *c, const struct proto_addr *dst,
 	req.tcp_connect.timeout_ms = timeout_ms;
 	/* the agent gives up on the connect first and says why */
 	int wait = timeout_ms && c->timeout_ms > 0 && (int)timeout_ms + 5000 > c->timeout_ms
-			   ? (int)timeout_ms + 5000
-			   : 0;
+		       ? (int)timeout_ms + 5000
+		       : 0;
 	if (client_call(c, &req, &reply, wait, err) < 0)
 		return -1;
 	if (local)
@@ -27,8 +27,8 @@ int client_tcp_connect_token(struct client *c, const struct proto_addr *dst,
 	return 0;
 }
 
-int client_tcp_connect(struct client *c, const struct proto_addr *dst,
-			     uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+int client_tcp_connect(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
+		       struct proto_addr *local, struct hm_err *err)
 {
 	uint8_t token[PROTO_TOKEN_LEN];
 	if (client_tcp_connect_token(c, dst, timeout_ms, token, local, err) < 0)
@@ -36,13 +36,13 @@ int client_tcp_connect(struct client *c, const struct proto_addr *dst,
 	int fd = client_open_stream(c, token, err);
 	if (fd < 0) {
 		char where[80];
-		return hm_err_prefix(err, "TCP stream to %s", proto_addr_str(dst, where, sizeof(where)));
+		return hm_err_prefix(err, "TCP stream to %s",
+				     proto_addr_str(dst, where, sizeof(where)));
 	}
 	return fd;
 }
 
-int client_udp_open(struct client *c, uint8_t family, struct proto_addr *local,
-			  struct hm_err *err)
+int client_udp_open(struct client *c, uint8_t family, struct proto_addr *local, struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_UDP_OPEN};
 	proto_cleanup_msg struct proto_msg reply = {0};
@@ -58,7 +58,7 @@ int client_udp_open(struct client *c, uint8_t family, struct proto_addr *local,
 }
 
 int client_udp_send(int stream_fd, const struct proto_addr *dst, const void *data, size_t len,
-		   struct hm_err *err)
+		    struct hm_err *err)
 {
 	if (len > PROTO_DATAGRAM_MAX)
 		return hm_err_set(err, EMSGSIZE, "datagram of %zu bytes", len);
@@ -70,7 +70,7 @@ int client_udp_send(int stream_fd, const struct proto_addr *dst, const void *dat
 }
 
 ssize_t client_udp_recv(int stream_fd, struct proto_addr *src, void *buf, size_t cap,
-		       int timeout_ms, struct hm_err *err)
+			int timeout_ms, struct hm_err *err)
 {
 	/* Wait for the frame's first byte here, then give the rest a grace period: a
 	 * timeout inside a frame would lose its beginning and the stream with it. */
@@ -91,4 +91,3 @@ ssize_t client_udp_recv(int stream_fd, struct proto_addr *src, void *buf, size_t
 		*src = m.udp_datagram.peer;
 	return (ssize_t)len;
 }
-

@@ -38,10 +38,10 @@ void client_status_print(FILE *f, const struct client_status *s)
 		const char *name;
 		bool bytes;
 	} kinds[PROTO_BUDGET_COUNT] = {
-		[PROTO_BUDGET_SESSIONS] = {"sessions", false},
-		[PROTO_BUDGET_STREAMS] = {"streams", false},
-		[PROTO_BUDGET_INFLIGHT] = {"in flight", true},
-		[PROTO_BUDGET_CONNECTS] = {"connects", false},
+	    [PROTO_BUDGET_SESSIONS] = {"sessions", false},
+	    [PROTO_BUDGET_STREAMS] = {"streams", false},
+	    [PROTO_BUDGET_INFLIGHT] = {"in flight", true},
+	    [PROTO_BUDGET_CONNECTS] = {"connects", false},
 	};
 	fprintf(f, "budgets      %-10s %10s %10s %10s %10s\n", "", "used", "peak", "limit",
 		"refused");
@@ -51,7 +51,8 @@ void client_status_print(FILE *f, const struct client_status *s)
 		if (kinds[i].bytes) {
 			snprintf(used, sizeof(used), "%lluK", (unsigned long long)(b->used >> 10));
 			snprintf(peak, sizeof(peak), "%lluK", (unsigned long long)(b->peak >> 10));
-			snprintf(limit, sizeof(limit), "%lluK", (unsigned long long)(b->limit >> 10));
+			snprintf(limit, sizeof(limit), "%lluK",
+				 (unsigned long long)(b->limit >> 10));
 		} else {
 			snprintf(used, sizeof(used), "%llu", (unsigned long long)b->used);
 			snprintf(peak, sizeof(peak), "%llu", (unsigned long long)b->peak);

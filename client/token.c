@@ -34,4 +34,3 @@ int client_token_load(const char *path, char *out, size_t outlen, struct hm_err 
 	explicit_bzero(buf, sizeof(buf));
 	return rc;
 }
-

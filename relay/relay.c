@@ -68,7 +68,7 @@ struct relay_conn {
 	struct relay_conn *ready_next;	/* budget spent: run again without waiting */
 	enum relay_kind kind;
 	bool on_ready;
-	bool closed; /* later events of the same epoll batch must skip it */
+	bool closed;		      /* later events of the same epoll batch must skip it */
 	struct relay_release release; /* called once its fds are closed */
 	struct relay_end end[2];
 	union {
@@ -244,8 +244,7 @@ static bool would_block(int e)
 enum step { STEP_WAIT, STEP_AGAIN, STEP_FAILED };
 
 /* Move bytes of one direction until it would block or its budget is spent. */
-static enum step tcp_run_dir(struct relay *r, struct relay_conn *c, int from,
-			     const char **why)
+static enum step tcp_run_dir(struct relay *r, struct relay_conn *c, int from, const char **why)
 {
 	struct relay_dir *d = &c->tcp.dir[from];
 	int src = c->end[from].fd, dst = c->end[!from].fd;
@@ -415,8 +414,7 @@ static bool udp_flush(struct relay_conn *c, const char **why)
 }
 
 /* Client -> pod: one sendto() per frame. */
-static enum step udp_from_client(struct relay *r, struct relay_conn *c, const char **why,
-				 bool *eof)
+static enum step udp_from_client(struct relay *r, struct relay_conn *c, const char **why, bool *eof)
 {
 	static __thread char msgbuf[HM_ERR_MSG_MAX];
 	for (unsigned i = 0; i < RELAY_DGRAM_BUDGET; i++) {
@@ -725,8 +723,7 @@ static void *relay_main(void *arg)
 
 static void stop_thread(struct relay *r);
 
-int relay_create(struct relay_counters *counters, struct relay **out,
-		       struct hm_err *err)
+int relay_create(struct relay_counters *counters, struct relay **out, struct hm_err *err)
 {
 	*out = NULL;
 	struct relay *r = calloc(1, sizeof(*r));
@@ -886,8 +883,8 @@ fail:
 	return -1;
 }
 
-static int add_tcp(struct relay *r, int client_fd, int remote_fd,
-		   const struct relay_release *rel, struct hm_err *err)
+static int add_tcp(struct relay *r, int client_fd, int remote_fd, const struct relay_release *rel,
+		   struct hm_err *err)
 {
 	struct relay_conn *c;
 	if (add_pair(RELAY_TCP, client_fd, remote_fd, rel, &c, err) < 0)
@@ -897,8 +894,8 @@ static int add_tcp(struct relay *r, int client_fd, int remote_fd,
 	return enqueue(r, c, err);
 }
 
-static int add_udp(struct relay *r, int client_fd, int udp_fd,
-		   const struct relay_release *rel, struct hm_err *err)
+static int add_udp(struct relay *r, int client_fd, int udp_fd, const struct relay_release *rel,
+		   struct hm_err *err)
 {
 	int family = 0;
 	socklen_t len = sizeof(family);

@@ -53,20 +53,23 @@ int e2e_ok(const char *fmt, ...)
 }
 
 /* every errno a command names on its command line */
-#define ERRNO_NAME(e) {#e, e}
+#define ERRNO_NAME(e)                                                                              \
+	{                                                                                          \
+#e, e                                                                              \
+	}
 static const struct {
 	const char *name;
 	int code;
 } errno_names[] = {
-	ERRNO_NAME(E2BIG),	  ERRNO_NAME(EACCES),	    ERRNO_NAME(EADDRNOTAVAIL),
-	ERRNO_NAME(EAFNOSUPPORT), ERRNO_NAME(EAGAIN),	    ERRNO_NAME(EBUSY),
-	ERRNO_NAME(ECONNREFUSED), ERRNO_NAME(ECONNRESET),   ERRNO_NAME(EHOSTUNREACH),
-	ERRNO_NAME(EINVAL),	  ERRNO_NAME(EISCONN),	    ERRNO_NAME(ELOOP),
-	ERRNO_NAME(EMFILE),	  ERRNO_NAME(ENETUNREACH),  ERRNO_NAME(ENFILE),
-	ERRNO_NAME(ENOBUFS),	  ERRNO_NAME(ENOENT),	    ERRNO_NAME(ENOMEM),
-	ERRNO_NAME(ENOTCONN),	  ERRNO_NAME(EPERM),	    ERRNO_NAME(ESHUTDOWN),
-	ERRNO_NAME(ESRCH),	  ERRNO_NAME(ETIMEDOUT),    ERRNO_NAME(EUSERS),
-	ERRNO_NAME(EXDEV),
+    ERRNO_NAME(E2BIG),	      ERRNO_NAME(EACCES),      ERRNO_NAME(EADDRNOTAVAIL),
+    ERRNO_NAME(EAFNOSUPPORT), ERRNO_NAME(EAGAIN),      ERRNO_NAME(EBUSY),
+    ERRNO_NAME(ECONNREFUSED), ERRNO_NAME(ECONNRESET),  ERRNO_NAME(EHOSTUNREACH),
+    ERRNO_NAME(EINVAL),	      ERRNO_NAME(EISCONN),     ERRNO_NAME(ELOOP),
+    ERRNO_NAME(EMFILE),	      ERRNO_NAME(ENETUNREACH), ERRNO_NAME(ENFILE),
+    ERRNO_NAME(ENOBUFS),      ERRNO_NAME(ENOENT),      ERRNO_NAME(ENOMEM),
+    ERRNO_NAME(ENOTCONN),     ERRNO_NAME(EPERM),       ERRNO_NAME(ESHUTDOWN),
+    ERRNO_NAME(ESRCH),	      ERRNO_NAME(ETIMEDOUT),   ERRNO_NAME(EUSERS),
+    ERRNO_NAME(EXDEV),
 };
 
 int e2e_errno_code(const char *name)
@@ -205,8 +208,9 @@ static int cmd_env_equals(struct e2e_ctx *ctx, int argc, char **argv)
 		if (!elen)
 			continue;
 		if (i >= n)
-			rc = e2e_fail("agent env has %zu entries, the pod's has more: missing '%.*s'", n,
-				      (int)elen, e);
+			rc = e2e_fail(
+			    "agent env has %zu entries, the pod's has more: missing '%.*s'", n,
+			    (int)elen, e);
 		else if (strlen(vars[i]) != elen || memcmp(vars[i], e, elen))
 			rc = e2e_fail("env entry %zu: agent says '%s', pod has '%.*s'", i, vars[i],
 				      (int)elen, e);
@@ -270,11 +274,12 @@ static int cmd_read_equals(struct e2e_ctx *ctx, int argc, char **argv)
 				      (unsigned long long)fc.size, want_len, argv[2]);
 		else if (fc.st.size != (uint64_t)st.st_size || fc.st.mode != st.st_mode ||
 			 fc.st.ino != st.st_ino)
-			rc = e2e_fail("%s: stat (size %llu mode %o ino %llu) differs from the file's "
-				      "(size %lld mode %o ino %llu)",
-				      argv[1], (unsigned long long)fc.st.size, fc.st.mode,
-				      (unsigned long long)fc.st.ino, (long long)st.st_size,
-				      st.st_mode, (unsigned long long)st.st_ino);
+			rc = e2e_fail(
+			    "%s: stat (size %llu mode %o ino %llu) differs from the file's "
+			    "(size %lld mode %o ino %llu)",
+			    argv[1], (unsigned long long)fc.st.size, fc.st.mode,
+			    (unsigned long long)fc.st.ino, (long long)st.st_size, st.st_mode,
+			    (unsigned long long)st.st_ino);
 		client_file_content_release(&fc);
 	}
 	/* FILE_STAT says the same as the read */
@@ -450,8 +455,8 @@ static int cmd_read_denied(struct e2e_ctx *ctx, int argc, char **argv)
 		if (fc.size == secret_len && !memcmp(fc.data, secret, secret_len))
 			rc = e2e_fail("ESCAPE: %s returned the host's %s", argv[1], argv[2]);
 		else
-			rc = e2e_fail("%s: read succeeded (%llu bytes), expected a failure", argv[1],
-				      (unsigned long long)fc.size);
+			rc = e2e_fail("%s: read succeeded (%llu bytes), expected a failure",
+				      argv[1], (unsigned long long)fc.size);
 		client_file_content_release(&fc);
 	} else {
 		printf("FILE_READ %s failed as it must: %s\n", argv[1], err.msg);
@@ -480,14 +485,14 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 	struct proto_file_write_reply wr;
 	int rc = 0;
 	struct client_file_content fc = {0};
-	if (client_write_file(c, argv[1], PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC, 0644, 0,
-				    content, strlen(content), &wr, &err) < 0)
+	if (client_write_file(c, argv[1], PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC, 0644, 0, content,
+			      strlen(content), &wr, &err) < 0)
 		rc = e2e_fail("FILE_WRITE %s: %s", argv[1], err.msg);
 	else if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
 		rc = e2e_fail("FILE_READ %s after writing: %s", argv[1], err.msg);
 	else if (fc.size != strlen(content) || memcmp(fc.data, content, fc.size))
-		rc = e2e_fail("%s: read back %llu bytes that differ from what was written",
-			      argv[1], (unsigned long long)fc.size);
+		rc = e2e_fail("%s: read back %llu bytes that differ from what was written", argv[1],
+			      (unsigned long long)fc.size);
 	client_file_content_release(&fc);
 	client_close(c);
 	if (rc == 0)
@@ -496,7 +501,6 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 /* ---- sessions ---- */
-
 
 /* SESSION_OPEN of ctx->target fails with the errno named. */
 static int cmd_bad_target(struct e2e_ctx *ctx, int argc, char **argv)
@@ -600,8 +604,8 @@ static int cmd_session_ended(struct e2e_ctx *ctx, int argc, char **argv)
 	if (!client_ended(c, &why))
 		return e2e_fail("event fd readable but the client is not ended");
 	if (why.code != want)
-		return e2e_fail("session ended with '%s' (errno %d), expected %s", why.msg, why.code,
-				argv[1]);
+		return e2e_fail("session ended with '%s' (errno %d), expected %s", why.msg,
+				why.code, argv[1]);
 	char **vars;
 	size_t nv;
 	if (client_env(c, &vars, &nv, &err) == 0)
@@ -782,8 +786,10 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 			return e2e_fail("send: %s", err.msg);
 		rc = expect_closed(fd, wait_ms, kind);
 	} else if (!strcmp(kind, "oversized-hello")) {
-		rc = send_frame(fd, PROTO_HELLO, 0, PROTO_HELLO_MAX_PAYLOAD + 1, junk, sizeof(junk));
-		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno)) : expect_closed(fd, wait_ms, kind);
+		rc =
+		    send_frame(fd, PROTO_HELLO, 0, PROTO_HELLO_MAX_PAYLOAD + 1, junk, sizeof(junk));
+		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno))
+			    : expect_closed(fd, wait_ms, kind);
 	} else if (!strcmp(kind, "garbage")) {
 		if (send(fd, junk, sizeof(junk), MSG_NOSIGNAL) < 0)
 			return e2e_fail("send: %s", strerror(errno));
@@ -814,8 +820,7 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 			rc = send(fd, hdr, sizeof(hdr), MSG_NOSIGNAL) == sizeof(hdr) ? 0 : -1;
 		} else if (!strcmp(kind, "malformed"))
 			/* a SESSION_OPEN whose string length runs past the payload */
-			rc = send_frame(fd, PROTO_SESSION_OPEN, 7, 8,
-					"\xff\xff\x00\x00pod/", 8);
+			rc = send_frame(fd, PROTO_SESSION_OPEN, 7, 8, "\xff\xff\x00\x00pod/", 8);
 		else if (!strcmp(kind, "trailing-bytes")) {
 			uint8_t ping[9] = {0};
 			rc = send_frame(fd, PROTO_PING, 7, sizeof(ping), ping, sizeof(ping));
@@ -824,7 +829,7 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 		else if (!strcmp(kind, "second-hello")) {
 			struct proto_msg m = {.type = PROTO_HELLO};
 			m.hello = (struct proto_hello){
-				.version = PROTO_VERSION, .token = ctx->token, .client = "again"};
+			    .version = PROTO_VERSION, .token = ctx->token, .client = "again"};
 			struct hm_err err = {0};
 			rc = proto_send(fd, 0, &m, &err);
 		} else if (!strcmp(kind, "truncated")) {
@@ -833,7 +838,8 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 				shutdown(fd, SHUT_WR);
 		} else
 			return e2e_fail("unknown reject kind '%s'", kind);
-		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno)) : expect_closed(fd, wait_ms, kind);
+		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno))
+			    : expect_closed(fd, wait_ms, kind);
 	}
 	if (rc)
 		return rc;
@@ -970,23 +976,23 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd core_cmds[] = {
-	{"ping", "", cmd_ping},
-	{"env-equals", "ENVIRON_DUMP", cmd_env_equals},
-	{"env-has", "KEY=VALUE", cmd_env_has},
-	{"read-equals", "POD_PATH LOCAL_FILE", cmd_read_equals},
-	{"read-crc", "POD_PATH LOCAL_FILE", cmd_read_crc},
-	{"readdir-equals", "POD_DIR LOCAL_DIR", cmd_readdir_equals},
-	{"read-denied", "POD_PATH HOST_SECRET", cmd_read_denied},
-	{"write-read", "POD_PATH", cmd_write_read},
-	{"bad-target", "ERRNO_NAME", cmd_bad_target},
-	{"session-pid", "PID", cmd_session_pid},
-	{"session-rules", "", cmd_session_rules},
-	{"session-ended", "ERRNO_NAME TIMEOUT_S READY_FILE", cmd_session_ended},
-	{"concurrent", "THREADS POD_PATH", cmd_concurrent},
-	{"reject", "KIND [WAIT_MS]", cmd_reject},
-	{"stream-token-once", "POD_BIG_FILE", cmd_stream_token_once},
-	{"stream-token-dies", "dropped|expires POD_BIG_FILE WAIT_MS", cmd_stream_token_dies},
-	{"hold", "READY_FILE", cmd_hold},
+    {"ping", "", cmd_ping},
+    {"env-equals", "ENVIRON_DUMP", cmd_env_equals},
+    {"env-has", "KEY=VALUE", cmd_env_has},
+    {"read-equals", "POD_PATH LOCAL_FILE", cmd_read_equals},
+    {"read-crc", "POD_PATH LOCAL_FILE", cmd_read_crc},
+    {"readdir-equals", "POD_DIR LOCAL_DIR", cmd_readdir_equals},
+    {"read-denied", "POD_PATH HOST_SECRET", cmd_read_denied},
+    {"write-read", "POD_PATH", cmd_write_read},
+    {"bad-target", "ERRNO_NAME", cmd_bad_target},
+    {"session-pid", "PID", cmd_session_pid},
+    {"session-rules", "", cmd_session_rules},
+    {"session-ended", "ERRNO_NAME TIMEOUT_S READY_FILE", cmd_session_ended},
+    {"concurrent", "THREADS POD_PATH", cmd_concurrent},
+    {"reject", "KIND [WAIT_MS]", cmd_reject},
+    {"stream-token-once", "POD_BIG_FILE", cmd_stream_token_once},
+    {"stream-token-dies", "dropped|expires POD_BIG_FILE WAIT_MS", cmd_stream_token_dies},
+    {"hold", "READY_FILE", cmd_hold},
 };
 E2E_REGISTER(core_cmds)
 
@@ -1002,11 +1008,11 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"unix", required_argument, NULL, 'u'},
-		{"agent", required_argument, NULL, 'a'},
-		{"token-file", required_argument, NULL, 't'},
-		{"target", required_argument, NULL, 'T'},
-		{0},
+	    {"unix", required_argument, NULL, 'u'},
+	    {"agent", required_argument, NULL, 'a'},
+	    {"token-file", required_argument, NULL, 't'},
+	    {"target", required_argument, NULL, 'T'},
+	    {0},
 	};
 	struct e2e_ctx ctx = {0};
 	char spec[4200];

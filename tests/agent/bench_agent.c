@@ -99,8 +99,8 @@ static struct client *bench_session(struct e2e_ctx *ctx, bool zlib)
 	struct hm_err err = {0};
 	client_cleanup_close struct client *c = NULL;
 	struct client_opts opts = {.client_name = "agent_e2e bench",
-					 .disable_features = zlib ? 0 : PROTO_FEAT_ZLIB,
-					 .timeout_ms = 20000};
+				   .disable_features = zlib ? 0 : PROTO_FEAT_ZLIB,
+				   .timeout_ms = 20000};
 	struct client_session_info info;
 	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		e2e_fail("connect: %s", err.msg);

@@ -20,10 +20,10 @@ struct e2e_cmd {
 };
 
 void e2e_register(const struct e2e_cmd *cmds, size_t n);
-#define E2E_REGISTER(table)                                                                   \
-	static void __attribute__((constructor)) e2e_register_##table(void)                    \
-	{                                                                                      \
-		e2e_register(table, HM_ARRAY_SIZE(table));                                     \
+#define E2E_REGISTER(table)                                                                        \
+	static void __attribute__((constructor)) e2e_register_##table(void)                        \
+	{                                                                                          \
+		e2e_register(table, HM_ARRAY_SIZE(table));                                         \
 	}
 
 /* "FAIL: ..." on stderr; returns 1 (the failing exit code). */

@@ -39,10 +39,10 @@ struct abuse {
 
 	atomic_uint ok;
 	atomic_uint refused[ERRNO_SLOTS];
-	atomic_uint sessions_up;    /* sessions that did all their requests */
-	atomic_uint next_index;     /* numbers the sessions (write: their files) */
+	atomic_uint sessions_up; /* sessions that did all their requests */
+	atomic_uint next_index;	 /* numbers the sessions (write: their files) */
 	void *write_data;
-	atomic_bool check_done;     /* the other client has been checked: let go */
+	atomic_bool check_done; /* the other client has been checked: let go */
 	atomic_bool sampling;
 	char check_failure[512];
 
@@ -115,9 +115,8 @@ static void count_result(struct abuse *a, int rc, const struct hm_err *err)
 	if (rc == 0)
 		atomic_fetch_add(&a->ok, 1);
 	else
-		atomic_fetch_add(&a->refused[err->code > 0 && err->code < ERRNO_SLOTS ? err->code
-										    : 0],
-				 1);
+		atomic_fetch_add(
+		    &a->refused[err->code > 0 && err->code < ERRNO_SLOTS ? err->code : 0], 1);
 }
 
 struct connect_arg {
@@ -183,7 +182,8 @@ static void *abuser_main(void *arg)
 	} else {
 		unsigned index = atomic_fetch_add(&a->next_index, 1);
 		char write_path[PROTO_PATH_MAX + 1];
-		snprintf(write_path, sizeof(write_path), "%.4000s.%u", a->path ? a->path : "", index);
+		snprintf(write_path, sizeof(write_path), "%.4000s.%u", a->path ? a->path : "",
+			 index);
 		for (int i = 0; i < a->count; i++) {
 			struct hm_err err = {0};
 			struct proto_msg req = {0}, reply;
@@ -240,8 +240,8 @@ static void check_other_client(struct abuse *a, struct e2e_ctx *ctx)
 	struct hm_err err = {0};
 	struct client_file_content fc;
 	if (client_read_file(c, a->check, 0, 0, &fc, &err) < 0)
-		snprintf(a->check_failure, sizeof(a->check_failure), "read %.200s: %.250s", a->check,
-			 err.msg);
+		snprintf(a->check_failure, sizeof(a->check_failure), "read %.200s: %.250s",
+			 a->check, err.msg);
 	else
 		client_file_content_release(&fc);
 	client_close(c);
@@ -265,8 +265,7 @@ static void check_turned_away(struct abuse *a, struct e2e_ctx *ctx)
 			 "the agent served a client although it should be out of fds");
 		return;
 	}
-	printf("while out of fds, a new client was turned away after %.2f s: %s\n", took,
-	       err.msg);
+	printf("while out of fds, a new client was turned away after %.2f s: %s\n", took, err.msg);
 	if (took > 5)
 		snprintf(a->check_failure, sizeof(a->check_failure),
 			 "a new client waited %.1f s to be turned away", took);
@@ -395,7 +394,8 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 			char list[128];
 			snprintf(list, sizeof(list), "%s", expect ? expect : allow);
 			char *save = NULL;
-			for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+			for (char *t = strtok_r(list, ",", &save); t;
+			     t = strtok_r(NULL, ",", &save))
 				listed |= e2e_errno_code(t) == e;
 		}
 		if (!listed && !unexpected)
@@ -415,7 +415,9 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 	if (unexpected)
 		return e2e_fail("the abusing sessions were refused with %s, expected %s",
 				unexpected > 0 ? e2e_errno_name(unexpected) : "an unknown error",
-				expect ? expect : allow ? allow : "no refusal");
+				expect	? expect
+				: allow ? allow
+					: "no refusal");
 	if (max_fds && a.peak_fds > max_fds)
 		return e2e_fail("the agent held %u fds, the bound is %lu", a.peak_fds, max_fds);
 	if (max_threads && a.peak_threads > max_threads)
@@ -428,7 +430,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd abuse_cmds[] = {
-	{"abuse", "udp|read|readdir|write|connect|session SESSIONS COUNT AGENT_PID [KEY=VALUE]...",
-	 cmd_abuse},
+    {"abuse", "udp|read|readdir|write|connect|session SESSIONS COUNT AGENT_PID [KEY=VALUE]...",
+     cmd_abuse},
 };
 E2E_REGISTER(abuse_cmds)

@@ -51,7 +51,6 @@ static int outgoing_tcp_connect(struct agent_target *t, const struct proto_addr 
 	return hm_steal_fd(&fd);
 }
 
-
 /* ---- helpers ---- */
 
 static double now_s(void)
@@ -767,7 +766,8 @@ static void test_destroy_while_busy(void **state)
 	assert_int_equal(relay_add(r, RELAY_UDP, usv[1], pod, 0, NULL, &err), 0);
 	int fapp, fclient;
 	tcp_pair(&fapp, &fclient);
-	assert_int_equal(relay_add(r, RELAY_FILE, fclient, temp_file(8 << 20, 5), 8 << 20, NULL, &err), 0);
+	assert_int_equal(
+	    relay_add(r, RELAY_FILE, fclient, temp_file(8 << 20, 5), 8 << 20, NULL, &err), 0);
 	usleep(200000);
 	assert_int_equal(atomic_load(&counters.streams), N + 2);
 	relay_destroy(r);

@@ -47,12 +47,12 @@ static int setup(void **state)
 	snprintf(f->sock, sizeof(f->sock), "%s/a.sock", f->dir);
 	f->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	f->cfg = (struct agent_server_config){
-		.unix_path = f->sock,
-		.token = TOKEN,
-		.max_file_size = 1 << 20,
-		.handshake_timeout_ms = 300,
-		.stream_ttl_ms = 1000,
-		.stop_fd = f->stop_fd,
+	    .unix_path = f->sock,
+	    .token = TOKEN,
+	    .max_file_size = 1 << 20,
+	    .handshake_timeout_ms = 300,
+	    .stream_ttl_ms = 1000,
+	    .stop_fd = f->stop_fd,
 	};
 	assert_int_equal(pthread_create(&f->thread, NULL, server_main, f), 0);
 	for (int i = 0; i < 200 && access(f->sock, F_OK) < 0; i++)
@@ -257,13 +257,13 @@ int main(void)
 {
 	hm_log_init("test_agent_server", HM_LOG_QUIET);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_ping_and_status, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_silent_peer_cut_off, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_no_session_yet, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_session_on_self, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_concurrent_calls, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stop_ends_sessions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_ping_and_status, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_silent_peer_cut_off, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_no_session_yet, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_session_on_self, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_concurrent_calls, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stop_ends_sessions, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

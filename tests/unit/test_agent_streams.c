@@ -139,8 +139,7 @@ static void test_stream_budget(void **state)
 	assert_int_equal(agent_budget_session_open(b, "uid 1", &one, &err), 0);
 	assert_int_equal(agent_budget_session_open(b, "uid 2", &two, &err), 0);
 	uint8_t t[PROTO_TOKEN_LEN], first[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, first, &err),
-			 0);
+	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, first, &err), 0);
 	for (int i = 1; i < 4; i++)
 		assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, t, &err),
 				 0);
@@ -276,8 +275,8 @@ static void test_endpoint_parse(void **state)
 	assert_int_equal(client_endpoint_parse("node.example:443", &ep, NULL), 0);
 	assert_string_equal(ep.host, "node.example");
 
-	const char *bad[] = {"", "host", "host:", "host:0", "host:65536", "host:12a", ":80",
-			     "[::1]53", "[::1", "unix:"};
+	const char *bad[] = {"",	 "host", "host:",   "host:0", "host:65536",
+			     "host:12a", ":80",	 "[::1]53", "[::1",   "unix:"};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(bad); i++)
 		assert_int_equal(client_endpoint_parse(bad[i], &ep, NULL), -1);
 	char longpath[300] = "unix:/";
@@ -333,15 +332,15 @@ int main(void)
 {
 	hm_log_init("test_agent_streams", HM_LOG_QUIET);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_token_claimed_once),
-		cmocka_unit_test(test_tokens_differ),
-		cmocka_unit_test(test_drop_session_closes_its_fds),
-		cmocka_unit_test(test_expiry),
-		cmocka_unit_test(test_stream_budget),
-		cmocka_unit_test(test_session_budget),
-		cmocka_unit_test(test_bytes_budget),
-		cmocka_unit_test(test_endpoint_parse),
-		cmocka_unit_test(test_token_load),
+	    cmocka_unit_test(test_token_claimed_once),
+	    cmocka_unit_test(test_tokens_differ),
+	    cmocka_unit_test(test_drop_session_closes_its_fds),
+	    cmocka_unit_test(test_expiry),
+	    cmocka_unit_test(test_stream_budget),
+	    cmocka_unit_test(test_session_budget),
+	    cmocka_unit_test(test_bytes_budget),
+	    cmocka_unit_test(test_endpoint_parse),
+	    cmocka_unit_test(test_token_load),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
