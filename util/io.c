@@ -110,17 +110,12 @@ int hm_read_fd(int fd, size_t size_hint, size_t max, const char *what, char **ou
 	return 0;
 }
 
-int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err)
+int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err)
 {
-	hm_autofd fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", path);
 	return hm_read_fd(fd, 0, 0, path, out, len, err);
-}
-
-int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err)
-{
-	return hm_read_file_at(AT_FDCWD, path, out, len, err);
 }
 
 int hm_mkdir_p(const char *path, mode_t mode, struct hm_err *err)
