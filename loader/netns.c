@@ -46,7 +46,7 @@ int hm_netns_enter(int netns_fd, struct hm_netns_switch *sw, struct hm_err *err)
 	hm_autofd home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
 	if (home < 0)
 		return hm_err_errno(err, "open own network namespace");
-	/* an agent worker thread already lives in its target's netns */
+	/* a caller's thread may already live in the target netns */
 	if (same_file(home, netns_fd))
 		return 0;
 	if (setns(netns_fd, CLONE_NEWNET) < 0)

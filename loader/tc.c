@@ -1,6 +1,6 @@
 /* Lifetime of hermit's tc filters. Classic tc filters (libbpf 1.1 has no tcx links)
- * are owned by the interface, not by the process: they survive a crash of the agent
- * and keep running its program. So attach first removes filters whose program no
+ * are owned by the interface, not by the process: they survive a crash of the process
+ * that attached them and keep running its program. So attach first removes filters whose program no
  * process holds any more, and detach removes exactly what we added — our filter, and
  * the clsact qdisc only when we created it and nobody else's filter sits on it. */
 #include <ctype.h>
@@ -178,7 +178,7 @@ static bool fdinfo_has_prog_id(int pid, const char *fd_name, uint32_t prog_id)
 }
 
 /* A process that holds prog_id through a program or link fd, 0 when none does (as far
- * as this /proc shows: an agent in its own pid namespace sees only its peers). */
+ * as this /proc shows: a caller in its own pid namespace sees only its peers). */
 static pid_t prog_holder(uint32_t prog_id)
 {
 	DIR *proc = opendir("/proc");
