@@ -272,7 +272,7 @@ static int cmd_run(int argc, char **argv)
 	    .seccomp = true,
 	};
 	const char *name = NULL, *rootfs = NULL;
-	hm_autofree char **env = calloc(argc + 1, sizeof(*env));
+	hm_cleanup_free char **env = calloc(argc + 1, sizeof(*env));
 	if (!env)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "out of memory");
 	size_t n_env = 0;

@@ -189,7 +189,7 @@ static void test_mount_target(void **state)
 	/* a magic link is refused even where /proc is a real procfs: resolved from the
 	 * host's own root, the rootfs's etc/resolv.conf -> /proc/self/fd/0 */
 	link_at(s->root, "etc/resolv.conf", "/proc/self/fd/0");
-	hm_autofd host_root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int host_root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	char path[2 * PATH_MAX];
 	snprintf(path, sizeof(path), "%s/etc/resolv.conf", s->root);
 	assert_int_equal(rt_rootfs_mount_target(host_root, path, &err), -1);
