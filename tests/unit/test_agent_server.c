@@ -131,6 +131,56 @@ static void test_silent_peer_cut_off(void **state)
 	close(fd);
 }
 
+/* A transport of another module's kind (a port-forward): the client dials the control
+ * connection and every stream through it, never by the address fields itself. */
+struct counting_dialer {
+	const struct client_endpoint *real;
+	int dials;
+};
+
+static int counting_dial(const struct client_endpoint *ep, int timeout_ms, struct hm_err *err)
+{
+	struct counting_dialer *d = ep->ctx;
+	d->dials++;
+	return client_endpoint_dial(d->real, timeout_ms, err);
+}
+
+static void counting_describe(const struct client_endpoint *ep, char *buf, size_t len)
+{
+	(void)ep;
+	snprintf(buf, len, "counting:");
+}
+
+static void test_own_transport(void **state)
+{
+	struct fixture *f = *state;
+	static const struct client_transport counting = {
+	    .name = "counting", .dial = counting_dial, .describe = counting_describe};
+	struct counting_dialer d = {.real = &f->ep};
+	struct client_endpoint ep = {.transport = &counting, .ctx = &d};
+	char where[64];
+	assert_string_equal(client_endpoint_str(&ep, where, sizeof(where)), "counting:");
+	struct hm_err err = {0};
+	struct client *c;
+	assert_int_equal(client_connect(&ep, TOKEN "x", NULL, &c, &err), -1);
+	assert_int_equal(err.code, EACCES);
+	assert_int_equal(d.dials, 1);
+	assert_int_equal(client_connect(&ep, TOKEN, NULL, &c, &err), 0);
+	assert_int_equal(d.dials, 2);
+	assert_int_equal(client_ping(c, &err), 0);
+	if (geteuid() == 0) { /* a session on ourselves needs CAP_SYS_ADMIN for the netns */
+		char target[32];
+		snprintf(target, sizeof(target), "pid/%d", (int)getpid());
+		assert_int_equal(client_session_open(c, target, NULL, &err), 0);
+		int fd = client_udp_open(c, PROTO_AF_INET, NULL, &err);
+		if (fd < 0)
+			fail_msg("UDP stream: %s", err.msg);
+		close(fd);
+		assert_int_equal(d.dials, 3); /* the stream came through the transport too */
+	}
+	client_close(c);
+}
+
 static void test_no_session_yet(void **state)
 {
 	struct fixture *f = *state;
@@ -260,6 +310,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_ping_and_status, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_silent_peer_cut_off, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_own_transport, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_session_yet, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_session_on_self, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_calls, setup, teardown),

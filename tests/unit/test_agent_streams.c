@@ -283,6 +283,14 @@ static void test_endpoint_parse(void **state)
 	memset(longpath + 6, 'a', 250);
 	longpath[256] = '\0';
 	assert_int_equal(client_endpoint_parse(longpath, &ep, NULL), -1);
+
+	/* trace-run --agent-unix: a path as it is, even without '/' or "./" */
+	assert_int_equal(client_endpoint_unix("agent.sock", &ep, NULL), 0);
+	assert_ptr_equal(ep.transport, &client_transport_unix);
+	assert_string_equal(client_endpoint_str(&ep, buf, sizeof(buf)), "unix:agent.sock");
+	struct hm_err err = {0};
+	assert_int_equal(client_endpoint_unix(longpath + 5, &ep, &err), -1);
+	assert_int_equal(err.code, ENAMETOOLONG);
 }
 
 static void write_file(const char *path, const char *content)
