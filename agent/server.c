@@ -719,9 +719,7 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 	/* the relay owns both fds from here on, also when adding fails */
 	struct hm_err err = {0};
 	int client_fd = hm_steal_fd(&c->fd);
-	static const char *const kinds[] = {
-	    [RELAY_TCP] = "tcp", [RELAY_UDP] = "udp", [RELAY_FILE] = "file"};
-	const char *kind = ps.kind >= RELAY_TCP && ps.kind <= RELAY_FILE ? kinds[ps.kind] : "?";
+	const char *kind = relay_kind_name(ps.kind);
 	int rc = relay_add(srv->relay, ps.kind, client_fd, ps.fd, ps.size, ps.account ? &rel : NULL,
 			   &err);
 	if (rc < 0) {

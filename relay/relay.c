@@ -209,8 +209,7 @@ static void conn_close(struct relay *r, struct relay_conn *c, bool reset, const 
 {
 	if (c->closed)
 		return;
-	static const char *const kind_names[] = {"tcp", "udp", "file"};
-	hm_debug("relay: %s stream closed%s%s", kind_names[c->kind], why ? ": " : "",
+	hm_debug("relay: %s stream closed%s%s", relay_kind_name(c->kind), why ? ": " : "",
 		 why ? why : "");
 	c->closed = true;
 	conn_release(r, c, reset);
@@ -720,6 +719,19 @@ static void *relay_main(void *arg)
 }
 
 /* ---- API ---- */
+
+const char *relay_kind_name(enum relay_kind kind)
+{
+	switch (kind) {
+	case RELAY_TCP:
+		return "tcp";
+	case RELAY_UDP:
+		return "udp";
+	case RELAY_FILE:
+		return "file";
+	}
+	return "?";
+}
 
 static void stop_thread(struct relay *r);
 

@@ -43,6 +43,9 @@ enum relay_kind {
 	RELAY_FILE,
 };
 
+/* "tcp", "udp", "file"; "?" for anything else */
+const char *relay_kind_name(enum relay_kind kind);
+
 /* Called (from the relay's thread, or the adding thread on failure) once a stream's
  * fds are closed, exactly once per add. */
 struct relay_release {
