@@ -6,7 +6,7 @@
  *    (in a worker thread; the program's thread waits in its connect, the supervisor
  *    does not), then connects the program's own socket (a pidfd_getfd duplicate) to
  *    trace-run's relay listener on loopback, pairs the accepted connection with the
- *    agent's stream and hands both to the splice relay (agent/agent.h). When the agent
+ *    agent's stream and hands both to the splice relay (relay/relay.h). When the agent
  *    is a TCP address (--agent HOST:PORT), the program's socket instead connects to
  *    the agent itself and sends the STREAM_HELLO: its bytes then go straight to the
  *    agent with no trace-run process in between. The program's reads and writes are

@@ -1,4 +1,4 @@
-/* The agent's relay (agent/relay.c) and outgoing sockets (agent/outgoing.c), on
+/* The agent's relay (relay/relay.c) and outgoing sockets (agent/outgoing.c), on
  * loopback: checksummed bulk TCP both ways, half-close and reset semantics, 200
  * parallel pairs and what they cost, UDP datagrams framed on a stream, file streams,
  * and destroying the relay while it is busy. */
