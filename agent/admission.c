@@ -96,7 +96,7 @@ static void free_pending(struct pending *p)
 static void log_drop(struct agent_admission *a, const struct pending *p, const char *why)
 {
 	atomic_fetch_add(&a->cfg.stats->errors, 1);
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	if (now - a->window_start_ms >= LOG_WINDOW_MS) {
 		if (a->suppressed)
 			hm_warn("%u more connection(s) closed before their hello in the last %d s "
@@ -178,14 +178,15 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
 {
 	struct pending *p = calloc(1, sizeof(*p));
 	if (!p) {
-		hm_warn("conn %llu (%s): out of memory; closing", (unsigned long long)id, peer->desc);
+		hm_warn("conn %llu (%s): out of memory; closing", (unsigned long long)id,
+			peer->desc);
 		close(fd);
 		return;
 	}
 	p->fd = fd;
 	p->id = id;
 	p->peer = *peer;
-	p->deadline_ms = agent_now_ms() + (uint64_t)a->cfg.deadline_ms;
+	p->deadline_ms = hm_now_ms() + (uint64_t)a->cfg.deadline_ms;
 	proto_frame_reader_init(&p->rd, PROTO_HELLO_MAX_PAYLOAD);
 	struct proto_frame f = {0};
 	int rc = advance(a, p, &f);
@@ -201,13 +202,13 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
 	struct pending *victim = oldest_of_peer(a, peer, &same);
 	if (same < a->cfg.max_per_peer)
 		victim = a->count[peer->is_unix] >= a->cfg.max_per_transport
-				 ? oldest_of_transport(a, peer->is_unix)
-				 : NULL;
+			     ? oldest_of_transport(a, peer->is_unix)
+			     : NULL;
 	if (victim) {
 		char why[128];
 		snprintf(why, sizeof(why), "no hello yet, evicted by a newer connection (%s)",
 			 same >= a->cfg.max_per_peer ? "this peer's pending limit"
-						      : "pending handshakes full");
+						     : "pending handshakes full");
 		drop(a, victim, why);
 	}
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = p};
@@ -245,7 +246,7 @@ int agent_admission_service(struct agent_admission *a)
 				free_pending(p);
 		}
 	} while (n == (int)HM_ARRAY_SIZE(evs));
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	char why[64];
 	snprintf(why, sizeof(why), "no hello within %d ms", a->cfg.deadline_ms);
 	/* the same deadline for all: the oldest expires first */

@@ -47,27 +47,25 @@ static const struct {
 	const char *what, *global_flag, *session_flag;
 	int global_errno, session_errno;
 } res_info[AGENT_RES_COUNT] = {
-	[AGENT_RES_SESSIONS] = {"sessions", "--max-sessions", "--max-peer-sessions", EUSERS,
-				EUSERS},
-	[AGENT_RES_STREAMS] = {"streams", "--max-streams", "--max-session-streams", ENFILE,
-			       EMFILE},
-	[AGENT_RES_BYTES] = {"bytes of replies in flight", "--max-inflight",
-			     "--max-session-inflight", ENOBUFS, ENOBUFS},
-	[AGENT_RES_CONNECTS] = {"connects in progress", "--max-connects",
-				"--max-session-connects", EAGAIN, EAGAIN},
+    [AGENT_RES_SESSIONS] = {"sessions", "--max-sessions", "--max-peer-sessions", EUSERS, EUSERS},
+    [AGENT_RES_STREAMS] = {"streams", "--max-streams", "--max-session-streams", ENFILE, EMFILE},
+    [AGENT_RES_BYTES] = {"bytes of replies in flight", "--max-inflight", "--max-session-inflight",
+			 ENOBUFS, ENOBUFS},
+    [AGENT_RES_CONNECTS] = {"connects in progress", "--max-connects", "--max-session-connects",
+			    EAGAIN, EAGAIN},
 };
 
 void agent_budget_default_limits(struct agent_budget_limits *l)
 {
 	*l = (struct agent_budget_limits){
-		.global = {[AGENT_RES_SESSIONS] = 256,
-			   [AGENT_RES_STREAMS] = 8192,
-			   [AGENT_RES_BYTES] = 256ull << 20,
-			   [AGENT_RES_CONNECTS] = 1024},
-		.per_session = {[AGENT_RES_SESSIONS] = 128,
-				[AGENT_RES_STREAMS] = 1024,
-				[AGENT_RES_BYTES] = 64ull << 20,
-				[AGENT_RES_CONNECTS] = 256},
+	    .global = {[AGENT_RES_SESSIONS] = 256,
+		       [AGENT_RES_STREAMS] = 8192,
+		       [AGENT_RES_BYTES] = 256ull << 20,
+		       [AGENT_RES_CONNECTS] = 1024},
+	    .per_session = {[AGENT_RES_SESSIONS] = 128,
+			    [AGENT_RES_STREAMS] = 1024,
+			    [AGENT_RES_BYTES] = 64ull << 20,
+			    [AGENT_RES_CONNECTS] = 256},
 	};
 }
 
@@ -112,15 +110,17 @@ static int refuse(struct agent_budget *b, enum agent_budget_res res, bool global
 {
 	b->refused[res]++;
 	uint64_t limit = global ? b->limits.global[res] : b->limits.per_session[res];
-	const char *scope = global ? "the agent" : res == AGENT_RES_SESSIONS ? "this peer"
-									    : "this session";
+	const char *scope = global			? "the agent"
+			    : res == AGENT_RES_SESSIONS ? "this peer"
+							: "this session";
 	if (res == AGENT_RES_BYTES)
-		return hm_err_set(err, global ? res_info[res].global_errno : res_info[res].session_errno,
-				  "agent busy: %s has %llu KiB of replies in flight and this one "
-				  "needs %llu KiB more, the limit is %llu KiB (trace-agent %s)",
-				  scope, (unsigned long long)(used >> 10),
-				  (unsigned long long)(want >> 10), (unsigned long long)(limit >> 10),
-				  global ? res_info[res].global_flag : res_info[res].session_flag);
+		return hm_err_set(
+		    err, global ? res_info[res].global_errno : res_info[res].session_errno,
+		    "agent busy: %s has %llu KiB of replies in flight and this one "
+		    "needs %llu KiB more, the limit is %llu KiB (trace-agent %s)",
+		    scope, (unsigned long long)(used >> 10), (unsigned long long)(want >> 10),
+		    (unsigned long long)(limit >> 10),
+		    global ? res_info[res].global_flag : res_info[res].session_flag);
 	return hm_err_set(err, global ? res_info[res].global_errno : res_info[res].session_errno,
 			  "agent limit: %s has %llu %s, the limit is %llu (trace-agent %s)", scope,
 			  (unsigned long long)used, res_info[res].what, (unsigned long long)limit,
@@ -355,7 +355,7 @@ void agent_fd_spare_shed(int listen_fd)
 	if (fd >= 0)
 		close(fd);
 	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	if (now - last_warn_ms >= 1000) {
 		last_warn_ms = now;
 		hm_warn("out of file descriptors: a new connection was closed unserved (see "
@@ -366,15 +366,17 @@ void agent_fd_spare_shed(int listen_fd)
 void agent_budget_status(struct agent_budget *b, struct proto_status_reply *out)
 {
 	static const enum proto_budget_kind kinds[AGENT_RES_COUNT] = {
-		[AGENT_RES_SESSIONS] = PROTO_BUDGET_SESSIONS,
-		[AGENT_RES_STREAMS] = PROTO_BUDGET_STREAMS,
-		[AGENT_RES_BYTES] = PROTO_BUDGET_INFLIGHT,
-		[AGENT_RES_CONNECTS] = PROTO_BUDGET_CONNECTS,
+	    [AGENT_RES_SESSIONS] = PROTO_BUDGET_SESSIONS,
+	    [AGENT_RES_STREAMS] = PROTO_BUDGET_STREAMS,
+	    [AGENT_RES_BYTES] = PROTO_BUDGET_INFLIGHT,
+	    [AGENT_RES_CONNECTS] = PROTO_BUDGET_CONNECTS,
 	};
 	struct agent_budget_usage u;
 	agent_budget_usage(b, &u);
 	for (int r = 0; r < AGENT_RES_COUNT; r++)
-		out->budgets[kinds[r]] = (struct proto_budget){
-			.used = u.used[r], .limit = u.limit[r], .peak = u.peak[r], .refused = u.refused[r]};
+		out->budgets[kinds[r]] = (struct proto_budget){.used = u.used[r],
+							       .limit = u.limit[r],
+							       .peak = u.peak[r],
+							       .refused = u.refused[r]};
 	out->nbudgets = PROTO_BUDGET_COUNT;
 }

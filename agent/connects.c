@@ -117,7 +117,7 @@ void agent_connects_start(struct agent_connects *cs, struct agent_target *t, uin
 		done(ctx, id, -1, NULL, &err);
 		return;
 	}
-	p->deadline_ms = agent_now_ms() + p->timeout_ms;
+	p->deadline_ms = hm_now_ms() + p->timeout_ms;
 	p->next = cs->list;
 	cs->list = p;
 	cs->count++;
@@ -150,7 +150,7 @@ void agent_connects_progress(struct agent_connects *cs, agent_connect_done_fn do
 		}
 	} while (n == (int)HM_ARRAY_SIZE(evs));
 	/* what is still waiting after the events were taken has had its time */
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	for (struct pending_connect **pp = &cs->list; *pp;) {
 		struct pending_connect *p = *pp;
 		if (p->deadline_ms > now) {

@@ -19,7 +19,7 @@ static pid_t env_source_pid(pid_t pid)
 {
 	char path[64], comm[32];
 	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	ssize_t n = fd < 0 ? -1 : read(fd, comm, sizeof(comm) - 1);
 	if (n <= 0)
 		return pid;
@@ -27,7 +27,7 @@ static pid_t env_source_pid(pid_t pid)
 	if (strcmp(comm, "hermit-init\n"))
 		return pid;
 	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
-	hm_autofd cfd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int cfd = open(path, O_RDONLY | O_CLOEXEC);
 	char list[64];
 	n = cfd < 0 ? -1 : read(cfd, list, sizeof(list) - 1);
 	if (n <= 0)
@@ -42,10 +42,10 @@ int agent_env_read(const struct agent_target *t, struct agent_env *out, struct h
 	memset(out, 0, sizeof(*out));
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/environ", (int)env_source_pid(agent_target_pid(t)));
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", path);
-	hm_autofree char *buf = NULL;
+	hm_cleanup_free char *buf = NULL;
 	size_t len = 0;
 	/* hm_read_fd NUL-terminates: the last entry may lack its NUL if the process
 	 * rewrote it */

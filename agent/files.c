@@ -14,7 +14,7 @@
 
 #include "agent/internal.h"
 
-int agent_file_check_path(const char *path, struct hm_err *err)
+static int check_path(const char *path, struct hm_err *err)
 {
 	if (!path)
 		return hm_err_set(err, EINVAL, "missing path");
@@ -28,14 +28,14 @@ int agent_file_check_path(const char *path, struct hm_err *err)
 int agent_file_open_in_root(int root_fd, const char *path, int flags, mode_t mode,
 			    struct hm_err *err)
 {
-	if (agent_file_check_path(path, err) < 0)
+	if (check_path(path, err) < 0)
 		return -1;
 	return hm_openat2(root_fd, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, err);
 }
 
 int agent_file_split_path(const char *path, struct agent_path_split *out, struct hm_err *err)
 {
-	if (agent_file_check_path(path, err) < 0)
+	if (check_path(path, err) < 0)
 		return -1;
 	size_t len = strlen(path);
 	memcpy(out->buf, path, len + 1);
@@ -113,7 +113,8 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	int nofollow = (req->flags & PROTO_READ_NOFOLLOW) ? O_NOFOLLOW : 0;
 	/* O_PATH first: opening a FIFO would block and opening a device can have side
 	 * effects (a watchdog, a tape), so nothing but a regular file is really opened. */
-	hm_autofd path_fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int path_fd =
+	    agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (path_fd < 0)
 		return -1;
 	struct stat st;
@@ -122,7 +123,7 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	if (reject_non_regular(&st, req->path, err) < 0)
 		return -1;
 	/* O_NONBLOCK: a lease held on the file fails the open instead of blocking it */
-	hm_autofd fd = agent_file_reopen(path_fd, O_RDONLY | O_NONBLOCK, err);
+	hm_cleanup_close int fd = agent_file_reopen(path_fd, O_RDONLY | O_NONBLOCK, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "%s", req->path);
 	int fl = fcntl(fd, F_GETFL);
@@ -143,7 +144,8 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 		/* a stream costs the agent no memory (sendfile): the way out for a big
 		 * file when the memory for replies is taken; small ones wait their turn */
 		struct hm_err busy = {0};
-		if (agent_budget_reserve(account, AGENT_RES_BYTES, inline_cost(size), 0, &busy) == 0)
+		if (agent_budget_reserve(account, AGENT_RES_BYTES, inline_cost(size), 0, &busy) ==
+		    0)
 			reserved = inline_cost(size);
 		else if (size >= AGENT_FILE_STREAM_MIN)
 			as_stream = true;
@@ -155,8 +157,9 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	} else if (!as_stream) {
 		/* procfs and sysfs files say 0: reserve for a typical one, and for the rest
 		 * once its size is known */
-		if (agent_budget_reserve(account, AGENT_RES_BYTES, inline_cost(AGENT_FILE_STREAM_MIN),
-					 AGENT_BUDGET_WAIT_MS, err) < 0)
+		if (agent_budget_reserve(account, AGENT_RES_BYTES,
+					 inline_cost(AGENT_FILE_STREAM_MIN), AGENT_BUDGET_WAIT_MS,
+					 err) < 0)
 			return hm_err_prefix(err, "%s", req->path);
 		reserved = inline_cost(AGENT_FILE_STREAM_MIN);
 	}
@@ -196,7 +199,8 @@ int agent_file_stat(int root_fd, const struct proto_path_req *req, struct proto_
 		return hm_err_set(err, EINVAL, "stat: unknown flags 0x%x", req->flags);
 	/* O_PATH|O_NOFOLLOW on a symlink gives the link itself: that is lstat */
 	int nofollow = (req->flags & PROTO_STAT_NOFOLLOW) ? O_NOFOLLOW : 0;
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int fd =
+	    agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (fd < 0)
 		return -1;
 	struct stat st;
@@ -216,7 +220,8 @@ int agent_file_access(int root_fd, const struct proto_file_access *req, struct h
 	if (req->flags & ~(uint32_t)(PROTO_ACCESS_EACCESS | PROTO_ACCESS_NOFOLLOW))
 		return hm_err_set(err, EINVAL, "access: unknown flags 0x%x", req->flags);
 	int nofollow = (req->flags & PROTO_ACCESS_NOFOLLOW) ? O_NOFOLLOW : 0;
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int fd =
+	    agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (fd < 0)
 		return -1;
 	int mode = (int)req->mode; /* PROTO_ACCESS_* are R_OK/W_OK/X_OK */
@@ -241,7 +246,8 @@ int agent_file_readlink(int root_fd, const struct proto_path_req *req, char *buf
 		return hm_err_set(err, EINVAL, "readlink: unknown flags 0x%x", req->flags);
 	if (buflen < 2)
 		return hm_err_set(err, EINVAL, "readlink: buffer too small");
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH | O_NOFOLLOW, 0, err);
+	hm_cleanup_close int fd =
+	    agent_file_open_in_root(root_fd, req->path, O_PATH | O_NOFOLLOW, 0, err);
 	if (fd < 0)
 		return -1;
 	struct stat st;
@@ -376,8 +382,9 @@ static int dir_measure(int fd, char *buf, size_t bufsize, const char *path, size
 			encoded += 8 + 1 + 4 + len + 1;
 			*names += len + 1;
 			if (++*count > AGENT_READDIR_MAX_ENTRIES || encoded > PROTO_MAX_PAYLOAD - 4)
-				return hm_err_set(err, E2BIG, "%s: more than %u entries or %u bytes",
-						  path, AGENT_READDIR_MAX_ENTRIES, PROTO_MAX_PAYLOAD);
+				return hm_err_set(err, E2BIG,
+						  "%s: more than %u entries or %u bytes", path,
+						  AGENT_READDIR_MAX_ENTRIES, PROTO_MAX_PAYLOAD);
 			off += d->d_reclen;
 		}
 	}
@@ -402,13 +409,14 @@ int agent_file_readdir(int root_fd, const struct proto_path_req *req,
 	if (req->flags)
 		return hm_err_set(err, EINVAL, "readdir: unknown flags 0x%x", req->flags);
 	/* O_DIRECTORY fails with ENOTDIR before a FIFO or device would be opened */
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_RDONLY | O_DIRECTORY, 0, err);
+	hm_cleanup_close int fd =
+	    agent_file_open_in_root(root_fd, req->path, O_RDONLY | O_DIRECTORY, 0, err);
 	if (fd < 0)
 		return -1;
 	struct dirent_acc acc = {0};
 	int rc = 0;
 	size_t bufsize = 32768;
-	hm_autofree char *buf = malloc(bufsize);
+	hm_cleanup_free char *buf = malloc(bufsize);
 	if (!buf)
 		return hm_err_set(err, ENOMEM, "%s", req->path);
 	/* measured first, so the memory is reserved (or waited for) in one piece: a
@@ -468,7 +476,7 @@ int agent_file_statfs(int root_fd, const struct proto_path_req *req, struct prot
 {
 	if (req->flags)
 		return hm_err_set(err, EINVAL, "statfs: unknown flags 0x%x", req->flags);
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path, O_PATH, 0, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(root_fd, req->path, O_PATH, 0, err);
 	if (fd < 0)
 		return -1;
 	struct statfs sfs;

@@ -30,7 +30,8 @@ static int open_for_write(int root_fd, const struct proto_file_write *req, struc
 	bool excl = create && (req->flags & PROTO_WRITE_EXCL);
 	struct stat st;
 
-	hm_autofd path_fd = agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
+	hm_cleanup_close int path_fd =
+	    agent_file_open_in_root(root_fd, req->path, O_PATH | nofollow, 0, err);
 	if (path_fd >= 0) {
 		if (excl)
 			return hm_err_set(err, EEXIST, "%s", req->path);
@@ -51,10 +52,10 @@ static int open_for_write(int root_fd, const struct proto_file_write *req, struc
 		return -1;
 	/* Without O_EXCL, O_CREAT follows a dangling symlink and creates its target, as
 	 * open(2) does; RESOLVE_IN_ROOT keeps that target inside the root. */
-	hm_autofd fd = agent_file_open_in_root(root_fd, req->path,
-					       O_WRONLY | O_CREAT | O_NOCTTY | O_NONBLOCK |
-						   nofollow | trunc | (excl ? O_EXCL : 0),
-					       req->mode & 07777, err);
+	hm_cleanup_close int fd = agent_file_open_in_root(
+	    root_fd, req->path,
+	    O_WRONLY | O_CREAT | O_NOCTTY | O_NONBLOCK | nofollow | trunc | (excl ? O_EXCL : 0),
+	    req->mode & 07777, err);
 	if (fd < 0)
 		return -1;
 	if (fstat(fd, &st) < 0)
@@ -82,7 +83,7 @@ int agent_file_write(int root_fd, const struct proto_file_write *req,
 		return hm_err_set(err, EFBIG, "write: offset %llu out of range",
 				  (unsigned long long)req->offset);
 
-	hm_autofd fd = open_for_write(root_fd, req, err);
+	hm_cleanup_close int fd = open_for_write(root_fd, req, err);
 	if (fd < 0)
 		return -1;
 	const char *p = req->data.data;
@@ -117,7 +118,7 @@ int agent_file_mkdir(int root_fd, const struct proto_file_mkdir *req, struct hm_
 		return -1;
 	if (!sp.name[0] || is_dot_or_dotdot(sp.name))
 		return hm_err_set(err, EEXIST, "mkdir %s", req->path);
-	hm_autofd parent = agent_file_open_parent(root_fd, &sp, err);
+	hm_cleanup_close int parent = agent_file_open_parent(root_fd, &sp, err);
 	if (parent < 0)
 		return -1;
 	if (mkdirat(parent, sp.name, req->mode & 07777) < 0)
@@ -151,7 +152,7 @@ int agent_file_unlink(int root_fd, const struct proto_file_unlink *req, struct h
 		int code = !rmdir ? EISDIR : !strcmp(sp.name, ".") ? EINVAL : ENOTEMPTY;
 		return hm_err_set(err, code, "%s %s", op, req->path);
 	}
-	hm_autofd parent = agent_file_open_parent(root_fd, &sp, err);
+	hm_cleanup_close int parent = agent_file_open_parent(root_fd, &sp, err);
 	if (parent < 0)
 		return -1;
 	if (!rmdir && sp.trailing_slash)
@@ -177,10 +178,10 @@ int agent_file_rename(int root_fd, const struct proto_file_rename *req, struct h
 	if (!from.name[0] || !to.name[0] || is_dot_or_dotdot(from.name) ||
 	    is_dot_or_dotdot(to.name))
 		return hm_err_set(err, EBUSY, "rename %s to %s", req->from, req->to);
-	hm_autofd from_parent = agent_file_open_parent(root_fd, &from, err);
+	hm_cleanup_close int from_parent = agent_file_open_parent(root_fd, &from, err);
 	if (from_parent < 0)
 		return -1;
-	hm_autofd to_parent = agent_file_open_parent(root_fd, &to, err);
+	hm_cleanup_close int to_parent = agent_file_open_parent(root_fd, &to, err);
 	if (to_parent < 0)
 		return -1;
 	if (from.trailing_slash || to.trailing_slash) {

@@ -1,6 +1,6 @@
 /* Interfaces between the files of the agent module (trace-agent). Not for other
- * modules: they use agent/agent.h, the client library. Each section is owned by the
- * file it names; keep sections additive. */
+ * modules: agent/agent.h is the server's API. Each section is owned by the file it
+ * names; keep sections additive. */
 #ifndef HERMIT_AGENT_INTERNAL_H
 #define HERMIT_AGENT_INTERNAL_H
 
@@ -12,6 +12,7 @@
 
 #include "agent/agent.h"
 #include "proto/proto.h"
+#include "relay/relay.h"
 #include "util/util.h"
 
 /* ---- target.c: what a session serves ----
@@ -26,7 +27,7 @@ int agent_target_resolve(const struct proto_target *t, struct agent_target **out
 			 struct hm_err *err);
 void agent_target_put(struct agent_target *t);
 pid_t agent_target_pid(const struct agent_target *t);
-int agent_target_pidfd(const struct agent_target *t);   /* POLLIN when the target exits */
+int agent_target_pidfd(const struct agent_target *t);	/* POLLIN when the target exits */
 int agent_target_root_fd(const struct agent_target *t); /* O_PATH dir fd of its root */
 const char *agent_target_describe(const struct agent_target *t);
 /* socket(domain, type|SOCK_CLOEXEC, protocol) inside the target's netns. */
@@ -104,78 +105,44 @@ struct agent_path_split {
 	const char *name;    /* "" when the path is the root itself */
 	bool trailing_slash; /* "dir/": the final component must be a directory */
 };
-int agent_file_check_path(const char *path, struct hm_err *err);
 int agent_file_split_path(const char *path, struct agent_path_split *out, struct hm_err *err);
 int agent_file_open_parent(int root_fd, const struct agent_path_split *sp, struct hm_err *err);
 /* A real open of the inode behind an O_PATH fd (through /proc/self/fd, the only way to
  * reopen one), so the type can be checked before anything with side effects is opened. */
 int agent_file_reopen(int path_fd, int flags, struct hm_err *err);
 
-/* ---- outgoing.c + relay.c: outgoing TCP/UDP and the byte relay ----
- * struct agent_counters (the byte counters the status endpoint reports),
- * agent_relay_create/destroy and agent_relay_add_tcp are in agent/agent.h: trace-run's
- * local proxy uses the same relay. */
-/* Connect a socket made by agent_target_socket to dst (non-blocking connect, waiting
- * at most timeout_ms: 0 means 10 s, more than 120 s is cut to 120 s) and report the
- * local address the pod's side got (local may be NULL). Returns the connected fd,
- * O_NONBLOCK | O_CLOEXEC. A refused, unreachable or timed-out connect fails with
- * err->code = the errno the app would have got (ECONNREFUSED, ETIMEDOUT...). Blocks
- * the calling thread up to the timeout. */
-int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
-			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
-/* The same in two steps, for a caller that waits for many connects at once:
- * begin makes the socket and starts the connect: 0 connected, 1 in progress (wait for
- * POLLOUT), both with *fd the socket; < 0 failed. finish reports the outcome: outcome
- * an errno (0: connected; ETIMEDOUT: the caller's deadline passed), or -1 to read it
- * from SO_ERROR; fills local. timeout_ms is only for the message. */
+/* ---- outgoing.c: outgoing TCP/UDP ----
+ * Their streams are relayed by relay/relay.h (struct relay_counters are the byte
+ * counters the status endpoint reports). */
+/* A TCP connect from the target's netns to dst, in two steps, so that one thread can
+ * wait for many connects at once (connects.c). begin makes the socket (non-blocking,
+ * O_CLOEXEC) and starts the connect: 0 connected, 1 in progress (wait for POLLOUT),
+ * both with *fd the socket; < 0 failed. finish reports the outcome: outcome an errno
+ * (0: connected; ETIMEDOUT: the caller's deadline passed), or -1 to read it from
+ * SO_ERROR; fills local (the address the pod's side got; may be NULL). A refused,
+ * unreachable or timed-out connect fails with err->code = the errno the app would have
+ * got (ECONNREFUSED, ETIMEDOUT...). timeout_ms is only for the message. */
 int agent_outgoing_tcp_begin(struct agent_target *t, const struct proto_addr *dst, int *fd,
 			     struct hm_err *err);
 int agent_outgoing_tcp_finish(int fd, const struct proto_addr *dst, int outcome,
 			      uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err);
-/* The timeout that applies to a request's timeout_ms (0: the default, capped). */
+/* The timeout that applies to a request's timeout_ms: 0 means 10 s, more than 120 s is
+ * cut to 120 s. */
 uint32_t agent_outgoing_timeout(uint32_t timeout_ms);
 /* A UDP socket in the target's netns (family PROTO_AF_*), bound to the wildcard address
  * and an ephemeral port; O_NONBLOCK | O_CLOEXEC. An AF_INET6 socket is dual-stack. */
 int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto_addr *local,
 			    struct hm_err *err);
-/* The relay: one thread with an epoll loop that moves bytes between pairs of fds with
- * splice() through pipes (no user-space copy), and frames UDP datagrams. Per stream it
- * keeps ~200 bytes and its own fds; pipes are pooled and held only while bytes are in
- * flight (at most 32 idle pipes are kept for reuse).
- * The add functions may be called from any thread. They take ownership of the fds in
- * every case: on success the relay closes them when the stream is done, on failure
- * (ENOMEM, or ESHUTDOWN once destroy began) they are closed before returning. The fds
- * are switched to O_NONBLOCK.
- * TCP: EOF from one side becomes shutdown(SHUT_WR) on the other once the bytes before it
- * are delivered; the pair is closed when both directions saw EOF. A reset or error on
- * one side resets the other (close with SO_LINGER 0), so the app sees ECONNRESET where
- * the pod would have.
- * Counters: bytes_out counts bytes from the client delivered to the pod side, bytes_in
- * bytes delivered to the client; streams is incremented by a successful add and
- * decremented when that stream is closed. */
-/* client_fd carries UDP_DATAGRAM frames (id 0) both ways; udp_fd is the pod-side
- * socket. Each frame from the client is one sendto() to its peer (a v4 peer on a v6
- * socket goes out v4-mapped; an unsendable datagram is dropped, as UDP may); each
- * datagram received is one frame with its real source. Any other frame, a malformed
- * one or the client's EOF closes the stream. */
-int agent_relay_add_udp(struct agent_relay *r, int client_fd, int udp_fd, struct hm_err *err);
-/* Send exactly size bytes of file_fd from offset 0 to client_fd (sendfile), then close
- * both. A file shorter than size resets client_fd, so a short stream never looks
- * complete. */
-int agent_relay_add_file(struct agent_relay *r, int client_fd, int file_fd, uint64_t size,
-			 struct hm_err *err);
 
 /* ---- target.c (additions) ---- */
 /* False once the target process has exited (its pidfd turned readable). Check after
  * reading anything through /proc/PID so a recycled pid is never served. */
 bool agent_target_alive(const struct agent_target *t);
-/* Number of targets currently resolved, for the status report. */
-unsigned agent_target_count(void);
 
 /* ---- env.c: the target's environment ---- */
 struct agent_env {
-	char *buf;          /* /proc/PID/environ content; vars point into it */
-	const char **vars;  /* "KEY=VALUE" entries, NUL-free, each <= PROTO_ENV_ENTRY_MAX */
+	char *buf;	   /* /proc/PID/environ content; vars point into it */
+	const char **vars; /* "KEY=VALUE" entries, NUL-free, each <= PROTO_ENV_ENTRY_MAX */
 	uint32_t count;
 };
 #define AGENT_ENV_MAX (4u << 20) /* an environment larger than this is refused (E2BIG) */
@@ -187,26 +154,22 @@ void agent_env_release(struct agent_env *e);
  * parks its object here under a fresh random token; the client's STREAM_HELLO claims it
  * exactly once. Unclaimed objects are closed when they expire or when the session that
  * asked for them ends. */
-enum agent_stream_kind { AGENT_STREAM_TCP = 1, AGENT_STREAM_UDP, AGENT_STREAM_FILE };
 struct agent_pending_stream {
-	enum agent_stream_kind kind;
-	int fd;              /* TCP or UDP socket in the pod's netns, or the file */
-	uint64_t size;       /* FILE: bytes to send */
+	enum relay_kind kind;
+	int fd;		     /* TCP or UDP socket in the pod's netns, or the file */
+	uint64_t size;	     /* FILE: bytes to send */
 	uint64_t session_id; /* the session that asked */
 	/* its budget: one stream reserved and one reference, released together by
 	 * agent_budget_stream_closed (NULL: not counted) */
 	struct agent_budget_account *account;
 };
-/* short: a client claims its token within a round trip; an unclaimed token holds a
- * socket or file open */
-#define AGENT_STREAM_TTL_MS 10000
 struct agent_streams;
 int agent_streams_create(unsigned ttl_ms, struct agent_streams **out, struct hm_err *err);
 void agent_streams_destroy(struct agent_streams *s); /* closes every unclaimed fd */
 /* Park fd (owned from here on, closed on failure too) and fill token. One stream of
  * account's budget is reserved (EMFILE/ENFILE when there is none left). */
 int agent_streams_add(struct agent_streams *s, uint64_t session_id,
-		      struct agent_budget_account *account, enum agent_stream_kind kind, int fd,
+		      struct agent_budget_account *account, enum relay_kind kind, int fd,
 		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
 /* Take the object a token names: 0 and *out (the caller owns out->fd and the budget
  * stream of out->account), or -1 when the token is unknown, used or expired. */
@@ -215,18 +178,6 @@ int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN
 void agent_streams_drop_session(struct agent_streams *s, uint64_t session_id);
 void agent_streams_expire(struct agent_streams *s);
 size_t agent_streams_pending(struct agent_streams *s);
-
-/* ---- relay.c (additions) ---- */
-/* Called (from the relay's thread, or the adding thread on failure) once a stream's
- * fds are closed, exactly once per add: the agent returns the stream's budget there. */
-struct agent_relay_release {
-	void (*fn)(void *arg);
-	void *arg;
-};
-/* agent_relay_add_tcp/udp/file by kind, with a release hook (may be NULL). */
-int agent_relay_add_stream(struct agent_relay *r, enum agent_stream_kind kind, int client_fd,
-			   int fd, uint64_t size, const struct agent_relay_release *rel,
-			   struct hm_err *err);
 
 /* ---- connects.c: one session's TCP connects in progress ----
  * Driven by the session's thread: it polls agent_connects_fd (POLLIN when a connect
@@ -238,7 +189,7 @@ typedef void (*agent_connect_done_fn)(void *ctx, uint32_t id, int fd,
 struct agent_connects;
 int agent_connects_create(struct agent_connects **out, struct hm_err *err);
 void agent_connects_destroy(struct agent_connects *cs); /* closes what is in progress */
-int agent_connects_fd(const struct agent_connects *cs);  /* -1 for NULL */
+int agent_connects_fd(const struct agent_connects *cs); /* -1 for NULL */
 size_t agent_connects_count(const struct agent_connects *cs);
 uint64_t agent_connects_deadline(const struct agent_connects *cs);
 /* done may be called before this returns (refused at once, the pod's loopback). */
@@ -247,25 +198,7 @@ void agent_connects_start(struct agent_connects *cs, struct agent_target *t, uin
 			  agent_connect_done_fn done, void *ctx);
 void agent_connects_progress(struct agent_connects *cs, agent_connect_done_fn done, void *ctx);
 
-/* ---- budget.c: global and per-session limits ----
- * What one client may take of the agent's shared resources. Each resource has a
- * global limit and a per-session one (for sessions: per peer, a unix uid or a TCP
- * address); 0 means unlimited. A refusal fails with err->code the errno the client
- * sees and a message naming the trace-agent flag: sessions EUSERS; streams EMFILE
- * (this session's) or ENFILE (the agent's); reply memory ENOBUFS; connects EAGAIN.
- * Streams count from the reply that opens them (an unclaimed token) to the relay's
- * close. Reply memory is the only resource a request waits for (in arrival order). */
-enum agent_budget_res {
-	AGENT_RES_SESSIONS,
-	AGENT_RES_STREAMS,  /* unclaimed stream tokens and relayed streams */
-	AGENT_RES_BYTES,    /* memory held by replies being built or sent */
-	AGENT_RES_CONNECTS, /* TCP connects in progress, a socket each */
-	AGENT_RES_COUNT
-};
-struct agent_budget_limits {
-	uint64_t global[AGENT_RES_COUNT];
-	uint64_t per_session[AGENT_RES_COUNT]; /* [AGENT_RES_SESSIONS]: per peer */
-};
+/* ---- budget.c: global and per-session limits (see agent/agent.h) ---- */
 struct agent_budget_usage {
 	uint64_t used[AGENT_RES_COUNT], peak[AGENT_RES_COUNT], limit[AGENT_RES_COUNT];
 	uint64_t refused[AGENT_RES_COUNT];
@@ -273,7 +206,6 @@ struct agent_budget_usage {
 struct agent_budget;
 /* One session's share. Refcounted: streams and connects outlive their session. */
 struct agent_budget_account;
-void agent_budget_default_limits(struct agent_budget_limits *l);
 int agent_budget_create(const struct agent_budget_limits *limits, struct agent_budget **out,
 			struct hm_err *err);
 void agent_budget_destroy(struct agent_budget *b);
@@ -308,18 +240,17 @@ void agent_fd_spare_shed(int listen_fd);
 
 /* ---- status.c: what `trace-agent status` reports ---- */
 struct agent_stats {
-	struct agent_counters relay;   /* bytes and open streams, updated by the relay */
-	atomic_uint_fast64_t requests; /* requests answered on control connections */
-	atomic_uint_fast64_t errors;   /* ERROR replies, rejected peers, protocol errors */
-	atomic_uint_fast64_t sessions; /* open */
+	struct relay_counters relay;	  /* bytes and open streams, updated by the relay */
+	atomic_uint_fast64_t requests;	  /* requests answered on control connections */
+	atomic_uint_fast64_t errors;	  /* ERROR replies, rejected peers, protocol errors */
+	atomic_uint_fast64_t sessions;	  /* open */
 	atomic_uint_fast64_t connections; /* open control and stream connections */
 	atomic_uint_fast64_t auth_failures;
 	atomic_uint_fast64_t ctl_bytes_in;  /* control frames to clients */
 	atomic_uint_fast64_t ctl_bytes_out; /* control frames from clients */
-	uint64_t started_ms;                /* CLOCK_MONOTONIC */
+	uint64_t started_ms;		    /* CLOCK_MONOTONIC */
 };
 void agent_stats_init(struct agent_stats *s);
-uint64_t agent_now_ms(void); /* CLOCK_MONOTONIC */
 /* version must outlive out */
 void agent_stats_fill(struct agent_stats *s, const char *version, size_t pending_streams,
 		      struct proto_status_reply *out);
@@ -333,7 +264,7 @@ struct agent_peer {
 	gid_t gid;
 	uint8_t addr[16]; /* TCP: the source address, without the port */
 	uint8_t addr_len; /* 4 or 16 */
-	char desc[128];   /* "unix pid 12 uid 0", "127.0.0.1:4321": for the logs */
+	char desc[128];	  /* "unix pid 12 uid 0", "127.0.0.1:4321": for the logs */
 };
 /* Right after accept4 (SO_PEERCRED gives the connecting process's credentials). */
 void agent_peer_from_accept(int fd, bool is_unix, const struct sockaddr_storage *ss,
@@ -354,12 +285,10 @@ int agent_peer_may_target_pid(const struct agent_peer *peer, pid_t pid, bool all
  * Owned by the server's main thread (not thread-safe). Pending connections have no
  * thread; their first whole frame (at most PROTO_HELLO_MAX_PAYLOAD) goes to admitted(),
  * which takes the fd and the frame's payload. See admission.c for the limits. */
-/* connections that have not sent their first frame, per transport (each holds an fd) */
-#define AGENT_MAX_PENDING_PER_TRANSPORT 256
 struct agent_admission_config {
-	int deadline_ms;            /* for the whole first frame, from accept */
+	int deadline_ms;	    /* for the whole first frame, from accept */
 	unsigned max_per_transport; /* pending unix connections; pending TCP ones */
-	unsigned max_per_peer;      /* pending connections of one uid / source address */
+	unsigned max_per_peer;	    /* pending connections of one uid / source address */
 	struct agent_stats *stats;  /* errors counted here */
 	void (*admitted)(void *arg, int fd, uint64_t id, const struct agent_peer *peer,
 			 struct proto_frame *first);
@@ -379,25 +308,5 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
  * the ms until the next deadline, -1 when nothing is pending. */
 int agent_admission_service(struct agent_admission *a);
 unsigned agent_admission_pending(const struct agent_admission *a, bool is_unix);
-
-/* ---- server.c: listeners, connections, sessions ---- */
-#define AGENT_VERSION "0.1"
-#define AGENT_SERVER_NAME "trace-agent " AGENT_VERSION
-struct agent_server_config {
-	const char *unix_path;   /* NULL: no unix listener */
-	const char *listen_addr; /* "ADDR:PORT" / "[V6]:PORT"; NULL: no TCP listener */
-	const char *token;       /* the auth token every control connection presents */
-	uint64_t max_file_size;  /* FILE_READ cap */
-	int handshake_timeout_ms; /* for the first frame, from accept */
-	gid_t unix_gid;           /* group of the unix socket (mode 0660) */
-	bool allow_any_pid;       /* pid/N for every token holder (else see peer.c) */
-	bool insecure_listen;     /* --listen may be a non-loopback address */
-	unsigned stream_ttl_ms;
-	struct agent_budget_limits limits;
-	int stop_fd;             /* readable (e.g. a signalfd) -> graceful shutdown */
-};
-/* Serve until stop_fd turns readable, then end every session, release everything and
- * remove the unix socket. */
-int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err);
 
 #endif

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 
 #include "agent/agent.h"
-#include "agent/internal.h"
+#include "client/client.h"
 
 #define PROG "trace-agent"
 #define EXIT_USAGE 2
@@ -21,51 +21,51 @@
 #define DEFAULT_HANDSHAKE_MS 2000
 
 static const char usage_text[] =
-	"usage: trace-agent [OPTIONS]\n"
-	"       trace-agent status [--unix PATH | --agent ADDR:PORT] [--token-file F]\n"
-	"\n"
-	"hermit's node agent: serves trace-run sessions on local targets (pod/NAME, pid/N,\n"
-	"container/ID): their environment, their files and connections from their network.\n"
-	"Runs in the foreground and logs on stderr; SIGTERM, SIGINT or SIGHUP stop it\n"
-	"gracefully: every session ends with a message to its client.\n"
-	"\n"
-	"  --unix PATH            unix socket to listen on (default " AGENT_DEFAULT_UNIX "),\n"
-	"                         mode 0660: only root and --unix-group may connect\n"
-	"  --unix-group GROUP     the unix socket's group, name or gid (default: root)\n"
-	"  --no-unix              do not listen on a unix socket\n"
-	"  --listen ADDR:PORT     also listen on TCP, e.g. 127.0.0.1:7070 or [::1]:7070;\n"
-	"                         loopback only, unless --insecure\n"
-	"  --insecure             allow --listen on any address: TCP is not encrypted, the\n"
-	"                         token and file contents cross the network in clear\n"
-	"  --allow-any-pid        any token holder may target any pid/N (default: root\n"
-	"                         any; other unix users their own processes; TCP none)\n"
-	"  --token-file F         auth token (default " AGENT_DEFAULT_TOKEN_FILE "); created\n"
-	"                         with a random token, mode 0600, if it does not exist\n"
-	"  --max-file-size SIZE   largest file a client may read (default 1G)\n"
-	"  --handshake-timeout MS time a new connection has to say hello (default 2000)\n"
-	"  --stream-ttl MS        life of an unclaimed stream token (default 10000)\n"
-	"  --log-level L          debug, info (default), warn or error\n"
-	"  --version              print the version\n"
-	"  -h, --help             this text\n"
-	"\n"
-	"Budgets (0: unlimited). A client over one gets an error naming the flag; the agent\n"
-	"keeps serving the others:\n"
-	"  --max-sessions N       sessions open at once (default 256; EUSERS)\n"
-	"  --max-peer-sessions N  sessions of one peer: a unix uid or a TCP address\n"
-	"                         (default 128; EUSERS)\n"
-	"  --max-streams N        streams (opened, relayed) in all (default 8192, fewer if\n"
-	"                         the fd limit is low; ENFILE)\n"
-	"  --max-session-streams N  streams of one session (default 1024; EMFILE)\n"
-	"  --max-inflight SIZE    memory of file contents, listings and environments being\n"
-	"                         sent (default 256M; a request waits up to 10 s, then\n"
-	"                         ENOBUFS; a file over 64K is streamed instead)\n"
-	"  --max-session-inflight SIZE  the same for one session (default 64M)\n"
-	"  --max-connects N       TCP connects in progress (default 1024; EAGAIN)\n"
-	"  --max-session-connects N  the same for one session (default 256)\n"
-	"\n"
-	"status: print the sessions, streams, requests, errors, bytes and budgets of a running\n"
-	"agent.\n"
-	"The token may also come from the HERMIT_TOKEN environment variable.\n";
+    "usage: trace-agent [OPTIONS]\n"
+    "       trace-agent status [--unix PATH | --agent ADDR:PORT] [--token-file F]\n"
+    "\n"
+    "hermit's node agent: serves trace-run sessions on local targets (pod/NAME, pid/N,\n"
+    "container/ID): their environment, their files and connections from their network.\n"
+    "Runs in the foreground and logs on stderr; SIGTERM, SIGINT or SIGHUP stop it\n"
+    "gracefully: every session ends with a message to its client.\n"
+    "\n"
+    "  --unix PATH            unix socket to listen on (default " PROTO_DEFAULT_AGENT_UNIX "),\n"
+    "                         mode 0660: only root and --unix-group may connect\n"
+    "  --unix-group GROUP     the unix socket's group, name or gid (default: root)\n"
+    "  --no-unix              do not listen on a unix socket\n"
+    "  --listen ADDR:PORT     also listen on TCP, e.g. 127.0.0.1:7070 or [::1]:7070;\n"
+    "                         loopback only, unless --insecure\n"
+    "  --insecure             allow --listen on any address: TCP is not encrypted, the\n"
+    "                         token and file contents cross the network in clear\n"
+    "  --allow-any-pid        any token holder may target any pid/N (default: root\n"
+    "                         any; other unix users their own processes; TCP none)\n"
+    "  --token-file F         auth token (default " PROTO_DEFAULT_TOKEN_FILE "); created\n"
+    "                         with a random token, mode 0600, if it does not exist\n"
+    "  --max-file-size SIZE   largest file a client may read (default 1G)\n"
+    "  --handshake-timeout MS time a new connection has to say hello (default 2000)\n"
+    "  --stream-ttl MS        life of an unclaimed stream token (default 10000)\n"
+    "  --log-level L          debug, info (default), warn or error\n"
+    "  --version              print the version\n"
+    "  -h, --help             this text\n"
+    "\n"
+    "Budgets (0: unlimited). A client over one gets an error naming the flag; the agent\n"
+    "keeps serving the others:\n"
+    "  --max-sessions N       sessions open at once (default 256; EUSERS)\n"
+    "  --max-peer-sessions N  sessions of one peer: a unix uid or a TCP address\n"
+    "                         (default 128; EUSERS)\n"
+    "  --max-streams N        streams (opened, relayed) in all (default 8192, fewer if\n"
+    "                         the fd limit is low; ENFILE)\n"
+    "  --max-session-streams N  streams of one session (default 1024; EMFILE)\n"
+    "  --max-inflight SIZE    memory of file contents, listings and environments being\n"
+    "                         sent (default 256M; a request waits up to 10 s, then\n"
+    "                         ENOBUFS; a file over 64K is streamed instead)\n"
+    "  --max-session-inflight SIZE  the same for one session (default 64M)\n"
+    "  --max-connects N       TCP connects in progress (default 1024; EAGAIN)\n"
+    "  --max-session-connects N  the same for one session (default 256)\n"
+    "\n"
+    "status: print the sessions, streams, requests, errors, bytes and budgets of a running\n"
+    "agent.\n"
+    "The token may also come from the HERMIT_TOKEN environment variable.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
@@ -89,7 +89,7 @@ static int fail(const struct hm_err *err)
 static int token_prepare(const char *path, char *token, size_t len, struct hm_err *err)
 {
 	struct hm_err load_err = {0};
-	if (agent_token_load(path, token, len, &load_err) == 0)
+	if (client_token_load(path, token, len, &load_err) == 0)
 		return 0;
 	if (load_err.code != ENOENT) {
 		*err = load_err;
@@ -115,7 +115,7 @@ static int token_prepare(const char *path, char *token, size_t len, struct hm_er
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		if (errno == EEXIST) /* another agent made it just now */
-			return agent_token_load(path, token, len, err);
+			return client_token_load(path, token, len, err);
 		return hm_err_errno(err, "create token file %s", path);
 	}
 	ssize_t n = hm_write_all(fd, hex, strlen(hex));
@@ -126,7 +126,7 @@ static int token_prepare(const char *path, char *token, size_t len, struct hm_er
 		return hm_err_set(err, saved, "write token file %s", path);
 	}
 	hm_info("created token file %s", path);
-	return agent_token_load(path, token, len, err);
+	return client_token_load(path, token, len, err);
 }
 
 static void warn_token_mode(const char *path)
@@ -155,14 +155,10 @@ static const struct {
 	enum agent_budget_res res;
 	bool global;
 } budget_flags[] = {
-	{"max-sessions", AGENT_RES_SESSIONS, true},
-	{"max-peer-sessions", AGENT_RES_SESSIONS, false},
-	{"max-streams", AGENT_RES_STREAMS, true},
-	{"max-session-streams", AGENT_RES_STREAMS, false},
-	{"max-inflight", AGENT_RES_BYTES, true},
-	{"max-session-inflight", AGENT_RES_BYTES, false},
-	{"max-connects", AGENT_RES_CONNECTS, true},
-	{"max-session-connects", AGENT_RES_CONNECTS, false},
+    {"max-sessions", AGENT_RES_SESSIONS, true}, {"max-peer-sessions", AGENT_RES_SESSIONS, false},
+    {"max-streams", AGENT_RES_STREAMS, true},	{"max-session-streams", AGENT_RES_STREAMS, false},
+    {"max-inflight", AGENT_RES_BYTES, true},	{"max-session-inflight", AGENT_RES_BYTES, false},
+    {"max-connects", AGENT_RES_CONNECTS, true}, {"max-session-connects", AGENT_RES_CONNECTS, false},
 };
 
 /* fds besides the streams': listeners, logs, targets' pidfds and roots, the relay's
@@ -186,7 +182,8 @@ static void fit_fd_limit(struct agent_budget_limits *l, bool streams_set)
 	}
 	if (rl.rlim_cur == RLIM_INFINITY)
 		return;
-	uint64_t others = FD_OVERHEAD + l->global[AGENT_RES_SESSIONS] + l->global[AGENT_RES_CONNECTS];
+	uint64_t others =
+	    FD_OVERHEAD + l->global[AGENT_RES_SESSIONS] + l->global[AGENT_RES_CONNECTS];
 	uint64_t room = rl.rlim_cur > others ? (rl.rlim_cur - others) / 3 : 1;
 	uint64_t *streams = &l->global[AGENT_RES_STREAMS];
 	if (*streams && *streams <= room)
@@ -218,13 +215,13 @@ static int parse_group(const char *s, gid_t *out)
 static int cmd_status(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"unix", required_argument, NULL, 'u'},
-		{"agent", required_argument, NULL, 'a'},
-		{"token-file", required_argument, NULL, 't'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"unix", required_argument, NULL, 'u'},
+	    {"agent", required_argument, NULL, 'a'},
+	    {"token-file", required_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
 	};
-	const char *where = NULL, *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	const char *where = NULL, *token_file = PROTO_DEFAULT_TOKEN_FILE;
 	bool where_unix = true;
 	bool token_file_set = false;
 	int opt;
@@ -255,31 +252,29 @@ static int cmd_status(int argc, char **argv)
 	if (optind < argc)
 		return usage_error("status: unexpected argument '%s'", argv[optind]);
 	struct hm_err err = {0};
-	struct agent_endpoint ep;
+	struct client_endpoint ep;
 	char spec[4200];
 	if (!where)
-		where = AGENT_DEFAULT_UNIX;
+		where = PROTO_DEFAULT_AGENT_UNIX;
 	/* --unix takes a path even without a slash */
 	snprintf(spec, sizeof(spec), "%s%s", where_unix ? "unix:" : "", where);
-	if (agent_endpoint_parse(spec, &ep, &err) < 0)
+	if (client_endpoint_parse(spec, &ep, &err) < 0)
 		return fail(&err);
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
 	const char *env_token = getenv("HERMIT_TOKEN");
 	if (env_token && env_token[0] && !token_file_set) {
 		snprintf(token, sizeof(token), "%s", env_token);
-	} else if (agent_token_load(token_file, token, sizeof(token), &err) < 0) {
+	} else if (client_token_load(token_file, token, sizeof(token), &err) < 0) {
 		return fail(&err);
 	}
-	struct agent_client_opts copts = {.client_name = PROG " status " AGENT_VERSION};
-	struct agent_client *c;
-	if (agent_client_connect(&ep, token, &copts, &c, &err) < 0)
+	struct client_opts copts = {.client_name = PROG " status " AGENT_VERSION};
+	client_cleanup_close struct client *c = NULL;
+	if (client_connect(&ep, token, &copts, &c, &err) < 0)
 		return fail(&err);
-	struct agent_status st;
-	int rc = agent_client_status(c, &st, &err);
-	agent_client_close(c);
-	if (rc < 0)
+	struct client_status st;
+	if (client_status(c, &st, &err) < 0)
 		return fail(&err);
-	agent_status_print(stdout, &st);
+	client_status_print(stdout, &st);
 	return 0;
 }
 
@@ -290,38 +285,38 @@ int main(int argc, char **argv)
 		return cmd_status(argc - 1, argv + 1);
 
 	static const struct option opts[] = {
-		{"listen", required_argument, NULL, 'l'},
-		{"unix", required_argument, NULL, 'u'},
-		{"no-unix", no_argument, NULL, 'U'},
-		{"unix-group", required_argument, NULL, 'g'},
-		{"insecure", no_argument, NULL, 'I'},
-		{"allow-any-pid", no_argument, NULL, 'P'},
-		{"token-file", required_argument, NULL, 't'},
-		{"max-file-size", required_argument, NULL, 'm'},
-		{"handshake-timeout", required_argument, NULL, 'H'},
-		{"stream-ttl", required_argument, NULL, 'S'},
-		{"max-sessions", required_argument, NULL, OPT_BUDGET + 0},
-		{"max-peer-sessions", required_argument, NULL, OPT_BUDGET + 1},
-		{"max-streams", required_argument, NULL, OPT_BUDGET + 2},
-		{"max-session-streams", required_argument, NULL, OPT_BUDGET + 3},
-		{"max-inflight", required_argument, NULL, OPT_BUDGET + 4},
-		{"max-session-inflight", required_argument, NULL, OPT_BUDGET + 5},
-		{"max-connects", required_argument, NULL, OPT_BUDGET + 6},
-		{"max-session-connects", required_argument, NULL, OPT_BUDGET + 7},
-		{"log-level", required_argument, NULL, 'L'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"listen", required_argument, NULL, 'l'},
+	    {"unix", required_argument, NULL, 'u'},
+	    {"no-unix", no_argument, NULL, 'U'},
+	    {"unix-group", required_argument, NULL, 'g'},
+	    {"insecure", no_argument, NULL, 'I'},
+	    {"allow-any-pid", no_argument, NULL, 'P'},
+	    {"token-file", required_argument, NULL, 't'},
+	    {"max-file-size", required_argument, NULL, 'm'},
+	    {"handshake-timeout", required_argument, NULL, 'H'},
+	    {"stream-ttl", required_argument, NULL, 'S'},
+	    {"max-sessions", required_argument, NULL, OPT_BUDGET + 0},
+	    {"max-peer-sessions", required_argument, NULL, OPT_BUDGET + 1},
+	    {"max-streams", required_argument, NULL, OPT_BUDGET + 2},
+	    {"max-session-streams", required_argument, NULL, OPT_BUDGET + 3},
+	    {"max-inflight", required_argument, NULL, OPT_BUDGET + 4},
+	    {"max-session-inflight", required_argument, NULL, OPT_BUDGET + 5},
+	    {"max-connects", required_argument, NULL, OPT_BUDGET + 6},
+	    {"max-session-connects", required_argument, NULL, OPT_BUDGET + 7},
+	    {"log-level", required_argument, NULL, 'L'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
 	};
 	struct agent_server_config cfg = {
-		.unix_path = AGENT_DEFAULT_UNIX,
-		.max_file_size = DEFAULT_MAX_FILE,
-		.handshake_timeout_ms = DEFAULT_HANDSHAKE_MS,
-		.stream_ttl_ms = AGENT_STREAM_TTL_MS,
+	    .unix_path = PROTO_DEFAULT_AGENT_UNIX,
+	    .max_file_size = DEFAULT_MAX_FILE,
+	    .handshake_timeout_ms = DEFAULT_HANDSHAKE_MS,
+	    .stream_ttl_ms = AGENT_STREAM_TTL_MS,
 	};
 	agent_budget_default_limits(&cfg.limits);
 	bool streams_set = false;
-	const char *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	const char *token_file = PROTO_DEFAULT_TOKEN_FILE;
 	enum hm_log_level level = HM_LOG_INFO;
 	uint64_t v;
 	int opt;
@@ -369,8 +364,8 @@ int main(int argc, char **argv)
 		case OPT_BUDGET + 0 ... OPT_BUDGET + 7: {
 			int i = opt - OPT_BUDGET;
 			uint64_t *slot = budget_flags[i].global
-						 ? &cfg.limits.global[budget_flags[i].res]
-						 : &cfg.limits.per_session[budget_flags[i].res];
+					     ? &cfg.limits.global[budget_flags[i].res]
+					     : &cfg.limits.per_session[budget_flags[i].res];
 			int prc = budget_flags[i].res == AGENT_RES_BYTES ? hm_parse_size(optarg, &v)
 									 : hm_parse_u64(optarg, &v);
 			if (prc < 0)
@@ -381,8 +376,8 @@ int main(int argc, char **argv)
 		}
 		case 'L':
 			if (parse_level(optarg, &level) < 0)
-				return usage_error("bad --log-level '%s' (debug, info, warn, error)",
-						   optarg);
+				return usage_error(
+				    "bad --log-level '%s' (debug, info, warn, error)", optarg);
 			break;
 		case 'V':
 			printf("%s (protocol %d)\n", AGENT_SERVER_NAME, PROTO_VERSION);

@@ -3,10 +3,8 @@
  * socket keeps the namespace it was created in, so the pod's routes, addresses and
  * firewall apply and the peer sees the pod's IP. */
 #include <netinet/in.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include "agent/internal.h"
 
@@ -23,13 +21,6 @@ static int family_to_domain(uint8_t family, struct hm_err *err)
 	return hm_err_set(err, EAFNOSUPPORT, "address family %u", family);
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int local_addr(int fd, struct proto_addr *local, struct hm_err *err)
 {
 	struct sockaddr_storage ss;
@@ -37,35 +28,6 @@ static int local_addr(int fd, struct proto_addr *local, struct hm_err *err)
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
 		return hm_err_errno(err, "getsockname");
 	return proto_addr_from_sockaddr((struct sockaddr *)&ss, len, local, err);
-}
-
-/* Wait for a non-blocking connect to finish: its outcome (an errno, 0 on success), or
- * -1 with err filled when waiting itself failed. */
-static int connect_wait(int fd, uint32_t timeout_ms, struct hm_err *err)
-{
-	int64_t deadline = now_ms() + timeout_ms;
-	for (;;) {
-		int64_t left = deadline - now_ms();
-		if (left <= 0)
-			return ETIMEDOUT;
-		struct pollfd p = {.fd = fd, .events = POLLOUT};
-		int n = poll(&p, 1, (int)left);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			hm_err_errno(err, "poll");
-			return -1;
-		}
-		if (n == 0)
-			return ETIMEDOUT;
-		int soerr = 0;
-		socklen_t len = sizeof(soerr);
-		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) {
-			hm_err_errno(err, "getsockopt SO_ERROR");
-			return -1;
-		}
-		return soerr;
-	}
 }
 
 uint32_t agent_outgoing_timeout(uint32_t timeout_ms)
@@ -86,7 +48,8 @@ int agent_outgoing_tcp_begin(struct agent_target *t, const struct proto_addr *ds
 		return hm_err_prefix(err, "connect to %s", dst_str);
 	/* non-blocking from the start: the timeout is ours, not the kernel's ~2 minutes,
 	 * and the relay wants it non-blocking anyway */
-	hm_autofd fd = agent_target_socket(t, domain, SOCK_STREAM | SOCK_NONBLOCK, 0, err);
+	hm_cleanup_close int fd =
+	    agent_target_socket(t, domain, SOCK_STREAM | SOCK_NONBLOCK, 0, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "connect to %s", dst_str);
 	struct sockaddr_storage ss;
@@ -125,35 +88,14 @@ int agent_outgoing_tcp_finish(int fd, const struct proto_addr *dst, int outcome,
 	return 0;
 }
 
-int agent_outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
-			       uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
-{
-	timeout_ms = agent_outgoing_timeout(timeout_ms);
-	hm_autofd fd = -1;
-	int rc = agent_outgoing_tcp_begin(t, dst, &fd, err);
-	if (rc < 0)
-		return -1;
-	int outcome = 0;
-	if (rc == 1) {
-		outcome = connect_wait(fd, timeout_ms, err);
-		if (outcome < 0) {
-			char dst_str[80];
-			return hm_err_prefix(err, "connect to %s",
-					     proto_addr_str(dst, dst_str, sizeof(dst_str)));
-		}
-	}
-	if (agent_outgoing_tcp_finish(fd, dst, outcome, timeout_ms, local, err) < 0)
-		return -1;
-	return hm_steal_fd(&fd);
-}
-
 int agent_outgoing_udp_open(struct agent_target *t, uint8_t family, struct proto_addr *local,
 			    struct hm_err *err)
 {
 	int domain = family_to_domain(family, err);
 	if (domain < 0)
 		return hm_err_prefix(err, "udp socket");
-	hm_autofd fd = agent_target_socket(t, domain, SOCK_DGRAM | SOCK_NONBLOCK, 0, err);
+	hm_cleanup_close int fd =
+	    agent_target_socket(t, domain, SOCK_DGRAM | SOCK_NONBLOCK, 0, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "udp socket");
 	/* the wildcard address: each datagram leaves from whatever source the pod's routes

@@ -19,7 +19,8 @@ void agent_peer_from_accept(int fd, bool is_unix, const struct sockaddr_storage 
 	if (is_unix) {
 		struct ucred cred;
 		socklen_t cl = sizeof(cred);
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cl == sizeof(cred)) {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 &&
+		    cl == sizeof(cred)) {
 			out->has_cred = true;
 			out->pid = cred.pid;
 			out->uid = cred.uid;
@@ -78,7 +79,7 @@ static int process_uids(pid_t pid, uid_t uids[4], struct hm_err *err)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	size_t len;
 	if (hm_read_file(path, &text, &len, err) < 0)
 		return hm_err_set(err, ESRCH, "process %d: no such process", (int)pid);
@@ -112,11 +113,12 @@ int agent_peer_may_target_pid(const struct agent_peer *peer, pid_t pid, bool all
 		return -1;
 	for (int i = 0; i < 4; i++) {
 		if (uids[i] != peer->uid)
-			return hm_err_plain(err, EPERM,
-					    "pid/%d: permission denied: the process runs as uid %lu, "
-					    "the client is uid %lu (only root may target another "
-					    "user's process)",
-					    (int)pid, (unsigned long)uids[i], (unsigned long)peer->uid);
+			return hm_err_plain(
+			    err, EPERM,
+			    "pid/%d: permission denied: the process runs as uid %lu, "
+			    "the client is uid %lu (only root may target another "
+			    "user's process)",
+			    (int)pid, (unsigned long)uids[i], (unsigned long)peer->uid);
 	}
 	return 0;
 }

@@ -32,13 +32,13 @@
 #define AGENT_COMPRESS_MIN (64u << 10)
 
 #define MAX_CONNECTIONS 4096
-#define MAX_PENDING_PER_PEER 64    /* AGENT_MAX_PENDING_PER_TRANSPORT of one uid / address */
-#define ACCEPT_BATCH 32            /* accepts per listener between reads of pending ones */
+#define MAX_PENDING_PER_PEER 64 /* AGENT_MAX_PENDING_PER_TRANSPORT of one uid / address */
+#define ACCEPT_BATCH 32		/* accepts per listener between reads of pending ones */
 /* a full accept queue drops a TCP client's SYN (it retries after 1 s) and blocks a unix
  * client: room for floods, at the kernel's cost (capped by net.core.somaxconn) */
 #define LISTEN_BACKLOG 4096
-#define SEND_STALL_MS 30000        /* a peer that reads nothing for this long is dropped */
-#define DRAIN_MS 500               /* reading leftovers before close, so TCP sends no RST */
+#define SEND_STALL_MS 30000 /* a peer that reads nothing for this long is dropped */
+#define DRAIN_MS 500	    /* reading leftovers before close, so TCP sends no RST */
 #define SHUTDOWN_WAIT_MS 10000
 #define THREAD_STACK (256u << 10)
 #define FRAME_CHARGE_MIN (64u << 10) /* smaller requests are not counted */
@@ -48,7 +48,7 @@ struct server {
 	int unix_fd, tcp_fd;
 	dev_t unix_dev;
 	ino_t unix_ino;
-	struct agent_relay *relay;
+	struct relay *relay;
 	struct agent_streams *streams;
 	struct agent_budget *budget;
 	struct agent_stats stats;
@@ -69,13 +69,13 @@ struct conn {
 	struct proto_frame first; /* read by admission; consumed by handshake() */
 
 	pthread_mutex_t send_lock; /* frames out; also guards closed */
-	bool closed;               /* the session ended: nothing more is sent or parked */
+	bool closed;		   /* the session ended: nothing more is sent or parked */
 
 	uint64_t features; /* agreed in the handshake */
 	uint64_t session_id;
 	struct agent_budget_account *account; /* the session's share of the budgets */
 	struct agent_connects *connects;      /* TCP connects in progress (serve's thread) */
-	uint64_t frame_charge;                /* reply memory held by the request read */
+	uint64_t frame_charge;		      /* reply memory held by the request read */
 	struct agent_target *target;
 	char target_name[PROTO_NAME_MAX]; /* as the client named it */
 };
@@ -230,14 +230,11 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 		/* Let the last frame reach the client: closing with unread input would make
 		 * TCP reset the connection and maybe drop it. */
 		shutdown(c->fd, SHUT_WR);
-		uint64_t until = agent_now_ms() + DRAIN_MS;
+		int64_t until = hm_deadline_in(DRAIN_MS);
 		char sink[4096];
 		for (;;) {
-			uint64_t now = agent_now_ms();
-			if (now >= until)
-				break;
-			struct pollfd p = {.fd = c->fd, .events = POLLIN};
-			if (poll(&p, 1, (int)(until - now)) <= 0)
+			/* the deadline ends the drain even while the client keeps sending */
+			if (hm_now_ms() >= until || hm_poll_fd(c->fd, POLLIN, until) <= 0)
 				break;
 			ssize_t n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
 			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
@@ -364,7 +361,7 @@ static void send_file_read_reply(struct conn *c, const struct proto_msg *m,
 				 struct agent_file_read_result *res)
 {
 	struct hm_err err = {0};
-	hm_autofd file_fd = res->fd;
+	hm_cleanup_close int file_fd = res->fd;
 	void *data = res->data;
 	struct proto_msg r = {.type = PROTO_FILE_READ_REPLY};
 	r.file_read_reply.st = res->st;
@@ -378,14 +375,14 @@ static void send_file_read_reply(struct conn *c, const struct proto_msg *m,
 		r.file_read_reply.data.size = res->size;
 		/* zlib costs ~60 us per small file and saves little there; it pays on big
 		 * text files over slow links (port-forwarded agents) */
-		r.file_read_reply.data.compress = (c->features & PROTO_FEAT_ZLIB) &&
-						  res->size >= AGENT_COMPRESS_MIN;
+		r.file_read_reply.data.compress =
+		    (c->features & PROTO_FEAT_ZLIB) && res->size >= AGENT_COMPRESS_MIN;
 	} else {
 		r.file_read_reply.transfer = PROTO_XFER_STREAM;
 		r.file_read_reply.stream_size = res->size;
-		if (agent_streams_add(c->srv->streams, c->session_id, c->account,
-				      AGENT_STREAM_FILE, hm_steal_fd(&file_fd), res->size,
-				      r.file_read_reply.token, &err) < 0) {
+		if (agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_FILE,
+				      hm_steal_fd(&file_fd), res->size, r.file_read_reply.token,
+				      &err) < 0) {
 			conn_send_err(c, m->id, m->type, &err);
 			return;
 		}
@@ -469,10 +466,10 @@ static void handle_udp_open(struct conn *c, const struct proto_msg *m)
 {
 	struct hm_err err = {0};
 	struct proto_msg r = {.type = PROTO_UDP_OPEN_REPLY};
-	int fd = agent_outgoing_udp_open(c->target, m->udp_open.family, &r.udp_open_reply.local,
-					 &err);
-	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, c->account,
-					AGENT_STREAM_UDP, fd, 0, r.udp_open_reply.token, &err) < 0) {
+	int fd =
+	    agent_outgoing_udp_open(c->target, m->udp_open.family, &r.udp_open_reply.local, &err);
+	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_UDP, fd,
+					0, r.udp_open_reply.token, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
@@ -489,8 +486,8 @@ static void connect_done(void *ctx, uint32_t id, int fd, const struct proto_addr
 	struct proto_msg r = {.type = PROTO_TCP_CONNECT_REPLY};
 	if (fd >= 0) {
 		r.tcp_connect_reply.local = *local;
-		if (agent_streams_add(c->srv->streams, c->session_id, c->account, AGENT_STREAM_TCP,
-				      fd, 0, r.tcp_connect_reply.token, &err) < 0)
+		if (agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_TCP, fd, 0,
+				      r.tcp_connect_reply.token, &err) < 0)
 			fd = -1;
 	}
 	if (fd < 0) {
@@ -537,8 +534,8 @@ static void handle_tcp_connect(struct conn *c, const struct proto_msg *m)
 static void handle_status(struct conn *c, const struct proto_msg *m)
 {
 	struct proto_msg r = {.type = PROTO_STATUS_REPLY};
-	agent_stats_fill(&c->srv->stats, AGENT_SERVER_NAME,
-			 agent_streams_pending(c->srv->streams), &r.status_reply);
+	agent_stats_fill(&c->srv->stats, AGENT_SERVER_NAME, agent_streams_pending(c->srv->streams),
+			 &r.status_reply);
 	agent_budget_status(c->srv->budget, &r.status_reply);
 	conn_send(c, m->id, &r);
 }
@@ -601,14 +598,23 @@ static int dispatch(struct conn *c, const struct proto_msg *m)
 		handle_udp_open(c, m);
 		break;
 	default:
-		conn_send_error(c, m->id, m->type, EOPNOTSUPP, "request not supported by this agent");
+		conn_send_error(c, m->id, m->type, EOPNOTSUPP,
+				"request not supported by this agent");
 	}
 	return 0;
 }
 
 /* ---- reading frames ---- */
 
-enum wake { WAKE_FRAME, WAKE_CLOSED, WAKE_STOP, WAKE_TARGET, WAKE_TIMEOUT, WAKE_BAD, WAKE_CONNECTS };
+enum wake {
+	WAKE_FRAME,
+	WAKE_CLOSED,
+	WAKE_STOP,
+	WAKE_TARGET,
+	WAKE_TIMEOUT,
+	WAKE_BAD,
+	WAKE_CONNECTS
+};
 
 /* Wait for the next whole frame, the end of the connection, the agent's stop, the
  * target's exit, or a connect of the session to finish or time out (WAKE_CONNECTS).
@@ -618,13 +624,13 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 {
 	for (;;) {
 		struct pollfd pf[4] = {
-			{.fd = c->fd, .events = POLLIN},
-			{.fd = c->srv->stop_efd, .events = POLLIN},
-			{.fd = c->target ? agent_target_pidfd(c->target) : -1, .events = POLLIN},
-			{.fd = agent_connects_fd(c->connects), .events = POLLIN},
+		    {.fd = c->fd, .events = POLLIN},
+		    {.fd = c->srv->stop_efd, .events = POLLIN},
+		    {.fd = c->target ? agent_target_pidfd(c->target) : -1, .events = POLLIN},
+		    {.fd = agent_connects_fd(c->connects), .events = POLLIN},
 		};
 		int timeout = -1;
-		uint64_t now = agent_now_ms();
+		uint64_t now = hm_now_ms();
 		if (deadline_ms) {
 			if (now >= deadline_ms)
 				return WAKE_TIMEOUT;
@@ -657,7 +663,9 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 		int rc = proto_frame_reader_read(rd, c->fd, f, err);
 		/* a big request (a file written back) is reply-like memory too: counted
 		 * once its length is known, waiting before the rest is read */
-		uint32_t len = rc == 1 ? f->hdr.len : rd->got >= PROTO_HDR_LEN ? rd->frame.hdr.len : 0;
+		uint32_t len = rc == 1			  ? f->hdr.len
+			       : rd->got >= PROTO_HDR_LEN ? rd->frame.hdr.len
+							  : 0;
 		if (rc >= 0 && c->account && !c->frame_charge && len >= FRAME_CHARGE_MIN) {
 			if (agent_budget_reserve(c->account, AGENT_RES_BYTES, len,
 						 AGENT_BUDGET_WAIT_MS, err) < 0) {
@@ -702,7 +710,7 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 	}
 	r.stream_hello_reply.reason = "";
 	/* the stream keeps counting for its session until the relay closes it */
-	struct agent_relay_release rel = {agent_budget_stream_closed, ps.account};
+	struct relay_release rel = {agent_budget_stream_closed, ps.account};
 	if (conn_send(c, 0, &r) < 0) {
 		close(ps.fd);
 		agent_budget_stream_closed(ps.account);
@@ -711,20 +719,17 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 	/* the relay owns both fds from here on, also when adding fails */
 	struct hm_err err = {0};
 	int client_fd = hm_steal_fd(&c->fd);
-	static const char *const kinds[] = {
-	    [AGENT_STREAM_TCP] = "tcp", [AGENT_STREAM_UDP] = "udp", [AGENT_STREAM_FILE] = "file"};
-	const char *kind = ps.kind >= AGENT_STREAM_TCP && ps.kind <= AGENT_STREAM_FILE
-				   ? kinds[ps.kind]
-				   : "?";
-	int rc = agent_relay_add_stream(srv->relay, ps.kind, client_fd, ps.fd, ps.size,
-					ps.account ? &rel : NULL, &err);
+	const char *kind = relay_kind_name(ps.kind);
+	int rc = relay_add(srv->relay, ps.kind, client_fd, ps.fd, ps.size, ps.account ? &rel : NULL,
+			   &err);
 	if (rc < 0) {
 		atomic_fetch_add(&srv->stats.errors, 1);
 		hm_warn("conn %llu (%s): %s stream of session %llu: %s", (unsigned long long)c->id,
 			c->peer, kind, (unsigned long long)ps.session_id, err.msg);
 	} else {
 		hm_debug("conn %llu (%s): %s stream of session %llu relayed",
-			 (unsigned long long)c->id, c->peer, kind, (unsigned long long)ps.session_id);
+			 (unsigned long long)c->id, c->peer, kind,
+			 (unsigned long long)ps.session_id);
 	}
 }
 
@@ -735,13 +740,12 @@ static int handshake(struct conn *c)
 {
 	struct server *srv = c->srv;
 	struct hm_err err = {0};
-	struct proto_msg m;
+	proto_cleanup_msg struct proto_msg m = {0};
 	atomic_fetch_add(&srv->stats.ctl_bytes_out, PROTO_HDR_LEN + c->first.hdr.len);
 	int decoded = proto_decode_frame(&c->first, &m, &err);
 	c->first = (struct proto_frame){0}; /* the message owns the payload now */
 	if (decoded < 0) {
 		protocol_error(c, "malformed hello", &err);
-		proto_msg_free(&m);
 		return 0;
 	}
 	int result = 0;
@@ -751,12 +755,13 @@ static int handshake(struct conn *c)
 					     AGENT_SERVER_NAME, &r.hello_reply) < 0) {
 			atomic_fetch_add(&srv->stats.errors, 1);
 			atomic_fetch_add(&srv->stats.auth_failures, 1);
-			hm_warn("conn %llu (%s): rejected client '%s': %s", (unsigned long long)c->id,
-				c->peer, m.hello.client, r.hello_reply.reason);
+			hm_warn("conn %llu (%s): rejected client '%s': %s",
+				(unsigned long long)c->id, c->peer, m.hello.client,
+				r.hello_reply.reason);
 		} else {
 			c->features = r.hello_reply.features;
-			hm_info("conn %llu (%s): client '%s' authenticated", (unsigned long long)c->id,
-				c->peer, m.hello.client);
+			hm_info("conn %llu (%s): client '%s' authenticated",
+				(unsigned long long)c->id, c->peer, m.hello.client);
 			result = 1;
 		}
 		conn_send(c, 0, &r);
@@ -767,7 +772,6 @@ static int handshake(struct conn *c)
 		hm_warn("conn %llu (%s): first frame is %s, not HELLO; closing",
 			(unsigned long long)c->id, c->peer, proto_type_name(m.type));
 	}
-	proto_msg_free(&m);
 	return result;
 }
 
@@ -928,7 +932,7 @@ static int unix_path_prepare(const char *path, struct hm_err *err)
 	}
 	if (!S_ISSOCK(st.st_mode))
 		return hm_err_set(err, EEXIST, "%s exists and is not a socket", path);
-	hm_autofd fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	hm_cleanup_close int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return hm_err_errno(err, "socket");
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -997,14 +1001,16 @@ static int split_host_port(const char *spec, char *host, size_t hlen, char *port
 	if (spec[0] == '[') {
 		const char *end = strchr(spec, ']');
 		if (!end || end[1] != ':')
-			return hm_err_set(err, EINVAL, "bad address '%s': expected [V6]:PORT", spec);
+			return hm_err_set(err, EINVAL, "bad address '%s': expected [V6]:PORT",
+					  spec);
 		h = spec + 1;
 		hl = (size_t)(end - h);
 		colon = end + 1;
 	} else {
 		colon = strrchr(spec, ':');
 		if (!colon)
-			return hm_err_set(err, EINVAL, "bad address '%s': expected ADDR:PORT", spec);
+			return hm_err_set(err, EINVAL, "bad address '%s': expected ADDR:PORT",
+					  spec);
 		hl = (size_t)(colon - spec);
 	}
 	if (hl >= hlen || strlen(colon + 1) >= plen || !colon[1])
@@ -1044,13 +1050,14 @@ static int listen_tcp(struct server *srv, const char *spec, struct hm_err *err)
 	for (struct addrinfo *ai = res; ai && !srv->cfg->insecure_listen; ai = ai->ai_next) {
 		if (!sockaddr_is_loopback(ai->ai_addr)) {
 			freeaddrinfo(res);
-			return hm_err_plain(err, EPERM,
-					    "refusing to listen on %s: not a loopback address, and "
-					    "TCP carries the token and file contents in clear text "
-					    "(anyone on the path can read or hijack sessions); listen "
-					    "on 127.0.0.1 and reach it through a port-forward or SSH "
-					    "tunnel, or add --insecure to accept the risk",
-					    spec);
+			return hm_err_plain(
+			    err, EPERM,
+			    "refusing to listen on %s: not a loopback address, and "
+			    "TCP carries the token and file contents in clear text "
+			    "(anyone on the path can read or hijack sessions); listen "
+			    "on 127.0.0.1 and reach it through a port-forward or SSH "
+			    "tunnel, or add --insecure to accept the risk",
+			    spec);
 		}
 	}
 	int fd = -1;
@@ -1133,15 +1140,15 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	if (agent_budget_create(&cfg->limits, &srv->budget, err) < 0 ||
 	    agent_fd_spare_init(err) < 0)
 		goto fail;
-	if (agent_relay_create(&srv->stats.relay, &srv->relay, err) < 0)
+	if (relay_create(&srv->stats.relay, &srv->relay, err) < 0)
 		goto fail;
 	struct agent_admission_config acfg = {
-		.deadline_ms = cfg->handshake_timeout_ms,
-		.max_per_transport = AGENT_MAX_PENDING_PER_TRANSPORT,
-		.max_per_peer = MAX_PENDING_PER_PEER,
-		.stats = &srv->stats,
-		.admitted = admitted,
-		.arg = srv,
+	    .deadline_ms = cfg->handshake_timeout_ms,
+	    .max_per_transport = AGENT_MAX_PENDING_PER_TRANSPORT,
+	    .max_per_peer = MAX_PENDING_PER_PEER,
+	    .stats = &srv->stats,
+	    .admitted = admitted,
+	    .arg = srv,
 	};
 	if (agent_admission_create(&acfg, &srv->admission, err) < 0)
 		goto fail;
@@ -1151,13 +1158,13 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		goto fail;
 	hm_info("%s ready (pid %d)", AGENT_SERVER_NAME, (int)getpid());
 
-	uint64_t next_expire = agent_now_ms() + 1000;
+	int64_t next_expire = hm_now_ms() + 1000;
 	for (;;) {
 		struct pollfd pf[4] = {
-			{.fd = cfg->stop_fd, .events = POLLIN},
-			{.fd = srv->unix_fd, .events = POLLIN},
-			{.fd = srv->tcp_fd, .events = POLLIN},
-			{.fd = agent_admission_fd(srv->admission), .events = POLLIN},
+		    {.fd = cfg->stop_fd, .events = POLLIN},
+		    {.fd = srv->unix_fd, .events = POLLIN},
+		    {.fd = srv->tcp_fd, .events = POLLIN},
+		    {.fd = agent_admission_fd(srv->admission), .events = POLLIN},
 		};
 		int wait = agent_admission_service(srv->admission);
 		if (wait < 0 || wait > 1000)
@@ -1168,9 +1175,9 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 			break;
 		}
 		/* also when connections keep arriving: an unclaimed token holds an fd */
-		if (agent_now_ms() >= next_expire) {
+		if (hm_now_ms() >= next_expire) {
 			agent_streams_expire(srv->streams);
-			next_expire = agent_now_ms() + 1000;
+			next_expire = hm_now_ms() + 1000;
 		}
 		if (n <= 0)
 			continue;
@@ -1209,7 +1216,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		hm_warn("connections did not end within %d s", SHUTDOWN_WAIT_MS / 1000);
 		return 0;
 	}
-	agent_relay_destroy(srv->relay);
+	relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
 	close(srv->stop_efd);
@@ -1224,7 +1231,7 @@ fail:
 	if (srv->tcp_fd >= 0)
 		close(srv->tcp_fd);
 	if (srv->relay)
-		agent_relay_destroy(srv->relay);
+		relay_destroy(srv->relay);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
 	agent_admission_destroy(srv->admission);

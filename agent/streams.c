@@ -115,7 +115,7 @@ static bool of_session(const struct parked *p, uint64_t session_id)
 }
 
 int agent_streams_add(struct agent_streams *s, uint64_t session_id,
-		      struct agent_budget_account *account, enum agent_stream_kind kind, int fd,
+		      struct agent_budget_account *account, enum relay_kind kind, int fd,
 		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
 {
 	agent_streams_expire(s); /* what expired frees room before it is counted */
@@ -138,7 +138,7 @@ int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 		parked_free(p);
 		return -1;
 	}
-	p->expires_ms = agent_now_ms() + s->ttl_ms;
+	p->expires_ms = hm_now_ms() + s->ttl_ms;
 	memcpy(token, p->token, PROTO_TOKEN_LEN);
 	pthread_mutex_lock(&s->lock);
 	p->next = s->list;
@@ -151,7 +151,7 @@ int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN_LEN],
 			struct agent_pending_stream *out)
 {
-	uint64_t now = agent_now_ms();
+	uint64_t now = hm_now_ms();
 	struct parked *found = NULL;
 	pthread_mutex_lock(&s->lock);
 	struct parked *expired = unlink_where(s, is_expired, now);
@@ -185,7 +185,7 @@ void agent_streams_drop_session(struct agent_streams *s, uint64_t session_id)
 void agent_streams_expire(struct agent_streams *s)
 {
 	pthread_mutex_lock(&s->lock);
-	struct parked *expired = unlink_where(s, is_expired, agent_now_ms());
+	struct parked *expired = unlink_where(s, is_expired, hm_now_ms());
 	pthread_mutex_unlock(&s->lock);
 	free_list(expired, "expired unclaimed");
 }

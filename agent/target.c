@@ -26,7 +26,7 @@ struct socket_request {
 
 struct agent_target {
 	struct agent_target *next; /* registry */
-	unsigned refs;             /* under registry_lock */
+	unsigned refs;		   /* under registry_lock */
 	pid_t pid;
 	int pidfd;
 	int root_fd;
@@ -50,12 +50,7 @@ static int pidfd_open(pid_t pid, unsigned flags)
 
 static bool pidfd_alive(int pidfd)
 {
-	struct pollfd p = {.fd = pidfd, .events = POLLIN};
-	int n;
-	do
-		n = poll(&p, 1, 0);
-	while (n < 0 && errno == EINTR);
-	return n == 0;
+	return hm_poll_fd(pidfd, POLLIN, 0) == 0; /* a passed deadline: look once */
 }
 
 bool agent_target_alive(const struct agent_target *t)
@@ -81,16 +76,6 @@ int agent_target_root_fd(const struct agent_target *t)
 const char *agent_target_describe(const struct agent_target *t)
 {
 	return t->description;
-}
-
-unsigned agent_target_count(void)
-{
-	unsigned n = 0;
-	pthread_mutex_lock(&registry_lock);
-	for (struct agent_target *t = registry; t; t = t->next)
-		n++;
-	pthread_mutex_unlock(&registry_lock);
-	return n;
 }
 
 /* ---- the worker: one thread per target, inside the target's netns ---- */
@@ -229,7 +214,7 @@ static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, 
 {
 	char path[64];
 	snprintf(path, sizeof(path), "%s/cgroup", pid_name);
-	hm_autofd fd = openat(proc_fd, path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = openat(proc_fd, path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
 	/* cgroup files are small; a bounded read is plenty and a huge one is nobody's */
@@ -253,8 +238,8 @@ static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
 {
 	size_t idlen = strlen(id);
 	if (idlen < CONTAINER_ID_MIN || idlen > CONTAINER_ID_MAX)
-		return hm_err_set(err, EINVAL, "container id '%s': expected %d to %d hex digits", id,
-				  CONTAINER_ID_MIN, CONTAINER_ID_MAX);
+		return hm_err_set(err, EINVAL, "container id '%s': expected %d to %d hex digits",
+				  id, CONTAINER_ID_MIN, CONTAINER_ID_MAX);
 	for (size_t i = 0; i < idlen; i++)
 		if (!is_hex((unsigned char)id[i]))
 			return hm_err_set(err, EINVAL, "container id '%s': not hexadecimal", id);
@@ -262,7 +247,7 @@ static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
 	for (size_t i = 0; i <= idlen; i++)
 		lower[i] = (char)tolower((unsigned char)id[i]);
 
-	hm_autofd proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (proc_fd < 0)
 		return hm_err_errno(err, "open /proc");
 	int dir_fd = fcntl(proc_fd, F_DUPFD_CLOEXEC, 0);
@@ -308,8 +293,8 @@ static struct agent_target *registry_get(pid_t pid)
 	return found;
 }
 
-static int target_create(pid_t pid, int pidfd, const char *description,
-			 struct agent_target **out, struct hm_err *err)
+static int target_create(pid_t pid, int pidfd, const char *description, struct agent_target **out,
+			 struct hm_err *err)
 {
 	struct agent_target *t = calloc(1, sizeof(*t));
 	if (!t) {
@@ -408,10 +393,11 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		if (rt_pod_state_load(spec->value, &st, err) < 0 || !rt_pod_is_running(&st) ||
 		    st.pid != pid) {
 			close(pidfd);
-			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+			return hm_err_set(err, ESRCH, "%s exited while being resolved",
+					  description);
 		}
 	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
-		hm_autofd proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		char pid_name[16];
 		snprintf(pid_name, sizeof(pid_name), "%d", (int)pid);
 		char lower[CONTAINER_ID_MAX + 1];
@@ -421,7 +407,8 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		if (proc_fd < 0 || !pid_in_container(proc_fd, pid_name, lower, idlen) ||
 		    !pidfd_alive(pidfd)) {
 			close(pidfd);
-			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+			return hm_err_set(err, ESRCH, "%s exited while being resolved",
+					  description);
 		}
 	}
 

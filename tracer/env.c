@@ -18,7 +18,7 @@ int trace_env_build(struct trace_session *s, char *const local[], char ***out, s
 	hm_autofree char **remote = NULL;
 	size_t remote_count = 0;
 	if (opts.import_remote) {
-		if (agent_client_env(s->client, &remote, &remote_count, err) < 0)
+		if (client_env(s->client, &remote, &remote_count, err) < 0)
 			return hm_err_prefix(err, "environment of %s", s->cfg.target);
 		hm_debug("%zu variables in %s's environment", remote_count, s->cfg.target);
 	}

@@ -266,7 +266,7 @@ int files_node_stat(struct files *f, struct files_node *n, const struct stat *ls
 	}
 	case NODE_DIR:
 		f->remote_ops++;
-		return agent_client_stat(f->client, n->path, 0, out, err);
+		return client_stat(f->client, n->path, 0, out, err);
 	}
 	return hm_err_set(err, EINVAL, "node kind");
 }
@@ -541,7 +541,7 @@ void files_undo_run(void *arg)
 	if (n)
 		files_node_remove(f, n);
 	struct hm_err err = {0};
-	if (agent_client_unlink(f->client, u->path, 0, &err) < 0)
+	if (client_unlink(f->client, u->path, 0, &err) < 0)
 		hm_debug("undo the creation of %s: %s", u->path, err.msg);
 }
 

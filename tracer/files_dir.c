@@ -268,7 +268,7 @@ static int list_local(int dirfd, struct name_type **out, size_t *count, char **p
 }
 
 /* make the entries of dirfd those of the remote listing */
-static int sync_entries(int dirfd, const char *path, const struct agent_dirent *ents, size_t n,
+static int sync_entries(int dirfd, const char *path, const struct client_dirent *ents, size_t n,
 			struct hm_err *err)
 {
 	hm_autofree struct name_type *remote = calloc(n ? n : 1, sizeof(*remote));
@@ -364,10 +364,10 @@ int files_dir_open(struct files *f, const char *path, struct hm_err *err)
 {
 	if (files_mirror_ready(f, err) < 0)
 		return -1;
-	hm_autofree struct agent_dirent *ents = NULL;
+	hm_autofree struct client_dirent *ents = NULL;
 	size_t n = 0;
 	f->remote_ops++;
-	if (agent_client_readdir(f->client, path, &ents, &n, err) < 0)
+	if (client_readdir(f->client, path, &ents, &n, err) < 0)
 		return -1;
 	hm_autofd fd = mirror_dir_fd(f, path, err);
 	if (fd < 0)
@@ -585,7 +585,7 @@ static struct tracer_result handle_chdir(const struct tracer_call *call, void *d
 	}
 	struct proto_stat st;
 	f->remote_ops++;
-	if (agent_client_stat(f->client, t.path, 0, &st, &err) < 0)
+	if (client_stat(f->client, t.path, 0, &st, &err) < 0)
 		return tracer_error(files_agent_errno(f, "chdir", t.path, &err));
 	if (!S_ISDIR(st.mode))
 		return tracer_error(ENOTDIR);

@@ -95,7 +95,7 @@ struct files_cache_entry {
 
 struct files {
 	struct trace_session *s;
-	struct agent_client *client;
+	struct client *client;
 	const struct hm_fs_policy *fs;
 	bool writes;	       /* remote writes possible: fs mode write, or a read_write list */
 	char base[PATH_MAX];   /* private temp dir, "" until first needed */

@@ -101,9 +101,8 @@ static struct tracer_result stat_at(struct files *f, const struct tracer_call *c
 	struct proto_stat ps;
 	struct hm_err err = {0};
 	f->remote_ops++;
-	if (agent_client_stat(f->client, t.path,
-			      (at_flags & AT_SYMLINK_NOFOLLOW) ? PROTO_STAT_NOFOLLOW : 0, &ps,
-			      &err) < 0)
+	if (client_stat(f->client, t.path,
+			(at_flags & AT_SYMLINK_NOFOLLOW) ? PROTO_STAT_NOFOLLOW : 0, &ps, &err) < 0)
 		return tracer_error(files_agent_errno(f, op, t.path, &err));
 	if (t.trailing_slash && !S_ISDIR(ps.mode))
 		return tracer_error(ENOTDIR);
@@ -168,7 +167,7 @@ static struct tracer_result access_at(struct files *f, const struct tracer_call 
 			 ((at_flags & AT_SYMLINK_NOFOLLOW) ? PROTO_ACCESS_NOFOLLOW : 0);
 	struct hm_err err = {0};
 	f->remote_ops++;
-	if (agent_client_access(f->client, remote, (uint32_t)mode, flags, &err) < 0)
+	if (client_access(f->client, remote, (uint32_t)mode, flags, &err) < 0)
 		return tracer_error(files_agent_errno(f, "access", remote, &err));
 	return tracer_return(0);
 }
@@ -210,7 +209,7 @@ static struct tracer_result readlink_at(struct files *f, const struct tracer_cal
 	char target[PATH_MAX];
 	struct hm_err err = {0};
 	f->remote_ops++;
-	if (agent_client_readlink(f->client, t.path, target, sizeof(target), &err) < 0)
+	if (client_readlink(f->client, t.path, target, sizeof(target), &err) < 0)
 		return tracer_error(files_agent_errno(f, "readlink", t.path, &err));
 	size_t len = strlen(target);
 	if (len > size)
@@ -238,7 +237,7 @@ static struct tracer_result put_statfs(struct files *f, const struct tracer_call
 	struct proto_statfs ps;
 	struct hm_err err = {0};
 	f->remote_ops++;
-	if (agent_client_statfs(f->client, remote, &ps, &err) < 0)
+	if (client_statfs(f->client, remote, &ps, &err) < 0)
 		return tracer_error(files_agent_errno(f, "statfs", remote, &err));
 	struct statfs sf;
 	memset(&sf, 0, sizeof(sf));

@@ -69,9 +69,9 @@ int files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fs
 	struct proto_file_write_reply reply;
 	files_cache_invalidate(f, n->path);
 	f->remote_ops++;
-	int rc = agent_client_write_file(f->client, n->path,
-					 PROTO_WRITE_TRUNC | (fsync ? PROTO_WRITE_FSYNC : 0), 0, 0,
-					 data, size, &reply, err);
+	int rc = client_write_file(f->client, n->path,
+				   PROTO_WRITE_TRUNC | (fsync ? PROTO_WRITE_FSYNC : 0), 0, 0, data,
+				   size, &reply, err);
 	if (data)
 		munmap(data, size);
 	if (rc < 0)
@@ -208,7 +208,7 @@ static struct tracer_result mkdir_at(struct files *f, const struct tracer_call *
 	f->remote_ops++;
 	mode_t m = (mode & 07777) & ~files_umask(call->pid);
 	files_cache_invalidate(f, t.path);
-	if (agent_client_mkdir(f->client, t.path, m, &err) < 0)
+	if (client_mkdir(f->client, t.path, m, &err) < 0)
 		return tracer_error(files_agent_errno(f, "mkdir", t.path, &err));
 	return files_replayable(f, call, tracer_return(0));
 }
@@ -241,7 +241,7 @@ static struct tracer_result unlink_at(struct files *f, const struct tracer_call 
 	struct hm_err err = {0};
 	f->remote_ops++;
 	files_cache_invalidate(f, t.path);
-	if (agent_client_unlink(f->client, t.path, dir ? PROTO_UNLINK_DIR : 0, &err) < 0)
+	if (client_unlink(f->client, t.path, dir ? PROTO_UNLINK_DIR : 0, &err) < 0)
 		return tracer_error(files_agent_errno(f, op, t.path, &err));
 	return files_replayable(f, call, tracer_return(0));
 }
@@ -309,7 +309,7 @@ static struct tracer_result rename_at(struct files *f, const struct tracer_call 
 	files_cache_invalidate(f, from.path);
 	files_cache_invalidate(f, to.path);
 	f->remote_ops++;
-	if (agent_client_rename(f->client, from.path, to.path, pflags, &err) < 0)
+	if (client_rename(f->client, from.path, to.path, pflags, &err) < 0)
 		return tracer_error(files_agent_errno(f, "rename", from.path, &err));
 	if (!(flags & RENAME_EXCHANGE))
 		rename_writers(f, from.path, to.path);

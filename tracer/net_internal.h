@@ -6,7 +6,7 @@
  *    (in a worker thread; the program's thread waits in its connect, the supervisor
  *    does not), then connects the program's own socket (a pidfd_getfd duplicate) to
  *    trace-run's relay listener on loopback, pairs the accepted connection with the
- *    agent's stream and hands both to the splice relay (agent/agent.h). When the agent
+ *    agent's stream and hands both to the splice relay (relay/relay.h). When the agent
  *    is a TCP address (--agent HOST:PORT), the program's socket instead connects to
  *    the agent itself and sends the STREAM_HELLO: its bytes then go straight to the
  *    agent with no trace-run process in between. The program's reads and writes are
@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 
+#include "relay/relay.h"
 #include "tracer/session.h"
 
 /* A socket address as the program sees one. */
@@ -66,8 +67,8 @@ struct net_sock {
 
 struct net_state {
 	struct trace_session *s;
-	struct agent_counters counters;
-	struct agent_relay *relay;
+	struct relay_counters counters;
+	struct relay *relay;
 	int listen4, listen6; /* the relay listeners; listen6 -1 without IPv6 loopback */
 	struct net_addr listen4_addr, listen6_addr;
 	bool have6; /* ::1 can be bound */

@@ -48,8 +48,8 @@ struct forward {
 
 struct pf {
 	struct trace_session s;
-	struct agent_counters counters;
-	struct agent_relay *relay;
+	struct relay_counters counters;
+	struct relay *relay;
 	struct forward fwd[MAX_FORWARDS];
 	size_t n_fwd;
 	int active; /* atomic: connection threads still talking to the agent */
@@ -324,7 +324,7 @@ static int dns_answer(const uint8_t *m, size_t len, uint16_t id, uint16_t port,
 }
 
 /* one question to one nameserver, through a UDP socket in the target */
-static int ask(struct agent_client *c, const struct net_addr *ns, const char *name, uint16_t qtype,
+static int ask(struct client *c, const struct net_addr *ns, const char *name, uint16_t qtype,
 	       uint16_t port, struct net_addr *out, struct hm_err *err)
 {
 	uint8_t q[512], a[4096];
@@ -337,10 +337,10 @@ static int ask(struct agent_client *c, const struct net_addr *ns, const char *na
 	struct proto_addr pns;
 	if (net_addr_to_proto(ns, &pns, err) < 0)
 		return -1;
-	hm_autofd stream = agent_client_udp_open(c, pns.family, NULL, err);
+	hm_autofd stream = client_udp_open(c, pns.family, NULL, err);
 	if (stream < 0)
 		return -1;
-	if (agent_udp_send(stream, &pns, q, qlen, err) < 0)
+	if (client_udp_send(stream, &pns, q, qlen, err) < 0)
 		return -1;
 	uint64_t deadline = net_now_ms() + DNS_TIMEOUT_MS;
 	for (;;) {
@@ -348,7 +348,7 @@ static int ask(struct agent_client *c, const struct net_addr *ns, const char *na
 		if (now >= deadline)
 			return hm_err_set(err, ETIMEDOUT, "no answer from the nameserver");
 		struct proto_addr src;
-		ssize_t n = agent_udp_recv(stream, &src, a, sizeof(a), (int)(deadline - now), err);
+		ssize_t n = client_udp_recv(stream, &src, a, sizeof(a), (int)(deadline - now), err);
 		if (n < 0)
 			return -1;
 		int r = dns_answer(a, (size_t)n, id, port, out);
@@ -357,24 +357,24 @@ static int ask(struct agent_client *c, const struct net_addr *ns, const char *na
 	}
 }
 
-static int resolve(struct agent_client *c, const char *host, uint16_t port, struct net_addr *out,
+static int resolve(struct client *c, const char *host, uint16_t port, struct net_addr *out,
 		   struct hm_err *err)
 {
 	if (parse_ip(host, port, out) == 0)
 		return 0;
-	struct agent_file_content fc;
-	if (agent_client_read_file(c, "/etc/hosts", 0, 1 << 20, &fc, err) == 0) {
+	struct client_file_content fc;
+	if (client_read_file(c, "/etc/hosts", 0, 1 << 20, &fc, err) == 0) {
 		hm_autofree char *text = strndup(fc.data, fc.size);
-		agent_file_content_release(&fc);
+		client_file_content_release(&fc);
 		if (text && hosts_lookup(text, host, port, out) == 0)
 			return 0;
 	}
-	if (agent_client_read_file(c, "/etc/resolv.conf", 0, 1 << 20, &fc, err) < 0)
+	if (client_read_file(c, "/etc/resolv.conf", 0, 1 << 20, &fc, err) < 0)
 		return hm_err_prefix(err, "resolve %s in the target: /etc/resolv.conf", host);
 	struct resolv rc;
 	{
 		hm_autofree char *text = strndup(fc.data, fc.size);
-		agent_file_content_release(&fc);
+		client_file_content_release(&fc);
 		if (!text)
 			return hm_err_set(err, ENOMEM, "resolv.conf");
 		parse_resolv(text, &rc);
@@ -437,7 +437,7 @@ static void *conn_thread(void *arg)
 	int stream = -1;
 	if (resolve(pf->s.client, pc->fwd->host, pc->fwd->port, &dst, &err) == 0 &&
 	    net_addr_to_proto(&dst, &pdst, &err) == 0)
-		stream = agent_client_tcp_connect(pf->s.client, &pdst, 0, &local, &err);
+		stream = client_tcp_connect(pf->s.client, &pdst, 0, &local, &err);
 	if (stream < 0) {
 		hm_warn("-L %s: connection from %s: %s", pc->fwd->spec, from, err.msg);
 		reset_close(pc->client);
@@ -445,7 +445,7 @@ static void *conn_thread(void *arg)
 		hm_info("-L %s: %s -> %s (from %s in the target)", pc->fwd->spec, from,
 			net_addr_str(&dst, dst_str, sizeof(dst_str)),
 			proto_addr_str(&local, pod, sizeof(pod)));
-		if (agent_relay_add_tcp(pf->relay, pc->client, stream, &err) < 0)
+		if (relay_add_tcp(pf->relay, pc->client, stream, &err) < 0)
 			hm_warn("-L %s: %s", pc->fwd->spec, err.msg);
 	}
 	/* last: the main thread destroys the relay once no connection thread is left */
@@ -573,7 +573,7 @@ static int serve(struct pf *pf, int sigfd)
 	for (size_t i = 0; i < pf->n_fwd; i++)
 		pfd[n++] = (struct pollfd){.fd = pf->fwd[i].fd, .events = POLLIN};
 	pfd[n++] = (struct pollfd){.fd = sigfd, .events = POLLIN};
-	pfd[n++] = (struct pollfd){.fd = agent_client_event_fd(pf->s.client), .events = POLLIN};
+	pfd[n++] = (struct pollfd){.fd = client_event_fd(pf->s.client), .events = POLLIN};
 	for (;;) {
 		if (poll(pfd, n, -1) < 0) {
 			if (errno == EINTR)
@@ -587,7 +587,7 @@ static int serve(struct pf *pf, int sigfd)
 			return 0;
 		}
 		struct hm_err why = {0};
-		if (pfd[n - 1].revents && agent_client_ended(pf->s.client, &why))
+		if (pfd[n - 1].revents && client_ended(pf->s.client, &why))
 			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "the session ended: %s",
 					   why.msg);
 		for (size_t i = 0; i < pf->n_fwd; i++)
@@ -650,7 +650,7 @@ int trace_port_forward_main(int argc, char **argv)
 	sigset_t cur;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &cur);
-	int r = agent_relay_create(&pf->counters, &pf->relay, &err);
+	int r = relay_create(&pf->counters, &pf->relay, &err);
 	pthread_sigmask(SIG_SETMASK, &cur, NULL);
 	if (r < 0) {
 		rc = hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
@@ -670,11 +670,11 @@ out:
 	if (session) {
 		/* connection threads still waiting for the agent fail now */
 		if (pf->s.client)
-			agent_client_shutdown(pf->s.client);
+			client_shutdown(pf->s.client);
 		while (__atomic_load_n(&pf->active, __ATOMIC_ACQUIRE) > 0)
 			usleep(10000);
 		if (pf->relay)
-			agent_relay_destroy(pf->relay);
+			relay_destroy(pf->relay);
 		trace_session_release(&pf->s);
 	}
 	hm_config_free(&cfg);

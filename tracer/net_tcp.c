@@ -49,8 +49,8 @@ static int listener_open(int family, struct net_addr *addr, struct hm_err *err)
  * address of each family counts (the order the control connection tried them in). */
 static void direct_init(struct net_state *st)
 {
-	const struct agent_endpoint *ep = &st->s->endpoint;
-	if (ep->is_unix)
+	const struct client_endpoint *ep = &st->s->endpoint;
+	if (ep->transport != &client_transport_tcp)
 		return;
 	struct addrinfo hints = {
 	    .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
@@ -98,7 +98,7 @@ int net_tcp_init(struct net_state *st, struct hm_err *err)
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int r = agent_relay_create(&st->counters, &st->relay, err);
+	int r = relay_create(&st->counters, &st->relay, err);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return r;
 }
@@ -106,7 +106,7 @@ int net_tcp_init(struct net_state *st, struct hm_err *err)
 void net_tcp_fini(struct net_state *st)
 {
 	if (st->relay)
-		agent_relay_destroy(st->relay);
+		relay_destroy(st->relay);
 	st->relay = NULL;
 	if (st->listen4 >= 0)
 		close(st->listen4);
@@ -270,7 +270,7 @@ static int direct_connect(int dup, const struct net_addr *agent, int timeout_ms)
 static int direct_stream(struct net_job *job, const struct net_addr *agent,
 			 const uint8_t token[PROTO_TOKEN_LEN])
 {
-	int timeout = AGENT_DEFAULT_TIMEOUT_MS; /* as the client library's own streams */
+	int timeout = CLIENT_DEFAULT_TIMEOUT_MS; /* as the client library's own streams */
 	char where[80];
 	if (direct_connect(job->dup, agent, ATTACH_TIMEOUT_MS) < 0) {
 		int e = errno;
@@ -295,12 +295,12 @@ static void tcp_work(struct net_job *job)
 	const struct net_addr *agent = direct_addr(st, net_socket_family(job->dup));
 	if (!agent) {
 		job->result_fd =
-		    agent_client_tcp_connect(st->s->client, &job->pdst, 0, &job->local, &job->err);
+		    client_tcp_connect(st->s->client, &job->pdst, 0, &job->local, &job->err);
 		return;
 	}
 	uint8_t token[PROTO_TOKEN_LEN];
-	if (agent_client_tcp_connect_token(st->s->client, &job->pdst, 0, token, &job->local,
-					   &job->err) < 0)
+	if (client_tcp_connect_token(st->s->client, &job->pdst, 0, token, &job->local, &job->err) <
+	    0)
 		return;
 	int rc = direct_stream(job, agent, token);
 	if (rc == 0) {
@@ -318,9 +318,9 @@ static void tcp_work(struct net_job *job)
 	}
 	hm_debug("%s; through the relay instead", job->err.msg);
 	job->err = (struct hm_err){0};
-	/* the relay's path: trace-run's own stream connection, as agent_client_tcp_connect */
-	int timeout = AGENT_DEFAULT_TIMEOUT_MS;
-	hm_autofd fd = agent_endpoint_dial(&st->s->endpoint, timeout, &job->err);
+	/* the relay's path: trace-run's own stream connection, as client_tcp_connect */
+	int timeout = CLIENT_DEFAULT_TIMEOUT_MS;
+	hm_autofd fd = client_endpoint_dial(&st->s->endpoint, timeout, &job->err);
 	if (fd < 0 || proto_stream_open(fd, token, timeout, &job->err) < 0)
 		return;
 	job->result_fd = hm_steal_fd(&fd);
@@ -369,7 +369,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 			return tracer_error(ECONNREFUSED);
 		}
 		int agent_fd = hm_steal_fd(&job->result_fd);
-		if (agent_relay_add_tcp(st->relay, acc, agent_fd, &err) < 0) {
+		if (relay_add_tcp(st->relay, acc, agent_fd, &err) < 0) {
 			hm_warn("connect to %s: %s", where, err.msg);
 			free(ns);
 			return tracer_error(ENOBUFS);

@@ -158,7 +158,7 @@ static int udp_send(struct net_sock *ns, const struct net_addr *dst, const void 
 	if (net_addr_to_proto(dst, &pdst, err) < 0)
 		return -1;
 	ns->last_ms = net_now_ms();
-	return agent_udp_send(ns->stream, &pdst, data, len, err);
+	return client_udp_send(ns->stream, &pdst, data, len, err);
 }
 
 /* Connect the program's socket to dst's proxy (st->lock held). */
@@ -191,7 +191,7 @@ static uint8_t proto_family(int family)
 
 static void udp_open_work(struct net_job *job)
 {
-	job->result_fd = agent_client_udp_open(job->st->s->client, job->family, NULL, &job->err);
+	job->result_fd = client_udp_open(job->st->s->client, job->family, NULL, &job->err);
 }
 
 /* The entry for job's socket, made with the stream the job opened when there is none
@@ -466,7 +466,7 @@ struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_
 			dst = ns->peer;
 		if (via_agent && !ns) {
 			pthread_mutex_unlock(&st->lock);
-			int stream = agent_client_udp_open(
+			int stream = client_udp_open(
 			    st->s->client, proto_family(net_socket_family(dup)), NULL, &err);
 			pthread_mutex_lock(&st->lock);
 			ns = net_table_find(st, ino);

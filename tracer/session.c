@@ -39,7 +39,7 @@ int trace_session_init(struct trace_session *s, struct hm_trace_config *cfg, con
 bool trace_session_lost(struct trace_session *s, int *errno_for_files)
 {
 	struct hm_err why = {0};
-	if (!s->client || !agent_client_ended(s->client, &why))
+	if (!s->client || !client_ended(s->client, &why))
 		return false;
 	bool target_gone = why.code == ESRCH;
 	if (errno_for_files)
@@ -66,7 +66,7 @@ static void session_ended(void *arg)
 
 void trace_session_watch(struct trace_session *s)
 {
-	tracer_watch_fd(s->tracer, agent_client_event_fd(s->client), session_ended, s);
+	tracer_watch_fd(s->tracer, client_event_fd(s->client), session_ended, s);
 }
 
 static bool agent_unreachable(int code)
@@ -94,37 +94,34 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 	*exit_code = TRACER_EXIT_FAILURE;
 	const char *spec = s->cfg.agent.address	    ? s->cfg.agent.address
 			   : s->cfg.agent.unix_path ? s->cfg.agent.unix_path
-						    : AGENT_DEFAULT_UNIX;
+						    : PROTO_DEFAULT_AGENT_UNIX;
 	if (s->cfg.agent.unix_path && !s->cfg.agent.address) {
 		/* a unix path need not start with '/' or "./" to be one */
-		s->endpoint = (struct agent_endpoint){.is_unix = true};
-		if (strlen(spec) >= sizeof(s->endpoint.path))
-			return hm_err_set(err, ENAMETOOLONG, "agent socket path %s is too long",
-					  spec);
-		snprintf(s->endpoint.path, sizeof(s->endpoint.path), "%s", spec);
-	} else if (agent_endpoint_parse(spec, &s->endpoint, err) < 0) {
+		if (client_endpoint_unix(spec, &s->endpoint, err) < 0)
+			return -1;
+	} else if (client_endpoint_parse(spec, &s->endpoint, err) < 0) {
 		return hm_err_prefix(err, "agent address");
 	}
 	char where[300];
-	agent_endpoint_str(&s->endpoint, where, sizeof(where));
+	client_endpoint_str(&s->endpoint, where, sizeof(where));
 
 	if (!s->token[0]) {
 		const char *file =
-		    s->cfg.agent.token_file ? s->cfg.agent.token_file : AGENT_DEFAULT_TOKEN_FILE;
-		if (agent_token_load(file, s->token, sizeof(s->token), err) < 0) {
+		    s->cfg.agent.token_file ? s->cfg.agent.token_file : PROTO_DEFAULT_TOKEN_FILE;
+		if (client_token_load(file, s->token, sizeof(s->token), err) < 0) {
 			*exit_code = TRACE_EXIT_AUTH;
 			return hm_err_prefix(err, "no auth token for the agent (give --token-file "
 						  "or set HERMIT_TOKEN)");
 		}
 	}
 
-	struct agent_client_opts opts = {.client_name = "trace-run"};
-	if (agent_client_connect(&s->endpoint, s->token, &opts, &s->client, err) < 0) {
+	struct client_opts opts = {.client_name = "trace-run"};
+	if (client_connect(&s->endpoint, s->token, &opts, &s->client, err) < 0) {
 		if (err->code == EACCES) {
 			/* a rejected token, or a socket we may not connect to: try the socket
 			 * alone to tell which */
 			struct hm_err dial_err = {0};
-			int fd = agent_endpoint_dial(&s->endpoint, 2000, &dial_err);
+			int fd = client_endpoint_dial(&s->endpoint, 2000, &dial_err);
 			if (fd >= 0) {
 				close(fd);
 				*exit_code = TRACE_EXIT_AUTH;
@@ -150,7 +147,7 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 		}
 		return hm_err_prefix(err, "agent at %s", where);
 	}
-	if (agent_client_session_open(s->client, s->cfg.target, &s->info, err) < 0) {
+	if (client_session_open(s->client, s->cfg.target, &s->info, err) < 0) {
 		if (err->code == ENOENT || err->code == ESRCH || err->code == EINVAL ||
 		    err->code == EPERM) {
 			*exit_code = TRACE_EXIT_TARGET;
@@ -244,7 +241,7 @@ int trace_session_policies(struct trace_session *s, const char *program, const c
 void trace_session_release(struct trace_session *s)
 {
 	if (s->client) {
-		agent_client_close(s->client);
+		client_close(s->client);
 		s->client = NULL;
 	}
 	hm_fs_policy_free(s->fs);

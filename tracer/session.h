@@ -8,7 +8,7 @@
 
 #include <limits.h>
 
-#include "agent/agent.h"
+#include "client/client.h"
 #include "tracer/internal.h"
 #include "tracer/policy.h"
 
@@ -19,12 +19,12 @@
 #define TRACE_EXIT_TARGET 123	  /* no such target, not running, or not the caller's */
 
 struct trace_session {
-	struct hm_trace_config cfg;	/* merged and finalized */
-	struct agent_client *client;	/* connected, session opened on cfg.target */
-	struct agent_endpoint endpoint; /* where the agent is (streams dial it again) */
+	struct hm_trace_config cfg;	 /* merged and finalized */
+	struct client *client;		 /* connected, session opened on cfg.target */
+	struct client_endpoint endpoint; /* where the agent is (streams dial it again) */
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
-	struct agent_session_info info; /* what the agent resolved the target to */
-	struct hm_fs_policy *fs;	/* NULL when fs mode is local */
+	struct client_session_info info; /* what the agent resolved the target to */
+	struct hm_fs_policy *fs;	 /* NULL when fs mode is local */
 	struct hm_net_policy *net;
 	struct hm_dns_table *dns; /* names the program resolved through the pod */
 	struct tracer *tracer;

@@ -52,41 +52,76 @@ int e2e_ok(const char *fmt, ...)
 	return 0;
 }
 
-struct agent_client *e2e_connect(struct e2e_ctx *ctx)
+/* every errno a command names on its command line */
+#define ERRNO_NAME(e)                                                                              \
+	{                                                                                          \
+#e, e                                                                              \
+	}
+static const struct {
+	const char *name;
+	int code;
+} errno_names[] = {
+    ERRNO_NAME(E2BIG),	      ERRNO_NAME(EACCES),      ERRNO_NAME(EADDRNOTAVAIL),
+    ERRNO_NAME(EAFNOSUPPORT), ERRNO_NAME(EAGAIN),      ERRNO_NAME(EBUSY),
+    ERRNO_NAME(ECONNREFUSED), ERRNO_NAME(ECONNRESET),  ERRNO_NAME(EHOSTUNREACH),
+    ERRNO_NAME(EINVAL),	      ERRNO_NAME(EISCONN),     ERRNO_NAME(ELOOP),
+    ERRNO_NAME(EMFILE),	      ERRNO_NAME(ENETUNREACH), ERRNO_NAME(ENFILE),
+    ERRNO_NAME(ENOBUFS),      ERRNO_NAME(ENOENT),      ERRNO_NAME(ENOMEM),
+    ERRNO_NAME(ENOTCONN),     ERRNO_NAME(EPERM),       ERRNO_NAME(ESHUTDOWN),
+    ERRNO_NAME(ESRCH),	      ERRNO_NAME(ETIMEDOUT),   ERRNO_NAME(EUSERS),
+    ERRNO_NAME(EXDEV),
+};
+
+int e2e_errno_code(const char *name)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
+		if (!strcmp(errno_names[i].name, name))
+			return errno_names[i].code;
+	return -1;
+}
+
+const char *e2e_errno_name(int e)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
+		if (errno_names[i].code == e)
+			return errno_names[i].name;
+	return strerror(e);
+}
+
+struct client *e2e_connect(struct e2e_ctx *ctx)
 {
 	struct hm_err err = {0};
-	struct agent_client *c;
-	struct agent_client_opts opts = {.client_name = "agent_e2e", .timeout_ms = 20000};
-	if (agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
+	struct client *c;
+	struct client_opts opts = {.client_name = "agent_e2e", .timeout_ms = 20000};
+	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		e2e_fail("connect: %s", err.msg);
 		return NULL;
 	}
 	return c;
 }
 
-struct agent_client *e2e_session(struct e2e_ctx *ctx)
+struct client *e2e_session(struct e2e_ctx *ctx)
 {
 	if (!ctx->target) {
 		e2e_fail("this command needs --target");
 		return NULL;
 	}
-	struct agent_client *c = e2e_connect(ctx);
+	client_cleanup_close struct client *c = e2e_connect(ctx);
 	if (!c)
 		return NULL;
 	struct hm_err err = {0};
-	struct agent_session_info info;
-	if (agent_client_session_open(c, ctx->target, &info, &err) < 0) {
+	struct client_session_info info;
+	if (client_session_open(c, ctx->target, &info, &err) < 0) {
 		e2e_fail("session on %s: %s", ctx->target, err.msg);
-		agent_client_close(c);
 		return NULL;
 	}
-	return c;
+	return hm_steal_ptr(&c);
 }
 
 int e2e_parse_addr(const char *s, struct proto_addr *out)
 {
-	struct agent_endpoint ep;
-	if (agent_endpoint_parse(s, &ep, NULL) < 0 || ep.is_unix)
+	struct client_endpoint ep;
+	if (client_endpoint_parse(s, &ep, NULL) < 0 || ep.transport != &client_transport_tcp)
 		return -1;
 	memset(out, 0, sizeof(*out));
 	out->port = (uint16_t)atoi(ep.port);
@@ -103,24 +138,24 @@ int e2e_parse_addr(const char *s, struct proto_addr *out)
 
 int e2e_agent_still_serves(struct e2e_ctx *ctx)
 {
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return e2e_fail("the agent no longer accepts a good client");
 	struct hm_err err = {0};
 	int rc = 0;
-	if (agent_client_ping(c, &err) < 0) {
+	if (client_ping(c, &err) < 0) {
 		rc = e2e_fail("the agent no longer answers a ping: %s", err.msg);
 	} else if (ctx->target) {
-		struct agent_session_info info;
+		struct client_session_info info;
 		char **vars;
 		size_t n;
-		if (agent_client_session_open(c, ctx->target, &info, &err) < 0 ||
-		    agent_client_env(c, &vars, &n, &err) < 0)
+		if (client_session_open(c, ctx->target, &info, &err) < 0 ||
+		    client_env(c, &vars, &n, &err) < 0)
 			rc = e2e_fail("the agent no longer serves a session: %s", err.msg);
 		else
 			free(vars);
 	}
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -153,15 +188,15 @@ static int cmd_env_equals(struct e2e_ctx *ctx, int argc, char **argv)
 	size_t len;
 	if (read_local(argv[1], &raw, &len) < 0)
 		return 1;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	char **vars;
 	size_t n;
-	if (agent_client_env(c, &vars, &n, &err) < 0)
+	if (client_env(c, &vars, &n, &err) < 0)
 		return e2e_fail("ENV_GET: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	/* the expected list: the NUL-separated dump, without empty entries */
 	size_t i = 0, off = 0;
 	int rc = 0;
@@ -173,8 +208,9 @@ static int cmd_env_equals(struct e2e_ctx *ctx, int argc, char **argv)
 		if (!elen)
 			continue;
 		if (i >= n)
-			rc = e2e_fail("agent env has %zu entries, the pod's has more: missing '%.*s'", n,
-				      (int)elen, e);
+			rc = e2e_fail(
+			    "agent env has %zu entries, the pod's has more: missing '%.*s'", n,
+			    (int)elen, e);
 		else if (strlen(vars[i]) != elen || memcmp(vars[i], e, elen))
 			rc = e2e_fail("env entry %zu: agent says '%s', pod has '%.*s'", i, vars[i],
 				      (int)elen, e);
@@ -193,15 +229,15 @@ static int cmd_env_has(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	char **vars;
 	size_t n;
-	if (agent_client_env(c, &vars, &n, &err) < 0)
+	if (client_env(c, &vars, &n, &err) < 0)
 		return e2e_fail("ENV_GET: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	bool found = false;
 	for (size_t i = 0; i < n; i++)
 		found |= !strcmp(vars[i], argv[1]);
@@ -224,13 +260,13 @@ static int cmd_read_equals(struct e2e_ctx *ctx, int argc, char **argv)
 	struct stat st;
 	if (stat(argv[2], &st) < 0)
 		return e2e_fail("stat %s: %s", argv[2], strerror(errno));
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_file_content fc;
+	struct client_file_content fc;
 	int rc = 0;
-	if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
+	if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
 		rc = e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 	} else {
 		if (fc.size != want_len || memcmp(fc.data, want, want_len))
@@ -238,22 +274,23 @@ static int cmd_read_equals(struct e2e_ctx *ctx, int argc, char **argv)
 				      (unsigned long long)fc.size, want_len, argv[2]);
 		else if (fc.st.size != (uint64_t)st.st_size || fc.st.mode != st.st_mode ||
 			 fc.st.ino != st.st_ino)
-			rc = e2e_fail("%s: stat (size %llu mode %o ino %llu) differs from the file's "
-				      "(size %lld mode %o ino %llu)",
-				      argv[1], (unsigned long long)fc.st.size, fc.st.mode,
-				      (unsigned long long)fc.st.ino, (long long)st.st_size,
-				      st.st_mode, (unsigned long long)st.st_ino);
-		agent_file_content_release(&fc);
+			rc = e2e_fail(
+			    "%s: stat (size %llu mode %o ino %llu) differs from the file's "
+			    "(size %lld mode %o ino %llu)",
+			    argv[1], (unsigned long long)fc.st.size, fc.st.mode,
+			    (unsigned long long)fc.st.ino, (long long)st.st_size, st.st_mode,
+			    (unsigned long long)st.st_ino);
+		client_file_content_release(&fc);
 	}
 	/* FILE_STAT says the same as the read */
 	struct proto_stat ps;
-	if (rc == 0 && agent_client_stat(c, argv[1], 0, &ps, &err) < 0)
+	if (rc == 0 && client_stat(c, argv[1], 0, &ps, &err) < 0)
 		rc = e2e_fail("FILE_STAT %s: %s", argv[1], err.msg);
 	else if (rc == 0 && (ps.size != (uint64_t)st.st_size || ps.ino != st.st_ino))
 		rc = e2e_fail("FILE_STAT %s: size %llu ino %llu, expected %lld %llu", argv[1],
 			      (unsigned long long)ps.size, (unsigned long long)ps.ino,
 			      (long long)st.st_size, (unsigned long long)st.st_ino);
-	agent_client_close(c);
+	client_close(c);
 	free(want);
 	if (rc == 0)
 		e2e_ok("%s read intact (%zu bytes)", argv[1], want_len);
@@ -262,7 +299,7 @@ static int cmd_read_equals(struct e2e_ctx *ctx, int argc, char **argv)
 
 static int local_crc(const char *path, uLong *crc, uint64_t *size)
 {
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return e2e_fail("open %s: %s", path, strerror(errno));
 	static unsigned char buf[1 << 20];
@@ -301,31 +338,31 @@ static int cmd_read_crc(struct e2e_ctx *ctx, int argc, char **argv)
 	uint64_t want_size = 0;
 	if (local_crc(argv[2], &want_crc, &want_size))
 		return 1;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_file_content fc;
+	struct client_file_content fc;
 	double t0 = now_s();
-	if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
+	if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
 		return e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 	double dt = now_s() - t0;
 	uLong got_crc = crc_of(fc.data, fc.size);
 	uint64_t got_size = fc.size;
-	agent_file_content_release(&fc);
+	client_file_content_release(&fc);
 	if (got_size != want_size || got_crc != want_crc)
 		return e2e_fail("%s: %llu bytes crc32 %08lx, expected %llu bytes crc32 %08lx",
 				argv[1], (unsigned long long)got_size, got_crc,
 				(unsigned long long)want_size, want_crc);
 
-	hm_autofd mfd = memfd_create("e2e", MFD_CLOEXEC);
+	hm_cleanup_close int mfd = memfd_create("e2e", MFD_CLOEXEC);
 	if (mfd < 0)
 		return e2e_fail("memfd_create: %s", strerror(errno));
 	uint64_t fd_size = 0;
 	struct proto_stat st;
-	if (agent_client_read_file_fd(c, argv[1], 0, 0, mfd, &st, &fd_size, &err) < 0)
+	if (client_read_file_fd(c, argv[1], 0, 0, mfd, &st, &fd_size, &err) < 0)
 		return e2e_fail("FILE_READ %s into a memfd: %s", argv[1], err.msg);
-	agent_client_close(c);
+	client_close(c);
 	void *map = fd_size ? mmap(NULL, fd_size, PROT_READ, MAP_PRIVATE, mfd, 0) : NULL;
 	if (fd_size && map == MAP_FAILED)
 		return e2e_fail("mmap memfd: %s", strerror(errno));
@@ -362,15 +399,15 @@ static int cmd_readdir_equals(struct e2e_ctx *ctx, int argc, char **argv)
 		nlocal++;
 	}
 	closedir(d);
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_dirent *ents;
+	struct client_dirent *ents;
 	size_t n;
-	if (agent_client_readdir(c, argv[1], &ents, &n, &err) < 0)
+	if (client_readdir(c, argv[1], &ents, &n, &err) < 0)
 		return e2e_fail("FILE_READDIR %s: %s", argv[1], err.msg);
-	agent_client_close(c);
+	client_close(c);
 	char **remote = calloc(n + 1, sizeof(char *));
 	for (size_t i = 0; i < n; i++)
 		if (asprintf(&remote[i], "%s/%u", ents[i].name, (unsigned)ents[i].type) < 0)
@@ -408,27 +445,27 @@ static int cmd_read_denied(struct e2e_ctx *ctx, int argc, char **argv)
 	size_t secret_len;
 	if (read_local(argv[2], &secret, &secret_len) < 0)
 		return 1;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_file_content fc;
+	struct client_file_content fc;
 	int rc = 0;
-	if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) == 0) {
+	if (client_read_file(c, argv[1], 0, 0, &fc, &err) == 0) {
 		if (fc.size == secret_len && !memcmp(fc.data, secret, secret_len))
 			rc = e2e_fail("ESCAPE: %s returned the host's %s", argv[1], argv[2]);
 		else
-			rc = e2e_fail("%s: read succeeded (%llu bytes), expected a failure", argv[1],
-				      (unsigned long long)fc.size);
-		agent_file_content_release(&fc);
+			rc = e2e_fail("%s: read succeeded (%llu bytes), expected a failure",
+				      argv[1], (unsigned long long)fc.size);
+		client_file_content_release(&fc);
 	} else {
 		printf("FILE_READ %s failed as it must: %s\n", argv[1], err.msg);
 	}
 	struct proto_stat st;
-	if (rc == 0 && agent_client_stat(c, argv[1], 0, &st, &err) == 0)
+	if (rc == 0 && client_stat(c, argv[1], 0, &st, &err) == 0)
 		rc = e2e_fail("FILE_STAT %s succeeded (size %llu), expected a failure", argv[1],
 			      (unsigned long long)st.size);
-	agent_client_close(c);
+	client_close(c);
 	free(secret);
 	if (rc == 0)
 		e2e_ok("%s stays inside the pod's root", argv[1]);
@@ -439,7 +476,7 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -447,17 +484,17 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 	snprintf(content, sizeof(content), "written through the agent by pid %d\n", (int)getpid());
 	struct proto_file_write_reply wr;
 	int rc = 0;
-	struct agent_file_content fc = {0};
-	if (agent_client_write_file(c, argv[1], PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC, 0644, 0,
-				    content, strlen(content), &wr, &err) < 0)
+	struct client_file_content fc = {0};
+	if (client_write_file(c, argv[1], PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC, 0644, 0, content,
+			      strlen(content), &wr, &err) < 0)
 		rc = e2e_fail("FILE_WRITE %s: %s", argv[1], err.msg);
-	else if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
+	else if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0)
 		rc = e2e_fail("FILE_READ %s after writing: %s", argv[1], err.msg);
 	else if (fc.size != strlen(content) || memcmp(fc.data, content, fc.size))
-		rc = e2e_fail("%s: read back %llu bytes that differ from what was written",
-			      argv[1], (unsigned long long)fc.size);
-	agent_file_content_release(&fc);
-	agent_client_close(c);
+		rc = e2e_fail("%s: read back %llu bytes that differ from what was written", argv[1],
+			      (unsigned long long)fc.size);
+	client_file_content_release(&fc);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("%s written and read back", argv[1]);
 	return rc;
@@ -465,36 +502,21 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 
 /* ---- sessions ---- */
 
-static int errno_by_name(const char *name)
-{
-	static const struct {
-		const char *name;
-		int value;
-	} names[] = {{"ENOENT", ENOENT},   {"ESRCH", ESRCH},       {"EACCES", EACCES},
-		     {"EINVAL", EINVAL},   {"ENOTCONN", ENOTCONN}, {"ESHUTDOWN", ESHUTDOWN},
-		     {"EISCONN", EISCONN}, {"EPERM", EPERM},       {"ELOOP", ELOOP},
-		     {"EXDEV", EXDEV},     {"EUSERS", EUSERS}};
-	for (size_t i = 0; i < HM_ARRAY_SIZE(names); i++)
-		if (!strcmp(names[i].name, name))
-			return names[i].value;
-	return -1;
-}
-
 /* SESSION_OPEN of ctx->target fails with the errno named. */
 static int cmd_bad_target(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2 || !ctx->target)
 		return 2;
-	int want = errno_by_name(argv[1]);
+	int want = e2e_errno_code(argv[1]);
 	if (want < 0)
 		return 2;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_session_info info;
+	struct client_session_info info;
 	int rc;
-	if (agent_client_session_open(c, ctx->target, &info, &err) == 0)
+	if (client_session_open(c, ctx->target, &info, &err) == 0)
 		rc = e2e_fail("session on %s opened (pid %d), expected %s", ctx->target, info.pid,
 			      argv[1]);
 	else if (err.code != want)
@@ -502,7 +524,7 @@ static int cmd_bad_target(struct e2e_ctx *ctx, int argc, char **argv)
 			      err.code, argv[1]);
 	else
 		rc = e2e_ok("session on %s refused: %s", ctx->target, err.msg);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -511,20 +533,20 @@ static int cmd_session_pid(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_session_info info;
+	struct client_session_info info;
 	int rc;
-	if (agent_client_session_open(c, ctx->target ? ctx->target : "", &info, &err) < 0)
+	if (client_session_open(c, ctx->target ? ctx->target : "", &info, &err) < 0)
 		rc = e2e_fail("session on %s: %s", ctx->target, err.msg);
 	else if (info.pid != atoi(argv[1]))
 		rc = e2e_fail("session on %s is pid %d, expected %s", ctx->target, info.pid,
 			      argv[1]);
 	else
 		rc = e2e_ok("%s resolves to pid %d (%s)", ctx->target, info.pid, info.description);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -534,25 +556,25 @@ static int cmd_session_rules(struct e2e_ctx *ctx, int argc, char **argv)
 	(void)argv;
 	if (argc != 1 || !ctx->target)
 		return 2;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	char **vars;
 	size_t n;
 	int rc = 0;
-	struct agent_session_info info;
-	if (agent_client_env(c, &vars, &n, &err) == 0)
+	struct client_session_info info;
+	if (client_env(c, &vars, &n, &err) == 0)
 		rc = e2e_fail("ENV_GET without a session succeeded");
 	else if (err.code != ENOTCONN)
 		rc = e2e_fail("ENV_GET without a session: %s, expected ENOTCONN", err.msg);
-	else if (agent_client_session_open(c, ctx->target, &info, &err) < 0)
+	else if (client_session_open(c, ctx->target, &info, &err) < 0)
 		rc = e2e_fail("session: %s", err.msg);
-	else if (agent_client_session_open(c, ctx->target, &info, &err) == 0)
+	else if (client_session_open(c, ctx->target, &info, &err) == 0)
 		rc = e2e_fail("a second SESSION_OPEN on one connection succeeded");
 	else if (err.code != EISCONN)
 		rc = e2e_fail("second SESSION_OPEN: %s, expected EISCONN", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("no requests before SESSION_OPEN, one session per connection");
 	return rc;
@@ -564,40 +586,40 @@ static int cmd_session_ended(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 4)
 		return 2;
-	int want = errno_by_name(argv[1]);
+	int want = e2e_errno_code(argv[1]);
 	if (want < 0)
 		return 2;
 	int timeout_s = atoi(argv[2]);
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	if (hm_create_file(argv[3], "ready\n", 6, 0644, &err) < 0)
 		return e2e_fail("%s", err.msg);
-	struct pollfd p = {.fd = agent_client_event_fd(c), .events = POLLIN};
+	struct pollfd p = {.fd = client_event_fd(c), .events = POLLIN};
 	int n = poll(&p, 1, timeout_s * 1000);
 	if (n <= 0)
 		return e2e_fail("the session did not end within %d s", timeout_s);
 	struct hm_err why = {0};
-	if (!agent_client_ended(c, &why))
+	if (!client_ended(c, &why))
 		return e2e_fail("event fd readable but the client is not ended");
 	if (why.code != want)
-		return e2e_fail("session ended with '%s' (errno %d), expected %s", why.msg, why.code,
-				argv[1]);
+		return e2e_fail("session ended with '%s' (errno %d), expected %s", why.msg,
+				why.code, argv[1]);
 	char **vars;
 	size_t nv;
-	if (agent_client_env(c, &vars, &nv, &err) == 0)
+	if (client_env(c, &vars, &nv, &err) == 0)
 		return e2e_fail("ENV_GET succeeded after the session ended");
 	if (err.code != want)
 		return e2e_fail("ENV_GET after the end: '%s' (errno %d), expected %s", err.msg,
 				err.code, argv[1]);
-	agent_client_close(c);
+	client_close(c);
 	return e2e_ok("session ended cleanly: %s; later requests fail: %s", why.msg, err.msg);
 }
 
 /* N threads issue mixed requests on one connection: replies must reach their callers. */
 struct conc_arg {
-	struct agent_client *c;
+	struct client *c;
 	const char *path;
 	int iterations;
 	char failure[HM_ERR_MSG_MAX + 128];
@@ -611,22 +633,22 @@ static void *conc_main(void *arg)
 		char **vars;
 		size_t n;
 		struct proto_stat st;
-		struct agent_file_content fc;
-		if (agent_client_env(a->c, &vars, &n, &err) < 0) {
+		struct client_file_content fc;
+		if (client_env(a->c, &vars, &n, &err) < 0) {
 			snprintf(a->failure, sizeof(a->failure), "ENV_GET: %s", err.msg);
 			break;
 		}
 		free(vars);
-		if (agent_client_stat(a->c, a->path, 0, &st, &err) < 0 ||
-		    agent_client_read_file(a->c, a->path, 0, 0, &fc, &err) < 0) {
+		if (client_stat(a->c, a->path, 0, &st, &err) < 0 ||
+		    client_read_file(a->c, a->path, 0, 0, &fc, &err) < 0) {
 			snprintf(a->failure, sizeof(a->failure), "%s: %s", a->path, err.msg);
 			break;
 		}
 		if (fc.size != st.size)
 			snprintf(a->failure, sizeof(a->failure), "read %llu bytes, stat says %llu",
 				 (unsigned long long)fc.size, (unsigned long long)st.size);
-		agent_file_content_release(&fc);
-		if (agent_client_ping(a->c, &err) < 0)
+		client_file_content_release(&fc);
+		if (client_ping(a->c, &err) < 0)
 			snprintf(a->failure, sizeof(a->failure), "PING: %s", err.msg);
 	}
 	return NULL;
@@ -639,7 +661,7 @@ static int cmd_concurrent(struct e2e_ctx *ctx, int argc, char **argv)
 	int threads = atoi(argv[1]);
 	if (threads < 1 || threads > 256)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct conc_arg args[256];
@@ -654,7 +676,7 @@ static int cmd_concurrent(struct e2e_ctx *ctx, int argc, char **argv)
 		if (args[i].failure[0] && rc == 0)
 			rc = e2e_fail("thread %d: %s", i, args[i].failure);
 	}
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("%d threads x 50 rounds of env, stat, read and ping on one connection",
 		       threads);
@@ -666,7 +688,7 @@ static int cmd_concurrent(struct e2e_ctx *ctx, int argc, char **argv)
 static int raw_connect(struct e2e_ctx *ctx)
 {
 	struct hm_err err = {0};
-	int fd = agent_endpoint_dial(&ctx->ep, 5000, &err);
+	int fd = client_endpoint_dial(&ctx->ep, 5000, &err);
 	if (fd < 0)
 		e2e_fail("connect: %s", err.msg);
 	return fd;
@@ -729,7 +751,7 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 		return 2;
 	const char *kind = argv[1];
 	int wait_ms = argc == 3 ? atoi(argv[2]) : 3000;
-	hm_autofd fd = raw_connect(ctx);
+	hm_cleanup_close int fd = raw_connect(ctx);
 	if (fd < 0)
 		return 1;
 	uint8_t junk[64];
@@ -764,8 +786,10 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 			return e2e_fail("send: %s", err.msg);
 		rc = expect_closed(fd, wait_ms, kind);
 	} else if (!strcmp(kind, "oversized-hello")) {
-		rc = send_frame(fd, PROTO_HELLO, 0, PROTO_HELLO_MAX_PAYLOAD + 1, junk, sizeof(junk));
-		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno)) : expect_closed(fd, wait_ms, kind);
+		rc =
+		    send_frame(fd, PROTO_HELLO, 0, PROTO_HELLO_MAX_PAYLOAD + 1, junk, sizeof(junk));
+		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno))
+			    : expect_closed(fd, wait_ms, kind);
 	} else if (!strcmp(kind, "garbage")) {
 		if (send(fd, junk, sizeof(junk), MSG_NOSIGNAL) < 0)
 			return e2e_fail("send: %s", strerror(errno));
@@ -796,8 +820,7 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 			rc = send(fd, hdr, sizeof(hdr), MSG_NOSIGNAL) == sizeof(hdr) ? 0 : -1;
 		} else if (!strcmp(kind, "malformed"))
 			/* a SESSION_OPEN whose string length runs past the payload */
-			rc = send_frame(fd, PROTO_SESSION_OPEN, 7, 8,
-					"\xff\xff\x00\x00pod/", 8);
+			rc = send_frame(fd, PROTO_SESSION_OPEN, 7, 8, "\xff\xff\x00\x00pod/", 8);
 		else if (!strcmp(kind, "trailing-bytes")) {
 			uint8_t ping[9] = {0};
 			rc = send_frame(fd, PROTO_PING, 7, sizeof(ping), ping, sizeof(ping));
@@ -806,7 +829,7 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 		else if (!strcmp(kind, "second-hello")) {
 			struct proto_msg m = {.type = PROTO_HELLO};
 			m.hello = (struct proto_hello){
-				.version = PROTO_VERSION, .token = ctx->token, .client = "again"};
+			    .version = PROTO_VERSION, .token = ctx->token, .client = "again"};
 			struct hm_err err = {0};
 			rc = proto_send(fd, 0, &m, &err);
 		} else if (!strcmp(kind, "truncated")) {
@@ -815,7 +838,8 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 				shutdown(fd, SHUT_WR);
 		} else
 			return e2e_fail("unknown reject kind '%s'", kind);
-		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno)) : expect_closed(fd, wait_ms, kind);
+		rc = rc < 0 ? e2e_fail("send: %s", strerror(errno))
+			    : expect_closed(fd, wait_ms, kind);
 	}
 	if (rc)
 		return rc;
@@ -829,13 +853,13 @@ static int cmd_stream_token_once(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct proto_msg req = {.type = PROTO_FILE_READ}, reply;
 	req.file_read.path = argv[1];
 	struct hm_err err = {0};
-	if (agent_client_call(c, &req, &reply, 0, &err) < 0)
+	if (client_call(c, &req, &reply, 0, &err) < 0)
 		return e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 	if (reply.file_read_reply.transfer != PROTO_XFER_STREAM)
 		return e2e_fail("%s came inline; use a file over %u bytes", argv[1],
@@ -844,12 +868,12 @@ static int cmd_stream_token_once(struct e2e_ctx *ctx, int argc, char **argv)
 	memcpy(token, reply.file_read_reply.token, sizeof(token));
 	uint64_t size = reply.file_read_reply.stream_size;
 	proto_msg_free(&reply);
-	hm_autofd s1 = raw_connect(ctx);
+	hm_cleanup_close int s1 = raw_connect(ctx);
 	if (s1 < 0)
 		return 1;
 	if (proto_stream_open(s1, token, 5000, &err) < 0)
 		return e2e_fail("first use of the token: %s", err.msg);
-	hm_autofd s2 = raw_connect(ctx);
+	hm_cleanup_close int s2 = raw_connect(ctx);
 	if (s2 < 0)
 		return 1;
 	if (proto_stream_open(s2, token, 5000, &err) == 0)
@@ -867,7 +891,7 @@ static int cmd_stream_token_once(struct e2e_ctx *ctx, int argc, char **argv)
 			break;
 		got += (uint64_t)n;
 	}
-	agent_client_close(c);
+	client_close(c);
 	if (got != size)
 		return e2e_fail("stream carried %llu bytes, expected %llu", (unsigned long long)got,
 				(unsigned long long)size);
@@ -884,13 +908,13 @@ static int cmd_stream_token_dies(struct e2e_ctx *ctx, int argc, char **argv)
 	bool dropped = !strcmp(argv[1], "dropped");
 	if (!dropped && strcmp(argv[1], "expires"))
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct proto_msg req = {.type = PROTO_FILE_READ}, reply;
 	req.file_read.path = argv[2];
 	struct hm_err err = {0};
-	if (agent_client_call(c, &req, &reply, 0, &err) < 0)
+	if (client_call(c, &req, &reply, 0, &err) < 0)
 		return e2e_fail("FILE_READ %s: %s", argv[2], err.msg);
 	if (reply.file_read_reply.transfer != PROTO_XFER_STREAM)
 		return e2e_fail("%s came inline; use a file over %u bytes", argv[2],
@@ -899,16 +923,16 @@ static int cmd_stream_token_dies(struct e2e_ctx *ctx, int argc, char **argv)
 	memcpy(token, reply.file_read_reply.token, sizeof(token));
 	proto_msg_free(&reply);
 	if (dropped) {
-		agent_client_close(c);
+		client_close(c);
 		c = NULL;
 	}
 	poll(NULL, 0, atoi(argv[3]));
-	hm_autofd s = raw_connect(ctx);
+	hm_cleanup_close int s = raw_connect(ctx);
 	if (s < 0)
 		return 1;
 	int rc = proto_stream_open(s, token, 5000, &err);
 	if (c)
-		agent_client_close(c);
+		client_close(c);
 	if (rc == 0)
 		return e2e_fail("the stream token still worked (%s)", argv[1]);
 	if (err.code != EACCES)
@@ -920,16 +944,16 @@ static int cmd_ping(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
-	struct agent_client *c = e2e_connect(ctx);
+	struct client *c = e2e_connect(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_status st;
-	if (agent_client_ping(c, &err) < 0)
+	struct client_status st;
+	if (client_ping(c, &err) < 0)
 		return e2e_fail("PING: %s", err.msg);
-	if (agent_client_status(c, &st, &err) < 0)
+	if (client_status(c, &st, &err) < 0)
 		return e2e_fail("STATUS: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	return e2e_ok("agent %s answers (up %llu ms, %u sessions)", st.version,
 		      (unsigned long long)st.uptime_ms, st.sessions);
 }
@@ -939,7 +963,7 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -947,28 +971,28 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 		return e2e_fail("%s", err.msg);
 	for (int i = 0; i < 600 && access(argv[1], F_OK) == 0; i++)
 		poll(NULL, 0, 100);
-	agent_client_close(c);
+	client_close(c);
 	return 0;
 }
 
 static const struct e2e_cmd core_cmds[] = {
-	{"ping", "", cmd_ping},
-	{"env-equals", "ENVIRON_DUMP", cmd_env_equals},
-	{"env-has", "KEY=VALUE", cmd_env_has},
-	{"read-equals", "POD_PATH LOCAL_FILE", cmd_read_equals},
-	{"read-crc", "POD_PATH LOCAL_FILE", cmd_read_crc},
-	{"readdir-equals", "POD_DIR LOCAL_DIR", cmd_readdir_equals},
-	{"read-denied", "POD_PATH HOST_SECRET", cmd_read_denied},
-	{"write-read", "POD_PATH", cmd_write_read},
-	{"bad-target", "ERRNO_NAME", cmd_bad_target},
-	{"session-pid", "PID", cmd_session_pid},
-	{"session-rules", "", cmd_session_rules},
-	{"session-ended", "ERRNO_NAME TIMEOUT_S READY_FILE", cmd_session_ended},
-	{"concurrent", "THREADS POD_PATH", cmd_concurrent},
-	{"reject", "KIND [WAIT_MS]", cmd_reject},
-	{"stream-token-once", "POD_BIG_FILE", cmd_stream_token_once},
-	{"stream-token-dies", "dropped|expires POD_BIG_FILE WAIT_MS", cmd_stream_token_dies},
-	{"hold", "READY_FILE", cmd_hold},
+    {"ping", "", cmd_ping},
+    {"env-equals", "ENVIRON_DUMP", cmd_env_equals},
+    {"env-has", "KEY=VALUE", cmd_env_has},
+    {"read-equals", "POD_PATH LOCAL_FILE", cmd_read_equals},
+    {"read-crc", "POD_PATH LOCAL_FILE", cmd_read_crc},
+    {"readdir-equals", "POD_DIR LOCAL_DIR", cmd_readdir_equals},
+    {"read-denied", "POD_PATH HOST_SECRET", cmd_read_denied},
+    {"write-read", "POD_PATH", cmd_write_read},
+    {"bad-target", "ERRNO_NAME", cmd_bad_target},
+    {"session-pid", "PID", cmd_session_pid},
+    {"session-rules", "", cmd_session_rules},
+    {"session-ended", "ERRNO_NAME TIMEOUT_S READY_FILE", cmd_session_ended},
+    {"concurrent", "THREADS POD_PATH", cmd_concurrent},
+    {"reject", "KIND [WAIT_MS]", cmd_reject},
+    {"stream-token-once", "POD_BIG_FILE", cmd_stream_token_once},
+    {"stream-token-dies", "dropped|expires POD_BIG_FILE WAIT_MS", cmd_stream_token_dies},
+    {"hold", "READY_FILE", cmd_hold},
 };
 E2E_REGISTER(core_cmds)
 
@@ -984,16 +1008,16 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"unix", required_argument, NULL, 'u'},
-		{"agent", required_argument, NULL, 'a'},
-		{"token-file", required_argument, NULL, 't'},
-		{"target", required_argument, NULL, 'T'},
-		{0},
+	    {"unix", required_argument, NULL, 'u'},
+	    {"agent", required_argument, NULL, 'a'},
+	    {"token-file", required_argument, NULL, 't'},
+	    {"target", required_argument, NULL, 'T'},
+	    {0},
 	};
 	struct e2e_ctx ctx = {0};
 	char spec[4200];
-	snprintf(spec, sizeof(spec), "unix:%s", AGENT_DEFAULT_UNIX);
-	const char *token_file = AGENT_DEFAULT_TOKEN_FILE;
+	snprintf(spec, sizeof(spec), "unix:%s", PROTO_DEFAULT_AGENT_UNIX);
+	const char *token_file = PROTO_DEFAULT_TOKEN_FILE;
 	int opt;
 	hm_log_init("agent_e2e", HM_LOG_WARN);
 	while ((opt = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
@@ -1020,8 +1044,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct hm_err err = {0};
-	if (agent_endpoint_parse(spec, &ctx.ep, &err) < 0 ||
-	    agent_token_load(token_file, ctx.token, sizeof(ctx.token), &err) < 0) {
+	if (client_endpoint_parse(spec, &ctx.ep, &err) < 0 ||
+	    client_token_load(token_file, ctx.token, sizeof(ctx.token), &err) < 0) {
 		fprintf(stderr, "agent_e2e: %s\n", err.msg);
 		return 2;
 	}

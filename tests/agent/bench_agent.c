@@ -77,19 +77,16 @@ static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 	uint64_t size;
 	if (argc != 3 || e2e_parse_addr(argv[1], &dst) < 0 || hm_parse_size(argv[2], &size) < 0)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	client_cleanup_close struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	hm_autofd fd = agent_client_tcp_connect(c, &dst, 0, NULL, &err);
-	if (fd < 0) {
-		agent_client_close(c);
+	hm_cleanup_close int fd = client_tcp_connect(c, &dst, 0, NULL, &err);
+	if (fd < 0)
 		return e2e_fail("TCP_CONNECT %s: %s", argv[1], err.msg);
-	}
 	double t0 = now_s();
 	int rc = send_all_to_sink(fd, size);
 	double dt = now_s() - t0;
-	agent_client_close(c);
 	if (rc == 0)
 		printf("sent %llu in %.6f s: %.1f MB/s\n", (unsigned long long)size, dt,
 		       (double)size / dt / 1e6);
@@ -97,24 +94,23 @@ static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 /* A session on ctx->target like e2e_session, optionally without zlib. */
-static struct agent_client *bench_session(struct e2e_ctx *ctx, bool zlib)
+static struct client *bench_session(struct e2e_ctx *ctx, bool zlib)
 {
 	struct hm_err err = {0};
-	struct agent_client *c;
-	struct agent_client_opts opts = {.client_name = "agent_e2e bench",
-					 .disable_features = zlib ? 0 : PROTO_FEAT_ZLIB,
-					 .timeout_ms = 20000};
-	struct agent_session_info info;
-	if (agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
+	client_cleanup_close struct client *c = NULL;
+	struct client_opts opts = {.client_name = "agent_e2e bench",
+				   .disable_features = zlib ? 0 : PROTO_FEAT_ZLIB,
+				   .timeout_ms = 20000};
+	struct client_session_info info;
+	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		e2e_fail("connect: %s", err.msg);
 		return NULL;
 	}
-	if (agent_client_session_open(c, ctx->target, &info, &err) < 0) {
+	if (client_session_open(c, ctx->target, &info, &err) < 0) {
 		e2e_fail("session on %s: %s", ctx->target, err.msg);
-		agent_client_close(c);
 		return NULL;
 	}
-	return c;
+	return hm_steal_ptr(&c);
 }
 
 /* bench-file-rtt POD_PATH LOCAL_PATH N [nozlib]: N rounds, each a FILE_READ of POD_PATH through
@@ -136,7 +132,7 @@ static int cmd_file_rtt(struct e2e_ctx *ctx, int argc, char **argv)
 		return e2e_fail("out of memory");
 	if (!ctx->target)
 		return e2e_fail("this command needs --target");
-	struct agent_client *c = bench_session(ctx, argc == 4);
+	struct client *c = bench_session(ctx, argc == 4);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -146,15 +142,15 @@ static int cmd_file_rtt(struct e2e_ctx *ctx, int argc, char **argv)
 	int rc = 0;
 	/* a few unmeasured rounds warm the caches and the agent's worker */
 	for (int i = -20; i < n && rc == 0; i++) {
-		struct agent_file_content fc;
+		struct client_file_content fc;
 		double t0 = now_s();
-		if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
+		if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
 			rc = e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 			break;
 		}
 		double t1 = now_s();
 		remote_size = fc.size;
-		agent_file_content_release(&fc);
+		client_file_content_release(&fc);
 		double t2 = now_s();
 		int fd = open(argv[2], O_RDONLY | O_CLOEXEC);
 		if (fd < 0) {
@@ -168,7 +164,7 @@ static int cmd_file_rtt(struct e2e_ctx *ctx, int argc, char **argv)
 			rc = e2e_fail("read %s: %s", argv[2], strerror(errno));
 			break;
 		}
-		if (agent_client_ping(c, &err) < 0) {
+		if (client_ping(c, &err) < 0) {
 			rc = e2e_fail("PING: %s", err.msg);
 			break;
 		}
@@ -179,7 +175,7 @@ static int cmd_file_rtt(struct e2e_ctx *ctx, int argc, char **argv)
 			ping[i] = (t4 - t3) * 1e6;
 		}
 	}
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0 && remote_size != (uint64_t)local_size)
 		rc = e2e_fail("%s has %llu bytes through the agent, %s %zd", argv[1],
 			      (unsigned long long)remote_size, argv[2], local_size);
@@ -208,20 +204,20 @@ static int cmd_file_bulk(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 3)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
-	struct agent_file_content fc;
+	struct client_file_content fc;
 	double t0 = now_s();
-	if (agent_client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
-		agent_client_close(c);
+	if (client_read_file(c, argv[1], 0, 0, &fc, &err) < 0) {
+		client_close(c);
 		return e2e_fail("FILE_READ %s: %s", argv[1], err.msg);
 	}
 	double remote = now_s() - t0;
 	uint64_t size = fc.size;
-	agent_file_content_release(&fc);
-	agent_client_close(c);
+	client_file_content_release(&fc);
+	client_close(c);
 
 	t0 = now_s();
 	char *local_buf;
@@ -251,7 +247,7 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 	int *fds = calloc((size_t)n, sizeof(int));
 	if (!fds)
 		return e2e_fail("out of memory");
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c) {
 		free(fds);
 		return 1;
@@ -259,7 +255,7 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 	struct hm_err err = {0};
 	int rc = 0, opened = 0;
 	for (; opened < n; opened++) {
-		fds[opened] = agent_client_tcp_connect(c, &dst, 0, NULL, &err);
+		fds[opened] = client_tcp_connect(c, &dst, 0, NULL, &err);
 		if (fds[opened] < 0) {
 			rc = e2e_fail("connection %d of %d: %s", opened, n, err.msg);
 			break;
@@ -272,7 +268,7 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 	for (int i = 0; i < opened; i++)
 		close(fds[i]);
 	free(fds);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 

@@ -5,10 +5,10 @@
 #ifndef HERMIT_TESTS_AGENT_E2E_H
 #define HERMIT_TESTS_AGENT_E2E_H
 
-#include "agent/agent.h"
+#include "client/client.h"
 
 struct e2e_ctx {
-	struct agent_endpoint ep;
+	struct client_endpoint ep;
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
 	const char *target; /* --target, NULL when not given */
 };
@@ -20,10 +20,10 @@ struct e2e_cmd {
 };
 
 void e2e_register(const struct e2e_cmd *cmds, size_t n);
-#define E2E_REGISTER(table)                                                                   \
-	static void __attribute__((constructor)) e2e_register_##table(void)                    \
-	{                                                                                      \
-		e2e_register(table, HM_ARRAY_SIZE(table));                                     \
+#define E2E_REGISTER(table)                                                                        \
+	static void __attribute__((constructor)) e2e_register_##table(void)                        \
+	{                                                                                          \
+		e2e_register(table, HM_ARRAY_SIZE(table));                                         \
 	}
 
 /* "FAIL: ..." on stderr; returns 1 (the failing exit code). */
@@ -31,9 +31,13 @@ int e2e_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "ok: ..." on stdout; returns 0. */
 int e2e_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A client connected and authenticated, or NULL after printing why. */
-struct agent_client *e2e_connect(struct e2e_ctx *ctx);
+struct client *e2e_connect(struct e2e_ctx *ctx);
 /* A client with a session on ctx->target (required), or NULL after printing why. */
-struct agent_client *e2e_session(struct e2e_ctx *ctx);
+struct client *e2e_session(struct e2e_ctx *ctx);
+/* "ENOENT" -> ENOENT, -1 for a name the table does not know; and back (strerror
+ * for an unknown code). */
+int e2e_errno_code(const char *name);
+const char *e2e_errno_name(int e);
 /* "10.0.0.1:80", "[::1]:53" -> proto_addr; < 0 if malformed. */
 int e2e_parse_addr(const char *s, struct proto_addr *out);
 /* 0 when the agent still serves a fresh client (ping, and a session + env when

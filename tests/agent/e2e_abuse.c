@@ -39,10 +39,10 @@ struct abuse {
 
 	atomic_uint ok;
 	atomic_uint refused[ERRNO_SLOTS];
-	atomic_uint sessions_up;    /* sessions that did all their requests */
-	atomic_uint next_index;     /* numbers the sessions (write: their files) */
+	atomic_uint sessions_up; /* sessions that did all their requests */
+	atomic_uint next_index;	 /* numbers the sessions (write: their files) */
 	void *write_data;
-	atomic_bool check_done;     /* the other client has been checked: let go */
+	atomic_bool check_done; /* the other client has been checked: let go */
 	atomic_bool sampling;
 	char check_failure[512];
 
@@ -51,32 +51,6 @@ struct abuse {
 	unsigned long peak_rss_kib, hwm_kib, base_rss_kib;
 	unsigned base_fds, base_threads;
 };
-
-static const struct {
-	const char *name;
-	int code;
-} errno_names[] = {
-	{"EMFILE", EMFILE},   {"ENFILE", ENFILE},	{"ENOBUFS", ENOBUFS},
-	{"EAGAIN", EAGAIN},   {"EUSERS", EUSERS},	{"E2BIG", E2BIG},
-	{"ENOMEM", ENOMEM},   {"ETIMEDOUT", ETIMEDOUT}, {"EHOSTUNREACH", EHOSTUNREACH},
-	{"ECONNRESET", ECONNRESET}, {"EBUSY", EBUSY},
-};
-
-static const char *errno_name(int e)
-{
-	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
-		if (errno_names[i].code == e)
-			return errno_names[i].name;
-	return strerror(e);
-}
-
-static int errno_code(const char *name)
-{
-	for (size_t i = 0; i < HM_ARRAY_SIZE(errno_names); i++)
-		if (!strcmp(errno_names[i].name, name))
-			return errno_names[i].code;
-	return -1;
-}
 
 /* ---- the agent's figures ---- */
 
@@ -141,14 +115,13 @@ static void count_result(struct abuse *a, int rc, const struct hm_err *err)
 	if (rc == 0)
 		atomic_fetch_add(&a->ok, 1);
 	else
-		atomic_fetch_add(&a->refused[err->code > 0 && err->code < ERRNO_SLOTS ? err->code
-										    : 0],
-				 1);
+		atomic_fetch_add(
+		    &a->refused[err->code > 0 && err->code < ERRNO_SLOTS ? err->code : 0], 1);
 }
 
 struct connect_arg {
 	struct abuse *a;
-	struct agent_client *c;
+	struct client *c;
 };
 
 static void *one_connect(void *arg)
@@ -158,7 +131,7 @@ static void *one_connect(void *arg)
 	struct proto_msg req = {.type = PROTO_TCP_CONNECT}, reply;
 	req.tcp_connect.dst = ca->a->dst;
 	req.tcp_connect.timeout_ms = ca->a->timeout_ms;
-	int rc = agent_client_call(ca->c, &req, &reply, (int)ca->a->timeout_ms + 30000, &err);
+	int rc = client_call(ca->c, &req, &reply, (int)ca->a->timeout_ms + 30000, &err);
 	if (rc == 0)
 		proto_msg_free(&reply);
 	/* a black hole answers with an error after its timeout: that is not a refusal */
@@ -169,7 +142,7 @@ static void *one_connect(void *arg)
 	return NULL;
 }
 
-static void abuse_connects(struct abuse *a, struct agent_client *c)
+static void abuse_connects(struct abuse *a, struct client *c)
 {
 	pthread_t *th = calloc((size_t)a->count, sizeof(*th));
 	bool *started = calloc((size_t)a->count, sizeof(*started));
@@ -191,14 +164,14 @@ static void abuse_connects(struct abuse *a, struct agent_client *c)
 static void *abuser_main(void *arg)
 {
 	struct abuse *a = arg;
-	struct agent_client *c = e2e_connect(a->ctx);
+	struct client *c = e2e_connect(a->ctx);
 	struct hm_err err = {.code = EIO};
-	struct agent_session_info info;
-	if (!c || agent_client_session_open(c, a->ctx->target, &info, &err) < 0) {
+	struct client_session_info info;
+	if (!c || client_session_open(c, a->ctx->target, &info, &err) < 0) {
 		count_result(a, -1, &err);
 		atomic_fetch_add(&a->sessions_up, 1);
 		if (c)
-			agent_client_close(c);
+			client_close(c);
 		return NULL;
 	}
 	if (!strcmp(a->kind, "session")) {
@@ -209,7 +182,8 @@ static void *abuser_main(void *arg)
 	} else {
 		unsigned index = atomic_fetch_add(&a->next_index, 1);
 		char write_path[PROTO_PATH_MAX + 1];
-		snprintf(write_path, sizeof(write_path), "%.4000s.%u", a->path ? a->path : "", index);
+		snprintf(write_path, sizeof(write_path), "%.4000s.%u", a->path ? a->path : "",
+			 index);
 		for (int i = 0; i < a->count; i++) {
 			struct hm_err err = {0};
 			struct proto_msg req = {0}, reply;
@@ -230,7 +204,7 @@ static void *abuser_main(void *arg)
 				req.type = PROTO_FILE_READDIR;
 				req.path_req.path = a->path;
 			}
-			int rc = agent_client_call(c, &req, &reply, 60000, &err);
+			int rc = client_call(c, &req, &reply, 60000, &err);
 			if (rc == 0)
 				proto_msg_free(&reply);
 			count_result(a, rc, &err);
@@ -244,7 +218,7 @@ static void *abuser_main(void *arg)
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	agent_client_close(c);
+	client_close(c);
 	return NULL;
 }
 
@@ -258,19 +232,19 @@ static void check_other_client(struct abuse *a, struct e2e_ctx *ctx)
 	}
 	if (!a->check)
 		return;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c) {
 		snprintf(a->check_failure, sizeof(a->check_failure), "no session for the check");
 		return;
 	}
 	struct hm_err err = {0};
-	struct agent_file_content fc;
-	if (agent_client_read_file(c, a->check, 0, 0, &fc, &err) < 0)
-		snprintf(a->check_failure, sizeof(a->check_failure), "read %.200s: %.250s", a->check,
-			 err.msg);
+	struct client_file_content fc;
+	if (client_read_file(c, a->check, 0, 0, &fc, &err) < 0)
+		snprintf(a->check_failure, sizeof(a->check_failure), "read %.200s: %.250s",
+			 a->check, err.msg);
 	else
-		agent_file_content_release(&fc);
-	agent_client_close(c);
+		client_file_content_release(&fc);
+	client_close(c);
 }
 
 /* With no fd left, the agent accepts a new connection with its spare fd and closes it:
@@ -280,19 +254,18 @@ static void check_turned_away(struct abuse *a, struct e2e_ctx *ctx)
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	struct hm_err err = {0};
-	struct agent_client *c;
-	struct agent_client_opts opts = {.client_name = "agent_e2e check", .timeout_ms = 20000};
-	int rc = agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err);
+	struct client *c;
+	struct client_opts opts = {.client_name = "agent_e2e check", .timeout_ms = 20000};
+	int rc = client_connect(&ctx->ep, ctx->token, &opts, &c, &err);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
 	if (rc == 0) {
-		agent_client_close(c);
+		client_close(c);
 		snprintf(a->check_failure, sizeof(a->check_failure),
 			 "the agent served a client although it should be out of fds");
 		return;
 	}
-	printf("while out of fds, a new client was turned away after %.2f s: %s\n", took,
-	       err.msg);
+	printf("while out of fds, a new client was turned away after %.2f s: %s\n", took, err.msg);
 	if (took > 5)
 		snprintf(a->check_failure, sizeof(a->check_failure),
 			 "a new client waited %.1f s to be turned away", took);
@@ -329,7 +302,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		else if (!strcmp(k, "check"))
 			a.check = v;
 		else if (!strcmp(k, "check-agent") &&
-			 agent_endpoint_parse(v, &check_ctx.ep, NULL) == 0)
+			 client_endpoint_parse(v, &check_ctx.ep, NULL) == 0)
 			;
 		else if (!strcmp(k, "dst") && e2e_parse_addr(v, &a.dst) == 0)
 			;
@@ -413,7 +386,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 			continue;
 		refused += n;
 		off += (size_t)snprintf(refused_text + off, sizeof(refused_text) - off, " %s x%u",
-					e ? errno_name(e) : "?", n);
+					e ? e2e_errno_name(e) : "?", n);
 		if (off >= sizeof(refused_text))
 			off = sizeof(refused_text) - 1;
 		bool listed = false;
@@ -421,8 +394,9 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 			char list[128];
 			snprintf(list, sizeof(list), "%s", expect ? expect : allow);
 			char *save = NULL;
-			for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
-				listed |= errno_code(t) == e;
+			for (char *t = strtok_r(list, ",", &save); t;
+			     t = strtok_r(NULL, ",", &save))
+				listed |= e2e_errno_code(t) == e;
 		}
 		if (!listed && !unexpected)
 			unexpected = e ? e : -1;
@@ -440,8 +414,10 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 		return e2e_fail("the abusing sessions were never refused (expected %s)", expect);
 	if (unexpected)
 		return e2e_fail("the abusing sessions were refused with %s, expected %s",
-				unexpected > 0 ? errno_name(unexpected) : "an unknown error",
-				expect ? expect : allow ? allow : "no refusal");
+				unexpected > 0 ? e2e_errno_name(unexpected) : "an unknown error",
+				expect	? expect
+				: allow ? allow
+					: "no refusal");
 	if (max_fds && a.peak_fds > max_fds)
 		return e2e_fail("the agent held %u fds, the bound is %lu", a.peak_fds, max_fds);
 	if (max_threads && a.peak_threads > max_threads)
@@ -454,7 +430,7 @@ static int cmd_abuse(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd abuse_cmds[] = {
-	{"abuse", "udp|read|readdir|write|connect|session SESSIONS COUNT AGENT_PID [KEY=VALUE]...",
-	 cmd_abuse},
+    {"abuse", "udp|read|readdir|write|connect|session SESSIONS COUNT AGENT_PID [KEY=VALUE]...",
+     cmd_abuse},
 };
 E2E_REGISTER(abuse_cmds)

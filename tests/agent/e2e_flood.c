@@ -17,9 +17,9 @@ struct flood {
 	int *fds;
 	unsigned n;
 	atomic_bool stop;
-	atomic_uint held;          /* idle connections open right now */
+	atomic_uint held;	       /* idle connections open right now */
 	atomic_uint_fast64_t reopened; /* idle connections the agent closed and we reopened */
-	atomic_uint min_held;      /* lowest count seen while the legitimate clients ran */
+	atomic_uint min_held;	       /* lowest count seen while the legitimate clients ran */
 	atomic_bool measuring;
 };
 
@@ -33,7 +33,7 @@ static double now_s(void)
 static int flood_dial(struct flood *fl)
 {
 	struct hm_err err = {0};
-	return agent_endpoint_dial(&fl->ctx->ep, 2000, &err);
+	return client_endpoint_dial(&fl->ctx->ep, 2000, &err);
 }
 
 static void flood_count(struct flood *fl)
@@ -83,17 +83,17 @@ static void *flood_main(void *arg)
 static int legit_attempt(struct e2e_ctx *ctx, int timeout_ms, char *why, size_t whylen)
 {
 	struct hm_err err = {0};
-	struct agent_client *c;
-	struct agent_client_opts opts = {.client_name = "agent_e2e flood-legit",
-					 .timeout_ms = timeout_ms};
-	if (agent_client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
+	struct client *c;
+	struct client_opts opts = {.client_name = "agent_e2e flood-legit",
+				   .timeout_ms = timeout_ms};
+	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		snprintf(why, whylen, "connect: %.400s", err.msg);
 		return -1;
 	}
-	int rc = agent_client_ping(c, &err);
+	int rc = client_ping(c, &err);
 	if (rc < 0)
 		snprintf(why, whylen, "ping: %.400s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -158,17 +158,18 @@ static int cmd_flood(struct e2e_ctx *ctx, int argc, char **argv)
 	       (unsigned long long)atomic_load(&fl.reopened));
 	printf("flood: legitimate clients %u/%u succeeded (handshake + PING within %d ms; mean "
 	       "%.0f ms, worst %.0f ms)%s%s\n",
-	       ok, legit, attempt_ms, total / legit * 1000, worst * 1000, *why ? "; last failure: " : "",
-	       why);
+	       ok, legit, attempt_ms, total / legit * 1000, worst * 1000,
+	       *why ? "; last failure: " : "", why);
 	if (opened < idle)
 		return e2e_fail("only %u of %u idle connections could be opened", opened, idle);
 	if (ok < min_ok)
-		return e2e_fail("%u of %u legitimate clients got in (%u needed)", ok, legit, min_ok);
+		return e2e_fail("%u of %u legitimate clients got in (%u needed)", ok, legit,
+				min_ok);
 	return e2e_ok("%u/%u legitimate clients got in while %u idle connections were held", ok,
 		      legit, idle);
 }
 
 static const struct e2e_cmd flood_cmds[] = {
-	{"flood", "IDLE LEGIT [ATTEMPT_MS [SPREAD_MS [MIN_OK]]]", cmd_flood},
+    {"flood", "IDLE LEGIT [ATTEMPT_MS [SPREAD_MS [MIN_OK]]]", cmd_flood},
 };
 E2E_REGISTER(flood_cmds)

@@ -17,23 +17,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static const struct {
-	const char *name;
-	int code;
-} errnos[] = {
-    {"ECONNREFUSED", ECONNREFUSED}, {"ETIMEDOUT", ETIMEDOUT},
-    {"ENETUNREACH", ENETUNREACH},   {"EHOSTUNREACH", EHOSTUNREACH},
-    {"EAFNOSUPPORT", EAFNOSUPPORT}, {"EADDRNOTAVAIL", EADDRNOTAVAIL},
-};
-
-static int errno_named(const char *name)
-{
-	for (size_t i = 0; i < HM_ARRAY_SIZE(errnos); i++)
-		if (!strcmp(errnos[i].name, name))
-			return errnos[i].code;
-	return -1;
-}
-
 /* A byte stream every connection can check at any offset: the seed tells the
  * connections apart, so crossed streams are caught too. */
 static uint8_t pattern_byte(uint64_t seed, uint64_t off)
@@ -155,14 +138,14 @@ static int cmd_tcp_echo(struct e2e_ctx *ctx, int argc, char **argv)
 	if (argc < 3 || argc > 4 || e2e_parse_addr(argv[1], &dst) < 0 ||
 	    hm_parse_size(argv[2], &size) < 0)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	struct echo_conn conn = {.seed = 77};
-	conn.fd = agent_client_tcp_connect(c, &dst, 0, &conn.local, &err);
+	conn.fd = client_tcp_connect(c, &dst, 0, &conn.local, &err);
 	if (conn.fd < 0) {
-		agent_client_close(c);
+		client_close(c);
 		return e2e_fail("TCP_CONNECT %s: %s", argv[1], err.msg);
 	}
 	char local[80];
@@ -186,7 +169,7 @@ static int cmd_tcp_echo(struct e2e_ctx *ctx, int argc, char **argv)
 		rc = echo_drive(&conn, 1, size, 60);
 	double dt = now_s() - t0;
 	close(conn.fd);
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("%s echoed %llu bytes intact from %s (%.0f MB/s each way)", argv[1],
 		       (unsigned long long)size, local, dt > 0 ? (double)size / dt / 1e6 : 0.0);
@@ -204,12 +187,12 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 	int n = atoi(argv[2]);
 	if (n < 1 || n > 4096)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct echo_conn *cs = calloc((size_t)n, sizeof(*cs));
 	if (!cs) {
-		agent_client_close(c);
+		client_close(c);
 		return e2e_fail("out of memory");
 	}
 	int rc = 0, opened = 0;
@@ -217,7 +200,7 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 	double t0 = now_s();
 	for (; opened < n; opened++) {
 		cs[opened].seed = 1000 + (uint64_t)opened;
-		cs[opened].fd = agent_client_tcp_connect(c, &dst, 0, &cs[opened].local, &err);
+		cs[opened].fd = client_tcp_connect(c, &dst, 0, &cs[opened].local, &err);
 		if (cs[opened].fd < 0) {
 			rc = e2e_fail("connection %d of %d: %s", opened, n, err.msg);
 			break;
@@ -225,12 +208,12 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 	}
 	double t_open = now_s() - t0;
 	if (rc == 0) {
-		struct agent_status st;
+		struct client_status st;
 		/* the agent replies to a stream hello just before its relay counts the
 		 * stream: give the last ones a moment to be counted */
 		int status_rc;
 		for (int tries = 0;; tries++) {
-			status_rc = agent_client_status(c, &st, &err);
+			status_rc = client_status(c, &st, &err);
 			if (status_rc < 0 || st.streams >= (uint32_t)n || tries >= 100)
 				break;
 			usleep(10000);
@@ -248,7 +231,7 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 	for (int i = 0; i < opened; i++)
 		close(cs[i].fd);
 	free(cs);
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("%d parallel connections to %s each echoed %llu bytes intact (opened in "
 		       "%.2f s, %.0f MB/s total each way)",
@@ -268,19 +251,19 @@ static int cmd_tcp_hold(struct e2e_ctx *ctx, int argc, char **argv)
 	int n = atoi(argv[2]);
 	if (n < 1 || n > 4096)
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct echo_conn *cs = calloc((size_t)n, sizeof(*cs));
 	if (!cs) {
-		agent_client_close(c);
+		client_close(c);
 		return e2e_fail("out of memory");
 	}
 	int rc = 0, opened = 0;
 	struct hm_err err = {0};
 	for (; opened < n; opened++) {
 		cs[opened].seed = 5000 + (uint64_t)opened;
-		cs[opened].fd = agent_client_tcp_connect(c, &dst, 0, &cs[opened].local, &err);
+		cs[opened].fd = client_tcp_connect(c, &dst, 0, &cs[opened].local, &err);
 		if (cs[opened].fd < 0) {
 			rc = e2e_fail("connection %d of %d: %s", opened, n, err.msg);
 			break;
@@ -295,7 +278,7 @@ static int cmd_tcp_hold(struct e2e_ctx *ctx, int argc, char **argv)
 	for (int i = 0; i < opened; i++)
 		close(cs[i].fd);
 	free(cs);
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0)
 		e2e_ok("held %d connections to %s, all still echo", n, argv[1]);
 	return rc;
@@ -308,16 +291,16 @@ static int cmd_tcp_connect_fails(struct e2e_ctx *ctx, int argc, char **argv)
 	struct proto_addr dst;
 	if (argc < 3 || argc > 4 || e2e_parse_addr(argv[1], &dst) < 0)
 		return 2;
-	int want = errno_named(argv[2]);
+	int want = e2e_errno_code(argv[2]);
 	if (want < 0)
 		return 2;
 	uint32_t timeout_ms = argc == 4 ? (uint32_t)atoi(argv[3]) : 0;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	double t0 = now_s();
-	int fd = agent_client_tcp_connect(c, &dst, timeout_ms, NULL, &err);
+	int fd = client_tcp_connect(c, &dst, timeout_ms, NULL, &err);
 	double dt = now_s() - t0;
 	int rc;
 	if (fd >= 0) {
@@ -330,9 +313,9 @@ static int cmd_tcp_connect_fails(struct e2e_ctx *ctx, int argc, char **argv)
 		rc = e2e_ok("TCP_CONNECT %s: %s after %.2f s (%s)", argv[1], argv[2], dt, err.msg);
 	}
 	/* the failure ended that request only: the session still works */
-	if (rc == 0 && agent_client_ping(c, &err) < 0)
+	if (rc == 0 && client_ping(c, &err) < 0)
 		rc = e2e_fail("ping after the failed connect: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	return rc;
 }
 
@@ -425,14 +408,14 @@ static int cmd_dns_query(struct e2e_ctx *ctx, int argc, char **argv)
 		want_family = AF_INET6;
 	else if (strcmp(expect, "NXDOMAIN"))
 		return 2;
-	struct agent_client *c = e2e_session(ctx);
+	struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
 	struct proto_addr local;
-	int fd = agent_client_udp_open(c, server.family, &local, &err);
+	int fd = client_udp_open(c, server.family, &local, &err);
 	if (fd < 0) {
-		agent_client_close(c);
+		client_close(c);
 		return e2e_fail("UDP_OPEN: %s", err.msg);
 	}
 	uint8_t q[512], r[4096];
@@ -444,11 +427,11 @@ static int cmd_dns_query(struct e2e_ctx *ctx, int argc, char **argv)
 	double t0 = now_s();
 	/* UDP may lose a datagram: ask again like a resolver does */
 	for (int attempt = 0; attempt < 5 && n < 0 && rc == 0; attempt++) {
-		if (agent_udp_send(fd, &server, q, qlen, &err) < 0) {
+		if (client_udp_send(fd, &server, q, qlen, &err) < 0) {
 			rc = e2e_fail("send the query: %s", err.msg);
 			break;
 		}
-		n = agent_udp_recv(fd, &src, r, sizeof(r), 2000, &err);
+		n = client_udp_recv(fd, &src, r, sizeof(r), 2000, &err);
 		if (n < 0 && err.code != ETIMEDOUT)
 			rc = e2e_fail("receive the answer: %s", err.msg);
 	}
@@ -475,9 +458,9 @@ static int cmd_dns_query(struct e2e_ctx *ctx, int argc, char **argv)
 	    (rcode != 0 || family != want_family ||
 	     memcmp(addr, want, want_family == AF_INET ? 4 : 16)))
 		rc = e2e_fail("%s: rcode %d, %s, expected %s", argv[2], rcode, got, expect);
-	if (rc == 0 && agent_client_ping(c, &err) < 0)
+	if (rc == 0 && client_ping(c, &err) < 0)
 		rc = e2e_fail("ping: %s", err.msg);
-	agent_client_close(c);
+	client_close(c);
 	if (rc == 0) {
 		char local_str[80];
 		e2e_ok("%s answered %s for %s to the pod's UDP socket %s (%.1f ms)", src_str,

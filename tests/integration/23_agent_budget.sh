@@ -25,7 +25,7 @@ trap cleanup EXIT
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=0:allocator_release_to_os_interval_ms=50"
 
 set -e
-# trace-pod runs only a rootfs other host users cannot reach
+# trace-pod wants a rootfs other host users cannot reach ($WORK stays 0755 for the agent)
 mkdir -m 0700 "$WORK/private"
 ROOTFS="$WORK/private/rootfs"
 mkdir "$ROOTFS"

@@ -49,12 +49,12 @@ static void fx_init(struct fx *f, int deadline_ms, unsigned per_transport, unsig
 	f->handed.fd = -1;
 	agent_stats_init(&f->stats);
 	struct agent_admission_config cfg = {
-		.deadline_ms = deadline_ms,
-		.max_per_transport = per_transport,
-		.max_per_peer = per_peer,
-		.stats = &f->stats,
-		.admitted = on_admitted,
-		.arg = &f->handed,
+	    .deadline_ms = deadline_ms,
+	    .max_per_transport = per_transport,
+	    .max_per_peer = per_peer,
+	    .stats = &f->stats,
+	    .admitted = on_admitted,
+	    .arg = &f->handed,
 	};
 	struct hm_err err = {0};
 	assert_int_equal(agent_admission_create(&cfg, &f->a, &err), 0);
@@ -187,7 +187,8 @@ static void test_transport_budget_evicts_oldest_not_other_transport(void **state
 	(void)state;
 	struct fx f;
 	fx_init(&f, 10000, 3, 3);
-	struct agent_peer u1 = unix_peer(1), u2 = unix_peer(2), u3 = unix_peer(3), u4 = unix_peer(4);
+	struct agent_peer u1 = unix_peer(1), u2 = unix_peer(2), u3 = unix_peer(3),
+			  u4 = unix_peer(4);
 	struct agent_peer t1 = tcp_peer(1), t2 = tcp_peer(2);
 	connect_as(&f, 1, &t1); /* the oldest of all, but TCP's */
 	connect_as(&f, 2, &u1);
@@ -245,12 +246,12 @@ int main(void)
 {
 	hm_log_init("test_agent_admission", HM_LOG_ERROR);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_hello_already_there_is_handed_over),
-		cmocka_unit_test(test_partial_frame_completes_later),
-		cmocka_unit_test(test_per_peer_cap_evicts_that_peers_oldest),
-		cmocka_unit_test(test_transport_budget_evicts_oldest_not_other_transport),
-		cmocka_unit_test(test_deadline_closes_silent_peers),
-		cmocka_unit_test(test_oversized_first_frame_closed),
+	    cmocka_unit_test(test_hello_already_there_is_handed_over),
+	    cmocka_unit_test(test_partial_frame_completes_later),
+	    cmocka_unit_test(test_per_peer_cap_evicts_that_peers_oldest),
+	    cmocka_unit_test(test_transport_budget_evicts_oldest_not_other_transport),
+	    cmocka_unit_test(test_deadline_closes_silent_peers),
+	    cmocka_unit_test(test_oversized_first_frame_closed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -82,7 +82,7 @@ static bool host_exists(const char *path)
 
 static void assert_host_secret_intact(void)
 {
-	hm_autofree char *data = NULL;
+	hm_cleanup_free char *data = NULL;
 	size_t len;
 	struct hm_err err = {0};
 	assert_int_equal(hm_read_file(fx.secret, &data, &len, &err), 0);
@@ -367,7 +367,7 @@ static void test_escapes_are_real(void **state)
 	assert_host_secret_intact();
 	const char *naive[] = {"/abs_secret", "/rel_secret", "/dir/deep_rel_secret", "/chain1"};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(naive); i++) {
-		hm_autofree char *data = NULL;
+		hm_cleanup_free char *data = NULL;
 		size_t len;
 		struct hm_err err = {0};
 		assert_int_equal(hm_read_file(host_path(naive[i]), &data, &len, &err), 0);
@@ -375,7 +375,7 @@ static void test_escapes_are_real(void **state)
 	}
 	assert_true(host_exists(fmt("%s/hostfile", fx.hostdir)));
 	if (fx.proc_mounted) {
-		hm_autofree char *data = NULL;
+		hm_cleanup_free char *data = NULL;
 		size_t len;
 		struct hm_err err = {0};
 		assert_int_equal(
@@ -561,7 +561,7 @@ static void test_readdir(void **state)
 
 static void make_entries(const char *dir, int from, int to)
 {
-	hm_autofd dfd = open(host_path(dir), O_PATH | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int dfd = open(host_path(dir), O_PATH | O_DIRECTORY | O_CLOEXEC);
 	assert_true(dfd >= 0);
 	for (int i = from; i < to; i++) {
 		int fd = openat(dfd, fmt("entry-%05d", i), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);

@@ -141,11 +141,11 @@ int main(void)
 {
 	hm_log_init("test_agent_peer", HM_LOG_ERROR);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_own_process_only),
-		cmocka_unit_test(test_mixed_uids_refused),
-		cmocka_unit_test(test_root_tcp_and_allow_any),
-		cmocka_unit_test(test_same_source),
-		cmocka_unit_test(test_peer_key),
+	    cmocka_unit_test(test_own_process_only),
+	    cmocka_unit_test(test_mixed_uids_refused),
+	    cmocka_unit_test(test_root_tcp_and_allow_any),
+	    cmocka_unit_test(test_same_source),
+	    cmocka_unit_test(test_peer_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,4 @@
-/* The agent's relay (agent/relay.c) and outgoing sockets (agent/outgoing.c), on
+/* The agent's relay (relay/relay.c) and outgoing sockets (agent/outgoing.c), on
  * loopback: checksummed bulk TCP both ways, half-close and reset semantics, 200
  * parallel pairs and what they cost, UDP datagrams framed on a stream, file streams,
  * and destroying the relay while it is busy. */
@@ -25,8 +25,31 @@
 #include <zlib.h>
 
 #include "agent/internal.h"
+#include "relay/relay.h"
 
-static struct agent_counters counters;
+static struct relay_counters counters;
+
+/* A blocking connect from the target's netns, the way the server's connects.c drives
+ * agent_outgoing_tcp_begin/finish (timeout_ms 0: the agent's default): the connected
+ * fd, or -1 with err->code the errno the app would have got. */
+static int outgoing_tcp_connect(struct agent_target *t, const struct proto_addr *dst,
+				uint32_t timeout_ms, struct proto_addr *local, struct hm_err *err)
+{
+	timeout_ms = agent_outgoing_timeout(timeout_ms);
+	hm_cleanup_close int fd = -1;
+	int rc = agent_outgoing_tcp_begin(t, dst, &fd, err);
+	if (rc < 0)
+		return -1;
+	int outcome = 0;
+	if (rc == 1) {
+		struct hm_err wait_err = {0};
+		if (hm_connect_wait(fd, hm_deadline_in(timeout_ms), &wait_err) < 0)
+			outcome = wait_err.code;
+	}
+	if (agent_outgoing_tcp_finish(fd, dst, outcome, timeout_ms, local, err) < 0)
+		return -1;
+	return hm_steal_fd(&fd);
+}
 
 /* ---- helpers ---- */
 
@@ -102,7 +125,7 @@ struct chain {
 	int app, server;
 };
 
-static void chain_open(struct agent_relay *r, struct chain *ch, bool unix_client)
+static void chain_open(struct relay *r, struct chain *ch, bool unix_client)
 {
 	int client_side, remote_side;
 	if (unix_client) {
@@ -115,7 +138,7 @@ static void chain_open(struct agent_relay *r, struct chain *ch, bool unix_client
 	}
 	tcp_pair(&remote_side, &ch->server);
 	struct hm_err err;
-	assert_int_equal(agent_relay_add_tcp(r, client_side, remote_side, &err), 0);
+	assert_int_equal(relay_add_tcp(r, client_side, remote_side, &err), 0);
 }
 
 static void chain_close(struct chain *ch)
@@ -226,9 +249,9 @@ static void pump_join(struct pump *p)
 static int relay_setup(void **state)
 {
 	memset(&counters, 0, sizeof(counters));
-	struct agent_relay *r;
+	struct relay *r;
 	struct hm_err err;
-	if (agent_relay_create(&counters, &r, &err) < 0) {
+	if (relay_create(&counters, &r, &err) < 0) {
 		print_error("%s\n", err.msg);
 		return -1;
 	}
@@ -238,13 +261,13 @@ static int relay_setup(void **state)
 
 static int relay_teardown(void **state)
 {
-	agent_relay_destroy(*state);
+	relay_destroy(*state);
 	return 0;
 }
 
 /* ---- TCP ---- */
 
-static void bulk_both_ways(struct agent_relay *r, bool unix_client)
+static void bulk_both_ways(struct relay *r, bool unix_client)
 {
 	const uint64_t size = 10 << 20;
 	struct chain ch;
@@ -273,7 +296,7 @@ static void bulk_both_ways(struct agent_relay *r, bool unix_client)
 
 static void test_tcp_bulk_both_directions(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	bulk_both_ways(r, false);
 	assert_true(atomic_load(&counters.bytes_out) == 10 << 20);
 	assert_true(atomic_load(&counters.bytes_in) == (10 << 20) + 12345);
@@ -299,7 +322,7 @@ static ssize_t read_all_timeout(int fd, char *buf, size_t cap, int timeout_ms)
 	}
 }
 
-static void half_close(struct agent_relay *r, bool unix_client)
+static void half_close(struct relay *r, bool unix_client)
 {
 	struct chain ch;
 	chain_open(r, &ch, unix_client);
@@ -331,7 +354,7 @@ static void test_tcp_half_close(void **state)
 
 static void test_tcp_reset_propagates(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct chain ch;
 	chain_open(r, &ch, false);
 	assert_int_equal(send(ch.app, "x", 1, 0), 1);
@@ -369,7 +392,7 @@ struct endpoint {
 
 static void test_tcp_200_parallel(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	const uint64_t size = 256 << 10;
 	int fds_before = count_fds();
 	struct mallinfo2 mi_before = mallinfo2();
@@ -507,14 +530,14 @@ static void send_datagram(int stream, const struct proto_addr *peer, const void 
 
 static void test_udp_round_trip(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	struct proto_addr echo_addr, pod_addr, src;
 	int echo = udp_socket(AF_INET, "127.0.0.1", &echo_addr);
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 
 	static uint8_t data[65507];
 	pattern_fill(7, 0, data, sizeof(data));
@@ -556,7 +579,7 @@ static void test_udp_round_trip(void **state)
 
 static void test_udp_v6_and_mapped(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	struct proto_addr echo6, echo4, pod_addr, src;
 	int e6 = udp_socket(AF_INET6, "::1", &echo6);
@@ -564,7 +587,7 @@ static void test_udp_v6_and_mapped(void **state)
 	int pod = udp_socket(AF_INET6, "::", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 
 	send_datagram(sv[0], &echo6, "six", 3);
 	echo_once(e6, &src);
@@ -592,13 +615,13 @@ static void test_udp_v6_and_mapped(void **state)
 
 static void test_udp_malformed_closes(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	struct proto_addr pod_addr;
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 	/* a frame of another type has no business on a UDP stream */
 	struct proto_msg ping = {.type = PROTO_PING};
 	ping.ping.nonce = 1;
@@ -611,7 +634,7 @@ static void test_udp_malformed_closes(void **state)
 	/* garbage that is no frame at all */
 	pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(agent_relay_add_udp(r, sv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, sv[1], pod, 0, NULL, &err), 0);
 	static const uint8_t junk[32] = {0xff, 0xff, 0xff, 0x7f, 0x02, 0x05};
 	assert_int_equal(send(sv[0], junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
 	assert_true(read_all_timeout(sv[0], &c, 1, 5000) <= 0);
@@ -636,7 +659,7 @@ static int temp_file(uint64_t size, uint64_t seed)
 
 static void test_file_sendfile(void **state)
 {
-	struct agent_relay *r = *state;
+	struct relay *r = *state;
 	struct hm_err err;
 	const uint64_t size = (5 << 20) + 333;
 	for (int unix_client = 0; unix_client < 2; unix_client++) {
@@ -651,7 +674,7 @@ static void test_file_sendfile(void **state)
 		}
 		int f = temp_file(size + 4096, 42);
 		/* exactly `size` bytes, though the file is longer */
-		assert_int_equal(agent_relay_add_file(r, client_side, f, size, &err), 0);
+		assert_int_equal(relay_add(r, RELAY_FILE, client_side, f, size, NULL, &err), 0);
 		struct pump rd;
 		pump_start(&rd, app, false, 42, 0);
 		pump_join(&rd);
@@ -666,7 +689,7 @@ static void test_file_sendfile(void **state)
 	int app, client_side;
 	tcp_pair(&app, &client_side);
 	int f = temp_file(100000, 43);
-	assert_int_equal(agent_relay_add_file(r, client_side, f, 200000, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_FILE, client_side, f, 200000, NULL, &err), 0);
 	struct pump rd;
 	pump_start(&rd, app, false, 43, 0);
 	pump_join(&rd);
@@ -678,7 +701,7 @@ static void test_file_sendfile(void **state)
 	/* an empty file: EOF right away */
 	tcp_pair(&app, &client_side);
 	f = temp_file(0, 44);
-	assert_int_equal(agent_relay_add_file(r, client_side, f, 0, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_FILE, client_side, f, 0, NULL, &err), 0);
 	char c;
 	assert_int_equal(read_all_timeout(app, &c, 1, 5000), 0);
 	wait_streams(0);
@@ -719,8 +742,8 @@ static void test_destroy_while_busy(void **state)
 	struct hm_err err;
 	memset(&counters, 0, sizeof(counters));
 	int fds_before = count_fds();
-	struct agent_relay *r;
-	assert_int_equal(agent_relay_create(&counters, &r, &err), 0);
+	struct relay *r;
+	assert_int_equal(relay_create(&counters, &r, &err), 0);
 	enum { N = 20 };
 	struct chain ch[N];
 	struct spinner sp[4 * N];
@@ -740,13 +763,14 @@ static void test_destroy_while_busy(void **state)
 	int pod = udp_socket(AF_INET, "127.0.0.1", &pod_addr);
 	int usv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, usv), 0);
-	assert_int_equal(agent_relay_add_udp(r, usv[1], pod, &err), 0);
+	assert_int_equal(relay_add(r, RELAY_UDP, usv[1], pod, 0, NULL, &err), 0);
 	int fapp, fclient;
 	tcp_pair(&fapp, &fclient);
-	assert_int_equal(agent_relay_add_file(r, fclient, temp_file(8 << 20, 5), 8 << 20, &err), 0);
+	assert_int_equal(
+	    relay_add(r, RELAY_FILE, fclient, temp_file(8 << 20, 5), 8 << 20, NULL, &err), 0);
 	usleep(200000);
 	assert_int_equal(atomic_load(&counters.streams), N + 2);
-	agent_relay_destroy(r);
+	relay_destroy(r);
 	assert_int_equal(atomic_load(&counters.streams), 0);
 	/* every spinner ends on its own: the relay reset or closed each stream */
 	for (int i = 0; i < 4 * N; i++)
@@ -766,12 +790,12 @@ static void test_destroy_right_after_add(void **state)
 	struct hm_err err;
 	memset(&counters, 0, sizeof(counters));
 	int fds_before = count_fds();
-	struct agent_relay *r;
-	assert_int_equal(agent_relay_create(&counters, &r, &err), 0);
+	struct relay *r;
+	assert_int_equal(relay_create(&counters, &r, &err), 0);
 	struct chain ch[8];
 	for (int i = 0; i < 8; i++)
 		chain_open(r, &ch[i], false);
-	agent_relay_destroy(r);
+	relay_destroy(r);
 	assert_int_equal(atomic_load(&counters.streams), 0);
 	for (int i = 0; i < 8; i++)
 		chain_close(&ch[i]);
@@ -889,10 +913,10 @@ static void test_throughput(void **state)
 	close(a);
 	close(b);
 
-	struct agent_relay *r;
+	struct relay *r;
 	struct hm_err err;
 	memset(&counters, 0, sizeof(counters));
-	assert_int_equal(agent_relay_create(&counters, &r, &err), 0);
+	assert_int_equal(relay_create(&counters, &r, &err), 0);
 	struct chain ch;
 	chain_open(r, &ch, false);
 	setsockopt(ch.app, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -906,7 +930,7 @@ static void test_throughput(void **state)
 	chain_open(r, &ch, false);
 	double relay_down = transfer_mbps(ch.server, ch.app, size, &c_down);
 	chain_close(&ch);
-	agent_relay_destroy(r);
+	relay_destroy(r);
 	print_message("throughput, 1 GiB on loopback (CPU s per GB, all threads):\n"
 		      "  direct TCP        %5.0f MB/s  %.2f\n"
 		      "  relay tcp -> tcp  %5.0f MB/s  %.2f  (%.2fx direct)\n"
@@ -966,7 +990,7 @@ static void test_outgoing_tcp(void **state)
 		int l;
 		struct proto_addr dst, local, peer;
 		listener(families[i], 4, &l, &dst);
-		int fd = agent_outgoing_tcp_connect(t, &dst, 0, &local, &err);
+		int fd = outgoing_tcp_connect(t, &dst, 0, &local, &err);
 		if (fd < 0)
 			fail_msg("%s", err.msg);
 		struct sockaddr_storage ss;
@@ -986,7 +1010,7 @@ static void test_outgoing_tcp(void **state)
 		/* nobody listening: the errno the app would get */
 		struct proto_addr refused = dst;
 		close(l);
-		assert_true(agent_outgoing_tcp_connect(t, &refused, 0, &local, &err) < 0);
+		assert_true(outgoing_tcp_connect(t, &refused, 0, &local, &err) < 0);
 		assert_int_equal(err.code, ECONNREFUSED);
 	}
 
@@ -997,7 +1021,7 @@ static void test_outgoing_tcp(void **state)
 	int fill[4];
 	int nfill = 0;
 	for (; nfill < 4; nfill++) {
-		fill[nfill] = agent_outgoing_tcp_connect(t, &dst, 300, &local, &err);
+		fill[nfill] = outgoing_tcp_connect(t, &dst, 300, &local, &err);
 		if (fill[nfill] < 0)
 			break;
 	}
@@ -1008,7 +1032,7 @@ static void test_outgoing_tcp(void **state)
 	close(l);
 
 	struct proto_addr bad = {.family = 9};
-	assert_true(agent_outgoing_tcp_connect(t, &bad, 0, &local, &err) < 0);
+	assert_true(outgoing_tcp_connect(t, &bad, 0, &local, &err) < 0);
 	assert_int_equal(err.code, EAFNOSUPPORT);
 	agent_target_put(t);
 }

@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "agent/agent.h"
-#include "agent/internal.h"
+#include "client/client.h"
 
 #define TOKEN "unit-test-token-0123456789"
 
@@ -29,7 +29,7 @@ struct fixture {
 	struct agent_server_config cfg;
 	int rc;
 	struct hm_err err;
-	struct agent_endpoint ep;
+	struct client_endpoint ep;
 };
 
 static void *server_main(void *arg)
@@ -47,18 +47,18 @@ static int setup(void **state)
 	snprintf(f->sock, sizeof(f->sock), "%s/a.sock", f->dir);
 	f->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	f->cfg = (struct agent_server_config){
-		.unix_path = f->sock,
-		.token = TOKEN,
-		.max_file_size = 1 << 20,
-		.handshake_timeout_ms = 300,
-		.stream_ttl_ms = 1000,
-		.stop_fd = f->stop_fd,
+	    .unix_path = f->sock,
+	    .token = TOKEN,
+	    .max_file_size = 1 << 20,
+	    .handshake_timeout_ms = 300,
+	    .stream_ttl_ms = 1000,
+	    .stop_fd = f->stop_fd,
 	};
 	assert_int_equal(pthread_create(&f->thread, NULL, server_main, f), 0);
 	for (int i = 0; i < 200 && access(f->sock, F_OK) < 0; i++)
 		usleep(10000);
 	assert_int_equal(access(f->sock, F_OK), 0);
-	assert_int_equal(agent_endpoint_parse(f->sock, &f->ep, NULL), 0);
+	assert_int_equal(client_endpoint_parse(f->sock, &f->ep, NULL), 0);
 	*state = f;
 	return 0;
 }
@@ -78,11 +78,11 @@ static int teardown(void **state)
 	return 0;
 }
 
-static struct agent_client *connect_ok(struct fixture *f)
+static struct client *connect_ok(struct fixture *f)
 {
-	struct agent_client *c;
+	struct client *c;
 	struct hm_err err = {0};
-	int rc = agent_client_connect(&f->ep, TOKEN, NULL, &c, &err);
+	int rc = client_connect(&f->ep, TOKEN, NULL, &c, &err);
 	if (rc < 0)
 		fail_msg("connect: %s", err.msg);
 	return c;
@@ -91,38 +91,38 @@ static struct agent_client *connect_ok(struct fixture *f)
 static void test_ping_and_status(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
-	assert_int_equal(agent_client_ping(c, &err), 0);
-	assert_true(agent_client_features(c) & PROTO_FEAT_ZLIB);
-	struct agent_status st;
-	assert_int_equal(agent_client_status(c, &st, &err), 0);
+	assert_int_equal(client_ping(c, &err), 0);
+	assert_true(client_features(c) & PROTO_FEAT_ZLIB);
+	struct client_status st;
+	assert_int_equal(client_status(c, &st, &err), 0);
 	assert_string_equal(st.version, AGENT_SERVER_NAME);
 	assert_true(st.requests >= 2);
 	assert_int_equal(st.sessions, 0);
-	agent_client_close(c);
+	client_close(c);
 }
 
 static void test_wrong_token(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c;
+	struct client *c;
 	struct hm_err err = {0};
-	assert_int_equal(agent_client_connect(&f->ep, TOKEN "x", NULL, &c, &err), -1);
+	assert_int_equal(client_connect(&f->ep, TOKEN "x", NULL, &c, &err), -1);
 	assert_int_equal(err.code, EACCES);
-	assert_int_equal(agent_client_connect(&f->ep, "unit", NULL, &c, &err), -1);
+	assert_int_equal(client_connect(&f->ep, "unit", NULL, &c, &err), -1);
 	assert_int_equal(err.code, EACCES);
 	/* the server goes on */
 	c = connect_ok(f);
-	assert_int_equal(agent_client_ping(c, &err), 0);
-	agent_client_close(c);
+	assert_int_equal(client_ping(c, &err), 0);
+	client_close(c);
 }
 
 static void test_silent_peer_cut_off(void **state)
 {
 	struct fixture *f = *state;
 	struct hm_err err = {0};
-	int fd = agent_endpoint_dial(&f->ep, 1000, &err);
+	int fd = client_endpoint_dial(&f->ep, 1000, &err);
 	assert_true(fd >= 0);
 	struct pollfd p = {.fd = fd, .events = POLLIN};
 	assert_int_equal(poll(&p, 1, 3000), 1); /* handshake timeout is 300 ms */
@@ -131,18 +131,68 @@ static void test_silent_peer_cut_off(void **state)
 	close(fd);
 }
 
+/* A transport of another module's kind (a port-forward): the client dials the control
+ * connection and every stream through it, never by the address fields itself. */
+struct counting_dialer {
+	const struct client_endpoint *real;
+	int dials;
+};
+
+static int counting_dial(const struct client_endpoint *ep, int timeout_ms, struct hm_err *err)
+{
+	struct counting_dialer *d = ep->ctx;
+	d->dials++;
+	return client_endpoint_dial(d->real, timeout_ms, err);
+}
+
+static void counting_describe(const struct client_endpoint *ep, char *buf, size_t len)
+{
+	(void)ep;
+	snprintf(buf, len, "counting:");
+}
+
+static void test_own_transport(void **state)
+{
+	struct fixture *f = *state;
+	static const struct client_transport counting = {
+	    .name = "counting", .dial = counting_dial, .describe = counting_describe};
+	struct counting_dialer d = {.real = &f->ep};
+	struct client_endpoint ep = {.transport = &counting, .ctx = &d};
+	char where[64];
+	assert_string_equal(client_endpoint_str(&ep, where, sizeof(where)), "counting:");
+	struct hm_err err = {0};
+	struct client *c;
+	assert_int_equal(client_connect(&ep, TOKEN "x", NULL, &c, &err), -1);
+	assert_int_equal(err.code, EACCES);
+	assert_int_equal(d.dials, 1);
+	assert_int_equal(client_connect(&ep, TOKEN, NULL, &c, &err), 0);
+	assert_int_equal(d.dials, 2);
+	assert_int_equal(client_ping(c, &err), 0);
+	if (geteuid() == 0) { /* a session on ourselves needs CAP_SYS_ADMIN for the netns */
+		char target[32];
+		snprintf(target, sizeof(target), "pid/%d", (int)getpid());
+		assert_int_equal(client_session_open(c, target, NULL, &err), 0);
+		int fd = client_udp_open(c, PROTO_AF_INET, NULL, &err);
+		if (fd < 0)
+			fail_msg("UDP stream: %s", err.msg);
+		close(fd);
+		assert_int_equal(d.dials, 3); /* the stream came through the transport too */
+	}
+	client_close(c);
+}
+
 static void test_no_session_yet(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
 	struct proto_stat st;
-	assert_int_equal(agent_client_stat(c, "/", 0, &st, &err), -1);
+	assert_int_equal(client_stat(c, "/", 0, &st, &err), -1);
 	assert_int_equal(err.code, ENOTCONN);
-	struct agent_session_info info;
-	assert_int_equal(agent_client_session_open(c, "pod/surely-not-a-pod-here", &info, &err), -1);
+	struct client_session_info info;
+	assert_int_equal(client_session_open(c, "pod/surely-not-a-pod-here", &info, &err), -1);
 	assert_int_equal(err.code, ENOENT);
-	agent_client_close(c);
+	client_close(c);
 }
 
 static void test_session_on_self(void **state)
@@ -150,18 +200,18 @@ static void test_session_on_self(void **state)
 	struct fixture *f = *state;
 	if (geteuid() != 0)
 		skip(); /* entering a netns, even our own, needs CAP_SYS_ADMIN */
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
 	char target[32];
 	snprintf(target, sizeof(target), "pid/%d", (int)getpid());
-	struct agent_session_info info;
-	assert_int_equal(agent_client_session_open(c, target, &info, &err), 0);
+	struct client_session_info info;
+	assert_int_equal(client_session_open(c, target, &info, &err), 0);
 	assert_int_equal(info.pid, getpid());
 
 	/* the environment block of exec time, as /proc/self/environ has it */
 	char **vars;
 	size_t n;
-	assert_int_equal(agent_client_env(c, &vars, &n, &err), 0);
+	assert_int_equal(client_env(c, &vars, &n, &err), 0);
 	assert_non_null(vars);
 	assert_null(vars[n]);
 	char *raw;
@@ -185,23 +235,23 @@ static void test_session_on_self(void **state)
 	FILE *fp = fopen(path, "w");
 	fputs("hello agent", fp);
 	fclose(fp);
-	struct agent_file_content fc;
-	assert_int_equal(agent_client_read_file(c, path, 0, 0, &fc, &err), 0);
+	struct client_file_content fc;
+	assert_int_equal(client_read_file(c, path, 0, 0, &fc, &err), 0);
 	assert_int_equal(fc.size, 11);
 	assert_memory_equal(fc.data, "hello agent", 11);
-	agent_file_content_release(&fc);
+	client_file_content_release(&fc);
 	unlink(path);
-	assert_int_equal(agent_client_read_file(c, path, 0, 0, &fc, &err), -1);
+	assert_int_equal(client_read_file(c, path, 0, 0, &fc, &err), -1);
 	assert_int_equal(err.code, ENOENT);
 
-	struct agent_status st;
-	assert_int_equal(agent_client_status(c, &st, &err), 0);
+	struct client_status st;
+	assert_int_equal(client_status(c, &st, &err), 0);
 	assert_int_equal(st.sessions, 1);
-	agent_client_close(c);
+	client_close(c);
 }
 
 struct par {
-	struct agent_client *c;
+	struct client *c;
 	int failures;
 };
 
@@ -210,7 +260,7 @@ static void *par_main(void *arg)
 	struct par *p = arg;
 	struct hm_err err = {0};
 	for (int i = 0; i < 200; i++)
-		if (agent_client_ping(p->c, &err) < 0)
+		if (client_ping(p->c, &err) < 0)
 			p->failures++;
 	return NULL;
 }
@@ -218,7 +268,7 @@ static void *par_main(void *arg)
 static void test_concurrent_calls(void **state)
 {
 	struct fixture *f = *state;
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct par ps[8];
 	pthread_t th[8];
 	for (int i = 0; i < 8; i++) {
@@ -229,7 +279,7 @@ static void test_concurrent_calls(void **state)
 		pthread_join(th[i], NULL);
 		assert_int_equal(ps[i].failures, 0);
 	}
-	agent_client_close(c);
+	client_close(c);
 }
 
 static void test_stop_ends_sessions(void **state)
@@ -237,33 +287,34 @@ static void test_stop_ends_sessions(void **state)
 	struct fixture *f = *state;
 	if (geteuid() != 0)
 		skip();
-	struct agent_client *c = connect_ok(f);
+	struct client *c = connect_ok(f);
 	struct hm_err err = {0};
 	char target[32];
 	snprintf(target, sizeof(target), "pid/%d", (int)getpid());
-	assert_int_equal(agent_client_session_open(c, target, NULL, &err), 0);
+	assert_int_equal(client_session_open(c, target, NULL, &err), 0);
 	uint64_t one = 1;
 	assert_int_equal(write(f->stop_fd, &one, sizeof(one)), sizeof(one));
-	struct pollfd p = {.fd = agent_client_event_fd(c), .events = POLLIN};
+	struct pollfd p = {.fd = client_event_fd(c), .events = POLLIN};
 	assert_int_equal(poll(&p, 1, 5000), 1);
-	assert_true(agent_client_ended(c, &err));
+	assert_true(client_ended(c, &err));
 	assert_int_equal(err.code, ESHUTDOWN);
-	assert_int_equal(agent_client_ping(c, &err), -1);
+	assert_int_equal(client_ping(c, &err), -1);
 	assert_int_equal(err.code, ESHUTDOWN);
-	agent_client_close(c);
+	client_close(c);
 }
 
 int main(void)
 {
 	hm_log_init("test_agent_server", HM_LOG_QUIET);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_ping_and_status, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_silent_peer_cut_off, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_no_session_yet, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_session_on_self, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_concurrent_calls, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stop_ends_sessions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_ping_and_status, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_silent_peer_cut_off, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_own_transport, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_no_session_yet, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_session_on_self, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_concurrent_calls, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stop_ends_sessions, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "agent/agent.h"
+#include "client/client.h"
 #include "agent/internal.h"
 
 static int a_socket(void)
@@ -34,7 +34,7 @@ static void test_token_claimed_once(void **state)
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	int fd = a_socket();
 	uint8_t token[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 7, NULL, AGENT_STREAM_FILE, fd, 1234, token, &err), 0);
+	assert_int_equal(agent_streams_add(s, 7, NULL, RELAY_FILE, fd, 1234, token, &err), 0);
 	assert_int_equal(agent_streams_pending(s), 1);
 
 	uint8_t wrong[PROTO_TOKEN_LEN];
@@ -44,7 +44,7 @@ static void test_token_claimed_once(void **state)
 	assert_int_equal(agent_streams_claim(s, wrong, &ps), -1);
 
 	assert_int_equal(agent_streams_claim(s, token, &ps), 0);
-	assert_int_equal(ps.kind, AGENT_STREAM_FILE);
+	assert_int_equal(ps.kind, RELAY_FILE);
 	assert_int_equal(ps.fd, fd);
 	assert_int_equal(ps.size, 1234);
 	assert_int_equal(ps.session_id, 7);
@@ -62,8 +62,8 @@ static void test_tokens_differ(void **state)
 	struct hm_err err = {0};
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	uint8_t a[PROTO_TOKEN_LEN], b[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_TCP, a_socket(), 0, a, &err), 0);
-	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_TCP, a_socket(), 0, b, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, a, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, b, &err), 0);
 	assert_memory_not_equal(a, b, PROTO_TOKEN_LEN);
 	agent_streams_destroy(s); /* closes both */
 }
@@ -76,8 +76,8 @@ static void test_drop_session_closes_its_fds(void **state)
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	int mine = a_socket(), other = a_socket();
 	uint8_t t1[PROTO_TOKEN_LEN], t2[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_UDP, mine, 0, t1, &err), 0);
-	assert_int_equal(agent_streams_add(s, 2, NULL, AGENT_STREAM_UDP, other, 0, t2, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_UDP, mine, 0, t1, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, NULL, RELAY_UDP, other, 0, t2, &err), 0);
 	agent_streams_drop_session(s, 1);
 	assert_false(fd_open(mine));
 	assert_true(fd_open(other));
@@ -96,7 +96,7 @@ static void test_expiry(void **state)
 	assert_int_equal(agent_streams_create(50, &s, &err), 0);
 	int fd = a_socket();
 	uint8_t t[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, NULL, AGENT_STREAM_TCP, fd, 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, fd, 0, t, &err), 0);
 	usleep(120 * 1000);
 	agent_streams_expire(s);
 	assert_false(fd_open(fd));
@@ -139,30 +139,29 @@ static void test_stream_budget(void **state)
 	assert_int_equal(agent_budget_session_open(b, "uid 1", &one, &err), 0);
 	assert_int_equal(agent_budget_session_open(b, "uid 2", &two, &err), 0);
 	uint8_t t[PROTO_TOKEN_LEN], first[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, one, AGENT_STREAM_TCP, a_socket(), 0, first, &err),
-			 0);
+	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, first, &err), 0);
 	for (int i = 1; i < 4; i++)
-		assert_int_equal(agent_streams_add(s, 1, one, AGENT_STREAM_TCP, a_socket(), 0, t, &err),
+		assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, t, &err),
 				 0);
 	int fd = a_socket();
-	assert_int_equal(agent_streams_add(s, 1, one, AGENT_STREAM_TCP, fd, 0, t, &err), -1);
+	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, fd, 0, t, &err), -1);
 	assert_int_equal(err.code, EMFILE);
 	assert_non_null(strstr(err.msg, "--max-session-streams"));
 	assert_false(fd_open(fd)); /* taken over even on failure */
 	/* the other session has its own share, up to what the agent has left */
-	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
-	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
-	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), -1);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), -1);
 	assert_int_equal(err.code, ENFILE);
 	assert_non_null(strstr(err.msg, "--max-streams"));
 	/* claimed: still counted (now the relay's), until closed */
 	struct agent_pending_stream ps;
 	assert_int_equal(agent_streams_claim(s, first, &ps), 0);
 	assert_ptr_equal(ps.account, one);
-	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), -1);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), -1);
 	close(ps.fd);
 	agent_budget_stream_closed(ps.account);
-	assert_int_equal(agent_streams_add(s, 2, two, AGENT_STREAM_TCP, a_socket(), 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), 0);
 	/* a session's end returns its unclaimed streams */
 	agent_streams_drop_session(s, 1);
 	struct agent_budget_usage u;
@@ -258,32 +257,40 @@ static void test_bytes_budget(void **state)
 static void test_endpoint_parse(void **state)
 {
 	(void)state;
-	struct agent_endpoint ep;
+	struct client_endpoint ep;
 	char buf[200];
-	assert_int_equal(agent_endpoint_parse("unix:/run/x.sock", &ep, NULL), 0);
-	assert_true(ep.is_unix);
+	assert_int_equal(client_endpoint_parse("unix:/run/x.sock", &ep, NULL), 0);
+	assert_ptr_equal(ep.transport, &client_transport_unix);
 	assert_string_equal(ep.path, "/run/x.sock");
-	assert_int_equal(agent_endpoint_parse("/abs.sock", &ep, NULL), 0);
-	assert_true(ep.is_unix);
-	assert_int_equal(agent_endpoint_parse("127.0.0.1:7070", &ep, NULL), 0);
-	assert_false(ep.is_unix);
+	assert_int_equal(client_endpoint_parse("/abs.sock", &ep, NULL), 0);
+	assert_ptr_equal(ep.transport, &client_transport_unix);
+	assert_int_equal(client_endpoint_parse("127.0.0.1:7070", &ep, NULL), 0);
+	assert_ptr_equal(ep.transport, &client_transport_tcp);
 	assert_string_equal(ep.host, "127.0.0.1");
 	assert_string_equal(ep.port, "7070");
-	assert_string_equal(agent_endpoint_str(&ep, buf, sizeof(buf)), "127.0.0.1:7070");
-	assert_int_equal(agent_endpoint_parse("[::1]:53", &ep, NULL), 0);
+	assert_string_equal(client_endpoint_str(&ep, buf, sizeof(buf)), "127.0.0.1:7070");
+	assert_int_equal(client_endpoint_parse("[::1]:53", &ep, NULL), 0);
 	assert_string_equal(ep.host, "::1");
-	assert_string_equal(agent_endpoint_str(&ep, buf, sizeof(buf)), "[::1]:53");
-	assert_int_equal(agent_endpoint_parse("node.example:443", &ep, NULL), 0);
+	assert_string_equal(client_endpoint_str(&ep, buf, sizeof(buf)), "[::1]:53");
+	assert_int_equal(client_endpoint_parse("node.example:443", &ep, NULL), 0);
 	assert_string_equal(ep.host, "node.example");
 
-	const char *bad[] = {"", "host", "host:", "host:0", "host:65536", "host:12a", ":80",
-			     "[::1]53", "[::1", "unix:"};
+	const char *bad[] = {"",	 "host", "host:",   "host:0", "host:65536",
+			     "host:12a", ":80",	 "[::1]53", "[::1",   "unix:"};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(bad); i++)
-		assert_int_equal(agent_endpoint_parse(bad[i], &ep, NULL), -1);
+		assert_int_equal(client_endpoint_parse(bad[i], &ep, NULL), -1);
 	char longpath[300] = "unix:/";
 	memset(longpath + 6, 'a', 250);
 	longpath[256] = '\0';
-	assert_int_equal(agent_endpoint_parse(longpath, &ep, NULL), -1);
+	assert_int_equal(client_endpoint_parse(longpath, &ep, NULL), -1);
+
+	/* trace-run --agent-unix: a path as it is, even without '/' or "./" */
+	assert_int_equal(client_endpoint_unix("agent.sock", &ep, NULL), 0);
+	assert_ptr_equal(ep.transport, &client_transport_unix);
+	assert_string_equal(client_endpoint_str(&ep, buf, sizeof(buf)), "unix:agent.sock");
+	struct hm_err err = {0};
+	assert_int_equal(client_endpoint_unix(longpath + 5, &ep, &err), -1);
+	assert_int_equal(err.code, ENAMETOOLONG);
 }
 
 static void write_file(const char *path, const char *content)
@@ -303,27 +310,27 @@ static void test_token_load(void **state)
 	snprintf(path, sizeof(path), "%s/t", dir);
 	struct hm_err err = {0};
 
-	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), -1);
+	assert_int_equal(client_token_load(path, tok, sizeof(tok), &err), -1);
 	assert_int_equal(err.code, ENOENT);
 
 	write_file(path, "  abc123 \t\nsecond line\n");
-	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), 0);
+	assert_int_equal(client_token_load(path, tok, sizeof(tok), &err), 0);
 	assert_string_equal(tok, "abc123");
 
 	write_file(path, "\n\n");
-	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), -1);
+	assert_int_equal(client_token_load(path, tok, sizeof(tok), &err), -1);
 	assert_int_equal(err.code, EINVAL);
 
 	char big[PROTO_AUTH_TOKEN_MAX + 10];
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
 	write_file(path, big);
-	assert_int_equal(agent_token_load(path, tok, sizeof(tok), &err), -1);
+	assert_int_equal(client_token_load(path, tok, sizeof(tok), &err), -1);
 	assert_int_equal(err.code, E2BIG);
 
 	write_file(path, "short");
 	char tiny[4];
-	assert_int_equal(agent_token_load(path, tiny, sizeof(tiny), &err), -1);
+	assert_int_equal(client_token_load(path, tiny, sizeof(tiny), &err), -1);
 
 	unlink(path);
 	rmdir(dir);
@@ -333,15 +340,15 @@ int main(void)
 {
 	hm_log_init("test_agent_streams", HM_LOG_QUIET);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_token_claimed_once),
-		cmocka_unit_test(test_tokens_differ),
-		cmocka_unit_test(test_drop_session_closes_its_fds),
-		cmocka_unit_test(test_expiry),
-		cmocka_unit_test(test_stream_budget),
-		cmocka_unit_test(test_session_budget),
-		cmocka_unit_test(test_bytes_budget),
-		cmocka_unit_test(test_endpoint_parse),
-		cmocka_unit_test(test_token_load),
+	    cmocka_unit_test(test_token_claimed_once),
+	    cmocka_unit_test(test_tokens_differ),
+	    cmocka_unit_test(test_drop_session_closes_its_fds),
+	    cmocka_unit_test(test_expiry),
+	    cmocka_unit_test(test_stream_budget),
+	    cmocka_unit_test(test_session_budget),
+	    cmocka_unit_test(test_bytes_budget),
+	    cmocka_unit_test(test_endpoint_parse),
+	    cmocka_unit_test(test_token_load),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

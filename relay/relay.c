@@ -1,5 +1,5 @@
-/* The relay: one thread and one epoll set move the bytes of every stream the agent
- * serves, so an open connection costs a few hundred bytes of state and two fds, never
+/* The relay (relay/relay.h): one thread and one epoll set move the bytes of every stream
+ * it serves, so an open connection costs a few hundred bytes of state and two fds, never
  * a thread.
  *
  * TCP pairs: each direction splices source socket -> pipe -> destination socket, so
@@ -22,13 +22,15 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 
-#include "agent/internal.h"
+#include "proto/proto.h"
+#include "relay/relay.h"
 
 #define RELAY_PIPE_SIZE (256u << 10)
 #define RELAY_PIPE_POOL_MAX 32	       /* idle pipes kept for reuse; the rest are closed */
@@ -37,7 +39,6 @@
 #define RELAY_UDP_OUT_MAX (256u << 10) /* frames queued for a slow client before pausing */
 #define RELAY_EVENTS 128
 
-enum relay_kind { RELAY_TCP, RELAY_UDP, RELAY_FILE };
 enum { SIDE_CLIENT = 0, SIDE_REMOTE = 1 };
 
 struct relay_conn;
@@ -67,8 +68,8 @@ struct relay_conn {
 	struct relay_conn *ready_next;	/* budget spent: run again without waiting */
 	enum relay_kind kind;
 	bool on_ready;
-	bool closed; /* later events of the same epoll batch must skip it */
-	struct agent_relay_release release; /* called once its fds are closed */
+	bool closed;		      /* later events of the same epoll batch must skip it */
+	struct relay_release release; /* called once its fds are closed */
 	struct relay_end end[2];
 	union {
 		struct {
@@ -88,9 +89,10 @@ struct relay_conn {
 	};
 };
 
-struct agent_relay {
-	struct agent_counters *counters;
+struct relay {
+	struct relay_counters *counters;
 	pthread_t thread;
+	bool thread_started;
 	int epfd;
 	int wake_fd; /* eventfd: new work queued or stop requested */
 
@@ -109,7 +111,7 @@ struct agent_relay {
 
 /* ---- pipes ---- */
 
-static int pipe_get(struct agent_relay *r, struct relay_pipe *p, struct hm_err *err)
+static int pipe_get(struct relay *r, struct relay_pipe *p, struct hm_err *err)
 {
 	if (r->pool_len) {
 		*p = r->pool[--r->pool_len];
@@ -130,7 +132,7 @@ static int pipe_get(struct agent_relay *r, struct relay_pipe *p, struct hm_err *
 }
 
 /* Give back a pipe; only an empty pipe can be reused. */
-static void pipe_put(struct agent_relay *r, struct relay_pipe *p, bool empty)
+static void pipe_put(struct relay *r, struct relay_pipe *p, bool empty)
 {
 	if (p->rd < 0)
 		return;
@@ -145,14 +147,14 @@ static void pipe_put(struct agent_relay *r, struct relay_pipe *p, bool empty)
 
 /* ---- connection lifecycle ---- */
 
-static void release_call(const struct agent_relay_release *rel)
+static void release_call(const struct relay_release *rel)
 {
 	if (rel && rel->fn)
 		rel->fn(rel->arg);
 }
 
 static struct relay_conn *conn_new(enum relay_kind kind, int client_fd, int remote_fd,
-				   const struct agent_relay_release *rel)
+				   const struct relay_release *rel)
 {
 	struct relay_conn *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -175,7 +177,7 @@ static struct relay_conn *conn_new(enum relay_kind kind, int client_fd, int remo
 }
 
 /* Release what a connection holds; the struct itself is freed by the caller. */
-static void conn_release(struct agent_relay *r, struct relay_conn *c, bool reset)
+static void conn_release(struct relay *r, struct relay_conn *c, bool reset)
 {
 	for (int s = 0; s < 2; s++) {
 		int fd = c->end[s].fd;
@@ -203,12 +205,11 @@ static void conn_release(struct agent_relay *r, struct relay_conn *c, bool reset
 
 /* Close a connection from the relay thread. Events of the current batch may still
  * point at it, so it is freed only after the batch. */
-static void conn_close(struct agent_relay *r, struct relay_conn *c, bool reset, const char *why)
+static void conn_close(struct relay *r, struct relay_conn *c, bool reset, const char *why)
 {
 	if (c->closed)
 		return;
-	static const char *const kind_names[] = {"tcp", "udp", "file"};
-	hm_debug("relay: %s stream closed%s%s", kind_names[c->kind], why ? ": " : "",
+	hm_debug("relay: %s stream closed%s%s", relay_kind_name(c->kind), why ? ": " : "",
 		 why ? why : "");
 	c->closed = true;
 	conn_release(r, c, reset);
@@ -223,7 +224,7 @@ static void conn_close(struct agent_relay *r, struct relay_conn *c, bool reset, 
 	atomic_fetch_sub(&r->counters->streams, 1);
 }
 
-static void mark_ready(struct agent_relay *r, struct relay_conn *c)
+static void mark_ready(struct relay *r, struct relay_conn *c)
 {
 	if (c->on_ready)
 		return;
@@ -242,8 +243,7 @@ static bool would_block(int e)
 enum step { STEP_WAIT, STEP_AGAIN, STEP_FAILED };
 
 /* Move bytes of one direction until it would block or its budget is spent. */
-static enum step tcp_run_dir(struct agent_relay *r, struct relay_conn *c, int from,
-			     const char **why)
+static enum step tcp_run_dir(struct relay *r, struct relay_conn *c, int from, const char **why)
 {
 	struct relay_dir *d = &c->tcp.dir[from];
 	int src = c->end[from].fd, dst = c->end[!from].fd;
@@ -305,7 +305,7 @@ static enum step tcp_run_dir(struct agent_relay *r, struct relay_conn *c, int fr
 	return STEP_WAIT;
 }
 
-static void tcp_event(struct agent_relay *r, struct relay_conn *c, int side, uint32_t ev)
+static void tcp_event(struct relay *r, struct relay_conn *c, int side, uint32_t ev)
 {
 	const char *why = NULL;
 	bool again = false;
@@ -351,7 +351,7 @@ fail:
 }
 
 /* A connection whose budget ran out: both directions get another turn. */
-static void tcp_rerun(struct agent_relay *r, struct relay_conn *c)
+static void tcp_rerun(struct relay *r, struct relay_conn *c)
 {
 	tcp_event(r, c, SIDE_CLIENT, EPOLLIN | EPOLLOUT);
 	if (!c->closed)
@@ -413,8 +413,7 @@ static bool udp_flush(struct relay_conn *c, const char **why)
 }
 
 /* Client -> pod: one sendto() per frame. */
-static enum step udp_from_client(struct agent_relay *r, struct relay_conn *c, const char **why,
-				 bool *eof)
+static enum step udp_from_client(struct relay *r, struct relay_conn *c, const char **why, bool *eof)
 {
 	static __thread char msgbuf[HM_ERR_MSG_MAX];
 	for (unsigned i = 0; i < RELAY_DGRAM_BUDGET; i++) {
@@ -468,7 +467,7 @@ static enum step udp_from_client(struct agent_relay *r, struct relay_conn *c, co
 }
 
 /* Pod -> client: one frame per datagram, with its real source address. */
-static enum step udp_to_client(struct agent_relay *r, struct relay_conn *c, const char **why)
+static enum step udp_to_client(struct relay *r, struct relay_conn *c, const char **why)
 {
 	if (c->udp.paused)
 		return STEP_WAIT;
@@ -511,7 +510,7 @@ static enum step udp_to_client(struct agent_relay *r, struct relay_conn *c, cons
 	return udp_flush(c, why) ? STEP_AGAIN : STEP_FAILED;
 }
 
-static void udp_event(struct agent_relay *r, struct relay_conn *c, int side, uint32_t ev)
+static void udp_event(struct relay *r, struct relay_conn *c, int side, uint32_t ev)
 {
 	const char *why = NULL;
 	bool again = false, drain_pod = side == SIDE_REMOTE;
@@ -549,7 +548,7 @@ fail:
 	conn_close(r, c, true, why);
 }
 
-static void udp_rerun(struct agent_relay *r, struct relay_conn *c)
+static void udp_rerun(struct relay *r, struct relay_conn *c)
 {
 	udp_event(r, c, SIDE_CLIENT, EPOLLIN | EPOLLOUT);
 	if (!c->closed)
@@ -558,7 +557,7 @@ static void udp_rerun(struct agent_relay *r, struct relay_conn *c)
 
 /* ---- file ---- */
 
-static void file_event(struct agent_relay *r, struct relay_conn *c, uint32_t ev)
+static void file_event(struct relay *r, struct relay_conn *c, uint32_t ev)
 {
 	if (ev & (EPOLLERR | EPOLLHUP)) {
 		conn_close(r, c, true, "client went away");
@@ -595,7 +594,7 @@ static void file_event(struct agent_relay *r, struct relay_conn *c, uint32_t ev)
 
 /* ---- the thread ---- */
 
-static void conn_dispatch(struct agent_relay *r, struct relay_conn *c, int side, uint32_t ev)
+static void conn_dispatch(struct relay *r, struct relay_conn *c, int side, uint32_t ev)
 {
 	switch (c->kind) {
 	case RELAY_TCP:
@@ -610,7 +609,7 @@ static void conn_dispatch(struct agent_relay *r, struct relay_conn *c, int side,
 	}
 }
 
-static void conn_rerun(struct agent_relay *r, struct relay_conn *c)
+static void conn_rerun(struct relay *r, struct relay_conn *c)
 {
 	switch (c->kind) {
 	case RELAY_TCP:
@@ -626,7 +625,7 @@ static void conn_rerun(struct agent_relay *r, struct relay_conn *c)
 }
 
 /* Register a queued connection (closed if it cannot be). */
-static void conn_start(struct agent_relay *r, struct relay_conn *c)
+static void conn_start(struct relay *r, struct relay_conn *c)
 {
 	c->next = r->conns;
 	if (r->conns)
@@ -648,7 +647,7 @@ static void conn_start(struct agent_relay *r, struct relay_conn *c)
 	/* edge-triggered registration reports what is already pending, nothing to do */
 }
 
-static void take_incoming(struct agent_relay *r, bool *stop)
+static void take_incoming(struct relay *r, bool *stop)
 {
 	uint64_t v;
 	while (read(r->wake_fd, &v, sizeof(v)) < 0 && errno == EINTR)
@@ -668,7 +667,7 @@ static void take_incoming(struct agent_relay *r, bool *stop)
 
 /* Free closed connections, except those still linked in a ready list: they are
  * skipped there and freed after the next round. */
-static void bury(struct agent_relay *r)
+static void bury(struct relay *r)
 {
 	struct relay_conn **pp = &r->graveyard;
 	while (*pp) {
@@ -684,7 +683,7 @@ static void bury(struct agent_relay *r)
 
 static void *relay_main(void *arg)
 {
-	struct agent_relay *r = arg;
+	struct relay *r = arg;
 	struct epoll_event events[RELAY_EVENTS];
 	bool stop = false;
 	while (!stop) {
@@ -721,11 +720,25 @@ static void *relay_main(void *arg)
 
 /* ---- API ---- */
 
-int agent_relay_create(struct agent_counters *counters, struct agent_relay **out,
-		       struct hm_err *err)
+const char *relay_kind_name(enum relay_kind kind)
+{
+	switch (kind) {
+	case RELAY_TCP:
+		return "tcp";
+	case RELAY_UDP:
+		return "udp";
+	case RELAY_FILE:
+		return "file";
+	}
+	return "?";
+}
+
+static void stop_thread(struct relay *r);
+
+int relay_create(struct relay_counters *counters, struct relay **out, struct hm_err *err)
 {
 	*out = NULL;
-	struct agent_relay *r = calloc(1, sizeof(*r));
+	struct relay *r = calloc(1, sizeof(*r));
 	if (!r)
 		return hm_err_set(err, ENOMEM, "relay");
 	r->counters = counters;
@@ -761,9 +774,32 @@ int agent_relay_create(struct agent_counters *counters, struct agent_relay **out
 		hm_err_set(err, rc, "relay thread");
 		goto fail;
 	}
+	r->thread_started = true;
 	*out = r;
 	return 0;
 fail:
+	relay_destroy(r);
+	return -1;
+}
+
+static void wake(struct relay *r)
+{
+	uint64_t one = 1;
+	while (write(r->wake_fd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+}
+
+void relay_destroy(struct relay *r)
+{
+	if (!r)
+		return;
+	if (r->thread_started)
+		stop_thread(r);
+	while (r->pool_len) {
+		struct relay_pipe *p = &r->pool[--r->pool_len];
+		close(p->rd);
+		close(p->wr);
+	}
 	if (r->epfd >= 0)
 		close(r->epfd);
 	if (r->wake_fd >= 0)
@@ -771,20 +807,11 @@ fail:
 	free(r->dgram_buf);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
-	return -1;
 }
 
-static void wake(struct agent_relay *r)
+/* Stop the thread, then close what it left: everything below is ours from then on. */
+static void stop_thread(struct relay *r)
 {
-	uint64_t one = 1;
-	while (write(r->wake_fd, &one, sizeof(one)) < 0 && errno == EINTR)
-		;
-}
-
-void agent_relay_destroy(struct agent_relay *r)
-{
-	if (!r)
-		return;
 	pthread_mutex_lock(&r->lock);
 	r->stopping = true;
 	pthread_mutex_unlock(&r->lock);
@@ -806,16 +833,6 @@ void agent_relay_destroy(struct agent_relay *r)
 		c->on_ready = false;
 	r->ready = NULL;
 	bury(r);
-	while (r->pool_len) {
-		struct relay_pipe *p = &r->pool[--r->pool_len];
-		close(p->rd);
-		close(p->wr);
-	}
-	close(r->epfd);
-	close(r->wake_fd);
-	free(r->dgram_buf);
-	pthread_mutex_destroy(&r->lock);
-	free(r);
 }
 
 static int set_nonblock(int fd, struct hm_err *err)
@@ -841,7 +858,7 @@ static void close_fd(int fd)
 }
 
 /* Hand a prepared connection to the relay thread; on failure everything is closed. */
-static int enqueue(struct agent_relay *r, struct relay_conn *c, struct hm_err *err)
+static int enqueue(struct relay *r, struct relay_conn *c, struct hm_err *err)
 {
 	pthread_mutex_lock(&r->lock);
 	if (r->stopping) {
@@ -859,7 +876,7 @@ static int enqueue(struct agent_relay *r, struct relay_conn *c, struct hm_err *e
 }
 
 static int add_pair(enum relay_kind kind, int client_fd, int remote_fd,
-		    const struct agent_relay_release *rel, struct relay_conn **out, struct hm_err *err)
+		    const struct relay_release *rel, struct relay_conn **out, struct hm_err *err)
 {
 	*out = NULL;
 	if (set_nonblock(client_fd, err) < 0 ||
@@ -878,8 +895,8 @@ fail:
 	return -1;
 }
 
-static int add_tcp(struct agent_relay *r, int client_fd, int remote_fd,
-		   const struct agent_relay_release *rel, struct hm_err *err)
+static int add_tcp(struct relay *r, int client_fd, int remote_fd, const struct relay_release *rel,
+		   struct hm_err *err)
 {
 	struct relay_conn *c;
 	if (add_pair(RELAY_TCP, client_fd, remote_fd, rel, &c, err) < 0)
@@ -889,8 +906,8 @@ static int add_tcp(struct agent_relay *r, int client_fd, int remote_fd,
 	return enqueue(r, c, err);
 }
 
-static int add_udp(struct agent_relay *r, int client_fd, int udp_fd,
-		   const struct agent_relay_release *rel, struct hm_err *err)
+static int add_udp(struct relay *r, int client_fd, int udp_fd, const struct relay_release *rel,
+		   struct hm_err *err)
 {
 	int family = 0;
 	socklen_t len = sizeof(family);
@@ -908,8 +925,8 @@ static int add_udp(struct agent_relay *r, int client_fd, int udp_fd,
 	return enqueue(r, c, err);
 }
 
-static int add_file(struct agent_relay *r, int client_fd, int file_fd, uint64_t size,
-		    const struct agent_relay_release *rel, struct hm_err *err)
+static int add_file(struct relay *r, int client_fd, int file_fd, uint64_t size,
+		    const struct relay_release *rel, struct hm_err *err)
 {
 	struct relay_conn *c;
 	if (size > (uint64_t)INT64_MAX) {
@@ -924,36 +941,24 @@ static int add_file(struct agent_relay *r, int client_fd, int file_fd, uint64_t 
 	return enqueue(r, c, err);
 }
 
-int agent_relay_add_tcp(struct agent_relay *r, int client_fd, int remote_fd, struct hm_err *err)
-{
-	return add_tcp(r, client_fd, remote_fd, NULL, err);
-}
-
-int agent_relay_add_udp(struct agent_relay *r, int client_fd, int udp_fd, struct hm_err *err)
-{
-	return add_udp(r, client_fd, udp_fd, NULL, err);
-}
-
-int agent_relay_add_file(struct agent_relay *r, int client_fd, int file_fd, uint64_t size,
-			 struct hm_err *err)
-{
-	return add_file(r, client_fd, file_fd, size, NULL, err);
-}
-
-int agent_relay_add_stream(struct agent_relay *r, enum agent_stream_kind kind, int client_fd,
-			   int fd, uint64_t size, const struct agent_relay_release *rel,
-			   struct hm_err *err)
+int relay_add(struct relay *r, enum relay_kind kind, int client_fd, int fd, uint64_t size,
+	      const struct relay_release *rel, struct hm_err *err)
 {
 	switch (kind) {
-	case AGENT_STREAM_TCP:
+	case RELAY_TCP:
 		return add_tcp(r, client_fd, fd, rel, err);
-	case AGENT_STREAM_UDP:
+	case RELAY_UDP:
 		return add_udp(r, client_fd, fd, rel, err);
-	case AGENT_STREAM_FILE:
+	case RELAY_FILE:
 		return add_file(r, client_fd, fd, size, rel, err);
 	}
 	close_fd(client_fd);
 	close_fd(fd);
 	release_call(rel);
 	return hm_err_set(err, EINVAL, "unknown stream kind %d", (int)kind);
+}
+
+int relay_add_tcp(struct relay *r, int client_fd, int remote_fd, struct hm_err *err)
+{
+	return add_tcp(r, client_fd, remote_fd, NULL, err);
 }
