@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "tracer/policy.h"
+#include "tracer/policy/policy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "tracer/policy.h"
+#include "tracer/policy/policy.h"
 
 /* ================================================================ config */
 
