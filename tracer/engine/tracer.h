@@ -232,5 +232,4 @@ struct tracer_once {
 /* true the first time key is seen (of the last 32) */
 bool tracer_once(struct tracer_once *o, const char *key);
 
-
 #endif

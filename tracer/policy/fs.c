@@ -32,10 +32,10 @@ static bool jit_wanted(void)
 }
 
 struct fs_rule {
-	pcre2_code *re; /* a regex rule, or: */
-	bool jit;	/* re is JIT-compiled: pcre2_jit_match skips pcre2_match's checks */
+	pcre2_code *re;	 /* a regex rule, or: */
+	bool jit;	 /* re is JIT-compiled: pcre2_jit_match skips pcre2_match's checks */
 	const char *src; /* a default's static pattern, joined into fs_rules.any */
-	char *path;	/* a literal path, matched exactly or with everything under it */
+	char *path;	 /* a literal path, matched exactly or with everything under it */
 	bool subtree;
 	const char *why; /* static, or why_owned */
 	char *why_owned;

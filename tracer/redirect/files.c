@@ -14,9 +14,9 @@
 
 /* ---------------------------------------------------------------- routing */
 
-enum files_route files_route_path(struct files *f, const struct tracer_call *call, int dirfd,
-				  uint64_t addr, enum hm_fs_access access, bool empty_is_fd,
-				  const char *op, struct files_target *t)
+enum files_route trace_files_route_path(struct files *f, const struct tracer_call *call, int dirfd,
+					uint64_t addr, enum hm_fs_access access, bool empty_is_fd,
+					const char *op, struct files_target *t)
 {
 	t->mapped = t->relative = t->trailing_slash = false;
 	t->error = 0;
@@ -39,7 +39,7 @@ enum files_route files_route_path(struct files *f, const struct tracer_call *cal
 	} else {
 		t->relative = true;
 		/* a remote working directory is trace-run's alone: the kernel's is elsewhere */
-		const char *cwd = dirfd == AT_FDCWD ? files_cwd_get(f, call->pid) : NULL;
+		const char *cwd = dirfd == AT_FDCWD ? trace_files_cwd_get(f, call->pid) : NULL;
 		if (cwd) {
 			if ((size_t)snprintf(t->path, sizeof(t->path), "%s/%s", cwd, raw) >=
 			    sizeof(t->path)) {
@@ -57,7 +57,7 @@ enum files_route files_route_path(struct files *f, const struct tracer_call *cal
 		if (!strncmp(abs, "/memfd:", 7))
 			return ROUTE_LOCAL;
 	}
-	if (f->mirror_len && files_mirror_map(f, abs, t->path, sizeof(t->path)))
+	if (f->mirror_len && trace_files_mirror_map(f, abs, t->path, sizeof(t->path)))
 		t->mapped = true;
 	else
 		memcpy(t->path, abs, strlen(abs) + 1);
@@ -102,7 +102,7 @@ static size_t node_hash(const struct files *f, dev_t dev, ino_t ino)
 	return (size_t)(h >> 17) & (f->nbuckets - 1);
 }
 
-struct files_node *files_node_find(struct files *f, dev_t dev, ino_t ino)
+struct files_node *trace_files_node_find(struct files *f, dev_t dev, ino_t ino)
 {
 	if (!f->count)
 		return NULL;
@@ -112,7 +112,7 @@ struct files_node *files_node_find(struct files *f, dev_t dev, ino_t ino)
 	return NULL;
 }
 
-struct files_node *files_node_of_fd(struct files *f, pid_t tid, int fd, struct stat *lst)
+struct files_node *trace_files_node_of_fd(struct files *f, pid_t tid, int fd, struct stat *lst)
 {
 	if (!f->count)
 		return NULL; /* the common case: nothing remote handed out yet */
@@ -128,7 +128,7 @@ struct files_node *files_node_of_fd(struct files *f, pid_t tid, int fd, struct s
 		return NULL;
 	if (lst)
 		*lst = st;
-	return files_node_find(f, st.st_dev, st.st_ino);
+	return trace_files_node_find(f, st.st_dev, st.st_ino);
 }
 
 static void unlink_age(struct files *f, struct files_node *n)
@@ -156,7 +156,7 @@ static void node_free(struct files *f, struct files_node *n)
 	free(n);
 }
 
-void files_node_remove(struct files *f, struct files_node *n)
+void trace_files_node_remove(struct files *f, struct files_node *n)
 {
 	struct files_node **pp = &f->buckets[node_hash(f, n->dev, n->ino)];
 	while (*pp && *pp != n)
@@ -194,17 +194,19 @@ static int grow_buckets(struct files *f, struct hm_err *err)
 	return 0;
 }
 
-struct files_node *files_node_add(struct files *f, int fd, enum files_node_kind kind,
-				  const char *path, const struct proto_stat *st, struct hm_err *err)
+struct files_node *trace_files_node_add(struct files *f, int fd, enum files_node_kind kind,
+					const char *path, const struct proto_stat *st,
+					struct hm_err *err)
 {
 	struct stat lst;
 	if (fstat(fd, &lst) < 0) {
 		hm_err_errno(err, "fstat");
 		return NULL;
 	}
-	struct files_node *old = files_node_find(f, lst.st_dev, lst.st_ino);
+	struct files_node *old = trace_files_node_find(f, lst.st_dev, lst.st_ino);
 	if (old)
-		files_node_remove(f, old); /* a recycled inode, or a directory mirrored again */
+		trace_files_node_remove(f,
+					old); /* a recycled inode, or a directory mirrored again */
 	if ((f->count + 1) * 2 > f->nbuckets && grow_buckets(f, err) < 0)
 		return NULL;
 	struct files_node *n = calloc(1, sizeof(*n));
@@ -233,13 +235,13 @@ struct files_node *files_node_add(struct files *f, int fd, enum files_node_kind 
 		if (!f->oldest)
 			f->oldest = n;
 		if (f->count - f->writers > FILES_NODES_MAX)
-			files_node_remove(f, f->oldest);
+			trace_files_node_remove(f, f->oldest);
 	}
 	return n;
 }
 
-int files_node_stat(struct files *f, struct files_node *n, const struct stat *lst,
-		    struct proto_stat *out, struct hm_err *err)
+int trace_files_node_stat(struct files *f, struct files_node *n, const struct stat *lst,
+			  struct proto_stat *out, struct hm_err *err)
 {
 	switch (n->kind) {
 	case NODE_FILE:
@@ -273,7 +275,8 @@ int files_node_stat(struct files *f, struct files_node *n, const struct stat *ls
 
 /* ---------------------------------------------------------------- helpers */
 
-int files_agent_errno(struct files *f, const char *op, const char *path, const struct hm_err *err)
+int trace_files_agent_errno(struct files *f, const char *op, const char *path,
+			    const struct hm_err *err)
 {
 	int lost_errno;
 	if (err->code != EFBIG && trace_session_lost(f->s, &lost_errno)) {
@@ -300,7 +303,7 @@ int files_agent_errno(struct files *f, const char *op, const char *path, const s
 	}
 }
 
-mode_t files_umask(pid_t tid)
+mode_t trace_files_umask(pid_t tid)
 {
 	char path[64], line[128];
 	snprintf(path, sizeof(path), "/proc/%d/status", tid);
@@ -312,7 +315,7 @@ mode_t files_umask(pid_t tid)
 	return (mode_t)(mask & 0777);
 }
 
-int files_put(const struct tracer_call *call, uint64_t addr, const void *buf, size_t len)
+int trace_files_put(const struct tracer_call *call, uint64_t addr, const void *buf, size_t len)
 {
 	struct hm_err err = {0};
 	if (tracer_write_mem(call, addr, buf, len, &err) < 0)
@@ -349,7 +352,8 @@ static void entry_fill(struct files_cache_entry *e, bool nofollow, int memfd,
 	clock_gettime(CLOCK_MONOTONIC, &e->when);
 }
 
-const struct files_cache_entry *files_cache_get(struct files *f, const char *path, bool nofollow)
+const struct files_cache_entry *trace_files_cache_get(struct files *f, const char *path,
+						      bool nofollow)
 {
 	/* once, not per slot: this runs on every remote open */
 	struct timespec now;
@@ -370,8 +374,8 @@ const struct files_cache_entry *files_cache_get(struct files *f, const char *pat
 	return NULL;
 }
 
-void files_cache_put(struct files *f, const char *path, bool nofollow, int memfd,
-		     const struct proto_stat *st, int error)
+void trace_files_cache_put(struct files *f, const char *path, bool nofollow, int memfd,
+			   const struct proto_stat *st, int error)
 {
 	struct files_cache_entry *victim = NULL;
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++) {
@@ -394,7 +398,7 @@ void files_cache_put(struct files *f, const char *path, bool nofollow, int memfd
 	victim->error = error;
 }
 
-struct files_cache_entry *files_shared_get(struct files *f, const char *path, bool nofollow)
+struct files_cache_entry *trace_files_shared_get(struct files *f, const char *path, bool nofollow)
 {
 	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++) {
 		struct files_cache_entry *e = &f->shared[i];
@@ -406,7 +410,7 @@ struct files_cache_entry *files_shared_get(struct files *f, const char *path, bo
 	return NULL;
 }
 
-void files_shared_drop(struct files *f, struct files_cache_entry *e)
+void trace_files_shared_drop(struct files *f, struct files_cache_entry *e)
 {
 	if (e->path)
 		f->shared_bytes -= e->st.size;
@@ -427,20 +431,20 @@ static struct files_cache_entry *shared_victim(struct files *f)
 	return victim;
 }
 
-void files_shared_put(struct files *f, const char *path, bool nofollow, int memfd,
-		      const struct proto_stat *st)
+void trace_files_shared_put(struct files *f, const char *path, bool nofollow, int memfd,
+			    const struct proto_stat *st)
 {
-	struct files_cache_entry *old = files_shared_get(f, path, nofollow);
+	struct files_cache_entry *old = trace_files_shared_get(f, path, nofollow);
 	if (old)
-		files_shared_drop(f, old);
+		trace_files_shared_drop(f, old);
 	while (f->shared_bytes && f->shared_bytes + st->size > f->max_file_size) {
 		struct files_cache_entry *e = shared_victim(f);
 		if (!e->path)
 			break;
-		files_shared_drop(f, e);
+		trace_files_shared_drop(f, e);
 	}
 	struct files_cache_entry *slot = shared_victim(f);
-	files_shared_drop(f, slot);
+	trace_files_shared_drop(f, slot);
 	slot->path = strdup(path);
 	if (!slot->path) {
 		close(memfd);
@@ -456,7 +460,7 @@ static bool under(const char *entry, const char *path, size_t n)
 	       (entry[n] == '\0' || entry[n] == '/' || (n == 1 && path[0] == '/'));
 }
 
-void files_cache_invalidate(struct files *f, const char *path)
+void trace_files_cache_invalidate(struct files *f, const char *path)
 {
 	size_t n = strlen(path);
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++) {
@@ -467,18 +471,18 @@ void files_cache_invalidate(struct files *f, const char *path)
 	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++) {
 		struct files_cache_entry *e = &f->shared[i];
 		if (e->path && under(e->path, path, n))
-			files_shared_drop(f, e);
+			trace_files_shared_drop(f, e);
 	}
 }
 
-void files_cache_clear(struct files *f)
+void trace_files_cache_clear(struct files *f)
 {
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++)
 		if (f->cache[i].path)
 			cache_drop(&f->cache[i]);
 	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++)
 		if (f->shared[i].path)
-			files_shared_drop(f, &f->shared[i]);
+			trace_files_shared_drop(f, &f->shared[i]);
 }
 
 /* ---------------------------------------------------------------- undo */
@@ -495,7 +499,8 @@ static int64_t ns_since(const struct timespec *t)
 	return ns_between(t, &now);
 }
 
-bool files_undo_replay(struct files *f, const struct tracer_call *call, struct tracer_result *out)
+bool trace_files_undo_replay(struct files *f, const struct tracer_call *call,
+			     struct tracer_result *out)
 {
 	for (unsigned i = 0; i < FILES_UNDO_SLOTS; i++) {
 		struct files_undo *u = &f->undo[i];
@@ -513,8 +518,8 @@ bool files_undo_replay(struct files *f, const struct tracer_call *call, struct t
 	return false;
 }
 
-struct files_undo *files_undo_slot(struct files *f, const struct tracer_call *call,
-				   enum files_undo_kind kind)
+struct files_undo *trace_files_undo_slot(struct files *f, const struct tracer_call *call,
+					 enum files_undo_kind kind)
 {
 	/* a slot is reused after FILES_UNDO_SLOTS newer calls: by then its reply was long
 	 * delivered or abandoned */
@@ -528,7 +533,7 @@ struct files_undo *files_undo_slot(struct files *f, const struct tracer_call *ca
 	return u;
 }
 
-void files_undo_run(void *arg)
+void trace_files_undo_run(void *arg)
 {
 	struct files_undo *u = arg;
 	struct files *f = u->f;
@@ -537,20 +542,20 @@ void files_undo_run(void *arg)
 		u->armed = true;
 		return;
 	}
-	struct files_node *n = files_node_find(f, u->dev, u->ino);
+	struct files_node *n = trace_files_node_find(f, u->dev, u->ino);
 	if (n)
-		files_node_remove(f, n);
+		trace_files_node_remove(f, n);
 	struct hm_err err = {0};
 	if (agent_client_unlink(f->client, u->path, 0, &err) < 0)
 		hm_debug("undo the creation of %s: %s", u->path, err.msg);
 }
 
-struct tracer_result files_replayable(struct files *f, const struct tracer_call *call,
-				      struct tracer_result result)
+struct tracer_result trace_files_replayable(struct files *f, const struct tracer_call *call,
+					    struct tracer_result result)
 {
-	struct files_undo *u = files_undo_slot(f, call, UNDO_REPLAY);
+	struct files_undo *u = trace_files_undo_slot(f, call, UNDO_REPLAY);
 	u->result = result;
-	result.undo = files_undo_run;
+	result.undo = trace_files_undo_run;
 	result.undo_arg = u;
 	return result;
 }
@@ -579,8 +584,9 @@ int trace_files_register(struct trace_session *s, struct hm_err *err)
 	f->writes = c->feature.fs.mode == HM_FS_MODE_WRITE ||
 		    (c->feature.fs.mode != HM_FS_MODE_LOCAL && c->feature.fs.read_write.len > 0);
 	s->files = f;
-	if (files_register_open(f, err) < 0 || files_register_stat(f, err) < 0 ||
-	    files_register_dir(f, err) < 0 || (f->writes && files_register_write(f, err) < 0))
+	if (trace_files_register_open(f, err) < 0 || trace_files_register_stat(f, err) < 0 ||
+	    trace_files_register_dir(f, err) < 0 ||
+	    (f->writes && trace_files_register_write(f, err) < 0))
 		return -1;
 	hm_debug("file handlers: remote reads%s", f->writes ? " and writes" : "");
 	return 0;
@@ -592,11 +598,11 @@ void trace_files_release(struct trace_session *s)
 	if (!f)
 		return;
 	if (f->writers)
-		files_sync_all(f);
+		trace_files_sync_all(f);
 	hm_info("remote files: %lu agent calls, %lu reads from the %lld ms cache, %lu opens of "
 		"a shared big file",
 		f->remote_ops, f->cache_hits, FILES_CACHE_NS / 1000000, f->shared_hits);
-	files_cache_clear(f);
+	trace_files_cache_clear(f);
 	for (size_t i = 0; i < f->nbuckets; i++) {
 		struct files_node *n = f->buckets[i];
 		while (n) {
@@ -606,8 +612,8 @@ void trace_files_release(struct trace_session *s)
 		}
 	}
 	free(f->buckets);
-	files_mirror_remove(f);
-	files_cwd_release(f);
+	trace_files_mirror_remove(f);
+	trace_files_cwd_release(f);
 	if (f->self_fds >= 0)
 		close(f->self_fds);
 	free(f);

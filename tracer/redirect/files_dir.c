@@ -3,7 +3,7 @@
  * one placeholder per remote entry, of the remote type, so that getdents64 (and fchdir)
  * work natively on the fd the program gets. Whatever the program then does relative to
  * that fd or directory, the handlers map back to the remote path before deciding
- * (files_mirror_map), so the placeholders' own content never matters.
+ * (trace_files_mirror_map), so the placeholders' own content never matters.
  *
  * Placeholders: regular files are empty, directories empty until mirrored themselves,
  * FIFOs are FIFOs, and sockets and devices become empty regular files (creating those
@@ -72,7 +72,7 @@ static void remove_stale_mirrors(const char *parent)
 	closedir(d);
 }
 
-int files_mirror_ready(struct files *f, struct hm_err *err)
+int trace_files_mirror_ready(struct files *f, struct hm_err *err)
 {
 	if (f->mirror_fd >= 0)
 		return 0;
@@ -100,7 +100,7 @@ int files_mirror_ready(struct files *f, struct hm_err *err)
 	return 0;
 }
 
-bool files_mirror_map(const struct files *f, const char *local, char *remote, size_t size)
+bool trace_files_mirror_map(const struct files *f, const char *local, char *remote, size_t size)
 {
 	size_t n = f->mirror_len;
 	if (!n || strncmp(local, f->mirror, n) != 0 || (local[n] != '/' && local[n] != '\0'))
@@ -138,7 +138,7 @@ static int remove_entry(int dirfd, const char *name, bool is_dir)
 	return unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT ? -1 : 0;
 }
 
-void files_mirror_remove(struct files *f)
+void trace_files_mirror_remove(struct files *f)
 {
 	if (f->mirror_fd >= 0) {
 		close(f->mirror_fd);
@@ -360,9 +360,9 @@ static int mirror_dir_fd(struct files *f, const char *path, struct hm_err *err)
 	return cur;
 }
 
-int files_dir_open(struct files *f, const char *path, struct hm_err *err)
+int trace_files_dir_open(struct files *f, const char *path, struct hm_err *err)
 {
-	if (files_mirror_ready(f, err) < 0)
+	if (trace_files_mirror_ready(f, err) < 0)
 		return -1;
 	hm_autofree struct agent_dirent *ents = NULL;
 	size_t n = 0;
@@ -374,7 +374,7 @@ int files_dir_open(struct files *f, const char *path, struct hm_err *err)
 		return -1;
 	if (sync_entries(fd, path, ents, n, err) < 0)
 		return -1;
-	if (!files_node_add(f, fd, NODE_DIR, path, NULL, err))
+	if (!trace_files_node_add(f, fd, NODE_DIR, path, NULL, err))
 		return -1;
 	return hm_steal_fd(&fd);
 }
@@ -495,7 +495,7 @@ static bool any_remote_cwd(const struct files *f)
 	return false;
 }
 
-const char *files_cwd_get(struct files *f, pid_t tid)
+const char *trace_files_cwd_get(struct files *f, pid_t tid)
 {
 	if (!f->ncwds)
 		return NULL; /* the common case: no process ever left the kernel's */
@@ -527,7 +527,7 @@ const char *files_cwd_get(struct files *f, pid_t tid)
 	return c ? c->path : NULL;
 }
 
-void files_cwd_release(struct files *f)
+void trace_files_cwd_release(struct files *f)
 {
 	for (size_t i = 0; i < f->ncwds; i++)
 		free(f->cwds[i].path);
@@ -543,7 +543,7 @@ static void cwd_drop(struct files *f, pid_t tid)
 	if (f->ncwds && proc_ids(tid, &tgid, &ppid) == 0)
 		cwd_set(f, tgid, NULL);
 	if (f->ncwds && !any_remote_cwd(f))
-		files_cwd_release(f); /* back to the free case */
+		trace_files_cwd_release(f); /* back to the free case */
 }
 
 /* ---------------------------------------------------------------- chdir, getcwd */
@@ -552,8 +552,8 @@ static struct tracer_result handle_chdir(const struct tracer_call *call, void *d
 {
 	struct files *f = data;
 	struct files_target t;
-	switch (files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_READ, false,
-				 "chdir", &t)) {
+	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_READ, false,
+				       "chdir", &t)) {
 	case ROUTE_REMOTE:
 		break;
 	case ROUTE_FAIL:
@@ -567,7 +567,7 @@ static struct tracer_result handle_chdir(const struct tracer_call *call, void *d
 	}
 	}
 	struct hm_err err = {0};
-	bool from_remote_cwd = t.relative && files_cwd_get(f, call->pid);
+	bool from_remote_cwd = t.relative && trace_files_cwd_get(f, call->pid);
 	if (!t.mapped) {
 		struct stat lst;
 		if (stat(t.path, &lst) == 0 && S_ISDIR(lst.st_mode)) {
@@ -576,9 +576,9 @@ static struct tracer_result handle_chdir(const struct tracer_call *call, void *d
 		}
 	} else if (!from_remote_cwd) {
 		/* the kernel resolves the program's path to the mirror copy: make it current */
-		int fd = files_dir_open(f, t.path, &err);
+		int fd = trace_files_dir_open(f, t.path, &err);
 		if (fd < 0)
-			return tracer_error(files_agent_errno(f, "chdir", t.path, &err));
+			return tracer_error(trace_files_agent_errno(f, "chdir", t.path, &err));
 		close(fd);
 		cwd_drop(f, call->pid);
 		return tracer_continue();
@@ -586,7 +586,7 @@ static struct tracer_result handle_chdir(const struct tracer_call *call, void *d
 	struct proto_stat st;
 	f->remote_ops++;
 	if (agent_client_stat(f->client, t.path, 0, &st, &err) < 0)
-		return tracer_error(files_agent_errno(f, "chdir", t.path, &err));
+		return tracer_error(trace_files_agent_errno(f, "chdir", t.path, &err));
 	if (!S_ISDIR(st.mode))
 		return tracer_error(ENOTDIR);
 	pid_t tgid, ppid;
@@ -608,7 +608,7 @@ static struct tracer_result handle_getcwd(const struct tracer_call *call, void *
 {
 	struct files *f = data;
 	char link[64], local[PATH_MAX], remote[PATH_MAX];
-	const char *cwd = files_cwd_get(f, call->pid);
+	const char *cwd = trace_files_cwd_get(f, call->pid);
 	if (cwd) {
 		snprintf(remote, sizeof(remote), "%s", cwd);
 		goto answer;
@@ -620,17 +620,17 @@ static struct tracer_result handle_getcwd(const struct tracer_call *call, void *
 	if (n < 0)
 		return tracer_continue();
 	local[n] = '\0';
-	if (!files_mirror_map(f, local, remote, sizeof(remote)))
+	if (!trace_files_mirror_map(f, local, remote, sizeof(remote)))
 		return tracer_continue();
 answer:;
 	size_t len = strlen(remote) + 1;
 	if (len > call->args[1])
 		return tracer_error(ERANGE);
-	int e = files_put(call, call->args[0], remote, len);
+	int e = trace_files_put(call, call->args[0], remote, len);
 	return e ? tracer_error(e) : tracer_return((int64_t)len);
 }
 
-int files_register_dir(struct files *f, struct hm_err *err)
+int trace_files_register_dir(struct files *f, struct hm_err *err)
 {
 	struct tracer *t = f->s->tracer;
 	if (tracer_set_handler(t, SYS_chdir, handle_chdir, f, err) < 0 ||

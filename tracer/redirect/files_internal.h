@@ -146,95 +146,98 @@ struct files_target {
  * a directory fd of the program), map mirror paths back and ask the policy. An empty
  * path (or a NULL one) is ROUTE_FD when empty_is_fd, else LOCAL; so is anything the
  * kernel should judge (unreadable pointer, bad dirfd). op names the call in logs. */
-enum files_route files_route_path(struct files *f, const struct tracer_call *call, int dirfd,
-				  uint64_t addr, enum hm_fs_access access, bool empty_is_fd,
-				  const char *op, struct files_target *t);
+enum files_route trace_files_route_path(struct files *f, const struct tracer_call *call, int dirfd,
+					uint64_t addr, enum hm_fs_access access, bool empty_is_fd,
+					const char *op, struct files_target *t);
 
 /* The node an fd of the program refers to (fd AT_FDCWD: its working directory), or NULL
  * when it is not one of ours; *lst (may be NULL) gets the local inode's stat. */
-struct files_node *files_node_of_fd(struct files *f, pid_t tid, int fd, struct stat *lst);
-struct files_node *files_node_find(struct files *f, dev_t dev, ino_t ino);
+struct files_node *trace_files_node_of_fd(struct files *f, pid_t tid, int fd, struct stat *lst);
+struct files_node *trace_files_node_find(struct files *f, dev_t dev, ino_t ino);
 /* Record fd (trace-run's) as kind for path. FILE/DIR nodes are evicted oldest first
  * beyond a bound; WRITE nodes stay until released. */
-struct files_node *files_node_add(struct files *f, int fd, enum files_node_kind kind,
-				  const char *path, const struct proto_stat *st,
-				  struct hm_err *err);
-void files_node_remove(struct files *f, struct files_node *n);
+struct files_node *trace_files_node_add(struct files *f, int fd, enum files_node_kind kind,
+					const char *path, const struct proto_stat *st,
+					struct hm_err *err);
+void trace_files_node_remove(struct files *f, struct files_node *n);
 /* The metadata fstat shows for a node (DIR: asks the agent); lst: the local inode's
  * stat (for the size and times of a written file). */
-int files_node_stat(struct files *f, struct files_node *n, const struct stat *lst,
-		    struct proto_stat *out, struct hm_err *err);
+int trace_files_node_stat(struct files *f, struct files_node *n, const struct stat *lst,
+			  struct proto_stat *out, struct hm_err *err);
 
 /* The errno to give the program for a failed agent call: the agent's, or EIO when the
  * connection itself failed (logged once). */
-int files_agent_errno(struct files *f, const char *op, const char *path, const struct hm_err *err);
+int trace_files_agent_errno(struct files *f, const char *op, const char *path,
+			    const struct hm_err *err);
 
 /* The program's umask, from /proc/TID/status (022 when unreadable). */
-mode_t files_umask(pid_t tid);
+mode_t trace_files_umask(pid_t tid);
 
 /* Non-idempotent calls: take an armed replay for this call, or get a fresh slot to put
- * in result->undo_arg (with files_undo_run as result->undo). */
-bool files_undo_replay(struct files *f, const struct tracer_call *call, struct tracer_result *out);
-struct files_undo *files_undo_slot(struct files *f, const struct tracer_call *call,
-				   enum files_undo_kind kind);
-void files_undo_run(void *arg);
+ * in result->undo_arg (with trace_files_undo_run as result->undo). */
+bool trace_files_undo_replay(struct files *f, const struct tracer_call *call,
+			     struct tracer_result *out);
+struct files_undo *trace_files_undo_slot(struct files *f, const struct tracer_call *call,
+					 enum files_undo_kind kind);
+void trace_files_undo_run(void *arg);
 /* result with a replay undo attached */
-struct tracer_result files_replayable(struct files *f, const struct tracer_call *call,
-				      struct tracer_result result);
+struct tracer_result trace_files_replayable(struct files *f, const struct tracer_call *call,
+					    struct tracer_result result);
 
 /* The cached read of path, when fresh (NULL when there is none): memfd (borrowed) and
  * st, or error. */
-const struct files_cache_entry *files_cache_get(struct files *f, const char *path, bool nofollow);
+const struct files_cache_entry *trace_files_cache_get(struct files *f, const char *path,
+						      bool nofollow);
 /* Remember a read (takes memfd, -1 with error). */
-void files_cache_put(struct files *f, const char *path, bool nofollow, int memfd,
-		     const struct proto_stat *st, int error);
+void trace_files_cache_put(struct files *f, const char *path, bool nofollow, int memfd,
+			   const struct proto_stat *st, int error);
 /* The shared copy of a big file (NULL when none); the caller revalidates it. */
-struct files_cache_entry *files_shared_get(struct files *f, const char *path, bool nofollow);
+struct files_cache_entry *trace_files_shared_get(struct files *f, const char *path, bool nofollow);
 /* Keep memfd (taken; sealed, size bytes) as the shared copy of path at version st. */
-void files_shared_put(struct files *f, const char *path, bool nofollow, int memfd,
-		      const struct proto_stat *st);
-void files_shared_drop(struct files *f, struct files_cache_entry *e);
+void trace_files_shared_put(struct files *f, const char *path, bool nofollow, int memfd,
+			    const struct proto_stat *st);
+void trace_files_shared_drop(struct files *f, struct files_cache_entry *e);
 /* Forget path and everything under it (trace-run changed it in the target), in both
  * the short cache and the shared copies. */
-void files_cache_invalidate(struct files *f, const char *path);
-void files_cache_clear(struct files *f);
+void trace_files_cache_invalidate(struct files *f, const char *path);
+void trace_files_cache_clear(struct files *f);
 
 /* write a struct into the program: 0, or the errno to fail the call with */
-int files_put(const struct tracer_call *call, uint64_t addr, const void *buf, size_t len);
+int trace_files_put(const struct tracer_call *call, uint64_t addr, const void *buf, size_t len);
 
 /* ---- files_dir.c ---- */
 /* The private temp dir and mirror root, made on first use. */
-int files_mirror_ready(struct files *f, struct hm_err *err);
+int trace_files_mirror_ready(struct files *f, struct hm_err *err);
 /* Read directory path from the target and mirror it; an O_RDONLY | O_DIRECTORY fd on
  * the mirror copy, and its node. */
-int files_dir_open(struct files *f, const char *path, struct hm_err *err);
+int trace_files_dir_open(struct files *f, const char *path, struct hm_err *err);
 /* Map an absolute local path inside the mirror to the target's; false when outside. */
-bool files_mirror_map(const struct files *f, const char *local, char *remote, size_t size);
-void files_mirror_remove(struct files *f);
-int files_register_dir(struct files *f, struct hm_err *err);
+bool trace_files_mirror_map(const struct files *f, const char *local, char *remote, size_t size);
+void trace_files_mirror_remove(struct files *f);
+int trace_files_register_dir(struct files *f, struct hm_err *err);
 /* The remote directory thread tid's process chdir'd into (absolute, in the target), or
  * NULL when its working directory is the kernel's. Free while no process has one. */
-const char *files_cwd_get(struct files *f, pid_t tid);
-void files_cwd_release(struct files *f);
+const char *trace_files_cwd_get(struct files *f, pid_t tid);
+void trace_files_cwd_release(struct files *f);
 
 /* ---- files_open.c / files_stat.c / files_write.c ---- */
-int files_register_open(struct files *f, struct hm_err *err);
-int files_register_stat(struct files *f, struct hm_err *err);
-int files_register_write(struct files *f, struct hm_err *err);
+int trace_files_register_open(struct files *f, struct hm_err *err);
+int trace_files_register_stat(struct files *f, struct hm_err *err);
+int trace_files_register_write(struct files *f, struct hm_err *err);
 /* Write a NODE_WRITE back if its content changed since the last time (fsync: always,
  * and durably). The content comes from the node's keep_fd, or from the program's fd
  * (tid, fd) once the node has released it. */
-int files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
-	       struct hm_err *err);
+int trace_files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
+		     struct hm_err *err);
 /* Written files whose content trace-run keeps a reference to, at most: beyond, one
  * is written back and released, and only a close / fsync / dup2 on one of the
  * program's fds writes it back again (each kept file holds an fd of trace-run's). */
 #define FILES_KEEP_MAX 256
-void files_release_kept(struct files *f);
+void trace_files_release_kept(struct files *f);
 /* Write back every pending file (the session ends). */
-void files_sync_all(struct files *f);
+void trace_files_sync_all(struct files *f);
 /* Write back the files open for writing at path, so that a read sees what the program
  * wrote (cheap when nothing is open for writing). */
-void files_sync_path(struct files *f, const char *path);
+void trace_files_sync_path(struct files *f, const char *path);
 
 #endif

@@ -54,9 +54,9 @@ static int share_content(struct files *f, int memfd, const char *path, const str
 	int ro = reopen(f, memfd, O_RDONLY, err);
 	if (ro < 0)
 		return -1;
-	if (cached && files_node_find(f, cached->dev, cached->ino))
+	if (cached && trace_files_node_find(f, cached->dev, cached->ino))
 		return ro;
-	if (!files_node_add(f, ro, NODE_FILE, path, st, err)) {
+	if (!trace_files_node_add(f, ro, NODE_FILE, path, st, err)) {
 		close(ro);
 		return -1;
 	}
@@ -84,18 +84,18 @@ static bool same_version(const struct proto_stat *a, const struct proto_stat *b)
 static int shared_read_fd(struct files *f, const char *path, bool nofollow, int *fd,
 			  struct hm_err *err)
 {
-	struct files_cache_entry *shared = files_shared_get(f, path, nofollow);
+	struct files_cache_entry *shared = trace_files_shared_get(f, path, nofollow);
 	if (!shared)
 		return 0;
 	struct proto_stat now;
 	f->remote_ops++;
 	if (agent_client_stat(f->client, path, nofollow ? PROTO_STAT_NOFOLLOW : 0, &now, err) < 0) {
-		files_shared_drop(f, shared);
+		trace_files_shared_drop(f, shared);
 		return -1;
 	}
 	if (!same_version(&shared->st, &now)) {
 		hm_debug("open %s: changed in the target, read again", path);
-		files_shared_drop(f, shared);
+		trace_files_shared_drop(f, shared);
 		return 0;
 	}
 	*fd = share_content(f, shared->memfd, path, &shared->st, shared, err);
@@ -109,7 +109,7 @@ static int shared_read_fd(struct files *f, const char *path, bool nofollow, int 
 static int remote_read_fd(struct files *f, const char *path, int flags, struct hm_err *err)
 {
 	bool nofollow = flags & O_NOFOLLOW;
-	const struct files_cache_entry *cached = files_cache_get(f, path, nofollow);
+	const struct files_cache_entry *cached = trace_files_cache_get(f, path, nofollow);
 	if (cached) {
 		if (cached->error)
 			return hm_err_set(err, cached->error, "%s (read %lld ms ago)", path,
@@ -131,7 +131,7 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 	if (agent_client_read_file_fd(f->client, path, nofollow ? PROTO_READ_NOFOLLOW : 0,
 				      f->max_file_size, fd, &st, &size, err) < 0) {
 		if (file_errno(err->code))
-			files_cache_put(f, path, nofollow, -1, NULL, err->code);
+			trace_files_cache_put(f, path, nofollow, -1, NULL, err->code);
 		return -1;
 	}
 	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
@@ -143,9 +143,9 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 	if (size >= FILES_SHARE_MIN) {
 		int keep = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 		if (keep >= 0)
-			files_shared_put(f, path, nofollow, keep, &st);
+			trace_files_shared_put(f, path, nofollow, keep, &st);
 	}
-	files_cache_put(f, path, nofollow, hm_steal_fd(&fd), &st, 0);
+	trace_files_cache_put(f, path, nofollow, hm_steal_fd(&fd), &st, 0);
 	return ro;
 }
 
@@ -169,8 +169,8 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 			   int flags, mode_t mode, struct files_undo **undo, struct hm_err *err)
 {
 	*undo = NULL;
-	files_cache_invalidate(f, path);
-	mode_t create_mode = (mode & 07777) & ~files_umask(call->pid);
+	trace_files_cache_invalidate(f, path);
+	mode_t create_mode = (mode & 07777) & ~trace_files_umask(call->pid);
 	struct proto_file_write_reply wr;
 	f->remote_ops++;
 	if (agent_client_write_file(f->client, path, write_flags(flags), create_mode, 0, NULL, 0,
@@ -178,7 +178,7 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 		return -1;
 	if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) {
 		/* made by this call: a retry after an interruption must find it absent */
-		*undo = files_undo_slot(f, call, UNDO_UNCREATE);
+		*undo = trace_files_undo_slot(f, call, UNDO_UNCREATE);
 		snprintf((*undo)->path, sizeof((*undo)->path), "%s", path);
 	}
 	char name[256];
@@ -197,7 +197,7 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 	hm_autofd prog_fd = reopen(f, fd, prog_flags, err);
 	if (prog_fd < 0)
 		return -1;
-	struct files_node *n = files_node_add(f, fd, NODE_WRITE, path, &st, err);
+	struct files_node *n = trace_files_node_add(f, fd, NODE_WRITE, path, &st, err);
 	if (!n)
 		return -1;
 	struct stat lst;
@@ -208,7 +208,7 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 	}
 	n->keep_fd = hm_steal_fd(&fd);
 	f->kept++;
-	files_release_kept(f);
+	trace_files_release_kept(f);
 	if (*undo) {
 		(*undo)->dev = n->dev;
 		(*undo)->ino = n->ino;
@@ -233,9 +233,9 @@ static struct tracer_result open_remote(struct files *f, const struct tracer_cal
 	bool writing = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC)) ||
 		       (flags & O_TMPFILE) == O_TMPFILE;
 	struct files_target t;
-	switch (files_route_path(f, call, dirfd, path_addr,
-				 writing ? HM_FS_ACCESS_WRITE : HM_FS_ACCESS_READ, false, "open",
-				 &t)) {
+	switch (trace_files_route_path(f, call, dirfd, path_addr,
+				       writing ? HM_FS_ACCESS_WRITE : HM_FS_ACCESS_READ, false,
+				       "open", &t)) {
 	case ROUTE_REMOTE:
 		break;
 	case ROUTE_FAIL:
@@ -253,22 +253,22 @@ static struct tracer_result open_remote(struct files *f, const struct tracer_cal
 			return tracer_error(EINVAL);
 		fd = remote_write_fd(f, call, t.path, flags, mode, &undo, &err);
 	} else if ((flags & O_DIRECTORY) || t.trailing_slash) {
-		fd = files_dir_open(f, t.path, &err);
+		fd = trace_files_dir_open(f, t.path, &err);
 	} else {
-		files_sync_path(f, t.path);
+		trace_files_sync_path(f, t.path);
 		fd = remote_read_fd(f, t.path, flags, &err);
 		if (fd < 0 && err.code == EISDIR) {
 			err = (struct hm_err){0};
-			fd = files_dir_open(f, t.path, &err);
+			fd = trace_files_dir_open(f, t.path, &err);
 		}
 	}
 	if (fd < 0 && err.code == EFBIG)
 		warn_too_big(f, t.path, &err);
 	if (fd < 0)
-		return tracer_error(files_agent_errno(f, "open", t.path, &err));
+		return tracer_error(trace_files_agent_errno(f, "open", t.path, &err));
 	struct tracer_result res = tracer_install_fd(fd, flags & (O_CLOEXEC | O_NONBLOCK));
 	if (undo) {
-		res.undo = files_undo_run;
+		res.undo = trace_files_undo_run;
 		res.undo_arg = undo;
 	}
 	return res;
@@ -308,7 +308,7 @@ static struct tracer_result handle_openat2(const struct tracer_call *call, void 
 			   (mode_t)how.mode);
 }
 
-int files_register_open(struct files *f, struct hm_err *err)
+int trace_files_register_open(struct files *f, struct hm_err *err)
 {
 	struct tracer *t = f->s->tracer;
 	if (tracer_set_handler(t, SYS_open, handle_open, f, err) < 0 ||

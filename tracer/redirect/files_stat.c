@@ -24,7 +24,7 @@ static struct tracer_result put_stat(const struct tracer_call *call, uint64_t ad
 {
 	struct stat st;
 	proto_stat_to_host(ps, &st);
-	int e = files_put(call, addr, &st, sizeof(st));
+	int e = trace_files_put(call, addr, &st, sizeof(st));
 	return e ? tracer_error(e) : tracer_return(0);
 }
 
@@ -55,7 +55,7 @@ static struct tracer_result put_statx(const struct tracer_call *call, uint64_t a
 	sx.stx_rdev_minor = ps->rdev_minor;
 	sx.stx_dev_major = ps->dev_major;
 	sx.stx_dev_minor = ps->dev_minor;
-	int e = files_put(call, addr, &sx, sizeof(sx));
+	int e = trace_files_put(call, addr, &sx, sizeof(sx));
 	return e ? tracer_error(e) : tracer_return(0);
 }
 
@@ -72,13 +72,13 @@ static struct tracer_result stat_fd(struct files *f, const struct tracer_call *c
 				    enum stat_layout layout, uint64_t buf)
 {
 	struct stat lst;
-	struct files_node *n = files_node_of_fd(f, call->pid, fd, &lst);
+	struct files_node *n = trace_files_node_of_fd(f, call->pid, fd, &lst);
 	if (!n)
 		return tracer_continue();
 	struct proto_stat ps;
 	struct hm_err err = {0};
-	if (files_node_stat(f, n, &lst, &ps, &err) < 0)
-		return tracer_error(files_agent_errno(f, "fstat", n->path, &err));
+	if (trace_files_node_stat(f, n, &lst, &ps, &err) < 0)
+		return tracer_error(trace_files_agent_errno(f, "fstat", n->path, &err));
 	return put_layout(call, layout, buf, &ps);
 }
 
@@ -87,8 +87,8 @@ static struct tracer_result stat_at(struct files *f, const struct tracer_call *c
 				    uint64_t buf, const char *op)
 {
 	struct files_target t;
-	switch (files_route_path(f, call, dirfd, path, HM_FS_ACCESS_STAT,
-				 (at_flags & AT_EMPTY_PATH) != 0, op, &t)) {
+	switch (trace_files_route_path(f, call, dirfd, path, HM_FS_ACCESS_STAT,
+				       (at_flags & AT_EMPTY_PATH) != 0, op, &t)) {
 	case ROUTE_REMOTE:
 		break;
 	case ROUTE_FD:
@@ -104,7 +104,7 @@ static struct tracer_result stat_at(struct files *f, const struct tracer_call *c
 	if (agent_client_stat(f->client, t.path,
 			      (at_flags & AT_SYMLINK_NOFOLLOW) ? PROTO_STAT_NOFOLLOW : 0, &ps,
 			      &err) < 0)
-		return tracer_error(files_agent_errno(f, op, t.path, &err));
+		return tracer_error(trace_files_agent_errno(f, op, t.path, &err));
 	if (t.trailing_slash && !S_ISDIR(ps.mode))
 		return tracer_error(ENOTDIR);
 	return put_layout(call, layout, buf, &ps);
@@ -147,13 +147,13 @@ static struct tracer_result access_at(struct files *f, const struct tracer_call 
 		return tracer_continue(); /* EINVAL from the kernel */
 	struct files_target t;
 	const char *remote = NULL;
-	switch (files_route_path(f, call, dirfd, path, HM_FS_ACCESS_STAT,
-				 (at_flags & AT_EMPTY_PATH) != 0, "access", &t)) {
+	switch (trace_files_route_path(f, call, dirfd, path, HM_FS_ACCESS_STAT,
+				       (at_flags & AT_EMPTY_PATH) != 0, "access", &t)) {
 	case ROUTE_REMOTE:
 		remote = t.path;
 		break;
 	case ROUTE_FD: {
-		struct files_node *n = files_node_of_fd(f, call->pid, dirfd, NULL);
+		struct files_node *n = trace_files_node_of_fd(f, call->pid, dirfd, NULL);
 		if (!n)
 			return tracer_continue();
 		remote = n->path;
@@ -169,7 +169,7 @@ static struct tracer_result access_at(struct files *f, const struct tracer_call 
 	struct hm_err err = {0};
 	f->remote_ops++;
 	if (agent_client_access(f->client, remote, (uint32_t)mode, flags, &err) < 0)
-		return tracer_error(files_agent_errno(f, "access", remote, &err));
+		return tracer_error(trace_files_agent_errno(f, "access", remote, &err));
 	return tracer_return(0);
 }
 
@@ -199,7 +199,8 @@ static struct tracer_result readlink_at(struct files *f, const struct tracer_cal
 	if ((int64_t)size <= 0)
 		return tracer_continue(); /* EINVAL from the kernel */
 	struct files_target t;
-	switch (files_route_path(f, call, dirfd, path, HM_FS_ACCESS_READ, false, "readlink", &t)) {
+	switch (trace_files_route_path(f, call, dirfd, path, HM_FS_ACCESS_READ, false, "readlink",
+				       &t)) {
 	case ROUTE_REMOTE:
 		break;
 	case ROUTE_FAIL:
@@ -211,11 +212,11 @@ static struct tracer_result readlink_at(struct files *f, const struct tracer_cal
 	struct hm_err err = {0};
 	f->remote_ops++;
 	if (agent_client_readlink(f->client, t.path, target, sizeof(target), &err) < 0)
-		return tracer_error(files_agent_errno(f, "readlink", t.path, &err));
+		return tracer_error(trace_files_agent_errno(f, "readlink", t.path, &err));
 	size_t len = strlen(target);
 	if (len > size)
 		len = (size_t)size; /* truncated, as readlink(2) does */
-	int e = files_put(call, buf, target, len);
+	int e = trace_files_put(call, buf, target, len);
 	return e ? tracer_error(e) : tracer_return((int64_t)len);
 }
 
@@ -239,11 +240,11 @@ static struct tracer_result put_statfs(struct files *f, const struct tracer_call
 	struct hm_err err = {0};
 	f->remote_ops++;
 	if (agent_client_statfs(f->client, remote, &ps, &err) < 0)
-		return tracer_error(files_agent_errno(f, "statfs", remote, &err));
+		return tracer_error(trace_files_agent_errno(f, "statfs", remote, &err));
 	struct statfs sf;
 	memset(&sf, 0, sizeof(sf));
 	proto_statfs_to_host(&ps, &sf);
-	int e = files_put(call, buf, &sf, sizeof(sf));
+	int e = trace_files_put(call, buf, &sf, sizeof(sf));
 	return e ? tracer_error(e) : tracer_return(0);
 }
 
@@ -251,8 +252,8 @@ static struct tracer_result handle_statfs(const struct tracer_call *call, void *
 {
 	struct files *f = data;
 	struct files_target t;
-	switch (files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_STAT, false,
-				 "statfs", &t)) {
+	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_STAT, false,
+				       "statfs", &t)) {
 	case ROUTE_REMOTE:
 		return put_statfs(f, call, t.path, call->args[1]);
 	case ROUTE_FAIL:
@@ -265,7 +266,7 @@ static struct tracer_result handle_statfs(const struct tracer_call *call, void *
 static struct tracer_result handle_fstatfs(const struct tracer_call *call, void *data)
 {
 	struct files *f = data;
-	struct files_node *n = files_node_of_fd(f, call->pid, (int)call->args[0], NULL);
+	struct files_node *n = trace_files_node_of_fd(f, call->pid, (int)call->args[0], NULL);
 	if (!n)
 		return tracer_continue();
 	return put_statfs(f, call, n->path, call->args[1]);
@@ -280,8 +281,8 @@ static struct tracer_result xattr_remote(const struct tracer_call *call, void *d
 {
 	struct files *f = data;
 	struct files_target t;
-	switch (files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_STAT, false,
-				 listing ? "listxattr" : "getxattr", &t)) {
+	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_STAT, false,
+				       listing ? "listxattr" : "getxattr", &t)) {
 	case ROUTE_REMOTE:
 		return listing ? tracer_return(0) : tracer_error(ENODATA);
 	case ROUTE_FAIL:
@@ -301,7 +302,7 @@ static struct tracer_result handle_listxattr(const struct tracer_call *call, voi
 	return xattr_remote(call, data, true);
 }
 
-int files_register_stat(struct files *f, struct hm_err *err)
+int trace_files_register_stat(struct files *f, struct hm_err *err)
 {
 	static const struct {
 		int nr;

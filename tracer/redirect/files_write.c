@@ -15,7 +15,7 @@
  *
  * mkdir, unlink and rename are not idempotent: if the program never got the answer
  * (an interrupted syscall, re-issued by Go after its preemption signal), the retry gets
- * the first answer again (files_undo_replay) instead of EEXIST / ENOENT. */
+ * the first answer again (trace_files_undo_replay) instead of EEXIST / ENOENT. */
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <string.h>
@@ -38,8 +38,8 @@ static int content_fd(const struct files_node *n, pid_t tid, int fd, struct hm_e
 	return r;
 }
 
-int files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
-	       struct hm_err *err)
+int trace_files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
+		     struct hm_err *err)
 {
 	hm_autofd src = -1;
 	if (n->keep_fd >= 0) {
@@ -67,7 +67,7 @@ int files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fs
 			return hm_err_errno(err, "map %s", n->path);
 	}
 	struct proto_file_write_reply reply;
-	files_cache_invalidate(f, n->path);
+	trace_files_cache_invalidate(f, n->path);
 	f->remote_ops++;
 	int rc = agent_client_write_file(f->client, n->path,
 					 PROTO_WRITE_TRUNC | (fsync ? PROTO_WRITE_FSYNC : 0), 0, 0,
@@ -85,31 +85,31 @@ int files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fs
 
 /* every written file trace-run still holds (the others only go back through an fd of
  * the program's) */
-void files_sync_all(struct files *f)
+void trace_files_sync_all(struct files *f)
 {
 	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
 		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
 			if (n->kind != NODE_WRITE || n->keep_fd < 0)
 				continue;
 			struct hm_err err = {0};
-			if (files_sync(f, n, 0, -1, false, &err) < 0)
+			if (trace_files_sync(f, n, 0, -1, false, &err) < 0)
 				hm_warn("write back %s: %s", n->path, err.msg);
 		}
 }
 
-void files_sync_path(struct files *f, const char *path)
+void trace_files_sync_path(struct files *f, const char *path)
 {
 	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
 		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
 			if (n->kind != NODE_WRITE || n->keep_fd < 0 || strcmp(n->path, path))
 				continue;
 			struct hm_err err = {0};
-			if (files_sync(f, n, 0, -1, false, &err) < 0)
+			if (trace_files_sync(f, n, 0, -1, false, &err) < 0)
 				hm_warn("write back %s: %s", n->path, err.msg);
 		}
 }
 
-void files_release_kept(struct files *f)
+void trace_files_release_kept(struct files *f)
 {
 	/* the first kept one found: written back, then only the program's fds hold it */
 	for (size_t i = 0; f->kept > FILES_KEEP_MAX && i < f->nbuckets; i++)
@@ -117,7 +117,7 @@ void files_release_kept(struct files *f)
 			if (n->kind != NODE_WRITE || n->keep_fd < 0)
 				continue;
 			struct hm_err err = {0};
-			if (files_sync(f, n, 0, -1, false, &err) < 0)
+			if (trace_files_sync(f, n, 0, -1, false, &err) < 0)
 				hm_warn("write back %s: %s", n->path, err.msg);
 			close(n->keep_fd);
 			n->keep_fd = -1;
@@ -132,17 +132,17 @@ static void sync_fd(struct files *f, const struct tracer_call *call, int fd, boo
 {
 	if (!f->writers)
 		return; /* the common case: close() costs nothing more */
-	struct files_node *n = files_node_of_fd(f, call->pid, fd, NULL);
+	struct files_node *n = trace_files_node_of_fd(f, call->pid, fd, NULL);
 	if (!n || n->kind != NODE_WRITE)
 		return;
 	struct hm_err err = {0};
-	if (files_sync(f, n, call->pid, fd, fsync, &err) == 0) {
+	if (trace_files_sync(f, n, call->pid, fd, fsync, &err) == 0) {
 		if (res)
 			*res = tracer_return(0);
 		return;
 	}
 	if (res)
-		*res = tracer_error(files_agent_errno(f, op, n->path, &err));
+		*res = tracer_error(trace_files_agent_errno(f, op, n->path, &err));
 	else
 		hm_warn("write back %s on %s: %s", n->path, op, err.msg);
 }
@@ -169,7 +169,7 @@ static struct tracer_result handle_dup2(const struct tracer_call *call, void *da
 static struct tracer_result handle_sync_all(const struct tracer_call *call, void *data)
 {
 	(void)call;
-	files_sync_all(data);
+	trace_files_sync_all(data);
 	return tracer_continue();
 }
 
@@ -186,14 +186,14 @@ static struct tracer_result handle_fsync(const struct tracer_call *call, void *d
 static enum files_route route_write(struct files *f, const struct tracer_call *call, int dirfd,
 				    uint64_t addr, const char *op, struct files_target *t)
 {
-	return files_route_path(f, call, dirfd, addr, HM_FS_ACCESS_WRITE, false, op, t);
+	return trace_files_route_path(f, call, dirfd, addr, HM_FS_ACCESS_WRITE, false, op, t);
 }
 
 static struct tracer_result mkdir_at(struct files *f, const struct tracer_call *call, int dirfd,
 				     uint64_t path, mode_t mode)
 {
 	struct tracer_result res;
-	if (files_undo_replay(f, call, &res))
+	if (trace_files_undo_replay(f, call, &res))
 		return res;
 	struct files_target t;
 	switch (route_write(f, call, dirfd, path, "mkdir", &t)) {
@@ -206,11 +206,11 @@ static struct tracer_result mkdir_at(struct files *f, const struct tracer_call *
 	}
 	struct hm_err err = {0};
 	f->remote_ops++;
-	mode_t m = (mode & 07777) & ~files_umask(call->pid);
-	files_cache_invalidate(f, t.path);
+	mode_t m = (mode & 07777) & ~trace_files_umask(call->pid);
+	trace_files_cache_invalidate(f, t.path);
 	if (agent_client_mkdir(f->client, t.path, m, &err) < 0)
-		return tracer_error(files_agent_errno(f, "mkdir", t.path, &err));
-	return files_replayable(f, call, tracer_return(0));
+		return tracer_error(trace_files_agent_errno(f, "mkdir", t.path, &err));
+	return trace_files_replayable(f, call, tracer_return(0));
 }
 
 static struct tracer_result handle_mkdir(const struct tracer_call *call, void *data)
@@ -227,7 +227,7 @@ static struct tracer_result unlink_at(struct files *f, const struct tracer_call 
 				      uint64_t path, bool dir, const char *op)
 {
 	struct tracer_result res;
-	if (files_undo_replay(f, call, &res))
+	if (trace_files_undo_replay(f, call, &res))
 		return res;
 	struct files_target t;
 	switch (route_write(f, call, dirfd, path, op, &t)) {
@@ -240,10 +240,10 @@ static struct tracer_result unlink_at(struct files *f, const struct tracer_call 
 	}
 	struct hm_err err = {0};
 	f->remote_ops++;
-	files_cache_invalidate(f, t.path);
+	trace_files_cache_invalidate(f, t.path);
 	if (agent_client_unlink(f->client, t.path, dir ? PROTO_UNLINK_DIR : 0, &err) < 0)
-		return tracer_error(files_agent_errno(f, op, t.path, &err));
-	return files_replayable(f, call, tracer_return(0));
+		return tracer_error(trace_files_agent_errno(f, op, t.path, &err));
+	return trace_files_replayable(f, call, tracer_return(0));
 }
 
 static struct tracer_result handle_unlink(const struct tracer_call *call, void *data)
@@ -289,7 +289,7 @@ static struct tracer_result rename_at(struct files *f, const struct tracer_call 
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
 		return tracer_continue(); /* RENAME_WHITEOUT or unknown: the kernel decides */
 	struct tracer_result res;
-	if (files_undo_replay(f, call, &res))
+	if (trace_files_undo_replay(f, call, &res))
 		return res;
 	struct files_target from, to;
 	enum files_route rf = route_write(f, call, olddir, oldpath, "rename", &from);
@@ -306,14 +306,14 @@ static struct tracer_result rename_at(struct files *f, const struct tracer_call 
 			  : (flags & RENAME_EXCHANGE) ? PROTO_RENAME_EXCHANGE
 						      : 0;
 	struct hm_err err = {0};
-	files_cache_invalidate(f, from.path);
-	files_cache_invalidate(f, to.path);
+	trace_files_cache_invalidate(f, from.path);
+	trace_files_cache_invalidate(f, to.path);
 	f->remote_ops++;
 	if (agent_client_rename(f->client, from.path, to.path, pflags, &err) < 0)
-		return tracer_error(files_agent_errno(f, "rename", from.path, &err));
+		return tracer_error(trace_files_agent_errno(f, "rename", from.path, &err));
 	if (!(flags & RENAME_EXCHANGE))
 		rename_writers(f, from.path, to.path);
-	return files_replayable(f, call, tracer_return(0));
+	return trace_files_replayable(f, call, tracer_return(0));
 }
 
 static struct tracer_result handle_rename(const struct tracer_call *call, void *data)
@@ -333,7 +333,7 @@ static struct tracer_result handle_renameat2(const struct tracer_call *call, voi
 			 call->args[3], (unsigned)call->args[4]);
 }
 
-int files_register_write(struct files *f, struct hm_err *err)
+int trace_files_register_write(struct files *f, struct hm_err *err)
 {
 	static const struct {
 		int nr;

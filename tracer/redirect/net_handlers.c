@@ -16,7 +16,7 @@
 
 /* ---- jobs ---- */
 
-struct net_job *net_job_new(struct net_state *st, int dup, ino_t ino)
+struct net_job *trace_net_job_new(struct net_state *st, int dup, ino_t ino)
 {
 	struct net_job *job = calloc(1, sizeof(*job));
 	if (!job)
@@ -34,7 +34,7 @@ struct net_job *net_job_new(struct net_state *st, int dup, ino_t ino)
 	return job;
 }
 
-void net_job_discard(struct net_job *job)
+void trace_net_job_discard(struct net_job *job)
 {
 	if (job->release)
 		job->release(job);
@@ -50,7 +50,7 @@ void net_job_discard(struct net_job *job)
 static void job_put(struct net_job *job)
 {
 	if (__atomic_sub_fetch(&job->refs, 1, __ATOMIC_ACQ_REL) == 0)
-		net_job_discard(job);
+		trace_net_job_discard(job);
 }
 
 static void *job_thread(void *arg)
@@ -78,7 +78,7 @@ static void job_cancel(void *arg)
 	job_put(arg);
 }
 
-struct tracer_result net_job_defer(struct net_job *job)
+struct tracer_result trace_net_job_defer(struct net_job *job)
 {
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
@@ -96,7 +96,7 @@ struct tracer_result net_job_defer(struct net_job *job)
 	if (r != 0) {
 		__atomic_sub_fetch(&job->st->jobs_running, 1, __ATOMIC_ACQ_REL);
 		hm_warn("worker thread: %s", strerror(r));
-		net_job_discard(job);
+		trace_net_job_discard(job);
 		return tracer_error(EAGAIN);
 	}
 	return tracer_defer(job->efd, job_resume, job_cancel, job);
@@ -124,11 +124,11 @@ static void udp_unconnect(struct net_state *st, const struct tracer_call *call, 
 {
 	if (!count_of(&st->n_udp))
 		return;
-	ino_t ino = net_fd_ino(call, fd);
+	ino_t ino = trace_net_fd_ino(call, fd);
 	if (!ino)
 		return;
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, ino);
+	struct net_sock *ns = trace_net_table_find(st, ino);
 	if (ns && ns->type == SOCK_DGRAM)
 		ns->connected = false;
 	pthread_mutex_unlock(&st->lock);
@@ -154,7 +154,7 @@ static struct tracer_result handle_connect(const struct tracer_call *call, void 
 	raise_nofile(st);
 	int fd = (int)call->args[0];
 	struct net_addr dst;
-	if (net_read_addr(call, call->args[1], call->args[2], &dst) < 0)
+	if (trace_net_read_addr(call, call->args[1], call->args[2], &dst) < 0)
 		return tracer_continue();
 	if (dst.ss.ss_family != AF_INET && dst.ss.ss_family != AF_INET6) {
 		if (dst.ss.ss_family == AF_UNSPEC)
@@ -169,7 +169,7 @@ static struct tracer_result handle_connect(const struct tracer_call *call, void 
 		return tracer_continue();
 	}
 	struct hm_err err = {0};
-	int dup = net_getfd(call, fd, &err);
+	int dup = trace_net_getfd(call, fd, &err);
 	if (dup < 0)
 		return tracer_continue(); /* the kernel gives the program its EBADF */
 	struct stat sb;
@@ -187,11 +187,11 @@ static struct tracer_result handle_connect(const struct tracer_call *call, void 
 	}
 	if (type == SOCK_STREAM && (proto == IPPROTO_TCP || proto == IPPROTO_MPTCP) && tcp) {
 		hm_debug("pid %d: connect: remote (%s)", call->pid, why_tcp ? why_tcp : "-");
-		return net_tcp_connect(st, call, dup, sb.st_ino, &dst);
+		return trace_net_tcp_connect(st, call, dup, sb.st_ino, &dst);
 	}
 	if (type == SOCK_DGRAM && proto == IPPROTO_UDP && udp) {
 		hm_debug("pid %d: connect (udp): remote (%s)", call->pid, why_udp ? why_udp : "-");
-		return net_udp_connect(st, call, dup, sb.st_ino, &dst);
+		return trace_net_udp_connect(st, call, dup, sb.st_ino, &dst);
 	}
 	close(dup);
 	if (type == SOCK_DGRAM)
@@ -205,13 +205,13 @@ static struct tracer_result answer_name(const struct tracer_call *call, struct n
 {
 	if (!count_of(&st->n_tcp) && !count_of(&st->n_udp))
 		return tracer_continue();
-	ino_t ino = net_fd_ino(call, (int)call->args[0]);
+	ino_t ino = trace_net_fd_ino(call, (int)call->args[0]);
 	if (!ino)
 		return tracer_continue();
 	struct net_addr addr;
 	bool found = false;
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, ino);
+	struct net_sock *ns = trace_net_table_find(st, ino);
 	if (ns && ns->type == SOCK_STREAM) {
 		addr = peer ? ns->peer : ns->local;
 		found = addr.len > 0;
@@ -223,7 +223,7 @@ static struct tracer_result answer_name(const struct tracer_call *call, struct n
 	if (!found)
 		return tracer_continue();
 	struct hm_err err;
-	if (net_write_addr(call, &addr, call->args[1], call->args[2], &err) < 0)
+	if (trace_net_write_addr(call, &addr, call->args[1], call->args[2], &err) < 0)
 		return tracer_error(err.code == EINVAL ? EINVAL : EFAULT);
 	return tracer_return(0);
 }
@@ -244,26 +244,27 @@ static struct tracer_result handle_sendto(const struct tracer_call *call, void *
 	struct net_state *st = data;
 	raise_nofile(st);
 	struct net_addr dst;
-	if (net_read_addr(call, call->args[4], call->args[5], &dst) < 0 ||
+	if (trace_net_read_addr(call, call->args[4], call->args[5], &dst) < 0 ||
 	    (dst.ss.ss_family != AF_INET && dst.ss.ss_family != AF_INET6) ||
 	    !remote(st, HM_NET_UDP, &dst, NULL))
 		return tracer_continue();
-	return net_udp_sendto(st, call, (int)call->args[0], call->args[1], call->args[2], &dst);
+	return trace_net_udp_sendto(st, call, (int)call->args[0], call->args[1], call->args[2],
+				    &dst);
 }
 
 static struct tracer_result handle_sendmsg(const struct tracer_call *call, void *data)
 {
-	return net_udp_sendmsg(data, call);
+	return trace_net_udp_sendmsg(data, call);
 }
 
 static struct tracer_result handle_sendmmsg(const struct tracer_call *call, void *data)
 {
-	return net_udp_sendmmsg(data, call);
+	return trace_net_udp_sendmmsg(data, call);
 }
 
 static struct tracer_result handle_recv(const struct tracer_call *call, void *data)
 {
-	return net_udp_recv(data, call);
+	return trace_net_udp_recv(data, call);
 }
 
 /* ---- registration ---- */
@@ -283,7 +284,7 @@ int trace_net_register(struct trace_session *s, struct hm_err *err)
 	st->listen4 = st->listen6 = st->epfd = st->wake_fd = st->diag_fd = -1;
 	pthread_mutex_init(&st->lock, NULL);
 	s->netio = st;
-	if (net_tcp_init(st, err) < 0 || net_udp_init(st, err) < 0)
+	if (trace_net_tcp_init(st, err) < 0 || trace_net_udp_init(st, err) < 0)
 		return hm_err_prefix(err, "local proxy");
 	struct tracer *t = s->tracer;
 	if (tracer_set_handler(t, SYS_connect, handle_connect, st, err) < 0 ||
@@ -312,15 +313,15 @@ void trace_net_release(struct trace_session *s)
 				__atomic_load_n(&st->jobs_running, __ATOMIC_ACQUIRE));
 		usleep(10000);
 	}
-	net_udp_fini(st);
-	net_tcp_fini(st);
+	trace_net_udp_fini(st);
+	trace_net_tcp_fini(st);
 	hm_info("network: %lu TCP and %lu UDP sockets went through the pod, %lu DNS answers seen",
 		st->redirected_tcp, st->redirected_udp, st->dns_answers);
 	for (size_t i = 0; i < HM_ARRAY_SIZE(st->table); i++) {
 		while (st->table[i]) {
 			struct net_sock *ns = st->table[i];
 			st->table[i] = ns->next;
-			net_sock_free(st, ns);
+			trace_net_sock_free(st, ns);
 		}
 	}
 	pthread_mutex_destroy(&st->lock);

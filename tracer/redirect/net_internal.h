@@ -95,61 +95,63 @@ struct net_state {
 };
 
 /* ---- net_sock.c: addresses, the program's sockets, the table ---- */
-uint64_t net_now_ms(void);
-bool net_addr_is_v4(const struct net_addr *a); /* AF_INET or v4-mapped AF_INET6 */
+uint64_t trace_net_now_ms(void);
+bool trace_net_addr_is_v4(const struct net_addr *a); /* AF_INET or v4-mapped AF_INET6 */
 /* 16-byte form (IPv4 as ::ffff:a.b.c.d) and port, for comparisons */
-void net_addr_key(const struct net_addr *a, uint8_t key[16], uint16_t *port);
-bool net_addr_equal(const struct net_addr *a, const struct net_addr *b);
+void trace_net_addr_key(const struct net_addr *a, uint8_t key[16], uint16_t *port);
+bool trace_net_addr_equal(const struct net_addr *a, const struct net_addr *b);
 /* a in the program socket's family: IPv4 becomes v4-mapped for AF_INET6 sockets and
  * v4-mapped becomes IPv4 for AF_INET ones */
-void net_addr_for_family(const struct net_addr *a, int family, struct net_addr *out);
-int net_addr_from_proto(const struct proto_addr *p, struct net_addr *out);
-int net_addr_to_proto(const struct net_addr *a, struct proto_addr *out, struct hm_err *err);
-const char *net_addr_str(const struct net_addr *a, char *buf, size_t len);
+void trace_net_addr_for_family(const struct net_addr *a, int family, struct net_addr *out);
+int trace_net_addr_from_proto(const struct proto_addr *p, struct net_addr *out);
+int trace_net_addr_to_proto(const struct net_addr *a, struct proto_addr *out, struct hm_err *err);
+const char *trace_net_addr_str(const struct net_addr *a, char *buf, size_t len);
 /* the loopback address of family (v6 without ::1: ::ffff:127.0.0.1), port */
-void net_loopback(const struct net_state *st, int family, uint16_t port, struct net_addr *out);
-uint16_t net_addr_port(const struct net_addr *a);
+void trace_net_loopback(const struct net_state *st, int family, uint16_t port,
+			struct net_addr *out);
+uint16_t trace_net_addr_port(const struct net_addr *a);
 /* Read a sockaddr argument of the program (CONTINUE material when it fails). */
-int net_read_addr(const struct tracer_call *call, uint64_t addr, uint64_t len,
-		  struct net_addr *out);
+int trace_net_read_addr(const struct tracer_call *call, uint64_t addr, uint64_t len,
+			struct net_addr *out);
 /* Write addr into the program's (addr, *len_ptr) pair the way the kernel does:
  * truncated to the buffer, the full length stored. */
-int net_write_addr(const struct tracer_call *call, const struct net_addr *addr, uint64_t buf,
-		   uint64_t len_ptr, struct hm_err *err);
+int trace_net_write_addr(const struct tracer_call *call, const struct net_addr *addr, uint64_t buf,
+			 uint64_t len_ptr, struct hm_err *err);
 
 /* The program's fd as a socket of trace-run's (pidfd_getfd, O_CLOEXEC). */
-int net_getfd(const struct tracer_call *call, int fd, struct hm_err *err);
+int trace_net_getfd(const struct tracer_call *call, int fd, struct hm_err *err);
 /* The inode of the program's fd when it is a socket, else 0 (/proc/TID/fd/N). */
-ino_t net_fd_ino(const struct tracer_call *call, int fd);
+ino_t trace_net_fd_ino(const struct tracer_call *call, int fd);
 
 /* under st->lock */
-struct net_sock *net_table_find(struct net_state *st, ino_t ino);
-void net_table_insert(struct net_state *st, struct net_sock *ns);
-void net_table_remove(struct net_state *st, struct net_sock *ns);
+struct net_sock *trace_net_table_find(struct net_state *st, ino_t ino);
+void trace_net_table_insert(struct net_state *st, struct net_sock *ns);
+void trace_net_table_remove(struct net_state *st, struct net_sock *ns);
 /* frees the entry (closes its UDP stream and proxies); not in the table any more */
-void net_sock_free(struct net_state *st, struct net_sock *ns);
+void trace_net_sock_free(struct net_state *st, struct net_sock *ns);
 /* AF_INET / AF_INET6 of a socket (SO_DOMAIN), 0 when unknown */
-int net_socket_family(int fd);
+int trace_net_socket_family(int fd);
 /* false once sock_diag says the program's socket ns->ino is gone */
-bool net_sock_alive(struct net_state *st, const struct net_sock *ns);
+bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns);
 
 /* ---- net_tcp.c ---- */
-int net_tcp_init(struct net_state *st, struct hm_err *err);
-void net_tcp_fini(struct net_state *st);
-struct tracer_result net_tcp_connect(struct net_state *st, const struct tracer_call *call, int dup,
-				     ino_t ino, const struct net_addr *dst);
+int trace_net_tcp_init(struct net_state *st, struct hm_err *err);
+void trace_net_tcp_fini(struct net_state *st);
+struct tracer_result trace_net_tcp_connect(struct net_state *st, const struct tracer_call *call,
+					   int dup, ino_t ino, const struct net_addr *dst);
 
 /* ---- net_udp.c ---- */
-int net_udp_init(struct net_state *st, struct hm_err *err);
-void net_udp_fini(struct net_state *st);
-struct tracer_result net_udp_connect(struct net_state *st, const struct tracer_call *call, int dup,
-				     ino_t ino, const struct net_addr *dst);
+int trace_net_udp_init(struct net_state *st, struct hm_err *err);
+void trace_net_udp_fini(struct net_state *st);
+struct tracer_result trace_net_udp_connect(struct net_state *st, const struct tracer_call *call,
+					   int dup, ino_t ino, const struct net_addr *dst);
 /* UDP datagrams with an explicit REMOTE destination: sendto/sendmsg/sendmmsg */
-struct tracer_result net_udp_sendto(struct net_state *st, const struct tracer_call *call, int fd,
-				    uint64_t buf, uint64_t len, const struct net_addr *dst);
-struct tracer_result net_udp_sendmsg(struct net_state *st, const struct tracer_call *call);
-struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_call *call);
-struct tracer_result net_udp_recv(struct net_state *st, const struct tracer_call *call);
+struct tracer_result trace_net_udp_sendto(struct net_state *st, const struct tracer_call *call,
+					  int fd, uint64_t buf, uint64_t len,
+					  const struct net_addr *dst);
+struct tracer_result trace_net_udp_sendmsg(struct net_state *st, const struct tracer_call *call);
+struct tracer_result trace_net_udp_sendmmsg(struct net_state *st, const struct tracer_call *call);
+struct tracer_result trace_net_udp_recv(struct net_state *st, const struct tracer_call *call);
 
 /* ---- net_register.c: work done by a thread while the program's call waits ---- */
 struct net_job;
@@ -178,10 +180,10 @@ struct net_job {
 };
 /* Start job->work in a thread and defer the call until it is done; finish then gives
  * the answer. Takes job (malloc'ed) in every case. */
-struct tracer_result net_job_defer(struct net_job *job);
+struct tracer_result trace_net_job_defer(struct net_job *job);
 /* A job that owns dup (closed with the job); NULL on ENOMEM (dup left open). */
-struct net_job *net_job_new(struct net_state *st, int dup, ino_t ino);
+struct net_job *trace_net_job_new(struct net_state *st, int dup, ino_t ino);
 /* Free a job that was never started. */
-void net_job_discard(struct net_job *job);
+void trace_net_job_discard(struct net_job *job);
 
 #endif

@@ -160,7 +160,7 @@ static int listen_on(struct forward *f, struct hm_err *err)
 	if (f->bind.ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	char where[80];
-	net_addr_str(&f->bind, where, sizeof(where));
+	trace_net_addr_str(&f->bind, where, sizeof(where));
 	if (bind(fd, (struct sockaddr *)&f->bind.ss, f->bind.len) < 0)
 		return hm_err_errno(err, "-L %s: listen on %s", f->spec, where);
 	if (listen(fd, SOMAXCONN) < 0)
@@ -335,16 +335,16 @@ static int ask(struct agent_client *c, const struct net_addr *ns, const char *na
 	if (!qlen)
 		return hm_err_set(err, EINVAL, "'%s' is not a valid name", name);
 	struct proto_addr pns;
-	if (net_addr_to_proto(ns, &pns, err) < 0)
+	if (trace_net_addr_to_proto(ns, &pns, err) < 0)
 		return -1;
 	hm_autofd stream = agent_client_udp_open(c, pns.family, NULL, err);
 	if (stream < 0)
 		return -1;
 	if (agent_udp_send(stream, &pns, q, qlen, err) < 0)
 		return -1;
-	uint64_t deadline = net_now_ms() + DNS_TIMEOUT_MS;
+	uint64_t deadline = trace_net_now_ms() + DNS_TIMEOUT_MS;
 	for (;;) {
-		uint64_t now = net_now_ms();
+		uint64_t now = trace_net_now_ms();
 		if (now >= deadline)
 			return hm_err_set(err, ETIMEDOUT, "no answer from the nameserver");
 		struct proto_addr src;
@@ -431,19 +431,19 @@ static void *conn_thread(void *arg)
 	struct pf *pf = pc->pf;
 	struct hm_err err = {0};
 	char from[80], dst_str[80], pod[80];
-	net_addr_str(&pc->from, from, sizeof(from));
+	trace_net_addr_str(&pc->from, from, sizeof(from));
 	struct net_addr dst;
 	struct proto_addr pdst, local;
 	int stream = -1;
 	if (resolve(pf->s.client, pc->fwd->host, pc->fwd->port, &dst, &err) == 0 &&
-	    net_addr_to_proto(&dst, &pdst, &err) == 0)
+	    trace_net_addr_to_proto(&dst, &pdst, &err) == 0)
 		stream = agent_client_tcp_connect(pf->s.client, &pdst, 0, &local, &err);
 	if (stream < 0) {
 		hm_warn("-L %s: connection from %s: %s", pc->fwd->spec, from, err.msg);
 		reset_close(pc->client);
 	} else {
 		hm_info("-L %s: %s -> %s (from %s in the target)", pc->fwd->spec, from,
-			net_addr_str(&dst, dst_str, sizeof(dst_str)),
+			trace_net_addr_str(&dst, dst_str, sizeof(dst_str)),
 			proto_addr_str(&local, pod, sizeof(pod)));
 		if (agent_relay_add_tcp(pf->relay, pc->client, stream, &err) < 0)
 			hm_warn("-L %s: %s", pc->fwd->spec, err.msg);
@@ -659,7 +659,7 @@ int trace_port_forward_main(int argc, char **argv)
 	for (size_t i = 0; i < pf->n_fwd; i++) {
 		char where[80];
 		hm_info("forwarding %s to %s port %u from %s",
-			net_addr_str(&pf->fwd[i].bind, where, sizeof(where)), pf->fwd[i].host,
+			trace_net_addr_str(&pf->fwd[i].bind, where, sizeof(where)), pf->fwd[i].host,
 			pf->fwd[i].port, pf->s.cfg.target);
 	}
 	rc = serve(pf, sigfd);

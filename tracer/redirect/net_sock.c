@@ -16,7 +16,7 @@
 #define PIDFD_THREAD O_EXCL /* Linux 6.9 */
 #endif
 
-uint64_t net_now_ms(void)
+uint64_t trace_net_now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -25,7 +25,7 @@ uint64_t net_now_ms(void)
 
 /* ---- addresses ---- */
 
-bool net_addr_is_v4(const struct net_addr *a)
+bool trace_net_addr_is_v4(const struct net_addr *a)
 {
 	if (a->ss.ss_family == AF_INET)
 		return true;
@@ -33,7 +33,7 @@ bool net_addr_is_v4(const struct net_addr *a)
 	return a->ss.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr);
 }
 
-void net_addr_key(const struct net_addr *a, uint8_t key[16], uint16_t *port)
+void trace_net_addr_key(const struct net_addr *a, uint8_t key[16], uint16_t *port)
 {
 	memset(key, 0, 16);
 	*port = 0;
@@ -49,24 +49,24 @@ void net_addr_key(const struct net_addr *a, uint8_t key[16], uint16_t *port)
 	}
 }
 
-bool net_addr_equal(const struct net_addr *a, const struct net_addr *b)
+bool trace_net_addr_equal(const struct net_addr *a, const struct net_addr *b)
 {
 	uint8_t ka[16], kb[16];
 	uint16_t pa, pb;
-	net_addr_key(a, ka, &pa);
-	net_addr_key(b, kb, &pb);
+	trace_net_addr_key(a, ka, &pa);
+	trace_net_addr_key(b, kb, &pb);
 	return pa == pb && !memcmp(ka, kb, 16);
 }
 
-uint16_t net_addr_port(const struct net_addr *a)
+uint16_t trace_net_addr_port(const struct net_addr *a)
 {
 	uint8_t k[16];
 	uint16_t port;
-	net_addr_key(a, k, &port);
+	trace_net_addr_key(a, k, &port);
 	return port;
 }
 
-void net_addr_for_family(const struct net_addr *a, int family, struct net_addr *out)
+void trace_net_addr_for_family(const struct net_addr *a, int family, struct net_addr *out)
 {
 	uint8_t key[16];
 	uint16_t port;
@@ -74,7 +74,7 @@ void net_addr_for_family(const struct net_addr *a, int family, struct net_addr *
 		*out = *a;
 		return;
 	}
-	net_addr_key(a, key, &port);
+	trace_net_addr_key(a, key, &port);
 	memset(out, 0, sizeof(*out));
 	if (family == AF_INET6) {
 		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->ss;
@@ -93,30 +93,30 @@ void net_addr_for_family(const struct net_addr *a, int family, struct net_addr *
 	}
 }
 
-int net_addr_from_proto(const struct proto_addr *p, struct net_addr *out)
+int trace_net_addr_from_proto(const struct proto_addr *p, struct net_addr *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->len = proto_addr_to_sockaddr(p, &out->ss);
 	return out->len ? 0 : -1;
 }
 
-int net_addr_to_proto(const struct net_addr *a, struct proto_addr *out, struct hm_err *err)
+int trace_net_addr_to_proto(const struct net_addr *a, struct proto_addr *out, struct hm_err *err)
 {
 	return proto_addr_from_sockaddr((const struct sockaddr *)&a->ss, a->len, out, err);
 }
 
-const char *net_addr_str(const struct net_addr *a, char *buf, size_t len)
+const char *trace_net_addr_str(const struct net_addr *a, char *buf, size_t len)
 {
 	struct proto_addr p;
 	struct hm_err err;
-	if (net_addr_to_proto(a, &p, &err) < 0) {
+	if (trace_net_addr_to_proto(a, &p, &err) < 0) {
 		snprintf(buf, len, "(family %d)", a->ss.ss_family);
 		return buf;
 	}
 	return proto_addr_str(&p, buf, len);
 }
 
-void net_loopback(const struct net_state *st, int family, uint16_t port, struct net_addr *out)
+void trace_net_loopback(const struct net_state *st, int family, uint16_t port, struct net_addr *out)
 {
 	memset(out, 0, sizeof(*out));
 	if (family == AF_INET6) {
@@ -140,7 +140,8 @@ void net_loopback(const struct net_state *st, int family, uint16_t port, struct 
 	}
 }
 
-int net_read_addr(const struct tracer_call *call, uint64_t addr, uint64_t len, struct net_addr *out)
+int trace_net_read_addr(const struct tracer_call *call, uint64_t addr, uint64_t len,
+			struct net_addr *out)
 {
 	struct hm_err err;
 	memset(out, 0, sizeof(*out));
@@ -156,8 +157,8 @@ int net_read_addr(const struct tracer_call *call, uint64_t addr, uint64_t len, s
 	return 0;
 }
 
-int net_write_addr(const struct tracer_call *call, const struct net_addr *addr, uint64_t buf,
-		   uint64_t len_ptr, struct hm_err *err)
+int trace_net_write_addr(const struct tracer_call *call, const struct net_addr *addr, uint64_t buf,
+			 uint64_t len_ptr, struct hm_err *err)
 {
 	if (!len_ptr)
 		return 0;
@@ -190,7 +191,7 @@ static pid_t tgid_of(pid_t tid)
 	return -1;
 }
 
-int net_getfd(const struct tracer_call *call, int fd, struct hm_err *err)
+int trace_net_getfd(const struct tracer_call *call, int fd, struct hm_err *err)
 {
 	/* a thread pidfd reaches the calling thread's own fd table (6.9+); before that,
 	 * the thread group's, which is the same unless the thread unshared its files */
@@ -213,7 +214,7 @@ int net_getfd(const struct tracer_call *call, int fd, struct hm_err *err)
 	return dup;
 }
 
-ino_t net_fd_ino(const struct tracer_call *call, int fd)
+ino_t trace_net_fd_ino(const struct tracer_call *call, int fd)
 {
 	char path[64], link[64];
 	snprintf(path, sizeof(path), "/proc/%d/fd/%d", call->pid, fd);
@@ -234,7 +235,7 @@ static size_t slot_of(ino_t ino)
 	return (size_t)(ino * 0x9E3779B97F4A7C15ULL >> 54) % 1024;
 }
 
-struct net_sock *net_table_find(struct net_state *st, ino_t ino)
+struct net_sock *trace_net_table_find(struct net_state *st, ino_t ino)
 {
 	for (struct net_sock *ns = st->table[slot_of(ino)]; ns; ns = ns->next)
 		if (ns->ino == ino)
@@ -242,7 +243,7 @@ struct net_sock *net_table_find(struct net_state *st, ino_t ino)
 	return NULL;
 }
 
-void net_table_insert(struct net_state *st, struct net_sock *ns)
+void trace_net_table_insert(struct net_state *st, struct net_sock *ns)
 {
 	size_t slot = slot_of(ns->ino);
 	ns->next = st->table[slot];
@@ -253,7 +254,7 @@ void net_table_insert(struct net_state *st, struct net_sock *ns)
 		st->n_udp++;
 }
 
-void net_table_remove(struct net_state *st, struct net_sock *ns)
+void trace_net_table_remove(struct net_state *st, struct net_sock *ns)
 {
 	for (struct net_sock **pp = &st->table[slot_of(ns->ino)]; *pp; pp = &(*pp)->next) {
 		if (*pp == ns) {
@@ -267,7 +268,7 @@ void net_table_remove(struct net_state *st, struct net_sock *ns)
 	}
 }
 
-void net_sock_free(struct net_state *st, struct net_sock *ns)
+void trace_net_sock_free(struct net_state *st, struct net_sock *ns)
 {
 	(void)st;
 	if (ns->type == SOCK_DGRAM) {
@@ -290,12 +291,12 @@ static void diag_fill(const struct net_addr *a, __be32 out[4], __be16 *port)
 {
 	uint8_t key[16];
 	uint16_t p;
-	net_addr_key(a, key, &p);
+	trace_net_addr_key(a, key, &p);
 	*port = htons(p);
 	memcpy(out, key, 16);
 }
 
-bool net_sock_alive(struct net_state *st, const struct net_sock *ns)
+bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns)
 {
 	if (st->diag_fd < 0)
 		return true;
@@ -309,7 +310,7 @@ bool net_sock_alive(struct net_state *st, const struct net_sock *ns)
 	msg.nh.nlmsg_flags = NLM_F_REQUEST;
 	msg.nh.nlmsg_seq = (uint32_t)ns->ino;
 	/* traffic between v4-mapped addresses is IPv4 traffic, hashed and found as such */
-	bool v4 = net_addr_is_v4(&ns->prog);
+	bool v4 = trace_net_addr_is_v4(&ns->prog);
 	msg.req.sdiag_family = v4 ? AF_INET : AF_INET6;
 	msg.req.sdiag_protocol = ns->type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
 	msg.req.idiag_states = ~0U;
@@ -325,10 +326,10 @@ bool net_sock_alive(struct net_state *st, const struct net_sock *ns)
 	if (v4) {
 		uint8_t k[16];
 		uint16_t p;
-		net_addr_key(self, k, &p);
+		trace_net_addr_key(self, k, &p);
 		memcpy(&msg.req.id.idiag_src[0], k + 12, 4);
 		msg.req.id.idiag_sport = htons(p);
-		net_addr_key(peer, k, &p);
+		trace_net_addr_key(peer, k, &p);
 		memcpy(&msg.req.id.idiag_dst[0], k + 12, 4);
 		msg.req.id.idiag_dport = htons(p);
 	} else {
@@ -364,7 +365,7 @@ bool net_sock_alive(struct net_state *st, const struct net_sock *ns)
 	}
 }
 
-int net_socket_family(int fd)
+int trace_net_socket_family(int fd)
 {
 	int family = 0;
 	socklen_t len = sizeof(family);

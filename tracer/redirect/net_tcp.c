@@ -76,14 +76,14 @@ static void direct_init(struct net_state *st)
 	if (v6.len)
 		st->direct6 = v6;
 	else if (v4.len) /* IPv4 agent, AF_INET6 program socket: v4-mapped */
-		net_addr_for_family(&v4, AF_INET6, &st->direct6);
+		trace_net_addr_for_family(&v4, AF_INET6, &st->direct6);
 	char b4[80], b6[80];
 	hm_debug("TCP agent: redirected IPv4 sockets connect to %s, IPv6 sockets to %s",
-		 st->direct4.len ? net_addr_str(&st->direct4, b4, sizeof(b4)) : "the relay",
-		 st->direct6.len ? net_addr_str(&st->direct6, b6, sizeof(b6)) : "the relay");
+		 st->direct4.len ? trace_net_addr_str(&st->direct4, b4, sizeof(b4)) : "the relay",
+		 st->direct6.len ? trace_net_addr_str(&st->direct6, b6, sizeof(b6)) : "the relay");
 }
 
-int net_tcp_init(struct net_state *st, struct hm_err *err)
+int trace_net_tcp_init(struct net_state *st, struct hm_err *err)
 {
 	direct_init(st);
 	st->listen4 = listener_open(AF_INET, &st->listen4_addr, err);
@@ -103,7 +103,7 @@ int net_tcp_init(struct net_state *st, struct hm_err *err)
 	return r;
 }
 
-void net_tcp_fini(struct net_state *st)
+void trace_net_tcp_fini(struct net_state *st)
 {
 	if (st->relay)
 		agent_relay_destroy(st->relay);
@@ -118,7 +118,7 @@ void net_tcp_fini(struct net_state *st)
 static int wait_fd(int fd, short events, uint64_t deadline)
 {
 	for (;;) {
-		uint64_t now = net_now_ms();
+		uint64_t now = trace_net_now_ms();
 		if (now >= deadline)
 			return 0;
 		struct pollfd p = {.fd = fd, .events = events};
@@ -138,14 +138,14 @@ static int attach(struct net_state *st, int dup, int family, const struct net_ad
 	if (family == AF_INET) {
 		lfd = st->listen4;
 		*via = st->listen4_addr;
-	} else if (net_addr_is_v4(dst) || !st->have6) {
+	} else if (trace_net_addr_is_v4(dst) || !st->have6) {
 		lfd = st->listen4;
-		net_addr_for_family(&st->listen4_addr, AF_INET6, via);
+		trace_net_addr_for_family(&st->listen4_addr, AF_INET6, via);
 	} else {
 		lfd = st->listen6;
 		*via = st->listen6_addr;
 	}
-	uint64_t deadline = net_now_ms() + ATTACH_TIMEOUT_MS;
+	uint64_t deadline = trace_net_now_ms() + ATTACH_TIMEOUT_MS;
 	if (connect(dup, (struct sockaddr *)&via->ss, via->len) < 0) {
 		if (errno != EINPROGRESS)
 			return hm_err_errno(err, "connect to the relay");
@@ -171,12 +171,12 @@ static int attach(struct net_state *st, int dup, int family, const struct net_ad
 						  "the relay listener got no connection");
 			continue;
 		}
-		if (net_addr_equal(&peer, prog))
+		if (trace_net_addr_equal(&peer, prog))
 			return fd;
 		/* someone else on this machine found the port; the pairing is by address */
 		char buf[80];
 		hm_debug("relay listener: dropped a connection from %s",
-			 net_addr_str(&peer, buf, sizeof(buf)));
+			 trace_net_addr_str(&peer, buf, sizeof(buf)));
 		close(fd);
 	}
 }
@@ -186,7 +186,7 @@ static void undo_connect(void *arg)
 {
 	struct net_state *st = arg;
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, st->last_ino);
+	struct net_sock *ns = trace_net_table_find(st, st->last_ino);
 	if (ns)
 		ns->delivered = false;
 	pthread_mutex_unlock(&st->lock);
@@ -246,7 +246,7 @@ static int direct_connect(int dup, const struct net_addr *agent, int timeout_ms)
 		return 0;
 	if (errno != EINPROGRESS)
 		return -1;
-	if (wait_fd(dup, POLLOUT, net_now_ms() + (uint64_t)timeout_ms) <= 0) {
+	if (wait_fd(dup, POLLOUT, trace_net_now_ms() + (uint64_t)timeout_ms) <= 0) {
 		errno = ETIMEDOUT;
 		return -1;
 	}
@@ -275,7 +275,7 @@ static int direct_stream(struct net_job *job, const struct net_addr *agent,
 	if (direct_connect(job->dup, agent, ATTACH_TIMEOUT_MS) < 0) {
 		int e = errno;
 		hm_err_set(&job->err, e, "connect to the agent at %s",
-			   net_addr_str(agent, where, sizeof(where)));
+			   trace_net_addr_str(agent, where, sizeof(where)));
 		/* refused or unreachable: the socket is closed again and may connect once
 		 * more; a timed-out attempt may still be under way */
 		return e == ETIMEDOUT ? -1 : 1;
@@ -284,7 +284,7 @@ static int direct_stream(struct net_job *job, const struct net_addr *agent,
 		/* the program's connect fails: its socket must not stay a line to the agent */
 		shutdown(job->dup, SHUT_RDWR);
 		return hm_err_prefix(&job->err, "stream from the agent at %s",
-				     net_addr_str(agent, where, sizeof(where)));
+				     trace_net_addr_str(agent, where, sizeof(where)));
 	}
 	return 0;
 }
@@ -292,7 +292,7 @@ static int direct_stream(struct net_job *job, const struct net_addr *agent,
 static void tcp_work(struct net_job *job)
 {
 	struct net_state *st = job->st;
-	const struct net_addr *agent = direct_addr(st, net_socket_family(job->dup));
+	const struct net_addr *agent = direct_addr(st, trace_net_socket_family(job->dup));
 	if (!agent) {
 		job->result_fd =
 		    agent_client_tcp_connect(st->s->client, &job->pdst, 0, &job->local, &job->err);
@@ -310,7 +310,7 @@ static void tcp_work(struct net_job *job)
 	if (rc < 0) {
 		/* the pod's connection exists but the program's socket cannot carry it */
 		char where[80];
-		hm_warn("connect to %s: %s", net_addr_str(&job->dst, where, sizeof(where)),
+		hm_warn("connect to %s: %s", trace_net_addr_str(&job->dst, where, sizeof(where)),
 			job->err.msg);
 		if (job->err.code != ETIMEDOUT)
 			job->err.code = ECONNRESET;
@@ -330,7 +330,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 {
 	struct net_state *st = job->st;
 	char where[80];
-	net_addr_str(&job->dst, where, sizeof(where));
+	trace_net_addr_str(&job->dst, where, sizeof(where));
 	if (job->result_fd < 0 && !job->direct) {
 		if (trace_session_lost(st->s, NULL)) {
 			/* not ECONNRESET / ECONNREFUSED: no server refused anything */
@@ -344,7 +344,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 			hm_debug("pid %d: connect %s: %s", call->pid, where, strerror(code));
 		return tracer_error(code);
 	}
-	int family = net_socket_family(job->dup);
+	int family = trace_net_socket_family(job->dup);
 	struct hm_err err = {0};
 	struct net_sock *ns = calloc(1, sizeof(*ns));
 	if (!ns)
@@ -375,34 +375,34 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 			return tracer_error(ENOBUFS);
 		}
 	}
-	net_addr_for_family(&job->dst, family, &ns->peer);
+	trace_net_addr_for_family(&job->dst, family, &ns->peer);
 	struct net_addr local;
-	if (net_addr_from_proto(&job->local, &local) == 0)
-		net_addr_for_family(&local, family, &ns->local);
+	if (trace_net_addr_from_proto(&job->local, &local) == 0)
+		trace_net_addr_for_family(&local, family, &ns->local);
 	ns->delivered = true;
-	ns->last_ms = net_now_ms();
+	ns->last_ms = trace_net_now_ms();
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *old = net_table_find(st, ns->ino);
+	struct net_sock *old = trace_net_table_find(st, ns->ino);
 	if (old) { /* a socket of the same inode before: that one is closed */
-		net_table_remove(st, old);
-		net_sock_free(st, old);
+		trace_net_table_remove(st, old);
+		trace_net_sock_free(st, old);
 	}
-	net_table_insert(st, ns);
+	trace_net_table_insert(st, ns);
 	st->redirected_tcp++;
 	pthread_mutex_unlock(&st->lock);
 	char pod[80];
 	hm_debug("pid %d: connect %s through the pod (from %s)%s", call->pid, where,
-		 net_addr_str(&ns->local, pod, sizeof(pod)),
+		 trace_net_addr_str(&ns->local, pod, sizeof(pod)),
 		 job->direct ? ", the socket is the agent's stream" : "");
 	return connected(st, ns->ino, job->dup);
 }
 
-struct tracer_result net_tcp_connect(struct net_state *st, const struct tracer_call *call, int dup,
-				     ino_t ino, const struct net_addr *dst)
+struct tracer_result trace_net_tcp_connect(struct net_state *st, const struct tracer_call *call,
+					   int dup, ino_t ino, const struct net_addr *dst)
 {
 	(void)call;
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, ino);
+	struct net_sock *ns = trace_net_table_find(st, ino);
 	if (ns && ns->type == SOCK_STREAM) {
 		/* redirected already: a re-issued connect whose answer got lost gets it again;
 		 * otherwise the kernel says what it says to a connected socket (EISCONN) */
@@ -415,18 +415,18 @@ struct tracer_result net_tcp_connect(struct net_state *st, const struct tracer_c
 		return res;
 	}
 	pthread_mutex_unlock(&st->lock);
-	struct net_job *job = net_job_new(st, dup, ino);
+	struct net_job *job = trace_net_job_new(st, dup, ino);
 	if (!job) {
 		close(dup);
 		return tracer_error(ENOMEM);
 	}
 	job->dst = *dst;
-	if (net_addr_to_proto(dst, &job->pdst, &job->err) < 0) {
+	if (trace_net_addr_to_proto(dst, &job->pdst, &job->err) < 0) {
 		hm_debug("connect: %s", job->err.msg);
-		net_job_discard(job);
+		trace_net_job_discard(job);
 		return tracer_continue();
 	}
 	job->work = tcp_work;
 	job->finish = tcp_finish;
-	return net_job_defer(job);
+	return trace_net_job_defer(job);
 }

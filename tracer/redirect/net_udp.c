@@ -41,7 +41,7 @@ static void sock_bury(struct net_state *st, struct net_sock *ns);
 static struct net_proxy *proxy_find_remote(struct net_sock *ns, const struct net_addr *remote)
 {
 	for (struct net_proxy *p = ns->proxies; p; p = p->next)
-		if (net_addr_equal(&p->remote, remote))
+		if (trace_net_addr_equal(&p->remote, remote))
 			return p;
 	return NULL;
 }
@@ -49,7 +49,7 @@ static struct net_proxy *proxy_find_remote(struct net_sock *ns, const struct net
 static struct net_proxy *proxy_find_local(struct net_sock *ns, const struct net_addr *local)
 {
 	for (struct net_proxy *p = ns->proxies; p; p = p->next)
-		if (net_addr_equal(&p->local, local))
+		if (trace_net_addr_equal(&p->local, local))
 			return p;
 	return NULL;
 }
@@ -58,7 +58,7 @@ static struct net_proxy *proxy_get(struct net_state *st, struct net_sock *ns,
 				   const struct net_addr *remote, struct hm_err *err)
 {
 	struct net_addr peer;
-	net_addr_for_family(remote, ns->family, &peer);
+	trace_net_addr_for_family(remote, ns->family, &peer);
 	struct net_proxy *p = proxy_find_remote(ns, &peer);
 	if (p)
 		return p;
@@ -66,7 +66,7 @@ static struct net_proxy *proxy_get(struct net_state *st, struct net_sock *ns,
 	if (fd < 0)
 		return hm_err_errno(err, "proxy socket"), NULL;
 	struct net_addr local;
-	net_loopback(st, ns->family, 0, &local);
+	trace_net_loopback(st, ns->family, 0, &local);
 	if (bind(fd, (struct sockaddr *)&local.ss, local.len) < 0)
 		return hm_err_errno(err, "bind proxy"), NULL;
 	local.len = sizeof(local.ss);
@@ -89,7 +89,7 @@ static bool addr_is_any(const struct net_addr *a)
 {
 	uint8_t k[16];
 	uint16_t port;
-	net_addr_key(a, k, &port);
+	trace_net_addr_key(a, k, &port);
 	static const uint8_t any4[16] = {[10] = 0xff, [11] = 0xff};
 	static const uint8_t any6[16] = {0};
 	return !memcmp(k, any4, 16) || !memcmp(k, any6, 16);
@@ -103,7 +103,7 @@ static int prog_addr(struct net_state *st, int dup, int family, struct net_addr 
 	out->len = sizeof(out->ss);
 	if (getsockname(dup, (struct sockaddr *)&out->ss, &out->len) < 0)
 		return hm_err_errno(err, "getsockname");
-	if (net_addr_port(out) == 0) {
+	if (trace_net_addr_port(out) == 0) {
 		struct net_addr any;
 		memset(&any, 0, sizeof(any));
 		any.ss.ss_family = (sa_family_t)family;
@@ -116,7 +116,7 @@ static int prog_addr(struct net_state *st, int dup, int family, struct net_addr 
 			return hm_err_errno(err, "getsockname");
 	}
 	if (addr_is_any(out))
-		net_loopback(st, family, net_addr_port(out), out);
+		trace_net_loopback(st, family, trace_net_addr_port(out), out);
 	return 0;
 }
 
@@ -131,20 +131,20 @@ static struct net_sock *udp_sock_new(struct net_state *st, int dup, ino_t ino, i
 	}
 	ns->ino = ino;
 	ns->type = SOCK_DGRAM;
-	ns->family = net_socket_family(dup);
+	ns->family = trace_net_socket_family(dup);
 	ns->stream = stream;
-	ns->last_ms = net_now_ms();
+	ns->last_ms = trace_net_now_ms();
 	proto_frame_reader_init(&ns->reader, PROTO_DATAGRAM_MAX + 512);
 	fcntl(stream, F_SETFL, fcntl(stream, F_GETFL) | O_NONBLOCK);
 	if (prog_addr(st, dup, ns->family, &ns->prog, err) < 0) {
-		net_sock_free(st, ns);
+		trace_net_sock_free(st, ns);
 		return NULL;
 	}
-	net_loopback(st, ns->family, 9, &ns->diag_peer); /* any source reaches it */
-	struct net_sock *old = net_table_find(st, ino);
+	trace_net_loopback(st, ns->family, 9, &ns->diag_peer); /* any source reaches it */
+	struct net_sock *old = trace_net_table_find(st, ino);
 	if (old) /* a closed socket's inode, reused */
 		sock_bury(st, old);
-	net_table_insert(st, ns);
+	trace_net_table_insert(st, ns);
 	ep_add(st, stream, (uint64_t)(uintptr_t)ns);
 	st->redirected_udp++;
 	return ns;
@@ -155,9 +155,9 @@ static int udp_send(struct net_sock *ns, const struct net_addr *dst, const void 
 		    struct hm_err *err)
 {
 	struct proto_addr pdst;
-	if (net_addr_to_proto(dst, &pdst, err) < 0)
+	if (trace_net_addr_to_proto(dst, &pdst, err) < 0)
 		return -1;
-	ns->last_ms = net_now_ms();
+	ns->last_ms = trace_net_now_ms();
 	return agent_udp_send(ns->stream, &pdst, data, len, err);
 }
 
@@ -199,7 +199,7 @@ static void udp_open_work(struct net_job *job)
 static struct net_sock *job_sock(struct net_job *job)
 {
 	struct net_state *st = job->st;
-	struct net_sock *ns = net_table_find(st, job->ino);
+	struct net_sock *ns = trace_net_table_find(st, job->ino);
 	if (ns && ns->type == SOCK_DGRAM)
 		return ns;
 	if (job->result_fd < 0)
@@ -232,12 +232,12 @@ static struct tracer_result udp_connect_finish(struct net_job *job, const struct
 	return res;
 }
 
-struct tracer_result net_udp_connect(struct net_state *st, const struct tracer_call *call, int dup,
-				     ino_t ino, const struct net_addr *dst)
+struct tracer_result trace_net_udp_connect(struct net_state *st, const struct tracer_call *call,
+					   int dup, ino_t ino, const struct net_addr *dst)
 {
 	(void)call;
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, ino);
+	struct net_sock *ns = trace_net_table_find(st, ino);
 	if (ns && ns->type == SOCK_DGRAM) {
 		struct tracer_result res = connect_via_proxy(st, ns, dup, dst);
 		pthread_mutex_unlock(&st->lock);
@@ -245,16 +245,16 @@ struct tracer_result net_udp_connect(struct net_state *st, const struct tracer_c
 		return res;
 	}
 	pthread_mutex_unlock(&st->lock);
-	struct net_job *job = net_job_new(st, dup, ino);
+	struct net_job *job = trace_net_job_new(st, dup, ino);
 	if (!job) {
 		close(dup);
 		return tracer_error(ENOMEM);
 	}
 	job->dst = *dst;
-	job->family = proto_family(net_socket_family(dup));
+	job->family = proto_family(trace_net_socket_family(dup));
 	job->work = udp_open_work;
 	job->finish = udp_connect_finish;
-	return net_job_defer(job);
+	return trace_net_job_defer(job);
 }
 
 /* ---- datagrams with a destination ---- */
@@ -281,13 +281,13 @@ static struct tracer_result udp_sendto_finish(struct net_job *job, const struct 
 static int udp_dup(const struct tracer_call *call, int fd, const struct net_addr *dst, ino_t *ino)
 {
 	struct hm_err err;
-	int dup = net_getfd(call, fd, &err);
+	int dup = trace_net_getfd(call, fd, &err);
 	if (dup < 0)
 		return -1;
 	struct stat sb;
 	int type = 0, proto = 0;
 	socklen_t l1 = sizeof(type), l2 = sizeof(proto);
-	int family = net_socket_family(dup);
+	int family = trace_net_socket_family(dup);
 	if (fstat(dup, &sb) < 0 || !S_ISSOCK(sb.st_mode) ||
 	    getsockopt(dup, SOL_SOCKET, SO_TYPE, &type, &l1) < 0 ||
 	    getsockopt(dup, SOL_SOCKET, SO_PROTOCOL, &proto, &l2) < 0 || type != SOCK_DGRAM ||
@@ -313,7 +313,7 @@ static struct tracer_result send_datagram(struct net_state *st, const struct tra
 	}
 	struct hm_err err = {0};
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, ino);
+	struct net_sock *ns = trace_net_table_find(st, ino);
 	if (ns && ns->type == SOCK_DGRAM) {
 		int r = udp_send(ns, dst, data, len, &err);
 		pthread_mutex_unlock(&st->lock);
@@ -322,7 +322,7 @@ static struct tracer_result send_datagram(struct net_state *st, const struct tra
 		return r < 0 ? tracer_error(udp_errno(st, &err)) : tracer_return((int64_t)len);
 	}
 	pthread_mutex_unlock(&st->lock);
-	struct net_job *job = net_job_new(st, dup, ino);
+	struct net_job *job = trace_net_job_new(st, dup, ino);
 	if (!job) {
 		close(dup);
 		free(data);
@@ -331,14 +331,15 @@ static struct tracer_result send_datagram(struct net_state *st, const struct tra
 	job->dst = *dst;
 	job->data = data;
 	job->data_len = len;
-	job->family = proto_family(net_socket_family(dup));
+	job->family = proto_family(trace_net_socket_family(dup));
 	job->work = udp_open_work;
 	job->finish = udp_sendto_finish;
-	return net_job_defer(job);
+	return trace_net_job_defer(job);
 }
 
-struct tracer_result net_udp_sendto(struct net_state *st, const struct tracer_call *call, int fd,
-				    uint64_t buf, uint64_t len, const struct net_addr *dst)
+struct tracer_result trace_net_udp_sendto(struct net_state *st, const struct tracer_call *call,
+					  int fd, uint64_t buf, uint64_t len,
+					  const struct net_addr *dst)
 {
 	if (len > PROTO_DATAGRAM_MAX)
 		return tracer_error(EMSGSIZE);
@@ -398,14 +399,14 @@ static bool remote_udp(struct net_state *st, const struct net_addr *dst)
 				    dst->len, NULL) == HM_NET_REMOTE;
 }
 
-struct tracer_result net_udp_sendmsg(struct net_state *st, const struct tracer_call *call)
+struct tracer_result trace_net_udp_sendmsg(struct net_state *st, const struct tracer_call *call)
 {
 	struct msghdr m;
 	struct hm_err err;
 	if (tracer_read_mem(call, call->args[1], &m, sizeof(m), &err) < 0 || !m.msg_name)
 		return tracer_continue();
 	struct net_addr dst;
-	if (net_read_addr(call, (uint64_t)(uintptr_t)m.msg_name, m.msg_namelen, &dst) < 0 ||
+	if (trace_net_read_addr(call, (uint64_t)(uintptr_t)m.msg_name, m.msg_namelen, &dst) < 0 ||
 	    !remote_udp(st, &dst))
 		return tracer_continue();
 	void *data;
@@ -420,7 +421,7 @@ struct tracer_result net_udp_sendmsg(struct net_state *st, const struct tracer_c
  * without destinations, on a connected socket: that goes to the kernel as is). Messages
  * to REMOTE destinations go through the agent, the others through the program's socket
  * from here; the entry is made synchronously in this rare case. */
-struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_call *call)
+struct tracer_result trace_net_udp_sendmmsg(struct net_state *st, const struct tracer_call *call)
 {
 	unsigned vlen = (unsigned)call->args[2];
 	if (vlen > IOV_MAX_PROGRAM)
@@ -435,8 +436,8 @@ struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_
 	for (unsigned i = 0; i < vlen && !any; i++) {
 		struct net_addr dst;
 		any = msgs[i].msg_hdr.msg_name &&
-		      net_read_addr(call, (uint64_t)(uintptr_t)msgs[i].msg_hdr.msg_name,
-				    msgs[i].msg_hdr.msg_namelen, &dst) == 0 &&
+		      trace_net_read_addr(call, (uint64_t)(uintptr_t)msgs[i].msg_hdr.msg_name,
+					  msgs[i].msg_hdr.msg_namelen, &dst) == 0 &&
 		      remote_udp(st, &dst);
 	}
 	if (!any)
@@ -450,8 +451,9 @@ struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_
 	for (unsigned i = 0; i < vlen; i++) {
 		struct msghdr *m = &msgs[i].msg_hdr;
 		struct net_addr dst = {0};
-		bool named = m->msg_name && net_read_addr(call, (uint64_t)(uintptr_t)m->msg_name,
-							  m->msg_namelen, &dst) == 0;
+		bool named =
+		    m->msg_name && trace_net_read_addr(call, (uint64_t)(uintptr_t)m->msg_name,
+						       m->msg_namelen, &dst) == 0;
 		void *data;
 		size_t len;
 		int error = 0;
@@ -460,16 +462,16 @@ struct tracer_result net_udp_sendmmsg(struct net_state *st, const struct tracer_
 			break;
 		}
 		pthread_mutex_lock(&st->lock);
-		struct net_sock *ns = net_table_find(st, ino);
+		struct net_sock *ns = trace_net_table_find(st, ino);
 		bool via_agent = named ? remote_udp(st, &dst) : ns && ns->connected;
 		if (via_agent && !named)
 			dst = ns->peer;
 		if (via_agent && !ns) {
 			pthread_mutex_unlock(&st->lock);
 			int stream = agent_client_udp_open(
-			    st->s->client, proto_family(net_socket_family(dup)), NULL, &err);
+			    st->s->client, proto_family(trace_net_socket_family(dup)), NULL, &err);
 			pthread_mutex_lock(&st->lock);
-			ns = net_table_find(st, ino);
+			ns = trace_net_table_find(st, ino);
 			if (!ns && stream >= 0)
 				ns = udp_sock_new(st, dup, ino, stream, &err);
 			else if (stream >= 0)
@@ -527,7 +529,7 @@ static void real_source(struct recv_ctx *c, struct net_addr *src)
 {
 	struct net_state *st = c->st;
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, c->ino);
+	struct net_sock *ns = trace_net_table_find(st, c->ino);
 	struct net_proxy *p = ns ? proxy_find_local(ns, src) : NULL;
 	if (p)
 		*src = p->remote;
@@ -617,7 +619,8 @@ static struct tracer_result recv_attempt(struct recv_ctx *c, const struct tracer
 	} else {
 		failed = tracer_write_mem(call, call->args[1], buf, got, &err);
 		if (!failed && call->args[4])
-			failed = net_write_addr(call, &src, call->args[4], call->args[5], &err);
+			failed =
+			    trace_net_write_addr(call, &src, call->args[4], call->args[5], &err);
 	}
 	recv_ctx_free(c);
 	if (failed)
@@ -630,7 +633,7 @@ static struct tracer_result recv_resume(const struct tracer_call *call, void *ar
 	return recv_attempt(arg, call);
 }
 
-struct tracer_result net_udp_recv(struct net_state *st, const struct tracer_call *call)
+struct tracer_result trace_net_udp_recv(struct net_state *st, const struct tracer_call *call)
 {
 	if (!__atomic_load_n(&st->n_udp, __ATOMIC_RELAXED))
 		return tracer_continue();
@@ -638,17 +641,17 @@ struct tracer_result net_udp_recv(struct net_state *st, const struct tracer_call
 	int flags = (int)(call->nr == SYS_recvmsg ? call->args[2] : call->args[3]);
 	if (flags & MSG_ERRQUEUE)
 		return tracer_continue();
-	ino_t ino = net_fd_ino(call, fd);
+	ino_t ino = trace_net_fd_ino(call, fd);
 	if (!ino)
 		return tracer_continue();
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *ns = net_table_find(st, ino);
+	struct net_sock *ns = trace_net_table_find(st, ino);
 	bool ours = ns && ns->type == SOCK_DGRAM;
 	pthread_mutex_unlock(&st->lock);
 	if (!ours)
 		return tracer_continue();
 	struct hm_err err;
-	int dup = net_getfd(call, fd, &err);
+	int dup = trace_net_getfd(call, fd, &err);
 	if (dup < 0)
 		return tracer_continue();
 	struct recv_ctx *c = calloc(1, sizeof(*c));
@@ -676,7 +679,7 @@ static struct net_sock *graveyard;
 /* out of the table now, freed after the current batch of events */
 static void sock_bury(struct net_state *st, struct net_sock *ns)
 {
-	net_table_remove(st, ns);
+	trace_net_table_remove(st, ns);
 	ns->type = -SOCK_DGRAM; /* events later in the batch skip it */
 	ns->next = graveyard;
 	graveyard = ns;
@@ -688,7 +691,7 @@ static void graveyard_empty(struct net_state *st)
 		struct net_sock *ns = graveyard;
 		graveyard = ns->next;
 		ns->type = SOCK_DGRAM;
-		net_sock_free(st, ns);
+		trace_net_sock_free(st, ns);
 	}
 }
 
@@ -702,10 +705,10 @@ static void proxy_readable(struct net_state *st, struct net_proxy *p)
 				     (struct sockaddr *)&from.ss, &from.len);
 		if (n < 0)
 			return;
-		if (!net_addr_equal(&from, &ns->prog)) {
+		if (!trace_net_addr_equal(&from, &ns->prog)) {
 			char buf[80];
 			hm_debug("UDP proxy: dropped a datagram from %s",
-				 net_addr_str(&from, buf, sizeof(buf)));
+				 trace_net_addr_str(&from, buf, sizeof(buf)));
 			continue;
 		}
 		struct hm_err err;
@@ -735,10 +738,10 @@ static void stream_readable(struct net_state *st, struct net_sock *ns)
 			return;
 		}
 		struct net_addr src;
-		if (net_addr_from_proto(&m.udp_datagram.peer, &src) == 0) {
+		if (trace_net_addr_from_proto(&m.udp_datagram.peer, &src) == 0) {
 			const void *data = m.udp_datagram.data;
 			size_t len = m.udp_datagram.len;
-			if (net_addr_port(&src) == 53 && st->s->dns &&
+			if (trace_net_addr_port(&src) == 53 && st->s->dns &&
 			    hm_dns_table_add_response(st->s->dns, data, len) > 0)
 				st->dns_answers++;
 			struct net_proxy *p = proxy_get(st, ns, &src, &err);
@@ -747,7 +750,7 @@ static void stream_readable(struct net_state *st, struct net_sock *ns)
 				hm_debug("UDP to the program: %s", strerror(errno));
 			else if (!p)
 				hm_warn("UDP proxy: %s", err.msg);
-			ns->last_ms = net_now_ms();
+			ns->last_ms = trace_net_now_ms();
 		}
 		proto_msg_free(&m);
 	}
@@ -758,14 +761,14 @@ static void stream_readable(struct net_state *st, struct net_sock *ns)
  * a few fds). */
 static void collect(struct net_state *st)
 {
-	uint64_t now = net_now_ms();
+	uint64_t now = trace_net_now_ms();
 	uint64_t quiet = st->n_udp > MANY_UDP ? 100 : IDLE_CHECK_MS;
 	for (size_t i = 0; i < HM_ARRAY_SIZE(st->table); i++) {
 		for (struct net_sock *ns = st->table[i], *next; ns; ns = next) {
 			next = ns->next;
 			if (now - ns->last_ms < quiet)
 				continue;
-			if (net_sock_alive(st, ns)) {
+			if (trace_net_sock_alive(st, ns)) {
 				if (ns->type == SOCK_STREAM)
 					ns->last_ms = now;
 				continue;
@@ -775,8 +778,8 @@ static void collect(struct net_state *st)
 			if (ns->type == SOCK_DGRAM) {
 				sock_bury(st, ns);
 			} else {
-				net_table_remove(st, ns);
-				net_sock_free(st, ns);
+				trace_net_table_remove(st, ns);
+				trace_net_sock_free(st, ns);
 			}
 		}
 	}
@@ -785,7 +788,7 @@ static void collect(struct net_state *st)
 static void *udp_thread(void *arg)
 {
 	struct net_state *st = arg;
-	uint64_t last_gc = net_now_ms();
+	uint64_t last_gc = trace_net_now_ms();
 	for (;;) {
 		struct epoll_event ev[64];
 		int every =
@@ -817,7 +820,7 @@ static void *udp_thread(void *arg)
 					stream_readable(st, ns);
 			}
 		}
-		uint64_t now = net_now_ms();
+		uint64_t now = trace_net_now_ms();
 		if (now - last_gc >= (uint64_t)every) {
 			collect(st);
 			last_gc = now;
@@ -827,7 +830,7 @@ static void *udp_thread(void *arg)
 	}
 }
 
-int net_udp_init(struct net_state *st, struct hm_err *err)
+int trace_net_udp_init(struct net_state *st, struct hm_err *err)
 {
 	st->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (st->epfd < 0)
@@ -857,7 +860,7 @@ int net_udp_init(struct net_state *st, struct hm_err *err)
 	return 0;
 }
 
-void net_udp_fini(struct net_state *st)
+void trace_net_udp_fini(struct net_state *st)
 {
 	if (st->thread_started) {
 		pthread_mutex_lock(&st->lock);
