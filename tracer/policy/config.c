@@ -13,7 +13,7 @@
 
 /* ---------------------------------------------------------------- string lists */
 
-int hm_strv_push(struct hm_strv *v, const char *s, struct hm_err *err)
+int policy_strv_push(struct policy_strv *v, const char *s, struct hm_err *err)
 {
 	char **grown = realloc(v->items, (v->len + 2) * sizeof(*grown));
 	if (!grown)
@@ -28,7 +28,7 @@ int hm_strv_push(struct hm_strv *v, const char *s, struct hm_err *err)
 	return 0;
 }
 
-int hm_strv_push_split(struct hm_strv *v, const char *s, char sep, struct hm_err *err)
+int policy_strv_push_split(struct policy_strv *v, const char *s, char sep, struct hm_err *err)
 {
 	v->set = true;
 	while (*s) {
@@ -38,7 +38,7 @@ int hm_strv_push_split(struct hm_strv *v, const char *s, char sep, struct hm_err
 			hm_autofree char *piece = strndup(s, n);
 			if (!piece)
 				return hm_err_set(err, ENOMEM, "list");
-			if (hm_strv_push(v, piece, err) < 0)
+			if (policy_strv_push(v, piece, err) < 0)
 				return -1;
 		}
 		s += n;
@@ -48,25 +48,25 @@ int hm_strv_push_split(struct hm_strv *v, const char *s, char sep, struct hm_err
 	return 0;
 }
 
-void hm_strv_clear(struct hm_strv *v)
+void policy_strv_clear(struct policy_strv *v)
 {
 	for (size_t i = 0; i < v->len; i++)
 		free(v->items[i]);
 	free(v->items);
-	*v = (struct hm_strv){0};
+	*v = (struct policy_strv){0};
 }
 
-int hm_strv_copy(struct hm_strv *dst, const struct hm_strv *src, struct hm_err *err)
+int policy_strv_copy(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err)
 {
-	struct hm_strv copy = {0};
+	struct policy_strv copy = {0};
 	for (size_t i = 0; i < src->len; i++) {
-		if (hm_strv_push(&copy, src->items[i], err) < 0) {
-			hm_strv_clear(&copy);
+		if (policy_strv_push(&copy, src->items[i], err) < 0) {
+			policy_strv_clear(&copy);
 			return -1;
 		}
 	}
 	copy.set = src->set;
-	hm_strv_clear(dst);
+	policy_strv_clear(dst);
 	*dst = copy;
 	return 0;
 }
@@ -74,24 +74,24 @@ int hm_strv_copy(struct hm_strv *dst, const struct hm_strv *src, struct hm_err *
 /* ---------------------------------------------------------------- enums */
 
 static const char *const fs_mode_names[] = {
-    [HM_FS_MODE_READ] = "read",
-    [HM_FS_MODE_WRITE] = "write",
-    [HM_FS_MODE_LOCAL] = "local",
-    [HM_FS_MODE_LOCAL_WITH_OVERRIDES] = "localwithoverrides",
+    [POLICY_FS_MODE_READ] = "read",
+    [POLICY_FS_MODE_WRITE] = "write",
+    [POLICY_FS_MODE_LOCAL] = "local",
+    [POLICY_FS_MODE_LOCAL_WITH_OVERRIDES] = "localwithoverrides",
 };
 
-const char *hm_fs_mode_name(enum hm_fs_mode m)
+const char *policy_fs_mode_name(enum policy_fs_mode m)
 {
 	if ((size_t)m < HM_ARRAY_SIZE(fs_mode_names) && fs_mode_names[m])
 		return fs_mode_names[m];
 	return "unset";
 }
 
-int hm_fs_mode_parse(const char *s, enum hm_fs_mode *out)
+int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out)
 {
 	for (size_t i = 0; i < HM_ARRAY_SIZE(fs_mode_names); i++) {
 		if (fs_mode_names[i] && strcmp(s, fs_mode_names[i]) == 0) {
-			*out = (enum hm_fs_mode)i;
+			*out = (enum policy_fs_mode)i;
 			return 0;
 		}
 	}
@@ -124,26 +124,26 @@ int hm_cfg_backend_parse(const char *s, enum hm_cfg_backend *out)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-void hm_config_init(struct hm_trace_config *c)
+void policy_config_init(struct policy_config *c)
 {
 	memset(c, 0, sizeof(*c));
 }
 
-void hm_config_free(struct hm_trace_config *c)
+void policy_config_free(struct policy_config *c)
 {
 	free(c->target);
 	free(c->agent.unix_path);
 	free(c->agent.address);
 	free(c->agent.token_file);
-	hm_strv_clear(&c->feature.env.include);
-	hm_strv_clear(&c->feature.env.exclude);
-	hm_strv_clear(&c->feature.env.override);
-	hm_strv_clear(&c->feature.fs.read_only);
-	hm_strv_clear(&c->feature.fs.read_write);
-	hm_strv_clear(&c->feature.fs.local);
-	hm_strv_clear(&c->feature.fs.not_found);
-	hm_strv_clear(&c->feature.network.outgoing.filter);
-	hm_config_init(c);
+	policy_strv_clear(&c->feature.env.include);
+	policy_strv_clear(&c->feature.env.exclude);
+	policy_strv_clear(&c->feature.env.override);
+	policy_strv_clear(&c->feature.fs.read_only);
+	policy_strv_clear(&c->feature.fs.read_write);
+	policy_strv_clear(&c->feature.fs.local);
+	policy_strv_clear(&c->feature.fs.not_found);
+	policy_strv_clear(&c->feature.network.outgoing.filter);
+	policy_config_init(c);
 }
 
 static int set_string(char **dst, const char *value, struct hm_err *err)
@@ -158,7 +158,7 @@ static int set_string(char **dst, const char *value, struct hm_err *err)
 
 /* Replace or add the override for key (value's "KEY=VALUE" form is what env_filter
  * consumes directly). */
-static int override_set(struct hm_strv *ov, const char *key, size_t keylen, const char *value,
+static int override_set(struct policy_strv *ov, const char *key, size_t keylen, const char *value,
 			struct hm_err *err)
 {
 	hm_autofree char *kv = NULL;
@@ -172,10 +172,10 @@ static int override_set(struct hm_strv *ov, const char *key, size_t keylen, cons
 			return 0;
 		}
 	}
-	return hm_strv_push(ov, kv, err);
+	return policy_strv_push(ov, kv, err);
 }
 
-int hm_config_env_override(struct hm_trace_config *c, const char *key_value, struct hm_err *err)
+int policy_config_env_override(struct policy_config *c, const char *key_value, struct hm_err *err)
 {
 	const char *eq = strchr(key_value, '=');
 	if (!eq || eq == key_value)
@@ -204,7 +204,7 @@ static int check_regex(const char *key, size_t index, const char *re, struct hm_
 			  (const char *)msg, (size_t)offset);
 }
 
-static int check_regex_list(const char *key, const struct hm_strv *v, struct hm_err *err)
+static int check_regex_list(const char *key, const struct policy_strv *v, struct hm_err *err)
 {
 	for (size_t i = 0; i < v->len; i++)
 		if (check_regex(key, i, v->items[i], err) < 0)
@@ -212,20 +212,20 @@ static int check_regex_list(const char *key, const struct hm_strv *v, struct hm_
 	return 0;
 }
 
-static int check_filter_list(const char *key, const struct hm_strv *v, struct hm_err *err)
+static int check_filter_list(const char *key, const struct policy_strv *v, struct hm_err *err)
 {
 	for (size_t i = 0; i < v->len; i++) {
-		struct hm_net_spec spec;
-		if (hm_net_spec_parse(v->items[i], &spec, err) < 0)
+		struct policy_net_spec spec;
+		if (policy_net_spec_parse(v->items[i], &spec, err) < 0)
 			return hm_err_prefix(err, "%s[%zu]", key, i);
 	}
 	return 0;
 }
 
-static const char *filter_key(enum hm_net_filter_kind k)
+static const char *filter_key(enum policy_net_filter_kind k)
 {
-	return k == HM_NET_FILTER_LOCAL ? "feature.network.outgoing.filter.local"
-					: "feature.network.outgoing.filter.remote";
+	return k == POLICY_NET_FILTER_LOCAL ? "feature.network.outgoing.filter.local"
+					    : "feature.network.outgoing.filter.remote";
 }
 
 /* ---------------------------------------------------------------- the JSON walk */
@@ -292,26 +292,26 @@ static int get_string(struct walk *w, const char *path, json_object *v, char **d
 	return set_string(dst, s, w->err);
 }
 
-static int get_bool(struct walk *w, const char *path, json_object *v, enum hm_tristate *dst)
+static int get_bool(struct walk *w, const char *path, json_object *v, enum policy_tristate *dst)
 {
 	if (!json_object_is_type(v, json_type_boolean))
 		return type_error(w, path, "a boolean", v);
-	*dst = json_object_get_boolean(v) ? HM_TRI_TRUE : HM_TRI_FALSE;
+	*dst = json_object_get_boolean(v) ? POLICY_TRI_TRUE : POLICY_TRI_FALSE;
 	return 0;
 }
 
 /* A list is an array of strings or, as in mirrord, a single string. split: the
  * separator a single string may use for several entries (0: none). */
 static int get_list(struct walk *w, const char *path, json_object *v, char split,
-		    struct hm_strv *dst)
+		    struct policy_strv *dst)
 {
-	struct hm_strv list = {.set = true};
+	struct policy_strv list = {.set = true};
 	if (json_object_is_type(v, json_type_string)) {
 		const char *s = json_object_get_string(v);
 		if (!*s)
 			return fail(w, "%s: must not be empty", path);
-		int rc = split ? hm_strv_push_split(&list, s, split, w->err)
-			       : hm_strv_push(&list, s, w->err);
+		int rc = split ? policy_strv_push_split(&list, s, split, w->err)
+			       : policy_strv_push(&list, s, w->err);
 		if (rc < 0)
 			goto fail;
 	} else if (json_object_is_type(v, json_type_array)) {
@@ -328,18 +328,18 @@ static int get_list(struct walk *w, const char *path, json_object *v, char split
 				fail(w, "%s[%zu]: must not be empty", path, i);
 				goto fail;
 			}
-			if (hm_strv_push(&list, json_object_get_string(item), w->err) < 0)
+			if (policy_strv_push(&list, json_object_get_string(item), w->err) < 0)
 				goto fail;
 		}
 	} else {
 		type_error(w, path, "a string or an array of strings", v);
 		return -1;
 	}
-	hm_strv_clear(dst);
+	policy_strv_clear(dst);
 	*dst = list;
 	return 0;
 fail:
-	hm_strv_clear(&list);
+	policy_strv_clear(&list);
 	return -1;
 }
 
@@ -350,7 +350,7 @@ static int check_object(struct walk *w, const char *path, json_object *v)
 	return 0;
 }
 
-static int walk_agent(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_agent(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	if (check_object(w, "agent", obj) < 0)
 		return -1;
@@ -377,14 +377,14 @@ static int walk_agent(struct walk *w, json_object *obj, struct hm_trace_config *
 	return 0;
 }
 
-static int walk_env(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_env(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.env";
 	if (json_object_is_type(obj, json_type_boolean))
 		return get_bool(w, parent, obj, &c->feature.env.enabled);
 	if (!json_object_is_type(obj, json_type_object))
 		return type_error(w, parent, "an object or a boolean", obj);
-	c->feature.env.enabled = HM_TRI_TRUE;
+	c->feature.env.enabled = POLICY_TRI_TRUE;
 	json_object_object_foreach(obj, key, val)
 	{
 		char path[256];
@@ -443,11 +443,11 @@ static int get_size(struct walk *w, const char *path, json_object *v, uint64_t *
 	return 0;
 }
 
-static int get_fs_mode(struct walk *w, const char *path, json_object *v, enum hm_fs_mode *dst)
+static int get_fs_mode(struct walk *w, const char *path, json_object *v, enum policy_fs_mode *dst)
 {
 	if (!json_object_is_type(v, json_type_string))
 		return type_error(w, path, "a string", v);
-	if (hm_fs_mode_parse(json_object_get_string(v), dst) < 0)
+	if (policy_fs_mode_parse(json_object_get_string(v), dst) < 0)
 		return fail(w,
 			    "%s: unknown mode \"%s\" (expected read, write, local or "
 			    "localwithoverrides)",
@@ -455,7 +455,7 @@ static int get_fs_mode(struct walk *w, const char *path, json_object *v, enum hm
 	return 0;
 }
 
-static int walk_fs(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_fs(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.fs";
 	/* mirrord's shorthand: "fs": "write" */
@@ -491,7 +491,7 @@ static int walk_fs(struct walk *w, json_object *obj, struct hm_trace_config *c)
 	}
 	struct {
 		const char *key;
-		struct hm_strv *list;
+		struct policy_strv *list;
 	} lists[] = {
 	    {"feature.fs.read_only", &c->feature.fs.read_only},
 	    {"feature.fs.read_write", &c->feature.fs.read_write},
@@ -504,32 +504,32 @@ static int walk_fs(struct walk *w, json_object *obj, struct hm_trace_config *c)
 	return 0;
 }
 
-static int walk_filter(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_filter(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.network.outgoing.filter";
 	if (check_object(w, parent, obj) < 0)
 		return -1;
-	enum hm_net_filter_kind kind = HM_NET_FILTER_NONE;
+	enum policy_net_filter_kind kind = POLICY_NET_FILTER_NONE;
 	json_object *list = NULL;
 	json_object_object_foreach(obj, key, val)
 	{
-		enum hm_net_filter_kind this;
+		enum policy_net_filter_kind this;
 		if (strcmp(key, "remote") == 0)
-			this = HM_NET_FILTER_REMOTE;
+			this = POLICY_NET_FILTER_REMOTE;
 		else if (strcmp(key, "local") == 0)
-			this = HM_NET_FILTER_LOCAL;
+			this = POLICY_NET_FILTER_LOCAL;
 		else
 			return unknown_key(w, parent, key, "remote, local");
 		if (json_object_is_type(val, json_type_null))
 			continue;
-		if (kind != HM_NET_FILTER_NONE)
+		if (kind != POLICY_NET_FILTER_NONE)
 			return fail(w, "%s: set either remote or local, not both", parent);
 		kind = this;
 		list = val;
 	}
 	c->feature.network.outgoing.filter_kind = kind;
-	if (kind == HM_NET_FILTER_NONE) {
-		hm_strv_clear(&c->feature.network.outgoing.filter);
+	if (kind == POLICY_NET_FILTER_NONE) {
+		policy_strv_clear(&c->feature.network.outgoing.filter);
 		c->feature.network.outgoing.filter.set = true;
 		return 0;
 	}
@@ -540,7 +540,7 @@ static int walk_filter(struct walk *w, json_object *obj, struct hm_trace_config 
 	return 0;
 }
 
-static int walk_outgoing(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_outgoing(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.network.outgoing";
 	if (json_object_is_type(obj, json_type_boolean)) {
@@ -572,7 +572,7 @@ static int walk_outgoing(struct walk *w, json_object *obj, struct hm_trace_confi
 	return 0;
 }
 
-static int walk_network(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_network(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.network";
 	if (check_object(w, parent, obj) < 0)
@@ -596,7 +596,7 @@ static int walk_network(struct walk *w, json_object *obj, struct hm_trace_config
 	return 0;
 }
 
-static int walk_feature(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_feature(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	if (check_object(w, "feature", obj) < 0)
 		return -1;
@@ -619,7 +619,7 @@ static int walk_feature(struct walk *w, json_object *obj, struct hm_trace_config
 	return 0;
 }
 
-static int walk_root(struct walk *w, json_object *obj, struct hm_trace_config *c)
+static int walk_root(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	if (!json_object_is_type(obj, json_type_object))
 		return fail(w, "expected a JSON object at the top, got %s", json_kind(obj));
@@ -668,8 +668,8 @@ static void locate(const char *text, size_t offset, unsigned *line, unsigned *co
 	}
 }
 
-int hm_config_load_string(struct hm_trace_config *c, const char *json, const char *origin,
-			  struct hm_err *err)
+int policy_config_load_string(struct policy_config *c, const char *json, const char *origin,
+			      struct hm_err *err)
 {
 	struct walk w = {.origin = origin, .err = err};
 	json_tokener *tok = json_tokener_new();
@@ -698,7 +698,7 @@ int hm_config_load_string(struct hm_trace_config *c, const char *json, const cha
 	return rc;
 }
 
-int hm_config_load_file(struct hm_trace_config *c, const char *path, struct hm_err *err)
+int policy_config_load_file(struct policy_config *c, const char *path, struct hm_err *err)
 {
 	hm_autofree char *text = NULL;
 	size_t len;
@@ -706,18 +706,18 @@ int hm_config_load_file(struct hm_trace_config *c, const char *path, struct hm_e
 		return hm_err_prefix(err, "config");
 	if (strlen(text) != len)
 		return hm_err_set(err, 0, "%s: invalid JSON: NUL byte in the file", path);
-	return hm_config_load_string(c, text, path, err);
+	return policy_config_load_string(c, text, path, err);
 }
 
 /* ---------------------------------------------------------------- merge, finalize */
 
-static int merge_list(struct hm_strv *dst, const struct hm_strv *src, struct hm_err *err)
+static int merge_list(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err)
 {
-	return src->set ? hm_strv_copy(dst, src, err) : 0;
+	return src->set ? policy_strv_copy(dst, src, err) : 0;
 }
 
-int hm_config_merge(struct hm_trace_config *base, const struct hm_trace_config *over,
-		    struct hm_err *err)
+int policy_config_merge(struct policy_config *base, const struct policy_config *over,
+			struct hm_err *err)
 {
 	if (over->target && set_string(&base->target, over->target, err) < 0)
 		return -1;
@@ -762,8 +762,8 @@ int hm_config_merge(struct hm_trace_config *base, const struct hm_trace_config *
 	/* the kind and its list go together: a flag's remote list replaces a file's local one */
 	if (of->network.outgoing.filter_kind) {
 		bf->network.outgoing.filter_kind = of->network.outgoing.filter_kind;
-		if (hm_strv_copy(&bf->network.outgoing.filter, &of->network.outgoing.filter, err) <
-		    0)
+		if (policy_strv_copy(&bf->network.outgoing.filter, &of->network.outgoing.filter,
+				     err) < 0)
 			return -1;
 	}
 	if (of->network.dns)
@@ -771,37 +771,37 @@ int hm_config_merge(struct hm_trace_config *base, const struct hm_trace_config *
 	return 0;
 }
 
-static void default_tri(enum hm_tristate *t)
+static void default_tri(enum policy_tristate *t)
 {
-	if (*t == HM_TRI_UNSET)
-		*t = HM_TRI_TRUE;
+	if (*t == POLICY_TRI_UNSET)
+		*t = POLICY_TRI_TRUE;
 }
 
-int hm_config_finalize(struct hm_trace_config *c, struct hm_err *err)
+int policy_config_finalize(struct policy_config *c, struct hm_err *err)
 {
 	if (c->agent.unix_path && c->agent.address)
 		return hm_err_set(err, 0, "agent: set either unix or address, not both");
 	if (c->backend == HM_CFG_BACKEND_UNSET)
 		c->backend = HM_CFG_BACKEND_AUTO;
 	default_tri(&c->feature.env.enabled);
-	if (c->feature.fs.mode == HM_FS_MODE_UNSET)
-		c->feature.fs.mode = HM_FS_MODE_READ;
+	if (c->feature.fs.mode == POLICY_FS_MODE_UNSET)
+		c->feature.fs.mode = POLICY_FS_MODE_READ;
 	if (!c->feature.fs.max_file_size)
-		c->feature.fs.max_file_size = HM_FS_MAX_FILE_DEFAULT;
+		c->feature.fs.max_file_size = POLICY_FS_MAX_FILE_DEFAULT;
 	default_tri(&c->feature.network.outgoing.tcp);
 	default_tri(&c->feature.network.outgoing.udp);
 	default_tri(&c->feature.network.dns);
-	if (c->feature.network.outgoing.filter_kind == HM_NET_FILTER_UNSET)
-		c->feature.network.outgoing.filter_kind = HM_NET_FILTER_NONE;
+	if (c->feature.network.outgoing.filter_kind == POLICY_NET_FILTER_UNSET)
+		c->feature.network.outgoing.filter_kind = POLICY_NET_FILTER_NONE;
 
 	if (check_regex_list("feature.fs.read_only", &c->feature.fs.read_only, err) < 0 ||
 	    check_regex_list("feature.fs.read_write", &c->feature.fs.read_write, err) < 0 ||
 	    check_regex_list("feature.fs.local", &c->feature.fs.local, err) < 0 ||
 	    check_regex_list("feature.fs.not_found", &c->feature.fs.not_found, err) < 0)
 		return -1;
-	enum hm_net_filter_kind kind = c->feature.network.outgoing.filter_kind;
-	if (kind == HM_NET_FILTER_NONE)
-		hm_strv_clear(&c->feature.network.outgoing.filter);
+	enum policy_net_filter_kind kind = c->feature.network.outgoing.filter_kind;
+	if (kind == POLICY_NET_FILTER_NONE)
+		policy_strv_clear(&c->feature.network.outgoing.filter);
 	else if (check_filter_list(filter_key(kind), &c->feature.network.outgoing.filter, err) < 0)
 		return -1;
 	return 0;

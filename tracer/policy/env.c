@@ -76,7 +76,7 @@ static const char *const never_import[] = {
     "GTK_MODULES",
 };
 
-bool hm_env_never_imported(const char *name)
+bool policy_env_never_imported(const char *name)
 {
 	for (size_t i = 0; i < HM_ARRAY_SIZE(never_import); i++)
 		if (fnmatch(never_import[i], name, 0) == 0)
@@ -84,24 +84,24 @@ bool hm_env_never_imported(const char *name)
 	return false;
 }
 
-bool hm_env_local_by_default(const char *name)
+bool policy_env_local_by_default(const char *name)
 {
 	for (size_t i = 0; i < HM_ARRAY_SIZE(local_by_default); i++)
 		if (strcmp(local_by_default[i], name) == 0)
 			return true;
-	return hm_env_never_imported(name);
+	return policy_env_never_imported(name);
 }
 
-void hm_env_opts_from_config(const struct hm_trace_config *c, struct hm_env_opts *o)
+void policy_env_opts_from_config(const struct policy_config *c, struct policy_env_opts *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->import_remote = c->feature.env.enabled != HM_TRI_FALSE;
+	o->import_remote = c->feature.env.enabled != POLICY_TRI_FALSE;
 	o->include = &c->feature.env.include;
 	o->exclude = &c->feature.env.exclude;
 	o->override = &c->feature.env.override;
 }
 
-static bool any_glob(const struct hm_strv *globs, const char *name)
+static bool any_glob(const struct policy_strv *globs, const char *name)
 {
 	for (size_t i = 0; globs && i < globs->len; i++)
 		if (fnmatch(globs->items[i], name, 0) == 0)
@@ -109,7 +109,7 @@ static bool any_glob(const struct hm_strv *globs, const char *name)
 	return false;
 }
 
-static bool any_exact(const struct hm_strv *names, const char *name)
+static bool any_exact(const struct policy_strv *names, const char *name)
 {
 	for (size_t i = 0; names && i < names->len; i++)
 		if (strcmp(names->items[i], name) == 0)
@@ -117,10 +117,10 @@ static bool any_exact(const struct hm_strv *names, const char *name)
 	return false;
 }
 
-static bool import_wanted(const struct hm_env_opts *o, const char *name)
+static bool import_wanted(const struct policy_env_opts *o, const char *name)
 {
 	bool include_all = !o->include || o->include->len == 0;
-	if (hm_env_local_by_default(name) && !any_exact(o->include, name))
+	if (policy_env_local_by_default(name) && !any_exact(o->include, name))
 		return false;
 	if (!include_all && !any_glob(o->include, name))
 		return false;
@@ -186,7 +186,7 @@ static int env_set(struct env_vec *e, const char *kv, bool replace, struct hm_er
 	return 0;
 }
 
-void hm_env_free(char **env)
+void policy_env_free(char **env)
 {
 	if (!env)
 		return;
@@ -195,8 +195,8 @@ void hm_env_free(char **env)
 	free(env);
 }
 
-int hm_env_build(const struct hm_env_opts *o, char *const remote[], char *const local[],
-		 char ***out, struct hm_err *err)
+int policy_env_build(const struct policy_env_opts *o, char *const remote[], char *const local[],
+		     char ***out, struct hm_err *err)
 {
 	struct env_vec e = {0};
 	for (size_t i = 0; local && local[i]; i++) {

@@ -50,8 +50,8 @@ struct fs_rules {
 	bool any_jit;
 };
 
-struct hm_fs_policy {
-	enum hm_fs_mode mode;
+struct policy_fs {
+	enum policy_fs_mode mode;
 	struct fs_rules not_found, read_write, read_only, local; /* the user's lists */
 	struct fs_rules default_not_found, default_remote, default_local;
 };
@@ -199,7 +199,7 @@ static int rules_add_path(struct fs_rules *r, const char *path, const char *suff
 	if (!path || path[0] != '/')
 		return 0;
 	char joined[PATH_MAX];
-	if (hm_fs_path_normalize(path, suffix ? suffix : ".", joined, sizeof(joined)) < 0)
+	if (policy_fs_path_normalize(path, suffix ? suffix : ".", joined, sizeof(joined)) < 0)
 		return hm_err_set(err, ENAMETOOLONG, "file policy: %s", path);
 	if (strcmp(joined, "/") == 0 && subtree)
 		return 0;
@@ -214,7 +214,7 @@ static int rules_add_path(struct fs_rules *r, const char *path, const char *suff
 	return 0;
 }
 
-static int add_user_list(struct fs_rules *r, const char *key, const struct hm_strv *list,
+static int add_user_list(struct fs_rules *r, const char *key, const struct policy_strv *list,
 			 struct hm_err *err)
 {
 	for (size_t i = 0; list && i < list->len; i++) {
@@ -237,7 +237,7 @@ static int add_defaults(struct fs_rules *r, const struct default_regex *d, size_
 	return 0;
 }
 
-void hm_fs_policy_free(struct hm_fs_policy *p)
+void policy_fs_free(struct policy_fs *p)
 {
 	if (!p)
 		return;
@@ -251,13 +251,12 @@ void hm_fs_policy_free(struct hm_fs_policy *p)
 	free(p);
 }
 
-int hm_fs_policy_new(const struct hm_fs_policy_opts *o, struct hm_fs_policy **out,
-		     struct hm_err *err)
+int policy_fs_new(const struct policy_fs_opts *o, struct policy_fs **out, struct hm_err *err)
 {
-	struct hm_fs_policy *p = calloc(1, sizeof(*p));
+	struct policy_fs *p = calloc(1, sizeof(*p));
 	if (!p)
 		return hm_err_set(err, ENOMEM, "file policy");
-	p->mode = o->mode ? o->mode : HM_FS_MODE_READ;
+	p->mode = o->mode ? o->mode : POLICY_FS_MODE_READ;
 	if (add_user_list(&p->not_found, "feature.fs.not_found", o->not_found, err) < 0 ||
 	    add_user_list(&p->read_write, "feature.fs.read_write", o->read_write, err) < 0 ||
 	    add_user_list(&p->read_only, "feature.fs.read_only", o->read_only, err) < 0 ||
@@ -296,11 +295,11 @@ int hm_fs_policy_new(const struct hm_fs_policy_opts *o, struct hm_fs_policy **ou
 	*out = p;
 	return 0;
 fail:
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 	return -1;
 }
 
-void hm_fs_policy_opts_from_config(const struct hm_trace_config *c, struct hm_fs_policy_opts *o)
+void policy_fs_opts_from_config(const struct policy_config *c, struct policy_fs_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->mode = c->feature.fs.mode;
@@ -308,7 +307,7 @@ void hm_fs_policy_opts_from_config(const struct hm_trace_config *c, struct hm_fs
 	o->read_write = &c->feature.fs.read_write;
 	o->local = &c->feature.fs.local;
 	o->not_found = &c->feature.fs.not_found;
-	o->dns_remote = c->feature.network.dns != HM_TRI_FALSE;
+	o->dns_remote = c->feature.network.dns != POLICY_TRI_FALSE;
 }
 
 /* ---------------------------------------------------------------- decisions */
@@ -347,80 +346,80 @@ static const struct fs_rule *first_match(const struct fs_rules *r, const char *p
 	return NULL;
 }
 
-const char *hm_fs_verdict_name(enum hm_fs_verdict v)
+const char *policy_fs_verdict_name(enum policy_fs_verdict v)
 {
 	switch (v) {
-	case HM_FS_LOCAL:
+	case POLICY_FS_LOCAL:
 		return "local";
-	case HM_FS_REMOTE:
+	case POLICY_FS_REMOTE:
 		return "remote";
-	case HM_FS_REMOTE_WRITE:
+	case POLICY_FS_REMOTE_WRITE:
 		return "remote-write";
-	case HM_FS_NOT_FOUND:
+	case POLICY_FS_NOT_FOUND:
 		return "not-found";
 	}
 	return "?";
 }
 
-enum hm_fs_verdict hm_fs_policy_decide(const struct hm_fs_policy *p, const char *path,
-				       enum hm_fs_access access, const char **why)
+enum policy_fs_verdict policy_fs_decide(const struct policy_fs *p, const char *path,
+					enum policy_fs_access access, const char **why)
 {
 	const char *unused;
 	if (!why)
 		why = &unused;
-	if (p->mode == HM_FS_MODE_LOCAL) {
+	if (p->mode == POLICY_FS_MODE_LOCAL) {
 		*why = "feature.fs.mode local";
-		return HM_FS_LOCAL;
+		return POLICY_FS_LOCAL;
 	}
 	if (!path || path[0] != '/') {
 		*why = "relative path";
-		return HM_FS_LOCAL;
+		return POLICY_FS_LOCAL;
 	}
 	char norm[PATH_MAX];
-	int n = hm_fs_path_normalize("/", path, norm, sizeof(norm));
+	int n = policy_fs_path_normalize("/", path, norm, sizeof(norm));
 	if (n < 0) {
 		/* the kernel will refuse it with ENAMETOOLONG itself */
 		*why = "path too long";
-		return HM_FS_LOCAL;
+		return POLICY_FS_LOCAL;
 	}
 	size_t len = (size_t)n;
-	bool write = access == HM_FS_ACCESS_WRITE;
+	bool write = access == POLICY_FS_ACCESS_WRITE;
 	/* per call so that concurrent handler threads never share one */
 	pcre2_match_data *md = pcre2_match_data_create(1, NULL);
 	if (!md) {
 		*why = "out of memory";
-		return HM_FS_LOCAL;
+		return POLICY_FS_LOCAL;
 	}
-	enum hm_fs_verdict v;
+	enum policy_fs_verdict v;
 	const struct fs_rule *rule;
 	if ((rule = first_match(&p->not_found, norm, len, md))) {
-		v = HM_FS_NOT_FOUND;
+		v = POLICY_FS_NOT_FOUND;
 	} else if ((rule = first_match(&p->read_write, norm, len, md))) {
-		v = write ? HM_FS_REMOTE_WRITE : HM_FS_REMOTE;
+		v = write ? POLICY_FS_REMOTE_WRITE : POLICY_FS_REMOTE;
 	} else if ((rule = first_match(&p->read_only, norm, len, md))) {
-		v = write ? HM_FS_LOCAL : HM_FS_REMOTE;
+		v = write ? POLICY_FS_LOCAL : POLICY_FS_REMOTE;
 	} else if ((rule = first_match(&p->default_not_found, norm, len, md))) {
-		v = HM_FS_NOT_FOUND;
+		v = POLICY_FS_NOT_FOUND;
 	} else if ((rule = first_match(&p->local, norm, len, md))) {
-		v = HM_FS_LOCAL;
+		v = POLICY_FS_LOCAL;
 	} else if (!write && (rule = first_match(&p->default_remote, norm, len, md))) {
-		v = HM_FS_REMOTE;
+		v = POLICY_FS_REMOTE;
 	} else if ((rule = first_match(&p->default_local, norm, len, md))) {
-		v = HM_FS_LOCAL;
+		v = POLICY_FS_LOCAL;
 	} else {
 		switch (p->mode) {
-		case HM_FS_MODE_WRITE:
+		case POLICY_FS_MODE_WRITE:
 			*why = "feature.fs.mode write";
-			v = write ? HM_FS_REMOTE_WRITE : HM_FS_REMOTE;
+			v = write ? POLICY_FS_REMOTE_WRITE : POLICY_FS_REMOTE;
 			break;
-		case HM_FS_MODE_LOCAL_WITH_OVERRIDES:
+		case POLICY_FS_MODE_LOCAL_WITH_OVERRIDES:
 			*why = "feature.fs.mode localwithoverrides";
-			v = HM_FS_LOCAL;
+			v = POLICY_FS_LOCAL;
 			break;
 		default:
 			*why = write ? "feature.fs.mode read: writes stay local"
 				     : "feature.fs.mode read";
-			v = write ? HM_FS_LOCAL : HM_FS_REMOTE;
+			v = write ? POLICY_FS_LOCAL : POLICY_FS_REMOTE;
 			break;
 		}
 	}
@@ -460,7 +459,7 @@ static int append_components(const char *s, char *out, size_t size, size_t *len)
 	return 0;
 }
 
-int hm_fs_path_normalize(const char *base, const char *path, char *out, size_t size)
+int policy_fs_path_normalize(const char *base, const char *path, char *out, size_t size)
 {
 	if (!path || !*path)
 		return -EINVAL;

@@ -1,7 +1,7 @@
 /* Which outgoing connections and datagrams leave from the pod: mirrord's
  * outgoing.filter, decided per destination address. A name in a filter matches the
  * addresses the program got for that name in DNS answers, which the tracer records in
- * a hm_dns_table as they pass (the program resolves through the pod, so its answers
+ * a policy_dns_table as they pass (the program resolves through the pod, so its answers
  * are the pod's). docs/config.md describes the spec syntax and the order of checks. */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -51,7 +51,7 @@ static int name_canonical(const char *in, size_t len, char *out, size_t size)
 {
 	if (len > 0 && in[len - 1] == '.')
 		len--;
-	if (len == 0 || len >= HM_DNS_NAME_MAX || len >= size)
+	if (len == 0 || len >= POLICY_DNS_NAME_MAX || len >= size)
 		return -1;
 	size_t label = 0;
 	for (size_t i = 0; i < len; i++) {
@@ -117,10 +117,10 @@ static bool looks_numeric(const char *s, size_t len)
 	return true;
 }
 
-int hm_net_spec_parse(const char *s, struct hm_net_spec *out, struct hm_err *err)
+int policy_net_spec_parse(const char *s, struct policy_net_spec *out, struct hm_err *err)
 {
 	memset(out, 0, sizeof(*out));
-	out->protocols = HM_NET_TCP | HM_NET_UDP;
+	out->protocols = POLICY_NET_TCP | POLICY_NET_UDP;
 	if (!*s)
 		return hm_err_set(err, 0, "empty filter");
 
@@ -129,9 +129,9 @@ int hm_net_spec_parse(const char *s, struct hm_net_spec *out, struct hm_err *err
 	if (scheme_end) {
 		size_t n = (size_t)(scheme_end - p);
 		if (n == 3 && strncasecmp(p, "tcp", 3) == 0)
-			out->protocols = HM_NET_TCP;
+			out->protocols = POLICY_NET_TCP;
 		else if (n == 3 && strncasecmp(p, "udp", 3) == 0)
-			out->protocols = HM_NET_UDP;
+			out->protocols = POLICY_NET_UDP;
 		else if (!(n == 3 && strncasecmp(p, "any", 3) == 0))
 			return hm_err_set(err, 0,
 					  "\"%s\": unknown protocol \"%.*s\" (expected tcp, udp "
@@ -183,7 +183,7 @@ int hm_net_spec_parse(const char *s, struct hm_net_spec *out, struct hm_err *err
 	if (addr_len == 0) {
 		if (has_prefix || bracketed)
 			return hm_err_set(err, 0, "\"%s\": a subnet needs an address", s);
-		out->kind = HM_NET_SPEC_ANY;
+		out->kind = POLICY_NET_SPEC_ANY;
 		return 0;
 	}
 	char text[INET6_ADDRSTRLEN + 8];
@@ -211,14 +211,14 @@ int hm_net_spec_parse(const char *s, struct hm_net_spec *out, struct hm_err *err
 				   (out->v4 && memcmp(out->addr + 12, zero, 4) == 0);
 		if (unspecified && !has_prefix) {
 			/* as in mirrord, 0.0.0.0 and [::] stand for any address */
-			out->kind = HM_NET_SPEC_ANY;
+			out->kind = POLICY_NET_SPEC_ANY;
 			memset(out->addr, 0, 16);
 			out->prefix = 0;
 			out->v4 = false;
 			return 0;
 		}
 		mask_bits(out->addr, out->prefix);
-		out->kind = HM_NET_SPEC_CIDR;
+		out->kind = POLICY_NET_SPEC_CIDR;
 		return 0;
 	}
 not_ip:
@@ -230,7 +230,7 @@ not_ip:
 		return hm_err_set(err, 0, "\"%s\": a subnet needs an IP address, not a name", s);
 	if (name_canonical(addr, addr_len, out->name, sizeof(out->name)) < 0)
 		return hm_err_set(err, 0, "\"%s\": bad host name", s);
-	out->kind = HM_NET_SPEC_NAME;
+	out->kind = POLICY_NET_SPEC_NAME;
 	return 0;
 }
 
@@ -239,19 +239,19 @@ not_ip:
 struct dns_entry {
 	uint64_t seq; /* 0: free */
 	uint8_t addr[16];
-	char name[HM_DNS_NAME_MAX];
+	char name[POLICY_DNS_NAME_MAX];
 };
 
-struct hm_dns_table {
+struct policy_dns_table {
 	pthread_mutex_t lock;
 	struct dns_entry *v;
 	size_t cap;
 	uint64_t seq; /* of the last add: entries with the lowest are evicted first */
 };
 
-int hm_dns_table_new(size_t capacity, struct hm_dns_table **out, struct hm_err *err)
+int policy_dns_table_new(size_t capacity, struct policy_dns_table **out, struct hm_err *err)
 {
-	struct hm_dns_table *t = calloc(1, sizeof(*t));
+	struct policy_dns_table *t = calloc(1, sizeof(*t));
 	if (!t)
 		return hm_err_set(err, ENOMEM, "name table");
 	t->cap = capacity ? capacity : 1024;
@@ -265,7 +265,7 @@ int hm_dns_table_new(size_t capacity, struct hm_dns_table **out, struct hm_err *
 	return 0;
 }
 
-void hm_dns_table_free(struct hm_dns_table *t)
+void policy_dns_table_free(struct policy_dns_table *t)
 {
 	if (!t)
 		return;
@@ -285,7 +285,7 @@ static int addr_from_family(int family, const void *addr, uint8_t out[16])
 	return 0;
 }
 
-static void table_put(struct hm_dns_table *t, const char *name, const uint8_t addr[16])
+static void table_put(struct policy_dns_table *t, const char *name, const uint8_t addr[16])
 {
 	pthread_mutex_lock(&t->lock);
 	struct dns_entry *slot = NULL, *oldest = &t->v[0];
@@ -307,10 +307,10 @@ static void table_put(struct hm_dns_table *t, const char *name, const uint8_t ad
 	pthread_mutex_unlock(&t->lock);
 }
 
-int hm_dns_table_add(struct hm_dns_table *t, const char *name, int family, const void *addr)
+int policy_dns_table_add(struct policy_dns_table *t, const char *name, int family, const void *addr)
 {
 	uint8_t a[16];
-	char canon[HM_DNS_NAME_MAX];
+	char canon[POLICY_DNS_NAME_MAX];
 	if (addr_from_family(family, addr, a) < 0)
 		return -EAFNOSUPPORT;
 	if (name_canonical(name, strlen(name), canon, sizeof(canon)) < 0)
@@ -319,8 +319,8 @@ int hm_dns_table_add(struct hm_dns_table *t, const char *name, int family, const
 	return 0;
 }
 
-int hm_dns_table_lookup(struct hm_dns_table *t, int family, const void *addr, char *name,
-			size_t size)
+int policy_dns_table_lookup(struct policy_dns_table *t, int family, const void *addr, char *name,
+			    size_t size)
 {
 	uint8_t a[16];
 	if (addr_from_family(family, addr, a) < 0)
@@ -339,7 +339,7 @@ int hm_dns_table_lookup(struct hm_dns_table *t, int family, const void *addr, ch
 	return rc;
 }
 
-size_t hm_dns_table_count(struct hm_dns_table *t)
+size_t policy_dns_table_count(struct policy_dns_table *t)
 {
 	size_t n = 0;
 	pthread_mutex_lock(&t->lock);
@@ -349,7 +349,7 @@ size_t hm_dns_table_count(struct hm_dns_table *t)
 	return n;
 }
 
-static bool table_has_match(struct hm_dns_table *t, const uint8_t addr[16], const char *spec)
+static bool table_has_match(struct policy_dns_table *t, const uint8_t addr[16], const char *spec)
 {
 	bool found = false;
 	pthread_mutex_lock(&t->lock);
@@ -419,7 +419,7 @@ static int dns_read_name(const uint8_t *msg, size_t len, size_t *off, char *out,
 	return (int)outlen;
 }
 
-int hm_dns_table_add_response(struct hm_dns_table *t, const void *data, size_t len)
+int policy_dns_table_add_response(struct policy_dns_table *t, const void *data, size_t len)
 {
 	const uint8_t *msg = data;
 	if (len < DNS_HEADER_LEN || !(msg[2] & 0x80))
@@ -460,7 +460,7 @@ int hm_dns_table_add_response(struct hm_dns_table *t, const void *data, size_t l
 	}
 	int recorded = 0;
 	for (size_t i = 0; i < n; i++) {
-		char canon[HM_DNS_NAME_MAX];
+		char canon[POLICY_DNS_NAME_MAX];
 		bool any = false;
 		if (name_canonical(qname, strlen(qname), canon, sizeof(canon)) >= 0) {
 			table_put(t, canon, found[i].addr);
@@ -479,42 +479,43 @@ int hm_dns_table_add_response(struct hm_dns_table *t, const void *data, size_t l
 /* ---------------------------------------------------------------- the policy */
 
 struct net_rule {
-	struct hm_net_spec spec;
+	struct policy_net_spec spec;
 	char why[64];
 };
 
-struct hm_net_policy {
+struct policy_net {
 	bool tcp, udp, dns;
-	enum hm_net_filter_kind kind;
+	enum policy_net_filter_kind kind;
 	struct net_rule *rules;
 	size_t n;
-	struct hm_dns_table *names;
+	struct policy_dns_table *names;
 };
 
-void hm_net_policy_opts_from_config(const struct hm_trace_config *c, struct hm_net_policy_opts *o)
+void policy_net_opts_from_config(const struct policy_config *c, struct policy_net_opts *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->tcp = c->feature.network.outgoing.tcp != HM_TRI_FALSE;
-	o->udp = c->feature.network.outgoing.udp != HM_TRI_FALSE;
-	o->dns = c->feature.network.dns != HM_TRI_FALSE;
+	o->tcp = c->feature.network.outgoing.tcp != POLICY_TRI_FALSE;
+	o->udp = c->feature.network.outgoing.udp != POLICY_TRI_FALSE;
+	o->dns = c->feature.network.dns != POLICY_TRI_FALSE;
 	o->filter_kind = c->feature.network.outgoing.filter_kind;
 	o->filter = &c->feature.network.outgoing.filter;
 }
 
-int hm_net_policy_new(const struct hm_net_policy_opts *o, struct hm_net_policy **out,
-		      struct hm_err *err)
+int policy_net_new(const struct policy_net_opts *o, struct policy_net **out, struct hm_err *err)
 {
-	struct hm_net_policy *p = calloc(1, sizeof(*p));
+	struct policy_net *p = calloc(1, sizeof(*p));
 	if (!p)
 		return hm_err_set(err, ENOMEM, "outgoing filter");
 	p->tcp = o->tcp;
 	p->udp = o->udp;
 	p->dns = o->dns;
-	p->kind = o->filter_kind == HM_NET_FILTER_UNSET ? HM_NET_FILTER_NONE : o->filter_kind;
+	p->kind =
+	    o->filter_kind == POLICY_NET_FILTER_UNSET ? POLICY_NET_FILTER_NONE : o->filter_kind;
 	p->names = o->names;
-	const char *key = p->kind == HM_NET_FILTER_LOCAL ? "feature.network.outgoing.filter.local"
-							 : "feature.network.outgoing.filter.remote";
-	size_t n = p->kind != HM_NET_FILTER_NONE && o->filter ? o->filter->len : 0;
+	const char *key = p->kind == POLICY_NET_FILTER_LOCAL
+			      ? "feature.network.outgoing.filter.local"
+			      : "feature.network.outgoing.filter.remote";
+	size_t n = p->kind != POLICY_NET_FILTER_NONE && o->filter ? o->filter->len : 0;
 	if (n) {
 		p->rules = calloc(n, sizeof(*p->rules));
 		if (!p->rules) {
@@ -523,8 +524,8 @@ int hm_net_policy_new(const struct hm_net_policy_opts *o, struct hm_net_policy *
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (hm_net_spec_parse(o->filter->items[i], &p->rules[i].spec, err) < 0) {
-			hm_net_policy_free(p);
+		if (policy_net_spec_parse(o->filter->items[i], &p->rules[i].spec, err) < 0) {
+			policy_net_free(p);
 			return hm_err_prefix(err, "%s[%zu]", key, i);
 		}
 		snprintf(p->rules[i].why, sizeof(p->rules[i].why), "%s[%zu]", key, i);
@@ -534,7 +535,7 @@ int hm_net_policy_new(const struct hm_net_policy_opts *o, struct hm_net_policy *
 	return 0;
 }
 
-void hm_net_policy_free(struct hm_net_policy *p)
+void policy_net_free(struct policy_net *p)
 {
 	if (!p)
 		return;
@@ -542,25 +543,26 @@ void hm_net_policy_free(struct hm_net_policy *p)
 	free(p);
 }
 
-static bool spec_matches(const struct hm_net_policy *p, const struct hm_net_spec *s,
-			 enum hm_net_proto proto, const uint8_t addr[16], bool v4, uint16_t port)
+static bool spec_matches(const struct policy_net *p, const struct policy_net_spec *s,
+			 enum policy_net_proto proto, const uint8_t addr[16], bool v4,
+			 uint16_t port)
 {
 	if (!(s->protocols & proto))
 		return false;
 	if (s->port && s->port != port)
 		return false;
 	switch (s->kind) {
-	case HM_NET_SPEC_ANY:
+	case POLICY_NET_SPEC_ANY:
 		return true;
-	case HM_NET_SPEC_CIDR:
+	case POLICY_NET_SPEC_CIDR:
 		return s->v4 == v4 && prefix_equal(addr, s->addr, s->prefix);
-	case HM_NET_SPEC_NAME:
+	case POLICY_NET_SPEC_NAME:
 		return p->names && table_has_match(p->names, addr, s->name);
 	}
 	return false;
 }
 
-static const struct net_rule *first_rule(const struct hm_net_policy *p, enum hm_net_proto proto,
+static const struct net_rule *first_rule(const struct policy_net *p, enum policy_net_proto proto,
 					 const uint8_t addr[16], bool v4, uint16_t port,
 					 bool only_port_53)
 {
@@ -574,13 +576,14 @@ static const struct net_rule *first_rule(const struct hm_net_policy *p, enum hm_
 	return NULL;
 }
 
-const char *hm_net_verdict_name(enum hm_net_verdict v)
+const char *policy_net_verdict_name(enum policy_net_verdict v)
 {
-	return v == HM_NET_REMOTE ? "remote" : "local";
+	return v == POLICY_NET_REMOTE ? "remote" : "local";
 }
 
-enum hm_net_verdict hm_net_policy_decide(const struct hm_net_policy *p, enum hm_net_proto proto,
-					 const struct sockaddr *sa, socklen_t len, const char **why)
+enum policy_net_verdict policy_net_decide(const struct policy_net *p, enum policy_net_proto proto,
+					  const struct sockaddr *sa, socklen_t len,
+					  const char **why)
 {
 	const char *unused;
 	if (!why)
@@ -598,19 +601,19 @@ enum hm_net_verdict hm_net_policy_decide(const struct hm_net_policy *p, enum hm_
 		port = ntohs(in6->sin6_port);
 	} else {
 		*why = "not an IP destination";
-		return HM_NET_LOCAL;
+		return POLICY_NET_LOCAL;
 	}
 	bool v4 = is_v4_mapped(addr);
 	static const uint8_t zero[16];
 	static const uint8_t v6_loopback[16] = {[15] = 1};
 	if ((v4 && addr[12] == 127) || memcmp(addr, v6_loopback, 16) == 0) {
 		*why = "loopback";
-		return HM_NET_LOCAL;
+		return POLICY_NET_LOCAL;
 	}
 	/* connecting to 0.0.0.0 or :: reaches this host */
 	if (memcmp(addr, zero, 16) == 0 || (v4 && memcmp(addr + 12, zero, 4) == 0)) {
 		*why = "unspecified address";
-		return HM_NET_LOCAL;
+		return POLICY_NET_LOCAL;
 	}
 
 	/* DNS follows feature.network.dns rather than the tcp/udp switches and the filter:
@@ -619,43 +622,43 @@ enum hm_net_verdict hm_net_policy_decide(const struct hm_net_policy *p, enum hm_
 	if (port == DNS_PORT) {
 		if (!p->dns) {
 			*why = "feature.network.dns false";
-			return HM_NET_LOCAL;
+			return POLICY_NET_LOCAL;
 		}
 		const struct net_rule *r;
-		if (p->kind == HM_NET_FILTER_LOCAL &&
+		if (p->kind == POLICY_NET_FILTER_LOCAL &&
 		    (r = first_rule(p, proto, addr, v4, port, true))) {
 			*why = r->why;
-			return HM_NET_LOCAL;
+			return POLICY_NET_LOCAL;
 		}
 		*why = "feature.network.dns";
-		return HM_NET_REMOTE;
+		return POLICY_NET_REMOTE;
 	}
-	if (proto == HM_NET_TCP && !p->tcp) {
+	if (proto == POLICY_NET_TCP && !p->tcp) {
 		*why = "feature.network.outgoing.tcp false";
-		return HM_NET_LOCAL;
+		return POLICY_NET_LOCAL;
 	}
-	if (proto == HM_NET_UDP && !p->udp) {
+	if (proto == POLICY_NET_UDP && !p->udp) {
 		*why = "feature.network.outgoing.udp false";
-		return HM_NET_LOCAL;
+		return POLICY_NET_LOCAL;
 	}
 	const struct net_rule *r;
 	switch (p->kind) {
-	case HM_NET_FILTER_REMOTE:
+	case POLICY_NET_FILTER_REMOTE:
 		if ((r = first_rule(p, proto, addr, v4, port, false))) {
 			*why = r->why;
-			return HM_NET_REMOTE;
+			return POLICY_NET_REMOTE;
 		}
 		*why = "not in feature.network.outgoing.filter.remote";
-		return HM_NET_LOCAL;
-	case HM_NET_FILTER_LOCAL:
+		return POLICY_NET_LOCAL;
+	case POLICY_NET_FILTER_LOCAL:
 		if ((r = first_rule(p, proto, addr, v4, port, false))) {
 			*why = r->why;
-			return HM_NET_LOCAL;
+			return POLICY_NET_LOCAL;
 		}
 		*why = "not in feature.network.outgoing.filter.local";
-		return HM_NET_REMOTE;
+		return POLICY_NET_REMOTE;
 	default:
 		*why = "no outgoing filter";
-		return HM_NET_REMOTE;
+		return POLICY_NET_REMOTE;
 	}
 }

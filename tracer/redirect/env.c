@@ -13,8 +13,8 @@ static bool kept_local(const char *kv)
 
 int trace_env_build(struct trace_session *s, char *const local[], char ***out, struct hm_err *err)
 {
-	struct hm_env_opts opts;
-	hm_env_opts_from_config(&s->cfg, &opts);
+	struct policy_env_opts opts;
+	policy_env_opts_from_config(&s->cfg, &opts);
 	hm_autofree char **remote = NULL;
 	size_t remote_count = 0;
 	if (opts.import_remote) {
@@ -32,5 +32,5 @@ int trace_env_build(struct trace_session *s, char *const local[], char ***out, s
 	for (size_t i = 0; i < n; i++)
 		if (kept_local(local[i]))
 			filtered[kept++] = local[i];
-	return hm_env_build(&opts, remote, filtered, out, err);
+	return policy_env_build(&opts, remote, filtered, out, err);
 }

@@ -15,8 +15,8 @@
 /* ---------------------------------------------------------------- routing */
 
 enum files_route trace_files_route_path(struct files *f, const struct tracer_call *call, int dirfd,
-					uint64_t addr, enum hm_fs_access access, bool empty_is_fd,
-					const char *op, struct files_target *t)
+					uint64_t addr, enum policy_fs_access access,
+					bool empty_is_fd, const char *op, struct files_target *t)
 {
 	t->mapped = t->relative = t->trailing_slash = false;
 	t->error = 0;
@@ -64,15 +64,15 @@ enum files_route trace_files_route_path(struct files *f, const struct tracer_cal
 
 decide:;
 	const char *why = NULL;
-	enum hm_fs_verdict v = hm_fs_policy_decide(f->fs, t->path, access, &why);
-	if (t->mapped && v == HM_FS_LOCAL) {
+	enum policy_fs_verdict v = policy_fs_decide(f->fs, t->path, access, &why);
+	if (t->mapped && v == POLICY_FS_LOCAL) {
 		/* the program got here by looking at the target: the local mirror holds only
 		 * placeholders, so a local answer would be a wrong one */
-		if (access != HM_FS_ACCESS_WRITE) {
-			v = HM_FS_REMOTE;
+		if (access != POLICY_FS_ACCESS_WRITE) {
+			v = POLICY_FS_REMOTE;
 			why = "reached through a remote directory";
 		} else if (f->writes) {
-			v = HM_FS_REMOTE_WRITE;
+			v = POLICY_FS_REMOTE_WRITE;
 			why = "reached through a remote directory";
 		} else {
 			hm_debug("%s %s: EROFS (a remote directory, fs mode read)", op, t->path);
@@ -81,12 +81,12 @@ decide:;
 		}
 	}
 	t->verdict = v;
-	if (v != HM_FS_LOCAL)
-		hm_debug("%s %s: %s (%s)", op, t->path, hm_fs_verdict_name(v), why ? why : "");
+	if (v != POLICY_FS_LOCAL)
+		hm_debug("%s %s: %s (%s)", op, t->path, policy_fs_verdict_name(v), why ? why : "");
 	switch (v) {
-	case HM_FS_LOCAL:
+	case POLICY_FS_LOCAL:
 		return ROUTE_LOCAL;
-	case HM_FS_NOT_FOUND:
+	case POLICY_FS_NOT_FOUND:
 		t->error = ENOENT;
 		return ROUTE_FAIL;
 	default:
@@ -578,11 +578,12 @@ int trace_files_register(struct trace_session *s, struct hm_err *err)
 		f->cache[i].memfd = -1;
 	for (unsigned i = 0; i < FILES_SHARED_SLOTS; i++)
 		f->shared[i].memfd = -1;
-	const struct hm_trace_config *c = &s->cfg;
+	const struct policy_config *c = &s->cfg;
 	f->max_file_size =
-	    c->feature.fs.max_file_size ? c->feature.fs.max_file_size : HM_FS_MAX_FILE_DEFAULT;
-	f->writes = c->feature.fs.mode == HM_FS_MODE_WRITE ||
-		    (c->feature.fs.mode != HM_FS_MODE_LOCAL && c->feature.fs.read_write.len > 0);
+	    c->feature.fs.max_file_size ? c->feature.fs.max_file_size : POLICY_FS_MAX_FILE_DEFAULT;
+	f->writes =
+	    c->feature.fs.mode == POLICY_FS_MODE_WRITE ||
+	    (c->feature.fs.mode != POLICY_FS_MODE_LOCAL && c->feature.fs.read_write.len > 0);
 	s->files = f;
 	if (trace_files_register_open(f, err) < 0 || trace_files_register_stat(f, err) < 0 ||
 	    trace_files_register_dir(f, err) < 0 ||

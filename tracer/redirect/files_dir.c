@@ -552,8 +552,8 @@ static struct tracer_result handle_chdir(const struct tracer_call *call, void *d
 {
 	struct files *f = data;
 	struct files_target t;
-	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_READ, false,
-				       "chdir", &t)) {
+	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], POLICY_FS_ACCESS_READ,
+				       false, "chdir", &t)) {
 	case ROUTE_REMOTE:
 		break;
 	case ROUTE_FAIL:

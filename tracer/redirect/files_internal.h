@@ -96,7 +96,7 @@ struct files_cache_entry {
 struct files {
 	struct trace_session *s;
 	struct agent_client *client;
-	const struct hm_fs_policy *fs;
+	const struct policy_fs *fs;
 	bool writes;	       /* remote writes possible: fs mode write, or a read_write list */
 	char base[PATH_MAX];   /* private temp dir, "" until first needed */
 	char mirror[PATH_MAX]; /* base/root: the target's "/" */
@@ -135,7 +135,7 @@ enum files_route {
 
 struct files_target {
 	char path[PATH_MAX]; /* ROUTE_REMOTE: absolute, normalized, in the target */
-	enum hm_fs_verdict verdict;
+	enum policy_fs_verdict verdict;
 	bool mapped;	     /* reached through the mirror or a remote working directory */
 	bool relative;	     /* the program gave a relative path */
 	bool trailing_slash; /* "dir/": must be a directory */
@@ -147,8 +147,8 @@ struct files_target {
  * path (or a NULL one) is ROUTE_FD when empty_is_fd, else LOCAL; so is anything the
  * kernel should judge (unreadable pointer, bad dirfd). op names the call in logs. */
 enum files_route trace_files_route_path(struct files *f, const struct tracer_call *call, int dirfd,
-					uint64_t addr, enum hm_fs_access access, bool empty_is_fd,
-					const char *op, struct files_target *t);
+					uint64_t addr, enum policy_fs_access access,
+					bool empty_is_fd, const char *op, struct files_target *t);
 
 /* The node an fd of the program refers to (fd AT_FDCWD: its working directory), or NULL
  * when it is not one of ours; *lst (may be NULL) gets the local inode's stat. */

@@ -234,8 +234,8 @@ static struct tracer_result open_remote(struct files *f, const struct tracer_cal
 		       (flags & O_TMPFILE) == O_TMPFILE;
 	struct files_target t;
 	switch (trace_files_route_path(f, call, dirfd, path_addr,
-				       writing ? HM_FS_ACCESS_WRITE : HM_FS_ACCESS_READ, false,
-				       "open", &t)) {
+				       writing ? POLICY_FS_ACCESS_WRITE : POLICY_FS_ACCESS_READ,
+				       false, "open", &t)) {
 	case ROUTE_REMOTE:
 		break;
 	case ROUTE_FAIL:

@@ -87,7 +87,7 @@ static struct tracer_result stat_at(struct files *f, const struct tracer_call *c
 				    uint64_t buf, const char *op)
 {
 	struct files_target t;
-	switch (trace_files_route_path(f, call, dirfd, path, HM_FS_ACCESS_STAT,
+	switch (trace_files_route_path(f, call, dirfd, path, POLICY_FS_ACCESS_STAT,
 				       (at_flags & AT_EMPTY_PATH) != 0, op, &t)) {
 	case ROUTE_REMOTE:
 		break;
@@ -147,7 +147,7 @@ static struct tracer_result access_at(struct files *f, const struct tracer_call 
 		return tracer_continue(); /* EINVAL from the kernel */
 	struct files_target t;
 	const char *remote = NULL;
-	switch (trace_files_route_path(f, call, dirfd, path, HM_FS_ACCESS_STAT,
+	switch (trace_files_route_path(f, call, dirfd, path, POLICY_FS_ACCESS_STAT,
 				       (at_flags & AT_EMPTY_PATH) != 0, "access", &t)) {
 	case ROUTE_REMOTE:
 		remote = t.path;
@@ -199,8 +199,8 @@ static struct tracer_result readlink_at(struct files *f, const struct tracer_cal
 	if ((int64_t)size <= 0)
 		return tracer_continue(); /* EINVAL from the kernel */
 	struct files_target t;
-	switch (trace_files_route_path(f, call, dirfd, path, HM_FS_ACCESS_READ, false, "readlink",
-				       &t)) {
+	switch (trace_files_route_path(f, call, dirfd, path, POLICY_FS_ACCESS_READ, false,
+				       "readlink", &t)) {
 	case ROUTE_REMOTE:
 		break;
 	case ROUTE_FAIL:
@@ -252,8 +252,8 @@ static struct tracer_result handle_statfs(const struct tracer_call *call, void *
 {
 	struct files *f = data;
 	struct files_target t;
-	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_STAT, false,
-				       "statfs", &t)) {
+	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], POLICY_FS_ACCESS_STAT,
+				       false, "statfs", &t)) {
 	case ROUTE_REMOTE:
 		return put_statfs(f, call, t.path, call->args[1]);
 	case ROUTE_FAIL:
@@ -281,8 +281,8 @@ static struct tracer_result xattr_remote(const struct tracer_call *call, void *d
 {
 	struct files *f = data;
 	struct files_target t;
-	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], HM_FS_ACCESS_STAT, false,
-				       listing ? "listxattr" : "getxattr", &t)) {
+	switch (trace_files_route_path(f, call, AT_FDCWD, call->args[0], POLICY_FS_ACCESS_STAT,
+				       false, listing ? "listxattr" : "getxattr", &t)) {
 	case ROUTE_REMOTE:
 		return listing ? tracer_return(0) : tracer_error(ENODATA);
 	case ROUTE_FAIL:

@@ -186,7 +186,7 @@ static struct tracer_result handle_fsync(const struct tracer_call *call, void *d
 static enum files_route route_write(struct files *f, const struct tracer_call *call, int dirfd,
 				    uint64_t addr, const char *op, struct files_target *t)
 {
-	return trace_files_route_path(f, call, dirfd, addr, HM_FS_ACCESS_WRITE, false, op, t);
+	return trace_files_route_path(f, call, dirfd, addr, POLICY_FS_ACCESS_WRITE, false, op, t);
 }
 
 static struct tracer_result mkdir_at(struct files *f, const struct tracer_call *call, int dirfd,

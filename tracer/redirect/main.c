@@ -98,7 +98,7 @@ static int set_string(char **dst, const char *value)
 }
 
 struct cli {
-	struct hm_trace_config flags; /* what the flags say; overrides the file */
+	struct policy_config flags; /* what the flags say; overrides the file */
 	const char *config_file;
 	int verbose;
 };
@@ -133,7 +133,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
-	struct hm_trace_config *c = &cli->flags;
+	struct policy_config *c = &cli->flags;
 	struct hm_err err = {0};
 	int opt;
 	opterr = 0;
@@ -168,7 +168,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 				    "--backend '%s': expected seccomp, ptrace or auto", optarg);
 			break;
 		case OPT_FS_MODE:
-			if (hm_fs_mode_parse(optarg, &c->feature.fs.mode) < 0)
+			if (policy_fs_mode_parse(optarg, &c->feature.fs.mode) < 0)
 				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
 						   "--fs-mode '%s': expected read, write, local or "
 						   "localwithoverrides",
@@ -185,19 +185,19 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 			break;
 		case OPT_ENV_INCLUDE:
 		case OPT_ENV_EXCLUDE: {
-			struct hm_strv *v = opt == OPT_ENV_INCLUDE ? &c->feature.env.include
-								   : &c->feature.env.exclude;
+			struct policy_strv *v = opt == OPT_ENV_INCLUDE ? &c->feature.env.include
+								       : &c->feature.env.exclude;
 			if (!optarg[0])
 				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s: empty glob",
 						   argv[optind - 1]);
-			rc = hm_strv_push(v, optarg, &err);
+			rc = policy_strv_push(v, optarg, &err);
 			break;
 		}
 		case 'e':
 			if (!strchr(optarg, '=') || optarg[0] == '=')
 				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
 						   "--env '%s': expected KEY=VALUE", optarg);
-			rc = hm_config_env_override(c, optarg, &err);
+			rc = policy_config_env_override(c, optarg, &err);
 			break;
 		case 'v':
 			cli->verbose++;
@@ -225,13 +225,14 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 }
 
 /* The config file, then the flags over it; finalized. */
-static int build_config(const struct cli *cli, struct hm_trace_config *out)
+static int build_config(const struct cli *cli, struct policy_config *out)
 {
 	struct hm_err err = {0};
-	hm_config_init(out);
-	if (cli->config_file && hm_config_load_file(out, cli->config_file, &err) < 0)
+	policy_config_init(out);
+	if (cli->config_file && policy_config_load_file(out, cli->config_file, &err) < 0)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
-	if (hm_config_merge(out, &cli->flags, &err) < 0 || hm_config_finalize(out, &err) < 0)
+	if (policy_config_merge(out, &cli->flags, &err) < 0 ||
+	    policy_config_finalize(out, &err) < 0)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	if (!out->target || !out->target[0])
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
@@ -243,28 +244,28 @@ static int build_config(const struct cli *cli, struct hm_trace_config *out)
 static int run(int argc, char **argv)
 {
 	struct cli cli = {0};
-	hm_config_init(&cli.flags);
+	policy_config_init(&cli.flags);
 	int rc = parse_args(argc, argv, &cli);
 	if (rc != 0) {
-		hm_config_free(&cli.flags);
+		policy_config_free(&cli.flags);
 		return rc < 0 ? 0 : rc;
 	}
 	if (cli.verbose)
 		hm_log_init(PROG, cli.verbose > 1 ? HM_LOG_DEBUG : HM_LOG_INFO);
 	char **program = argv + optind;
 
-	struct hm_trace_config cfg;
+	struct policy_config cfg;
 	rc = build_config(&cli, &cfg);
-	hm_config_free(&cli.flags);
+	policy_config_free(&cli.flags);
 	if (rc) {
-		hm_config_free(&cfg);
+		policy_config_free(&cfg);
 		return rc;
 	}
 
 	struct hm_err err = {0};
 	struct tracer *t = NULL;
 	if (tracer_new(backend_of(cfg.backend), &t, &err) < 0) {
-		hm_config_free(&cfg);
+		policy_config_free(&cfg);
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	}
 
@@ -296,7 +297,7 @@ static int run(int argc, char **argv)
 	trace_net_release(&s);
 	trace_files_release(&s);
 	trace_session_release(&s);
-	hm_env_free(env);
+	policy_env_free(env);
 	tracer_free(t);
 	if (rc < 0)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
@@ -317,7 +318,7 @@ fail:
 	trace_net_release(&s);
 	trace_files_release(&s);
 	trace_session_release(&s);
-	hm_env_free(env);
+	policy_env_free(env);
 	tracer_free(t);
 	return exit_code;
 }

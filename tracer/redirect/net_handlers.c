@@ -104,13 +104,13 @@ struct tracer_result trace_net_job_defer(struct net_job *job)
 
 /* ---- first looks ---- */
 
-static bool remote(struct net_state *st, enum hm_net_proto proto, const struct net_addr *dst,
+static bool remote(struct net_state *st, enum policy_net_proto proto, const struct net_addr *dst,
 		   const char **why)
 {
 	if (!st->s->net)
 		return false;
-	return hm_net_policy_decide(st->s->net, proto, (const struct sockaddr *)&dst->ss, dst->len,
-				    why) == HM_NET_REMOTE;
+	return policy_net_decide(st->s->net, proto, (const struct sockaddr *)&dst->ss, dst->len,
+				 why) == POLICY_NET_REMOTE;
 }
 
 static size_t count_of(const size_t *n)
@@ -162,8 +162,8 @@ static struct tracer_result handle_connect(const struct tracer_call *call, void 
 		return tracer_continue();
 	}
 	const char *why_tcp = NULL, *why_udp = NULL;
-	bool tcp = remote(st, HM_NET_TCP, &dst, &why_tcp);
-	bool udp = remote(st, HM_NET_UDP, &dst, &why_udp);
+	bool tcp = remote(st, POLICY_NET_TCP, &dst, &why_tcp);
+	bool udp = remote(st, POLICY_NET_UDP, &dst, &why_udp);
 	if (!tcp && !udp) {
 		udp_unconnect(st, call, fd);
 		return tracer_continue();
@@ -246,7 +246,7 @@ static struct tracer_result handle_sendto(const struct tracer_call *call, void *
 	struct net_addr dst;
 	if (trace_net_read_addr(call, call->args[4], call->args[5], &dst) < 0 ||
 	    (dst.ss.ss_family != AF_INET && dst.ss.ss_family != AF_INET6) ||
-	    !remote(st, HM_NET_UDP, &dst, NULL))
+	    !remote(st, POLICY_NET_UDP, &dst, NULL))
 		return tracer_continue();
 	return trace_net_udp_sendto(st, call, (int)call->args[0], call->args[1], call->args[2],
 				    &dst);
@@ -271,10 +271,10 @@ static struct tracer_result handle_recv(const struct tracer_call *call, void *da
 
 int trace_net_register(struct trace_session *s, struct hm_err *err)
 {
-	const struct hm_trace_config *c = &s->cfg;
-	bool tcp = c->feature.network.outgoing.tcp != HM_TRI_FALSE;
-	bool udp = c->feature.network.outgoing.udp != HM_TRI_FALSE ||
-		   c->feature.network.dns != HM_TRI_FALSE;
+	const struct policy_config *c = &s->cfg;
+	bool tcp = c->feature.network.outgoing.tcp != POLICY_TRI_FALSE;
+	bool udp = c->feature.network.outgoing.udp != POLICY_TRI_FALSE ||
+		   c->feature.network.dns != POLICY_TRI_FALSE;
 	if (!tcp && !udp)
 		return 0;
 	struct net_state *st = calloc(1, sizeof(*st));

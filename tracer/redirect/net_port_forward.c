@@ -490,8 +490,7 @@ static void accept_all(struct pf *pf, const struct forward *f)
 
 /* ---- main ---- */
 
-static int parse_args(int argc, char **argv, struct hm_trace_config *cfg, struct pf *pf,
-		      int *verbose)
+static int parse_args(int argc, char **argv, struct policy_config *cfg, struct pf *pf, int *verbose)
 {
 	static const struct option longopts[] = {
 	    {"target", required_argument, NULL, 't'},
@@ -602,12 +601,12 @@ int trace_port_forward_main(int argc, char **argv)
 	struct pf *pf = calloc(1, sizeof(*pf));
 	if (!pf)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "out of memory");
-	struct hm_trace_config cfg;
-	hm_config_init(&cfg);
+	struct policy_config cfg;
+	policy_config_init(&cfg);
 	int verbose = 0;
 	int rc = parse_args(argc, argv, &cfg, pf, &verbose);
 	if (rc) {
-		hm_config_free(&cfg);
+		policy_config_free(&cfg);
 		free(pf);
 		return rc < 0 ? 0 : rc;
 	}
@@ -636,7 +635,7 @@ int trace_port_forward_main(int argc, char **argv)
 			goto out;
 		}
 	}
-	if (hm_config_finalize(&cfg, &err) < 0) {
+	if (policy_config_finalize(&cfg, &err) < 0) {
 		rc = hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 		goto out;
 	}
@@ -677,7 +676,7 @@ out:
 			agent_relay_destroy(pf->relay);
 		trace_session_release(&pf->s);
 	}
-	hm_config_free(&cfg);
+	policy_config_free(&cfg);
 	if (sigfd >= 0)
 		close(sigfd);
 	free(pf);

@@ -395,8 +395,8 @@ static int gather(const struct tracer_call *call, const struct msghdr *m, void *
 static bool remote_udp(struct net_state *st, const struct net_addr *dst)
 {
 	return st->s->net && (dst->ss.ss_family == AF_INET || dst->ss.ss_family == AF_INET6) &&
-	       hm_net_policy_decide(st->s->net, HM_NET_UDP, (const struct sockaddr *)&dst->ss,
-				    dst->len, NULL) == HM_NET_REMOTE;
+	       policy_net_decide(st->s->net, POLICY_NET_UDP, (const struct sockaddr *)&dst->ss,
+				 dst->len, NULL) == POLICY_NET_REMOTE;
 }
 
 struct tracer_result trace_net_udp_sendmsg(struct net_state *st, const struct tracer_call *call)
@@ -742,7 +742,7 @@ static void stream_readable(struct net_state *st, struct net_sock *ns)
 			const void *data = m.udp_datagram.data;
 			size_t len = m.udp_datagram.len;
 			if (trace_net_addr_port(&src) == 53 && st->s->dns &&
-			    hm_dns_table_add_response(st->s->dns, data, len) > 0)
+			    policy_dns_table_add_response(st->s->dns, data, len) > 0)
 				st->dns_answers++;
 			struct net_proxy *p = proxy_get(st, ns, &src, &err);
 			if (p && sendto(p->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL,

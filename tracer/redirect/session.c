@@ -14,12 +14,12 @@ static void copy_env(char *dst, size_t size, const char *value)
 	snprintf(dst, size, "%s", value && value[0] == '/' ? value : "");
 }
 
-int trace_session_init(struct trace_session *s, struct hm_trace_config *cfg, const char *token_env,
+int trace_session_init(struct trace_session *s, struct policy_config *cfg, const char *token_env,
 		       struct hm_err *err)
 {
 	memset(s, 0, sizeof(*s));
 	s->cfg = *cfg;
-	hm_config_init(cfg); /* moved: the lists now belong to s->cfg */
+	policy_config_init(cfg); /* moved: the lists now belong to s->cfg */
 	if (token_env && token_env[0]) {
 		/* the file wins when named explicitly, by a flag or the config */
 		if (strlen(token_env) > PROTO_AUTH_TOKEN_MAX)
@@ -221,22 +221,22 @@ int trace_session_policies(struct trace_session *s, const char *program, const c
 		else
 			tracer_path_normalize(s->program);
 	}
-	if (s->cfg.feature.fs.mode != HM_FS_MODE_LOCAL) {
-		struct hm_fs_policy_opts fo;
-		hm_fs_policy_opts_from_config(&s->cfg, &fo);
+	if (s->cfg.feature.fs.mode != POLICY_FS_MODE_LOCAL) {
+		struct policy_fs_opts fo;
+		policy_fs_opts_from_config(&s->cfg, &fo);
 		fo.program = s->program[0] ? s->program : NULL;
 		fo.cwd = s->cwd;
 		fo.home = s->home[0] ? s->home : NULL;
 		fo.tmpdir = s->tmpdir[0] ? s->tmpdir : NULL;
-		if (hm_fs_policy_new(&fo, &s->fs, err) < 0)
+		if (policy_fs_new(&fo, &s->fs, err) < 0)
 			return -1;
 	}
-	if (hm_dns_table_new(4096, &s->dns, err) < 0)
+	if (policy_dns_table_new(4096, &s->dns, err) < 0)
 		return -1;
-	struct hm_net_policy_opts no;
-	hm_net_policy_opts_from_config(&s->cfg, &no);
+	struct policy_net_opts no;
+	policy_net_opts_from_config(&s->cfg, &no);
 	no.names = s->dns;
-	if (hm_net_policy_new(&no, &s->net, err) < 0)
+	if (policy_net_new(&no, &s->net, err) < 0)
 		return -1;
 	return 0;
 }
@@ -247,12 +247,12 @@ void trace_session_release(struct trace_session *s)
 		agent_client_close(s->client);
 		s->client = NULL;
 	}
-	hm_fs_policy_free(s->fs);
+	policy_fs_free(s->fs);
 	s->fs = NULL;
-	hm_net_policy_free(s->net);
+	policy_net_free(s->net);
 	s->net = NULL;
-	hm_dns_table_free(s->dns);
+	policy_dns_table_free(s->dns);
 	s->dns = NULL;
-	hm_config_free(&s->cfg);
+	policy_config_free(&s->cfg);
 	explicit_bzero(s->token, sizeof(s->token));
 }

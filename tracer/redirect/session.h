@@ -19,14 +19,14 @@
 #define TRACE_EXIT_TARGET 123	  /* no such target, not running, or not the caller's */
 
 struct trace_session {
-	struct hm_trace_config cfg;	/* merged and finalized */
+	struct policy_config cfg;	/* merged and finalized */
 	struct agent_client *client;	/* connected, session opened on cfg.target */
 	struct agent_endpoint endpoint; /* where the agent is (streams dial it again) */
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
 	struct agent_session_info info; /* what the agent resolved the target to */
-	struct hm_fs_policy *fs;	/* NULL when fs mode is local */
-	struct hm_net_policy *net;
-	struct hm_dns_table *dns; /* names the program resolved through the pod */
+	struct policy_fs *fs;		/* NULL when fs mode is local */
+	struct policy_net *net;
+	struct policy_dns_table *dns; /* names the program resolved through the pod */
 	struct tracer *tracer;
 	void *files; /* private state of the file handlers (files_*.c) */
 	void *netio; /* private state of the network handlers (net_*.c) */
@@ -42,7 +42,7 @@ struct trace_session {
 /* session.c */
 /* Take cfg (finalized; moved into s, cfg is left empty) and fill what trace-run's
  * environment says (cwd, home...). token_env: $HERMIT_TOKEN or NULL. */
-int trace_session_init(struct trace_session *s, struct hm_trace_config *cfg, const char *token_env,
+int trace_session_init(struct trace_session *s, struct policy_config *cfg, const char *token_env,
 		       struct hm_err *err);
 /* Connect to the agent, authenticate and open the session on cfg.target. On failure
  * *exit_code says which: TRACE_EXIT_AGENT_DOWN, _AUTH, _TARGET or TRACER_EXIT_FAILURE. */
@@ -64,7 +64,7 @@ void trace_session_release(struct trace_session *s);
 
 /* env.c: the program's environment: the target's (from the agent) filtered and merged
  * over local (trace-run's own, minus hermit's secrets) as cfg.feature.env says. Free
- * with hm_env_free. */
+ * with policy_env_free. */
 int trace_env_build(struct trace_session *s, char *const local[], char ***out, struct hm_err *err);
 
 /* files_*.c: open/openat/openat2/creat, stat family, statx, access family, readlink,
