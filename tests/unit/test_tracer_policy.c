@@ -52,7 +52,7 @@ static void test_config_example_loads(void **state)
 	assert_string_equal(c.agent.unix_path, "/run/hermit/agent.sock");
 	assert_null(c.agent.address);
 	assert_string_equal(c.agent.token_file, "/run/hermit/agent.token");
-	assert_int_equal(c.backend, HM_CFG_BACKEND_SECCOMP);
+	assert_int_equal(c.backend, TRACER_BACKEND_SECCOMP);
 	assert_int_equal(c.feature.env.enabled, POLICY_TRI_TRUE);
 	assert_int_equal(c.feature.env.include.len, 3);
 	assert_string_equal(c.feature.env.include.items[0], "APP_*");
@@ -98,14 +98,14 @@ static void test_config_defaults(void **state)
 	struct policy_config c;
 	struct hm_err err = {0};
 	assert_int_equal(load(&c, "{}", &err), 0);
-	assert_int_equal(c.backend, HM_CFG_BACKEND_UNSET);
+	assert_false(c.backend_set);
 	assert_int_equal(c.feature.fs.mode, POLICY_FS_MODE_UNSET);
 	assert_int_equal(policy_config_finalize(&c, &err), 0);
 	assert_null(c.target);
 	assert_null(c.agent.unix_path);
 	assert_null(c.agent.address);
 	assert_null(c.agent.token_file);
-	assert_int_equal(c.backend, HM_CFG_BACKEND_AUTO);
+	assert_int_equal(c.backend, TRACER_BACKEND_AUTO);
 	assert_int_equal(c.feature.env.enabled, POLICY_TRI_TRUE);
 	assert_int_equal(c.feature.env.include.len, 0);
 	assert_int_equal(c.feature.fs.mode, POLICY_FS_MODE_READ);
@@ -293,7 +293,8 @@ static void test_config_merge(void **state)
 	policy_config_init(&flags);
 	flags.target = strdup("pod/api");
 	flags.agent.unix_path = strdup("/tmp/agent.sock");
-	flags.backend = HM_CFG_BACKEND_SECCOMP;
+	flags.backend = TRACER_BACKEND_SECCOMP;
+	flags.backend_set = true;
 	flags.feature.fs.mode = POLICY_FS_MODE_READ;
 	assert_int_equal(policy_strv_push(&flags.feature.fs.local, "^/flag", &err), 0);
 	assert_int_equal(policy_strv_push_split(&flags.feature.env.include, "B;C", ';', &err), 0);
@@ -312,7 +313,7 @@ static void test_config_merge(void **state)
 	assert_string_equal(file.agent.unix_path, "/tmp/agent.sock");
 	assert_null(file.agent.address);
 	assert_string_equal(file.agent.token_file, "/t"); /* not given by a flag: kept */
-	assert_int_equal(file.backend, HM_CFG_BACKEND_SECCOMP);
+	assert_int_equal(file.backend, TRACER_BACKEND_SECCOMP);
 	assert_int_equal(file.feature.fs.mode, POLICY_FS_MODE_READ);
 	assert_int_equal(file.feature.fs.local.len, 1); /* lists are replaced */
 	assert_string_equal(file.feature.fs.local.items[0], "^/flag");
@@ -375,15 +376,15 @@ static void test_config_enum_names(void **state)
 {
 	(void)state;
 	enum policy_fs_mode m;
-	enum hm_cfg_backend b;
+	enum tracer_backend b;
 	assert_int_equal(policy_fs_mode_parse("localwithoverrides", &m), 0);
 	assert_int_equal(m, POLICY_FS_MODE_LOCAL_WITH_OVERRIDES);
 	assert_string_equal(policy_fs_mode_name(POLICY_FS_MODE_WRITE), "write");
 	assert_true(policy_fs_mode_parse("Read", &m) < 0);
-	assert_int_equal(hm_cfg_backend_parse("ptrace", &b), 0);
-	assert_int_equal(b, HM_CFG_BACKEND_PTRACE);
-	assert_string_equal(hm_cfg_backend_name(HM_CFG_BACKEND_AUTO), "auto");
-	assert_true(hm_cfg_backend_parse("", &b) < 0);
+	assert_int_equal(tracer_backend_parse("ptrace", &b), 0);
+	assert_int_equal(b, TRACER_BACKEND_PTRACE);
+	assert_string_equal(tracer_backend_name(TRACER_BACKEND_AUTO), "auto");
+	assert_true(tracer_backend_parse("", &b) < 0);
 }
 
 /* ================================================================ files */

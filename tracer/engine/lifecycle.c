@@ -149,29 +149,28 @@ void tracer_signals_handle(struct tracer *t)
 		tracer_reap(t);
 }
 
+static const char *const backend_names[] = {
+    [TRACER_BACKEND_AUTO] = "auto",
+    [TRACER_BACKEND_SECCOMP] = "seccomp",
+    [TRACER_BACKEND_PTRACE] = "ptrace",
+};
+
 const char *tracer_backend_name(enum tracer_backend backend)
 {
-	switch (backend) {
-	case TRACER_BACKEND_SECCOMP:
-		return "seccomp";
-	case TRACER_BACKEND_PTRACE:
-		return "ptrace";
-	default:
-		return "auto";
-	}
+	if ((size_t)backend < HM_ARRAY_SIZE(backend_names))
+		return backend_names[backend];
+	return "auto";
 }
 
 int tracer_backend_parse(const char *name, enum tracer_backend *out)
 {
-	if (!strcmp(name, "seccomp"))
-		*out = TRACER_BACKEND_SECCOMP;
-	else if (!strcmp(name, "ptrace"))
-		*out = TRACER_BACKEND_PTRACE;
-	else if (!strcmp(name, "auto"))
-		*out = TRACER_BACKEND_AUTO;
-	else
-		return -1;
-	return 0;
+	for (size_t i = 0; i < HM_ARRAY_SIZE(backend_names); i++) {
+		if (!strcmp(name, backend_names[i])) {
+			*out = (enum tracer_backend)i;
+			return 0;
+		}
+	}
+	return -1;
 }
 
 int tracer_exit_code(const struct tracer_exit *e)

@@ -23,10 +23,14 @@
 
 #include "util/util.h"
 
-/* Exit codes of trace-run itself, as shells and container runtimes use them. */
-#define TRACER_EXIT_FAILURE 125	 /* trace-run could not set up */
-#define TRACER_EXIT_NOEXEC 126	 /* PROGRAM exists but cannot be executed */
-#define TRACER_EXIT_NOTFOUND 127 /* PROGRAM not found */
+/* Exit codes of trace-run itself, one family: each says what to fix. 124 is left to
+ * timeout(1); 125-127 as shells and container runtimes use them. */
+#define TRACER_EXIT_AGENT_DOWN 121 /* no agent at the address (no socket, refused, timeout) */
+#define TRACER_EXIT_AUTH 122	   /* no usable token, or the agent rejected it */
+#define TRACER_EXIT_TARGET 123	   /* no such target, not running, or not the caller's */
+#define TRACER_EXIT_FAILURE 125	   /* trace-run could not set up */
+#define TRACER_EXIT_NOEXEC 126	   /* PROGRAM exists but cannot be executed */
+#define TRACER_EXIT_NOTFOUND 127   /* PROGRAM not found */
 
 enum tracer_backend {
 	TRACER_BACKEND_AUTO = 0, /* seccomp when the kernel can, ptrace otherwise */
@@ -34,7 +38,8 @@ enum tracer_backend {
 	TRACER_BACKEND_PTRACE,
 };
 
-/* "auto", "seccomp", "ptrace" */
+/* "auto", "seccomp", "ptrace" (trace-run's --backend and the config's "backend");
+ * parse returns < 0 on another name */
 const char *tracer_backend_name(enum tracer_backend backend);
 int tracer_backend_parse(const char *name, enum tracer_backend *out);
 

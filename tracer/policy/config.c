@@ -98,30 +98,6 @@ int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out)
 	return -1;
 }
 
-static const char *const backend_names[] = {
-    [HM_CFG_BACKEND_AUTO] = "auto",
-    [HM_CFG_BACKEND_SECCOMP] = "seccomp",
-    [HM_CFG_BACKEND_PTRACE] = "ptrace",
-};
-
-const char *hm_cfg_backend_name(enum hm_cfg_backend b)
-{
-	if ((size_t)b < HM_ARRAY_SIZE(backend_names) && backend_names[b])
-		return backend_names[b];
-	return "unset";
-}
-
-int hm_cfg_backend_parse(const char *s, enum hm_cfg_backend *out)
-{
-	for (size_t i = 0; i < HM_ARRAY_SIZE(backend_names); i++) {
-		if (backend_names[i] && strcmp(s, backend_names[i]) == 0) {
-			*out = (enum hm_cfg_backend)i;
-			return 0;
-		}
-	}
-	return -1;
-}
-
 /* ---------------------------------------------------------------- lifecycle */
 
 void policy_config_init(struct policy_config *c)
@@ -635,12 +611,13 @@ static int walk_root(struct walk *w, json_object *obj, struct policy_config *c)
 		} else if (strcmp(key, "backend") == 0) {
 			if (!json_object_is_type(val, json_type_string))
 				return type_error(w, "backend", "a string", val);
-			if (hm_cfg_backend_parse(json_object_get_string(val), &c->backend) < 0)
+			if (tracer_backend_parse(json_object_get_string(val), &c->backend) < 0)
 				return fail(
 				    w,
 				    "backend: unknown backend \"%s\" (expected seccomp, ptrace "
 				    "or auto)",
 				    json_object_get_string(val));
+			c->backend_set = true;
 			rc = 0;
 		} else if (strcmp(key, "feature") == 0) {
 			rc = walk_feature(w, val, c);
@@ -730,8 +707,10 @@ int policy_config_merge(struct policy_config *base, const struct policy_config *
 	if (over->agent.token_file &&
 	    set_string(&base->agent.token_file, over->agent.token_file, err) < 0)
 		return -1;
-	if (over->backend)
+	if (over->backend_set) {
 		base->backend = over->backend;
+		base->backend_set = true;
+	}
 
 	typeof(over->feature) *of = &over->feature; /* const, as over is */
 	typeof(base->feature) *bf = &base->feature;
@@ -781,8 +760,6 @@ int policy_config_finalize(struct policy_config *c, struct hm_err *err)
 {
 	if (c->agent.unix_path && c->agent.address)
 		return hm_err_set(err, 0, "agent: set either unix or address, not both");
-	if (c->backend == HM_CFG_BACKEND_UNSET)
-		c->backend = HM_CFG_BACKEND_AUTO;
 	default_tri(&c->feature.env.enabled);
 	if (c->feature.fs.mode == POLICY_FS_MODE_UNSET)
 		c->feature.fs.mode = POLICY_FS_MODE_READ;

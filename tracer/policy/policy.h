@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "tracer/engine/tracer.h"
 #include "util/util.h"
 
 /* ---------------------------------------------------------------- string lists */
@@ -38,13 +39,6 @@ void policy_strv_clear(struct policy_strv *v); /* frees the items, leaves an uns
 /* ---------------------------------------------------------------- config */
 
 enum policy_tristate { POLICY_TRI_UNSET = 0, POLICY_TRI_FALSE, POLICY_TRI_TRUE };
-
-enum hm_cfg_backend {
-	HM_CFG_BACKEND_UNSET = 0,
-	HM_CFG_BACKEND_AUTO, /* the default: seccomp when the kernel can, else ptrace */
-	HM_CFG_BACKEND_SECCOMP,
-	HM_CFG_BACKEND_PTRACE,
-};
 
 enum policy_fs_mode {
 	POLICY_FS_MODE_UNSET = 0,
@@ -70,7 +64,8 @@ struct policy_config {
 		char *address;	 /* "host:port" */
 		char *token_file;
 	} agent;
-	enum hm_cfg_backend backend;
+	enum tracer_backend backend; /* tracer/engine: AUTO by default */
+	bool backend_set;	     /* given by the file or a flag */
 	struct {
 		struct {
 			enum policy_tristate enabled; /* "env": false turns the import off */
@@ -120,8 +115,6 @@ int policy_config_env_override(struct policy_config *c, const char *key_value, s
 /* Names as they appear in the file; parse returns < 0 on an unknown name. */
 const char *policy_fs_mode_name(enum policy_fs_mode m);
 int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out);
-const char *hm_cfg_backend_name(enum hm_cfg_backend b);
-int hm_cfg_backend_parse(const char *s, enum hm_cfg_backend *out);
 
 /* ---------------------------------------------------------------- files */
 

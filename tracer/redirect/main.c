@@ -78,18 +78,6 @@ static int exit_like(const struct tracer_exit *e)
 	return 128 + sig; /* a signal whose default action is not to terminate */
 }
 
-static enum tracer_backend backend_of(enum hm_cfg_backend b)
-{
-	switch (b) {
-	case HM_CFG_BACKEND_SECCOMP:
-		return TRACER_BACKEND_SECCOMP;
-	case HM_CFG_BACKEND_PTRACE:
-		return TRACER_BACKEND_PTRACE;
-	default:
-		return TRACER_BACKEND_AUTO;
-	}
-}
-
 static int set_string(char **dst, const char *value)
 {
 	free(*dst);
@@ -162,10 +150,11 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 			cli->config_file = optarg;
 			break;
 		case OPT_BACKEND:
-			if (hm_cfg_backend_parse(optarg, &c->backend) < 0)
+			if (tracer_backend_parse(optarg, &c->backend) < 0)
 				return hm_cli_fail(
 				    PROG, TRACER_EXIT_FAILURE,
 				    "--backend '%s': expected seccomp, ptrace or auto", optarg);
+			c->backend_set = true;
 			break;
 		case OPT_FS_MODE:
 			if (policy_fs_mode_parse(optarg, &c->feature.fs.mode) < 0)
@@ -264,7 +253,7 @@ static int run(int argc, char **argv)
 
 	struct hm_err err = {0};
 	struct tracer *t = NULL;
-	if (tracer_new(backend_of(cfg.backend), &t, &err) < 0) {
+	if (tracer_new(cfg.backend, &t, &err) < 0) {
 		policy_config_free(&cfg);
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	}

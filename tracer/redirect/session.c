@@ -112,7 +112,7 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 		const char *file =
 		    s->cfg.agent.token_file ? s->cfg.agent.token_file : AGENT_DEFAULT_TOKEN_FILE;
 		if (agent_token_load(file, s->token, sizeof(s->token), err) < 0) {
-			*exit_code = TRACE_EXIT_AUTH;
+			*exit_code = TRACER_EXIT_AUTH;
 			return hm_err_prefix(err, "no auth token for the agent (give --token-file "
 						  "or set HERMIT_TOKEN)");
 		}
@@ -127,22 +127,22 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 			int fd = agent_endpoint_dial(&s->endpoint, 2000, &dial_err);
 			if (fd >= 0) {
 				close(fd);
-				*exit_code = TRACE_EXIT_AUTH;
+				*exit_code = TRACER_EXIT_AUTH;
 				return hm_err_plain(err, EACCES,
 						    "the agent at %s rejected the auth token "
 						    "(wrong --token-file or HERMIT_TOKEN?)",
 						    where);
 			}
 			if (dial_err.code == EACCES) {
-				*exit_code = TRACE_EXIT_AUTH;
+				*exit_code = TRACER_EXIT_AUTH;
 				return hm_err_plain(err, EACCES, "%s", dial_err.msg);
 			}
-			*exit_code = TRACE_EXIT_AGENT_DOWN;
+			*exit_code = TRACER_EXIT_AGENT_DOWN;
 			return hm_err_plain(err, dial_err.code, "cannot reach the agent at %s: %s",
 					    where, strerror(dial_err.code));
 		}
 		if (agent_unreachable(err->code)) {
-			*exit_code = TRACE_EXIT_AGENT_DOWN;
+			*exit_code = TRACER_EXIT_AGENT_DOWN;
 			return hm_err_plain(err, err->code,
 					    "cannot reach the agent at %s: %s (is trace-agent "
 					    "running? --agent / --agent-unix say where it is)",
@@ -153,7 +153,7 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 	if (agent_client_session_open(s->client, s->cfg.target, &s->info, err) < 0) {
 		if (err->code == ENOENT || err->code == ESRCH || err->code == EINVAL ||
 		    err->code == EPERM) {
-			*exit_code = TRACE_EXIT_TARGET;
+			*exit_code = TRACER_EXIT_TARGET;
 			/* the agent's words, without the request name the client puts first */
 			const char *why = err->msg;
 			if (!strncmp(why, "SESSION_OPEN: ", 14))
@@ -163,7 +163,7 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 			return hm_err_plain(err, err->code, "target %s: %s", s->cfg.target, msg);
 		}
 		if (agent_unreachable(err->code) || err->code == ESHUTDOWN)
-			*exit_code = TRACE_EXIT_AGENT_DOWN;
+			*exit_code = TRACER_EXIT_AGENT_DOWN;
 		return hm_err_prefix(err, "open a session on %s", s->cfg.target);
 	}
 	hm_info("session %llu on %s (%s, pid %d) through the agent at %s",

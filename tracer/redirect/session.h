@@ -12,12 +12,6 @@
 #include "tracer/engine/tracer.h"
 #include "tracer/policy/policy.h"
 
-/* trace-run's own exit codes besides TRACER_EXIT_* (tracer.h): each says what to fix.
- * 124 is left to timeout(1). */
-#define TRACE_EXIT_AGENT_DOWN 121 /* no agent at the address (no socket, refused, timeout) */
-#define TRACE_EXIT_AUTH 122	  /* no usable token, or the agent rejected it */
-#define TRACE_EXIT_TARGET 123	  /* no such target, not running, or not the caller's */
-
 struct trace_session {
 	struct policy_config cfg;	/* merged and finalized */
 	struct agent_client *client;	/* connected, session opened on cfg.target */
@@ -45,7 +39,7 @@ struct trace_session {
 int trace_session_init(struct trace_session *s, struct policy_config *cfg, const char *token_env,
 		       struct hm_err *err);
 /* Connect to the agent, authenticate and open the session on cfg.target. On failure
- * *exit_code says which: TRACE_EXIT_AGENT_DOWN, _AUTH, _TARGET or TRACER_EXIT_FAILURE. */
+ * *exit_code says which: TRACER_EXIT_AGENT_DOWN, _AUTH, _TARGET or _FAILURE. */
 int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err *err);
 /* Build the fs / net policies and the DNS table. program: as given on the command line,
  * searched in path (the program's PATH) to know the file that stays local. */
