@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -38,13 +39,20 @@ int hm_cli_fail(const char *prog, int code, const char *fmt, ...)
 /* Convenience: hm_err_set(err, errno, ...). */
 #define hm_err_errno(err, ...) hm_err_set((err), errno, __VA_ARGS__)
 
-/* cleanup helpers (crun style) */
+/* Cleanup on scope exit, crun style: the macro is only the attribute, the declaration
+ * stays whole and initialised: `hm_cleanup_close int fd = -1;`,
+ * `hm_cleanup_free char *p = NULL;`, `hm_cleanup_fclose FILE *f = NULL;`.
+ * Hand a value on with hm_steal_fd / hm_steal_ptr. The cleanups keep errno. */
 void hm_closep(int *fd);
 void hm_freep(void *p);
 void hm_fclosep(FILE **f);
-#define hm_autofd __attribute__((cleanup(hm_closep))) int
-#define hm_autofree __attribute__((cleanup(hm_freep)))
-#define hm_autofile __attribute__((cleanup(hm_fclosep))) FILE *
+#define hm_cleanup_close __attribute__((cleanup(hm_closep)))
+#define hm_cleanup_free __attribute__((cleanup(hm_freep)))
+#define hm_cleanup_fclose __attribute__((cleanup(hm_fclosep)))
+/* the older spellings, until every module has moved to the ones above */
+#define hm_autofd hm_cleanup_close int
+#define hm_autofree hm_cleanup_free
+#define hm_autofile hm_cleanup_fclose FILE *
 static inline int hm_steal_fd(int *fd)
 {
 	int r = *fd;
@@ -68,6 +76,28 @@ void hm_log(enum hm_log_level level, const char *fmt, ...) __attribute__((format
 #define hm_info(...) hm_log(HM_LOG_INFO, __VA_ARGS__)
 #define hm_warn(...) hm_log(HM_LOG_WARN, __VA_ARGS__)
 #define hm_error(...) hm_log(HM_LOG_ERROR, __VA_ARGS__)
+
+/* Time and waiting. A deadline is a point of CLOCK_MONOTONIC in milliseconds (hm_now_ms
+ * terms); HM_NO_DEADLINE waits for ever. */
+#define HM_NO_DEADLINE ((int64_t)-1)
+int64_t hm_now_ms(void); /* CLOCK_MONOTONIC */
+/* The deadline timeout_ms from now; a negative timeout gives HM_NO_DEADLINE. */
+int64_t hm_deadline_in(int64_t timeout_ms);
+/* What is left until deadline_ms as a poll(2) timeout: 0 once passed, -1 for none. */
+int hm_ms_until(int64_t deadline_ms);
+/* Wait until fd reports one of events or deadline_ms passes, retrying EINTR with the time
+ * left. Returns the revents (> 0), 0 at the deadline, -1 with errno when poll fails.
+ * A passed deadline still looks once, so a ready fd is reported. */
+int hm_poll_fd(int fd, short events, int64_t deadline_ms);
+/* Connect fd to sa; a non-blocking fd is waited for until deadline_ms (a blocking one
+ * waits in connect as the kernel decides). 0 once connected, else -1 with errno and
+ * err->code the reason (ETIMEDOUT at the deadline) and the message "connect: ...";
+ * err may be NULL. */
+int hm_connect_deadline(int fd, const struct sockaddr *sa, socklen_t len, int64_t deadline_ms,
+			struct hm_err *err);
+/* The waiting half of hm_connect_deadline, for a caller that started the connect itself
+ * and saw EINPROGRESS: the same results. */
+int hm_connect_wait(int fd, int64_t deadline_ms, struct hm_err *err);
 
 /* I/O: all fds opened O_CLOEXEC. */
 ssize_t hm_read_all(int fd, void *buf, size_t len);	   /* until len or EOF; <0 on error */

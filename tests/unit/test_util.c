@@ -1,8 +1,16 @@
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -106,14 +114,198 @@ static void test_read_fd_bounded(void **state)
 	close(p[0]);
 }
 
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+static void test_now_ms_advances(void **state)
+{
+	(void)state;
+	int64_t t0 = hm_now_ms();
+	sleep_ms(30);
+	int64_t t1 = hm_now_ms();
+	assert_true(t1 - t0 >= 30);
+	assert_true(t1 - t0 < 5000);
+	assert_int_equal(hm_deadline_in(-1), HM_NO_DEADLINE);
+	assert_int_equal(hm_ms_until(HM_NO_DEADLINE), -1);
+	assert_int_equal(hm_ms_until(t0), 0); /* passed */
+	int left = hm_ms_until(hm_deadline_in(10000));
+	assert_true(left > 9000 && left <= 10000);
+}
+
+static void test_poll_fd_times_out_then_sees_data(void **state)
+{
+	(void)state;
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	int64_t t0 = hm_now_ms();
+	assert_int_equal(hm_poll_fd(p[0], POLLIN, t0 + 50), 0);
+	assert_true(hm_now_ms() - t0 >= 50);
+	/* a passed deadline still looks once */
+	assert_int_equal(write(p[1], "x", 1), 1);
+	assert_int_equal(hm_poll_fd(p[0], POLLIN, t0), POLLIN);
+	assert_int_equal(hm_poll_fd(p[0], POLLIN, HM_NO_DEADLINE), POLLIN);
+	close(p[1]);
+	char c;
+	assert_int_equal(read(p[0], &c, 1), 1);
+	assert_true(hm_poll_fd(p[0], POLLIN, HM_NO_DEADLINE) & POLLHUP);
+	close(p[0]);
+}
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+}
+
+/* a signal must neither end the wait early nor restart it with the whole timeout */
+static void test_poll_fd_keeps_deadline_across_signals(void **state)
+{
+	(void)state;
+	struct sigaction sa = {.sa_handler = on_alarm}, old;
+	assert_int_equal(sigaction(SIGALRM, &sa, &old), 0); /* no SA_RESTART: poll sees EINTR */
+	struct itimerval every_20ms = {.it_interval = {0, 20000}, .it_value = {0, 20000}};
+	assert_int_equal(setitimer(ITIMER_REAL, &every_20ms, NULL), 0);
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	int64_t t0 = hm_now_ms();
+	int n = hm_poll_fd(p[0], POLLIN, t0 + 200);
+	int64_t waited = hm_now_ms() - t0;
+	struct itimerval off = {0};
+	setitimer(ITIMER_REAL, &off, NULL);
+	sigaction(SIGALRM, &old, NULL);
+	close(p[0]);
+	close(p[1]);
+	assert_int_equal(n, 0);
+	assert_true(waited >= 200);
+	assert_true(waited < 1000);
+}
+
+static int loopback_listener(int backlog, struct sockaddr_in *addr)
+{
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(l >= 0);
+	*addr =
+	    (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	assert_int_equal(bind(l, (struct sockaddr *)addr, sizeof(*addr)), 0);
+	socklen_t len = sizeof(*addr);
+	assert_int_equal(getsockname(l, (struct sockaddr *)addr, &len), 0);
+	if (backlog >= 0)
+		assert_int_equal(listen(l, backlog), 0);
+	return l;
+}
+
+static int nonblocking_socket(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	assert_true(fd >= 0);
+	return fd;
+}
+
+static void test_connect_deadline_connects_and_refuses(void **state)
+{
+	(void)state;
+	struct sockaddr_in addr;
+	hm_cleanup_close int l = loopback_listener(8, &addr);
+	hm_cleanup_close int fd = nonblocking_socket();
+	struct hm_err err = {0};
+	assert_int_equal(hm_connect_deadline(fd, (struct sockaddr *)&addr, sizeof(addr),
+					     hm_deadline_in(2000), &err),
+			 0);
+	hm_cleanup_close int accepted = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(accepted >= 0);
+
+	/* bound, not listening: nobody takes the connection */
+	hm_cleanup_close int closed = loopback_listener(-1, &addr);
+	hm_cleanup_close int refused = nonblocking_socket();
+	assert_int_equal(hm_connect_deadline(refused, (struct sockaddr *)&addr, sizeof(addr),
+					     hm_deadline_in(2000), &err),
+			 -1);
+	assert_int_equal(errno, ECONNREFUSED);
+	assert_int_equal(err.code, ECONNREFUSED);
+	assert_string_equal(err.msg, "connect: Connection refused");
+	/* without an err the reason is in errno */
+	hm_cleanup_close int again = nonblocking_socket();
+	assert_int_equal(hm_connect_deadline(again, (struct sockaddr *)&addr, sizeof(addr),
+					     hm_deadline_in(2000), NULL),
+			 -1);
+	assert_int_equal(errno, ECONNREFUSED);
+}
+
+/* A listener whose accept queue is full drops new SYNs: the connect stays pending until
+ * our deadline, not the kernel's two minutes. */
+static void test_connect_deadline_times_out(void **state)
+{
+	(void)state;
+	struct sockaddr_in addr;
+	hm_cleanup_close int l = loopback_listener(0, &addr);
+	int fds[8];
+	size_t used = 0;
+	bool timed_out = false;
+	struct hm_err err = {0};
+	while (used < HM_ARRAY_SIZE(fds) && !timed_out) {
+		int fd = fds[used++] = nonblocking_socket();
+		int64_t t0 = hm_now_ms();
+		if (hm_connect_deadline(fd, (struct sockaddr *)&addr, sizeof(addr), t0 + 100,
+					&err) == 0)
+			continue;
+		int64_t waited = hm_now_ms() - t0;
+		assert_int_equal(err.code, ETIMEDOUT);
+		assert_int_equal(errno, ETIMEDOUT);
+		assert_true(waited >= 100 && waited < 2000);
+		timed_out = true;
+	}
+	for (size_t i = 0; i < used; i++)
+		close(fds[i]);
+	assert_true(timed_out);
+}
+
+static void test_cleanup_macros_release(void **state)
+{
+	(void)state;
+	int raw_fd, file_fd;
+	{
+		hm_cleanup_close int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		hm_cleanup_fclose FILE *f = fopen("/dev/null", "re");
+		hm_cleanup_free char *p = strdup("freed on exit (valgrind sees a leak otherwise)");
+		assert_true(fd >= 0);
+		assert_non_null(f);
+		assert_non_null(p);
+		raw_fd = fd;
+		file_fd = fileno(f);
+		errno = EXDEV;
+	}
+	assert_int_equal(errno, EXDEV); /* the cleanups keep errno */
+	assert_int_equal(fcntl(raw_fd, F_GETFD), -1);
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(fcntl(file_fd, F_GETFD), -1);
+	assert_int_equal(errno, EBADF);
+	/* a stolen fd survives its variable */
+	int kept;
+	{
+		hm_cleanup_close int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		kept = hm_steal_fd(&fd);
+	}
+	assert_true(fcntl(kept, F_GETFD) >= 0);
+	close(kept);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_err_set_appends_strerror),
-		cmocka_unit_test(test_err_prefix_truncates_safely),
-		cmocka_unit_test(test_parse_size),
-		cmocka_unit_test(test_files_and_rm_rf),
-		cmocka_unit_test(test_read_fd_bounded),
+	    cmocka_unit_test(test_err_set_appends_strerror),
+	    cmocka_unit_test(test_err_prefix_truncates_safely),
+	    cmocka_unit_test(test_parse_size),
+	    cmocka_unit_test(test_files_and_rm_rf),
+	    cmocka_unit_test(test_read_fd_bounded),
+	    cmocka_unit_test(test_now_ms_advances),
+	    cmocka_unit_test(test_poll_fd_times_out_then_sees_data),
+	    cmocka_unit_test(test_poll_fd_keeps_deadline_across_signals),
+	    cmocka_unit_test(test_connect_deadline_connects_and_refuses),
+	    cmocka_unit_test(test_connect_deadline_times_out),
+	    cmocka_unit_test(test_cleanup_macros_release),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
