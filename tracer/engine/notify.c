@@ -172,7 +172,7 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 
 	hm_autofree struct pollfd *pfd = NULL;
 	size_t pfd_cap = 0;
-	time_t last_sweep = 0;
+	int64_t last_sweep = 0;
 	while (!t->no_children) {
 		if (pfd_cap < 3 + t->n_deferred) {
 			size_t cap = 3 + t->cap_deferred;
@@ -219,10 +219,9 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 		if (r > 0)
 			tracer_watch_check(t, pfd + wpos, nw);
 		/* after the poll set was used: dropping reorders the deferred calls */
-		struct timespec now;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (t->n_deferred && now.tv_sec != last_sweep) {
-			last_sweep = now.tv_sec;
+		int64_t now_s = hm_now_ms() / 1000;
+		if (t->n_deferred && now_s != last_sweep) {
+			last_sweep = now_s;
 			tracer_defer_drop(t, notif_gone, NULL);
 		}
 	}

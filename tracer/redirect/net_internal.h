@@ -49,7 +49,7 @@ struct net_sock {
 	int type;   /* SOCK_STREAM or SOCK_DGRAM */
 	int family; /* of the program's socket */
 	struct net_sock *next;
-	uint64_t last_ms; /* last traffic (UDP) or creation (TCP) */
+	int64_t last_ms; /* hm_now_ms of the last traffic (UDP) or creation (TCP) */
 	/* the program socket's own address (on loopback, or its bound address) and the
 	 * loopback peer it is connected to (listener or proxy): how sock_diag finds it */
 	struct net_addr prog, diag_peer;
@@ -94,8 +94,6 @@ struct net_state {
 	bool nofile_raised;
 };
 
-/* ---- net_sock.c: addresses, the program's sockets, the table ---- */
-uint64_t trace_net_now_ms(void);
 bool trace_net_addr_is_v4(const struct net_addr *a); /* AF_INET or v4-mapped AF_INET6 */
 /* 16-byte form (IPv4 as ::ffff:a.b.c.d) and port, for comparisons */
 void trace_net_addr_key(const struct net_addr *a, uint8_t key[16], uint16_t *port);

@@ -342,13 +342,13 @@ static int ask(struct agent_client *c, const struct net_addr *ns, const char *na
 		return -1;
 	if (agent_udp_send(stream, &pns, q, qlen, err) < 0)
 		return -1;
-	uint64_t deadline = trace_net_now_ms() + DNS_TIMEOUT_MS;
+	int64_t deadline = hm_deadline_in(DNS_TIMEOUT_MS);
 	for (;;) {
-		uint64_t now = trace_net_now_ms();
-		if (now >= deadline)
+		int left = hm_ms_until(deadline);
+		if (left == 0)
 			return hm_err_set(err, ETIMEDOUT, "no answer from the nameserver");
 		struct proto_addr src;
-		ssize_t n = agent_udp_recv(stream, &src, a, sizeof(a), (int)(deadline - now), err);
+		ssize_t n = agent_udp_recv(stream, &src, a, sizeof(a), left, err);
 		if (n < 0)
 			return -1;
 		int r = dns_answer(a, (size_t)n, id, port, out);

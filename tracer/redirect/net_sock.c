@@ -16,13 +16,6 @@
 #define PIDFD_THREAD O_EXCL /* Linux 6.9 */
 #endif
 
-uint64_t trace_net_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---- addresses ---- */
 
 bool trace_net_addr_is_v4(const struct net_addr *a)

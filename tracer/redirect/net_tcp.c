@@ -115,20 +115,6 @@ void trace_net_tcp_fini(struct net_state *st)
 	st->listen4 = st->listen6 = -1;
 }
 
-static int wait_fd(int fd, short events, uint64_t deadline)
-{
-	for (;;) {
-		uint64_t now = trace_net_now_ms();
-		if (now >= deadline)
-			return 0;
-		struct pollfd p = {.fd = fd, .events = events};
-		int n = poll(&p, 1, (int)(deadline - now));
-		if (n < 0 && errno == EINTR)
-			continue;
-		return n;
-	}
-}
-
 /* Connect the program's socket (dup) to the relay listener and take the accepted end:
  * the connection whose peer is the program socket's own address. */
 static int attach(struct net_state *st, int dup, int family, const struct net_addr *dst,
@@ -145,17 +131,9 @@ static int attach(struct net_state *st, int dup, int family, const struct net_ad
 		lfd = st->listen6;
 		*via = st->listen6_addr;
 	}
-	uint64_t deadline = trace_net_now_ms() + ATTACH_TIMEOUT_MS;
-	if (connect(dup, (struct sockaddr *)&via->ss, via->len) < 0) {
-		if (errno != EINPROGRESS)
-			return hm_err_errno(err, "connect to the relay");
-		if (wait_fd(dup, POLLOUT, deadline) <= 0)
-			return hm_err_set(err, ETIMEDOUT, "connect to the relay");
-		int soerr = 0;
-		socklen_t sl = sizeof(soerr);
-		if (getsockopt(dup, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr)
-			return hm_err_set(err, soerr ? soerr : errno, "connect to the relay");
-	}
+	int64_t deadline = hm_deadline_in(ATTACH_TIMEOUT_MS);
+	if (hm_connect_deadline(dup, (struct sockaddr *)&via->ss, via->len, deadline, NULL) < 0)
+		return hm_err_errno(err, "connect to the relay");
 	prog->len = sizeof(prog->ss);
 	if (getsockname(dup, (struct sockaddr *)&prog->ss, &prog->len) < 0)
 		return hm_err_errno(err, "getsockname");
@@ -166,7 +144,7 @@ static int attach(struct net_state *st, int dup, int family, const struct net_ad
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 				return hm_err_errno(err, "accept on the relay listener");
-			if (wait_fd(lfd, POLLIN, deadline) <= 0)
+			if (hm_poll_fd(lfd, POLLIN, deadline) <= 0)
 				return hm_err_set(err, ETIMEDOUT,
 						  "the relay listener got no connection");
 			continue;
@@ -233,35 +211,6 @@ static const struct net_addr *direct_addr(const struct net_state *st, int family
 	return a && a->len ? a : NULL;
 }
 
-/* Connect the program's socket (dup) to the agent. The dup shares the program's file
- * status flags: a non-blocking socket is waited for with poll, a blocking one waits in
- * connect like the program's own connect would. -1 with errno. */
-static int direct_connect(int dup, const struct net_addr *agent, int timeout_ms)
-{
-	int rc;
-	do
-		rc = connect(dup, (const struct sockaddr *)&agent->ss, agent->len);
-	while (rc < 0 && errno == EINTR);
-	if (rc == 0)
-		return 0;
-	if (errno != EINPROGRESS)
-		return -1;
-	if (wait_fd(dup, POLLOUT, trace_net_now_ms() + (uint64_t)timeout_ms) <= 0) {
-		errno = ETIMEDOUT;
-		return -1;
-	}
-	/* reading SO_ERROR also clears it: the program later reads 0 */
-	int soerr = 0;
-	socklen_t sl = sizeof(soerr);
-	if (getsockopt(dup, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
-		return -1;
-	if (soerr) {
-		errno = soerr;
-		return -1;
-	}
-	return 0;
-}
-
 /* The program's socket becomes the agent's stream: connect it to the agent and send the
  * STREAM_HELLO on it. The hello reply is read to its last byte and no further, so what
  * follows on the socket is the pod connection's own bytes, for the program to read.
@@ -272,7 +221,10 @@ static int direct_stream(struct net_job *job, const struct net_addr *agent,
 {
 	int timeout = AGENT_DEFAULT_TIMEOUT_MS; /* as the client library's own streams */
 	char where[80];
-	if (direct_connect(job->dup, agent, ATTACH_TIMEOUT_MS) < 0) {
+	/* The dup shares the program's file status flags: a non-blocking socket is waited
+	 * for, a blocking one waits in connect like the program's own connect would. */
+	if (hm_connect_deadline(job->dup, (const struct sockaddr *)&agent->ss, agent->len,
+				hm_deadline_in(ATTACH_TIMEOUT_MS), NULL) < 0) {
 		int e = errno;
 		hm_err_set(&job->err, e, "connect to the agent at %s",
 			   trace_net_addr_str(agent, where, sizeof(where)));
@@ -380,7 +332,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	if (trace_net_addr_from_proto(&job->local, &local) == 0)
 		trace_net_addr_for_family(&local, family, &ns->local);
 	ns->delivered = true;
-	ns->last_ms = trace_net_now_ms();
+	ns->last_ms = hm_now_ms();
 	pthread_mutex_lock(&st->lock);
 	struct net_sock *old = trace_net_table_find(st, ns->ino);
 	if (old) { /* a socket of the same inode before: that one is closed */

@@ -133,7 +133,7 @@ static struct net_sock *udp_sock_new(struct net_state *st, int dup, ino_t ino, i
 	ns->type = SOCK_DGRAM;
 	ns->family = trace_net_socket_family(dup);
 	ns->stream = stream;
-	ns->last_ms = trace_net_now_ms();
+	ns->last_ms = hm_now_ms();
 	proto_frame_reader_init(&ns->reader, PROTO_DATAGRAM_MAX + 512);
 	fcntl(stream, F_SETFL, fcntl(stream, F_GETFL) | O_NONBLOCK);
 	if (prog_addr(st, dup, ns->family, &ns->prog, err) < 0) {
@@ -157,7 +157,7 @@ static int udp_send(struct net_sock *ns, const struct net_addr *dst, const void 
 	struct proto_addr pdst;
 	if (trace_net_addr_to_proto(dst, &pdst, err) < 0)
 		return -1;
-	ns->last_ms = trace_net_now_ms();
+	ns->last_ms = hm_now_ms();
 	return agent_udp_send(ns->stream, &pdst, data, len, err);
 }
 
@@ -750,7 +750,7 @@ static void stream_readable(struct net_state *st, struct net_sock *ns)
 				hm_debug("UDP to the program: %s", strerror(errno));
 			else if (!p)
 				hm_warn("UDP proxy: %s", err.msg);
-			ns->last_ms = trace_net_now_ms();
+			ns->last_ms = hm_now_ms();
 		}
 		proto_msg_free(&m);
 	}
@@ -761,8 +761,8 @@ static void stream_readable(struct net_state *st, struct net_sock *ns)
  * a few fds). */
 static void collect(struct net_state *st)
 {
-	uint64_t now = trace_net_now_ms();
-	uint64_t quiet = st->n_udp > MANY_UDP ? 100 : IDLE_CHECK_MS;
+	int64_t now = hm_now_ms();
+	int64_t quiet = st->n_udp > MANY_UDP ? 100 : IDLE_CHECK_MS;
 	for (size_t i = 0; i < HM_ARRAY_SIZE(st->table); i++) {
 		for (struct net_sock *ns = st->table[i], *next; ns; ns = next) {
 			next = ns->next;
@@ -788,7 +788,7 @@ static void collect(struct net_state *st)
 static void *udp_thread(void *arg)
 {
 	struct net_state *st = arg;
-	uint64_t last_gc = trace_net_now_ms();
+	int64_t last_gc = hm_now_ms();
 	for (;;) {
 		struct epoll_event ev[64];
 		int every =
@@ -820,8 +820,8 @@ static void *udp_thread(void *arg)
 					stream_readable(st, ns);
 			}
 		}
-		uint64_t now = trace_net_now_ms();
-		if (now - last_gc >= (uint64_t)every) {
+		int64_t now = hm_now_ms();
+		if (now - last_gc >= every) {
 			collect(st);
 			last_gc = now;
 		}
