@@ -1,7 +1,8 @@
-/* libFuzzer target: DNS answers the traced program receives from the pod's resolver.
- * trace-run parses them (policy_dns_table_add_response) to learn name -> address pairs for
- * the outgoing filter, so they are network-facing input. Also the outgoing filter spec
- * parser, fed from config files and flags. */
+/* libFuzzer target: DNS answers from the pod's resolver, decoded by the one DNS wire
+ * decoder (policy_dns_decode): trace-run parses those the traced program receives
+ * (policy_dns_table_add_response) to learn name -> address pairs for the outgoing
+ * filter, and `trace-run port-forward` its own lookups; network-facing input. Also the outgoing
+ * filter spec parser, fed from config files and flags. */
 #include <stdint.h>
 #include <string.h>
 
@@ -12,6 +13,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static struct policy_dns_table *table;
 	if (!table && policy_dns_table_new(64, &table, NULL) < 0)
 		return 0;
+	struct policy_dns_response decoded;
+	if (policy_dns_decode(data, size, &decoded) == 0 && decoded.n > POLICY_DNS_MAX_RECORDS)
+		__builtin_trap();
 	policy_dns_table_add_response(table, data, size);
 
 	/* whatever was learned must be readable back without tripping ASan */

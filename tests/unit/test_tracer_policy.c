@@ -1297,6 +1297,29 @@ static void test_dns_response(void **state)
 	policy_dns_table_free(t);
 }
 
+/* the decoder itself, as port-forward uses it: id, rcode, question, records in order */
+static void test_dns_decode(void **state)
+{
+	(void)state;
+	uint8_t m[512];
+	size_t n = build_response(m);
+	struct policy_dns_response r;
+	assert_int_equal(policy_dns_decode(m, n, &r), 0);
+	assert_int_equal(r.id, 0x1234);
+	assert_int_equal(r.rcode, 0);
+	assert_string_equal(r.qname, "db.default.svc.cluster.local");
+	assert_int_equal(r.n, 2); /* the CNAME and TXT records are not addresses */
+	assert_int_equal(r.rec[0].family, AF_INET);
+	assert_memory_equal(r.rec[0].addr, ((uint8_t[]){10, 20, 30, 40}), 4);
+	assert_string_equal(r.rec[0].owner, "real.db.internal");
+	assert_int_equal(r.rec[1].family, AF_INET6);
+	m[3] = 0x83; /* NXDOMAIN */
+	assert_int_equal(policy_dns_decode(m, n, &r), 0);
+	assert_int_equal(r.rcode, 3);
+	for (size_t cut = 0; cut < n; cut++)
+		assert_true(policy_dns_decode(m, cut, &r) < 0);
+}
+
 /* ================================================================ environment */
 
 static const char *env_get(char **env, const char *key)
@@ -1567,6 +1590,7 @@ int main(void)
 	    cmocka_unit_test(test_net_local_filter),
 	    cmocka_unit_test(test_dns_table),
 	    cmocka_unit_test(test_dns_response),
+	    cmocka_unit_test(test_dns_decode),
 	    cmocka_unit_test(test_env_default),
 	    cmocka_unit_test(test_env_include_exclude),
 	    cmocka_unit_test(test_env_overrides_and_off),

@@ -367,7 +367,6 @@ static bool table_has_match(struct policy_dns_table *t, const uint8_t addr[16], 
 #define DNS_TYPE_A 1
 #define DNS_TYPE_AAAA 28
 #define DNS_CLASS_IN 1
-#define DNS_MAX_RECORDS 64
 
 static uint16_t get16(const uint8_t *p)
 {
@@ -419,28 +418,27 @@ static int dns_read_name(const uint8_t *msg, size_t len, size_t *off, char *out,
 	return (int)outlen;
 }
 
-int policy_dns_table_add_response(struct policy_dns_table *t, const void *data, size_t len)
+int policy_dns_decode(const void *data, size_t len, struct policy_dns_response *out)
 {
 	const uint8_t *msg = data;
 	if (len < DNS_HEADER_LEN || !(msg[2] & 0x80))
 		return -EINVAL; /* too short, or a query rather than a response */
+	out->id = get16(msg);
+	out->rcode = msg[3] & 0x0f;
+	out->qname[0] = '\0';
+	out->n = 0;
 	unsigned qdcount = get16(msg + 4), ancount = get16(msg + 6);
 	size_t off = DNS_HEADER_LEN;
-	char qname[256] = "", owner[256];
 	for (unsigned i = 0; i < qdcount; i++) {
 		char name[256];
 		if (dns_read_name(msg, len, &off, name, sizeof(name)) < 0 || off + 4 > len)
 			return -EINVAL;
 		if (i == 0)
-			memcpy(qname, name, sizeof(qname));
+			memcpy(out->qname, name, sizeof(out->qname));
 		off += 4;
 	}
-	struct {
-		uint8_t addr[16];
-		char owner[256];
-	} found[DNS_MAX_RECORDS];
-	size_t n = 0;
 	for (unsigned i = 0; i < ancount; i++) {
+		char owner[256];
 		if (dns_read_name(msg, len, &off, owner, sizeof(owner)) < 0 || off + 10 > len)
 			return -EINVAL;
 		uint16_t type = get16(msg + off), class = get16(msg + off + 2);
@@ -448,27 +446,37 @@ int policy_dns_table_add_response(struct policy_dns_table *t, const void *data, 
 		off += 10;
 		if (off + rdlen > len)
 			return -EINVAL;
-		if (class == DNS_CLASS_IN && n < DNS_MAX_RECORDS &&
+		if (class == DNS_CLASS_IN && out->n < POLICY_DNS_MAX_RECORDS &&
 		    ((type == DNS_TYPE_A && rdlen == 4) ||
 		     (type == DNS_TYPE_AAAA && rdlen == 16))) {
-			addr_from_family(type == DNS_TYPE_A ? AF_INET : AF_INET6, msg + off,
-					 found[n].addr);
-			memcpy(found[n].owner, owner, sizeof(owner));
-			n++;
+			struct policy_dns_record *r = &out->rec[out->n++];
+			r->family = type == DNS_TYPE_A ? AF_INET : AF_INET6;
+			memcpy(r->addr, msg + off, rdlen);
+			memcpy(r->owner, owner, sizeof(owner));
 		}
 		off += rdlen;
 	}
+	return 0;
+}
+
+int policy_dns_table_add_response(struct policy_dns_table *t, const void *data, size_t len)
+{
+	struct policy_dns_response res;
+	if (policy_dns_decode(data, len, &res) < 0)
+		return -EINVAL;
 	int recorded = 0;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < res.n; i++) {
+		uint8_t addr[16];
+		addr_from_family(res.rec[i].family, res.rec[i].addr, addr);
 		char canon[POLICY_DNS_NAME_MAX];
 		bool any = false;
-		if (name_canonical(qname, strlen(qname), canon, sizeof(canon)) >= 0) {
-			table_put(t, canon, found[i].addr);
+		if (name_canonical(res.qname, strlen(res.qname), canon, sizeof(canon)) >= 0) {
+			table_put(t, canon, addr);
 			any = true;
 		}
-		if (name_canonical(found[i].owner, strlen(found[i].owner), canon, sizeof(canon)) >=
-		    0) {
-			table_put(t, canon, found[i].addr);
+		if (name_canonical(res.rec[i].owner, strlen(res.rec[i].owner), canon,
+				   sizeof(canon)) >= 0) {
+			table_put(t, canon, addr);
 			any = true;
 		}
 		recorded += any;

@@ -190,6 +190,25 @@ struct policy_net_spec {
 };
 int policy_net_spec_parse(const char *s, struct policy_net_spec *out, struct hm_err *err);
 
+/* The DNS wire decoder (fuzzed: tests/fuzz/fuzz_dns.c): a response message (UDP
+ * payload, or TCP without its length prefix) as its id, rcode, first question name and
+ * its IN A/AAAA records in order (the first POLICY_DNS_MAX_RECORDS). Returns < 0 when
+ * the message is malformed or is a query. */
+#define POLICY_DNS_MAX_RECORDS 64
+struct policy_dns_record {
+	int family; /* AF_INET (addr: 4 bytes) or AF_INET6 (16 bytes) */
+	uint8_t addr[16];
+	char owner[256]; /* the record's owner name, dotted (a CNAME chain's last name) */
+};
+struct policy_dns_response {
+	uint16_t id;
+	int rcode; /* 0 no error, 3 NXDOMAIN... */
+	char qname[256];
+	size_t n;
+	struct policy_dns_record rec[POLICY_DNS_MAX_RECORDS];
+};
+int policy_dns_decode(const void *msg, size_t len, struct policy_dns_response *out);
+
 /* Names the program resolved, by address: the tracer records each DNS answer the
  * program receives so that name specs can match later connects. Thread-safe. When
  * full, the entry added (or re-added) longest ago goes. */

@@ -261,66 +261,35 @@ static size_t dns_query(uint8_t *buf, size_t cap, uint16_t id, const char *name,
 	return off;
 }
 
-static bool dns_skip_name(const uint8_t *m, size_t len, size_t *off)
-{
-	while (*off < len) {
-		uint8_t l = m[*off];
-		if ((l & 0xc0) == 0xc0) {
-			*off += 2;
-			return *off <= len;
-		}
-		*off += 1 + l;
-		if (l == 0)
-			return *off <= len;
-	}
-	return false;
-}
-
 /* 1: an address found; 0: the name does not exist or has none of that type; -1: a
- * malformed answer or a server failure */
+ * malformed answer, another query's, or a server failure */
 static int dns_answer(const uint8_t *m, size_t len, uint16_t id, uint16_t port,
 		      struct net_addr *out)
 {
-	if (len < 12 || ((m[0] << 8) | m[1]) != id || !(m[2] & 0x80))
+	struct policy_dns_response res;
+	if (policy_dns_decode(m, len, &res) < 0 || res.id != id)
 		return -1;
-	int rcode = m[3] & 0x0f;
-	if (rcode == 3)
+	if (res.rcode == 3)
 		return 0; /* NXDOMAIN */
-	if (rcode != 0)
+	if (res.rcode != 0)
 		return -1;
-	unsigned qd = (unsigned)(m[4] << 8 | m[5]), an = (unsigned)(m[6] << 8 | m[7]);
-	size_t off = 12;
-	for (unsigned i = 0; i < qd; i++)
-		if (!dns_skip_name(m, len, &off) || (off += 4) > len)
-			return -1;
-	for (unsigned i = 0; i < an; i++) {
-		if (!dns_skip_name(m, len, &off) || off + 10 > len)
-			return -1;
-		uint16_t type = (uint16_t)(m[off] << 8 | m[off + 1]);
-		uint16_t rdlen = (uint16_t)(m[off + 8] << 8 | m[off + 9]);
-		off += 10;
-		if (off + rdlen > len)
-			return -1;
-		memset(out, 0, sizeof(*out));
-		if (type == 1 && rdlen == 4) {
-			struct sockaddr_in *s4 = (struct sockaddr_in *)&out->ss;
-			s4->sin_family = AF_INET;
-			s4->sin_port = htons(port);
-			memcpy(&s4->sin_addr, m + off, 4);
-			out->len = sizeof(*s4);
-			return 1;
-		}
-		if (type == 28 && rdlen == 16) {
-			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->ss;
-			s6->sin6_family = AF_INET6;
-			s6->sin6_port = htons(port);
-			memcpy(&s6->sin6_addr, m + off, 16);
-			out->len = sizeof(*s6);
-			return 1;
-		}
-		off += rdlen;
+	if (!res.n)
+		return 0;
+	memset(out, 0, sizeof(*out));
+	if (res.rec[0].family == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&out->ss;
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons(port);
+		memcpy(&s4->sin_addr, res.rec[0].addr, 4);
+		out->len = sizeof(*s4);
+	} else {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->ss;
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons(port);
+		memcpy(&s6->sin6_addr, res.rec[0].addr, 16);
+		out->len = sizeof(*s6);
 	}
-	return 0;
+	return 1;
 }
 
 /* one question to one nameserver, through a UDP socket in the target */
