@@ -162,8 +162,6 @@ void tracer_signals_restore(struct tracer *t);
 void tracer_signals_handle(struct tracer *t);
 /* a wait status for pid (from waitpid); records the program's own outcome */
 void tracer_note_exit(struct tracer *t, pid_t pid, int status);
-/* waitpid(-1, WNOHANG) until nothing is left to reap (seccomp backend) */
-void tracer_reap(struct tracer *t);
 
 /* notify.c / ptrace.c: the supervisor loops; return when everything has exited */
 int tracer_notify_loop(struct tracer *t, struct hm_err *err);

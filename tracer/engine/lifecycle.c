@@ -82,7 +82,8 @@ void tracer_note_exit(struct tracer *t, pid_t pid, int status)
 		 t->exit.code);
 }
 
-void tracer_reap(struct tracer *t)
+/* waitpid(-1, WNOHANG) until nothing is left to reap (seccomp backend) */
+static void reap_children(struct tracer *t)
 {
 	for (;;) {
 		int status;
@@ -146,7 +147,7 @@ void tracer_signals_handle(struct tracer *t)
 			forward_to_children(t, sig);
 	}
 	if (reap && t->backend == TRACER_BACKEND_SECCOMP)
-		tracer_reap(t);
+		reap_children(t);
 }
 
 static const char *const backend_names[] = {

@@ -58,7 +58,8 @@ int tracer_write_mem(const struct tracer_call *call, uint64_t addr, const void *
 	return mem_rw(call, addr, (void *)buf, len, true, err);
 }
 
-int tracer_read_string(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
+/* NUL-terminated string of at most size-1 bytes; ENAMETOOLONG when longer. */
+static int read_string(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
 		       struct hm_err *err)
 {
 	if (size == 0)
@@ -93,7 +94,7 @@ bool tracer_call_valid(const struct tracer_call *call)
 int tracer_read_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
 		     struct hm_err *err)
 {
-	if (tracer_read_string(call, addr, buf, size, err) < 0)
+	if (read_string(call, addr, buf, size, err) < 0)
 		return -1;
 	if (!tracer_call_valid(call))
 		return hm_err_set(err, ESRCH, "syscall of thread %d is gone", call->pid);

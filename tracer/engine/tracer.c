@@ -96,16 +96,6 @@ void tracer_free(struct tracer *t)
 	free(t);
 }
 
-enum tracer_backend tracer_backend(const struct tracer *t)
-{
-	return t->backend;
-}
-
-const struct tracer_features *tracer_features(const struct tracer *t)
-{
-	return &t->features;
-}
-
 int tracer_run(struct tracer *t, char *const argv[], struct tracer_exit *out, struct hm_err *err)
 {
 	if (!argv || !argv[0])

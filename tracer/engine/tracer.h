@@ -76,8 +76,6 @@ struct tracer;
  * error that names the missing feature. Degradations are logged at info level. */
 int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *err);
 void tracer_free(struct tracer *t);
-enum tracer_backend tracer_backend(const struct tracer *t);
-const struct tracer_features *tracer_features(const struct tracer *t);
 
 /* Run argv (PATH is searched) under the tracer with the handlers registered so far and
  * return when the program and every descendant have exited. Meant to be called once,
@@ -210,15 +208,13 @@ int tracer_read_mem(const struct tracer_call *call, uint64_t addr, void *buf, si
 		    struct hm_err *err);
 int tracer_write_mem(const struct tracer_call *call, uint64_t addr, const void *buf, size_t len,
 		     struct hm_err *err);
-/* NUL-terminated string of at most size-1 bytes; ENAMETOOLONG when longer. */
-int tracer_read_string(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
-		       struct hm_err *err);
 /* True while the notification is still pending, i.e. what was read belongs to the
  * thread that made this call and not to a recycled TID (SECCOMP_IOCTL_NOTIF_ID_VALID).
  * It does not stop a sibling thread from rewriting the memory meanwhile: hermit is not
  * a sandbox, the program runs as the user. Always true with ptrace (thread stopped). */
 bool tracer_call_valid(const struct tracer_call *call);
-/* tracer_read_string + tracer_call_valid: the path argument at addr. */
+/* The path argument at addr (NUL-terminated, ENAMETOOLONG when it does not fit), read
+ * while the call is still valid (tracer_call_valid). */
 int tracer_read_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
 		     struct hm_err *err);
 /* The absolute, lexically normalized form of path as the program would resolve it

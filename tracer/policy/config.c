@@ -56,7 +56,7 @@ void policy_strv_clear(struct policy_strv *v)
 	*v = (struct policy_strv){0};
 }
 
-int policy_strv_copy(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err)
+static int strv_copy(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err)
 {
 	struct policy_strv copy = {0};
 	for (size_t i = 0; i < src->len; i++) {
@@ -79,13 +79,6 @@ static const char *const fs_mode_names[] = {
     [POLICY_FS_MODE_LOCAL] = "local",
     [POLICY_FS_MODE_LOCAL_WITH_OVERRIDES] = "localwithoverrides",
 };
-
-const char *policy_fs_mode_name(enum policy_fs_mode m)
-{
-	if ((size_t)m < HM_ARRAY_SIZE(fs_mode_names) && fs_mode_names[m])
-		return fs_mode_names[m];
-	return "unset";
-}
 
 int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out)
 {
@@ -690,7 +683,7 @@ int policy_config_load_file(struct policy_config *c, const char *path, struct hm
 
 static int merge_list(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err)
 {
-	return src->set ? policy_strv_copy(dst, src, err) : 0;
+	return src->set ? strv_copy(dst, src, err) : 0;
 }
 
 int policy_config_merge(struct policy_config *base, const struct policy_config *over,
@@ -741,8 +734,7 @@ int policy_config_merge(struct policy_config *base, const struct policy_config *
 	/* the kind and its list go together: a flag's remote list replaces a file's local one */
 	if (of->network.outgoing.filter_kind) {
 		bf->network.outgoing.filter_kind = of->network.outgoing.filter_kind;
-		if (policy_strv_copy(&bf->network.outgoing.filter, &of->network.outgoing.filter,
-				     err) < 0)
+		if (strv_copy(&bf->network.outgoing.filter, &of->network.outgoing.filter, err) < 0)
 			return -1;
 	}
 	if (of->network.dns)

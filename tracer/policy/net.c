@@ -584,11 +584,6 @@ static const struct net_rule *first_rule(const struct policy_net *p, enum policy
 	return NULL;
 }
 
-const char *policy_net_verdict_name(enum policy_net_verdict v)
-{
-	return v == POLICY_NET_REMOTE ? "remote" : "local";
-}
-
 enum policy_net_verdict policy_net_decide(const struct policy_net *p, enum policy_net_proto proto,
 					  const struct sockaddr *sa, socklen_t len,
 					  const char **why)

@@ -33,7 +33,6 @@ struct policy_strv {
 int policy_strv_push(struct policy_strv *v, const char *s, struct hm_err *err);
 /* Push each non-empty piece of s split at sep (mirrord's "A;B" list syntax). */
 int policy_strv_push_split(struct policy_strv *v, const char *s, char sep, struct hm_err *err);
-int policy_strv_copy(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err);
 void policy_strv_clear(struct policy_strv *v); /* frees the items, leaves an unset empty list */
 
 /* ---------------------------------------------------------------- config */
@@ -112,8 +111,7 @@ int policy_config_finalize(struct policy_config *c, struct hm_err *err);
 /* Set one env override from "KEY=VALUE" (replacing an earlier one for KEY). */
 int policy_config_env_override(struct policy_config *c, const char *key_value, struct hm_err *err);
 
-/* Names as they appear in the file; parse returns < 0 on an unknown name. */
-const char *policy_fs_mode_name(enum policy_fs_mode m);
+/* Names as they appear in the file; < 0 on an unknown name. */
 int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out);
 
 /* ---------------------------------------------------------------- files */
@@ -246,7 +244,6 @@ void policy_net_free(struct policy_net *p);
 enum policy_net_verdict policy_net_decide(const struct policy_net *p, enum policy_net_proto proto,
 					  const struct sockaddr *sa, socklen_t len,
 					  const char **why);
-const char *policy_net_verdict_name(enum policy_net_verdict v);
 
 /* ---------------------------------------------------------------- environment */
 

@@ -156,7 +156,7 @@ static void node_free(struct files *f, struct files_node *n)
 	free(n);
 }
 
-void trace_files_node_remove(struct files *f, struct files_node *n)
+static void node_remove(struct files *f, struct files_node *n)
 {
 	struct files_node **pp = &f->buckets[node_hash(f, n->dev, n->ino)];
 	while (*pp && *pp != n)
@@ -205,8 +205,7 @@ struct files_node *trace_files_node_add(struct files *f, int fd, enum files_node
 	}
 	struct files_node *old = trace_files_node_find(f, lst.st_dev, lst.st_ino);
 	if (old)
-		trace_files_node_remove(f,
-					old); /* a recycled inode, or a directory mirrored again */
+		node_remove(f, old); /* a recycled inode, or a directory mirrored again */
 	if ((f->count + 1) * 2 > f->nbuckets && grow_buckets(f, err) < 0)
 		return NULL;
 	struct files_node *n = calloc(1, sizeof(*n));
@@ -235,7 +234,7 @@ struct files_node *trace_files_node_add(struct files *f, int fd, enum files_node
 		if (!f->oldest)
 			f->oldest = n;
 		if (f->count - f->writers > FILES_NODES_MAX)
-			trace_files_node_remove(f, f->oldest);
+			node_remove(f, f->oldest);
 	}
 	return n;
 }
@@ -475,7 +474,7 @@ void trace_files_cache_invalidate(struct files *f, const char *path)
 	}
 }
 
-void trace_files_cache_clear(struct files *f)
+static void cache_clear(struct files *f)
 {
 	for (unsigned i = 0; i < FILES_CACHE_SLOTS; i++)
 		if (f->cache[i].path)
@@ -544,7 +543,7 @@ void trace_files_undo_run(void *arg)
 	}
 	struct files_node *n = trace_files_node_find(f, u->dev, u->ino);
 	if (n)
-		trace_files_node_remove(f, n);
+		node_remove(f, n);
 	struct hm_err err = {0};
 	if (agent_client_unlink(f->client, u->path, 0, &err) < 0)
 		hm_debug("undo the creation of %s: %s", u->path, err.msg);
@@ -603,7 +602,7 @@ void trace_files_release(struct trace_session *s)
 	hm_info("remote files: %lu agent calls, %lu reads from the %lld ms cache, %lu opens of "
 		"a shared big file",
 		f->remote_ops, f->cache_hits, FILES_CACHE_NS / 1000000, f->shared_hits);
-	trace_files_cache_clear(f);
+	cache_clear(f);
 	for (size_t i = 0; i < f->nbuckets; i++) {
 		struct files_node *n = f->buckets[i];
 		while (n) {

@@ -72,7 +72,8 @@ static void remove_stale_mirrors(const char *parent)
 	closedir(d);
 }
 
-int trace_files_mirror_ready(struct files *f, struct hm_err *err)
+/* The private temp dir and mirror root, made on first use. */
+static int mirror_ready(struct files *f, struct hm_err *err)
 {
 	if (f->mirror_fd >= 0)
 		return 0;
@@ -362,7 +363,7 @@ static int mirror_dir_fd(struct files *f, const char *path, struct hm_err *err)
 
 int trace_files_dir_open(struct files *f, const char *path, struct hm_err *err)
 {
-	if (trace_files_mirror_ready(f, err) < 0)
+	if (mirror_ready(f, err) < 0)
 		return -1;
 	hm_autofree struct agent_dirent *ents = NULL;
 	size_t n = 0;

@@ -159,7 +159,6 @@ struct files_node *trace_files_node_find(struct files *f, dev_t dev, ino_t ino);
 struct files_node *trace_files_node_add(struct files *f, int fd, enum files_node_kind kind,
 					const char *path, const struct proto_stat *st,
 					struct hm_err *err);
-void trace_files_node_remove(struct files *f, struct files_node *n);
 /* The metadata fstat shows for a node (DIR: asks the agent); lst: the local inode's
  * stat (for the size and times of a written file). */
 int trace_files_node_stat(struct files *f, struct files_node *n, const struct stat *lst,
@@ -200,14 +199,11 @@ void trace_files_shared_drop(struct files *f, struct files_cache_entry *e);
 /* Forget path and everything under it (trace-run changed it in the target), in both
  * the short cache and the shared copies. */
 void trace_files_cache_invalidate(struct files *f, const char *path);
-void trace_files_cache_clear(struct files *f);
 
 /* write a struct into the program: 0, or the errno to fail the call with */
 int trace_files_put(const struct tracer_call *call, uint64_t addr, const void *buf, size_t len);
 
 /* ---- files_dir.c ---- */
-/* The private temp dir and mirror root, made on first use. */
-int trace_files_mirror_ready(struct files *f, struct hm_err *err);
 /* Read directory path from the target and mirror it; an O_RDONLY | O_DIRECTORY fd on
  * the mirror copy, and its node. */
 int trace_files_dir_open(struct files *f, const char *path, struct hm_err *err);
@@ -224,11 +220,6 @@ void trace_files_cwd_release(struct files *f);
 int trace_files_register_open(struct files *f, struct hm_err *err);
 int trace_files_register_stat(struct files *f, struct hm_err *err);
 int trace_files_register_write(struct files *f, struct hm_err *err);
-/* Write a NODE_WRITE back if its content changed since the last time (fsync: always,
- * and durably). The content comes from the node's keep_fd, or from the program's fd
- * (tid, fd) once the node has released it. */
-int trace_files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
-		     struct hm_err *err);
 /* Written files whose content trace-run keeps a reference to, at most: beyond, one
  * is written back and released, and only a close / fsync / dup2 on one of the
  * program's fds writes it back again (each kept file holds an fd of trace-run's). */

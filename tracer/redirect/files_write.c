@@ -38,7 +38,7 @@ static int content_fd(const struct files_node *n, pid_t tid, int fd, struct hm_e
 	return r;
 }
 
-int trace_files_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
+static int node_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
 		     struct hm_err *err)
 {
 	hm_autofd src = -1;
@@ -92,7 +92,7 @@ void trace_files_sync_all(struct files *f)
 			if (n->kind != NODE_WRITE || n->keep_fd < 0)
 				continue;
 			struct hm_err err = {0};
-			if (trace_files_sync(f, n, 0, -1, false, &err) < 0)
+			if (node_sync(f, n, 0, -1, false, &err) < 0)
 				hm_warn("write back %s: %s", n->path, err.msg);
 		}
 }
@@ -104,7 +104,7 @@ void trace_files_sync_path(struct files *f, const char *path)
 			if (n->kind != NODE_WRITE || n->keep_fd < 0 || strcmp(n->path, path))
 				continue;
 			struct hm_err err = {0};
-			if (trace_files_sync(f, n, 0, -1, false, &err) < 0)
+			if (node_sync(f, n, 0, -1, false, &err) < 0)
 				hm_warn("write back %s: %s", n->path, err.msg);
 		}
 }
@@ -117,7 +117,7 @@ void trace_files_release_kept(struct files *f)
 			if (n->kind != NODE_WRITE || n->keep_fd < 0)
 				continue;
 			struct hm_err err = {0};
-			if (trace_files_sync(f, n, 0, -1, false, &err) < 0)
+			if (node_sync(f, n, 0, -1, false, &err) < 0)
 				hm_warn("write back %s: %s", n->path, err.msg);
 			close(n->keep_fd);
 			n->keep_fd = -1;
@@ -136,7 +136,7 @@ static void sync_fd(struct files *f, const struct tracer_call *call, int fd, boo
 	if (!n || n->kind != NODE_WRITE)
 		return;
 	struct hm_err err = {0};
-	if (trace_files_sync(f, n, call->pid, fd, fsync, &err) == 0) {
+	if (node_sync(f, n, call->pid, fd, fsync, &err) == 0) {
 		if (res)
 			*res = tracer_return(0);
 		return;
