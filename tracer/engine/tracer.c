@@ -72,7 +72,7 @@ int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *
 	t->sigfd = -1;
 	if (tracer_probe(&t->features, err) < 0 || (tracer_probe_log(&t->features), 0) ||
 	    choose_backend(t, backend, err) < 0 || tracer_register_builtin(t, err) < 0) {
-		free(t);
+		tracer_free(t);
 		return -1;
 	}
 	hm_info("backend: %s", tracer_backend_name(t->backend));

@@ -254,13 +254,13 @@ int policy_dns_table_new(size_t capacity, struct policy_dns_table **out, struct 
 	struct policy_dns_table *t = calloc(1, sizeof(*t));
 	if (!t)
 		return hm_err_set(err, ENOMEM, "name table");
+	pthread_mutex_init(&t->lock, NULL);
 	t->cap = capacity ? capacity : 1024;
 	t->v = calloc(t->cap, sizeof(*t->v));
 	if (!t->v) {
-		free(t);
+		policy_dns_table_free(t);
 		return hm_err_set(err, ENOMEM, "name table");
 	}
-	pthread_mutex_init(&t->lock, NULL);
 	*out = t;
 	return 0;
 }
@@ -527,7 +527,7 @@ int policy_net_new(const struct policy_net_opts *o, struct policy_net **out, str
 	if (n) {
 		p->rules = calloc(n, sizeof(*p->rules));
 		if (!p->rules) {
-			free(p);
+			policy_net_free(p);
 			return hm_err_set(err, ENOMEM, "outgoing filter");
 		}
 	}

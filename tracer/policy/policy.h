@@ -93,6 +93,9 @@ struct policy_config {
 
 void policy_config_init(struct policy_config *c);
 void policy_config_free(struct policy_config *c); /* leaves c initialized (empty) */
+/* `policy_cleanup_config struct policy_config c = {0};` frees c on scope exit (an empty
+ * or moved-from config is freed harmlessly) */
+#define policy_cleanup_config __attribute__((cleanup(policy_config_free)))
 /* Parse a config file into c (which must be freshly initialized). Errors name the file
  * and the key's JSON path: "trace.json: unknown key feature.fs.mdoe",
  * "trace.json: feature.network.dns: expected a boolean, got string". */

@@ -230,6 +230,17 @@ static int build_config(const struct cli *cli, struct policy_config *out)
 	return 0;
 }
 
+/* What run() set up, in reverse, however far it got (s is set up by trace_session_init
+ * first thing, env and t may be NULL). */
+static void run_release(struct trace_session *s, char **env, struct tracer *t)
+{
+	trace_net_release(s);
+	trace_files_release(s);
+	trace_session_release(s);
+	policy_env_free(env);
+	tracer_free(t);
+}
+
 static int run(int argc, char **argv)
 {
 	struct cli cli = {0};
@@ -243,20 +254,16 @@ static int run(int argc, char **argv)
 		hm_log_init(PROG, cli.verbose > 1 ? HM_LOG_DEBUG : HM_LOG_INFO);
 	char **program = argv + optind;
 
-	struct policy_config cfg;
+	policy_cleanup_config struct policy_config cfg = {0};
 	rc = build_config(&cli, &cfg);
 	policy_config_free(&cli.flags);
-	if (rc) {
-		policy_config_free(&cfg);
+	if (rc)
 		return rc;
-	}
 
 	struct hm_err err = {0};
 	struct tracer *t = NULL;
-	if (tracer_new(cfg.backend, &t, &err) < 0) {
-		policy_config_free(&cfg);
+	if (tracer_new(cfg.backend, &t, &err) < 0)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
-	}
 
 	struct trace_session s;
 	char **env = NULL;
@@ -283,11 +290,7 @@ static int run(int argc, char **argv)
 	struct tracer_exit ex;
 	rc = tracer_run(t, program, &ex, &err);
 	environ = saved_environ;
-	trace_net_release(&s);
-	trace_files_release(&s);
-	trace_session_release(&s);
-	policy_env_free(env);
-	tracer_free(t);
+	run_release(&s, env, t);
 	if (rc < 0)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	if (ex.outcome == TRACER_EXEC_FAILED) {
@@ -304,11 +307,7 @@ static int run(int argc, char **argv)
 
 fail:
 	hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
-	trace_net_release(&s);
-	trace_files_release(&s);
-	trace_session_release(&s);
-	policy_env_free(env);
-	tracer_free(t);
+	run_release(&s, env, t);
 	return exit_code;
 }
 

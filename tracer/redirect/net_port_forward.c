@@ -567,18 +567,14 @@ static int serve(struct pf *pf, int sigfd)
 int trace_port_forward_main(int argc, char **argv)
 {
 	hm_log_init(PROG, HM_LOG_WARN);
-	struct pf *pf = calloc(1, sizeof(*pf));
+	hm_cleanup_free struct pf *pf = calloc(1, sizeof(*pf));
 	if (!pf)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "out of memory");
-	struct policy_config cfg;
-	policy_config_init(&cfg);
+	policy_cleanup_config struct policy_config cfg = {0};
 	int verbose = 0;
 	int rc = parse_args(argc, argv, &cfg, pf, &verbose);
-	if (rc) {
-		policy_config_free(&cfg);
-		free(pf);
+	if (rc)
 		return rc < 0 ? 0 : rc;
-	}
 	if (verbose)
 		hm_log_init(PROG, verbose > 1 ? HM_LOG_DEBUG : HM_LOG_INFO);
 	/* every thread from here on (the agent client's, the relay's, the connections')
@@ -645,9 +641,7 @@ out:
 			agent_relay_destroy(pf->relay);
 		trace_session_release(&pf->s);
 	}
-	policy_config_free(&cfg);
 	if (sigfd >= 0)
 		close(sigfd);
-	free(pf);
 	return rc;
 }
