@@ -60,7 +60,7 @@ static int content_fd(const struct redirect *r, const char *path, struct hm_err 
 {
 	char name[64];
 	snprintf(name, sizeof(name), "hermit:%.50s", path);
-	hm_autofd fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	hm_cleanup_close int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return hm_err_errno(err, "memfd_create");
 	if (hm_write_all(fd, r->content, r->len) < 0)

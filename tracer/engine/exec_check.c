@@ -17,7 +17,7 @@ static bool effective_ids(pid_t tid, uid_t *euid, gid_t *egid)
 {
 	char path[64], line[256];
 	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_autofile f = fopen(path, "re");
+	hm_cleanup_fclose FILE *f = fopen(path, "re");
 	int found = 0;
 	unsigned r, e;
 	while (f && found < 2 && fgets(line, sizeof(line), f)) {

@@ -216,7 +216,7 @@ int tracer_launch(struct tracer *t, char *const argv[], struct hm_err *err)
 	if (tracer_filter_build(t, ptrace_backend ? SECCOMP_RET_TRACE : SECCOMP_RET_USER_NOTIF,
 				&c.prog, err) < 0)
 		return -1;
-	hm_autofree struct sock_filter *insns = c.prog.filter;
+	hm_cleanup_free struct sock_filter *insns = c.prog.filter;
 	hm_debug("seccomp filter: %u instructions", c.prog.len);
 
 	int sv[2];

@@ -16,7 +16,7 @@ static ssize_t proc_mem_rw(pid_t pid, uint64_t addr, void *buf, size_t len, bool
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/mem", pid);
-	hm_autofd fd = open(path, (writing ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, (writing ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
 	return writing ? pwrite(fd, buf, len, (off_t)addr) : pread(fd, buf, len, (off_t)addr);

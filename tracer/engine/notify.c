@@ -137,7 +137,7 @@ static bool notif_gone(const struct tracer_call *call, void *arg)
 static void run_deferred(struct tracer *t, const struct pollfd *pfd, size_t npfd,
 			 struct seccomp_notif_resp *resp)
 {
-	hm_autofree struct tracer_deferred *ready = NULL;
+	hm_cleanup_free struct tracer_deferred *ready = NULL;
 	size_t n = tracer_defer_take_ready(t, pfd, npfd, &ready);
 	for (size_t i = 0; i < n; i++) {
 		struct tracer_deferred *d = &ready[i];
@@ -165,12 +165,12 @@ int tracer_notify_loop(struct tracer *t, struct hm_err *err)
 	t->resp_size = sizes.seccomp_notif_resp > sizeof(struct seccomp_notif_resp)
 			   ? sizes.seccomp_notif_resp
 			   : sizeof(struct seccomp_notif_resp);
-	hm_autofree struct seccomp_notif *req = calloc(1, t->notif_size);
-	hm_autofree struct seccomp_notif_resp *resp = calloc(1, t->resp_size);
+	hm_cleanup_free struct seccomp_notif *req = calloc(1, t->notif_size);
+	hm_cleanup_free struct seccomp_notif_resp *resp = calloc(1, t->resp_size);
 	if (!req || !resp)
 		return hm_err_set(err, ENOMEM, "notification buffers");
 
-	hm_autofree struct pollfd *pfd = NULL;
+	hm_cleanup_free struct pollfd *pfd = NULL;
 	size_t pfd_cap = 0;
 	int64_t last_sweep = 0;
 	while (!t->no_children) {

@@ -109,7 +109,7 @@ int tracer_probe(struct tracer_features *f, struct hm_err *err)
 		f->user_notif = false;
 		return 0;
 	}
-	hm_autofd listener = p.fd;
+	hm_cleanup_close int listener = p.fd;
 	f->wait_killable = p.wait_killable;
 
 	struct seccomp_notif_resp resp = {.id = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};

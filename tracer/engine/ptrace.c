@@ -126,7 +126,7 @@ static void thread_gone(struct tracer *t, pid_t tid)
 /* Deferred calls whose fd turned ready: their threads are still at the seccomp stop. */
 static void run_deferred(struct tracer *t, const struct pollfd *pfd, size_t npfd)
 {
-	hm_autofree struct tracer_deferred *ready = NULL;
+	hm_cleanup_free struct tracer_deferred *ready = NULL;
 	size_t n = tracer_defer_take_ready(t, pfd, npfd, &ready);
 	struct tracer_ptrace *pt = t->pt;
 	for (size_t i = 0; i < n; i++) {
@@ -192,7 +192,7 @@ int tracer_ptrace_loop(struct tracer *t, struct hm_err *err)
 {
 	if (!pt_state(t))
 		return hm_err_set(err, ENOMEM, "ptrace state");
-	hm_autofree struct pollfd *pfd = NULL;
+	hm_cleanup_free struct pollfd *pfd = NULL;
 	size_t pfd_cap = 0;
 	while (!t->no_children) {
 		int status;

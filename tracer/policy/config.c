@@ -35,7 +35,7 @@ int policy_strv_push_split(struct policy_strv *v, const char *s, char sep, struc
 		const char *end = strchr(s, sep);
 		size_t n = end ? (size_t)(end - s) : strlen(s);
 		if (n > 0) {
-			hm_autofree char *piece = strndup(s, n);
+			hm_cleanup_free char *piece = strndup(s, n);
 			if (!piece)
 				return hm_err_set(err, ENOMEM, "list");
 			if (policy_strv_push(v, piece, err) < 0)
@@ -130,7 +130,7 @@ static int set_string(char **dst, const char *value, struct hm_err *err)
 static int override_set(struct policy_strv *ov, const char *key, size_t keylen, const char *value,
 			struct hm_err *err)
 {
-	hm_autofree char *kv = NULL;
+	hm_cleanup_free char *kv = NULL;
 	if (asprintf(&kv, "%.*s=%s", (int)keylen, key, value) < 0)
 		return hm_err_set(err, ENOMEM, "config");
 	for (size_t i = 0; i < ov->len; i++) {
@@ -670,7 +670,7 @@ int policy_config_load_string(struct policy_config *c, const char *json, const c
 
 int policy_config_load_file(struct policy_config *c, const char *path, struct hm_err *err)
 {
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	size_t len;
 	if (hm_read_file(path, &text, &len, err) < 0)
 		return hm_err_prefix(err, "config");

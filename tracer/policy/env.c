@@ -209,7 +209,7 @@ int policy_env_build(const struct policy_env_opts *o, char *const remote[], char
 		size_t klen = key_len(remote[i]);
 		if (klen == 0)
 			continue;
-		hm_autofree char *name = strndup(remote[i], klen);
+		hm_cleanup_free char *name = strndup(remote[i], klen);
 		if (!name) {
 			hm_err_set(err, ENOMEM, "environment");
 			goto fail;

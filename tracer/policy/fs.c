@@ -174,7 +174,7 @@ static int rules_join(struct fs_rules *r, struct hm_err *err)
 	}
 	if (regexes < 2)
 		return 0;
-	hm_autofree char *joined = malloc(len + 1);
+	hm_cleanup_free char *joined = malloc(len + 1);
 	if (!joined)
 		return hm_err_set(err, ENOMEM, "file policy");
 	char *p = joined;

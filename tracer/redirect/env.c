@@ -15,7 +15,7 @@ int trace_env_build(struct trace_session *s, char *const local[], char ***out, s
 {
 	struct policy_env_opts opts;
 	policy_env_opts_from_config(&s->cfg, &opts);
-	hm_autofree char **remote = NULL;
+	hm_cleanup_free char **remote = NULL;
 	size_t remote_count = 0;
 	if (opts.import_remote) {
 		if (agent_client_env(s->client, &remote, &remote_count, err) < 0)
@@ -25,7 +25,7 @@ int trace_env_build(struct trace_session *s, char *const local[], char ***out, s
 	size_t n = 0;
 	while (local && local[n])
 		n++;
-	hm_autofree char **filtered = calloc(n + 1, sizeof(*filtered));
+	hm_cleanup_free char **filtered = calloc(n + 1, sizeof(*filtered));
 	if (!filtered)
 		return hm_err_set(err, ENOMEM, "environment");
 	size_t kept = 0;

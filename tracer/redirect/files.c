@@ -306,7 +306,7 @@ mode_t trace_files_umask(pid_t tid)
 {
 	char path[64], line[128];
 	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_autofile f = fopen(path, "re");
+	hm_cleanup_fclose FILE *f = fopen(path, "re");
 	unsigned mask = 022;
 	while (f && fgets(line, sizeof(line), f))
 		if (sscanf(line, "Umask: %o", &mask) == 1)

@@ -47,7 +47,7 @@ static int remove_entry(int dirfd, const char *name, bool is_dir);
  * directories whose PID is gone. A recycled PID only keeps one for longer. */
 static void remove_stale_mirrors(const char *parent)
 {
-	hm_autofd pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (pfd < 0)
 		return;
 	int fd = fcntl(pfd, F_DUPFD_CLOEXEC, 0);
@@ -151,7 +151,7 @@ void trace_files_mirror_remove(struct files *f)
 	snprintf(parent, sizeof(parent), "%s", f->base);
 	char *slash = strrchr(parent, '/');
 	*slash = '\0';
-	hm_autofd pfd = open(parent[0] ? parent : "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int pfd = open(parent[0] ? parent : "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (pfd < 0 || remove_entry(pfd, slash + 1, true) < 0)
 		hm_warn("cannot remove %s: %s", f->base, strerror(errno));
 	f->base[0] = '\0';
@@ -272,7 +272,7 @@ static int list_local(int dirfd, struct name_type **out, size_t *count, char **p
 static int sync_entries(int dirfd, const char *path, const struct agent_dirent *ents, size_t n,
 			struct hm_err *err)
 {
-	hm_autofree struct name_type *remote = calloc(n ? n : 1, sizeof(*remote));
+	hm_cleanup_free struct name_type *remote = calloc(n ? n : 1, sizeof(*remote));
 	if (!remote)
 		return hm_err_set(err, ENOMEM, "mirror %s", path);
 	size_t nr = 0;
@@ -280,8 +280,8 @@ static int sync_entries(int dirfd, const char *path, const struct agent_dirent *
 		if (valid_name(ents[i].name))
 			remote[nr++] = (struct name_type){ents[i].name, ents[i].type};
 	qsort(remote, nr, sizeof(*remote), by_name);
-	hm_autofree struct name_type *local = NULL;
-	hm_autofree char *pool = NULL;
+	hm_cleanup_free struct name_type *local = NULL;
+	hm_cleanup_free char *pool = NULL;
 	size_t nl = 0;
 	if (list_local(dirfd, &local, &nl, &pool, err) < 0)
 		return hm_err_prefix(err, "mirror %s", path);
@@ -365,12 +365,12 @@ int trace_files_dir_open(struct files *f, const char *path, struct hm_err *err)
 {
 	if (mirror_ready(f, err) < 0)
 		return -1;
-	hm_autofree struct agent_dirent *ents = NULL;
+	hm_cleanup_free struct agent_dirent *ents = NULL;
 	size_t n = 0;
 	f->remote_ops++;
 	if (agent_client_readdir(f->client, path, &ents, &n, err) < 0)
 		return -1;
-	hm_autofd fd = mirror_dir_fd(f, path, err);
+	hm_cleanup_close int fd = mirror_dir_fd(f, path, err);
 	if (fd < 0)
 		return -1;
 	if (sync_entries(fd, path, ents, n, err) < 0)
@@ -398,7 +398,7 @@ static int proc_ids(pid_t tid, pid_t *tgid, pid_t *ppid)
 {
 	char path[64], line[128];
 	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_autofile fp = fopen(path, "re");
+	hm_cleanup_fclose FILE *fp = fopen(path, "re");
 	int found = 0;
 	while (fp && found < 2 && fgets(line, sizeof(line), fp)) {
 		int v;
@@ -418,7 +418,7 @@ static unsigned long long proc_start(pid_t pid)
 {
 	char path[64], buf[1024];
 	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
 	if (n <= 0)
 		return 0;

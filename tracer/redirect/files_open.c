@@ -123,7 +123,7 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 	struct proto_stat st;
 	char name[256];
 	memfd_name(name, sizeof(name), path);
-	hm_autofd fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	hm_cleanup_close int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return hm_err_errno(err, "memfd_create");
 	uint64_t size = 0;
@@ -183,7 +183,7 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 	}
 	char name[256];
 	memfd_name(name, sizeof(name), path);
-	hm_autofd fd = memfd_create(name, MFD_CLOEXEC);
+	hm_cleanup_close int fd = memfd_create(name, MFD_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "memfd_create");
 	struct proto_stat st = wr.st;
@@ -194,7 +194,7 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 			return -1;
 	}
 	int prog_flags = (flags & O_ACCMODE) | (flags & O_APPEND);
-	hm_autofd prog_fd = reopen(f, fd, prog_flags, err);
+	hm_cleanup_close int prog_fd = reopen(f, fd, prog_flags, err);
 	if (prog_fd < 0)
 		return -1;
 	struct files_node *n = trace_files_node_add(f, fd, NODE_WRITE, path, &st, err);

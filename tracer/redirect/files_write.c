@@ -41,7 +41,7 @@ static int content_fd(const struct files_node *n, pid_t tid, int fd, struct hm_e
 static int node_sync(struct files *f, struct files_node *n, pid_t tid, int fd, bool fsync,
 		     struct hm_err *err)
 {
-	hm_autofd src = -1;
+	hm_cleanup_close int src = -1;
 	if (n->keep_fd >= 0) {
 		src = fcntl(n->keep_fd, F_DUPFD_CLOEXEC, 0);
 		if (src < 0)

@@ -152,7 +152,8 @@ static int parse_forward(const char *spec, struct forward *f, struct hm_err *err
 
 static int listen_on(struct forward *f, struct hm_err *err)
 {
-	hm_autofd fd = socket(f->bind.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	hm_cleanup_close int fd =
+	    socket(f->bind.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return hm_err_errno(err, "socket");
 	int one = 1;
@@ -183,7 +184,7 @@ static void parse_resolv(const char *text, struct resolv *r)
 {
 	memset(r, 0, sizeof(*r));
 	r->ndots = 1;
-	hm_autofree char *copy = strdup(text);
+	hm_cleanup_free char *copy = strdup(text);
 	if (!copy)
 		return;
 	char *save = NULL;
@@ -213,7 +214,7 @@ static void parse_resolv(const char *text, struct resolv *r)
 /* the address for name in the target's /etc/hosts */
 static int hosts_lookup(const char *text, const char *name, uint16_t port, struct net_addr *out)
 {
-	hm_autofree char *copy = strdup(text);
+	hm_cleanup_free char *copy = strdup(text);
 	if (!copy)
 		return -1;
 	char *save = NULL;
@@ -306,7 +307,7 @@ static int ask(struct agent_client *c, const struct net_addr *ns, const char *na
 	struct proto_addr pns;
 	if (trace_net_addr_to_proto(ns, &pns, err) < 0)
 		return -1;
-	hm_autofd stream = agent_client_udp_open(c, pns.family, NULL, err);
+	hm_cleanup_close int stream = agent_client_udp_open(c, pns.family, NULL, err);
 	if (stream < 0)
 		return -1;
 	if (agent_udp_send(stream, &pns, q, qlen, err) < 0)
@@ -333,7 +334,7 @@ static int resolve(struct agent_client *c, const char *host, uint16_t port, stru
 		return 0;
 	struct agent_file_content fc;
 	if (agent_client_read_file(c, "/etc/hosts", 0, 1 << 20, &fc, err) == 0) {
-		hm_autofree char *text = strndup(fc.data, fc.size);
+		hm_cleanup_free char *text = strndup(fc.data, fc.size);
 		agent_file_content_release(&fc);
 		if (text && hosts_lookup(text, host, port, out) == 0)
 			return 0;
@@ -342,7 +343,7 @@ static int resolve(struct agent_client *c, const char *host, uint16_t port, stru
 		return hm_err_prefix(err, "resolve %s in the target: /etc/resolv.conf", host);
 	struct resolv rc;
 	{
-		hm_autofree char *text = strndup(fc.data, fc.size);
+		hm_cleanup_free char *text = strndup(fc.data, fc.size);
 		agent_file_content_release(&fc);
 		if (!text)
 			return hm_err_set(err, ENOMEM, "resolv.conf");

@@ -173,7 +173,7 @@ static pid_t tgid_of(pid_t tid)
 {
 	char path[64], line[128];
 	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_autofile f = fopen(path, "re");
+	hm_cleanup_fclose FILE *f = fopen(path, "re");
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f)) {
@@ -188,7 +188,7 @@ int trace_net_getfd(const struct tracer_call *call, int fd, struct hm_err *err)
 {
 	/* a thread pidfd reaches the calling thread's own fd table (6.9+); before that,
 	 * the thread group's, which is the same unless the thread unshared its files */
-	hm_autofd pidfd = (int)syscall(SYS_pidfd_open, call->pid, PIDFD_THREAD);
+	hm_cleanup_close int pidfd = (int)syscall(SYS_pidfd_open, call->pid, PIDFD_THREAD);
 	if (pidfd < 0 && errno == EINVAL) {
 		pid_t tgid = tgid_of(call->pid);
 		if (tgid > 0)

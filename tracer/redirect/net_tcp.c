@@ -16,7 +16,7 @@
 
 static int listener_open(int family, struct net_addr *addr, struct hm_err *err)
 {
-	hm_autofd fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	hm_cleanup_close int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return hm_err_errno(err, "relay listener socket");
 	int one = 1;
@@ -272,7 +272,7 @@ static void tcp_work(struct net_job *job)
 	job->err = (struct hm_err){0};
 	/* the relay's path: trace-run's own stream connection, as agent_client_tcp_connect */
 	int timeout = AGENT_DEFAULT_TIMEOUT_MS;
-	hm_autofd fd = agent_endpoint_dial(&st->s->endpoint, timeout, &job->err);
+	hm_cleanup_close int fd = agent_endpoint_dial(&st->s->endpoint, timeout, &job->err);
 	if (fd < 0 || proto_stream_open(fd, token, timeout, &job->err) < 0)
 		return;
 	job->result_fd = hm_steal_fd(&fd);

@@ -62,7 +62,7 @@ static struct net_proxy *proxy_get(struct net_state *st, struct net_sock *ns,
 	struct net_proxy *p = proxy_find_remote(ns, &peer);
 	if (p)
 		return p;
-	hm_autofd fd = socket(ns->family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	hm_cleanup_close int fd = socket(ns->family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return hm_err_errno(err, "proxy socket"), NULL;
 	struct net_addr local;
@@ -363,7 +363,7 @@ static int gather(const struct tracer_call *call, const struct msghdr *m, void *
 	if (m->msg_iovlen > IOV_MAX_PROGRAM)
 		return *error = EMSGSIZE, -1;
 	struct hm_err err;
-	hm_autofree struct iovec *iov = calloc(m->msg_iovlen ? m->msg_iovlen : 1, sizeof(*iov));
+	hm_cleanup_free struct iovec *iov = calloc(m->msg_iovlen ? m->msg_iovlen : 1, sizeof(*iov));
 	if (!iov)
 		return *error = ENOMEM, -1;
 	if (tracer_read_mem(call, (uint64_t)(uintptr_t)m->msg_iov, iov,
@@ -429,7 +429,7 @@ struct tracer_result trace_net_udp_sendmmsg(struct net_state *st, const struct t
 	if (!vlen)
 		return tracer_continue();
 	struct hm_err err = {0};
-	hm_autofree struct mmsghdr *msgs = calloc(vlen, sizeof(*msgs));
+	hm_cleanup_free struct mmsghdr *msgs = calloc(vlen, sizeof(*msgs));
 	if (!msgs || tracer_read_mem(call, call->args[1], msgs, vlen * sizeof(*msgs), &err) < 0)
 		return tracer_continue();
 	bool any = false;
@@ -443,7 +443,7 @@ struct tracer_result trace_net_udp_sendmmsg(struct net_state *st, const struct t
 	if (!any)
 		return tracer_continue();
 	ino_t ino;
-	hm_autofd dup = udp_dup(call, (int)call->args[0], NULL, &ino);
+	hm_cleanup_close int dup = udp_dup(call, (int)call->args[0], NULL, &ino);
 	if (dup < 0)
 		return tracer_continue();
 	unsigned sent = 0;
@@ -545,7 +545,7 @@ static struct tracer_result recv_attempt(struct recv_ctx *c, const struct tracer
 	bool is_msg = call->nr == SYS_recvmsg;
 	struct hm_err err;
 	struct msghdr pm = {0};
-	hm_autofree struct iovec *piov = NULL;
+	hm_cleanup_free struct iovec *piov = NULL;
 	size_t cap = 0;
 	if (is_msg) {
 		if (tracer_read_mem(call, call->args[1], &pm, sizeof(pm), &err) < 0 ||
@@ -566,10 +566,10 @@ static struct tracer_result recv_attempt(struct recv_ctx *c, const struct tracer
 	}
 	if (cap > DGRAM_MAX)
 		cap = DGRAM_MAX;
-	hm_autofree uint8_t *buf = malloc(cap ? cap : 1);
+	hm_cleanup_free uint8_t *buf = malloc(cap ? cap : 1);
 	size_t ctl_cap =
 	    is_msg ? (pm.msg_controllen < CONTROL_MAX ? pm.msg_controllen : CONTROL_MAX) : 0;
-	hm_autofree uint8_t *ctl = ctl_cap ? calloc(1, ctl_cap) : NULL;
+	hm_cleanup_free uint8_t *ctl = ctl_cap ? calloc(1, ctl_cap) : NULL;
 	if (!buf || (ctl_cap && !ctl)) {
 		recv_ctx_free(c);
 		return tracer_error(ENOMEM);
