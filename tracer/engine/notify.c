@@ -17,10 +17,6 @@
 
 #include "tracer/engine/internal.h"
 
-#ifndef SECCOMP_ADDFD_FLAG_SEND
-#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
-#endif
-
 static int send_response(struct tracer *t, struct seccomp_notif_resp *resp)
 {
 	if (ioctl(t->listener, SECCOMP_IOCTL_NOTIF_SEND, resp) == 0)
