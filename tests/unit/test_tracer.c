@@ -262,7 +262,7 @@ static int helper(int argc, char **argv)
 		struct sigaction sa = {.sa_handler = storm_handler, .sa_flags = SA_RESTART};
 		sigaction(SIGUSR1, &sa, NULL);
 		/* the baseline after one open: under ptrace the first installation adds the
-		 * fd channel (by design, see tracer/inject.c) */
+		 * fd channel (by design, see tracer/engine/inject.c) */
 		close(open(argv[1], O_RDONLY | O_CLOEXEC));
 		int n = atoi(argv[2]), bad = 0, before = count_open_fds();
 		struct storm st = {.target = (pid_t)syscall(SYS_gettid)};

@@ -1,4 +1,4 @@
-/* The handler table (one entry per native syscall number) and the handlers the core
+/* Dispatch: the handler table (one entry per native syscall number) and the handlers the core
  * always installs: seccomp(), so that the program cannot put a listener of its own in
  * front of trace-run's. */
 #include <linux/seccomp.h>

@@ -73,7 +73,7 @@ struct tracer_stats {
 
 struct tracer_ptrace; /* ptrace.c */
 
-/* handlers.c: calls answered with TRACER_DEFER, waiting for their fd */
+/* dispatch.c: calls answered with TRACER_DEFER, waiting for their fd */
 struct tracer_deferred {
 	struct tracer_call call;
 	struct tracer_result res;     /* verdict TRACER_DEFER */
@@ -121,7 +121,7 @@ int tracer_filter_build(const struct tracer *t, uint32_t intercept_action, struc
 /* syscalls refused with ENOSYS whatever the handlers: io_uring would bypass seccomp */
 bool tracer_filter_refused(int nr);
 
-/* handlers.c */
+/* dispatch.c */
 struct tracer_result tracer_dispatch(struct tracer *t, const struct tracer_call *call);
 /* result was not delivered: close its fd, run its undo */
 void tracer_result_abandon(struct tracer *t, struct tracer_result *res);
@@ -149,7 +149,7 @@ void tracer_defer_drop(struct tracer *t, bool (*gone)(const struct tracer_call *
 int tracer_exec_check_register(struct tracer *t, struct hm_err *err);
 void tracer_exec_check(struct tracer *t, const struct tracer_call *call);
 
-/* handlers.c: the watched fd in the supervisor loops: append its pollfd (0 or 1
+/* dispatch.c: the watched fd in the supervisor loops: append its pollfd (0 or 1
  * appended), then fire it if that pollfd reported anything */
 size_t tracer_watch_pollfd(const struct tracer *t, struct pollfd *pfd);
 void tracer_watch_check(struct tracer *t, const struct pollfd *pfd, size_t n);

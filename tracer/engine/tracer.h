@@ -1,4 +1,5 @@
-/* tracer: the core of trace-run. It launches a program so that a chosen set of its
+/* tracer/engine: the interception engine of trace-run, this module's one public
+ * header (prefix tracer_). It launches a program so that a chosen set of its
  * system calls is answered by trace-run instead of (or before) the kernel, in every
  * thread and every descendant process, whatever the program is linked against.
  *

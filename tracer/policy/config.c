@@ -125,7 +125,7 @@ static int set_string(char **dst, const char *value, struct hm_err *err)
 	return 0;
 }
 
-/* Replace or add the override for key (value's "KEY=VALUE" form is what env_filter
+/* Replace or add the override for key (value's "KEY=VALUE" form is what env.c
  * consumes directly). */
 static int override_set(struct policy_strv *ov, const char *key, size_t keylen, const char *value,
 			struct hm_err *err)
@@ -155,7 +155,7 @@ int policy_config_env_override(struct policy_config *c, const char *key_value, s
 
 /* ---------------------------------------------------------------- value checks */
 
-/* The same compile options fs_policy.c uses for user patterns (mirrord's are case
+/* The same compile options fs.c uses for user patterns (mirrord's are case
  * insensitive), so a pattern that loads also builds. */
 static int check_regex(const char *key, size_t index, const char *re, struct hm_err *err)
 {

@@ -5,11 +5,11 @@
  *
  *  - config (config.c): the `-f trace.json` file (json-c) and the struct the CLI flags
  *    fill too; policy_config_merge lets flags override the file. docs/config.md.
- *  - files (fs_policy.c): path -> LOCAL / REMOTE / REMOTE_WRITE / NOT_FOUND, mirrord's
+ *  - files (fs.c): path -> LOCAL / REMOTE / REMOTE_WRITE / NOT_FOUND, mirrord's
  *    feature.fs modes and regex lists (PCRE2) on top of documented defaults.
- *  - outgoing traffic (net_filter.c): destination -> LOCAL / REMOTE, mirrord's
+ *  - outgoing traffic (net.c): destination -> LOCAL / REMOTE, mirrord's
  *    outgoing.filter specs, with a name table fed from the DNS answers the program got.
- *  - environment (env_filter.c): the program's env from the pod's and the local one.
+ *  - environment (env.c): the program's env from the pod's and the local one.
  *
  * Decision functions are thread-safe once their policy object is built. */
 #ifndef HERMIT_TRACER_POLICY_H

@@ -1,6 +1,6 @@
 /* The program's environment: the target's variables, fetched once from the agent
  * before the program starts, merged over trace-run's own as feature.env says
- * (env_filter.c). The program is exec'd with the result. */
+ * (tracer/policy/env.c). The program is exec'd with the result. */
 #include <string.h>
 
 #include "tracer/redirect/session.h"

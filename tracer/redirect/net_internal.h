@@ -1,5 +1,5 @@
 /* Interfaces between the network handler files of trace-run (net_*.c). Not for other
- * files of the tracer module: they use tracer/session.h.
+ * files of trace-run (tracer/redirect): they use session.h.
  *
  * The design is a local proxy with real kernel sockets on the program's side:
  *  - TCP: a connect() to a REMOTE destination asks the agent to connect from the pod
@@ -151,7 +151,7 @@ struct tracer_result trace_net_udp_sendmsg(struct net_state *st, const struct tr
 struct tracer_result trace_net_udp_sendmmsg(struct net_state *st, const struct tracer_call *call);
 struct tracer_result trace_net_udp_recv(struct net_state *st, const struct tracer_call *call);
 
-/* ---- net_register.c: work done by a thread while the program's call waits ---- */
+/* ---- net_handlers.c: work done by a thread while the program's call waits ---- */
 struct net_job;
 typedef void (*net_job_fn)(struct net_job *job);
 /* What a job does and what it found; the handler fills the first part. */

@@ -2,7 +2,7 @@
  * connection, the merged config and the policies built from it. main.c creates it
  * (connects, opens the session, builds the policies) before the program starts; the
  * file handlers (files_*.c) and the network handlers (net_*.c) register themselves on
- * the tracer with it. Not for other modules. */
+ * the tracer with it. The header of the tracer/redirect module, not for other modules. */
 #ifndef HERMIT_TRACER_SESSION_H
 #define HERMIT_TRACER_SESSION_H
 
