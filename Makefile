@@ -154,7 +154,7 @@ FUZZ_TIME ?= 60
 # the module sources each target links besides util/
 FUZZ_LINK_fuzz_proto := $(wildcard proto/*.c)
 FUZZ_LINK_fuzz_dns   := tracer/policy/net.c
-$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) -lz -lpthread
