@@ -19,17 +19,25 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -I$(BUILD)/bpf \
            -fno-strict-aliasing -MMD -MP $(SAN_FLAGS)
 LDFLAGS += $(SAN_FLAGS)
-LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lcurl -lpcre2-8 -lseccomp -lpthread
+LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lseccomp -lpthread
 
 # library modules, in link order (dependents first)
-LIB_MODULES := agent tracer/redirect tracer/policy tracer/engine kube runtime loader proto util
+LIB_MODULES := agent tracer/redirect tracer/policy tracer/engine runtime loader proto util
 BIN_trace-pod   := runtime
 BIN_trace-agent := agent
 BIN_trace-run   := tracer/redirect
 # the modules each binary links, in link order
 LIBS_trace-pod   := runtime loader util
-LIBS_trace-agent := agent runtime loader proto util
+LIBS_trace-agent := agent runtime proto util
 LIBS_trace-run   := tracer/redirect tracer/policy tracer/engine agent runtime proto util
+# the modules each unit test (tests/unit/test_NAME.c) links: test_agent_* those of
+# trace-agent, test_tracer* those of trace-run, the runtime's tests those of trace-pod,
+# and the tests of a lower module only what they test
+LIBS_test_util   := util
+LIBS_test_proto  := proto util
+LIBS_test_loader := loader util
+unit_program = $(if $(filter test_agent_%,$(1)),trace-agent,$(if $(filter test_tracer%,$(1)),trace-run,trace-pod))
+unit_libs = $(or $(LIBS_$(1)),$(LIBS_$(call unit_program,$(1))))
 
 define module_vars
 $(1)_SRC := $$(filter-out $(1)/main.c,$$(wildcard $(1)/*.c))
@@ -45,6 +53,10 @@ BINS := $(foreach b,trace-pod trace-agent trace-run,$(if $(wildcard $(BIN_$(b))/
 BPF_SRC  := $(wildcard bpf/*.bpf.c)
 BPF_OBJ  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRC))
 BPF_SKEL := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.skel.h,$(BPF_SRC))
+# bpf_tracing.h's __TARGET_ARCH_*, named from the build machine as libbpf-tools does
+BPF_ARCH ?= $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/i.86/x86/' -e 's/aarch64/arm64/' \
+	-e 's/arm.*/arm/' -e 's/ppc64le/powerpc/' -e 's/mips.*/mips/' -e 's/riscv64/riscv/' \
+	-e 's/loongarch64/loongarch/' -e 's/s390x/s390/')
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
@@ -59,7 +71,7 @@ APPS_C := $(patsubst tests/apps-c/%.c,$(BUILD)/tests/%,$(wildcard tests/apps-c/*
 # keep objects make would treat as intermediate (test and main objects)
 .SECONDARY:
 
-.PHONY: all deps test unit integration asan valgrind bench demo install clean fuzz format
+.PHONY: all deps test unit integration asan valgrind bench demo install clean fuzz format format-check
 all: $(BINS) $(UNIT_BINS) $(GO_APPS) $(AGENT_E2E) $(APPS_C)
 
 deps:
@@ -70,7 +82,7 @@ $(BUILD)/bpf/vmlinux.h:
 	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BUILD)/bpf/vmlinux.h
-	$(CLANG) -target bpf -g -O2 -D__TARGET_ARCH_x86 -I$(BUILD)/bpf -Ibpf -MMD -MP -c $< -o $@
+	$(CLANG) -target bpf -g -O2 -D__TARGET_ARCH_$(BPF_ARCH) -I$(BUILD)/bpf -Ibpf -MMD -MP -c $< -o $@
 
 $(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
 	$(BPFTOOL) gen skeleton $< > $@.tmp && mv $@.tmp $@
@@ -99,9 +111,9 @@ $(BUILD)/bin/%: $(BUILD)/obj/$$(BIN_$$*)/main.o $$(foreach m,$$(LIBS_$$*),$$($$(
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(LIBS_$*),$($(m)_LIB)) $(LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $$(foreach m,$$(call unit_libs,$$*),$$($$(m)_LIB))
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS) -lcmocka
+	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(call unit_libs,$*),$($(m)_LIB)) $(LDLIBS) -lcmocka
 
 $(BUILD)/tests/agent_e2e: $(AGENT_E2E_OBJ) $(ALL_LIBS)
 	@mkdir -p $(@D)
@@ -174,8 +186,14 @@ install: $(BINS)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 
+# the C sources and headers .clang-format governs: `make format` rewrites them,
+# `make format-check` (run by CI) fails on any that differ
+FORMAT_SRC = $(filter-out bpf/vmlinux%,$(shell git ls-files '*.c' '*.h'))
 format:
-	clang-format -i $$(git ls-files '*.c' '*.h' | grep -v '^bpf/vmlinux')
+	clang-format -i $(FORMAT_SRC)
+
+format-check:
+	@clang-format --dry-run -Werror $(FORMAT_SRC) && echo "format-check: $(words $(FORMAT_SRC)) files clean"
 
 clean:
 	rm -rf build build-asan

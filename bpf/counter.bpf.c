@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The smallest real tc program hermit ships: counts ingress packets and bytes per IP
- * protocol. It exists to prove the BPF pipeline end to end (CO-RE against the running
- * kernel's BTF, a skeleton, read-only config from user space, tc attach inside a
- * netns); the mirror program follows the same shape. It never changes the verdict. */
+/* A tc ingress program that counts packets and bytes per IP protocol and never
+ * changes the verdict. No hermit binary attaches it: tests/unit/test_loader.c does, to
+ * check the BPF pipeline end to end (CO-RE against the running kernel's BTF, a
+ * skeleton, read-only config from user space, tc attach inside a netns). */
 #include "vmlinux.h"
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>

@@ -15,7 +15,7 @@ int hm_device_policy_attach(int cgroup_fd, bool allow_mknod, struct hm_err *err)
 	/* BPF_PROG_ATTACH wants a real open file on older kernels, not an O_PATH fd */
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", cgroup_fd);
-	hm_autofd dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dir < 0)
 		return hm_err_errno(err, "device policy: open the cgroup");
 	struct devices_bpf *skel = devices_bpf__open();

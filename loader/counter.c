@@ -1,6 +1,5 @@
 /* The counter program (bpf/counter.bpf.c): load with its read-only config, attach at
- * tc ingress, read the per-CPU totals, detach. The shape every tc program of hermit
- * follows. */
+ * tc ingress, read the per-CPU totals, detach. */
 #include <linux/types.h>
 
 #include "bpf/counter.h"
@@ -18,7 +17,7 @@ int hm_counter_attach(const struct hm_counter_opts *opts, struct hm_counter **ou
 {
 	*out = NULL;
 	hm_libbpf_log_setup();
-	hm_autofd netns = hm_netns_open(&opts->dev, err);
+	hm_cleanup_close int netns = hm_netns_open(&opts->dev, err);
 	if (netns < 0)
 		return hm_err_prefix(err, "counter");
 
@@ -54,8 +53,7 @@ int hm_counter_attach(const struct hm_counter_opts *opts, struct hm_counter **ou
 	*out = c;
 	return 0;
 fail:
-	counter_bpf__destroy(c->skel);
-	free(c);
+	hm_counter_destroy(c, NULL); /* the filter is not attached: nothing can fail */
 	return -1;
 }
 
@@ -66,7 +64,7 @@ int hm_counter_read(const struct hm_counter *c, uint8_t ip_proto, struct hm_coun
 	__u32 key = ip_proto;
 	/* a per-CPU map returns one value per possible CPU, each padded to 8 bytes */
 	size_t len = (size_t)c->ncpus * sizeof(struct counter_value);
-	hm_autofree struct counter_value *per_cpu = calloc(c->ncpus, sizeof(*per_cpu));
+	hm_cleanup_free struct counter_value *per_cpu = calloc(c->ncpus, sizeof(*per_cpu));
 	if (!per_cpu)
 		return hm_err_errno(err, "read counter");
 	int r = bpf_map__lookup_elem(c->skel->maps.stats, &key, sizeof(key), per_cpu, len, 0);

@@ -1,5 +1,5 @@
-/* loader internals shared by the per-program files (counter.c, later mirror and
- * steal): libbpf logging, entering a netns from one thread, tc filter lifetime. */
+/* loader internals shared by the per-program files (counter.c, cgroup_device.c):
+ * libbpf logging, entering a netns from one thread, tc filter lifetime. */
 #ifndef HERMIT_LOADER_INTERNAL_H
 #define HERMIT_LOADER_INTERNAL_H
 

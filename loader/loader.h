@@ -1,7 +1,8 @@
 /* loader: the user-space half of hermit's eBPF programs. It opens the skeletons that
- * the build generates from bpf/NAME.bpf.c, sets their read-only config, attaches them
- * inside the target's network namespace and detaches them again. The agent calls
- * only what is declared here.
+ * the build generates from bpf/NAME.bpf.c, sets their read-only config, and attaches
+ * them: the device policy to a pod's cgroup (trace-pod), the packet counter to an
+ * interface's tc ingress inside a network namespace (only tests/unit/test_loader.c,
+ * which checks the BPF pipeline end to end with it).
  *
  * TC filters outlive the process that attached them, so every tc attachment is
  * detached explicitly, and attaching first removes hermit filters whose owner died

@@ -11,7 +11,7 @@
 
 int hm_netns_open(const struct hm_netdev *dev, struct hm_err *err)
 {
-	hm_autofd fd = -1;
+	hm_cleanup_close int fd = -1;
 	const char *what;
 	if (dev->netns_path) {
 		what = dev->netns_path;
@@ -43,10 +43,10 @@ static bool same_file(int a, int b)
 int hm_netns_enter(int netns_fd, struct hm_netns_switch *sw, struct hm_err *err)
 {
 	sw->home_fd = -1;
-	hm_autofd home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
 	if (home < 0)
 		return hm_err_errno(err, "open own network namespace");
-	/* an agent worker thread already lives in its target's netns */
+	/* a caller's thread may already live in the target netns */
 	if (same_file(home, netns_fd))
 		return 0;
 	if (setns(netns_fd, CLONE_NEWNET) < 0)
@@ -59,7 +59,7 @@ int hm_netns_leave(struct hm_netns_switch *sw, struct hm_err *err)
 {
 	if (sw->home_fd < 0)
 		return 0;
-	hm_autofd home = hm_steal_fd(&sw->home_fd);
+	hm_cleanup_close int home = hm_steal_fd(&sw->home_fd);
 	if (setns(home, CLONE_NEWNET) < 0) {
 		hm_error("thread %d is stuck in a foreign network namespace: %s", gettid(),
 			 strerror(errno));

@@ -1,6 +1,6 @@
 /* Lifetime of hermit's tc filters. Classic tc filters (libbpf 1.1 has no tcx links)
- * are owned by the interface, not by the process: they survive a crash of the agent
- * and keep running its program. So attach first removes filters whose program no
+ * are owned by the interface, not by the process: they survive a crash of the process
+ * that attached them and keep running its program. So attach first removes filters whose program no
  * process holds any more, and detach removes exactly what we added — our filter, and
  * the clsact qdisc only when we created it and nobody else's filter sits on it. */
 #include <ctype.h>
@@ -110,19 +110,19 @@ static void mnl_closep(struct mnl_socket **nl)
 		mnl_socket_close(*nl);
 	*nl = NULL;
 }
+#define cleanup_mnl_socket __attribute__((cleanup(mnl_closep)))
 
 /* Filters on one clsact hook of ifindex, in the calling thread's netns. */
 static int tc_list(int ifindex, enum bpf_tc_attach_point point, struct tc_listing *out,
 		   struct hm_err *err)
 {
 	*out = (struct tc_listing){0};
-	__attribute__((cleanup(mnl_closep))) struct mnl_socket *nl =
-	    mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
+	cleanup_mnl_socket struct mnl_socket *nl = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
 	if (!nl || mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0)
 		return hm_err_errno(err, "rtnetlink socket");
 	/* dump replies fill up to 32 KiB per datagram; a smaller buffer truncates them */
 	size_t buf_size = 32768;
-	hm_autofree char *buf = malloc(buf_size);
+	hm_cleanup_free char *buf = malloc(buf_size);
 	if (!buf)
 		return hm_err_errno(err, "tc filter dump buffer");
 
@@ -165,7 +165,7 @@ static bool fdinfo_has_prog_id(int pid, const char *fd_name, uint32_t prog_id)
 {
 	char path[sizeof("/proc//fdinfo/") + 12 + sizeof(((struct dirent *)0)->d_name)];
 	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", pid, fd_name);
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
 	char text[1024];
@@ -178,7 +178,7 @@ static bool fdinfo_has_prog_id(int pid, const char *fd_name, uint32_t prog_id)
 }
 
 /* A process that holds prog_id through a program or link fd, 0 when none does (as far
- * as this /proc shows: an agent in its own pid namespace sees only its peers). */
+ * as this /proc shows: a caller in its own pid namespace sees only its peers). */
 static pid_t prog_holder(uint32_t prog_id)
 {
 	DIR *proc = opendir("/proc");
@@ -366,7 +366,7 @@ int hm_tc_filter_attach(struct hm_tc_filter *f, int netns_fd, const char *ifname
 	if (!ifname || !*ifname || strlen(ifname) >= sizeof(f->ifname))
 		return hm_err_set(err, EINVAL, "bad interface name '%s'", ifname ? ifname : "");
 	snprintf(f->ifname, sizeof(f->ifname), "%s", ifname);
-	hm_autofd ns = fcntl(netns_fd, F_DUPFD_CLOEXEC, 3);
+	hm_cleanup_close int ns = fcntl(netns_fd, F_DUPFD_CLOEXEC, 3);
 	if (ns < 0)
 		return hm_err_errno(err, "dup netns fd");
 
@@ -398,7 +398,7 @@ int hm_tc_filter_detach(struct hm_tc_filter *f, struct hm_err *err)
 {
 	if (!f->attached)
 		return 0;
-	hm_autofd ns = hm_steal_fd(&f->netns_fd);
+	hm_cleanup_close int ns = hm_steal_fd(&f->netns_fd);
 	f->attached = false;
 	struct hm_netns_switch sw;
 	if (hm_netns_enter(ns, &sw, err) < 0)

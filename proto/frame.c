@@ -3,10 +3,8 @@
  * the current frame, so a stream connection can switch to raw bytes right after its
  * hello. */
 #include <poll.h>
-#include <stdarg.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include "proto/proto.h"
 
@@ -49,19 +47,6 @@ int proto_hdr_decode(const uint8_t in[PROTO_HDR_LEN], uint32_t max_payload, stru
 	if (h->flags)
 		return hm_err_set(err, EPROTO, "unknown frame flags 0x%04x", h->flags);
 	return 0;
-}
-
-ssize_t proto_frame_parse(const void *buf, size_t len, uint32_t max_payload, struct proto_hdr *h,
-			  const uint8_t **payload, struct hm_err *err)
-{
-	if (len < PROTO_HDR_LEN)
-		return 0;
-	if (proto_hdr_decode(buf, max_payload, h, err) < 0)
-		return -1;
-	if (len - PROTO_HDR_LEN < h->len)
-		return 0;
-	*payload = (const uint8_t *)buf + PROTO_HDR_LEN;
-	return (ssize_t)(PROTO_HDR_LEN + h->len);
 }
 
 void proto_frame_release(struct proto_frame *f)
@@ -152,35 +137,17 @@ int proto_frame_reader_read(struct proto_frame_reader *r, int fd, struct proto_f
 	return reader_step(r, fd, out, UINT32_MAX, err);
 }
 
-/* Milliseconds left until deadline, or -1 for no deadline. */
-static int remaining_ms(const struct timespec *deadline)
+static int wait_fd(int fd, short events, int64_t deadline_ms, struct hm_err *err)
 {
-	if (!deadline)
-		return -1;
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	int64_t ms =
-	    (deadline->tv_sec - now.tv_sec) * 1000 + (deadline->tv_nsec - now.tv_nsec) / 1000000;
-	return ms < 0 ? 0 : (int)(ms > INT32_MAX ? INT32_MAX : ms);
+	int n = hm_poll_fd(fd, events, deadline_ms);
+	if (n < 0)
+		return hm_err_errno(err, "poll");
+	if (n == 0)
+		return hm_err_set(err, ETIMEDOUT, "waiting for the peer");
+	return 0;
 }
 
-static int wait_fd(int fd, short events, const struct timespec *deadline, struct hm_err *err)
-{
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = events};
-		int n = poll(&p, 1, remaining_ms(deadline));
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return hm_err_errno(err, "poll");
-		}
-		if (n == 0)
-			return hm_err_set(err, ETIMEDOUT, "waiting for the peer");
-		return 0;
-	}
-}
-
-int proto_send_buf(int fd, const struct proto_buf *b, struct hm_err *err)
+static int send_buf(int fd, const struct proto_buf *b, struct hm_err *err)
 {
 	size_t done = 0;
 	bool is_socket = true;
@@ -195,7 +162,7 @@ int proto_send_buf(int fd, const struct proto_buf *b, struct hm_err *err)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				if (wait_fd(fd, POLLOUT, NULL, err) < 0)
+				if (wait_fd(fd, POLLOUT, HM_NO_DEADLINE, err) < 0)
 					return -1;
 				continue;
 			}
@@ -211,51 +178,29 @@ int proto_send(int fd, uint32_t id, const struct proto_msg *m, struct hm_err *er
 	struct proto_buf b = PROTO_BUF_INIT;
 	int rc = proto_encode(&b, id, m, err);
 	if (rc == 0)
-		rc = proto_send_buf(fd, &b, err);
+		rc = send_buf(fd, &b, err);
 	proto_buf_release(&b);
 	return rc;
-}
-
-int proto_send_error(int fd, uint32_t id, int errnum, struct hm_err *err, const char *fmt, ...)
-{
-	char msg[PROTO_MSG_MAX + 1];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	struct proto_msg m = {.type = PROTO_ERROR};
-	m.error.errnum = errnum > 0 && errnum <= 4095 ? errnum : EIO;
-	m.error.message = msg;
-	return proto_send(fd, id, &m, err);
 }
 
 int proto_recv(int fd, uint32_t max_payload, int timeout_ms, struct proto_msg *m,
 	       struct hm_err *err)
 {
-	struct timespec deadline_ts, *deadline = NULL;
-	if (timeout_ms >= 0) {
-		clock_gettime(CLOCK_MONOTONIC, &deadline_ts);
-		deadline_ts.tv_sec += timeout_ms / 1000;
-		deadline_ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-		if (deadline_ts.tv_nsec >= 1000000000) {
-			deadline_ts.tv_sec++;
-			deadline_ts.tv_nsec -= 1000000000;
-		}
-		deadline = &deadline_ts;
-	}
+	bool timed = timeout_ms >= 0;
+	int64_t deadline = hm_deadline_in(timeout_ms);
 	memset(m, 0, sizeof(*m));
 	struct proto_frame_reader r;
 	proto_frame_reader_init(&r, max_payload);
 	struct proto_frame f = {0};
 	for (;;) {
 		/* with a deadline, never sit in a blocking read() the timer cannot interrupt */
-		if (deadline && wait_fd(fd, POLLIN, deadline, err) < 0)
+		if (timed && wait_fd(fd, POLLIN, deadline, err) < 0)
 			break;
-		int rc = reader_step(&r, fd, &f, deadline ? 1 : UINT32_MAX, err);
+		int rc = reader_step(&r, fd, &f, timed ? 1 : UINT32_MAX, err);
 		if (rc < 0)
 			break;
 		if (rc == 0) {
-			if (!deadline && wait_fd(fd, POLLIN, NULL, err) < 0)
+			if (!timed && wait_fd(fd, POLLIN, HM_NO_DEADLINE, err) < 0)
 				break;
 			continue;
 		}
@@ -264,36 +209,4 @@ int proto_recv(int fd, uint32_t max_payload, int timeout_ms, struct proto_msg *m
 	}
 	proto_frame_reader_release(&r);
 	return -1;
-}
-
-int proto_call(int fd, uint32_t id, const struct proto_msg *req, struct proto_msg *reply,
-	       int timeout_ms, struct hm_err *err)
-{
-	memset(reply, 0, sizeof(*reply));
-	uint16_t want = proto_reply_type(req->type);
-	if (!want)
-		return hm_err_set(err, EINVAL, "%s is not a request", proto_type_name(req->type));
-	if (proto_send(fd, id, req, err) < 0)
-		return -1;
-	if (proto_recv(fd, PROTO_MAX_PAYLOAD, timeout_ms, reply, err) < 0)
-		return hm_err_prefix(err, "%s", proto_type_name(req->type));
-	bool failed = reply->type == PROTO_ERROR || reply->type == PROTO_SESSION_ENDED;
-	if (failed && reply->id == (reply->type == PROTO_ERROR ? id : 0)) {
-		int e = reply->error.errnum;
-		hm_err_set(err, 0, "%s: %s%s", proto_type_name(req->type),
-			   reply->type == PROTO_SESSION_ENDED ? "session ended: " : "",
-			   reply->error.message[0] ? reply->error.message : strerror(e));
-		if (err)
-			err->code = e;
-		proto_msg_free(reply);
-		return -1;
-	}
-	if (reply->type != want || reply->id != id) {
-		hm_err_set(err, EPROTO, "%s: got %s for request %u instead of %s for %u",
-			   proto_type_name(req->type), proto_type_name(reply->type), reply->id,
-			   proto_type_name(want), id);
-		proto_msg_free(reply);
-		return -1;
-	}
-	return 0;
 }

@@ -1,83 +1,178 @@
-/* Every message's payload codec. Each encoder and decoder is the same field list in the
- * same order; the decoder additionally checks every value a peer could get wrong, and
- * the encoder checks the same limits so a message we send always decodes. */
+/* Every message's payload layout, written once. A layout is one function over a codec
+ * that either encodes or decodes: the same field list in the same order drives both
+ * directions, so the encoder and the decoder cannot drift apart. A value rule
+ * (c_check, c_require) holds both ways: the decoder refuses a peer's message that
+ * breaks it, the encoder refuses to send one (EINVAL), so what we send always decodes. */
 #include <string.h>
 
 #include "proto/proto.h"
 
-static const struct type_info {
-	uint16_t type;
-	uint16_t reply; /* success reply for requests, 0 for replies and events */
-	const char *name;
-} type_table[] = {
-    {PROTO_HELLO, PROTO_HELLO_REPLY, "HELLO"},
-    {PROTO_STREAM_HELLO, PROTO_STREAM_HELLO_REPLY, "STREAM_HELLO"},
-    {PROTO_PING, PROTO_PONG, "PING"},
-    {PROTO_STATUS, PROTO_STATUS_REPLY, "STATUS"},
-    {PROTO_HELLO_REPLY, 0, "HELLO_REPLY"},
-    {PROTO_STREAM_HELLO_REPLY, 0, "STREAM_HELLO_REPLY"},
-    {PROTO_PONG, 0, "PONG"},
-    {PROTO_STATUS_REPLY, 0, "STATUS_REPLY"},
-    {PROTO_OK, 0, "OK"},
-    {PROTO_ERROR, 0, "ERROR"},
-    {PROTO_SESSION_OPEN, PROTO_SESSION_OPEN_REPLY, "SESSION_OPEN"},
-    {PROTO_SESSION_OPEN_REPLY, 0, "SESSION_OPEN_REPLY"},
-    {PROTO_SESSION_ENDED, 0, "SESSION_ENDED"},
-    {PROTO_ENV_GET, PROTO_ENV_REPLY, "ENV_GET"},
-    {PROTO_ENV_REPLY, 0, "ENV_REPLY"},
-    {PROTO_FILE_READ, PROTO_FILE_READ_REPLY, "FILE_READ"},
-    {PROTO_FILE_WRITE, PROTO_FILE_WRITE_REPLY, "FILE_WRITE"},
-    {PROTO_FILE_STAT, PROTO_FILE_STAT_REPLY, "FILE_STAT"},
-    {PROTO_FILE_ACCESS, PROTO_OK, "FILE_ACCESS"},
-    {PROTO_FILE_READLINK, PROTO_FILE_READLINK_REPLY, "FILE_READLINK"},
-    {PROTO_FILE_READDIR, PROTO_FILE_READDIR_REPLY, "FILE_READDIR"},
-    {PROTO_FILE_MKDIR, PROTO_OK, "FILE_MKDIR"},
-    {PROTO_FILE_UNLINK, PROTO_OK, "FILE_UNLINK"},
-    {PROTO_FILE_RENAME, PROTO_OK, "FILE_RENAME"},
-    {PROTO_FILE_STATFS, PROTO_FILE_STATFS_REPLY, "FILE_STATFS"},
-    {PROTO_FILE_READ_REPLY, 0, "FILE_READ_REPLY"},
-    {PROTO_FILE_WRITE_REPLY, 0, "FILE_WRITE_REPLY"},
-    {PROTO_FILE_STAT_REPLY, 0, "FILE_STAT_REPLY"},
-    {PROTO_FILE_READLINK_REPLY, 0, "FILE_READLINK_REPLY"},
-    {PROTO_FILE_READDIR_REPLY, 0, "FILE_READDIR_REPLY"},
-    {PROTO_FILE_STATFS_REPLY, 0, "FILE_STATFS_REPLY"},
-    {PROTO_TCP_CONNECT, PROTO_TCP_CONNECT_REPLY, "TCP_CONNECT"},
-    {PROTO_TCP_CONNECT_REPLY, 0, "TCP_CONNECT_REPLY"},
-    {PROTO_UDP_OPEN, PROTO_UDP_OPEN_REPLY, "UDP_OPEN"},
-    {PROTO_UDP_OPEN_REPLY, 0, "UDP_OPEN_REPLY"},
-    {PROTO_UDP_DATAGRAM, 0, "UDP_DATAGRAM"},
+/* ---- the codec: one field operation, two directions ---- */
+
+struct codec {
+	struct proto_buf *out;	 /* encoding: the frame being written; NULL when decoding */
+	struct proto_reader *in; /* decoding: the payload being read */
+	struct proto_msg *m;	 /* decoding: owns what the decoder allocates */
 };
 
-static const struct type_info *type_info(uint16_t type)
+static bool decoding(const struct codec *c)
 {
-	for (size_t i = 0; i < HM_ARRAY_SIZE(type_table); i++)
-		if (type_table[i].type == type)
-			return &type_table[i];
-	return NULL;
+	return c->out == NULL;
 }
 
-bool proto_type_known(uint16_t type)
+/* no failure so far (failures are sticky in both directions) */
+static bool c_ok(const struct codec *c)
 {
-	return type_info(type) != NULL;
+	return decoding(c) ? !c->in->error : !c->out->error;
 }
 
-const char *proto_type_name(uint16_t type)
+/* A value rule: a decoded value breaking it fails with code and why, a value to encode
+ * fails the encode with EINVAL. The first failure is the one reported. */
+static void c_require(struct codec *c, bool ok, int code, const char *why)
 {
-	const struct type_info *t = type_info(type);
-	return t ? t->name : "UNKNOWN";
+	if (ok)
+		return;
+	if (decoding(c))
+		proto_reader_fail(c->in, code, why);
+	else if (!c->out->error)
+		c->out->error = EINVAL;
 }
 
-uint16_t proto_reply_type(uint16_t request_type)
+static void c_check(struct codec *c, bool ok, const char *why)
 {
-	const struct type_info *t = type_info(request_type);
-	return t ? t->reply : 0;
+	c_require(c, ok, EBADMSG, why);
 }
 
-/* ---- value checks shared by both directions ---- */
+/* fixed-width integers: little-endian, signed ones as their two's complement */
+#define CODEC_INT(name, type, bits)                                                                \
+	static void c_##name(struct codec *c, type *v)                                             \
+	{                                                                                          \
+		if (decoding(c))                                                                   \
+			*v = (type)proto_get_u##bits(c->in);                                       \
+		else                                                                               \
+			proto_put_u##bits(c->out, (uint##bits##_t)(*v));                           \
+	}
+CODEC_INT(u8, uint8_t, 8)
+CODEC_INT(u16, uint16_t, 16)
+CODEC_INT(u32, uint32_t, 32)
+CODEC_INT(u64, uint64_t, 64)
+CODEC_INT(i32, int32_t, 32)
+CODEC_INT(i64, int64_t, 64)
+#undef CODEC_INT
+
+/* A field with one legal value (magic, version): a peer sending another is not
+ * speaking this protocol (EPROTO). */
+static void c_const_u32(struct codec *c, uint32_t value, const char *why)
+{
+	uint32_t v = value;
+	c_u32(c, &v);
+	c_require(c, v == value, EPROTO, why);
+}
+
+static void c_const_u16(struct codec *c, uint16_t value, const char *why)
+{
+	uint16_t v = value;
+	c_u16(c, &v);
+	c_require(c, v == value, EPROTO, why);
+}
+
+/* a u32 of flag bits, of which only known may be set */
+static void c_flags(struct codec *c, uint32_t *v, uint32_t known)
+{
+	c_u32(c, v);
+	c_require(c, !(*v & ~known), EPROTO, "unknown flag bits");
+}
+
+/* A string of at most max bytes; decoded, it points into the payload. Encoding NULL
+ * writes "". */
+static void c_string(struct codec *c, const char **s, size_t max)
+{
+	if (decoding(c))
+		*s = proto_get_string(c->in, max);
+	else
+		proto_put_string(c->out, *s, max);
+}
+
+static void c_path(struct codec *c, const char **path)
+{
+	c_string(c, path, PROTO_PATH_MAX);
+	c_check(c, *path && (*path)[0] == '/', "path is not absolute");
+}
+
+/* n bytes copied in or out, e.g. a token */
+static void c_bytes(struct codec *c, void *p, size_t n)
+{
+	if (!decoding(c)) {
+		proto_put_bytes(c->out, p, n);
+		return;
+	}
+	const void *src = proto_get_bytes(c->in, n);
+	if (src)
+		memcpy(p, src, n);
+}
+
+static void c_token(struct codec *c, uint8_t token[PROTO_TOKEN_LEN])
+{
+	c_bytes(c, token, PROTO_TOKEN_LEN);
+}
+
+/* n bytes by reference: decoded, *p points into the payload */
+static void c_bytes_ref(struct codec *c, const void **p, size_t n)
+{
+	if (decoding(c)) {
+		*p = proto_get_bytes(c->in, n);
+		return;
+	}
+	c_require(c, *p || !n, EINVAL, "no bytes to send");
+	if (c_ok(c))
+		proto_put_bytes(c->out, *p, n);
+}
+
+/* Smallest wire size of one list element, used to refuse an element count the payload
+ * cannot possibly hold before allocating the array. */
+#define MIN_STRING 5			    /* u32 length + NUL */
+#define MIN_DIRENT (8 + 1 + MIN_STRING + 1) /* ino, type, non-empty name */
+
+/* A counted list: u32 count, then the elements. Returns the array to walk: the
+ * caller's when encoding (NULL only with count 0), a zeroed one of *count elements
+ * owned by the message when decoding (NULL after a failure, with *count 0). */
+static void *c_list(struct codec *c, uint32_t *count, const void *array, size_t elem_size,
+		    size_t min_wire_size)
+{
+	if (!decoding(c)) {
+		c_require(c, array || !*count, EINVAL, "no list to send");
+		c_u32(c, count);
+		return (void *)array; /* only read: encoding never writes a message */
+	}
+	c_u32(c, count);
+	struct proto_reader *r = c->in;
+	if (!r->error && *count > (r->len - r->off) / min_wire_size)
+		proto_reader_fail(r, EBADMSG, "count larger than the payload");
+	void *a = r->error ? NULL : calloc(*count ? *count : 1, elem_size);
+	if (!r->error && !a)
+		proto_reader_fail(r, ENOMEM, "out of memory");
+	if (!a) {
+		*count = 0;
+		return NULL;
+	}
+	c->m->owned.array = a;
+	return a;
+}
+
+/* An optional tail: encoded when the message has it, decoded when the payload goes on. */
+static bool c_has_tail(const struct codec *c, bool present)
+{
+	return decoding(c) ? c_ok(c) && c->in->off < c->in->len : present;
+}
+
+/* ---- value rules ---- */
 
 #define STAT_MODE_BITS 0177777u /* S_IFMT | 07777 */
 #define PERM_BITS 07777u
 #define ERRNO_MAX 4095
+#define WRITE_FLAGS                                                                                \
+	(PROTO_WRITE_CREATE | PROTO_WRITE_TRUNC | PROTO_WRITE_EXCL | PROTO_WRITE_NOFOLLOW |        \
+	 PROTO_WRITE_FSYNC)
 
 static bool errno_ok(int32_t e)
 {
@@ -105,166 +200,64 @@ static bool family_ok(uint8_t f)
 	return f == PROTO_AF_INET || f == PROTO_AF_INET6;
 }
 
-/* Encoder side: a value the decoder would reject fails the encode. */
-static void need(struct proto_buf *b, bool ok)
+static bool target_ok(const char *target)
 {
-	if (!ok && !b->error)
-		b->error = EINVAL;
+	struct proto_target t;
+	return target && proto_target_parse(target, &t, NULL) == 0;
 }
 
-/* Decoder side. */
-static void check(struct proto_reader *r, bool ok, const char *why)
-{
-	if (!ok)
-		proto_reader_fail(r, EBADMSG, why);
-}
+/* ---- compound field types ---- */
 
-static uint32_t get_flags(struct proto_reader *r, uint32_t known)
+static void c_addr(struct codec *c, struct proto_addr *a)
 {
-	uint32_t v = proto_get_u32(r);
-	if (v & ~known)
-		proto_reader_fail(r, EPROTO, "unknown flag bits");
-	return v;
-}
-
-static void put_flags(struct proto_buf *b, uint32_t v, uint32_t known)
-{
-	need(b, !(v & ~known));
-	proto_put_u32(b, v);
-}
-
-static void put_path(struct proto_buf *b, const char *path)
-{
-	need(b, path && path[0] == '/');
-	proto_put_string(b, path, PROTO_PATH_MAX);
-}
-
-static const char *get_path(struct proto_reader *r)
-{
-	const char *p = proto_get_string(r, PROTO_PATH_MAX);
-	check(r, p[0] == '/', "path is not absolute");
-	return p;
-}
-
-static void put_i32(struct proto_buf *b, int32_t v)
-{
-	proto_put_u32(b, (uint32_t)v);
-}
-
-static int32_t get_i32(struct proto_reader *r)
-{
-	return (int32_t)proto_get_u32(r);
-}
-
-static void put_token(struct proto_buf *b, const uint8_t *t)
-{
-	proto_put_bytes(b, t, PROTO_TOKEN_LEN);
-}
-
-static void get_token(struct proto_reader *r, uint8_t *t)
-{
-	const void *p = proto_get_bytes(r, PROTO_TOKEN_LEN);
-	if (p)
-		memcpy(t, p, PROTO_TOKEN_LEN);
-}
-
-static void put_addr(struct proto_buf *b, const struct proto_addr *a)
-{
-	need(b, family_ok(a->family));
-	proto_put_u8(b, a->family);
-	proto_put_u16(b, a->port);
-	proto_put_bytes(b, a->addr, a->family == PROTO_AF_INET6 ? 16 : 4);
-	if (a->family == PROTO_AF_INET6)
-		proto_put_u32(b, a->scope_id);
-}
-
-static void get_addr(struct proto_reader *r, struct proto_addr *a)
-{
-	memset(a, 0, sizeof(*a));
-	a->family = proto_get_u8(r);
-	a->port = proto_get_u16(r);
-	if (r->error)
+	if (decoding(c))
+		memset(a, 0, sizeof(*a));
+	c_u8(c, &a->family);
+	c_u16(c, &a->port);
+	c_check(c, family_ok(a->family), "unknown address family");
+	if (!c_ok(c))
 		return;
-	if (!family_ok(a->family)) {
-		proto_reader_fail(r, EBADMSG, "unknown address family");
-		return;
-	}
-	size_t n = a->family == PROTO_AF_INET6 ? 16 : 4;
-	const void *p = proto_get_bytes(r, n);
-	if (p)
-		memcpy(a->addr, p, n);
+	c_bytes(c, a->addr, a->family == PROTO_AF_INET6 ? 16 : 4);
 	if (a->family == PROTO_AF_INET6)
-		a->scope_id = proto_get_u32(r);
+		c_u32(c, &a->scope_id);
 }
 
-static void put_time(struct proto_buf *b, const struct proto_time *t)
+static void c_time(struct codec *c, struct proto_time *t)
 {
-	proto_put_u64(b, (uint64_t)t->sec);
-	proto_put_u32(b, t->nsec);
+	c_i64(c, &t->sec);
+	c_u32(c, &t->nsec);
 }
 
-static void get_time(struct proto_reader *r, struct proto_time *t)
+static void c_stat(struct codec *c, struct proto_stat *s)
 {
-	t->sec = (int64_t)proto_get_u64(r);
-	t->nsec = proto_get_u32(r);
-}
-
-static void put_stat(struct proto_buf *b, const struct proto_stat *s)
-{
-	need(b, stat_ok(s));
-	proto_put_u64(b, s->ino);
-	proto_put_u64(b, s->size);
-	proto_put_u64(b, s->blocks);
-	const uint32_t u32s[] = {s->dev_major, s->dev_minor, s->rdev_major, s->rdev_minor, s->mode,
-				 s->nlink,     s->uid,	     s->gid,	    s->blksize};
-	for (size_t i = 0; i < HM_ARRAY_SIZE(u32s); i++)
-		proto_put_u32(b, u32s[i]);
-	put_time(b, &s->atime);
-	put_time(b, &s->mtime);
-	put_time(b, &s->ctime);
-}
-
-static void get_stat(struct proto_reader *r, struct proto_stat *s)
-{
-	s->ino = proto_get_u64(r);
-	s->size = proto_get_u64(r);
-	s->blocks = proto_get_u64(r);
+	c_u64(c, &s->ino);
+	c_u64(c, &s->size);
+	c_u64(c, &s->blocks);
 	uint32_t *u32s[] = {&s->dev_major, &s->dev_minor, &s->rdev_major, &s->rdev_minor, &s->mode,
 			    &s->nlink,	   &s->uid,	  &s->gid,	  &s->blksize};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(u32s); i++)
-		*u32s[i] = proto_get_u32(r);
-	get_time(r, &s->atime);
-	get_time(r, &s->mtime);
-	get_time(r, &s->ctime);
-	check(r, stat_ok(s), "bad stat mode or nanoseconds");
+		c_u32(c, u32s[i]);
+	c_time(c, &s->atime);
+	c_time(c, &s->mtime);
+	c_time(c, &s->ctime);
+	c_check(c, stat_ok(s), "bad stat mode or nanoseconds");
 }
 
-static void put_statfs(struct proto_buf *b, const struct proto_statfs *s)
-{
-	const uint64_t u64s[] = {s->type,   s->bsize, s->frsize, s->blocks,  s->bfree,
-				 s->bavail, s->files, s->ffree,	 s->namelen, s->flags};
-	for (size_t i = 0; i < HM_ARRAY_SIZE(u64s); i++)
-		proto_put_u64(b, u64s[i]);
-	proto_put_u32(b, s->fsid[0]);
-	proto_put_u32(b, s->fsid[1]);
-}
-
-static void get_statfs(struct proto_reader *r, struct proto_statfs *s)
+static void c_statfs(struct codec *c, struct proto_statfs *s)
 {
 	uint64_t *u64s[] = {&s->type,	&s->bsize, &s->frsize, &s->blocks,  &s->bfree,
 			    &s->bavail, &s->files, &s->ffree,  &s->namelen, &s->flags};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(u64s); i++)
-		*u64s[i] = proto_get_u64(r);
-	s->fsid[0] = proto_get_u32(r);
-	s->fsid[1] = proto_get_u32(r);
+		c_u64(c, u64s[i]);
+	c_u32(c, &s->fsid[0]);
+	c_u32(c, &s->fsid[1]);
 }
 
-/* blob: u8 encoding | u64 size | u32 n | n bytes */
+/* Inline file content: u8 encoding | u64 size | u32 n | n bytes. The one field whose
+ * wire form depends on the direction: the encoder chooses to deflate, the decoder
+ * inflates into memory the message owns. */
 static void put_blob(struct proto_buf *b, const struct proto_blob *bl)
 {
-	need(b, bl->size <= PROTO_INLINE_MAX && (bl->data || !bl->size));
-	if (b->error)
-		return;
 	size_t at = b->len;
 	proto_put_u8(b, PROTO_ENC_RAW);
 	proto_put_u64(b, bl->size);
@@ -301,7 +294,8 @@ static void get_blob(struct proto_reader *r, struct proto_blob *bl, struct proto
 		return;
 	}
 	if (bl->encoding == PROTO_ENC_RAW) {
-		check(r, n == bl->size, "raw content length mismatch");
+		if (n != bl->size)
+			proto_reader_fail(r, EBADMSG, "raw content length mismatch");
 		bl->data = p;
 		return;
 	}
@@ -326,446 +320,356 @@ static void get_blob(struct proto_reader *r, struct proto_blob *bl, struct proto
 	bl->data = dst;
 }
 
-/* ---- the codecs, one pair per message body ---- */
-
-static void enc_body(struct proto_buf *b, const struct proto_msg *m)
+static void c_blob(struct codec *c, struct proto_blob *bl)
 {
-	switch (m->type) {
-	case PROTO_STATUS:
-	case PROTO_ENV_GET:
-	case PROTO_OK:
-		break;
-	case PROTO_HELLO:
-		proto_put_u32(b, PROTO_MAGIC);
-		proto_put_u16(b, m->hello.version);
-		proto_put_u64(b, m->hello.features);
-		proto_put_string(b, m->hello.token, PROTO_AUTH_TOKEN_MAX);
-		proto_put_string(b, m->hello.client, PROTO_NAME_MAX);
-		break;
-	case PROTO_HELLO_REPLY:
-		need(b, status_ok(m->hello_reply.error));
-		put_i32(b, m->hello_reply.error);
-		proto_put_u16(b, m->hello_reply.version);
-		proto_put_u64(b, m->hello_reply.features);
-		proto_put_string(b, m->hello_reply.reason, PROTO_NAME_MAX);
-		proto_put_string(b, m->hello_reply.server, PROTO_NAME_MAX);
-		break;
-	case PROTO_STREAM_HELLO:
-		proto_put_u32(b, PROTO_MAGIC);
-		proto_put_u16(b, PROTO_VERSION);
-		put_token(b, m->stream_hello.token);
-		break;
-	case PROTO_STREAM_HELLO_REPLY:
-		need(b, status_ok(m->stream_hello_reply.error));
-		put_i32(b, m->stream_hello_reply.error);
-		proto_put_string(b, m->stream_hello_reply.reason, PROTO_NAME_MAX);
-		break;
-	case PROTO_ERROR:
-	case PROTO_SESSION_ENDED:
-		need(b, errno_ok(m->error.errnum));
-		put_i32(b, m->error.errnum);
-		proto_put_string(b, m->error.message, PROTO_MSG_MAX);
-		break;
-	case PROTO_PING:
-	case PROTO_PONG:
-		proto_put_u64(b, m->ping.nonce);
-		break;
-	case PROTO_STATUS_REPLY: {
-		const struct proto_status_reply *s = &m->status_reply;
-		proto_put_string(b, s->version, PROTO_NAME_MAX);
-		proto_put_u64(b, s->uptime_ms);
-		proto_put_u32(b, s->sessions);
-		proto_put_u32(b, s->streams);
-		proto_put_u64(b, s->requests);
-		proto_put_u64(b, s->errors);
-		proto_put_u64(b, s->bytes_in);
-		proto_put_u64(b, s->bytes_out);
-		need(b, s->nbudgets <= PROTO_BUDGET_COUNT);
-		if (s->nbudgets) {
-			proto_put_u8(b, s->nbudgets);
-			for (unsigned i = 0; i < s->nbudgets && i < PROTO_BUDGET_COUNT; i++) {
-				proto_put_u64(b, s->budgets[i].used);
-				proto_put_u64(b, s->budgets[i].limit);
-				proto_put_u64(b, s->budgets[i].peak);
-				proto_put_u64(b, s->budgets[i].refused);
-			}
-		}
-		break;
+	if (decoding(c)) {
+		get_blob(c->in, bl, c->m);
+		return;
 	}
-	case PROTO_SESSION_OPEN: {
-		struct proto_target t;
-		need(b, m->session_open.target &&
-			    proto_target_parse(m->session_open.target, &t, NULL) == 0);
-		proto_put_string(b, m->session_open.target, PROTO_NAME_MAX);
-		break;
+	c_require(c, bl->size <= PROTO_INLINE_MAX && (bl->data || !bl->size), EINVAL,
+		  "bad inline content");
+	if (c_ok(c))
+		put_blob(c->out, bl);
+}
+
+/* ---- the message layouts, in the order of the wire ---- */
+
+static void hello(struct codec *c, struct proto_msg *m)
+{
+	struct proto_hello *h = &m->hello;
+	c_const_u32(c, PROTO_MAGIC, "bad magic: not a hermit client");
+	c_u16(c, &h->version);
+	c_u64(c, &h->features);
+	c_string(c, &h->token, PROTO_AUTH_TOKEN_MAX);
+	c_string(c, &h->client, PROTO_NAME_MAX);
+}
+
+static void hello_reply(struct codec *c, struct proto_msg *m)
+{
+	struct proto_hello_reply *h = &m->hello_reply;
+	c_i32(c, &h->error);
+	c_check(c, status_ok(h->error), "bad errno");
+	c_u16(c, &h->version);
+	c_u64(c, &h->features);
+	c_string(c, &h->reason, PROTO_NAME_MAX);
+	c_string(c, &h->server, PROTO_NAME_MAX);
+}
+
+static void stream_hello(struct codec *c, struct proto_msg *m)
+{
+	c_const_u32(c, PROTO_MAGIC, "bad magic: not a hermit stream");
+	c_const_u16(c, PROTO_VERSION, "unsupported protocol version");
+	c_token(c, m->stream_hello.token);
+}
+
+static void stream_hello_reply(struct codec *c, struct proto_msg *m)
+{
+	struct proto_stream_hello_reply *s = &m->stream_hello_reply;
+	c_i32(c, &s->error);
+	c_check(c, status_ok(s->error), "bad errno");
+	c_string(c, &s->reason, PROTO_NAME_MAX);
+}
+
+static void failure(struct codec *c, struct proto_msg *m) /* ERROR, SESSION_ENDED */
+{
+	c_i32(c, &m->error.errnum);
+	c_check(c, errno_ok(m->error.errnum), "bad errno");
+	c_string(c, &m->error.message, PROTO_MSG_MAX);
+}
+
+static void ping(struct codec *c, struct proto_msg *m) /* PING, PONG */
+{
+	c_u64(c, &m->ping.nonce);
+}
+
+static void status_reply(struct codec *c, struct proto_msg *m)
+{
+	struct proto_status_reply *s = &m->status_reply;
+	c_string(c, &s->version, PROTO_NAME_MAX);
+	c_u64(c, &s->uptime_ms);
+	c_u32(c, &s->sessions);
+	c_u32(c, &s->streams);
+	c_u64(c, &s->requests);
+	c_u64(c, &s->errors);
+	c_u64(c, &s->bytes_in);
+	c_u64(c, &s->bytes_out);
+	c_check(c, s->nbudgets <= PROTO_BUDGET_COUNT, "too many budgets");
+	if (!c_has_tail(c, s->nbudgets))
+		return; /* an agent without budgets */
+	uint8_t n = s->nbudgets;
+	c_u8(c, &n);
+	c_check(c, n > 0 && n <= PROTO_BUDGET_MAX, "bad budget count");
+	for (unsigned i = 0; i < n && c_ok(c); i++) {
+		/* a later agent's budgets are read past and dropped */
+		struct proto_budget unknown = {0};
+		struct proto_budget *bd = i < PROTO_BUDGET_COUNT ? &s->budgets[i] : &unknown;
+		c_u64(c, &bd->used);
+		c_u64(c, &bd->limit);
+		c_u64(c, &bd->peak);
+		c_u64(c, &bd->refused);
 	}
-	case PROTO_SESSION_OPEN_REPLY:
-		proto_put_u64(b, m->session_open_reply.session_id);
-		proto_put_u32(b, m->session_open_reply.pid);
-		proto_put_string(b, m->session_open_reply.description, PROTO_NAME_MAX);
-		break;
-	case PROTO_ENV_REPLY:
-		need(b, m->env_reply.vars || !m->env_reply.count);
-		if (b->error)
-			break;
-		proto_put_u32(b, m->env_reply.count);
-		for (uint32_t i = 0; i < m->env_reply.count; i++)
-			proto_put_string(b, m->env_reply.vars[i], PROTO_ENV_ENTRY_MAX);
-		break;
-	case PROTO_FILE_READ:
-		put_path(b, m->file_read.path);
-		put_flags(b, m->file_read.flags, PROTO_READ_NOFOLLOW);
-		proto_put_u64(b, m->file_read.max_size);
-		break;
-	case PROTO_FILE_READ_REPLY: {
-		const struct proto_file_read_reply *f = &m->file_read_reply;
-		put_stat(b, &f->st);
-		need(b, f->transfer == PROTO_XFER_INLINE || f->transfer == PROTO_XFER_STREAM);
-		proto_put_u8(b, f->transfer);
-		if (f->transfer == PROTO_XFER_INLINE) {
-			put_blob(b, &f->data);
-		} else {
-			proto_put_u64(b, f->stream_size);
-			put_token(b, f->token);
-		}
-		break;
-	}
-	case PROTO_FILE_WRITE:
-		put_path(b, m->file_write.path);
-		put_flags(b, m->file_write.flags, 0x1f);
-		need(b, !(m->file_write.mode & ~PERM_BITS));
-		proto_put_u32(b, m->file_write.mode);
-		proto_put_u64(b, m->file_write.offset);
-		put_blob(b, &m->file_write.data);
-		break;
-	case PROTO_FILE_WRITE_REPLY:
-		proto_put_u64(b, m->file_write_reply.written);
-		put_stat(b, &m->file_write_reply.st);
-		break;
-	case PROTO_FILE_STAT:
-	case PROTO_FILE_READLINK:
-	case PROTO_FILE_READDIR:
-	case PROTO_FILE_STATFS:
-		put_path(b, m->path_req.path);
-		put_flags(b, m->path_req.flags,
-			  m->type == PROTO_FILE_STAT ? PROTO_STAT_NOFOLLOW : 0);
-		break;
-	case PROTO_FILE_STAT_REPLY:
-		put_stat(b, &m->stat_reply);
-		break;
-	case PROTO_FILE_ACCESS:
-		put_path(b, m->file_access.path);
-		put_flags(b, m->file_access.mode, 7);
-		put_flags(b, m->file_access.flags, PROTO_ACCESS_EACCESS | PROTO_ACCESS_NOFOLLOW);
-		break;
-	case PROTO_FILE_MKDIR:
-		put_path(b, m->file_mkdir.path);
-		put_flags(b, m->file_mkdir.mode, PERM_BITS);
-		break;
-	case PROTO_FILE_UNLINK:
-		put_path(b, m->file_unlink.path);
-		put_flags(b, m->file_unlink.flags, PROTO_UNLINK_DIR);
-		break;
-	case PROTO_FILE_RENAME:
-		put_path(b, m->file_rename.from);
-		put_path(b, m->file_rename.to);
-		need(b, m->file_rename.flags != (PROTO_RENAME_NOREPLACE | PROTO_RENAME_EXCHANGE));
-		put_flags(b, m->file_rename.flags, PROTO_RENAME_NOREPLACE | PROTO_RENAME_EXCHANGE);
-		break;
-	case PROTO_FILE_READLINK_REPLY:
-		need(b, m->readlink_reply.target && m->readlink_reply.target[0]);
-		proto_put_string(b, m->readlink_reply.target, PROTO_PATH_MAX);
-		break;
-	case PROTO_FILE_READDIR_REPLY:
-		need(b, m->readdir_reply.entries || !m->readdir_reply.count);
-		if (b->error)
-			break;
-		proto_put_u32(b, m->readdir_reply.count);
-		for (uint32_t i = 0; i < m->readdir_reply.count; i++) {
-			const struct proto_dirent *d = &m->readdir_reply.entries[i];
-			need(b, name_ok(d->name));
-			proto_put_u64(b, d->ino);
-			proto_put_u8(b, d->type);
-			proto_put_string(b, d->name, PROTO_FILENAME_MAX);
-		}
-		break;
-	case PROTO_FILE_STATFS_REPLY:
-		put_statfs(b, &m->statfs_reply);
-		break;
-	case PROTO_TCP_CONNECT:
-		put_addr(b, &m->tcp_connect.dst);
-		proto_put_u32(b, m->tcp_connect.timeout_ms);
-		break;
-	case PROTO_TCP_CONNECT_REPLY:
-		put_token(b, m->tcp_connect_reply.token);
-		put_addr(b, &m->tcp_connect_reply.local);
-		break;
-	case PROTO_UDP_OPEN:
-		need(b, family_ok(m->udp_open.family));
-		proto_put_u8(b, m->udp_open.family);
-		break;
-	case PROTO_UDP_OPEN_REPLY:
-		put_token(b, m->udp_open_reply.token);
-		put_addr(b, &m->udp_open_reply.local);
-		break;
-	case PROTO_UDP_DATAGRAM:
-		put_addr(b, &m->udp_datagram.peer);
-		need(b, m->udp_datagram.len <= PROTO_DATAGRAM_MAX &&
-			    (m->udp_datagram.data || !m->udp_datagram.len));
-		if (b->error)
-			break;
-		proto_put_u32(b, m->udp_datagram.len);
-		proto_put_bytes(b, m->udp_datagram.data, m->udp_datagram.len);
-		break;
-	default:
-		need(b, false);
+	s->nbudgets = n < PROTO_BUDGET_COUNT ? n : PROTO_BUDGET_COUNT;
+}
+
+static void session_open(struct codec *c, struct proto_msg *m)
+{
+	c_string(c, &m->session_open.target, PROTO_NAME_MAX);
+	c_check(c, target_ok(m->session_open.target), "bad target");
+}
+
+static void session_open_reply(struct codec *c, struct proto_msg *m)
+{
+	struct proto_session_open_reply *s = &m->session_open_reply;
+	c_u64(c, &s->session_id);
+	c_u32(c, &s->pid);
+	c_string(c, &s->description, PROTO_NAME_MAX);
+}
+
+static void env_reply(struct codec *c, struct proto_msg *m)
+{
+	struct proto_env_reply *e = &m->env_reply;
+	const char **vars = c_list(c, &e->count, e->vars, sizeof(*vars), MIN_STRING);
+	for (uint32_t i = 0; i < e->count && c_ok(c); i++)
+		c_string(c, &vars[i], PROTO_ENV_ENTRY_MAX);
+	e->vars = vars;
+}
+
+static void file_read(struct codec *c, struct proto_msg *m)
+{
+	struct proto_file_read *f = &m->file_read;
+	c_path(c, &f->path);
+	c_flags(c, &f->flags, PROTO_READ_NOFOLLOW);
+	c_u64(c, &f->max_size);
+}
+
+static void file_read_reply(struct codec *c, struct proto_msg *m)
+{
+	struct proto_file_read_reply *f = &m->file_read_reply;
+	c_stat(c, &f->st);
+	c_u8(c, &f->transfer);
+	if (f->transfer == PROTO_XFER_INLINE) {
+		c_blob(c, &f->data);
+	} else if (f->transfer == PROTO_XFER_STREAM) {
+		c_u64(c, &f->stream_size);
+		c_token(c, f->token);
+	} else {
+		c_require(c, false, EPROTO, "unknown transfer kind");
 	}
 }
 
-/* Smallest wire size of one list element, used to refuse an element count the payload
- * cannot possibly hold before allocating the array. */
-#define MIN_STRING 5			    /* u32 length + NUL */
-#define MIN_DIRENT (8 + 1 + MIN_STRING + 1) /* ino, type, non-empty name */
-
-static void dec_body(struct proto_reader *r, struct proto_msg *m)
+static void file_write(struct codec *c, struct proto_msg *m)
 {
-	switch (m->type) {
-	case PROTO_STATUS:
-	case PROTO_ENV_GET:
-	case PROTO_OK:
-		break;
-	case PROTO_HELLO:
-		if (proto_get_u32(r) != PROTO_MAGIC && !r->error)
-			proto_reader_fail(r, EPROTO, "bad magic: not a hermit client");
-		m->hello.version = proto_get_u16(r);
-		m->hello.features = proto_get_u64(r);
-		m->hello.token = proto_get_string(r, PROTO_AUTH_TOKEN_MAX);
-		m->hello.client = proto_get_string(r, PROTO_NAME_MAX);
-		break;
-	case PROTO_HELLO_REPLY:
-		m->hello_reply.error = get_i32(r);
-		check(r, status_ok(m->hello_reply.error), "bad errno");
-		m->hello_reply.version = proto_get_u16(r);
-		m->hello_reply.features = proto_get_u64(r);
-		m->hello_reply.reason = proto_get_string(r, PROTO_NAME_MAX);
-		m->hello_reply.server = proto_get_string(r, PROTO_NAME_MAX);
-		break;
-	case PROTO_STREAM_HELLO:
-		if (proto_get_u32(r) != PROTO_MAGIC && !r->error)
-			proto_reader_fail(r, EPROTO, "bad magic: not a hermit stream");
-		if (proto_get_u16(r) != PROTO_VERSION && !r->error)
-			proto_reader_fail(r, EPROTO, "unsupported protocol version");
-		get_token(r, m->stream_hello.token);
-		break;
-	case PROTO_STREAM_HELLO_REPLY:
-		m->stream_hello_reply.error = get_i32(r);
-		check(r, status_ok(m->stream_hello_reply.error), "bad errno");
-		m->stream_hello_reply.reason = proto_get_string(r, PROTO_NAME_MAX);
-		break;
-	case PROTO_ERROR:
-	case PROTO_SESSION_ENDED:
-		m->error.errnum = get_i32(r);
-		check(r, errno_ok(m->error.errnum), "bad errno");
-		m->error.message = proto_get_string(r, PROTO_MSG_MAX);
-		break;
-	case PROTO_PING:
-	case PROTO_PONG:
-		m->ping.nonce = proto_get_u64(r);
-		break;
-	case PROTO_STATUS_REPLY: {
-		struct proto_status_reply *s = &m->status_reply;
-		s->version = proto_get_string(r, PROTO_NAME_MAX);
-		s->uptime_ms = proto_get_u64(r);
-		s->sessions = proto_get_u32(r);
-		s->streams = proto_get_u32(r);
-		s->requests = proto_get_u64(r);
-		s->errors = proto_get_u64(r);
-		s->bytes_in = proto_get_u64(r);
-		s->bytes_out = proto_get_u64(r);
-		if (r->error || r->off == r->len)
-			break; /* an agent without budgets */
-		uint8_t n = proto_get_u8(r);
-		if (n == 0 || n > PROTO_BUDGET_MAX) {
-			proto_reader_fail(r, EBADMSG, "bad budget count");
-			break;
-		}
-		for (unsigned i = 0; i < n && !r->error; i++) {
-			struct proto_budget bd;
-			bd.used = proto_get_u64(r);
-			bd.limit = proto_get_u64(r);
-			bd.peak = proto_get_u64(r);
-			bd.refused = proto_get_u64(r);
-			if (i < PROTO_BUDGET_COUNT)
-				s->budgets[i] = bd;
-		}
-		s->nbudgets = n < PROTO_BUDGET_COUNT ? n : PROTO_BUDGET_COUNT;
-		break;
-	}
-	case PROTO_SESSION_OPEN: {
-		struct proto_target t;
-		m->session_open.target = proto_get_string(r, PROTO_NAME_MAX);
-		if (!r->error && proto_target_parse(m->session_open.target, &t, NULL) < 0)
-			proto_reader_fail(r, EBADMSG, "bad target");
-		break;
-	}
-	case PROTO_SESSION_OPEN_REPLY:
-		m->session_open_reply.session_id = proto_get_u64(r);
-		m->session_open_reply.pid = proto_get_u32(r);
-		m->session_open_reply.description = proto_get_string(r, PROTO_NAME_MAX);
-		break;
-	case PROTO_ENV_REPLY: {
-		uint32_t n = proto_get_u32(r);
-		if (r->error)
-			break;
-		if (n > (r->len - r->off) / MIN_STRING) {
-			proto_reader_fail(r, EBADMSG, "count larger than the payload");
-			break;
-		}
-		const char **vars = calloc(n ? n : 1, sizeof(*vars));
-		if (!vars) {
-			proto_reader_fail(r, ENOMEM, "out of memory");
-			break;
-		}
-		m->owned.array = vars;
-		for (uint32_t i = 0; i < n && !r->error; i++)
-			vars[i] = proto_get_string(r, PROTO_ENV_ENTRY_MAX);
-		m->env_reply.count = n;
-		m->env_reply.vars = vars;
-		break;
-	}
-	case PROTO_FILE_READ:
-		m->file_read.path = get_path(r);
-		m->file_read.flags = get_flags(r, PROTO_READ_NOFOLLOW);
-		m->file_read.max_size = proto_get_u64(r);
-		break;
-	case PROTO_FILE_READ_REPLY: {
-		struct proto_file_read_reply *f = &m->file_read_reply;
-		get_stat(r, &f->st);
-		f->transfer = proto_get_u8(r);
-		if (f->transfer == PROTO_XFER_INLINE) {
-			get_blob(r, &f->data, m);
-		} else if (f->transfer == PROTO_XFER_STREAM) {
-			f->stream_size = proto_get_u64(r);
-			get_token(r, f->token);
-		} else {
-			proto_reader_fail(r, EPROTO, "unknown transfer kind");
-		}
-		break;
-	}
-	case PROTO_FILE_WRITE:
-		m->file_write.path = get_path(r);
-		m->file_write.flags = get_flags(r, 0x1f);
-		m->file_write.mode = proto_get_u32(r);
-		check(r, !(m->file_write.mode & ~PERM_BITS), "bad mode");
-		m->file_write.offset = proto_get_u64(r);
-		get_blob(r, &m->file_write.data, m);
-		break;
-	case PROTO_FILE_WRITE_REPLY:
-		m->file_write_reply.written = proto_get_u64(r);
-		get_stat(r, &m->file_write_reply.st);
-		break;
-	case PROTO_FILE_STAT:
-	case PROTO_FILE_READLINK:
-	case PROTO_FILE_READDIR:
-	case PROTO_FILE_STATFS:
-		m->path_req.path = get_path(r);
-		m->path_req.flags =
-		    get_flags(r, m->type == PROTO_FILE_STAT ? PROTO_STAT_NOFOLLOW : 0);
-		break;
-	case PROTO_FILE_STAT_REPLY:
-		get_stat(r, &m->stat_reply);
-		break;
-	case PROTO_FILE_ACCESS:
-		m->file_access.path = get_path(r);
-		m->file_access.mode = get_flags(r, 7);
-		m->file_access.flags = get_flags(r, PROTO_ACCESS_EACCESS | PROTO_ACCESS_NOFOLLOW);
-		break;
-	case PROTO_FILE_MKDIR:
-		m->file_mkdir.path = get_path(r);
-		m->file_mkdir.mode = get_flags(r, PERM_BITS);
-		break;
-	case PROTO_FILE_UNLINK:
-		m->file_unlink.path = get_path(r);
-		m->file_unlink.flags = get_flags(r, PROTO_UNLINK_DIR);
-		break;
-	case PROTO_FILE_RENAME:
-		m->file_rename.from = get_path(r);
-		m->file_rename.to = get_path(r);
-		m->file_rename.flags = get_flags(r, PROTO_RENAME_NOREPLACE | PROTO_RENAME_EXCHANGE);
-		check(r, m->file_rename.flags != (PROTO_RENAME_NOREPLACE | PROTO_RENAME_EXCHANGE),
-		      "NOREPLACE and EXCHANGE together");
-		break;
-	case PROTO_FILE_READLINK_REPLY:
-		m->readlink_reply.target = proto_get_string(r, PROTO_PATH_MAX);
-		check(r, m->readlink_reply.target[0], "empty link target");
-		break;
-	case PROTO_FILE_READDIR_REPLY: {
-		uint32_t n = proto_get_u32(r);
-		if (r->error)
-			break;
-		if (n > (r->len - r->off) / MIN_DIRENT) {
-			proto_reader_fail(r, EBADMSG, "count larger than the payload");
-			break;
-		}
-		struct proto_dirent *ents = calloc(n ? n : 1, sizeof(*ents));
-		if (!ents) {
-			proto_reader_fail(r, ENOMEM, "out of memory");
-			break;
-		}
-		m->owned.array = ents;
-		for (uint32_t i = 0; i < n && !r->error; i++) {
-			ents[i].ino = proto_get_u64(r);
-			ents[i].type = proto_get_u8(r);
-			ents[i].name = proto_get_string(r, PROTO_FILENAME_MAX);
-			check(r, name_ok(ents[i].name), "bad file name");
-		}
-		m->readdir_reply.count = n;
-		m->readdir_reply.entries = ents;
-		break;
-	}
-	case PROTO_FILE_STATFS_REPLY:
-		get_statfs(r, &m->statfs_reply);
-		break;
-	case PROTO_TCP_CONNECT:
-		get_addr(r, &m->tcp_connect.dst);
-		m->tcp_connect.timeout_ms = proto_get_u32(r);
-		break;
-	case PROTO_TCP_CONNECT_REPLY:
-		get_token(r, m->tcp_connect_reply.token);
-		get_addr(r, &m->tcp_connect_reply.local);
-		break;
-	case PROTO_UDP_OPEN:
-		m->udp_open.family = proto_get_u8(r);
-		check(r, family_ok(m->udp_open.family), "unknown address family");
-		break;
-	case PROTO_UDP_OPEN_REPLY:
-		get_token(r, m->udp_open_reply.token);
-		get_addr(r, &m->udp_open_reply.local);
-		break;
-	case PROTO_UDP_DATAGRAM:
-		get_addr(r, &m->udp_datagram.peer);
-		m->udp_datagram.len = proto_get_u32(r);
-		if (m->udp_datagram.len > PROTO_DATAGRAM_MAX) {
-			proto_reader_fail(r, E2BIG, "datagram too large");
-			break;
-		}
-		m->udp_datagram.data = proto_get_bytes(r, m->udp_datagram.len);
-		break;
-	default:
-		proto_reader_fail(r, EPROTO, "unknown message type");
-	}
+	struct proto_file_write *f = &m->file_write;
+	c_path(c, &f->path);
+	c_flags(c, &f->flags, WRITE_FLAGS);
+	c_u32(c, &f->mode);
+	c_check(c, !(f->mode & ~PERM_BITS), "bad mode");
+	c_u64(c, &f->offset);
+	c_blob(c, &f->data);
 }
+
+static void file_write_reply(struct codec *c, struct proto_msg *m)
+{
+	c_u64(c, &m->file_write_reply.written);
+	c_stat(c, &m->file_write_reply.st);
+}
+
+/* FILE_STAT, FILE_READLINK, FILE_READDIR, FILE_STATFS */
+static void path_req(struct codec *c, struct proto_msg *m)
+{
+	c_path(c, &m->path_req.path);
+	c_flags(c, &m->path_req.flags, m->type == PROTO_FILE_STAT ? PROTO_STAT_NOFOLLOW : 0);
+}
+
+static void stat_reply(struct codec *c, struct proto_msg *m)
+{
+	c_stat(c, &m->stat_reply);
+}
+
+static void file_access(struct codec *c, struct proto_msg *m)
+{
+	struct proto_file_access *f = &m->file_access;
+	c_path(c, &f->path);
+	c_flags(c, &f->mode, PROTO_ACCESS_R | PROTO_ACCESS_W | PROTO_ACCESS_X);
+	c_flags(c, &f->flags, PROTO_ACCESS_EACCESS | PROTO_ACCESS_NOFOLLOW);
+}
+
+static void file_mkdir(struct codec *c, struct proto_msg *m)
+{
+	c_path(c, &m->file_mkdir.path);
+	c_flags(c, &m->file_mkdir.mode, PERM_BITS);
+}
+
+static void file_unlink(struct codec *c, struct proto_msg *m)
+{
+	c_path(c, &m->file_unlink.path);
+	c_flags(c, &m->file_unlink.flags, PROTO_UNLINK_DIR);
+}
+
+static void file_rename(struct codec *c, struct proto_msg *m)
+{
+	struct proto_file_rename *f = &m->file_rename;
+	c_path(c, &f->from);
+	c_path(c, &f->to);
+	c_flags(c, &f->flags, PROTO_RENAME_NOREPLACE | PROTO_RENAME_EXCHANGE);
+	c_check(c, f->flags != (PROTO_RENAME_NOREPLACE | PROTO_RENAME_EXCHANGE),
+		"NOREPLACE and EXCHANGE together");
+}
+
+static void readlink_reply(struct codec *c, struct proto_msg *m)
+{
+	const char **target = &m->readlink_reply.target;
+	c_string(c, target, PROTO_PATH_MAX);
+	c_check(c, *target && (*target)[0], "empty link target");
+}
+
+static void readdir_reply(struct codec *c, struct proto_msg *m)
+{
+	struct proto_readdir_reply *d = &m->readdir_reply;
+	struct proto_dirent *ents = c_list(c, &d->count, d->entries, sizeof(*ents), MIN_DIRENT);
+	for (uint32_t i = 0; i < d->count && c_ok(c); i++) {
+		c_u64(c, &ents[i].ino);
+		c_u8(c, &ents[i].type);
+		c_string(c, &ents[i].name, PROTO_FILENAME_MAX);
+		c_check(c, name_ok(ents[i].name), "bad file name");
+	}
+	d->entries = ents;
+}
+
+static void statfs_reply(struct codec *c, struct proto_msg *m)
+{
+	c_statfs(c, &m->statfs_reply);
+}
+
+static void tcp_connect(struct codec *c, struct proto_msg *m)
+{
+	c_addr(c, &m->tcp_connect.dst);
+	c_u32(c, &m->tcp_connect.timeout_ms);
+}
+
+static void tcp_connect_reply(struct codec *c, struct proto_msg *m)
+{
+	c_token(c, m->tcp_connect_reply.token);
+	c_addr(c, &m->tcp_connect_reply.local);
+}
+
+static void udp_open(struct codec *c, struct proto_msg *m)
+{
+	c_u8(c, &m->udp_open.family);
+	c_check(c, family_ok(m->udp_open.family), "unknown address family");
+}
+
+static void udp_open_reply(struct codec *c, struct proto_msg *m)
+{
+	c_token(c, m->udp_open_reply.token);
+	c_addr(c, &m->udp_open_reply.local);
+}
+
+static void udp_datagram(struct codec *c, struct proto_msg *m)
+{
+	struct proto_udp_datagram *d = &m->udp_datagram;
+	c_addr(c, &d->peer);
+	c_u32(c, &d->len);
+	c_require(c, d->len <= PROTO_DATAGRAM_MAX, E2BIG, "datagram too large");
+	c_bytes_ref(c, &d->data, d->len);
+}
+
+/* ---- the message types ---- */
+
+typedef void layout_fn(struct codec *c, struct proto_msg *m);
+
+/* one line per type: MSG(NAME, its success reply or 0, its layout or NULL for no body) */
+#define MSG(t, reply_type, fn)                                                                     \
+	{                                                                                          \
+		.type = PROTO_##t, .reply = reply_type, .name = #t, .layout = fn                   \
+	}
+static const struct type_info {
+	uint16_t type;
+	uint16_t reply; /* success reply for requests, 0 for replies and events */
+	const char *name;
+	layout_fn *layout; /* NULL: no body */
+} type_table[] = {
+    MSG(HELLO, PROTO_HELLO_REPLY, hello),
+    MSG(STREAM_HELLO, PROTO_STREAM_HELLO_REPLY, stream_hello),
+    MSG(PING, PROTO_PONG, ping),
+    MSG(STATUS, PROTO_STATUS_REPLY, NULL),
+    MSG(HELLO_REPLY, 0, hello_reply),
+    MSG(STREAM_HELLO_REPLY, 0, stream_hello_reply),
+    MSG(PONG, 0, ping),
+    MSG(STATUS_REPLY, 0, status_reply),
+    MSG(OK, 0, NULL),
+    MSG(ERROR, 0, failure),
+    MSG(SESSION_OPEN, PROTO_SESSION_OPEN_REPLY, session_open),
+    MSG(SESSION_OPEN_REPLY, 0, session_open_reply),
+    MSG(SESSION_ENDED, 0, failure),
+    MSG(ENV_GET, PROTO_ENV_REPLY, NULL),
+    MSG(ENV_REPLY, 0, env_reply),
+    MSG(FILE_READ, PROTO_FILE_READ_REPLY, file_read),
+    MSG(FILE_WRITE, PROTO_FILE_WRITE_REPLY, file_write),
+    MSG(FILE_STAT, PROTO_FILE_STAT_REPLY, path_req),
+    MSG(FILE_ACCESS, PROTO_OK, file_access),
+    MSG(FILE_READLINK, PROTO_FILE_READLINK_REPLY, path_req),
+    MSG(FILE_READDIR, PROTO_FILE_READDIR_REPLY, path_req),
+    MSG(FILE_MKDIR, PROTO_OK, file_mkdir),
+    MSG(FILE_UNLINK, PROTO_OK, file_unlink),
+    MSG(FILE_RENAME, PROTO_OK, file_rename),
+    MSG(FILE_STATFS, PROTO_FILE_STATFS_REPLY, path_req),
+    MSG(FILE_READ_REPLY, 0, file_read_reply),
+    MSG(FILE_WRITE_REPLY, 0, file_write_reply),
+    MSG(FILE_STAT_REPLY, 0, stat_reply),
+    MSG(FILE_READLINK_REPLY, 0, readlink_reply),
+    MSG(FILE_READDIR_REPLY, 0, readdir_reply),
+    MSG(FILE_STATFS_REPLY, 0, statfs_reply),
+    MSG(TCP_CONNECT, PROTO_TCP_CONNECT_REPLY, tcp_connect),
+    MSG(TCP_CONNECT_REPLY, 0, tcp_connect_reply),
+    MSG(UDP_OPEN, PROTO_UDP_OPEN_REPLY, udp_open),
+    MSG(UDP_OPEN_REPLY, 0, udp_open_reply),
+    MSG(UDP_DATAGRAM, 0, udp_datagram),
+#undef MSG
+};
+
+static const struct type_info *type_info(uint16_t type)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(type_table); i++)
+		if (type_table[i].type == type)
+			return &type_table[i];
+	return NULL;
+}
+
+bool proto_type_known(uint16_t type)
+{
+	return type_info(type) != NULL;
+}
+
+const char *proto_type_name(uint16_t type)
+{
+	const struct type_info *t = type_info(type);
+	return t ? t->name : "UNKNOWN";
+}
+
+uint16_t proto_reply_type(uint16_t request_type)
+{
+	const struct type_info *t = type_info(request_type);
+	return t ? t->reply : 0;
+}
+
+/* ---- frames of messages ---- */
 
 int proto_encode(struct proto_buf *b, uint32_t id, const struct proto_msg *m, struct hm_err *err)
 {
-	if (!proto_type_known(m->type))
+	const struct type_info *t = type_info(m->type);
+	if (!t)
 		return hm_err_set(err, EPROTO, "encode: unknown message type 0x%04x", m->type);
 	if (b->error)
-		return hm_err_set(err, b->error, "encode %s: buffer already failed",
-				  proto_type_name(m->type));
+		return hm_err_set(err, b->error, "encode %s: buffer already failed", t->name);
 	size_t start = b->len;
 	proto_buf_reserve(b, PROTO_HDR_LEN);
-	enc_body(b, m);
+	if (t->layout) {
+		/* a layout takes its message writable (decoding fills it): give it a copy */
+		struct proto_msg copy = *m;
+		struct codec c = {.out = b};
+		t->layout(&c, &copy);
+	}
 	int e = b->error;
 	size_t payload = b->len - start - PROTO_HDR_LEN;
 	if (!e && payload > PROTO_MAX_PAYLOAD)
@@ -774,7 +678,7 @@ int proto_encode(struct proto_buf *b, uint32_t id, const struct proto_msg *m, st
 		/* leave frames queued before this one intact */
 		b->len = start;
 		b->error = 0;
-		return hm_err_set(err, e, "encode %s", proto_type_name(m->type));
+		return hm_err_set(err, e, "encode %s", t->name);
 	}
 	struct proto_hdr h = {.len = (uint32_t)payload, .type = m->type, .flags = 0, .id = id};
 	proto_hdr_encode(b->data + start, &h);
@@ -787,18 +691,21 @@ int proto_decode(const struct proto_hdr *hdr, const void *payload, struct proto_
 	memset(m, 0, sizeof(*m));
 	m->type = hdr->type;
 	m->id = hdr->id;
-	if (!proto_type_known(hdr->type))
+	const struct type_info *t = type_info(hdr->type);
+	if (!t)
 		return hm_err_set(err, EPROTO, "unknown message type 0x%04x", hdr->type);
 	if (hdr->flags)
-		return hm_err_set(err, EPROTO, "%s: unknown frame flags 0x%04x",
-				  proto_type_name(hdr->type), hdr->flags);
+		return hm_err_set(err, EPROTO, "%s: unknown frame flags 0x%04x", t->name,
+				  hdr->flags);
 	if (hdr->len > PROTO_MAX_PAYLOAD)
-		return hm_err_set(err, E2BIG, "%s: payload of %u bytes", proto_type_name(hdr->type),
-				  hdr->len);
+		return hm_err_set(err, E2BIG, "%s: payload of %u bytes", t->name, hdr->len);
 	struct proto_reader r;
 	proto_reader_init(&r, payload, hdr->len);
-	dec_body(&r, m);
-	if (proto_reader_finish(&r, proto_type_name(m->type), err) < 0) {
+	if (t->layout) {
+		struct codec c = {.in = &r, .m = m};
+		t->layout(&c, m);
+	}
+	if (proto_reader_finish(&r, t->name, err) < 0) {
 		proto_msg_free(m);
 		return -1;
 	}

@@ -504,10 +504,6 @@ void proto_hdr_encode(uint8_t out[PROTO_HDR_LEN], const struct proto_hdr *h);
  * (EPROTO). h is filled even on failure, so the caller can answer ERROR for h->id. */
 int proto_hdr_decode(const uint8_t in[PROTO_HDR_LEN], uint32_t max_payload, struct proto_hdr *h,
 		     struct hm_err *err);
-/* Find one frame at the start of buf: > 0 its total length (header + payload), 0 need
- * more bytes, < 0 invalid. */
-ssize_t proto_frame_parse(const void *buf, size_t len, uint32_t max_payload, struct proto_hdr *h,
-			  const uint8_t **payload, struct hm_err *err);
 
 struct proto_frame {
 	struct proto_hdr hdr;
@@ -538,17 +534,9 @@ int proto_frame_reader_read(struct proto_frame_reader *r, int fd, struct proto_f
  * writes a frame in one call but is not atomic: concurrent senders on one fd need a
  * lock. SIGPIPE is not raised on sockets. */
 int proto_send(int fd, uint32_t id, const struct proto_msg *m, struct hm_err *err);
-int proto_send_error(int fd, uint32_t id, int errnum, struct hm_err *err, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-int proto_send_buf(int fd, const struct proto_buf *b, struct hm_err *err);
 /* Receive and decode one message; timeout_ms < 0 waits forever (ETIMEDOUT otherwise). */
 int proto_recv(int fd, uint32_t max_payload, int timeout_ms, struct proto_msg *m,
 	       struct hm_err *err);
-/* Send a request and wait for its reply, for callers with nothing else in flight on fd.
- * ERROR and SESSION_ENDED become a failure with err->code = their errno; a reply of an
- * unexpected type or id is EPROTO. */
-int proto_call(int fd, uint32_t id, const struct proto_msg *req, struct proto_msg *reply,
-	       int timeout_ms, struct hm_err *err);
 
 /* ---- handshake ---- */
 /* Client: HELLO -> HELLO_REPLY. A rejection fails with err->code = the agent's errno

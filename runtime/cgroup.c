@@ -98,10 +98,10 @@ static void unescape_mountinfo(char *s)
 
 static int find_v1_mounts(struct cgroup_layout *lay, struct hm_err *err)
 {
-	hm_autofile f = fopen("/proc/self/mountinfo", "re");
+	hm_cleanup_fclose FILE *f = fopen("/proc/self/mountinfo", "re");
 	if (!f)
 		return hm_err_errno(err, "open /proc/self/mountinfo");
-	hm_autofree char *line = NULL;
+	hm_cleanup_free char *line = NULL;
 	size_t cap = 0;
 	while (getline(&line, &cap, f) > 0) {
 		line[strcspn(line, "\n")] = '\0';
@@ -160,7 +160,7 @@ static int detect_layout(struct cgroup_layout *lay, struct hm_err *err)
 		char path[PATH_MAX];
 		if (join_path(path, sizeof(path), err, "%s/cgroup.controllers", lay->v2_root) < 0)
 			return -1;
-		hm_autofree char *ctrls = NULL;
+		hm_cleanup_free char *ctrls = NULL;
 		if (hm_read_file(path, &ctrls, NULL, err) < 0)
 			return -1;
 		for (int c = 0; c < CTRL_COUNT; c++)
@@ -310,7 +310,7 @@ static int v2_enable_controller(const char *root, const char *parent, enum contr
 		char path[PATH_MAX];
 		if (join_path(path, sizeof(path), err, "%s/cgroup.subtree_control", chain[i]) < 0)
 			return -1;
-		hm_autofree char *current = NULL;
+		hm_cleanup_free char *current = NULL;
 		if (hm_read_file(path, &current, NULL, err) < 0)
 			return -1;
 		if (list_has_word(current, controller_names[c], " \n"))
@@ -572,7 +572,7 @@ static bool read_keyed_u64(const char *dir, const char *file, const char *key, u
 	char path[PATH_MAX];
 	if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int)sizeof(path))
 		return false;
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	struct hm_err ignored;
 	if (hm_read_file(path, &text, NULL, &ignored) < 0)
 		return false;
@@ -606,13 +606,6 @@ static void sleep_ms(long ms)
 		;
 }
 
-static long now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 /* SIGKILL every process listed in dir and its sub-cgroups (the pod may have made some
  * through its cgroup namespace). Used where cgroup.kill does not exist (v1, < 5.14). */
 static void kill_listed_procs(const char *dir, int depth)
@@ -620,7 +613,7 @@ static void kill_listed_procs(const char *dir, int depth)
 	char path[PATH_MAX];
 	if (snprintf(path, sizeof(path), "%s/cgroup.procs", dir) >= (int)sizeof(path))
 		return;
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	struct hm_err ignored;
 	if (hm_read_file(path, &text, NULL, &ignored) == 0) {
 		pid_t self = getpid();
@@ -701,7 +694,7 @@ static int remove_pod_cgroup(const char *dir, struct hm_err *err)
 	}
 	if (sfs.f_type != CGROUP_SUPER_MAGIC && sfs.f_type != CGROUP2_SUPER_MAGIC)
 		return hm_err_plain(err, EINVAL, "refusing to remove %s: not a cgroup", dir);
-	long deadline = now_ms() + DESTROY_TIMEOUT_MS;
+	int64_t deadline = hm_deadline_in(DESTROY_TIMEOUT_MS);
 	long pause_ms = 1;
 	for (;;) {
 		kill_cgroup(dir);
@@ -709,7 +702,7 @@ static int remove_pod_cgroup(const char *dir, struct hm_err *err)
 			return 0;
 		if (errno != EBUSY)
 			return hm_err_errno(err, "rmdir %s", dir);
-		if (now_ms() >= deadline)
+		if (hm_now_ms() >= deadline)
 			return hm_err_plain(err, EBUSY,
 					    "rmdir %s: processes still inside after %d ms", dir,
 					    DESTROY_TIMEOUT_MS);
@@ -757,7 +750,7 @@ int rt_cgroup_destroy(struct rt_cgroup *cg, struct hm_err *err)
 int rt_cgroup_save(const struct rt_cgroup *cg, const char *file, struct hm_err *err)
 {
 	size_t cap = (size_t)(cg->n_v1 + 1) * (PATH_MAX + 4);
-	hm_autofree char *buf = malloc(cap);
+	hm_cleanup_free char *buf = malloc(cap);
 	if (!buf)
 		return hm_err_set(err, ENOMEM, "cgroup: save %s", file);
 	size_t len = 0;
@@ -782,7 +775,7 @@ int rt_cgroup_save(const struct rt_cgroup *cg, const char *file, struct hm_err *
 int rt_cgroup_load(struct rt_cgroup *cg, const char *file, struct hm_err *err)
 {
 	cgroup_reset(cg);
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	if (hm_read_file(file, &text, NULL, err) < 0)
 		return hm_err_prefix(err, "cgroup: load");
 	int lineno = 0;

@@ -291,12 +291,12 @@ int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg,
 	int sync_pair[2], error_pipe[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sync_pair) < 0)
 		return hm_err_errno(err, "socketpair");
-	hm_autofd sync_parent = sync_pair[0];
-	hm_autofd sync_child = sync_pair[1];
+	hm_cleanup_close int sync_parent = sync_pair[0];
+	hm_cleanup_close int sync_child = sync_pair[1];
 	if (pipe2(error_pipe, O_CLOEXEC) < 0)
 		return hm_err_errno(err, "pipe");
-	hm_autofd error_parent = error_pipe[0];
-	hm_autofd error_child = error_pipe[1];
+	hm_cleanup_close int error_parent = error_pipe[0];
+	hm_cleanup_close int error_child = error_pipe[1];
 	if (fd_above_stdio(&sync_parent, err) < 0 || fd_above_stdio(&sync_child, err) < 0 ||
 	    fd_above_stdio(&error_parent, err) < 0 || fd_above_stdio(&error_child, err) < 0)
 		return -1;

@@ -28,13 +28,7 @@ const char *rt_pod_status(const struct rt_pod_state *st)
 /* true once the process behind pidfd has exited, waiting at most timeout_ms */
 static bool wait_exit(int pidfd, int timeout_ms)
 {
-	struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
-	for (;;) {
-		int r = poll(&pfd, 1, timeout_ms);
-		if (r < 0 && errno == EINTR)
-			continue;
-		return r > 0;
-	}
+	return hm_poll_fd(pidfd, POLLIN, hm_deadline_in(timeout_ms)) > 0;
 }
 
 /* SIGKILL to the pod's PID 1. Only called while its monitor lives, when the pid still
@@ -80,7 +74,7 @@ static int release_leftovers(const char *name, struct hm_err *err)
 static int remove_orphaned(const char *name, bool keep_exited, bool *alive, struct hm_err *err)
 {
 	*alive = false;
-	hm_autofd lock = rt_state_lock(err);
+	hm_cleanup_close int lock = rt_state_lock(err);
 	if (lock < 0)
 		return -1;
 	struct rt_pod_state st;
@@ -126,10 +120,10 @@ int rt_pod_stop(const char *name, unsigned timeout, struct hm_err *err)
 	struct rt_pod_state st;
 	if (rt_pod_state_load(name, &st, err) < 0)
 		return -1;
-	hm_autofd monitor = rt_state_monitor_pidfd(name, st.monitor_pid);
+	hm_cleanup_close int monitor = rt_state_monitor_pidfd(name, st.monitor_pid);
 	if (monitor < 0) {
 		/* re-read under the lock: the pod may have been reaped and its name taken */
-		hm_autofd lock = rt_state_lock(err);
+		hm_cleanup_close int lock = rt_state_lock(err);
 		if (lock < 0)
 			return -1;
 		if (rt_pod_state_load(name, &st, NULL) < 0 || !strcmp(st.status, "exited") ||
@@ -162,7 +156,7 @@ int rt_pod_remove(const char *name, bool force, struct hm_err *err)
 	struct rt_pod_state st;
 	if (rt_pod_state_load(name, &st, err) < 0)
 		return -1;
-	hm_autofd monitor = rt_state_monitor_pidfd(name, st.monitor_pid);
+	hm_cleanup_close int monitor = rt_state_monitor_pidfd(name, st.monitor_pid);
 	if (monitor >= 0) {
 		bool active = strcmp(st.status, "exited") != 0;
 		if (active && !force)

@@ -43,7 +43,7 @@ bool rt_devices_pid_keeps_mknod(pid_t pid)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	if (hm_read_file(path, &text, NULL, NULL) < 0)
 		return false;
 	const char *line = strstr(text, "\nCapBnd:");

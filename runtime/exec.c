@@ -162,7 +162,7 @@ static int load_pod_seccomp(const char *name, struct rt_seccomp_prog *prog, stru
 /* -t: relay the command's pty until the helper (which waits for the command) exits. */
 static int relay_until_exit(pid_t helper, int master, struct hm_err *err)
 {
-	hm_autofd helper_fd = pidfd_open(helper, 0);
+	hm_cleanup_close int helper_fd = pidfd_open(helper, 0);
 	if (helper_fd < 0)
 		return hm_err_errno(err, "pidfd_open");
 	sigset_t winch;
@@ -170,7 +170,7 @@ static int relay_until_exit(pid_t helper, int master, struct hm_err *err)
 	sigaddset(&winch, SIGWINCH);
 	sigset_t old;
 	sigprocmask(SIG_BLOCK, &winch, &old);
-	hm_autofd sigfd = signalfd(-1, &winch, SFD_CLOEXEC | SFD_NONBLOCK);
+	hm_cleanup_close int sigfd = signalfd(-1, &winch, SFD_CLOEXEC | SFD_NONBLOCK);
 	int rc = -1;
 	struct rt_tty_relay relay;
 	if (sigfd < 0) {
@@ -221,7 +221,7 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_
 		return hm_err_set(err, EINVAL, "exec: no command");
 	if (st->pid <= 0)
 		return hm_err_set(err, ESRCH, "pod %s is not running", st->name);
-	hm_autofd pidfd = pidfd_open(st->pid, 0);
+	hm_cleanup_close int pidfd = pidfd_open(st->pid, 0);
 	if (pidfd < 0) {
 		if (errno == ESRCH)
 			return hm_err_set(err, ESRCH, "pod %s is not running", st->name);
@@ -240,10 +240,10 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_
 
 	struct rt_seccomp_prog seccomp = {0};
 	int error_pipe[2] = {-1, -1};
-	hm_autofd error_parent = -1;
-	hm_autofd error_child = -1;
-	hm_autofd tty_parent = -1;
-	hm_autofd tty_child = -1;
+	hm_cleanup_close int error_parent = -1;
+	hm_cleanup_close int error_child = -1;
+	hm_cleanup_close int tty_parent = -1;
+	hm_cleanup_close int tty_child = -1;
 	if (load_pod_seccomp(st->name, &seccomp, err) < 0)
 		goto out_cg;
 	if (pipe2(error_pipe, O_CLOEXEC) < 0) {

@@ -17,7 +17,7 @@ static const int forwarded_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR
 static void hide_host_cmdline_and_env(void)
 {
 	char buf[2048];
-	hm_autofd fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);

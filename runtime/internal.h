@@ -8,7 +8,7 @@
 #include "runtime/runtime.h"
 
 #define RT_BRIDGE_NAME "hermit0"
-#define RT_BRIDGE_PREFIX "10.213"   /* private /16: pods get 10.213.x.y */
+#define RT_BRIDGE_PREFIX "10.213" /* private /16: pods get 10.213.x.y */
 #define RT_BRIDGE_IP "10.213.0.1"
 #define RT_BRIDGE_PREFIXLEN 16
 
@@ -24,7 +24,7 @@ struct rt_limits {
 #define RT_CGROUP_V1_MAX 16
 struct rt_cgroup {
 	char v2_path[PATH_MAX]; /* e.g. /sys/fs/cgroup/unified/hermit/NAME; "" if no cgroup2 */
-	int v2_fd;              /* O_PATH|O_DIRECTORY fd of v2_path for CLONE_INTO_CGROUP, -1 if none */
+	int v2_fd; /* O_PATH|O_DIRECTORY fd of v2_path for CLONE_INTO_CGROUP, -1 if none */
 	int n_v1;
 	char v1_paths[RT_CGROUP_V1_MAX][PATH_MAX]; /* each controller dir we created */
 };
@@ -97,7 +97,7 @@ void rt_state_list_free(char **names, size_t count);
 /* ---- podlog.c: a detached pod's log, capped and rotated ---- */
 #define RT_LOG_MAX_DEFAULT (10ULL << 20)
 struct rt_log {
-	int fd;      /* the current file, also the monitor's stdout and stderr */
+	int fd;	      /* the current file, also the monitor's stdout and stderr */
 	uint64_t max; /* bytes per file: "log" is renamed to "log.1" before it would pass */
 	char name[RT_NAME_MAX + 1];
 };
@@ -194,19 +194,19 @@ int rt_rootfs_mount_target(int root, const char *path, struct hm_err *err);
 /* ---- container.c: clone3 and the child's side ---- */
 struct rt_spec {
 	const char *name;
-	const char *rootfs;   /* absolute */
+	const char *rootfs; /* absolute */
 	const char *hostname;
-	const char *workdir;  /* inside the pod, default "/" */
-	char **argv;          /* command, NULL-terminated */
-	char **env;           /* KEY=VALUE, NULL-terminated (already merged with defaults) */
-	bool init;            /* run a reaping init as PID 1 */
-	bool net_host;        /* share the host's netns (no CLONE_NEWNET) */
-	bool allow_mknod;     /* keep CAP_MKNOD (the cgroup device policy still applies) */
-	const char *hosts_file;      /* host path bind-mounted onto /etc/hosts (or NULL) */
-	const char *resolv_file;     /* ... /etc/resolv.conf */
-	const char *hostname_file;   /* ... /etc/hostname */
+	const char *workdir;	   /* inside the pod, default "/" */
+	char **argv;		   /* command, NULL-terminated */
+	char **env;		   /* KEY=VALUE, NULL-terminated (already merged with defaults) */
+	bool init;		   /* run a reaping init as PID 1 */
+	bool net_host;		   /* share the host's netns (no CLONE_NEWNET) */
+	bool allow_mknod;	   /* keep CAP_MKNOD (the cgroup device policy still applies) */
+	const char *hosts_file;	   /* host path bind-mounted onto /etc/hosts (or NULL) */
+	const char *resolv_file;   /* ... /etc/resolv.conf */
+	const char *hostname_file; /* ... /etc/hostname */
 	const struct rt_seccomp_prog *seccomp; /* loaded just before exec; NULL: none */
-	bool tty;             /* a pty of its own (-t), its master for rt_container_start */
+	bool tty; /* a pty of its own (-t), its master for rt_container_start */
 };
 
 struct rt_container {
@@ -221,8 +221,8 @@ struct rt_container {
 /* clone3() the pod's PID 1 into the v2 cgroup (CLONE_INTO_CGROUP) with new pid, mount,
  * uts, ipc, net and cgroup namespaces. The child waits on the sync pipe before it sets
  * up its root and execs, so the caller can attach cgroups and networking first. */
-int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg, struct rt_container *c,
-		       struct hm_err *err);
+int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg,
+		       struct rt_container *c, struct hm_err *err);
 /* Let the child continue; then wait for it to exec. Returns 0 once exec succeeded, or
  * <0 with the child's reason; *exit_code gets 127 (not found), 126 (not executable)
  * or 125 (setup failure). */
@@ -257,7 +257,7 @@ void rt_child_close_fds_except(const int *keep, size_t n);
 void rt_child_exec(char **argv, char **env, int error_fd) __attribute__((noreturn));
 /* Send (errno, stage, message) on error_fd and _exit with the matching code. */
 void rt_child_fail(int error_fd, enum rt_child_stage stage, const struct hm_err *err)
-	__attribute__((noreturn));
+    __attribute__((noreturn));
 /* Runtime side: read the error pipe to EOF. 0 when the child exec'd; <0 with err (the
  * child's message and errno) and *exit_code 125, 126 or 127 when it reported a failure. */
 int rt_child_error_read(int fd, int *exit_code, struct hm_err *err);
@@ -267,26 +267,26 @@ enum rt_net_mode { RT_NET_BRIDGE, RT_NET_NONE, RT_NET_HOST };
 
 struct rt_run_opts {
 	char name[RT_NAME_MAX + 1];
-	char rootfs[PATH_MAX];   /* absolute, checked to exist */
-	const char *hostname;    /* NULL: the pod name */
+	char rootfs[PATH_MAX]; /* absolute, checked to exist */
+	const char *hostname;  /* NULL: the pod name */
 	struct rt_limits limits;
 	enum rt_net_mode net;
-	char **env;              /* the user's KEY=VALUE list, NULL-terminated */
-	const char *workdir;     /* NULL: "/" */
-	const char *dns;         /* NULL: the host's nameservers */
-	unsigned stop_timeout;   /* seconds from a forwarded signal to SIGKILL */
-	uint64_t log_max_size;   /* detached: cap of each log file, 0 = RT_LOG_MAX_DEFAULT */
+	char **env;	       /* the user's KEY=VALUE list, NULL-terminated */
+	const char *workdir;   /* NULL: "/" */
+	const char *dns;       /* NULL: the host's nameservers */
+	unsigned stop_timeout; /* seconds from a forwarded signal to SIGKILL */
+	uint64_t log_max_size; /* detached: cap of each log file, 0 = RT_LOG_MAX_DEFAULT */
 	bool init;
 	bool detach;
-	bool tty;                /* -t: a pty of its own, relayed to our terminal */
-	bool seccomp;            /* the default seccomp profile (false: --seccomp off) */
-	bool public_rootfs;      /* --unsafe-public-rootfs: skip rt_rootfs_check_private */
+	bool tty;	    /* -t: a pty of its own, relayed to our terminal */
+	bool seccomp;	    /* the default seccomp profile (false: --seccomp off) */
+	bool public_rootfs; /* --unsafe-public-rootfs: skip rt_rootfs_check_private */
 	char **argv;
 };
 
 struct rt_run_result {
-	int exit_code;  /* what trace-pod exits with */
-	bool monitor;   /* true in the forked monitor of a detached pod: exit quietly */
+	int exit_code; /* what trace-pod exits with */
+	bool monitor;  /* true in the forked monitor of a detached pod: exit quietly */
 };
 
 /* Create, start and wait for a pod (foreground), or start it under a forked monitor
@@ -310,8 +310,8 @@ int rt_pod_remove(const char *name, bool force, struct hm_err *err);
 /* ---- exec.c: `trace-pod exec` ---- */
 /* Join every namespace of the pod (through its pidfd) and its cgroups, run argv in a
  * new session under the pod's seccomp profile (with tty: on a pty of the pod's relayed
- * to our terminal), wait, return its exit code (or <0). When argv cannot be executed it returns 127 (not found)
- * or 126 and also fills err with the reason ("exec 'foo': No such file or directory").
+ * to our terminal), wait, return its exit code (or <0). When argv cannot be executed it returns 127
+ * (not found) or 126 and also fills err with the reason ("exec 'foo': No such file or directory").
  * err is cleared on entry, so a caller prints err->msg whenever it is not empty. */
 int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_err *err);
 

@@ -272,7 +272,7 @@ static int cmd_run(int argc, char **argv)
 	    .seccomp = true,
 	};
 	const char *name = NULL, *rootfs = NULL;
-	hm_autofree char **env = calloc(argc + 1, sizeof(*env));
+	hm_cleanup_free char **env = calloc(argc + 1, sizeof(*env));
 	if (!env)
 		return hm_cli_fail(PROG, RT_EXIT_RUNTIME, "out of memory");
 	size_t n_env = 0;
@@ -375,10 +375,11 @@ static int cmd_run(int argc, char **argv)
 			break;
 		case OPT_LOG_MAX:
 			if (hm_parse_size(optarg, &o.log_max_size) < 0 || o.log_max_size == 0)
-				return hm_cli_fail(PROG, RT_EXIT_RUNTIME,
-						   "--log-max-size '%s': expected a size in bytes > 0 "
-						   "(k, M, G suffixes)",
-						   optarg);
+				return hm_cli_fail(
+				    PROG, RT_EXIT_RUNTIME,
+				    "--log-max-size '%s': expected a size in bytes > 0 "
+				    "(k, M, G suffixes)",
+				    optarg);
 			break;
 		case 'v':
 			set_verbose();

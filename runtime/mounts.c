@@ -100,10 +100,10 @@ static int attach_host_file(int *tree_fd, const char *target, struct hm_err *err
 		return 0;
 	if (mkdir("/etc", 0755) < 0 && errno != EEXIST)
 		return hm_err_errno(err, "mkdir /etc");
-	hm_autofd root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (root < 0)
 		return hm_err_errno(err, "open /");
-	hm_autofd fd = rt_rootfs_mount_target(root, target, err);
+	hm_cleanup_close int fd = rt_rootfs_mount_target(root, target, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "bind onto %s", target);
 	if (move_mount(*tree_fd, "", fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)

@@ -48,7 +48,7 @@ static void nl_conn_close(struct nl_conn *c)
 	c->sock = NULL;
 }
 
-#define nl_autoconn __attribute__((cleanup(nl_conn_close))) struct nl_conn
+#define cleanup_nl_conn __attribute__((cleanup(nl_conn_close)))
 
 static int nl_conn_open(struct nl_conn *c, struct hm_err *err)
 {
@@ -397,7 +397,7 @@ static int netns_open(pid_t pid, struct hm_err *err)
  * anything else can run. */
 static int nl_conn_open_in_netns(struct nl_conn *c, int netns_fd, struct hm_err *err)
 {
-	hm_autofd self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
 	if (self < 0)
 		return hm_err_errno(err, "open own network namespace");
 	if (setns(netns_fd, CLONE_NEWNET) < 0)
@@ -452,10 +452,10 @@ int rt_net_setup_pod(pid_t pid, const char *name, const char *ip, char *host_if,
 		return hm_err_set(err, EINVAL, "pod address \"%s\" is not an IPv4 address",
 				  ip ? ip : "");
 
-	hm_autofd pod_netns = netns_open(pid, err);
+	hm_cleanup_close int pod_netns = netns_open(pid, err);
 	if (pod_netns < 0)
 		return -1;
-	nl_autoconn host = {0};
+	cleanup_nl_conn struct nl_conn host = {0};
 	if (nl_conn_open(&host, err) < 0)
 		return -1;
 	int bridge_index = 0;
@@ -475,7 +475,7 @@ int rt_net_setup_pod(pid_t pid, const char *name, const char *ip, char *host_if,
 			return hm_err_prefix(err, "pod %s already has an %s", name, POD_IFNAME);
 	}
 
-	nl_autoconn pod = {0};
+	cleanup_nl_conn struct nl_conn pod = {0};
 	if (nl_conn_open_in_netns(&pod, pod_netns, err) < 0 || pod_configure(&pod, addr, err) < 0) {
 		struct hm_err ignored;
 		link_delete(&host, ifname, &ignored);
@@ -487,10 +487,10 @@ int rt_net_setup_pod(pid_t pid, const char *name, const char *ip, char *host_if,
 
 int rt_net_setup_loopback(pid_t pid, struct hm_err *err)
 {
-	hm_autofd pod_netns = netns_open(pid, err);
+	hm_cleanup_close int pod_netns = netns_open(pid, err);
 	if (pod_netns < 0)
 		return -1;
-	nl_autoconn pod = {0};
+	cleanup_nl_conn struct nl_conn pod = {0};
 	if (nl_conn_open_in_netns(&pod, pod_netns, err) < 0)
 		return -1;
 	return loopback_up(&pod, err);
@@ -515,7 +515,7 @@ int rt_net_teardown_pod(const char *host_if, struct hm_err *err)
 	unsigned index = if_nametoindex(host_if);
 	if (index == 0 && errno == ENODEV)
 		return 0;
-	nl_autoconn host = {0};
+	cleanup_nl_conn struct nl_conn host = {0};
 	if (nl_conn_open(&host, err) < 0)
 		return -1;
 	pid_t helper = index ? fork() : -1;
@@ -533,15 +533,14 @@ int rt_net_teardown_pod(const char *host_if, struct hm_err *err)
 		_exit(mnl_socket_sendto(host.sock, nlh, nlh->nlmsg_len) < 0 ? 1 : 0);
 	}
 	if (helper > 0) {
-		hm_autofd pidfd = syscall(SYS_pidfd_open, helper, 0);
+		hm_cleanup_close int pidfd = syscall(SYS_pidfd_open, helper, 0);
 		bool exited = false;
 		for (int waited_ms = 0; pidfd >= 0 && waited_ms < 10000; waited_ms++) {
 			if (!link_listed(index, host_if))
 				return 0; /* the helper is reaped with us, or by init */
 			if (exited)
 				break;
-			struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
-			if (poll(&pfd, 1, 1) > 0) {
+			if (hm_poll_fd(pidfd, POLLIN, hm_deadline_in(1)) > 0) {
 				waitpid(helper, NULL, 0);
 				exited = true; /* one more look at the list, then ask ourselves */
 			}
@@ -595,7 +594,7 @@ static int collect_used(const char *self, uint8_t *used, struct hm_err *err)
 			continue;
 		char path[PATH_MAX];
 		rt_state_path(de->d_name, "ip", path, sizeof(path));
-		hm_autofree char *text = NULL;
+		hm_cleanup_free char *text = NULL;
 		struct hm_err ignored;
 		uint32_t host;
 		/* A pod without an ip file (--net host/none, or mid-creation) holds nothing. */
@@ -620,7 +619,7 @@ int rt_net_alloc_ip(const char *name, char *ip, size_t iplen, struct hm_err *err
 		return -1;
 
 	const char *lock_path = RT_RUN_DIR "/ipam.lock";
-	hm_autofd lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	hm_cleanup_close int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (lock < 0)
 		return hm_err_errno(err, "open %s", lock_path);
 	while (flock(lock, LOCK_EX) < 0) {
@@ -639,7 +638,7 @@ int rt_net_alloc_ip(const char *name, char *ip, size_t iplen, struct hm_err *err
 	/* a pod that already holds an address keeps it */
 	char own_path[PATH_MAX];
 	rt_state_path(name, "ip", own_path, sizeof(own_path));
-	hm_autofree char *own = NULL;
+	hm_cleanup_free char *own = NULL;
 	uint32_t own_host;
 	if (hm_read_file(own_path, &own, NULL, NULL) == 0 && parse_pod_ip(own, &own_host) == 0 &&
 	    host_part_usable(own_host)) {
@@ -647,7 +646,7 @@ int rt_net_alloc_ip(const char *name, char *ip, size_t iplen, struct hm_err *err
 		return 0;
 	}
 
-	hm_autofree uint8_t *used = calloc(65536 / 8, 1);
+	hm_cleanup_free uint8_t *used = calloc(65536 / 8, 1);
 	if (!used)
 		return hm_err_set(err, ENOMEM, "allocate address for pod %s", name);
 	if (collect_used(name, used, err) < 0)
@@ -667,7 +666,8 @@ int rt_net_alloc_ip(const char *name, char *ip, size_t iplen, struct hm_err *err
 	uint32_t host = 0;
 	for (uint32_t i = 1; i <= 65536; i++) {
 		uint32_t candidate = (last + i) % 65536;
-		if (host_part_usable(candidate) && !(used[candidate / 8] & (1u << (candidate % 8)))) {
+		if (host_part_usable(candidate) &&
+		    !(used[candidate / 8] & (1u << (candidate % 8)))) {
 			host = candidate;
 			break;
 		}

@@ -31,20 +31,13 @@ struct pod {
 	bool relaying;
 	struct rt_tty_relay tty;
 	struct rt_log log; /* detached only */
-	int out_pipe;      /* detached: read end of the pod's stdout and stderr, else -1 */
+	int out_pipe;	   /* detached: read end of the pod's stdout and stderr, else -1 */
 	bool log_failed;
 };
 
 static int pidfd_signal(int pidfd, int sig)
 {
 	return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* The signals a pod's owner forwards. SIGPIPE is blocked too (never read): a vanished
@@ -80,7 +73,7 @@ static bool loopback_address(const char *addr)
  * servers only when keep_loopback (the pod shares the host's network). */
 static int append_host_resolvers(const char *path, bool keep_loopback, char *out, size_t len)
 {
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	if (hm_read_file(path, &text, NULL, NULL) < 0)
 		return 0;
 	int servers = 0;
@@ -193,7 +186,7 @@ static int spawn(struct pod *p, const struct rt_spec *spec, struct hm_err *err)
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		return hm_err_errno(err, "pipe");
 	p->out_pipe = fds[0];
-	hm_autofd write_end = fds[1];
+	hm_cleanup_close int write_end = fds[1];
 	/* only our end: the pod's writes block while the log is being written */
 	if (fcntl(p->out_pipe, F_SETFL, O_NONBLOCK) < 0)
 		return hm_err_errno(err, "pipe");
@@ -265,7 +258,7 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 	if (write_etc_files(p, hosts, resolv, hostname_file, err) < 0)
 		return -1;
 
-	hm_autofree char **env = build_env(o, p->hostname);
+	hm_cleanup_free char **env = build_env(o, p->hostname);
 	if (!env)
 		return hm_err_set(err, ENOMEM, "environment");
 	struct rt_spec spec = {
@@ -324,7 +317,7 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
  * them, so stop_timeout seconds after the first one it gets SIGKILL. */
 static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 {
-	int64_t kill_at = -1;
+	int64_t kill_at = HM_NO_DEADLINE;
 	/* the pod, signals, a detached pod's output, then the tty relay's (at most 2) */
 	struct pollfd fds[5] = {
 	    {.fd = p->c.pidfd, .events = POLLIN},
@@ -332,13 +325,8 @@ static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 	    {.fd = p->out_pipe, .events = POLLIN},
 	};
 	for (;;) {
-		int timeout = -1;
-		if (kill_at >= 0) {
-			int64_t left = kill_at - now_ms();
-			timeout = left > 0 ? (int)left : 0;
-		}
 		int n_tty = p->relaying ? rt_tty_relay_fds(&p->tty, fds + 3) : 0;
-		int r = poll(fds, 3 + n_tty, timeout);
+		int r = poll(fds, 3 + n_tty, hm_ms_until(kill_at));
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -366,14 +354,14 @@ static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 			if (pidfd_signal(p->c.pidfd, si.ssi_signo) < 0 && errno != ESRCH)
 				hm_warn("forward %s to pod %s: %s", strsignal(si.ssi_signo),
 					p->o->name, strerror(errno));
-			if (kill_at < 0)
-				kill_at = now_ms() + (int64_t)p->o->stop_timeout * 1000;
+			if (kill_at == HM_NO_DEADLINE)
+				kill_at = hm_deadline_in((int64_t)p->o->stop_timeout * 1000);
 		}
-		if (kill_at >= 0 && now_ms() >= kill_at) {
+		if (kill_at != HM_NO_DEADLINE && hm_now_ms() >= kill_at) {
 			hm_debug("pod %s: still running %us after the signal, sending SIGKILL",
 				 p->o->name, p->o->stop_timeout);
 			pidfd_signal(p->c.pidfd, SIGKILL);
-			kill_at = -1;
+			kill_at = HM_NO_DEADLINE;
 		}
 	}
 	siginfo_t info = {0};
@@ -475,7 +463,7 @@ static int pod_lifecycle(const struct rt_run_opts *o, int report_fd, int *exit_c
 	if (o->tty)
 		sigaddset(&set, SIGWINCH);
 	/* signals that arrive during the setup wait in the signalfd and are forwarded after */
-	hm_autofd sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	hm_cleanup_close int sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sigfd < 0) {
 		*exit_code = RT_EXIT_RUNTIME;
 		return hm_err_errno(err, "signalfd");
@@ -576,7 +564,7 @@ static int run_detached(const struct rt_run_opts *o, struct rt_run_result *res, 
 	/* the caller stays interruptible while it waits for the start */
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	close(pipefd[1]);
-	hm_autofd rfd = pipefd[0];
+	hm_cleanup_close int rfd = pipefd[0];
 	struct start_report rep;
 	ssize_t n = hm_read_all(rfd, &rep, sizeof(rep));
 	if (n != (ssize_t)sizeof(rep)) {

@@ -25,17 +25,14 @@ static int log_open_current(struct rt_log *log, int extra_flags, struct hm_err *
 {
 	char cur[PATH_MAX], old[PATH_MAX];
 	log_paths(log->name, cur, old);
-	int fd = open(cur, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | extra_flags,
-		      0640);
+	hm_cleanup_close int fd =
+	    open(cur, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | extra_flags, 0640);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", cur);
-	if (dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0) {
-		hm_err_errno(err, "redirect output to %s", cur);
-		close(fd);
-		return -1;
-	}
+	if (dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0)
+		return hm_err_errno(err, "redirect output to %s", cur);
 	hm_closep(&log->fd);
-	log->fd = fd;
+	log->fd = hm_steal_fd(&fd);
 	return 0;
 }
 
@@ -134,15 +131,15 @@ int rt_log_print(const char *name, int out_fd, struct hm_err *err)
 	log_paths(name, cur, old);
 	/* older part first; opened before the current one, so a rotation in between
 	 * repeats a part rather than losing one */
-	hm_autofd old_fd = open(old, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int old_fd = open(old, O_RDONLY | O_CLOEXEC);
 	if (old_fd < 0 && errno != ENOENT)
 		return hm_err_errno(err, "%s", old);
-	hm_autofd cur_fd = open(cur, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int cur_fd = open(cur, O_RDONLY | O_CLOEXEC);
 	if (cur_fd < 0) {
 		if (errno == ENOENT)
-			return hm_err_plain(err, ENOENT,
-					    "pod %s has no log (only detached pods, run -d, have one)",
-					    name);
+			return hm_err_plain(
+			    err, ENOENT, "pod %s has no log (only detached pods, run -d, have one)",
+			    name);
 		return hm_err_errno(err, "%s", cur);
 	}
 	if (old_fd >= 0 && copy_to(old_fd, out_fd, old, err) < 0)

@@ -56,14 +56,15 @@ int rt_child_new_session(int tty_sock, struct hm_err *err)
 		return 0;
 	/* the pod's own devpts (mounts.c): the host's ptys stay out of reach, and the pod
 	 * sees its terminal as /dev/pts/N like any other */
-	hm_autofd master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW);
+	hm_cleanup_close int master =
+	    open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW);
 	if (master < 0)
 		return hm_err_errno(err, "open /dev/pts/ptmx");
 	int unlock = 0;
 	if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
 		return hm_err_errno(err, "unlock the pty");
 	/* the peer of this very master, without a path lookup in the pod's /dev */
-	hm_autofd slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	hm_cleanup_close int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
 	if (slave < 0)
 		return hm_err_errno(err, "open the pty's terminal");
 	if (send_master(tty_sock, master, err) < 0)
@@ -104,16 +105,14 @@ int rt_tty_receive_master(int sock, int *master, struct hm_err *err)
 	if (!cm || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS ||
 	    cm->cmsg_len != CMSG_LEN(sizeof(int)))
 		return hm_err_set(err, EPROTO, "the pod's process sent no pty");
-	int fd;
+	hm_cleanup_close int fd = -1;
 	memcpy(&fd, CMSG_DATA(cm), sizeof(int));
 	/* the pod's root could have put anything at /dev/pts/ptmx: only a pty master
 	 * answers TIOCGPTN */
 	unsigned ptn;
-	if (ioctl(fd, TIOCGPTN, &ptn) < 0) {
-		close(fd);
+	if (ioctl(fd, TIOCGPTN, &ptn) < 0)
 		return hm_err_set(err, EPROTO, "the pod's process sent something else than a pty");
-	}
-	*master = fd;
+	*master = hm_steal_fd(&fd);
 	return 0;
 }
 

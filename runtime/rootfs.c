@@ -44,7 +44,7 @@ static const char group[] = "root:x:0:\nnogroup:x:65534:\n";
 static int install_host_file(int root, const char *src, const char *path, mode_t mode,
 			     struct hm_err *err)
 {
-	hm_autofd in = open(src, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int in = open(src, O_RDONLY | O_CLOEXEC);
 	if (in < 0)
 		return hm_err_errno(err, "%s", src);
 	struct stat st;
@@ -71,7 +71,7 @@ static int busybox_applets(const char *busybox, const char *flag, char **out, st
 	int rc = posix_spawn(&pid, busybox, &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	close(pipefd[1]);
-	hm_autofd rfd = pipefd[0];
+	hm_cleanup_close int rfd = pipefd[0];
 	if (rc != 0)
 		return hm_err_set(err, rc, "run %s %s", busybox, flag);
 	char *buf = NULL;
@@ -96,7 +96,7 @@ static int busybox_applets(const char *busybox, const char *flag, char **out, st
  * with an applet's name, an earlier run's link) are left alone. */
 static int link_applets(int root, struct hm_err *err)
 {
-	hm_autofree char *list = NULL;
+	hm_cleanup_free char *list = NULL;
 	bool full = true;
 	if (busybox_applets(HOST_BUSYBOX, "--list-full", &list, NULL) < 0) {
 		full = false;
@@ -142,7 +142,7 @@ int rt_rootfs_build(const char *dir, struct hm_err *err)
 				    HOST_BUSYBOX);
 	if (hm_mkdir_p(dir, 0755, err) < 0)
 		return -1;
-	hm_autofd root = rt_rootfs_open_root(dir, err);
+	hm_cleanup_close int root = rt_rootfs_open_root(dir, err);
 	if (root < 0)
 		return -1;
 	for (size_t i = 0; i < HM_ARRAY_SIZE(rootfs_dirs); i++)
@@ -167,7 +167,7 @@ int rt_rootfs_build(const char *dir, struct hm_err *err)
 /* A dynamically linked binary has a PT_INTERP program header. */
 static bool elf_is_dynamic(const char *file)
 {
-	hm_autofd fd = open(file, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(file, O_RDONLY | O_CLOEXEC);
 	Elf64_Ehdr eh;
 	if (fd < 0 || pread(fd, &eh, sizeof(eh), 0) != sizeof(eh) ||
 	    memcmp(eh.e_ident, ELFMAG, SELFMAG) || eh.e_ident[EI_CLASS] != ELFCLASS64 ||
@@ -185,7 +185,7 @@ static bool elf_is_dynamic(const char *file)
 
 int rt_rootfs_deploy(const char *rootfs, const char *file, struct hm_err *err)
 {
-	hm_autofd in = open(file, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int in = open(file, O_RDONLY | O_CLOEXEC);
 	if (in < 0)
 		return hm_err_errno(err, "%s", file);
 	struct stat st;
@@ -193,10 +193,10 @@ int rt_rootfs_deploy(const char *rootfs, const char *file, struct hm_err *err)
 		return hm_err_errno(err, "%s", file);
 	if (!S_ISREG(st.st_mode))
 		return hm_err_set(err, 0, "%s: not a regular file", file);
-	hm_autofd root = rt_rootfs_open_root(rootfs, err);
+	hm_cleanup_close int root = rt_rootfs_open_root(rootfs, err);
 	if (root < 0)
 		return hm_err_prefix(err, "rootfs");
-	hm_autofd bin = rt_rootfs_open(root, "bin", O_PATH | O_DIRECTORY, 0, err);
+	hm_cleanup_close int bin = rt_rootfs_open(root, "bin", O_PATH | O_DIRECTORY, 0, err);
 	if (bin < 0)
 		return hm_err_prefix(err, "rootfs %s", rootfs);
 	char copy[PATH_MAX];

@@ -104,14 +104,15 @@ static int open_parent(int root, const char *path, const char **name, struct hm_
 int rt_rootfs_mkdir(int root, const char *path, mode_t mode, struct hm_err *err)
 {
 	const char *name;
-	hm_autofd parent = open_parent(root, path, &name, err);
+	hm_cleanup_close int parent = open_parent(root, path, &name, err);
 	if (parent < 0)
 		return -1;
 	/* mkdirat never follows a final symlink: an existing one is EEXIST and resolved
 	 * (inside the rootfs) below */
 	if (mkdirat(parent, name, mode) < 0 && errno != EEXIST)
 		return hm_err_errno(err, "mkdir %s", path);
-	hm_autofd dir = rt_rootfs_open(root, path, O_RDONLY | O_DIRECTORY | O_NOCTTY, 0, err);
+	hm_cleanup_close int dir =
+	    rt_rootfs_open(root, path, O_RDONLY | O_DIRECTORY | O_NOCTTY, 0, err);
 	if (dir < 0)
 		return -1;
 	/* explicit: the umask would drop tmp's sticky world-writable bits */
@@ -126,8 +127,8 @@ static int create_temp(int parent, const char *name, char *tmp, size_t tmplen, s
 	if (snprintf(tmp, tmplen, ".%s.tmp%d", name, (int)getpid()) >= (int)tmplen)
 		return hm_err_set(err, ENAMETOOLONG, "%s", name);
 	for (int attempt = 0; attempt < 2; attempt++) {
-		int fd = openat(parent, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-				0600);
+		int fd =
+		    openat(parent, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 		if (fd >= 0)
 			return fd;
 		if (errno != EEXIST)
@@ -159,11 +160,11 @@ int rt_rootfs_install(int root, const char *path, int src_fd, const void *data, 
 		      mode_t mode, struct hm_err *err)
 {
 	const char *name;
-	hm_autofd parent = open_parent(root, path, &name, err);
+	hm_cleanup_close int parent = open_parent(root, path, &name, err);
 	if (parent < 0)
 		return -1;
 	char tmp[NAME_MAX + 1];
-	hm_autofd out = create_temp(parent, name, tmp, sizeof(tmp), err);
+	hm_cleanup_close int out = create_temp(parent, name, tmp, sizeof(tmp), err);
 	if (out < 0)
 		return hm_err_prefix(err, "install %s", path);
 	int rc = src_fd >= 0 ? copy_fd(out, src_fd, err)
@@ -183,10 +184,11 @@ int rt_rootfs_create(int root, const char *path, const void *data, size_t len, m
 		     struct hm_err *err)
 {
 	const char *name;
-	hm_autofd parent = open_parent(root, path, &name, err);
+	hm_cleanup_close int parent = open_parent(root, path, &name, err);
 	if (parent < 0)
 		return -1;
-	hm_autofd fd = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	hm_cleanup_close int fd =
+	    openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (fd < 0) {
 		if (errno == EEXIST)
 			return 0;
@@ -200,7 +202,7 @@ int rt_rootfs_create(int root, const char *path, const void *data, size_t len, m
 int rt_rootfs_symlink(int root, const char *path, const char *target, struct hm_err *err)
 {
 	const char *name;
-	hm_autofd parent = open_parent(root, path, &name, err);
+	hm_cleanup_close int parent = open_parent(root, path, &name, err);
 	if (parent < 0)
 		return -1;
 	if (symlinkat(target, parent, name) < 0 && errno != EEXIST)
@@ -210,11 +212,11 @@ int rt_rootfs_symlink(int root, const char *path, const char *target, struct hm_
 
 int rt_rootfs_mount_target(int root, const char *path, struct hm_err *err)
 {
-	int fd = rt_rootfs_open(root, path, O_PATH, 0, err);
+	hm_cleanup_close int fd = rt_rootfs_open(root, path, O_PATH, 0, err);
 	if (fd < 0 && err->code == ENOENT) {
 		/* missing: create it empty, through a dangling link too (inside the rootfs) */
-		hm_autofd created = rt_rootfs_open(root, path, O_WRONLY | O_CREAT | O_NONBLOCK | O_NOCTTY,
-						   0644, err);
+		hm_cleanup_close int created = rt_rootfs_open(
+		    root, path, O_WRONLY | O_CREAT | O_NONBLOCK | O_NOCTTY, 0644, err);
 		if (created < 0)
 			return -1;
 		fd = rt_rootfs_open(root, path, O_PATH, 0, err);
@@ -222,14 +224,9 @@ int rt_rootfs_mount_target(int root, const char *path, struct hm_err *err)
 	if (fd < 0)
 		return -1;
 	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		hm_err_errno(err, "stat %s", path);
-		close(fd);
-		return -1;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
+	if (fstat(fd, &st) < 0)
+		return hm_err_errno(err, "stat %s", path);
+	if (!S_ISREG(st.st_mode))
 		return hm_err_set(err, EINVAL, "%s: not a regular file", path);
-	}
-	return fd;
+	return hm_steal_fd(&fd);
 }

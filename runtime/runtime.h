@@ -21,13 +21,13 @@
  * (pid, ip, rootfs, status, cgroup paths ...) so shell tools and the agent can read it. */
 struct rt_pod_state {
 	char name[RT_NAME_MAX + 1];
-	pid_t pid;          /* the pod's PID 1, in the host pid namespace; 0 if not started */
-	pid_t monitor_pid;  /* the trace-pod process that owns the pod */
-	char ip[64];        /* "10.213.0.2", or "" without bridge networking */
+	pid_t pid;	   /* the pod's PID 1, in the host pid namespace; 0 if not started */
+	pid_t monitor_pid; /* the trace-pod process that owns the pod */
+	char ip[64];	   /* "10.213.0.2", or "" without bridge networking */
 	char rootfs[PATH_MAX];
-	char status[32];    /* "created", "running", "exited" */
-	int exit_code;      /* valid when status is "exited" */
-	char net[16];       /* "bridge", "none", "host" */
+	char status[32]; /* "created", "running", "exited" */
+	int exit_code;	 /* valid when status is "exited" */
+	char net[16];	 /* "bridge", "none", "host" */
 };
 
 /* Load the state of pod `name`. Fails with ENOENT when there is no such pod. */

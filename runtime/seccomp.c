@@ -216,7 +216,7 @@ int rt_seccomp_compile(struct rt_seccomp_prog *prog, struct hm_err *err)
 	if (!ctx)
 		return hm_err_set(err, ENOMEM, "seccomp_init");
 	int rc = -1;
-	hm_autofd mem = -1;
+	hm_cleanup_close int mem = -1;
 	if (build_filter(ctx, err) < 0)
 		goto out;
 	/* libseccomp 2.5 exports BPF only to an fd */

@@ -44,7 +44,7 @@ static int proc_start_time(pid_t pid, uint64_t *out, char *state)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	hm_autofree char *stat = NULL;
+	hm_cleanup_free char *stat = NULL;
 	if (hm_read_file(path, &stat, NULL, NULL) < 0)
 		return -1;
 	/* comm may contain spaces and parentheses: fields restart after the last ')' */
@@ -108,7 +108,7 @@ static int write_value_at(const char *dir, const char *key, const char *value, s
 	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp%d", dir, key, (int)getpid());
 	size_t len = strlen(value);
 	bool newline = len == 0 || value[len - 1] != '\n';
-	hm_autofree char *data = malloc(len + 2);
+	hm_cleanup_free char *data = malloc(len + 2);
 	if (!data)
 		return hm_err_set(err, ENOMEM, "write %s", path);
 	memcpy(data, value, len);
@@ -138,7 +138,7 @@ int rt_state_read(const char *name, const char *key, char *buf, size_t len, stru
 {
 	char path[PATH_MAX];
 	rt_state_path(name, key, path, sizeof(path));
-	hm_autofree char *data = NULL;
+	hm_cleanup_free char *data = NULL;
 	size_t n;
 	if (hm_read_file(path, &data, &n, err) < 0)
 		return -1;
@@ -155,7 +155,7 @@ static int publish_state_dir(const char *name, const char *tmp, const char *fina
 			     struct hm_err *err)
 {
 	/* taking the name is serialized with removing a dead pod of that name */
-	hm_autofd lock = rt_state_lock(err);
+	hm_cleanup_close int lock = rt_state_lock(err);
 	if (lock < 0) {
 		hm_rm_rf(tmp, NULL);
 		return -1;

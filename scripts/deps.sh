@@ -4,9 +4,9 @@
 set -euo pipefail
 
 PACKAGES=(
-  make gcc clang llvm pkg-config
+  make gcc clang clang-format llvm pkg-config
   bpftool libbpf-dev libelf-dev zlib1g-dev
-  libmnl-dev libcmocka-dev libjson-c-dev libcurl4-openssl-dev libpcre2-dev libseccomp-dev
+  libmnl-dev libcmocka-dev libjson-c-dev libpcre2-dev libseccomp-dev
   busybox-static runc golang-go
   iproute2 procps curl python3 valgrind
   musl-tools

@@ -40,7 +40,7 @@ ssize_t hm_write_all(int fd, const void *buf, size_t len)
 
 int hm_write_file_at(int dirfd, const char *path, const char *data, struct hm_err *err)
 {
-	hm_autofd fd = openat(dirfd, path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	hm_cleanup_close int fd = openat(dirfd, path, O_WRONLY | O_TRUNC | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", path);
 	size_t len = strlen(data);
@@ -57,7 +57,8 @@ int hm_write_file(const char *path, const char *data, struct hm_err *err)
 
 int hm_create_file(const char *path, const void *data, size_t len, mode_t mode, struct hm_err *err)
 {
-	hm_autofd fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	hm_cleanup_close int fd =
+	    open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0)
 		return hm_err_errno(err, "create %s", path);
 	if (hm_write_all(fd, data, len) < 0)
@@ -77,7 +78,7 @@ int hm_read_fd(int fd, size_t size_hint, size_t max, const char *what, char **ou
 	if (cap < 4096)
 		cap = 4096;
 	size_t n = 0;
-	hm_autofree char *buf = malloc(cap);
+	hm_cleanup_free char *buf = malloc(cap);
 	if (!buf)
 		return hm_err_set(err, ENOMEM, "read %s", what);
 	for (;;) {
@@ -110,17 +111,12 @@ int hm_read_fd(int fd, size_t size_hint, size_t max, const char *what, char **ou
 	return 0;
 }
 
-int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err)
+int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err)
 {
-	hm_autofd fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", path);
 	return hm_read_fd(fd, 0, 0, path, out, len, err);
-}
-
-int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err)
-{
-	return hm_read_file_at(AT_FDCWD, path, out, len, err);
 }
 
 int hm_mkdir_p(const char *path, mode_t mode, struct hm_err *err)

@@ -114,7 +114,6 @@ int hm_read_fd(int fd, size_t size_hint, size_t max, const char *what, char **ou
 	       struct hm_err *err);
 /* Read a whole file, NUL-terminated; *len excludes the NUL. */
 int hm_read_file(const char *path, char **out, size_t *len, struct hm_err *err);
-int hm_read_file_at(int dirfd, const char *path, char **out, size_t *len, struct hm_err *err);
 int hm_mkdir_p(const char *path, mode_t mode, struct hm_err *err);
 /* openat2(dirfd, path, flags | O_CLOEXEC, mode, resolve) with RESOLVE_* flags
  * (<linux/openat2.h>), retried on the EAGAIN of RESOLVE_IN_ROOT/RESOLVE_BENEATH. mode

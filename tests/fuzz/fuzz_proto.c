@@ -1,5 +1,5 @@
 /* libFuzzer target for the wire protocol: the bytes a hostile peer can send go through
- * (1) the frame parser and the decoder, frame after frame, (2) every message decoder
+ * (1) the frame header check and the decoder, frame after frame, (2) every message decoder
  * directly (first byte picks the type, the rest is the payload), and (3) the incremental
  * fd reader over a socketpair. Whatever decodes must re-encode, and re-encoding is
  * stable: encode(decode(encode(decode(x)))) == encode(decode(x)). */
@@ -28,12 +28,11 @@ static void check_reencode(const struct proto_msg *m)
 	if (proto_encode(&b1, m->id, m, &err) < 0)
 		__builtin_trap(); /* the decoder accepted what the encoder refuses */
 	struct proto_hdr h;
-	const uint8_t *payload;
-	if (proto_frame_parse(b1.data, b1.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) !=
-	    (ssize_t)b1.len)
+	if (proto_hdr_decode(b1.data, PROTO_MAX_PAYLOAD, &h, &err) < 0 ||
+	    PROTO_HDR_LEN + h.len != b1.len)
 		__builtin_trap();
 	struct proto_msg again;
-	if (proto_decode(&h, payload, &again, &err) < 0)
+	if (proto_decode(&h, b1.data + PROTO_HDR_LEN, &again, &err) < 0)
 		__builtin_trap();
 	if (proto_encode(&b2, again.id, &again, &err) < 0)
 		__builtin_trap();
@@ -62,16 +61,15 @@ static void decode_exact(const struct proto_hdr *h, const uint8_t *payload)
 
 static void fuzz_frames(const uint8_t *data, size_t size)
 {
-	while (size) {
+	while (size >= PROTO_HDR_LEN) {
 		struct proto_hdr h;
-		const uint8_t *payload;
 		struct hm_err err;
-		ssize_t n = proto_frame_parse(data, size, PROTO_MAX_PAYLOAD, &h, &payload, &err);
-		if (n <= 0)
+		if (proto_hdr_decode(data, PROTO_MAX_PAYLOAD, &h, &err) < 0 ||
+		    size - PROTO_HDR_LEN < h.len)
 			return;
-		decode_exact(&h, payload);
-		data += n;
-		size -= (size_t)n;
+		decode_exact(&h, data + PROTO_HDR_LEN);
+		data += PROTO_HDR_LEN + h.len;
+		size -= PROTO_HDR_LEN + h.len;
 	}
 }
 

@@ -92,7 +92,7 @@ static const char *dir_with_file(const struct rt_cgroup *cg, const char *file)
 
 static void assert_value_in(const char *dir, const char *file, const char *want)
 {
-	hm_autofree char *got = read_cg_file(dir, file);
+	hm_cleanup_free char *got = read_cg_file(dir, file);
 	assert_non_null(got);
 	if (strcmp(got, want))
 		fail_msg("%s/%s holds '%s', want '%s'", dir, file, got, want);
@@ -161,7 +161,7 @@ static void test_limits_attach_destroy(void **state)
 		assert_value_in(mem_v2, "memory.max", "67108864");
 	} else {
 		assert_value_in(mem_v1, "memory.limit_in_bytes", "67108864");
-		hm_autofree char *swappiness = read_cg_file(mem_v1, "memory.swappiness");
+		hm_cleanup_free char *swappiness = read_cg_file(mem_v1, "memory.swappiness");
 		if (swappiness)
 			assert_string_equal(swappiness, "0");
 	}
@@ -185,7 +185,7 @@ static void test_limits_attach_destroy(void **state)
 	char path[64], suffix[128];
 	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)g_child);
 	snprintf(suffix, sizeof(suffix), "/hermit/%s", g_name);
-	hm_autofree char *self_cg = NULL;
+	hm_cleanup_free char *self_cg = NULL;
 	assert_int_equal(hm_read_file(path, &self_cg, NULL, &err), 0);
 	int matching = 0;
 	bool v2_seen = false;
@@ -247,14 +247,16 @@ static void test_no_limits_v2_only(void **state)
 	if (rt_cgroup_create(g_name, &lim, &g_cg, &err) < 0)
 		fail_msg("create: %s", err.msg);
 	struct statfs sfs;
-	bool has_v2 = statfs("/sys/fs/cgroup/unified", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC;
-	has_v2 = has_v2 || (statfs("/sys/fs/cgroup", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC);
+	bool has_v2 =
+	    statfs("/sys/fs/cgroup/unified", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC;
+	has_v2 =
+	    has_v2 || (statfs("/sys/fs/cgroup", &sfs) == 0 && sfs.f_type == CGROUP2_SUPER_MAGIC);
 	if (has_v2) {
 		assert_true(g_cg.v2_fd >= 0);
 		assert_true(g_cg.v2_path[0] != '\0');
 	}
 	bool v1_devices = false;
-	hm_autofree char *mounts = NULL;
+	hm_cleanup_free char *mounts = NULL;
 	assert_int_equal(hm_read_file("/proc/self/mountinfo", &mounts, NULL, &err), 0);
 	for (char *m = strstr(mounts, " - cgroup "); m; m = strstr(m + 1, " - cgroup "))
 		if (strstr(m, "devices") && strstr(m, "devices") < strchr(m + 1, '\n'))

@@ -197,7 +197,7 @@ static void test_v1_alone(void **state)
 	const char *dir = v1_devices_dir(&g_cg);
 	if (!dir)
 		skip(); /* a pure cgroup v2 host: test_v2_alone is the whole policy */
-	hm_autofree char *list = NULL;
+	hm_cleanup_free char *list = NULL;
 	char path[PATH_MAX + 32];
 	snprintf(path, sizeof(path), "%s/devices.list", dir);
 	assert_int_equal(hm_read_file(path, &list, NULL, NULL), 0);

@@ -12,6 +12,73 @@
 
 #include "proto/proto.h"
 
+/* ---- test helpers: what a peer would do with the library, written out here ---- */
+
+/* One whole frame at the start of buf: > 0 its total length, 0 when more bytes are
+ * needed, < 0 when its header is invalid. */
+static ssize_t parse_frame(const void *buf, size_t len, uint32_t max_payload, struct proto_hdr *h,
+			   const uint8_t **payload, struct hm_err *err)
+{
+	*payload = NULL;
+	if (len < PROTO_HDR_LEN)
+		return 0;
+	if (proto_hdr_decode(buf, max_payload, h, err) < 0)
+		return -1;
+	if (len - PROTO_HDR_LEN < h->len)
+		return 0;
+	*payload = (const uint8_t *)buf + PROTO_HDR_LEN;
+	return (ssize_t)(PROTO_HDR_LEN + h->len);
+}
+
+static int send_error(int fd, uint32_t id, int errnum, struct hm_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int send_error(int fd, uint32_t id, int errnum, struct hm_err *err, const char *fmt, ...)
+{
+	char msg[PROTO_MSG_MAX + 1];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	struct proto_msg m = {.type = PROTO_ERROR};
+	m.error.errnum = errnum;
+	m.error.message = msg;
+	return proto_send(fd, id, &m, err);
+}
+
+/* Send a request and wait for its reply with nothing else in flight on fd. ERROR and
+ * SESSION_ENDED become a failure with err->code = their errno; a reply of another type
+ * or id is EPROTO. */
+static int call(int fd, uint32_t id, const struct proto_msg *req, struct proto_msg *reply,
+		int timeout_ms, struct hm_err *err)
+{
+	memset(reply, 0, sizeof(*reply));
+	uint16_t want = proto_reply_type(req->type);
+	if (!want)
+		return hm_err_set(err, EINVAL, "%s is not a request", proto_type_name(req->type));
+	if (proto_send(fd, id, req, err) < 0)
+		return -1;
+	if (proto_recv(fd, PROTO_MAX_PAYLOAD, timeout_ms, reply, err) < 0)
+		return hm_err_prefix(err, "%s", proto_type_name(req->type));
+	bool failed = reply->type == PROTO_ERROR || reply->type == PROTO_SESSION_ENDED;
+	if (failed && reply->id == (reply->type == PROTO_ERROR ? id : 0)) {
+		int e = reply->error.errnum;
+		hm_err_set(err, 0, "%s: %s%s", proto_type_name(req->type),
+			   reply->type == PROTO_SESSION_ENDED ? "session ended: " : "",
+			   reply->error.message[0] ? reply->error.message : strerror(e));
+		err->code = e;
+		proto_msg_free(reply);
+		return -1;
+	}
+	if (reply->type != want || reply->id != id) {
+		hm_err_set(err, EPROTO, "%s: got %s for request %u instead of %s for %u",
+			   proto_type_name(req->type), proto_type_name(reply->type), reply->id,
+			   proto_type_name(want), id);
+		proto_msg_free(reply);
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- one sample message of every type ---- */
 
 static const uint8_t sample_token[PROTO_TOKEN_LEN] = {1, 2,  3,	 4,  5,	 6,  7,	 8,
@@ -91,11 +158,12 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		m->ping.nonce = 0x0123456789abcdefull;
 		return true;
 	case PROTO_STATUS_REPLY:
-		m->status_reply =
-		    (struct proto_status_reply){"0.1", 12345, 2, 17, 1000, 3, 1 << 20, 2 << 20, 0, {{0}}};
+		m->status_reply = (struct proto_status_reply){"0.1", 12345,   2,       17, 1000,
+							      3,     1 << 20, 2 << 20, 0,  {{0}}};
 		m->status_reply.nbudgets = PROTO_BUDGET_COUNT;
 		for (unsigned i = 0; i < PROTO_BUDGET_COUNT; i++)
-			m->status_reply.budgets[i] = (struct proto_budget){i, 100 + i, 50 + i, 7 * i};
+			m->status_reply.budgets[i] =
+			    (struct proto_budget){i, 100 + i, 50 + i, 7 * i};
 		return true;
 	case PROTO_SESSION_OPEN:
 		m->session_open.target = "pod/web";
@@ -400,7 +468,7 @@ static void roundtrip(const struct proto_msg *m, uint32_t id, struct proto_buf *
 		fail_msg("encode %s: %s", proto_type_name(m->type), err.msg);
 	struct proto_hdr h;
 	const uint8_t *payload = NULL;
-	assert_int_equal(proto_frame_parse(b->data, b->len, PROTO_MAX_PAYLOAD, &h, &payload, &err),
+	assert_int_equal(parse_frame(b->data, b->len, PROTO_MAX_PAYLOAD, &h, &payload, &err),
 			 (ssize_t)b->len);
 	assert_int_equal(h.type, m->type);
 	assert_int_equal(h.id, id);
@@ -493,15 +561,13 @@ static void test_truncated_at_every_offset(void **state)
 		/* a prefix of a frame is never a frame */
 		for (size_t n = 0; n < b.len; n++)
 			assert_int_equal(
-			    proto_frame_parse(b.data, n, PROTO_MAX_PAYLOAD, &h, &payload, &err), 0);
+			    parse_frame(b.data, n, PROTO_MAX_PAYLOAD, &h, &payload, &err), 0);
 		/* a payload cut short anywhere, with a header that agrees, is rejected */
-		assert_true(
-		    proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
+		assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 		uint32_t full = h.len;
 		/* a STATUS_REPLY without its optional budgets is an older agent's, and whole */
-		uint32_t budgetless = t == PROTO_STATUS_REPLY
-					  ? full - 1 - 32 * m.status_reply.nbudgets
-					  : UINT32_MAX;
+		uint32_t budgetless =
+		    t == PROTO_STATUS_REPLY ? full - 1 - 32 * m.status_reply.nbudgets : UINT32_MAX;
 		for (uint32_t n = 0; n < full; n++) {
 			if (n == budgetless)
 				continue;
@@ -539,7 +605,7 @@ static void test_status_without_budgets(void **state)
 	assert_int_equal(proto_encode(&b, 1, &m, &err), 0);
 	struct proto_hdr h;
 	const uint8_t *payload;
-	assert_true(proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
+	assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 	assert_int_equal(proto_decode(&h, payload, &out, &err), 0);
 	assert_int_equal(out.status_reply.nbudgets, 0);
 	assert_int_equal(out.status_reply.bytes_out, m.status_reply.bytes_out);
@@ -548,7 +614,7 @@ static void test_status_without_budgets(void **state)
 	m.status_reply.nbudgets = 1;
 	proto_buf_reset(&b);
 	assert_int_equal(proto_encode(&b, 1, &m, &err), 0);
-	assert_true(proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
+	assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 	uint8_t *copy = malloc(h.len);
 	memcpy(copy, payload, h.len);
 	copy[h.len - 33] = PROTO_BUDGET_MAX + 1;
@@ -708,7 +774,7 @@ static void test_unknown_type_and_flags_rejected(void **state)
 	b.data[PROTO_HDR_LEN + 4 + strlen(m.path_req.path) + 1] = 0x80;
 	struct proto_hdr ph;
 	const uint8_t *payload;
-	assert_true(proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &ph, &payload, &err) > 0);
+	assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &ph, &payload, &err) > 0);
 	assert_int_equal(proto_decode(&ph, payload, &m, &err), -1);
 	assert_int_equal(err.code, EPROTO);
 	proto_buf_release(&b);
@@ -797,7 +863,7 @@ static void test_bad_values_rejected(void **state)
 	b.data[PROTO_HDR_LEN] ^= 0xff; /* magic */
 	struct proto_hdr h;
 	const uint8_t *payload;
-	assert_true(proto_frame_parse(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
+	assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 	assert_int_equal(proto_decode(&h, payload, &m, &err), -1);
 	assert_int_equal(err.code, EPROTO);
 	proto_buf_reset(&b);
@@ -1046,7 +1112,7 @@ static void test_send_recv_timeout(void **state)
 	assert_int_equal(proto_recv(sv[0], PROTO_MAX_PAYLOAD, 50, &out, &err), -1);
 	assert_int_equal(err.code, ETIMEDOUT);
 	proto_buf_release(&b);
-	assert_int_equal(proto_send_error(sv[1], 5, ENOENT, &err, "no such file %s", "/x"), 0);
+	assert_int_equal(send_error(sv[1], 5, ENOENT, &err, "no such file %s", "/x"), 0);
 	close(sv[0]);
 	/* the peer is gone: an error, not SIGPIPE */
 	assert_int_equal(proto_send(sv[1], 1, &m, &err), -1);
@@ -1054,7 +1120,7 @@ static void test_send_recv_timeout(void **state)
 	close(sv[1]);
 }
 
-/* A tiny agent on the other end of a socketpair, for the handshake and proto_call. */
+/* A tiny agent on the other end of a socketpair, for the handshake and request/reply. */
 struct fake_agent {
 	int fd;
 	const char *token;
@@ -1090,8 +1156,7 @@ static void *fake_agent_main(void *arg)
 			reply.ping.nonce = m.ping.nonce;
 			break;
 		case PROTO_FILE_STAT:
-			proto_send_error(a->fd, m.id, ENOENT, &err, "%s does not exist",
-					 m.path_req.path);
+			send_error(a->fd, m.id, ENOENT, &err, "%s does not exist", m.path_req.path);
 			proto_msg_free(&m);
 			continue;
 		case PROTO_ENV_GET:
@@ -1141,22 +1206,22 @@ static void test_handshake_and_call(void **state)
 
 			struct proto_msg req, reply;
 			sample(PROTO_PING, &req);
-			assert_int_equal(proto_call(sv[0], 1, &req, &reply, 1000, &err), 0);
+			assert_int_equal(call(sv[0], 1, &req, &reply, 1000, &err), 0);
 			assert_int_equal(reply.type, PROTO_PONG);
 			assert_int_equal(reply.ping.nonce, req.ping.nonce);
 			proto_msg_free(&reply);
 
 			sample(PROTO_FILE_STAT, &req);
-			assert_int_equal(proto_call(sv[0], 2, &req, &reply, 1000, &err), -1);
+			assert_int_equal(call(sv[0], 2, &req, &reply, 1000, &err), -1);
 			assert_int_equal(err.code, ENOENT);
 			assert_non_null(strstr(err.msg, "/etc/passwd does not exist"));
 
 			sample(PROTO_FILE_MKDIR, &req);
-			assert_int_equal(proto_call(sv[0], 3, &req, &reply, 1000, &err), 0);
+			assert_int_equal(call(sv[0], 3, &req, &reply, 1000, &err), 0);
 			assert_int_equal(reply.type, PROTO_OK);
 
 			sample(PROTO_FILE_UNLINK, &req); /* answered with PONG */
-			assert_int_equal(proto_call(sv[0], 4, &req, &reply, 1000, &err), -1);
+			assert_int_equal(call(sv[0], 4, &req, &reply, 1000, &err), -1);
 			assert_int_equal(err.code, EPROTO);
 
 			sample(PROTO_STREAM_HELLO, &req);
@@ -1166,7 +1231,7 @@ static void test_handshake_and_call(void **state)
 			assert_int_equal(err.code, ENOENT);
 
 			sample(PROTO_ENV_GET, &req);
-			assert_int_equal(proto_call(sv[0], 5, &req, &reply, 1000, &err), -1);
+			assert_int_equal(call(sv[0], 5, &req, &reply, 1000, &err), -1);
 			assert_int_equal(err.code, ESRCH);
 			assert_non_null(strstr(err.msg, "session ended"));
 		}

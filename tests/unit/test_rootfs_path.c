@@ -102,7 +102,8 @@ static void test_install_replaces_link(void **state)
 	struct scene *s = *state;
 	plant_host_file(s, "passwd", "host-passwd\n", 0600, "etc/passwd");
 	struct hm_err err = {0};
-	assert_int_equal(rt_rootfs_install(s->root_fd, "etc/passwd", -1, "pod\n", 4, 0644, &err), 0);
+	assert_int_equal(rt_rootfs_install(s->root_fd, "etc/passwd", -1, "pod\n", 4, 0644, &err),
+			 0);
 	char *host = read_at(s->host, "passwd");
 	assert_string_equal(host, "host-passwd\n");
 	free(host);
@@ -151,7 +152,8 @@ static void test_link_inside_followed(void **state)
 	assert_int_equal(mode_at(s->root, "real-tmp"), 01777);
 	/* relative escapes are held at the root too: ../../.. of the rootfs is the rootfs */
 	link_at(s->root, "up", "../../../../..");
-	assert_int_equal(rt_rootfs_install(s->root_fd, "up/etc/motd", -1, "hi\n", 3, 0644, &err), 0);
+	assert_int_equal(rt_rootfs_install(s->root_fd, "up/etc/motd", -1, "hi\n", 3, 0644, &err),
+			 0);
 	char *motd = read_at(s->root, "etc/motd");
 	assert_string_equal(motd, "hi\n");
 	free(motd);
@@ -187,7 +189,7 @@ static void test_mount_target(void **state)
 	/* a magic link is refused even where /proc is a real procfs: resolved from the
 	 * host's own root, the rootfs's etc/resolv.conf -> /proc/self/fd/0 */
 	link_at(s->root, "etc/resolv.conf", "/proc/self/fd/0");
-	hm_autofd host_root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	hm_cleanup_close int host_root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	char path[2 * PATH_MAX];
 	snprintf(path, sizeof(path), "%s/etc/resolv.conf", s->root);
 	assert_int_equal(rt_rootfs_mount_target(host_root, path, &err), -1);
@@ -293,11 +295,13 @@ static void test_log_rotates_at_line_ends(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_install_replaces_link, scene_setup, scene_teardown),
+	    cmocka_unit_test_setup_teardown(test_install_replaces_link, scene_setup,
+					    scene_teardown),
 	    cmocka_unit_test_setup_teardown(test_parent_link_out_refused, scene_setup,
 					    scene_teardown),
 	    cmocka_unit_test_setup_teardown(test_link_inside_followed, scene_setup, scene_teardown),
-	    cmocka_unit_test_setup_teardown(test_create_keeps_existing, scene_setup, scene_teardown),
+	    cmocka_unit_test_setup_teardown(test_create_keeps_existing, scene_setup,
+					    scene_teardown),
 	    cmocka_unit_test_setup_teardown(test_mount_target, scene_setup, scene_teardown),
 	    cmocka_unit_test_setup_teardown(test_log_rotates_at_line_ends, log_setup, log_teardown),
 	};

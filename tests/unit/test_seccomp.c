@@ -35,7 +35,7 @@ static void run_probes(int out)
 {
 	int results[17];
 	int n = 0;
-	hm_autofd master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	hm_cleanup_close int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
 	char c = 'x';
 	results[n++] = outcome(syscall(SYS_unshare, CLONE_NEWUSER));
 	results[n++] = outcome(syscall(SYS_unshare, CLONE_NEWNS | CLONE_FILES));

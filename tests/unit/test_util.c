@@ -74,7 +74,7 @@ static void test_files_and_rm_rf(void **state)
 	assert_int_equal(hm_mkdir_p(path, 0755, &err), 0);
 	snprintf(path, sizeof(path), "%s/a/b/c/f", tmpl);
 	assert_int_equal(hm_create_file(path, "hello", 5, 0600, &err), 0);
-	hm_autofree char *data = NULL;
+	hm_cleanup_free char *data = NULL;
 	size_t len = 0;
 	assert_int_equal(hm_read_file(path, &data, &len, &err), 0);
 	assert_int_equal(len, 5);
