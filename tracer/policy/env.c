@@ -74,6 +74,32 @@ static const char *const never_import[] = {
     "OPENSSL_MODULES",
     "GIO_EXTRA_MODULES",
     "GTK_MODULES",
+    "GTK_PATH",
+    "GST_PLUGIN_PATH*",
+    "QT_PLUGIN_PATH",
+    "*_PLUGIN_PATH",
+    "GDK_PIXBUF_MODULE_FILE",
+    /* tools that run a command or read config named by the environment: git (its
+     * config in GIT_CONFIG_KEY_n/VALUE_n runs core.fsmonitor, sshCommand...), pagers
+     * and editors, askpass helpers, ssh, kubectl's exec credential plugins, npm */
+    "GIT_*",
+    "*PAGER",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "LESSKEY*",
+    "EDITOR",
+    "VISUAL",
+    "*ASKPASS*",
+    "BROWSER",
+    "SSH_*",
+    "KUBECONFIG",
+    "npm_config_*",
+    "NPM_CONFIG_*",
+    "INPUTRC",
+    "TERMINFO*",
+    /* where programs look for their user configuration (and code in it) */
+    "XDG_*_HOME",
+    "XDG_*_DIRS",
 };
 
 bool policy_env_never_imported(const char *name)

@@ -94,6 +94,17 @@ static const struct default_regex local_regexes[] = {
     {"^/etc/(passwd|group|shadow|gshadow)$", "default local: user database"},
     /* realpath() of an alternatives-managed binary readlinks through here */
     {"^/etc/alternatives(/|$)", "default local: /etc/alternatives"},
+    /* configuration that makes programs run commands or load code (git's fsmonitor,
+     * ssh's Match exec and ProxyCommand, shell start-up files, OpenSSL providers, PAM,
+     * sudo): a pod's copy would run the pod's commands on this machine */
+    {"^/etc/(gitconfig|inputrc|environment|mailcap|npmrc|pip\\.conf|wgetrc|curlrc|"
+     "profile|bash\\.bashrc|bash\\.bash_logout|zshenv|zshrc|zprofile|zlogin|zlogout|"
+     "vimrc|gvimrc|nanorc|screenrc|tmux\\.conf|sudoers|man_db\\.conf|"
+     "ssl/openssl\\.cnf|pki/tls/openssl\\.cnf)$",
+     "default local: configuration that runs code"},
+    {"^/etc/(ssh|profile\\.d|zsh|vim|bash_completion\\.d|sudoers\\.d|pam\\.d|security|"
+     "environment\\.d|gnupg|X11|xdg|apt|python3(\\.[0-9]+)?)(/|$)",
+     "default local: configuration that runs code"},
     {"^/(var/)?run(/|$)", "default local: /run"},
     {"^/(var/)?tmp(/|$)", "default local: /tmp"},
     {"\\.so(\\.[0-9]+)*$", "default local: shared objects"},
