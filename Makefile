@@ -1,6 +1,7 @@
 # hermit — one Makefile for every module.
 # Modules are folders; each folder's *.c (except main.c) becomes a static library,
-# main.c becomes the folder's binary. New files are picked up by wildcard.
+# main.c becomes the folder's binary. New files are picked up by wildcard. A module can
+# be a subfolder (tracer/engine): its library is named with a dash (libtracer-engine.a).
 
 BUILD    ?= build
 PREFIX   ?= /usr/local
@@ -21,14 +22,14 @@ LDFLAGS += $(SAN_FLAGS)
 LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lseccomp -lpthread
 
 # library modules, in link order (dependents first)
-LIB_MODULES := agent tracer client relay runtime loader proto util
+LIB_MODULES := agent tracer/redirect tracer/policy tracer/engine client relay runtime loader proto util
 BIN_trace-pod   := runtime
 BIN_trace-agent := agent
-BIN_trace-run   := tracer
+BIN_trace-run   := tracer/redirect
 # the modules each binary links, in link order
 LIBS_trace-pod   := runtime loader util
 LIBS_trace-agent := agent client relay runtime proto util
-LIBS_trace-run   := tracer client relay runtime proto util
+LIBS_trace-run   := tracer/redirect tracer/policy tracer/engine client relay runtime proto util
 # the modules each unit test (tests/unit/test_NAME.c) links: test_agent_* those of
 # trace-agent, test_tracer* those of trace-run, the runtime's tests those of trace-pod,
 # and the tests of a lower module only what they test
@@ -41,7 +42,7 @@ unit_libs = $(or $(LIBS_$(1)),$(LIBS_$(call unit_program,$(1))))
 define module_vars
 $(1)_SRC := $$(filter-out $(1)/main.c,$$(wildcard $(1)/*.c))
 $(1)_OBJ := $$(patsubst %.c,$(BUILD)/obj/%.o,$$($(1)_SRC))
-$(1)_LIB := $$(if $$($(1)_SRC),$(BUILD)/lib/lib$(1).a)
+$(1)_LIB := $$(if $$($(1)_SRC),$(BUILD)/lib/lib$$(subst /,-,$(1)).a)
 endef
 $(foreach m,$(LIB_MODULES),$(eval $(call module_vars,$(m))))
 
@@ -166,8 +167,8 @@ FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 FUZZ_TIME ?= 60
 # the module sources each target links besides util/
 FUZZ_LINK_fuzz_proto := $(wildcard proto/*.c)
-FUZZ_LINK_fuzz_dns   := tracer/net_filter.c
-$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy.h)
+FUZZ_LINK_fuzz_dns   := tracer/policy/net.c
+$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) -lz -lpthread

@@ -8,7 +8,7 @@ PACKAGES=(
   bpftool libbpf-dev libelf-dev zlib1g-dev
   libmnl-dev libcmocka-dev libjson-c-dev libpcre2-dev libseccomp-dev
   busybox-static runc golang-go
-  iproute2 procps curl python3 valgrind
+  iproute2 procps curl python3 valgrind git
   musl-tools
 )
 

@@ -8,7 +8,7 @@ source "$(dirname "$0")/../lib.sh"
 source "$HERMIT_ROOT/tests/agent/agent_lib.sh"
 source "$HERMIT_ROOT/tests/trace_fixture.sh"
 
-# The exit codes trace-run documents (tracer/main.c usage text, checked by test_help_codes).
+# The exit codes trace-run documents (tracer/redirect/main.c usage text, checked by test_help_codes).
 EXIT_AGENT=121
 EXIT_AUTH=122
 EXIT_TARGET=123

@@ -109,6 +109,36 @@ test_env_code_not_imported() {
 	[ -e "$marker" ] || fail "-e LD_AUDIT did not apply"
 }
 
+# A pod's configuration that makes a local tool run commands stays out: git's
+# core.fsmonitor from the pod's /etc/gitconfig or from GIT_CONFIG_* variables would run
+# the pod's command on this machine at `git status`.
+test_pod_config_not_run() {
+	local pod marker="$HD/pod-git-ran" repo="$HD/repo" out
+	command -v git >/dev/null || fail "git is not installed (scripts/deps.sh)"
+	pod=$(pod_name gitx)
+	on_exit pod_cleanup "$pod"
+	on_exit rm -f "$FX_ROOTFS/etc/gitconfig"
+	printf '[core]\n\tfsmonitor = "touch %s; false" # hermit-test\n' "$marker" >"$FX_ROOTFS/etc/gitconfig"
+	git init -q "$repo"
+	tp run -d --name "$pod" --rootfs "$FX_ROOTFS" --env GIT_CONFIG_COUNT=1 \
+		--env GIT_CONFIG_KEY_0=core.fsmonitor --env "GIT_CONFIG_VALUE_0=touch $marker; false" \
+		-- sleep 100000 </dev/null >/dev/null
+	local run=("$TRACE_RUN" --agent-unix "$FX_SOCK" --token-file "$FX_TOKEN_FILE" --target "pod/$pod")
+	out=$(cd "$repo" && timeout 30 "${run[@]}" -- git status 2>&1) || fail "git status failed: $out"
+	[ ! -e "$marker" ] || fail "the pod's git configuration ran a command on the host"
+	out=$(timeout 30 "${run[@]}" -- /usr/bin/env) || fail "env failed: $out"
+	! grep -q '^GIT_CONFIG' <<<"$out" || fail "GIT_CONFIG_* imported: $out"
+	# the attack is real: with the pod's /etc/gitconfig asked for, git runs its command
+	echo '{"feature":{"fs":{"read_only":["^/etc/gitconfig$"]}}}' >"$HD/gitcfg.json"
+	out=$(cd "$repo" && timeout 30 "${run[@]}" -f "$HD/gitcfg.json" -- git status 2>&1) || true
+	[ -e "$marker" ] || fail "the pod's /etc/gitconfig, asked for, did not apply: $out"
+	rm -f "$marker"
+	# and so does the variable, named exactly
+	out=$(cd "$repo" && timeout 30 "${run[@]}" --env-include GIT_CONFIG_COUNT \
+		--env-include GIT_CONFIG_KEY_0 --env-include GIT_CONFIG_VALUE_0 -- git status 2>&1) || true
+	[ -e "$marker" ] || fail "GIT_CONFIG_* named exactly did not apply: $out"
+}
+
 # opens PATH three times (the last after the marker file FLAG appears, if given) and
 # prints per open: errno or "ok", the memfd's local inode, the content's sha256
 OPEN_PROBE='
@@ -292,6 +322,7 @@ run_test "hardening: kill -9 of trace-run kills the program's tree (seccomp)" te
 run_test "hardening: kill -9 of trace-run kills the program's tree (ptrace)" test_kill9_ptrace
 run_test "hardening: exit statuses through the guard" test_exit_status_kept
 run_test "hardening: loader/shell start-up variables are not imported" test_env_code_not_imported
+run_test "hardening: the pod's git configuration runs nothing here" test_pod_config_not_run
 run_test "hardening: remote files over max_file_size fail with EFBIG, with one line" test_max_file_size
 run_test "hardening: big remote files are shared between opens while unchanged" test_big_file_shared
 run_test "hardening: the target exits mid-session: one line, ESRCH / ENETUNREACH" test_target_exits_mid_session

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <string.h>
@@ -16,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "tracer/internal.h"
+#include "tracer/engine/tracer.h"
 
 #define DEFERRED_ANSWER 777
 #define QUICK_ANSWER 999

@@ -9,26 +9,26 @@
 
 #include <cmocka.h>
 
-#include "tracer/policy.h"
+#include "tracer/policy/policy.h"
 
 /* ================================================================ config */
 
-static int load(struct hm_trace_config *c, const char *json, struct hm_err *err)
+static int load(struct policy_config *c, const char *json, struct hm_err *err)
 {
-	hm_config_init(c);
-	return hm_config_load_string(c, json, "t.json", err);
+	policy_config_init(c);
+	return policy_config_load_string(c, json, "t.json", err);
 }
 
 /* The load fails and its message contains want. */
 static void expect_load_error(const char *json, const char *want)
 {
-	struct hm_trace_config c;
+	struct policy_config c;
 	struct hm_err err = {0};
 	int rc = load(&c, json, &err);
 	if (rc == 0 || !strstr(err.msg, want))
 		fail_msg("config %s: rc %d, message \"%s\", wanted \"%s\"", json, rc, err.msg,
 			 want);
-	hm_config_free(&c);
+	policy_config_free(&c);
 }
 
 static const char *example_path(char *buf, size_t size)
@@ -42,18 +42,18 @@ static void test_config_example_loads(void **state)
 {
 	(void)state;
 	char path[4096];
-	struct hm_trace_config c;
+	struct policy_config c;
 	struct hm_err err = {0};
-	hm_config_init(&c);
-	if (hm_config_load_file(&c, example_path(path, sizeof(path)), &err) < 0)
+	policy_config_init(&c);
+	if (policy_config_load_file(&c, example_path(path, sizeof(path)), &err) < 0)
 		fail_msg("%s", err.msg);
-	assert_int_equal(hm_config_finalize(&c, &err), 0);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
 	assert_string_equal(c.target, "pod/web");
 	assert_string_equal(c.agent.unix_path, "/run/hermit/agent.sock");
 	assert_null(c.agent.address);
 	assert_string_equal(c.agent.token_file, "/run/hermit/agent.token");
-	assert_int_equal(c.backend, HM_CFG_BACKEND_SECCOMP);
-	assert_int_equal(c.feature.env.enabled, HM_TRI_TRUE);
+	assert_int_equal(c.backend, TRACER_BACKEND_SECCOMP);
+	assert_int_equal(c.feature.env.enabled, POLICY_TRI_TRUE);
 	assert_int_equal(c.feature.env.include.len, 3);
 	assert_string_equal(c.feature.env.include.items[0], "APP_*");
 	assert_string_equal(c.feature.env.include.items[2], "PATH");
@@ -62,79 +62,79 @@ static void test_config_example_loads(void **state)
 	assert_string_equal(c.feature.env.override.items[0], "LOG_LEVEL=debug");
 	assert_string_equal(c.feature.env.override.items[1],
 			    "DATABASE_URL=postgres://localhost:5432/dev");
-	assert_int_equal(c.feature.fs.mode, HM_FS_MODE_READ);
+	assert_int_equal(c.feature.fs.mode, POLICY_FS_MODE_READ);
 	assert_int_equal(c.feature.fs.read_only.len, 2);
 	assert_string_equal(c.feature.fs.read_only.items[1], "\\.ya?ml$");
 	assert_int_equal(c.feature.fs.read_write.len, 1);
 	assert_int_equal(c.feature.fs.local.len, 1);
 	assert_int_equal(c.feature.fs.not_found.len, 1);
 	assert_int_equal(c.feature.fs.max_file_size, 512ull << 20);
-	assert_int_equal(c.feature.network.outgoing.tcp, HM_TRI_TRUE);
-	assert_int_equal(c.feature.network.outgoing.udp, HM_TRI_TRUE);
-	assert_int_equal(c.feature.network.outgoing.filter_kind, HM_NET_FILTER_REMOTE);
+	assert_int_equal(c.feature.network.outgoing.tcp, POLICY_TRI_TRUE);
+	assert_int_equal(c.feature.network.outgoing.udp, POLICY_TRI_TRUE);
+	assert_int_equal(c.feature.network.outgoing.filter_kind, POLICY_NET_FILTER_REMOTE);
 	assert_int_equal(c.feature.network.outgoing.filter.len, 5);
 	assert_string_equal(c.feature.network.outgoing.filter.items[2], "tcp://db.svc:5432");
-	assert_int_equal(c.feature.network.dns, HM_TRI_TRUE);
+	assert_int_equal(c.feature.network.dns, POLICY_TRI_TRUE);
 
 	/* and the policies build from it */
-	struct hm_fs_policy_opts fo;
-	hm_fs_policy_opts_from_config(&c, &fo);
-	struct hm_fs_policy *fp;
-	assert_int_equal(hm_fs_policy_new(&fo, &fp, &err), 0);
-	assert_int_equal(hm_fs_policy_decide(fp, "/srv/config/app.conf", HM_FS_ACCESS_READ, NULL),
-			 HM_FS_REMOTE);
-	hm_fs_policy_free(fp);
-	struct hm_net_policy_opts no;
-	hm_net_policy_opts_from_config(&c, &no);
-	struct hm_net_policy *np;
-	assert_int_equal(hm_net_policy_new(&no, &np, &err), 0);
-	hm_net_policy_free(np);
-	hm_config_free(&c);
+	struct policy_fs_opts fo;
+	policy_fs_opts_from_config(&c, &fo);
+	struct policy_fs *fp;
+	assert_int_equal(policy_fs_new(&fo, &fp, &err), 0);
+	assert_int_equal(policy_fs_decide(fp, "/srv/config/app.conf", POLICY_FS_ACCESS_READ, NULL),
+			 POLICY_FS_REMOTE);
+	policy_fs_free(fp);
+	struct policy_net_opts no;
+	policy_net_opts_from_config(&c, &no);
+	struct policy_net *np;
+	assert_int_equal(policy_net_new(&no, &np, &err), 0);
+	policy_net_free(np);
+	policy_config_free(&c);
 }
 
 static void test_config_defaults(void **state)
 {
 	(void)state;
-	struct hm_trace_config c;
+	struct policy_config c;
 	struct hm_err err = {0};
 	assert_int_equal(load(&c, "{}", &err), 0);
-	assert_int_equal(c.backend, HM_CFG_BACKEND_UNSET);
-	assert_int_equal(c.feature.fs.mode, HM_FS_MODE_UNSET);
-	assert_int_equal(hm_config_finalize(&c, &err), 0);
+	assert_false(c.backend_set);
+	assert_int_equal(c.feature.fs.mode, POLICY_FS_MODE_UNSET);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
 	assert_null(c.target);
 	assert_null(c.agent.unix_path);
 	assert_null(c.agent.address);
 	assert_null(c.agent.token_file);
-	assert_int_equal(c.backend, HM_CFG_BACKEND_AUTO);
-	assert_int_equal(c.feature.env.enabled, HM_TRI_TRUE);
+	assert_int_equal(c.backend, TRACER_BACKEND_AUTO);
+	assert_int_equal(c.feature.env.enabled, POLICY_TRI_TRUE);
 	assert_int_equal(c.feature.env.include.len, 0);
-	assert_int_equal(c.feature.fs.mode, HM_FS_MODE_READ);
-	assert_int_equal(c.feature.fs.max_file_size, HM_FS_MAX_FILE_DEFAULT);
-	assert_int_equal(c.feature.network.outgoing.tcp, HM_TRI_TRUE);
-	assert_int_equal(c.feature.network.outgoing.udp, HM_TRI_TRUE);
-	assert_int_equal(c.feature.network.outgoing.filter_kind, HM_NET_FILTER_NONE);
-	assert_int_equal(c.feature.network.dns, HM_TRI_TRUE);
-	hm_config_free(&c);
+	assert_int_equal(c.feature.fs.mode, POLICY_FS_MODE_READ);
+	assert_int_equal(c.feature.fs.max_file_size, POLICY_FS_MAX_FILE_DEFAULT);
+	assert_int_equal(c.feature.network.outgoing.tcp, POLICY_TRI_TRUE);
+	assert_int_equal(c.feature.network.outgoing.udp, POLICY_TRI_TRUE);
+	assert_int_equal(c.feature.network.outgoing.filter_kind, POLICY_NET_FILTER_NONE);
+	assert_int_equal(c.feature.network.dns, POLICY_TRI_TRUE);
+	policy_config_free(&c);
 }
 
 static void test_config_max_file_size(void **state)
 {
 	(void)state;
-	struct hm_trace_config c;
+	struct policy_config c;
 	struct hm_err err = {0};
 	assert_int_equal(load(&c, "{\"feature\": {\"fs\": {\"max_file_size\": 1000}}}", &err), 0);
 	assert_int_equal(c.feature.fs.max_file_size, 1000);
-	hm_config_free(&c);
+	policy_config_free(&c);
 	assert_int_equal(load(&c, "{\"feature\": {\"fs\": {\"max_file_size\": \"2G\"}}}", &err), 0);
 	assert_int_equal(c.feature.fs.max_file_size, 2ull << 30);
 	/* a flag wins over the file */
-	struct hm_trace_config flags;
-	hm_config_init(&flags);
+	struct policy_config flags;
+	policy_config_init(&flags);
 	flags.feature.fs.max_file_size = 4096;
-	assert_int_equal(hm_config_merge(&c, &flags, &err), 0);
+	assert_int_equal(policy_config_merge(&c, &flags, &err), 0);
 	assert_int_equal(c.feature.fs.max_file_size, 4096);
-	hm_config_free(&flags);
-	hm_config_free(&c);
+	policy_config_free(&flags);
+	policy_config_free(&c);
 	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": 0}}}",
 			  "feature.fs.max_file_size: must be a positive number of bytes");
 	expect_load_error("{\"feature\": {\"fs\": {\"max_file_size\": \"12x\"}}}",
@@ -238,19 +238,19 @@ static void test_config_bad_values(void **state)
 static void test_config_shorthands(void **state)
 {
 	(void)state;
-	struct hm_trace_config c;
+	struct policy_config c;
 	struct hm_err err = {0};
 	assert_int_equal(load(&c,
 			      "{\"feature\": {\"fs\": \"write\", \"env\": false, "
 			      "\"network\": {\"outgoing\": false}}}",
 			      &err),
 			 0);
-	assert_int_equal(hm_config_finalize(&c, &err), 0);
-	assert_int_equal(c.feature.fs.mode, HM_FS_MODE_WRITE);
-	assert_int_equal(c.feature.env.enabled, HM_TRI_FALSE);
-	assert_int_equal(c.feature.network.outgoing.tcp, HM_TRI_FALSE);
-	assert_int_equal(c.feature.network.outgoing.udp, HM_TRI_FALSE);
-	hm_config_free(&c);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	assert_int_equal(c.feature.fs.mode, POLICY_FS_MODE_WRITE);
+	assert_int_equal(c.feature.env.enabled, POLICY_TRI_FALSE);
+	assert_int_equal(c.feature.network.outgoing.tcp, POLICY_TRI_FALSE);
+	assert_int_equal(c.feature.network.outgoing.udp, POLICY_TRI_FALSE);
+	policy_config_free(&c);
 
 	/* mirrord's "A;B" lists for env, a single string for a regex list, null as unset */
 	assert_int_equal(load(&c,
@@ -265,20 +265,20 @@ static void test_config_shorthands(void **state)
 	assert_int_equal(c.feature.env.exclude.len, 1);
 	assert_int_equal(c.feature.fs.local.len, 1);
 	assert_string_equal(c.feature.fs.local.items[0], "a;b");
-	assert_int_equal(c.feature.fs.mode, HM_FS_MODE_LOCAL_WITH_OVERRIDES);
-	hm_config_free(&c);
+	assert_int_equal(c.feature.fs.mode, POLICY_FS_MODE_LOCAL_WITH_OVERRIDES);
+	policy_config_free(&c);
 
 	/* an empty filter object: no filter */
 	assert_int_equal(
 	    load(&c, "{\"feature\": {\"network\": {\"outgoing\": {\"filter\": {}}}}}", &err), 0);
-	assert_int_equal(c.feature.network.outgoing.filter_kind, HM_NET_FILTER_NONE);
-	hm_config_free(&c);
+	assert_int_equal(c.feature.network.outgoing.filter_kind, POLICY_NET_FILTER_NONE);
+	policy_config_free(&c);
 }
 
 static void test_config_merge(void **state)
 {
 	(void)state;
-	struct hm_trace_config file, flags;
+	struct policy_config file, flags;
 	struct hm_err err = {0};
 	assert_int_equal(
 	    load(&file,
@@ -290,30 +290,31 @@ static void test_config_merge(void **state)
 		 "{\"local\": [\":1\"]}}, \"dns\": false}}}",
 		 &err),
 	    0);
-	hm_config_init(&flags);
+	policy_config_init(&flags);
 	flags.target = strdup("pod/api");
 	flags.agent.unix_path = strdup("/tmp/agent.sock");
-	flags.backend = HM_CFG_BACKEND_SECCOMP;
-	flags.feature.fs.mode = HM_FS_MODE_READ;
-	assert_int_equal(hm_strv_push(&flags.feature.fs.local, "^/flag", &err), 0);
-	assert_int_equal(hm_strv_push_split(&flags.feature.env.include, "B;C", ';', &err), 0);
-	assert_int_equal(hm_config_env_override(&flags, "Y=flag", &err), 0);
-	assert_int_equal(hm_config_env_override(&flags, "Z=a=b", &err), 0);
-	assert_true(hm_config_env_override(&flags, "=v", &err) < 0);
-	assert_true(hm_config_env_override(&flags, "novalue", &err) < 0);
-	flags.feature.network.outgoing.filter_kind = HM_NET_FILTER_REMOTE;
-	assert_int_equal(hm_strv_push(&flags.feature.network.outgoing.filter, "10.0.0.0/8", &err),
-			 0);
+	flags.backend = TRACER_BACKEND_SECCOMP;
+	flags.backend_set = true;
+	flags.feature.fs.mode = POLICY_FS_MODE_READ;
+	assert_int_equal(policy_strv_push(&flags.feature.fs.local, "^/flag", &err), 0);
+	assert_int_equal(policy_strv_push_split(&flags.feature.env.include, "B;C", ';', &err), 0);
+	assert_int_equal(policy_config_env_override(&flags, "Y=flag", &err), 0);
+	assert_int_equal(policy_config_env_override(&flags, "Z=a=b", &err), 0);
+	assert_true(policy_config_env_override(&flags, "=v", &err) < 0);
+	assert_true(policy_config_env_override(&flags, "novalue", &err) < 0);
+	flags.feature.network.outgoing.filter_kind = POLICY_NET_FILTER_REMOTE;
+	assert_int_equal(
+	    policy_strv_push(&flags.feature.network.outgoing.filter, "10.0.0.0/8", &err), 0);
 
-	assert_int_equal(hm_config_merge(&file, &flags, &err), 0);
-	assert_int_equal(hm_config_finalize(&file, &err), 0);
+	assert_int_equal(policy_config_merge(&file, &flags, &err), 0);
+	assert_int_equal(policy_config_finalize(&file, &err), 0);
 	assert_string_equal(file.target, "pod/api");
 	/* --agent-unix replaces the file's address: one endpoint */
 	assert_string_equal(file.agent.unix_path, "/tmp/agent.sock");
 	assert_null(file.agent.address);
 	assert_string_equal(file.agent.token_file, "/t"); /* not given by a flag: kept */
-	assert_int_equal(file.backend, HM_CFG_BACKEND_SECCOMP);
-	assert_int_equal(file.feature.fs.mode, HM_FS_MODE_READ);
+	assert_int_equal(file.backend, TRACER_BACKEND_SECCOMP);
+	assert_int_equal(file.feature.fs.mode, POLICY_FS_MODE_READ);
 	assert_int_equal(file.feature.fs.local.len, 1); /* lists are replaced */
 	assert_string_equal(file.feature.fs.local.items[0], "^/flag");
 	assert_int_equal(file.feature.fs.read_only.len, 1); /* not given: kept */
@@ -324,37 +325,37 @@ static void test_config_merge(void **state)
 	assert_string_equal(file.feature.env.override.items[0], "X=file");
 	assert_string_equal(file.feature.env.override.items[1], "Y=flag");
 	assert_string_equal(file.feature.env.override.items[2], "Z=a=b");
-	assert_int_equal(file.feature.network.outgoing.filter_kind, HM_NET_FILTER_REMOTE);
+	assert_int_equal(file.feature.network.outgoing.filter_kind, POLICY_NET_FILTER_REMOTE);
 	assert_int_equal(file.feature.network.outgoing.filter.len, 1);
 	assert_string_equal(file.feature.network.outgoing.filter.items[0], "10.0.0.0/8");
-	assert_int_equal(file.feature.network.dns, HM_TRI_FALSE); /* kept */
-	hm_config_free(&file);
-	hm_config_free(&flags);
+	assert_int_equal(file.feature.network.dns, POLICY_TRI_FALSE); /* kept */
+	policy_config_free(&file);
+	policy_config_free(&flags);
 
 	/* finalize catches what flags alone bring in */
-	hm_config_init(&flags);
-	assert_int_equal(hm_strv_push(&flags.feature.fs.not_found, "[", &err), 0);
-	assert_true(hm_config_finalize(&flags, &err) < 0);
+	policy_config_init(&flags);
+	assert_int_equal(policy_strv_push(&flags.feature.fs.not_found, "[", &err), 0);
+	assert_true(policy_config_finalize(&flags, &err) < 0);
 	assert_non_null(strstr(err.msg, "feature.fs.not_found[0]: invalid regex"));
-	hm_config_free(&flags);
-	hm_config_init(&flags);
-	flags.feature.network.outgoing.filter_kind = HM_NET_FILTER_LOCAL;
-	assert_int_equal(hm_strv_push(&flags.feature.network.outgoing.filter, "x/8", &err), 0);
-	assert_true(hm_config_finalize(&flags, &err) < 0);
+	policy_config_free(&flags);
+	policy_config_init(&flags);
+	flags.feature.network.outgoing.filter_kind = POLICY_NET_FILTER_LOCAL;
+	assert_int_equal(policy_strv_push(&flags.feature.network.outgoing.filter, "x/8", &err), 0);
+	assert_true(policy_config_finalize(&flags, &err) < 0);
 	assert_non_null(strstr(err.msg, "feature.network.outgoing.filter.local[0]"));
-	hm_config_free(&flags);
+	policy_config_free(&flags);
 }
 
 static void test_config_file_errors(void **state)
 {
 	(void)state;
-	struct hm_trace_config c;
+	struct policy_config c;
 	struct hm_err err = {0};
-	hm_config_init(&c);
-	assert_true(hm_config_load_file(&c, "/nonexistent/trace.json", &err) < 0);
+	policy_config_init(&c);
+	assert_true(policy_config_load_file(&c, "/nonexistent/trace.json", &err) < 0);
 	assert_non_null(strstr(err.msg, "/nonexistent/trace.json"));
 	assert_int_equal(err.code, ENOENT);
-	hm_config_free(&c);
+	policy_config_free(&c);
 
 	char path[] = "/tmp/hermit-policy-XXXXXX";
 	int fd = mkstemp(path);
@@ -362,28 +363,29 @@ static void test_config_file_errors(void **state)
 	const char text[] = "{\"feature\": {\"fs\": {\"mode\": \"write\", \"rw\": 1}}}";
 	assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)sizeof(text) - 1);
 	close(fd);
-	hm_config_init(&c);
-	assert_true(hm_config_load_file(&c, path, &err) < 0);
+	policy_config_init(&c);
+	assert_true(policy_config_load_file(&c, path, &err) < 0);
 	char want[256];
 	snprintf(want, sizeof(want), "%s: unknown key feature.fs.rw", path);
 	assert_non_null(strstr(err.msg, want));
-	hm_config_free(&c);
+	policy_config_free(&c);
 	unlink(path);
 }
 
 static void test_config_enum_names(void **state)
 {
 	(void)state;
-	enum hm_fs_mode m;
-	enum hm_cfg_backend b;
-	assert_int_equal(hm_fs_mode_parse("localwithoverrides", &m), 0);
-	assert_int_equal(m, HM_FS_MODE_LOCAL_WITH_OVERRIDES);
-	assert_string_equal(hm_fs_mode_name(HM_FS_MODE_WRITE), "write");
-	assert_true(hm_fs_mode_parse("Read", &m) < 0);
-	assert_int_equal(hm_cfg_backend_parse("ptrace", &b), 0);
-	assert_int_equal(b, HM_CFG_BACKEND_PTRACE);
-	assert_string_equal(hm_cfg_backend_name(HM_CFG_BACKEND_AUTO), "auto");
-	assert_true(hm_cfg_backend_parse("", &b) < 0);
+	enum policy_fs_mode m;
+	enum tracer_backend b;
+	assert_int_equal(policy_fs_mode_parse("localwithoverrides", &m), 0);
+	assert_int_equal(m, POLICY_FS_MODE_LOCAL_WITH_OVERRIDES);
+	assert_int_equal(policy_fs_mode_parse("write", &m), 0);
+	assert_int_equal(m, POLICY_FS_MODE_WRITE);
+	assert_true(policy_fs_mode_parse("Read", &m) < 0);
+	assert_int_equal(tracer_backend_parse("ptrace", &b), 0);
+	assert_int_equal(b, TRACER_BACKEND_PTRACE);
+	assert_string_equal(tracer_backend_name(TRACER_BACKEND_AUTO), "auto");
+	assert_true(tracer_backend_parse("", &b) < 0);
 }
 
 /* ================================================================ files */
@@ -411,54 +413,57 @@ static void test_fs_normalize(void **state)
 	    {"/ignored", "/abs", "/abs"},
 	};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(cases); i++) {
-		int n = hm_fs_path_normalize(cases[i].base, cases[i].in, out, sizeof(out));
+		int n = policy_fs_path_normalize(cases[i].base, cases[i].in, out, sizeof(out));
 		if (n < 0 || strcmp(out, cases[i].want) != 0 || (size_t)n != strlen(out))
 			fail_msg("normalize(%s, %s) = %d \"%s\", want \"%s\"", cases[i].base,
 				 cases[i].in, n, out, cases[i].want);
 	}
-	assert_int_equal(hm_fs_path_normalize(NULL, "", out, sizeof(out)), -EINVAL);
-	assert_int_equal(hm_fs_path_normalize(NULL, "rel", out, sizeof(out)), -EINVAL);
-	assert_int_equal(hm_fs_path_normalize("rel", "x", out, sizeof(out)), -EINVAL);
-	assert_int_equal(hm_fs_path_normalize(NULL, "/abcdef", out, 7), -ENAMETOOLONG);
-	assert_int_equal(hm_fs_path_normalize(NULL, "/abcdef", out, 8), 7);
-	assert_int_equal(hm_fs_path_normalize(NULL, "/", out, 1), -ENAMETOOLONG);
+	assert_int_equal(policy_fs_path_normalize(NULL, "", out, sizeof(out)), -EINVAL);
+	assert_int_equal(policy_fs_path_normalize(NULL, "rel", out, sizeof(out)), -EINVAL);
+	assert_int_equal(policy_fs_path_normalize("rel", "x", out, sizeof(out)), -EINVAL);
+	assert_int_equal(policy_fs_path_normalize(NULL, "/abcdef", out, 7), -ENAMETOOLONG);
+	assert_int_equal(policy_fs_path_normalize(NULL, "/abcdef", out, 8), 7);
+	assert_int_equal(policy_fs_path_normalize(NULL, "/", out, 1), -ENAMETOOLONG);
 }
 
 struct fs_case {
 	const char *path;
-	enum hm_fs_access access;
-	enum hm_fs_verdict want;
+	enum policy_fs_access access;
+	enum policy_fs_verdict want;
 };
 
-#define R HM_FS_ACCESS_READ
-#define W HM_FS_ACCESS_WRITE
-#define S HM_FS_ACCESS_STAT
-#define LOCAL HM_FS_LOCAL
-#define REMOTE HM_FS_REMOTE
-#define RW HM_FS_REMOTE_WRITE
-#define NF HM_FS_NOT_FOUND
+#define R POLICY_FS_ACCESS_READ
+#define W POLICY_FS_ACCESS_WRITE
+#define S POLICY_FS_ACCESS_STAT
+#define LOCAL POLICY_FS_LOCAL
+#define REMOTE POLICY_FS_REMOTE
+#define RW POLICY_FS_REMOTE_WRITE
+#define NF POLICY_FS_NOT_FOUND
 
-static void check_fs(const struct hm_fs_policy *p, const char *label, const struct fs_case *cases,
+static void check_fs(const struct policy_fs *p, const char *label, const struct fs_case *cases,
 		     size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		const char *why = NULL;
-		enum hm_fs_verdict v = hm_fs_policy_decide(p, cases[i].path, cases[i].access, &why);
+		enum policy_fs_verdict v =
+		    policy_fs_decide(p, cases[i].path, cases[i].access, &why);
 		if (v != cases[i].want)
 			fail_msg("%s: %s (%s) -> %s by \"%s\", want %s", label, cases[i].path,
 				 cases[i].access == W	? "write"
 				 : cases[i].access == S ? "stat"
 							: "read",
-				 hm_fs_verdict_name(v), why, hm_fs_verdict_name(cases[i].want));
+				 policy_fs_verdict_name(v), why,
+				 policy_fs_verdict_name(cases[i].want));
 		assert_non_null(why);
 	}
 }
 
-static struct hm_fs_policy *fs_policy(enum hm_fs_mode mode, const struct hm_strv *read_only,
-				      const struct hm_strv *read_write, const struct hm_strv *local,
-				      const struct hm_strv *not_found, bool dns)
+static struct policy_fs *fs_policy(enum policy_fs_mode mode, const struct policy_strv *read_only,
+				   const struct policy_strv *read_write,
+				   const struct policy_strv *local,
+				   const struct policy_strv *not_found, bool dns)
 {
-	struct hm_fs_policy_opts o = {
+	struct policy_fs_opts o = {
 	    .mode = mode,
 	    .read_only = read_only,
 	    .read_write = read_write,
@@ -470,9 +475,9 @@ static struct hm_fs_policy *fs_policy(enum hm_fs_mode mode, const struct hm_strv
 	    .tmpdir = "/var/folders/tmp",
 	    .dns_remote = dns,
 	};
-	struct hm_fs_policy *p = NULL;
+	struct policy_fs *p = NULL;
 	struct hm_err err = {0};
-	if (hm_fs_policy_new(&o, &p, &err) < 0)
+	if (policy_fs_new(&o, &p, &err) < 0)
 		fail_msg("%s", err.msg);
 	return p;
 }
@@ -510,6 +515,16 @@ static const struct fs_case common_defaults[] = {
     {"/etc/passwd", R, LOCAL},
     {"/etc/group", R, LOCAL},
     {"/etc/alternatives/java", R, LOCAL},
+    /* configuration that runs commands or loads code stays local */
+    {"/etc/gitconfig", R, LOCAL},
+    {"/etc/ssh/ssh_config", R, LOCAL},
+    {"/etc/ssh/ssh_config.d/evil.conf", R, LOCAL},
+    {"/etc/profile", R, LOCAL},
+    {"/etc/profile.d/x.sh", R, LOCAL},
+    {"/etc/bash.bashrc", R, LOCAL},
+    {"/etc/ssl/openssl.cnf", R, LOCAL},
+    {"/etc/pam.d/sudo", R, LOCAL},
+    {"/etc/gitconfig.d/x", R, REMOTE},
     {"/run/user/1000/bus", R, LOCAL},
     {"/tmp/x", W, LOCAL},
     {"/tmp", S, LOCAL},
@@ -554,7 +569,7 @@ static const struct fs_case common_defaults[] = {
 static void test_fs_defaults_read_mode(void **state)
 {
 	(void)state;
-	struct hm_fs_policy *p = fs_policy(HM_FS_MODE_UNSET, NULL, NULL, NULL, NULL, true);
+	struct policy_fs *p = fs_policy(POLICY_FS_MODE_UNSET, NULL, NULL, NULL, NULL, true);
 	check_fs(p, "read (default)", common_defaults, HM_ARRAY_SIZE(common_defaults));
 	static const struct fs_case read_only_mode[] = {
 	    {"/app/config.yaml", W, LOCAL}, /* writes stay local in read mode */
@@ -564,19 +579,19 @@ static void test_fs_defaults_read_mode(void **state)
 	};
 	check_fs(p, "read", read_only_mode, HM_ARRAY_SIZE(read_only_mode));
 	const char *why;
-	hm_fs_policy_decide(p, "/app/x", W, &why);
+	policy_fs_decide(p, "/app/x", W, &why);
 	assert_string_equal(why, "feature.fs.mode read: writes stay local");
-	hm_fs_policy_decide(p, "/lib/libc.so.6", R, &why);
+	policy_fs_decide(p, "/lib/libc.so.6", R, &why);
 	assert_string_equal(why, "default local: system binaries and libraries");
-	hm_fs_policy_decide(p, "/home/dev/.kube/config", R, &why);
+	policy_fs_decide(p, "/home/dev/.kube/config", R, &why);
 	assert_string_equal(why, "default not found: local cloud credentials");
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 }
 
 static void test_fs_defaults_write_mode(void **state)
 {
 	(void)state;
-	struct hm_fs_policy *p = fs_policy(HM_FS_MODE_WRITE, NULL, NULL, NULL, NULL, true);
+	struct policy_fs *p = fs_policy(POLICY_FS_MODE_WRITE, NULL, NULL, NULL, NULL, true);
 	check_fs(p, "write", common_defaults, HM_ARRAY_SIZE(common_defaults));
 	static const struct fs_case writes[] = {
 	    {"/app/config.yaml", W, RW},
@@ -588,20 +603,20 @@ static void test_fs_defaults_write_mode(void **state)
 	    {"/tmp/out", W, LOCAL},
 	};
 	check_fs(p, "write", writes, HM_ARRAY_SIZE(writes));
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 }
 
 static void test_fs_local_modes(void **state)
 {
 	(void)state;
-	struct hm_strv ro = {0}, rw = {0}, local = {0}, nf = {0};
+	struct policy_strv ro = {0}, rw = {0}, local = {0}, nf = {0};
 	struct hm_err err = {0};
-	assert_int_equal(hm_strv_push(&ro, "^/srv/ro/", &err), 0);
-	assert_int_equal(hm_strv_push(&rw, "^/srv/rw/", &err), 0);
-	assert_int_equal(hm_strv_push(&local, "^/srv/", &err), 0);
-	assert_int_equal(hm_strv_push(&nf, "^/srv/nf/", &err), 0);
+	assert_int_equal(policy_strv_push(&ro, "^/srv/ro/", &err), 0);
+	assert_int_equal(policy_strv_push(&rw, "^/srv/rw/", &err), 0);
+	assert_int_equal(policy_strv_push(&local, "^/srv/", &err), 0);
+	assert_int_equal(policy_strv_push(&nf, "^/srv/nf/", &err), 0);
 
-	struct hm_fs_policy *p = fs_policy(HM_FS_MODE_LOCAL, &ro, &rw, &local, &nf, true);
+	struct policy_fs *p = fs_policy(POLICY_FS_MODE_LOCAL, &ro, &rw, &local, &nf, true);
 	static const struct fs_case all_local[] = {
 	    {"/etc/resolv.conf", R, LOCAL},
 	    {"/run/secrets/x", R, LOCAL},
@@ -612,9 +627,9 @@ static void test_fs_local_modes(void **state)
 	    {"/home/dev/.kube/config", R, LOCAL},
 	};
 	check_fs(p, "local", all_local, HM_ARRAY_SIZE(all_local));
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 
-	p = fs_policy(HM_FS_MODE_LOCAL_WITH_OVERRIDES, &ro, &rw, &local, &nf, true);
+	p = fs_policy(POLICY_FS_MODE_LOCAL_WITH_OVERRIDES, &ro, &rw, &local, &nf, true);
 	static const struct fs_case overrides[] = {
 	    {"/app/config", R, LOCAL},
 	    {"/app/config", W, LOCAL},
@@ -631,34 +646,34 @@ static void test_fs_local_modes(void **state)
 	    {"/home/dev/.aws/config", R, NF},
 	};
 	check_fs(p, "localwithoverrides", overrides, HM_ARRAY_SIZE(overrides));
-	hm_fs_policy_free(p);
-	hm_strv_clear(&ro);
-	hm_strv_clear(&rw);
-	hm_strv_clear(&local);
-	hm_strv_clear(&nf);
+	policy_fs_free(p);
+	policy_strv_clear(&ro);
+	policy_strv_clear(&rw);
+	policy_strv_clear(&local);
+	policy_strv_clear(&nf);
 }
 
 /* The precedence of the user's lists, after mirrord's filter tests. */
 static void test_fs_lists_precedence(void **state)
 {
 	(void)state;
-	struct hm_strv ro = {0}, rw = {0}, local = {0}, nf = {0};
+	struct policy_strv ro = {0}, rw = {0}, local = {0}, nf = {0};
 	struct hm_err err = {0};
-	assert_int_equal(hm_strv_push(&rw, "/pain/read_write.*\\.a", &err), 0);
-	assert_int_equal(hm_strv_push(&rw, "^/usr/lib/app/", &err), 0);
-	assert_int_equal(hm_strv_push(&rw, "^/both/", &err), 0);
-	assert_int_equal(hm_strv_push(&ro, "/pain/read_only.*\\.a", &err), 0);
-	assert_int_equal(hm_strv_push(&ro, "^/etc/passwd$", &err), 0);
-	assert_int_equal(hm_strv_push(&ro, "\\.kube/", &err), 0);
-	assert_int_equal(hm_strv_push(&ro, "^/SRV/CaSe", &err), 0);
-	assert_int_equal(hm_strv_push(&ro, "(?-i)^/exact/Case", &err), 0);
-	assert_int_equal(hm_strv_push(&ro, "^/ro-and-local/", &err), 0);
-	assert_int_equal(hm_strv_push(&local, "/pain/local.*\\.a", &err), 0);
-	assert_int_equal(hm_strv_push(&local, "resolv", &err), 0);
-	assert_int_equal(hm_strv_push(&local, "\\.aws/", &err), 0);
-	assert_int_equal(hm_strv_push(&local, "^/ro-and-local/", &err), 0);
-	assert_int_equal(hm_strv_push(&nf, "/pain/not_found.*\\.a", &err), 0);
-	assert_int_equal(hm_strv_push(&nf, "^/both/", &err), 0);
+	assert_int_equal(policy_strv_push(&rw, "/pain/read_write.*\\.a", &err), 0);
+	assert_int_equal(policy_strv_push(&rw, "^/usr/lib/app/", &err), 0);
+	assert_int_equal(policy_strv_push(&rw, "^/both/", &err), 0);
+	assert_int_equal(policy_strv_push(&ro, "/pain/read_only.*\\.a", &err), 0);
+	assert_int_equal(policy_strv_push(&ro, "^/etc/passwd$", &err), 0);
+	assert_int_equal(policy_strv_push(&ro, "\\.kube/", &err), 0);
+	assert_int_equal(policy_strv_push(&ro, "^/SRV/CaSe", &err), 0);
+	assert_int_equal(policy_strv_push(&ro, "(?-i)^/exact/Case", &err), 0);
+	assert_int_equal(policy_strv_push(&ro, "^/ro-and-local/", &err), 0);
+	assert_int_equal(policy_strv_push(&local, "/pain/local.*\\.a", &err), 0);
+	assert_int_equal(policy_strv_push(&local, "resolv", &err), 0);
+	assert_int_equal(policy_strv_push(&local, "\\.aws/", &err), 0);
+	assert_int_equal(policy_strv_push(&local, "^/ro-and-local/", &err), 0);
+	assert_int_equal(policy_strv_push(&nf, "/pain/not_found.*\\.a", &err), 0);
+	assert_int_equal(policy_strv_push(&nf, "^/both/", &err), 0);
 
 	static const struct fs_case read_mode[] = {
 	    {"/a/test.a", R, REMOTE},
@@ -684,23 +699,23 @@ static void test_fs_lists_precedence(void **state)
 	    {"/ro-and-local/x", R, REMOTE}, /* read_only is checked before local */
 	    {"/ro-and-local/x", W, LOCAL},
 	};
-	struct hm_fs_policy *p = fs_policy(HM_FS_MODE_READ, &ro, &rw, &local, &nf, true);
+	struct policy_fs *p = fs_policy(POLICY_FS_MODE_READ, &ro, &rw, &local, &nf, true);
 	check_fs(p, "read + lists", read_mode, HM_ARRAY_SIZE(read_mode));
 	const char *why;
-	assert_int_equal(hm_fs_policy_decide(p, "/etc/passwd", R, &why), REMOTE);
+	assert_int_equal(policy_fs_decide(p, "/etc/passwd", R, &why), REMOTE);
 	assert_string_equal(why, "feature.fs.read_only[1]");
-	assert_int_equal(hm_fs_policy_decide(p, "/both/x", R, &why), NF);
+	assert_int_equal(policy_fs_decide(p, "/both/x", R, &why), NF);
 	assert_string_equal(why, "feature.fs.not_found[1]");
-	assert_int_equal(hm_fs_policy_decide(p, "/x/resolv", R, &why), LOCAL);
+	assert_int_equal(policy_fs_decide(p, "/x/resolv", R, &why), LOCAL);
 	assert_string_equal(why, "feature.fs.local[1]");
 	/* user patterns are case insensitive, unless they opt out */
-	hm_fs_policy_decide(p, "/srv/case/x", R, &why);
+	policy_fs_decide(p, "/srv/case/x", R, &why);
 	assert_string_equal(why, "feature.fs.read_only[3]");
-	hm_fs_policy_decide(p, "/exact/Case/x", R, &why);
+	policy_fs_decide(p, "/exact/Case/x", R, &why);
 	assert_string_equal(why, "feature.fs.read_only[4]");
-	hm_fs_policy_decide(p, "/exact/case/x", R, &why);
+	policy_fs_decide(p, "/exact/case/x", R, &why);
 	assert_string_equal(why, "feature.fs.mode read");
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 
 	static const struct fs_case write_mode[] = {
 	    {"/a/test.a", W, RW},
@@ -709,29 +724,29 @@ static void test_fs_lists_precedence(void **state)
 	    {"/pain/local/test.a", W, LOCAL},
 	    {"/opt/test.a", W, RW},
 	};
-	p = fs_policy(HM_FS_MODE_WRITE, &ro, &rw, &local, &nf, true);
+	p = fs_policy(POLICY_FS_MODE_WRITE, &ro, &rw, &local, &nf, true);
 	check_fs(p, "write + lists", write_mode, HM_ARRAY_SIZE(write_mode));
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 
 	/* a bad regex names its list and index */
-	struct hm_strv bad = {0};
-	assert_int_equal(hm_strv_push(&bad, "ok", &err), 0);
-	assert_int_equal(hm_strv_push(&bad, "a{2,1}", &err), 0);
-	struct hm_fs_policy_opts o = {.read_write = &bad};
-	assert_true(hm_fs_policy_new(&o, &p, &err) < 0);
+	struct policy_strv bad = {0};
+	assert_int_equal(policy_strv_push(&bad, "ok", &err), 0);
+	assert_int_equal(policy_strv_push(&bad, "a{2,1}", &err), 0);
+	struct policy_fs_opts o = {.read_write = &bad};
+	assert_true(policy_fs_new(&o, &p, &err) < 0);
 	assert_non_null(strstr(err.msg, "feature.fs.read_write[1]: invalid regex \"a{2,1}\""));
-	hm_strv_clear(&bad);
+	policy_strv_clear(&bad);
 
-	hm_strv_clear(&ro);
-	hm_strv_clear(&rw);
-	hm_strv_clear(&local);
-	hm_strv_clear(&nf);
+	policy_strv_clear(&ro);
+	policy_strv_clear(&rw);
+	policy_strv_clear(&local);
+	policy_strv_clear(&nf);
 }
 
 static void test_fs_dns_off_and_missing_dirs(void **state)
 {
 	(void)state;
-	struct hm_fs_policy *p = fs_policy(HM_FS_MODE_READ, NULL, NULL, NULL, NULL, false);
+	struct policy_fs *p = fs_policy(POLICY_FS_MODE_READ, NULL, NULL, NULL, NULL, false);
 	static const struct fs_case cases[] = {
 	    {"/etc/resolv.conf", R, LOCAL},
 	    {"/etc/hosts", R, LOCAL},
@@ -740,13 +755,13 @@ static void test_fs_dns_off_and_missing_dirs(void **state)
 	    {"/run/secrets/x", R, REMOTE},
 	};
 	check_fs(p, "dns off", cases, HM_ARRAY_SIZE(cases));
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 
 	/* cwd or $HOME at "/" must not make everything local; NULLs are skipped */
-	struct hm_fs_policy_opts o = {
+	struct policy_fs_opts o = {
 	    .cwd = "/", .home = "/", .program = NULL, .tmpdir = "rel", .dns_remote = true};
 	struct hm_err err = {0};
-	assert_int_equal(hm_fs_policy_new(&o, &p, &err), 0);
+	assert_int_equal(policy_fs_new(&o, &p, &err), 0);
 	static const struct fs_case root[] = {
 	    {"/app/x", R, REMOTE},
 	    {"/", S, LOCAL},
@@ -754,10 +769,15 @@ static void test_fs_dns_off_and_missing_dirs(void **state)
 	    {"/home/x/.kube", R, REMOTE},
 	};
 	check_fs(p, "cwd=/", root, HM_ARRAY_SIZE(root));
-	hm_fs_policy_free(p);
+	policy_fs_free(p);
 }
 
 /* ================================================================ outgoing */
+
+static const char *verdict_name(enum policy_net_verdict v)
+{
+	return v == POLICY_NET_REMOTE ? "remote" : "local";
+}
 
 static struct sockaddr_storage addr_of(const char *ip, uint16_t port, socklen_t *len)
 {
@@ -780,134 +800,134 @@ static struct sockaddr_storage addr_of(const char *ip, uint16_t port, socklen_t 
 }
 
 struct net_case {
-	enum hm_net_proto proto;
+	enum policy_net_proto proto;
 	const char *ip;
 	uint16_t port;
-	enum hm_net_verdict want;
+	enum policy_net_verdict want;
 };
 
-#define TCP HM_NET_TCP
-#define UDP HM_NET_UDP
-#define NL HM_NET_LOCAL
-#define NR HM_NET_REMOTE
+#define TCP POLICY_NET_TCP
+#define UDP POLICY_NET_UDP
+#define NL POLICY_NET_LOCAL
+#define NR POLICY_NET_REMOTE
 
-static void check_net(const struct hm_net_policy *p, const char *label,
-		      const struct net_case *cases, size_t n)
+static void check_net(const struct policy_net *p, const char *label, const struct net_case *cases,
+		      size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		socklen_t len;
 		struct sockaddr_storage ss = addr_of(cases[i].ip, cases[i].port, &len);
 		const char *why = NULL;
-		enum hm_net_verdict v =
-		    hm_net_policy_decide(p, cases[i].proto, (struct sockaddr *)&ss, len, &why);
+		enum policy_net_verdict v =
+		    policy_net_decide(p, cases[i].proto, (struct sockaddr *)&ss, len, &why);
 		if (v != cases[i].want)
 			fail_msg("%s: %s %s:%u -> %s by \"%s\", want %s", label,
 				 cases[i].proto == TCP ? "tcp" : "udp", cases[i].ip, cases[i].port,
-				 hm_net_verdict_name(v), why, hm_net_verdict_name(cases[i].want));
+				 verdict_name(v), why, verdict_name(cases[i].want));
 		assert_non_null(why);
 	}
 }
 
-static struct hm_net_policy *net_policy(bool tcp, bool udp, bool dns, enum hm_net_filter_kind kind,
-					const char *const *specs, struct hm_dns_table *names)
+static struct policy_net *net_policy(bool tcp, bool udp, bool dns, enum policy_net_filter_kind kind,
+				     const char *const *specs, struct policy_dns_table *names)
 {
-	struct hm_strv filter = {0};
+	struct policy_strv filter = {0};
 	struct hm_err err = {0};
 	for (size_t i = 0; specs && specs[i]; i++)
-		assert_int_equal(hm_strv_push(&filter, specs[i], &err), 0);
-	struct hm_net_policy_opts o = {.tcp = tcp,
-				       .udp = udp,
-				       .dns = dns,
-				       .filter_kind = kind,
-				       .filter = &filter,
-				       .names = names};
-	struct hm_net_policy *p;
-	if (hm_net_policy_new(&o, &p, &err) < 0)
+		assert_int_equal(policy_strv_push(&filter, specs[i], &err), 0);
+	struct policy_net_opts o = {.tcp = tcp,
+				    .udp = udp,
+				    .dns = dns,
+				    .filter_kind = kind,
+				    .filter = &filter,
+				    .names = names};
+	struct policy_net *p;
+	if (policy_net_new(&o, &p, &err) < 0)
 		fail_msg("%s", err.msg);
-	hm_strv_clear(&filter); /* the policy keeps its own parsed copy */
+	policy_strv_clear(&filter); /* the policy keeps its own parsed copy */
 	return p;
 }
 
 static void test_net_spec_parse(void **state)
 {
 	(void)state;
-	struct hm_net_spec s;
+	struct policy_net_spec s;
 	struct hm_err err = {0};
 	static const uint8_t v4net10[16] = {[10] = 0xff, [11] = 0xff, [12] = 10};
 
-	assert_int_equal(hm_net_spec_parse("10.0.0.0/8", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_CIDR);
+	assert_int_equal(policy_net_spec_parse("10.0.0.0/8", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_CIDR);
 	assert_true(s.v4);
 	assert_int_equal(s.prefix, 104);
 	assert_memory_equal(s.addr, v4net10, 16);
 	assert_int_equal(s.port, 0);
-	assert_int_equal(s.protocols, HM_NET_TCP | HM_NET_UDP);
+	assert_int_equal(s.protocols, POLICY_NET_TCP | POLICY_NET_UDP);
 
-	assert_int_equal(hm_net_spec_parse("10.1.2.3/8", &s, &err), 0); /* host bits dropped */
+	assert_int_equal(policy_net_spec_parse("10.1.2.3/8", &s, &err), 0); /* host bits dropped */
 	assert_memory_equal(s.addr, v4net10, 16);
 
-	assert_int_equal(hm_net_spec_parse("tcp://db.svc:5432", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_NAME);
+	assert_int_equal(policy_net_spec_parse("tcp://db.svc:5432", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_NAME);
 	assert_string_equal(s.name, "db.svc");
 	assert_int_equal(s.port, 5432);
-	assert_int_equal(s.protocols, HM_NET_TCP);
+	assert_int_equal(s.protocols, POLICY_NET_TCP);
 
-	assert_int_equal(hm_net_spec_parse(":53", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_ANY);
+	assert_int_equal(policy_net_spec_parse(":53", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_ANY);
 	assert_int_equal(s.port, 53);
 
-	assert_int_equal(hm_net_spec_parse("udp://1.1.1.1:53", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_CIDR);
+	assert_int_equal(policy_net_spec_parse("udp://1.1.1.1:53", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_CIDR);
 	assert_int_equal(s.prefix, 128);
-	assert_int_equal(s.protocols, HM_NET_UDP);
+	assert_int_equal(s.protocols, POLICY_NET_UDP);
 	assert_int_equal(s.port, 53);
 
-	assert_int_equal(hm_net_spec_parse("[::1]:80", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_CIDR);
+	assert_int_equal(policy_net_spec_parse("[::1]:80", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_CIDR);
 	assert_false(s.v4);
 	assert_int_equal(s.prefix, 128);
 	assert_int_equal(s.addr[15], 1);
 	assert_int_equal(s.port, 80);
 
-	assert_int_equal(hm_net_spec_parse("[fd00::]/8:443", &s, &err), 0);
+	assert_int_equal(policy_net_spec_parse("[fd00::]/8:443", &s, &err), 0);
 	assert_int_equal(s.prefix, 8);
 	assert_int_equal(s.addr[0], 0xfd);
 	assert_int_equal(s.port, 443);
 
-	assert_int_equal(hm_net_spec_parse("fd00::/8", &s, &err), 0); /* bare IPv6: no port */
+	assert_int_equal(policy_net_spec_parse("fd00::/8", &s, &err), 0); /* bare IPv6: no port */
 	assert_int_equal(s.prefix, 8);
 	assert_int_equal(s.port, 0);
-	assert_int_equal(hm_net_spec_parse("fe80::1", &s, &err), 0);
+	assert_int_equal(policy_net_spec_parse("fe80::1", &s, &err), 0);
 	assert_int_equal(s.prefix, 128);
 
-	assert_int_equal(hm_net_spec_parse("[::ffff:10.0.0.0]/104", &s, &err), 0);
+	assert_int_equal(policy_net_spec_parse("[::ffff:10.0.0.0]/104", &s, &err), 0);
 	assert_true(s.v4);
 	assert_memory_equal(s.addr, v4net10, 16);
 
-	assert_int_equal(hm_net_spec_parse("tcp://", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_ANY);
+	assert_int_equal(policy_net_spec_parse("tcp://", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_ANY);
 	assert_int_equal(s.port, 0);
-	assert_int_equal(s.protocols, HM_NET_TCP);
+	assert_int_equal(s.protocols, POLICY_NET_TCP);
 
-	assert_int_equal(hm_net_spec_parse("ANY://:80", &s, &err), 0);
-	assert_int_equal(s.protocols, HM_NET_TCP | HM_NET_UDP);
-	assert_int_equal(hm_net_spec_parse("UDP://x:1", &s, &err), 0);
-	assert_int_equal(s.protocols, HM_NET_UDP);
+	assert_int_equal(policy_net_spec_parse("ANY://:80", &s, &err), 0);
+	assert_int_equal(s.protocols, POLICY_NET_TCP | POLICY_NET_UDP);
+	assert_int_equal(policy_net_spec_parse("UDP://x:1", &s, &err), 0);
+	assert_int_equal(s.protocols, POLICY_NET_UDP);
 
-	assert_int_equal(hm_net_spec_parse("0.0.0.0:8080", &s, &err), 0); /* any address */
-	assert_int_equal(s.kind, HM_NET_SPEC_ANY);
+	assert_int_equal(policy_net_spec_parse("0.0.0.0:8080", &s, &err), 0); /* any address */
+	assert_int_equal(s.kind, POLICY_NET_SPEC_ANY);
 	assert_int_equal(s.port, 8080);
-	assert_int_equal(hm_net_spec_parse("[::]:8080", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_ANY);
-	assert_int_equal(hm_net_spec_parse("0.0.0.0/0", &s, &err), 0); /* every IPv4 */
-	assert_int_equal(s.kind, HM_NET_SPEC_CIDR);
+	assert_int_equal(policy_net_spec_parse("[::]:8080", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_ANY);
+	assert_int_equal(policy_net_spec_parse("0.0.0.0/0", &s, &err), 0); /* every IPv4 */
+	assert_int_equal(s.kind, POLICY_NET_SPEC_CIDR);
 	assert_int_equal(s.prefix, 96);
 
-	assert_int_equal(hm_net_spec_parse("DB.Default.SVC.", &s, &err), 0);
+	assert_int_equal(policy_net_spec_parse("DB.Default.SVC.", &s, &err), 0);
 	assert_string_equal(s.name, "db.default.svc");
-	assert_int_equal(hm_net_spec_parse("1password.com", &s, &err), 0);
-	assert_int_equal(s.kind, HM_NET_SPEC_NAME);
-	assert_int_equal(hm_net_spec_parse("_grpc._tcp.svc", &s, &err), 0);
+	assert_int_equal(policy_net_spec_parse("1password.com", &s, &err), 0);
+	assert_int_equal(s.kind, POLICY_NET_SPEC_NAME);
+	assert_int_equal(policy_net_spec_parse("_grpc._tcp.svc", &s, &err), 0);
 
 	static const struct {
 		const char *spec, *msg;
@@ -938,7 +958,7 @@ static void test_net_spec_parse(void **state)
 	    {"host name", "bad host name"},
 	};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(bad); i++) {
-		int rc = hm_net_spec_parse(bad[i].spec, &s, &err);
+		int rc = policy_net_spec_parse(bad[i].spec, &s, &err);
 		if (rc == 0 || !strstr(err.msg, bad[i].msg))
 			fail_msg("spec \"%s\": rc %d, \"%s\", wanted \"%s\"", bad[i].spec, rc,
 				 err.msg, bad[i].msg);
@@ -948,7 +968,7 @@ static void test_net_spec_parse(void **state)
 static void test_net_no_filter(void **state)
 {
 	(void)state;
-	struct hm_net_policy *p = net_policy(true, true, true, HM_NET_FILTER_NONE, NULL, NULL);
+	struct policy_net *p = net_policy(true, true, true, POLICY_NET_FILTER_NONE, NULL, NULL);
 	static const struct net_case cases[] = {
 	    {TCP, "10.1.2.3", 80, NR},
 	    {UDP, "10.1.2.3", 9999, NR},
@@ -970,57 +990,56 @@ static void test_net_no_filter(void **state)
 	/* not IP, or too short */
 	struct sockaddr_un un = {.sun_family = AF_UNIX};
 	const char *why;
-	assert_int_equal(hm_net_policy_decide(p, TCP, (struct sockaddr *)&un, sizeof(un), &why),
-			 NL);
+	assert_int_equal(policy_net_decide(p, TCP, (struct sockaddr *)&un, sizeof(un), &why), NL);
 	assert_string_equal(why, "not an IP destination");
 	socklen_t len;
 	struct sockaddr_storage ss = addr_of("10.0.0.1", 80, &len);
-	assert_int_equal(hm_net_policy_decide(p, TCP, (struct sockaddr *)&ss, len - 1, NULL), NL);
-	assert_int_equal(hm_net_policy_decide(p, TCP, NULL, 0, NULL), NL);
-	hm_net_policy_free(p);
+	assert_int_equal(policy_net_decide(p, TCP, (struct sockaddr *)&ss, len - 1, NULL), NL);
+	assert_int_equal(policy_net_decide(p, TCP, NULL, 0, NULL), NL);
+	policy_net_free(p);
 }
 
 static void test_net_protocol_switches(void **state)
 {
 	(void)state;
-	struct hm_net_policy *p = net_policy(false, true, true, HM_NET_FILTER_NONE, NULL, NULL);
+	struct policy_net *p = net_policy(false, true, true, POLICY_NET_FILTER_NONE, NULL, NULL);
 	static const struct net_case tcp_off[] = {
 	    {TCP, "10.1.2.3", 80, NL},
 	    {UDP, "10.1.2.3", 80, NR},
 	    {TCP, "10.96.0.10", 53, NR}, /* DNS over TCP follows dns, not tcp */
 	};
 	check_net(p, "tcp off", tcp_off, HM_ARRAY_SIZE(tcp_off));
-	hm_net_policy_free(p);
+	policy_net_free(p);
 
-	p = net_policy(true, false, true, HM_NET_FILTER_NONE, NULL, NULL);
+	p = net_policy(true, false, true, POLICY_NET_FILTER_NONE, NULL, NULL);
 	static const struct net_case udp_off[] = {
 	    {TCP, "10.1.2.3", 80, NR},
 	    {UDP, "10.1.2.3", 80, NL},
 	    {UDP, "10.96.0.10", 53, NR},
 	};
 	check_net(p, "udp off", udp_off, HM_ARRAY_SIZE(udp_off));
-	hm_net_policy_free(p);
+	policy_net_free(p);
 
-	p = net_policy(true, true, false, HM_NET_FILTER_NONE, NULL, NULL);
+	p = net_policy(true, true, false, POLICY_NET_FILTER_NONE, NULL, NULL);
 	static const struct net_case dns_off[] = {
 	    {UDP, "10.96.0.10", 53, NL},
 	    {TCP, "10.96.0.10", 53, NL},
 	    {UDP, "10.96.0.10", 54, NR},
 	};
 	check_net(p, "dns off", dns_off, HM_ARRAY_SIZE(dns_off));
-	hm_net_policy_free(p);
+	policy_net_free(p);
 }
 
 static void test_net_remote_filter(void **state)
 {
 	(void)state;
-	struct hm_dns_table *names;
+	struct policy_dns_table *names;
 	struct hm_err err = {0};
-	assert_int_equal(hm_dns_table_new(0, &names, &err), 0);
+	assert_int_equal(policy_dns_table_new(0, &names, &err), 0);
 	static const char *const specs[] = {"10.0.0.0/8",	 "[fd00::]/8", "tcp://db.svc:5432",
 					    "udp://1.1.1.1:53",	 ":6379",      "tcp://cache",
 					    "[2001:db8::5]:443", NULL};
-	struct hm_net_policy *p = net_policy(true, true, true, HM_NET_FILTER_REMOTE, specs, names);
+	struct policy_net *p = net_policy(true, true, true, POLICY_NET_FILTER_REMOTE, specs, names);
 	static const struct net_case before[] = {
 	    {TCP, "10.1.2.3", 80, NR},	      {UDP, "10.255.255.255", 1, NR},
 	    {TCP, "11.0.0.1", 80, NL},	      {TCP, "9.255.255.255", 80, NL},
@@ -1036,9 +1055,9 @@ static void test_net_remote_filter(void **state)
 	check_net(p, "remote filter", before, HM_ARRAY_SIZE(before));
 
 	uint8_t db[4] = {172, 16, 0, 5}, cache[4] = {172, 16, 0, 9};
-	assert_int_equal(hm_dns_table_add(names, "db.svc.cluster.local.", AF_INET, db), 0);
-	assert_int_equal(hm_dns_table_add(names, "cache.default.svc.cluster.local", AF_INET, cache),
-			 0);
+	assert_int_equal(policy_dns_table_add(names, "db.svc.cluster.local.", AF_INET, db), 0);
+	assert_int_equal(
+	    policy_dns_table_add(names, "cache.default.svc.cluster.local", AF_INET, cache), 0);
 	static const struct net_case after[] = {
 	    {TCP, "172.16.0.5", 5432, NR},
 	    {TCP, "172.16.0.5", 80, NL},   /* port must match */
@@ -1052,26 +1071,27 @@ static void test_net_remote_filter(void **state)
 	const char *why;
 	socklen_t len;
 	struct sockaddr_storage ss = addr_of("172.16.0.5", 5432, &len);
-	hm_net_policy_decide(p, TCP, (struct sockaddr *)&ss, len, &why);
+	policy_net_decide(p, TCP, (struct sockaddr *)&ss, len, &why);
 	assert_string_equal(why, "feature.network.outgoing.filter.remote[2]");
-	hm_net_policy_free(p);
+	policy_net_free(p);
 
 	/* without a table, names never match */
-	p = net_policy(true, true, true, HM_NET_FILTER_REMOTE, specs, NULL);
+	p = net_policy(true, true, true, POLICY_NET_FILTER_REMOTE, specs, NULL);
 	static const struct net_case no_table[] = {{TCP, "172.16.0.5", 5432, NL}};
 	check_net(p, "no table", no_table, HM_ARRAY_SIZE(no_table));
-	hm_net_policy_free(p);
-	hm_dns_table_free(names);
+	policy_net_free(p);
+	policy_dns_table_free(names);
 }
 
 static void test_net_name_matching(void **state)
 {
 	(void)state;
-	struct hm_dns_table *names;
+	struct policy_dns_table *names;
 	struct hm_err err = {0};
-	assert_int_equal(hm_dns_table_new(16, &names, &err), 0);
+	assert_int_equal(policy_dns_table_new(16, &names, &err), 0);
 	uint8_t ip[16] = {0x20, 0x01, 0x0d, 0xb8, [15] = 7};
-	assert_int_equal(hm_dns_table_add(names, "DB.Default.Svc.Cluster.Local", AF_INET6, ip), 0);
+	assert_int_equal(policy_dns_table_add(names, "DB.Default.Svc.Cluster.Local", AF_INET6, ip),
+			 0);
 	static const struct {
 		const char *spec;
 		bool match;
@@ -1091,18 +1111,18 @@ static void test_net_name_matching(void **state)
 	};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(cases); i++) {
 		const char *specs[] = {cases[i].spec, NULL};
-		struct hm_net_policy *p =
-		    net_policy(true, true, true, HM_NET_FILTER_REMOTE, specs, names);
+		struct policy_net *p =
+		    net_policy(true, true, true, POLICY_NET_FILTER_REMOTE, specs, names);
 		struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_port = htons(80)};
 		memcpy(&in6.sin6_addr, ip, 16);
-		enum hm_net_verdict v =
-		    hm_net_policy_decide(p, TCP, (struct sockaddr *)&in6, sizeof(in6), NULL);
+		enum policy_net_verdict v =
+		    policy_net_decide(p, TCP, (struct sockaddr *)&in6, sizeof(in6), NULL);
 		if ((v == NR) != cases[i].match)
 			fail_msg("spec %s vs db.default.svc.cluster.local: %s", cases[i].spec,
-				 hm_net_verdict_name(v));
-		hm_net_policy_free(p);
+				 verdict_name(v));
+		policy_net_free(p);
 	}
-	hm_dns_table_free(names);
+	policy_dns_table_free(names);
 }
 
 static void test_net_local_filter(void **state)
@@ -1110,7 +1130,7 @@ static void test_net_local_filter(void **state)
 	(void)state;
 	static const char *const specs[] = {
 	    ":6379", "10.1.0.0/16", "udp://:53", "tcp://10.96.0.10:53", "[2001:db8::]/32", NULL};
-	struct hm_net_policy *p = net_policy(true, true, true, HM_NET_FILTER_LOCAL, specs, NULL);
+	struct policy_net *p = net_policy(true, true, true, POLICY_NET_FILTER_LOCAL, specs, NULL);
 	static const struct net_case cases[] = {
 	    {TCP, "10.2.0.1", 80, NR},	      {TCP, "10.1.2.3", 80, NL},
 	    {TCP, "::ffff:10.1.2.3", 80, NL}, {TCP, "192.168.1.1", 6379, NL},
@@ -1123,70 +1143,70 @@ static void test_net_local_filter(void **state)
 	    {TCP, "127.0.0.1", 80, NL},
 	};
 	check_net(p, "local filter", cases, HM_ARRAY_SIZE(cases));
-	hm_net_policy_free(p);
+	policy_net_free(p);
 
 	/* a local filter with nothing that matches: everything non-loopback goes remote */
 	static const char *const none[] = {"tcp://nothing.example:1", NULL};
-	p = net_policy(true, true, true, HM_NET_FILTER_LOCAL, none, NULL);
+	p = net_policy(true, true, true, POLICY_NET_FILTER_LOCAL, none, NULL);
 	static const struct net_case rest[] = {{TCP, "1.2.3.4", 1, NR}, {UDP, "1.2.3.4", 1, NR}};
 	check_net(p, "local filter, no match", rest, HM_ARRAY_SIZE(rest));
-	hm_net_policy_free(p);
+	policy_net_free(p);
 
 	/* an empty remote list: nothing goes remote but DNS */
-	p = net_policy(true, true, true, HM_NET_FILTER_REMOTE, NULL, NULL);
+	p = net_policy(true, true, true, POLICY_NET_FILTER_REMOTE, NULL, NULL);
 	static const struct net_case empty[] = {{TCP, "1.2.3.4", 1, NL},
 						{UDP, "10.0.0.10", 53, NR}};
 	check_net(p, "empty remote list", empty, HM_ARRAY_SIZE(empty));
-	hm_net_policy_free(p);
+	policy_net_free(p);
 
 	/* a bad spec fails the policy with its index */
-	struct hm_strv filter = {0};
+	struct policy_strv filter = {0};
 	struct hm_err err = {0};
-	assert_int_equal(hm_strv_push(&filter, ":1", &err), 0);
-	assert_int_equal(hm_strv_push(&filter, "1.2.3.4/40", &err), 0);
-	struct hm_net_policy_opts o = {.filter_kind = HM_NET_FILTER_LOCAL, .filter = &filter};
-	assert_true(hm_net_policy_new(&o, &p, &err) < 0);
+	assert_int_equal(policy_strv_push(&filter, ":1", &err), 0);
+	assert_int_equal(policy_strv_push(&filter, "1.2.3.4/40", &err), 0);
+	struct policy_net_opts o = {.filter_kind = POLICY_NET_FILTER_LOCAL, .filter = &filter};
+	assert_true(policy_net_new(&o, &p, &err) < 0);
 	assert_non_null(strstr(err.msg, "feature.network.outgoing.filter.local[1]"));
-	hm_strv_clear(&filter);
+	policy_strv_clear(&filter);
 }
 
 static void test_dns_table(void **state)
 {
 	(void)state;
-	struct hm_dns_table *t;
+	struct policy_dns_table *t;
 	struct hm_err err = {0};
-	char name[HM_DNS_NAME_MAX];
-	assert_int_equal(hm_dns_table_new(2, &t, &err), 0);
+	char name[POLICY_DNS_NAME_MAX];
+	assert_int_equal(policy_dns_table_new(2, &t, &err), 0);
 	uint8_t a[4] = {10, 0, 0, 1}, b[4] = {10, 0, 0, 2}, c[4] = {10, 0, 0, 3};
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), -ENOENT);
-	assert_int_equal(hm_dns_table_add(t, "one.example.", AF_INET, a), 0);
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 11);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), -ENOENT);
+	assert_int_equal(policy_dns_table_add(t, "one.example.", AF_INET, a), 0);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 11);
 	assert_string_equal(name, "one.example");
 	/* the v4-mapped form of the same address finds it */
 	uint8_t mapped[16] = {[10] = 0xff, [11] = 0xff, [12] = 10, [15] = 1};
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET6, mapped, name, sizeof(name)), 11);
-	assert_int_equal(hm_dns_table_add(t, "alias.example", AF_INET, a), 0);
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 13);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET6, mapped, name, sizeof(name)), 11);
+	assert_int_equal(policy_dns_table_add(t, "alias.example", AF_INET, a), 0);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 13);
 	assert_string_equal(name, "alias.example"); /* the most recent */
-	assert_int_equal(hm_dns_table_count(t), 2);
+	assert_int_equal(policy_dns_table_count(t), 2);
 	/* refreshing one.example makes alias.example the least recently added... */
-	assert_int_equal(hm_dns_table_add(t, "ONE.example", AF_INET, a), 0);
-	assert_int_equal(hm_dns_table_count(t), 2);
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 11);
+	assert_int_equal(policy_dns_table_add(t, "ONE.example", AF_INET, a), 0);
+	assert_int_equal(policy_dns_table_count(t), 2);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 11);
 	/* ...so it is the one a new entry evicts */
-	assert_int_equal(hm_dns_table_add(t, "two", AF_INET, b), 0);
-	assert_int_equal(hm_dns_table_count(t), 2);
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 11);
+	assert_int_equal(policy_dns_table_add(t, "two", AF_INET, b), 0);
+	assert_int_equal(policy_dns_table_count(t), 2);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 11);
 	assert_string_equal(name, "one.example");
-	assert_int_equal(hm_dns_table_add(t, "three", AF_INET, c), 0);
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), -ENOENT);
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, b, name, sizeof(name)), 3);
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, c, name, sizeof(name)), 5);
-	assert_int_equal(hm_dns_table_add(t, "bad name", AF_INET, a), -EINVAL);
-	assert_int_equal(hm_dns_table_add(t, "", AF_INET, a), -EINVAL);
-	assert_int_equal(hm_dns_table_add(t, "x", AF_UNIX, a), -EAFNOSUPPORT);
-	assert_int_equal(hm_dns_table_lookup(t, AF_UNIX, a, name, sizeof(name)), -EAFNOSUPPORT);
-	hm_dns_table_free(t);
+	assert_int_equal(policy_dns_table_add(t, "three", AF_INET, c), 0);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), -ENOENT);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, b, name, sizeof(name)), 3);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, c, name, sizeof(name)), 5);
+	assert_int_equal(policy_dns_table_add(t, "bad name", AF_INET, a), -EINVAL);
+	assert_int_equal(policy_dns_table_add(t, "", AF_INET, a), -EINVAL);
+	assert_int_equal(policy_dns_table_add(t, "x", AF_UNIX, a), -EAFNOSUPPORT);
+	assert_int_equal(policy_dns_table_lookup(t, AF_UNIX, a, name, sizeof(name)), -EAFNOSUPPORT);
+	policy_dns_table_free(t);
 }
 
 /* A response to "db" (search-completed to db.default.svc.cluster.local) answering with a
@@ -1240,56 +1260,79 @@ static size_t build_response(uint8_t *m)
 static void test_dns_response(void **state)
 {
 	(void)state;
-	struct hm_dns_table *t;
+	struct policy_dns_table *t;
 	struct hm_err err = {0};
-	char name[HM_DNS_NAME_MAX];
+	char name[POLICY_DNS_NAME_MAX];
 	uint8_t m[512];
 	size_t n = build_response(m);
-	assert_int_equal(hm_dns_table_new(0, &t, &err), 0);
-	assert_int_equal(hm_dns_table_add_response(t, m, n), 2);
+	assert_int_equal(policy_dns_table_new(0, &t, &err), 0);
+	assert_int_equal(policy_dns_table_add_response(t, m, n), 2);
 	uint8_t a[4] = {10, 20, 30, 40};
 	uint8_t v6[16] = {0xfd, 0, [15] = 9};
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 16);
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET, a, name, sizeof(name)), 16);
 	assert_string_equal(name, "real.db.internal");
-	assert_int_equal(hm_dns_table_lookup(t, AF_INET6, v6, name, sizeof(name)), 16);
-	assert_int_equal(hm_dns_table_count(t), 4); /* 2 names x 2 addresses */
+	assert_int_equal(policy_dns_table_lookup(t, AF_INET6, v6, name, sizeof(name)), 16);
+	assert_int_equal(policy_dns_table_count(t), 4); /* 2 names x 2 addresses */
 
 	/* the question name lets a "db" spec match the address */
 	static const char *const specs[] = {"tcp://db:5432", NULL};
-	struct hm_net_policy *p = net_policy(true, true, true, HM_NET_FILTER_REMOTE, specs, t);
+	struct policy_net *p = net_policy(true, true, true, POLICY_NET_FILTER_REMOTE, specs, t);
 	static const struct net_case cases[] = {
 	    {TCP, "10.20.30.40", 5432, NR},
 	    {TCP, "fd00::9", 5432, NR},
 	    {TCP, "10.20.30.41", 5432, NL},
 	};
 	check_net(p, "names from a response", cases, HM_ARRAY_SIZE(cases));
-	hm_net_policy_free(p);
-	hm_dns_table_free(t);
+	policy_net_free(p);
+	policy_dns_table_free(t);
 
 	/* malformed messages record nothing */
-	assert_int_equal(hm_dns_table_new(0, &t, &err), 0);
+	assert_int_equal(policy_dns_table_new(0, &t, &err), 0);
 	for (size_t cut = 0; cut < n; cut++)
-		assert_int_equal(hm_dns_table_add_response(t, m, cut), -EINVAL);
-	assert_int_equal(hm_dns_table_count(t), 0);
+		assert_int_equal(policy_dns_table_add_response(t, m, cut), -EINVAL);
+	assert_int_equal(policy_dns_table_count(t), 0);
 	uint8_t q[512];
 	memcpy(q, m, n);
 	q[2] &= 0x7f; /* a query, not a response */
-	assert_int_equal(hm_dns_table_add_response(t, q, n), -EINVAL);
+	assert_int_equal(policy_dns_table_add_response(t, q, n), -EINVAL);
 	memcpy(q, m, n);
 	q[12 + 30 + 4 + 1] = 12 + 30 + 4; /* the CNAME owner points at itself */
-	assert_int_equal(hm_dns_table_add_response(t, q, n), -EINVAL);
+	assert_int_equal(policy_dns_table_add_response(t, q, n), -EINVAL);
 	memcpy(q, m, n);
 	q[12] = 0x40; /* an obsolete extended label type */
-	assert_int_equal(hm_dns_table_add_response(t, q, n), -EINVAL);
+	assert_int_equal(policy_dns_table_add_response(t, q, n), -EINVAL);
 	memcpy(q, m, n);
 	q[6] = 0, q[7] = 9; /* more answers than the message holds */
-	assert_int_equal(hm_dns_table_add_response(t, q, n), -EINVAL);
-	assert_int_equal(hm_dns_table_count(t), 0);
+	assert_int_equal(policy_dns_table_add_response(t, q, n), -EINVAL);
+	assert_int_equal(policy_dns_table_count(t), 0);
 	/* trailing bytes and no answers are fine */
 	memcpy(q, m, n);
 	q[6] = 0, q[7] = 0;
-	assert_int_equal(hm_dns_table_add_response(t, q, n), 0);
-	hm_dns_table_free(t);
+	assert_int_equal(policy_dns_table_add_response(t, q, n), 0);
+	policy_dns_table_free(t);
+}
+
+/* the decoder itself, as port-forward uses it: id, rcode, question, records in order */
+static void test_dns_decode(void **state)
+{
+	(void)state;
+	uint8_t m[512];
+	size_t n = build_response(m);
+	struct policy_dns_response r;
+	assert_int_equal(policy_dns_decode(m, n, &r), 0);
+	assert_int_equal(r.id, 0x1234);
+	assert_int_equal(r.rcode, 0);
+	assert_string_equal(r.qname, "db.default.svc.cluster.local");
+	assert_int_equal(r.n, 2); /* the CNAME and TXT records are not addresses */
+	assert_int_equal(r.rec[0].family, AF_INET);
+	assert_memory_equal(r.rec[0].addr, ((uint8_t[]){10, 20, 30, 40}), 4);
+	assert_string_equal(r.rec[0].owner, "real.db.internal");
+	assert_int_equal(r.rec[1].family, AF_INET6);
+	m[3] = 0x83; /* NXDOMAIN */
+	assert_int_equal(policy_dns_decode(m, n, &r), 0);
+	assert_int_equal(r.rcode, 3);
+	for (size_t cut = 0; cut < n; cut++)
+		assert_true(policy_dns_decode(m, cut, &r) < 0);
 }
 
 /* ================================================================ environment */
@@ -1311,22 +1354,22 @@ static const char *env_get(char **env, const char *key)
 static char **build_env(const char *include, const char *exclude, const char *const *overrides,
 			bool import, char *const remote[], char *const local[])
 {
-	struct hm_strv inc = {0}, exc = {0}, ov = {0};
+	struct policy_strv inc = {0}, exc = {0}, ov = {0};
 	struct hm_err err = {0};
 	if (include)
-		assert_int_equal(hm_strv_push_split(&inc, include, ';', &err), 0);
+		assert_int_equal(policy_strv_push_split(&inc, include, ';', &err), 0);
 	if (exclude)
-		assert_int_equal(hm_strv_push_split(&exc, exclude, ';', &err), 0);
+		assert_int_equal(policy_strv_push_split(&exc, exclude, ';', &err), 0);
 	for (size_t i = 0; overrides && overrides[i]; i++)
-		assert_int_equal(hm_strv_push(&ov, overrides[i], &err), 0);
-	struct hm_env_opts o = {
+		assert_int_equal(policy_strv_push(&ov, overrides[i], &err), 0);
+	struct policy_env_opts o = {
 	    .import_remote = import, .include = &inc, .exclude = &exc, .override = &ov};
 	char **env = NULL;
-	if (hm_env_build(&o, remote, local, &env, &err) < 0)
+	if (policy_env_build(&o, remote, local, &env, &err) < 0)
 		fail_msg("%s", err.msg);
-	hm_strv_clear(&inc);
-	hm_strv_clear(&exc);
-	hm_strv_clear(&ov);
+	policy_strv_clear(&inc);
+	policy_strv_clear(&exc);
+	policy_strv_clear(&ov);
 	return env;
 }
 
@@ -1369,7 +1412,7 @@ static void test_env_default(void **state)
 	assert_string_equal(env[0], "PATH=/usr/bin");
 	assert_string_equal(env[3], "SHARED=pod");
 	assert_string_equal(env[4], "HOSTNAME=web-1");
-	hm_env_free(env);
+	policy_env_free(env);
 }
 
 static void test_env_include_exclude(void **state)
@@ -1382,36 +1425,36 @@ static void test_env_include_exclude(void **state)
 	assert_null(env_get(env, "HOSTNAME"));
 	assert_string_equal(env_get(env, "SHARED"), "local"); /* not included: local stays */
 	assert_string_equal(env_get(env, "PATH"), "/usr/bin");
-	hm_env_free(env);
+	policy_env_free(env);
 
 	env = build_env(NULL, "APP_SECRET_*;KUBERNETES_*", NULL, true, remote_env, local_env);
 	assert_string_equal(env_get(env, "APP_MODE"), "prod");
 	assert_null(env_get(env, "APP_SECRET_KEY"));
 	assert_null(env_get(env, "KUBERNETES_SERVICE_HOST"));
 	assert_string_equal(env_get(env, "HOSTNAME"), "web-1");
-	hm_env_free(env);
+	policy_env_free(env);
 
 	/* exclude wins over include */
 	env = build_env("APP_*", "APP_SECRET_?EY", NULL, true, remote_env, local_env);
 	assert_string_equal(env_get(env, "APP_MODE"), "prod");
 	assert_null(env_get(env, "APP_SECRET_KEY"));
-	hm_env_free(env);
+	policy_env_free(env);
 
 	/* PATH and HOME come from the pod only when named exactly */
 	env = build_env("PATH;HOM*;*", NULL, NULL, true, remote_env, local_env);
 	assert_string_equal(env_get(env, "PATH"), "/pod/bin");
 	assert_string_equal(env_get(env, "HOME"), "/home/dev");
 	assert_null(env_get(env, "LD_PRELOAD"));
-	hm_env_free(env);
+	policy_env_free(env);
 	env = build_env("HOME;LD_PRELOAD", "PATH", NULL, true, remote_env, local_env);
 	assert_string_equal(env_get(env, "HOME"), "/root");
 	assert_string_equal(env_get(env, "LD_PRELOAD"), "/pod/lib.so");
 	assert_string_equal(env_get(env, "PATH"), "/usr/bin");
 	assert_null(env_get(env, "HOSTNAME"));
-	hm_env_free(env);
-	assert_true(hm_env_local_by_default("PATH"));
-	assert_false(hm_env_local_by_default("PATHX"));
-	assert_false(hm_env_local_by_default("PAT"));
+	policy_env_free(env);
+	assert_true(policy_env_local_by_default("PATH"));
+	assert_false(policy_env_local_by_default("PATHX"));
+	assert_false(policy_env_local_by_default("PAT"));
 }
 
 /* Variables that make a local program run code never come from the pod: the pod's
@@ -1445,18 +1488,37 @@ static void test_env_never_imported(void **state)
 	    "LOCPATH",
 	    "NLSPATH",
 	    "DYLD_INSERT_LIBRARIES",
+	    "GIT_CONFIG_COUNT",
+	    "GIT_CONFIG_VALUE_0",
+	    "GIT_SSH_COMMAND",
+	    "PAGER",
+	    "GIT_PAGER",
+	    "LESSOPEN",
+	    "EDITOR",
+	    "VISUAL",
+	    "SSH_ASKPASS",
+	    "GIT_ASKPASS",
+	    "BROWSER",
+	    "KUBECONFIG",
+	    "XDG_CONFIG_HOME",
+	    "XDG_DATA_DIRS",
+	    "QT_PLUGIN_PATH",
+	    "GDK_PIXBUF_MODULE_FILE",
+	    "npm_config_script_shell",
+	    "TERMINFO",
+	    "INPUTRC",
 	};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(code_loading); i++) {
-		if (!hm_env_never_imported(code_loading[i]))
+		if (!policy_env_never_imported(code_loading[i]))
 			fail_msg("%s is imported", code_loading[i]);
-		assert_true(hm_env_local_by_default(code_loading[i]));
+		assert_true(policy_env_local_by_default(code_loading[i]));
 	}
 	/* ordinary settings, even look-alikes, still come from the pod */
 	static const char *const settings[] = {
 	    "LDAP_URI", "ENVIRONMENT", "APP_ENV", "PYTHONUNBUFFERED", "NODE_ENV",
 	    "LANG",	"TZ",	       "BASH",	  "MY_LD_AUDIT"};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(settings); i++)
-		if (hm_env_never_imported(settings[i]))
+		if (policy_env_never_imported(settings[i]))
 			fail_msg("%s is not imported", settings[i]);
 
 	char *const pod[] = {"LD_AUDIT=/lib/evil.so",
@@ -1480,14 +1542,14 @@ static void test_env_never_imported(void **state)
 	assert_null(env_get(env, "GCONV_PATH"));
 	assert_null(env_get(env, "BASH_FUNC_ls%%"));
 	assert_string_equal(env_get(env, "LD_LIBRARY_PATH"), "/opt/mine"); /* the local one stays */
-	hm_env_free(env);
+	policy_env_free(env);
 	/* naming one exactly lets that one in; an override sets one whatever the pod says */
 	static const char *const ov[] = {"BASH_ENV=/home/dev/.bashenv", NULL};
 	env = build_env("APP;LD_AUDIT", NULL, ov, true, pod, local);
 	assert_string_equal(env_get(env, "LD_AUDIT"), "/lib/evil.so");
 	assert_null(env_get(env, "LD_PRELOAD"));
 	assert_string_equal(env_get(env, "BASH_ENV"), "/home/dev/.bashenv");
-	hm_env_free(env);
+	policy_env_free(env);
 }
 
 static void test_env_overrides_and_off(void **state)
@@ -1500,40 +1562,40 @@ static void test_env_overrides_and_off(void **state)
 	assert_string_equal(env_get(env, "PATH"), "/custom"); /* overrides apply to anything */
 	assert_string_equal(env_get(env, "X"), "a=b");
 	assert_string_equal(env_get(env, "HOSTNAME"), "web-1");
-	hm_env_free(env);
+	policy_env_free(env);
 
 	/* env import off: local + overrides */
 	env = build_env(NULL, NULL, ov, false, remote_env, local_env);
 	assert_null(env_get(env, "HOSTNAME"));
 	assert_string_equal(env_get(env, "SHARED"), "override");
 	assert_string_equal(env_get(env, "TERM"), "xterm");
-	hm_env_free(env);
+	policy_env_free(env);
 
 	/* no remote env at all, empty local */
 	char *const empty[] = {NULL};
 	env = build_env(NULL, NULL, NULL, true, NULL, empty);
 	assert_null(env[0]);
-	hm_env_free(env);
+	policy_env_free(env);
 
 	/* from a config */
-	struct hm_trace_config c;
+	struct policy_config c;
 	struct hm_err err = {0};
 	assert_int_equal(load(&c,
 			      "{\"feature\": {\"env\": {\"include\": \"APP_*;PATH\", \"exclude\": "
 			      "[\"APP_SECRET_*\"], \"override\": {\"APP_MODE\": \"dev\"}}}}",
 			      &err),
 			 0);
-	assert_int_equal(hm_config_finalize(&c, &err), 0);
-	struct hm_env_opts o;
-	hm_env_opts_from_config(&c, &o);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	struct policy_env_opts o;
+	policy_env_opts_from_config(&c, &o);
 	assert_true(o.import_remote);
-	assert_int_equal(hm_env_build(&o, remote_env, local_env, &env, &err), 0);
+	assert_int_equal(policy_env_build(&o, remote_env, local_env, &env, &err), 0);
 	assert_string_equal(env_get(env, "APP_MODE"), "dev");
 	assert_string_equal(env_get(env, "PATH"), "/pod/bin");
 	assert_null(env_get(env, "APP_SECRET_KEY"));
 	assert_null(env_get(env, "HOSTNAME"));
-	hm_env_free(env);
-	hm_config_free(&c);
+	policy_env_free(env);
+	policy_config_free(&c);
 }
 
 int main(void)
@@ -1562,6 +1624,7 @@ int main(void)
 	    cmocka_unit_test(test_net_local_filter),
 	    cmocka_unit_test(test_dns_table),
 	    cmocka_unit_test(test_dns_response),
+	    cmocka_unit_test(test_dns_decode),
 	    cmocka_unit_test(test_env_default),
 	    cmocka_unit_test(test_env_include_exclude),
 	    cmocka_unit_test(test_env_overrides_and_off),

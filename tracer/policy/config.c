@@ -1,0 +1,777 @@
+/* trace-run's configuration: the `-f trace.json` file and the struct CLI flags fill.
+ * Shaped after mirrord's config (target, agent, feature.env/fs/network) with hermit's
+ * own keys. The walk is strict: a misspelt key would otherwise silently leave a
+ * default in place, so an unknown key or a wrong type is an error naming the key's
+ * JSON path. docs/config.md is the reference. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+
+#include <json-c/json.h>
+#include <pcre2.h>
+#include <string.h>
+
+#include "tracer/policy/policy.h"
+
+/* ---------------------------------------------------------------- string lists */
+
+int policy_strv_push(struct policy_strv *v, const char *s, struct hm_err *err)
+{
+	char **grown = realloc(v->items, (v->len + 2) * sizeof(*grown));
+	if (!grown)
+		return hm_err_set(err, ENOMEM, "list");
+	v->items = grown;
+	v->items[v->len] = strdup(s);
+	if (!v->items[v->len])
+		return hm_err_set(err, ENOMEM, "list");
+	v->len++;
+	v->items[v->len] = NULL;
+	v->set = true;
+	return 0;
+}
+
+int policy_strv_push_split(struct policy_strv *v, const char *s, char sep, struct hm_err *err)
+{
+	v->set = true;
+	while (*s) {
+		const char *end = strchr(s, sep);
+		size_t n = end ? (size_t)(end - s) : strlen(s);
+		if (n > 0) {
+			hm_cleanup_free char *piece = strndup(s, n);
+			if (!piece)
+				return hm_err_set(err, ENOMEM, "list");
+			if (policy_strv_push(v, piece, err) < 0)
+				return -1;
+		}
+		s += n;
+		if (*s)
+			s++;
+	}
+	return 0;
+}
+
+void policy_strv_clear(struct policy_strv *v)
+{
+	for (size_t i = 0; i < v->len; i++)
+		free(v->items[i]);
+	free(v->items);
+	*v = (struct policy_strv){0};
+}
+
+static int strv_copy(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err)
+{
+	struct policy_strv copy = {0};
+	for (size_t i = 0; i < src->len; i++) {
+		if (policy_strv_push(&copy, src->items[i], err) < 0) {
+			policy_strv_clear(&copy);
+			return -1;
+		}
+	}
+	copy.set = src->set;
+	policy_strv_clear(dst);
+	*dst = copy;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- enums */
+
+static const char *const fs_mode_names[] = {
+    [POLICY_FS_MODE_READ] = "read",
+    [POLICY_FS_MODE_WRITE] = "write",
+    [POLICY_FS_MODE_LOCAL] = "local",
+    [POLICY_FS_MODE_LOCAL_WITH_OVERRIDES] = "localwithoverrides",
+};
+
+int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(fs_mode_names); i++) {
+		if (fs_mode_names[i] && strcmp(s, fs_mode_names[i]) == 0) {
+			*out = (enum policy_fs_mode)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+void policy_config_init(struct policy_config *c)
+{
+	memset(c, 0, sizeof(*c));
+}
+
+void policy_config_free(struct policy_config *c)
+{
+	free(c->target);
+	free(c->agent.unix_path);
+	free(c->agent.address);
+	free(c->agent.token_file);
+	policy_strv_clear(&c->feature.env.include);
+	policy_strv_clear(&c->feature.env.exclude);
+	policy_strv_clear(&c->feature.env.override);
+	policy_strv_clear(&c->feature.fs.read_only);
+	policy_strv_clear(&c->feature.fs.read_write);
+	policy_strv_clear(&c->feature.fs.local);
+	policy_strv_clear(&c->feature.fs.not_found);
+	policy_strv_clear(&c->feature.network.outgoing.filter);
+	policy_config_init(c);
+}
+
+static int set_string(char **dst, const char *value, struct hm_err *err)
+{
+	char *copy = NULL;
+	if (value && !(copy = strdup(value)))
+		return hm_err_set(err, ENOMEM, "config");
+	free(*dst);
+	*dst = copy;
+	return 0;
+}
+
+/* Replace or add the override for key (value's "KEY=VALUE" form is what env.c
+ * consumes directly). */
+static int override_set(struct policy_strv *ov, const char *key, size_t keylen, const char *value,
+			struct hm_err *err)
+{
+	hm_cleanup_free char *kv = NULL;
+	if (asprintf(&kv, "%.*s=%s", (int)keylen, key, value) < 0)
+		return hm_err_set(err, ENOMEM, "config");
+	for (size_t i = 0; i < ov->len; i++) {
+		if (strncmp(ov->items[i], key, keylen) == 0 && ov->items[i][keylen] == '=') {
+			free(ov->items[i]);
+			ov->items[i] = hm_steal_ptr(&kv);
+			ov->set = true;
+			return 0;
+		}
+	}
+	return policy_strv_push(ov, kv, err);
+}
+
+int policy_config_env_override(struct policy_config *c, const char *key_value, struct hm_err *err)
+{
+	const char *eq = strchr(key_value, '=');
+	if (!eq || eq == key_value)
+		return hm_err_set(err, 0, "env override \"%s\": expected KEY=VALUE", key_value);
+	return override_set(&c->feature.env.override, key_value, (size_t)(eq - key_value), eq + 1,
+			    err);
+}
+
+/* ---------------------------------------------------------------- value checks */
+
+/* The same compile options fs.c uses for user patterns (mirrord's are case
+ * insensitive), so a pattern that loads also builds. */
+static int check_regex(const char *key, size_t index, const char *re, struct hm_err *err)
+{
+	int code;
+	PCRE2_SIZE offset;
+	pcre2_code *compiled = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS,
+					     &code, &offset, NULL);
+	if (compiled) {
+		pcre2_code_free(compiled);
+		return 0;
+	}
+	PCRE2_UCHAR msg[256];
+	pcre2_get_error_message(code, msg, sizeof(msg));
+	return hm_err_set(err, 0, "%s[%zu]: invalid regex \"%s\": %s at offset %zu", key, index, re,
+			  (const char *)msg, (size_t)offset);
+}
+
+static int check_regex_list(const char *key, const struct policy_strv *v, struct hm_err *err)
+{
+	for (size_t i = 0; i < v->len; i++)
+		if (check_regex(key, i, v->items[i], err) < 0)
+			return -1;
+	return 0;
+}
+
+static int check_filter_list(const char *key, const struct policy_strv *v, struct hm_err *err)
+{
+	for (size_t i = 0; i < v->len; i++) {
+		struct policy_net_spec spec;
+		if (policy_net_spec_parse(v->items[i], &spec, err) < 0)
+			return hm_err_prefix(err, "%s[%zu]", key, i);
+	}
+	return 0;
+}
+
+static const char *filter_key(enum policy_net_filter_kind k)
+{
+	return k == POLICY_NET_FILTER_LOCAL ? "feature.network.outgoing.filter.local"
+					    : "feature.network.outgoing.filter.remote";
+}
+
+/* ---------------------------------------------------------------- the JSON walk */
+
+struct walk {
+	const char *origin;
+	struct hm_err *err;
+};
+
+static const char *json_kind(json_object *v)
+{
+	switch (json_object_get_type(v)) {
+	case json_type_null:
+		return "null";
+	case json_type_boolean:
+		return "boolean";
+	case json_type_int:
+	case json_type_double:
+		return "number";
+	case json_type_string:
+		return "string";
+	case json_type_array:
+		return "array";
+	case json_type_object:
+		return "object";
+	}
+	return "?";
+}
+
+static int fail(struct walk *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(struct walk *w, const char *fmt, ...)
+{
+	char msg[HM_ERR_MSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return hm_err_set(w->err, 0, "%s: %s", w->origin, msg);
+}
+
+static int type_error(struct walk *w, const char *path, const char *expected, json_object *got)
+{
+	return fail(w, "%s: expected %s, got %s", path, expected, json_kind(got));
+}
+
+static int unknown_key(struct walk *w, const char *parent, const char *key, const char *known)
+{
+	return fail(w, "unknown key %s%s%s (known here: %s)", parent, *parent ? "." : "", key,
+		    known);
+}
+
+static void join(char *out, size_t size, const char *parent, const char *key)
+{
+	snprintf(out, size, "%s%s%s", parent, *parent ? "." : "", key);
+}
+
+static int get_string(struct walk *w, const char *path, json_object *v, char **dst)
+{
+	if (!json_object_is_type(v, json_type_string))
+		return type_error(w, path, "a string", v);
+	const char *s = json_object_get_string(v);
+	if (!*s)
+		return fail(w, "%s: must not be empty", path);
+	return set_string(dst, s, w->err);
+}
+
+static int get_bool(struct walk *w, const char *path, json_object *v, enum policy_tristate *dst)
+{
+	if (!json_object_is_type(v, json_type_boolean))
+		return type_error(w, path, "a boolean", v);
+	*dst = json_object_get_boolean(v) ? POLICY_TRI_TRUE : POLICY_TRI_FALSE;
+	return 0;
+}
+
+/* A list is an array of strings or, as in mirrord, a single string. split: the
+ * separator a single string may use for several entries (0: none). */
+static int get_list(struct walk *w, const char *path, json_object *v, char split,
+		    struct policy_strv *dst)
+{
+	struct policy_strv list = {.set = true};
+	if (json_object_is_type(v, json_type_string)) {
+		const char *s = json_object_get_string(v);
+		if (!*s)
+			return fail(w, "%s: must not be empty", path);
+		int rc = split ? policy_strv_push_split(&list, s, split, w->err)
+			       : policy_strv_push(&list, s, w->err);
+		if (rc < 0)
+			goto fail;
+	} else if (json_object_is_type(v, json_type_array)) {
+		size_t n = json_object_array_length(v);
+		for (size_t i = 0; i < n; i++) {
+			json_object *item = json_object_array_get_idx(v, i);
+			if (!json_object_is_type(item, json_type_string)) {
+				char at[256];
+				snprintf(at, sizeof(at), "%s[%zu]", path, i);
+				type_error(w, at, "a string", item);
+				goto fail;
+			}
+			if (!*json_object_get_string(item)) {
+				fail(w, "%s[%zu]: must not be empty", path, i);
+				goto fail;
+			}
+			if (policy_strv_push(&list, json_object_get_string(item), w->err) < 0)
+				goto fail;
+		}
+	} else {
+		type_error(w, path, "a string or an array of strings", v);
+		return -1;
+	}
+	policy_strv_clear(dst);
+	*dst = list;
+	return 0;
+fail:
+	policy_strv_clear(&list);
+	return -1;
+}
+
+static int check_object(struct walk *w, const char *path, json_object *v)
+{
+	if (!json_object_is_type(v, json_type_object))
+		return type_error(w, path, "an object", v);
+	return 0;
+}
+
+static int walk_agent(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	if (check_object(w, "agent", obj) < 0)
+		return -1;
+	json_object_object_foreach(obj, key, val)
+	{
+		char path[256];
+		join(path, sizeof(path), "agent", key);
+		int rc;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "unix") == 0)
+			rc = get_string(w, path, val, &c->agent.unix_path);
+		else if (strcmp(key, "address") == 0)
+			rc = get_string(w, path, val, &c->agent.address);
+		else if (strcmp(key, "token_file") == 0)
+			rc = get_string(w, path, val, &c->agent.token_file);
+		else
+			rc = unknown_key(w, "agent", key, "unix, address, token_file");
+		if (rc < 0)
+			return -1;
+	}
+	if (c->agent.unix_path && c->agent.address)
+		return fail(w, "agent: set either unix or address, not both");
+	return 0;
+}
+
+static int walk_env(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	const char *parent = "feature.env";
+	if (json_object_is_type(obj, json_type_boolean))
+		return get_bool(w, parent, obj, &c->feature.env.enabled);
+	if (!json_object_is_type(obj, json_type_object))
+		return type_error(w, parent, "an object or a boolean", obj);
+	c->feature.env.enabled = POLICY_TRI_TRUE;
+	json_object_object_foreach(obj, key, val)
+	{
+		char path[256];
+		join(path, sizeof(path), parent, key);
+		int rc = 0;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "include") == 0) {
+			rc = get_list(w, path, val, ';', &c->feature.env.include);
+		} else if (strcmp(key, "exclude") == 0) {
+			rc = get_list(w, path, val, ';', &c->feature.env.exclude);
+		} else if (strcmp(key, "override") == 0) {
+			if (check_object(w, path, val) < 0)
+				return -1;
+			c->feature.env.override.set = true;
+			json_object_object_foreach(val, name, value)
+			{
+				char at[512];
+				snprintf(at, sizeof(at), "%s.%s", path, name);
+				if (!*name || strchr(name, '='))
+					return fail(
+					    w, "%s: a variable name cannot be empty or contain '='",
+					    at);
+				if (!json_object_is_type(value, json_type_string))
+					return type_error(w, at, "a string", value);
+				if (override_set(&c->feature.env.override, name, strlen(name),
+						 json_object_get_string(value), w->err) < 0)
+					return -1;
+			}
+		} else {
+			rc = unknown_key(w, parent, key, "include, exclude, override");
+		}
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* a byte count: a positive integer, or a string with a k/M/G suffix ("512M") */
+static int get_size(struct walk *w, const char *path, json_object *v, uint64_t *dst)
+{
+	if (json_object_is_type(v, json_type_int)) {
+		int64_t n = json_object_get_int64(v);
+		if (n <= 0)
+			return fail(w, "%s: must be a positive number of bytes", path);
+		*dst = (uint64_t)n;
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_string))
+		return type_error(w, path, "a number or a size string", v);
+	uint64_t n;
+	if (hm_parse_size(json_object_get_string(v), &n) < 0 || n == 0)
+		return fail(w, "%s: bad size \"%s\" (expected bytes, or a number with k, M or G)",
+			    path, json_object_get_string(v));
+	*dst = n;
+	return 0;
+}
+
+static int get_fs_mode(struct walk *w, const char *path, json_object *v, enum policy_fs_mode *dst)
+{
+	if (!json_object_is_type(v, json_type_string))
+		return type_error(w, path, "a string", v);
+	if (policy_fs_mode_parse(json_object_get_string(v), dst) < 0)
+		return fail(w,
+			    "%s: unknown mode \"%s\" (expected read, write, local or "
+			    "localwithoverrides)",
+			    path, json_object_get_string(v));
+	return 0;
+}
+
+static int walk_fs(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	const char *parent = "feature.fs";
+	/* mirrord's shorthand: "fs": "write" */
+	if (json_object_is_type(obj, json_type_string))
+		return get_fs_mode(w, parent, obj, &c->feature.fs.mode);
+	if (!json_object_is_type(obj, json_type_object))
+		return type_error(w, parent, "an object or a mode string", obj);
+	json_object_object_foreach(obj, key, val)
+	{
+		char path[256];
+		join(path, sizeof(path), parent, key);
+		int rc;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "mode") == 0)
+			rc = get_fs_mode(w, path, val, &c->feature.fs.mode);
+		else if (strcmp(key, "read_only") == 0)
+			rc = get_list(w, path, val, 0, &c->feature.fs.read_only);
+		else if (strcmp(key, "read_write") == 0)
+			rc = get_list(w, path, val, 0, &c->feature.fs.read_write);
+		else if (strcmp(key, "local") == 0)
+			rc = get_list(w, path, val, 0, &c->feature.fs.local);
+		else if (strcmp(key, "not_found") == 0)
+			rc = get_list(w, path, val, 0, &c->feature.fs.not_found);
+		else if (strcmp(key, "max_file_size") == 0)
+			rc = get_size(w, path, val, &c->feature.fs.max_file_size);
+		else
+			rc = unknown_key(w, parent, key,
+					 "mode, read_only, read_write, local, not_found, "
+					 "max_file_size");
+		if (rc < 0)
+			return -1;
+	}
+	struct {
+		const char *key;
+		struct policy_strv *list;
+	} lists[] = {
+	    {"feature.fs.read_only", &c->feature.fs.read_only},
+	    {"feature.fs.read_write", &c->feature.fs.read_write},
+	    {"feature.fs.local", &c->feature.fs.local},
+	    {"feature.fs.not_found", &c->feature.fs.not_found},
+	};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(lists); i++)
+		if (check_regex_list(lists[i].key, lists[i].list, w->err) < 0)
+			return hm_err_prefix(w->err, "%s", w->origin);
+	return 0;
+}
+
+static int walk_filter(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	const char *parent = "feature.network.outgoing.filter";
+	if (check_object(w, parent, obj) < 0)
+		return -1;
+	enum policy_net_filter_kind kind = POLICY_NET_FILTER_NONE;
+	json_object *list = NULL;
+	json_object_object_foreach(obj, key, val)
+	{
+		enum policy_net_filter_kind this;
+		if (strcmp(key, "remote") == 0)
+			this = POLICY_NET_FILTER_REMOTE;
+		else if (strcmp(key, "local") == 0)
+			this = POLICY_NET_FILTER_LOCAL;
+		else
+			return unknown_key(w, parent, key, "remote, local");
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (kind != POLICY_NET_FILTER_NONE)
+			return fail(w, "%s: set either remote or local, not both", parent);
+		kind = this;
+		list = val;
+	}
+	c->feature.network.outgoing.filter_kind = kind;
+	if (kind == POLICY_NET_FILTER_NONE) {
+		policy_strv_clear(&c->feature.network.outgoing.filter);
+		c->feature.network.outgoing.filter.set = true;
+		return 0;
+	}
+	if (get_list(w, filter_key(kind), list, 0, &c->feature.network.outgoing.filter) < 0)
+		return -1;
+	if (check_filter_list(filter_key(kind), &c->feature.network.outgoing.filter, w->err) < 0)
+		return hm_err_prefix(w->err, "%s", w->origin);
+	return 0;
+}
+
+static int walk_outgoing(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	const char *parent = "feature.network.outgoing";
+	if (json_object_is_type(obj, json_type_boolean)) {
+		if (get_bool(w, parent, obj, &c->feature.network.outgoing.tcp) < 0)
+			return -1;
+		c->feature.network.outgoing.udp = c->feature.network.outgoing.tcp;
+		return 0;
+	}
+	if (!json_object_is_type(obj, json_type_object))
+		return type_error(w, parent, "an object or a boolean", obj);
+	json_object_object_foreach(obj, key, val)
+	{
+		char path[256];
+		join(path, sizeof(path), parent, key);
+		int rc;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "tcp") == 0)
+			rc = get_bool(w, path, val, &c->feature.network.outgoing.tcp);
+		else if (strcmp(key, "udp") == 0)
+			rc = get_bool(w, path, val, &c->feature.network.outgoing.udp);
+		else if (strcmp(key, "filter") == 0)
+			rc = walk_filter(w, val, c);
+		else
+			rc = unknown_key(w, parent, key, "tcp, udp, filter");
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int walk_network(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	const char *parent = "feature.network";
+	if (check_object(w, parent, obj) < 0)
+		return -1;
+	json_object_object_foreach(obj, key, val)
+	{
+		char path[256];
+		join(path, sizeof(path), parent, key);
+		int rc;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "outgoing") == 0)
+			rc = walk_outgoing(w, val, c);
+		else if (strcmp(key, "dns") == 0)
+			rc = get_bool(w, path, val, &c->feature.network.dns);
+		else
+			rc = unknown_key(w, parent, key, "outgoing, dns");
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int walk_feature(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	if (check_object(w, "feature", obj) < 0)
+		return -1;
+	json_object_object_foreach(obj, key, val)
+	{
+		int rc;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "env") == 0)
+			rc = walk_env(w, val, c);
+		else if (strcmp(key, "fs") == 0)
+			rc = walk_fs(w, val, c);
+		else if (strcmp(key, "network") == 0)
+			rc = walk_network(w, val, c);
+		else
+			rc = unknown_key(w, "feature", key, "env, fs, network");
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int walk_root(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	if (!json_object_is_type(obj, json_type_object))
+		return fail(w, "expected a JSON object at the top, got %s", json_kind(obj));
+	json_object_object_foreach(obj, key, val)
+	{
+		int rc;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "target") == 0) {
+			rc = get_string(w, "target", val, &c->target);
+		} else if (strcmp(key, "agent") == 0) {
+			rc = walk_agent(w, val, c);
+		} else if (strcmp(key, "backend") == 0) {
+			if (!json_object_is_type(val, json_type_string))
+				return type_error(w, "backend", "a string", val);
+			if (tracer_backend_parse(json_object_get_string(val), &c->backend) < 0)
+				return fail(
+				    w,
+				    "backend: unknown backend \"%s\" (expected seccomp, ptrace "
+				    "or auto)",
+				    json_object_get_string(val));
+			c->backend_set = true;
+			rc = 0;
+		} else if (strcmp(key, "feature") == 0) {
+			rc = walk_feature(w, val, c);
+		} else {
+			rc = unknown_key(w, "", key, "target, agent, backend, feature");
+		}
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* 1-based line and column of a byte offset, for parse errors people can find. */
+static void locate(const char *text, size_t offset, unsigned *line, unsigned *col)
+{
+	*line = 1;
+	*col = 1;
+	for (size_t i = 0; i < offset && text[i]; i++) {
+		if (text[i] == '\n') {
+			(*line)++;
+			*col = 1;
+		} else {
+			(*col)++;
+		}
+	}
+}
+
+int policy_config_load_string(struct policy_config *c, const char *json, const char *origin,
+			      struct hm_err *err)
+{
+	struct walk w = {.origin = origin, .err = err};
+	json_tokener *tok = json_tokener_new();
+	if (!tok)
+		return hm_err_set(err, ENOMEM, "%s", origin);
+	/* strict: no trailing garbage, comments or single quotes; strings must be UTF-8 */
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	size_t len = strlen(json);
+	json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+	enum json_tokener_error jerr = json_tokener_get_error(tok);
+	size_t end = json_tokener_get_parse_end(tok);
+	json_tokener_free(tok);
+	if (jerr == json_tokener_continue) {
+		json_object_put(root);
+		return hm_err_set(err, 0, "%s: invalid JSON: unexpected end of input", origin);
+	}
+	if (!root || jerr != json_tokener_success) {
+		unsigned line, col;
+		locate(json, end, &line, &col);
+		json_object_put(root);
+		return hm_err_set(err, 0, "%s:%u:%u: invalid JSON: %s", origin, line, col,
+				  json_tokener_error_desc(jerr));
+	}
+	int rc = walk_root(&w, root, c);
+	json_object_put(root);
+	return rc;
+}
+
+int policy_config_load_file(struct policy_config *c, const char *path, struct hm_err *err)
+{
+	hm_cleanup_free char *text = NULL;
+	size_t len;
+	if (hm_read_file(path, &text, &len, err) < 0)
+		return hm_err_prefix(err, "config");
+	if (strlen(text) != len)
+		return hm_err_set(err, 0, "%s: invalid JSON: NUL byte in the file", path);
+	return policy_config_load_string(c, text, path, err);
+}
+
+/* ---------------------------------------------------------------- merge, finalize */
+
+static int merge_list(struct policy_strv *dst, const struct policy_strv *src, struct hm_err *err)
+{
+	return src->set ? strv_copy(dst, src, err) : 0;
+}
+
+int policy_config_merge(struct policy_config *base, const struct policy_config *over,
+			struct hm_err *err)
+{
+	if (over->target && set_string(&base->target, over->target, err) < 0)
+		return -1;
+	/* one endpoint choice: --agent-unix after a file's "address" replaces it */
+	if (over->agent.unix_path || over->agent.address) {
+		if (set_string(&base->agent.unix_path, over->agent.unix_path, err) < 0 ||
+		    set_string(&base->agent.address, over->agent.address, err) < 0)
+			return -1;
+	}
+	if (over->agent.token_file &&
+	    set_string(&base->agent.token_file, over->agent.token_file, err) < 0)
+		return -1;
+	if (over->backend_set) {
+		base->backend = over->backend;
+		base->backend_set = true;
+	}
+
+	typeof(over->feature) *of = &over->feature; /* const, as over is */
+	typeof(base->feature) *bf = &base->feature;
+	if (of->env.enabled)
+		bf->env.enabled = of->env.enabled;
+	if (merge_list(&bf->env.include, &of->env.include, err) < 0 ||
+	    merge_list(&bf->env.exclude, &of->env.exclude, err) < 0)
+		return -1;
+	for (size_t i = 0; i < of->env.override.len; i++) {
+		const char *kv = of->env.override.items[i];
+		const char *eq = strchr(kv, '=');
+		if (eq && override_set(&bf->env.override, kv, (size_t)(eq - kv), eq + 1, err) < 0)
+			return -1;
+	}
+	if (of->fs.mode)
+		bf->fs.mode = of->fs.mode;
+	if (of->fs.max_file_size)
+		bf->fs.max_file_size = of->fs.max_file_size;
+	if (merge_list(&bf->fs.read_only, &of->fs.read_only, err) < 0 ||
+	    merge_list(&bf->fs.read_write, &of->fs.read_write, err) < 0 ||
+	    merge_list(&bf->fs.local, &of->fs.local, err) < 0 ||
+	    merge_list(&bf->fs.not_found, &of->fs.not_found, err) < 0)
+		return -1;
+	if (of->network.outgoing.tcp)
+		bf->network.outgoing.tcp = of->network.outgoing.tcp;
+	if (of->network.outgoing.udp)
+		bf->network.outgoing.udp = of->network.outgoing.udp;
+	/* the kind and its list go together: a flag's remote list replaces a file's local one */
+	if (of->network.outgoing.filter_kind) {
+		bf->network.outgoing.filter_kind = of->network.outgoing.filter_kind;
+		if (strv_copy(&bf->network.outgoing.filter, &of->network.outgoing.filter, err) < 0)
+			return -1;
+	}
+	if (of->network.dns)
+		bf->network.dns = of->network.dns;
+	return 0;
+}
+
+static void default_tri(enum policy_tristate *t)
+{
+	if (*t == POLICY_TRI_UNSET)
+		*t = POLICY_TRI_TRUE;
+}
+
+int policy_config_finalize(struct policy_config *c, struct hm_err *err)
+{
+	if (c->agent.unix_path && c->agent.address)
+		return hm_err_set(err, 0, "agent: set either unix or address, not both");
+	default_tri(&c->feature.env.enabled);
+	if (c->feature.fs.mode == POLICY_FS_MODE_UNSET)
+		c->feature.fs.mode = POLICY_FS_MODE_READ;
+	if (!c->feature.fs.max_file_size)
+		c->feature.fs.max_file_size = POLICY_FS_MAX_FILE_DEFAULT;
+	default_tri(&c->feature.network.outgoing.tcp);
+	default_tri(&c->feature.network.outgoing.udp);
+	default_tri(&c->feature.network.dns);
+	if (c->feature.network.outgoing.filter_kind == POLICY_NET_FILTER_UNSET)
+		c->feature.network.outgoing.filter_kind = POLICY_NET_FILTER_NONE;
+
+	if (check_regex_list("feature.fs.read_only", &c->feature.fs.read_only, err) < 0 ||
+	    check_regex_list("feature.fs.read_write", &c->feature.fs.read_write, err) < 0 ||
+	    check_regex_list("feature.fs.local", &c->feature.fs.local, err) < 0 ||
+	    check_regex_list("feature.fs.not_found", &c->feature.fs.not_found, err) < 0)
+		return -1;
+	enum policy_net_filter_kind kind = c->feature.network.outgoing.filter_kind;
+	if (kind == POLICY_NET_FILTER_NONE)
+		policy_strv_clear(&c->feature.network.outgoing.filter);
+	else if (check_filter_list(filter_key(kind), &c->feature.network.outgoing.filter, err) < 0)
+		return -1;
+	return 0;
+}
