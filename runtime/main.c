@@ -65,7 +65,8 @@ static const char usage_run[] =
     "  --unsafe-public-rootfs\n"
     "                       run a rootfs that other host users can reach (UNSAFE: a\n"
     "                       setuid-root file made in the pod becomes root for them);\n"
-    "                       by default DIR or a parent must be root-owned, mode 0700\n"
+    "                       by default a parent of DIR (never DIR itself: it is the\n"
+    "                       pod's /) must be root-owned, mode 0700\n"
     "  --log-max-size SIZE  with -d: the log is rotated (one older file kept) before it\n"
     "                       passes SIZE (k, M, G suffixes; default: 10M)\n"
     "  -v, --verbose        debug logs\n"
@@ -84,7 +85,8 @@ static const char usage_rootfs[] =
     "symlinks in DIR are followed only inside DIR, as a pod sees them, and one that\n"
     "leads nowhere there is an error.\n"
     "A missing parent of DIR is created with mode 0700: `trace-pod run` wants a rootfs\n"
-    "that other host users cannot reach (see trace-pod run --help).\n";
+    "behind a parent that other host users cannot pass (see trace-pod run --help);\n"
+    "the mode of DIR itself does not count, root in the pod can change it.\n";
 
 static const char usage_deploy[] =
     "usage: trace-pod deploy FILE --rootfs DIR\n"
