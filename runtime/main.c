@@ -56,7 +56,9 @@ static const char usage_run[] =
     "  --stop-timeout S     seconds from a forwarded signal to SIGKILL (default: 10)\n"
     "  -t, --tty            give CMD a terminal of its own (a pty relayed to ours;\n"
     "                       stdin must be a terminal). Without -t, CMD still gets a\n"
-    "                       new session: our terminal is never its controlling one\n"
+    "                       new session, and pipes relayed by trace-pod in place of\n"
+    "                       those of our stdin/stdout/stderr that are a terminal:\n"
+    "                       the pod never holds our terminal\n"
     "  --seccomp PROFILE    default: refuse user namespaces, mounts, keyctl, io_uring,\n"
     "                       bpf, kernel modules, TIOCSTI and more (see README);\n"
     "                       off: no seccomp profile (exec in the pod follows the pod)\n"
@@ -110,7 +112,9 @@ static const char usage_exec[] =
     "under the pod's seccomp profile; exit with its status.\n"
     "\n"
     "  -t, --tty            give CMD a terminal of its own (a pty relayed to ours;\n"
-    "                       stdin must be a terminal)\n";
+    "                       stdin must be a terminal). Without -t, those of our\n"
+    "                       stdin/stdout/stderr that are a terminal reach CMD as pipes\n"
+    "                       relayed by trace-pod, closed when CMD exits\n";
 
 static const char usage_stop[] =
     "usage: trace-pod stop [--timeout S] NAME...\n"
