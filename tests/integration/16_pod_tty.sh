@@ -114,7 +114,9 @@ test_exec_without_tty_at_terminal() {
 	out=$(at_terminal "!$TRACE_POD exec $POD -- sh -c 'pod_escape session; echo rea''dy; read x; echo got:\$x; echo to-std''err >&2; exit 4'" \
 		"?ready" "hello" "?__rc=[0-9]+__" \
 		"!$TRACE_POD run --net none --rootfs $ROOTFS -- sh -c 'read x; echo run-got:\$x; exit 3'" \
-		"world" "?__rc=[0-9]+__")
+		"world" "?__rc=[0-9]+__" \
+		"!$TRACE_POD exec $POD -- sh -c 'echo rea''dy; cat; echo cat-saw-''eof'" \
+		"?ready" "line-one" $'\x04' "?__rc=[0-9]+__")
 	echo "$out"
 	assert_contains "$out" "tty=0" "exec's stdin (a pipe)"
 	assert_contains "$out" "got:hello" "exec: input relayed"
@@ -122,6 +124,8 @@ test_exec_without_tty_at_terminal() {
 	assert_contains "$out" "__rc=4__" "exec: exit status"
 	assert_contains "$out" "run-got:world" "run: input relayed"
 	assert_contains "$out" "__rc=3__" "run: exit status"
+	# ^D at the terminal: the pod's stdin pipe is closed, cat sees EOF
+	assert_contains "$out" "cat-saw-eof" "exec: EOF relayed"
 }
 
 test_detached_pod_own_session() {
