@@ -143,9 +143,13 @@ int rt_child_restrict(bool keep_mknod, struct hm_err *err)
 	/* capset may only lower: keep what we hold of docker's set */
 	uint64_t permitted = data[0].permitted | (uint64_t)data[1].permitted << 32;
 	keep &= permitted;
+	/* Nothing inheritable (moby CVE-2022-24769): with an inheritable set, a file with
+	 * inheritable file capabilities would gain them at execve, from a pod user
+	 * without them. Ambient capabilities need the inheritable ones, so they stay off. */
 	for (int i = 0; i < 2; i++) {
 		uint32_t word = (uint32_t)(keep >> (32 * i));
-		data[i].effective = data[i].permitted = data[i].inheritable = word;
+		data[i].effective = data[i].permitted = word;
+		data[i].inheritable = 0;
 	}
 	if (syscall(SYS_capset, &hdr, data) < 0)
 		return hm_err_errno(err, "capset");

@@ -159,54 +159,52 @@ static int load_pod_seccomp(const char *name, struct rt_seccomp_prog *prog, stru
 	return rt_seccomp_compile(prog, err);
 }
 
-/* -t: relay the command's pty until the helper (which waits for the command) exits. */
-static int relay_until_exit(pid_t helper, int master, struct hm_err *err)
+/* Relay the command's pty or pipes (relay started) until the helper, which waits for
+ * the command, exits; then stop and close the relay. */
+static int relay_until_exit(pid_t helper, struct rt_tty_relay *relay, struct hm_err *err)
 {
-	hm_cleanup_close int helper_fd = pidfd_open(helper, 0);
-	if (helper_fd < 0)
-		return hm_err_errno(err, "pidfd_open");
+	sigset_t blocked;
+	sigemptyset(&blocked);
+	sigaddset(&blocked, SIGWINCH);
+	/* a pod that closed its stdin pipe must not kill us with our next write */
+	sigaddset(&blocked, SIGPIPE);
+	sigset_t old;
+	sigprocmask(SIG_BLOCK, &blocked, &old);
+	int rc = -1;
 	sigset_t winch;
 	sigemptyset(&winch);
 	sigaddset(&winch, SIGWINCH);
-	sigset_t old;
-	sigprocmask(SIG_BLOCK, &winch, &old);
 	hm_cleanup_close int sigfd = signalfd(-1, &winch, SFD_CLOEXEC | SFD_NONBLOCK);
-	int rc = -1;
-	struct rt_tty_relay relay;
-	if (sigfd < 0) {
-		hm_err_errno(err, "signalfd");
-		close(master);
-		goto out;
-	}
-	if (rt_tty_relay_start(&relay, master, err) < 0) {
-		close(master);
+	hm_cleanup_close int helper_fd = pidfd_open(helper, 0);
+	if (sigfd < 0 || helper_fd < 0) {
+		hm_err_errno(err, sigfd < 0 ? "signalfd" : "pidfd_open");
 		goto out;
 	}
 	for (;;) {
-		struct pollfd fds[4] = {
+		struct pollfd fds[2 + RT_TTY_RELAY_MAX_FDS] = {
 		    {.fd = helper_fd, .events = POLLIN},
 		    {.fd = sigfd, .events = POLLIN},
 		};
-		int n_tty = rt_tty_relay_fds(&relay, fds + 2);
+		int n_tty = rt_tty_relay_fds(relay, fds + 2);
 		if (poll(fds, 2 + n_tty, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			hm_err_errno(err, "poll");
 			break;
 		}
-		rt_tty_relay_io(&relay, fds + 2, n_tty);
+		rt_tty_relay_io(relay, fds + 2, n_tty);
 		if (fds[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			if (read(sigfd, &si, sizeof(si)) == sizeof(si))
-				rt_tty_relay_resize(&relay);
+				rt_tty_relay_resize(relay);
 		}
 		if (fds[0].revents) {
 			rc = 0;
 			break;
 		}
 	}
-	rt_tty_relay_finish(&relay);
 out:
+	rt_tty_relay_finish(relay);
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	return rc;
 }
@@ -267,18 +265,28 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_
 	sigaction(SIGINT, &ignore, &old_int);
 	sigaction(SIGQUIT, &ignore, &old_quit);
 
+	/* without -t: the command gets pipes, never the operator's terminal */
+	struct rt_tty_relay relay;
+	int saved_stdio[3];
+	int piped = tty ? 0 : rt_tty_relay_pipes(&relay, saved_stdio, err);
+	if (piped < 0)
+		goto out_signals;
 	pid_t runtime_pid = getpid();
 	pid_t helper = fork();
-	if (helper < 0) {
-		hm_err_errno(err, "fork");
-		goto out_signals;
-	}
 	if (helper == 0) {
 		struct exec_child x = {.argv = argv,
 				       .error_fd = error_child,
 				       .tty_sock = tty_child,
 				       .seccomp = &seccomp};
 		exec_helper(pidfd, have_cg ? &cg : NULL, &x, runtime_pid, st->pid);
+	}
+	if (piped)
+		rt_tty_relay_pipes_restore(saved_stdio);
+	if (helper < 0) {
+		hm_err_errno(err, "fork");
+		if (piped)
+			rt_tty_relay_finish(&relay);
+		goto out_signals;
 	}
 	hm_closep(&error_child);
 	hm_closep(&tty_child);
@@ -297,12 +305,21 @@ int rt_pod_exec(const struct rt_pod_state *st, char **argv, bool tty, struct hm_
 			hm_err_set(err, EPROTO, "the command's process sent no pty");
 		reported = -1;
 		failure_code = RT_EXIT_RUNTIME;
-	} else if (master >= 0 && reported == 0 && relay_until_exit(helper, master, err) < 0) {
-		kill(helper, SIGKILL);
-		reported = -1;
-		failure_code = RT_EXIT_RUNTIME;
-	} else if (master >= 0 && reported < 0) {
-		close(master);
+	} else if (reported == 0 && (master >= 0 || piped)) {
+		/* a relay that failed to start holds the master: finish closes it */
+		bool started = master < 0 || rt_tty_relay_start(&relay, master, err) == 0;
+		if (!started)
+			rt_tty_relay_finish(&relay);
+		if (!started || relay_until_exit(helper, &relay, err) < 0) {
+			kill(helper, SIGKILL);
+			reported = -1;
+			failure_code = RT_EXIT_RUNTIME;
+		}
+	} else {
+		if (master >= 0)
+			close(master);
+		if (piped)
+			rt_tty_relay_finish(&relay);
 	}
 	int status;
 	while (waitpid(helper, &status, 0) < 0) {

@@ -140,21 +140,32 @@ int rt_tty_require_terminal(struct hm_err *err);
 /* Receive the master the child sent; *master -1 (and 0 returned) when the child closed
  * the socket without sending one (it failed: its reason is on the error pipe). */
 int rt_tty_receive_master(int sock, int *master, struct hm_err *err);
-/* Relay between the operator's terminal (stdin/stdout, raw mode while it runs) and
- * the pod's pty. The caller polls the fds rt_tty_relay_fds gives (at most 2) with its
- * own, passes them to rt_tty_relay_io, calls rt_tty_relay_resize on SIGWINCH and
- * rt_tty_relay_finish once the process exited: that copies the last output, restores
- * the terminal (also restored if a signal kills trace-pod meanwhile) and closes. */
+/* Relay between the operator's fds 0-2 and the pod: with -t the pod's pty (our terminal
+ * in raw mode while it runs); without -t, pipes that stand in for those of fds 0-2 that
+ * are a terminal, so the pod never holds the operator's terminal (a process left in the
+ * pod could read what is typed after trace-pod returned). The caller polls the fds
+ * rt_tty_relay_fds gives (at most RT_TTY_RELAY_MAX_FDS) with its own, passes them to
+ * rt_tty_relay_io, calls rt_tty_relay_resize on SIGWINCH and rt_tty_relay_finish once
+ * the process exited: that stops the input, copies the last output, restores the
+ * terminal (also restored if a signal kills trace-pod meanwhile) and closes. */
+#define RT_TTY_RELAY_MAX_FDS 4
 struct rt_tty_relay {
-	int master;
+	bool pty;   /* in and out[0] are the pty master */
+	int in;     /* where our stdin goes (pty master or the pod's stdin pipe), or -1 */
+	int out[2]; /* what the pod writes, copied to our fd 1 and 2, or -1 */
 	bool stdin_open;
-	bool output_open;
 	bool handlers_installed;
 	size_t to_pod_len, to_pod_off;
 	char to_pod[4096];
 };
 struct pollfd;
 int rt_tty_relay_start(struct rt_tty_relay *r, int master, struct hm_err *err);
+/* Without -t: pipes for those of fds 0-2 that are a terminal (stdin from /dev/null when
+ * trace-pod is a background job), the pod's ends put on our fds 0-2 for the spawn, the
+ * originals kept in saved for rt_tty_relay_pipes_restore right after it. 1: r relays
+ * them; 0: none of 0-2 is a terminal, nothing changed. */
+int rt_tty_relay_pipes(struct rt_tty_relay *r, int saved[3], struct hm_err *err);
+void rt_tty_relay_pipes_restore(int saved[3]);
 int rt_tty_relay_fds(const struct rt_tty_relay *r, struct pollfd *fds);
 void rt_tty_relay_io(struct rt_tty_relay *r, const struct pollfd *fds, int n);
 void rt_tty_relay_resize(struct rt_tty_relay *r);

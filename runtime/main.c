@@ -56,7 +56,9 @@ static const char usage_run[] =
     "  --stop-timeout S     seconds from a forwarded signal to SIGKILL (default: 10)\n"
     "  -t, --tty            give CMD a terminal of its own (a pty relayed to ours;\n"
     "                       stdin must be a terminal). Without -t, CMD still gets a\n"
-    "                       new session: our terminal is never its controlling one\n"
+    "                       new session, and pipes relayed by trace-pod in place of\n"
+    "                       those of our stdin/stdout/stderr that are a terminal:\n"
+    "                       the pod never holds our terminal\n"
     "  --seccomp PROFILE    default: refuse user namespaces, mounts, keyctl, io_uring,\n"
     "                       bpf, kernel modules, TIOCSTI and more (see README);\n"
     "                       off: no seccomp profile (exec in the pod follows the pod)\n"
@@ -65,7 +67,8 @@ static const char usage_run[] =
     "  --unsafe-public-rootfs\n"
     "                       run a rootfs that other host users can reach (UNSAFE: a\n"
     "                       setuid-root file made in the pod becomes root for them);\n"
-    "                       by default DIR or a parent must be root-owned, mode 0700\n"
+    "                       by default a parent of DIR (never DIR itself: it is the\n"
+    "                       pod's /) must be root-owned, mode 0700\n"
     "  --log-max-size SIZE  with -d: the log is rotated (one older file kept) before it\n"
     "                       passes SIZE (k, M, G suffixes; default: 10M)\n"
     "  -v, --verbose        debug logs\n"
@@ -84,7 +87,8 @@ static const char usage_rootfs[] =
     "symlinks in DIR are followed only inside DIR, as a pod sees them, and one that\n"
     "leads nowhere there is an error.\n"
     "A missing parent of DIR is created with mode 0700: `trace-pod run` wants a rootfs\n"
-    "that other host users cannot reach (see trace-pod run --help).\n";
+    "behind a parent that other host users cannot pass (see trace-pod run --help);\n"
+    "the mode of DIR itself does not count, root in the pod can change it.\n";
 
 static const char usage_deploy[] =
     "usage: trace-pod deploy FILE --rootfs DIR\n"
@@ -108,7 +112,9 @@ static const char usage_exec[] =
     "under the pod's seccomp profile; exit with its status.\n"
     "\n"
     "  -t, --tty            give CMD a terminal of its own (a pty relayed to ours;\n"
-    "                       stdin must be a terminal)\n";
+    "                       stdin must be a terminal). Without -t, those of our\n"
+    "                       stdin/stdout/stderr that are a terminal reach CMD as pipes\n"
+    "                       relayed by trace-pod, closed when CMD exits\n";
 
 static const char usage_stop[] =
     "usage: trace-pod stop [--timeout S] NAME...\n"

@@ -73,7 +73,9 @@ static int require_dir(const char *path, struct hm_err *err)
 	return 0;
 }
 
-/* Clone a host file as a detached mount (before pivot_root hides the host). */
+/* Clone a host file as a detached mount (before pivot_root hides the host). Read-only:
+ * the file is the host's (/run/hermit/pods/NAME/...), and a writable bind would let the
+ * pod grow it without bound on the host's /run. */
 static int clone_host_file(const char *path, int *tree_fd, struct hm_err *err)
 {
 	*tree_fd = -1;
@@ -82,10 +84,10 @@ static int clone_host_file(const char *path, int *tree_fd, struct hm_err *err)
 	*tree_fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
 	if (*tree_fd < 0)
 		return hm_err_errno(err, "bind %s", path);
-	struct mount_attr attr = {.attr_set =
-				      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC};
+	struct mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
+					      MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC};
 	if (mount_setattr(*tree_fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
-		return hm_err_errno(err, "bind %s: set nosuid,nodev,noexec", path);
+		return hm_err_errno(err, "bind %s: set ro,nosuid,nodev,noexec", path);
 	return 0;
 }
 

@@ -177,11 +177,22 @@ static const char *net_name(enum rt_net_mode m)
 }
 
 /* The pod's PID 1, with its stdout and stderr on a pipe to us when it is detached: the
- * monitor caps the log (podlog.c). The child inherits our fds 1 and 2 at the clone. */
+ * monitor caps the log (podlog.c). The child inherits our fds 0-2 at the clone: in the
+ * foreground without -t, pipes instead of those that are the operator's terminal. */
 static int spawn(struct pod *p, const struct rt_spec *spec, struct hm_err *err)
 {
-	if (!p->o->detach)
+	if (p->o->tty)
 		return rt_container_spawn(spec, &p->cg, &p->c, err);
+	if (!p->o->detach) {
+		int saved[3];
+		int piped = rt_tty_relay_pipes(&p->tty, saved, err);
+		if (piped <= 0)
+			return piped < 0 ? -1 : rt_container_spawn(spec, &p->cg, &p->c, err);
+		p->relaying = true;
+		int rc = rt_container_spawn(spec, &p->cg, &p->c, err);
+		rt_tty_relay_pipes_restore(saved);
+		return rc;
+	}
 	int fds[2];
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		return hm_err_errno(err, "pipe");
@@ -318,8 +329,8 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 static int pod_wait(struct pod *p, int *status, struct hm_err *err)
 {
 	int64_t kill_at = HM_NO_DEADLINE;
-	/* the pod, signals, a detached pod's output, then the tty relay's (at most 2) */
-	struct pollfd fds[5] = {
+	/* the pod, signals, a detached pod's output, then the tty relay's */
+	struct pollfd fds[3 + RT_TTY_RELAY_MAX_FDS] = {
 	    {.fd = p->c.pidfd, .events = POLLIN},
 	    {.fd = p->sigfd, .events = POLLIN},
 	    {.fd = p->out_pipe, .events = POLLIN},

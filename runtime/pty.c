@@ -173,51 +173,131 @@ static void set_raw(struct rt_tty_relay *r)
 void rt_tty_relay_resize(struct rt_tty_relay *r)
 {
 	struct winsize ws;
-	if (r->master >= 0 && ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0)
-		ioctl(r->master, TIOCSWINSZ, &ws);
+	if (r->pty && r->in >= 0 && ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0)
+		ioctl(r->in, TIOCSWINSZ, &ws);
+}
+
+/* never block on a pod that does not read its input or fill its output: trace-pod
+ * must see it exit */
+static int set_nonblocking(int fd, struct hm_err *err)
+{
+	int flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+		return hm_err_errno(err, "relay to the pod");
+	return 0;
 }
 
 int rt_tty_relay_start(struct rt_tty_relay *r, int master, struct hm_err *err)
 {
-	*r = (struct rt_tty_relay){.master = master, .stdin_open = true, .output_open = true};
-	/* never block on a pod that does not read its input: trace-pod must see it exit */
-	int flags = fcntl(master, F_GETFL);
-	if (flags < 0 || fcntl(master, F_SETFL, flags | O_NONBLOCK) < 0)
-		return hm_err_errno(err, "pty");
+	*r = (struct rt_tty_relay){.pty = true, .in = master, .out = {master, -1}, .stdin_open = true};
+	if (set_nonblocking(master, err) < 0)
+		return -1;
 	rt_tty_relay_resize(r);
 	set_raw(r);
 	return 0;
 }
 
+int rt_tty_relay_pipes(struct rt_tty_relay *r, int saved[3], struct hm_err *err)
+{
+	*r = (struct rt_tty_relay){.in = -1, .out = {-1, -1}};
+	saved[0] = saved[1] = saved[2] = -1;
+	if (!isatty(STDIN_FILENO) && !isatty(STDOUT_FILENO) && !isatty(STDERR_FILENO))
+		return 0;
+	for (int fd = 0; fd <= 2; fd++) {
+		if (!isatty(fd))
+			continue;
+		int ends[2];
+		/* a background job reading its terminal is stopped (SIGTTIN): no input */
+		bool no_input = fd == STDIN_FILENO && tcgetpgrp(fd) != getpgrp();
+		if (no_input) {
+			ends[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			ends[1] = -1;
+			if (ends[0] < 0) {
+				hm_err_errno(err, "open /dev/null");
+				goto fail;
+			}
+		} else if (pipe2(ends, O_CLOEXEC) < 0) {
+			hm_err_errno(err, "pipe");
+			goto fail;
+		}
+		int pod_end = fd == STDIN_FILENO ? ends[0] : ends[1];
+		int our_end = fd == STDIN_FILENO ? ends[1] : ends[0];
+		saved[fd] = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+		bool ok = saved[fd] >= 0 && dup2(pod_end, fd) == fd;
+		if (!ok)
+			hm_err_errno(err, "pipe as fd %d", fd);
+		close(pod_end);
+		if (fd == STDIN_FILENO) {
+			r->in = our_end;
+			r->stdin_open = our_end >= 0;
+		} else {
+			r->out[fd - 1] = our_end;
+		}
+		if (!ok || (our_end >= 0 && set_nonblocking(our_end, err) < 0))
+			goto fail;
+	}
+	return 1;
+fail:
+	rt_tty_relay_pipes_restore(saved);
+	rt_tty_relay_finish(r);
+	return -1;
+}
+
+void rt_tty_relay_pipes_restore(int saved[3])
+{
+	for (int fd = 0; fd <= 2; fd++) {
+		if (saved[fd] < 0)
+			continue;
+		if (dup2(saved[fd], fd) < 0)
+			hm_warn("restore fd %d: %s", fd, strerror(errno));
+		hm_closep(&saved[fd]);
+	}
+}
+
 int rt_tty_relay_fds(const struct rt_tty_relay *r, struct pollfd *fds)
 {
 	int n = 0;
-	if (r->master < 0 || !r->output_open)
-		return 0;
+	bool to_pod_waits = r->in >= 0 && r->to_pod_len > 0;
 	/* input waits in to_pod until the pod takes it: stdin is read only when it is empty */
-	if (r->stdin_open && r->to_pod_len == 0)
+	if (r->in >= 0 && r->stdin_open && r->to_pod_len == 0)
 		fds[n++] = (struct pollfd){.fd = STDIN_FILENO, .events = POLLIN};
-	fds[n++] =
-	    (struct pollfd){.fd = r->master, .events = POLLIN | (r->to_pod_len ? POLLOUT : 0)};
+	for (int i = 0; i < 2; i++)
+		if (r->out[i] >= 0)
+			fds[n++] = (struct pollfd){
+			    .fd = r->out[i],
+			    .events = POLLIN | (to_pod_waits && r->out[i] == r->in ? POLLOUT : 0)};
+	if (to_pod_waits && r->in != r->out[0])
+		fds[n++] = (struct pollfd){.fd = r->in, .events = POLLOUT};
 	return n;
 }
 
-/* Copy what the pod wrote to stdout; false once the pty is closed on the pod's side. */
-static bool copy_output(struct rt_tty_relay *r)
+/* Copy what the pod wrote on out[i] to our fd i + 1; false once the pod's side is
+ * closed (a pipe's EOF, a pty's EIO). */
+static bool copy_output(struct rt_tty_relay *r, int i)
 {
 	char buf[16384];
 	for (;;) {
-		ssize_t n = read(r->master, buf, sizeof(buf));
+		ssize_t n = read(r->out[i], buf, sizeof(buf));
 		if (n > 0) {
-			if (hm_write_all(STDOUT_FILENO, buf, n) < 0)
-				hm_debug("relay to stdout: %s", strerror(errno));
+			if (hm_write_all(STDOUT_FILENO + i, buf, n) < 0)
+				hm_debug("relay to fd %d: %s", STDOUT_FILENO + i, strerror(errno));
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
-		/* EIO: every process of the pod closed its side */
+		/* EIO: every process of the pod closed the pty */
 		return n < 0 && errno == EAGAIN;
 	}
+}
+
+/* The pod gets no more input: a pipe is closed (the pod reads EOF); a pty stays, it is
+ * also the pod's output. */
+static void stop_input(struct rt_tty_relay *r)
+{
+	r->stdin_open = false;
+	r->to_pod_len = r->to_pod_off = 0;
+	if (!r->pty)
+		hm_closep(&r->in);
 }
 
 static void copy_input(struct rt_tty_relay *r)
@@ -227,20 +307,19 @@ static void copy_input(struct rt_tty_relay *r)
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			return;
 		if (n <= 0) {
-			r->stdin_open = false;
+			stop_input(r);
 			return;
 		}
 		r->to_pod_len = n;
 		r->to_pod_off = 0;
 	}
-	while (r->to_pod_off < r->to_pod_len) {
-		ssize_t n =
-		    write(r->master, r->to_pod + r->to_pod_off, r->to_pod_len - r->to_pod_off);
+	while (r->in >= 0 && r->to_pod_off < r->to_pod_len) {
+		ssize_t n = write(r->in, r->to_pod + r->to_pod_off, r->to_pod_len - r->to_pod_off);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno != EAGAIN)
-				r->to_pod_len = r->to_pod_off = 0;
+			if (errno != EAGAIN) /* EPIPE: nobody in the pod reads its input */
+				stop_input(r);
 			return;
 		}
 		r->to_pod_off += n;
@@ -253,12 +332,18 @@ void rt_tty_relay_io(struct rt_tty_relay *r, const struct pollfd *fds, int n)
 	for (int i = 0; i < n; i++) {
 		if (!fds[i].revents)
 			continue;
-		if (fds[i].fd == r->master && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
-		    !copy_output(r)) {
-			/* nobody in the pod holds the terminal any more: the caller only
-			 * waits for the process now (a closed pty polls as always ready) */
-			r->output_open = false;
-			r->stdin_open = false;
+		for (int o = 0; o < 2; o++) {
+			if (fds[i].fd != r->out[o] ||
+			    !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)) || copy_output(r, o))
+				continue;
+			/* nobody in the pod holds it any more (a closed pty or pipe polls as
+			 * always ready): with a pty, that is the end of the input too */
+			if (r->pty) {
+				r->stdin_open = false;
+				r->to_pod_len = 0;
+				r->in = -1; /* the same fd as out[0] */
+			}
+			hm_closep(&r->out[o]);
 		}
 		if (fds[i].fd == STDIN_FILENO || (fds[i].revents & POLLOUT))
 			copy_input(r);
@@ -267,11 +352,18 @@ void rt_tty_relay_io(struct rt_tty_relay *r, const struct pollfd *fds, int n)
 
 void rt_tty_relay_finish(struct rt_tty_relay *r)
 {
-	if (r->master >= 0) {
-		/* what the pod wrote just before it exited is still in the pty */
-		copy_output(r);
-		hm_closep(&r->master);
+	/* the command is gone: what the operator types from now on is not the pod's */
+	r->stdin_open = false;
+	if (!r->pty)
+		hm_closep(&r->in);
+	/* what the pod wrote just before it exited is still in the pty or the pipes */
+	for (int o = 0; o < 2; o++) {
+		if (r->out[o] >= 0) {
+			copy_output(r, o);
+			hm_closep(&r->out[o]);
+		}
 	}
+	r->in = -1; /* with a pty, out[0]: closed above */
 	restore_terminal();
 	if (r->handlers_installed) {
 		for (size_t i = 0; i < HM_ARRAY_SIZE(fatal_signals); i++)

@@ -2,7 +2,9 @@
  * the files it makes there: a setuid-root binary, a device node, a world-writable
  * directory. If a host user can walk to them, the pod has handed that user root. So,
  * as runc expects of its bundles, some directory on the rootfs's path must close the
- * way: owned by root and without search permission for group and others (0700). */
+ * way: owned by root and without search permission for group and others (0700).
+ * The rootfs directory itself never counts: it is the pod's `/`, and root in the pod
+ * (CAP_FOWNER) can chmod it open. Only a parent is out of the pod's reach. */
 #include <libgen.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,6 +19,20 @@ static bool closes_the_way(const struct stat *st)
 	       (st->st_uid == 0 || st->st_uid == geteuid());
 }
 
+/* Cuts path to its parent directory; false when path is "/", which has none. */
+static bool to_parent(char *path)
+{
+	char *slash = strrchr(path, '/');
+	if (slash == path) {
+		if (path[1] == '\0')
+			return false;
+		path[1] = '\0';
+	} else {
+		*slash = '\0';
+	}
+	return true;
+}
+
 int rt_rootfs_check_private(const char *rootfs, struct hm_err *err)
 {
 	if (rootfs[0] != '/')
@@ -25,24 +41,16 @@ int rt_rootfs_check_private(const char *rootfs, struct hm_err *err)
 	if (snprintf(path, sizeof(path), "%s", rootfs) >= (int)sizeof(path))
 		return hm_err_plain(err, ENAMETOOLONG, "rootfs %s: path too long", rootfs);
 	/* rootfs is a realpath: every component is a directory, no symlink on the way */
-	for (;;) {
+	while (to_parent(path)) {
 		struct stat st;
 		if (stat(path, &st) < 0)
 			return hm_err_errno(err, "rootfs %s: stat %s", rootfs, path);
 		if (closes_the_way(&st))
 			return 0;
-		char *slash = strrchr(path, '/');
-		if (slash == path) {
-			if (path[1] == '\0')
-				break;
-			path[1] = '\0';
-		} else {
-			*slash = '\0';
-		}
 	}
 	return hm_err_plain(err, EACCES,
-			    "rootfs %s is reachable by other host users (no directory on its "
-			    "path is root-owned with mode 0700), so setuid files made in the "
+			    "rootfs %s is reachable by other host users (no parent directory "
+			    "of it is root-owned with mode 0700), so setuid files made in the "
 			    "pod would work for them: move it into one (mkdir -m 0700 DIR) or "
 			    "pass --unsafe-public-rootfs",
 			    rootfs);

@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/personality.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <termios.h>
 
@@ -119,6 +120,11 @@ static const uint64_t namespace_flags[] = {
  * TIOCSTI | 1 << 32 must not slip through. */
 static const unsigned long denied_ioctls[] = {TIOCSTI, TIOCLINUX};
 
+/* Socket families a pod may not open. AF_VSOCK is not bound to a network namespace:
+ * it reaches the hypervisor's and the host's vsock services whatever --net says.
+ * The kernel takes the family as an int: only its low 32 bits are compared. */
+static const int denied_socket_families[] = {AF_VSOCK};
+
 /* personality() values that change nothing dangerous (as Docker allows): PER_LINUX,
  * PER_LINUX32, UNAME26 and both, and 0xffffffff, which only queries. The others
  * (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, PER_BSD ...) weaken the process's own
@@ -203,6 +209,14 @@ static int build_filter(scmp_filter_ctx ctx, struct hm_err *err)
 		struct scmp_arg_cmp cmp =
 		    SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffULL, denied_ioctls[i]);
 		if (add_rule(ctx, EPERM, SCMP_SYS(ioctl), 1, &cmp, "ioctl", err) < 0)
+			return -1;
+	}
+	for (size_t i = 0; i < HM_ARRAY_SIZE(denied_socket_families); i++) {
+		struct scmp_arg_cmp cmp = SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffffULL,
+						  (uint64_t)denied_socket_families[i]);
+		if (add_rule(ctx, EAFNOSUPPORT, SCMP_SYS(socket), 1, &cmp, "socket", err) < 0 ||
+		    add_rule(ctx, EAFNOSUPPORT, SCMP_SYS(socketpair), 1, &cmp, "socketpair",
+			     err) < 0)
 			return -1;
 	}
 	return deny_personality(ctx, err);

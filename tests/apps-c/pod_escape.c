@@ -13,6 +13,7 @@
  *   io-uring              io_uring_setup(1)
  *   mount                 mount a tmpfs on /mnt
  *   personality VALUE     personality(VALUE), VALUE in hex
+ *   vsock                 socket(AF_VSOCK), which no network namespace confines
  *   raise-limit CONTROLLER FILE VALUE DIR
  *                         the issue's attack: unshare(user|mount|cgroup), map root,
  *                         mount the cgroup v1 CONTROLLER on DIR and write VALUE to
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -138,6 +140,8 @@ int main(int argc, char **argv)
 		return report(cmd, mount("none", "/mnt", "tmpfs", 0, NULL));
 	if (!strcmp(cmd, "personality"))
 		return report(cmd, syscall(SYS_personality, strtoul(arg, NULL, 16)));
+	if (!strcmp(cmd, "vsock"))
+		return report(cmd, socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
 	if (!strcmp(cmd, "raise-limit") && argc == 6)
 		return raise_limit(argv + 2);
 	fprintf(stderr, "pod_escape: unknown subcommand '%s'\n", cmd);

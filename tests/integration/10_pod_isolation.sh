@@ -95,9 +95,29 @@ test_no_fd_leaked_into_pod() {
 	exec 7<&- 8>&- 9<&-
 }
 
+# moby CVE-2022-24769: an inheritable set equal to the bounding set would let a program
+# with inheritable file capabilities gain them at execve. The pod's PID 1 and every
+# exec hold none, and no ambient ones.
+test_no_inheritable_capabilities() {
+	local out name
+	out=$(tp run --net none --rootfs "$R" -- grep -E '^Cap(Inh|Amb|Bnd)' /proc/1/status </dev/null)
+	echo "$out"
+	assert_contains "$out" "CapInh:	0000000000000000" "CapInh of the pod's PID 1"
+	assert_contains "$out" "CapAmb:	0000000000000000" "CapAmb of the pod's PID 1"
+	assert_not_contains "$out" "CapBnd:	0000000000000000" "CapBnd (the pod keeps some)"
+	name=$(pod_name cap)
+	on_exit pod_cleanup "$name"
+	tp run -d --name "$name" --net none --rootfs "$R" -- sleep 600 </dev/null >/dev/null
+	out=$(tp exec "$name" -- sh -c 'grep -E "^Cap(Inh|Amb)" /proc/1/status /proc/self/status' </dev/null)
+	echo "$out"
+	assert_eq 2 "$(grep -c 'CapInh:	0000000000000000' <<<"$out")" "CapInh of PID 1 and of exec"
+	assert_eq 2 "$(grep -c 'CapAmb:	0000000000000000' <<<"$out")" "CapAmb of PID 1 and of exec"
+}
+
 run_test command_is_pid1 test_command_is_pid1
 run_test hostname_is_the_pods test_hostname_is_the_pods
 run_test root_is_the_rootfs test_root_is_the_rootfs
 run_test os_release_from_rootfs test_os_release_from_rootfs
 run_test host_path_unreachable test_host_path_unreachable
 run_test no_fd_leaked_into_pod test_no_fd_leaked_into_pod
+run_test no_inheritable_capabilities test_no_inheritable_capabilities

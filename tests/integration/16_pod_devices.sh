@@ -175,6 +175,31 @@ test_mount_flags() {
 	assert_eq 2 "$(grep -c 'Permission denied' <<<"$out")" "exec from /dev/shm and /dev"
 }
 
+# The /etc/hosts-style files are binds of host files (/run/hermit/pods/NAME/...): the pod
+# must not write them, or it could fill the host's /run. Root in the pod gets EROFS and
+# the host files keep their size.
+test_host_files_read_only() {
+	local name out f before
+	name=$(pod_name ro)
+	on_exit pod_cleanup "$name"
+	tp run -d --name "$name" --net none --rootfs "$R" -- sleep 600 </dev/null >/dev/null
+	before=$(cd "/run/hermit/pods/$name" && wc -c hosts resolv.conf hostname)
+	out=$(tp exec "$name" -- sh -c 'for f in /etc/hosts /etc/resolv.conf /etc/hostname; do
+		if echo 6.6.6.6 grown >>$f; then echo "$f written"; fi
+		if dd if=/dev/zero of=$f bs=1k count=64 conv=notrunc 2>/dev/null; then
+			echo "$f grown"; fi
+	done' 2>&1 </dev/null) || true
+	echo "$out"
+	assert_not_contains "$out" written
+	assert_not_contains "$out" grown
+	for f in hosts resolv.conf hostname; do
+		assert_contains "$out" "/etc/$f: Read-only file system" "writing /etc/$f"
+	done
+	assert_eq "$before" "$(cd "/run/hermit/pods/$name" && wc -c hosts resolv.conf hostname)" \
+		"sizes of the host files"
+	tp rm -f "$name" >/dev/null
+}
+
 run_test dev_is_the_standard_set test_dev_is_the_standard_set
 run_test standard_nodes_work test_standard_nodes_work
 run_test mknod_denied_by_default test_mknod_denied_by_default
@@ -182,3 +207,4 @@ run_test allow_mknod_cannot_open_host_devices test_allow_mknod_cannot_open_host_
 run_test each_cgroup_policy_alone test_each_cgroup_policy_alone
 run_test exec_follows_the_pods_mknod test_exec_follows_the_pods_mknod
 run_test mount_flags test_mount_flags
+run_test host_files_read_only test_host_files_read_only

@@ -45,23 +45,23 @@ test_tiocsti_control_on_the_host() {
 	[ -e "$f" ] || fail "TIOCSTI on the host did not run the typed line (dev.tty.legacy_tiocsti=$(cat /proc/sys/dev/tty/legacy_tiocsti 2>/dev/null)): this test proves nothing here"
 }
 
-# tiocsti_refused WHAT ARGS: the attack as `trace-pod ARGS -- pod_escape tiocsti ...`
+# tiocsti_refused WHAT ERRNO ARGS: the attack as `trace-pod ARGS -- pod_escape tiocsti ...`
 tiocsti_refused() {
-	local what="$1" args="$2" f="$WORK/pwned-$RANDOM" out
+	local what="$1" errno="$2" args="$3" f="$WORK/pwned-$RANDOM" out
 	out=$(tiocsti_attack "$f" "$TRACE_POD $args -- pod_escape tiocsti 'touch $f'")
-	assert_contains "$out" "tiocsti errno=1 " "TIOCSTI from $what"
+	assert_contains "$out" "tiocsti errno=$errno " "TIOCSTI from $what"
 }
 
-test_tiocsti_from_run_refused() { tiocsti_refused run "run --net none --rootfs $ROOTFS"; }
+test_tiocsti_from_run_refused() { tiocsti_refused run 1 "run --net none --rootfs $ROOTFS"; }
 
 test_tiocsti_from_run_without_seccomp_refused() {
-	# without the profile, the new session alone keeps the terminal out of reach
-	tiocsti_refused "run --seccomp off" "run --seccomp off --net none --rootfs $ROOTFS"
+	# without the profile, fd 0 is a pipe, not the terminal (ENOTTY)
+	tiocsti_refused "run --seccomp off" 25 "run --seccomp off --net none --rootfs $ROOTFS"
 }
 
 test_tiocsti_from_exec_refused() {
-	tiocsti_refused exec "exec $POD"
-	tiocsti_refused "exec in a --seccomp off pod" "exec $POD_OFF"
+	tiocsti_refused exec 1 "exec $POD"
+	tiocsti_refused "exec in a --seccomp off pod" 25 "exec $POD_OFF"
 }
 
 test_tiocsti_on_own_pty() {
@@ -83,11 +83,49 @@ test_own_session_without_tty() {
 	# PID 1 of the pod: pid 1 in its namespace, and the leader of its own session
 	out=$(at_terminal "!$TRACE_POD run --net none --rootfs $ROOTFS -- pod_escape session" "?__rc=[0-9]+__")
 	echo "$out"
-	assert_contains "$out" "sid=1 pid=1 tty=1" "run: session (stdin is still the terminal, as a plain fd)"
+	assert_contains "$out" "sid=1 pid=1 tty=0" "run: session (stdin a pipe, not the terminal)"
 	out=$(at_terminal "!$TRACE_POD exec $POD -- pod_escape session" "?__rc=[0-9]+__")
 	echo "$out"
 	[[ "$out" =~ sid=([0-9]+)\ pid=([0-9]+) ]] || fail "no session line"
 	assert_eq "${BASH_REMATCH[2]}" "${BASH_REMATCH[1]}" "exec: the command leads its own session"
+}
+
+# The attack: without -t, a process the command leaves behind in the pod keeps its
+# stdin and reads what the operator types after trace-pod returned (a sudo password).
+# trace-pod gives the pod a pipe instead of the terminal and closes it when the command
+# exits: the process reads EOF, the typed secret stays with the operator's shell.
+test_exec_left_reader_gets_no_later_input() {
+	local keys="/tmp/keys-$RANDOM" out
+	out=$( (sleep 3; printf 'operator-typed-secret\n'; sleep 3) | timeout 40 script -qfc \
+		"$TRACE_POD exec $POD -- /bin/sh -c 'exec 5<&0; setsid sh -c \"echo started >$keys; exec cat <&5 >>$keys\" >/dev/null 2>&1 & true'; echo exec-returned; sleep 5" /dev/null)
+	echo "$out"
+	assert_contains "$out" exec-returned
+	out=$(tp exec "$POD" -- cat "$keys" </dev/null)
+	echo "the pod's $keys: $out"
+	# the reader did start, and read nothing of what was typed later
+	assert_contains "$out" started "the left-behind reader ran"
+	assert_not_contains "$out" operator-typed-secret "the pod's copy of the later input"
+}
+
+# Without -t at a terminal: input, output and errors relayed through the pipes, and the
+# command's exit status.
+test_exec_without_tty_at_terminal() {
+	local out
+	out=$(at_terminal "!$TRACE_POD exec $POD -- sh -c 'pod_escape session; echo rea''dy; read x; echo got:\$x; echo to-std''err >&2; exit 4'" \
+		"?ready" "hello" "?__rc=[0-9]+__" \
+		"!$TRACE_POD run --net none --rootfs $ROOTFS -- sh -c 'read x; echo run-got:\$x; exit 3'" \
+		"world" "?__rc=[0-9]+__" \
+		"!$TRACE_POD exec $POD -- sh -c 'echo rea''dy; cat; echo cat-saw-''eof'" \
+		"?ready" "line-one" $'\x04' "?__rc=[0-9]+__")
+	echo "$out"
+	assert_contains "$out" "tty=0" "exec's stdin (a pipe)"
+	assert_contains "$out" "got:hello" "exec: input relayed"
+	assert_contains "$out" "to-stderr" "exec: stderr relayed"
+	assert_contains "$out" "__rc=4__" "exec: exit status"
+	assert_contains "$out" "run-got:world" "run: input relayed"
+	assert_contains "$out" "__rc=3__" "run: exit status"
+	# ^D at the terminal: the pod's stdin pipe is closed, cat sees EOF
+	assert_contains "$out" "cat-saw-eof" "exec: EOF relayed"
 }
 
 test_detached_pod_own_session() {
@@ -168,6 +206,8 @@ run_test tiocsti_from_run_without_seccomp_refused test_tiocsti_from_run_without_
 run_test tiocsti_from_exec_refused test_tiocsti_from_exec_refused
 run_test tiocsti_on_own_pty test_tiocsti_on_own_pty
 run_test own_session_without_tty test_own_session_without_tty
+run_test exec_left_reader_gets_no_later_input test_exec_left_reader_gets_no_later_input
+run_test exec_without_tty_at_terminal test_exec_without_tty_at_terminal
 run_test detached_pod_own_session test_detached_pod_own_session
 run_test run_tty test_run_tty
 run_test exec_tty test_exec_tty

@@ -76,6 +76,38 @@ test_run_refuses_public_rootfs() {
 	assert_eq 0 "$out" "nobody running the pod's setuid file from a public rootfs"
 }
 
+# The rootfs directory is the pod's /: a 0700 there is no protection, pod root chmods
+# it open and plants a setuid file that host user nobody then runs as root. run must
+# refuse such a rootfs (only a parent, out of the pod's reach, counts).
+test_rootfs_dir_itself_does_not_count() {
+	local pub out rc=0
+	new_work
+	pub="$WORK/rvpub"
+	mkdir -m 0755 "$pub"
+	chmod 0755 "$WORK"
+	mv "$WORK/rootfs" "$pub/rootfs"
+	chmod 0700 "$pub/rootfs"
+	out=$(tp run --net none --rootfs "$pub/rootfs" -- /bin/sh -c \
+		'chmod 755 / && cp /tmp/id /rvsuid && chmod 4755 /rvsuid && echo planted' \
+		</dev/null 2>&1) || rc=$?
+	echo "$out"
+	assert_eq 125 "$rc" "exit code of run on a rootfs that is 0700 itself"
+	assert_contains "$out" "rootfs $pub/rootfs is reachable by other host users"
+	assert_not_contains "$out" planted
+	[ ! -e "$pub/rootfs/rvsuid" ] || fail "the pod ran and planted $pub/rootfs/rvsuid"
+	assert_eq 700 "$(stat -c %a "$pub/rootfs")" "mode of the rootfs directory"
+	out=$("${NOBODY[@]}" "$pub/rootfs/tmp/id" -u 2>&1) && fail "nobody reached the rootfs: $out"
+	assert_contains "$out" "Permission denied"
+	# the same rootfs behind a root-owned 0700 parent runs, and the pod's chmod of / no
+	# longer opens anything to nobody
+	chmod 0700 "$pub"
+	out=$(tp run --net none --rootfs "$pub/rootfs" -- /bin/sh -c \
+		'chmod 755 / && cp /tmp/id /rvsuid && chmod 4755 /rvsuid && echo planted' </dev/null)
+	assert_eq planted "$out"
+	out=$("${NOBODY[@]}" "$pub/rootfs/rvsuid" -u 2>&1) && fail "nobody ran it: $out"
+	assert_contains "$out" "Permission denied"
+}
+
 # trace-pod rootfs makes a missing parent 0700, and warns about an existing public one
 test_rootfs_command_makes_private_parent() {
 	local out
@@ -93,4 +125,5 @@ test_rootfs_command_makes_private_parent() {
 
 run_test setuid_from_pod_not_usable_on_host test_setuid_from_pod_not_usable_on_host
 run_test run_refuses_public_rootfs test_run_refuses_public_rootfs
+run_test rootfs_dir_itself_does_not_count test_rootfs_dir_itself_does_not_count
 run_test rootfs_command_makes_private_parent test_rootfs_command_makes_private_parent

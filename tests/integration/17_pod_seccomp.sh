@@ -31,7 +31,7 @@ in_pod() {
 test_default_profile_refuses() {
 	local out
 	# one pod runs every attack; each prints one line
-	out=$(in_pod -- sh -c 'for c in unshare-user clone-user clone3 keyctl io-uring mount; do
+	out=$(in_pod -- sh -c 'for c in unshare-user clone-user clone3 keyctl io-uring mount vsock; do
 		pod_escape $c; done; pod_escape personality 400000; pod_escape personality 6
 		pod_escape personality 40000')
 	echo "$out"
@@ -41,6 +41,7 @@ test_default_profile_refuses() {
 	assert_contains "$out" "keyctl errno=1 " "keyctl"
 	assert_contains "$out" "io-uring errno=38 " "io_uring_setup"
 	assert_contains "$out" "mount errno=1 " "mount"
+	assert_contains "$out" "vsock errno=97 " "socket(AF_VSOCK) (EAFNOSUPPORT)"
 	# READ_IMPLIES_EXEC, PER_BSD, ADDR_NO_RANDOMIZE
 	assert_eq 3 "$(grep -c '^personality errno=1 ' <<<"$out")" "refused personality() calls"
 }
@@ -54,12 +55,13 @@ test_harmless_personalities_allowed() {
 
 test_seccomp_off_allows() {
 	local out
-	out=$(in_pod --seccomp off -- sh -c 'for c in unshare-user clone-user keyctl; do
+	out=$(in_pod --seccomp off -- sh -c 'for c in unshare-user clone-user keyctl vsock; do
 		pod_escape $c; done; pod_escape personality 400000')
 	echo "$out"
 	assert_contains "$out" "unshare-user ok" "unshare(CLONE_NEWUSER) with --seccomp off"
 	assert_contains "$out" "clone-user ok" "clone(CLONE_NEWUSER) with --seccomp off"
 	assert_contains "$out" "keyctl ok" "keyctl with --seccomp off"
+	assert_contains "$out" "vsock ok" "socket(AF_VSOCK) with --seccomp off"
 	assert_contains "$out" "personality ok" "personality with --seccomp off"
 }
 

@@ -285,7 +285,7 @@ static void test_dev_and_masks(void **state)
 	    "(echo hacked > /proc/sys/kernel/hostname) 2>/dev/null || echo proc-sys-ro;"
 	    "(echo > /proc/sysrq-trigger) 2>/dev/null || echo sysrq-ro;"
 	    "(touch /sys/x) 2>/dev/null || echo sys-ro;"
-	    "grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status",
+	    "grep -E '^(CapInh|CapBnd|CapEff|CapAmb|NoNewPrivs)' /proc/self/status",
 	    NULL});
 	struct pod_result r;
 	run_pod(&spec, NULL, &r);
@@ -308,6 +308,9 @@ static void test_dev_and_masks(void **state)
 	/* docker's default capability set without CAP_MKNOD, nothing to gain through exec */
 	assert_non_null(strstr(r.out, "CapEff:\t00000000a00425fb\n"));
 	assert_non_null(strstr(r.out, "CapBnd:\t00000000a00425fb\n"));
+	/* nothing inheritable or ambient (moby CVE-2022-24769) */
+	assert_non_null(strstr(r.out, "CapInh:\t0000000000000000\n"));
+	assert_non_null(strstr(r.out, "CapAmb:\t0000000000000000\n"));
 	assert_non_null(strstr(r.out, "NoNewPrivs:\t1\n"));
 }
 
@@ -436,7 +439,7 @@ static void test_pod_exec(void **state)
 	char *argv[] = {
 	    "sh", "-c",
 	    "echo host=$(hostname); cat /etc/os-release; ps -o pid,comm | grep -c sleep;"
-	    "grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; echo fds=$(ls /proc/self/fd | wc "
+	    "grep -E '^(CapInh|CapBnd|NoNewPrivs)' /proc/self/status; echo fds=$(ls /proc/self/fd | wc "
 	    "-l);"
 	    "exit 3",
 	    NULL};
@@ -465,6 +468,7 @@ static void test_pod_exec(void **state)
 	/* ps sees the pod's PID 1 (sleep), so we are in its pid namespace */
 	assert_non_null(strstr(buf, "\n1\n"));
 	assert_non_null(strstr(buf, "CapBnd:\t00000000a00425fb\n"));
+	assert_non_null(strstr(buf, "CapInh:\t0000000000000000\n"));
 	assert_non_null(strstr(buf, "NoNewPrivs:\t1\n"));
 	/* 0-2 and ls's directory */
 	assert_non_null(strstr(buf, "fds=4\n"));

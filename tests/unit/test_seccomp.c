@@ -11,6 +11,7 @@
 #include <sys/ioctl.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -33,7 +34,7 @@ struct probe {
 /* Run in the child under the profile; the order matches probes[] below. */
 static void run_probes(int out)
 {
-	int results[17];
+	int results[21];
 	int n = 0;
 	hm_cleanup_close int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
 	char c = 'x';
@@ -58,13 +59,19 @@ static void run_probes(int out)
 	struct clone_args args = {.exit_signal = SIGCHLD};
 	results[n++] = outcome(syscall(SYS_clone3, &args, sizeof(args)));
 	results[n++] = outcome(syscall(SYS_io_uring_setup, 1, NULL));
+	results[n++] = outcome(syscall(SYS_socket, AF_VSOCK, SOCK_STREAM, 0));
+	results[n++] = outcome(syscall(SYS_socket, (unsigned long)AF_VSOCK | (1UL << 32),
+				       SOCK_STREAM, 0));
+	int pair[2];
+	results[n++] = outcome(syscall(SYS_socketpair, AF_VSOCK, SOCK_STREAM, 0, pair));
+	results[n++] = outcome(syscall(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
 	results[n++] = outcome(syscall(SYS_getppid));
 	if (write(out, results, sizeof(results)) != sizeof(results))
 		_exit(3);
 	_exit(0);
 }
 
-static const struct probe probes[17] = {
+static const struct probe probes[21] = {
     {"unshare(CLONE_NEWUSER)", EPERM},
     {"unshare(CLONE_NEWNS|CLONE_FILES)", EPERM},
     {"unshare(CLONE_FILES)", 0},
@@ -81,6 +88,10 @@ static const struct probe probes[17] = {
     {"keyctl", EPERM},
     {"clone3", ENOSYS},
     {"io_uring_setup", ENOSYS},
+    {"socket(AF_VSOCK)", EAFNOSUPPORT},
+    {"socket(AF_VSOCK | 1<<32)", EAFNOSUPPORT},
+    {"socketpair(AF_VSOCK)", EAFNOSUPPORT},
+    {"socket(AF_UNIX)", 0},
     {"getppid", 0},
 };
 
