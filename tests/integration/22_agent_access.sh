@@ -164,6 +164,45 @@ test_pid_targets() {
 	agent_stop "$WORK" any
 }
 
+test_own_pid_is_not_root() {
+	# the reviewer's attack: nobody's own process has the host's / as its root; the
+	# agent used to serve it with root's rights
+	local shadow1 owned="/root/owned-$$"
+	shadow1=$(head -1 /etc/shadow)
+	echo "{\"feature\":{\"fs\":{\"mode\":\"write\",\"read_write\":[\"^/etc/shadow\$\",\"^/root/\",\"^/etc/passwd\$\"]}}}" \
+		>"$WORK/own.json"
+	chmod 0644 "$WORK/own.json"
+	rm -f "$owned"
+	# pid/$$ of the user's own shell, which execs trace-run (so stays nobody's)
+	RC=0
+	OUT=$(as_user 65534 65534 env HERMIT_TOKEN="$(cat "$WORK/token")" TRACE_RUN="$TRACE_RUN" \
+		SOCK="$WORK/main.sock" CFG="$WORK/own.json" OWNED="$owned" sh -c \
+		'exec "$TRACE_RUN" --agent-unix "$SOCK" -f "$CFG" --target pid/$$ -- /bin/sh -c \
+		"head -1 /etc/passwd; head -2 /etc/shadow; echo x >> $OWNED"' 2>&1) || RC=$?
+	echo "$OUT (exit $RC)"
+	assert_not_contains "$OUT" "$shadow1" "nobody read /etc/shadow through its own pid"
+	[ ! -e "$owned" ] || { rm -f "$owned"; fail "nobody created $owned through its own pid"; }
+	assert_contains "$OUT" "Permission denied" "the shadow read and the /root write fail with EACCES"
+	# the session itself works: a file nobody may read comes through
+	assert_contains "$OUT" "root:x:0:0" "a file nobody can read, through its own pid"
+}
+
+test_no_kernel_files() {
+	# the agent's root capabilities are not lent to a target's /proc and /sys
+	echo '{"feature":{"fs":{"read_only":["^/proc/","^/sys/"]}}}' >"$WORK/proc.json"
+	chmod 0644 "$WORK/proc.json"
+	local out rc=0
+	out=$(HERMIT_TOKEN="$(cat "$WORK/token")" timeout 120 "$TRACE_RUN" \
+		--agent-unix "$WORK/main.sock" -f "$WORK/proc.json" --target "pod/$WEB" -- \
+		/bin/sh -c 'head -3 /proc/kallsyms; head -1 /sys/kernel/notes' 2>&1) || rc=$?
+	echo "$out (exit $rc)"
+	if echo "$out" | grep -qE '^[0-9a-f]{16} [a-zA-Z] '; then
+		fail "kernel symbols read through the agent"
+	fi
+	assert_contains "$out" "cannot open '/proc/kallsyms' for reading: Permission denied"
+	assert_contains "$out" "cannot open '/sys/kernel/notes' for reading: Permission denied"
+}
+
 test_listen_loopback_only() {
 	local ip out rc port
 	ip=$(ip -4 -o addr show dev hermit0 | awk '{split($4, a, "/"); print a[1]; exit}')
@@ -205,5 +244,7 @@ test_main_agent_stops() {
 run_test "agent access: 300 silent connections do not keep clients out" test_flood
 run_test "agent access: unix socket only for root and --unix-group" test_unix_socket_mode
 run_test "agent access: pid/N only for the caller's own processes" test_pid_targets
+run_test "agent access: pid/<own pid> works with the caller's rights, not root's" test_own_pid_is_not_root
+run_test "agent access: no procfs/sysfs contents through the agent" test_no_kernel_files
 run_test "agent access: TCP on loopback only unless --insecure" test_listen_loopback_only
 run_test "agent access: clean shutdown after the floods" test_main_agent_stops
