@@ -25,6 +25,10 @@ struct agent_target;
 int agent_target_resolve(const struct proto_target *t, struct agent_target **out,
 			 struct hm_err *err);
 void agent_target_put(struct agent_target *t);
+/* Is a container/ID target what a privileged runtime started: its own pid and mount
+ * namespaces, and a user namespace that is the initial one or root's? EPERM with the
+ * reason if not (then the session is held to the pid/N rules). */
+int agent_target_check_container(const struct agent_target *t, struct hm_err *err);
 pid_t agent_target_pid(const struct agent_target *t);
 int agent_target_pidfd(const struct agent_target *t);   /* POLLIN when the target exits */
 int agent_target_root_fd(const struct agent_target *t); /* O_PATH dir fd of its root */

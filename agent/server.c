@@ -302,12 +302,26 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
+	/* A container/ID that is not a privileged runtime's container (a user can name a
+	 * cgroup like one) is a process like any other: the pid/N rules hold for it. */
+	bool pid_rules = spec.kind == PROTO_TARGET_PID;
+	if (spec.kind == PROTO_TARGET_CONTAINER) {
+		struct hm_err why = {0};
+		if (agent_target_check_container(t, &why) < 0) {
+			pid_rules = true;
+			hm_info("conn %llu (%s): %s: %s; the pid/N rules apply",
+				(unsigned long long)c->id, c->peer, agent_target_describe(t), why.msg);
+		}
+	}
 	/* again now that the target pins the process (its pidfd): the pid may have been
 	 * recycled in between, and a live target read after the check is the one checked */
-	if (spec.kind == PROTO_TARGET_PID) {
+	if (pid_rules) {
 		int rc = agent_peer_may_target_pid(&c->from, agent_target_pid(t), any_pid, &err);
 		if (rc == 0 && !agent_target_alive(t))
-			rc = hm_err_plain(&err, ESRCH, "pid/%u exited", spec.pid);
+			rc = hm_err_plain(&err, ESRCH, "%s exited", m->session_open.target);
+		if (rc < 0 && spec.kind == PROTO_TARGET_CONTAINER)
+			hm_err_prefix(&err, "%s: not a container of a privileged runtime (see the "
+					    "agent's log)", m->session_open.target);
 		if (rc < 0) {
 			agent_target_put(t);
 			session_account_drop(account);
@@ -317,7 +331,7 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 	}
 	/* A user's own process often has the host's / as its root: a pid/N session works
 	 * on files as the user, not as the agent's root, from this (the session's) thread */
-	if (spec.kind == PROTO_TARGET_PID && agent_peer_needs_confining(&c->from, any_pid) &&
+	if (pid_rules && agent_peer_needs_confining(&c->from, any_pid) &&
 	    agent_peer_confine_thread(&c->from, &err) < 0) {
 		agent_target_put(t);
 		session_account_drop(account);

@@ -13,6 +13,11 @@ WEB=$(pod_name web)
 SECRET="/root/.hermit-access-secret-$$"
 CREATED="/root/.hermit-access-created-$$"
 SLEEPERS=()
+for CGROUP_BASE in /sys/fs/cgroup/pids /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+	[ -w "$CGROUP_BASE/cgroup.procs" ] && break
+done
+# fake containers' cgroups; root stands in for systemd's delegation of one to a user
+CGROUP_DIR="$CGROUP_BASE/hermit-rv-65534-delegated-$$"
 cleanup() {
 	local f p
 	agent_stop "$WORK" main >/dev/null 2>&1
@@ -22,6 +27,11 @@ cleanup() {
 	for p in "${SLEEPERS[@]}"; do kill -KILL "$p" 2>/dev/null; done
 	pod_cleanup "$WEB"
 	rm -f "$SECRET" "$CREATED"
+	if [ -d "$CGROUP_DIR" ]; then
+		find "$CGROUP_DIR" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+		sleep 0.3
+		find "$CGROUP_DIR" -depth -type d -exec rmdir {} \; 2>/dev/null
+	fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -203,6 +213,60 @@ test_no_kernel_files() {
 	assert_contains "$out" "cannot open '/sys/kernel/notes' for reading: Permission denied"
 }
 
+# the pid of the only process in cgroup directory DIR, once there is one
+cgroup_pid() {
+	wait_until 100 grep -q . "$1/cgroup.procs" || fail "nothing in $1"
+	head -1 "$1/cgroup.procs"
+}
+
+test_fake_containers() {
+	local id out rc pid
+	mkdir -p "$CGROUP_DIR"
+	chown nobody "$CGROUP_DIR"
+	local tcp=("$AGENT_E2E" --agent "127.0.0.1:$PORT" --token-file "$WORK/token")
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-16)
+	echo '{"feature":{"fs":{"mode":"read"}}}' >"$WORK/ro.json"
+	chmod 0644 "$WORK/ro.json"
+
+	# the reviewer's attack: nobody names a cgroup like a container, over TCP
+	as_user 65534 65534 sh -c "mkdir $CGROUP_DIR/$id.scope && echo \$\$ >$CGROUP_DIR/$id.scope/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/$id.scope")
+	rc=0
+	out=$(HERMIT_TOKEN="$(cat "$WORK/token")" timeout 60 "$TRACE_RUN" --agent "127.0.0.1:$PORT" \
+		-f "$WORK/ro.json" --target "container/$id" -- head -1 /etc/shadow 2>&1) || rc=$?
+	echo "$out (exit $rc)"
+	[ "$rc" -ne 0 ] || fail "trace-run on the fake container succeeded"
+	assert_not_contains "$out" "$(head -1 /etc/shadow)" "/etc/shadow read through a fake container"
+	timeout 60 "${tcp[@]}" --target "container/$id" bad-target ESRCH
+
+	# the same with a runtime's name: in the host's namespaces, it is a process
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+	as_user 65534 65534 sh -c "mkdir $CGROUP_DIR/docker-$id.scope && echo \$\$ >$CGROUP_DIR/docker-$id.scope/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/docker-$id.scope")
+	timeout 60 "${tcp[@]}" --target "container/$id" bad-target EPERM
+	grep -q "container/$id (pid $pid): it shares the agent's pid namespace" "$WORK/main.log" ||
+		fail "no reason logged for the refused container"
+	# as nobody over the socket, its own process is served as pid/N would be
+	E_nobody --target "container/${id:0:12}" session-pid "$pid"
+
+	# and in namespaces of its own making (unshare -Urpm): its user namespace is nobody's
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+	as_user 65534 65534 sh -c "mkdir -p $CGROUP_DIR/docker/$id" || fail "mkdir docker/$id as nobody"
+	as_user 65534 65534 unshare -Urpm --fork sh -c "echo 0 >$CGROUP_DIR/docker/$id/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/docker/$id")
+	timeout 60 "${tcp[@]}" --target "container/$id" bad-target EPERM
+	grep -q "container/$id (pid $pid): its user namespace belongs to uid 65534" "$WORK/main.log" ||
+		fail "no user-namespace reason logged"
+
+	# a container as a runtime makes it (root: new pid and mount namespaces) is served
+	# over TCP
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+	mkdir -p "$CGROUP_DIR/root/docker/$id"
+	unshare -pm --fork sh -c "echo 0 >$CGROUP_DIR/root/docker/$id/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/root/docker/$id")
+	timeout 60 "${tcp[@]}" --target "container/$id" session-pid "$pid"
+}
+
 test_listen_loopback_only() {
 	local ip out rc port
 	ip=$(ip -4 -o addr show dev hermit0 | awk '{split($4, a, "/"); print a[1]; exit}')
@@ -246,5 +310,6 @@ run_test "agent access: unix socket only for root and --unix-group" test_unix_so
 run_test "agent access: pid/N only for the caller's own processes" test_pid_targets
 run_test "agent access: pid/<own pid> works with the caller's rights, not root's" test_own_pid_is_not_root
 run_test "agent access: no procfs/sysfs contents through the agent" test_no_kernel_files
+run_test "agent access: container/ID only for a privileged runtime's containers" test_fake_containers
 run_test "agent access: TCP on loopback only unless --insecure" test_listen_loopback_only
 run_test "agent access: clean shutdown after the floods" test_main_agent_stops
