@@ -287,6 +287,50 @@ static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, 
 	return false;
 }
 
+/* Is namespace kind of pid the agent's own? */
+static int same_namespace(pid_t pid, const char *kind, bool *same, struct hm_err *err)
+{
+	char path[64];
+	struct stat mine, theirs;
+	snprintf(path, sizeof(path), "/proc/self/ns/%s", kind);
+	if (stat(path, &mine) < 0)
+		return hm_err_errno(err, "stat %s", path);
+	snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)pid, kind);
+	if (stat(path, &theirs) < 0)
+		return hm_err_errno(err, "stat %s", path);
+	*same = mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino;
+	return 0;
+}
+
+/* Is pid (pinned by a pidfd) really pod name's PID 1, not a process that got its pid
+ * after the pod's PID 1 was reaped (the state says running until teardown ends)? It is
+ * in a pid namespace of its own and in the pod's cgroup, "/hermit/NAME" (trace-pod's
+ * layout, runtime/cgroup.c), as the agent sees it. */
+static int check_pod_process(pid_t pid, const char *name, struct hm_err *err)
+{
+	bool same;
+	if (same_namespace(pid, "pid", &same, err) < 0)
+		return -1;
+	if (same)
+		return hm_err_set(err, ESRCH, "pod/%s: pid %d is in the host's pid namespace: "
+					      "not the pod's (exited?)", name, (int)pid);
+	char path[64], want[RT_NAME_MAX + 16];
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+	snprintf(want, sizeof(want), "/hermit/%s", name);
+	hm_autofree char *text = NULL;
+	size_t len;
+	if (hm_read_file(path, &text, &len, err) < 0)
+		return -1;
+	size_t wlen = strlen(want);
+	for (const char *p = text; (p = strstr(p, want)); p++) {
+		char after = p[wlen];
+		if ((p == text || p[-1] == ':') && (after == '\n' || after == '\0' || after == '/'))
+			return 0;
+	}
+	return hm_err_set(err, ESRCH, "pod/%s: pid %d is not in the pod's cgroup %s (exited?)",
+			  name, (int)pid, want);
+}
+
 static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
 {
 	size_t idlen = strlen(id);
@@ -448,6 +492,12 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 			close(pidfd);
 			return hm_err_set(err, ESRCH, "%s exited while being resolved", description);
 		}
+		if (check_pod_process(pid, spec->value, err) < 0 || !pidfd_alive(pidfd)) {
+			close(pidfd);
+			if (!err->code)
+				hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+			return -1;
+		}
 	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
 		hm_autofd proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		char pid_name[16];
@@ -493,21 +543,6 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		hm_info("target %s resolved", t->description);
 	}
 	*out = t;
-	return 0;
-}
-
-/* Is namespace kind of pid the agent's own? */
-static int same_namespace(pid_t pid, const char *kind, bool *same, struct hm_err *err)
-{
-	char path[64];
-	struct stat mine, theirs;
-	snprintf(path, sizeof(path), "/proc/self/ns/%s", kind);
-	if (stat(path, &mine) < 0)
-		return hm_err_errno(err, "stat %s", path);
-	snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)pid, kind);
-	if (stat(path, &theirs) < 0)
-		return hm_err_errno(err, "stat %s", path);
-	*same = mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino;
 	return 0;
 }
 

@@ -10,6 +10,7 @@ ensure_rootfs
 WORK=$(mktemp -d /tmp/hermit-agent-access.XXXXXX)
 chmod 0755 "$WORK"
 WEB=$(pod_name web)
+FAKE_POD=$(pod_name fake)
 SECRET="/root/.hermit-access-secret-$$"
 CREATED="/root/.hermit-access-created-$$"
 SLEEPERS=()
@@ -27,6 +28,7 @@ cleanup() {
 	for p in "${SLEEPERS[@]}"; do kill -KILL "$p" 2>/dev/null; done
 	pod_cleanup "$WEB"
 	rm -f "$SECRET" "$CREATED"
+	rm -rf "/run/hermit/pods/$FAKE_POD"
 	if [ -d "$CGROUP_DIR" ]; then
 		find "$CGROUP_DIR" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null
 		sleep 0.3
@@ -267,6 +269,32 @@ test_fake_containers() {
 	timeout 60 "${tcp[@]}" --target "container/$id" session-pid "$pid"
 }
 
+test_pod_recycled_pid() {
+	# a pod whose PID 1 was reaped and whose pid went to another process, while the
+	# state still says running: a copy of a live pod's state (its monitor is alive)
+	# with the pid of a host process, then of a process in a pid namespace of its own
+	local host_pid ns_pid
+	sleep 1000 </dev/null >/dev/null 2>&1 &
+	host_pid=$!
+	unshare -p --fork sleep 1000 </dev/null >/dev/null 2>&1 &
+	wait_until 50 pgrep -P $! >/dev/null || fail "no unshared sleeper"
+	ns_pid=$(pgrep -P $!)
+	mkdir "/run/hermit/pods/$FAKE_POD"
+	cp -a "/run/hermit/pods/$WEB"/. "/run/hermit/pods/$FAKE_POD"/
+	echo "$host_pid" >"/run/hermit/pods/$FAKE_POD/pid"
+	e2e "$WORK" main --target "pod/$FAKE_POD" bad-target ESRCH
+	grep -q "pod/$FAKE_POD: pid $host_pid is in the host's pid namespace" "$WORK/main.log" ||
+		fail "no reason logged for the host process"
+	echo "$ns_pid" >"/run/hermit/pods/$FAKE_POD/pid"
+	e2e "$WORK" main --target "pod/$FAKE_POD" bad-target ESRCH
+	grep -q "pod/$FAKE_POD: pid $ns_pid is not in the pod's cgroup" "$WORK/main.log" ||
+		fail "no reason logged for the process outside the pod's cgroup"
+	# the real pod's PID 1 passes the same checks
+	e2e "$WORK" main --target "pod/$WEB" session-pid "$(pod_pid "$WEB")"
+	rm -rf "/run/hermit/pods/$FAKE_POD"
+	kill -KILL "$host_pid" "$ns_pid" 2>/dev/null || true
+}
+
 test_listen_loopback_only() {
 	local ip out rc port
 	ip=$(ip -4 -o addr show dev hermit0 | awk '{split($4, a, "/"); print a[1]; exit}')
@@ -311,5 +339,6 @@ run_test "agent access: pid/N only for the caller's own processes" test_pid_targ
 run_test "agent access: pid/<own pid> works with the caller's rights, not root's" test_own_pid_is_not_root
 run_test "agent access: no procfs/sysfs contents through the agent" test_no_kernel_files
 run_test "agent access: container/ID only for a privileged runtime's containers" test_fake_containers
+run_test "agent access: pod/NAME is not served on a recycled pid" test_pod_recycled_pid
 run_test "agent access: TCP on loopback only unless --insecure" test_listen_loopback_only
 run_test "agent access: clean shutdown after the floods" test_main_agent_stops
