@@ -295,6 +295,23 @@ test_pod_recycled_pid() {
 	kill -KILL "$host_pid" "$ns_pid" 2>/dev/null || true
 }
 
+test_creation_modes() {
+	# setuid/setgid/sticky on what the agent creates (as root) are root's to ask for
+	local out
+	out=$(timeout 60 "$AGENT_E2E" --agent "127.0.0.1:$PORT" --token-file "$WORK/token" \
+		--target "pod/$WEB" create-modes "/tmp/modes-tcp-$$")
+	echo "$out"
+	assert_contains "$out" "modes 0" "special bits over TCP"
+	[[ "$out" =~ modes\ 0[0-7]{3}\ 0[0-7]{3} ]] || fail "setuid/setgid/sticky given over TCP: $out"
+	out=$(E_nobody --target "pod/$WEB" create-modes "/tmp/modes-nobody-$$")
+	echo "$out"
+	[[ "$out" =~ modes\ 0[0-7]{3}\ 0[0-7]{3} ]] || fail "setuid/setgid/sticky given to nobody: $out"
+	# root may
+	out=$(e2e "$WORK" main --target "pod/$WEB" create-modes "/tmp/modes-root-$$")
+	echo "$out"
+	[[ "$out" =~ modes\ 6[0-7]{3}\ 1[0-7]{3} ]] || fail "root's special bits were dropped: $out"
+}
+
 test_listen_loopback_only() {
 	local ip out rc port
 	ip=$(ip -4 -o addr show dev hermit0 | awk '{split($4, a, "/"); print a[1]; exit}')
@@ -340,5 +357,6 @@ run_test "agent access: pid/<own pid> works with the caller's rights, not root's
 run_test "agent access: no procfs/sysfs contents through the agent" test_no_kernel_files
 run_test "agent access: container/ID only for a privileged runtime's containers" test_fake_containers
 run_test "agent access: pod/NAME is not served on a recycled pid" test_pod_recycled_pid
+run_test "agent access: setuid/setgid/sticky modes only for root" test_creation_modes
 run_test "agent access: TCP on loopback only unless --insecure" test_listen_loopback_only
 run_test "agent access: clean shutdown after the floods" test_main_agent_stops
