@@ -33,6 +33,36 @@ int agent_file_open_in_root(int root_fd, const char *path, int flags, mode_t mod
 	return hm_openat2(root_fd, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, err);
 }
 
+/* configfs has no constant in <linux/magic.h> */
+#define CONFIGFS_MAGIC_NUMBER 0x62656570
+
+int agent_file_refuse_pseudo(int fd, const char *path, struct hm_err *err)
+{
+	struct statfs sfs;
+	if (fstatfs(fd, &sfs) < 0)
+		return hm_err_errno(err, "statfs %s", path);
+	const char *fs = NULL;
+	switch ((unsigned long)sfs.f_type) {
+	case PROC_SUPER_MAGIC: fs = "procfs"; break;
+	case SYSFS_MAGIC: fs = "sysfs"; break;
+	case DEBUGFS_MAGIC: fs = "debugfs"; break;
+	case TRACEFS_MAGIC: fs = "tracefs"; break;
+	case SECURITYFS_MAGIC: fs = "securityfs"; break;
+	case CGROUP_SUPER_MAGIC:
+	case CGROUP2_SUPER_MAGIC: fs = "cgroupfs"; break;
+	case BPF_FS_MAGIC: fs = "bpffs"; break;
+	case CONFIGFS_MAGIC_NUMBER: fs = "configfs"; break;
+	case EFIVARFS_MAGIC: fs = "efivarfs"; break;
+	case PSTOREFS_MAGIC: fs = "pstore"; break;
+	}
+	if (fs)
+		return hm_err_set(err, EACCES,
+				  "%s: on %s: the agent reads and writes no kernel interface "
+				  "files for a target (it would do so with its own rights)",
+				  path, fs);
+	return 0;
+}
+
 int agent_file_split_path(const char *path, struct agent_path_split *out, struct hm_err *err)
 {
 	if (check_path(path, err) < 0)
@@ -120,7 +150,8 @@ int agent_file_read(int root_fd, const struct proto_file_read *req, uint64_t cap
 	struct stat st;
 	if (fstat(path_fd, &st) < 0)
 		return hm_err_errno(err, "stat %s", req->path);
-	if (reject_non_regular(&st, req->path, err) < 0)
+	if (reject_non_regular(&st, req->path, err) < 0 ||
+	    agent_file_refuse_pseudo(path_fd, req->path, err) < 0)
 		return -1;
 	/* O_NONBLOCK: a lease held on the file fails the open instead of blocking it */
 	hm_cleanup_close int fd = agent_file_reopen(path_fd, O_RDONLY | O_NONBLOCK, err);
@@ -225,13 +256,18 @@ int agent_file_access(int root_fd, const struct proto_file_access *req, struct h
 	if (fd < 0)
 		return -1;
 	int mode = (int)req->mode; /* PROTO_ACCESS_* are R_OK/W_OK/X_OK */
-	int at_flags = AT_EMPTY_PATH | ((req->flags & PROTO_ACCESS_EACCESS) ? AT_EACCESS : 0);
+	/* a confined session's thread has the caller's fsuid but the agent's real uid 0:
+	 * only the effective (fs) ids are the caller's */
+	bool eaccess = (req->flags & PROTO_ACCESS_EACCESS) || agent_thread_confined();
+	int at_flags = AT_EMPTY_PATH | (eaccess ? AT_EACCESS : 0);
 	if (syscall(SYS_faccessat2, fd, "", mode, at_flags) == 0)
 		return 0;
 	if (errno != ENOSYS)
 		return hm_err_errno(err, "access %s", req->path);
 	/* before 5.8: the same check through our own fd's magic link; root's real and
 	 * effective ids are equal, so AT_EACCESS changes nothing */
+	if (agent_thread_confined())
+		return hm_err_set(err, ENOSYS, "access %s: needs faccessat2 (Linux 5.8)", req->path);
 	char proc_path[64];
 	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
 	if (access(proc_path, mode) < 0)

@@ -43,6 +43,8 @@ static int open_for_write(int root_fd, const struct proto_file_write *req, struc
 			return hm_err_set(err, ELOOP, "%s", req->path);
 		if (!S_ISREG(st.st_mode))
 			return hm_err_set(err, EINVAL, "%s: not a regular file", req->path);
+		if (agent_file_refuse_pseudo(path_fd, req->path, err) < 0)
+			return -1;
 		int fd = agent_file_reopen(path_fd, O_WRONLY | O_NONBLOCK | trunc, err);
 		if (fd < 0)
 			return hm_err_prefix(err, "%s", req->path);
@@ -62,6 +64,8 @@ static int open_for_write(int root_fd, const struct proto_file_write *req, struc
 		return hm_err_errno(err, "stat %s", req->path);
 	if (!S_ISREG(st.st_mode))
 		return hm_err_set(err, EINVAL, "%s: not a regular file", req->path);
+	if (agent_file_refuse_pseudo(fd, req->path, err) < 0)
+		return -1;
 	return hm_steal_fd(&fd);
 }
 

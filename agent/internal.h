@@ -26,6 +26,10 @@ struct agent_target;
 int agent_target_resolve(const struct proto_target *t, struct agent_target **out,
 			 struct hm_err *err);
 void agent_target_put(struct agent_target *t);
+/* Is a container/ID target what a privileged runtime started: its own pid and mount
+ * namespaces, and a user namespace that is the initial one or root's? EPERM with the
+ * reason if not (then the session is held to the pid/N rules). */
+int agent_target_check_container(const struct agent_target *t, struct hm_err *err);
 pid_t agent_target_pid(const struct agent_target *t);
 int agent_target_pidfd(const struct agent_target *t);	/* POLLIN when the target exits */
 int agent_target_root_fd(const struct agent_target *t); /* O_PATH dir fd of its root */
@@ -110,6 +114,10 @@ int agent_file_open_parent(int root_fd, const struct agent_path_split *sp, struc
 /* A real open of the inode behind an O_PATH fd (through /proc/self/fd, the only way to
  * reopen one), so the type can be checked before anything with side effects is opened. */
 int agent_file_reopen(int path_fd, int flags, struct hm_err *err);
+/* EACCES for a file on procfs, sysfs, debugfs, tracefs, securityfs, cgroupfs, bpffs,
+ * configfs, efivarfs or pstore: what such a file gives or takes depends on who opens
+ * it, and the agent would open it with root's capabilities, not the target's. */
+int agent_file_refuse_pseudo(int fd, const char *path, struct hm_err *err);
 
 /* ---- outgoing.c: outgoing TCP/UDP ----
  * Their streams are relayed by relay/relay.h (struct relay_counters are the byte
@@ -256,12 +264,17 @@ void agent_stats_fill(struct agent_stats *s, const char *version, size_t pending
 		      struct proto_status_reply *out);
 
 /* ---- peer.c: who is connected, and which pids it may target ---- */
+#define AGENT_PEER_GROUPS_MAX 64
 struct agent_peer {
 	bool is_unix;
 	bool has_cred; /* unix: SO_PEERCRED worked */
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
+	/* unix: the supplementary groups (SO_PEERGROUPS); beyond AGENT_PEER_GROUPS_MAX the
+	 * rest are left out, which can only take rights away */
+	gid_t groups[AGENT_PEER_GROUPS_MAX];
+	unsigned ngroups;
 	uint8_t addr[16]; /* TCP: the source address, without the port */
 	uint8_t addr_len; /* 4 or 16 */
 	char desc[128];	  /* "unix pid 12 uid 0", "127.0.0.1:4321": for the logs */
@@ -269,7 +282,8 @@ struct agent_peer {
 /* Right after accept4 (SO_PEERCRED gives the connecting process's credentials). */
 void agent_peer_from_accept(int fd, bool is_unix, const struct sockaddr_storage *ss,
 			    struct agent_peer *out);
-/* Same uid (unix) or same source address (TCP): one peer for the per-peer limits. */
+/* Same uid (unix) or same source address (TCP; every loopback address is one source,
+ * 127/8 and ::1 alike): one peer for the per-peer limits. */
 bool agent_peer_same_source(const struct agent_peer *a, const struct agent_peer *b);
 /* The same as a string, for keys kept past the connection (--max-peer-sessions):
  * "uid N", "unix" (credentials unknown) or the TCP source address. */
@@ -280,6 +294,16 @@ void agent_peer_key(const struct agent_peer *peer, char *buf, size_t len);
  * EPERM and a message saying why; ESRCH when the process is gone. */
 int agent_peer_may_target_pid(const struct agent_peer *peer, pid_t pid, bool allow_any_pid,
 			      struct hm_err *err);
+/* Does a session of this peer on a pid/N target have to run with the peer's own
+ * credentials? Every unix peer but root, unless allow_any_pid. */
+bool agent_peer_needs_confining(const struct agent_peer *peer, bool allow_any_pid);
+/* From now on the calling thread (and only it: raw syscalls, not glibc's process-wide
+ * wrappers) opens files as the peer: its groups, fsgid and fsuid, and no capability
+ * left (effective, permitted, inheritable). For the session's thread, which ends with
+ * the connection. */
+int agent_peer_confine_thread(const struct agent_peer *peer, struct hm_err *err);
+/* Was agent_peer_confine_thread called on this thread? */
+bool agent_thread_confined(void);
 
 /* ---- admission.c: accepted connections until their first frame ----
  * Owned by the server's main thread (not thread-safe). Pending connections have no

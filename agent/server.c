@@ -299,18 +299,41 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
+	/* A container/ID that is not a privileged runtime's container (a user can name a
+	 * cgroup like one) is a process like any other: the pid/N rules hold for it. */
+	bool pid_rules = spec.kind == PROTO_TARGET_PID;
+	if (spec.kind == PROTO_TARGET_CONTAINER) {
+		struct hm_err why = {0};
+		if (agent_target_check_container(t, &why) < 0) {
+			pid_rules = true;
+			hm_info("conn %llu (%s): %s: %s; the pid/N rules apply",
+				(unsigned long long)c->id, c->peer, agent_target_describe(t), why.msg);
+		}
+	}
 	/* again now that the target pins the process (its pidfd): the pid may have been
 	 * recycled in between, and a live target read after the check is the one checked */
-	if (spec.kind == PROTO_TARGET_PID) {
+	if (pid_rules) {
 		int rc = agent_peer_may_target_pid(&c->from, agent_target_pid(t), any_pid, &err);
 		if (rc == 0 && !agent_target_alive(t))
-			rc = hm_err_plain(&err, ESRCH, "pid/%u exited", spec.pid);
+			rc = hm_err_plain(&err, ESRCH, "%s exited", m->session_open.target);
+		if (rc < 0 && spec.kind == PROTO_TARGET_CONTAINER)
+			hm_err_prefix(&err, "%s: not a container of a privileged runtime (see the "
+					    "agent's log)", m->session_open.target);
 		if (rc < 0) {
 			agent_target_put(t);
 			session_account_drop(account);
 			target_refused(c, m, &err);
 			return;
 		}
+	}
+	/* A user's own process often has the host's / as its root: a pid/N session works
+	 * on files as the user, not as the agent's root, from this (the session's) thread */
+	if (pid_rules && agent_peer_needs_confining(&c->from, any_pid) &&
+	    agent_peer_confine_thread(&c->from, &err) < 0) {
+		agent_target_put(t);
+		session_account_drop(account);
+		target_refused(c, m, &err);
+		return;
 	}
 	c->target = t;
 	c->account = account;
@@ -404,12 +427,21 @@ static void handle_file_read(struct conn *c, const struct proto_msg *m)
 	agent_budget_release(c->account, AGENT_RES_BYTES, res.reserved);
 }
 
+/* The mode bits a created file or directory may get: the agent creates them as root,
+ * so setuid, setgid and sticky are root's to give only. */
+static uint32_t creation_mode(const struct conn *c, uint32_t mode)
+{
+	bool root = c->from.is_unix && c->from.has_cred && c->from.uid == 0;
+	return root ? mode : mode & 0777;
+}
+
 static void handle_file_write(struct conn *c, const struct proto_msg *m)
 {
 	struct hm_err err = {0};
 	struct proto_msg r = {.type = PROTO_FILE_WRITE_REPLY};
-	if (agent_file_write(agent_target_root_fd(c->target), &m->file_write, &r.file_write_reply,
-			     &err) < 0)
+	struct proto_file_write req = m->file_write;
+	req.mode = creation_mode(c, req.mode);
+	if (agent_file_write(agent_target_root_fd(c->target), &req, &r.file_write_reply, &err) < 0)
 		conn_send_err(c, m->id, m->type, &err);
 	else
 		conn_send(c, m->id, &r);
@@ -439,9 +471,12 @@ static void handle_file_simple(struct conn *c, const struct proto_msg *m)
 		rc = agent_file_readdir(root, &m->path_req, c->account, &r.readdir_reply, &storage,
 					&reserved, &err);
 		break;
-	case PROTO_FILE_MKDIR:
-		rc = agent_file_mkdir(root, &m->file_mkdir, &err);
+	case PROTO_FILE_MKDIR: {
+		struct proto_file_mkdir req = m->file_mkdir;
+		req.mode = creation_mode(c, req.mode);
+		rc = agent_file_mkdir(root, &req, &err);
 		break;
+	}
 	case PROTO_FILE_UNLINK:
 		rc = agent_file_unlink(root, &m->file_unlink, &err);
 		break;

@@ -8,6 +8,10 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <linux/nsfs.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
@@ -189,23 +193,57 @@ static bool is_hex(int c)
 	return isdigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-/* Does a /proc/PID/cgroup line name container id? The id must stand as a path element
- * of its own, or behind a runtime prefix: "/docker/ID", "/kubepods/.../ID",
- * "cri-containerd-ID.scope", "crio-ID.scope", "docker-ID.scope". A full 64-digit id
- * must match whole; an abbreviated one (>= 12 digits) may be the start of a longer id. */
-static bool cgroup_line_has_id(const char *line, const char *id, size_t idlen)
+/* Does text start with the (lower-case) id, abbreviated or whole, followed by suffix
+ * and nothing else? A full 64-digit id must match whole; an abbreviated one (>= 12
+ * digits) may be the start of a longer id. */
+static bool id_then(const char *text, size_t len, const char *id, size_t idlen,
+		    const char *suffix)
 {
-	for (const char *p = line; (p = strstr(p, id)); p++) {
-		char before = p == line ? '\0' : p[-1];
-		if (before != '/' && before != '-')
-			continue;
-		const char *after = p + idlen;
-		while (is_hex((unsigned char)*after) && idlen < CONTAINER_ID_MAX)
-			after++; /* an abbreviated id: the rest of the full id */
-		if (after - p > CONTAINER_ID_MAX)
-			continue;
-		if (*after == '\0' || *after == '\n' || *after == '/' || *after == '.')
+	if (len < idlen || strncasecmp(text, id, idlen))
+		return false;
+	size_t n = idlen;
+	while (n < len && n < CONTAINER_ID_MAX && is_hex((unsigned char)text[n]))
+		n++; /* an abbreviated id: the rest of the full id */
+	size_t slen = strlen(suffix);
+	return len - n == slen && !memcmp(text + n, suffix, slen);
+}
+
+static bool element_is(const char *el, size_t len, const char *name)
+{
+	return strlen(name) == len && !memcmp(el, name, len);
+}
+
+/* Does a cgroup path name container id the way a container runtime does? As a path
+ * element of its own under "docker" or a "kubepods..." element ("/docker/ID",
+ * "/kubepods/besteffort/podUID/ID"), or behind a runtime's prefix: "docker-ID.scope",
+ * "cri-containerd-ID.scope", "crio-ID.scope", "libpod-ID.scope". Any user can make a
+ * cgroup named so (systemd-run --user, delegation): the namespace checks of
+ * agent_target_check_container decide, this only finds the candidates. */
+static bool cgroup_path_has_id(const char *path, const char *id, size_t idlen)
+{
+	static const char *const prefixes[] = {"docker-", "cri-containerd-", "crio-", "libpod-"};
+	bool under_runtime = false, prev_docker = false;
+	for (const char *el = path; *el;) {
+		while (*el == '/')
+			el++;
+		size_t len = strcspn(el, "/\n");
+		if (!len)
+			break;
+		for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
+			size_t plen = strlen(prefixes[i]);
+			if (len > plen && !memcmp(el, prefixes[i], plen) &&
+			    (id_then(el + plen, len - plen, id, idlen, ".scope") ||
+			     id_then(el + plen, len - plen, id, idlen, "")))
+				return true;
+		}
+		if ((prev_docker || under_runtime) && id_then(el, len, id, idlen, ""))
 			return true;
+		prev_docker = element_is(el, len, "docker");
+		if (len >= 8 && !memcmp(el, "kubepods", 8))
+			under_runtime = true;
+		el += len;
+		if (*el == '\n')
+			break;
 	}
 	return false;
 }
@@ -228,10 +266,54 @@ static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, 
 		/* "hierarchy-id:controllers:path": only the path may carry the id */
 		char *path_part = strchr(line, ':');
 		path_part = path_part ? strchr(path_part + 1, ':') : NULL;
-		if (path_part && cgroup_line_has_id(path_part + 1, id, idlen))
+		if (path_part && cgroup_path_has_id(path_part + 1, id, idlen))
 			return true;
 	}
 	return false;
+}
+
+/* Is namespace kind of pid the agent's own? */
+static int same_namespace(pid_t pid, const char *kind, bool *same, struct hm_err *err)
+{
+	char path[64];
+	struct stat mine, theirs;
+	snprintf(path, sizeof(path), "/proc/self/ns/%s", kind);
+	if (stat(path, &mine) < 0)
+		return hm_err_errno(err, "stat %s", path);
+	snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)pid, kind);
+	if (stat(path, &theirs) < 0)
+		return hm_err_errno(err, "stat %s", path);
+	*same = mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino;
+	return 0;
+}
+
+/* Is pid (pinned by a pidfd) really pod name's PID 1, not a process that got its pid
+ * after the pod's PID 1 was reaped (the state says running until teardown ends)? It is
+ * in a pid namespace of its own and in the pod's cgroup, "/hermit/NAME" (trace-pod's
+ * layout, runtime/cgroup.c), as the agent sees it. */
+static int check_pod_process(pid_t pid, const char *name, struct hm_err *err)
+{
+	bool same;
+	if (same_namespace(pid, "pid", &same, err) < 0)
+		return -1;
+	if (same)
+		return hm_err_set(err, ESRCH, "pod/%s: pid %d is in the host's pid namespace: "
+					      "not the pod's (exited?)", name, (int)pid);
+	char path[64], want[RT_NAME_MAX + 16];
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+	snprintf(want, sizeof(want), "/hermit/%s", name);
+	hm_autofree char *text = NULL;
+	size_t len;
+	if (hm_read_file(path, &text, &len, err) < 0)
+		return -1;
+	size_t wlen = strlen(want);
+	for (const char *p = text; (p = strstr(p, want)); p++) {
+		char after = p[wlen];
+		if ((p == text || p[-1] == ':') && (after == '\n' || after == '\0' || after == '/'))
+			return 0;
+	}
+	return hm_err_set(err, ESRCH, "pod/%s: pid %d is not in the pod's cgroup %s (exited?)",
+			  name, (int)pid, want);
 }
 
 static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
@@ -396,6 +478,12 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 			return hm_err_set(err, ESRCH, "%s exited while being resolved",
 					  description);
 		}
+		if (check_pod_process(pid, spec->value, err) < 0 || !pidfd_alive(pidfd)) {
+			close(pidfd);
+			if (!err->code)
+				hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+			return -1;
+		}
 	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
 		hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		char pid_name[16];
@@ -442,5 +530,37 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		hm_info("target %s resolved", t->description);
 	}
 	*out = t;
+	return 0;
+}
+
+int agent_target_check_container(const struct agent_target *t, struct hm_err *err)
+{
+	bool same;
+	static const char *const kinds[] = {"pid", "mnt"};
+	for (size_t i = 0; i < 2; i++) {
+		if (same_namespace(t->pid, kinds[i], &same, err) < 0)
+			return -1;
+		if (same)
+			return hm_err_plain(err, EPERM,
+					    "it shares the agent's %s namespace: not a container",
+					    kinds[i]);
+	}
+	/* unshare -Urpm gives any user new pid and mount namespaces (and a root of its
+	 * choosing): only a user namespace made by root (or the initial one) will do */
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)t->pid);
+	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return hm_err_errno(err, "open %s", path);
+	uid_t owner = (uid_t)-1;
+	if (ioctl(fd, NS_GET_OWNER_UID, &owner) < 0)
+		return hm_err_errno(err, "owner of %s", path);
+	if (owner != 0)
+		return hm_err_plain(err, EPERM,
+				    "its user namespace belongs to uid %lu, not root: not a "
+				    "container of a privileged runtime",
+				    (unsigned long)owner);
+	if (!pidfd_alive(t->pidfd))
+		return hm_err_set(err, ESRCH, "%s exited", t->description);
 	return 0;
 }

@@ -500,6 +500,39 @@ static int cmd_write_read(struct e2e_ctx *ctx, int argc, char **argv)
 	return rc;
 }
 
+/* Creates POD_DIR, then POD_DIR/f (mode 06777) and POD_DIR/d (mkdir, 07777); prints the modes the
+ * agent gave them, "modes FILE DIR" in octal (before any umask: the agent has 022). */
+static int cmd_create_modes(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 2)
+		return 2;
+	struct client *c = e2e_session(ctx);
+	if (!c)
+		return 1;
+	struct hm_err err = {0};
+	char file[PROTO_PATH_MAX], dir[PROTO_PATH_MAX];
+	snprintf(file, sizeof(file), "%s/f", argv[1]);
+	snprintf(dir, sizeof(dir), "%s/d", argv[1]);
+	struct proto_file_write_reply wr;
+	struct proto_stat fst, dst;
+	int rc = 0;
+	if (client_mkdir(c, argv[1], 0700, &err) < 0)
+		rc = e2e_fail("FILE_MKDIR %s: %s", argv[1], err.msg);
+	else if (client_write_file(c, file, PROTO_WRITE_CREATE | PROTO_WRITE_EXCL, 06777, 0,
+					 "x", 1, &wr, &err) < 0)
+		rc = e2e_fail("FILE_WRITE %s: %s", file, err.msg);
+	else if (client_mkdir(c, dir, 07777, &err) < 0)
+		rc = e2e_fail("FILE_MKDIR %s: %s", dir, err.msg);
+	else if (client_stat(c, file, 0, &fst, &err) < 0 ||
+		 client_stat(c, dir, 0, &dst, &err) < 0)
+		rc = e2e_fail("FILE_STAT: %s", err.msg);
+	else
+		printf("modes %04o %04o\n", (unsigned)(fst.mode & 07777),
+		       (unsigned)(dst.mode & 07777));
+	client_close(c);
+	return rc;
+}
+
 /* ---- sessions ---- */
 
 /* SESSION_OPEN of ctx->target fails with the errno named. */
@@ -984,6 +1017,7 @@ static const struct e2e_cmd core_cmds[] = {
     {"readdir-equals", "POD_DIR LOCAL_DIR", cmd_readdir_equals},
     {"read-denied", "POD_PATH HOST_SECRET", cmd_read_denied},
     {"write-read", "POD_PATH", cmd_write_read},
+    {"create-modes", "POD_DIR", cmd_create_modes},
     {"bad-target", "ERRNO_NAME", cmd_bad_target},
     {"session-pid", "PID", cmd_session_pid},
     {"session-rules", "", cmd_session_rules},

@@ -10,9 +10,15 @@ ensure_rootfs
 WORK=$(mktemp -d /tmp/hermit-agent-access.XXXXXX)
 chmod 0755 "$WORK"
 WEB=$(pod_name web)
+FAKE_POD=$(pod_name fake)
 SECRET="/root/.hermit-access-secret-$$"
 CREATED="/root/.hermit-access-created-$$"
 SLEEPERS=()
+for CGROUP_BASE in /sys/fs/cgroup/pids /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+	[ -w "$CGROUP_BASE/cgroup.procs" ] && break
+done
+# fake containers' cgroups; root stands in for systemd's delegation of one to a user
+CGROUP_DIR="$CGROUP_BASE/hermit-rv-65534-delegated-$$"
 cleanup() {
 	local f p
 	agent_stop "$WORK" main >/dev/null 2>&1
@@ -22,6 +28,12 @@ cleanup() {
 	for p in "${SLEEPERS[@]}"; do kill -KILL "$p" 2>/dev/null; done
 	pod_cleanup "$WEB"
 	rm -f "$SECRET" "$CREATED"
+	rm -rf "/run/hermit/pods/$FAKE_POD"
+	if [ -d "$CGROUP_DIR" ]; then
+		find "$CGROUP_DIR" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+		sleep 0.3
+		find "$CGROUP_DIR" -depth -type d -exec rmdir {} \; 2>/dev/null
+	fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -164,6 +176,142 @@ test_pid_targets() {
 	agent_stop "$WORK" any
 }
 
+test_own_pid_is_not_root() {
+	# the reviewer's attack: nobody's own process has the host's / as its root; the
+	# agent used to serve it with root's rights
+	local shadow1 owned="/root/owned-$$"
+	shadow1=$(head -1 /etc/shadow)
+	echo "{\"feature\":{\"fs\":{\"mode\":\"write\",\"read_write\":[\"^/etc/shadow\$\",\"^/root/\",\"^/etc/passwd\$\"]}}}" \
+		>"$WORK/own.json"
+	chmod 0644 "$WORK/own.json"
+	rm -f "$owned"
+	# pid/$$ of the user's own shell, which execs trace-run (so stays nobody's)
+	RC=0
+	OUT=$(as_user 65534 65534 env HERMIT_TOKEN="$(cat "$WORK/token")" TRACE_RUN="$TRACE_RUN" \
+		SOCK="$WORK/main.sock" CFG="$WORK/own.json" OWNED="$owned" sh -c \
+		'exec "$TRACE_RUN" --agent-unix "$SOCK" -f "$CFG" --target pid/$$ -- /bin/sh -c \
+		"head -1 /etc/passwd; head -2 /etc/shadow; echo x >> $OWNED"' 2>&1) || RC=$?
+	echo "$OUT (exit $RC)"
+	assert_not_contains "$OUT" "$shadow1" "nobody read /etc/shadow through its own pid"
+	[ ! -e "$owned" ] || { rm -f "$owned"; fail "nobody created $owned through its own pid"; }
+	assert_contains "$OUT" "Permission denied" "the shadow read and the /root write fail with EACCES"
+	# the session itself works: a file nobody may read comes through
+	assert_contains "$OUT" "root:x:0:0" "a file nobody can read, through its own pid"
+}
+
+test_no_kernel_files() {
+	# the agent's root capabilities are not lent to a target's /proc and /sys
+	echo '{"feature":{"fs":{"read_only":["^/proc/","^/sys/"]}}}' >"$WORK/proc.json"
+	chmod 0644 "$WORK/proc.json"
+	local out rc=0
+	out=$(HERMIT_TOKEN="$(cat "$WORK/token")" timeout 120 "$TRACE_RUN" \
+		--agent-unix "$WORK/main.sock" -f "$WORK/proc.json" --target "pod/$WEB" -- \
+		/bin/sh -c 'head -3 /proc/kallsyms; head -1 /sys/kernel/notes' 2>&1) || rc=$?
+	echo "$out (exit $rc)"
+	if echo "$out" | grep -qE '^[0-9a-f]{16} [a-zA-Z] '; then
+		fail "kernel symbols read through the agent"
+	fi
+	assert_contains "$out" "cannot open '/proc/kallsyms' for reading: Permission denied"
+	assert_contains "$out" "cannot open '/sys/kernel/notes' for reading: Permission denied"
+}
+
+# the pid of the only process in cgroup directory DIR, once there is one
+cgroup_pid() {
+	wait_until 100 grep -q . "$1/cgroup.procs" || fail "nothing in $1"
+	head -1 "$1/cgroup.procs"
+}
+
+test_fake_containers() {
+	local id out rc pid
+	mkdir -p "$CGROUP_DIR"
+	chown nobody "$CGROUP_DIR"
+	local tcp=("$AGENT_E2E" --agent "127.0.0.1:$PORT" --token-file "$WORK/token")
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-16)
+	echo '{"feature":{"fs":{"mode":"read"}}}' >"$WORK/ro.json"
+	chmod 0644 "$WORK/ro.json"
+
+	# the reviewer's attack: nobody names a cgroup like a container, over TCP
+	as_user 65534 65534 sh -c "mkdir $CGROUP_DIR/$id.scope && echo \$\$ >$CGROUP_DIR/$id.scope/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/$id.scope")
+	rc=0
+	out=$(HERMIT_TOKEN="$(cat "$WORK/token")" timeout 60 "$TRACE_RUN" --agent "127.0.0.1:$PORT" \
+		-f "$WORK/ro.json" --target "container/$id" -- head -1 /etc/shadow 2>&1) || rc=$?
+	echo "$out (exit $rc)"
+	[ "$rc" -ne 0 ] || fail "trace-run on the fake container succeeded"
+	assert_not_contains "$out" "$(head -1 /etc/shadow)" "/etc/shadow read through a fake container"
+	timeout 60 "${tcp[@]}" --target "container/$id" bad-target ESRCH
+
+	# the same with a runtime's name: in the host's namespaces, it is a process
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+	as_user 65534 65534 sh -c "mkdir $CGROUP_DIR/docker-$id.scope && echo \$\$ >$CGROUP_DIR/docker-$id.scope/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/docker-$id.scope")
+	timeout 60 "${tcp[@]}" --target "container/$id" bad-target EPERM
+	grep -q "container/$id (pid $pid): it shares the agent's pid namespace" "$WORK/main.log" ||
+		fail "no reason logged for the refused container"
+	# as nobody over the socket, its own process is served as pid/N would be
+	E_nobody --target "container/${id:0:12}" session-pid "$pid"
+
+	# and in namespaces of its own making (unshare -Urpm): its user namespace is nobody's
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+	as_user 65534 65534 sh -c "mkdir -p $CGROUP_DIR/docker/$id" || fail "mkdir docker/$id as nobody"
+	as_user 65534 65534 unshare -Urpm --fork sh -c "echo 0 >$CGROUP_DIR/docker/$id/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/docker/$id")
+	timeout 60 "${tcp[@]}" --target "container/$id" bad-target EPERM
+	grep -q "container/$id (pid $pid): its user namespace belongs to uid 65534" "$WORK/main.log" ||
+		fail "no user-namespace reason logged"
+
+	# a container as a runtime makes it (root: new pid and mount namespaces) is served
+	# over TCP
+	id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+	mkdir -p "$CGROUP_DIR/root/docker/$id"
+	unshare -pm --fork sh -c "echo 0 >$CGROUP_DIR/root/docker/$id/cgroup.procs && exec sleep 1000" &
+	pid=$(cgroup_pid "$CGROUP_DIR/root/docker/$id")
+	timeout 60 "${tcp[@]}" --target "container/$id" session-pid "$pid"
+}
+
+test_pod_recycled_pid() {
+	# a pod whose PID 1 was reaped and whose pid went to another process, while the
+	# state still says running: a copy of a live pod's state (its monitor is alive)
+	# with the pid of a host process, then of a process in a pid namespace of its own
+	local host_pid ns_pid
+	sleep 1000 </dev/null >/dev/null 2>&1 &
+	host_pid=$!
+	unshare -p --fork sleep 1000 </dev/null >/dev/null 2>&1 &
+	wait_until 50 pgrep -P $! >/dev/null || fail "no unshared sleeper"
+	ns_pid=$(pgrep -P $!)
+	mkdir "/run/hermit/pods/$FAKE_POD"
+	cp -a "/run/hermit/pods/$WEB"/. "/run/hermit/pods/$FAKE_POD"/
+	echo "$host_pid" >"/run/hermit/pods/$FAKE_POD/pid"
+	e2e "$WORK" main --target "pod/$FAKE_POD" bad-target ESRCH
+	grep -q "pod/$FAKE_POD: pid $host_pid is in the host's pid namespace" "$WORK/main.log" ||
+		fail "no reason logged for the host process"
+	echo "$ns_pid" >"/run/hermit/pods/$FAKE_POD/pid"
+	e2e "$WORK" main --target "pod/$FAKE_POD" bad-target ESRCH
+	grep -q "pod/$FAKE_POD: pid $ns_pid is not in the pod's cgroup" "$WORK/main.log" ||
+		fail "no reason logged for the process outside the pod's cgroup"
+	# the real pod's PID 1 passes the same checks
+	e2e "$WORK" main --target "pod/$WEB" session-pid "$(pod_pid "$WEB")"
+	rm -rf "/run/hermit/pods/$FAKE_POD"
+	kill -KILL "$host_pid" "$ns_pid" 2>/dev/null || true
+}
+
+test_creation_modes() {
+	# setuid/setgid/sticky on what the agent creates (as root) are root's to ask for
+	local out
+	out=$(timeout 60 "$AGENT_E2E" --agent "127.0.0.1:$PORT" --token-file "$WORK/token" \
+		--target "pod/$WEB" create-modes "/tmp/modes-tcp-$$")
+	echo "$out"
+	assert_contains "$out" "modes 0" "special bits over TCP"
+	[[ "$out" =~ modes\ 0[0-7]{3}\ 0[0-7]{3} ]] || fail "setuid/setgid/sticky given over TCP: $out"
+	out=$(E_nobody --target "pod/$WEB" create-modes "/tmp/modes-nobody-$$")
+	echo "$out"
+	[[ "$out" =~ modes\ 0[0-7]{3}\ 0[0-7]{3} ]] || fail "setuid/setgid/sticky given to nobody: $out"
+	# root may
+	out=$(e2e "$WORK" main --target "pod/$WEB" create-modes "/tmp/modes-root-$$")
+	echo "$out"
+	[[ "$out" =~ modes\ 6[0-7]{3}\ 1[0-7]{3} ]] || fail "root's special bits were dropped: $out"
+}
+
 test_listen_loopback_only() {
 	local ip out rc port
 	ip=$(ip -4 -o addr show dev hermit0 | awk '{split($4, a, "/"); print a[1]; exit}')
@@ -205,5 +353,10 @@ test_main_agent_stops() {
 run_test "agent access: 300 silent connections do not keep clients out" test_flood
 run_test "agent access: unix socket only for root and --unix-group" test_unix_socket_mode
 run_test "agent access: pid/N only for the caller's own processes" test_pid_targets
+run_test "agent access: pid/<own pid> works with the caller's rights, not root's" test_own_pid_is_not_root
+run_test "agent access: no procfs/sysfs contents through the agent" test_no_kernel_files
+run_test "agent access: container/ID only for a privileged runtime's containers" test_fake_containers
+run_test "agent access: pod/NAME is not served on a recycled pid" test_pod_recycled_pid
+run_test "agent access: setuid/setgid/sticky modes only for root" test_creation_modes
 run_test "agent access: TCP on loopback only unless --insecure" test_listen_loopback_only
 run_test "agent access: clean shutdown after the floods" test_main_agent_stops

@@ -131,10 +131,49 @@ static void test_peer_key(void **state)
 	assert_string_equal(k, "10.0.0.1");
 	struct agent_peer v6 = {.addr_len = 16, .addr = {[15] = 1}};
 	agent_peer_key(&v6, k, sizeof(k));
-	assert_string_equal(k, "::1");
+	assert_string_equal(k, "loopback");
+	struct agent_peer v6g = {.addr_len = 16, .addr = {0x20, 0x01, 0x0d, 0xb8, [15] = 1}};
+	agent_peer_key(&v6g, k, sizeof(k));
+	assert_string_equal(k, "2001:db8::1");
 	struct agent_peer none = {0};
 	agent_peer_key(&none, k, sizeof(k));
 	assert_string_equal(k, "tcp");
+}
+
+/* A local flooder connecting from 127.0.0.2..5, ::1 and ::ffff:127.0.0.9 is one peer
+ * for the per-peer limits, not six. */
+static void test_loopback_is_one_source(void **state)
+{
+	(void)state;
+	struct agent_peer lo[] = {
+	    {.addr_len = 4, .addr = {127, 0, 0, 1}},
+	    {.addr_len = 4, .addr = {127, 0, 0, 2}},
+	    {.addr_len = 4, .addr = {127, 0, 0, 5}},
+	    {.addr_len = 4, .addr = {127, 255, 3, 9}},
+	    {.addr_len = 16, .addr = {[15] = 1}},
+	    {.addr_len = 16, .addr = {[10] = 0xff, [11] = 0xff, 127, 0, 0, 9}},
+	};
+	char k0[64], k[64];
+	agent_peer_key(&lo[0], k0, sizeof(k0));
+	for (size_t i = 0; i < sizeof(lo) / sizeof(lo[0]); i++) {
+		for (size_t j = 0; j < sizeof(lo) / sizeof(lo[0]); j++)
+			assert_true(agent_peer_same_source(&lo[i], &lo[j]));
+		agent_peer_key(&lo[i], k, sizeof(k));
+		assert_string_equal(k, k0);
+	}
+	/* other addresses stay apart, from loopback and from each other */
+	struct agent_peer lan = {.addr_len = 4, .addr = {10, 0, 0, 1}};
+	struct agent_peer mapped_lan = {.addr_len = 16,
+					.addr = {[10] = 0xff, [11] = 0xff, 10, 0, 0, 1}};
+	struct agent_peer v6 = {.addr_len = 16, .addr = {0x20, 0x01, 0x0d, 0xb8, [15] = 1}};
+	struct agent_peer unix_root = unix_uid(0);
+	assert_false(agent_peer_same_source(&lo[1], &lan));
+	assert_false(agent_peer_same_source(&lan, &lo[1]));
+	assert_false(agent_peer_same_source(&lo[4], &v6));
+	assert_false(agent_peer_same_source(&lo[5], &mapped_lan));
+	assert_false(agent_peer_same_source(&lo[0], &unix_root));
+	agent_peer_key(&lan, k, sizeof(k));
+	assert_string_not_equal(k, k0);
 }
 
 int main(void)
@@ -146,6 +185,7 @@ int main(void)
 	    cmocka_unit_test(test_root_tcp_and_allow_any),
 	    cmocka_unit_test(test_same_source),
 	    cmocka_unit_test(test_peer_key),
+	    cmocka_unit_test(test_loopback_is_one_source),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
