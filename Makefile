@@ -30,14 +30,17 @@ BIN_trace-run   := tracer/redirect
 LIBS_trace-pod   := runtime loader util
 LIBS_trace-agent := agent client relay runtime proto util
 LIBS_trace-run   := tracer/redirect tracer/policy tracer/engine client relay runtime proto util
-# the modules each unit test (tests/unit/test_NAME.c) links: test_agent_* those of
-# trace-agent, test_tracer* those of trace-run, the runtime's tests those of trace-pod,
-# and the tests of a lower module only what they test
+# the modules each unit test (tests/unit/test_NAME.c) links, in link order: the tests
+# named in UNIT_<binary> link that binary's modules, a lower module's tests only that
+# module, and a test named nowhere here every library module
+UNIT_trace-pod   := cgroup container devices net rootfs_path seccomp
+UNIT_trace-agent := agent_%
+UNIT_trace-run   := tracer tracer_%
 LIBS_test_util   := util
 LIBS_test_proto  := proto util
 LIBS_test_loader := loader util
-unit_program = $(if $(filter test_agent_%,$(1)),trace-agent,$(if $(filter test_tracer%,$(1)),trace-run,trace-pod))
-unit_libs = $(or $(LIBS_$(1)),$(LIBS_$(call unit_program,$(1))))
+unit_program = $(firstword $(foreach b,trace-pod trace-agent trace-run,$(if $(filter $(UNIT_$(b):%=test_%),$(1)),$(b))))
+unit_libs = $(or $(LIBS_$(1)),$(LIBS_$(call unit_program,$(1))),$(LIB_MODULES))
 
 define module_vars
 $(1)_SRC := $$(filter-out $(1)/main.c,$$(wildcard $(1)/*.c))

@@ -142,7 +142,7 @@ static void *c_list(struct codec *c, uint32_t *count, const void *array, size_t 
 	if (!decoding(c)) {
 		c_require(c, array || !*count, EINVAL, "no list to send");
 		c_u32(c, count);
-		return (void *)array; /* only read: encoding never writes a message */
+		return (void *)array; /* encoding only reads the elements */
 	}
 	c_u32(c, count);
 	struct proto_reader *r = c->in;
