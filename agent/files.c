@@ -43,17 +43,37 @@ int agent_file_refuse_pseudo(int fd, const char *path, struct hm_err *err)
 		return hm_err_errno(err, "statfs %s", path);
 	const char *fs = NULL;
 	switch ((unsigned long)sfs.f_type) {
-	case PROC_SUPER_MAGIC: fs = "procfs"; break;
-	case SYSFS_MAGIC: fs = "sysfs"; break;
-	case DEBUGFS_MAGIC: fs = "debugfs"; break;
-	case TRACEFS_MAGIC: fs = "tracefs"; break;
-	case SECURITYFS_MAGIC: fs = "securityfs"; break;
+	case PROC_SUPER_MAGIC:
+		fs = "procfs";
+		break;
+	case SYSFS_MAGIC:
+		fs = "sysfs";
+		break;
+	case DEBUGFS_MAGIC:
+		fs = "debugfs";
+		break;
+	case TRACEFS_MAGIC:
+		fs = "tracefs";
+		break;
+	case SECURITYFS_MAGIC:
+		fs = "securityfs";
+		break;
 	case CGROUP_SUPER_MAGIC:
-	case CGROUP2_SUPER_MAGIC: fs = "cgroupfs"; break;
-	case BPF_FS_MAGIC: fs = "bpffs"; break;
-	case CONFIGFS_MAGIC_NUMBER: fs = "configfs"; break;
-	case EFIVARFS_MAGIC: fs = "efivarfs"; break;
-	case PSTOREFS_MAGIC: fs = "pstore"; break;
+	case CGROUP2_SUPER_MAGIC:
+		fs = "cgroupfs";
+		break;
+	case BPF_FS_MAGIC:
+		fs = "bpffs";
+		break;
+	case CONFIGFS_MAGIC_NUMBER:
+		fs = "configfs";
+		break;
+	case EFIVARFS_MAGIC:
+		fs = "efivarfs";
+		break;
+	case PSTOREFS_MAGIC:
+		fs = "pstore";
+		break;
 	}
 	if (fs)
 		return hm_err_set(err, EACCES,
@@ -267,7 +287,8 @@ int agent_file_access(int root_fd, const struct proto_file_access *req, struct h
 	/* before 5.8: the same check through our own fd's magic link; root's real and
 	 * effective ids are equal, so AT_EACCESS changes nothing */
 	if (agent_thread_confined())
-		return hm_err_set(err, ENOSYS, "access %s: needs faccessat2 (Linux 5.8)", req->path);
+		return hm_err_set(err, ENOSYS, "access %s: needs faccessat2 (Linux 5.8)",
+				  req->path);
 	char proc_path[64];
 	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
 	if (access(proc_path, mode) < 0)

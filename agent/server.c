@@ -307,7 +307,8 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		if (agent_target_check_container(t, &why) < 0) {
 			pid_rules = true;
 			hm_info("conn %llu (%s): %s: %s; the pid/N rules apply",
-				(unsigned long long)c->id, c->peer, agent_target_describe(t), why.msg);
+				(unsigned long long)c->id, c->peer, agent_target_describe(t),
+				why.msg);
 		}
 	}
 	/* again now that the target pins the process (its pidfd): the pid may have been
@@ -317,8 +318,10 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		if (rc == 0 && !agent_target_alive(t))
 			rc = hm_err_plain(&err, ESRCH, "%s exited", m->session_open.target);
 		if (rc < 0 && spec.kind == PROTO_TARGET_CONTAINER)
-			hm_err_prefix(&err, "%s: not a container of a privileged runtime (see the "
-					    "agent's log)", m->session_open.target);
+			hm_err_prefix(&err,
+				      "%s: not a container of a privileged runtime (see the "
+				      "agent's log)",
+				      m->session_open.target);
 		if (rc < 0) {
 			agent_target_put(t);
 			session_account_drop(account);

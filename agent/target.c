@@ -196,8 +196,7 @@ static bool is_hex(int c)
 /* Does text start with the (lower-case) id, abbreviated or whole, followed by suffix
  * and nothing else? A full 64-digit id must match whole; an abbreviated one (>= 12
  * digits) may be the start of a longer id. */
-static bool id_then(const char *text, size_t len, const char *id, size_t idlen,
-		    const char *suffix)
+static bool id_then(const char *text, size_t len, const char *id, size_t idlen, const char *suffix)
 {
 	if (len < idlen || strncasecmp(text, id, idlen))
 		return false;
@@ -297,12 +296,14 @@ static int check_pod_process(pid_t pid, const char *name, struct hm_err *err)
 	if (same_namespace(pid, "pid", &same, err) < 0)
 		return -1;
 	if (same)
-		return hm_err_set(err, ESRCH, "pod/%s: pid %d is in the host's pid namespace: "
-					      "not the pod's (exited?)", name, (int)pid);
+		return hm_err_set(err, ESRCH,
+				  "pod/%s: pid %d is in the host's pid namespace: "
+				  "not the pod's (exited?)",
+				  name, (int)pid);
 	char path[64], want[RT_NAME_MAX + 16];
 	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
 	snprintf(want, sizeof(want), "/hermit/%s", name);
-	hm_autofree char *text = NULL;
+	hm_cleanup_free char *text = NULL;
 	size_t len;
 	if (hm_read_file(path, &text, &len, err) < 0)
 		return -1;
@@ -481,7 +482,8 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		if (check_pod_process(pid, spec->value, err) < 0 || !pidfd_alive(pidfd)) {
 			close(pidfd);
 			if (!err->code)
-				hm_err_set(err, ESRCH, "%s exited while being resolved", description);
+				hm_err_set(err, ESRCH, "%s exited while being resolved",
+					   description);
 			return -1;
 		}
 	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
@@ -549,7 +551,7 @@ int agent_target_check_container(const struct agent_target *t, struct hm_err *er
 	 * choosing): only a user namespace made by root (or the initial one) will do */
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)t->pid);
-	hm_autofd fd = open(path, O_RDONLY | O_CLOEXEC);
+	hm_cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return hm_err_errno(err, "open %s", path);
 	uid_t owner = (uid_t)-1;

@@ -151,7 +151,7 @@ int rt_tty_receive_master(int sock, int *master, struct hm_err *err);
 #define RT_TTY_RELAY_MAX_FDS 4
 struct rt_tty_relay {
 	bool pty;   /* in and out[0] are the pty master */
-	int in;     /* where our stdin goes (pty master or the pod's stdin pipe), or -1 */
+	int in;	    /* where our stdin goes (pty master or the pod's stdin pipe), or -1 */
 	int out[2]; /* what the pod writes, copied to our fd 1 and 2, or -1 */
 	bool stdin_open;
 	bool handlers_installed;

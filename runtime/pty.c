@@ -189,7 +189,8 @@ static int set_nonblocking(int fd, struct hm_err *err)
 
 int rt_tty_relay_start(struct rt_tty_relay *r, int master, struct hm_err *err)
 {
-	*r = (struct rt_tty_relay){.pty = true, .in = master, .out = {master, -1}, .stdin_open = true};
+	*r = (struct rt_tty_relay){
+	    .pty = true, .in = master, .out = {master, -1}, .stdin_open = true};
 	if (set_nonblocking(master, err) < 0)
 		return -1;
 	rt_tty_relay_resize(r);

@@ -212,11 +212,11 @@ static int build_filter(scmp_filter_ctx ctx, struct hm_err *err)
 			return -1;
 	}
 	for (size_t i = 0; i < HM_ARRAY_SIZE(denied_socket_families); i++) {
-		struct scmp_arg_cmp cmp = SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffffULL,
-						  (uint64_t)denied_socket_families[i]);
+		struct scmp_arg_cmp cmp =
+		    SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffffULL, (uint64_t)denied_socket_families[i]);
 		if (add_rule(ctx, EAFNOSUPPORT, SCMP_SYS(socket), 1, &cmp, "socket", err) < 0 ||
-		    add_rule(ctx, EAFNOSUPPORT, SCMP_SYS(socketpair), 1, &cmp, "socketpair",
-			     err) < 0)
+		    add_rule(ctx, EAFNOSUPPORT, SCMP_SYS(socketpair), 1, &cmp, "socketpair", err) <
+			0)
 			return -1;
 	}
 	return deny_personality(ctx, err);

@@ -49,10 +49,6 @@ void hm_fclosep(FILE **f);
 #define hm_cleanup_close __attribute__((cleanup(hm_closep)))
 #define hm_cleanup_free __attribute__((cleanup(hm_freep)))
 #define hm_cleanup_fclose __attribute__((cleanup(hm_fclosep)))
-/* the older spellings, until every module has moved to the ones above */
-#define hm_autofd hm_cleanup_close int
-#define hm_autofree hm_cleanup_free
-#define hm_autofile hm_cleanup_fclose FILE *
 static inline int hm_steal_fd(int *fd)
 {
 	int r = *fd;

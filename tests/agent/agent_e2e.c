@@ -518,13 +518,12 @@ static int cmd_create_modes(struct e2e_ctx *ctx, int argc, char **argv)
 	int rc = 0;
 	if (client_mkdir(c, argv[1], 0700, &err) < 0)
 		rc = e2e_fail("FILE_MKDIR %s: %s", argv[1], err.msg);
-	else if (client_write_file(c, file, PROTO_WRITE_CREATE | PROTO_WRITE_EXCL, 06777, 0,
-					 "x", 1, &wr, &err) < 0)
+	else if (client_write_file(c, file, PROTO_WRITE_CREATE | PROTO_WRITE_EXCL, 06777, 0, "x", 1,
+				   &wr, &err) < 0)
 		rc = e2e_fail("FILE_WRITE %s: %s", file, err.msg);
 	else if (client_mkdir(c, dir, 07777, &err) < 0)
 		rc = e2e_fail("FILE_MKDIR %s: %s", dir, err.msg);
-	else if (client_stat(c, file, 0, &fst, &err) < 0 ||
-		 client_stat(c, dir, 0, &dst, &err) < 0)
+	else if (client_stat(c, file, 0, &fst, &err) < 0 || client_stat(c, dir, 0, &dst, &err) < 0)
 		rc = e2e_fail("FILE_STAT: %s", err.msg);
 	else
 		printf("modes %04o %04o\n", (unsigned)(fst.mode & 07777),

@@ -439,7 +439,8 @@ static void test_pod_exec(void **state)
 	char *argv[] = {
 	    "sh", "-c",
 	    "echo host=$(hostname); cat /etc/os-release; ps -o pid,comm | grep -c sleep;"
-	    "grep -E '^(CapInh|CapBnd|NoNewPrivs)' /proc/self/status; echo fds=$(ls /proc/self/fd | wc "
+	    "grep -E '^(CapInh|CapBnd|NoNewPrivs)' /proc/self/status; echo fds=$(ls /proc/self/fd "
+	    "| wc "
 	    "-l);"
 	    "exit 3",
 	    NULL};

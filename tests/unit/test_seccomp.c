@@ -60,8 +60,8 @@ static void run_probes(int out)
 	results[n++] = outcome(syscall(SYS_clone3, &args, sizeof(args)));
 	results[n++] = outcome(syscall(SYS_io_uring_setup, 1, NULL));
 	results[n++] = outcome(syscall(SYS_socket, AF_VSOCK, SOCK_STREAM, 0));
-	results[n++] = outcome(syscall(SYS_socket, (unsigned long)AF_VSOCK | (1UL << 32),
-				       SOCK_STREAM, 0));
+	results[n++] =
+	    outcome(syscall(SYS_socket, (unsigned long)AF_VSOCK | (1UL << 32), SOCK_STREAM, 0));
 	int pair[2];
 	results[n++] = outcome(syscall(SYS_socketpair, AF_VSOCK, SOCK_STREAM, 0, pair));
 	results[n++] = outcome(syscall(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));

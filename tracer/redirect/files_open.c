@@ -129,7 +129,7 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 	uint64_t size = 0;
 	f->remote_ops++;
 	if (client_read_file_fd(f->client, path, nofollow ? PROTO_READ_NOFOLLOW : 0,
-				      f->max_file_size, fd, &st, &size, err) < 0) {
+				f->max_file_size, fd, &st, &size, err) < 0) {
 		if (file_errno(err->code))
 			trace_files_cache_put(f, path, nofollow, -1, NULL, err->code);
 		return -1;
@@ -173,8 +173,8 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 	mode_t create_mode = (mode & 07777) & ~trace_files_umask(call->pid);
 	struct proto_file_write_reply wr;
 	f->remote_ops++;
-	if (client_write_file(f->client, path, write_flags(flags), create_mode, 0, NULL, 0,
-				    &wr, err) < 0)
+	if (client_write_file(f->client, path, write_flags(flags), create_mode, 0, NULL, 0, &wr,
+			      err) < 0)
 		return -1;
 	if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) {
 		/* made by this call: a retry after an interruption must find it absent */
@@ -189,8 +189,8 @@ static int remote_write_fd(struct files *f, const struct tracer_call *call, cons
 	struct proto_stat st = wr.st;
 	if (!(flags & O_TRUNC) && wr.st.size > 0) {
 		f->remote_ops++;
-		if (client_read_file_fd(f->client, path, 0, f->max_file_size, fd, &st, NULL,
-					      err) < 0)
+		if (client_read_file_fd(f->client, path, 0, f->max_file_size, fd, &st, NULL, err) <
+		    0)
 			return -1;
 	}
 	int prog_flags = (flags & O_ACCMODE) | (flags & O_APPEND);

@@ -102,8 +102,7 @@ static struct tracer_result stat_at(struct files *f, const struct tracer_call *c
 	struct hm_err err = {0};
 	f->remote_ops++;
 	if (client_stat(f->client, t.path,
-			      (at_flags & AT_SYMLINK_NOFOLLOW) ? PROTO_STAT_NOFOLLOW : 0, &ps,
-			      &err) < 0)
+			(at_flags & AT_SYMLINK_NOFOLLOW) ? PROTO_STAT_NOFOLLOW : 0, &ps, &err) < 0)
 		return tracer_error(trace_files_agent_errno(f, op, t.path, &err));
 	if (t.trailing_slash && !S_ISDIR(ps.mode))
 		return tracer_error(ENOTDIR);

@@ -70,8 +70,8 @@ static int node_sync(struct files *f, struct files_node *n, pid_t tid, int fd, b
 	trace_files_cache_invalidate(f, n->path);
 	f->remote_ops++;
 	int rc = client_write_file(f->client, n->path,
-					 PROTO_WRITE_TRUNC | (fsync ? PROTO_WRITE_FSYNC : 0), 0, 0,
-					 data, size, &reply, err);
+				   PROTO_WRITE_TRUNC | (fsync ? PROTO_WRITE_FSYNC : 0), 0, 0, data,
+				   size, &reply, err);
 	if (data)
 		munmap(data, size);
 	if (rc < 0)

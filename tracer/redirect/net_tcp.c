@@ -251,8 +251,8 @@ static void tcp_work(struct net_job *job)
 		return;
 	}
 	uint8_t token[PROTO_TOKEN_LEN];
-	if (client_tcp_connect_token(st->s->client, &job->pdst, 0, token, &job->local,
-					   &job->err) < 0)
+	if (client_tcp_connect_token(st->s->client, &job->pdst, 0, token, &job->local, &job->err) <
+	    0)
 		return;
 	int rc = direct_stream(job, agent, token);
 	if (rc == 0) {

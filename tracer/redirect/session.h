@@ -13,12 +13,12 @@
 #include "tracer/policy/policy.h"
 
 struct trace_session {
-	struct policy_config cfg;	/* merged and finalized */
-	struct client *client;	/* connected, session opened on cfg.target */
+	struct policy_config cfg;	 /* merged and finalized */
+	struct client *client;		 /* connected, session opened on cfg.target */
 	struct client_endpoint endpoint; /* where the agent is (streams dial it again) */
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
 	struct client_session_info info; /* what the agent resolved the target to */
-	struct policy_fs *fs;		/* NULL when fs mode is local */
+	struct policy_fs *fs;		 /* NULL when fs mode is local */
 	struct policy_net *net;
 	struct policy_dns_table *dns; /* names the program resolved through the pod */
 	struct tracer *tracer;
