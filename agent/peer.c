@@ -105,16 +105,13 @@ void agent_peer_key(const struct agent_peer *peer, char *buf, size_t len)
  * a setuid program that dropped or raised one of them is not wholly the caller's. */
 static int process_uids(pid_t pid, uid_t uids[4], struct hm_err *err)
 {
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	hm_cleanup_free char *text = NULL;
-	size_t len;
-	if (hm_read_file(path, &text, &len, err) < 0)
+	struct hm_proc_field uid = {.key = "Uid"};
+	if (hm_proc_status(pid, &uid, 1) < 0 && errno == ESRCH)
 		return hm_err_set(err, ESRCH, "process %d: no such process", (int)pid);
-	const char *line = strstr(text, "\nUid:");
 	unsigned long v[4];
-	if (!line || sscanf(line + 5, "%lu %lu %lu %lu", &v[0], &v[1], &v[2], &v[3]) != 4)
-		return hm_err_plain(err, EIO, "process %d: no Uid line in %s", (int)pid, path);
+	if (!uid.found || sscanf(uid.value, "%lu %lu %lu %lu", &v[0], &v[1], &v[2], &v[3]) != 4)
+		return hm_err_plain(err, EIO, "process %d: no Uid line in /proc/%d/status",
+				    (int)pid, (int)pid);
 	for (int i = 0; i < 4; i++)
 		uids[i] = (uid_t)v[i];
 	return 0;

@@ -41,14 +41,9 @@ int rt_devices_attach_v2(int v2_fd, bool allow_mknod, struct hm_err *err)
 
 bool rt_devices_pid_keeps_mknod(pid_t pid)
 {
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	hm_cleanup_free char *text = NULL;
-	if (hm_read_file(path, &text, NULL, NULL) < 0)
-		return false;
-	const char *line = strstr(text, "\nCapBnd:");
+	struct hm_proc_field cap = {.key = "CapBnd"};
 	unsigned long long bounding;
-	if (!line || sscanf(line, "\nCapBnd: %llx", &bounding) != 1)
+	if (hm_proc_status(pid, &cap, 1) < 0 || sscanf(cap.value, "%llx", &bounding) != 1)
 		return false;
 	return bounding & (1ULL << CAP_MKNOD);
 }

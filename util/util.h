@@ -117,6 +117,16 @@ int hm_mkdir_p(const char *path, mode_t mode, struct hm_err *err);
  * (ENOSYS before Linux 5.6) and the message "PATH: strerror". */
 int hm_openat2(int dirfd, const char *path, int flags, mode_t mode, uint64_t resolve,
 	       struct hm_err *err);
+/* Fields of /proc/PID/status by key ("Tgid", "Uid", "CapBnd"...): each value is the rest
+ * of its line, leading blanks skipped. Reads only as far as the last field asked for.
+ * 0 when all were found; -1 with errno ESRCH (no such process) or ENOENT (a field is
+ * missing; the found ones are filled). */
+struct hm_proc_field {
+	const char *key;
+	char value[96];
+	bool found;
+};
+int hm_proc_status(pid_t pid, struct hm_proc_field *fields, size_t n);
 /* Remove a directory tree (does not cross mount points). Missing path is success. */
 int hm_rm_rf(const char *path, struct hm_err *err);
 

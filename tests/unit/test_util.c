@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <cmocka.h>
@@ -292,12 +293,43 @@ static void test_cleanup_macros_release(void **state)
 	close(kept);
 }
 
+/* hm_proc_status: fields by key in file order or not, a missing key, a gone process */
+static void test_proc_status(void **state)
+{
+	(void)state;
+	struct hm_proc_field f[] = {{.key = "PPid"}, {.key = "Tgid"}, {.key = "Umask"}};
+	assert_int_equal(hm_proc_status(getpid(), f, HM_ARRAY_SIZE(f)), 0);
+	assert_int_equal(atoi(f[0].value), (int)getppid());
+	assert_int_equal(atoi(f[1].value), (int)getpid());
+	mode_t old = umask(027);
+	struct hm_proc_field m = {.key = "Umask"};
+	assert_int_equal(hm_proc_status(getpid(), &m, 1), 0);
+	umask(old);
+	assert_string_equal(m.value, "0027");
+
+	struct hm_proc_field missing[] = {{.key = "Tgid"}, {.key = "NoSuchField"}};
+	assert_int_equal(hm_proc_status(getpid(), missing, 2), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_true(missing[0].found);
+	assert_false(missing[1].found);
+
+	pid_t child = fork();
+	if (child == 0)
+		_exit(0);
+	assert_int_equal(waitpid(child, NULL, 0), child);
+	struct hm_proc_field gone = {.key = "Tgid"};
+	assert_int_equal(hm_proc_status(child, &gone, 1), -1);
+	assert_int_equal(errno, ESRCH);
+	assert_false(gone.found);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_err_set_appends_strerror),
 	    cmocka_unit_test(test_err_prefix_truncates_safely),
 	    cmocka_unit_test(test_parse_size),
+	    cmocka_unit_test(test_proc_status),
 	    cmocka_unit_test(test_files_and_rm_rf),
 	    cmocka_unit_test(test_read_fd_bounded),
 	    cmocka_unit_test(test_now_ms_advances),

@@ -15,21 +15,16 @@
 /* the caller's effective uid and gid, from /proc/TID/status */
 static bool effective_ids(pid_t tid, uid_t *euid, gid_t *egid)
 {
-	char path[64], line[256];
-	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_cleanup_fclose FILE *f = fopen(path, "re");
-	int found = 0;
+	struct hm_proc_field ids[] = {{.key = "Uid"}, {.key = "Gid"}};
 	unsigned r, e;
-	while (f && found < 2 && fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "Uid: %u %u", &r, &e) == 2) {
-			*euid = e;
-			found++;
-		} else if (sscanf(line, "Gid: %u %u", &r, &e) == 2) {
-			*egid = e;
-			found++;
-		}
-	}
-	return found == 2;
+	if (hm_proc_status(tid, ids, HM_ARRAY_SIZE(ids)) < 0 ||
+	    sscanf(ids[0].value, "%u %u", &r, &e) != 2)
+		return false;
+	*euid = e;
+	if (sscanf(ids[1].value, "%u %u", &r, &e) != 2)
+		return false;
+	*egid = e;
+	return true;
 }
 
 static struct tracer_result handle_exec(const struct tracer_call *call, void *data)

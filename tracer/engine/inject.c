@@ -70,17 +70,8 @@ struct injection {
 
 static pid_t tgid_read(pid_t tid)
 {
-	char path[64], line[128];
-	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -1;
-	pid_t tgid = -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Tgid: %d", &tgid) == 1)
-			break;
-	fclose(f);
-	return tgid;
+	struct hm_proc_field tgid = {.key = "Tgid"};
+	return hm_proc_status(tid, &tgid, 1) == 0 ? (pid_t)atoi(tgid.value) : -1;
 }
 
 static pid_t tgid_of(struct tracer_ptrace *pt, pid_t tid)

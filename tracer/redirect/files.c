@@ -304,13 +304,10 @@ int trace_files_agent_errno(struct files *f, const char *op, const char *path,
 
 mode_t trace_files_umask(pid_t tid)
 {
-	char path[64], line[128];
-	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_cleanup_fclose FILE *f = fopen(path, "re");
+	struct hm_proc_field umask = {.key = "Umask"};
 	unsigned mask = 022;
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "Umask: %o", &mask) == 1)
-			break;
+	if (hm_proc_status(tid, &umask, 1) == 0)
+		sscanf(umask.value, "%o", &mask);
 	return (mode_t)(mask & 0777);
 }
 

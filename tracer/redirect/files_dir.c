@@ -396,21 +396,12 @@ struct files_cwd {
 /* Tgid and PPid of thread tid */
 static int proc_ids(pid_t tid, pid_t *tgid, pid_t *ppid)
 {
-	char path[64], line[128];
-	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_cleanup_fclose FILE *fp = fopen(path, "re");
-	int found = 0;
-	while (fp && found < 2 && fgets(line, sizeof(line), fp)) {
-		int v;
-		if (sscanf(line, "Tgid: %d", &v) == 1) {
-			*tgid = v;
-			found++;
-		} else if (sscanf(line, "PPid: %d", &v) == 1) {
-			*ppid = v;
-			found++;
-		}
-	}
-	return found == 2 ? 0 : -1;
+	struct hm_proc_field ids[] = {{.key = "Tgid"}, {.key = "PPid"}};
+	if (hm_proc_status(tid, ids, HM_ARRAY_SIZE(ids)) < 0)
+		return -1;
+	*tgid = atoi(ids[0].value);
+	*ppid = atoi(ids[1].value);
+	return 0;
 }
 
 /* the process's start time (clock ticks since boot), 0 when gone */

@@ -171,17 +171,8 @@ int trace_net_write_addr(const struct tracer_call *call, const struct net_addr *
 
 static pid_t tgid_of(pid_t tid)
 {
-	char path[64], line[128];
-	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	hm_cleanup_fclose FILE *f = fopen(path, "re");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		int tgid;
-		if (sscanf(line, "Tgid: %d", &tgid) == 1)
-			return tgid;
-	}
-	return -1;
+	struct hm_proc_field tgid = {.key = "Tgid"};
+	return hm_proc_status(tid, &tgid, 1) == 0 ? (pid_t)atoi(tgid.value) : -1;
 }
 
 int trace_net_getfd(const struct tracer_call *call, int fd, struct hm_err *err)
