@@ -409,6 +409,15 @@ static void status_reply(struct codec *c, struct proto_msg *m)
 		c_u64(c, &bd->refused);
 	}
 	s->nbudgets = n < PROTO_BUDGET_COUNT ? n : PROTO_BUDGET_COUNT;
+	if (!c_has_tail(c, s->has_incoming))
+		return; /* an agent without incoming traffic */
+	s->has_incoming = true;
+	c_u32(c, &s->subscriptions);
+	c_u64(c, &s->mirrored);
+	c_u64(c, &s->mirror_lost);
+	c_u64(c, &s->mirror_bytes);
+	c_u64(c, &s->stolen);
+	c_u64(c, &s->passed_to_target);
 }
 
 static void session_open(struct codec *c, struct proto_msg *m)
@@ -574,6 +583,58 @@ static void udp_datagram(struct codec *c, struct proto_msg *m)
 	c_bytes_ref(c, &d->data, d->len);
 }
 
+static void incoming_subscribe(struct codec *c, struct proto_msg *m)
+{
+	struct proto_incoming_subscribe *s = &m->incoming_subscribe;
+	c_u16(c, &s->port);
+	c_check(c, s->port != 0, "port 0");
+	c_u8(c, &s->mode);
+	c_check(c, s->mode == PROTO_INCOMING_MIRROR || s->mode == PROTO_INCOMING_STEAL,
+		"unknown incoming mode");
+	c_flags(c, &s->flags, PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT);
+	c_string(c, &s->http_filter, PROTO_HTTP_FILTER_MAX);
+	c_check(c, s->mode == PROTO_INCOMING_STEAL || !s->http_filter || !s->http_filter[0],
+		"an http filter needs steal mode");
+}
+
+static void incoming_subscribe_reply(struct codec *c, struct proto_msg *m)
+{
+	c_u32(c, &m->incoming_subscribe_reply.subscription);
+	c_check(c, m->incoming_subscribe_reply.subscription != 0, "subscription 0");
+	c_string(c, &m->incoming_subscribe_reply.note, PROTO_MSG_MAX);
+}
+
+static void incoming_unsubscribe(struct codec *c, struct proto_msg *m)
+{
+	c_u32(c, &m->incoming_unsubscribe.subscription);
+	c_check(c, m->incoming_unsubscribe.subscription != 0, "subscription 0");
+}
+
+static void incoming_connection(struct codec *c, struct proto_msg *m)
+{
+	struct proto_incoming_connection *ic = &m->incoming_connection;
+	c_u32(c, &ic->subscription);
+	c_check(c, ic->subscription != 0, "subscription 0");
+	c_token(c, ic->token);
+	c_addr(c, &ic->client);
+	c_addr(c, &ic->server);
+}
+
+static void incoming_data(struct codec *c, struct proto_msg *m)
+{
+	struct proto_incoming_data *d = &m->incoming_data;
+	c_u32(c, &d->len);
+	c_require(c, d->len <= PROTO_INCOMING_DATA_MAX, E2BIG, "incoming data too large");
+	c_check(c, d->len > 0, "empty incoming data");
+	c_bytes_ref(c, &d->data, d->len);
+}
+
+static void incoming_end(struct codec *c, struct proto_msg *m)
+{
+	c_i32(c, &m->incoming_end.error);
+	c_check(c, m->incoming_end.error == 0 || errno_ok(m->incoming_end.error), "bad errno");
+}
+
 /* ---- the message types ---- */
 
 typedef void layout_fn(struct codec *c, struct proto_msg *m);
@@ -625,6 +686,12 @@ static const struct type_info {
     MSG(UDP_OPEN, PROTO_UDP_OPEN_REPLY, udp_open),
     MSG(UDP_OPEN_REPLY, 0, udp_open_reply),
     MSG(UDP_DATAGRAM, 0, udp_datagram),
+    MSG(INCOMING_SUBSCRIBE, PROTO_INCOMING_SUBSCRIBE_REPLY, incoming_subscribe),
+    MSG(INCOMING_SUBSCRIBE_REPLY, 0, incoming_subscribe_reply),
+    MSG(INCOMING_UNSUBSCRIBE, PROTO_OK, incoming_unsubscribe),
+    MSG(INCOMING_CONNECTION, 0, incoming_connection),
+    MSG(INCOMING_DATA, 0, incoming_data),
+    MSG(INCOMING_END, 0, incoming_end),
 #undef MSG
 };
 

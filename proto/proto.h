@@ -78,7 +78,12 @@
  *   FILE_STATFS        path_req            FILE_STATFS_REPLY    statfs_reply
  *   TCP_CONNECT        tcp_connect         TCP_CONNECT_REPLY    tcp_connect_reply
  *   UDP_OPEN           udp_open            UDP_OPEN_REPLY       udp_open_reply
- *   events, id 0:      SESSION_ENDED (error), UDP_DATAGRAM (udp_datagram, streams only)
+ *   INCOMING_SUBSCRIBE incoming_subscribe  INCOMING_SUBSCRIBE_REPLY incoming_subscribe_reply
+ *   INCOMING_UNSUBSCRIBE incoming_unsubscribe OK                -
+ *   events, id 0:      SESSION_ENDED (error), UDP_DATAGRAM (udp_datagram, streams only),
+ *                      INCOMING_CONNECTION (incoming_connection, control connection),
+ *                      INCOMING_DATA (incoming_data), INCOMING_END (incoming_end): mirror
+ *                      streams only, agent to client
  *   any request ->     ERROR (error)
  * Paths in requests are absolute (they are resolved inside the target's root) and at
  * most PROTO_PATH_MAX bytes. Big file write-back goes in several FILE_WRITEs of at
@@ -116,9 +121,9 @@
 
 /* Handshake feature bits; HELLO_REPLY carries the intersection. */
 #define PROTO_FEAT_ZLIB (1ull << 0)   /* peer inflates zlib blobs: the agent may compress */
-#define PROTO_FEAT_MIRROR (1ull << 8) /* reserved: incoming traffic, later issue */
-#define PROTO_FEAT_STEAL (1ull << 9)  /* reserved: incoming traffic, later issue */
-#define PROTO_FEATURES_SUPPORTED PROTO_FEAT_ZLIB
+#define PROTO_FEAT_MIRROR (1ull << 8) /* INCOMING_SUBSCRIBE with PROTO_INCOMING_MIRROR */
+#define PROTO_FEAT_STEAL (1ull << 9)  /* INCOMING_SUBSCRIBE with PROTO_INCOMING_STEAL */
+#define PROTO_FEATURES_SUPPORTED (PROTO_FEAT_ZLIB | PROTO_FEAT_MIRROR | PROTO_FEAT_STEAL)
 
 #define PROTO_REPLY_BIT 0x8000
 enum proto_type {
@@ -164,9 +169,13 @@ enum proto_type {
 	PROTO_UDP_OPEN_REPLY = 0x8501,
 	PROTO_UDP_DATAGRAM = 0x0502, /* on a UDP stream only, both directions */
 
-	/* 0x0600-0x06ff and 0x8600-0x86ff: reserved for incoming subscriptions */
-	PROTO_INCOMING_FIRST = 0x0600,
-	PROTO_INCOMING_LAST = 0x06ff,
+	/* incoming traffic: the target's connections to a port, mirrored or stolen */
+	PROTO_INCOMING_SUBSCRIBE = 0x0601,
+	PROTO_INCOMING_UNSUBSCRIBE = 0x0602,
+	PROTO_INCOMING_DATA = 0x0603, /* on a mirror stream only, agent to client */
+	PROTO_INCOMING_END = 0x0604,  /* on a mirror stream only, agent to client, last */
+	PROTO_INCOMING_SUBSCRIBE_REPLY = 0x8601,
+	PROTO_INCOMING_CONNECTION = 0x8605, /* event on the control connection */
 };
 
 /* ---- message bodies ---- */
@@ -229,6 +238,14 @@ struct proto_status_reply {
 	uint64_t bytes_out;
 	uint8_t nbudgets; /* 0 from an agent without budgets; <= PROTO_BUDGET_COUNT */
 	struct proto_budget budgets[PROTO_BUDGET_COUNT];
+	/* incoming traffic, encoded after the budgets (so only with nbudgets > 0) */
+	bool has_incoming;
+	uint32_t subscriptions;	   /* open, all sessions */
+	uint64_t mirrored;	   /* connections delivered whole to mirror streams */
+	uint64_t mirror_lost;	   /* connections reset because the agent lost bytes */
+	uint64_t mirror_bytes;	   /* payload bytes copied to mirror streams */
+	uint64_t stolen;	   /* connections (or HTTP requests) given to a client */
+	uint64_t passed_to_target; /* filtered HTTP requests left to the target */
 };
 
 struct proto_session_open {
@@ -398,6 +415,56 @@ struct proto_udp_datagram {
 	uint32_t len; /* <= PROTO_DATAGRAM_MAX */
 };
 
+/* ---- incoming traffic ----
+ * A subscription is one session's interest in one TCP port of its target (the port the
+ * target's own server listens on, or would). MIRROR: every connection to the port that
+ * starts after the subscription is copied to the client, the target's server still
+ * answers it. STEAL: new connections to the port go to the client instead of the
+ * target's server; with an HTTP filter only the requests that match it do, the others
+ * go to the target's server. Each delivered connection is an INCOMING_CONNECTION event
+ * naming a stream token (see "Stream connection"). Subscriptions end with
+ * INCOMING_UNSUBSCRIBE or with the session. */
+enum proto_incoming_mode { PROTO_INCOMING_MIRROR = 1, PROTO_INCOMING_STEAL = 2 };
+#define PROTO_INCOMING_FLUSH (1u << 0)	    /* steal: reset the port's open connections */
+#define PROTO_INCOMING_CONCURRENT (1u << 1) /* on_concurrent_steal=continue: share, no abort */
+#define PROTO_HTTP_FILTER_MAX 8192	    /* bytes of an http_filter's JSON text */
+#define PROTO_INCOMING_DATA_MAX (256u << 10)
+
+struct proto_incoming_subscribe {
+	uint16_t port;	/* 1..65535, the target's port */
+	uint8_t mode;	/* enum proto_incoming_mode */
+	uint32_t flags; /* PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT */
+	/* STEAL only: "" for none, else mirrord's http_filter object as JSON text (the
+	 * keys header_filter, path_filter, method_filter, all_of, any_of; ports already
+	 * applied by the client), <= PROTO_HTTP_FILTER_MAX bytes. Checked by the agent. */
+	const char *http_filter;
+};
+
+struct proto_incoming_subscribe_reply {
+	uint32_t subscription; /* != 0, unique within the session */
+	const char *note;      /* "" or one line for the user, e.g. who else holds the port */
+};
+
+struct proto_incoming_unsubscribe {
+	uint32_t subscription;
+};
+
+struct proto_incoming_connection {
+	uint32_t subscription;
+	uint8_t token[PROTO_TOKEN_LEN]; /* claim the connection's stream with it */
+	struct proto_addr client;	/* the original client (accept's address) */
+	struct proto_addr server;	/* the target's address the client connected to */
+};
+
+struct proto_incoming_data {
+	const void *data;
+	uint32_t len; /* 1..PROTO_INCOMING_DATA_MAX */
+};
+
+struct proto_incoming_end {
+	int32_t error; /* 0: the client closed (FIN); ECONNRESET: reset or bytes lost */
+};
+
 /* One decoded or to-be-encoded message: set type and the union member the table in
  * the file comment names (types without a body have none). A decoded message points
  * into the frame payload it came from; proto_msg_free releases what it owns. */
@@ -433,6 +500,12 @@ struct proto_msg {
 		struct proto_udp_open udp_open;
 		struct proto_udp_open_reply udp_open_reply;
 		struct proto_udp_datagram udp_datagram;
+		struct proto_incoming_subscribe incoming_subscribe;
+		struct proto_incoming_subscribe_reply incoming_subscribe_reply;
+		struct proto_incoming_unsubscribe incoming_unsubscribe;
+		struct proto_incoming_connection incoming_connection;
+		struct proto_incoming_data incoming_data;
+		struct proto_incoming_end incoming_end;
 	};
 	struct { /* private: memory the message owns after decoding */
 		void *payload;

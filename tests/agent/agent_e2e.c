@@ -844,7 +844,7 @@ static int cmd_reject(struct e2e_ctx *ctx, int argc, char **argv)
 		else if (!strcmp(kind, "unknown-type"))
 			rc = send_frame(fd, 0x7777, 7, sizeof(junk), junk, sizeof(junk));
 		else if (!strcmp(kind, "reserved-type"))
-			rc = send_frame(fd, PROTO_INCOMING_FIRST, 7, 0, NULL, 0);
+			rc = send_frame(fd, 0x0600, 7, 0, NULL, 0);
 		else if (!strcmp(kind, "bad-flags")) {
 			uint8_t hdr[PROTO_HDR_LEN];
 			struct proto_hdr h = {.len = 8, .type = PROTO_PING, .flags = 0x40, .id = 7};

@@ -164,6 +164,13 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		for (unsigned i = 0; i < PROTO_BUDGET_COUNT; i++)
 			m->status_reply.budgets[i] =
 			    (struct proto_budget){i, 100 + i, 50 + i, 7 * i};
+		m->status_reply.has_incoming = true;
+		m->status_reply.subscriptions = 2;
+		m->status_reply.mirrored = 200;
+		m->status_reply.mirror_lost = 1;
+		m->status_reply.mirror_bytes = 1 << 20;
+		m->status_reply.stolen = 50;
+		m->status_reply.passed_to_target = 9;
 		return true;
 	case PROTO_SESSION_OPEN:
 		m->session_open.target = "pod/web";
@@ -255,6 +262,32 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		m->udp_datagram.data = "\x12\x34\x01\x00\x00\x01";
 		m->udp_datagram.len = 6;
 		return true;
+	case PROTO_INCOMING_SUBSCRIBE:
+		m->incoming_subscribe.port = 8080;
+		m->incoming_subscribe.mode = PROTO_INCOMING_STEAL;
+		m->incoming_subscribe.flags = PROTO_INCOMING_FLUSH;
+		m->incoming_subscribe.http_filter = "{\"header_filter\":\"^x-user: me$\"}";
+		return true;
+	case PROTO_INCOMING_SUBSCRIBE_REPLY:
+		m->incoming_subscribe_reply.subscription = 3;
+		m->incoming_subscribe_reply.note = "port 80 is also mirrored by session 2";
+		return true;
+	case PROTO_INCOMING_UNSUBSCRIBE:
+		m->incoming_unsubscribe.subscription = 3;
+		return true;
+	case PROTO_INCOMING_CONNECTION:
+		m->incoming_connection.subscription = 3;
+		memcpy(m->incoming_connection.token, sample_token, PROTO_TOKEN_LEN);
+		m->incoming_connection.client = sample_addr(false);
+		m->incoming_connection.server = sample_addr(true);
+		return true;
+	case PROTO_INCOMING_DATA:
+		m->incoming_data.data = "GET / HTTP/1.1\r\n";
+		m->incoming_data.len = 16;
+		return true;
+	case PROTO_INCOMING_END:
+		m->incoming_end.error = ECONNRESET;
+		return true;
 	}
 	return false;
 }
@@ -343,6 +376,14 @@ static void assert_msg_equal(const struct proto_msg *a, const struct proto_msg *
 		assert_int_equal(a->status_reply.nbudgets, b->status_reply.nbudgets);
 		assert_memory_equal(a->status_reply.budgets, b->status_reply.budgets,
 				    sizeof(a->status_reply.budgets));
+		assert_int_equal(a->status_reply.has_incoming, b->status_reply.has_incoming);
+		assert_int_equal(a->status_reply.subscriptions, b->status_reply.subscriptions);
+		assert_int_equal(a->status_reply.mirrored, b->status_reply.mirrored);
+		assert_int_equal(a->status_reply.mirror_lost, b->status_reply.mirror_lost);
+		assert_int_equal(a->status_reply.mirror_bytes, b->status_reply.mirror_bytes);
+		assert_int_equal(a->status_reply.stolen, b->status_reply.stolen);
+		assert_int_equal(a->status_reply.passed_to_target,
+				 b->status_reply.passed_to_target);
 		break;
 	case PROTO_SESSION_OPEN:
 		assert_string_equal(a->session_open.target, b->session_open.target);
@@ -455,6 +496,39 @@ static void assert_msg_equal(const struct proto_msg *a, const struct proto_msg *
 		assert_memory_equal(a->udp_datagram.data, b->udp_datagram.data,
 				    a->udp_datagram.len);
 		break;
+	case PROTO_INCOMING_SUBSCRIBE:
+		assert_int_equal(a->incoming_subscribe.port, b->incoming_subscribe.port);
+		assert_int_equal(a->incoming_subscribe.mode, b->incoming_subscribe.mode);
+		assert_int_equal(a->incoming_subscribe.flags, b->incoming_subscribe.flags);
+		assert_string_equal(a->incoming_subscribe.http_filter,
+				    b->incoming_subscribe.http_filter);
+		break;
+	case PROTO_INCOMING_SUBSCRIBE_REPLY:
+		assert_int_equal(a->incoming_subscribe_reply.subscription,
+				 b->incoming_subscribe_reply.subscription);
+		assert_string_equal(a->incoming_subscribe_reply.note,
+				    b->incoming_subscribe_reply.note);
+		break;
+	case PROTO_INCOMING_UNSUBSCRIBE:
+		assert_int_equal(a->incoming_unsubscribe.subscription,
+				 b->incoming_unsubscribe.subscription);
+		break;
+	case PROTO_INCOMING_CONNECTION:
+		assert_int_equal(a->incoming_connection.subscription,
+				 b->incoming_connection.subscription);
+		assert_memory_equal(a->incoming_connection.token, b->incoming_connection.token,
+				    PROTO_TOKEN_LEN);
+		assert_addr_equal(&a->incoming_connection.client, &b->incoming_connection.client);
+		assert_addr_equal(&a->incoming_connection.server, &b->incoming_connection.server);
+		break;
+	case PROTO_INCOMING_DATA:
+		assert_int_equal(a->incoming_data.len, b->incoming_data.len);
+		assert_memory_equal(a->incoming_data.data, b->incoming_data.data,
+				    a->incoming_data.len);
+		break;
+	case PROTO_INCOMING_END:
+		assert_int_equal(a->incoming_end.error, b->incoming_end.error);
+		break;
 	}
 }
 
@@ -498,7 +572,7 @@ static void test_roundtrip_every_type(void **state)
 		proto_msg_free(&out2);
 		proto_msg_free(&out);
 	}
-	assert_int_equal(types, 36);
+	assert_int_equal(types, 42);
 	proto_buf_release(&b);
 	proto_buf_release(&b2);
 }
@@ -748,7 +822,7 @@ static void test_unknown_type_and_flags_rejected(void **state)
 	struct proto_msg m;
 	assert_int_equal(proto_decode(&h, NULL, &m, &err), -1);
 	assert_int_equal(err.code, EPROTO);
-	h.type = PROTO_INCOMING_FIRST; /* reserved, not yet known */
+	h.type = 0x0600; /* in the incoming range, not a type */
 	assert_int_equal(proto_decode(&h, NULL, &m, &err), -1);
 	assert_int_equal(err.code, EPROTO);
 
