@@ -19,7 +19,7 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -I$(BUILD)/bpf \
            -fno-strict-aliasing -MMD -MP $(SAN_FLAGS)
 LDFLAGS += $(SAN_FLAGS)
-LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lseccomp -lpthread
+LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lhttp_parser -lseccomp -lpthread
 
 # library modules, in link order (dependents first)
 LIB_MODULES := agent tracer/redirect tracer/policy tracer/engine client relay runtime loader proto util
