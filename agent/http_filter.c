@@ -52,7 +52,7 @@ static int compile_regex(struct http_filter *f, const char *where, const char *r
 			 size_t len, struct hm_err *err)
 {
 	if (len > HTTP_FILTER_REGEX_MAX)
-		return hm_err_set(err, EINVAL, "%s: regex longer than %u bytes", where,
+		return hm_err_plain(err, EINVAL, "%s: regex longer than %u bytes", where,
 				  HTTP_FILTER_REGEX_MAX);
 	pcre2_compile_context *cctx = pcre2_compile_context_create(NULL);
 	if (!cctx)
@@ -69,7 +69,7 @@ static int compile_regex(struct http_filter *f, const char *where, const char *r
 	if (!f->re) {
 		PCRE2_UCHAR msg[160];
 		pcre2_get_error_message(code, msg, sizeof(msg));
-		return hm_err_set(err, EINVAL, "%s: bad regex \"%.*s\" at offset %zu: %s", where,
+		return hm_err_plain(err, EINVAL, "%s: bad regex \"%.*s\" at offset %zu: %s", where,
 				  (int)(len > 200 ? 200 : len), re, (size_t)offset, (char *)msg);
 	}
 	f->mctx = pcre2_match_context_create(NULL);
@@ -101,15 +101,15 @@ static int parse_list(struct parse *p, json_object *arr, enum node_kind kind, co
 		      int depth, struct http_filter *f)
 {
 	if (!json_object_is_type(arr, json_type_array))
-		return hm_err_set(p->err, EINVAL, "%s: must be a list of filters", where);
+		return hm_err_plain(p->err, EINVAL, "%s: must be a list of filters", where);
 	if (depth >= HTTP_FILTER_DEPTH_MAX)
-		return hm_err_set(p->err, EINVAL, "%s: nested deeper than %d", where,
+		return hm_err_plain(p->err, EINVAL, "%s: nested deeper than %d", where,
 				  HTTP_FILTER_DEPTH_MAX);
 	size_t n = json_object_array_length(arr);
 	if (n == 0)
-		return hm_err_set(p->err, EINVAL, "%s: cannot be an empty list", where);
+		return hm_err_plain(p->err, EINVAL, "%s: cannot be an empty list", where);
 	if (n > HTTP_FILTER_NODES_MAX)
-		return hm_err_set(p->err, EINVAL, "%s: more than %d filters", where,
+		return hm_err_plain(p->err, EINVAL, "%s: more than %d filters", where,
 				  HTTP_FILTER_NODES_MAX);
 	f->kind = kind;
 	f->children = calloc(n, sizeof(*f->children));
@@ -120,10 +120,10 @@ static int parse_list(struct parse *p, json_object *arr, enum node_kind kind, co
 		snprintf(at, sizeof(at), "%s[%zu]", where, i);
 		json_object *item = json_object_array_get_idx(arr, i);
 		if (!json_object_is_type(item, json_type_object))
-			return hm_err_set(p->err, EINVAL,
+			return hm_err_plain(p->err, EINVAL,
 					  "%s: must be an object like {\"header\": \"...\"}", at);
 		if (json_object_object_length(item) != 1)
-			return hm_err_set(p->err, EINVAL,
+			return hm_err_plain(p->err, EINVAL,
 					  "%s: must have exactly one of header, path, method, "
 					  "all_of, any_of",
 					  at);
@@ -141,7 +141,7 @@ static int parse_list(struct parse *p, json_object *arr, enum node_kind kind, co
 			while (k < HM_ARRAY_SIZE(inner) && strcmp(inner[k].name, key) != 0)
 				k++;
 			if (k == HM_ARRAY_SIZE(inner))
-				return hm_err_set(p->err, EINVAL,
+				return hm_err_plain(p->err, EINVAL,
 						  "%s: unknown key (header, path, method, all_of, "
 						  "any_of are known)",
 						  sub);
@@ -158,7 +158,7 @@ static int parse_node(struct parse *p, json_object *val, enum node_kind kind, co
 		      int depth, struct http_filter **out)
 {
 	if (++p->nodes > HTTP_FILTER_NODES_MAX)
-		return hm_err_set(p->err, EINVAL, "%s: more than %d filters in all", where,
+		return hm_err_plain(p->err, EINVAL, "%s: more than %d filters in all", where,
 				  HTTP_FILTER_NODES_MAX);
 	struct http_filter *f = calloc(1, sizeof(*f));
 	if (!f)
@@ -168,12 +168,12 @@ static int parse_node(struct parse *p, json_object *val, enum node_kind kind, co
 	if (kind == NODE_ALL_OF || kind == NODE_ANY_OF) {
 		rc = parse_list(p, val, kind, where, depth, f);
 	} else if (!json_object_is_type(val, json_type_string)) {
-		rc = hm_err_set(p->err, EINVAL, "%s: must be a string", where);
+		rc = hm_err_plain(p->err, EINVAL, "%s: must be a string", where);
 	} else if (kind == NODE_METHOD) {
 		const char *m = json_object_get_string(val);
 		size_t len = (size_t)json_object_get_string_len(val);
 		if (!is_token(m, len) || strlen(m) != len)
-			rc = hm_err_set(p->err, EINVAL, "%s: \"%.40s\" is not an HTTP method", where,
+			rc = hm_err_plain(p->err, EINVAL, "%s: \"%.40s\" is not an HTTP method", where,
 					m);
 		else if (!(f->method = strdup(m)))
 			rc = hm_err_set(p->err, ENOMEM, "%s", where);
@@ -198,7 +198,7 @@ static int parse_root(struct parse *p, json_object *root, struct http_filter **o
 		   {"method_filter", NODE_METHOD}, {"all_of", NODE_ALL_OF},
 		   {"any_of", NODE_ANY_OF}};
 	if (!json_object_is_type(root, json_type_object))
-		return hm_err_set(p->err, EINVAL, "http_filter: must be a JSON object");
+		return hm_err_plain(p->err, EINVAL, "http_filter: must be a JSON object");
 	json_object *chosen = NULL;
 	const char *chosen_name = NULL;
 	enum node_kind kind = NODE_HEADER;
@@ -210,13 +210,13 @@ static int parse_root(struct parse *p, json_object *root, struct http_filter **o
 		while (k < HM_ARRAY_SIZE(top) && strcmp(top[k].name, key) != 0)
 			k++;
 		if (k == HM_ARRAY_SIZE(top))
-			return hm_err_set(p->err, EINVAL,
+			return hm_err_plain(p->err, EINVAL,
 					  "http_filter.%.60s: unknown key (header_filter, "
 					  "path_filter, method_filter, all_of, any_of, ports are "
 					  "known)",
 					  key);
 		if (chosen)
-			return hm_err_set(p->err, EINVAL,
+			return hm_err_plain(p->err, EINVAL,
 					  "http_filter: %s and %s both set; only one of "
 					  "header_filter, path_filter, method_filter, all_of, any_of "
 					  "may be (combine them with all_of)",
@@ -226,7 +226,7 @@ static int parse_root(struct parse *p, json_object *root, struct http_filter **o
 		kind = top[k].kind;
 	}
 	if (!chosen)
-		return hm_err_set(p->err, EINVAL,
+		return hm_err_plain(p->err, EINVAL,
 				  "http_filter: none of header_filter, path_filter, method_filter, "
 				  "all_of, any_of is set");
 	char where[64];
@@ -238,12 +238,12 @@ int http_filter_parse(const char *json, size_t len, struct http_filter **out, st
 {
 	*out = NULL;
 	if (len > HTTP_FILTER_JSON_MAX)
-		return hm_err_set(err, EINVAL, "http_filter: longer than %u bytes",
+		return hm_err_plain(err, EINVAL, "http_filter: longer than %u bytes",
 				  HTTP_FILTER_JSON_MAX);
 	if (memchr(json, '\0', len))
-		return hm_err_set(err, EINVAL, "http_filter: NUL byte in the JSON text");
+		return hm_err_plain(err, EINVAL, "http_filter: NUL byte in the JSON text");
 	/* json-c's own depth bound keeps its recursion small; ours is checked above it */
-	json_tokener *tok = json_tokener_new_ex(2 * HTTP_FILTER_DEPTH_MAX + 4);
+	json_tokener *tok = json_tokener_new_ex(4 * HTTP_FILTER_DEPTH_MAX + 8);
 	if (!tok)
 		return hm_err_set(err, ENOMEM, "http_filter");
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
@@ -253,11 +253,11 @@ int http_filter_parse(const char *json, size_t len, struct http_filter **out, st
 	json_tokener_free(tok);
 	if (jerr == json_tokener_continue) {
 		json_object_put(root);
-		return hm_err_set(err, EINVAL, "http_filter: invalid JSON: unexpected end of input");
+		return hm_err_plain(err, EINVAL, "http_filter: invalid JSON: unexpected end of input");
 	}
 	if (!root || jerr != json_tokener_success || end != len) {
 		json_object_put(root);
-		return hm_err_set(err, EINVAL, "http_filter: invalid JSON at byte %zu: %s", end,
+		return hm_err_plain(err, EINVAL, "http_filter: invalid JSON at byte %zu: %s", end,
 				  jerr != json_tokener_success ? json_tokener_error_desc(jerr)
 							       : "trailing bytes");
 	}

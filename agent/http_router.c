@@ -243,17 +243,19 @@ static void connect_done(struct conn *c, struct upstream *u)
 	(void)c;
 }
 
-/* write buf[0..*len) to fd, keep the rest at the front; true when bytes moved. -1 on
- * a hard error. */
-static int write_front(int fd, char *buf, size_t *len)
+/* Send up to *part bytes from the front of buf (which holds *total), and drop what was
+ * sent from the front: 1 when bytes moved, 0 when the peer is full, -1 on a hard
+ * error. */
+static int send_front(int fd, char *buf, size_t *part, size_t *total)
 {
-	if (*len == 0)
+	if (*part == 0)
 		return 0;
-	ssize_t n = send(fd, buf, *len, MSG_NOSIGNAL);
+	ssize_t n = send(fd, buf, *part, MSG_NOSIGNAL);
 	if (n < 0)
 		return errno == EAGAIN || errno == EINTR ? 0 : -1;
-	memmove(buf, buf + n, *len - (size_t)n);
-	*len -= (size_t)n;
+	memmove(buf, buf + n, *total - (size_t)n);
+	*total -= (size_t)n;
+	*part -= (size_t)n;
 	return 1;
 }
 
@@ -365,7 +367,8 @@ static int step_requests(struct conn *c)
 		}
 		if (u->state != UP_READY)
 			return 0;
-		int w = write_front(u->fd, c->cin, &c->cin_len);
+		size_t all = c->cin_len;
+		int w = send_front(u->fd, c->cin, &all, &c->cin_len);
 		if (w < 0) {
 			kill_conn(c, true);
 			return 0;
@@ -440,15 +443,11 @@ static int step_requests(struct conn *c)
 		}
 		if (u->state != UP_READY)
 			return moved;
-		size_t len = c->cin_parsed;
-		int w = write_front(u->fd, c->cin, &len);
+		int w = send_front(u->fd, c->cin, &c->cin_parsed, &c->cin_len);
 		if (w < 0) {
 			kill_conn(c, true);
 			return moved;
 		}
-		size_t written = c->cin_parsed - len;
-		c->cin_len -= written;
-		c->cin_parsed = len;
 		moved |= w;
 		if (c->cin_parsed != 0)
 			return moved; /* the upstream is full: wait for EPOLLOUT */
@@ -520,9 +519,9 @@ static int watch_idle(struct conn *c)
 	return moved;
 }
 
-static int write_client(struct conn *c, char *buf, size_t *len)
+static int write_client(struct conn *c, char *buf, size_t *part, size_t *total)
 {
-	int w = write_front(c->fd, buf, len);
+	int w = send_front(c->fd, buf, part, total);
 	if (w < 0)
 		kill_conn(c, true);
 	return w < 0 ? 0 : w;
@@ -536,9 +535,8 @@ static int step_responses(struct conn *c)
 		if (u->state != UP_READY)
 			return 0;
 		moved |= read_upstream(c, u);
-		size_t len = u->in_len;
-		moved |= write_client(c, u->in, &len);
-		u->in_len = len;
+		size_t all = u->in_len;
+		moved |= write_client(c, u->in, &all, &u->in_len);
 		u->in_parsed = 0;
 		if (u->eof && u->in_len == 0 && !c->client_shut) {
 			shutdown(c->fd, SHUT_WR);
@@ -592,11 +590,8 @@ static int step_responses(struct conn *c)
 			return moved; /* wait for more of the response */
 		}
 		/* forward what is parsed of this response */
-		size_t len = u->in_parsed;
-		moved |= write_client(c, u->in, &len);
-		u->in_len -= u->in_parsed - len;
-		u->in_parsed = len;
-		if (c->dead || len)
+		moved |= write_client(c, u->in, &u->in_parsed, &u->in_len);
+		if (c->dead || u->in_parsed)
 			return moved; /* the client is full: EPOLLOUT comes back here */
 		if (ev & HTTP_EV_ERROR) {
 			/* what came is delivered; the client sees the close (a reset when the
