@@ -171,10 +171,13 @@ FUZZ_TIME ?= 60
 # the module sources each target links besides util/
 FUZZ_LINK_fuzz_proto := $(wildcard proto/*.c)
 FUZZ_LINK_fuzz_dns   := tracer/policy/net.c
-$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h)
+FUZZ_LINK_fuzz_http  := agent/http_filter.c agent/http_parse.c
+# the libraries a target needs besides -lz -lpthread
+FUZZ_LIBS_fuzz_http  := -ljson-c -lpcre2-8 -lhttp_parser
+$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h agent/internal.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
-		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) -lz -lpthread
+		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) $(FUZZ_LIBS_$*) -lz -lpthread
 # seeds: tests/fuzz/seeds/NAME/ (read-only, committed); a finding fails the target
 fuzz: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do \
