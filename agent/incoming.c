@@ -182,6 +182,11 @@ struct agent_target *agent_incoming_port_target(const struct agent_incoming_port
 	return p->target;
 }
 
+struct agent_incoming_counters *agent_incoming_port_counters(struct agent_incoming_port *p)
+{
+	return &p->reg->counters;
+}
+
 static struct agent_incoming_sub *sub_get(struct agent_incoming_sub *sub)
 {
 	atomic_fetch_add(&sub->refs, 1);

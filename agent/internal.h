@@ -418,6 +418,8 @@ uint64_t agent_incoming_port_netns_ino(const struct agent_incoming_port *p);
 int agent_incoming_port_netns_fd(const struct agent_incoming_port *p); /* borrowed */
 /* a target in the port's netns: agent_target_socket() makes sockets there */
 struct agent_target *agent_incoming_port_target(const struct agent_incoming_port *p);
+/* the registry's STATUS counters, for the engine and the router to add to */
+struct agent_incoming_counters *agent_incoming_port_counters(struct agent_incoming_port *p);
 /* The port's current subscriptions of mode (MIRROR: all; STEAL: the active ones, i.e.
  * what gets connections now), at most max, each with a reference for the caller
  * (agent_incoming_sub_put). */
