@@ -140,9 +140,14 @@ static void serve_http(int fd, const char *body)
 	}
 }
 
+/* an echo that tells itself apart from the pod's own echo server */
+#define STOLEN_ECHO_PREFIX "stolen:"
+
 static void serve_echo(int fd)
 {
 	char buf[65536];
+	if (send(fd, STOLEN_ECHO_PREFIX, strlen(STOLEN_ECHO_PREFIX), MSG_NOSIGNAL) < 0)
+		return;
 	for (;;) {
 		ssize_t n = recv(fd, buf, sizeof(buf), 0);
 		if (n <= 0)
@@ -220,7 +225,8 @@ static void write_ready(const char *path, const char *text)
 
 /* steal PORT [--flush] [--concurrent] [--echo | --http BODY] [--ready FILE] [--max N]
  *       [--unsubscribe] [--linger S]: subscribe (steal) to PORT of the target and serve
- * every delivered connection (an HTTP answer with BODY, or an echo) until N were
+ * every delivered connection (an HTTP answer with BODY, or an echo of what it gets after
+ * "stolen:") until N were
  * delivered (default: until killed); then, with --unsubscribe, unsubscribe and keep
  * the session open for S seconds (default 0). Prints "subscribed ID", the note if any,
  * and "connection SUB from CLIENT to SERVER" for each; writes "subscribed ID" to FILE. */
