@@ -7,7 +7,6 @@
 
 #include <json-c/json.h>
 #include <pcre2.h>
-#include <pthread.h>
 #include <string.h>
 #include <strings.h>
 
@@ -363,105 +362,14 @@ bool http_filter_match(const struct http_filter *f, const struct http_request *r
 	return hit;
 }
 
-/* ---- the routes of one port ---- */
-
-struct route {
-	uint32_t sub;
-	struct http_filter *filter; /* NULL: takes what no filter takes */
-};
-
-struct http_routes {
-	pthread_mutex_t lock;
-	atomic_uint refs;
-	struct route *v;
-	size_t n, cap;
-};
-
-int http_routes_create(struct http_routes **out, struct hm_err *err)
+int http_filter_pick(struct http_filter *const *filters, size_t n, const struct http_request *req)
 {
-	struct http_routes *r = calloc(1, sizeof(*r));
-	if (!r)
-		return hm_err_set(err, ENOMEM, "http routes");
-	pthread_mutex_init(&r->lock, NULL);
-	atomic_init(&r->refs, 1);
-	*out = r;
-	return 0;
-}
-
-struct http_routes *http_routes_get(struct http_routes *r)
-{
-	atomic_fetch_add(&r->refs, 1);
-	return r;
-}
-
-void http_routes_put(struct http_routes *r)
-{
-	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
-		return;
-	for (size_t i = 0; i < r->n; i++)
-		http_filter_free(r->v[i].filter);
-	free(r->v);
-	pthread_mutex_destroy(&r->lock);
-	free(r);
-}
-
-int http_routes_add(struct http_routes *r, uint32_t sub, struct http_filter *filter,
-		    struct hm_err *err)
-{
-	pthread_mutex_lock(&r->lock);
-	if (r->n == r->cap) {
-		size_t cap = r->cap ? 2 * r->cap : 4;
-		struct route *v = realloc(r->v, cap * sizeof(*v));
-		if (!v) {
-			pthread_mutex_unlock(&r->lock);
-			http_filter_free(filter);
-			return hm_err_set(err, ENOMEM, "http routes");
-		}
-		r->v = v;
-		r->cap = cap;
+	int catch_all = -1;
+	for (size_t i = 0; i < n; i++) {
+		if (!filters[i])
+			catch_all = catch_all < 0 ? (int)i : catch_all;
+		else if (http_filter_match(filters[i], req))
+			return (int)i;
 	}
-	r->v[r->n++] = (struct route){.sub = sub, .filter = filter};
-	pthread_mutex_unlock(&r->lock);
-	return 0;
-}
-
-bool http_routes_remove(struct http_routes *r, uint32_t sub)
-{
-	struct http_filter *gone = NULL;
-	bool found = false;
-	pthread_mutex_lock(&r->lock);
-	for (size_t i = 0; i < r->n; i++) {
-		if (r->v[i].sub != sub)
-			continue;
-		gone = r->v[i].filter;
-		memmove(&r->v[i], &r->v[i + 1], (r->n - i - 1) * sizeof(*r->v));
-		r->n--;
-		found = true;
-		break;
-	}
-	pthread_mutex_unlock(&r->lock);
-	http_filter_free(gone);
-	return found;
-}
-
-size_t http_routes_count(struct http_routes *r)
-{
-	pthread_mutex_lock(&r->lock);
-	size_t n = r->n;
-	pthread_mutex_unlock(&r->lock);
-	return n;
-}
-
-uint32_t http_routes_match(struct http_routes *r, const struct http_request *req)
-{
-	uint32_t chosen = 0, catch_all = 0;
-	pthread_mutex_lock(&r->lock);
-	for (size_t i = 0; i < r->n && !chosen; i++) {
-		if (!r->v[i].filter)
-			catch_all = catch_all ? catch_all : r->v[i].sub;
-		else if (http_filter_match(r->v[i].filter, req))
-			chosen = r->v[i].sub;
-	}
-	pthread_mutex_unlock(&r->lock);
-	return chosen ? chosen : catch_all;
+	return catch_all;
 }

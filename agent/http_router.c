@@ -56,7 +56,6 @@ struct conn {
 	struct http_router *r;
 	uint32_t slot, gen;
 	void *ctx;
-	struct http_routes *routes;
 	int fd;
 	struct watch w;
 	bool client_eof, client_shut;
@@ -82,7 +81,6 @@ struct msg {
 	enum msg_kind kind;
 	int fd;
 	uint64_t ticket;
-	struct http_routes *routes;
 	void *ctx;
 	struct msg *next;
 };
@@ -174,7 +172,6 @@ static void conn_free(struct conn *c)
 		close(c->fd);
 	http_reader_fini(&c->req);
 	free(c->cin);
-	http_routes_put(c->routes);
 	r->slots[c->slot] = NULL;
 	atomic_fetch_sub(&r->counters->connections, 1);
 	atomic_fetch_sub(&r->count, 1);
@@ -321,7 +318,7 @@ static void route_head(struct conn *c, int events)
 		return;
 	}
 	http_reader_request(&c->req, c->cin, hr);
-	uint32_t sub = http_routes_match(c->routes, hr);
+	uint32_t sub = c->r->ops->route(c->r->ctx, c->ctx, hr);
 	bool head = strcmp(hr->method, "HEAD") == 0, connect = strcmp(hr->method, "CONNECT") == 0;
 	free(hr);
 	int up = upstream_for(c, sub);
@@ -664,7 +661,6 @@ static void conn_start(struct http_router *r, struct msg *m)
 			free(c->cin);
 		free(c);
 		close_reset(m->fd);
-		http_routes_put(m->routes);
 		atomic_fetch_sub(&r->count, 1);
 		r->ops->closed(r->ctx, m->ctx);
 		return;
@@ -673,7 +669,6 @@ static void conn_start(struct http_router *r, struct msg *m)
 	c->slot = slot;
 	c->gen = ++r->next_gen;
 	c->ctx = m->ctx;
-	c->routes = m->routes;
 	c->fd = m->fd;
 	c->cur = c->raw_up = c->resp_raw_up = -1;
 	c->w = (struct watch){.c = c, .up = -1};
@@ -838,7 +833,6 @@ void http_router_destroy(struct http_router *r)
 		if (m->fd >= 0)
 			close_reset(m->fd);
 		if (m->kind == MSG_ADD) {
-			http_routes_put(m->routes);
 			atomic_fetch_sub(&r->count, 1);
 			r->ops->closed(r->ctx, m->ctx);
 		}
@@ -855,8 +849,7 @@ void http_router_destroy(struct http_router *r)
 	free(r);
 }
 
-int http_router_add(struct http_router *r, int client_fd, struct http_routes *routes, void *conn,
-		    struct hm_err *err)
+int http_router_add(struct http_router *r, int client_fd, void *conn, struct hm_err *err)
 {
 	if (atomic_fetch_add(&r->count, 1) >= HTTP_ROUTER_CONNS_MAX) {
 		atomic_fetch_sub(&r->count, 1);
@@ -870,8 +863,7 @@ int http_router_add(struct http_router *r, int client_fd, struct http_routes *ro
 		close_reset(client_fd);
 		return hm_err_set(err, ENOMEM, "http router");
 	}
-	*m = (struct msg){.kind = MSG_ADD, .fd = client_fd, .routes = http_routes_get(routes),
-			  .ctx = conn};
+	*m = (struct msg){.kind = MSG_ADD, .fd = client_fd, .ctx = conn};
 	post(r, m);
 	return 0;
 }

@@ -177,31 +177,23 @@ static void test_filter_hostile_regex_is_bounded(void **state)
 	assert_true(ms < 2000);
 }
 
-static void test_routes(void **state)
+static void test_pick(void **state)
 {
 	(void)state;
-	struct http_routes *routes;
-	struct hm_err err = {0};
-	assert_int_equal(http_routes_create(&routes, &err), 0);
 	const char *alice[] = {"X-User", "alice", NULL}, *bob[] = {"X-User", "bob", NULL};
 	struct http_request ra = req_of("GET", "/", alice), rb = req_of("GET", "/", bob),
 			    rn = req_of("GET", "/", NULL);
-	assert_int_equal(http_routes_match(routes, &ra), 0);
-	assert_int_equal(http_routes_add(routes, 7, NULL, &err), 0); /* unfiltered, first */
-	assert_int_equal(
-	    http_routes_add(routes, 3, parse_ok("{\"header_filter\": \"x-user: alice\"}"), &err), 0);
-	assert_int_equal(
-	    http_routes_add(routes, 4, parse_ok("{\"header_filter\": \"x-user: \"}"), &err), 0);
-	assert_int_equal(http_routes_match(routes, &ra), 3);
-	assert_int_equal(http_routes_match(routes, &rb), 4);
-	assert_int_equal(http_routes_match(routes, &rn), 7);
-	assert_true(http_routes_remove(routes, 3));
-	assert_false(http_routes_remove(routes, 3));
-	assert_int_equal(http_routes_match(routes, &ra), 4);
-	assert_true(http_routes_remove(routes, 7));
-	assert_int_equal(http_routes_match(routes, &rn), 0);
-	assert_int_equal(http_routes_count(routes), 1);
-	http_routes_put(routes);
+	struct http_filter *f[3] = {NULL, parse_ok("{\"header_filter\": \"x-user: alice\"}"),
+				    parse_ok("{\"header_filter\": \"x-user: \"}")};
+	assert_int_equal(http_filter_pick(f, 0, &ra), -1);
+	assert_int_equal(http_filter_pick(f + 1, 2, &rn), -1);
+	/* filtered ones first, in order; the unfiltered one takes the rest */
+	assert_int_equal(http_filter_pick(f, 3, &ra), 1);
+	assert_int_equal(http_filter_pick(f, 3, &rb), 2);
+	assert_int_equal(http_filter_pick(f, 3, &rn), 0);
+	assert_int_equal(http_filter_pick(f + 2, 1, &ra), 0);
+	http_filter_free(f[1]);
+	http_filter_free(f[2]);
 }
 
 /* ---- framing ---- */
@@ -259,8 +251,15 @@ struct harness {
 	int closed;
 	struct http_router *router;
 	struct http_router_counters counters;
-	struct http_routes *routes;
+	struct http_filter *filter; /* subscription 5's */
 };
+
+static uint32_t h_route(void *ctx, void *conn, const struct http_request *req)
+{
+	(void)conn;
+	struct harness *h = ctx;
+	return http_filter_pick(&h->filter, 1, req) == 0 ? 5 : 0;
+}
 
 static int h_open_pod(void *ctx, void *conn, struct hm_err *err)
 {
@@ -306,7 +305,7 @@ static void h_closed(void *ctx, void *conn)
 }
 
 static const struct http_router_ops h_ops = {
-    .open_pod = h_open_pod, .open_local = h_open_local, .closed = h_closed};
+    .route = h_route, .open_pod = h_open_pod, .open_local = h_open_local, .closed = h_closed};
 
 static struct harness *harness_new(const char *filter)
 {
@@ -315,9 +314,7 @@ static struct harness *harness_new(const char *filter)
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_cond_init(&h->cond, NULL);
 	struct hm_err err = {0};
-	assert_int_equal(http_routes_create(&h->routes, &err), 0);
-	if (filter)
-		assert_int_equal(http_routes_add(h->routes, 5, parse_ok(filter), &err), 0);
+	h->filter = parse_ok(filter);
 	assert_int_equal(http_router_create(&h_ops, h, &h->counters, &h->router, &err), 0);
 	return h;
 }
@@ -327,7 +324,7 @@ static int harness_client(struct harness *h)
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	struct hm_err err = {0};
-	assert_int_equal(http_router_add(h->router, sv[1], h->routes, NULL, &err), 0);
+	assert_int_equal(http_router_add(h->router, sv[1], NULL, &err), 0);
 	return sv[0];
 }
 
@@ -357,7 +354,7 @@ static void harness_free(struct harness *h, int client)
 		close(h->pod[i]);
 	for (int i = 0; i < h->n_local; i++)
 		close(h->local[i]);
-	http_routes_put(h->routes);
+	http_filter_free(h->filter);
 	pthread_cond_destroy(&h->cond);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
@@ -669,7 +666,7 @@ int main(void)
 	    cmocka_unit_test(test_filter_parse_bad),
 	    cmocka_unit_test(test_filter_match),
 	    cmocka_unit_test(test_filter_hostile_regex_is_bounded),
-	    cmocka_unit_test(test_routes),
+	    cmocka_unit_test(test_pick),
 	    cmocka_unit_test(test_reader_request_split),
 	    cmocka_unit_test(test_router_keepalive_mix),
 	    cmocka_unit_test(test_router_pipelined_in_order),

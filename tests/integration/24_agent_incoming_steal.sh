@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Stealing a pod's incoming connections through a real trace-agent: an sk_lookup program
+# in the pod's netns hands new connections to the agent, which gives them to the
+# subscribed session (tests/agent/agent_e2e `steal`, e2e_incoming.c). The pod runs a
+# real server (tests/apps/httpserve, tests/apps-c/echo_server); real clients (busybox
+# wget, nc) run in another pod.
+source "$(dirname "$0")/../lib.sh"
+source "$HERMIT_ROOT/tests/agent/agent_lib.sh"
+ensure_rootfs
+
+HTTPSERVE="$BUILD/apps/httpserve"
+ECHO_SERVER="$BUILD/tests/echo_server"
+for f in "$HTTPSERVE" "$ECHO_SERVER" "$AGENT_E2E" "$TRACE_AGENT"; do
+	[ -x "$f" ] || { echo "missing $f (make all)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/hermit-steal-test.XXXXXX)
+chmod 0755 "$WORK"
+WEB=$(pod_name web) # the target: an HTTP server on 8080, an echo server on 7000
+CLI=$(pod_name cli) # the clients
+HTTP_PORT=8080
+ECHO_PORT=7000
+cleanup() {
+	local f
+	agent_stop "$WORK" main >/dev/null 2>&1
+	for f in "$WORK"/*.pid; do
+		[ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null
+	done
+	pod_cleanup "$WEB" "$CLI"
+	[ -z "${KEEP_LOGS:-}" ] || cp "$WORK"/*.log "$WORK"/*.out "$KEEP_LOGS"/ 2>/dev/null
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -m 0700 "$WORK/private"
+ROOTFS="$WORK/private/rootfs"
+cp -a "$TEST_ROOTFS" "$ROOTFS"
+tp deploy "$HTTPSERVE" --rootfs "$ROOTFS" >/dev/null
+tp deploy "$ECHO_SERVER" --rootfs "$ROOTFS" >/dev/null
+
+tp run -d --init --name "$WEB" --rootfs "$ROOTFS" -- sh -c "
+	echo_server -p $ECHO_PORT &
+	exec httpserve -listen :$HTTP_PORT -body pod-answer" </dev/null >/dev/null
+tp run -d --name "$CLI" --rootfs "$ROOTFS" -- sleep 100000 </dev/null >/dev/null
+wait_until 100 sh -c "'$TRACE_POD' logs '$WEB' 2>/dev/null | grep -q 'httpserve: listening'" ||
+	fail "pod $WEB did not start httpserve: $("$TRACE_POD" logs "$WEB" 2>&1)"
+wait_until 100 sh -c "'$TRACE_POD' logs '$WEB' 2>/dev/null | grep -q 'echo_server.*listening'" ||
+	fail "pod $WEB did not start echo_server: $("$TRACE_POD" logs "$WEB" 2>&1)"
+WEB_IP=$(pod_ip "$WEB")
+CLI_IP=$(pod_ip "$CLI")
+[ -n "$WEB_IP" ] && [ -n "$CLI_IP" ] || fail "a pod has no IP"
+echo "pods: target $WEB_IP, client $CLI_IP"
+
+E() { e2e "$WORK" main --target "pod/$WEB" "$@"; }
+
+# get: one HTTP GET from the client pod (busybox wget); prints the body or "ERR".
+# (busybox wget -T crashes in this static build: the timeout applet bounds it)
+get() { tp exec "$CLI" -- timeout 5 wget -q -O - "http://$WEB_IP:$HTTP_PORT/" 2>/dev/null </dev/null || echo ERR; }
+
+# answer_is TEXT: the next GET gets TEXT
+answer_is() { [ "$(get)" = "$1" ]; }
+
+# steal_bg NAME ARGS...: agent_e2e steal in the background; waits for its subscription.
+steal_bg() {
+	local name="$1"
+	shift
+	rm -f "$WORK/$name.ready"
+	# timeout passes our signals on to agent_e2e: killing $! ends the session
+	timeout 300 "$AGENT_E2E" --unix "$WORK/main.sock" --token-file "$WORK/token" \
+		--target "pod/$WEB" steal "$@" --ready "$WORK/$name.ready" >"$WORK/$name.out" 2>&1 &
+	echo $! >"$WORK/$name.pid"
+	wait_until 100 test -f "$WORK/$name.ready" ||
+		fail "steal $name did not subscribe: $(cat "$WORK/$name.out")"
+}
+steal_pid() { cat "$WORK/$1.pid"; }
+
+# our objects in the pod's netns: BPF links attached to it (sk_lookup), and whatever
+# `bpftool net` lists there (tc, xdp, flow dissector, and sk_lookup in newer bpftools)
+ours_in_pod() {
+	local pid ino
+	pid=$(pod_pid "$WEB")
+	ino=$(stat -L -c %i "/proc/$pid/ns/net")
+	bpftool link show 2>/dev/null | grep -w "netns_ino $ino" || true
+	nsenter -t "$pid" -n bpftool net show 2>/dev/null | grep -E 'hm_|sk_lookup.*id' || true
+}
+
+agent_start "$WORK" main
+
+test_pod_answers_before() {
+	assert_eq "pod-answer" "$(get)" "the pod's own server before any steal"
+	[ -z "$(ours_in_pod)" ] || fail "BPF objects before any steal: $(ours_in_pod)"
+}
+
+test_steal_http() {
+	steal_bg s1 "$HTTP_PORT" --http stolen-answer
+	local got
+	got=$(get)
+	assert_eq "stolen-answer" "$got" "a client of the pod while stolen"
+	got=$(get)
+	assert_eq "stolen-answer" "$got" "a second client"
+	local out
+	out=$(cat "$WORK/s1.out")
+	# the session saw the real client (the other pod) and the pod address it dialed
+	assert_contains "$out" "from $CLI_IP:" "the client address delivered"
+	assert_contains "$out" "to $WEB_IP:$HTTP_PORT" "the server address delivered"
+	[ -n "$(ours_in_pod)" ] || fail "no sk_lookup program attached while stealing"
+	out=$(E incoming-status)
+	assert_contains "$out" "subscriptions 1 " "status while stealing"
+	kill -TERM "$(steal_pid s1)"
+	wait "$(steal_pid s1)" 2>/dev/null || true
+	# the session ended: the pod answers again and nothing of ours stays
+	wait_until 20 answer_is pod-answer ||
+		fail "the pod does not answer after the session ended: $(get)"
+	wait_until 20 test -z "$(ours_in_pod)" || fail "left behind: $(ours_in_pod)"
+}
+
+# stop_steal NAME: end that session (its agent_e2e exits, the connection closes)
+stop_steal() {
+	kill -TERM "$(steal_pid "$1")" 2>/dev/null || true
+	wait "$(steal_pid "$1")" 2>/dev/null || true
+}
+session_of() { sed -n 's/^session //p' "$WORK/$1.out"; }
+
+test_status_counts() {
+	local out
+	out=$("$TRACE_AGENT" status --unix "$WORK/main.sock" --token-file "$WORK/token")
+	echo "$out"
+	assert_contains "$out" "incoming     0 subscription(s)" "trace-agent status"
+	grep -Eq '^  stolen +[2-9][0-9]* ' <<<"$out" || fail "the stolen connections are not counted"
+}
+
+# unsubscribing (the session stays open) gives the port back
+test_unsubscribe_gives_back() {
+	steal_bg s2 "$HTTP_PORT" --http stolen-once --max 1 --unsubscribe --linger 30
+	assert_eq "stolen-once" "$(get)" "the first client"
+	wait_until 50 grep -q '^unsubscribed' "$WORK/s2.out" || fail "no unsubscribe: $(cat "$WORK/s2.out")"
+	assert_eq "pod-answer" "$(get)" "a client after the unsubscribe, session still open"
+	[ -z "$(ours_in_pod)" ] || fail "left behind after unsubscribe: $(ours_in_pod)"
+	stop_steal s2
+}
+
+# a second unfiltered steal of the port is refused, naming who holds it; with
+# on_concurrent_steal=continue it waits and takes over when the holder goes
+test_second_steal() {
+	steal_bg holder "$HTTP_PORT" --http holder-answer
+	local sid out
+	sid=$(session_of holder)
+	[ -n "$sid" ] || fail "no session id: $(cat "$WORK/holder.out")"
+	out=$(E subscribe "$HTTP_PORT" steal EADDRINUSE "stolen by session $sid (unix pid")
+	echo "$out"
+	assert_contains "$out" "pod/$WEB" "the refusal names the target"
+	assert_eq "holder-answer" "$(get)" "the holder keeps the port after a refused steal"
+	steal_bg waiter "$HTTP_PORT" --http waiter-answer --concurrent
+	assert_contains "$(cat "$WORK/waiter.out")" "note: port $HTTP_PORT of pod/$WEB" "the waiter's note"
+	assert_contains "$(cat "$WORK/waiter.out")" "takes over when that one ends" "the waiter's note"
+	assert_eq "holder-answer" "$(get)" "the holder keeps the port while another waits"
+	stop_steal holder
+	assert_eq "waiter-answer" "$(get)" "the waiter took over"
+	stop_steal waiter
+	wait_until 20 answer_is pod-answer || fail "the pod does not answer after both ended: $(get)"
+}
+
+# kill -9 of the agent while stealing: the link dies with the process's fds
+test_agent_killed() {
+	steal_bg k "$HTTP_PORT" --http stolen-k
+	assert_eq "stolen-k" "$(get)" "stolen before the kill"
+	[ -n "$(ours_in_pod)" ] || fail "no sk_lookup link while stealing"
+	kill -KILL "$(agent_pid "$WORK" main)"
+	local start=$EPOCHREALTIME
+	while [ "$(tp exec "$CLI" -- timeout 1 wget -q -O - "http://$WEB_IP:$HTTP_PORT/" 2>/dev/null </dev/null)" != pod-answer ]; do
+		awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { exit !(n - s < 1) }' ||
+			fail "the pod did not answer within 1 s of kill -9"
+	done
+	local took
+	took=$(awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (n - s) * 1000 }')
+	echo "the pod answered ${took} ms after kill -9"
+	[ -z "$(ours_in_pod)" ] || fail "left behind after kill -9: $(ours_in_pod)"
+	stop_steal k
+	agent_start "$WORK" main
+}
+
+# raw TCP: an echo protocol, stolen; the agent_e2e echo answers "stolen:" first
+echo_once() { tp exec "$CLI" -- sh -c "echo ${1:-hello} | timeout 3 nc $WEB_IP $ECHO_PORT" 2>/dev/null </dev/null; }
+test_raw_tcp_echo() {
+	assert_eq "hello" "$(echo_once)" "the pod's own echo server"
+	steal_bg e "$ECHO_PORT" --echo
+	assert_eq "stolen:hello" "$(echo_once)" "a stolen echo connection"
+	assert_eq "stolen:again" "$(echo_once again)" "a second one"
+	stop_steal e
+	wait_until 20 sh -c "true" && assert_eq "hello" "$(echo_once)" "the pod's echo server again"
+}
+
+# keep_alive NAME: a connection to the pod's echo server held open from the client pod;
+# NAME.out gets "closed" once it ends
+keep_alive() {
+	tp exec "$CLI" -- sh -c "(echo first; sleep 60) | { nc $WEB_IP $ECHO_PORT; echo closed; }" \
+		</dev/null >"$WORK/$1.out" 2>&1 &
+	echo $! >"$WORK/$1.pid"
+	wait_until 50 grep -q first "$WORK/$1.out" || fail "no keep-alive connection: $(cat "$WORK/$1.out")"
+}
+established_to_echo() {
+	nsenter -t "$(pod_pid "$WEB")" -n ss -Htn state established "( sport = :$ECHO_PORT and dst $CLI_IP )" | grep -c . || true
+}
+
+# flush_connections: the pod's open connections on the port are closed when the steal
+# starts; without it they stay on the pod's server
+test_flush() {
+	keep_alive ka1
+	steal_bg nf "$ECHO_PORT" --echo
+	sleep 1
+	! grep -q closed "$WORK/ka1.out" || fail "a steal without flush closed an open connection"
+	[ "$(established_to_echo)" -ge 1 ] || fail "the kept-alive connection is gone without flush"
+	stop_steal nf
+	steal_bg fl "$ECHO_PORT" --echo --flush
+	wait_until 50 grep -q closed "$WORK/ka1.out" || fail "flush did not close the kept-alive connection"
+	assert_eq "stolen:hello" "$(echo_once)" "the client reconnects into the steal"
+	stop_steal fl
+	kill -KILL "$(cat "$WORK/ka1.pid")" 2>/dev/null || true
+}
+
+run_test pod_answers_before test_pod_answers_before
+run_test steal_http test_steal_http
+run_test status_counts test_status_counts
+run_test unsubscribe_gives_back test_unsubscribe_gives_back
+run_test second_steal test_second_steal
+run_test raw_tcp_echo test_raw_tcp_echo
+run_test flush test_flush
+run_test agent_killed test_agent_killed
