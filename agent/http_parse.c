@@ -19,6 +19,7 @@ struct http_reader_state {
 	bool head_done, msg_done, in_message;
 	bool expect_head;
 	bool too_large;
+	bool keep_alive; /* of the message that ended */
 	int events; /* of the feed in progress */
 	/* request capture, offsets from base */
 	const char *base;
@@ -103,6 +104,7 @@ static int on_message_complete(http_parser *p)
 	struct http_reader_state *s = state_of(p);
 	s->msg_done = true;
 	s->in_message = false;
+	s->keep_alive = http_should_keep_alive(p);
 	s->events |= HTTP_EV_END;
 	/* one message per feed: the router routes the next one on its own */
 	http_parser_pause(p, 1);
@@ -252,6 +254,11 @@ void http_reader_request(const struct http_reader *r, const char *base,
 unsigned http_reader_status(const struct http_reader *r)
 {
 	return r->st->parser.status_code;
+}
+
+bool http_reader_keep_alive(const struct http_reader *r)
+{
+	return r->st->keep_alive;
 }
 
 bool http_reader_too_large(const struct http_reader *r)

@@ -600,6 +600,7 @@ static int step_responses(struct conn *c)
 		if (!(ev & HTTP_EV_END))
 			continue;
 		unsigned status = http_reader_status(&u->resp);
+		bool keep_alive = http_reader_keep_alive(&u->resp);
 		http_reader_next(&u->resp);
 		moved = 1;
 		if (status / 100 == 1 && status != 101)
@@ -612,8 +613,10 @@ static int step_responses(struct conn *c)
 			c->resp_raw_up = (int)(u - c->up);
 			continue;
 		}
-		if (u->eof && u->in_parsed == u->in_len)
-			c->finishing = true; /* the server closed after it: so does the client */
+		/* the server closes after it ("Connection: close", close-delimited): the
+		 * client, told so, sees the close too */
+		if (!keep_alive || (u->eof && u->in_parsed == u->in_len))
+			c->finishing = true;
 	}
 }
 

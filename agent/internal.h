@@ -546,6 +546,9 @@ void http_reader_request(const struct http_reader *r, const char *base,
 			 struct http_request *out);
 unsigned http_reader_status(const struct http_reader *r); /* after HEAD of a response */
 bool http_reader_too_large(const struct http_reader *r); /* ERROR: the head is too big */
+/* After END: the connection stays open after this message (HTTP/1.1 without
+ * "Connection: close", or HTTP/1.0 with keep-alive). */
+bool http_reader_keep_alive(const struct http_reader *r);
 const char *http_reader_error(const struct http_reader *r);
 
 /* ---- http_filter.c: mirrord's http_filter, parsed and matched ----

@@ -115,26 +115,53 @@ struct delivered {
 	uint8_t token[PROTO_TOKEN_LEN];
 };
 
+/* Answers every request of the connection with body, keep-alive like a real server
+ * (the HTTP router hands one stream several requests): each head ends at the empty
+ * line, a Content-Length body is skipped, "Connection: close" ends the connection. */
 static void serve_http(int fd, const char *body)
 {
-	char buf[8192];
+	char buf[16384];
 	size_t got = 0;
-	while (got < sizeof(buf) - 1) {
-		ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
-		if (n <= 0)
-			return;
-		got += (size_t)n;
+	for (;;) {
+		char *end;
 		buf[got] = '\0';
-		if (strstr(buf, "\r\n\r\n"))
+		while (!(end = strstr(buf, "\r\n\r\n"))) {
+			if (got == sizeof(buf) - 1)
+				return;
+			ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+			if (n <= 0)
+				return;
+			got += (size_t)n;
+			buf[got] = '\0';
+		}
+		size_t head = (size_t)(end + 4 - buf), skip = 0;
+		*end = '\0';
+		const char *cl = strcasestr(buf, "\r\ncontent-length:");
+		if (cl)
+			skip = strtoull(cl + 17, NULL, 10);
+		bool close_after = strcasestr(buf, "\r\nconnection: close") != NULL;
+		char reply[512];
+		int rl = snprintf(reply, sizeof(reply),
+				  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+				  "%zu\r\n%s\r\n%s",
+				  strlen(body), close_after ? "Connection: close\r\n" : "", body);
+		if (rl < 0 || (size_t)rl >= sizeof(reply) ||
+		    send(fd, reply, (size_t)rl, MSG_NOSIGNAL) != rl)
+			return;
+		if (close_after)
 			break;
+		/* drop this request (head and body) from the buffer, keep what follows */
+		size_t drop = head + skip;
+		while (drop > got) {
+			ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+			if (n <= 0)
+				return;
+			drop -= got;
+			got = (size_t)n;
+		}
+		memmove(buf, buf + drop, got - drop);
+		got -= drop;
 	}
-	char head[256];
-	int hl = snprintf(head, sizeof(head),
-			  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-			  "%zu\r\nConnection: close\r\n\r\n",
-			  strlen(body));
-	if (send(fd, head, (size_t)hl, MSG_NOSIGNAL) == hl)
-		send(fd, body, strlen(body), MSG_NOSIGNAL);
 	shutdown(fd, SHUT_WR);
 	while (recv(fd, buf, sizeof(buf), 0) > 0) {
 	}
