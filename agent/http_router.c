@@ -29,6 +29,9 @@ enum up_state { UP_NONE, UP_OPENING, UP_CONNECTING, UP_READY, UP_FAILED };
 struct watch {
 	struct conn *c;
 	int up; /* -1: the client */
+	/* what epoll last said and no EAGAIN denied since: a read or send is tried only
+	 * then, so an idle side costs no syscall per request */
+	bool rd, wr;
 };
 
 struct upstream {
@@ -131,6 +134,7 @@ static void kill_conn(struct conn *c, bool reset)
 
 static void watch_fd(struct conn *c, int fd, struct watch *w)
 {
+	w->rd = w->wr = true;
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = w};
 	if (epoll_ctl(c->r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		hm_warn("http router: epoll_ctl: %s", strerror(errno));
@@ -243,13 +247,16 @@ static void connect_done(struct conn *c, struct upstream *u)
 /* Send up to *part bytes from the front of buf (which holds *total), and drop what was
  * sent from the front: 1 when bytes moved, 0 when the peer is full, -1 on a hard
  * error. */
-static int send_front(int fd, char *buf, size_t *part, size_t *total)
+static int send_front(int fd, struct watch *w, char *buf, size_t *part, size_t *total)
 {
-	if (*part == 0)
+	if (*part == 0 || !w->wr)
 		return 0;
 	ssize_t n = send(fd, buf, *part, MSG_NOSIGNAL);
-	if (n < 0)
+	if (n < 0) {
+		if (errno == EAGAIN)
+			w->wr = false;
 		return errno == EAGAIN || errno == EINTR ? 0 : -1;
+	}
 	memmove(buf, buf + n, *total - (size_t)n);
 	*total -= (size_t)n;
 	*part -= (size_t)n;
@@ -282,10 +289,12 @@ static void q_pop(struct conn *c)
 
 static int read_client(struct conn *c)
 {
-	if (c->client_eof || c->cin_len == CIN_CAP || c->finishing)
+	if (c->client_eof || c->cin_len == CIN_CAP || c->finishing || !c->w.rd)
 		return 0;
 	ssize_t n = recv(c->fd, c->cin + c->cin_len, CIN_CAP - c->cin_len, 0);
 	if (n < 0) {
+		if (errno == EAGAIN)
+			c->w.rd = false;
 		if (errno == EAGAIN || errno == EINTR)
 			return 0;
 		kill_conn(c, true);
@@ -365,7 +374,7 @@ static int step_requests(struct conn *c)
 		if (u->state != UP_READY)
 			return 0;
 		size_t all = c->cin_len;
-		int w = send_front(u->fd, c->cin, &all, &c->cin_len);
+		int w = send_front(u->fd, &u->w, c->cin, &all, &c->cin_len);
 		if (w < 0) {
 			kill_conn(c, true);
 			return 0;
@@ -440,7 +449,7 @@ static int step_requests(struct conn *c)
 		}
 		if (u->state != UP_READY)
 			return moved;
-		int w = send_front(u->fd, c->cin, &c->cin_parsed, &c->cin_len);
+		int w = send_front(u->fd, &u->w, c->cin, &c->cin_parsed, &c->cin_len);
 		if (w < 0) {
 			kill_conn(c, true);
 			return moved;
@@ -474,10 +483,12 @@ static int step_requests(struct conn *c)
 
 static int read_upstream(struct conn *c, struct upstream *u)
 {
-	if (u->state != UP_READY || u->eof || u->in_len == UPIN_CAP)
+	if (u->state != UP_READY || u->eof || u->in_len == UPIN_CAP || !u->w.rd)
 		return 0;
 	ssize_t n = recv(u->fd, u->in + u->in_len, UPIN_CAP - u->in_len, 0);
 	if (n < 0) {
+		if (errno == EAGAIN)
+			u->w.rd = false;
 		if (errno == EAGAIN || errno == EINTR)
 			return 0;
 		/* a reset upstream: the client sees one too */
@@ -518,7 +529,7 @@ static int watch_idle(struct conn *c)
 
 static int write_client(struct conn *c, char *buf, size_t *part, size_t *total)
 {
-	int w = send_front(c->fd, buf, part, total);
+	int w = send_front(c->fd, &c->w, buf, part, total);
 	if (w < 0)
 		kill_conn(c, true);
 	return w < 0 ? 0 : w;
@@ -550,9 +561,13 @@ static int step_responses(struct conn *c)
 			return moved;
 		if (e->kind == ENTRY_431) {
 			size_t left = sizeof(too_large_reply) - 1 - c->synth_off;
+			if (!c->w.wr)
+				return moved;
 			ssize_t n = send(c->fd, too_large_reply + c->synth_off, left, MSG_NOSIGNAL);
 			if (n < 0) {
-				if (errno != EAGAIN && errno != EINTR)
+				if (errno == EAGAIN)
+					c->w.wr = false;
+				else if (errno != EINTR)
 					kill_conn(c, true);
 				return moved;
 			}
@@ -761,6 +776,11 @@ static void *router_main(void *arg)
 			struct conn *c = w->c;
 			if (c->dead)
 				continue;
+			uint32_t e = evs[i].events;
+			if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+				w->rd = true;
+			if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+				w->wr = true;
 			if (w->up >= 0 && c->up[w->up].state == UP_CONNECTING &&
 			    (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
 				connect_done(c, &c->up[w->up]);
