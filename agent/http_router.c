@@ -19,6 +19,7 @@
 #include "agent/internal.h"
 
 #define CIN_CAP (HTTP_HEAD_MAX + (32u << 10))
+_Static_assert(HTTP_ROUTER_CONNS_MAX <= 4096, "a ticket has 12 bits of slot");
 #define UPIN_CAP (64u << 10)
 
 static const char too_large_reply[] = "HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -38,6 +39,8 @@ struct upstream {
 	enum up_state state;
 	int fd;
 	uint32_t sub; /* 0: the pod */
+	uint32_t opens; /* times this slot was opened: a late answer to an earlier open is
+			 * told apart by it (ticket) */
 	struct watch w;
 	struct http_reader resp;
 	char *in;
@@ -103,9 +106,11 @@ struct http_router {
 	struct conn *dead;
 };
 
+/* connection generation 32 bits | slot 12 | the upstream's opens 12 | upstream 8 */
 static uint64_t make_ticket(const struct conn *c, int up)
 {
-	return (uint64_t)c->gen << 32 | (uint64_t)c->slot << 8 | (uint64_t)up;
+	return (uint64_t)c->gen << 32 | (uint64_t)c->slot << 20 |
+	       (uint64_t)(c->up[up].opens & 0xfff) << 8 | (uint64_t)up;
 }
 
 static void set_nonblock(int fd)
@@ -201,18 +206,23 @@ static int upstream_for(struct conn *c, uint32_t sub)
 	struct upstream *u = &c->up[free_slot];
 	upstream_close(c, u);
 	u->sub = sub;
+	u->opens++;
 	struct hm_err err = {0};
 	if (http_reader_init(&u->resp, false, &err) < 0)
 		return -1;
 	if (!u->in && !(u->in = malloc(UPIN_CAP)))
 		return -1;
 	if (sub == 0) {
-		int fd = c->r->ops->open_pod(c->r->ctx, c->ctx, &err);
-		if (fd < 0) {
+		int fd = -1;
+		u->state = UP_OPENING;
+		if (c->r->ops->open_pod(c->r->ctx, c->ctx, make_ticket(c, free_slot), &fd, &err) <
+		    0) {
 			hm_debug("http router: pod: %s", err.msg);
 			u->state = UP_FAILED;
 			return free_slot;
 		}
+		if (fd < 0)
+			return free_slot; /* http_router_stream_ready brings it */
 		set_nonblock(fd);
 		u->fd = fd;
 		u->state = UP_CONNECTING;
@@ -705,11 +715,12 @@ static void conn_start(struct http_router *r, struct msg *m)
 
 static void stream_arrived(struct http_router *r, uint64_t ticket, int fd)
 {
-	uint32_t gen = (uint32_t)(ticket >> 32), slot = (uint32_t)(ticket >> 8) & 0xffffff;
+	uint32_t gen = (uint32_t)(ticket >> 32), slot = (uint32_t)(ticket >> 20) & 0xfff;
+	uint32_t opens = (uint32_t)(ticket >> 8) & 0xfff;
 	int up = (int)(ticket & 0xff);
 	struct conn *c = slot < HTTP_ROUTER_CONNS_MAX ? r->slots[slot] : NULL;
 	if (!c || c->gen != gen || c->dead || up >= HTTP_ROUTER_UPSTREAMS_MAX ||
-	    c->up[up].state != UP_OPENING) {
+	    c->up[up].state != UP_OPENING || (c->up[up].opens & 0xfff) != opens) {
 		if (fd >= 0)
 			close(fd);
 		return;

@@ -8,9 +8,16 @@
 
 #include "agent/internal.h"
 
-/* a request for the pod waits at most this long for its connect (on the router's
- * thread: the pod's server is on the same host, its connect takes microseconds) */
-#define POD_CONNECT_TIMEOUT_MS 2000
+/* a connection to the pod's server waits at most this long for its connect */
+#define POD_CONNECT_TIMEOUT_MS 5000
+
+/* a bypass connect asked by the router, done on the connector thread (it blocks) */
+struct pod_connect {
+	struct agent_incoming_port *port;
+	struct proto_addr server;
+	uint64_t ticket;
+	struct pod_connect *next;
+};
 
 struct agent_http_steal {
 	struct agent_incoming *reg;
@@ -21,6 +28,11 @@ struct agent_http_steal {
 	 * after destroy) */
 	pthread_mutex_t lock;
 	unsigned refs;
+	/* the connector thread and its queue (under lock) */
+	pthread_t connector;
+	pthread_cond_t wake;
+	struct pod_connect *todo, *todo_tail;
+	bool stop;
 };
 
 static void steal_put(struct agent_http_steal *s)
@@ -29,6 +41,7 @@ static void steal_put(struct agent_http_steal *s)
 	bool last = --s->refs == 0;
 	pthread_mutex_unlock(&s->lock);
 	if (last) {
+		pthread_cond_destroy(&s->wake);
 		pthread_mutex_destroy(&s->lock);
 		free(s);
 	}
@@ -110,11 +123,59 @@ static uint32_t route(void *ctx, void *conn, const struct http_request *req)
 	return id;
 }
 
-static int open_pod(void *ctx, void *conn, struct hm_err *err)
+/* The router's thread never waits for a connect: they are made here, one after
+ * another (a connect to a server on the same host takes microseconds; a dead pod's
+ * costs at most POD_CONNECT_TIMEOUT_MS, and only the connections waiting for one). */
+static void *connector_main(void *arg)
 {
-	(void)ctx;
+	struct agent_http_steal *s = arg;
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		while (!s->todo && !s->stop)
+			pthread_cond_wait(&s->wake, &s->lock);
+		if (s->stop)
+			break;
+		struct pod_connect *pc = s->todo;
+		s->todo = pc->next;
+		if (!s->todo)
+			s->todo_tail = NULL;
+		pthread_mutex_unlock(&s->lock);
+		struct hm_err err = {0};
+		int fd = agent_incoming_bypass_connect(pc->port, &pc->server, POD_CONNECT_TIMEOUT_MS,
+						       &err);
+		if (fd < 0)
+			hm_debug("incoming: filtered connection: %s", err.msg);
+		pthread_mutex_lock(&s->lock);
+		if (s->router)
+			http_router_stream_ready(s->router, pc->ticket, fd);
+		else if (fd >= 0)
+			close(fd);
+		agent_incoming_port_put(pc->port);
+		free(pc);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+static int open_pod(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm_err *err)
+{
+	struct agent_http_steal *s = ctx;
 	struct steal_conn *c = conn;
-	return agent_incoming_bypass_connect(c->port, &c->server, POD_CONNECT_TIMEOUT_MS, err);
+	struct pod_connect *pc = calloc(1, sizeof(*pc));
+	if (!pc)
+		return hm_err_set(err, ENOMEM, "pod connect");
+	*pc = (struct pod_connect){
+	    .port = agent_incoming_port_get(c->port), .server = c->server, .ticket = ticket};
+	pthread_mutex_lock(&s->lock);
+	if (s->todo_tail)
+		s->todo_tail->next = pc;
+	else
+		s->todo = pc;
+	s->todo_tail = pc;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->lock);
+	*fd = -1;
+	return 0;
 }
 
 static void claimed(void *arg, int fd)
@@ -192,10 +253,20 @@ int agent_http_steal_create(struct agent_incoming *reg, struct agent_http_steal 
 	s->reg = reg;
 	s->refs = 1;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->wake, NULL);
 	if (http_router_create(&router_ops, s, &s->counters, &s->router, err) < 0) {
+		pthread_cond_destroy(&s->wake);
 		pthread_mutex_destroy(&s->lock);
 		free(s);
 		return -1;
+	}
+	int rc = pthread_create(&s->connector, NULL, connector_main, s);
+	if (rc) {
+		http_router_destroy(s->router);
+		pthread_cond_destroy(&s->wake);
+		pthread_mutex_destroy(&s->lock);
+		free(s);
+		return hm_err_set(err, rc, "http router: connector thread");
 	}
 	agent_incoming_set_http_router(reg, &core_ops, s);
 	*out = s;
@@ -209,7 +280,16 @@ void agent_http_steal_destroy(struct agent_http_steal *s)
 	pthread_mutex_lock(&s->lock);
 	struct http_router *router = s->router;
 	s->router = NULL;
+	s->stop = true;
+	pthread_cond_signal(&s->wake);
 	pthread_mutex_unlock(&s->lock);
+	pthread_join(s->connector, NULL);
+	while (s->todo) {
+		struct pod_connect *pc = s->todo;
+		s->todo = pc->next;
+		agent_incoming_port_put(pc->port);
+		free(pc);
+	}
 	http_router_destroy(router);
 	steal_put(s);
 }

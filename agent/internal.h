@@ -591,15 +591,18 @@ int http_filter_pick(struct http_filter *const *filters, size_t n, const struct 
  * tunnel. A request head over HTTP_HEAD_MAX (or HTTP_HEADERS_MAX headers) gets
  * "431 Request Header Fields Too Large" and the connection is closed; broken HTTP after
  * the first request closes it (reset). */
-#define HTTP_ROUTER_CONNS_MAX 4096 /* connections at once (more are refused) */
+#define HTTP_ROUTER_CONNS_MAX 4096 /* connections at once (more are refused); at most 4096 */
 #define HTTP_ROUTER_PIPELINE_MAX 32 /* requests awaiting their response per connection */
 #define HTTP_ROUTER_UPSTREAMS_MAX 8 /* the pod + subscriptions used by one connection */
 struct http_router_ops {
 	/* The subscription a request head goes to; 0: the pod's own server. */
 	uint32_t (*route)(void *ctx, void *conn, const struct http_request *req);
 	/* A socket to the pod's own server for conn (called at once, and again when the
-	 * pod closed an idle one): connected, or a non-blocking connect in progress. */
-	int (*open_pod)(void *ctx, void *conn, struct hm_err *err);
+	 * pod closed an idle one): 0 with *fd connected or with a non-blocking connect in
+	 * progress; or 0 with *fd -1: it comes later through
+	 * http_router_stream_ready(ticket, fd), connected (the router's thread never
+	 * waits for a connect). < 0: no way to the pod (the connection is reset). */
+	int (*open_pod)(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm_err *err);
 	/* Ask subscription sub's session for a stream; the answer comes through
 	 * http_router_stream_ready(ticket, fd). < 0: sub is gone (the pod answers). */
 	int (*open_local)(void *ctx, void *conn, uint32_t sub, uint64_t ticket,
@@ -623,8 +626,9 @@ void http_router_destroy(struct http_router *r);
 /* A stolen client connection (fd owned from here on, closed on failure too); conn is
  * what the ops get for it. Any thread. */
 int http_router_add(struct http_router *r, int client_fd, void *conn, struct hm_err *err);
-/* The stream open_local asked for: fd (owned), or -1 when it will not come (the
- * request then goes to the pod). Any thread; a ticket of a closed connection is fine. */
+/* The stream open_local asked for, or the pod's socket open_pod left for later: fd
+ * (owned, connected), or -1 when it will not come (a local request then goes to the
+ * pod). Any thread; a ticket of a closed connection is fine. */
 void http_router_stream_ready(struct http_router *r, uint64_t ticket, int fd);
 
 /* ---- http_steal.c: the router bound to the incoming core ----

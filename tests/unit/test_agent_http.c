@@ -248,6 +248,7 @@ struct harness {
 	uint32_t local_sub[MAX_SIDES];
 	int n_local;
 	bool refuse_local;
+	bool pod_later; /* open_pod answers through http_router_stream_ready */
 	int closed;
 	struct http_router *router;
 	struct http_router_counters counters;
@@ -261,7 +262,7 @@ static uint32_t h_route(void *ctx, void *conn, const struct http_request *req)
 	return http_filter_pick(&h->filter, 1, req) == 0 ? 5 : 0;
 }
 
-static int h_open_pod(void *ctx, void *conn, struct hm_err *err)
+static int h_open_pod(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm_err *err)
 {
 	(void)conn;
 	struct harness *h = ctx;
@@ -270,9 +271,16 @@ static int h_open_pod(void *ctx, void *conn, struct hm_err *err)
 		return hm_err_errno(err, "socketpair");
 	pthread_mutex_lock(&h->lock);
 	h->pod[h->n_pod++] = sv[0];
+	bool later = h->pod_later;
 	pthread_cond_broadcast(&h->cond);
 	pthread_mutex_unlock(&h->lock);
-	return sv[1];
+	if (later) { /* as the agent does: connected by another thread */
+		*fd = -1;
+		http_router_stream_ready(h->router, ticket, sv[1]);
+	} else {
+		*fd = sv[1];
+	}
+	return 0;
 }
 
 static int h_open_local(void *ctx, void *conn, uint32_t sub, uint64_t ticket, struct hm_err *err)
@@ -409,10 +417,10 @@ static void expect_eof(int fd)
 
 /* one keep-alive connection: requests with the header reach the local program, the
  * others the pod, in order, and the local stream is reused */
-static void test_router_keepalive_mix(void **state)
+static void keepalive_mix(bool pod_later)
 {
-	(void)state;
 	struct harness *h = harness_new(FILTER_ALICE);
+	h->pod_later = pod_later;
 	int client = harness_client(h);
 	int pod = POD(h, 0);
 
@@ -438,6 +446,19 @@ static void test_router_keepalive_mix(void **state)
 	assert_int_equal(atomic_load(&h->counters.to_local), 2);
 	assert_int_equal(atomic_load(&h->counters.to_pod), 1);
 	harness_free(h, client);
+}
+
+static void test_router_keepalive_mix(void **state)
+{
+	(void)state;
+	keepalive_mix(false);
+}
+
+/* the same when the pod's socket comes later from another thread (as in the agent) */
+static void test_router_keepalive_mix_pod_later(void **state)
+{
+	(void)state;
+	keepalive_mix(true);
 }
 
 /* three pipelined requests; the pod answers the middle one first, yet the client gets
@@ -669,6 +690,7 @@ int main(void)
 	    cmocka_unit_test(test_pick),
 	    cmocka_unit_test(test_reader_request_split),
 	    cmocka_unit_test(test_router_keepalive_mix),
+	    cmocka_unit_test(test_router_keepalive_mix_pod_later),
 	    cmocka_unit_test(test_router_pipelined_in_order),
 	    cmocka_unit_test(test_router_chunked_head_continue),
 	    cmocka_unit_test(test_router_one_byte_writes),
