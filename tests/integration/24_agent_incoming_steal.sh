@@ -218,6 +218,40 @@ test_flush() {
 	kill -KILL "$(cat "$WORK/ka1.pid")" 2>/dev/null || true
 }
 
+# a unix peer that is not root, on a pid/N target it owns (the pid rules): the port
+# belongs to the whole netns, so only a netns of its own user namespace may be stolen
+install -m 0600 -o nobody "$WORK/token" "$WORK/token-nobody"
+as_nobody() { (cd / && timeout 120 setpriv --reuid 65534 --regid 65534 --clear-groups "$@"); }
+own_netns_ready() {
+	grep -q '^Uid:.65534' "/proc/$1/status" &&
+		[ "$(readlink "/proc/$2/ns/net")" != "$(readlink /proc/self/ns/net)" ]
+}
+test_nonroot_pid_rules() {
+	setpriv --reuid 65534 --regid 65534 --clear-groups sleep 1000 </dev/null >/dev/null 2>&1 &
+	local host_sleeper=$!
+	echo "$host_sleeper" >"$WORK/host-sleeper.pid"
+	setpriv --reuid 65534 --regid 65534 --clear-groups unshare -rn sh -c 'ip link set lo up; exec sleep 1000' \
+		</dev/null >/dev/null 2>&1 &
+	local own=$!
+	echo "$own" >"$WORK/own-netns.pid"
+	wait_until 50 own_netns_ready "$host_sleeper" "$own" || fail "the sleepers did not start"
+	local out
+	# its own process in the host's netns: refused (port 22 of the host is not its)
+	out=$(as_nobody "$AGENT_E2E" --unix "$WORK/main.sock" --token-file "$WORK/token-nobody" \
+		--target "pid/$host_sleeper" subscribe 18080 steal EPERM "network namespace its own user namespace owns")
+	echo "$out"
+	# its own process in a netns its user namespace owns: stolen, and served
+	install -d -o nobody "$WORK/nobody"
+	as_nobody "$AGENT_E2E" --unix "$WORK/main.sock" --token-file "$WORK/token-nobody" \
+		--target "pid/$own" steal 18080 --echo --ready "$WORK/nobody/own.ready" >"$WORK/own.out" 2>&1 &
+	echo $! >"$WORK/own.pid"
+	wait_until 100 test -f "$WORK/nobody/own.ready" || fail "nobody's steal: $(cat "$WORK/own.out")"
+	out=$(nsenter -t "$own" -n sh -c 'echo mine | timeout 3 busybox nc 127.0.0.1 18080' 2>&1)
+	assert_eq "stolen:mine" "$out" "a connection in nobody's own netns"
+	kill -TERM "$(cat "$WORK/own.pid")" 2>/dev/null || true
+	kill -KILL "$host_sleeper" "$own" 2>/dev/null || true
+}
+
 run_test pod_answers_before test_pod_answers_before
 run_test steal_http test_steal_http
 run_test status_counts test_status_counts
@@ -225,4 +259,5 @@ run_test unsubscribe_gives_back test_unsubscribe_gives_back
 run_test second_steal test_second_steal
 run_test raw_tcp_echo test_raw_tcp_echo
 run_test flush test_flush
+run_test nonroot_pid_rules test_nonroot_pid_rules
 run_test agent_killed test_agent_killed
