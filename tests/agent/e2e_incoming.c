@@ -102,7 +102,7 @@ static int ctl_subscribe(struct ctl *c, uint16_t port, uint8_t mode, uint32_t fl
 
 /* ---- serving delivered connections ---- */
 
-enum serve_mode { SERVE_HTTP, SERVE_ECHO };
+enum serve_mode { SERVE_HTTP, SERVE_ECHO, SERVE_SILENT };
 
 struct server_opts {
 	struct e2e_ctx *ctx;
@@ -168,10 +168,14 @@ static void *serve_main(void *arg)
 	} else {
 		/* the relay hands a non-blocking fd's bytes; ours blocks */
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+		char sink[4096];
 		if (d->opts->mode == SERVE_HTTP)
 			serve_http(fd, d->opts->body);
-		else
+		else if (d->opts->mode == SERVE_ECHO)
 			serve_echo(fd);
+		else /* read and never answer: a client waits until the session goes */
+			while (recv(fd, sink, sizeof(sink), 0) > 0) {
+			}
 	}
 	if (fd >= 0)
 		close(fd);
@@ -232,12 +236,17 @@ static void write_ready(const char *path, const char *text)
  * and "connection SUB from CLIENT to SERVER" for each; writes "subscribed ID" to FILE. */
 static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 {
-	static const struct option longopts[] = {
-	    {"flush", no_argument, NULL, 'f'},	      {"concurrent", no_argument, NULL, 'c'},
-	    {"echo", no_argument, NULL, 'e'},	      {"http", required_argument, NULL, 'h'},
-	    {"ready", required_argument, NULL, 'r'},  {"max", required_argument, NULL, 'm'},
-	    {"unsubscribe", no_argument, NULL, 'u'},  {"linger", required_argument, NULL, 'l'},
-	    {"filter", required_argument, NULL, 'F'}, {0}};
+	static const struct option longopts[] = {{"flush", no_argument, NULL, 'f'},
+						 {"concurrent", no_argument, NULL, 'c'},
+						 {"echo", no_argument, NULL, 'e'},
+						 {"http", required_argument, NULL, 'h'},
+						 {"ready", required_argument, NULL, 'r'},
+						 {"max", required_argument, NULL, 'm'},
+						 {"unsubscribe", no_argument, NULL, 'u'},
+						 {"linger", required_argument, NULL, 'l'},
+						 {"filter", required_argument, NULL, 'F'},
+						 {"silent", no_argument, NULL, 's'},
+						 {0}};
 	struct server_opts opts = {.ctx = ctx, .mode = SERVE_HTTP, .body = "stolen\n"};
 	uint32_t flags = 0;
 	const char *ready = NULL, *filter = NULL;
@@ -255,6 +264,9 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 			break;
 		case 'e':
 			opts.mode = SERVE_ECHO;
+			break;
+		case 's':
+			opts.mode = SERVE_SILENT;
 			break;
 		case 'h':
 			opts.mode = SERVE_HTTP;
@@ -414,7 +426,7 @@ static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 
 static const struct e2e_cmd incoming_cmds[] = {
     {"steal",
-     "PORT [--flush] [--concurrent] [--echo|--http BODY] [--ready FILE] [--max N] "
+     "PORT [--flush] [--concurrent] [--echo|--http BODY|--silent] [--ready FILE] [--max N] "
      "[--unsubscribe] [--linger S] [--filter JSON]",
      cmd_steal},
     {"subscribe", "PORT steal|mirror ok|ERRNO [TEXT] [--flush] [--concurrent] [--filter JSON]",
