@@ -104,7 +104,7 @@ static int ctl_subscribe(struct ctl *c, uint16_t port, uint8_t mode, uint32_t fl
 
 /* ---- serving delivered connections ---- */
 
-enum serve_mode { SERVE_HTTP, SERVE_ECHO, SERVE_SILENT, SERVE_FORWARD };
+enum serve_mode { SERVE_HTTP, SERVE_ECHO, SERVE_SILENT, SERVE_FORWARD, SERVE_KEEPALIVE };
 
 struct server_opts {
 	struct e2e_ctx *ctx;
@@ -159,6 +159,35 @@ static void serve_echo(int fd)
 			break;
 	}
 	shutdown(fd, SHUT_WR);
+}
+
+/* HTTP/1.1 keep-alive on the stream itself, one GET after the other (no bodies): the
+ * agent's own cost, without a local server behind it. */
+static void serve_keepalive(int fd, const char *body)
+{
+	char buf[16384], resp[512];
+	int rl = snprintf(resp, sizeof(resp),
+			  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+			  "%zu\r\n\r\n%s",
+			  strlen(body), body);
+	size_t got = 0;
+	for (;;) {
+		ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+		if (n <= 0)
+			return;
+		got += (size_t)n;
+		buf[got] = '\0';
+		char *end;
+		while ((end = strstr(buf, "\r\n\r\n"))) {
+			if (send(fd, resp, (size_t)rl, MSG_NOSIGNAL) != rl)
+				return;
+			size_t used = (size_t)(end + 4 - buf);
+			memmove(buf, buf + used, got - used + 1);
+			got -= used;
+		}
+		if (got == sizeof(buf) - 1)
+			return; /* a header this long is not what this serves */
+	}
 }
 
 /* Copy both ways between the stream and a local server until both sides are done;
@@ -216,6 +245,8 @@ static void *serve_main(void *arg)
 			serve_echo(fd);
 		else if (d->opts->mode == SERVE_FORWARD)
 			serve_forward(fd, &d->opts->forward);
+		else if (d->opts->mode == SERVE_KEEPALIVE)
+			serve_keepalive(fd, d->opts->body);
 		else /* read and never answer: a client waits until the session goes */
 			while (recv(fd, sink, sizeof(sink), 0) > 0) {
 			}
@@ -270,23 +301,30 @@ static void write_ready(const char *path, const char *text)
 	rename(tmp, path);
 }
 
-/* steal PORT [--flush] [--concurrent] [--echo | --http BODY | --silent | --forward ADDR]
+/* steal PORT [--flush] [--concurrent] [--echo | --http BODY | --http-keepalive BODY |
+ *       --silent | --forward ADDR]
  *       [--ready FILE] [--max N] [--unsubscribe] [--linger S] [--filter JSON]: subscribe
  * (steal) to PORT of the target and serve every delivered connection (an HTTP answer
- * with BODY; an echo of what it gets after "stolen:"; silence; or a relay to a local
- * server at ADDR, as trace-run does) until N were delivered (default: until killed);
- * then, with --unsubscribe, unsubscribe and keep the session open for S seconds
- * (default 0). Prints "session ID", "subscribed ID", the note if any, and "connection
- * SUB from CLIENT to SERVER" for each; writes "subscribed ID" to FILE. */
+ * with BODY, once or keep-alive; an echo of what it gets after "stolen:"; silence; or a relay to a
+ * local server at ADDR, as trace-run does) until N were delivered (default: until killed); then,
+ * with --unsubscribe, unsubscribe and keep the session open for S seconds (default 0). Prints
+ * "session ID", "subscribed ID", the note if any, and "connection SUB from CLIENT to SERVER" for
+ * each; writes "subscribed ID" to FILE. */
 static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 {
-	static const struct option longopts[] = {
-	    {"flush", no_argument, NULL, 'f'},	       {"concurrent", no_argument, NULL, 'c'},
-	    {"echo", no_argument, NULL, 'e'},	       {"http", required_argument, NULL, 'h'},
-	    {"ready", required_argument, NULL, 'r'},   {"max", required_argument, NULL, 'm'},
-	    {"unsubscribe", no_argument, NULL, 'u'},   {"linger", required_argument, NULL, 'l'},
-	    {"filter", required_argument, NULL, 'F'},  {"silent", no_argument, NULL, 's'},
-	    {"forward", required_argument, NULL, 'w'}, {0}};
+	static const struct option longopts[] = {{"flush", no_argument, NULL, 'f'},
+						 {"concurrent", no_argument, NULL, 'c'},
+						 {"echo", no_argument, NULL, 'e'},
+						 {"http", required_argument, NULL, 'h'},
+						 {"ready", required_argument, NULL, 'r'},
+						 {"max", required_argument, NULL, 'm'},
+						 {"unsubscribe", no_argument, NULL, 'u'},
+						 {"linger", required_argument, NULL, 'l'},
+						 {"filter", required_argument, NULL, 'F'},
+						 {"silent", no_argument, NULL, 's'},
+						 {"forward", required_argument, NULL, 'w'},
+						 {"http-keepalive", required_argument, NULL, 'k'},
+						 {0}};
 	struct server_opts opts = {.ctx = ctx, .mode = SERVE_HTTP, .body = "stolen\n"};
 	uint32_t flags = 0;
 	const char *ready = NULL, *filter = NULL;
@@ -307,6 +345,10 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 			break;
 		case 's':
 			opts.mode = SERVE_SILENT;
+			break;
+		case 'k':
+			opts.mode = SERVE_KEEPALIVE;
+			opts.body = optarg;
 			break;
 		case 'w':
 			opts.mode = SERVE_FORWARD;
@@ -471,7 +513,8 @@ static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 
 static const struct e2e_cmd incoming_cmds[] = {
     {"steal",
-     "PORT [--flush] [--concurrent] [--echo|--http BODY|--silent|--forward ADDR] [--ready FILE] "
+     "PORT [--flush] [--concurrent] [--echo|--http BODY|--http-keepalive BODY|--silent|"
+     "--forward ADDR] [--ready FILE] "
      "[--max N] "
      "[--unsubscribe] [--linger S] [--filter JSON]",
      cmd_steal},
