@@ -529,7 +529,7 @@ static void steal_stop(struct steal_engine *e)
 			hm_warn("incoming: wake the accept thread: %s", strerror(errno));
 		pthread_join(e->thread, NULL);
 	}
-		if (e->thread_started)
+	if (e->thread_started)
 		hm_info("incoming: %s is not stolen any more", e->port->name);
 	for (int i = 0; i < 2; i++)
 		if (e->listen_fd[i] >= 0)
@@ -833,7 +833,7 @@ static int subscribe(struct agent_incoming *reg, struct agent_incoming_session *
 
 	pthread_mutex_lock(&reg->lock);
 	int rc = -1;
-		/* after the steal is attached (so a client that reconnects lands in it); a
+	/* after the steal is attached (so a client that reconnects lands in it); a
 	 * connection accepted by the agent in the few ms between is flushed too, and its
 	 * client reconnects like the others */
 	bool flush = false;
