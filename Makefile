@@ -39,6 +39,7 @@ UNIT_trace-run   := tracer tracer_%
 LIBS_test_util   := util
 LIBS_test_proto  := proto util
 LIBS_test_loader := loader util
+LIBS_test_loader_steal := loader util
 unit_program = $(firstword $(foreach b,trace-pod trace-agent trace-run,$(if $(filter $(UNIT_$(b):%=test_%),$(1)),$(b))))
 unit_libs = $(or $(LIBS_$(1)),$(LIBS_$(call unit_program,$(1))),$(LIB_MODULES))
 

@@ -165,9 +165,10 @@ test_agent_killed() {
 	steal_bg k "$HTTP_PORT" --http stolen-k
 	assert_eq "stolen-k" "$(get)" "stolen before the kill"
 	[ -n "$(ours_in_pod)" ] || fail "no sk_lookup link while stealing"
+	# timed from the host (over the pods' bridge): a pod exec costs more than the wait
 	kill -KILL "$(agent_pid "$WORK" main)"
 	local start=$EPOCHREALTIME
-	while [ "$(tp exec "$CLI" -- timeout 1 wget -q -O - "http://$WEB_IP:$HTTP_PORT/" 2>/dev/null </dev/null)" != pod-answer ]; do
+	while [ "$(timeout 1 busybox wget -q -O - "http://$WEB_IP:$HTTP_PORT/" 2>/dev/null </dev/null)" != pod-answer ]; do
 		awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { exit !(n - s < 1) }' ||
 			fail "the pod did not answer within 1 s of kill -9"
 	done
@@ -175,6 +176,7 @@ test_agent_killed() {
 	took=$(awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (n - s) * 1000 }')
 	echo "the pod answered ${took} ms after kill -9"
 	[ -z "$(ours_in_pod)" ] || fail "left behind after kill -9: $(ours_in_pod)"
+	assert_eq "pod-answer" "$(get)" "a client in the other pod after kill -9"
 	stop_steal k
 	agent_start "$WORK" main
 }
@@ -218,6 +220,58 @@ test_flush() {
 	kill -KILL "$(cat "$WORK/ka1.pid")" 2>/dev/null || true
 }
 
+# a unix peer that is not root, on a pid/N target it owns (the pid rules): the port
+# belongs to the whole netns, so only a netns of its own user namespace may be stolen
+install -m 0600 -o nobody "$WORK/token" "$WORK/token-nobody"
+as_nobody() { (cd / && timeout 120 setpriv --reuid 65534 --regid 65534 --clear-groups "$@"); }
+own_netns_ready() {
+	grep -q '^Uid:.65534' "/proc/$1/status" &&
+		[ "$(readlink "/proc/$2/ns/net")" != "$(readlink /proc/self/ns/net)" ]
+}
+test_nonroot_pid_rules() {
+	setpriv --reuid 65534 --regid 65534 --clear-groups sleep 1000 </dev/null >/dev/null 2>&1 &
+	local host_sleeper=$!
+	echo "$host_sleeper" >"$WORK/host-sleeper.pid"
+	setpriv --reuid 65534 --regid 65534 --clear-groups unshare -rn sh -c 'ip link set lo up; exec sleep 1000' \
+		</dev/null >/dev/null 2>&1 &
+	local own=$!
+	echo "$own" >"$WORK/own-netns.pid"
+	wait_until 50 own_netns_ready "$host_sleeper" "$own" || fail "the sleepers did not start"
+	local out
+	# its own process in the host's netns: refused (port 22 of the host is not its)
+	out=$(as_nobody "$AGENT_E2E" --unix "$WORK/main.sock" --token-file "$WORK/token-nobody" \
+		--target "pid/$host_sleeper" subscribe 18080 steal EPERM "network namespace its own user namespace owns")
+	echo "$out"
+	# its own process in a netns its user namespace owns: stolen, and served
+	install -d -o nobody "$WORK/nobody"
+	as_nobody "$AGENT_E2E" --unix "$WORK/main.sock" --token-file "$WORK/token-nobody" \
+		--target "pid/$own" steal 18080 --echo --ready "$WORK/nobody/own.ready" >"$WORK/own.out" 2>&1 &
+	echo $! >"$WORK/own.pid"
+	wait_until 100 test -f "$WORK/nobody/own.ready" || fail "nobody's steal: $(cat "$WORK/own.out")"
+	out=$(nsenter -t "$own" -n sh -c 'echo mine | timeout 3 busybox nc 127.0.0.1 18080' 2>&1)
+	assert_eq "stolen:mine" "$out" "a connection in nobody's own netns"
+	kill -TERM "$(cat "$WORK/own.pid")" 2>/dev/null || true
+	kill -KILL "$host_sleeper" "$own" 2>/dev/null || true
+}
+
+# a session that ends (killed) while its stolen connections are open: they close, no
+# client hangs, and new ones reach the pod
+test_session_ends_with_open_connections() {
+	steal_bg open "$HTTP_PORT" --silent
+	tp exec "$CLI" -- sh -c "timeout 30 wget -q -O - http://$WEB_IP:$HTTP_PORT/; echo \"wget exited \$?\"" \
+		</dev/null >"$WORK/held.out" 2>&1 &
+	echo $! >"$WORK/held.pid"
+	wait_until 50 grep -q '^connection' "$WORK/open.out" || fail "no stolen connection: $(cat "$WORK/open.out")"
+	sleep 0.5
+	! grep -q exited "$WORK/held.out" || fail "the client did not wait for the silent stealer"
+	# agent_e2e itself (timeout cannot pass SIGKILL on): the session dies with it
+	kill -KILL "$(pgrep -P "$(steal_pid open)")"
+	wait_until 50 grep -q 'wget exited' "$WORK/held.out" || fail "the client of a dead session hangs"
+	cat "$WORK/held.out"
+	assert_eq "pod-answer" "$(get)" "a new client reaches the pod"
+	wait "$(steal_pid open)" 2>/dev/null || true
+}
+
 run_test pod_answers_before test_pod_answers_before
 run_test steal_http test_steal_http
 run_test status_counts test_status_counts
@@ -225,4 +279,6 @@ run_test unsubscribe_gives_back test_unsubscribe_gives_back
 run_test second_steal test_second_steal
 run_test raw_tcp_echo test_raw_tcp_echo
 run_test flush test_flush
+run_test session_ends_open test_session_ends_with_open_connections
+run_test nonroot_pid_rules test_nonroot_pid_rules
 run_test agent_killed test_agent_killed
