@@ -22,9 +22,9 @@ enum node_kind { NODE_HEADER, NODE_PATH, NODE_METHOD, NODE_ALL_OF, NODE_ANY_OF }
 
 struct http_filter {
 	enum node_kind kind;
-	pcre2_code *re;		  /* HEADER, PATH */
-	pcre2_match_context *mctx; /* HEADER, PATH: the limits */
-	char *method;		  /* METHOD */
+	pcre2_code *re;		       /* HEADER, PATH */
+	pcre2_match_context *mctx;     /* HEADER, PATH: the limits */
+	char *method;		       /* METHOD */
 	struct http_filter **children; /* ALL_OF, ANY_OF */
 	size_t n_children;
 };
@@ -47,12 +47,12 @@ struct parse {
 	struct hm_err *err;
 };
 
-static int compile_regex(struct http_filter *f, const char *where, const char *re,
-			 size_t len, struct hm_err *err)
+static int compile_regex(struct http_filter *f, const char *where, const char *re, size_t len,
+			 struct hm_err *err)
 {
 	if (len > HTTP_FILTER_REGEX_MAX)
 		return hm_err_plain(err, EINVAL, "%s: regex longer than %u bytes", where,
-				  HTTP_FILTER_REGEX_MAX);
+				    HTTP_FILTER_REGEX_MAX);
 	pcre2_compile_context *cctx = pcre2_compile_context_create(NULL);
 	if (!cctx)
 		return hm_err_set(err, ENOMEM, "%s", where);
@@ -62,14 +62,14 @@ static int compile_regex(struct http_filter *f, const char *where, const char *r
 	PCRE2_SIZE offset;
 	/* MATCH_INVALID_UTF: a header with bytes that are not UTF-8 is matched (as bytes
 	 * where it is invalid), never an error */
-	f->re = pcre2_compile((PCRE2_SPTR)re, len, PCRE2_CASELESS | PCRE2_MATCH_INVALID_UTF,
-			      &code, &offset, cctx);
+	f->re = pcre2_compile((PCRE2_SPTR)re, len, PCRE2_CASELESS | PCRE2_MATCH_INVALID_UTF, &code,
+			      &offset, cctx);
 	pcre2_compile_context_free(cctx);
 	if (!f->re) {
 		PCRE2_UCHAR msg[160];
 		pcre2_get_error_message(code, msg, sizeof(msg));
 		return hm_err_plain(err, EINVAL, "%s: bad regex \"%.*s\" at offset %zu: %s", where,
-				  (int)(len > 200 ? 200 : len), re, (size_t)offset, (char *)msg);
+				    (int)(len > 200 ? 200 : len), re, (size_t)offset, (char *)msg);
 	}
 	f->mctx = pcre2_match_context_create(NULL);
 	if (!f->mctx)
@@ -103,13 +103,13 @@ static int parse_list(struct parse *p, json_object *arr, enum node_kind kind, co
 		return hm_err_plain(p->err, EINVAL, "%s: must be a list of filters", where);
 	if (depth >= HTTP_FILTER_DEPTH_MAX)
 		return hm_err_plain(p->err, EINVAL, "%s: nested deeper than %d", where,
-				  HTTP_FILTER_DEPTH_MAX);
+				    HTTP_FILTER_DEPTH_MAX);
 	size_t n = json_object_array_length(arr);
 	if (n == 0)
 		return hm_err_plain(p->err, EINVAL, "%s: cannot be an empty list", where);
 	if (n > HTTP_FILTER_NODES_MAX)
 		return hm_err_plain(p->err, EINVAL, "%s: more than %d filters", where,
-				  HTTP_FILTER_NODES_MAX);
+				    HTTP_FILTER_NODES_MAX);
 	f->kind = kind;
 	f->children = calloc(n, sizeof(*f->children));
 	if (!f->children)
@@ -120,19 +120,21 @@ static int parse_list(struct parse *p, json_object *arr, enum node_kind kind, co
 		json_object *item = json_object_array_get_idx(arr, i);
 		if (!json_object_is_type(item, json_type_object))
 			return hm_err_plain(p->err, EINVAL,
-					  "%s: must be an object like {\"header\": \"...\"}", at);
+					    "%s: must be an object like {\"header\": \"...\"}", at);
 		if (json_object_object_length(item) != 1)
 			return hm_err_plain(p->err, EINVAL,
-					  "%s: must have exactly one of header, path, method, "
-					  "all_of, any_of",
-					  at);
+					    "%s: must have exactly one of header, path, method, "
+					    "all_of, any_of",
+					    at);
 		json_object_object_foreach(item, key, val)
 		{
 			static const struct {
 				const char *name;
 				enum node_kind kind;
-			} inner[] = {{"header", NODE_HEADER}, {"path", NODE_PATH},
-				     {"method", NODE_METHOD}, {"all_of", NODE_ALL_OF},
+			} inner[] = {{"header", NODE_HEADER},
+				     {"path", NODE_PATH},
+				     {"method", NODE_METHOD},
+				     {"all_of", NODE_ALL_OF},
 				     {"any_of", NODE_ANY_OF}};
 			char sub[300];
 			snprintf(sub, sizeof(sub), "%s.%s", at, key);
@@ -140,10 +142,11 @@ static int parse_list(struct parse *p, json_object *arr, enum node_kind kind, co
 			while (k < HM_ARRAY_SIZE(inner) && strcmp(inner[k].name, key) != 0)
 				k++;
 			if (k == HM_ARRAY_SIZE(inner))
-				return hm_err_plain(p->err, EINVAL,
-						  "%s: unknown key (header, path, method, all_of, "
-						  "any_of are known)",
-						  sub);
+				return hm_err_plain(
+				    p->err, EINVAL,
+				    "%s: unknown key (header, path, method, all_of, "
+				    "any_of are known)",
+				    sub);
 			if (parse_node(p, val, inner[k].kind, sub, depth + 1,
 				       &f->children[f->n_children]) < 0)
 				return -1;
@@ -158,7 +161,7 @@ static int parse_node(struct parse *p, json_object *val, enum node_kind kind, co
 {
 	if (++p->nodes > HTTP_FILTER_NODES_MAX)
 		return hm_err_plain(p->err, EINVAL, "%s: more than %d filters in all", where,
-				  HTTP_FILTER_NODES_MAX);
+				    HTTP_FILTER_NODES_MAX);
 	struct http_filter *f = calloc(1, sizeof(*f));
 	if (!f)
 		return hm_err_set(p->err, ENOMEM, "%s", where);
@@ -172,8 +175,8 @@ static int parse_node(struct parse *p, json_object *val, enum node_kind kind, co
 		const char *m = json_object_get_string(val);
 		size_t len = (size_t)json_object_get_string_len(val);
 		if (!is_token(m, len) || strlen(m) != len)
-			rc = hm_err_plain(p->err, EINVAL, "%s: \"%.40s\" is not an HTTP method", where,
-					m);
+			rc = hm_err_plain(p->err, EINVAL, "%s: \"%.40s\" is not an HTTP method",
+					  where, m);
 		else if (!(f->method = strdup(m)))
 			rc = hm_err_set(p->err, ENOMEM, "%s", where);
 	} else {
@@ -193,8 +196,10 @@ static int parse_root(struct parse *p, json_object *root, struct http_filter **o
 	static const struct {
 		const char *name;
 		enum node_kind kind;
-	} top[] = {{"header_filter", NODE_HEADER}, {"path_filter", NODE_PATH},
-		   {"method_filter", NODE_METHOD}, {"all_of", NODE_ALL_OF},
+	} top[] = {{"header_filter", NODE_HEADER},
+		   {"path_filter", NODE_PATH},
+		   {"method_filter", NODE_METHOD},
+		   {"all_of", NODE_ALL_OF},
 		   {"any_of", NODE_ANY_OF}};
 	if (!json_object_is_type(root, json_type_object))
 		return hm_err_plain(p->err, EINVAL, "http_filter: must be a JSON object");
@@ -210,24 +215,26 @@ static int parse_root(struct parse *p, json_object *root, struct http_filter **o
 			k++;
 		if (k == HM_ARRAY_SIZE(top))
 			return hm_err_plain(p->err, EINVAL,
-					  "http_filter.%.60s: unknown key (header_filter, "
-					  "path_filter, method_filter, all_of, any_of, ports are "
-					  "known)",
-					  key);
+					    "http_filter.%.60s: unknown key (header_filter, "
+					    "path_filter, method_filter, all_of, any_of, ports are "
+					    "known)",
+					    key);
 		if (chosen)
-			return hm_err_plain(p->err, EINVAL,
-					  "http_filter: %s and %s both set; only one of "
-					  "header_filter, path_filter, method_filter, all_of, any_of "
-					  "may be (combine them with all_of)",
-					  chosen_name, top[k].name);
+			return hm_err_plain(
+			    p->err, EINVAL,
+			    "http_filter: %s and %s both set; only one of "
+			    "header_filter, path_filter, method_filter, all_of, any_of "
+			    "may be (combine them with all_of)",
+			    chosen_name, top[k].name);
 		chosen = val;
 		chosen_name = top[k].name;
 		kind = top[k].kind;
 	}
 	if (!chosen)
-		return hm_err_plain(p->err, EINVAL,
-				  "http_filter: none of header_filter, path_filter, method_filter, "
-				  "all_of, any_of is set");
+		return hm_err_plain(
+		    p->err, EINVAL,
+		    "http_filter: none of header_filter, path_filter, method_filter, "
+		    "all_of, any_of is set");
 	char where[64];
 	snprintf(where, sizeof(where), "http_filter.%s", chosen_name);
 	return parse_node(p, chosen, kind, where, 0, out);
@@ -238,7 +245,7 @@ int http_filter_parse(const char *json, size_t len, struct http_filter **out, st
 	*out = NULL;
 	if (len > HTTP_FILTER_JSON_MAX)
 		return hm_err_plain(err, EINVAL, "http_filter: longer than %u bytes",
-				  HTTP_FILTER_JSON_MAX);
+				    HTTP_FILTER_JSON_MAX);
 	if (memchr(json, '\0', len))
 		return hm_err_plain(err, EINVAL, "http_filter: NUL byte in the JSON text");
 	/* json-c's own depth bound keeps its recursion small; ours is checked above it */
@@ -252,13 +259,14 @@ int http_filter_parse(const char *json, size_t len, struct http_filter **out, st
 	json_tokener_free(tok);
 	if (jerr == json_tokener_continue) {
 		json_object_put(root);
-		return hm_err_plain(err, EINVAL, "http_filter: invalid JSON: unexpected end of input");
+		return hm_err_plain(err, EINVAL,
+				    "http_filter: invalid JSON: unexpected end of input");
 	}
 	if (!root || jerr != json_tokener_success || end != len) {
 		json_object_put(root);
 		return hm_err_plain(err, EINVAL, "http_filter: invalid JSON at byte %zu: %s", end,
-				  jerr != json_tokener_success ? json_tokener_error_desc(jerr)
-							       : "trailing bytes");
+				    jerr != json_tokener_success ? json_tokener_error_desc(jerr)
+								 : "trailing bytes");
 	}
 	struct parse p = {.err = err};
 	int rc = parse_root(&p, root, out);
@@ -311,7 +319,8 @@ static bool path_matches(const struct http_filter *f, const struct http_request 
 	if (len && url[0] != '/') {
 		const char *scheme = memmem(url, len, "://", 3);
 		if (scheme) {
-			const char *slash = memchr(scheme + 3, '/', len - (size_t)(scheme + 3 - url));
+			const char *slash =
+			    memchr(scheme + 3, '/', len - (size_t)(scheme + 3 - url));
 			const char *q = memchr(scheme + 3, '?', len - (size_t)(scheme + 3 - url));
 			if (q && (!slash || q < slash))
 				slash = q;

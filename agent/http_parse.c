@@ -20,7 +20,7 @@ struct http_reader_state {
 	bool expect_head;
 	bool too_large;
 	bool keep_alive; /* of the message that ended */
-	int events; /* of the feed in progress */
+	int events;	 /* of the feed in progress */
 	/* request capture, offsets from base */
 	const char *base;
 	size_t msg_start;  /* offset of the message's first byte in base */
@@ -112,12 +112,12 @@ static int on_message_complete(http_parser *p)
 }
 
 static const http_parser_settings settings = {
-	.on_message_begin = on_message_begin,
-	.on_url = on_url,
-	.on_header_field = on_header_field,
-	.on_header_value = on_header_value,
-	.on_headers_complete = on_headers_complete,
-	.on_message_complete = on_message_complete,
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
 };
 
 int http_reader_init(struct http_reader *r, bool request, struct hm_err *err)
@@ -163,8 +163,8 @@ int http_reader_feed(struct http_reader *r, const char *base, size_t msg_start, 
 	size_t n = len - from;
 	/* the head limit: never parse more head than HTTP_HEAD_MAX */
 	if (!s->head_done) {
-		size_t head_room = HTTP_HEAD_MAX - (s->head_bytes < HTTP_HEAD_MAX ? s->head_bytes
-										   : HTTP_HEAD_MAX);
+		size_t head_room =
+		    HTTP_HEAD_MAX - (s->head_bytes < HTTP_HEAD_MAX ? s->head_bytes : HTTP_HEAD_MAX);
 		if (head_room == 0) {
 			s->too_large = true;
 			return HTTP_EV_ERROR;
@@ -233,8 +233,7 @@ bool http_reader_idle(const struct http_reader *r)
 	return !r->st->in_message;
 }
 
-void http_reader_request(const struct http_reader *r, const char *base,
-			 struct http_request *out)
+void http_reader_request(const struct http_reader *r, const char *base, struct http_request *out)
 {
 	const struct http_reader_state *s = r->st;
 	out->method = http_method_str((enum http_method)s->parser.method);
@@ -243,10 +242,10 @@ void http_reader_request(const struct http_reader *r, const char *base,
 	out->n_headers = s->n_headers;
 	for (size_t i = 0; i < s->n_headers; i++) {
 		out->headers[i] = (struct http_header){
-			.name = base + s->names[i].off,
-			.name_len = s->names[i].len,
-			.value = base + s->values[i].off,
-			.value_len = s->values[i].len,
+		    .name = base + s->names[i].off,
+		    .name_len = s->names[i].len,
+		    .value = base + s->values[i].off,
+		    .value_len = s->values[i].len,
 		};
 	}
 }

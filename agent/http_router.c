@@ -38,7 +38,7 @@ struct watch {
 struct upstream {
 	enum up_state state;
 	int fd;
-	uint32_t sub; /* 0: the pod */
+	uint32_t sub;	/* 0: the pod */
 	uint32_t opens; /* times this slot was opened: a late answer to an earlier open is
 			 * told apart by it (ticket) */
 	struct watch w;
@@ -68,13 +68,13 @@ struct conn {
 	char *cin;
 	size_t cin_len, cin_parsed;
 	struct http_reader req;
-	int cur;	   /* upstream of the request being forwarded; -1: in its head */
-	bool cur_done;	   /* the reader saw its end */
-	bool routed_any;   /* a request was routed (no longer "is it HTTP?") */
-	int raw_up;	   /* >= 0: client bytes go raw to this upstream */
-	int resp_raw_up;   /* >= 0: this upstream's bytes go raw to the client */
-	bool finishing;	   /* close once what is owed to the client is written */
-	size_t synth_off;  /* bytes of too_large_reply written */
+	int cur;	  /* upstream of the request being forwarded; -1: in its head */
+	bool cur_done;	  /* the reader saw its end */
+	bool routed_any;  /* a request was routed (no longer "is it HTTP?") */
+	int raw_up;	  /* >= 0: client bytes go raw to this upstream */
+	int resp_raw_up;  /* >= 0: this upstream's bytes go raw to the client */
+	bool finishing;	  /* close once what is owed to the client is written */
+	size_t synth_off; /* bytes of too_large_reply written */
 	struct entry q[HTTP_ROUTER_PIPELINE_MAX];
 	unsigned q_head, q_len;
 	struct upstream up[HTTP_ROUTER_UPSTREAMS_MAX];
@@ -140,7 +140,8 @@ static void kill_conn(struct conn *c, bool reset)
 static void watch_fd(struct conn *c, int fd, struct watch *w)
 {
 	w->rd = w->wr = true;
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = w};
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+				 .data.ptr = w};
 	if (epoll_ctl(c->r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		hm_warn("http router: epoll_ctl: %s", strerror(errno));
 		kill_conn(c, true);
@@ -403,7 +404,8 @@ static int step_requests(struct conn *c)
 		if (!c->cur_done && c->cin_parsed < c->cin_len &&
 		    (c->cur >= 0 || c->q_len < HTTP_ROUTER_PIPELINE_MAX)) {
 			size_t used;
-			int ev = http_reader_feed(&c->req, c->cin, 0, c->cin_parsed, c->cin_len, &used);
+			int ev =
+			    http_reader_feed(&c->req, c->cin, 0, c->cin_parsed, c->cin_len, &used);
 			c->cin_parsed += used;
 			if (used)
 				moved = 1;
@@ -414,13 +416,14 @@ static int step_requests(struct conn *c)
 			if (ev & HTTP_EV_END) {
 				c->cur_done = true;
 				if (ev & HTTP_EV_UPGRADE) {
-					struct entry *last =
-					    &c->q[(c->q_head + c->q_len - 1) % HTTP_ROUTER_PIPELINE_MAX];
+					struct entry *last = &c->q[(c->q_head + c->q_len - 1) %
+								   HTTP_ROUTER_PIPELINE_MAX];
 					last->upgrade = true;
 				}
 			}
 			if (ev & HTTP_EV_ERROR) {
-				if (c->cur < 0 && !c->routed_any && !http_reader_too_large(&c->req)) {
+				if (c->cur < 0 && !c->routed_any &&
+				    !http_reader_too_large(&c->req)) {
 					hm_debug("http router: not HTTP (%s): passthrough",
 						 http_reader_error(&c->req));
 					go_passthrough(c);

@@ -141,8 +141,8 @@ static void *connector_main(void *arg)
 			s->todo_tail = NULL;
 		pthread_mutex_unlock(&s->lock);
 		struct hm_err err = {0};
-		int fd = agent_incoming_bypass_connect(pc->port, &pc->server, POD_CONNECT_TIMEOUT_MS,
-						       &err);
+		int fd = agent_incoming_bypass_connect(pc->port, &pc->server,
+						       POD_CONNECT_TIMEOUT_MS, &err);
 		if (fd < 0)
 			hm_debug("incoming: filtered connection: %s", err.msg);
 		pthread_mutex_lock(&s->lock);

@@ -542,10 +542,9 @@ void http_reader_expect_head(struct http_reader *r, bool head);
 /* Between messages, with no byte of the next one seen yet. */
 bool http_reader_idle(const struct http_reader *r);
 /* After HEAD of a request: its method, target and headers (pointers into base). */
-void http_reader_request(const struct http_reader *r, const char *base,
-			 struct http_request *out);
+void http_reader_request(const struct http_reader *r, const char *base, struct http_request *out);
 unsigned http_reader_status(const struct http_reader *r); /* after HEAD of a response */
-bool http_reader_too_large(const struct http_reader *r); /* ERROR: the head is too big */
+bool http_reader_too_large(const struct http_reader *r);  /* ERROR: the head is too big */
 /* After END: the connection stays open after this message (HTTP/1.1 without
  * "Connection: close", or HTTP/1.0 with keep-alive). */
 bool http_reader_keep_alive(const struct http_reader *r);
@@ -569,8 +568,7 @@ const char *http_reader_error(const struct http_reader *r);
 #define HTTP_FILTER_NODES_MAX 64
 #define HTTP_FILTER_REGEX_MAX 1024
 struct http_filter;
-int http_filter_parse(const char *json, size_t len, struct http_filter **out,
-		      struct hm_err *err);
+int http_filter_parse(const char *json, size_t len, struct http_filter **out, struct hm_err *err);
 void http_filter_free(struct http_filter *f);
 bool http_filter_match(const struct http_filter *f, const struct http_request *req);
 
@@ -591,7 +589,7 @@ int http_filter_pick(struct http_filter *const *filters, size_t n, const struct 
  * tunnel. A request head over HTTP_HEAD_MAX (or HTTP_HEADERS_MAX headers) gets
  * "431 Request Header Fields Too Large" and the connection is closed; broken HTTP after
  * the first request closes it (reset). */
-#define HTTP_ROUTER_CONNS_MAX 4096 /* connections at once (more are refused); at most 4096 */
+#define HTTP_ROUTER_CONNS_MAX 4096  /* connections at once (more are refused); at most 4096 */
 #define HTTP_ROUTER_PIPELINE_MAX 32 /* requests awaiting their response per connection */
 #define HTTP_ROUTER_UPSTREAMS_MAX 8 /* the pod + subscriptions used by one connection */
 struct http_router_ops {
@@ -605,8 +603,7 @@ struct http_router_ops {
 	int (*open_pod)(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm_err *err);
 	/* Ask subscription sub's session for a stream; the answer comes through
 	 * http_router_stream_ready(ticket, fd). < 0: sub is gone (the pod answers). */
-	int (*open_local)(void *ctx, void *conn, uint32_t sub, uint64_t ticket,
-			  struct hm_err *err);
+	int (*open_local)(void *ctx, void *conn, uint32_t sub, uint64_t ticket, struct hm_err *err);
 	/* The router is done with conn: once per successful http_router_add. */
 	void (*closed)(void *ctx, void *conn);
 };

@@ -67,7 +67,8 @@ static void test_filter_parse_bad(void **state)
 		  "http_filter.any_of[1].path: bad regex");
 	parse_bad("{\"bogus\": 1}", "http_filter.bogus: unknown key");
 	parse_bad("{\"all_of\": [{\"header\": \"a\", \"path\": \"b\"}]}", "exactly one of");
-	parse_bad("{\"all_of\": [{\"headers\": \"a\"}]}", "http_filter.all_of[0].headers: unknown key");
+	parse_bad("{\"all_of\": [{\"headers\": \"a\"}]}",
+		  "http_filter.all_of[0].headers: unknown key");
 	parse_bad("{\"all_of\": []}", "cannot be an empty list");
 	parse_bad("{\"all_of\": {\"header\": \"a\"}}", "must be a list");
 	parse_bad("{\"all_of\": [\"a\"]}", "must be an object");
@@ -140,14 +141,14 @@ static void test_filter_match(void **state)
 	assert_true(matches("{\"method_filter\": \"get\"}", &r));
 	assert_false(matches("{\"method_filter\": \"POST\"}", &r));
 	/* all_of / any_of and their nesting */
-	assert_true(matches("{\"all_of\": [{\"header\": \"x-user: alice\"}, {\"path\": \"^/api\"}]}",
-			    &r));
-	assert_false(matches("{\"all_of\": [{\"header\": \"x-user: alice\"}, {\"path\": \"^/x\"}]}",
-			     &r));
-	assert_true(matches("{\"any_of\": [{\"header\": \"x-user: bob\"}, {\"path\": \"^/api\"}]}",
-			    &r));
-	assert_false(matches("{\"any_of\": [{\"header\": \"x-user: bob\"}, {\"path\": \"^/x\"}]}",
-			     &r));
+	assert_true(
+	    matches("{\"all_of\": [{\"header\": \"x-user: alice\"}, {\"path\": \"^/api\"}]}", &r));
+	assert_false(
+	    matches("{\"all_of\": [{\"header\": \"x-user: alice\"}, {\"path\": \"^/x\"}]}", &r));
+	assert_true(
+	    matches("{\"any_of\": [{\"header\": \"x-user: bob\"}, {\"path\": \"^/api\"}]}", &r));
+	assert_false(
+	    matches("{\"any_of\": [{\"header\": \"x-user: bob\"}, {\"path\": \"^/x\"}]}", &r));
 	assert_true(matches("{\"any_of\": [{\"method\": \"POST\"}, {\"all_of\": [{\"method\": "
 			    "\"GET\"}, {\"any_of\": [{\"path\": \"nope\"}, {\"header\": "
 			    "\"^host: web$\"}]}]}]}",
@@ -513,7 +514,7 @@ static void test_router_chunked_head_continue(void **state)
 	/* a 204 has no body either */
 	send_str(client, REQ_OTHER("/nc"));
 	expect(pod, REQ_OTHER("/nc"));
-	send_str(pod, "HTTP/1.1 204 No Content\r\n\r\n" );
+	send_str(pod, "HTTP/1.1 204 No Content\r\n\r\n");
 	expect(client, "HTTP/1.1 204 No Content\r\n\r\n");
 	harness_free(h, client);
 }
@@ -525,7 +526,8 @@ static void test_router_one_byte_writes(void **state)
 	struct harness *h = harness_new(FILTER_ALICE);
 	int client = harness_client(h);
 	int pod = POD(h, 0);
-	static const char req[] = "POST /x HTTP/1.1\r\nX-User: alice\r\nContent-Length: 4\r\n\r\nbody";
+	static const char req[] =
+	    "POST /x HTTP/1.1\r\nX-User: alice\r\nContent-Length: 4\r\n\r\nbody";
 	for (size_t i = 0; i < strlen(req); i++) {
 		assert_int_equal(write(client, req + i, 1), 1);
 		if (i % 7 == 0)
@@ -546,7 +548,8 @@ static void test_router_not_http_passthrough(void **state)
 	struct harness *h = harness_new(FILTER_ALICE);
 	int client = harness_client(h);
 	int pod = POD(h, 0);
-	static const char tls_hello[] = "\x16\x03\x01\x02\x10\x01\x11\x01\xfc\x03\x03GET / HTTP/1.1";
+	static const char tls_hello[] =
+	    "\x16\x03\x01\x02\x10\x01\x11\x01\xfc\x03\x03GET / HTTP/1.1";
 	assert_int_equal(write(client, tls_hello, sizeof(tls_hello) - 1),
 			 (ssize_t)sizeof(tls_hello) - 1);
 	expect(pod, tls_hello);
@@ -592,7 +595,8 @@ static void test_router_head_too_large(void **state)
 	struct pollfd p = {.fd = client, .events = POLLOUT};
 	size_t off = 0;
 	while (off < HTTP_HEAD_MAX && poll(&p, 1, 200) == 1) {
-		ssize_t n = send(client, big + off, HTTP_HEAD_MAX - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+		ssize_t n =
+		    send(client, big + off, HTTP_HEAD_MAX - off, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n <= 0)
 			break;
 		off += (size_t)n;
@@ -600,6 +604,40 @@ static void test_router_head_too_large(void **state)
 	free(big);
 	expect(client, "HTTP/1.1 431 Request Header Fields Too Large\r\n");
 	expect_eof(pod); /* closed, and never saw a byte */
+	harness_free(h, client);
+}
+
+/* more headers than the router keeps for the filters: 431 too, nothing forwarded */
+static void test_router_too_many_headers(void **state)
+{
+	(void)state;
+	struct harness *h = harness_new(FILTER_ALICE);
+	int client = harness_client(h);
+	int pod = POD(h, 0);
+	send_str(client, "GET / HTTP/1.1\r\n");
+	for (int i = 0; i <= HTTP_HEADERS_MAX; i++)
+		send_str(client, "X-Many: 1\r\n");
+	send_str(client, "X-User: alice\r\n\r\n");
+	expect(client, "HTTP/1.1 431 Request Header Fields Too Large\r\n");
+	expect_eof(pod);
+	assert_int_equal(h->n_local, 0);
+	harness_free(h, client);
+}
+
+/* "Connection: close" in a response: the client's connection closes after it */
+static void test_router_response_connection_close(void **state)
+{
+	(void)state;
+	struct harness *h = harness_new(FILTER_ALICE);
+	int client = harness_client(h);
+	send_str(client, REQ_ALICE("/bye"));
+	int local = LOCAL(h, 0);
+	expect(local, REQ_ALICE("/bye"));
+	static const char bye[] =
+	    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye";
+	send_str(local, bye); /* the local side does not close: the router does */
+	expect(client, bye);
+	expect_eof(client);
 	harness_free(h, client);
 }
 
@@ -697,6 +735,8 @@ int main(void)
 	    cmocka_unit_test(test_router_not_http_passthrough),
 	    cmocka_unit_test(test_router_server_first),
 	    cmocka_unit_test(test_router_head_too_large),
+	    cmocka_unit_test(test_router_too_many_headers),
+	    cmocka_unit_test(test_router_response_connection_close),
 	    cmocka_unit_test(test_router_local_gone_goes_to_pod),
 	    cmocka_unit_test(test_router_upgrade_tunnel),
 	    cmocka_unit_test(test_router_close_delimited),
