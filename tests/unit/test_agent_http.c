@@ -717,6 +717,190 @@ static void test_router_client_half_close(void **state)
 	harness_free(h, client);
 }
 
+/* ---- a randomized run: many requests, mixed, pipelined, cut at random places ---- */
+
+#define RANDOM_REQUESTS 300
+
+struct fake_server {
+	int fd;
+	const char *who;
+};
+
+/* Serves requests "METHOD /ID ..." with an optional Content-Length body until EOF,
+ * answering "who-ID" with a Content-Length or chunked body (no body for HEAD). */
+static void *fake_server_main(void *arg)
+{
+	struct fake_server *fs = arg;
+	static __thread char buf[1 << 16];
+	size_t got = 0;
+	unsigned seed = (unsigned)fs->fd * 7919u;
+	for (;;) {
+		char *end;
+		buf[got] = '\0';
+		while (!(end = strstr(buf, "\r\n\r\n"))) {
+			ssize_t n = read(fs->fd, buf + got, sizeof(buf) - 1 - got);
+			if (n <= 0)
+				return NULL;
+			got += (size_t)n;
+			buf[got] = '\0';
+		}
+		size_t head = (size_t)(end + 4 - buf), body = 0;
+		const char *cl = strstr(buf, "Content-Length: ");
+		if (cl && cl < end)
+			body = strtoul(cl + 16, NULL, 10);
+		while (got < head + body) {
+			ssize_t n = read(fs->fd, buf + got, sizeof(buf) - 1 - got);
+			if (n <= 0)
+				return NULL;
+			got += (size_t)n;
+		}
+		bool is_head = strncmp(buf, "HEAD ", 5) == 0;
+		int id = atoi(strchr(buf, '/') + 1);
+		char text[64], reply[256];
+		int tl = snprintf(text, sizeof(text), "%s-%d", fs->who, id), rl;
+		if (!is_head && rand_r(&seed) % 2)
+			rl = snprintf(reply, sizeof(reply),
+				      "HTTP/1.1 200 OK\r\nTransfer-Encoding: "
+				      "chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n",
+				      tl, text);
+		else
+			rl = snprintf(reply, sizeof(reply),
+				      "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", tl,
+				      is_head ? "" : text);
+		if (hm_write_all(fs->fd, reply, (size_t)rl) != rl)
+			return NULL;
+		memmove(buf, buf + head + body, got - head - body);
+		got -= head + body;
+	}
+}
+
+struct random_client {
+	int fd;
+	char *data;
+	size_t len;
+};
+
+static void *random_writer_main(void *arg)
+{
+	struct random_client *rc = arg;
+	unsigned seed = 42;
+	for (size_t off = 0; off < rc->len;) {
+		size_t n = 1 + (size_t)rand_r(&seed) % 700;
+		if (n > rc->len - off)
+			n = rc->len - off;
+		if (hm_write_all(rc->fd, rc->data + off, n) != (ssize_t)n)
+			break;
+		off += n;
+		if (rand_r(&seed) % 8 == 0)
+			usleep(200);
+	}
+	return NULL;
+}
+
+static void append(char **buf, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *s = NULL;
+	int n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	assert_true(n >= 0);
+	*buf = realloc(*buf, *len + (size_t)n + 1);
+	assert_non_null(*buf);
+	memcpy(*buf + *len, s, (size_t)n + 1);
+	*len += (size_t)n;
+	free(s);
+}
+
+static void test_router_random_mix(void **state)
+{
+	(void)state;
+	struct harness *h = harness_new(FILTER_ALICE);
+	int client = harness_client(h);
+	char *reqs = NULL, *want = NULL;
+	size_t reqs_len = 0, want_len = 0;
+	unsigned seed = 7;
+	for (int i = 0; i < RANDOM_REQUESTS; i++) {
+		bool alice = rand_r(&seed) % 2, head = rand_r(&seed) % 5 == 0;
+		bool post = !head && rand_r(&seed) % 3 == 0;
+		append(&reqs, &reqs_len, "%s /%d HTTP/1.1\r\nHost: web\r\n%s",
+		       head   ? "HEAD"
+		       : post ? "POST"
+			      : "GET",
+		       i, alice ? "X-User: alice\r\n" : "");
+		if (post)
+			append(&reqs, &reqs_len, "Content-Length: %d\r\n\r\n%0*d", 10 + i, 10 + i,
+			       i);
+		else
+			append(&reqs, &reqs_len, "\r\n");
+	}
+	struct random_client rc = {.fd = client, .data = reqs, .len = reqs_len};
+	pthread_t writer;
+	assert_int_equal(pthread_create(&writer, NULL, random_writer_main, &rc), 0);
+	struct fake_server pod = {.fd = POD(h, 0), .who = "pod"};
+	pthread_t pod_th, local_th;
+	assert_int_equal(pthread_create(&pod_th, NULL, fake_server_main, &pod), 0);
+	struct fake_server local = {.fd = LOCAL(h, 0), .who = "local"};
+	assert_int_equal(pthread_create(&local_th, NULL, fake_server_main, &local), 0);
+	/* what the client must read, in its order: the servers' answers are chunked or not
+	 * at random, so compare the bodies in sequence */
+	size_t got_len = 0, cap = 1 << 20;
+	char *got = malloc(cap);
+	assert_non_null(got);
+	seed = 7;
+	int bodies = 0;
+	for (int i = 0; i < RANDOM_REQUESTS; i++) {
+		bool alice = rand_r(&seed) % 2, head = rand_r(&seed) % 5 == 0;
+		if (!head)
+			rand_r(&seed);
+		if (!head) {
+			append(&want, &want_len, "%s-%d|", alice ? "local" : "pod", i);
+			bodies++;
+		}
+	}
+	/* read until every body was seen */
+	int seen = 0;
+	while (seen < bodies) {
+		struct pollfd p = {.fd = client, .events = POLLIN};
+		if (poll(&p, 1, 10000) != 1)
+			fail_msg("timed out with %d of %d bodies", seen, bodies);
+		ssize_t n = read(client, got + got_len, cap - 1 - got_len);
+		if (n <= 0)
+			fail_msg("EOF with %d of %d bodies", seen, bodies);
+		got_len += (size_t)n;
+		got[got_len] = '\0';
+		seen = 0;
+		for (const char *q = got; (q = strstr(q, "-")) != NULL; q++)
+			if ((q - got >= 3 && !strncmp(q - 3, "pod", 3)) ||
+			    (q - got >= 5 && !strncmp(q - 5, "local", 5)))
+				seen++;
+	}
+	/* the bodies, in order */
+	char *order = NULL;
+	size_t order_len = 0;
+	for (const char *q = got; (q = strchr(q, '-')) != NULL; q++) {
+		const char *w = NULL;
+		if (q - got >= 5 && !strncmp(q - 5, "local", 5))
+			w = "local";
+		else if (q - got >= 3 && !strncmp(q - 3, "pod", 3))
+			w = "pod";
+		if (w)
+			append(&order, &order_len, "%s-%d|", w, atoi(q + 1));
+	}
+	assert_non_null(order);
+	assert_string_equal(order, want);
+	pthread_join(writer, NULL);
+	shutdown(pod.fd, SHUT_RDWR);
+	shutdown(local.fd, SHUT_RDWR);
+	pthread_join(pod_th, NULL);
+	pthread_join(local_th, NULL);
+	free(order);
+	free(got);
+	free(reqs);
+	free(want);
+	harness_free(h, client);
+}
+
 int main(void)
 {
 	hm_log_init("test_agent_http", HM_LOG_QUIET);
@@ -741,6 +925,7 @@ int main(void)
 	    cmocka_unit_test(test_router_upgrade_tunnel),
 	    cmocka_unit_test(test_router_close_delimited),
 	    cmocka_unit_test(test_router_client_half_close),
+	    cmocka_unit_test(test_router_random_mix),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
