@@ -162,9 +162,12 @@ test_second_steal() {
 
 # kill -9 of the agent while stealing: the link dies with the process's fds
 test_agent_killed() {
-	steal_bg k "$HTTP_PORT" --http stolen-k
+		steal_bg k "$HTTP_PORT" --http stolen-k
 	assert_eq "stolen-k" "$(get)" "stolen before the kill"
 	[ -n "$(ours_in_pod)" ] || fail "no sk_lookup link while stealing"
+	local prog
+	prog=$(sed -n 's/.*stealing port .* (sk_lookup program id \([0-9]*\)).*/\1/p' "$WORK/main.log" | tail -1)
+	[ -n "$prog" ] && bpftool prog show id "$prog" >/dev/null || fail "no program id in the agent's log"
 	# timed from the host (over the pods' bridge): a pod exec costs more than the wait
 	kill -KILL "$(agent_pid "$WORK" main)"
 	local start=$EPOCHREALTIME
@@ -175,7 +178,10 @@ test_agent_killed() {
 	local took
 	took=$(awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (n - s) * 1000 }')
 	echo "the pod answered ${took} ms after kill -9"
-	[ -z "$(ours_in_pod)" ] || fail "left behind after kill -9: $(ours_in_pod)"
+		[ -z "$(ours_in_pod)" ] || fail "left behind after kill -9: $(ours_in_pod)"
+	# the program itself is unloaded: nothing else held it
+	wait_until 20 sh -c "! bpftool prog show id $prog >/dev/null 2>&1" ||
+		fail "program $prog still loaded after kill -9: $(bpftool prog show id "$prog")"
 	assert_eq "pod-answer" "$(get)" "a client in the other pod after kill -9"
 	stop_steal k
 	agent_start "$WORK" main
