@@ -462,7 +462,7 @@ static int cmd_subscribe(struct e2e_ctx *ctx, int argc, char **argv)
 		       : !strcmp(mode_s, "mirror") ? PROTO_INCOMING_MIRROR
 						   : 0;
 	int want_errno = strcmp(want, "ok") ? e2e_errno_code(want) : 0;
-	if (port <= 0 || port > 65535 || !mode || want_errno < 0)
+	if (port < 0 || port > 65535 || !mode || want_errno < 0) /* 0: the agent says no */
 		return 2;
 	struct hm_err err = {0};
 	struct ctl c = {.fd = -1};

@@ -278,7 +278,15 @@ test_session_ends_with_open_connections() {
 	wait "$(steal_pid open)" 2>/dev/null || true
 }
 
+# a subscription the agent must refuse (port 0 and unknown modes do not even encode):
+# EINVAL, nothing attached
+test_bad_requests() {
+	E subscribe "$HTTP_PORT" mirror EINVAL "steal only" --filter '{"path_filter": "^/x"}'
+	[ -z "$(ours_in_pod)" ] || fail "attached after a refused subscribe: $(ours_in_pod)"
+}
+
 run_test pod_answers_before test_pod_answers_before
+run_test bad_requests test_bad_requests
 run_test steal_http test_steal_http
 run_test status_counts test_status_counts
 run_test unsubscribe_gives_back test_unsubscribe_gives_back
