@@ -490,6 +490,33 @@ static int cmd_subscribe(struct e2e_ctx *ctx, int argc, char **argv)
 	return e2e_ok("%s of port %d refused with %s", mode_s, port, want);
 }
 
+/* unsubscribe ID ok|ERRNO: a fresh session unsubscribes ID (another session's: ENOENT) */
+static int cmd_unsubscribe(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	long id = atol(argv[1]);
+	int want = strcmp(argv[2], "ok") ? e2e_errno_code(argv[2]) : 0;
+	if (id <= 0 || id > UINT32_MAX || want < 0)
+		return 2;
+	struct hm_err err = {0};
+	struct ctl c = {.fd = -1};
+	if (ctl_session(ctx, &c, &err) < 0)
+		return e2e_fail("%s", err.msg);
+	struct proto_msg req = {.type = PROTO_INCOMING_UNSUBSCRIBE}, r;
+	req.incoming_unsubscribe.subscription = (uint32_t)id;
+	int rc = ctl_call(&c, &req, &r, NULL, NULL, &err);
+	close(c.fd);
+	if (rc == 0) {
+		proto_msg_free(&r);
+		return want ? e2e_fail("unsubscribe %ld succeeded, expected %s", id, argv[2])
+			    : e2e_ok("subscription %ld ended", id);
+	}
+	if (err.code != want)
+		return e2e_fail("unsubscribe %ld: %s, expected %s", id, err.msg, argv[2]);
+	return e2e_ok("unsubscribe %ld refused: %s", id, err.msg);
+}
+
 /* incoming-status: print the agent's incoming counters (has_incoming must be set). */
 static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 {
@@ -520,6 +547,7 @@ static const struct e2e_cmd incoming_cmds[] = {
      cmd_steal},
     {"subscribe", "PORT steal|mirror ok|ERRNO [TEXT] [--flush] [--concurrent] [--filter JSON]",
      cmd_subscribe},
+    {"unsubscribe", "ID ok|ERRNO", cmd_unsubscribe},
     {"incoming-status", "", cmd_incoming_status},
 };
 E2E_REGISTER(incoming_cmds)
