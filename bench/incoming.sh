@@ -7,7 +7,11 @@
 #                    -> local server). Rounds interleaved, median of BENCH_STEAL_ROUNDS.
 #
 # Uses the agent setup of bench/agent.sh's helpers (agent_up/agent_down) with pods of
-# its own.
+# its own. Two stolen rows: the local server behind a user-space relay (agent_e2e
+# --forward: the hop trace-run's local delivery adds), and a C responder on the stream
+# itself (the agent's own cost; faster per request than the pod's Go server, so not
+# the same server). TODO(lead): once i-trace's trace-run side is merged, a row with the
+# same httpserve under `trace-run --target pod/WEB --incoming steal` is the real one.
 
 HTTPSERVE="$BUILD/apps/httpserve"
 HTTPBENCH="$BUILD/apps/httpbench"
