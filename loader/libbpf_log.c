@@ -12,7 +12,7 @@ static int libbpf_to_hm_log(enum libbpf_print_level level, const char *fmt, va_l
 	 * including the ones the loader expects (clsact already there, filter already
 	 * gone) and handles by errno; a real failure is reported in the hm_err anyway */
 	static const char extack[] = "libbpf: Kernel error message";
-		if (strncmp(fmt, extack, sizeof(extack) - 1) == 0)
+	if (strncmp(fmt, extack, sizeof(extack) - 1) == 0)
 		hm_level = HM_LOG_DEBUG;
 	/* the verifier's log is hundreds of lines: the loader's error says the program was
 	 * refused, and the log is there at debug level */
