@@ -126,7 +126,7 @@ test_status_counts() {
 	out=$("$TRACE_AGENT" status --unix "$WORK/main.sock" --token-file "$WORK/token")
 	echo "$out"
 	assert_contains "$out" "incoming     0 subscription(s)" "trace-agent status"
-		awk '$1 == "stolen" && $2 >= 2 { found = 1 } END { exit !found }' <<<"$out" ||
+	awk '$1 == "stolen" && $2 >= 2 { found = 1 } END { exit !found }' <<<"$out" ||
 		fail "the stolen connections are not counted"
 }
 
@@ -163,7 +163,7 @@ test_second_steal() {
 
 # kill -9 of the agent while stealing: the link dies with the process's fds
 test_agent_killed() {
-		steal_bg k "$HTTP_PORT" --http stolen-k
+	steal_bg k "$HTTP_PORT" --http stolen-k
 	assert_eq "stolen-k" "$(get)" "stolen before the kill"
 	[ -n "$(ours_in_pod)" ] || fail "no sk_lookup link while stealing"
 	local prog
