@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
@@ -628,9 +629,13 @@ static void test_router_too_many_headers(void **state)
 	int client = harness_client(h);
 	int pod = POD(h, 0);
 	send_str(client, "GET / HTTP/1.1\r\n");
+	/* the router answers and closes as soon as it has seen one header too many: what
+	 * follows may meet a closed socket */
+	static const char many[] = "X-Many: 1\r\n", last[] = "X-User: alice\r\n\r\n";
 	for (int i = 0; i <= HTTP_HEADERS_MAX; i++)
-		send_str(client, "X-Many: 1\r\n");
-	send_str(client, "X-User: alice\r\n\r\n");
+		if (send(client, many, sizeof(many) - 1, MSG_NOSIGNAL) < 0)
+			break;
+	(void)!send(client, last, sizeof(last) - 1, MSG_NOSIGNAL);
 	expect(client, "HTTP/1.1 431 Request Header Fields Too Large\r\n");
 	expect_eof(pod);
 	assert_int_equal(h->n_local, 0);
@@ -917,6 +922,8 @@ static void test_router_random_mix(void **state)
 int main(void)
 {
 	hm_log_init("test_agent_http", HM_LOG_QUIET);
+	/* a write to a connection the router closed must fail, not kill the test */
+	signal(SIGPIPE, SIG_IGN);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_filter_parse_good),
 	    cmocka_unit_test(test_filter_parse_bad),
