@@ -700,6 +700,27 @@ static void test_router_upgrade_tunnel(void **state)
 	harness_free(h, client);
 }
 
+/* CONNECT: the 200 ends the HTTP part; then raw both ways, through the pod here */
+static void test_router_connect_tunnel(void **state)
+{
+	(void)state;
+	struct harness *h = harness_new(FILTER_ALICE);
+	int client = harness_client(h);
+	int pod = POD(h, 0);
+	static const char req[] = "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n";
+	static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+	send_str(client, req);
+	expect(pod, req);
+	send_str(pod, ok);
+	send_str(pod, "raw from the server");
+	expect(client, ok);
+	expect(client, "raw from the server");
+	send_str(client, "X-User: alice\r\n\r\nraw from the client");
+	expect(pod, "X-User: alice\r\n\r\nraw from the client");
+	assert_int_equal(h->n_local, 0);
+	harness_free(h, client);
+}
+
 /* a response delimited by the server's close reaches the client whole, then the close */
 static void test_router_close_delimited(void **state)
 {
@@ -944,6 +965,7 @@ int main(void)
 	    cmocka_unit_test(test_router_response_connection_close),
 	    cmocka_unit_test(test_router_local_gone_goes_to_pod),
 	    cmocka_unit_test(test_router_upgrade_tunnel),
+	    cmocka_unit_test(test_router_connect_tunnel),
 	    cmocka_unit_test(test_router_close_delimited),
 	    cmocka_unit_test(test_router_client_half_close),
 	    cmocka_unit_test(test_router_random_mix),
