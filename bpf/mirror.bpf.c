@@ -59,10 +59,10 @@ struct {
 
 /* Where the IP header starts: Ethernet-framed devices (veth, lo) carry 14 bytes of MAC
  * header before it, L3 devices (tun, wireguard) none. */
-static __always_inline int l3_offset(struct __sk_buff *skb)
+static __always_inline int l3_offset(struct __sk_buff *skb, __u16 protocol)
 {
 	__u16 type;
-	if (bpf_skb_load_bytes(skb, 12, &type, sizeof(type)) == 0 && type == skb->protocol)
+	if (bpf_skb_load_bytes(skb, 12, &type, sizeof(type)) == 0 && type == protocol)
 		return ETH_HLEN;
 	return 0;
 }
@@ -76,11 +76,14 @@ int hm_mirror(struct __sk_buff *skb)
 	if (!rec)
 		return TC_ACT_OK;
 	struct mirror_event *ev = &rec->ev;
-	__u32 off = l3_offset(skb);
+	/* read once: clang may otherwise merge two reads into a ctx access at a computed
+	 * offset, which the verifier refuses */
+	__u16 protocol = skb->protocol;
+	__u32 off = l3_offset(skb, protocol);
 	__u32 ip_end; /* offset of the TCP header */
 	__u32 ip_total;
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+	if (protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
 			return TC_ACT_OK;
@@ -98,7 +101,7 @@ int hm_mirror(struct __sk_buff *skb)
 		/* tot_len is 0 for a GSO packet above 64 KiB (BIG TCP): take skb->len then */
 		ip_total = bpf_ntohs(ip.tot_len);
 		ip_total = ip_total ? off + ip_total : skb->len;
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+	} else if (protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
 			return TC_ACT_OK;
@@ -139,13 +142,15 @@ int hm_mirror(struct __sk_buff *skb)
 	if (len > MIRROR_PAYLOAD_MAX)
 		len = MIRROR_PAYLOAD_MAX; /* cannot happen below BIG TCP; user space sees the hole */
 	ev->payload_len = len;
-	/* the bound the verifier needs for a variable length */
-	len &= MIRROR_PAYLOAD_MAX * 2 - 1;
-	if (len > MIRROR_PAYLOAD_MAX)
+	/* the bound the verifier needs for a variable length, on the register the helper
+	 * gets: hidden from clang, which would otherwise prove it redundant and drop it */
+	__u64 n = len;
+	asm volatile("" : "+r"(n));
+	if (n > MIRROR_PAYLOAD_MAX)
 		return TC_ACT_OK;
-	if (len > 0 && bpf_skb_load_bytes(skb, payload_off, rec->payload, len) < 0)
+	if (n > 0 && bpf_skb_load_bytes(skb, payload_off, rec->payload, n) < 0)
 		return TC_ACT_OK;
-	if (bpf_ringbuf_output(&mirror_events, rec, sizeof(rec->ev) + len, 0) < 0) {
+	if (bpf_ringbuf_output(&mirror_events, rec, sizeof(rec->ev) + n, 0) < 0) {
 		struct mirror_drops *d = bpf_map_lookup_elem(&mirror_drop_stats, &zero);
 		if (d) {
 			d->events++;
