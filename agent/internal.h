@@ -387,4 +387,23 @@ void agent_reasm_drop_port(struct agent_reasm *r, uint16_t port);
 size_t agent_reasm_conns(const struct agent_reasm *r);
 size_t agent_reasm_held_bytes(const struct agent_reasm *r);
 
+
+/* ---- mirror.c: the mirror engine (see the file comment) ----
+ * Plugs into incoming.c through agent_mirror_ops (agent_incoming_set_mirror). Its
+ * claims arrive through the stream tokens: destroy it after the streams. */
+#define AGENT_MIRROR_COPY_BUFFER (16u << 20)  /* bytes one copy may fall behind */
+#define AGENT_MIRROR_TOTAL_BUFFER (256u << 20) /* ... all copies together */
+struct agent_incoming_counters;
+struct agent_mirror_config {
+	size_t ring_bytes;	 /* per network namespace; 0: the loader's default */
+	size_t copy_buffer_max;	 /* 0: AGENT_MIRROR_COPY_BUFFER */
+	size_t total_buffer_max; /* 0: AGENT_MIRROR_TOTAL_BUFFER */
+	struct agent_incoming_counters *counters; /* mirrored, mirror_lost, mirror_bytes */
+};
+struct agent_mirror;
+int agent_mirror_create(const struct agent_mirror_config *cfg, struct agent_mirror **out,
+			struct hm_err *err);
+void agent_mirror_destroy(struct agent_mirror *m); /* NULL is a no-op */
+extern const struct agent_incoming_mirror_ops agent_mirror_ops;
+
 #endif
