@@ -54,6 +54,7 @@ struct agent_server_config {
 	bool allow_any_pid;	  /* pid/N for every token holder (else see peer.c) */
 	bool insecure_listen;	  /* --listen may be a non-loopback address */
 	unsigned stream_ttl_ms;
+	size_t mirror_ring_bytes; /* per mirrored netns; 0: the loader's default (16 MiB) */
 	struct agent_budget_limits limits;
 	int stop_fd; /* readable (e.g. a signalfd) -> graceful shutdown */
 };

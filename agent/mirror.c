@@ -904,6 +904,14 @@ int agent_mirror_create(const struct agent_mirror_config *cfg, struct agent_mirr
 	if (!m)
 		return hm_err_errno(err, "mirror");
 	m->cfg = *cfg;
+	/* tc filters outlive their agent: a killed one's still copy the pods' traffic
+	 * into a ring buffer nobody reads */
+	struct hm_err stale_err;
+	int removed = hm_tc_remove_stale_everywhere(&stale_err);
+	if (removed < 0)
+		hm_warn("mirror: %s", stale_err.msg);
+	else if (removed)
+		hm_info("mirror: removed %d stale hermit tc filter(s) of an earlier agent", removed);
 	if (!m->cfg.copy_buffer_max)
 		m->cfg.copy_buffer_max = AGENT_MIRROR_COPY_BUFFER;
 	if (!m->cfg.total_buffer_max)
