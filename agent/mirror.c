@@ -942,7 +942,7 @@ int agent_mirror_create(const struct agent_mirror_config *cfg, struct agent_mirr
 	return 0;
 }
 
-void agent_mirror_destroy(struct agent_mirror *m)
+void agent_mirror_stop(struct agent_mirror *m)
 {
 	if (!m)
 		return;
@@ -956,6 +956,14 @@ void agent_mirror_destroy(struct agent_mirror *m)
 		pthread_join(m->engine, NULL);
 	if (m->control_started)
 		pthread_join(m->control, NULL);
+	m->engine_started = m->control_started = false;
+}
+
+void agent_mirror_destroy(struct agent_mirror *m)
+{
+	if (!m)
+		return;
+	agent_mirror_stop(m);
 	/* the engine is stopped: its objects are ours now */
 	while (m->drop_q) {
 		struct command *cmd = m->drop_q;
