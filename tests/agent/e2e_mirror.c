@@ -192,7 +192,33 @@ static int cmd_mirror(struct e2e_ctx *ctx, int argc, char **argv)
 	}
 }
 
+/* mirror-status: print the agent's mirror counters as "mirrored N mirror_lost N
+ * mirror_bytes N" (the status must carry the incoming counters). */
+static int cmd_mirror_status(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	(void)argv;
+	if (argc != 1)
+		return 2;
+	struct hm_err err = {0};
+	hm_cleanup_close int fd = client_endpoint_dial(&ctx->ep, MIRROR_TIMEOUT_MS, &err);
+	uint64_t agreed;
+	struct proto_msg req = {.type = PROTO_STATUS}, reply = {0};
+	if (fd < 0 ||
+	    proto_client_handshake(fd, ctx->token, "agent_e2e mirror-status",
+				   PROTO_FEATURES_SUPPORTED, MIRROR_TIMEOUT_MS, &agreed, &err) < 0 ||
+	    ctl_request(fd, 1, &req, &reply, &err) < 0)
+		return e2e_fail("status: %s", err.msg);
+	const struct proto_status_reply *s = &reply.status_reply;
+	int rc = s->has_incoming ? 0 : e2e_fail("the status has no incoming counters");
+	printf("mirrored %llu mirror_lost %llu mirror_bytes %llu\n",
+	       (unsigned long long)s->mirrored, (unsigned long long)s->mirror_lost,
+	       (unsigned long long)s->mirror_bytes);
+	proto_msg_free(&reply);
+	return rc;
+}
+
 static const struct e2e_cmd mirror_cmds[] = {
     {"mirror", "PORT DIR [--ready FILE] [--stall-ms MS]", cmd_mirror},
+    {"mirror-status", "", cmd_mirror_status},
 };
 E2E_REGISTER(mirror_cmds)
