@@ -282,7 +282,8 @@ static void copy_data(struct mirror_copy *cp, const void *p, size_t len)
 		return;
 	}
 	for (size_t off = 0; off < len; off += PROTO_INCOMING_DATA_MAX) {
-		size_t n = len - off < PROTO_INCOMING_DATA_MAX ? len - off : PROTO_INCOMING_DATA_MAX;
+		size_t n =
+		    len - off < PROTO_INCOMING_DATA_MAX ? len - off : PROTO_INCOMING_DATA_MAX;
 		struct chunk *c = data_frame((const uint8_t *)p + off, n);
 		if (!c) {
 			copy_reset(cp);
@@ -395,7 +396,8 @@ static void take_claim(struct mirror_copy *cp)
 	int fl = fcntl(cp->fd, F_GETFL);
 	if (fl >= 0)
 		fcntl(cp->fd, F_SETFL, fl | O_NONBLOCK);
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = cp};
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+				 .data.ptr = cp};
 	if (epoll_ctl(cp->m->epfd, EPOLL_CTL_ADD, cp->fd, &ev) < 0) {
 		copy_kill(cp);
 		return;
@@ -517,7 +519,8 @@ static void reasm_end(void *ctx, void *conn, enum agent_reasm_end how)
 static void conn_offer(struct agent_mirror *m, struct mirror_conn *c)
 {
 	struct agent_incoming_sub *subs[AGENT_INCOMING_MAX_PORT_SUBS];
-	size_t n = agent_incoming_port_subs(c->iport, PROTO_INCOMING_MIRROR, subs, HM_ARRAY_SIZE(subs));
+	size_t n =
+	    agent_incoming_port_subs(c->iport, PROTO_INCOMING_MIRROR, subs, HM_ARRAY_SIZE(subs));
 	for (size_t i = 0; i < n; i++) {
 		struct mirror_copy *cp = calloc(1, sizeof(*cp));
 		if (!cp) {
@@ -911,7 +914,8 @@ int agent_mirror_create(const struct agent_mirror_config *cfg, struct agent_mirr
 	if (removed < 0)
 		hm_warn("mirror: %s", stale_err.msg);
 	else if (removed)
-		hm_info("mirror: removed %d stale hermit tc filter(s) of an earlier agent", removed);
+		hm_info("mirror: removed %d stale hermit tc filter(s) of an earlier agent",
+			removed);
 	if (!m->cfg.copy_buffer_max)
 		m->cfg.copy_buffer_max = AGENT_MIRROR_COPY_BUFFER;
 	if (!m->cfg.total_buffer_max)

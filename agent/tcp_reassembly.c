@@ -230,7 +230,7 @@ void agent_reasm_segment(struct agent_reasm *r, const struct agent_tcp_segment *
 	if (s->syn) {
 		if (c && c->isn == s->seq)
 			return; /* a retransmitted SYN */
-		if (c) /* the tuple is reused: the old connection's end never reached us */
+		if (c)		/* the tuple is reused: the old connection's end never reached us */
 			finish(r, c, c->held ? AGENT_REASM_LOST : AGENT_REASM_RESET);
 		if (s->rst)
 			return;

@@ -140,7 +140,8 @@ int hm_mirror(struct __sk_buff *skb)
 	if (len == 0 && !(flags & (MIRROR_TCP_SYN | MIRROR_TCP_FIN | MIRROR_TCP_RST)))
 		return TC_ACT_OK;
 	if (len > MIRROR_PAYLOAD_MAX)
-		len = MIRROR_PAYLOAD_MAX; /* cannot happen below BIG TCP; user space sees the hole */
+		len =
+		    MIRROR_PAYLOAD_MAX; /* cannot happen below BIG TCP; user space sees the hole */
 	ev->payload_len = len;
 	/* the bound the verifier needs for a variable length, on the register the helper
 	 * gets: hidden from clang, which would otherwise prove it redundant and drop it */

@@ -14,7 +14,7 @@
 #define MIRROR_TCP_ACK 0x10
 
 struct mirror_event {
-	__u8 family; /* 4 or 6 */
+	__u8 family;	/* 4 or 6 */
 	__u8 tcp_flags; /* MIRROR_TCP_* as on the wire */
 	__u16 sport;	/* host order */
 	__u16 dport;	/* host order: the mirrored port */

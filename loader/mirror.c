@@ -102,8 +102,7 @@ static int attach_everywhere(struct hm_mirror *m, int netns_fd, struct hm_err *e
 	return r;
 }
 
-int hm_mirror_attach(const struct hm_mirror_opts *opts, struct hm_mirror **out,
-		     struct hm_err *err)
+int hm_mirror_attach(const struct hm_mirror_opts *opts, struct hm_mirror **out, struct hm_err *err)
 {
 	*out = NULL;
 	hm_libbpf_log_setup();

@@ -154,7 +154,7 @@ static void test_retransmits_and_overlaps_once(void **state)
 	syn(fx, 1001, 77);
 	syn(fx, 1001, 77); /* retransmitted SYN: the same connection */
 	data_at(fx, 1001, 77, 0, 1000, false, 1);
-	data_at(fx, 1001, 77, 0, 1000, false, 1);  /* whole retransmit */
+	data_at(fx, 1001, 77, 0, 1000, false, 1);   /* whole retransmit */
 	data_at(fx, 1001, 77, 500, 1000, false, 1); /* overlaps the end */
 	data_at(fx, 1001, 77, 200, 100, false, 1);  /* inside what was delivered */
 	/* ahead of a hole, then the same again and a bigger overlap of it */

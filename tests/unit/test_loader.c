@@ -606,8 +606,7 @@ static int query_mirror_filter(const struct fixture *fx, const char *ifname)
 	return r;
 }
 
-static struct hm_mirror *mirror_attach_ok(struct fixture *fx, struct mirror_capture *cap,
-					  int *nsfd)
+static struct hm_mirror *mirror_attach_ok(struct fixture *fx, struct mirror_capture *cap, int *nsfd)
 {
 	*nsfd = open(fx->pod_path, O_RDONLY | O_CLOEXEC);
 	assert_true(*nsfd >= 0);
