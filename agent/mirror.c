@@ -21,12 +21,18 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #include "agent/internal.h"
 #include "loader/loader.h"
 
 #define MAX_EVENTS 64
 #define TICK_MS 100
+/* While a namespace is attached the ring buffers are read at least this often: the
+ * program wakes the engine only for big batches (a quarter of the ring). */
+#define POLL_MS 10
+#define DEFAULT_RING_BYTES (32u << 20)
+#define MAX_IOV 64
 
 struct mirror_port {
 	struct mirror_port *next;
@@ -75,6 +81,8 @@ struct mirror_copy {
 	bool counted_lost;
 	bool in_graveyard;
 	struct mirror_copy *grave_next;
+	bool dirty; /* new output: written once per round, in one writev */
+	struct mirror_copy *dirty_next;
 	struct mirror_copy *all_prev, *all_next; /* every copy, for the shutdown */
 };
 
@@ -130,6 +138,7 @@ struct agent_mirror {
 	/* the engine thread's own */
 	struct mirror_conn *new_conns;
 	struct mirror_copy *graveyard; /* dead and claimed: freed at the end of a round */
+	struct mirror_copy *dirty;
 	struct mirror_copy *all_copies;
 	size_t queued_total;
 };
@@ -299,8 +308,11 @@ static void copy_service(struct mirror_copy *cp)
 	if (cp->state != COPY_OPEN)
 		return;
 	while (cp->head) {
-		struct chunk *c = cp->head;
-		ssize_t n = send(cp->fd, c->data + c->off, c->len - c->off, MSG_NOSIGNAL);
+		struct iovec iov[MAX_IOV];
+		int niov = 0;
+		for (struct chunk *c = cp->head; c && niov < MAX_IOV; c = c->next)
+			iov[niov++] = (struct iovec){c->data + c->off, c->len - c->off};
+		ssize_t n = writev(cp->fd, iov, niov);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				break;
@@ -308,17 +320,25 @@ static void copy_service(struct mirror_copy *cp)
 			copy_kill(cp);
 			return;
 		}
-		c->off += (size_t)n;
 		cp->queued -= (size_t)n;
 		cp->m->queued_total -= (size_t)n;
-		if (c->off < c->len)
-			break;
-		if (c->payload)
-			atomic_fetch_add(&cp->m->cfg.counters->mirror_bytes, c->payload);
-		cp->head = c->next;
-		if (!cp->head)
-			cp->tail = NULL;
-		chunk_free(c);
+		size_t left = (size_t)n;
+		while (left && cp->head) {
+			struct chunk *c = cp->head;
+			size_t take = c->len - c->off < left ? c->len - c->off : left;
+			c->off += take;
+			left -= take;
+			if (c->off < c->len)
+				break;
+			if (c->payload)
+				atomic_fetch_add(&cp->m->cfg.counters->mirror_bytes, c->payload);
+			cp->head = c->next;
+			if (!cp->head)
+				cp->tail = NULL;
+			chunk_free(c);
+		}
+		if (cp->head && cp->head->off)
+			break; /* a short write: the socket is full */
 	}
 	char sink[4096];
 	for (;;) {
@@ -337,6 +357,25 @@ static void copy_service(struct mirror_copy *cp)
 		if (cp->end_error == 0)
 			atomic_fetch_add(&cp->m->cfg.counters->mirrored, 1);
 		copy_kill(cp);
+	}
+}
+
+static void copy_dirty(struct mirror_copy *cp)
+{
+	if (cp->dirty || cp->state != COPY_OPEN)
+		return;
+	cp->dirty = true;
+	cp->dirty_next = cp->m->dirty;
+	cp->m->dirty = cp;
+}
+
+static void flush_dirty(struct agent_mirror *m)
+{
+	while (m->dirty) {
+		struct mirror_copy *cp = m->dirty;
+		m->dirty = cp->dirty_next;
+		cp->dirty = false;
+		copy_service(cp);
 	}
 }
 
@@ -482,10 +521,9 @@ static bool reasm_data(void *ctx, void *conn, const void *p, size_t len)
 	bool live = false;
 	for (struct mirror_copy *cp = c->copies; cp; cp = cp->conn_next) {
 		copy_data(cp, p, len);
-		if (cp->state != COPY_DEAD && !cp->end_queued) {
+		copy_dirty(cp);
+		if (cp->state != COPY_DEAD && !cp->end_queued)
 			live = true;
-			copy_service(cp);
-		}
 	}
 	if (!live) {
 		/* every copy is gone or reset: stop following (the reassembly's reference) */
@@ -507,7 +545,7 @@ static void reasm_end(void *ctx, void *conn, enum agent_reasm_end how)
 			copy_reset(cp);
 		else
 			copy_end(cp, how == AGENT_REASM_FIN ? 0 : ECONNRESET);
-		copy_service(cp);
+		copy_dirty(cp);
 	}
 	if (how == AGENT_REASM_LOST && !c->offered)
 		hm_debug("mirror: a connection lost bytes before it was offered");
@@ -630,8 +668,10 @@ static int ns_create(struct agent_mirror *m, int netns_fd, const struct stat *st
 		free(ns);
 		return -1;
 	}
+	size_t ring = m->cfg.ring_bytes ? m->cfg.ring_bytes : DEFAULT_RING_BYTES;
 	struct hm_mirror_opts o = {.netns_fd = netns_fd,
-				   .ring_bytes = m->cfg.ring_bytes,
+				   .ring_bytes = ring,
+				   .wakeup_bytes = ring / 4,
 				   .on_segment = on_segment,
 				   .ctx = ns};
 	if (hm_mirror_attach(&o, &ns->bpf, err) < 0) {
@@ -782,8 +822,12 @@ static void *engine_main(void *arg)
 	struct agent_mirror *m = arg;
 	struct epoll_event evs[MAX_EVENTS];
 	int64_t next_tick = hm_now_ms() + TICK_MS;
+	bool attached = false;
 	for (;;) {
-		int n = epoll_wait(m->epfd, evs, MAX_EVENTS, hm_ms_until(next_tick));
+		int timeout = hm_ms_until(next_tick);
+		if (attached && timeout > POLL_MS)
+			timeout = POLL_MS;
+		int n = epoll_wait(m->epfd, evs, MAX_EVENTS, timeout);
 		for (int i = 0; i < n; i++) {
 			int kind = *(int *)evs[i].data.ptr;
 			if (kind == EPOLL_WAKE) {
@@ -818,6 +862,7 @@ static void *engine_main(void *arg)
 			next_tick = now + TICK_MS;
 		struct mirror_conn *fresh = m->new_conns;
 		m->new_conns = NULL;
+		attached = m->nss != NULL;
 		pthread_mutex_unlock(&m->lock);
 
 		/* oldest first: the list was built by pushing */
@@ -848,6 +893,7 @@ static void *engine_main(void *arg)
 			if (cp->kind == EPOLL_COPY)
 				copy_service(cp);
 		}
+		flush_dirty(m);
 		reap(m);
 	}
 	return NULL;
@@ -991,6 +1037,7 @@ void agent_mirror_destroy(struct agent_mirror *m)
 		m->claimed = cp->claimed_next;
 		take_claim(cp);
 	}
+	m->dirty = NULL;
 	for (struct mirror_copy *cp = m->all_copies; cp; cp = cp->all_next) {
 		cp->claim_done = true; /* the streams are gone: no claim will come */
 		copy_kill(cp);

@@ -21,6 +21,11 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
+/* Set by the loader before load. 0: wake the reader on every segment; else only once
+ * this many bytes wait (the reader polls on a timer too), so a busy pod costs the agent
+ * one wake-up per batch instead of one per segment. */
+const volatile __u64 wakeup_bytes = 0;
+
 /* destination ports (host order) whose segments are copied; the value is unused */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -151,7 +156,12 @@ int hm_mirror(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (n > 0 && bpf_skb_load_bytes(skb, payload_off, rec->payload, n) < 0)
 		return TC_ACT_OK;
-	if (bpf_ringbuf_output(&mirror_events, rec, sizeof(rec->ev) + n, 0) < 0) {
+	__u64 wake = 0;
+	if (wakeup_bytes)
+		wake = bpf_ringbuf_query(&mirror_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+			   ? BPF_RB_FORCE_WAKEUP
+			   : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&mirror_events, rec, sizeof(rec->ev) + n, wake) < 0) {
 		struct mirror_drops *d = bpf_map_lookup_elem(&mirror_drop_stats, &zero);
 		if (d) {
 			d->events++;

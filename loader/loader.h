@@ -86,7 +86,10 @@ typedef void (*hm_mirror_segment_fn)(void *ctx, const struct hm_mirror_segment *
 
 struct hm_mirror_opts {
 	int netns_fd;	   /* borrowed: the namespace whose interfaces get the program */
-	size_t ring_bytes; /* ring buffer size (a power of 2 >= page size); 0: 16 MiB */
+	size_t ring_bytes; /* ring buffer size (a power of 2 >= page size); 0: 32 MiB */
+	/* 0: hm_mirror_fd turns readable for every segment; else only once this many bytes
+	 * wait, and the caller also consumes on a timer of its own (batches: fewer wake-ups) */
+	size_t wakeup_bytes;
 	hm_mirror_segment_fn on_segment;
 	void *ctx;
 };

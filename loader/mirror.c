@@ -10,7 +10,7 @@
 #include "loader/internal.h"
 #include "mirror.skel.h"
 
-#define DEFAULT_RING_BYTES (16u << 20)
+#define DEFAULT_RING_BYTES (32u << 20)
 
 struct hm_mirror {
 	struct mirror_bpf *skel;
@@ -129,6 +129,7 @@ int hm_mirror_attach(const struct hm_mirror_opts *opts, struct hm_mirror **out, 
 		hm_err_set(err, -r, "mirror: size maps (ring buffer %zu bytes)", ring);
 		goto fail;
 	}
+	m->skel->rodata->wakeup_bytes = opts->wakeup_bytes;
 	r = mirror_bpf__load(m->skel);
 	if (r < 0) {
 		load_error(-r, err);

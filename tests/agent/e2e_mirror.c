@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include "tests/agent/e2e.h"
 
@@ -17,6 +18,7 @@ struct dump_opts {
 	struct e2e_ctx *ctx;
 	const char *dir;
 	unsigned stall_ms; /* wait this long before reading each copy: a slow client */
+	bool sum_only;	   /* N.sum "BYTES CRC32" instead of N.data (benchmarks) */
 };
 
 struct copy_job {
@@ -39,8 +41,9 @@ static void write_text(const char *dir, unsigned seq, const char *ext, const cha
 	rename(tmp, path); /* whole or absent for a reader polling the directory */
 }
 
-/* Read one copy's frames into DIR/SEQ.data; its end goes to DIR/SEQ.end ("0",
- * "ECONNRESET", or "broken: why" when the stream itself failed). */
+/* Read one copy's frames into DIR/SEQ.data (or only their length and CRC-32 into
+ * DIR/SEQ.sum); its end goes to DIR/SEQ.end ("0", "ECONNRESET", or "broken: why" when
+ * the stream itself failed). */
 static void *copy_main(void *arg)
 {
 	struct copy_job *job = arg;
@@ -49,7 +52,11 @@ static void *copy_main(void *arg)
 	write_text(o->dir, job->seq, "addr", proto_addr_str(&job->client, addr, sizeof(addr)));
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/%u.data", o->dir, job->seq);
-	hm_cleanup_close int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	hm_cleanup_close int out = o->sum_only
+				       ? open("/dev/null", O_WRONLY | O_CLOEXEC)
+				       : open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	uint64_t bytes = 0;
+	uLong crc = crc32(0, NULL, 0);
 	struct hm_err err = {0};
 	hm_cleanup_close int fd = client_endpoint_dial(&o->ctx->ep, MIRROR_TIMEOUT_MS, &err);
 	if (out < 0 || fd < 0 || proto_stream_open(fd, job->token, MIRROR_TIMEOUT_MS, &err) < 0) {
@@ -65,7 +72,11 @@ static void *copy_main(void *arg)
 			break;
 		}
 		if (m.type == PROTO_INCOMING_DATA) {
-			ssize_t w = hm_write_all(out, m.incoming_data.data, m.incoming_data.len);
+			bytes += m.incoming_data.len;
+			crc = crc32(crc, m.incoming_data.data, m.incoming_data.len);
+			ssize_t w = o->sum_only ? 0
+						: hm_write_all(out, m.incoming_data.data,
+							       m.incoming_data.len);
 			proto_msg_free(&m);
 			if (w < 0) {
 				snprintf(end, sizeof(end), "broken: write: %s", strerror(errno));
@@ -84,6 +95,11 @@ static void *copy_main(void *arg)
 		break;
 	}
 done:
+	if (o->sum_only) {
+		char sum[64];
+		snprintf(sum, sizeof(sum), "%llu %lu", (unsigned long long)bytes, crc);
+		write_text(o->dir, job->seq, "sum", sum);
+	}
 	write_text(o->dir, job->seq, "end", end);
 	free(job);
 	return NULL;
@@ -103,13 +119,14 @@ static int ctl_request(int fd, uint32_t id, const struct proto_msg *req, struct 
 	return 0;
 }
 
-/* mirror PORT DIR [--ready FILE] [--stall-ms MS]: mirror PORT of the target and dump
- * every copy (see copy_main) until killed. Prints "subscribed ID" (also written to
+/* mirror PORT DIR [--ready FILE] [--stall-ms MS] [--sum]: mirror PORT of the target and
+ * dump every copy (see copy_main) until killed. Prints "subscribed ID" (also written to
  * FILE) and "connection N from CLIENT" per copy. */
 static int cmd_mirror(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	static const struct option longopts[] = {{"ready", required_argument, NULL, 'r'},
 						 {"stall-ms", required_argument, NULL, 's'},
+						 {"sum", no_argument, NULL, 'S'},
 						 {0}};
 	struct dump_opts opts = {.ctx = ctx};
 	const char *ready = NULL;
@@ -120,6 +137,8 @@ static int cmd_mirror(struct e2e_ctx *ctx, int argc, char **argv)
 			ready = optarg;
 		else if (o == 's')
 			opts.stall_ms = (unsigned)atoi(optarg);
+		else if (o == 'S')
+			opts.sum_only = true;
 		else
 			return 2;
 	}
@@ -134,9 +153,9 @@ static int cmd_mirror(struct e2e_ctx *ctx, int argc, char **argv)
 	struct hm_err err = {0};
 	hm_cleanup_close int fd = client_endpoint_dial(&ctx->ep, MIRROR_TIMEOUT_MS, &err);
 	uint64_t agreed;
-	if (fd < 0 || proto_client_handshake(fd, ctx->token, "agent_e2e mirror",
-					     PROTO_FEATURES_SUPPORTED, MIRROR_TIMEOUT_MS, &agreed,
-					     &err) < 0)
+	if (fd < 0 ||
+	    proto_client_handshake(fd, ctx->token, "agent_e2e mirror", PROTO_FEATURES_SUPPORTED,
+				   MIRROR_TIMEOUT_MS, &agreed, &err) < 0)
 		return e2e_fail("connect: %s", err.msg);
 	struct proto_msg req = {.type = PROTO_SESSION_OPEN}, reply = {0};
 	req.session_open.target = ctx->target;
@@ -205,7 +224,8 @@ static int cmd_mirror_status(struct e2e_ctx *ctx, int argc, char **argv)
 	struct proto_msg req = {.type = PROTO_STATUS}, reply = {0};
 	if (fd < 0 ||
 	    proto_client_handshake(fd, ctx->token, "agent_e2e mirror-status",
-				   PROTO_FEATURES_SUPPORTED, MIRROR_TIMEOUT_MS, &agreed, &err) < 0 ||
+				   PROTO_FEATURES_SUPPORTED, MIRROR_TIMEOUT_MS, &agreed,
+				   &err) < 0 ||
 	    ctl_request(fd, 1, &req, &reply, &err) < 0)
 		return e2e_fail("status: %s", err.msg);
 	const struct proto_status_reply *s = &reply.status_reply;
@@ -218,7 +238,7 @@ static int cmd_mirror_status(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd mirror_cmds[] = {
-    {"mirror", "PORT DIR [--ready FILE] [--stall-ms MS]", cmd_mirror},
+    {"mirror", "PORT DIR [--ready FILE] [--stall-ms MS] [--sum]", cmd_mirror},
     {"mirror-status", "", cmd_mirror_status},
 };
 E2E_REGISTER(mirror_cmds)
