@@ -526,11 +526,11 @@ struct agent_reasm_ops {
 	void (*end)(void *ctx, void *conn, enum agent_reasm_end how);
 };
 struct agent_reasm_config {
-	size_t max_conns;	    /* beyond: the least recently active one ends LOST */
-	size_t max_held_conn;	    /* out-of-order bytes held per connection */
-	size_t max_held_total;	    /* ... for all connections */
-	int64_t gap_timeout_ms;	    /* a hole older than this is lost */
-	int64_t idle_timeout_ms;    /* a connection silent this long ends LOST (its FIN was lost) */
+	size_t max_conns;	 /* beyond: the least recently active one ends LOST */
+	size_t max_held_conn;	 /* out-of-order bytes held per connection */
+	size_t max_held_total;	 /* ... for all connections */
+	int64_t gap_timeout_ms;	 /* a hole older than this is lost */
+	int64_t idle_timeout_ms; /* a connection silent this long ends LOST (its FIN was lost) */
 	struct agent_reasm_ops ops;
 	void *ctx;
 };
@@ -539,7 +539,8 @@ int agent_reasm_create(const struct agent_reasm_config *cfg, struct agent_reasm 
 		       struct hm_err *err);
 /* Ends every connection (RESET) and frees. NULL is a no-op. */
 void agent_reasm_destroy(struct agent_reasm *r);
-void agent_reasm_segment(struct agent_reasm *r, const struct agent_tcp_segment *seg, int64_t now_ms);
+void agent_reasm_segment(struct agent_reasm *r, const struct agent_tcp_segment *seg,
+			 int64_t now_ms);
 /* Apply the timeouts; returns the ms until the next one is due (-1: none). */
 int64_t agent_reasm_tick(struct agent_reasm *r, int64_t now_ms);
 /* End every connection to port (RESET): its last subscription went away. */
@@ -547,12 +548,11 @@ void agent_reasm_drop_port(struct agent_reasm *r, uint16_t port);
 size_t agent_reasm_conns(const struct agent_reasm *r);
 size_t agent_reasm_held_bytes(const struct agent_reasm *r);
 
-
 /* ---- mirror.c: the mirror engine (see the file comment) ----
  * Plugs into incoming.c through agent_mirror_ops (agent_incoming_set_mirror). Its
  * claims arrive through the stream tokens: destroy it after the streams. */
-#define AGENT_MIRROR_COPY_BUFFER (16u << 20)  /* bytes one copy may fall behind */
-#define AGENT_MIRROR_TOTAL_BUFFER (256u << 20) /* ... all copies together */
+#define AGENT_MIRROR_COPY_BUFFER (64u << 20)   /* bytes one copy may fall behind */
+#define AGENT_MIRROR_TOTAL_BUFFER (512u << 20) /* ... all copies together */
 struct agent_mirror_config {
 	size_t ring_bytes;	 /* per network namespace; 0: the loader's default */
 	size_t copy_buffer_max;	 /* 0: AGENT_MIRROR_COPY_BUFFER */

@@ -16,6 +16,7 @@
  * mirror_lost) and the other copies go on. A connection whose bytes the agent lost
  * (ring buffer full: the pod got them, no retransmit will come) ends ECONNRESET for
  * every copy: what was delivered is a true prefix, never a stream with a hole. */
+#include <endian.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -33,6 +34,8 @@
 #define POLL_MS 10
 #define DEFAULT_RING_BYTES (32u << 20)
 #define MAX_IOV 64
+/* segments this big are written at once, without a copy; smaller ones are batched */
+#define DIRECT_MIN (16u << 10)
 
 struct mirror_port {
 	struct mirror_port *next;
@@ -139,6 +142,8 @@ struct agent_mirror {
 	struct mirror_conn *new_conns;
 	struct mirror_copy *graveyard; /* dead and claimed: freed at the end of a round */
 	struct mirror_copy *dirty;
+	size_t round_bytes; /* taken from the ring buffers this round */
+	bool more;	    /* a ring buffer has more: no waiting before the next round */
 	struct mirror_copy *all_copies;
 	size_t queued_total;
 };
@@ -280,9 +285,56 @@ static void copy_kill(struct mirror_copy *cp)
 	copy_bury(cp);
 }
 
+/* The fast path for a big segment of a copy that has nothing queued: one writev of the
+ * frame straight from the ring buffer's memory. Returns the bytes of p that went (whole frames only
+ * count) or are now queued: len, or 0 when the caller must queue the frame itself. */
+static size_t copy_write_direct(struct mirror_copy *cp, const uint8_t *p, size_t len)
+{
+	if (cp->state != COPY_OPEN || cp->head || len < DIRECT_MIN || len > PROTO_INCOMING_DATA_MAX)
+		return 0;
+	/* INCOMING_DATA: the frame header, then u32 len | bytes (proto/proto.h) */
+	uint8_t head[PROTO_HDR_LEN + 4];
+	struct proto_hdr hdr = {.len = (uint32_t)(4 + len), .type = PROTO_INCOMING_DATA};
+	proto_hdr_encode(head, &hdr);
+	uint32_t le = htole32((uint32_t)len);
+	memcpy(head + PROTO_HDR_LEN, &le, 4);
+	struct iovec iov[2] = {{head, sizeof(head)}, {(void *)p, len}};
+	ssize_t n = writev(cp->fd, iov, 2);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			return 0;
+		hm_debug("mirror: stream write: %s", strerror(errno));
+		copy_kill(cp);
+		return len;
+	}
+	size_t total = sizeof(head) + len;
+	if ((size_t)n == total) {
+		atomic_fetch_add(&cp->m->cfg.counters->mirror_bytes, len);
+		return len;
+	}
+	/* a short write: the rest of this frame goes first when the socket drains */
+	struct chunk *c = calloc(1, sizeof(*c));
+	uint8_t *rest = malloc(total - (size_t)n);
+	if (!c || !rest) {
+		free(c);
+		free(rest);
+		copy_kill(cp); /* half a frame sent: the stream cannot go on */
+		return len;
+	}
+	size_t done = (size_t)n;
+	size_t from_head = done < sizeof(head) ? sizeof(head) - done : 0;
+	memcpy(rest, head + (sizeof(head) - from_head), from_head);
+	memcpy(rest + from_head, p + (len - (total - done - from_head)), total - done - from_head);
+	*c = (struct chunk){.data = rest, .len = total - done, .payload = (uint32_t)len};
+	copy_append(cp, c);
+	return len;
+}
+
 static void copy_data(struct mirror_copy *cp, const void *p, size_t len)
 {
 	if (cp->state == COPY_DEAD || cp->end_queued)
+		return;
+	if (copy_write_direct(cp, p, len) == len)
 		return;
 	if (cp->queued + len > cp->m->cfg.copy_buffer_max ||
 	    cp->m->queued_total + len > cp->m->cfg.total_buffer_max) {
@@ -608,9 +660,14 @@ static void conn_offer(struct agent_mirror *m, struct mirror_conn *c)
 
 /* ---- namespaces ---- */
 
-static void on_segment(void *ctx, const struct hm_mirror_segment *seg)
+/* Bytes one round may take from a ring buffer before the engine offers the new
+ * connections and writes to the streams: they must not wait for a burst to end. */
+#define ROUND_BYTES (4u << 20)
+
+static bool on_segment(void *ctx, const struct hm_mirror_segment *seg)
 {
 	struct mirror_ns *ns = ctx;
+	struct agent_mirror *m = ns->m;
 	struct agent_tcp_segment s = {
 	    .family = seg->family,
 	    .sport = seg->sport,
@@ -624,10 +681,14 @@ static void on_segment(void *ctx, const struct hm_mirror_segment *seg)
 	    .len = seg->len,
 	};
 	if ((seg->tcp_flags & HM_MIRROR_SYN) && !s.syn)
-		return;
+		return true;
 	memcpy(s.saddr, seg->saddr, sizeof(s.saddr));
 	memcpy(s.daddr, seg->daddr, sizeof(s.daddr));
 	agent_reasm_segment(ns->reasm, &s, hm_now_ms());
+	m->round_bytes += seg->len;
+	/* a new connection is offered at once, so its copies are claimed before its
+	 * bytes pile up */
+	return !m->new_conns && m->round_bytes < ROUND_BYTES;
 }
 
 static void ns_free(struct mirror_ns *ns)
@@ -827,6 +888,8 @@ static void *engine_main(void *arg)
 		int timeout = hm_ms_until(next_tick);
 		if (attached && timeout > POLL_MS)
 			timeout = POLL_MS;
+		if (m->more)
+			timeout = 0;
 		int n = epoll_wait(m->epfd, evs, MAX_EVENTS, timeout);
 		for (int i = 0; i < n; i++) {
 			int kind = *(int *)evs[i].data.ptr;
@@ -849,10 +912,14 @@ static void *engine_main(void *arg)
 		}
 		int64_t now = hm_now_ms();
 		bool tick = now >= next_tick;
+		m->round_bytes = 0;
+		m->more = false;
 		for (struct mirror_ns *ns = m->nss; ns; ns = ns->next) {
 			struct hm_err err;
-			if (hm_mirror_consume(ns->bpf, &err) < 0)
+			int r = hm_mirror_consume(ns->bpf, &err);
+			if (r < 0)
 				hm_warn("%s", err.msg);
+			m->more |= r > 0;
 			if (tick) {
 				check_drops(ns);
 				agent_reasm_tick(ns->reasm, now);

@@ -1286,6 +1286,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	if (agent_incoming_create(srv->streams, &srv->incoming, err) < 0)
 		goto fail;
 	struct agent_mirror_config mcfg = {.ring_bytes = cfg->mirror_ring_bytes,
+					   .copy_buffer_max = cfg->mirror_copy_bytes,
 					   .counters = agent_incoming_counters(srv->incoming)};
 	struct hm_err mirror_err;
 	if (agent_mirror_create(&mcfg, &srv->mirror, &mirror_err) == 0)

@@ -68,7 +68,7 @@ struct hm_mirror;
 /* One segment sent to a mirrored port, as the pod received it. Valid during the
  * callback only. */
 struct hm_mirror_segment {
-	uint8_t family; /* 4 or 6 */
+	uint8_t family;	   /* 4 or 6 */
 	uint8_t tcp_flags; /* HM_MIRROR_FIN | HM_MIRROR_SYN | HM_MIRROR_RST | HM_MIRROR_ACK */
 	uint16_t sport, dport;
 	uint32_t seq;
@@ -82,7 +82,8 @@ struct hm_mirror_segment {
 #define HM_MIRROR_RST 0x04
 #define HM_MIRROR_ACK 0x10
 
-typedef void (*hm_mirror_segment_fn)(void *ctx, const struct hm_mirror_segment *seg);
+/* Returns false to stop the hm_mirror_consume under way after this segment. */
+typedef bool (*hm_mirror_segment_fn)(void *ctx, const struct hm_mirror_segment *seg);
 
 struct hm_mirror_opts {
 	int netns_fd;	   /* borrowed: the namespace whose interfaces get the program */
@@ -98,13 +99,13 @@ struct hm_mirror_opts {
  * and friends come back with a message naming what is missing (capability, BPF, tc);
  * a verifier rejection's log is in the libbpf warnings (debug level). Nothing is left
  * attached on failure. Thread-safe: enters the namespace on the calling thread only. */
-int hm_mirror_attach(const struct hm_mirror_opts *opts, struct hm_mirror **out,
-		     struct hm_err *err);
+int hm_mirror_attach(const struct hm_mirror_opts *opts, struct hm_mirror **out, struct hm_err *err);
 int hm_mirror_port_add(struct hm_mirror *m, uint16_t port, struct hm_err *err);
 int hm_mirror_port_remove(struct hm_mirror *m, uint16_t port, struct hm_err *err);
 /* Readable (poll/epoll) when segments wait; then call hm_mirror_consume. */
 int hm_mirror_fd(const struct hm_mirror *m);
-/* Hand every waiting segment to on_segment; returns how many, or < 0. */
+/* Hand the waiting segments to on_segment until none is left (0) or on_segment asks
+ * to stop (1: more may wait); < 0 on error. */
 int hm_mirror_consume(struct hm_mirror *m, struct hm_err *err);
 /* Segments (and their payload bytes) the program dropped because the ring buffer was
  * full, since attach. */

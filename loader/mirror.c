@@ -40,8 +40,8 @@ static int on_record(void *ctx, void *data, size_t size)
 	};
 	memcpy(seg.saddr, ev->saddr, sizeof(seg.saddr));
 	memcpy(seg.daddr, ev->daddr, sizeof(seg.daddr));
-	m->on_segment(m->ctx, &seg);
-	return 0;
+	/* a negative return makes libbpf stop after this record, which stays consumed */
+	return m->on_segment(m->ctx, &seg) ? 0 : -EINTR;
 }
 
 /* Why a load failed, in words an operator can act on. */
@@ -179,9 +179,11 @@ int hm_mirror_fd(const struct hm_mirror *m)
 int hm_mirror_consume(struct hm_mirror *m, struct hm_err *err)
 {
 	int r = ring_buffer__consume(m->ring);
+	if (r == -EINTR)
+		return 1;
 	if (r < 0)
 		return hm_err_set(err, -r, "mirror: read ring buffer");
-	return r;
+	return 0;
 }
 
 void hm_mirror_drops(const struct hm_mirror *m, uint64_t *segments, uint64_t *bytes)

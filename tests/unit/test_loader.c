@@ -492,23 +492,23 @@ struct mirror_capture {
 	size_t other_ports; /* segments to any port but MIRROR_PORT */
 };
 
-static void on_mirror_segment(void *ctx, const struct hm_mirror_segment *seg)
+static bool on_mirror_segment(void *ctx, const struct hm_mirror_segment *seg)
 {
 	struct mirror_capture *cap = ctx;
 	if (seg->dport != MIRROR_PORT) {
 		cap->other_ports++;
-		return;
+		return true;
 	}
 	if (seg->sport != cap->sport)
-		return;
+		return true;
 	cap->segments++;
 	if (seg->tcp_flags & HM_MIRROR_SYN) {
 		cap->syn = true;
 		cap->isn = seg->seq;
-		return;
+		return true;
 	}
 	if (!cap->syn)
-		return;
+		return true;
 	size_t off = seg->seq - cap->isn - 1;
 	assert_true(off + seg->len <= MIRROR_BYTES);
 	memcpy(cap->buf + off, seg->payload, seg->len);
@@ -516,6 +516,7 @@ static void on_mirror_segment(void *ctx, const struct hm_mirror_segment *seg)
 		cap->max_end = off + seg->len;
 	if (seg->tcp_flags & HM_MIRROR_FIN)
 		cap->fin = true;
+	return true;
 }
 
 struct sender {
