@@ -84,6 +84,7 @@ struct mirror_copy {
 	bool counted_lost;
 	bool in_graveyard;
 	struct mirror_copy *grave_next;
+	int64_t offered_ms;
 	bool dirty; /* new output: written once per round, in one writev */
 	struct mirror_copy *dirty_next;
 	struct mirror_copy *all_prev, *all_next; /* every copy, for the shutdown */
@@ -484,6 +485,8 @@ static void take_claim(struct mirror_copy *cp)
 	}
 	cp->fd = cp->claimed_fd;
 	cp->state = COPY_OPEN;
+	hm_debug("mirror: a copy claimed %lld ms after its offer, %zu bytes waiting",
+		 (long long)(hm_now_ms() - cp->offered_ms), cp->queued);
 	int fl = fcntl(cp->fd, F_GETFL);
 	if (fl >= 0)
 		fcntl(cp->fd, F_SETFL, fl | O_NONBLOCK);
@@ -640,6 +643,7 @@ static void conn_offer(struct agent_mirror *m, struct mirror_conn *c)
 				copy_end(cp, c->how == AGENT_REASM_FIN ? 0 : ECONNRESET);
 		}
 		struct hm_err err;
+		cp->offered_ms = hm_now_ms();
 		/* claimed is called exactly once from here on, -1 included */
 		if (agent_incoming_offer(subs[i], &c->client, &c->server, copy_claimed, cp, &err) <
 		    0)

@@ -19,7 +19,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/capability.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -692,6 +694,68 @@ static void test_mirror_stale_filters_removed_at_start(void **state)
 	close(nsfd);
 }
 
+/* Drop capabilities from the calling thread's effective set only (capset on pid 0
+ * acts on the thread), as a confined or unprivileged caller would lack them. */
+static void drop_effective(const int *caps, size_t n)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct data[2];
+	assert_int_equal(syscall(SYS_capget, &hdr, data), 0);
+	for (size_t i = 0; i < n; i++)
+		data[caps[i] / 32].effective &= ~(1u << (caps[i] % 32));
+	assert_int_equal(syscall(SYS_capset, &hdr, data), 0);
+}
+
+struct capless_attach {
+	const struct fixture *fx;
+	const int *drop;
+	size_t ndrop;
+	int rc;
+	struct hm_err err;
+};
+
+static void *attach_without_caps(void *arg)
+{
+	struct capless_attach *a = arg;
+	drop_effective(a->drop, a->ndrop);
+	struct mirror_capture cap = {0};
+	int nsfd = open(a->fx->pod_path, O_RDONLY | O_CLOEXEC);
+	struct hm_mirror_opts o = {.netns_fd = nsfd, .on_segment = on_mirror_segment, .ctx = &cap};
+	struct hm_mirror *m = NULL;
+	a->rc = hm_mirror_attach(&o, &m, &a->err);
+	hm_mirror_destroy(m, NULL);
+	close(nsfd);
+	return NULL;
+}
+
+static void test_mirror_missing_capability_says_which(void **state)
+{
+	struct fixture *fx = *state;
+	static const int no_bpf[] = {CAP_BPF, CAP_SYS_ADMIN, CAP_PERFMON};
+	static const int no_net_admin[] = {CAP_NET_ADMIN};
+	struct {
+		const int *drop;
+		size_t n;
+		const char *says;
+	} cases[] = {
+	    {no_bpf, HM_ARRAY_SIZE(no_bpf), "needs CAP_BPF"},
+	    {no_net_admin, HM_ARRAY_SIZE(no_net_admin), "needs CAP_NET_ADMIN"},
+	};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(cases); i++) {
+		struct capless_attach a = {.fx = fx, .drop = cases[i].drop, .ndrop = cases[i].n};
+		pthread_t t;
+		assert_int_equal(pthread_create(&t, NULL, attach_without_caps, &a), 0);
+		pthread_join(t, NULL);
+		assert_int_equal(a.rc, -1);
+		assert_int_equal(a.err.code, EPERM);
+		if (!strstr(a.err.msg, cases[i].says))
+			fail_msg("'%s' does not say '%s'", a.err.msg, cases[i].says);
+		/* nothing was left behind */
+		assert_int_not_equal(query_mirror_filter(fx, POD_IF), 0);
+		assert_int_not_equal(query_mirror_filter(fx, "lo"), 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -710,6 +774,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_bad_targets_fail_clearly, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_mirror_copies_tcp_streams, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_mirror_stale_filters_removed_at_start, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_mirror_missing_capability_says_which, setup,
 					    teardown),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
