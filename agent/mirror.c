@@ -62,6 +62,7 @@ struct chunk {
 	uint8_t *data;
 	size_t len, off;
 	uint32_t payload; /* bytes of connection data in it */
+	bool started;	  /* the rest of a frame whose start is already on the wire */
 };
 
 struct mirror_conn;
@@ -227,7 +228,7 @@ static void copy_reset(struct mirror_copy *cp)
 	if (cp->state == COPY_DEAD || cp->end_queued)
 		return;
 	struct chunk *keep = NULL;
-	if (cp->head && cp->head->off > 0) {
+	if (cp->head && (cp->head->off > 0 || cp->head->started)) {
 		keep = cp->head;
 		cp->head = keep->next;
 		keep->next = NULL;
@@ -329,7 +330,8 @@ static size_t copy_write_direct(struct mirror_copy *cp, const uint8_t *p, size_t
 	size_t from_head = done < sizeof(head) ? sizeof(head) - done : 0;
 	memcpy(rest, head + (sizeof(head) - from_head), from_head);
 	memcpy(rest + from_head, p + (len - (total - done - from_head)), total - done - from_head);
-	*c = (struct chunk){.data = rest, .len = total - done, .payload = (uint32_t)len};
+	*c = (struct chunk){
+	    .data = rest, .len = total - done, .payload = (uint32_t)len, .started = done > 0};
 	copy_append(cp, c);
 	return len;
 }
