@@ -190,9 +190,12 @@ print(sum(1 for f in os.listdir(d) if f.endswith(".sum") and open(f"{d}/{f}").re
 EOF
 )
 	mbps=$(python3 -c "print('%.0f' % ($BENCH_MIRROR_UPLOADS * $BENCH_MIRROR_UPLOAD_MIB / ($t1 - $t0)))")
-	[ "$up_whole" = "$BENCH_MIRROR_UPLOADS" ] || for f in "$MB_WORK"/up/*.end; do
-		echo "upload copy $(basename "$f" .end): end $(cat "$f"), bytes+crc $(cat "${f%.end}.sum" 2>/dev/null)"
-	done
+	if [ "$up_whole" != "$BENCH_MIRROR_UPLOADS" ]; then
+		for f in "$MB_WORK"/up/*.end; do
+			echo "upload copy $(basename "$f" .end): end $(cat "$f"), bytes+crc $(cat "${f%.end}.sum" 2>/dev/null)"
+		done
+		grep -E 'ring buffer full|fell .* behind|not offered' "$MB_WORK/main.log" || true
+	fi
 	mb_sub_stop up
 	local cpu_per_mib
 	cpu_per_mib=$(python3 -c "
