@@ -346,7 +346,7 @@ static void copy_data(struct mirror_copy *cp, const void *p, size_t len)
 	 * rate must not cost it the bytes of the few ms its client takes to claim */
 	if ((cp->state == COPY_OPEN && cp->queued + len > cp->m->cfg.copy_buffer_max) ||
 	    cp->m->queued_total + len > cp->m->cfg.total_buffer_max) {
-		hm_debug("mirror: a copy fell %zu bytes behind: reset", cp->queued);
+		hm_info("mirror: a copy fell %zu bytes behind: reset", cp->queued);
 		copy_reset(cp);
 		return;
 	}
