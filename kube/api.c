@@ -3,6 +3,7 @@
  * of JSON objects, and the one-line errors every failure becomes. */
 #include <curl/curl.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "kube/internal.h"
 
@@ -129,6 +130,15 @@ static void set_blob(CURL *c, CURLoption opt, const void *data, size_t len)
 	curl_easy_setopt(c, opt, &blob);
 }
 
+/* libcurl's sockets are not O_CLOEXEC: a program trace-run starts would inherit the
+ * connection that carries the user's credentials */
+static curl_socket_t open_cloexec(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	(void)arg;
+	(void)purpose;
+	return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 void *kube_curl_new(struct kube *k, const struct kube_cred *cred, struct hm_err *err)
 {
 	CURL *c = curl_easy_init();
@@ -138,6 +148,7 @@ void *kube_curl_new(struct kube *k, const struct kube_cred *cred, struct hm_err 
 	}
 	const struct kube_config *cfg = &k->cfg;
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)KUBE_CONNECT_TIMEOUT_MS);
 	/* port-forward is an HTTP/1.1 upgrade: never let ALPN pick h2 */
 	curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);

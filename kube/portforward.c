@@ -8,6 +8,7 @@
  * a plain stream socket, which is what client/client.h's transports hand out. */
 #include <curl/curl.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -392,7 +393,12 @@ static int dial_target(const struct kube_pf_target *t, int timeout_ms, struct hm
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	/* no signal for the pump: a caller's signalfd (trace-run's SIGCHLD) must get them */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
 	int terr = pthread_create(&th, &attr, pump, pc);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
 	if (terr) {
 		close(sp[0]);
