@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <string.h>
 #include <sys/wait.h>
 
@@ -128,6 +127,52 @@ static int parse_credential(const char *text, const struct kube_exec *x, struct 
 	return rc;
 }
 
+/* PATH search as execvp does it, done before fork: only async-signal-safe calls after */
+static int find_command(const char *cmd, char *out, size_t len)
+{
+	if (strchr(cmd, '/'))
+		return (size_t)snprintf(out, len, "%s", cmd) < len ? 0 : -1;
+	const char *path = getenv("PATH");
+	if (!path || !path[0])
+		path = "/usr/local/bin:/usr/bin:/bin";
+	for (const char *p = path;;) {
+		size_t n = strcspn(p, ":");
+		if (n && (size_t)snprintf(out, len, "%.*s/%s", (int)n, p, cmd) < len &&
+		    access(out, X_OK) == 0)
+			return 0;
+		if (!p[n])
+			return -1;
+		p += n + 1;
+	}
+}
+
+/* The plugin runs as a grandchild: an intermediate child waits for it and writes its
+ * wait status to status_fd. trace-run's tracer reaps every child of the process
+ * (waitpid(-1, __WALL)) while the program runs, and a plugin may run then (expired
+ * credentials, a new stream); the pipe keeps the plugin's status ours. */
+static pid_t spawn_plugin(const char *file, char **argv, char **env, int out_fd, int status_fd)
+{
+	pid_t mid = fork();
+	if (mid != 0)
+		return mid;
+	sigset_t none;
+	sigemptyset(&none);
+	pid_t pid = fork();
+	if (pid == 0) {
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		dup2(out_fd, STDOUT_FILENO); /* dup2 clears O_CLOEXEC on the copy */
+		execve(file, argv, env);
+		_exit(127);
+	}
+	int status = 127 << 8;
+	if (pid > 0)
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+	if (write(status_fd, &status, sizeof(status)) != sizeof(status))
+		_exit(1);
+	_exit(0);
+}
+
 int kube_exec_run(const struct kube_exec *x, const char *server, struct kube_cred *out,
 		  struct hm_err *err)
 {
@@ -148,32 +193,41 @@ int kube_exec_run(const struct kube_exec *x, const char *server, struct kube_cre
 	argv[0] = x->command;
 	for (size_t i = 0; i < nargs; i++)
 		argv[i + 1] = x->args[i];
+	char file[4096];
+	if (find_command(x->command, file, sizeof(file)) < 0 || access(file, X_OK) < 0)
+		return hm_err_plain(err, ENOENT,
+				    "exec plugin %s: not found or not executable (the kubeconfig's "
+				    "user runs it to get credentials; is it installed and in PATH?)",
+				    x->command);
 
-	int pipefd[2];
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
+	int outp[2], statp[2];
+	if (pipe2(outp, O_CLOEXEC) < 0)
 		return hm_err_errno(err, "pipe");
-	hm_cleanup_close int rd = pipefd[0];
-	hm_cleanup_close int wr = pipefd[1];
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, wr, STDOUT_FILENO);
-	pid_t pid;
-	int rc = posix_spawnp(&pid, x->command, &fa, NULL, argv, env);
-	posix_spawn_file_actions_destroy(&fa);
-	if (rc != 0)
-		return hm_err_plain(err, rc,
-				    "exec plugin %s: %s (the kubeconfig's user runs it to get "
-				    "credentials; is it installed and in PATH?)",
-				    x->command, strerror(rc));
+	hm_cleanup_close int rd = outp[0];
+	hm_cleanup_close int wr = outp[1];
+	if (pipe2(statp, O_CLOEXEC) < 0)
+		return hm_err_errno(err, "pipe");
+	hm_cleanup_close int st_rd = statp[0];
+	hm_cleanup_close int st_wr = statp[1];
+	pid_t mid = spawn_plugin(file, argv, env, wr, st_wr);
+	if (mid < 0)
+		return hm_err_errno(err, "fork for exec plugin %s", x->command);
 	close(hm_steal_fd(&wr));
+	close(hm_steal_fd(&st_wr));
 	char *text = NULL;
-	int rrc = read_output(rd, pid, x->command, &text, err);
-	int status;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+	int rrc = read_output(rd, mid, x->command, &text, err);
+	int status = -1;
+	ssize_t n = hm_read_all(st_rd, &status, sizeof(status));
+	/* ECHILD when the tracer reaped it first: the status came through the pipe */
+	while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
 		;
 	if (rrc < 0)
 		return -1;
 	hm_cleanup_free char *owned = text;
+	if (n != sizeof(status))
+		return hm_err_plain(err, EIO, "exec plugin %s: its exit status was lost", x->command);
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+		return hm_err_plain(err, ENOENT, "exec plugin %s could not be started", x->command);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
 		if (WIFSIGNALED(status))
 			return hm_err_plain(err, EACCES, "exec plugin %s was killed by signal %d",

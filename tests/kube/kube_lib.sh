@@ -106,7 +106,7 @@ PY
 # kube_config FILE [USER-YAML] [CLUSTER-EXTRA-YAML]: a kubeconfig with one context
 # "test" (namespace shop) whose user is USER-YAML (default: token tok-alice)
 kube_config() {
-	local file="$1" user="${2:-    token: tok-alice}" cluster="${3:-    certificate-authority: $KWORK/pki/ca.crt}"
+	local file="$1" user="${2:-    token: tok-alice}" cluster="${3-    certificate-authority: $KWORK/pki/ca.crt}"
 	cat >"$file" <<YAML
 apiVersion: v1
 kind: Config
