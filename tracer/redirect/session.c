@@ -141,6 +141,11 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 			return hm_err_plain(err, dial_err.code, "cannot reach the agent at %s: %s",
 					    where, strerror(dial_err.code));
 		}
+		if (err->code == EPERM && s->kube) {
+			/* RBAC refused the port-forward: kube/ said who may not do what */
+			*exit_code = TRACER_EXIT_AUTH;
+			return -1;
+		}
 		if (agent_unreachable(err->code)) {
 			*exit_code = TRACER_EXIT_AGENT_DOWN;
 			return hm_err_plain(err, err->code,
