@@ -33,8 +33,8 @@ int kube_open(const struct kube_opts *opts, struct kube **out, struct hm_err *er
 	}
 	pthread_mutex_init(&k->cred_lock, NULL);
 	const char *ns = opts->namespace && opts->namespace[0] ? opts->namespace
-			 : k->cfg.namespace			? k->cfg.namespace
-								: "default";
+			 : k->cfg.namespace		       ? k->cfg.namespace
+							       : "default";
 	if (kube_copy(k->namespace, sizeof(k->namespace), ns, "namespace", err) < 0) {
 		kube_close(k);
 		return -1;
@@ -79,7 +79,8 @@ static int cred_copy(const struct kube_cred *from, struct kube_cred *to, struct 
 	memset(to, 0, sizeof(*to));
 	to->expires = from->expires;
 	if ((from->token && !(to->token = strdup(from->token))) ||
-	    (from->cert_data && !(to->cert_data = (unsigned char *)strdup((char *)from->cert_data))) ||
+	    (from->cert_data &&
+	     !(to->cert_data = (unsigned char *)strdup((char *)from->cert_data))) ||
 	    (from->key_data && !(to->key_data = (unsigned char *)strdup((char *)from->key_data)))) {
 		kube_cred_free(to);
 		return hm_err_set(err, ENOMEM, "credentials");
@@ -210,7 +211,8 @@ int kube_curl_error(struct kube *k, int code, const char *detail, struct hm_err 
 				    "cluster %s: %s",
 				    server, k->cfg.cluster, why);
 	case CURLE_SSL_CONNECT_ERROR:
-		return hm_err_plain(err, EPROTO, "TLS with the API server %s failed: %s", server, why);
+		return hm_err_plain(err, EPROTO, "TLS with the API server %s failed: %s", server,
+				    why);
 	default:
 		return hm_err_plain(err, EIO, "API server %s: %s", server, why);
 	}
@@ -232,8 +234,9 @@ int kube_http_error(struct kube *k, long status, const char *body, const struct 
 		snprintf(scope, sizeof(scope), " (cluster-wide)");
 	char object[KUBE_NAME_MAX + 64] = "";
 	if (what)
-		snprintf(object, sizeof(object), "%s%s%s%s", what->resource, what->name ? " \"" : "",
-			 what->name ? what->name : "", what->name ? "\"" : "");
+		snprintf(object, sizeof(object), "%s%s%s%s", what->resource,
+			 what->name ? " \"" : "", what->name ? what->name : "",
+			 what->name ? "\"" : "");
 	switch (status) {
 	case 401:
 		return hm_err_plain(err, EACCES,

@@ -60,8 +60,8 @@ static int read_output(int fd, pid_t pid, const char *cmd, char **out, struct hm
 			if (cap >= EXEC_OUTPUT_MAX) {
 				kill(pid, SIGKILL);
 				free(buf);
-				return hm_err_plain(err, EFBIG, "exec plugin %s printed more than 1 MiB",
-						    cmd);
+				return hm_err_plain(err, EFBIG,
+						    "exec plugin %s printed more than 1 MiB", cmd);
 			}
 			char *bigger = realloc(buf, cap * 2);
 			if (!bigger) {
@@ -89,8 +89,8 @@ static int parse_credential(const char *text, const struct kube_exec *x, struct 
 	const char *cmd = x->command;
 	struct json_object *doc = json_tokener_parse(text);
 	if (!doc)
-		return hm_err_plain(err, EINVAL, "exec plugin %s did not print a JSON ExecCredential",
-				    cmd);
+		return hm_err_plain(err, EINVAL,
+				    "exec plugin %s did not print a JSON ExecCredential", cmd);
 	int rc = -1;
 	const char *kind = kube_json_str(doc, "kind");
 	const char *api = kube_json_str(doc, "apiVersion");
@@ -100,11 +100,12 @@ static int parse_credential(const char *text, const struct kube_exec *x, struct 
 	const char *key = kube_json_str(status, "clientKeyData");
 	const char *expiry = kube_json_str(status, "expirationTimestamp");
 	if (!kind || strcmp(kind, "ExecCredential")) {
-		hm_err_plain(err, EINVAL, "exec plugin %s printed kind '%s', not ExecCredential", cmd,
-			     kind ? kind : "");
+		hm_err_plain(err, EINVAL, "exec plugin %s printed kind '%s', not ExecCredential",
+			     cmd, kind ? kind : "");
 	} else if (!api || strcmp(api, x->api_version)) {
-		hm_err_plain(err, EINVAL, "exec plugin %s answered apiVersion '%s', the kubeconfig "
-					  "asked for %s",
+		hm_err_plain(err, EINVAL,
+			     "exec plugin %s answered apiVersion '%s', the kubeconfig "
+			     "asked for %s",
 			     cmd, api ? api : "", x->api_version);
 	} else if (!(token && token[0]) && !(cert && key)) {
 		hm_err_plain(err, EINVAL,
@@ -195,10 +196,11 @@ int kube_exec_run(const struct kube_exec *x, const char *server, struct kube_cre
 		argv[i + 1] = x->args[i];
 	char file[4096];
 	if (find_command(x->command, file, sizeof(file)) < 0 || access(file, X_OK) < 0)
-		return hm_err_plain(err, ENOENT,
-				    "exec plugin %s: not found or not executable (the kubeconfig's "
-				    "user runs it to get credentials; is it installed and in PATH?)",
-				    x->command);
+		return hm_err_plain(
+		    err, ENOENT,
+		    "exec plugin %s: not found or not executable (the kubeconfig's "
+		    "user runs it to get credentials; is it installed and in PATH?)",
+		    x->command);
 
 	int outp[2], statp[2];
 	if (pipe2(outp, O_CLOEXEC) < 0)
@@ -225,7 +227,8 @@ int kube_exec_run(const struct kube_exec *x, const char *server, struct kube_cre
 		return -1;
 	hm_cleanup_free char *owned = text;
 	if (n != sizeof(status))
-		return hm_err_plain(err, EIO, "exec plugin %s: its exit status was lost", x->command);
+		return hm_err_plain(err, EIO, "exec plugin %s: its exit status was lost",
+				    x->command);
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
 		return hm_err_plain(err, ENOENT, "exec plugin %s could not be started", x->command);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {

@@ -36,9 +36,9 @@ struct kube_exec {
 	char **env;	   /* "NAME=VALUE", NULL-terminated */
 };
 struct kube_config {
-	char *source;	/* "kubeconfig FILE", "in-cluster service account" */
-	char *context;	/* "" in-cluster */
-	char *cluster;	/* names, for messages */
+	char *source;  /* "kubeconfig FILE", "in-cluster service account" */
+	char *context; /* "" in-cluster */
+	char *cluster; /* names, for messages */
 	char *user;
 	char *namespace; /* the context's; NULL for none */
 	char *server;	 /* https://host:port, no trailing '/' */
@@ -135,8 +135,8 @@ ssize_t kube_ws_parse(uint8_t *buf, size_t len, bool from_server, struct ws_fram
  * fragments are joined, each message's first byte is its channel, and each channel's
  * first two bytes are the port (little endian) and not data. */
 struct ws_channels {
-	bool in_message;  /* a fragmented data message is open */
-	int channel;	  /* of the open message; -1 before its first byte */
+	bool in_message;	 /* a fragmented data message is open */
+	int channel;		 /* of the open message; -1 before its first byte */
 	uint8_t port_seen[2][2]; /* per channel (data, error): port bytes consumed */
 };
 struct ws_event {

@@ -123,13 +123,14 @@ static bool json_true(struct json_object *o, const char *key)
 		return false;
 	if (json_object_is_type(v, json_type_boolean))
 		return json_object_get_boolean(v);
-	return json_object_is_type(v, json_type_string) && !strcmp(json_object_get_string(v), "true");
+	return json_object_is_type(v, json_type_string) &&
+	       !strcmp(json_object_get_string(v), "true");
 }
 
 static int strv_from(struct json_object *arr, char ***out, bool env, struct hm_err *err)
 {
-	size_t n = arr && json_object_is_type(arr, json_type_array) ? json_object_array_length(arr)
-								       : 0;
+	size_t n =
+	    arr && json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
 	char **v = calloc(n + 1, sizeof(*v));
 	if (!v)
 		return hm_err_set(err, ENOMEM, "kubeconfig");
@@ -204,8 +205,7 @@ static int load_cluster(struct json_object *cl, const struct kc_file *from, stru
 	    dup_path(&c->ca_file, kube_json_str(cl, "certificate-authority"), from, err) < 0)
 		return -1;
 	return dup_str(&c->proxy_url, kube_json_str(cl, "proxy-url"), err) < 0 ||
-			       dup_str(&c->tls_server_name, kube_json_str(cl, "tls-server-name"),
-				       err) < 0
+		       dup_str(&c->tls_server_name, kube_json_str(cl, "tls-server-name"), err) < 0
 		   ? -1
 		   : 0;
 }
@@ -232,8 +232,9 @@ static int load_user(struct json_object *u, const struct kc_file *from, struct k
 		return -1;
 	}
 	if ((c->cert_data || c->cert_file) != (c->key_data || c->key_file))
-		return hm_err_set(err, EINVAL, "%s: a client certificate needs its key and a key its "
-					       "certificate",
+		return hm_err_set(err, EINVAL,
+				  "%s: a client certificate needs its key and a key its "
+				  "certificate",
 				  where);
 	struct json_object *exec;
 	if (json_object_object_get_ex(u, "exec", &exec) && exec &&
@@ -297,7 +298,8 @@ int kube_config_load(const struct kube_opts *opts, struct kube_config *c, struct
 			}
 		free(list);
 		if (!m.nfiles) {
-			hm_err_plain(err, ENOENT, "no kubeconfig: none of the files in KUBECONFIG (%s) exists",
+			hm_err_plain(err, ENOENT,
+				     "no kubeconfig: none of the files in KUBECONFIG (%s) exists",
 				     env);
 			goto out;
 		}
@@ -332,19 +334,23 @@ int kube_config_load(const struct kube_opts *opts, struct kube_config *c, struct
 	const char *cluster = kube_json_str(context, "cluster");
 	const char *user = kube_json_str(context, "user");
 	const char *ns = kube_json_str(context, "namespace");
-	if (dup_str(&c->context, ctx, err) < 0 || dup_str(&c->cluster, cluster ? cluster : "", err) ||
+	if (dup_str(&c->context, ctx, err) < 0 ||
+	    dup_str(&c->cluster, cluster ? cluster : "", err) ||
 	    dup_str(&c->user, user ? user : "", err) < 0 ||
 	    dup_str(&c->namespace, ns && ns[0] ? ns : NULL, err) < 0)
 		goto out;
-	struct json_object *cl = cluster ? find_named(&m, "clusters", "cluster", cluster, &from) : NULL;
+	struct json_object *cl =
+	    cluster ? find_named(&m, "clusters", "cluster", cluster, &from) : NULL;
 	if (!cl) {
-		hm_err_plain(err, ENOENT, "context %s names cluster '%s', which is not in kubeconfig %s",
-			     ctx, c->cluster, m.sources);
+		hm_err_plain(err, ENOENT,
+			     "context %s names cluster '%s', which is not in kubeconfig %s", ctx,
+			     c->cluster, m.sources);
 		goto out;
 	}
 	if (load_cluster(cl, from, c, err) < 0)
 		goto out;
-	struct json_object *u = user && user[0] ? find_named(&m, "users", "user", user, &from) : NULL;
+	struct json_object *u =
+	    user && user[0] ? find_named(&m, "users", "user", user, &from) : NULL;
 	if (u && load_user(u, from, c, err) < 0)
 		goto out;
 	rc = 0;

@@ -175,7 +175,8 @@ static void *pump(void *arg)
 			if (n < 0 && errno == EINTR)
 				continue;
 			if (n > 0) {
-				if (send_frame(pc, WS_OP_BINARY, &data_channel, 1, chunk, (size_t)n) < 0)
+				if (send_frame(pc, WS_OP_BINARY, &data_channel, 1, chunk,
+					       (size_t)n) < 0)
 					break;
 				continue;
 			}
@@ -211,10 +212,11 @@ static int read_headers(struct pf_conn *pc, int64_t deadline, char **headers, st
 				return 0;
 			}
 			if (pc->inlen > PF_HEADERS_MAX)
-				return hm_err_plain(err, EPROTO,
-						    "API server %s: port-forward answer headers over "
-						    "%d bytes",
-						    k->cfg.server, PF_HEADERS_MAX);
+				return hm_err_plain(
+				    err, EPROTO,
+				    "API server %s: port-forward answer headers over "
+				    "%d bytes",
+				    k->cfg.server, PF_HEADERS_MAX);
 		}
 		ssize_t n = recv_some(pc);
 		if (n < 0 && errno == EAGAIN) {
@@ -230,7 +232,8 @@ static int read_headers(struct pf_conn *pc, int64_t deadline, char **headers, st
 		}
 		if (n <= 0)
 			return hm_err_plain(err, ECONNRESET,
-					    "API server %s closed the port-forward request", k->cfg.server);
+					    "API server %s closed the port-forward request",
+					    k->cfg.server);
 	}
 }
 
@@ -305,24 +308,26 @@ static int upgrade(struct pf_conn *pc, struct kube *k, const struct kube_pf_targ
 			 "Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n"
 			 "%s%s%s"
 			 "\r\n",
-			 t->namespace, t->pod, t->port, host, key, token ? "Authorization: Bearer " : "",
-			 token ? token : "", token ? "\r\n" : "");
+			 t->namespace, t->pod, t->port, host, key,
+			 token ? "Authorization: Bearer " : "", token ? token : "",
+			 token ? "\r\n" : "");
 	if (n < 0)
 		return hm_err_set(err, ENOMEM, "port-forward");
 	int rc = send_all(pc, req, (size_t)n, deadline);
 	explicit_bzero(req, (size_t)n);
 	free(req);
 	if (rc < 0)
-		return hm_err_plain(err, ECONNRESET, "API server %s: sending the port-forward request "
-						     "failed",
+		return hm_err_plain(err, ECONNRESET,
+				    "API server %s: sending the port-forward request "
+				    "failed",
 				    server);
 	hm_cleanup_free char *headers = NULL;
 	if (read_headers(pc, deadline, &headers, err, k) < 0)
 		return -1;
 	long status = 0;
 	if (sscanf(headers, "HTTP/1.%*d %ld", &status) != 1)
-		return hm_err_plain(err, EPROTO, "API server %s: not an HTTP answer to port-forward",
-				    server);
+		return hm_err_plain(err, EPROTO,
+				    "API server %s: not an HTTP answer to port-forward", server);
 	struct kube_what what = {.verb = "create",
 				 .resource = "pods/portforward",
 				 .kind = "pod",

@@ -89,11 +89,12 @@ static long restarts(struct json_object *pod)
 {
 	struct json_object *st = kube_json_path(pod, "status.containerStatuses");
 	long sum = 0;
-	for (size_t i = 0; st && json_object_is_type(st, json_type_array) &&
-			   i < json_object_array_length(st);
+	for (size_t i = 0;
+	     st && json_object_is_type(st, json_type_array) && i < json_object_array_length(st);
 	     i++) {
 		struct json_object *rc;
-		if (json_object_object_get_ex(json_object_array_get_idx(st, i), "restartCount", &rc))
+		if (json_object_object_get_ex(json_object_array_get_idx(st, i), "restartCount",
+					      &rc))
 			sum += json_object_get_int64(rc);
 	}
 	return sum;
@@ -213,19 +214,21 @@ static int container_status(struct json_object *pod, const char *pod_name, const
 		return hm_err_plain(err, ENOENT, "pod %s in namespace %s has no containers",
 				    pod_name, ns);
 	struct json_object *st = kube_json_path(pod, "status.containerStatuses");
-	size_t n = st && json_object_is_type(st, json_type_array) ? json_object_array_length(st) : 0;
+	size_t n =
+	    st && json_object_is_type(st, json_type_array) ? json_object_array_length(st) : 0;
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *c = json_object_array_get_idx(st, i);
 		const char *cname = kube_json_str(c, "name");
 		if (!cname || strcmp(cname, name))
 			continue;
 		if (!is_true(c, "ready")) {
-			const char *why = kube_json_str(kube_json_path(c, "state.waiting"), "reason");
+			const char *why =
+			    kube_json_str(kube_json_path(c, "state.waiting"), "reason");
 			if (!why && kube_json_path(c, "state.terminated"))
 				why = "terminated";
-			return hm_err_plain(err, EAGAIN,
-					    "container %s of pod %s in namespace %s is not ready%s%s",
-					    name, pod_name, ns, why ? ": " : "", why ? why : "");
+			return hm_err_plain(
+			    err, EAGAIN, "container %s of pod %s in namespace %s is not ready%s%s",
+			    name, pod_name, ns, why ? ": " : "", why ? why : "");
 		}
 		const char *id = kube_json_str(c, "containerID");
 		if (!id || !id[0])
@@ -240,8 +243,8 @@ static int container_status(struct json_object *pod, const char *pod_name, const
 			   ? -1
 			   : 0;
 	}
-	return hm_err_plain(err, ENOENT, "pod %s in namespace %s has no container %s", pod_name,
-			    ns, name);
+	return hm_err_plain(err, ENOENT, "pod %s in namespace %s has no container %s", pod_name, ns,
+			    name);
 }
 
 int kube_resolve_target(struct kube *k, const char *spec, const char *ns, struct kube_target *out,
@@ -285,8 +288,11 @@ int kube_resolve_target(struct kube *k, const char *spec, const char *ns, struct
 	} else {
 		char path[1024];
 		snprintf(path, sizeof(path), "/api/v1/namespaces/%s/pods/%s", ns, name);
-		struct kube_what what = {
-		    .verb = "get", .resource = "pods", .kind = "pod", .name = name, .namespace = ns};
+		struct kube_what what = {.verb = "get",
+					 .resource = "pods",
+					 .kind = "pod",
+					 .name = name,
+					 .namespace = ns};
 		if (kube_get_json(k, path, &what, &pod, err) < 0)
 			return -1;
 	}
@@ -298,8 +304,8 @@ int kube_resolve_target(struct kube *k, const char *spec, const char *ns, struct
 	if (!pod_name) {
 		hm_err_plain(err, EPROTO, "API server %s: a pod without a name", kube_server(k));
 	} else if (strcmp(phase, "Running")) {
-		hm_err_plain(err, EAGAIN, "pod %s in namespace %s is %s, not Running%s", pod_name, ns,
-			     phase, deployment ? " (the best pod of the deployment)" : "");
+		hm_err_plain(err, EAGAIN, "pod %s in namespace %s is %s, not Running%s", pod_name,
+			     ns, phase, deployment ? " (the best pod of the deployment)" : "");
 	} else if (!node || !node[0]) {
 		hm_err_plain(err, EAGAIN, "pod %s in namespace %s is not on a node", pod_name, ns);
 	} else if (kube_copy(out->pod, sizeof(out->pod), pod_name, "pod name", err) == 0 &&
@@ -323,8 +329,8 @@ int kube_agent_target(const struct kube_target *t, char *out, size_t len, struct
 		if (!strncmp(id, runtimes[i], n) && id[n]) {
 			for (const char *p = id + n; *p; p++)
 				if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-					return hm_err_plain(err, EINVAL,
-							    "container ID %s is not hexadecimal", id);
+					return hm_err_plain(
+					    err, EINVAL, "container ID %s is not hexadecimal", id);
 			if ((size_t)snprintf(out, len, "container/%s", id + n) >= len)
 				return hm_err_set(err, ENAMETOOLONG, "container ID %s", id);
 			return 0;
@@ -351,7 +357,8 @@ static void agent_from_pod(struct json_object *pod, struct kube_agent *a)
 	snprintf(a->node, sizeof(a->node), "%s",
 		 kube_json_str(kube_json_path(pod, "spec"), "nodeName") ?: "");
 	snprintf(a->phase, sizeof(a->phase), "%s", phase_of(pod));
-	const char *v = kube_json_str(kube_json_path(pod, "metadata.labels"), KUBE_AGENT_VERSION_LABEL);
+	const char *v =
+	    kube_json_str(kube_json_path(pod, "metadata.labels"), KUBE_AGENT_VERSION_LABEL);
 	snprintf(a->version, sizeof(a->version), "%s", v ? v : "?");
 	a->ready = !strcmp(a->phase, "Running") && pod_ready(pod, NULL);
 }

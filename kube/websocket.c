@@ -43,7 +43,8 @@ ssize_t kube_ws_parse(uint8_t *buf, size_t len, bool from_server, struct ws_fram
 	f->opcode = b0 & 0x0f;
 	bool masked = b1 & 0x80;
 	if (masked == from_server)
-		return hm_err_set(err, EPROTO, "WebSocket frame %s masked", masked ? "is" : "is not");
+		return hm_err_set(err, EPROTO, "WebSocket frame %s masked",
+				  masked ? "is" : "is not");
 	switch (f->opcode) {
 	case WS_OP_CONT:
 	case WS_OP_TEXT:
@@ -53,8 +54,9 @@ ssize_t kube_ws_parse(uint8_t *buf, size_t len, bool from_server, struct ws_fram
 	case WS_OP_PING:
 	case WS_OP_PONG:
 		if (!f->fin || (b1 & 0x7f) > 125)
-			return hm_err_set(err, EPROTO, "WebSocket control frame fragmented or "
-						       "over 125 bytes");
+			return hm_err_set(err, EPROTO,
+					  "WebSocket control frame fragmented or "
+					  "over 125 bytes");
 		break;
 	default:
 		return hm_err_set(err, EPROTO, "WebSocket frame with unknown opcode %u", f->opcode);
@@ -138,12 +140,14 @@ int kube_ws_channels_feed(struct ws_channels *st, const struct ws_frame *f, stru
 		if (!f->len) {
 			st->channel = -1;
 			if (!st->in_message)
-				return hm_err_set(err, EPROTO, "port-forward message without a channel");
+				return hm_err_set(err, EPROTO,
+						  "port-forward message without a channel");
 			return 0;
 		}
 		st->channel = f->payload[0];
 		if (st->channel > 1)
-			return hm_err_set(err, EPROTO, "port-forward channel %d (one port: 0 and 1)",
+			return hm_err_set(err, EPROTO,
+					  "port-forward channel %d (one port: 0 and 1)",
 					  st->channel);
 		channel_data(st, st->channel, f->payload + 1, (size_t)f->len - 1, ev);
 		return 0;
@@ -162,7 +166,8 @@ int kube_ws_channels_feed(struct ws_channels *st, const struct ws_frame *f, stru
 			}
 			st->channel = p[0];
 			if (st->channel > 1)
-				return hm_err_set(err, EPROTO, "port-forward channel %d", st->channel);
+				return hm_err_set(err, EPROTO, "port-forward channel %d",
+						  st->channel);
 			p++;
 			n--;
 		}

@@ -63,8 +63,9 @@ static int parse_children(struct yaml_ctx *y, bool mapping, int depth, struct js
 		}
 		if (ev.type != YAML_SCALAR_EVENT) {
 			yaml_event_delete(&ev);
-			return hm_err_set(y->err, EINVAL, "%s: YAML line %zu: a key that is not a string",
-					  y->what, y->parser.mark.line + 1);
+			return hm_err_set(y->err, EINVAL,
+					  "%s: YAML line %zu: a key that is not a string", y->what,
+					  y->parser.mark.line + 1);
 		}
 		char *key = strdup((const char *)ev.data.scalar.value);
 		yaml_event_delete(&ev);
@@ -100,7 +101,8 @@ static int parse_node(struct yaml_ctx *y, yaml_event_t *ev, int depth, struct js
 	case YAML_MAPPING_START_EVENT:
 	case YAML_SEQUENCE_START_EVENT: {
 		bool mapping = ev->type == YAML_MAPPING_START_EVENT;
-		struct json_object *o = mapping ? json_object_new_object() : json_object_new_array();
+		struct json_object *o =
+		    mapping ? json_object_new_object() : json_object_new_array();
 		if (!o)
 			return hm_err_set(y->err, ENOMEM, "%s", y->what);
 		if (parse_children(y, mapping, depth, o) < 0) {
@@ -140,7 +142,8 @@ int kube_yaml_parse(const char *text, size_t len, const char *what, struct json_
 			break;
 		default:
 			if (doc) {
-				rc = hm_err_set(err, EINVAL, "%s: more than one YAML document", what);
+				rc = hm_err_set(err, EINVAL, "%s: more than one YAML document",
+						what);
 				break;
 			}
 			rc = parse_node(&y, &ev, 0, &doc);

@@ -43,8 +43,8 @@ FX_SVC_BODY="hello from svc, on the pods' network"
 FX_PORT=8080
 FX_VARS=(FX_WORK FX_ROOTFS FX_WEB FX_SVC FX_DNS FX_WEB_IP FX_SVC_IP FX_DNS_IP FX_SOCK
 	FX_TOKEN_FILE FX_TOKEN_NOBODY FX_OWNER)
-FX_WORK=""
-FX_OWNER=""
+FX_WORK="${FX_WORK:-}" # kept when sourced again (42_kube_apps.sh sources 32, which sources this)
+FX_OWNER="${FX_OWNER:-}"
 
 fx_log() { [ -n "${FX_QUIET:-}" ] || echo "fixture: $*" >&2; }
 

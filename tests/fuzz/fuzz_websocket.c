@@ -26,7 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ssize_t n = kube_ws_parse(buf + off, len - off, from_server, &f, &err);
 		if (n <= 0)
 			break;
-		if ((size_t)n > len - off || f.payload < buf + off || f.payload + f.len > buf + off + n)
+		if ((size_t)n > len - off || f.payload < buf + off ||
+		    f.payload + f.len > buf + off + n)
 			__builtin_trap();
 		off += (size_t)n;
 		struct ws_event ev;
@@ -51,8 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	kube_ws_mask(frame + h, plen, mask, 0);
 	struct ws_frame f;
 	struct hm_err err = {0};
-	if (kube_ws_parse(frame, h + plen, false, &f, &err) != (ssize_t)(h + plen) || f.len != plen ||
-	    memcmp(f.payload, data, plen))
+	if (kube_ws_parse(frame, h + plen, false, &f, &err) != (ssize_t)(h + plen) ||
+	    f.len != plen || memcmp(f.payload, data, plen))
 		__builtin_trap();
 	free(buf);
 	return 0;

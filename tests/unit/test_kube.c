@@ -20,7 +20,8 @@ static void test_yaml_kubeconfig_shapes(void **state)
 	struct hm_err err = {0};
 	assert_int_equal(kube_yaml_parse(y, strlen(y), "t", &o, &err), 0);
 	struct json_object *cl = json_object_array_get_idx(kube_json_path(o, "clusters"), 0);
-	assert_string_equal(kube_json_str(kube_json_path(cl, "cluster"), "server"), "https://x:6443");
+	assert_string_equal(kube_json_str(kube_json_path(cl, "cluster"), "server"),
+			    "https://x:6443");
 	struct json_object *b = kube_json_path(cl, "cluster.insecure-skip-tls-verify");
 	assert_true(json_object_is_type(b, json_type_boolean) && json_object_get_boolean(b));
 	/* quoted stays a string: only plain true/false are booleans */
@@ -69,11 +70,11 @@ static void test_kubeconfig_merge_first_wins(void **state)
 	struct kube_config c;
 	struct hm_err err = {0};
 	assert_int_equal(kube_config_load(&opts, &c, &err), 0);
-	assert_string_equal(c.context, "one");		  /* a's current-context */
-	assert_string_equal(c.namespace, "ns-a");	  /* a's context "one" */
-	assert_string_equal(c.server, "https://h:1");	  /* only b has the cluster */
-	assert_int_equal(c.ca_data_len, 5);		  /* base64 decoded */
-	assert_null(c.token);				  /* a's user u wins: no token */
+	assert_string_equal(c.context, "one");	      /* a's current-context */
+	assert_string_equal(c.namespace, "ns-a");     /* a's context "one" */
+	assert_string_equal(c.server, "https://h:1"); /* only b has the cluster */
+	assert_int_equal(c.ca_data_len, 5);	      /* base64 decoded */
+	assert_null(c.token);			      /* a's user u wins: no token */
 	char want[160];
 	snprintf(want, sizeof(want), "%s/tok", dir); /* relative to a's folder */
 	assert_string_equal(c.token_file, want);
