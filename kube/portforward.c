@@ -39,16 +39,33 @@ static void pf_conn_free(struct pf_conn *pc)
 	free(pc);
 }
 
-/* all of buf, waiting for the socket when libcurl says so */
+static ssize_t recv_some(struct pf_conn *pc);
+
+/* all of buf, waiting for the socket when libcurl says so. While the server does not
+ * take our bytes, what it sends is read into pc->in (the pump parses it next): a
+ * server that waits for us to read before it reads would otherwise never read. */
 static int send_all(struct pf_conn *pc, const void *buf, size_t len, int64_t deadline)
 {
 	const char *p = buf;
+	bool can_read = true;
 	while (len) {
 		size_t sent = 0;
 		CURLcode cc = curl_easy_send(pc->curl, p, len, &sent);
 		if (cc == CURLE_AGAIN) {
-			if (hm_poll_fd(pc->sock, POLLOUT, deadline) <= 0)
+			struct pollfd pfd = {.fd = pc->sock,
+					     .events = (short)(POLLOUT | (can_read ? POLLIN : 0))};
+			int rc = poll(&pfd, 1, hm_ms_until(deadline));
+			if (rc < 0 && errno == EINTR)
+				continue;
+			if (rc <= 0)
 				return -1;
+			if (pfd.revents & POLLIN) {
+				ssize_t n;
+				while ((n = recv_some(pc)) > 0)
+					;
+				if (n == 0 || errno != EAGAIN)
+					can_read = false; /* EOF or full: only wait to write */
+			}
 			continue;
 		}
 		if (cc != CURLE_OK)
@@ -153,6 +170,9 @@ static void *pump(void *arg)
 	/* bytes that came with the upgrade answer */
 	bool alive = chunk && handle_frames(pc);
 	while (alive) {
+		/* frames send_all read while it waited */
+		if (pc->inlen && !(alive = handle_frames(pc)))
+			break;
 		struct pollfd fds[2] = {{.fd = pc->local, .events = local_reading ? POLLIN : 0},
 					{.fd = pc->sock, .events = POLLIN}};
 		if (poll(fds, 2, -1) < 0) {
