@@ -47,6 +47,9 @@ void kube_close(struct kube *k)
 {
 	if (!k)
 		return;
+	/* the pumps end as soon as their sockets are closed; let them, so that no
+	 * connection is cut mid-close and their TLS state is freed */
+	kube_portforward_wait(2000);
 	kube_cred_free(&k->cred);
 	kube_config_free(&k->cfg);
 	pthread_mutex_destroy(&k->cred_lock);

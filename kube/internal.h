@@ -81,6 +81,10 @@ struct kube_pf_target {
 	uint16_t port;
 };
 
+/* Wait up to timeout_ms for every port-forward pump to end (their connections were
+ * closed by their users). kube_close calls it. */
+void kube_portforward_wait(int timeout_ms);
+
 /* ---- api.c ---- */
 struct kube {
 	struct kube_pf_target pf[4]; /* what port-forward endpoints dial (their ctx) */

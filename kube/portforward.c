@@ -7,6 +7,7 @@
  * between the API server and one end of a socketpair; the caller gets the other end,
  * a plain stream socket, which is what client/client.h's transports hand out. */
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -17,6 +18,27 @@
 
 #define PF_HEADERS_MAX 16384
 #define PF_CHUNK 65536
+
+/* pumps still running, so kube_close can let them finish (their TLS state with them) */
+static pthread_mutex_t pumps_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pumps_done = PTHREAD_COND_INITIALIZER;
+static unsigned pumps_live;
+
+void kube_portforward_wait(int timeout_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&pumps_lock);
+	while (pumps_live && pthread_cond_timedwait(&pumps_done, &pumps_lock, &until) == 0)
+		;
+	pthread_mutex_unlock(&pumps_lock);
+}
 
 struct pf_conn {
 	CURL *curl;
@@ -83,8 +105,10 @@ static int send_frame(struct pf_conn *pc, uint8_t opcode, const uint8_t *prefix,
 	if (getrandom(mask, sizeof(mask), 0) != sizeof(mask))
 		return -1;
 	size_t h = kube_ws_header(pc->out, opcode, plen + len, mask);
-	memcpy(pc->out + h, prefix, plen);
-	memcpy(pc->out + h + plen, data, len);
+	if (plen)
+		memcpy(pc->out + h, prefix, plen);
+	if (len)
+		memcpy(pc->out + h + plen, data, len);
 	kube_ws_mask(pc->out + h, plen + len, mask, 0);
 	return send_all(pc, pc->out, h + plen + len, HM_NO_DEADLINE);
 }
@@ -212,6 +236,11 @@ static void *pump(void *arg)
 	}
 	free(chunk);
 	pf_conn_free(pc);
+	OPENSSL_thread_stop(); /* this thread's OpenSSL state, now rather than at exit */
+	pthread_mutex_lock(&pumps_lock);
+	if (!--pumps_live)
+		pthread_cond_broadcast(&pumps_done);
+	pthread_mutex_unlock(&pumps_lock);
 	return NULL;
 }
 
@@ -422,10 +451,16 @@ static int dial_target(const struct kube_pf_target *t, int timeout_ms, struct hm
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
+	pthread_mutex_lock(&pumps_lock);
+	pumps_live++;
+	pthread_mutex_unlock(&pumps_lock);
 	int terr = pthread_create(&th, &attr, pump, pc);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
 	if (terr) {
+		pthread_mutex_lock(&pumps_lock);
+		pumps_live--;
+		pthread_mutex_unlock(&pumps_lock);
 		close(sp[0]);
 		hm_err_set(err, terr, "port-forward thread");
 		goto out;
