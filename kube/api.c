@@ -118,12 +118,25 @@ int kube_current_cred(struct kube *k, struct kube_cred *out, struct hm_err *err)
 	if (k->cfg.token)
 		return (out->token = strdup(k->cfg.token)) ? 0 : hm_err_set(err, ENOMEM, "token");
 	if (k->cfg.token_file) {
-		char buf[8192];
-		if (client_token_load(k->cfg.token_file, buf, sizeof(buf), err) < 0)
+		/* not client_token_load: service account tokens (JWTs) are longer than the
+		 * agent's tokens */
+		char *text = NULL;
+		size_t len = 0;
+		if (hm_read_file(k->cfg.token_file, &text, &len, err) < 0)
 			return hm_err_prefix(err, "tokenFile of user %s", k->cfg.user);
-		out->token = strdup(buf);
-		explicit_bzero(buf, sizeof(buf));
-		return out->token ? 0 : hm_err_set(err, ENOMEM, "token");
+		char *start = text + strspn(text, " \t\r\n");
+		size_t n = strcspn(start, "\r\n");
+		while (n && (start[n - 1] == ' ' || start[n - 1] == '\t'))
+			n--;
+		int rc = 0;
+		if (!n)
+			rc = hm_err_plain(err, EINVAL, "tokenFile %s of user %s is empty",
+					  k->cfg.token_file, k->cfg.user);
+		else if (!(out->token = strndup(start, n)))
+			rc = hm_err_set(err, ENOMEM, "token");
+		explicit_bzero(text, len);
+		free(text);
+		return rc;
 	}
 	return 0;
 }

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "kube/internal.h"
@@ -158,8 +159,13 @@ static pid_t spawn_plugin(const char *file, char **argv, char **env, int out_fd,
 		return mid;
 	sigset_t none;
 	sigemptyset(&none);
+	pid_t self = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
+		/* killed with the intermediate, which read_output kills at its deadline */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != self)
+			_exit(127);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		dup2(out_fd, STDOUT_FILENO); /* dup2 clears O_CLOEXEC on the copy */
 		execve(file, argv, env);

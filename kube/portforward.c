@@ -343,11 +343,15 @@ static int upgrade(struct pf_conn *pc, struct kube *k, const struct kube_pf_targ
 	kube_ws_accept(key, accept);
 	const char *server = k->cfg.server;
 	const char *h = strstr(server, "://");
-	snprintf(host, sizeof(host), "%.*s", (int)strcspn(h ? h + 3 : server, "/"),
-		 h ? h + 3 : server);
+	h = h ? h + 3 : server;
+	size_t hlen = strcspn(h, "/");
+	snprintf(host, sizeof(host), "%.*s", (int)hlen, h);
+	/* a server URL may have a path (a proxy's https://proxy/k8s/clusters/c1): the
+	 * API paths are below it */
+	const char *prefix = h + hlen;
 	char *req = NULL;
 	int n = asprintf(&req,
-			 "GET /api/v1/namespaces/%s/pods/%s/portforward?ports=%u HTTP/1.1\r\n"
+			 "GET %s/api/v1/namespaces/%s/pods/%s/portforward?ports=%u HTTP/1.1\r\n"
 			 "Host: %s\r\n"
 			 "User-Agent: hermit/trace-run\r\n"
 			 "Connection: Upgrade\r\n"
@@ -357,7 +361,7 @@ static int upgrade(struct pf_conn *pc, struct kube *k, const struct kube_pf_targ
 			 "Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n"
 			 "%s%s%s"
 			 "\r\n",
-			 t->namespace, t->pod, t->port, host, key,
+			 prefix, t->namespace, t->pod, t->port, host, key,
 			 token ? "Authorization: Bearer " : "", token ? token : "",
 			 token ? "\r\n" : "");
 	if (n < 0)

@@ -43,10 +43,17 @@ test_token() {
 
 test_token_file() {
 	mkdir -p "$KWORK/tf"
-	echo tok-alice >"$KWORK/tf/token"
+	# as long as a service account's JWT, far longer than the agent's tokens
+	local jwt
+	jwt="eyJhbGciOiJSUzI1NiJ9.$(head -c 900 /dev/urandom | base64 -w0 | tr '+/' '-_' | tr -d =)"
+	kube_scenario "tokens={\"$jwt\": \"alice\"}"
+	printf '%s\n' "$jwt" >"$KWORK/tf/token"
 	# relative to the kubeconfig's folder, as kubectl resolves it
 	kube_config "$KWORK/tf/config" "    tokenFile: token"
-	(cd / && session "$KWORK/tf/config")
+	local rc=0
+	(cd / && session "$KWORK/tf/config") || rc=$?
+	kube_scenario
+	return $rc
 }
 
 test_client_cert_files() {
@@ -63,6 +70,18 @@ test_client_cert_data() {
 	# a certificate without its key is refused before any request
 	kube_config "$KWORK/certonly.yaml" "    client-certificate-data: $(b64 "$P/alice.crt")"
 	session_fails 125 "a client certificate needs its key" "$KWORK/certonly.yaml"
+}
+
+test_server_path() {
+	# a server URL with a path: API calls and the port-forward's upgrade go below it
+	kube_scenario 'prefix="/k8s/clusters/c-1"'
+	sed "s|server: $KUBE_SERVER|server: $KUBE_SERVER/k8s/clusters/c-1/|" "$KUBECONFIG_ALICE" >"$KWORK/prefix.yaml"
+	local rc=0
+	session "$KWORK/prefix.yaml" || rc=$?
+	kube_scenario
+	grep -q 'GET /k8s/clusters/c-1/api/v1/namespaces/hermit-system/pods/hermit-agent-a1b2c/portforward' \
+		"$KWORK/apiserver.log" || fail "no port-forward below the path"
+	return $rc
 }
 
 test_ca_variants() {
@@ -210,6 +229,7 @@ run_test "kube config: token; a rejected token is one line" test_token
 run_test "kube config: tokenFile relative to the kubeconfig" test_token_file
 run_test "kube config: client certificate and key files" test_client_cert_files
 run_test "kube config: client certificate and key data" test_client_cert_data
+run_test "kube config: a server URL with a path" test_server_path
 run_test "kube config: CA data, insecure-skip-tls-verify; wrong or no CA refused" test_ca_variants
 run_test "kube config: exec plugin v1, args and env, cached until expiry" test_exec_v1_cached
 run_test "kube config: exec plugin v1beta1, expired credentials rerun" test_exec_v1beta1_expired

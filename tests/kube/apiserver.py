@@ -280,6 +280,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         q = urllib.parse.parse_qs(url.query)
         path = url.path.rstrip("/")
+        # an API server behind a proxy that serves it below a path (Rancher's
+        # /k8s/clusters/ID): the scenario's "prefix"
+        prefix = sc.get("prefix", "")
+        if prefix and path.startswith(prefix + "/"):
+            path = path[len(prefix):]
         d = discovery(path)
         if d is not None:
             return self.send_json(200, d)
