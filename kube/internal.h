@@ -139,9 +139,9 @@ ssize_t kube_ws_parse(uint8_t *buf, size_t len, bool from_server, struct ws_fram
  * fragments are joined, each message's first byte is its channel, and each channel's
  * first two bytes are the port (little endian) and not data. */
 struct ws_channels {
-	bool in_message;	 /* a fragmented data message is open */
-	int channel;		 /* of the open message; -1 before its first byte */
-	uint8_t port_seen[2][2]; /* per channel (data, error): port bytes consumed */
+	bool in_message;	    /* a fragmented data message is open */
+	int channel;		    /* of the open message; -1 before its first byte */
+	uint8_t port_bytes_seen[2]; /* per channel (data, error), of the 2-byte port header */
 };
 struct ws_event {
 	enum { WS_EV_DATA, WS_EV_ERROR_TEXT, WS_EV_PING, WS_EV_CLOSE, WS_EV_NONE } kind;

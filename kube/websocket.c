@@ -103,8 +103,8 @@ ssize_t kube_ws_parse(uint8_t *buf, size_t len, bool from_server, struct ws_fram
 static void channel_data(struct ws_channels *st, int ch, const uint8_t *p, size_t n,
 			 struct ws_event *ev)
 {
-	while (n && st->port_seen[ch][0] < 2) {
-		st->port_seen[ch][0]++;
+	while (n && st->port_bytes_seen[ch] < 2) {
+		st->port_bytes_seen[ch]++;
 		p++;
 		n--;
 	}
