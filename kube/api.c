@@ -50,6 +50,11 @@ void kube_close(struct kube *k)
 	/* the pumps end as soon as their sockets are closed; let them, so that no
 	 * connection is cut mid-close and their TLS state is freed */
 	kube_portforward_wait(2000);
+	while (k->pf) {
+		struct kube_pf_target *next = k->pf->next;
+		free(k->pf);
+		k->pf = next;
+	}
 	kube_cred_free(&k->cred);
 	kube_config_free(&k->cfg);
 	pthread_mutex_destroy(&k->cred_lock);

@@ -75,6 +75,7 @@ void kube_cred_free(struct kube_cred *c);
 
 /* ---- portforward.c ---- */
 struct kube_pf_target {
+	struct kube_pf_target *next; /* k's list, freed by kube_close */
 	struct kube *k;
 	char namespace[KUBE_NAME_MAX];
 	char pod[KUBE_NAME_MAX];
@@ -87,8 +88,7 @@ void kube_portforward_wait(int timeout_ms);
 
 /* ---- api.c ---- */
 struct kube {
-	struct kube_pf_target pf[4]; /* what port-forward endpoints dial (their ctx) */
-	size_t npf;
+	struct kube_pf_target *pf; /* what port-forward endpoints dial (their ctx) */
 	struct kube_config cfg;
 	char namespace[KUBE_NAME_MAX];
 	pthread_mutex_t cred_lock; /* exec-plugin credentials, shared by port-forward threads */

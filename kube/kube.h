@@ -27,7 +27,6 @@
 #define KUBE_AGENT_SECRET "hermit-agent-token"
 #define KUBE_AGENT_SECRET_KEY "token"
 #define KUBE_AGENT_PORT 7070
-#define KUBE_AGENT_VERSION_LABEL "app.kubernetes.io/version"
 
 #define KUBE_NAME_MAX 254 /* a DNS subdomain (253) and its NUL */
 
@@ -90,7 +89,6 @@ int kube_agent_target(const struct kube_target *t, char *out, size_t len, struct
 struct kube_agent {
 	char pod[KUBE_NAME_MAX];
 	char node[KUBE_NAME_MAX];
-	char version[64]; /* the pod's KUBE_AGENT_VERSION_LABEL, "?" without one */
 	bool ready;
 	char phase[32];
 };

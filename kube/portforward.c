@@ -506,15 +506,18 @@ static const struct client_transport kube_transport = {
 int kube_portforward_endpoint(struct kube *k, const char *ns, const char *pod, uint16_t port,
 			      struct client_endpoint *out, struct hm_err *err)
 {
-	if (k->npf == HM_ARRAY_SIZE(k->pf))
-		return hm_err_set(err, E2BIG, "too many port-forward endpoints");
-	struct kube_pf_target *t = &k->pf[k->npf];
+	struct kube_pf_target *t = calloc(1, sizeof(*t));
+	if (!t)
+		return hm_err_set(err, ENOMEM, "port-forward endpoint");
 	t->k = k;
 	t->port = port;
 	if (kube_copy(t->namespace, sizeof(t->namespace), ns, "namespace", err) < 0 ||
-	    kube_copy(t->pod, sizeof(t->pod), pod, "pod name", err) < 0)
+	    kube_copy(t->pod, sizeof(t->pod), pod, "pod name", err) < 0) {
+		free(t);
 		return -1;
-	k->npf++;
+	}
+	t->next = k->pf;
+	k->pf = t;
 	memset(out, 0, sizeof(*out));
 	out->transport = &kube_transport;
 	out->ctx = t;

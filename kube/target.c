@@ -357,9 +357,6 @@ static void agent_from_pod(struct json_object *pod, struct kube_agent *a)
 	snprintf(a->node, sizeof(a->node), "%s",
 		 kube_json_str(kube_json_path(pod, "spec"), "nodeName") ?: "");
 	snprintf(a->phase, sizeof(a->phase), "%s", phase_of(pod));
-	const char *v =
-	    kube_json_str(kube_json_path(pod, "metadata.labels"), KUBE_AGENT_VERSION_LABEL);
-	snprintf(a->version, sizeof(a->version), "%s", v ? v : "?");
 	a->ready = !strcmp(a->phase, "Running") && pod_ready(pod, NULL);
 }
 

@@ -97,7 +97,26 @@ test_agents() {
 	out=$("$TRACE_RUN" agents --kubeconfig "$KUBECONFIG_ALICE" 2>&1) || rc=$?
 	echo "$out"
 	assert_eq 0 "$rc"
-	assert_eq "node-a hermit-agent-a1b2c yes 0.1" "$(tail -1 <<<"$out" | tr -s ' ')"
+	# the version is the agent's own answer, through a port-forward with the Secret's token
+	assert_eq "node-a hermit-agent-a1b2c yes $("$TRACE_AGENT" --version | sed 's/ (protocol.*//')" \
+		"$(tail -1 <<<"$out" | tr -s ' ')"
+	# ready as a pod, but its port reaches nothing: not counted as working
+	local port
+	port=$(kube_free_port)
+	kube_scenario 'forward={"hermit-system/hermit-agent-a1b2c": {"7070": "127.0.0.1:'"$port"'"}}'
+	rc=0
+	out=$("$TRACE_RUN" agents --kubeconfig "$KUBECONFIG_ALICE" 2>&1) || rc=$?
+	kube_scenario
+	echo "$out"
+	assert_eq 121 "$rc"
+	assert_contains "$(tr -s " " <<<"$out")" "node-a hermit-agent-a1b2c yes -"
+	assert_contains "$out" "trace-run: agent on node node-a: "
+	# the Secret holds another token: the agent rejects it
+	rc=0
+	out=$(HERMIT_TOKEN=not-the-token "$TRACE_RUN" agents --kubeconfig "$KUBECONFIG_ALICE" 2>&1) || rc=$?
+	echo "$out"
+	assert_eq 121 "$rc"
+	assert_contains "$out" "agent on node node-a:"
 	# the agent pod not ready: listed as such, exit 121; a session finds no agent to use
 	python3 - "$KWORK/scenario.json" <<'PY'
 import json, sys
@@ -112,7 +131,7 @@ PY
 	out=$("$TRACE_RUN" agents --kubeconfig "$KUBECONFIG_ALICE" 2>&1) || rc=$?
 	echo "$out"
 	assert_eq 121 "$rc"
-	assert_eq "node-a hermit-agent-a1b2c no 0.1" "$(tail -1 <<<"$out" | tr -s ' ')"
+	assert_eq "node-a hermit-agent-a1b2c no -" "$(tail -1 <<<"$out" | tr -s ' ')"
 	fails 121 "the hermit agent on node node-a (pod hermit-system/hermit-agent-a1b2c) is Running but not ready" \
 		--kubeconfig "$KUBECONFIG_ALICE" --target pod/web
 	kube_scenario
@@ -123,4 +142,4 @@ run_test "kube errors: no such pod, deployment, namespace, container" test_not_f
 run_test "kube errors: Pending, not ready, CrashLoopBackOff, node without agent" test_not_running
 run_test "kube errors: API server down or unknown, port-forward refused" test_unreachable
 run_test "kube targets: deployment/NAME picks the ready pod; container/C" test_deployment
-run_test "kube: trace-run agents lists the agent per node" test_agents
+run_test "kube: trace-run agents lists the agent per node, asking each its version" test_agents

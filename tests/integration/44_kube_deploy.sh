@@ -29,7 +29,6 @@ spec = ds["spec"]["template"]["spec"]
 labels = ds["spec"]["template"]["metadata"]["labels"]
 need(labels.get("app.kubernetes.io/name") == "hermit-agent", "label trace-run selects agents by")
 need(ds["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "hermit-agent"}, "selector")
-need("app.kubernetes.io/version" in labels, "version label (trace-run agents)")
 need(spec.get("hostPID") is True, "hostPID")
 need({"operator": "Exists"} in spec.get("tolerations", []), "tolerates every taint")
 need(spec.get("automountServiceAccountToken") is False, "no API token in the agent")

@@ -89,7 +89,26 @@ static const char agents_usage[] =
     "\n"
     "List the hermit agent pods of the cluster (the DaemonSet in namespace " KUBE_AGENT_NAMESPACE
     "),\n"
-    "one line per node: node, pod, ready, version. Exit status 0 when every agent is ready.\n";
+    "one line per node: node, pod, ready (the pod's readiness) and the version the agent\n"
+    "itself reports, asked through a port-forward with the token of its Secret, as a\n"
+    "session would. Exit status 0 when every agent is ready and answers, 121 otherwise.\n";
+
+/* the version agent a reports, asked as a session would reach it; "" on failure */
+static int agent_version(struct kube *k, const struct kube_agent *a, const char *token, char *out,
+			 size_t len, struct hm_err *err)
+{
+	struct client_endpoint ep;
+	if (kube_portforward_endpoint(k, KUBE_AGENT_NAMESPACE, a->pod, KUBE_AGENT_PORT, &ep, err) <
+	    0)
+		return -1;
+	struct client_opts opts = {.client_name = "trace-run agents", .timeout_ms = 5000};
+	client_cleanup_close struct client *c = NULL;
+	struct client_status st;
+	if (client_connect(&ep, token, &opts, &c, err) < 0 || client_status(c, &st, err) < 0)
+		return -1;
+	snprintf(out, len, "%s", st.version);
+	return 0;
+}
 
 int trace_agents_main(int argc, char **argv)
 {
@@ -138,14 +157,32 @@ int trace_agents_main(int argc, char **argv)
 				   "apply -k kube/deploy)",
 				   KUBE_AGENT_NAMESPACE, kube_server(k));
 	}
+	char token[PROTO_AUTH_TOKEN_MAX + 1] = "";
+	struct hm_err token_err = {0};
+	const char *env = getenv("HERMIT_TOKEN");
+	if (env && env[0])
+		snprintf(token, sizeof(token), "%s", env);
+	else
+		kube_agent_token(k, token, sizeof(token), &token_err);
 	printf("%-24s %-32s %-6s %s\n", "NODE", "POD", "READY", "VERSION");
 	int rc = 0;
 	for (size_t i = 0; i < n; i++) {
-		printf("%-24s %-32s %-6s %s\n", agents[i].node[0] ? agents[i].node : "<none>",
-		       agents[i].pod, agents[i].ready ? "yes" : "no", agents[i].version);
-		if (!agents[i].ready)
+		struct kube_agent *a = &agents[i];
+		char version[PROTO_NAME_MAX] = "-";
+		struct hm_err verr = {0};
+		if (!a->ready)
 			rc = TRACER_EXIT_AGENT_DOWN;
+		else if (!token[0] ||
+			 agent_version(k, a, token, version, sizeof(version), &verr) < 0)
+			rc = TRACER_EXIT_AGENT_DOWN;
+		printf("%-24s %-32s %-6s %s\n", a->node[0] ? a->node : "<none>", a->pod,
+		       a->ready ? "yes" : "no", version);
+		if (a->ready && verr.msg[0])
+			fprintf(stderr, PROG ": agent on node %s: %s\n", a->node, verr.msg);
 	}
+	if (!token[0])
+		fprintf(stderr, PROG ": %s\n", token_err.msg);
+	explicit_bzero(token, sizeof(token));
 	free(agents);
 	return rc;
 }
