@@ -146,6 +146,16 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 			*exit_code = TRACER_EXIT_AUTH;
 			return -1;
 		}
+		if (s->kube) {
+			/* through a port-forward, whatever ends the connection before the
+			 * handshake (the kubelet's refused connect, the API server closing) is
+			 * the agent out of reach: an EOF or a reset, as the race goes */
+			*exit_code = TRACER_EXIT_AGENT_DOWN;
+			char why[HM_ERR_MSG_MAX];
+			snprintf(why, sizeof(why), "%s", err->msg);
+			return hm_err_plain(err, err->code ? err->code : ECONNRESET,
+					    "cannot reach the agent at %s: %s", where, why);
+		}
 		if (agent_unreachable(err->code)) {
 			*exit_code = TRACER_EXIT_AGENT_DOWN;
 			return hm_err_plain(err, err->code,
