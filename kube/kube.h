@@ -107,6 +107,10 @@ int kube_agent_token(struct kube *k, char *out, size_t len, struct hm_err *err);
  * thread of its own. k must outlive the endpoint's use. */
 int kube_portforward_endpoint(struct kube *k, const char *ns, const char *pod, uint16_t port,
 			      struct client_endpoint *out, struct hm_err *err);
+/* What the API server's error channel said on the last port-forward that ended before
+ * carrying any byte ("error forwarding port 7070 to pod ...: connection refused"), for
+ * the caller's error line; false when nothing. Clears it. */
+bool kube_portforward_last_error(char *out, size_t len);
 /* One port-forward connection now: the fd described above. */
 int kube_portforward_dial(struct kube *k, const char *ns, const char *pod, uint16_t port,
 			  int timeout_ms, struct hm_err *err);

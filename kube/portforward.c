@@ -24,6 +24,21 @@ static pthread_mutex_t pumps_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pumps_done = PTHREAD_COND_INITIALIZER;
 static unsigned pumps_live;
 
+/* what the error channel said on a connection that carried no byte yet: the caller's
+ * handshake fails then, and its one error line should say why */
+static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
+static char last_error[512];
+
+bool kube_portforward_last_error(char *out, size_t len)
+{
+	pthread_mutex_lock(&last_error_lock);
+	bool any = last_error[0] != '\0';
+	snprintf(out, len, "%s", last_error);
+	last_error[0] = '\0';
+	pthread_mutex_unlock(&last_error_lock);
+	return any;
+}
+
 void kube_portforward_wait(int timeout_ms)
 {
 	struct timespec until;
@@ -48,6 +63,7 @@ struct pf_conn {
 	uint8_t *in;			   /* bytes from the API server not yet parsed */
 	size_t inlen, incap;
 	struct ws_channels ch;
+	bool delivered; /* some data reached the local side */
 	uint8_t out[WS_MAX_HEADER + 1 + PF_CHUNK];
 };
 
@@ -161,11 +177,21 @@ static int handle_frames(struct pf_conn *pc)
 		}
 		switch (ev.kind) {
 		case WS_EV_DATA:
+			pc->delivered = true;
 			if (hm_write_all(pc->local, ev.data, ev.len) < 0)
 				rc = 0;
 			break;
 		case WS_EV_ERROR_TEXT:
-			hm_warn("port-forward to %s: %.*s", pc->what, (int)ev.len, ev.data);
+			if (pc->delivered) {
+				hm_warn("port-forward to %s: %.*s", pc->what, (int)ev.len, ev.data);
+			} else {
+				hm_debug("port-forward to %s: %.*s", pc->what, (int)ev.len,
+					 ev.data);
+				pthread_mutex_lock(&last_error_lock);
+				snprintf(last_error, sizeof(last_error), "%.*s", (int)ev.len,
+					 ev.data);
+				pthread_mutex_unlock(&last_error_lock);
+			}
 			rc = 0;
 			break;
 		case WS_EV_PING:

@@ -74,6 +74,7 @@ test_unreachable() {
 	kube_scenario
 	echo "exit $rc: $out"
 	assert_eq 121 "$rc"
+	assert_eq 1 "$(count_lines "$out")" "lines of output"
 	assert_contains "$out" "error forwarding port 7070 to pod hermit-agent-a1b2c"
 	assert_contains "$out" "cannot reach the agent at pod hermit-system/hermit-agent-a1b2c port 7070 through the API server"
 	fails 125 "--agent / --agent-unix name a local agent" --kubeconfig "$KUBECONFIG_ALICE" --agent-unix "$FX_SOCK" --target pod/web
@@ -110,7 +111,7 @@ test_agents() {
 	echo "$out"
 	assert_eq 121 "$rc"
 	assert_contains "$(tr -s " " <<<"$out")" "node-a hermit-agent-a1b2c yes -"
-	assert_contains "$out" "trace-run: agent on node node-a: "
+	assert_contains "$out" "trace-run: agent on node node-a: error forwarding port 7070 to pod hermit-agent-a1b2c"
 	# the Secret holds another token: the agent rejects it
 	rc=0
 	out=$(HERMIT_TOKEN=not-the-token "$TRACE_RUN" agents --kubeconfig "$KUBECONFIG_ALICE" 2>&1) || rc=$?

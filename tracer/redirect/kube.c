@@ -104,7 +104,13 @@ static int agent_version(struct kube *k, const struct kube_agent *a, const char 
 	struct client_opts opts = {.client_name = "trace-run agents", .timeout_ms = 5000};
 	client_cleanup_close struct client *c = NULL;
 	struct client_status st;
-	if (client_connect(&ep, token, &opts, &c, err) < 0 || client_status(c, &st, err) < 0)
+	if (client_connect(&ep, token, &opts, &c, err) < 0) {
+		char said[512];
+		if (kube_portforward_last_error(said, sizeof(said)))
+			return hm_err_plain(err, ECONNREFUSED, "%s", said);
+		return -1;
+	}
+	if (client_status(c, &st, err) < 0)
 		return -1;
 	snprintf(out, len, "%s", st.version);
 	return 0;

@@ -151,8 +151,10 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 			 * handshake (the kubelet's refused connect, the API server closing) is
 			 * the agent out of reach: an EOF or a reset, as the race goes */
 			*exit_code = TRACER_EXIT_AGENT_DOWN;
-			char why[HM_ERR_MSG_MAX];
+			char why[HM_ERR_MSG_MAX], said[512];
 			snprintf(why, sizeof(why), "%s", err->msg);
+			if (kube_portforward_last_error(said, sizeof(said)))
+				snprintf(why, sizeof(why), "%s", said);
 			return hm_err_plain(err, err->code ? err->code : ECONNRESET,
 					    "cannot reach the agent at %s: %s", where, why);
 		}
