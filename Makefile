@@ -20,16 +20,19 @@ CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -I$(BUILD)/bpf \
            -fno-strict-aliasing -MMD -MP $(SAN_FLAGS)
 LDFLAGS += $(SAN_FLAGS)
 LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lhttp_parser -lseccomp -lpthread
+# what the kube module (Kubernetes API client) needs: added for whatever links it
+KUBE_LDLIBS := -lcurl -lyaml -lcrypto
+kube_ldlibs = $(if $(filter kube,$(1)),$(KUBE_LDLIBS))
 
 # library modules, in link order (dependents first)
-LIB_MODULES := agent tracer/redirect tracer/policy tracer/engine client relay runtime loader proto util
+LIB_MODULES := agent tracer/redirect tracer/policy tracer/engine kube client relay runtime loader proto util
 BIN_trace-pod   := runtime
 BIN_trace-agent := agent
 BIN_trace-run   := tracer/redirect
 # the modules each binary links, in link order
 LIBS_trace-pod   := runtime loader util
 LIBS_trace-agent := agent client relay runtime loader proto util
-LIBS_trace-run   := tracer/redirect tracer/policy tracer/engine client relay proto util
+LIBS_trace-run   := tracer/redirect tracer/policy tracer/engine kube client relay proto util
 # the modules each unit test (tests/unit/test_NAME.c) links, in link order: the tests
 # named in UNIT_<binary> link that binary's modules, a lower module's tests only that
 # module, and a test named nowhere here every library module
@@ -40,6 +43,7 @@ LIBS_test_util   := util
 LIBS_test_proto  := proto util
 LIBS_test_loader := loader util
 LIBS_test_loader_steal := loader util
+LIBS_test_kube   := kube client proto util
 unit_program = $(firstword $(foreach b,trace-pod trace-agent trace-run,$(if $(filter $(UNIT_$(b):%=test_%),$(1)),$(b))))
 unit_libs = $(or $(LIBS_$(1)),$(LIBS_$(call unit_program,$(1))),$(LIB_MODULES))
 
@@ -113,11 +117,12 @@ $(foreach m,$(LIB_MODULES),$(if $($(m)_LIB),$(eval $(call module_lib_rule,$(m)))
 .SECONDEXPANSION:
 $(BUILD)/bin/%: $(BUILD)/obj/$$(BIN_$$*)/main.o $$(foreach m,$$(LIBS_$$*),$$($$(m)_LIB))
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(LIBS_$*),$($(m)_LIB)) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(LIBS_$*),$($(m)_LIB)) $(call kube_ldlibs,$(LIBS_$*)) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $$(foreach m,$$(call unit_libs,$$*),$$($$(m)_LIB))
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(call unit_libs,$*),$($(m)_LIB)) $(LDLIBS) -lcmocka
+	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(call unit_libs,$*),$($(m)_LIB)) \
+		$(call kube_ldlibs,$(call unit_libs,$*)) $(LDLIBS) -lcmocka
 
 # a client of a real agent: it links what a client does
 LIBS_agent_e2e := client proto util
@@ -150,7 +155,7 @@ asan:
 
 # Unit tests under valgrind. The others use syscalls Debian's valgrind 3.19 does not
 # know (clone3, pidfd_open, openat2, seccomp listeners, bpf) and run under `make asan`.
-VALGRIND_TESTS := test_util test_proto test_agent_streams test_cgroup test_net test_tracer_policy test_agent_admission test_agent_peer test_agent_http test_agent_reassembly
+VALGRIND_TESTS := test_util test_proto test_agent_streams test_cgroup test_net test_tracer_policy test_agent_admission test_agent_peer test_agent_http test_agent_reassembly test_kube
 valgrind: all
 	@set -e; for t in $(VALGRIND_TESTS); do echo "valgrind: $$t"; \
 		valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
@@ -173,9 +178,11 @@ FUZZ_TIME ?= 60
 FUZZ_LINK_fuzz_proto := $(wildcard proto/*.c)
 FUZZ_LINK_fuzz_dns   := tracer/policy/net.c
 FUZZ_LINK_fuzz_http  := agent/http_filter.c agent/http_parse.c
+FUZZ_LINK_fuzz_websocket := kube/websocket.c kube/util.c
 # the libraries a target needs besides -lz -lpthread
 FUZZ_LIBS_fuzz_http  := -ljson-c -lpcre2-8 -lhttp_parser
-$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h agent/internal.h)
+FUZZ_LIBS_fuzz_websocket := -lcrypto -ljson-c
+$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h agent/internal.h kube/*.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) $(FUZZ_LIBS_$*) -lz -lpthread

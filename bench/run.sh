@@ -10,8 +10,9 @@ source bench/agent.sh
 source bench/tracer.sh
 source bench/incoming.sh
 source bench/mirror.sh
+source bench/kube.sh
 
-BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}" incoming_steal mirror)
+BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}" incoming_steal mirror "${KUBE_BENCHMARKS[@]}")
 
 # Busybox rootfs shared by the benchmarks, built by trace-pod itself.
 bench_rootfs() {

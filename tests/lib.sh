@@ -34,8 +34,9 @@ assert_not_contains() {
 }
 
 # run_test NAME FUNC [ARGS...]: runs FUNC in a subshell with errexit; records PASS/FAIL.
+# HERMIT_TEST_PREFIX goes before every name (a file that reruns another's tests another way).
 run_test() {
-	local name="$1"
+	local name="${HERMIT_TEST_PREFIX:-}$1"
 	shift
 	local log
 	log=$(mktemp)

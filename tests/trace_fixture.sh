@@ -43,8 +43,8 @@ FX_SVC_BODY="hello from svc, on the pods' network"
 FX_PORT=8080
 FX_VARS=(FX_WORK FX_ROOTFS FX_WEB FX_SVC FX_DNS FX_WEB_IP FX_SVC_IP FX_DNS_IP FX_SOCK
 	FX_TOKEN_FILE FX_TOKEN_NOBODY FX_OWNER)
-FX_WORK=""
-FX_OWNER=""
+FX_WORK="${FX_WORK:-}" # kept when sourced again (42_kube_apps.sh sources 32, which sources this)
+FX_OWNER="${FX_OWNER:-}"
 
 fx_log() { [ -n "${FX_QUIET:-}" ] || echo "fixture: $*" >&2; }
 
@@ -159,7 +159,15 @@ fixture_down() {
 
 # trun [TRACE-RUN OPTIONS] -- PROGRAM [ARGS]: trace-run on pod web through the fixture's
 # agent, as root, with a deadline so a hang fails the check instead of the suite.
+# With FX_KUBECONFIG set (tests/kube/kube_lib.sh), both go through the test API server
+# instead: pod FX_KUBE_TARGET of its namespace describes web, the token comes from the
+# agent's Secret (root) or as below (nobody).
 trun() {
+	if [ -n "${FX_KUBECONFIG:-}" ]; then
+		timeout "${TRUN_TIMEOUT:-60}" "$TRACE_RUN" --kubeconfig "$FX_KUBECONFIG" \
+			--target "$FX_KUBE_TARGET" "$@"
+		return
+	fi
 	timeout "${TRUN_TIMEOUT:-60}" "$TRACE_RUN" --agent-unix "$FX_SOCK" --token-file "$FX_TOKEN_FILE" \
 		--target "pod/$FX_WEB" "$@"
 }
@@ -169,8 +177,9 @@ trun() {
 trun_nobody() {
 	local auth=(env "HERMIT_TOKEN=$(cat "$FX_TOKEN_FILE")" "$TRACE_RUN")
 	[ "${FX_NOBODY_TOKEN:-env}" != file ] || auth=("$TRACE_RUN" --token-file "$FX_TOKEN_NOBODY")
-	(cd / && timeout "${TRUN_TIMEOUT:-60}" runuser -u nobody -- "${auth[@]}" \
-		--agent-unix "$FX_SOCK" --target "pod/$FX_WEB" "$@")
+	local where=(--agent-unix "$FX_SOCK" --target "pod/$FX_WEB")
+	[ -z "${FX_KUBECONFIG:-}" ] || where=(--kubeconfig "$FX_KUBECONFIG" --target "$FX_KUBE_TARGET")
+	(cd / && timeout "${TRUN_TIMEOUT:-60}" runuser -u nobody -- "${auth[@]}" "${where[@]}" "$@")
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

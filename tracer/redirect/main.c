@@ -19,6 +19,7 @@ extern char **environ;
 static const char usage[] =
     "usage: trace-run --target pod/NAME|pid/N|container/ID [OPTIONS] [--] PROGRAM [ARGS]\n"
     "       trace-run port-forward --target pod/NAME -L [BIND:]LPORT:HOST:PORT ...\n"
+    "       trace-run agents [--kubeconfig F] [--context C]   (the cluster's agents)\n"
     "\n"
     "Run PROGRAM (searched in PATH) on this machine as if it ran inside the target: it\n"
     "sees the target's environment variables and files, and its outgoing connections and\n"
@@ -31,6 +32,14 @@ static const char usage[] =
     "  --token-file F      the agent's auth token (default " PROTO_DEFAULT_TOKEN_FILE ";\n"
     "                      the HERMIT_TOKEN environment variable is used when no file is\n"
     "                      named by a flag or the config)\n"
+    "Kubernetes (any of these, or a deployment/NAME or pod/NAME/container/C target,\n"
+    "makes the target a cluster's pod, reached through the API server):\n"
+    "  --kube              the target is in the cluster kubeconfig names\n"
+    "  --kubeconfig F      this kubeconfig only (default: $KUBECONFIG, ~/.kube/config,\n"
+    "                      then the in-cluster service account)\n"
+    "  --context C         this kubeconfig context (default: current-context)\n"
+    "  -n, --namespace NS  the target's namespace (default: the context's, or default)\n"
+    "                      targets: pod/NAME, pod/NAME/container/C, deployment/NAME\n"
     "  -f, --config FILE   JSON config (docs/config.md); flags override it\n"
     "  --backend B         seccomp (user notification, Linux 5.9+), ptrace (slower, for\n"
     "                      older kernels) or auto (default: the best the kernel offers)\n"
@@ -87,6 +96,7 @@ static int set_string(char **dst, const char *value)
 
 struct cli {
 	struct policy_config flags; /* what the flags say; overrides the file */
+	struct trace_kube_opts kube;
 	const char *config_file;
 	int verbose;
 };
@@ -104,6 +114,9 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 		OPT_MAX_FILE_SIZE,
 		OPT_ENV_INCLUDE,
 		OPT_ENV_EXCLUDE,
+		OPT_KUBE,
+		OPT_KUBECONFIG,
+		OPT_CONTEXT,
 	};
 	static const struct option longopts[] = {
 	    {"target", required_argument, NULL, OPT_TARGET},
@@ -117,6 +130,10 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 	    {"env-include", required_argument, NULL, OPT_ENV_INCLUDE},
 	    {"env-exclude", required_argument, NULL, OPT_ENV_EXCLUDE},
 	    {"env", required_argument, NULL, 'e'},
+	    {"kube", no_argument, NULL, OPT_KUBE},
+	    {"kubeconfig", required_argument, NULL, OPT_KUBECONFIG},
+	    {"context", required_argument, NULL, OPT_CONTEXT},
+	    {"namespace", required_argument, NULL, 'n'},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
@@ -126,7 +143,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 	int opt;
 	opterr = 0;
 	/* '+': stop at PROGRAM, whose own flags are not ours */
-	while ((opt = getopt_long(argc, argv, "+:f:e:vh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "+:f:e:n:vh", longopts, NULL)) != -1) {
 		int rc = 0;
 		switch (opt) {
 		case OPT_TARGET:
@@ -187,6 +204,18 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
 						   "--env '%s': expected KEY=VALUE", optarg);
 			rc = policy_config_env_override(c, optarg, &err);
+			break;
+		case OPT_KUBE:
+			cli->kube.force = true;
+			break;
+		case OPT_KUBECONFIG:
+			cli->kube.kubeconfig = optarg;
+			break;
+		case OPT_CONTEXT:
+			cli->kube.context = optarg;
+			break;
+		case 'n':
+			cli->kube.namespace = optarg;
 			break;
 		case 'v':
 			cli->verbose++;
@@ -269,7 +298,9 @@ static int run(int argc, char **argv)
 	char **env = NULL;
 	const char *token_env = getenv("HERMIT_TOKEN");
 	int exit_code = TRACER_EXIT_FAILURE;
+	bool kube = trace_kube_wanted(&cli.kube, cfg.target);
 	if (trace_session_init(&s, &cfg, token_env, &err) < 0 ||
+	    (kube && trace_kube_prepare(&s, &cli.kube, &exit_code, &err) < 0) ||
 	    trace_session_connect(&s, &exit_code, &err) < 0)
 		goto fail;
 	exit_code = TRACER_EXIT_FAILURE;
@@ -316,5 +347,7 @@ int main(int argc, char **argv)
 	hm_log_init(PROG, HM_LOG_WARN);
 	if (argc > 1 && strcmp(argv[1], "port-forward") == 0)
 		return trace_port_forward_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "agents") == 0)
+		return trace_agents_main(argc - 1, argv + 1);
 	return run(argc, argv);
 }

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kube/kube.h"
 #include "tracer/redirect/session.h"
 
 static void copy_env(char *dst, size_t size, const char *value)
@@ -95,7 +96,9 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 	const char *spec = s->cfg.agent.address	    ? s->cfg.agent.address
 			   : s->cfg.agent.unix_path ? s->cfg.agent.unix_path
 						    : PROTO_DEFAULT_AGENT_UNIX;
-	if (s->cfg.agent.unix_path && !s->cfg.agent.address) {
+	if (s->endpoint_set) {
+		/* kube.c chose it */
+	} else if (s->cfg.agent.unix_path && !s->cfg.agent.address) {
 		/* a unix path need not start with '/' or "./" to be one */
 		if (client_endpoint_unix(spec, &s->endpoint, err) < 0)
 			return -1;
@@ -138,6 +141,23 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 			return hm_err_plain(err, dial_err.code, "cannot reach the agent at %s: %s",
 					    where, strerror(dial_err.code));
 		}
+		if (err->code == EPERM && s->kube) {
+			/* RBAC refused the port-forward: kube/ said who may not do what */
+			*exit_code = TRACER_EXIT_AUTH;
+			return -1;
+		}
+		if (s->kube) {
+			/* through a port-forward, whatever ends the connection before the
+			 * handshake (the kubelet's refused connect, the API server closing) is
+			 * the agent out of reach: an EOF or a reset, as the race goes */
+			*exit_code = TRACER_EXIT_AGENT_DOWN;
+			char why[HM_ERR_MSG_MAX], said[512];
+			snprintf(why, sizeof(why), "%s", err->msg);
+			if (kube_portforward_last_error(said, sizeof(said)))
+				snprintf(why, sizeof(why), "%s", said);
+			return hm_err_plain(err, err->code ? err->code : ECONNRESET,
+					    "cannot reach the agent at %s: %s", where, why);
+		}
 		if (agent_unreachable(err->code)) {
 			*exit_code = TRACER_EXIT_AGENT_DOWN;
 			return hm_err_plain(err, err->code,
@@ -147,7 +167,8 @@ int trace_session_connect(struct trace_session *s, int *exit_code, struct hm_err
 		}
 		return hm_err_prefix(err, "agent at %s", where);
 	}
-	if (client_session_open(s->client, s->cfg.target, &s->info, err) < 0) {
+	const char *agent_target = s->agent_target[0] ? s->agent_target : s->cfg.target;
+	if (client_session_open(s->client, agent_target, &s->info, err) < 0) {
 		if (err->code == ENOENT || err->code == ESRCH || err->code == EINVAL ||
 		    err->code == EPERM) {
 			*exit_code = TRACER_EXIT_TARGET;
@@ -252,4 +273,6 @@ void trace_session_release(struct trace_session *s)
 	s->dns = NULL;
 	policy_config_free(&s->cfg);
 	explicit_bzero(s->token, sizeof(s->token));
+	kube_close(s->kube); /* after the client: its streams dial through it */
+	s->kube = NULL;
 }

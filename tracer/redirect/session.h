@@ -12,8 +12,12 @@
 #include "tracer/engine/tracer.h"
 #include "tracer/policy/policy.h"
 
+struct kube;
 struct trace_session {
 	struct policy_config cfg;	 /* merged and finalized */
+	struct kube *kube;		 /* a cluster target: the API client (kube.c) */
+	char agent_target[600];		 /* what the agent resolves; "" : cfg.target */
+	bool endpoint_set;		 /* endpoint filled by kube.c */
 	struct client *client;		 /* connected, session opened on cfg.target */
 	struct client_endpoint endpoint; /* where the agent is (streams dial it again) */
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
@@ -55,6 +59,22 @@ bool trace_session_lost(struct trace_session *s, int *errno_for_files);
 void trace_session_watch(struct trace_session *s);
 /* Close the connection and free everything (s may be partly set up). */
 void trace_session_release(struct trace_session *s);
+
+/* kube.c: cluster targets (README "Kubernetes") */
+struct trace_kube_opts {
+	const char *kubeconfig, *context, *namespace;
+	bool force; /* --kube */
+};
+/* Whether trace-run goes through a cluster: any of --kube, --kubeconfig, --context,
+ * -n, or a target only a cluster has (deployment/NAME, pod/NAME/container/C). */
+bool trace_kube_wanted(const struct trace_kube_opts *o, const char *target);
+/* Resolve cfg.target through the API server, find the agent on its node, fetch the
+ * agent's token (unless one was given) and make s->endpoint a port-forward to it. On
+ * failure *exit_code says which TRACER_EXIT_*. */
+int trace_kube_prepare(struct trace_session *s, const struct trace_kube_opts *o, int *exit_code,
+		       struct hm_err *err);
+/* `trace-run agents`; argv starts at "agents". */
+int trace_agents_main(int argc, char **argv);
 
 /* env.c: the program's environment: the target's (from the agent) filtered and merged
  * over local (trace-run's own, minus hermit's secrets) as cfg.feature.env says. Free
