@@ -38,6 +38,12 @@ int rt_cgroup_create(const char *name, const struct rt_limits *lim, struct rt_cg
 		     struct hm_err *err);
 /* Move pid into every v1 cgroup (the v2 one is entered by clone3). */
 int rt_cgroup_attach_v1(const struct rt_cgroup *cg, pid_t pid, struct hm_err *err);
+/* For a child that joins the v1 cgroups itself (rt_cgroup_join_v1): the `tasks` file
+ * of each v1 cgroup opened for writing, fds[cg->n_v1]. All closed on failure. */
+int rt_cgroup_open_v1_tasks(const struct rt_cgroup *cg, int *fds, struct hm_err *err);
+/* Move the calling single-threaded process into the v1 cgroups whose `tasks` files
+ * tasks_fds are: microseconds where rt_cgroup_attach_v1 waits ~10 ms. No malloc. */
+int rt_cgroup_join_v1(const int *tasks_fds, int n, struct hm_err *err);
 /* Move pid into every cgroup, v2 included (for `trace-pod exec`). */
 int rt_cgroup_attach_all(const struct rt_cgroup *cg, pid_t pid, struct hm_err *err);
 /* Number of OOM kills recorded in the pod's memory cgroup (v2 memory.events or v1
@@ -230,8 +236,9 @@ struct rt_container {
 };
 
 /* clone3() the pod's PID 1 into the v2 cgroup (CLONE_INTO_CGROUP) with new pid, mount,
- * uts, ipc, net and cgroup namespaces. The child waits on the sync pipe before it sets
- * up its root and execs, so the caller can attach cgroups and networking first. */
+ * uts, ipc, net and cgroup namespaces. The child waits on the sync pipe before it joins
+ * its v1 cgroups, sets up its root and execs, so the caller can set up networking
+ * first. */
 int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg,
 		       struct rt_container *c, struct hm_err *err);
 /* Let the child continue; then wait for it to exec. Returns 0 once exec succeeded, or

@@ -293,9 +293,6 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 	p->spawned = true;
 	hm_debug("pod %s: PID 1 is host pid %d", o->name, (int)p->c.pid);
 
-	if (rt_cgroup_attach_v1(&p->cg, p->c.pid, err) < 0)
-		return -1;
-
 	if (o->net == RT_NET_BRIDGE) {
 		if (rt_net_setup_pod(p->c.pid, o->name, p->ip, p->host_if, sizeof(p->host_if),
 				     err) < 0)
