@@ -78,6 +78,10 @@ struct conn {
 	uint64_t frame_charge;		      /* reply memory held by the request read */
 	struct agent_target *target;
 	char target_name[PROTO_NAME_MAX]; /* as the client named it */
+	/* serve's thread looks for the next request of a burst a little while before it
+	 * sleeps in poll: waking an idle vCPU costs more than the whole request */
+	struct hm_spin request_spin;
+	uint64_t answered_ns; /* when the last request was answered; 0: not since */
 };
 
 static int errno_for_wire(int e)
@@ -660,7 +664,12 @@ enum wake {
 static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
 			    struct proto_frame *f, struct hm_err *err)
 {
+	uint64_t spin_from = c->answered_ns;
+	bool spinning = spin_from != 0;
+	c->answered_ns = 0;
 	for (;;) {
+		if (spinning)
+			goto read;
 		struct pollfd pf[4] = {
 		    {.fd = c->fd, .events = POLLIN},
 		    {.fd = c->srv->stop_efd, .events = POLLIN},
@@ -698,6 +707,7 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 			return WAKE_CONNECTS;
 		if (!pf[0].revents)
 			continue;
+	read:;
 		int rc = proto_frame_reader_read(rd, c->fd, f, err);
 		/* a big request (a file written back) is reply-like memory too: counted
 		 * once its length is known, waiting before the rest is read */
@@ -715,10 +725,13 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 		}
 		if (rc == 1) {
 			atomic_fetch_add(&c->srv->stats.ctl_bytes_out, PROTO_HDR_LEN + f->hdr.len);
+			if (spin_from)
+				hm_spin_waited(&c->request_spin, spin_from);
 			return WAKE_FRAME;
 		}
 		if (rc < 0)
 			return err->code == 0 ? WAKE_CLOSED : WAKE_BAD;
+		spinning = spinning && hm_spin_more(&c->request_spin, spin_from);
 	}
 }
 
@@ -867,6 +880,7 @@ static void serve(struct conn *c)
 		}
 		m.id = f.hdr.id;
 		int rc = dispatch(c, &m);
+		c->answered_ns = hm_now_ns();
 		proto_msg_free(&m);
 		agent_budget_release(c->account, AGENT_RES_BYTES, c->frame_charge);
 		c->frame_charge = 0;
