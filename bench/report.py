@@ -111,6 +111,11 @@ def cmd_timing(bench_dir, title, base, tsv, goal_args):
                             "goal"], out, 6, 5)
 
 
+def short_title(title):
+    """A table's title up to its first ':' or ',' (the details are in its own table)."""
+    return re.split(r"[:,(]", title)[0].strip()[:40]
+
+
 def chart(bench_dir, rows):
     """results.svg: one horizontal bar per ratio goal (green met, red missed) and the
     goal as a black tick; log scale, so 0.2x and 10x both read."""
@@ -122,7 +127,7 @@ def chart(bench_dir, rows):
         r = NUM_RE.match(ratio)
         if not g or (g.group(3) or "") != "x" or not r:
             continue
-        section = title.split(":")[0].split(",")[0][:28]
+        section = short_title(title)[:28]
         label = "%s: %s" % (section, name)
         if len(label) > 70:
             label = label[:67] + "..."
@@ -150,7 +155,7 @@ set key off
 set style fill solid 0.75 border -1
 set lmargin 60
 set arrow from 1, graph 0 to 1, graph 1 nohead dt 2 lc rgb "gray40"
-plot "{data}" using (sqrt($2*{lo})):1:({lo}):2:($1-0.32):($1+0.32):($4 ? 0x2e9e44 : 0xd23c3c):ytic(5) \\
+plot "{data}" using (sqrt($2*{lo})):1:({lo}):2:($1-0.32):($1+0.32):($4 > 0 ? 0x2e9e44 : 0xd23c3c):ytic(5) \\
        with boxxyerror lc rgb variable, \\
      "{data}" using 3:1:(0):(0):($1-0.45):($1+0.45) with xyerrorbars pt -1 lw 3 lc rgb "black", \\
      "{data}" using 2:1:(sprintf("%.2fx (goal %s)", $2, strcol(6))) with labels left offset 1,0 font "sans,10"
@@ -170,7 +175,7 @@ def cmd_finish(bench_dir):
     md, goals = paths(bench_dir)
     rows = [l.rstrip("\n").split("\t") for l in open(goals) if l.strip()]
     met = sum(1 for r in rows if r[5] == "pass")
-    summary = [[r[0], r[1], r[2], r[3], r[4], r[5]] for r in rows]
+    summary = [[short_title(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in rows]
     head = ["benchmark", "row", "value", "ratio", "goal", "mark"]
     print()
     print("== goals: %d of %d met" % (met, len(rows)))

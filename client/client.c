@@ -99,9 +99,9 @@ static int read_available(struct client *c, struct pending_call *mine)
 			return 0;
 		pthread_mutex_lock(&c->lock);
 		route_frame(c, &f);
-		bool done = (mine && mine->done) || c->ended;
+		bool ended = c->ended, done = mine && mine->done;
 		pthread_mutex_unlock(&c->lock);
-		if (c->ended)
+		if (ended)
 			return -1;
 		if (done)
 			return 1;
@@ -119,7 +119,6 @@ static void release_read_role(struct client *c)
 			break;
 		}
 	}
-	pthread_cond_signal(&c->watcher_cond);
 }
 
 static void *watcher_main(void *arg)
@@ -127,12 +126,12 @@ static void *watcher_main(void *arg)
 	struct client *c = arg;
 	pthread_mutex_lock(&c->lock);
 	while (!c->stopping && !c->ended) {
-		if (c->reading || c->pending) {
-			pthread_cond_wait(&c->watcher_cond, &c->lock);
-			continue;
-		}
-		int64_t quiet_from = c->last_call_ms + WATCH_AFTER_IDLE_MS;
-		if (hm_now_ms() < quiet_from) {
+		/* looked at again every WATCH_AFTER_IDLE_MS, not woken by each call: a
+		 * wake-up per call would cost the round trip what the caller saves */
+		int64_t now = hm_now_ms();
+		int64_t quiet_from = c->reading || c->pending ? now + WATCH_AFTER_IDLE_MS
+							      : c->last_call_ms + WATCH_AFTER_IDLE_MS;
+		if (now < quiet_from) {
 			struct timespec until = {.tv_sec = quiet_from / 1000,
 						 .tv_nsec = (quiet_from % 1000) * 1000000};
 			pthread_cond_timedwait(&c->watcher_cond, &c->lock, &until);

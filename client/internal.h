@@ -40,7 +40,7 @@ struct client {
 	struct hm_spin reply_spin;	  /* of the role's holder */
 	int64_t last_call_ms;		  /* when a call last ended (hm_now_ms) */
 	bool stopping;			  /* client_close: the watcher returns */
-	pthread_cond_t watcher_cond;	  /* the read role or stopping changed */
+	pthread_cond_t watcher_cond;	  /* stopping was set */
 };
 
 /* ---- client.c ---- */
