@@ -83,7 +83,7 @@ print_rows() {
 }
 
 # bench_report_init / bench_report_finish: around a run, results.md's header, and its
-# summary of the goals with the chart of the ratio rows (results.svg).
+# summary of the goals with the chart of the ratio rows (results.png).
 bench_report_init() {
 	python3 "$HERMIT_ROOT/bench/report.py" init "$BENCH_DIR" "$1"
 }

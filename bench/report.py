@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """hermit bench tables: printed for the terminal and collected into BENCH_DIR/results.md,
 with every row that has a goal checked against it (pass / FAIL) and the ratio rows
-charted against their goals (results.svg, gnuplot).
+charted against their goals (results.png, gnuplot).
 
   report.py init BENCH_DIR HEADER          start results.md (HEADER: one line of context)
   report.py rows BENCH_DIR TITLE TSV       rows "name, value, baseline, ratio, goal"
@@ -117,17 +117,17 @@ def short_title(title):
 
 
 def chart(bench_dir, rows):
-    """results.svg: one horizontal bar per ratio goal (green met, red missed) and the
+    """results.png: one horizontal bar per ratio goal (green met, red missed) and the
     goal as a black tick; log scale, so 0.2x and 10x both read."""
     data = os.path.join(bench_dir, "chart.dat")
-    svg = os.path.join(bench_dir, "results.svg")
+    svg = os.path.join(bench_dir, "results.png")
     pts = []
     for title, name, value, ratio, goal, mark in rows:
         g = GOAL_RE.match(goal)
         r = NUM_RE.match(ratio)
         if not g or (g.group(3) or "") != "x" or not r:
             continue
-        section = short_title(title)[:28]
+        section = short_title(title)
         label = "%s: %s" % (section, name)
         if len(label) > 70:
             label = label[:67] + "..."
@@ -136,19 +136,20 @@ def chart(bench_dir, rows):
         return None
     with open(data, "w") as f:
         for i, (label, got, want, op, ok) in enumerate(reversed(pts)):
-            f.write('%d\t%g\t%g\t%d\t"%s"\t"%s %g"\n' % (i, got, want, 1 if ok else 0,
-                                                        label.replace('"', "'"), op, want))
+            f.write('%d\t%g\t%g\t%d\t"%s"\t"%s %g"\t%g\n' % (
+                i, got, want, 1 if ok else 0, label.replace('"', "'"), op, want,
+                max(got, want) * 1.1))
     lo = min(min(p[1], p[2]) for p in pts) / 1.6
-    hi = max(max(p[1], p[2]) for p in pts) * 1.6
+    hi = max(max(p[1], p[2]) for p in pts) * 2.5
     height = 140 + 34 * len(pts)
     script = """
-set terminal svg size 1200,{height} dynamic font "sans,12" background rgb "white"
+set terminal pngcairo size 1400,{height} font "sans,11" background rgb "white"
 set output "{svg}"
 set title "hermit vs its peers: measured ratio (bar: green = goal met, red = missed) and goal (black tick)"
 set logscale x 10
 set xrange [{lo}:{hi}]
 set yrange [-0.7:{ymax}]
-set xlabel "ratio (log scale)"
+set xlabel "hermit / its peer (log scale; each row says which peer)"
 set grid xtics
 set ytics nomirror
 set key off
@@ -158,7 +159,7 @@ set arrow from 1, graph 0 to 1, graph 1 nohead dt 2 lc rgb "gray40"
 plot "{data}" using (sqrt($2*{lo})):1:({lo}):2:($1-0.32):($1+0.32):($4 > 0 ? 0x2e9e44 : 0xd23c3c):ytic(5) \\
        with boxxyerror lc rgb variable, \\
      "{data}" using 3:1:(0):(0):($1-0.45):($1+0.45) with xyerrorbars pt -1 lw 3 lc rgb "black", \\
-     "{data}" using 2:1:(sprintf("%.2fx (goal %s)", $2, strcol(6))) with labels left offset 1,0 font "sans,10"
+     "{data}" using 7:1:(sprintf("%.2fx (goal %s)", $2, strcol(6))) with labels left font "sans,10"
 """.format(height=height, svg=svg, lo=lo, hi=hi, ymax=len(pts) - 0.3, data=data)
     gp = os.path.join(bench_dir, "chart.gp")
     with open(gp, "w") as f:
