@@ -129,8 +129,9 @@ static void *watcher_main(void *arg)
 		/* looked at again every WATCH_AFTER_IDLE_MS, not woken by each call: a
 		 * wake-up per call would cost the round trip what the caller saves */
 		int64_t now = hm_now_ms();
-		int64_t quiet_from = c->reading || c->pending ? now + WATCH_AFTER_IDLE_MS
-							      : c->last_call_ms + WATCH_AFTER_IDLE_MS;
+		int64_t quiet_from = c->reading || c->pending
+					 ? now + WATCH_AFTER_IDLE_MS
+					 : c->last_call_ms + WATCH_AFTER_IDLE_MS;
 		if (now < quiet_from) {
 			struct timespec until = {.tv_sec = quiet_from / 1000,
 						 .tv_nsec = (quiet_from % 1000) * 1000000};
