@@ -132,6 +132,12 @@ struct rt_seccomp_prog {
 };
 /* Build the default profile with libseccomp, in trace-pod (it allocates). */
 int rt_seccomp_compile(struct rt_seccomp_prog *prog, struct hm_err *err);
+/* The same program, from cache_dir (RT_RUN_DIR) when an earlier start of this binary
+ * with this libseccomp left it there, else compiled and left there (seccomp_cache.c). */
+int rt_seccomp_compile_cached(struct rt_seccomp_prog *prog, const char *cache_dir,
+			      struct hm_err *err);
+/* Where rt_seccomp_compile_cached keeps this binary's program in dir. */
+int rt_seccomp_cache_path(const char *dir, char *buf, size_t len, struct hm_err *err);
 void rt_seccomp_free(struct rt_seccomp_prog *prog);
 /* In the pod's process, the last step before exec (needs no_new_privs; no malloc). A
  * NULL or empty prog loads nothing. */
