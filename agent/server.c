@@ -658,18 +658,12 @@ enum wake {
 	WAKE_CONNECTS
 };
 
-/* Wait for the next whole frame, the end of the connection, the agent's stop, the
- * target's exit, or a connect of the session to finish or time out (WAKE_CONNECTS).
- * deadline_ms 0: none. On WAKE_BAD/WAKE_CLOSED err says why. */
-static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
-			    struct proto_frame *f, struct hm_err *err)
+/* Sleep until the connection is readable (WAKE_FRAME) or something else happened: the
+ * agent's stop, the target's exit, a connect of the session to finish or time out
+ * (WAKE_CONNECTS), deadline_ms (0: none) passing. On WAKE_BAD err says why. */
+static enum wake wait_readable(struct conn *c, uint64_t deadline_ms, struct hm_err *err)
 {
-	uint64_t spin_from = c->answered_ns;
-	bool spinning = spin_from != 0;
-	c->answered_ns = 0;
 	for (;;) {
-		if (spinning)
-			goto read;
 		struct pollfd pf[4] = {
 		    {.fd = c->fd, .events = POLLIN},
 		    {.fd = c->srv->stop_efd, .events = POLLIN},
@@ -705,9 +699,25 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 			return WAKE_TARGET;
 		if (pf[3].revents)
 			return WAKE_CONNECTS;
-		if (!pf[0].revents)
-			continue;
-	read:;
+		if (pf[0].revents)
+			return WAKE_FRAME;
+	}
+}
+
+/* Wait for the next whole frame, or what wait_readable reports instead. On
+ * WAKE_BAD/WAKE_CLOSED err says why. */
+static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
+			    struct proto_frame *f, struct hm_err *err)
+{
+	uint64_t spin_from = c->answered_ns;
+	bool spinning = spin_from != 0;
+	c->answered_ns = 0;
+	for (;;) {
+		if (!spinning) {
+			enum wake w = wait_readable(c, deadline_ms, err);
+			if (w != WAKE_FRAME)
+				return w;
+		}
 		int rc = proto_frame_reader_read(rd, c->fd, f, err);
 		/* a big request (a file written back) is reply-like memory too: counted
 		 * once its length is known, waiting before the rest is read */
