@@ -163,10 +163,13 @@ BENCH_PYTHON_IMPORTS="import json, http.server, email, urllib.request, asyncio, 
 bench_tracer_python() {
 	tracer_env_up
 	command -v proot >/dev/null || { echo "bench tracer_python: proot not installed (scripts/deps.sh)" >&2; return 1; }
-	local tsv="$BENCH_DIR/tracer_python.tsv" py
-	py=$(command -v python3)
+	local tsv="$BENCH_DIR/tracer_python.tsv" py=/usr/bin/python3
+	# Debian's python3 (scripts/deps.sh), not a version manager's shim first in PATH;
+	# -I: the host's and the pod's PYTHON* variables (trace-run gives the program the
+	# pod's environment) change nothing
+	[ -x "$py" ] || { echo "bench tracer_python: $py not installed (scripts/deps.sh)" >&2; return 1; }
 	local tr="$TRACE_RUN --agent-unix $FX_SOCK --token-file $FX_TOKEN_FILE --target pod/$FX_WEB"
-	local prog="$py -c '$BENCH_PYTHON_IMPORTS'"
+	local prog="$py -I -c '$BENCH_PYTHON_IMPORTS'"
 	bench_measure "$tsv" \
 		"python3 native" "$prog" \
 		"trace-run --backend seccomp" "$tr --backend seccomp -- $prog" \
