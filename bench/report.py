@@ -127,10 +127,14 @@ def chart(bench_dir, rows):
         r = NUM_RE.match(ratio)
         if not g or (g.group(3) or "") != "x" or not r:
             continue
+        # the row's own name must stay whole (which backend, which peer): the section
+        # gives way first
         section = short_title(title)
+        if len(section) > 22:
+            section = section[:20] + ".."
         label = "%s: %s" % (section, name)
-        if len(label) > 70:
-            label = label[:67] + "..."
+        if len(label) > 84:
+            label = label[:81] + "..."
         pts.append((label, float(r.group(1)), float(g.group(2)), g.group(1), mark == "pass"))
     if not pts:
         return None
@@ -143,7 +147,7 @@ def chart(bench_dir, rows):
     hi = max(max(p[1], p[2]) for p in pts) * 2.5
     height = 140 + 34 * len(pts)
     script = """
-set terminal pngcairo size 1400,{height} font "sans,11" background rgb "white"
+set terminal pngcairo size 1500,{height} font "sans,11" background rgb "white"
 set output "{svg}"
 set title "hermit vs its peers: measured ratio (bar: green = goal met, red = missed) and goal (black tick)"
 set logscale x 10
@@ -154,7 +158,7 @@ set grid xtics
 set ytics nomirror
 set key off
 set style fill solid 0.75 border -1
-set lmargin 60
+set lmargin 72
 set arrow from 1, graph 0 to 1, graph 1 nohead dt 2 lc rgb "gray40"
 plot "{data}" using (sqrt($2*{lo})):1:({lo}):2:($1-0.32):($1+0.32):($4 > 0 ? 0x2e9e44 : 0xd23c3c):ytic(5) \\
        with boxxyerror lc rgb variable, \\
