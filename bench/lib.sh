@@ -14,17 +14,21 @@ BENCH_WARMUP="${BENCH_WARMUP:-3}"
 # without a shell) BENCH_WARMUP times unmeasured, then BENCH_N rounds, each round running
 # every CMD once in turn. Wall time is time.perf_counter() around the child's fork..wait.
 # Writes "name<TAB>median_ms<TAB>p90_ms<TAB>min_ms<TAB>n" per CMD. Any failing run aborts.
+# BENCH_GAP_MS (default 0): a pause before every run, so that no run finds the kernel
+# state the run before it left warm (see bench_pod_start).
 bench_measure() {
 	local out="$1"
 	shift
-	python3 - "$BENCH_N" "$BENCH_WARMUP" "$@" >"$out" <<'EOF'
+	python3 - "$BENCH_N" "$BENCH_WARMUP" "${BENCH_GAP_MS:-0}" "$@" >"$out" <<'EOF'
 import math, shlex, subprocess, sys, time
 
-n, warmup = int(sys.argv[1]), int(sys.argv[2])
-pairs = sys.argv[3:]
+n, warmup, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000.0
+pairs = sys.argv[4:]
 rows = [(pairs[i], shlex.split(pairs[i + 1])) for i in range(0, len(pairs), 2)]
 
 def once(name, argv):
+    if gap:
+        time.sleep(gap)
     t0 = time.perf_counter()
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
