@@ -85,6 +85,10 @@ struct conn {
 	struct agent_target *target;
 	char target_name[PROTO_NAME_MAX];	/* as the client named it */
 	struct agent_incoming_session incoming; /* the session as incoming.c sees it */
+	/* serve's thread looks for the next request of a burst a little while before it
+	 * sleeps in poll: waking an idle vCPU costs more than the whole request */
+	struct hm_spin request_spin;
+	uint64_t answered_ns; /* when the last request was answered; 0: not since */
 };
 
 static int errno_for_wire(int e)
@@ -738,11 +742,10 @@ enum wake {
 	WAKE_CONNECTS
 };
 
-/* Wait for the next whole frame, the end of the connection, the agent's stop, the
- * target's exit, or a connect of the session to finish or time out (WAKE_CONNECTS).
- * deadline_ms 0: none. On WAKE_BAD/WAKE_CLOSED err says why. */
-static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
-			    struct proto_frame *f, struct hm_err *err)
+/* Sleep until the connection is readable (WAKE_FRAME) or something else happened: the
+ * agent's stop, the target's exit, a connect of the session to finish or time out
+ * (WAKE_CONNECTS), deadline_ms (0: none) passing. On WAKE_BAD err says why. */
+static enum wake wait_readable(struct conn *c, uint64_t deadline_ms, struct hm_err *err)
 {
 	for (;;) {
 		struct pollfd pf[4] = {
@@ -780,8 +783,25 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 			return WAKE_TARGET;
 		if (pf[3].revents)
 			return WAKE_CONNECTS;
-		if (!pf[0].revents)
-			continue;
+		if (pf[0].revents)
+			return WAKE_FRAME;
+	}
+}
+
+/* Wait for the next whole frame, or what wait_readable reports instead. On
+ * WAKE_BAD/WAKE_CLOSED err says why. */
+static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint64_t deadline_ms,
+			    struct proto_frame *f, struct hm_err *err)
+{
+	uint64_t spin_from = c->answered_ns;
+	bool spinning = spin_from != 0;
+	c->answered_ns = 0;
+	for (;;) {
+		if (!spinning) {
+			enum wake w = wait_readable(c, deadline_ms, err);
+			if (w != WAKE_FRAME)
+				return w;
+		}
 		int rc = proto_frame_reader_read(rd, c->fd, f, err);
 		/* a big request (a file written back) is reply-like memory too: counted
 		 * once its length is known, waiting before the rest is read */
@@ -799,10 +819,13 @@ static enum wake next_frame(struct conn *c, struct proto_frame_reader *rd, uint6
 		}
 		if (rc == 1) {
 			atomic_fetch_add(&c->srv->stats.ctl_bytes_out, PROTO_HDR_LEN + f->hdr.len);
+			if (spin_from)
+				hm_spin_waited(&c->request_spin, spin_from);
 			return WAKE_FRAME;
 		}
 		if (rc < 0)
 			return err->code == 0 ? WAKE_CLOSED : WAKE_BAD;
+		spinning = spinning && hm_spin_more(&c->request_spin, spin_from);
 	}
 }
 
@@ -960,6 +983,7 @@ static void serve(struct conn *c)
 		}
 		m.id = f.hdr.id;
 		int rc = dispatch(c, &m);
+		c->answered_ns = hm_now_ns();
 		proto_msg_free(&m);
 		agent_budget_release(c->account, AGENT_RES_BYTES, c->frame_charge);
 		c->frame_charge = 0;

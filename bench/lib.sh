@@ -14,17 +14,21 @@ BENCH_WARMUP="${BENCH_WARMUP:-3}"
 # without a shell) BENCH_WARMUP times unmeasured, then BENCH_N rounds, each round running
 # every CMD once in turn. Wall time is time.perf_counter() around the child's fork..wait.
 # Writes "name<TAB>median_ms<TAB>p90_ms<TAB>min_ms<TAB>n" per CMD. Any failing run aborts.
+# BENCH_GAP_MS (default 0): a pause before every run, so that no run finds the kernel
+# state the run before it left warm (see bench_pod_start).
 bench_measure() {
 	local out="$1"
 	shift
-	python3 - "$BENCH_N" "$BENCH_WARMUP" "$@" >"$out" <<'EOF'
+	python3 - "$BENCH_N" "$BENCH_WARMUP" "${BENCH_GAP_MS:-0}" "$@" >"$out" <<'EOF'
 import math, shlex, subprocess, sys, time
 
-n, warmup = int(sys.argv[1]), int(sys.argv[2])
-pairs = sys.argv[3:]
+n, warmup, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000.0
+pairs = sys.argv[4:]
 rows = [(pairs[i], shlex.split(pairs[i + 1])) for i in range(0, len(pairs), 2)]
 
 def once(name, argv):
+    if gap:
+        time.sleep(gap)
     t0 = time.perf_counter()
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
@@ -52,28 +56,14 @@ for name, _ in rows:
 EOF
 }
 
-# print_table TITLE BASELINE_NAME TSV: name | median ms | p90 ms | ratio vs baseline
-# (ratio of medians). BASELINE_NAME may be empty: no ratio column values.
+# print_table TITLE BASELINE_NAME TSV [NAME=GOAL]...: name | median | p90 | min | n |
+# ratio vs baseline (of medians) | goal | mark, for bench_measure's TSV. BASELINE_NAME
+# may be empty: no ratios. A GOAL (bench/report.py) such as "<= 0.30x" is checked.
+# The table also goes to BENCH_DIR/results.md.
 print_table() {
 	local title="$1" base="$2" tsv="$3"
-	echo
-	echo "== $title"
-	python3 - "$base" "$tsv" <<'EOF'
-import sys
-base, tsv = sys.argv[1], sys.argv[2]
-rows = [l.rstrip("\n").split("\t") for l in open(tsv) if l.strip()]
-med = {r[0]: float(r[1]) for r in rows}
-head = ["name", "median ms", "p90 ms", "min ms", "n", "ratio vs " + (base or "-")]
-table = [head]
-for r in rows:
-    ratio = "%.2f" % (float(r[1]) / med[base]) if base in med and med[base] > 0 else "-"
-    table.append([r[0], "%.2f" % float(r[1]), "%.2f" % float(r[2]), "%.2f" % float(r[3]), r[4], ratio])
-w = [max(len(row[i]) for row in table) for i in range(len(head))]
-for j, row in enumerate(table):
-    print(" | ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(row)))
-    if j == 0:
-        print("-+-".join("-" * x for x in w))
-EOF
+	shift 3
+	python3 "$HERMIT_ROOT/bench/report.py" timing "$BENCH_DIR" "$title" "$base" "$tsv" "$@"
 }
 
 # Exit hooks: a benchmark that starts something (pods, daemons) registers a function
@@ -89,19 +79,18 @@ bench_run_exit_hooks() {
 }
 
 # print_rows TITLE TSV: rows "name<TAB>value<TAB>baseline<TAB>ratio<TAB>goal", values
-# already formatted (units included; "-" where nothing applies), printed as a table.
+# already formatted (units included; "-" where nothing applies), printed as a table with
+# a pass/FAIL mark where the goal (bench/report.py: "<= 1.10x native", "<= 20 us") can
+# be checked, and added to BENCH_DIR/results.md.
 print_rows() {
-	local title="$1" tsv="$2"
-	echo
-	echo "== $title"
-	python3 - "$tsv" <<'PY'
-import sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-table = [["name", "value", "baseline", "ratio", "goal"]] + rows
-w = [max(len(r[i]) for r in table) for i in range(5)]
-for j, r in enumerate(table):
-    print(" | ".join(c.ljust(w[i]) if i in (0, 4) else c.rjust(w[i]) for i, c in enumerate(r)))
-    if j == 0:
-        print("-+-".join("-" * x for x in w))
-PY
+	python3 "$HERMIT_ROOT/bench/report.py" rows "$BENCH_DIR" "$1" "$2"
+}
+
+# bench_report_init / bench_report_finish: around a run, results.md's header, and its
+# summary of the goals with the chart of the ratio rows (results.png).
+bench_report_init() {
+	python3 "$HERMIT_ROOT/bench/report.py" init "$BENCH_DIR" "$1"
+}
+bench_report_finish() {
+	python3 "$HERMIT_ROOT/bench/report.py" finish "$BENCH_DIR"
 }

@@ -1,6 +1,8 @@
 /* The control connection (client/client.h): one per client, a reader thread that
  * routes replies to the callers waiting for their request ids, the small requests, and
  * stream connections opened with the one-time tokens of replies. */
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -41,37 +43,115 @@ static void client_end(struct client *c, int code, const char *fmt, ...)
 	pthread_mutex_unlock(&c->lock);
 }
 
-static void *reader_main(void *arg)
+/* The watcher takes the read role after this long without a call. Shorter: an idle
+ * client notices the end of its session sooner; longer: a sparse sequence of calls keeps
+ * reading its replies itself instead of being handed them by the watcher. */
+#define WATCH_AFTER_IDLE_MS 10
+
+/* One frame read: a reply goes to the call waiting for its id (freed when none does:
+ * the caller gave up, or the agent misbehaves); SESSION_ENDED ends the client. Call
+ * with lock held. */
+static void route_frame(struct client *c, struct proto_frame *f)
 {
-	struct client *c = arg;
+	proto_cleanup_msg struct proto_msg m = {0};
+	struct hm_err err = {0};
+	if (proto_decode_frame(f, &m, &err) < 0) {
+		pthread_mutex_unlock(&c->lock);
+		client_end(c, EPROTO, "connection to the agent failed: %s", err.msg);
+		pthread_mutex_lock(&c->lock);
+		return;
+	}
+	if (m.type == PROTO_SESSION_ENDED) {
+		pthread_mutex_unlock(&c->lock);
+		client_end(c, m.error.errnum, "session ended: %s", m.error.message);
+		pthread_mutex_lock(&c->lock);
+		return;
+	}
+	for (struct pending_call *p = c->pending; p && m.id; p = p->next) {
+		if (p->id == m.id && !p->done) {
+			p->reply = m;
+			m = (struct proto_msg){0}; /* the waiting caller owns it now */
+			p->done = true;
+			pthread_cond_signal(&p->cond);
+			break;
+		}
+	}
+}
+
+/* Read and route the frames that are there, with the read role held and lock not held.
+ * Returns 1 once mine (may be NULL) is done, 0 when nothing more is there to read, < 0
+ * when the connection ended. */
+static int read_available(struct client *c, struct pending_call *mine)
+{
 	for (;;) {
-		proto_cleanup_msg struct proto_msg m = {0};
+		struct proto_frame f = {0};
 		struct hm_err err = {0};
-		if (proto_recv(c->fd, PROTO_MAX_PAYLOAD, -1, &m, &err) < 0) {
+		int rc = proto_frame_reader_read(&c->frames, c->fd, &f, &err);
+		if (rc < 0) {
 			if (err.code == 0)
 				client_end(c, ECONNRESET, "the agent closed the connection");
 			else
 				client_end(c, err.code == ECONNRESET ? ECONNRESET : EPROTO,
 					   "connection to the agent failed: %s", err.msg);
-			return NULL;
+			return -1;
 		}
-		if (m.type == PROTO_SESSION_ENDED) {
-			client_end(c, m.error.errnum, "session ended: %s", m.error.message);
-			return NULL;
-		}
-		/* unrouted (the caller gave up, or the agent misbehaves): freed here */
+		if (rc == 0)
+			return 0;
 		pthread_mutex_lock(&c->lock);
-		for (struct pending_call *p = c->pending; p && m.id; p = p->next) {
-			if (p->id == m.id && !p->done) {
-				p->reply = m;
-				m = (struct proto_msg){0}; /* the waiting caller owns it now */
-				p->done = true;
-				pthread_cond_signal(&p->cond);
-				break;
-			}
-		}
+		route_frame(c, &f);
+		bool ended = c->ended, done = mine && mine->done;
 		pthread_mutex_unlock(&c->lock);
+		if (ended)
+			return -1;
+		if (done)
+			return 1;
 	}
+}
+
+/* Give the read role back: a caller still waiting for its reply takes it over. Call
+ * with lock held. */
+static void release_read_role(struct client *c)
+{
+	c->reading = false;
+	for (struct pending_call *p = c->pending; p; p = p->next) {
+		if (!p->done) {
+			pthread_cond_signal(&p->cond);
+			break;
+		}
+	}
+}
+
+static void *watcher_main(void *arg)
+{
+	struct client *c = arg;
+	pthread_mutex_lock(&c->lock);
+	while (!c->stopping && !c->ended) {
+		/* looked at again every WATCH_AFTER_IDLE_MS, not woken by each call: a
+		 * wake-up per call would cost the round trip what the caller saves */
+		int64_t now = hm_now_ms();
+		int64_t quiet_from = c->reading || c->pending
+					 ? now + WATCH_AFTER_IDLE_MS
+					 : c->last_call_ms + WATCH_AFTER_IDLE_MS;
+		if (now < quiet_from) {
+			struct timespec until = {.tv_sec = quiet_from / 1000,
+						 .tv_nsec = (quiet_from % 1000) * 1000000};
+			pthread_cond_timedwait(&c->watcher_cond, &c->lock, &until);
+			continue;
+		}
+		c->reading = true;
+		pthread_mutex_unlock(&c->lock);
+		/* holding the role, as the one reader of an idle client: the first call after
+		 * the idle period gets its reply from here */
+		int n = hm_poll_fd(c->fd, POLLIN, HM_NO_DEADLINE);
+		if (n < 0 && errno != EINTR)
+			client_end(c, EIO, "poll the agent connection: %s", strerror(errno));
+		else if (n > 0)
+			read_available(c, NULL);
+		pthread_mutex_lock(&c->lock);
+		release_read_role(c);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
 }
 
 int client_connect(const struct client_endpoint *ep, const char *token,
@@ -92,6 +172,13 @@ int client_connect(const struct client_endpoint *ep, const char *token,
 	atomic_init(&c->next_id, 1);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->send_lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->watcher_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	proto_frame_reader_init(&c->frames, PROTO_MAX_PAYLOAD);
+	c->last_call_ms = hm_now_ms();
 	int connect_timeout = finite_timeout(c);
 	c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (c->event_fd < 0) {
@@ -106,17 +193,23 @@ int client_connect(const struct client_endpoint *ep, const char *token,
 				   PROTO_FEATURES_SUPPORTED & ~opts->disable_features,
 				   connect_timeout, &c->features, err) < 0)
 		goto fail;
-	/* the reader must not take the program's signals */
+	/* replies are read by whoever waits (read_available): never block in read() */
+	int fl = fcntl(c->fd, F_GETFL);
+	if (fl < 0 || fcntl(c->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		hm_err_errno(err, "make the agent connection non-blocking");
+		goto fail;
+	}
+	/* the watcher must not take the program's signals */
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int rc = pthread_create(&c->reader, NULL, reader_main, c);
+	int rc = pthread_create(&c->watcher, NULL, watcher_main, c);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc) {
-		hm_err_set(err, rc, "start the agent client's reader");
+		hm_err_set(err, rc, "start the agent client's watcher");
 		goto fail;
 	}
-	c->reader_started = true;
+	c->watcher_started = true;
 	*out = c;
 	return 0;
 fail:
@@ -128,14 +221,20 @@ void client_close(struct client *c)
 {
 	if (!c)
 		return;
+	pthread_mutex_lock(&c->lock);
+	c->stopping = true;
+	pthread_cond_signal(&c->watcher_cond);
+	pthread_mutex_unlock(&c->lock);
 	if (c->fd >= 0)
-		shutdown(c->fd, SHUT_RDWR); /* wakes the reader */
-	if (c->reader_started)
-		pthread_join(c->reader, NULL);
+		shutdown(c->fd, SHUT_RDWR); /* wakes a watcher in poll */
+	if (c->watcher_started)
+		pthread_join(c->watcher, NULL);
 	if (c->fd >= 0)
 		close(c->fd);
 	if (c->event_fd >= 0)
 		close(c->event_fd);
+	proto_frame_reader_release(&c->frames);
+	pthread_cond_destroy(&c->watcher_cond);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c);
@@ -178,6 +277,29 @@ static void unlink_pending(struct client *c, struct pending_call *pc)
 		if (*pp == pc) {
 			*pp = pc->next;
 			return;
+		}
+	}
+}
+
+/* With the read role: read until pc is answered, the connection ends or the deadline
+ * passes (ETIMEDOUT). */
+static int wait_for_reply(struct client *c, struct pending_call *pc, int64_t deadline)
+{
+	uint64_t since = hm_now_ns();
+	for (;;) {
+		int r = read_available(c, pc);
+		if (r > 0)
+			hm_spin_waited(&c->reply_spin, since);
+		if (r != 0)
+			return 0;
+		if (hm_spin_more(&c->reply_spin, since))
+			continue;
+		int n = hm_poll_fd(c->fd, POLLIN, deadline);
+		if (n == 0)
+			return ETIMEDOUT;
+		if (n < 0 && errno != EINTR) {
+			client_end(c, EIO, "poll the agent connection: %s", strerror(errno));
+			return 0;
 		}
 	}
 }
@@ -236,12 +358,23 @@ int client_call(struct client *c, const struct proto_msg *req, struct proto_msg 
 			until.tv_nsec -= 1000000000;
 		}
 	}
+	int64_t deadline = timeout_ms > 0 ? hm_deadline_in(timeout_ms) : HM_NO_DEADLINE;
 	pthread_mutex_lock(&c->lock);
 	int w = 0;
-	while (!pc.done && !c->ended && w != ETIMEDOUT)
+	while (!pc.done && !c->ended && w != ETIMEDOUT) {
+		if (!c->reading) {
+			c->reading = true;
+			pthread_mutex_unlock(&c->lock);
+			w = wait_for_reply(c, &pc, deadline);
+			pthread_mutex_lock(&c->lock);
+			release_read_role(c);
+			continue;
+		}
 		w = timeout_ms > 0 ? pthread_cond_timedwait(&pc.cond, &c->lock, &until)
 				   : pthread_cond_wait(&pc.cond, &c->lock);
+	}
 	unlink_pending(c, &pc);
+	c->last_call_ms = hm_now_ms();
 	if (!pc.done) {
 		if (c->ended) {
 			*err = c->end_err;

@@ -16,21 +16,31 @@ struct pending_call {
 	pthread_cond_t cond;
 };
 
+/* Replies are read by whoever holds the read role: a caller waiting for its own reply
+ * reads it itself (no thread hand-off on the round trip); the watcher thread takes the
+ * role only when no call has run for a while, so that the end of the session is seen
+ * while the client is idle. */
 struct client {
 	struct client_endpoint ep;
-	int fd;
+	int fd; /* non-blocking once connected */
 	int event_fd;
 	uint64_t features;
 	int timeout_ms;
-	pthread_t reader;
-	bool reader_started;
+	pthread_t watcher;
+	bool watcher_started;
 	atomic_uint next_id;
 
 	pthread_mutex_t send_lock;
-	pthread_mutex_t lock; /* pending, ended, end_err */
+	pthread_mutex_t lock; /* everything below */
 	struct pending_call *pending;
 	bool ended;
 	struct hm_err end_err;
+	bool reading;			  /* a thread holds the read role */
+	struct proto_frame_reader frames; /* the frame being read, by the role's holder */
+	struct hm_spin reply_spin;	  /* of the role's holder */
+	int64_t last_call_ms;		  /* when a call last ended (hm_now_ms) */
+	bool stopping;			  /* client_close: the watcher returns */
+	pthread_cond_t watcher_cond;	  /* stopping was set */
 };
 
 /* ---- client.c ---- */

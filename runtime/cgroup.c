@@ -558,6 +558,41 @@ int rt_cgroup_attach_v1(const struct rt_cgroup *cg, pid_t pid, struct hm_err *er
 	return 0;
 }
 
+int rt_cgroup_open_v1_tasks(const struct rt_cgroup *cg, int *fds, struct hm_err *err)
+{
+	for (int i = 0; i < cg->n_v1; i++)
+		fds[i] = -1;
+	for (int i = 0; i < cg->n_v1; i++) {
+		char path[PATH_MAX];
+		if (join_path(path, sizeof(path), err, "%s/tasks", cg->v1_paths[i]) < 0)
+			goto fail;
+		fds[i] = open(path, O_WRONLY | O_CLOEXEC);
+		if (fds[i] < 0) {
+			hm_err_errno(err, "cgroup: open %s", path);
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	for (int i = 0; i < cg->n_v1; i++)
+		hm_closep(&fds[i]);
+	return -1;
+}
+
+/* Writing a pid to cgroup.procs takes the kernel's global threadgroup lock for writing,
+ * which waits for an RCU grace period (~10 ms on a VM); moving the writing thread itself
+ * ("0" into tasks) does not take it (Linux 6.1, "cgroup: Optimize single thread
+ * migration"; an older kernel waits as for a pid, no worse).
+ * The caller has one thread, so its one thread is the whole process. */
+int rt_cgroup_join_v1(const int *tasks_fds, int n, struct hm_err *err)
+{
+	for (int i = 0; i < n; i++)
+		if (write(tasks_fds[i], "0", 1) != 1)
+			return hm_err_errno(err, "cgroup: join the pod's v1 cgroup %d of %d", i + 1,
+					    n);
+	return 0;
+}
+
 int rt_cgroup_attach_all(const struct rt_cgroup *cg, pid_t pid, struct hm_err *err)
 {
 	if (cg->v2_path[0] && attach_one(cg->v2_path, pid, err) < 0)

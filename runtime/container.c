@@ -1,7 +1,9 @@
 /* The pod's first process: one clone3() into fresh namespaces (and straight into the
- * pod's cgroup v2 directory), held on a sync socket until the runtime has attached the
- * v1 cgroups and the network, then root filesystem, hostname, capabilities, fd hygiene
- * and exec. Failures come back as (errno, stage, message) on an O_CLOEXEC pipe.
+ * pod's cgroup v2 directory), held on a sync socket until the runtime has set up the
+ * network, then it joins its v1 cgroups itself (through `tasks` fds opened before the
+ * clone: no ~10 ms RCU wait, see rt_cgroup_join_v1), root filesystem, hostname,
+ * capabilities, fd hygiene and exec. Failures come back as (errno, stage, message) on an O_CLOEXEC
+ * pipe.
  *
  * The child is a raw clone3 of the runtime without a new stack (fork semantics), so it
  * stays away from malloc and other locks: only stack buffers, syscalls and snprintf. */
@@ -208,8 +210,8 @@ void rt_child_close_fds_except(const int *keep, size_t n)
 static int child_setup(const struct rt_spec *spec, struct hm_err *err)
 {
 	umask(022);
-	/* the runtime attached the v1 cgroups while we waited: re-root the cgroup
-	 * namespace so the pod sees "/" there too, not the host's layout */
+	/* in the v1 cgroups now (child_main): re-root the cgroup namespace so the pod
+	 * sees "/" there too, not the host's layout */
 	if (unshare(CLONE_NEWCGROUP) < 0)
 		return hm_err_errno(err, "unshare cgroup namespace");
 	if (rt_mounts_setup(spec, err) < 0)
@@ -228,14 +230,17 @@ static int child_setup(const struct rt_spec *spec, struct hm_err *err)
 }
 
 static void __attribute__((noreturn))
-child_main(const struct rt_spec *spec, int sync_fd, int error_fd)
+child_main(const struct rt_spec *spec, int sync_fd, int error_fd, const int *v1_tasks, int n_v1)
 {
 	rt_child_reset_signals();
 	/* The pod must not outlive the trace-pod process that owns it (foreground run or
 	 * detached monitor): nobody would clean up its cgroups and veth. If the parent is
 	 * already gone, the sync read below sees EOF. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	rt_child_close_fds_except((int[]){sync_fd, error_fd}, 2);
+	int keep[2 + RT_CGROUP_V1_MAX] = {sync_fd, error_fd};
+	for (int i = 0; i < n_v1; i++)
+		keep[2 + i] = v1_tasks[i];
+	rt_child_close_fds_except(keep, 2 + (size_t)n_v1);
 	char go;
 	ssize_t n;
 	do
@@ -249,6 +254,12 @@ child_main(const struct rt_spec *spec, int sync_fd, int error_fd)
 		hm_closep(&sync_fd);
 
 	struct hm_err err = {0};
+	/* before anything of the pod runs, and before child_setup re-roots the cgroup
+	 * namespace */
+	if (rt_cgroup_join_v1(v1_tasks, n_v1, &err) < 0)
+		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
+	for (int i = 0; i < n_v1; i++)
+		close(v1_tasks[i]);
 	if (child_setup(spec, &err) < 0)
 		rt_child_fail(error_fd, RT_STAGE_SETUP, &err);
 	/* never the caller's session: its terminal must not be ours (TIOCSTI) */
@@ -317,6 +328,11 @@ int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg,
 	    .exit_signal = SIGCHLD,
 	    .cgroup = into_cgroup ? (uint64_t)cg->v2_fd : 0,
 	};
+	/* the child joins its v1 cgroups itself, through these */
+	int n_v1 = cg ? cg->n_v1 : 0;
+	int v1_tasks[RT_CGROUP_V1_MAX];
+	if (n_v1 && rt_cgroup_open_v1_tasks(cg, v1_tasks, err) < 0)
+		return -1;
 	bool fallback = false;
 	pid_t pid = syscall(SYS_clone3, &args, sizeof(args));
 	if (pid < 0 && errno == ENOSYS) {
@@ -326,10 +342,15 @@ int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg,
 		pid =
 		    syscall(SYS_clone, (unsigned long)(flags | SIGCHLD), NULL, &pidfd, NULL, NULL);
 	}
-	if (pid < 0)
-		return hm_err_errno(err, "%s", fallback ? "clone" : "clone3");
 	if (pid == 0)
-		child_main(spec, sync_child, error_child);
+		child_main(spec, sync_child, error_child, v1_tasks, n_v1);
+	int clone_errno = errno;
+	for (int i = 0; i < n_v1; i++)
+		close(v1_tasks[i]);
+	if (pid < 0) {
+		errno = clone_errno;
+		return hm_err_errno(err, "%s", fallback ? "clone" : "clone3");
+	}
 
 	hm_closep(&sync_child);
 	hm_closep(&error_child);

@@ -38,6 +38,12 @@ int rt_cgroup_create(const char *name, const struct rt_limits *lim, struct rt_cg
 		     struct hm_err *err);
 /* Move pid into every v1 cgroup (the v2 one is entered by clone3). */
 int rt_cgroup_attach_v1(const struct rt_cgroup *cg, pid_t pid, struct hm_err *err);
+/* For a child that joins the v1 cgroups itself (rt_cgroup_join_v1): the `tasks` file
+ * of each v1 cgroup opened for writing, fds[cg->n_v1]. All closed on failure. */
+int rt_cgroup_open_v1_tasks(const struct rt_cgroup *cg, int *fds, struct hm_err *err);
+/* Move the calling single-threaded process into the v1 cgroups whose `tasks` files
+ * tasks_fds are: microseconds where rt_cgroup_attach_v1 waits ~10 ms. No malloc. */
+int rt_cgroup_join_v1(const int *tasks_fds, int n, struct hm_err *err);
 /* Move pid into every cgroup, v2 included (for `trace-pod exec`). */
 int rt_cgroup_attach_all(const struct rt_cgroup *cg, pid_t pid, struct hm_err *err);
 /* Number of OOM kills recorded in the pod's memory cgroup (v2 memory.events or v1
@@ -126,6 +132,12 @@ struct rt_seccomp_prog {
 };
 /* Build the default profile with libseccomp, in trace-pod (it allocates). */
 int rt_seccomp_compile(struct rt_seccomp_prog *prog, struct hm_err *err);
+/* The same program, from cache_dir (RT_RUN_DIR) when an earlier start of this binary
+ * with this libseccomp left it there, else compiled and left there (seccomp_cache.c). */
+int rt_seccomp_compile_cached(struct rt_seccomp_prog *prog, const char *cache_dir,
+			      struct hm_err *err);
+/* Where rt_seccomp_compile_cached keeps this binary's program in dir. */
+int rt_seccomp_cache_path(const char *dir, char *buf, size_t len, struct hm_err *err);
 void rt_seccomp_free(struct rt_seccomp_prog *prog);
 /* In the pod's process, the last step before exec (needs no_new_privs; no malloc). A
  * NULL or empty prog loads nothing. */
@@ -230,8 +242,9 @@ struct rt_container {
 };
 
 /* clone3() the pod's PID 1 into the v2 cgroup (CLONE_INTO_CGROUP) with new pid, mount,
- * uts, ipc, net and cgroup namespaces. The child waits on the sync pipe before it sets
- * up its root and execs, so the caller can attach cgroups and networking first. */
+ * uts, ipc, net and cgroup namespaces. The child waits on the sync pipe before it joins
+ * its v1 cgroups, sets up its root and execs, so the caller can set up networking
+ * first. */
 int rt_container_spawn(const struct rt_spec *spec, const struct rt_cgroup *cg,
 		       struct rt_container *c, struct hm_err *err);
 /* Let the child continue; then wait for it to exec. Returns 0 once exec succeeded, or

@@ -247,7 +247,7 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 	    rt_state_write(o->name, "net", net_name(o->net), err) < 0 ||
 	    rt_state_write(o->name, "seccomp", o->seccomp ? "default" : "off", err) < 0)
 		return -1;
-	if (o->seccomp && rt_seccomp_compile(&p->seccomp, err) < 0)
+	if (o->seccomp && rt_seccomp_compile_cached(&p->seccomp, RT_RUN_DIR, err) < 0)
 		return -1;
 
 	/* from now on our own output goes to the log, and the pod's through us */
@@ -292,9 +292,6 @@ static int pod_setup(struct pod *p, int *code, struct hm_err *err)
 		return -1;
 	p->spawned = true;
 	hm_debug("pod %s: PID 1 is host pid %d", o->name, (int)p->c.pid);
-
-	if (rt_cgroup_attach_v1(&p->cg, p->c.pid, err) < 0)
-		return -1;
 
 	if (o->net == RT_NET_BRIDGE) {
 		if (rt_net_setup_pod(p->c.pid, o->name, p->ip, p->host_if, sizeof(p->host_if),

@@ -8,8 +8,8 @@ PACKAGES=(
   bpftool libbpf-dev libelf-dev zlib1g-dev
   libhttp-parser-dev libmnl-dev libcmocka-dev libjson-c-dev libpcre2-dev libseccomp-dev
   libcurl4-openssl-dev libssl-dev libyaml-dev python3-kubernetes containerd containernetworking-plugins
-  busybox-static runc golang-go
-  iproute2 procps curl python3 valgrind git
+  busybox-static runc golang-go proot
+  iproute2 procps curl python3 valgrind git gnuplot-nox
   musl-tools
 )
 

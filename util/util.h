@@ -134,6 +134,21 @@ int hm_rm_rf(const char *path, struct hm_err *err);
 int hm_parse_u64(const char *s, uint64_t *out);	 /* decimal, whole string, <0 on error */
 int hm_parse_size(const char *s, uint64_t *out); /* 123, 64k, 64M, 1G (powers of 1024) */
 
+/* Adaptive spinning before a blocking wait for a message that usually comes within
+ * microseconds (a reply, the next request of a burst):
+ *   uint64_t t0 = hm_now_ns();
+ *   while (!try_nonblocking() && hm_spin_more(&s, t0)) ;  then poll if still nothing;
+ *   hm_spin_waited(&s, t0) once it came.
+ * It spins (yielding the CPU to any other runnable thread) for at most HM_SPIN_NS, and
+ * only while the last wait was shorter than twice that. */
+#define HM_SPIN_NS 50000u
+struct hm_spin {
+	uint64_t last_wait_ns; /* how long the last wait took; 0 at first: spin */
+};
+uint64_t hm_now_ns(void); /* CLOCK_MONOTONIC */
+bool hm_spin_more(const struct hm_spin *s, uint64_t since_ns);
+void hm_spin_waited(struct hm_spin *s, uint64_t since_ns);
+
 #define HM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

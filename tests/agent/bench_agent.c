@@ -272,7 +272,47 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 	return rc;
 }
 
+/* bench-ping N: N PING round trips on one control connection (no session: the agent
+ * answers PING before any target is named); prints "ping median_us p90_us p99_us min_us".
+ * The bare request round trip: what every request to the agent pays at least. */
+static int cmd_ping_rtt(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 2)
+		return 2;
+	int n = atoi(argv[1]);
+	if (n < 1 || n > 1000000)
+		return 2;
+	double *rtt = calloc((size_t)n, sizeof(double));
+	if (!rtt)
+		return e2e_fail("out of memory");
+	struct client *c = e2e_connect(ctx);
+	if (!c) {
+		free(rtt);
+		return 1;
+	}
+	struct hm_err err = {0};
+	int rc = 0;
+	for (int i = -50; i < n; i++) {
+		double t0 = now_s();
+		if (client_ping(c, &err) < 0) {
+			rc = e2e_fail("PING: %s", err.msg);
+			break;
+		}
+		if (i >= 0)
+			rtt[i] = (now_s() - t0) * 1e6;
+	}
+	client_close(c);
+	if (rc == 0) {
+		qsort(rtt, (size_t)n, sizeof(double), compare_doubles);
+		printf("ping %.2f %.2f %.2f %.2f\n", percentile(rtt, (size_t)n, 50),
+		       percentile(rtt, (size_t)n, 90), percentile(rtt, (size_t)n, 99), rtt[0]);
+	}
+	free(rtt);
+	return rc;
+}
+
 static const struct e2e_cmd bench_cmds[] = {
+    {"bench-ping", "N", cmd_ping_rtt},
     {"bench-tcp-send", "ADDR BYTES", cmd_tcp_send},
     {"bench-file-rtt", "POD_PATH LOCAL_PATH N [nozlib]", cmd_file_rtt},
     {"bench-file-bulk", "POD_PATH LOCAL_PATH", cmd_file_bulk},

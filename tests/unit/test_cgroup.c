@@ -19,6 +19,7 @@
 
 static struct rt_cgroup g_cg;
 static pid_t g_child = -1;
+static bool g_child_is_group; /* g_child leads a process group of its own forks */
 static char g_name[64];
 static char g_tmpfile[PATH_MAX];
 
@@ -39,7 +40,8 @@ static int teardown(void **state)
 {
 	(void)state;
 	if (g_child > 0) {
-		kill(g_child, SIGKILL);
+		kill(g_child_is_group ? -g_child : g_child, SIGKILL);
+		g_child_is_group = false;
 		waitpid(g_child, NULL, 0);
 		g_child = -1;
 	}
@@ -234,6 +236,77 @@ static void test_limits_attach_destroy(void **state)
 	assert_int_equal(g_cg.n_v1, 0);
 	free(loaded);
 	free(before);
+}
+
+/* How many lines of /proc/PID/cgroup end in /hermit/NAME */
+static int lines_in_pod(pid_t pid, const char *name)
+{
+	char path[64], suffix[128];
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+	snprintf(suffix, sizeof(suffix), "/hermit/%s", name);
+	hm_cleanup_free char *text = NULL;
+	struct hm_err err;
+	assert_int_equal(hm_read_file(path, &text, NULL, &err), 0);
+	int matching = 0;
+	char *save = NULL;
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		size_t ll = strlen(line), sl = strlen(suffix);
+		matching += ll >= sl && !strcmp(line + ll - sl, suffix);
+	}
+	return matching;
+}
+
+/* The pod's first process joins its v1 cgroups itself through `tasks` fds the runtime
+ * opened (container.c): afterwards every v1 hierarchy lists it in the pod's dir, and
+ * its pids.max holds (a limit that did not apply would let the forks through). */
+static void test_join_v1_self(void **state)
+{
+	(void)state;
+	struct hm_err err = {0};
+	struct rt_limits lim = {.pids_max = 3, .memory_max = 64ULL << 20};
+	if (rt_cgroup_create(g_name, &lim, &g_cg, &err) < 0)
+		fail_msg("create: %s", err.msg);
+	int fds[RT_CGROUP_V1_MAX];
+	assert_int_equal(rt_cgroup_open_v1_tasks(&g_cg, fds, &err), 0);
+	int ready[2];
+	assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
+	g_child = fork();
+	assert_true(g_child >= 0);
+	if (g_child == 0) {
+		setpgid(0, 0); /* it and its forks are killed as one group, never the test's */
+		char verdict = rt_cgroup_join_v1(fds, g_cg.n_v1, &err) == 0 ? 'j' : 'e';
+		/* pids.max 3 counts this process: of 4 forks at least one must fail */
+		int failed = 0;
+		for (int i = 0; i < 4; i++) {
+			pid_t p = fork();
+			if (p == 0) {
+				pause();
+				_exit(0);
+			}
+			failed += p < 0;
+		}
+		if (verdict == 'j' && !failed)
+			verdict = 'p';
+		if (write(ready[1], &verdict, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	setpgid(g_child, g_child); /* also here: no window where teardown misses the group */
+	g_child_is_group = true;
+	for (int i = 0; i < g_cg.n_v1; i++)
+		close(fds[i]);
+	close(ready[1]);
+	char verdict = 0;
+	assert_int_equal(read(ready[0], &verdict, 1), 1);
+	close(ready[0]);
+	if (verdict == 'e')
+		fail_msg("rt_cgroup_join_v1 failed in the child");
+	if (verdict == 'p')
+		fail_msg("pids.max 3 let 4 forks through: the child is not in its pids cgroup");
+	assert_int_equal(verdict, 'j');
+	/* every v1 hierarchy has it in the pod's dir */
+	assert_int_equal(lines_in_pod(g_child, g_name), g_cg.n_v1);
 }
 
 /* Without limits the pod gets its v2 directory (tracking, kill, CLONE_INTO_CGROUP) and,
@@ -448,6 +521,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_parse_cpu_max),
 	    cmocka_unit_test_setup_teardown(test_limits_attach_destroy, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_join_v1_self, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_limits_v2_only, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_oom_kill_is_counted, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stale_dir, setup, teardown),

@@ -3,6 +3,8 @@
  * result as one errno per line on a pipe. The argument edge cases live here: the
  * 32-bit ioctl request, personality values next to the allowed ones, clone flags. */
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <linux/sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 
@@ -189,6 +192,80 @@ static void test_no_profile_loads_nothing(void **state)
 	assert_int_equal(rt_seccomp_load(NULL, &err), 0);
 }
 
+/* A fresh directory for the cache, removed by the caller (hm_rm_rf). */
+static void cache_dir(char *dir, size_t len)
+{
+	snprintf(dir, len, "/tmp/hm-test-seccomp-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+}
+
+static void assert_same_program(const struct rt_seccomp_prog *a, const struct rt_seccomp_prog *b)
+{
+	assert_int_equal(a->len, b->len);
+	assert_memory_equal(a->insns, b->insns, a->len * sizeof(*a->insns));
+}
+
+/* The second start reads what the first one compiled: the same program, from the file. */
+static void test_cache_roundtrip(void **state)
+{
+	(void)state;
+	char dir[64], path[PATH_MAX];
+	struct hm_err err = {0};
+	cache_dir(dir, sizeof(dir));
+	struct rt_seccomp_prog fresh = {0}, first = {0}, second = {0};
+	assert_int_equal(rt_seccomp_compile(&fresh, &err), 0);
+	assert_int_equal(rt_seccomp_compile_cached(&first, dir, &err), 0);
+	assert_int_equal(rt_seccomp_cache_path(dir, path, sizeof(path), &err), 0);
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal((size_t)st.st_size, fresh.len * sizeof(*fresh.insns));
+	assert_int_equal(st.st_mode & 0777, 0644);
+	assert_int_equal(rt_seccomp_compile_cached(&second, dir, &err), 0);
+	assert_same_program(&first, &fresh);
+	assert_same_program(&second, &fresh);
+	rt_seccomp_free(&fresh);
+	rt_seccomp_free(&first);
+	rt_seccomp_free(&second);
+	assert_int_equal(hm_rm_rf(dir, &err), 0);
+}
+
+/* The attack: whoever can write the cache file swaps in an allow-everything filter
+ * (one instruction, RET ALLOW). A file another user could have written — group/other
+ * writable, owned by nobody, or a symlink to one — must not become the pod's profile. */
+static void test_cache_refuses_foreign_file(void **state)
+{
+	(void)state;
+	char dir[64], path[PATH_MAX], elsewhere[PATH_MAX + 16];
+	struct hm_err err = {0};
+	cache_dir(dir, sizeof(dir));
+	assert_int_equal(rt_seccomp_cache_path(dir, path, sizeof(path), &err), 0);
+	snprintf(elsewhere, sizeof(elsewhere), "%s/evil.bpf", dir);
+	struct sock_filter allow_all = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct rt_seccomp_prog fresh = {0};
+	assert_int_equal(rt_seccomp_compile(&fresh, &err), 0);
+	for (int how = 0; how < 3; how++) {
+		unlink(path);
+		const char *file = how == 2 ? elsewhere : path;
+		assert_int_equal(hm_create_file(file, &allow_all, sizeof(allow_all), 0644, &err),
+				 0);
+		if (how == 0)
+			assert_int_equal(chmod(file, 0666), 0);
+		else
+			assert_int_equal(chown(file, 65534, 65534), 0);
+		if (how == 2)
+			assert_int_equal(symlink(elsewhere, path), 0);
+		struct rt_seccomp_prog got = {0};
+		assert_int_equal(rt_seccomp_compile_cached(&got, dir, &err), 0);
+		if (got.len == 1)
+			fail_msg("case %d: the planted allow-all filter was used", how);
+		assert_same_program(&got, &fresh);
+		rt_seccomp_free(&got);
+		unlink(elsewhere);
+	}
+	rt_seccomp_free(&fresh);
+	assert_int_equal(hm_rm_rf(dir, &err), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -197,6 +274,8 @@ int main(void)
 	    cmocka_unit_test(test_i386_abi_gets_the_rules),
 #endif
 	    cmocka_unit_test(test_no_profile_loads_nothing),
+	    cmocka_unit_test(test_cache_roundtrip),
+	    cmocka_unit_test(test_cache_refuses_foreign_file),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
