@@ -59,6 +59,8 @@ static void *reader_main(void *arg)
 			client_end(c, m.error.errnum, "session ended: %s", m.error.message);
 			return NULL;
 		}
+		if (m.id == 0 && client_incoming_event(c, &m))
+			continue;
 		/* unrouted (the caller gave up, or the agent misbehaves): freed here */
 		pthread_mutex_lock(&c->lock);
 		for (struct pending_call *p = c->pending; p && m.id; p = p->next) {
