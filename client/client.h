@@ -191,8 +191,9 @@ ssize_t client_udp_recv(int stream_fd, struct proto_addr *src, void *buf, size_t
 
 /* ---- incoming traffic: the target's connections to a port, mirrored or stolen ----
  * Each connection the agent delivers is an event naming a stream token; the callback
- * runs on the client's reader thread and must not block or call the client (hand the
- * event to a thread of yours). The event points into a frame freed after the call:
+ * runs on the client's reader thread with the client's lock held and must not block or
+ * call the client (hand the event to a thread of yours); once client_incoming_set_handler
+ * returns, the previous handler runs no more. The event points into a frame freed after the call:
  * copy what you keep. Set the callback before the first subscription. */
 typedef void (*client_incoming_fn)(void *arg, const struct proto_incoming_connection *ev);
 void client_incoming_set_handler(struct client *c, client_incoming_fn fn, void *arg);

@@ -17,13 +17,12 @@ bool client_incoming_event(struct client *c, const struct proto_msg *m)
 {
 	if (m->type != PROTO_INCOMING_CONNECTION)
 		return false;
+	/* under the lock, so that once the handler is replaced it runs no more; no
+	 * handler: nobody subscribed, the token expires in the agent */
 	pthread_mutex_lock(&c->lock);
-	client_incoming_fn fn = c->incoming_fn;
-	void *arg = c->incoming_arg;
+	if (c->incoming_fn)
+		c->incoming_fn(c->incoming_arg, &m->incoming_connection);
 	pthread_mutex_unlock(&c->lock);
-	/* no handler: nobody subscribed, the token expires in the agent */
-	if (fn)
-		fn(arg, &m->incoming_connection);
 	return true;
 }
 

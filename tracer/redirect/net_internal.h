@@ -93,6 +93,7 @@ struct net_state {
 	unsigned long redirected_tcp, redirected_udp, dns_answers;
 	int jobs_running; /* atomic: worker threads that may still use the agent client */
 	bool nofile_raised;
+	struct net_incoming *incoming; /* net_incoming.c; NULL when feature.network.incoming is off */
 };
 
 bool trace_net_addr_is_v4(const struct net_addr *a); /* AF_INET or v4-mapped AF_INET6 */
@@ -132,6 +133,8 @@ void trace_net_sock_free(struct net_state *st, struct net_sock *ns);
 int trace_net_socket_family(int fd);
 /* false once sock_diag says the program's socket ns->ino is gone */
 bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns);
+/* the same with a NETLINK_SOCK_DIAG socket of the caller's (one per thread) */
+bool trace_net_sock_alive_fd(int diag_fd, const struct net_sock *ns);
 
 /* ---- net_tcp.c ---- */
 int trace_net_tcp_init(struct net_state *st, struct hm_err *err);
@@ -151,6 +154,18 @@ struct tracer_result trace_net_udp_sendto(struct net_state *st, const struct tra
 struct tracer_result trace_net_udp_sendmsg(struct net_state *st, const struct tracer_call *call);
 struct tracer_result trace_net_udp_sendmmsg(struct net_state *st, const struct tracer_call *call);
 struct tracer_result trace_net_udp_recv(struct net_state *st, const struct tracer_call *call);
+
+/* ---- net_incoming.c: the target's incoming traffic to the program's listeners ----
+ * bind/listen/accept/accept4 of the program's TCP sockets; delivered connections come
+ * to the program's real listener from a loopback socket of trace-run's (relayed raw for
+ * steal, fed from INCOMING_DATA frames for mirror). */
+int trace_net_incoming_init(struct net_state *st, struct hm_err *err);
+/* unsubscribes, ends the delivered connections' threads */
+void trace_net_incoming_fini(struct net_state *st);
+/* getpeername/getsockname of an accepted socket the table does not know (accepted
+ * without trace-run): the original client / the target's address. */
+bool trace_net_incoming_name(struct net_state *st, const struct tracer_call *call, bool peer,
+			     struct net_addr *out);
 
 /* ---- net_handlers.c: work done by a thread while the program's call waits ---- */
 struct net_job;

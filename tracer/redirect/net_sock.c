@@ -282,7 +282,12 @@ static void diag_fill(const struct net_addr *a, __be32 out[4], __be16 *port)
 
 bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns)
 {
-	if (st->diag_fd < 0)
+	return trace_net_sock_alive_fd(st->diag_fd, ns);
+}
+
+bool trace_net_sock_alive_fd(int diag_fd, const struct net_sock *ns)
+{
+	if (diag_fd < 0)
 		return true;
 	struct {
 		struct nlmsghdr nh;
@@ -321,7 +326,7 @@ bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns)
 		diag_fill(peer, msg.req.id.idiag_dst, &msg.req.id.idiag_dport);
 	}
 	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-	if (sendto(st->diag_fd, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel, sizeof(kernel)) <
+	if (sendto(diag_fd, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel, sizeof(kernel)) <
 	    0)
 		return true;
 	union {
@@ -329,7 +334,7 @@ bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns)
 		char buf[8192];
 	} resp;
 	for (;;) {
-		ssize_t n = recv(st->diag_fd, resp.buf, sizeof(resp.buf), 0);
+		ssize_t n = recv(diag_fd, resp.buf, sizeof(resp.buf), 0);
 		if (n < 0)
 			return true; /* cannot tell: keep it */
 		for (struct nlmsghdr *nh = &resp.nh; NLMSG_OK(nh, (size_t)n);
