@@ -75,6 +75,12 @@ static void test_config_example_loads(void **state)
 	assert_int_equal(c.feature.network.outgoing.filter.len, 5);
 	assert_string_equal(c.feature.network.outgoing.filter.items[2], "tcp://db.svc:5432");
 	assert_int_equal(c.feature.network.dns, POLICY_TRI_TRUE);
+	assert_int_equal(c.feature.network.incoming.mode, POLICY_INCOMING_STEAL);
+	uint16_t remote = 0;
+	assert_true(policy_incoming_port(&c, 8080, &remote));
+	assert_int_equal(remote, 80);
+	assert_false(policy_incoming_port(&c, 9090, &remote));
+	assert_non_null(policy_incoming_http_filter(&c, 80));
 
 	/* and the policies build from it */
 	struct policy_fs_opts fo;

@@ -98,6 +98,11 @@ static const char *mode_name(uint8_t mode)
 	return mode == PROTO_INCOMING_STEAL ? "stolen" : "mirrored";
 }
 
+static const char *mode_to(uint8_t mode)
+{
+	return mode == PROTO_INCOMING_STEAL ? "stolen by" : "mirrored to";
+}
+
 static uint8_t wanted_mode(const struct net_incoming *in)
 {
 	return in->cfg->feature.network.incoming.mode == POLICY_INCOMING_STEAL
@@ -727,8 +732,8 @@ static struct tracer_result subscribe_finish(struct net_job *job, const struct t
 	pthread_mutex_unlock(&in->lock);
 	if (!job->err.code && !job->err.msg[0]) {
 		if (!st->s->quiet)
-			fprintf(stderr, "trace-run: port %u of %s is %s to the program's port %u%s%s\n",
-				sj->port, target, mode_name(sj->mode), local_port,
+			fprintf(stderr, "trace-run: port %u of %s is %s the program (port %u)%s%s\n",
+				sj->port, target, mode_to(sj->mode), local_port,
 				sj->note[0] ? ": " : "", sj->note);
 		return tracer_return(0);
 	}

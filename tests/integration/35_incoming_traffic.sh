@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Incoming traffic end to end: a program run on this machine under
+# `trace-run --target pod/WEB --incoming mirror|steal` listens on a TCP port, and what
+# clients in another pod send to WEB's port reaches it. Real pods, a real agent, real
+# clients (busybox wget and the static Go client of tests/apps/reqlog, run with
+# trace-pod exec in pod CLI).
+#   WEB   runs reqlog (HTTP on 8080, raw TCP echo on 7000), both answering "pod ..."
+#   CLI   the clients
+# The local program answers "local ..." and logs each request (method, path, body
+# length and sha256) to a file, so a check can tell who answered and compare what the
+# local program saw with what was sent, byte for byte.
+source "$(dirname "$0")/../lib.sh"
+source "$HERMIT_ROOT/tests/agent/agent_lib.sh"
+ensure_rootfs
+
+REQLOG="$BUILD/apps/reqlog"
+PYTHON=/usr/bin/python3
+for f in "$REQLOG" "$TRACE_AGENT" "$TRACE_RUN" "$PYTHON"; do
+	[ -x "$f" ] || { echo "missing $f (make all)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/hermit-incoming-test.XXXXXX)
+chmod 0755 "$WORK"
+WEB=$(pod_name web)
+CLI=$(pod_name cli)
+cleanup() {
+	local f
+	for f in "$WORK"/*.trun.pid; do
+		[ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
+	done
+	sleep 0.3
+	for f in "$WORK"/*.trun.pid; do
+		[ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null
+	done
+	agent_stop "$WORK" agent >/dev/null 2>&1
+	pod_cleanup "$WEB" "$CLI"
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+set -e
+mkdir -m 0700 "$WORK/private"
+ROOTFS="$WORK/private/rootfs"
+rootfs_with "$ROOTFS" "$REQLOG"
+tp run -d --name "$WEB" --rootfs "$ROOTFS" -- sh -c \
+	'reqlog serve -tcp -listen :7000 -name pod & exec reqlog serve -listen :8080 -name pod' \
+	</dev/null >/dev/null
+tp run -d --name "$CLI" --rootfs "$ROOTFS" -- sleep 1000000 </dev/null >/dev/null
+WEB_IP=$(pod_ip "$WEB")
+CLI_IP=$(pod_ip "$CLI")
+[ -n "$WEB_IP" ] && [ -n "$CLI_IP" ] || fail "pods without an IP"
+wait_until 100 sh -c "'$TRACE_POD' logs '$WEB' 2>&1 | grep -q 'listening on \[::\]:8080'" ||
+	fail "pod $WEB: $("$TRACE_POD" logs "$WEB" 2>&1)"
+agent_start "$WORK" agent
+chmod 0644 "$WORK/token" # the checks run as nobody too (token in HERMIT_TOKEN)
+TOKEN=$(cat "$WORK/token")
+# the scenario without trace-run: the pod answers
+got=$(tp exec "$CLI" -- reqlog client -url "http://$WEB_IP:8080" -n 3 </dev/null)
+[ "$got" = "answers pod=3" ] || fail "the pod itself does not answer: $got"
+set +e
+
+# cli CMD...: run CMD in the client pod
+cli() { timeout 120 "$TRACE_POD" exec "$CLI" -- "$@" </dev/null; }
+
+# trun_bg NAME BACKEND USER [TRACE-RUN ARGS] -- PROGRAM...: trace-run in the background
+# on pod WEB, its stderr in WORK/NAME.err, its pid in WORK/NAME.trun.pid; waits until
+# it says the port is mirrored or stolen (or it ended).
+trun_bg() {
+	local name="$1" backend="$2" user="$3"
+	shift 3
+	local cmd=("$TRACE_RUN" --agent-unix "$WORK/agent.sock" --target "pod/$WEB" --backend "$backend")
+	echo "+ trace-run --backend $backend (as $user) $*" >&2
+	if [ "$user" = root ]; then
+		HERMIT_TOKEN="$TOKEN" "${cmd[@]}" "$@" </dev/null >"$WORK/$name.out" 2>"$WORK/$name.err" &
+	else
+		(cd / && exec runuser -u nobody -- env HERMIT_TOKEN="$TOKEN" "${cmd[@]}" "$@") \
+			</dev/null >"$WORK/$name.out" 2>"$WORK/$name.err" &
+	fi
+	echo $! >"$WORK/$name.trun.pid"
+	wait_until 150 grep -qE 'is (mirrored to|stolen by) the program' "$WORK/$name.err" || {
+		cat "$WORK/$name.err" >&2
+		fail "$name: trace-run did not subscribe"
+	}
+	cat "$WORK/$name.err" >&2
+}
+
+# trun_stop NAME: SIGTERM trace-run (the program gets it) and wait for it
+trun_stop() {
+	local pid
+	pid=$(cat "$WORK/$1.trun.pid")
+	kill -TERM "$pid" 2>/dev/null
+	wait_until 100 pid_exited "$pid" || kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	rm -f "$WORK/$1.trun.pid"
+}
+
+# same_requests EXPECTED_FILE LOG_FILE: the local program saw exactly these requests
+# (method, path, body length and sha256), in any order. Mirrored requests arrive
+# asynchronously: waits for the count first.
+same_requests() {
+	local want=$(grep -c . "$1")
+	wait_until 200 sh -c "[ \$(grep -c . '$2' 2>/dev/null) -ge $want ]" ||
+		echo "only $(grep -c . "$2" 2>/dev/null) of $want requests logged" >&2
+	diff <(sort "$1") <(sort "$2") >&2 || fail "the local program did not see the requests sent"
+}
+
+# http_checks NAME WHO: 200 sequential requests, 50 concurrent connections, a 10 MiB
+# upload from CLI; every answer from WHO (pod: mirror, local: steal), and the local
+# program's log equals what was sent.
+http_checks() {
+	local name="$1" who="$2" got
+	: >"$WORK/$name.expect"
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 200 -c 1 -size 700 -expect /tmp/seq)
+	assert_eq "answers $who=200" "$got" "200 sequential requests"
+	cli cat /tmp/seq >>"$WORK/$name.expect"
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 50 -c 50 -size 3000 -method PUT \
+		-expect /tmp/conc)
+	assert_eq "answers $who=50" "$got" "50 concurrent connections"
+	cli cat /tmp/conc >>"$WORK/$name.expect"
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 1 -size 10485760 -expect /tmp/big)
+	assert_eq "answers $who=1" "$got" "a 10 MiB upload"
+	cli cat /tmp/big >>"$WORK/$name.expect"
+	same_requests "$WORK/$name.expect" "$WORK/$name.log"
+}
+
+# ---- HTTP, the static Go server (accept4 non-blocking + epoll) ----
+
+test_go_http() { # MODE BACKEND USER
+	local mode="$1" backend="$2" user="$3" name="go-$1-$2-$3"
+	local who=pod
+	[ "$mode" = mirror ] || who=local
+	: >"$WORK/$name.log"
+	chmod 0666 "$WORK/$name.log"
+	trun_bg "$name" "$backend" "$user" --incoming "$mode" -- \
+		"$REQLOG" serve -listen :8080 -name local -log "$WORK/$name.log"
+	http_checks "$name" "$who"
+	# the address the local program got from accept is the client pod's, not loopback
+	local got
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 1)
+	[ "$mode" = mirror ] || assert_eq "answers local=1" "$got"
+	if [ "$mode" = steal ]; then
+		got=$(cli wget -qO- "http://$WEB_IP:8080/who")
+		assert_contains "$got" "local GET /who 0 "
+		assert_contains "$got" " $CLI_IP:" "the client address the Go server saw"
+	fi
+	trun_stop "$name"
+	# the session is over: the pod answers again
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 5)
+	assert_eq "answers pod=5" "$got" "after the session"
+}
+
+# ---- python3 http.server (blocking accept, glibc) ----
+
+test_python_http() { # MODE BACKEND
+	local mode="$1" backend="$2" name="py-$1-$2" got
+	mkdir -p "$WORK/$name.www"
+	echo "a file only the local program has" >"$WORK/$name.www/local.txt"
+	(cd "$WORK/$name.www" && trun_bg "$name" "$backend" root --incoming "$mode" -- \
+		"$PYTHON" -u -m http.server 8080)
+	got=$(cli wget -qO- "http://$WEB_IP:8080/local.txt")
+	if [ "$mode" = steal ]; then
+		assert_eq "a file only the local program has" "$got" "wget answered by python"
+	else
+		assert_contains "$got" "pod GET /local.txt 0 " "wget answered by the pod"
+	fi
+	# python logs each request with the client address accept gave it
+	wait_until 100 grep -q 'GET /local.txt' "$WORK/$name.err" || fail "python saw no request"
+	got=$(grep 'GET /local.txt' "$WORK/$name.err")
+	assert_contains "$got" "$CLI_IP - -" "python's accept address"
+	trun_stop "$name"
+}
+
+# ---- raw TCP: an echo protocol ----
+
+test_tcp_echo() { # MODE BACKEND
+	local mode="$1" backend="$2" name="tcp-$1-$2" got
+	: >"$WORK/$name.log"
+	trun_bg "$name" "$backend" root --incoming "$mode" -- \
+		"$REQLOG" serve -tcp -listen :7000 -name local -log "$WORK/$name.log"
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line "hello $mode")
+	if [ "$mode" = steal ]; then
+		assert_contains "$got" "local: hello $mode (from $CLI_IP:" "stolen echo"
+	else
+		assert_contains "$got" "pod: hello $mode" "mirrored echo: the pod answers"
+	fi
+	# the local program got the bytes, whole: "hello MODE\n"
+	local want
+	want="tcp $((7 + ${#mode})) $(printf 'hello %s\n' "$mode" | sha256sum | cut -d' ' -f1)"
+	wait_until 100 grep -qF "$want" "$WORK/$name.log" ||
+		fail "the local echo server logged '$(cat "$WORK/$name.log")', wanted '$want'"
+	trun_stop "$name"
+}
+
+# ---- accept and getpeername show the original client; the port taken here ----
+
+PEER_PY='
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+print("bound", s.getsockname()[1], flush=True)
+c, a = s.accept()
+c.sendall(("accept=%s:%d peer=%s:%d\n" % (a + c.getpeername())).encode())
+c.close()
+'
+
+test_peer_and_taken_port() { # BACKEND
+	local backend="$1" name="peer-$1" got
+	# the port is taken on this machine: the program gets another, but sees its own
+	"$PYTHON" -c 'import socket,time
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(1); time.sleep(60)' &
+	local blocker=$!
+	on_exit kill "$blocker"
+	wait_until 50 sh -c "ss -ltn | grep -q ':8080 '" || fail "no local listener on 8080"
+	trun_bg "$name" "$backend" root --incoming steal -- "$PYTHON" -c "$PEER_PY" 8080
+	wait_until 50 grep -q bound "$WORK/$name.out" || fail "no output: $(cat "$WORK/$name.err")"
+	assert_eq "bound 8080" "$(cat "$WORK/$name.out")" "getsockname of the moved listener"
+	got=$(cli wget -qO- "http://$WEB_IP:8080/")
+	echo "answer: $got"
+	[[ "$got" == "accept=$CLI_IP:"*" peer=$CLI_IP:"* ]] ||
+		fail "accept/getpeername did not show the client pod $CLI_IP: '$got'"
+	# the same port both times: the client's own
+	local a=${got#accept=} p=${got#*peer=}
+	assert_eq "${a%% *}" "$p" "accept's and getpeername's addresses"
+	kill "$blocker"
+	trun_stop "$name"
+}
+
+# ---- a second steal of the same port is refused, the first keeps it ----
+
+test_second_steal_refused() {
+	local got rc=0
+	: >"$WORK/first.log"
+	trun_bg first seccomp root --incoming steal -- \
+		"$REQLOG" serve -listen :8080 -name local -log "$WORK/first.log"
+	timeout 30 env HERMIT_TOKEN="$TOKEN" "$TRACE_RUN" --agent-unix "$WORK/agent.sock" \
+		--target "pod/$WEB" --incoming steal -- "$REQLOG" serve -listen :8080 -name second \
+		</dev/null >"$WORK/second.out" 2>"$WORK/second.err" || rc=$?
+	cat "$WORK/second.err"
+	assert_eq 125 "$rc" "exit code of the refused steal"
+	got=$(cat "$WORK/second.err")
+	assert_contains "$got" "cannot steal port 8080 of pod/$WEB"
+	assert_contains "$got" "session"
+	assert_eq 1 "$(grep -c 'cannot steal' "$WORK/second.err")" "one line"
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 3)
+	assert_eq "answers local=3" "$got" "the first session still steals"
+	trun_stop first
+}
+
+# ---- the session ends while connections are open ----
+
+test_session_end_open_connections() {
+	local got
+	trun_bg ending seccomp root --incoming steal -- \
+		"$REQLOG" serve -tcp -listen :7000 -name local
+	# a connection that stays open: nc in the client pod, fed slowly
+	timeout 60 "$TRACE_POD" exec "$CLI" -- sh -c \
+		"(echo one; sleep 30) | nc $WEB_IP 7000" >"$WORK/open.out" 2>&1 </dev/null &
+	local held=$!
+	wait_until 100 grep -q 'local: one' "$WORK/open.out" || fail "the held connection got no answer"
+	local t0=$SECONDS
+	trun_stop ending
+	# the held client is not left hanging
+	wait_until 100 pid_exited "$held" || fail "the open connection hangs after the session ended"
+	echo "held connection ended $((SECONDS - t0)) s after the session"
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line again)
+	assert_contains "$got" "pod: again" "a new connection after the session"
+}
+
+# ---- HTTP filter: matching requests to the local program, the rest to the pod ----
+
+test_http_filter() { # BACKEND
+	local backend="$1" name="filter-$1" got
+	cat >"$WORK/filter.json" <<EOF
+{"feature": {"network": {"incoming": {"mode": "steal",
+  "http_filter": {"header_filter": "^x-hermit: local$"}}}}}
+EOF
+	: >"$WORK/$name.log"
+	trun_bg "$name" "$backend" root -f "$WORK/filter.json" -- \
+		"$REQLOG" serve -listen :8080 -name local -log "$WORK/$name.log"
+	# one keep-alive connection, every other request with the header
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 20 -c 1 -keepalive -size 100 \
+		-header "X-Hermit: local" -header-every 2 -expect /tmp/mixed)
+	assert_eq "answers local=10 pod=10" "$got" "mixed keep-alive connection"
+	cli cat /tmp/mixed | awk 'NR % 2 == 1' >"$WORK/$name.expect"
+	same_requests "$WORK/$name.expect" "$WORK/$name.log"
+	got=$(cli wget -qO- "http://$WEB_IP:8080/plain")
+	assert_contains "$got" "pod GET /plain" "a request without the header"
+	trun_stop "$name"
+}
+
+for mode in steal mirror; do
+	for backend in seccomp ptrace; do
+		run_test "go HTTP $mode ($backend, root)" test_go_http "$mode" "$backend" root
+	done
+	run_test "go HTTP $mode (seccomp, nobody)" test_go_http "$mode" seccomp nobody
+	run_test "python http.server $mode (seccomp)" test_python_http "$mode" seccomp
+	run_test "raw TCP echo $mode (seccomp)" test_tcp_echo "$mode" seccomp
+done
+run_test "python http.server steal (ptrace)" test_python_http steal ptrace
+run_test "raw TCP echo steal (ptrace)" test_tcp_echo steal ptrace
+run_test "accept/getpeername show the client, port taken here (seccomp)" test_peer_and_taken_port seccomp
+run_test "accept/getpeername show the client, port taken here (ptrace)" test_peer_and_taken_port ptrace
+run_test "a second steal of a port is refused" test_second_steal_refused
+run_test "the session ends with connections open" test_session_end_open_connections
+run_test "HTTP filter on a keep-alive connection (seccomp)" test_http_filter seccomp
