@@ -158,8 +158,14 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		m->ping.nonce = 0x0123456789abcdefull;
 		return true;
 	case PROTO_STATUS_REPLY:
-		m->status_reply = (struct proto_status_reply){"0.1", 12345,   2,       17, 1000,
-							      3,     1 << 20, 2 << 20, 0,  {{0}}};
+		m->status_reply = (struct proto_status_reply){.version = "0.1",
+							      .uptime_ms = 12345,
+							      .sessions = 2,
+							      .streams = 17,
+							      .requests = 1000,
+							      .errors = 3,
+							      .bytes_in = 1 << 20,
+							      .bytes_out = 2 << 20};
 		m->status_reply.nbudgets = PROTO_BUDGET_COUNT;
 		for (unsigned i = 0; i < PROTO_BUDGET_COUNT; i++)
 			m->status_reply.budgets[i] =
