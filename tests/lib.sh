@@ -42,7 +42,7 @@ run_test() {
 	local start=$SECONDS
 	(
 		set -eE
-		"$@"
+		${HM_XTRACE:+set -x}; "$@"
 	) >"$log" 2>&1 &
 	wait $!
 	local rc=$?
