@@ -259,15 +259,18 @@ test_session_end_open_connections() {
 	local got
 	trun_bg ending seccomp root --incoming steal -- \
 		"$REQLOG" serve -tcp -listen :7000 -name local
-	# a connection that stays open: nc in the client pod, fed slowly
-	timeout 60 "$TRACE_POD" exec "$CLI" -- sh -c \
-		"(echo one; sleep 30) | nc $WEB_IP 7000" >"$WORK/open.out" 2>&1 </dev/null &
+	# a connection that stays open, up to 40 s unless the server side ends it
+	timeout 60 "$TRACE_POD" exec "$CLI" -- reqlog tcp -addr "$WEB_IP:7000" -line one \
+		-hold 40s >"$WORK/open.out" 2>&1 </dev/null &
 	local held=$!
 	wait_until 100 grep -q 'local: one' "$WORK/open.out" || fail "the held connection got no answer"
 	local t0=$SECONDS
 	trun_stop ending
 	# the held client is not left hanging
 	wait_until 100 pid_exited "$held" || fail "the open connection hangs after the session ended"
+	cat "$WORK/open.out"
+	assert_contains "$(cat "$WORK/open.out")" "ended: " "the held connection"
+	assert_not_contains "$(cat "$WORK/open.out")" "still open" "the held connection"
 	echo "held connection ended $((SECONDS - t0)) s after the session"
 	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line again)
 	assert_contains "$got" "pod: again" "a new connection after the session"

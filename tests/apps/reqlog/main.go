@@ -15,8 +15,10 @@
 //	    when I % K == 0. Writes the line each request should leave in the server's log
 //	    to FILE, and prints "answers NAME=COUNT ..." (sorted); any failed request fails
 //	    the run (exit 1).
-//	reqlog tcp -addr HOST:PORT -line TEXT
-//	    raw TCP: sends TEXT and a newline, prints the answer line, closes.
+//	reqlog tcp -addr HOST:PORT -line TEXT [-hold DURATION]
+//	    raw TCP: sends TEXT and a newline, prints the answer line, closes. -hold: keeps
+//	    the connection open after the answer until the server ends it (then prints
+//	    "ended: EOF" or "ended: ERROR") or DURATION passes ("ended: still open").
 package main
 
 import (
@@ -234,6 +236,7 @@ func tcpClient(args []string) {
 	fs := flag.NewFlagSet("tcp", flag.ExitOnError)
 	addr := fs.String("addr", "", "HOST:PORT")
 	line := fs.String("line", "hello", "line to send")
+	hold := fs.Duration("hold", 0, "keep the connection open up to this long")
 	fs.Parse(args)
 	c, err := net.DialTimeout("tcp", *addr, 10*time.Second)
 	if err != nil {
@@ -242,11 +245,23 @@ func tcpClient(args []string) {
 	}
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	fmt.Fprintf(c, "%s\n", *line)
-	got, err := bufio.NewReader(c).ReadString('\n')
+	r := bufio.NewReader(c)
+	got, err := r.ReadString('\n')
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "reqlog tcp: %v\n", err)
 		os.Exit(1)
 	}
-	c.Close()
 	fmt.Print(got)
+	if *hold > 0 {
+		c.SetDeadline(time.Now().Add(*hold))
+		_, err = io.Copy(io.Discard, r)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			fmt.Println("ended: still open")
+		} else if err == nil {
+			fmt.Println("ended: EOF")
+		} else {
+			fmt.Printf("ended: %v\n", err)
+		}
+	}
+	c.Close()
 }
