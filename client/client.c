@@ -311,6 +311,13 @@ int client_status(struct client *c, struct client_status *out, struct hm_err *er
 	out->bytes_out = s->bytes_out;
 	out->nbudgets = s->nbudgets;
 	memcpy(out->budgets, s->budgets, sizeof(out->budgets));
+	out->has_incoming = s->has_incoming;
+	out->subscriptions = s->subscriptions;
+	out->mirrored = s->mirrored;
+	out->mirror_lost = s->mirror_lost;
+	out->mirror_bytes = s->mirror_bytes;
+	out->stolen = s->stolen;
+	out->passed_to_target = s->passed_to_target;
 	return 0;
 }
 

@@ -104,6 +104,10 @@ struct client_status {
 	uint64_t requests, errors, bytes_in, bytes_out;
 	unsigned nbudgets;				 /* 0: an agent without budgets */
 	struct proto_budget budgets[PROTO_BUDGET_COUNT]; /* by enum proto_budget_kind */
+	/* incoming traffic; has_incoming false: an agent without it */
+	bool has_incoming;
+	uint32_t subscriptions;
+	uint64_t mirrored, mirror_lost, mirror_bytes, stolen, passed_to_target;
 };
 int client_status(struct client *c, struct client_status *out, struct hm_err *err);
 void client_status_print(FILE *f, const struct client_status *s);
