@@ -149,7 +149,7 @@ asan:
 
 # Unit tests under valgrind. The others use syscalls Debian's valgrind 3.19 does not
 # know (clone3, pidfd_open, openat2, seccomp listeners, bpf) and run under `make asan`.
-VALGRIND_TESTS := test_util test_proto test_agent_streams test_cgroup test_net test_tracer_policy test_agent_admission test_agent_peer
+VALGRIND_TESTS := test_util test_proto test_agent_streams test_cgroup test_net test_tracer_policy test_agent_admission test_agent_peer test_agent_reassembly
 valgrind: all
 	@set -e; for t in $(VALGRIND_TESTS); do echo "valgrind: $$t"; \
 		valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \

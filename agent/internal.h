@@ -494,4 +494,77 @@ int agent_incoming_flush(struct agent_target *t, uint16_t port, struct hm_err *e
 /* One more reference (agent_target_put drops it). */
 void agent_target_get(struct agent_target *t);
 
+/* ---- tcp_reassembly.c: one direction of TCP connections, back in order ----
+ * Fed with the segments a client sent to a mirrored port, as the pod received them
+ * (copied by bpf/mirror.bpf.c, in ring buffer order, which is not wire order across
+ * CPUs). Only connections whose SYN is seen are followed, from its ISN. Bytes are
+ * delivered in order exactly once; retransmits and overlaps are dropped, segments
+ * after a hole are held (bounded). A hole that is not filled within gap_timeout_ms,
+ * or whose held bytes go over a bound, means the copy lost bytes the pod got (no
+ * retransmit will come): the connection ends LOST, never delivered with a hole.
+ * Not thread-safe: one engine thread owns it. */
+struct agent_tcp_segment {
+	uint8_t family;		      /* 4 or 6 */
+	uint8_t saddr[16], daddr[16]; /* IPv4: the first 4 bytes */
+	uint16_t sport, dport;
+	uint32_t seq;
+	bool syn, fin, rst;
+	const void *payload;
+	uint32_t len;
+};
+enum agent_reasm_end {
+	AGENT_REASM_FIN,   /* the client closed: every byte was delivered */
+	AGENT_REASM_RESET, /* the client reset, or the connection was replaced/dropped */
+	AGENT_REASM_LOST,  /* bytes missing for good: nothing after the hole was delivered */
+};
+struct agent_reasm_ops {
+	/* A new connection (its SYN): the caller's handle for it, NULL to ignore it. */
+	void *(*open)(void *ctx, const struct agent_tcp_segment *syn);
+	/* In-order bytes. Return false to stop following the connection (no end call). */
+	bool (*data)(void *ctx, void *conn, const void *p, size_t len);
+	/* The last call for conn. */
+	void (*end)(void *ctx, void *conn, enum agent_reasm_end how);
+};
+struct agent_reasm_config {
+	size_t max_conns;	 /* beyond: the least recently active one ends LOST */
+	size_t max_held_conn;	 /* out-of-order bytes held per connection */
+	size_t max_held_total;	 /* ... for all connections */
+	int64_t gap_timeout_ms;	 /* a hole older than this is lost */
+	int64_t idle_timeout_ms; /* a connection silent this long ends LOST (its FIN was lost) */
+	struct agent_reasm_ops ops;
+	void *ctx;
+};
+struct agent_reasm;
+int agent_reasm_create(const struct agent_reasm_config *cfg, struct agent_reasm **out,
+		       struct hm_err *err);
+/* Ends every connection (RESET) and frees. NULL is a no-op. */
+void agent_reasm_destroy(struct agent_reasm *r);
+void agent_reasm_segment(struct agent_reasm *r, const struct agent_tcp_segment *seg,
+			 int64_t now_ms);
+/* Apply the timeouts; returns the ms until the next one is due (-1: none). */
+int64_t agent_reasm_tick(struct agent_reasm *r, int64_t now_ms);
+/* End every connection to port (RESET): its last subscription went away. */
+void agent_reasm_drop_port(struct agent_reasm *r, uint16_t port);
+size_t agent_reasm_conns(const struct agent_reasm *r);
+size_t agent_reasm_held_bytes(const struct agent_reasm *r);
+
+/* ---- mirror.c: the mirror engine (see the file comment) ----
+ * Plugs into incoming.c through agent_mirror_ops (agent_incoming_set_mirror). Its
+ * claims arrive through the stream tokens: destroy it after the streams. */
+#define AGENT_MIRROR_COPY_BUFFER (64u << 20)   /* bytes one copy may fall behind */
+#define AGENT_MIRROR_TOTAL_BUFFER (512u << 20) /* ... all copies together */
+struct agent_mirror_config {
+	size_t ring_bytes;	 /* per network namespace; 0: the loader's default */
+	size_t copy_buffer_max;	 /* 0: AGENT_MIRROR_COPY_BUFFER */
+	size_t total_buffer_max; /* 0: AGENT_MIRROR_TOTAL_BUFFER */
+	struct agent_incoming_counters *counters; /* mirrored, mirror_lost, mirror_bytes */
+};
+struct agent_mirror;
+int agent_mirror_create(const struct agent_mirror_config *cfg, struct agent_mirror **out,
+			struct hm_err *err);
+/* Stop its threads (before the registry goes); destroy frees (after the streams). */
+void agent_mirror_stop(struct agent_mirror *m);	   /* NULL is a no-op */
+void agent_mirror_destroy(struct agent_mirror *m); /* NULL is a no-op; stops first */
+extern const struct agent_incoming_mirror_ops agent_mirror_ops;
+
 #endif

@@ -44,6 +44,11 @@ static const char usage_text[] =
     "  --max-file-size SIZE   largest file a client may read (default 1G)\n"
     "  --handshake-timeout MS time a new connection has to say hello (default 2000)\n"
     "  --stream-ttl MS        life of an unclaimed stream token (default 10000)\n"
+    "  --mirror-buffer SIZE   ring buffer of the mirror program, per target network\n"
+    "                         namespace (a power of 2 >= 4k; default 32M): what a burst\n"
+    "                         of mirrored traffic may fill before copies are reset\n"
+    "  --mirror-copy-buffer SIZE  how far one mirror copy may fall behind its\n"
+    "                         connection before it is reset (default 64M)\n"
     "  --log-level L          debug, info (default), warn or error\n"
     "  --version              print the version\n"
     "  -h, --help             this text\n"
@@ -295,6 +300,8 @@ int main(int argc, char **argv)
 	    {"max-file-size", required_argument, NULL, 'm'},
 	    {"handshake-timeout", required_argument, NULL, 'H'},
 	    {"stream-ttl", required_argument, NULL, 'S'},
+	    {"mirror-buffer", required_argument, NULL, 'B'},
+	    {"mirror-copy-buffer", required_argument, NULL, 'C'},
 	    {"max-sessions", required_argument, NULL, OPT_BUDGET + 0},
 	    {"max-peer-sessions", required_argument, NULL, OPT_BUDGET + 1},
 	    {"max-streams", required_argument, NULL, OPT_BUDGET + 2},
@@ -360,6 +367,19 @@ int main(int argc, char **argv)
 			if (hm_parse_u64(optarg, &v) < 0 || v == 0 || v > 3600000)
 				return usage_error("bad --stream-ttl '%s' (1..3600000 ms)", optarg);
 			cfg.stream_ttl_ms = (unsigned)v;
+			break;
+		case 'B':
+			if (hm_parse_size(optarg, &v) < 0 || v < 4096 || v > (1u << 30) ||
+			    (v & (v - 1)))
+				return usage_error(
+				    "bad --mirror-buffer '%s' (a power of 2, 4k..1G)", optarg);
+			cfg.mirror_ring_bytes = (size_t)v;
+			break;
+		case 'C':
+			if (hm_parse_size(optarg, &v) < 0 || v < 65536 || v > (4ull << 30))
+				return usage_error("bad --mirror-copy-buffer '%s' (64k..4G)",
+						   optarg);
+			cfg.mirror_copy_bytes = (size_t)v;
 			break;
 		case OPT_BUDGET + 0 ... OPT_BUDGET + 7: {
 			int i = opt - OPT_BUDGET;

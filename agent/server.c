@@ -54,6 +54,7 @@ struct server {
 	struct agent_stats stats;
 	struct agent_admission *admission;
 	struct agent_incoming *incoming; /* subscriptions to the targets' ports */
+	struct agent_mirror *mirror;	 /* the mirror engine (mirror.c), NULL without */
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* nconns changed */
@@ -1284,6 +1285,14 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		goto fail;
 	if (agent_incoming_create(srv->streams, &srv->incoming, err) < 0)
 		goto fail;
+	struct agent_mirror_config mcfg = {.ring_bytes = cfg->mirror_ring_bytes,
+					   .copy_buffer_max = cfg->mirror_copy_bytes,
+					   .counters = agent_incoming_counters(srv->incoming)};
+	struct hm_err mirror_err;
+	if (agent_mirror_create(&mcfg, &srv->mirror, &mirror_err) == 0)
+		agent_incoming_set_mirror(srv->incoming, &agent_mirror_ops, srv->mirror);
+	else /* steal and the rest still work; MIRROR subscribes say why not */
+		hm_warn("no mirror mode: %s", mirror_err.msg);
 	if (cfg->unix_path && listen_unix(srv, cfg->unix_path, err) < 0)
 		goto fail;
 	if (cfg->listen_addr && listen_tcp(srv, cfg->listen_addr, err) < 0)
@@ -1349,8 +1358,10 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		return 0;
 	}
 	relay_destroy(srv->relay);
+	agent_mirror_stop(srv->mirror); /* it offers through the registry */
 	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);
+	agent_mirror_destroy(srv->mirror); /* after the claims the streams resolved */
 	agent_budget_destroy(srv->budget);
 	close(srv->stop_efd);
 	hm_info("stopped");
@@ -1365,8 +1376,10 @@ fail:
 		close(srv->tcp_fd);
 	if (srv->relay)
 		relay_destroy(srv->relay);
+	agent_mirror_stop(srv->mirror); /* it offers through the registry */
 	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);
+	agent_mirror_destroy(srv->mirror); /* after the claims the streams resolved */
 	agent_budget_destroy(srv->budget);
 	agent_admission_destroy(srv->admission);
 	close(srv->stop_efd);

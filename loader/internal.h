@@ -52,6 +52,9 @@ struct hm_tc_filter {
 int hm_tc_filter_attach(struct hm_tc_filter *f, int netns_fd, const char *ifname,
 			enum bpf_tc_attach_point point, uint32_t priority, int prog_fd,
 			struct hm_err *err);
+/* Remove stale hermit filters (no process holds their program) from every interface
+ * of netns_fd (borrowed). Returns how many were removed. */
+int hm_tc_remove_stale_in(int netns_fd, struct hm_err *err);
 /* Idempotent. Removes only our own program (a filter replaced meanwhile is left to
  * its new owner); a vanished interface counts as detached. Releases f's netns fd. */
 int hm_tc_filter_detach(struct hm_tc_filter *f, struct hm_err *err);

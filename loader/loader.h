@@ -29,6 +29,7 @@ struct hm_netdev {
  * between Cilium's (1) and the kernel's automatic ones (from 49152 down). */
 #define HM_TC_HANDLE 0x686d /* "hm" */
 #define HM_TC_PRIO_COUNTER 0x6801
+#define HM_TC_PRIO_MIRROR 0x6802
 
 /* ---- counter: packets and bytes per IP protocol at tc ingress (bpf/counter.bpf.c) ---- */
 
@@ -56,6 +57,67 @@ int hm_counter_read(const struct hm_counter *counter, uint8_t ip_proto,
  * it) and free. Always frees; < 0 when the filter could not be removed, in which case
  * the next attach on that interface removes it as stale. NULL is a no-op. */
 int hm_counter_destroy(struct hm_counter *counter, struct hm_err *err);
+
+/* ---- mirror: copies of the TCP segments sent to some ports (bpf/mirror.bpf.c) ----
+ * One program per network namespace, attached at tc ingress of every interface the
+ * namespace has at attach time (lo included: the pod's own clients), with one ring
+ * buffer. It never changes a verdict. */
+
+struct hm_mirror;
+
+/* One segment sent to a mirrored port, as the pod received it. Valid during the
+ * callback only. */
+struct hm_mirror_segment {
+	uint8_t family;	   /* 4 or 6 */
+	uint8_t tcp_flags; /* HM_MIRROR_FIN | HM_MIRROR_SYN | HM_MIRROR_RST | HM_MIRROR_ACK */
+	uint16_t sport, dport;
+	uint32_t seq;
+	uint8_t saddr[16], daddr[16]; /* IPv4: the first 4 bytes */
+	uint32_t ifindex;
+	const void *payload;
+	uint32_t len;
+};
+#define HM_MIRROR_FIN 0x01
+#define HM_MIRROR_SYN 0x02
+#define HM_MIRROR_RST 0x04
+#define HM_MIRROR_ACK 0x10
+
+/* Returns false to stop the hm_mirror_consume under way after this segment. */
+typedef bool (*hm_mirror_segment_fn)(void *ctx, const struct hm_mirror_segment *seg);
+
+struct hm_mirror_opts {
+	int netns_fd;	   /* borrowed: the namespace whose interfaces get the program */
+	size_t ring_bytes; /* ring buffer size (a power of 2 >= page size); 0: 32 MiB */
+	/* 0: hm_mirror_fd turns readable for every segment; else only once this many bytes
+	 * wait, and the caller also consumes on a timer of its own (batches: fewer wake-ups) */
+	size_t wakeup_bytes;
+	hm_mirror_segment_fn on_segment;
+	void *ctx;
+};
+
+/* Load the program and attach it to every interface of the namespace. EPERM/EOPNOTSUPP
+ * and friends come back with a message naming what is missing (capability, BPF, tc);
+ * a verifier rejection's log is in the libbpf warnings (debug level). Nothing is left
+ * attached on failure. Thread-safe: enters the namespace on the calling thread only. */
+int hm_mirror_attach(const struct hm_mirror_opts *opts, struct hm_mirror **out, struct hm_err *err);
+int hm_mirror_port_add(struct hm_mirror *m, uint16_t port, struct hm_err *err);
+int hm_mirror_port_remove(struct hm_mirror *m, uint16_t port, struct hm_err *err);
+/* Readable (poll/epoll) when segments wait; then call hm_mirror_consume. */
+int hm_mirror_fd(const struct hm_mirror *m);
+/* Hand the waiting segments to on_segment until none is left (0) or on_segment asks
+ * to stop (1: more may wait); < 0 on error. */
+int hm_mirror_consume(struct hm_mirror *m, struct hm_err *err);
+/* Segments (and their payload bytes) the program dropped because the ring buffer was
+ * full, since attach. */
+void hm_mirror_drops(const struct hm_mirror *m, uint64_t *segments, uint64_t *bytes);
+/* Detach from every interface and free. Always frees; < 0 when a filter could not be
+ * removed (the next start of an agent removes it as stale). NULL is a no-op. */
+int hm_mirror_destroy(struct hm_mirror *m, struct hm_err *err);
+
+/* Remove the hermit tc filters whose program no process holds any more (left by a
+ * killed agent) from every interface of every network namespace this process can see
+ * (those of /proc/PID/ns/net and /run/netns). Returns how many were removed. */
+int hm_tc_remove_stale_everywhere(struct hm_err *err);
 
 /* ---- device policy of a pod's cgroup v2 (bpf/devices.bpf.c) ---- */
 

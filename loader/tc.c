@@ -221,14 +221,17 @@ static pid_t prog_holder(uint32_t prog_id)
 
 /* ---- the steps, all in the target's netns ---- */
 
-static int remove_stale_filters(const struct hm_tc_filter *f, struct hm_err *err)
+/* Remove the hermit filters of ifindex whose program no process holds. own (may be
+ * NULL): the filter about to be attached, whose slot held by a live process is EBUSY. */
+static int remove_stale_filters(int ifindex, const char *ifname, const struct hm_tc_filter *own,
+				int *removed, struct hm_err *err)
 {
 	static const enum bpf_tc_attach_point points[] = {BPF_TC_INGRESS, BPF_TC_EGRESS};
 	for (size_t p = 0; p < HM_ARRAY_SIZE(points); p++) {
 		struct tc_listing l;
-		if (tc_list(f->ifindex, points[p], &l, err) < 0)
+		if (tc_list(ifindex, points[p], &l, err) < 0)
 			return hm_err_prefix(err, "list %s filters of %s", point_name(points[p]),
-					     f->ifname);
+					     ifname);
 		int r = 0;
 		for (size_t i = 0; i < l.n_bpf && r == 0; i++) {
 			const struct tc_entry *e = &l.bpf[i];
@@ -236,27 +239,30 @@ static int remove_stale_filters(const struct hm_tc_filter *f, struct hm_err *err
 				continue;
 			pid_t holder = prog_holder(e->prog_id);
 			if (holder) {
-				if (points[p] == f->point && e->handle == f->handle &&
-				    e->priority == f->priority)
+				if (own && points[p] == own->point && e->handle == own->handle &&
+				    e->priority == own->priority)
 					r = hm_err_set(
 					    err, EBUSY,
 					    "%s %s already has hermit filter %s (prio %u), "
 					    "held by live pid %d",
-					    f->ifname, point_name(points[p]), e->name, e->priority,
+					    ifname, point_name(points[p]), e->name, e->priority,
 					    holder);
 				continue;
 			}
-			LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = f->ifindex,
+			LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
 				    .attach_point = points[p]);
 			LIBBPF_OPTS(bpf_tc_opts, opts, .handle = e->handle,
 				    .priority = e->priority);
 			int d = bpf_tc_detach(&hook, &opts);
-			if (d == 0)
+			if (d == 0) {
 				hm_info("removed stale hermit tc filter %s from %s %s (prio %u)",
-					e->name, f->ifname, point_name(points[p]), e->priority);
-			else if (d != -ENOENT) /* ENOENT: another cleaner was faster */
+					e->name, ifname, point_name(points[p]), e->priority);
+				if (removed)
+					(*removed)++;
+			} else if (d != -ENOENT) { /* ENOENT: another cleaner was faster */
 				r = hm_err_set(err, -d, "remove stale hermit filter %s from %s %s",
-					       e->name, f->ifname, point_name(points[p]));
+					       e->name, ifname, point_name(points[p]));
+			}
 		}
 		tc_listing_free(&l);
 		if (r < 0)
@@ -301,7 +307,7 @@ static int attach_here(struct hm_tc_filter *f, int prog_fd, struct hm_err *err)
 		return hm_err_set(err, -r, "add clsact qdisc to %s", f->ifname);
 	f->created_clsact = r == 0;
 
-	if (remove_stale_filters(f, err) < 0)
+	if (remove_stale_filters(f->ifindex, f->ifname, f, NULL, err) < 0)
 		goto undo;
 	LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = prog_fd, .handle = f->handle,
 		    .priority = f->priority);
@@ -410,4 +416,29 @@ int hm_tc_filter_detach(struct hm_tc_filter *f, struct hm_err *err)
 		return -1;
 	}
 	return r;
+}
+
+int hm_tc_remove_stale_in(int netns_fd, struct hm_err *err)
+{
+	struct hm_netns_switch sw;
+	if (hm_netns_enter(netns_fd, &sw, err) < 0)
+		return -1;
+	int removed = 0, r = 0;
+	struct if_nameindex *ifs = if_nameindex();
+	if (!ifs)
+		r = hm_err_errno(err, "list interfaces");
+	for (struct if_nameindex *i = ifs; i && i->if_index && r == 0; i++) {
+		r = remove_stale_filters((int)i->if_index, i->if_name, NULL, &removed, err);
+		/* an interface without clsact or gone meanwhile has nothing of ours */
+		if (r < 0 && (err->code == EINVAL || err->code == ENODEV || err->code == ENOENT))
+			r = 0;
+	}
+	if (ifs)
+		if_freenameindex(ifs);
+	struct hm_err leave_err;
+	if (hm_netns_leave(&sw, &leave_err) < 0) {
+		*err = leave_err;
+		return -1;
+	}
+	return r < 0 ? r : removed;
 }

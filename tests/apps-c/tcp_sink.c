@@ -7,7 +7,10 @@
  *                                    (idle ones cost nothing), prints "listening" first.
  *   tcp_sink send ADDR:PORT BYTES    connect, send BYTES from a 1 MiB buffer, half-close,
  *                                    wait for the sink's count; prints
- *                                    "sent BYTES in SECONDS s: MBPS MB/s".
+ *                                    "sent BYTES in SECONDS s: MBPS MB/s". Byte i of the
+ *                                    stream is (j * 7 + j / 4099) & 0xff with j = i mod
+ *                                    1 MiB, so a copy of it (the mirror tests) can be
+ *                                    checked for order and holes.
  *
  * The host-side client of the benchmark (tests/agent/bench_agent.c) sends through the
  * agent with the same loop (tcp_sink_send_all below is copied there), so the two paths
@@ -123,11 +126,13 @@ static int serve(int port)
 static int tcp_sink_send_all(int fd, uint64_t size)
 {
 	static char buf[CHUNK];
-	memset(buf, 0x5a, sizeof(buf));
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (char)((i * 7 + i / 4099) & 0xff);
 	uint64_t sent = 0;
 	while (sent < size) {
-		size_t len = size - sent < sizeof(buf) ? (size_t)(size - sent) : sizeof(buf);
-		ssize_t w = send(fd, buf, len, MSG_NOSIGNAL);
+		size_t at = (size_t)(sent % sizeof(buf)); /* after a short send too */
+		size_t len = size - sent < sizeof(buf) - at ? (size_t)(size - sent) : sizeof(buf) - at;
+		ssize_t w = send(fd, buf + at, len, MSG_NOSIGNAL);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0)

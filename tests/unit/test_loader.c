@@ -16,9 +16,12 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/capability.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -474,6 +477,285 @@ static void test_bad_targets_fail_clearly(void **state)
 	assert_int_equal(hm_counter_destroy(NULL, &err), 0);
 }
 
+/* ---- mirror (bpf/mirror.bpf.c) ---- */
+
+#define MIRROR_PORT 7777
+#define MIRROR_BYTES (1u << 20)
+
+/* the segments of one client port, put back in place by their sequence number */
+struct mirror_capture {
+	uint16_t sport;
+	bool syn;
+	uint32_t isn;
+	bool fin;
+	size_t max_end;
+	uint8_t *buf;
+	size_t segments;
+	size_t other_ports; /* segments to any port but MIRROR_PORT */
+};
+
+static bool on_mirror_segment(void *ctx, const struct hm_mirror_segment *seg)
+{
+	struct mirror_capture *cap = ctx;
+	if (seg->dport != MIRROR_PORT) {
+		cap->other_ports++;
+		return true;
+	}
+	if (seg->sport != cap->sport)
+		return true;
+	cap->segments++;
+	if (seg->tcp_flags & HM_MIRROR_SYN) {
+		cap->syn = true;
+		cap->isn = seg->seq;
+		return true;
+	}
+	if (!cap->syn)
+		return true;
+	size_t off = seg->seq - cap->isn - 1;
+	assert_true(off + seg->len <= MIRROR_BYTES);
+	memcpy(cap->buf + off, seg->payload, seg->len);
+	if (off + seg->len > cap->max_end)
+		cap->max_end = off + seg->len;
+	if (seg->tcp_flags & HM_MIRROR_FIN)
+		cap->fin = true;
+	return true;
+}
+
+struct sender {
+	int fd;
+	const uint8_t *data;
+	size_t len;
+};
+
+static void *send_all(void *arg)
+{
+	struct sender *s = arg;
+	assert_int_equal(hm_write_all(s->fd, s->data, s->len), (ssize_t)s->len);
+	shutdown(s->fd, SHUT_WR);
+	return NULL;
+}
+
+/* One TCP transfer of MIRROR_BYTES from a client socket (made in client_ns) to the
+ * pod's listener at server_ip:port; checks what the mirror saw of it. */
+static void mirror_transfer(struct fixture *fx, struct hm_mirror *m, struct mirror_capture *cap,
+			    const char *client_ns, const char *server_ip, int port,
+			    bool expect_copy)
+{
+	static uint8_t data[MIRROR_BYTES];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(rand() >> 7);
+	int lfd = socket_in(fx->pod_path, SOCK_STREAM);
+	struct sockaddr_in srv = addr(server_ip, port);
+	int one = 1;
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	assert_int_equal(bind(lfd, (struct sockaddr *)&srv, sizeof(srv)), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	int cfd = socket_in(client_ns, SOCK_STREAM);
+	assert_int_equal(connect(cfd, (struct sockaddr *)&srv, sizeof(srv)), 0);
+	struct sockaddr_in local;
+	socklen_t llen = sizeof(local);
+	assert_int_equal(getsockname(cfd, (struct sockaddr *)&local, &llen), 0);
+	*cap = (struct mirror_capture){.sport = ntohs(local.sin_port), .buf = cap->buf};
+	memset(cap->buf, 0, MIRROR_BYTES);
+
+	struct sender snd = {.fd = cfd, .data = data, .len = sizeof(data)};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, send_all, &snd), 0);
+	int afd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(afd >= 0);
+	size_t got = 0;
+	char buf[65536];
+	ssize_t n;
+	while ((n = read(afd, buf, sizeof(buf))) > 0) {
+		assert_memory_equal(buf, data + got, (size_t)n);
+		got += (size_t)n;
+		struct hm_err err;
+		assert_true(hm_mirror_consume(m, &err) >= 0); /* keep the ring drained */
+	}
+	assert_int_equal(got, sizeof(data));
+	pthread_join(t, NULL);
+	int64_t deadline = hm_deadline_in(3000);
+	while (expect_copy && !cap->fin && hm_ms_until(deadline) > 0) {
+		hm_poll_fd(hm_mirror_fd(m), POLLIN, hm_deadline_in(100));
+		struct hm_err err;
+		assert_true(hm_mirror_consume(m, &err) >= 0);
+	}
+	close(afd);
+	close(cfd);
+	close(lfd);
+	if (!expect_copy) {
+		struct hm_err err;
+		assert_true(hm_mirror_consume(m, &err) >= 0);
+		assert_int_equal(cap->segments, 0);
+		return;
+	}
+	assert_true(cap->syn);
+	assert_true(cap->fin);
+	assert_int_equal(cap->max_end, sizeof(data));
+	assert_memory_equal(cap->buf, data, sizeof(data));
+	uint64_t dropped, dropped_bytes;
+	hm_mirror_drops(m, &dropped, &dropped_bytes);
+	assert_int_equal(dropped, 0);
+}
+
+static int query_mirror_filter(const struct fixture *fx, const char *ifname)
+{
+	int home = enter(fx->pod_path);
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = (int)if_nametoindex(ifname),
+		    .attach_point = BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = HM_TC_HANDLE, .priority = HM_TC_PRIO_MIRROR);
+	int r = hook.ifindex ? bpf_tc_query(&hook, &opts) : -ENODEV;
+	leave(home);
+	return r;
+}
+
+static struct hm_mirror *mirror_attach_ok(struct fixture *fx, struct mirror_capture *cap, int *nsfd)
+{
+	*nsfd = open(fx->pod_path, O_RDONLY | O_CLOEXEC);
+	assert_true(*nsfd >= 0);
+	struct hm_mirror_opts o = {.netns_fd = *nsfd, .on_segment = on_mirror_segment, .ctx = cap};
+	struct hm_mirror *m = NULL;
+	struct hm_err err = {0};
+	if (hm_mirror_attach(&o, &m, &err) < 0)
+		fail_msg("hm_mirror_attach: %s", err.msg);
+	return m;
+}
+
+static void test_mirror_copies_tcp_streams(void **state)
+{
+	struct fixture *fx = *state;
+	struct mirror_capture cap = {.buf = malloc(MIRROR_BYTES)};
+	assert_non_null(cap.buf);
+	int nsfd;
+	ino_t home = netns_inode();
+	struct hm_mirror *m = mirror_attach_ok(fx, &cap, &nsfd);
+	assert_int_equal(netns_inode(), home);
+	assert_int_equal(query_mirror_filter(fx, POD_IF), 0);
+	assert_int_equal(query_mirror_filter(fx, "lo"), 0);
+	struct hm_err err = {0};
+
+	/* not subscribed yet: nothing is copied */
+	mirror_transfer(fx, m, &cap, fx->peer_path, POD_IP, MIRROR_PORT, false);
+	assert_int_equal(hm_mirror_port_add(m, MIRROR_PORT, &err), 0);
+	/* from another netns over the veth, then from the pod itself over lo */
+	mirror_transfer(fx, m, &cap, fx->peer_path, POD_IP, MIRROR_PORT, true);
+	mirror_transfer(fx, m, &cap, fx->pod_path, "127.0.0.1", MIRROR_PORT, true);
+	/* another port of the pod stays invisible */
+	mirror_transfer(fx, m, &cap, fx->peer_path, POD_IP, MIRROR_PORT + 1, false);
+	assert_int_equal(cap.other_ports, 0);
+	assert_int_equal(hm_mirror_port_remove(m, MIRROR_PORT, &err), 0);
+	mirror_transfer(fx, m, &cap, fx->peer_path, POD_IP, MIRROR_PORT, false);
+
+	assert_int_equal(hm_mirror_destroy(m, &err), 0);
+	assert_int_not_equal(query_mirror_filter(fx, POD_IF), 0);
+	assert_int_not_equal(query_mirror_filter(fx, "lo"), 0);
+	close(nsfd);
+	free(cap.buf);
+}
+
+static void test_mirror_stale_filters_removed_at_start(void **state)
+{
+	struct fixture *fx = *state;
+	pid_t child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		/* attach and get killed, as an agent under kill -9 */
+		struct mirror_capture cap = {0};
+		int nsfd = open(fx->pod_path, O_RDONLY | O_CLOEXEC);
+		struct hm_mirror_opts o = {
+		    .netns_fd = nsfd, .on_segment = on_mirror_segment, .ctx = &cap};
+		struct hm_mirror *m;
+		struct hm_err err;
+		if (hm_mirror_attach(&o, &m, &err) < 0)
+			_exit(1);
+		raise(SIGKILL);
+	}
+	int status;
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFSIGNALED(status));
+	assert_int_equal(query_mirror_filter(fx, POD_IF), 0);
+	assert_int_equal(query_mirror_filter(fx, "lo"), 0);
+
+	struct hm_err err = {0};
+	int removed = hm_tc_remove_stale_everywhere(&err);
+	if (removed < 0)
+		fail_msg("hm_tc_remove_stale_everywhere: %s", err.msg);
+	assert_true(removed >= 2);
+	assert_int_not_equal(query_mirror_filter(fx, POD_IF), 0);
+	assert_int_not_equal(query_mirror_filter(fx, "lo"), 0);
+
+	/* a live owner's filters are not stale */
+	struct mirror_capture cap = {0};
+	int nsfd;
+	struct hm_mirror *m = mirror_attach_ok(fx, &cap, &nsfd);
+	assert_true(hm_tc_remove_stale_everywhere(&err) >= 0);
+	assert_int_equal(query_mirror_filter(fx, POD_IF), 0);
+	assert_int_equal(hm_mirror_destroy(m, &err), 0);
+	close(nsfd);
+}
+
+/* Drop capabilities from the calling thread's effective set only (capset on pid 0
+ * acts on the thread), as a confined or unprivileged caller would lack them. */
+static void drop_effective(const int *caps, size_t n)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct data[2];
+	assert_int_equal(syscall(SYS_capget, &hdr, data), 0);
+	for (size_t i = 0; i < n; i++)
+		data[caps[i] / 32].effective &= ~(1u << (caps[i] % 32));
+	assert_int_equal(syscall(SYS_capset, &hdr, data), 0);
+}
+
+struct capless_attach {
+	const struct fixture *fx;
+	const int *drop;
+	size_t ndrop;
+	int rc;
+	struct hm_err err;
+};
+
+static void *attach_without_caps(void *arg)
+{
+	struct capless_attach *a = arg;
+	drop_effective(a->drop, a->ndrop);
+	struct mirror_capture cap = {0};
+	int nsfd = open(a->fx->pod_path, O_RDONLY | O_CLOEXEC);
+	struct hm_mirror_opts o = {.netns_fd = nsfd, .on_segment = on_mirror_segment, .ctx = &cap};
+	struct hm_mirror *m = NULL;
+	a->rc = hm_mirror_attach(&o, &m, &a->err);
+	hm_mirror_destroy(m, NULL);
+	close(nsfd);
+	return NULL;
+}
+
+static void test_mirror_missing_capability_says_which(void **state)
+{
+	struct fixture *fx = *state;
+	static const int no_bpf[] = {CAP_BPF, CAP_SYS_ADMIN, CAP_PERFMON};
+	static const int no_net_admin[] = {CAP_NET_ADMIN};
+	struct {
+		const int *drop;
+		size_t n;
+		const char *says;
+	} cases[] = {
+	    {no_bpf, HM_ARRAY_SIZE(no_bpf), "needs CAP_BPF"},
+	    {no_net_admin, HM_ARRAY_SIZE(no_net_admin), "needs CAP_NET_ADMIN"},
+	};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(cases); i++) {
+		struct capless_attach a = {.fx = fx, .drop = cases[i].drop, .ndrop = cases[i].n};
+		pthread_t t;
+		assert_int_equal(pthread_create(&t, NULL, attach_without_caps, &a), 0);
+		pthread_join(t, NULL);
+		assert_int_equal(a.rc, -1);
+		assert_int_equal(a.err.code, EPERM);
+		if (!strstr(a.err.msg, cases[i].says))
+			fail_msg("'%s' does not say '%s'", a.err.msg, cases[i].says);
+		/* nothing was left behind */
+		assert_int_not_equal(query_mirror_filter(fx, POD_IF), 0);
+		assert_int_not_equal(query_mirror_filter(fx, "lo"), 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -490,6 +772,11 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_netns_by_fd_and_by_current_thread, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_targets_fail_clearly, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_mirror_copies_tcp_streams, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_mirror_stale_filters_removed_at_start, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_mirror_missing_capability_says_which, setup,
+					    teardown),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
 }

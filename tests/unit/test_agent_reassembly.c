@@ -1,0 +1,387 @@
+/* agent: TCP reassembly of mirrored connections (tcp_reassembly.c): in-order delivery
+ * exactly once, retransmits and overlaps, reordering, sequence wrap-around, holes that
+ * never fill (lost copies are reset, never delivered with a hole), bounds. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "agent/internal.h"
+
+#define MAX_CONNS 8
+
+struct rec_conn {
+	uint16_t sport;
+	uint8_t buf[1 << 16];
+	size_t len;
+	bool ended;
+	enum agent_reasm_end how;
+	bool refuse_data; /* data() answers false */
+};
+
+struct recorder {
+	struct rec_conn conns[MAX_CONNS];
+	size_t n;
+	bool ignore_new;
+};
+
+static void *rec_open(void *ctx, const struct agent_tcp_segment *syn)
+{
+	struct recorder *r = ctx;
+	if (r->ignore_new || r->n == MAX_CONNS)
+		return NULL;
+	struct rec_conn *c = &r->conns[r->n++];
+	c->sport = syn->sport;
+	return c;
+}
+
+static bool rec_data(void *ctx, void *conn, const void *p, size_t len)
+{
+	(void)ctx;
+	struct rec_conn *c = conn;
+	assert_false(c->ended);
+	if (c->refuse_data)
+		return false;
+	assert_true(c->len + len <= sizeof(c->buf));
+	memcpy(c->buf + c->len, p, len);
+	c->len += len;
+	return true;
+}
+
+static void rec_end(void *ctx, void *conn, enum agent_reasm_end how)
+{
+	(void)ctx;
+	struct rec_conn *c = conn;
+	assert_false(c->ended);
+	c->ended = true;
+	c->how = how;
+}
+
+struct fixture {
+	struct recorder rec;
+	struct agent_reasm *r;
+	uint8_t data[1 << 15]; /* what the client sends */
+};
+
+static struct agent_reasm_config config(struct recorder *rec)
+{
+	return (struct agent_reasm_config){
+	    .max_conns = 4,
+	    .max_held_conn = 8192,
+	    .max_held_total = 12288,
+	    .gap_timeout_ms = 500,
+	    .idle_timeout_ms = 60000,
+	    .ops = {.open = rec_open, .data = rec_data, .end = rec_end},
+	    .ctx = rec,
+	};
+}
+
+static int setup(void **state)
+{
+	struct fixture *fx = calloc(1, sizeof(*fx));
+	if (!fx)
+		return -1;
+	for (size_t i = 0; i < sizeof(fx->data); i++)
+		fx->data[i] = (uint8_t)(i * 7 + i / 251);
+	struct agent_reasm_config cfg = config(&fx->rec);
+	struct hm_err err;
+	if (agent_reasm_create(&cfg, &fx->r, &err) < 0)
+		return -1;
+	*state = fx;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *fx = *state;
+	agent_reasm_destroy(fx->r);
+	free(fx);
+	return 0;
+}
+
+static struct agent_tcp_segment seg(uint16_t sport, uint32_t seq)
+{
+	struct agent_tcp_segment s = {.family = 4, .sport = sport, .dport = 80, .seq = seq};
+	memcpy(s.saddr, "\x0a\x00\x00\x01", 4);
+	memcpy(s.daddr, "\x0a\x00\x00\x02", 4);
+	return s;
+}
+
+static void syn(struct fixture *fx, uint16_t sport, uint32_t isn)
+{
+	struct agent_tcp_segment s = seg(sport, isn);
+	s.syn = true;
+	agent_reasm_segment(fx->r, &s, 0);
+}
+
+/* bytes [off, off+len) of fx->data, sent on the connection with ISN isn */
+static void data_at(struct fixture *fx, uint16_t sport, uint32_t isn, uint32_t off, uint32_t len,
+		    bool fin, int64_t now)
+{
+	struct agent_tcp_segment s = seg(sport, isn + 1 + off);
+	s.payload = fx->data + off;
+	s.len = len;
+	s.fin = fin;
+	agent_reasm_segment(fx->r, &s, now);
+}
+
+static void assert_whole(struct fixture *fx, size_t idx, size_t len)
+{
+	struct rec_conn *c = &fx->rec.conns[idx];
+	assert_int_equal(c->len, len);
+	assert_memory_equal(c->buf, fx->data, len);
+}
+
+static void test_in_order_then_fin(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1000, 5000);
+	data_at(fx, 1000, 5000, 0, 100, false, 1);
+	data_at(fx, 1000, 5000, 100, 1400, false, 2);
+	data_at(fx, 1000, 5000, 1500, 500, true, 3);
+	assert_int_equal(fx->rec.n, 1);
+	assert_whole(fx, 0, 2000);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_FIN);
+	assert_int_equal(agent_reasm_conns(fx->r), 0);
+}
+
+static void test_retransmits_and_overlaps_once(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1001, 77);
+	syn(fx, 1001, 77); /* retransmitted SYN: the same connection */
+	data_at(fx, 1001, 77, 0, 1000, false, 1);
+	data_at(fx, 1001, 77, 0, 1000, false, 1);   /* whole retransmit */
+	data_at(fx, 1001, 77, 500, 1000, false, 1); /* overlaps the end */
+	data_at(fx, 1001, 77, 200, 100, false, 1);  /* inside what was delivered */
+	/* ahead of a hole, then the same again and a bigger overlap of it */
+	data_at(fx, 1001, 77, 2000, 500, false, 1);
+	data_at(fx, 1001, 77, 2000, 500, false, 1);
+	data_at(fx, 1001, 77, 1900, 800, false, 1);
+	data_at(fx, 1001, 77, 1500, 500, false, 1); /* fills the hole */
+	data_at(fx, 1001, 77, 2700, 0, true, 1);
+	assert_int_equal(fx->rec.n, 1);
+	assert_whole(fx, 0, 2700);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_FIN);
+	assert_int_equal(agent_reasm_held_bytes(fx->r), 0);
+}
+
+static void test_reordered_delivered_in_order(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1002, 1);
+	/* ten 1000-byte segments, the FIN first, then in a scrambled order */
+	data_at(fx, 1002, 1, 10000, 0, true, 1);
+	static const int order[] = {3, 1, 9, 0, 5, 2, 8, 4, 7, 6};
+	for (size_t i = 0; i < HM_ARRAY_SIZE(order); i++) {
+		assert_false(fx->rec.conns[0].ended);
+		data_at(fx, 1002, 1, (uint32_t)order[i] * 1000, 1000, false, 2);
+	}
+	assert_whole(fx, 0, 10000);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_FIN);
+}
+
+static void test_sequence_wraps(void **state)
+{
+	struct fixture *fx = *state;
+	uint32_t isn = 0xffffffffu - 300;
+	syn(fx, 1003, isn);
+	data_at(fx, 1003, isn, 600, 400, false, 1); /* after the wrap, held */
+	data_at(fx, 1003, isn, 0, 600, false, 1);   /* crosses 2^32 */
+	data_at(fx, 1003, isn, 1000, 24, true, 1);
+	assert_whole(fx, 0, 1024);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_FIN);
+}
+
+static void test_without_syn_not_followed(void **state)
+{
+	struct fixture *fx = *state;
+	/* a connection that began before the subscription */
+	data_at(fx, 1004, 42, 0, 100, false, 1);
+	data_at(fx, 1004, 42, 100, 100, true, 1);
+	assert_int_equal(fx->rec.n, 0);
+	assert_int_equal(agent_reasm_conns(fx->r), 0);
+}
+
+static void test_hole_at_fin_is_lost_not_delivered(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1005, 9);
+	data_at(fx, 1005, 9, 0, 1000, false, 10);
+	/* [1000, 2000) dropped by a full ring buffer: the pod got it, no retransmit */
+	data_at(fx, 1005, 9, 2000, 1000, true, 20);
+	assert_int_equal(agent_reasm_tick(fx->r, 100) > 0, true);
+	assert_false(fx->rec.conns[0].ended);
+	agent_reasm_tick(fx->r, 20 + 500 + 1);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_LOST);
+	assert_whole(fx, 0, 1000); /* nothing after the hole */
+	assert_int_equal(agent_reasm_held_bytes(fx->r), 0);
+	assert_int_equal(agent_reasm_conns(fx->r), 0);
+}
+
+static void test_lost_tail_before_bare_fin(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1006, 9);
+	data_at(fx, 1006, 9, 0, 1000, false, 10);
+	/* the last data segment lost, then a bare FIN: nothing is held, still a hole */
+	data_at(fx, 1006, 9, 1500, 0, true, 10);
+	agent_reasm_tick(fx->r, 10 + 500 + 1);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_LOST);
+	assert_whole(fx, 0, 1000);
+}
+
+static void test_progress_restarts_hole_clock(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1007, 0);
+	data_at(fx, 1007, 0, 1000, 100, false, 0); /* hole [0,1000) from t=0 */
+	data_at(fx, 1007, 0, 0, 500, false, 400);  /* part filled at t=400 */
+	agent_reasm_tick(fx->r, 600);		   /* 600 after the hole, 200 after progress */
+	assert_false(fx->rec.conns[0].ended);
+	data_at(fx, 1007, 0, 500, 500, false, 700);
+	assert_whole(fx, 0, 1100);
+	assert_false(fx->rec.conns[0].ended);
+}
+
+static void test_held_bound_loses_connection(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1008, 0);
+	data_at(fx, 1008, 0, 0, 10, false, 1);
+	/* a hole, then more than max_held_conn (8192) bytes behind it */
+	for (uint32_t off = 1000; off < 1000 + 9000; off += 1000)
+		data_at(fx, 1008, 0, off, 1000, false, 1);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_LOST);
+	assert_whole(fx, 0, 10);
+	assert_int_equal(agent_reasm_held_bytes(fx->r), 0);
+}
+
+static void test_total_held_bound(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1009, 0);
+	syn(fx, 1010, 0);
+	data_at(fx, 1009, 0, 100, 7000, false, 1); /* held: 7000 of 12288 */
+	data_at(fx, 1010, 0, 100, 7000, false, 1); /* would be 14000: over the total */
+	assert_false(fx->rec.conns[0].ended);
+	assert_true(fx->rec.conns[1].ended);
+	assert_int_equal(fx->rec.conns[1].how, AGENT_REASM_LOST);
+	assert_int_equal(agent_reasm_held_bytes(fx->r), 7000);
+}
+
+static void test_rst_resets(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 1011, 0);
+	data_at(fx, 1011, 0, 0, 10, false, 1);
+	struct agent_tcp_segment s = seg(1011, 11);
+	s.rst = true;
+	agent_reasm_segment(fx->r, &s, 2);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_RESET);
+}
+
+static void test_max_conns_evicts_least_recent(void **state)
+{
+	struct fixture *fx = *state;
+	for (uint16_t p = 0; p < 4; p++) {
+		syn(fx, 2000 + p, 0);
+		data_at(fx, 2000 + p, 0, 0, 1, false, p);
+	}
+	data_at(fx, 2000, 0, 1, 1, false, 10); /* 2000 is now the most recent */
+	syn(fx, 2004, 0);		       /* a fifth: 2001 goes */
+	assert_int_equal(agent_reasm_conns(fx->r), 4);
+	assert_false(fx->rec.conns[0].ended);
+	assert_true(fx->rec.conns[1].ended);
+	assert_int_equal(fx->rec.conns[1].how, AGENT_REASM_LOST);
+}
+
+static void test_tuple_reuse_and_ipv6(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 3000, 100);
+	struct agent_tcp_segment s6 = seg(3000, 100);
+	s6.family = 6;
+	memset(s6.saddr, 0xfd, 16);
+	memset(s6.daddr, 0xfe, 16);
+	s6.syn = true;
+	agent_reasm_segment(fx->r, &s6, 0);
+	assert_int_equal(fx->rec.n, 2); /* same ports, other family: another connection */
+	syn(fx, 3000, 9999);		/* a new ISN on the v4 tuple: the old one ended */
+	assert_int_equal(fx->rec.n, 3);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_RESET);
+	assert_false(fx->rec.conns[1].ended);
+}
+
+static void test_fast_open_and_refusal(void **state)
+{
+	struct fixture *fx = *state;
+	struct agent_tcp_segment s = seg(4000, 50);
+	s.syn = true;
+	s.payload = fx->data;
+	s.len = 300;
+	agent_reasm_segment(fx->r, &s, 0);
+	assert_whole(fx, 0, 300);
+	/* a caller that stops following gets no end call */
+	fx->rec.conns[0].refuse_data = true;
+	data_at(fx, 4000, 50, 300, 10, false, 1);
+	assert_false(fx->rec.conns[0].ended);
+	assert_int_equal(agent_reasm_conns(fx->r), 0);
+	/* and an open that answers NULL follows nothing */
+	fx->rec.ignore_new = true;
+	syn(fx, 4001, 0);
+	assert_int_equal(agent_reasm_conns(fx->r), 0);
+}
+
+static void test_idle_and_drop_port(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 5000, 0);
+	syn(fx, 5001, 0);
+	struct agent_tcp_segment other = seg(5002, 0);
+	other.dport = 81;
+	other.syn = true;
+	agent_reasm_segment(fx->r, &other, 0);
+	agent_reasm_drop_port(fx->r, 80);
+	assert_true(fx->rec.conns[0].ended && fx->rec.conns[1].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_RESET);
+	assert_false(fx->rec.conns[2].ended);
+	assert_int_equal(agent_reasm_tick(fx->r, 1000), 59000);
+	agent_reasm_tick(fx->r, 60001);
+	assert_true(fx->rec.conns[2].ended);
+	assert_int_equal(fx->rec.conns[2].how, AGENT_REASM_LOST);
+	assert_int_equal(agent_reasm_tick(fx->r, 60002), -1);
+}
+
+int main(void)
+{
+	hm_log_init("test_agent_reassembly", HM_LOG_QUIET);
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+	const struct CMUnitTest tests[] = {
+	    T(test_in_order_then_fin),
+	    T(test_retransmits_and_overlaps_once),
+	    T(test_reordered_delivered_in_order),
+	    T(test_sequence_wraps),
+	    T(test_without_syn_not_followed),
+	    T(test_hole_at_fin_is_lost_not_delivered),
+	    T(test_lost_tail_before_bare_fin),
+	    T(test_progress_restarts_hole_clock),
+	    T(test_held_bound_loses_connection),
+	    T(test_total_held_bound),
+	    T(test_rst_resets),
+	    T(test_max_conns_evicts_least_recent),
+	    T(test_tuple_reuse_and_ipv6),
+	    T(test_fast_open_and_refusal),
+	    T(test_idle_and_drop_port),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
