@@ -68,8 +68,8 @@ static const char usage_text[] =
     "  --max-connects N       TCP connects in progress (default 1024; EAGAIN)\n"
     "  --max-session-connects N  the same for one session (default 256)\n"
     "\n"
-    "status: print the sessions, streams, requests, errors, bytes and budgets of a running\n"
-    "agent.\n"
+    "status: print the sessions, streams, requests, errors, bytes, budgets and incoming\n"
+    "traffic counters (subscriptions, stolen and mirrored connections) of a running agent.\n"
     "The token may also come from the HERMIT_TOKEN environment variable.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -217,6 +217,20 @@ static int parse_group(const char *s, gid_t *out)
 	return 0;
 }
 
+static void print_incoming(FILE *f, const struct proto_status_reply *s)
+{
+	if (!s->has_incoming)
+		return;
+	fprintf(f, "incoming     %u subscription(s)\n", s->subscriptions);
+	fprintf(f, "  stolen     %llu connection(s) or HTTP request(s) to clients\n",
+		(unsigned long long)s->stolen);
+	fprintf(f, "  passed     %llu filtered HTTP request(s) left to the target\n",
+		(unsigned long long)s->passed_to_target);
+	fprintf(f, "  mirrored   %llu connection(s) whole, %llu reset (bytes lost), %llu bytes\n",
+		(unsigned long long)s->mirrored, (unsigned long long)s->mirror_lost,
+		(unsigned long long)s->mirror_bytes);
+}
+
 static int cmd_status(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -280,6 +294,12 @@ static int cmd_status(int argc, char **argv)
 	if (client_status(c, &st, &err) < 0)
 		return fail(&err);
 	client_status_print(stdout, &st);
+	/* the incoming counters come from the reply itself: client_status predates them */
+	struct proto_msg req = {.type = PROTO_STATUS}, reply;
+	if (client_call(c, &req, &reply, 0, &err) < 0)
+		return fail(&err);
+	print_incoming(stdout, &reply.status_reply);
+	proto_msg_free(&reply);
 	return 0;
 }
 

@@ -55,6 +55,7 @@ struct server {
 	struct agent_admission *admission;
 	struct agent_incoming *incoming; /* subscriptions to the targets' ports */
 	struct agent_mirror *mirror;	 /* the mirror engine (mirror.c), NULL without */
+	struct agent_http_steal *http_steal; /* routes the filtered steal ports */
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* nconns changed */
@@ -1283,7 +1284,8 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	};
 	if (agent_admission_create(&acfg, &srv->admission, err) < 0)
 		goto fail;
-	if (agent_incoming_create(srv->streams, &srv->incoming, err) < 0)
+	if (agent_incoming_create(srv->streams, &srv->incoming, err) < 0 ||
+	    agent_http_steal_create(srv->incoming, &srv->http_steal, err) < 0)
 		goto fail;
 	struct agent_mirror_config mcfg = {.ring_bytes = cfg->mirror_ring_bytes,
 					   .copy_buffer_max = cfg->mirror_copy_bytes,
@@ -1358,6 +1360,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		return 0;
 	}
 	relay_destroy(srv->relay);
+	agent_http_steal_destroy(srv->http_steal);
 	agent_mirror_stop(srv->mirror); /* it offers through the registry */
 	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);
@@ -1376,6 +1379,7 @@ fail:
 		close(srv->tcp_fd);
 	if (srv->relay)
 		relay_destroy(srv->relay);
+	agent_http_steal_destroy(srv->http_steal);
 	agent_mirror_stop(srv->mirror); /* it offers through the registry */
 	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);

@@ -9,8 +9,9 @@ source bench/lib.sh
 source bench/agent.sh
 source bench/tracer.sh
 source bench/mirror.sh
+source bench/incoming.sh
 
-BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}" mirror)
+BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}" mirror incoming_steal)
 
 # Busybox rootfs shared by the benchmarks, built by trace-pod itself.
 bench_rootfs() {

@@ -12,6 +12,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 
 #include "tests/agent/e2e.h"
@@ -102,12 +104,13 @@ static int ctl_subscribe(struct ctl *c, uint16_t port, uint8_t mode, uint32_t fl
 
 /* ---- serving delivered connections ---- */
 
-enum serve_mode { SERVE_HTTP, SERVE_ECHO };
+enum serve_mode { SERVE_HTTP, SERVE_ECHO, SERVE_SILENT, SERVE_FORWARD, SERVE_KEEPALIVE };
 
 struct server_opts {
 	struct e2e_ctx *ctx;
 	enum serve_mode mode;
 	const char *body;
+	struct proto_addr forward; /* SERVE_FORWARD: a local server (what trace-run does) */
 };
 
 struct delivered {
@@ -140,9 +143,14 @@ static void serve_http(int fd, const char *body)
 	}
 }
 
+/* an echo that tells itself apart from the pod's own echo server */
+#define STOLEN_ECHO_PREFIX "stolen:"
+
 static void serve_echo(int fd)
 {
 	char buf[65536];
+	if (send(fd, STOLEN_ECHO_PREFIX, strlen(STOLEN_ECHO_PREFIX), MSG_NOSIGNAL) < 0)
+		return;
 	for (;;) {
 		ssize_t n = recv(fd, buf, sizeof(buf), 0);
 		if (n <= 0)
@@ -151,6 +159,73 @@ static void serve_echo(int fd)
 			break;
 	}
 	shutdown(fd, SHUT_WR);
+}
+
+/* HTTP/1.1 keep-alive on the stream itself, one GET after the other (no bodies): the
+ * agent's own cost, without a local server behind it. */
+static void serve_keepalive(int fd, const char *body)
+{
+	char buf[16384], resp[512];
+	int rl = snprintf(resp, sizeof(resp),
+			  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+			  "%zu\r\n\r\n%s",
+			  strlen(body), body);
+	size_t got = 0;
+	for (;;) {
+		ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+		if (n <= 0)
+			return;
+		got += (size_t)n;
+		buf[got] = '\0';
+		char *end;
+		while ((end = strstr(buf, "\r\n\r\n"))) {
+			if (send(fd, resp, (size_t)rl, MSG_NOSIGNAL) != rl)
+				return;
+			size_t used = (size_t)(end + 4 - buf);
+			memmove(buf, buf + used, got - used + 1);
+			got -= used;
+		}
+		if (got == sizeof(buf) - 1)
+			return; /* a header this long is not what this serves */
+	}
+}
+
+/* Copy both ways between the stream and a local server until both sides are done;
+ * an EOF becomes a half-close on the other side. */
+static void serve_forward(int fd, const struct proto_addr *to)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = proto_addr_to_sockaddr(to, &ss);
+	int local = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (local < 0 || connect(local, (struct sockaddr *)&ss, sl) < 0) {
+		if (local >= 0)
+			close(local);
+		return;
+	}
+	int one = 1;
+	setsockopt(local, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	int fds[2] = {fd, local};
+	bool open[2] = {true, true};
+	char buf[65536];
+	while (open[0] || open[1]) {
+		struct pollfd pf[2] = {{.fd = open[0] ? fds[0] : -1, .events = POLLIN},
+				       {.fd = open[1] ? fds[1] : -1, .events = POLLIN}};
+		if (poll(pf, 2, -1) < 0)
+			break;
+		for (int i = 0; i < 2; i++) {
+			if (!pf[i].revents)
+				continue;
+			ssize_t n = recv(fds[i], buf, sizeof(buf), 0);
+			if (n <= 0) {
+				open[i] = false;
+				shutdown(fds[1 - i], SHUT_WR);
+				continue;
+			}
+			if (send(fds[1 - i], buf, (size_t)n, MSG_NOSIGNAL) != n)
+				open[0] = open[1] = false;
+		}
+	}
+	close(local);
 }
 
 static void *serve_main(void *arg)
@@ -163,10 +238,18 @@ static void *serve_main(void *arg)
 	} else {
 		/* the relay hands a non-blocking fd's bytes; ours blocks */
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+		char sink[4096];
 		if (d->opts->mode == SERVE_HTTP)
 			serve_http(fd, d->opts->body);
-		else
+		else if (d->opts->mode == SERVE_ECHO)
 			serve_echo(fd);
+		else if (d->opts->mode == SERVE_FORWARD)
+			serve_forward(fd, &d->opts->forward);
+		else if (d->opts->mode == SERVE_KEEPALIVE)
+			serve_keepalive(fd, d->opts->body);
+		else /* read and never answer: a client waits until the session goes */
+			while (recv(fd, sink, sizeof(sink), 0) > 0) {
+			}
 	}
 	if (fd >= 0)
 		close(fd);
@@ -218,20 +301,30 @@ static void write_ready(const char *path, const char *text)
 	rename(tmp, path);
 }
 
-/* steal PORT [--flush] [--concurrent] [--echo | --http BODY] [--ready FILE] [--max N]
- *       [--unsubscribe] [--linger S]: subscribe (steal) to PORT of the target and serve
- * every delivered connection (an HTTP answer with BODY, or an echo) until N were
- * delivered (default: until killed); then, with --unsubscribe, unsubscribe and keep
- * the session open for S seconds (default 0). Prints "subscribed ID", the note if any,
- * and "connection SUB from CLIENT to SERVER" for each; writes "subscribed ID" to FILE. */
+/* steal PORT [--flush] [--concurrent] [--echo | --http BODY | --http-keepalive BODY |
+ *       --silent | --forward ADDR]
+ *       [--ready FILE] [--max N] [--unsubscribe] [--linger S] [--filter JSON]: subscribe
+ * (steal) to PORT of the target and serve every delivered connection (an HTTP answer
+ * with BODY, once or keep-alive; an echo of what it gets after "stolen:"; silence; or a relay to a
+ * local server at ADDR, as trace-run does) until N were delivered (default: until killed); then,
+ * with --unsubscribe, unsubscribe and keep the session open for S seconds (default 0). Prints
+ * "session ID", "subscribed ID", the note if any, and "connection SUB from CLIENT to SERVER" for
+ * each; writes "subscribed ID" to FILE. */
 static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 {
-	static const struct option longopts[] = {
-	    {"flush", no_argument, NULL, 'f'},	      {"concurrent", no_argument, NULL, 'c'},
-	    {"echo", no_argument, NULL, 'e'},	      {"http", required_argument, NULL, 'h'},
-	    {"ready", required_argument, NULL, 'r'},  {"max", required_argument, NULL, 'm'},
-	    {"unsubscribe", no_argument, NULL, 'u'},  {"linger", required_argument, NULL, 'l'},
-	    {"filter", required_argument, NULL, 'F'}, {0}};
+	static const struct option longopts[] = {{"flush", no_argument, NULL, 'f'},
+						 {"concurrent", no_argument, NULL, 'c'},
+						 {"echo", no_argument, NULL, 'e'},
+						 {"http", required_argument, NULL, 'h'},
+						 {"ready", required_argument, NULL, 'r'},
+						 {"max", required_argument, NULL, 'm'},
+						 {"unsubscribe", no_argument, NULL, 'u'},
+						 {"linger", required_argument, NULL, 'l'},
+						 {"filter", required_argument, NULL, 'F'},
+						 {"silent", no_argument, NULL, 's'},
+						 {"forward", required_argument, NULL, 'w'},
+						 {"http-keepalive", required_argument, NULL, 'k'},
+						 {0}};
 	struct server_opts opts = {.ctx = ctx, .mode = SERVE_HTTP, .body = "stolen\n"};
 	uint32_t flags = 0;
 	const char *ready = NULL, *filter = NULL;
@@ -249,6 +342,18 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 			break;
 		case 'e':
 			opts.mode = SERVE_ECHO;
+			break;
+		case 's':
+			opts.mode = SERVE_SILENT;
+			break;
+		case 'k':
+			opts.mode = SERVE_KEEPALIVE;
+			opts.body = optarg;
+			break;
+		case 'w':
+			opts.mode = SERVE_FORWARD;
+			if (e2e_parse_addr(optarg, &opts.forward) < 0)
+				return 2;
 			break;
 		case 'h':
 			opts.mode = SERVE_HTTP;
@@ -408,7 +513,9 @@ static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 
 static const struct e2e_cmd incoming_cmds[] = {
     {"steal",
-     "PORT [--flush] [--concurrent] [--echo|--http BODY] [--ready FILE] [--max N] "
+     "PORT [--flush] [--concurrent] [--echo|--http BODY|--http-keepalive BODY|--silent|"
+     "--forward ADDR] [--ready FILE] "
+     "[--max N] "
      "[--unsubscribe] [--linger S] [--filter JSON]",
      cmd_steal},
     {"subscribe", "PORT steal|mirror ok|ERRNO [TEXT] [--flush] [--concurrent] [--filter JSON]",
