@@ -102,6 +102,7 @@ same_requests() {
 	wait_until 200 sh -c "[ \$(grep -c . '$2' 2>/dev/null) -ge $want ]" ||
 		echo "only $(grep -c . "$2" 2>/dev/null) of $want requests logged" >&2
 	diff <(sort "$1") <(sort "$2") >&2 || fail "the local program did not see the requests sent"
+	echo "the local program saw the $want requests sent, byte for byte"
 }
 
 # http_checks NAME WHO: 200 sequential requests, 50 concurrent connections, a 10 MiB
@@ -111,13 +112,16 @@ http_checks() {
 	local name="$1" who="$2" got
 	: >"$WORK/$name.expect"
 	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 200 -c 1 -size 700 -expect /tmp/seq)
+	echo "200 sequential: $got"
 	assert_eq "answers $who=200" "$got" "200 sequential requests"
 	cli cat /tmp/seq >>"$WORK/$name.expect"
 	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 50 -c 50 -size 3000 -method PUT \
 		-expect /tmp/conc)
+	echo "50 concurrent: $got"
 	assert_eq "answers $who=50" "$got" "50 concurrent connections"
 	cli cat /tmp/conc >>"$WORK/$name.expect"
 	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 1 -size 10485760 -expect /tmp/big)
+	echo "10 MiB upload: $got"
 	assert_eq "answers $who=1" "$got" "a 10 MiB upload"
 	cli cat /tmp/big >>"$WORK/$name.expect"
 	same_requests "$WORK/$name.expect" "$WORK/$name.log"
