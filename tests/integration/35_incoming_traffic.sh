@@ -280,6 +280,55 @@ test_session_end_open_connections() {
 	assert_contains "$got" "pod: again" "a new connection after the session"
 }
 
+# ---- the program closes its listener: the port is given back ----
+
+CLOSE_PY='
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.bind(("::", 7000))
+s.listen(8)
+print("listening", flush=True)
+c, a = s.accept()
+c.recv(100)
+c.sendall(b"local: before close\n")
+c.close()
+s.close()
+print("closed", flush=True)
+time.sleep(60)
+'
+
+test_listener_closed() { # BACKEND
+	local backend="$1" name="close-$1" got
+	trun_bg "$name" "$backend" root --incoming steal -- "$PYTHON" -c "$CLOSE_PY"
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line x)
+	assert_eq "local: before close" "$got" "while the program listens"
+	wait_until 50 grep -q closed "$WORK/$name.out" || fail "the program did not close"
+	# trace-run notices the closed listener and unsubscribes: the pod serves the port
+	wait_until 50 sh -c "'$TRACE_POD' exec '$CLI' -- reqlog tcp -addr '$WEB_IP:7000' -line y \
+		</dev/null 2>/dev/null | grep -q 'pod: y'" ||
+		fail "the pod did not get its port back after the program closed its listener"
+	trun_stop "$name"
+}
+
+# ---- on_concurrent_steal: continue ----
+
+test_concurrent_continue() {
+	local got rc=0
+	trun_bg holder seccomp root --incoming steal -- "$REQLOG" serve -tcp -listen :7000 -name local
+	echo '{"feature": {"network": {"incoming": {"mode": "steal", "on_concurrent_steal": "continue"}}}}' \
+		>"$WORK/continue.json"
+	timeout 30 env HERMIT_TOKEN="$TOKEN" "$TRACE_RUN" --agent-unix "$WORK/agent.sock" \
+		--target "pod/$WEB" -f "$WORK/continue.json" -- "$PYTHON" -c \
+		'import socket; s=socket.socket(); s.bind(("0.0.0.0", 7000)); s.listen(1); print("still running")' \
+		</dev/null >"$WORK/cont.out" 2>"$WORK/cont.err" || rc=$?
+	cat "$WORK/cont.err"
+	assert_eq 0 "$rc" "exit code with on_concurrent_steal continue"
+	assert_eq "still running" "$(cat "$WORK/cont.out")" "the program went on"
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line z)
+	assert_contains "$got" "local: z" "the holder still steals"
+	trun_stop holder
+}
+
 # ---- HTTP filter: matching requests to the local program, the rest to the pod ----
 
 test_http_filter() { # BACKEND
@@ -323,3 +372,7 @@ check "accept/getpeername show the client, port taken here (ptrace)" test_peer_a
 check "a second steal of a port is refused" test_second_steal_refused
 check "the session ends with connections open" test_session_end_open_connections
 check "HTTP filter on a keep-alive connection (seccomp)" test_http_filter seccomp
+check "HTTP filter on a keep-alive connection (ptrace)" test_http_filter ptrace
+check "a closed listener gives the port back (seccomp)" test_listener_closed seccomp
+check "a closed listener gives the port back (ptrace)" test_listener_closed ptrace
+check "on_concurrent_steal continue" test_concurrent_continue
