@@ -218,7 +218,7 @@ int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
 /* One frame of a mirror stream: INCOMING_DATA (returns its length, *data points into
  * *m) or INCOMING_END (returns 0, *end_error its error). Release m with proto_msg_free.
  * timeout_ms < 0 waits forever. */
-ssize_t client_incoming_read(int stream_fd, struct proto_msg *m, const void **data,
-			     int *end_error, int timeout_ms, struct hm_err *err);
+ssize_t client_incoming_read(int stream_fd, struct proto_msg *m, const void **data, int *end_error,
+			     int timeout_ms, struct hm_err *err);
 
 #endif

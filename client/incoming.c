@@ -52,8 +52,7 @@ int client_incoming_unsubscribe(struct client *c, uint32_t subscription, struct 
 	return client_call(c, &req, &reply, 0, err);
 }
 
-int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
-			 struct hm_err *err)
+int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
 {
 	int fd = client_open_stream(c, token, err);
 	if (fd < 0)
@@ -61,8 +60,8 @@ int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
 	return fd;
 }
 
-ssize_t client_incoming_read(int stream_fd, struct proto_msg *m, const void **data,
-			     int *end_error, int timeout_ms, struct hm_err *err)
+ssize_t client_incoming_read(int stream_fd, struct proto_msg *m, const void **data, int *end_error,
+			     int timeout_ms, struct hm_err *err)
 {
 	memset(m, 0, sizeof(*m));
 	*data = NULL;

@@ -1650,7 +1650,8 @@ static void test_config_incoming_keys(void **state)
 	assert_int_equal(remote, 7000);
 	assert_false(policy_incoming_port(&c, 9999, &remote));
 	/* the filter goes to the agent without its ports, for the ports it names only */
-	assert_string_equal(policy_incoming_http_filter(&c, 80), "{\"header_filter\":\"^x-user: me$\"}");
+	assert_string_equal(policy_incoming_http_filter(&c, 80),
+			    "{\"header_filter\":\"^x-user: me$\"}");
 	assert_null(policy_incoming_http_filter(&c, 9001));
 	policy_config_free(&c);
 
@@ -1674,7 +1675,8 @@ static void test_config_incoming_keys(void **state)
 	/* a filter applies to steal only, and with no ports to every port */
 	if (load(&c,
 		 "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"mirror\", "
-		 "\"http_filter\": {\"any_of\": [{\"path\": \"^/api\"}, {\"method\": \"POST\"}]}}}}}",
+		 "\"http_filter\": {\"any_of\": [{\"path\": \"^/api\"}, {\"method\": "
+		 "\"POST\"}]}}}}}",
 		 &err) < 0)
 		fail_msg("%s", err.msg);
 	assert_int_equal(policy_config_finalize(&c, &err), 0);
@@ -1700,20 +1702,21 @@ static void test_config_incoming_errors(void **state)
 	expect_load_error(
 	    "{\"feature\": {\"network\": {\"incoming\": {\"port_mapping\": [[80, 70000]]}}}}",
 	    "feature.network.incoming.port_mapping[0][1]: 70000 is not a port");
-	expect_load_error(
-	    "{\"feature\": {\"network\": {\"incoming\": {\"port_mapping\": [[80, 81], [80, 82]]}}}}",
-	    "local port 80 is mapped twice");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"port_mapping\": [[80, "
+			  "81], [80, 82]]}}}}",
+			  "local port 80 is mapped twice");
 	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"ports\": [\"80\"]}}}}",
 			  "feature.network.incoming.ports[0]: expected a port number, got string");
-	expect_load_error(
-	    "{\"feature\": {\"network\": {\"incoming\": {\"ports\": [80], \"ignore_ports\": [81]}}}}",
-	    "set either ports or ignore_ports, not both");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"ports\": [80], "
+			  "\"ignore_ports\": [81]}}}}",
+			  "set either ports or ignore_ports, not both");
 	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"on_concurrent_steal\": "
 			  "\"override\"}}}}",
 			  "feature.network.incoming.on_concurrent_steal: \"override\" is not "
 			  "supported");
-	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"flush_connections\": 1}}}}",
-			  "feature.network.incoming.flush_connections: expected a boolean");
+	expect_load_error(
+	    "{\"feature\": {\"network\": {\"incoming\": {\"flush_connections\": 1}}}}",
+	    "feature.network.incoming.flush_connections: expected a boolean");
 	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"http_filter\": "
 			  "{\"header\": \"x\"}}}}}",
 			  "unknown key feature.network.incoming.http_filter.header");
@@ -1740,7 +1743,8 @@ static void test_config_incoming_merge(void **state)
 	struct policy_config file, flags;
 	struct hm_err err = {0};
 	if (load(&file,
-		 "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"ports\": [80]}}}}",
+		 "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"ports\": "
+		 "[80]}}}}",
 		 &err) < 0)
 		fail_msg("%s", err.msg);
 	policy_config_init(&flags);

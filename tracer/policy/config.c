@@ -777,7 +777,8 @@ static int walk_http_filter(struct walk *w, json_object *obj, struct policy_conf
 		if (json_object_is_type(val, json_type_null))
 			continue;
 		if (strcmp(key, "ports") == 0) {
-			rc = get_ports(w, path, val, &c->feature.network.incoming.http_filter_ports);
+			rc =
+			    get_ports(w, path, val, &c->feature.network.incoming.http_filter_ports);
 			if (rc < 0)
 				break;
 			continue;
@@ -810,13 +811,14 @@ static int walk_http_filter(struct walk *w, json_object *obj, struct policy_conf
 		json_object_object_add(filter, key, json_object_get(val));
 	}
 	if (rc == 0 && kinds > 1)
-		rc = fail(w,
-			  "%s: set one of header_filter, path_filter, method_filter, all_of, any_of "
-			  "(combine them with all_of or any_of)",
-			  parent);
+		rc =
+		    fail(w,
+			 "%s: set one of header_filter, path_filter, method_filter, all_of, any_of "
+			 "(combine them with all_of or any_of)",
+			 parent);
 	if (rc == 0) {
-		const char *text = kinds ? json_object_to_json_string_ext(filter, JSON_C_TO_STRING_PLAIN)
-					 : NULL;
+		const char *text =
+		    kinds ? json_object_to_json_string_ext(filter, JSON_C_TO_STRING_PLAIN) : NULL;
 		if (text && strlen(text) > 8192)
 			rc = fail(w, "%s: longer than 8192 bytes", parent);
 		else
@@ -850,9 +852,9 @@ static int walk_incoming(struct walk *w, json_object *obj, struct policy_config 
 			if (!json_object_is_type(val, json_type_string))
 				return type_error(w, path, "a string", val);
 			if (policy_incoming_mode_parse(json_object_get_string(val), &in->mode) < 0)
-				return fail(w,
-					    "%s: unknown mode \"%s\" (expected mirror, steal or off)",
-					    path, json_object_get_string(val));
+				return fail(
+				    w, "%s: unknown mode \"%s\" (expected mirror, steal or off)",
+				    path, json_object_get_string(val));
 		} else if (strcmp(key, "port_mapping") == 0) {
 			rc = get_port_mapping(w, path, val, &in->port_mapping);
 		} else if (strcmp(key, "ports") == 0) {
@@ -870,8 +872,9 @@ static int walk_incoming(struct walk *w, json_object *obj, struct policy_config 
 			else if (strcmp(v, "continue") == 0)
 				in->on_concurrent_steal = POLICY_CONCURRENT_CONTINUE;
 			else
-				return fail(w, "%s: \"%s\" is not supported (expected abort or continue)",
-					    path, v);
+				return fail(
+				    w, "%s: \"%s\" is not supported (expected abort or continue)",
+				    path, v);
 		} else if (strcmp(key, "flush_connections") == 0) {
 			rc = get_bool(w, path, val, &in->flush_connections);
 		} else {
@@ -1091,7 +1094,8 @@ int policy_config_merge(struct policy_config *base, const struct policy_config *
 	typeof(bf->network.incoming) *bi = &bf->network.incoming;
 	if (oi->mode)
 		bi->mode = oi->mode;
-	if ((oi->port_mapping.set && port_map_copy(&bi->port_mapping, &oi->port_mapping, err) < 0) ||
+	if ((oi->port_mapping.set &&
+	     port_map_copy(&bi->port_mapping, &oi->port_mapping, err) < 0) ||
 	    (oi->ports.set && ports_copy(&bi->ports, &oi->ports, err) < 0) ||
 	    (oi->ignore_ports.set && ports_copy(&bi->ignore_ports, &oi->ignore_ports, err) < 0))
 		return -1;
@@ -1136,8 +1140,8 @@ int policy_config_finalize(struct policy_config *c, struct hm_err *err)
 	if (in->flush_connections == POLICY_TRI_UNSET)
 		in->flush_connections = POLICY_TRI_FALSE;
 	if (in->ports.set && in->ignore_ports.set)
-		return hm_err_set(err, 0,
-				  "feature.network.incoming: set either ports or ignore_ports, not both");
+		return hm_err_set(
+		    err, 0, "feature.network.incoming: set either ports or ignore_ports, not both");
 
 	if (check_regex_list("feature.fs.read_only", &c->feature.fs.read_only, err) < 0 ||
 	    check_regex_list("feature.fs.read_write", &c->feature.fs.read_write, err) < 0 ||

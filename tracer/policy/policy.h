@@ -114,7 +114,8 @@ struct policy_config {
 				/* mirrord's http_filter object without "ports", as JSON text
 				 * for the agent; NULL: none */
 				char *http_filter;
-				struct policy_ports http_filter_ports; /* the target's; unset: all */
+				struct policy_ports
+				    http_filter_ports; /* the target's; unset: all */
 				enum policy_concurrent_steal on_concurrent_steal;
 				enum policy_tristate flush_connections;
 			} incoming;

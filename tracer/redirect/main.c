@@ -202,7 +202,8 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 			rc = policy_config_env_override(c, optarg, &err);
 			break;
 		case OPT_INCOMING:
-			if (policy_incoming_mode_parse(optarg, &c->feature.network.incoming.mode) < 0)
+			if (policy_incoming_mode_parse(optarg, &c->feature.network.incoming.mode) <
+			    0)
 				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
 						   "--incoming '%s': expected mirror, steal or off",
 						   optarg);

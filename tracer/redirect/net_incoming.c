@@ -46,10 +46,10 @@ struct inc_listener {
 	struct net_addr asked; /* what the program bound */
 	struct net_addr real;  /* what the socket is bound to */
 	uint16_t local_port, remote_port;
-	bool moved;    /* the asked port was taken here: bound to another */
-	uint32_t sub;  /* 0: not subscribed */
-	uint8_t mode;  /* PROTO_INCOMING_* */
-	bool pending;  /* a subscription is being asked for */
+	bool moved;   /* the asked port was taken here: bound to another */
+	uint32_t sub; /* 0: not subscribed */
+	uint8_t mode; /* PROTO_INCOMING_* */
+	bool pending; /* a subscription is being asked for */
 	/* the last accepted socket handed to the program, kept until the next accept
 	 * (redeliver: the answer did not arrive, the re-issued accept gets it again) */
 	int last_fd;
@@ -264,7 +264,8 @@ static void mirror_feed(struct net_incoming *in, int stream, int local)
 	feed_register(in, &f, true);
 	bool reset = true;
 	for (;;) {
-		struct pollfd p[2] = {{.fd = stream, .events = POLLIN}, {.fd = local, .events = POLLIN}};
+		struct pollfd p[2] = {{.fd = stream, .events = POLLIN},
+				      {.fd = local, .events = POLLIN}};
 		if (poll(p, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -732,7 +733,8 @@ static struct tracer_result subscribe_finish(struct net_job *job, const struct t
 	pthread_mutex_unlock(&in->lock);
 	if (!job->err.code && !job->err.msg[0]) {
 		if (!st->s->quiet)
-			fprintf(stderr, "trace-run: port %u of %s is %s the program (port %u)%s%s\n",
+			fprintf(stderr,
+				"trace-run: port %u of %s is %s the program (port %u)%s%s\n",
 				sj->port, target, mode_to(sj->mode), local_port,
 				sj->note[0] ? ": " : "", sj->note);
 		return tracer_return(0);

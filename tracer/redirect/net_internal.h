@@ -93,7 +93,8 @@ struct net_state {
 	unsigned long redirected_tcp, redirected_udp, dns_answers;
 	int jobs_running; /* atomic: worker threads that may still use the agent client */
 	bool nofile_raised;
-	struct net_incoming *incoming; /* net_incoming.c; NULL when feature.network.incoming is off */
+	struct net_incoming
+	    *incoming; /* net_incoming.c; NULL when feature.network.incoming is off */
 };
 
 bool trace_net_addr_is_v4(const struct net_addr *a); /* AF_INET or v4-mapped AF_INET6 */

@@ -326,8 +326,7 @@ bool trace_net_sock_alive_fd(int diag_fd, const struct net_sock *ns)
 		diag_fill(peer, msg.req.id.idiag_dst, &msg.req.id.idiag_dport);
 	}
 	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-	if (sendto(diag_fd, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel, sizeof(kernel)) <
-	    0)
+	if (sendto(diag_fd, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
 		return true;
 	union {
 		struct nlmsghdr nh;
