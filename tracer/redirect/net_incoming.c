@@ -389,6 +389,7 @@ static void *deliver_main(void *arg)
 	struct net_incoming *in = d->in;
 	struct net_state *st = in->st;
 	struct hm_err err = {0};
+	hm_cleanup_close int stream = -1;
 	struct inc_listener l;
 	char client[80];
 	struct net_addr ca;
@@ -402,7 +403,7 @@ static void *deliver_main(void *arg)
 			 d->ev.subscription);
 		goto out;
 	}
-	hm_cleanup_close int stream = client_incoming_open(st->s->client, d->ev.token, &err);
+	stream = client_incoming_open(st->s->client, d->ev.token, &err);
 	if (stream < 0) {
 		hm_debug("incoming connection from %s: %s", client, err.msg);
 		goto out;
@@ -506,7 +507,9 @@ static void collect(struct net_incoming *in)
 	size_t n = 0;
 	pthread_mutex_lock(&in->lock);
 	for (struct inc_listener *l = in->listeners; l && n < HM_ARRAY_SIZE(check); l = l->next) {
-		if (l->pending)
+		/* bound and not yet listening is not found by sock_diag: only subscribed
+		 * listeners are checked */
+		if (l->pending || !l->sub)
 			continue;
 		check[n].ino = l->ino;
 		check[n].copy = *l;
@@ -726,11 +729,18 @@ static struct tracer_result subscribe_finish(struct net_job *job, const struct t
 	pthread_mutex_lock(&in->lock);
 	struct inc_listener *l = listener_by_ino(in, job->ino);
 	uint16_t local_port = l ? l->local_port : sj->port;
+	struct inc_listener moved = {0};
 	if (l) {
 		l->pending = false;
 		l->sub = sj->sub;
+		if (l->moved)
+			moved = *l;
 	}
 	pthread_mutex_unlock(&in->lock);
+	/* the entry bind made may have been swept meanwhile: sock_diag finds a
+	 * socket only once it listens */
+	if (moved.ino)
+		name_entry(st, &moved);
 	if (!job->err.code && !job->err.msg[0]) {
 		if (!st->s->quiet)
 			fprintf(stderr,
