@@ -238,6 +238,101 @@ s.bind(("0.0.0.0", 8080)); s.listen(1); time.sleep(60)' &
 	trun_stop "$name"
 }
 
+# ---- C servers, glibc and musl: blocking accept() (SYS_accept), getpeername ----
+
+ACCEPT_C='
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static const char *str(struct sockaddr_in *a, char *b) {
+	sprintf(b, "%s:%d", inet_ntoa(a->sin_addr), ntohs(a->sin_port));
+	return b;
+}
+int main(void) {
+	int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(7000)};
+	if (bind(s, (void *)&a, sizeof(a)) || listen(s, 8)) { perror("bind/listen"); return 1; }
+	for (int i = 0; i < 3; i++) {
+		struct sockaddr_in p, q, l;
+		socklen_t pl = sizeof(p), ql = sizeof(q), ll = sizeof(l);
+		int c = accept(s, (void *)&p, &pl);
+		if (c < 0) { perror("accept"); return 1; }
+		getpeername(c, (void *)&q, &ql);
+		getsockname(c, (void *)&l, &ll);
+		char buf[512], x[64], y[64], z[64];
+		read(c, buf, sizeof(buf));
+		int n = snprintf(buf, sizeof(buf), "local: accept=%s peer=%s self=%s\n",
+				 str(&p, x), str(&q, y), str(&l, z));
+		write(c, buf, n);
+		close(c);
+	}
+	return 0;
+}
+'
+
+test_c_accept() { # LIBC BACKEND
+	local libc="$1" backend="$2" name="c-$1-$2" got cc=gcc
+	[ "$libc" = glibc ] || cc=musl-gcc
+	printf '%s' "$ACCEPT_C" >"$WORK/accept.c"
+	"$cc" -static -O2 -o "$WORK/accept-$libc" "$WORK/accept.c" || fail "$cc failed"
+	trun_bg "$name" "$backend" root --incoming steal -- "$WORK/accept-$libc"
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line hi)
+	echo "answer: $got"
+	assert_contains "$got" "local: accept=$CLI_IP:" "accept's address ($libc)"
+	local port=${got#*accept=$CLI_IP:}
+	port=${port%% *}
+	assert_contains "$got" "peer=$CLI_IP:$port " "getpeername ($libc)"
+	assert_contains "$got" "self=$WEB_IP:7000" "getsockname of the accepted socket ($libc)"
+	trun_stop "$name"
+}
+
+# ---- a signal reaches a program waiting in a blocking accept ----
+
+SIGNAL_PY='
+import signal, socket, sys
+def handler(sig, frame):
+    print("handled signal", sig, flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGUSR1, handler)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("0.0.0.0", 7000))
+s.listen(8)
+s.accept()
+print("accept returned", flush=True)
+'
+
+test_signal_in_accept() { # BACKEND
+	local backend="$1" name="sig-$1" pid rc=0
+	trun_bg "$name" "$backend" root --incoming steal -- "$PYTHON" -c "$SIGNAL_PY"
+	pid=$(cat "$WORK/$name.trun.pid")
+	sleep 0.5 # python waits in accept(), deferred by trace-run
+	local t0=$SECONDS
+	kill -USR1 "$pid" # trace-run forwards it
+	wait_until 50 pid_exited "$pid" || fail "SIGUSR1 did not reach python waiting in accept"
+	wait "$pid" || rc=$?
+	rm -f "$WORK/$name.trun.pid"
+	echo "python ended $((SECONDS - t0)) s after SIGUSR1, exit $rc"
+	assert_eq "handled signal 10" "$(cat "$WORK/$name.out")" "python's handler ran"
+	assert_eq 3 "$rc" "python's exit status"
+}
+
+# ---- busybox httpd ----
+
+test_busybox_httpd() { # BACKEND
+	local backend="$1" name="httpd-$1" got
+	mkdir -p "$WORK/$name.www"
+	echo "served by the local busybox httpd" >"$WORK/$name.www/index.html"
+	trun_bg "$name" "$backend" root --incoming steal -- \
+		busybox httpd -f -p 8080 -h "$WORK/$name.www"
+	got=$(cli wget -qO- "http://$WEB_IP:8080/index.html")
+	assert_eq "served by the local busybox httpd" "$got" "wget answered by busybox httpd"
+	trun_stop "$name"
+}
+
 # ---- a second steal of the same port is refused, the first keeps it ----
 
 test_second_steal_refused() {
@@ -371,6 +466,12 @@ check "python http.server steal (ptrace)" test_python_http steal ptrace
 check "raw TCP echo steal (ptrace)" test_tcp_echo steal ptrace
 check "accept/getpeername show the client, port taken here (seccomp)" test_peer_and_taken_port seccomp
 check "accept/getpeername show the client, port taken here (ptrace)" test_peer_and_taken_port ptrace
+check "C server, glibc, blocking accept (seccomp)" test_c_accept glibc seccomp
+check "C server, musl, blocking accept (seccomp)" test_c_accept musl seccomp
+check "C server, musl, blocking accept (ptrace)" test_c_accept musl ptrace
+check "busybox httpd steal (seccomp)" test_busybox_httpd seccomp
+check "a signal reaches python in a blocking accept (seccomp)" test_signal_in_accept seccomp
+check "a signal reaches python in a blocking accept (ptrace)" test_signal_in_accept ptrace
 check "a second steal of a port is refused" test_second_steal_refused
 check "the session ends with connections open" test_session_end_open_connections
 check "HTTP filter on a keep-alive connection (seccomp)" test_http_filter seccomp

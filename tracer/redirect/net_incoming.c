@@ -24,8 +24,10 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 
 #include "tracer/redirect/net_internal.h"
 
@@ -34,6 +36,7 @@
 #define SUBSCRIPTION_WAIT_MS 2000  /* an event that overtook its subscribe reply */
 #define LOCAL_CONNECT_MS 5000	   /* to the program's listener on this machine */
 #define MIRROR_REPLY_DRAIN_MS 5000 /* the program's answer after the client's FIN */
+#define SIGNAL_CHECK_MS 200	   /* a thread waiting in accept is checked for signals */
 
 #ifndef IPPROTO_MPTCP
 #define IPPROTO_MPTCP 262
@@ -830,13 +833,52 @@ struct accept_wait {
 	int dup; /* the listener */
 	ino_t ino;
 	int flags; /* accept4's */
+	/* a blocking accept waits for the listener or the timer, whichever comes first */
+	int epfd, timer;
 };
 
 static void accept_wait_free(void *arg)
 {
 	struct accept_wait *aw = arg;
 	close(aw->dup);
+	if (aw->epfd >= 0)
+		close(aw->epfd);
+	if (aw->timer >= 0)
+		close(aw->timer);
 	free(aw);
+}
+
+/* The wait of a blocking accept: readable when the listener has a connection, and every
+ * SIGNAL_CHECK_MS. */
+static int accept_wait_fd(struct accept_wait *aw)
+{
+	if (aw->epfd >= 0)
+		return aw->epfd;
+	aw->epfd = epoll_create1(EPOLL_CLOEXEC);
+	aw->timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (aw->epfd < 0 || aw->timer < 0)
+		return -1;
+	struct itimerspec every = {.it_interval = {0, SIGNAL_CHECK_MS * 1000000L},
+				   .it_value = {0, SIGNAL_CHECK_MS * 1000000L}};
+	struct epoll_event ev = {.events = EPOLLIN};
+	if (timerfd_settime(aw->timer, 0, &every, NULL) < 0 ||
+	    epoll_ctl(aw->epfd, EPOLL_CTL_ADD, aw->timer, &ev) < 0 ||
+	    epoll_ctl(aw->epfd, EPOLL_CTL_ADD, aw->dup, &ev) < 0)
+		return -1;
+	return aw->epfd;
+}
+
+/* A signal waits for the thread (not blocked): the kernel's own accept, which returns
+ * at once for it, lets it be handled (or kill the program) and the call be restarted as
+ * the handler's SA_RESTART says. A deferred call would hold it back until a connection
+ * came (the ptrace backend keeps the thread stopped meanwhile). */
+static bool signal_waiting(pid_t tid)
+{
+	struct hm_proc_field f[] = {{.key = "SigPnd"}, {.key = "ShdPnd"}, {.key = "SigBlk"}};
+	if (hm_proc_status(tid, f, HM_ARRAY_SIZE(f)) < 0)
+		return false;
+	unsigned long long pnd = strtoull(f[0].value, NULL, 16) | strtoull(f[1].value, NULL, 16);
+	return pnd & ~strtoull(f[2].value, NULL, 16);
 }
 
 /* The answer did not arrive (a signal, the thread is gone): the re-issued accept gets
@@ -938,8 +980,15 @@ static struct tracer_result accept_try(const struct tracer_call *call, struct ac
 		if (fd < 0) {
 			int e = errno;
 			int fl = fcntl(aw->dup, F_GETFL);
-			if (e == EAGAIN && fl >= 0 && !(fl & O_NONBLOCK))
-				return tracer_defer(aw->dup, accept_resume, accept_wait_free, aw);
+			if (e == EAGAIN && fl >= 0 && !(fl & O_NONBLOCK)) {
+				int wfd = accept_wait_fd(aw);
+				if (wfd >= 0)
+					return tracer_defer(wfd, accept_resume, accept_wait_free,
+							    aw);
+				accept_wait_free(aw);
+				return tracer_continue(); /* the kernel's accept, loopback address
+							   */
+			}
 			accept_wait_free(aw);
 			return tracer_error(e == EAGAIN ? EAGAIN : e);
 		}
@@ -971,7 +1020,13 @@ static struct tracer_result accept_try(const struct tracer_call *call, struct ac
 
 static struct tracer_result accept_resume(const struct tracer_call *call, void *arg)
 {
-	return accept_try(call, arg);
+	struct accept_wait *aw = arg;
+	uint64_t ticks;
+	if (read(aw->timer, &ticks, sizeof(ticks)) == sizeof(ticks) && signal_waiting(call->pid)) {
+		accept_wait_free(aw);
+		return tracer_continue();
+	}
+	return accept_try(call, aw);
 }
 
 static struct tracer_result handle_accept(const struct tracer_call *call, void *data)
@@ -999,7 +1054,8 @@ static struct tracer_result handle_accept(const struct tracer_call *call, void *
 		close(dup);
 		return tracer_error(ENOMEM);
 	}
-	*aw = (struct accept_wait){.st = st, .dup = dup, .ino = ino, .flags = flags};
+	*aw = (struct accept_wait){
+	    .st = st, .dup = dup, .ino = ino, .flags = flags, .epfd = -1, .timer = -1};
 	return accept_try(call, aw);
 }
 
