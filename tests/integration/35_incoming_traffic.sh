@@ -88,7 +88,7 @@ trun_bg() {
 trun_stop() {
 	local pid
 	pid=$(cat "$WORK/$1.trun.pid")
-	kill -TERM "$pid" 2>/dev/null
+	kill -TERM "$pid" 2>/dev/null || true # it may have ended with its program
 	wait_until 100 pid_exited "$pid" || kill -KILL "$pid" 2>/dev/null
 	wait "$pid" 2>/dev/null || true # the program's SIGTERM is trace-run's status
 	rm -f "$WORK/$1.trun.pid"
