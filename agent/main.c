@@ -217,20 +217,6 @@ static int parse_group(const char *s, gid_t *out)
 	return 0;
 }
 
-static void print_incoming(FILE *f, const struct proto_status_reply *s)
-{
-	if (!s->has_incoming)
-		return;
-	fprintf(f, "incoming     %u subscription(s)\n", s->subscriptions);
-	fprintf(f, "  stolen     %llu connection(s) or HTTP request(s) to clients\n",
-		(unsigned long long)s->stolen);
-	fprintf(f, "  passed     %llu filtered HTTP request(s) left to the target\n",
-		(unsigned long long)s->passed_to_target);
-	fprintf(f, "  mirrored   %llu connection(s) whole, %llu reset (bytes lost), %llu bytes\n",
-		(unsigned long long)s->mirrored, (unsigned long long)s->mirror_lost,
-		(unsigned long long)s->mirror_bytes);
-}
-
 static int cmd_status(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -294,12 +280,6 @@ static int cmd_status(int argc, char **argv)
 	if (client_status(c, &st, &err) < 0)
 		return fail(&err);
 	client_status_print(stdout, &st);
-	/* the incoming counters come from the reply itself: client_status predates them */
-	struct proto_msg req = {.type = PROTO_STATUS}, reply;
-	if (client_call(c, &req, &reply, 0, &err) < 0)
-		return fail(&err);
-	print_incoming(stdout, &reply.status_reply);
-	proto_msg_free(&reply);
 	return 0;
 }
 

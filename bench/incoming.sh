@@ -20,6 +20,11 @@ BENCH_STEAL_ROUNDS="${BENCH_STEAL_ROUNDS:-3}"
 BENCH_STEAL_SECONDS="${BENCH_STEAL_SECONDS:-4}"
 BENCH_STEAL_C="${BENCH_STEAL_C:-8}"
 
+# The stolen rows: the local server behind a user-space relay (agent_e2e --forward: the
+# hop trace-run's local delivery adds), and a C responder on the stream itself (the
+# agent's own cost; faster per request than the pod's Go server, so not the same
+# server). TODO(lead): once i-trace's trace-run side is merged, a row with the same
+# httpserve under `trace-run --target pod/WEB --incoming steal` is the real one.
 incoming_env_down() {
 	local f n
 	[ -n "$BI_WORK" ] || return 0

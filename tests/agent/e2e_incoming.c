@@ -16,16 +16,12 @@
 #include <netinet/tcp.h>
 #include <time.h>
 
+#include "relay/relay.h"
 #include "tests/agent/e2e.h"
 
 #define CTL_TIMEOUT_MS 20000
 
-struct ctl {
-	int fd;
-	uint32_t next_id;
-};
-
-static int ctl_open(struct e2e_ctx *ctx, struct ctl *c, struct hm_err *err)
+int e2e_ctl_open(struct e2e_ctx *ctx, struct e2e_ctl *c, struct hm_err *err)
 {
 	c->next_id = 1;
 	c->fd = client_endpoint_dial(&ctx->ep, CTL_TIMEOUT_MS, err);
@@ -36,12 +32,8 @@ static int ctl_open(struct e2e_ctx *ctx, struct ctl *c, struct hm_err *err)
 				      PROTO_FEATURES_SUPPORTED, CTL_TIMEOUT_MS, &agreed, err);
 }
 
-typedef void (*event_fn)(void *arg, const struct proto_msg *ev);
-
-/* Send req and wait for its reply; events that arrive meanwhile go to on_event. An
- * ERROR reply fails with its errno and message. */
-static int ctl_call(struct ctl *c, struct proto_msg *req, struct proto_msg *reply,
-		    event_fn on_event, void *arg, struct hm_err *err)
+int e2e_ctl_call(struct e2e_ctl *c, struct proto_msg *req, struct proto_msg *reply,
+		 e2e_event_fn on_event, void *arg, struct hm_err *err)
 {
 	uint32_t id = c->next_id++;
 	if (proto_send(c->fd, id, req, err) < 0)
@@ -70,31 +62,31 @@ static int ctl_call(struct ctl *c, struct proto_msg *req, struct proto_msg *repl
 	}
 }
 
-static int ctl_session(struct e2e_ctx *ctx, struct ctl *c, struct hm_err *err)
+int e2e_ctl_session(struct e2e_ctx *ctx, struct e2e_ctl *c, struct hm_err *err)
 {
 	if (!ctx->target)
 		return hm_err_set(err, EINVAL, "this command needs --target");
-	if (ctl_open(ctx, c, err) < 0)
+	if (e2e_ctl_open(ctx, c, err) < 0)
 		return -1;
 	struct proto_msg req = {.type = PROTO_SESSION_OPEN}, r;
 	req.session_open.target = ctx->target;
-	if (ctl_call(c, &req, &r, NULL, NULL, err) < 0)
+	if (e2e_ctl_call(c, &req, &r, NULL, NULL, err) < 0)
 		return hm_err_prefix(err, "session on %s", ctx->target);
 	printf("session %llu\n", (unsigned long long)r.session_open_reply.session_id);
 	proto_msg_free(&r);
 	return 0;
 }
 
-static int ctl_subscribe(struct ctl *c, uint16_t port, uint8_t mode, uint32_t flags,
-			 const char *filter, uint32_t *sub, char *note, size_t note_len,
-			 struct hm_err *err)
+int e2e_ctl_subscribe(struct e2e_ctl *c, uint16_t port, uint8_t mode, uint32_t flags,
+		      const char *filter, uint32_t *sub, char *note, size_t note_len,
+		      struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_INCOMING_SUBSCRIBE}, r;
 	req.incoming_subscribe.port = port;
 	req.incoming_subscribe.mode = mode;
 	req.incoming_subscribe.flags = flags;
 	req.incoming_subscribe.http_filter = filter ? filter : "";
-	if (ctl_call(c, &req, &r, NULL, NULL, err) < 0)
+	if (e2e_ctl_call(c, &req, &r, NULL, NULL, err) < 0)
 		return -1;
 	*sub = r.incoming_subscribe_reply.subscription;
 	snprintf(note, note_len, "%s", r.incoming_subscribe_reply.note);
@@ -190,8 +182,11 @@ static void serve_keepalive(int fd, const char *body)
 	}
 }
 
-/* Copy both ways between the stream and a local server until both sides are done;
- * an EOF becomes a half-close on the other side. */
+/* The stream and a local server, joined by the splice relay (relay/relay.h) that also
+ * carries trace-run's local connections: one thread for every forwarded connection. */
+static struct relay *forward_relay;
+static struct relay_counters forward_counters;
+
 static void serve_forward(int fd, const struct proto_addr *to)
 {
 	struct sockaddr_storage ss;
@@ -204,28 +199,10 @@ static void serve_forward(int fd, const struct proto_addr *to)
 	}
 	int one = 1;
 	setsockopt(local, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	int fds[2] = {fd, local};
-	bool open[2] = {true, true};
-	char buf[65536];
-	while (open[0] || open[1]) {
-		struct pollfd pf[2] = {{.fd = open[0] ? fds[0] : -1, .events = POLLIN},
-				       {.fd = open[1] ? fds[1] : -1, .events = POLLIN}};
-		if (poll(pf, 2, -1) < 0)
-			break;
-		for (int i = 0; i < 2; i++) {
-			if (!pf[i].revents)
-				continue;
-			ssize_t n = recv(fds[i], buf, sizeof(buf), 0);
-			if (n <= 0) {
-				open[i] = false;
-				shutdown(fds[1 - i], SHUT_WR);
-				continue;
-			}
-			if (send(fds[1 - i], buf, (size_t)n, MSG_NOSIGNAL) != n)
-				open[0] = open[1] = false;
-		}
-	}
-	close(local);
+	struct hm_err err = {0};
+	/* the relay owns both from here on; the caller's close of fd must not happen */
+	if (relay_add_tcp(forward_relay, dup(fd), local, &err) < 0)
+		fprintf(stderr, "forward: %s\n", err.msg);
 }
 
 static void *serve_main(void *arg)
@@ -350,11 +327,16 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 			opts.mode = SERVE_KEEPALIVE;
 			opts.body = optarg;
 			break;
-		case 'w':
+		case 'w': {
+			struct hm_err rerr = {0};
+			if (!forward_relay &&
+			    relay_create(&forward_counters, &forward_relay, &rerr) < 0)
+				return e2e_fail("cannot start the relay: %s", rerr.msg);
 			opts.mode = SERVE_FORWARD;
 			if (e2e_parse_addr(optarg, &opts.forward) < 0)
 				return 2;
 			break;
+		}
 		case 'h':
 			opts.mode = SERVE_HTTP;
 			opts.body = optarg;
@@ -385,12 +367,12 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 		return 2;
 	signal(SIGPIPE, SIG_IGN);
 	struct hm_err err = {0};
-	struct ctl c = {.fd = -1};
+	struct e2e_ctl c = {.fd = -1};
 	uint32_t sub;
 	char note[PROTO_MSG_MAX];
-	if (ctl_session(ctx, &c, &err) < 0 ||
-	    ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_STEAL, flags, filter, &sub, note,
-			  sizeof(note), &err) < 0)
+	if (e2e_ctl_session(ctx, &c, &err) < 0 ||
+	    e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_STEAL, flags, filter, &sub, note,
+			      sizeof(note), &err) < 0)
 		return e2e_fail("steal port %d: %s", port, err.msg);
 	char line[64];
 	snprintf(line, sizeof(line), "subscribed %u", sub);
@@ -415,7 +397,7 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 	if (unsubscribe) {
 		struct proto_msg req = {.type = PROTO_INCOMING_UNSUBSCRIBE}, r;
 		req.incoming_unsubscribe.subscription = sub;
-		if (ctl_call(&c, &req, &r, on_connection, &st, &err) < 0)
+		if (e2e_ctl_call(&c, &req, &r, on_connection, &st, &err) < 0)
 			return e2e_fail("unsubscribe %u: %s", sub, err.msg);
 		proto_msg_free(&r);
 		printf("unsubscribed %u\n", sub);
@@ -462,16 +444,16 @@ static int cmd_subscribe(struct e2e_ctx *ctx, int argc, char **argv)
 		       : !strcmp(mode_s, "mirror") ? PROTO_INCOMING_MIRROR
 						   : 0;
 	int want_errno = strcmp(want, "ok") ? e2e_errno_code(want) : 0;
-	if (port <= 0 || port > 65535 || !mode || want_errno < 0)
+	if (port < 0 || port > 65535 || !mode || want_errno < 0) /* 0: the agent says no */
 		return 2;
 	struct hm_err err = {0};
-	struct ctl c = {.fd = -1};
-	if (ctl_session(ctx, &c, &err) < 0)
+	struct e2e_ctl c = {.fd = -1};
+	if (e2e_ctl_session(ctx, &c, &err) < 0)
 		return e2e_fail("%s", err.msg);
 	uint32_t sub;
 	char note[PROTO_MSG_MAX];
-	int rc =
-	    ctl_subscribe(&c, (uint16_t)port, mode, flags, filter, &sub, note, sizeof(note), &err);
+	int rc = e2e_ctl_subscribe(&c, (uint16_t)port, mode, flags, filter, &sub, note,
+				   sizeof(note), &err);
 	close(c.fd);
 	if (rc == 0) {
 		printf("subscribed %u%s%s\n", sub, note[0] ? ", note: " : "", note);
@@ -490,6 +472,33 @@ static int cmd_subscribe(struct e2e_ctx *ctx, int argc, char **argv)
 	return e2e_ok("%s of port %d refused with %s", mode_s, port, want);
 }
 
+/* unsubscribe ID ok|ERRNO: a fresh session unsubscribes ID (another session's: ENOENT) */
+static int cmd_unsubscribe(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	long id = atol(argv[1]);
+	int want = strcmp(argv[2], "ok") ? e2e_errno_code(argv[2]) : 0;
+	if (id <= 0 || id > UINT32_MAX || want < 0)
+		return 2;
+	struct hm_err err = {0};
+	struct e2e_ctl c = {.fd = -1};
+	if (e2e_ctl_session(ctx, &c, &err) < 0)
+		return e2e_fail("%s", err.msg);
+	struct proto_msg req = {.type = PROTO_INCOMING_UNSUBSCRIBE}, r;
+	req.incoming_unsubscribe.subscription = (uint32_t)id;
+	int rc = e2e_ctl_call(&c, &req, &r, NULL, NULL, &err);
+	close(c.fd);
+	if (rc == 0) {
+		proto_msg_free(&r);
+		return want ? e2e_fail("unsubscribe %ld succeeded, expected %s", id, argv[2])
+			    : e2e_ok("subscription %ld ended", id);
+	}
+	if (err.code != want)
+		return e2e_fail("unsubscribe %ld: %s, expected %s", id, err.msg, argv[2]);
+	return e2e_ok("unsubscribe %ld refused: %s", id, err.msg);
+}
+
 /* incoming-status: print the agent's incoming counters (has_incoming must be set). */
 static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 {
@@ -497,9 +506,9 @@ static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 	if (argc != 1)
 		return 2;
 	struct hm_err err = {0};
-	struct ctl c = {.fd = -1};
+	struct e2e_ctl c = {.fd = -1};
 	struct proto_msg req = {.type = PROTO_STATUS}, r;
-	if (ctl_open(ctx, &c, &err) < 0 || ctl_call(&c, &req, &r, NULL, NULL, &err) < 0)
+	if (e2e_ctl_open(ctx, &c, &err) < 0 || e2e_ctl_call(&c, &req, &r, NULL, NULL, &err) < 0)
 		return e2e_fail("status: %s", err.msg);
 	close(c.fd);
 	struct proto_status_reply *s = &r.status_reply;
@@ -520,6 +529,7 @@ static const struct e2e_cmd incoming_cmds[] = {
      cmd_steal},
     {"subscribe", "PORT steal|mirror ok|ERRNO [TEXT] [--flush] [--concurrent] [--filter JSON]",
      cmd_subscribe},
+    {"unsubscribe", "ID ok|ERRNO", cmd_unsubscribe},
     {"incoming-status", "", cmd_incoming_status},
 };
 E2E_REGISTER(incoming_cmds)

@@ -123,10 +123,13 @@ session_of() { sed -n 's/^session //p' "$WORK/$1.out"; }
 
 test_status_counts() {
 	local out
-	out=$("$TRACE_AGENT" status --unix "$WORK/main.sock" --token-file "$WORK/token")
+		# the STATUS_REPLY's counters (trace-agent status prints them through the client
+	# library, i-trace's)
+	out=$(E incoming-status)
 	echo "$out"
-	assert_contains "$out" "incoming     0 subscription(s)" "trace-agent status"
-	grep -Eq '^  stolen +[2-9][0-9]* ' <<<"$out" || fail "the stolen connections are not counted"
+	assert_contains "$out" "subscriptions 0 " "the agent's status"
+	awk '{ for (i = 1; i < NF; i++) if ($i == "stolen" && $(i + 1) >= 2) found = 1 }
+		END { exit !found }' <<<"$out" || fail "the stolen connections are not counted"
 }
 
 # unsubscribing (the session stays open) gives the port back
@@ -165,6 +168,9 @@ test_agent_killed() {
 	steal_bg k "$HTTP_PORT" --http stolen-k
 	assert_eq "stolen-k" "$(get)" "stolen before the kill"
 	[ -n "$(ours_in_pod)" ] || fail "no sk_lookup link while stealing"
+	local prog
+	prog=$(sed -n 's/.*stealing port .* (sk_lookup program id \([0-9]*\)).*/\1/p' "$WORK/main.log" | tail -1)
+	[ -n "$prog" ] && bpftool prog show id "$prog" >/dev/null || fail "no program id in the agent's log"
 	# timed from the host (over the pods' bridge): a pod exec costs more than the wait
 	kill -KILL "$(agent_pid "$WORK" main)"
 	local start=$EPOCHREALTIME
@@ -175,7 +181,10 @@ test_agent_killed() {
 	local took
 	took=$(awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (n - s) * 1000 }')
 	echo "the pod answered ${took} ms after kill -9"
-	[ -z "$(ours_in_pod)" ] || fail "left behind after kill -9: $(ours_in_pod)"
+		[ -z "$(ours_in_pod)" ] || fail "left behind after kill -9: $(ours_in_pod)"
+	# the program itself is unloaded: nothing else held it
+	wait_until 20 sh -c "! bpftool prog show id $prog >/dev/null 2>&1" ||
+		fail "program $prog still loaded after kill -9: $(bpftool prog show id "$prog")"
 	assert_eq "pod-answer" "$(get)" "a client in the other pod after kill -9"
 	stop_steal k
 	agent_start "$WORK" main
@@ -272,7 +281,18 @@ test_session_ends_with_open_connections() {
 	wait "$(steal_pid open)" 2>/dev/null || true
 }
 
+# a session cannot end another session's subscription
+test_other_sessions_subscription() {
+	steal_bg mine "$HTTP_PORT" --http mine-answer
+	local sub
+	sub=$(sed -n 's/^subscribed //p' "$WORK/mine.out")
+	E unsubscribe "$sub" ENOENT
+	assert_eq "mine-answer" "$(get)" "the port after another session tried to unsubscribe it"
+	stop_steal mine
+}
+
 run_test pod_answers_before test_pod_answers_before
+run_test other_sessions_subscription test_other_sessions_subscription
 run_test steal_http test_steal_http
 run_test status_counts test_status_counts
 run_test unsubscribe_gives_back test_unsubscribe_gives_back
