@@ -689,6 +689,9 @@ void agent_reasm_segment(struct agent_reasm *r, const struct agent_tcp_segment *
 			 int64_t now_ms);
 /* Apply the timeouts; returns the ms until the next one is due (-1: none). */
 int64_t agent_reasm_tick(struct agent_reasm *r, int64_t now_ms);
+/* The copy lost a segment of the connection key names (its 4-tuple; payload unused):
+ * it ends LOST now, whether or not a later segment would have shown the hole. */
+void agent_reasm_lose(struct agent_reasm *r, const struct agent_tcp_segment *key);
 /* End every connection to port (RESET): its last subscription went away. */
 void agent_reasm_drop_port(struct agent_reasm *r, uint16_t port);
 size_t agent_reasm_conns(const struct agent_reasm *r);

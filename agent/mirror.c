@@ -36,6 +36,7 @@
 #define MAX_IOV 64
 /* segments this big are written at once, without a copy; smaller ones are batched */
 #define DIRECT_MIN (16u << 10)
+#define STREAM_SNDBUF (4 << 20)
 
 struct mirror_port {
 	struct mirror_port *next;
@@ -337,7 +338,9 @@ static void copy_data(struct mirror_copy *cp, const void *p, size_t len)
 		return;
 	if (copy_write_direct(cp, p, len) == len)
 		return;
-	if (cp->queued + len > cp->m->cfg.copy_buffer_max ||
+	/* until its claim, a copy is bounded by the total only: a burst at the pod's line
+	 * rate must not cost it the bytes of the few ms its client takes to claim */
+	if ((cp->state == COPY_OPEN && cp->queued + len > cp->m->cfg.copy_buffer_max) ||
 	    cp->m->queued_total + len > cp->m->cfg.total_buffer_max) {
 		hm_debug("mirror: a copy fell %zu bytes behind: reset", cp->queued);
 		copy_reset(cp);
@@ -490,6 +493,11 @@ static void take_claim(struct mirror_copy *cp)
 	int fl = fcntl(cp->fd, F_GETFL);
 	if (fl >= 0)
 		fcntl(cp->fd, F_SETFL, fl | O_NONBLOCK);
+	/* the default (wmem_default, ~200 KiB) is what one round could hand to a reader
+	 * that keeps up: the engine comes back only after its next round */
+	int sndbuf = STREAM_SNDBUF;
+	if (setsockopt(cp->fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+		setsockopt(cp->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
 				 .data.ptr = cp};
 	if (epoll_ctl(cp->m->epfd, EPOLL_CTL_ADD, cp->fd, &ev) < 0) {
@@ -546,7 +554,7 @@ static bool reasm_data(void *ctx, void *conn, const void *p, size_t len)
 	struct mirror_ns *ns = ctx;
 	struct mirror_conn *c = conn;
 	if (!c->offered) {
-		if (c->pre_len + len > ns->m->cfg.copy_buffer_max) {
+		if (c->pre_len + len > ns->m->cfg.total_buffer_max) {
 			/* nobody claimed fast enough: the copies to come would lack bytes */
 			c->ended = true;
 			c->how = AGENT_REASM_LOST;
@@ -666,7 +674,7 @@ static void conn_offer(struct agent_mirror *m, struct mirror_conn *c)
 
 /* Bytes one round may take from a ring buffer before the engine offers the new
  * connections and writes to the streams: they must not wait for a burst to end. */
-#define ROUND_BYTES (4u << 20)
+#define ROUND_BYTES (1u << 20)
 
 static bool on_segment(void *ctx, const struct hm_mirror_segment *seg)
 {
@@ -870,8 +878,18 @@ static void *control_main(void *arg)
 	return NULL;
 }
 
+static void on_lost_flow(void *ctx, const struct hm_mirror_flow *f)
+{
+	struct mirror_ns *ns = ctx;
+	struct agent_tcp_segment key = {.family = f->family, .sport = f->sport, .dport = f->dport};
+	memcpy(key.saddr, f->saddr, sizeof(key.saddr));
+	memcpy(key.daddr, f->daddr, sizeof(key.daddr));
+	agent_reasm_lose(ns->reasm, &key);
+}
+
 static void check_drops(struct mirror_ns *ns)
 {
+	hm_mirror_take_lost(ns->bpf, on_lost_flow, ns);
 	uint64_t segs, bytes;
 	hm_mirror_drops(ns->bpf, &segs, &bytes);
 	if (segs > ns->drops_seen) {

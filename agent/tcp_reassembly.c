@@ -288,6 +288,13 @@ int64_t agent_reasm_tick(struct agent_reasm *r, int64_t now_ms)
 	return next_due;
 }
 
+void agent_reasm_lose(struct agent_reasm *r, const struct agent_tcp_segment *key)
+{
+	struct conn *c = *find(r, key);
+	if (c)
+		finish(r, c, AGENT_REASM_LOST);
+}
+
 void agent_reasm_drop_port(struct agent_reasm *r, uint16_t port)
 {
 	struct conn *c = r->lru_head;

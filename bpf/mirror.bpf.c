@@ -62,6 +62,14 @@ struct {
 	__type(value, struct mirror_drops);
 } mirror_drop_stats SEC(".maps");
 
+/* connections that lost a segment; the agent takes them out as it resets them */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MIRROR_LOST_FLOWS_MAX);
+	__type(key, struct mirror_flow);
+	__type(value, __u8);
+} mirror_lost_flows SEC(".maps");
+
 /* Where the IP header starts: Ethernet-framed devices (veth, lo) carry 14 bytes of MAC
  * header before it, L3 devices (tun, wireguard) none. */
 static __always_inline int l3_offset(struct __sk_buff *skb, __u16 protocol)
@@ -167,6 +175,12 @@ int hm_mirror(struct __sk_buff *skb)
 			d->events++;
 			d->bytes += len;
 		}
+		struct mirror_flow flow = {
+		    .family = ev->family, .sport = ev->sport, .dport = ev->dport};
+		__builtin_memcpy(flow.saddr, ev->saddr, sizeof(flow.saddr));
+		__builtin_memcpy(flow.daddr, ev->daddr, sizeof(flow.daddr));
+		__u8 one = 1;
+		bpf_map_update_elem(&mirror_lost_flows, &flow, &one, BPF_ANY);
 	}
 	return TC_ACT_OK;
 }

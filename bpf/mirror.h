@@ -26,6 +26,18 @@ struct mirror_event {
 	__u8 daddr[16];
 };
 
+/* A connection one of whose segments the program could not hand to user space: the
+ * agent resets its copies (the segment may have been its last, so no later one would
+ * show the hole). */
+struct mirror_flow {
+	__u8 family;
+	__u8 pad;
+	__u16 sport, dport;
+	__u16 pad2;
+	__u8 saddr[16], daddr[16];
+};
+#define MIRROR_LOST_FLOWS_MAX 4096
+
 /* what the program could not hand to user space, per CPU */
 struct mirror_drops {
 	__u64 events; /* segments dropped: ring buffer full */

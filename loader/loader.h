@@ -107,6 +107,16 @@ int hm_mirror_fd(const struct hm_mirror *m);
 /* Hand the waiting segments to on_segment until none is left (0) or on_segment asks
  * to stop (1: more may wait); < 0 on error. */
 int hm_mirror_consume(struct hm_mirror *m, struct hm_err *err);
+/* A connection that lost a segment (hm_mirror_take_lost). */
+struct hm_mirror_flow {
+	uint8_t family;
+	uint16_t sport, dport;
+	uint8_t saddr[16], daddr[16];
+};
+/* Hand each connection that lost a segment since the last call to fn, and forget it.
+ * Returns how many. */
+int hm_mirror_take_lost(struct hm_mirror *m, void (*fn)(void *ctx, const struct hm_mirror_flow *),
+			void *ctx);
 /* Segments (and their payload bytes) the program dropped because the ring buffer was
  * full, since attach. */
 void hm_mirror_drops(const struct hm_mirror *m, uint64_t *segments, uint64_t *bytes);

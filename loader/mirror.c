@@ -200,6 +200,28 @@ void hm_mirror_drops(const struct hm_mirror *m, uint64_t *segments, uint64_t *by
 	}
 }
 
+int hm_mirror_take_lost(struct hm_mirror *m, void (*fn)(void *ctx, const struct hm_mirror_flow *),
+			void *ctx)
+{
+	const struct bpf_map *map = m->skel->maps.mirror_lost_flows;
+	struct mirror_flow key, next;
+	int n = 0;
+	/* always the first key: each is deleted once taken; bounded, as the program may
+	 * add more meanwhile */
+	while (n < MIRROR_LOST_FLOWS_MAX &&
+	       bpf_map__get_next_key(map, NULL, &next, sizeof(next)) == 0) {
+		key = next;
+		bpf_map__delete_elem(map, &key, sizeof(key), 0);
+		struct hm_mirror_flow f = {
+		    .family = key.family, .sport = key.sport, .dport = key.dport};
+		memcpy(f.saddr, key.saddr, sizeof(f.saddr));
+		memcpy(f.daddr, key.daddr, sizeof(f.daddr));
+		fn(ctx, &f);
+		n++;
+	}
+	return n;
+}
+
 int hm_mirror_destroy(struct hm_mirror *m, struct hm_err *err)
 {
 	if (!m)

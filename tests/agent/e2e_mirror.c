@@ -67,7 +67,8 @@ static void *copy_main(void *arg)
 		usleep(o->stall_ms * 1000u);
 	for (;;) {
 		struct proto_msg m = {0};
-		if (proto_recv(fd, PROTO_MAX_PAYLOAD, MIRROR_TIMEOUT_MS * 3, &m, &err) < 0) {
+		/* untimed: a blocking read loop, no poll per read; the agent ends every stream */
+		if (proto_recv(fd, PROTO_MAX_PAYLOAD, -1, &m, &err) < 0) {
 			snprintf(end, sizeof(end), "broken: %s", err.msg);
 			break;
 		}

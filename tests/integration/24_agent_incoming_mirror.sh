@@ -275,7 +275,8 @@ test_detached_when_unsubscribed() {
 
 test_loss_resets_never_a_hole() {
 	# a ring buffer too small for one 64 KiB segment: bytes are lost for sure
-	agent_stop "$WORK" main || true # not this subshell's child: wait says 127
+	# (main mirrors nothing now: one agent's filters at a time per pod)
+	on_exit agent_stop "$WORK" small
 	agent_start "$WORK" small --mirror-buffer 4k
 	mirror_start loss "$SINK_PORT" small
 	local out
@@ -296,8 +297,25 @@ test_loss_resets_never_a_hole() {
 	fi
 	grep -q 'ring buffer full' "$WORK/small.log" || fail "no warning about the full ring buffer"
 	mirror_stop loss
-	agent_stop "$WORK" small || true
-	agent_start "$WORK" main
+}
+
+test_slow_subscriber_loses_only_its_copy() {
+	on_exit agent_stop "$WORK" tight
+	agent_start "$WORK" tight --mirror-copy-buffer 48M --mirror-buffer 256M
+	mirror_start slow "$SINK_PORT" tight --stall-ms 3000
+	mirror_start fast "$SINK_PORT" tight
+	local out
+	out=$(in_pod tcp_sink send "$WEB_IP:$SINK_PORT" 64M)
+	assert_contains "$out" "sent 67108864" "the pod's client is not affected"
+	wait_ends fast 1
+	wait_ends slow 1
+	assert_eq 0 "$(cat "$WORK/fast/1.end")" "the reading subscriber's copy"
+	check_pattern_copy "$WORK/fast/1.data" 67108864
+	assert_eq ECONNRESET "$(cat "$WORK/slow/1.end")" "the stalled subscriber's copy"
+	check_pattern_copy "$WORK/slow/1.data" 67108864 --prefix
+	grep -q 'fell .* behind: reset' "$WORK/tight.log" || fail "no log of the reset copy"
+	[ "$(status_field tight mirror_lost)" = 1 ] || fail "mirror_lost: $(status_field tight mirror_lost)"
+	[ "$(status_field tight mirrored)" = 1 ] || fail "mirrored: $(status_field tight mirrored)"
 }
 
 test_kill9_filters_removed_by_next_agent() {
@@ -327,5 +345,6 @@ run_test "mirror: two sessions on one port each get a copy" test_two_sessions_ea
 run_test "mirror: only connections that start after the subscription" test_only_new_connections
 run_test "mirror: filters detached when the session ends" test_detached_when_unsubscribed
 run_test "mirror: lost bytes reset the copy, never a hole; status counts it" test_loss_resets_never_a_hole
+run_test "mirror: a slow subscriber's copy is reset, the other goes on" test_slow_subscriber_loses_only_its_copy
 run_test "mirror: kill -9 of the agent, the next one removes its filters" test_kill9_filters_removed_by_next_agent
 agent_stop "$WORK" main

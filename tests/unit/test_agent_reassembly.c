@@ -342,6 +342,26 @@ static void test_fast_open_and_refusal(void **state)
 	assert_int_equal(agent_reasm_conns(fx->r), 0);
 }
 
+static void test_lost_flow_ends_at_once(void **state)
+{
+	struct fixture *fx = *state;
+	syn(fx, 6000, 0);
+	syn(fx, 6001, 0);
+	data_at(fx, 6000, 0, 0, 100, false, 1);
+	/* the program dropped the last segments of 6000, FIN included: no hole to see */
+	struct agent_tcp_segment key = seg(6000, 0);
+	agent_reasm_lose(fx->r, &key);
+	assert_true(fx->rec.conns[0].ended);
+	assert_int_equal(fx->rec.conns[0].how, AGENT_REASM_LOST);
+	assert_whole(fx, 0, 100);
+	assert_false(fx->rec.conns[1].ended);
+	/* later segments of it are not followed; an unknown flow is nothing */
+	data_at(fx, 6000, 0, 100, 100, true, 2);
+	key.sport = 7000;
+	agent_reasm_lose(fx->r, &key);
+	assert_int_equal(agent_reasm_conns(fx->r), 1);
+}
+
 static void test_idle_and_drop_port(void **state)
 {
 	struct fixture *fx = *state;
@@ -381,6 +401,7 @@ int main(void)
 	    T(test_max_conns_evicts_least_recent),
 	    T(test_tuple_reuse_and_ipv6),
 	    T(test_fast_open_and_refusal),
+	    T(test_lost_flow_ends_at_once),
 	    T(test_idle_and_drop_port),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
