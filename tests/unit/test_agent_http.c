@@ -565,6 +565,19 @@ static void test_router_not_http_passthrough(void **state)
 	harness_free(h, client);
 }
 
+/* HTTP/2 with prior knowledge is not HTTP/1: the pod gets it untouched */
+static void test_router_h2_preface_passthrough(void **state)
+{
+	(void)state;
+	struct harness *h = harness_new(FILTER_ALICE);
+	int client = harness_client(h);
+	int pod = POD(h, 0);
+	send_str(client, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+	expect(pod, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+	assert_int_equal(h->n_local, 0);
+	harness_free(h, client);
+}
+
 /* a server that speaks first (SMTP-like): the client gets its greeting */
 static void test_router_server_first(void **state)
 {
@@ -917,6 +930,7 @@ int main(void)
 	    cmocka_unit_test(test_router_chunked_head_continue),
 	    cmocka_unit_test(test_router_one_byte_writes),
 	    cmocka_unit_test(test_router_not_http_passthrough),
+	    cmocka_unit_test(test_router_h2_preface_passthrough),
 	    cmocka_unit_test(test_router_server_first),
 	    cmocka_unit_test(test_router_head_too_large),
 	    cmocka_unit_test(test_router_too_many_headers),
