@@ -426,6 +426,27 @@ test_concurrent_continue() {
 	trun_stop holder
 }
 
+# ---- kill -9 of the agent during a steal: the pod answers again at once ----
+
+test_agent_killed() {
+	local got t0
+	trun_bg doomed seccomp root --incoming steal -- "$REQLOG" serve -listen :8080 -name local
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 2)
+	assert_eq "answers local=2" "$got" "stolen while the agent lives"
+	kill -KILL "$(agent_pid "$WORK" agent)"
+	t0=$(date +%s%N)
+	# the sk_lookup link died with the agent's fd: the pod's own server is back
+	wait_until 10 sh -c "'$TRACE_POD' exec '$CLI' -- reqlog client -url 'http://$WEB_IP:8080' \
+		</dev/null 2>/dev/null | grep -qx 'answers pod=1'" ||
+		fail "the pod did not answer within 1 s of the agent's death"
+	echo "the pod answered $((($(date +%s%N) - t0) / 1000000)) ms after kill -9 of the agent"
+	# trace-run says so, once, and its program goes on
+	wait_until 50 grep -q 'agent' "$WORK/doomed.err" || fail "trace-run did not say the agent is gone"
+	grep -i 'agent' "$WORK/doomed.err" | tail -1
+	kill -0 "$(cat "$WORK/doomed.trun.pid")" || fail "trace-run ended with the agent"
+	trun_stop doomed
+}
+
 # ---- HTTP filter: matching requests to the local program, the rest to the pod ----
 
 test_http_filter() { # BACKEND
@@ -479,3 +500,5 @@ check "HTTP filter on a keep-alive connection (ptrace)" test_http_filter ptrace
 check "a closed listener gives the port back (seccomp)" test_listener_closed seccomp
 check "a closed listener gives the port back (ptrace)" test_listener_closed ptrace
 check "on_concurrent_steal continue" test_concurrent_continue
+# last: it kills the agent
+check "kill -9 of the agent during a steal: the pod answers again" test_agent_killed
