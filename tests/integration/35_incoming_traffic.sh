@@ -426,6 +426,21 @@ test_concurrent_continue() {
 	trun_stop holder
 }
 
+# ---- the notice: once per port, not with -q ----
+
+test_notice_quiet() {
+	local prog='import socket; s=socket.socket(); s.bind(("0.0.0.0", 7000)); s.listen(1); print("ok")'
+	local out err
+	err=$(HERMIT_TOKEN="$TOKEN" timeout 30 "$TRACE_RUN" --agent-unix "$WORK/agent.sock" \
+		--target "pod/$WEB" --incoming steal -- "$PYTHON" -c "$prog" 2>&1 >/dev/null)
+	echo "without -q: $err"
+	assert_eq "trace-run: port 7000 of pod/$WEB is stolen by the program (port 7000)" "$err"
+	out=$(HERMIT_TOKEN="$TOKEN" timeout 30 "$TRACE_RUN" --agent-unix "$WORK/agent.sock" \
+		--target "pod/$WEB" --incoming steal -q -- "$PYTHON" -c "$prog" 2>"$WORK/quiet.err")
+	assert_eq "ok" "$out" "the program's output with -q"
+	assert_eq "" "$(cat "$WORK/quiet.err")" "trace-run's stderr with -q"
+}
+
 # ---- kill -9 of the agent during a steal: the pod answers again at once ----
 
 test_agent_killed() {
@@ -500,5 +515,6 @@ check "HTTP filter on a keep-alive connection (ptrace)" test_http_filter ptrace
 check "a closed listener gives the port back (seccomp)" test_listener_closed seccomp
 check "a closed listener gives the port back (ptrace)" test_listener_closed ptrace
 check "on_concurrent_steal continue" test_concurrent_continue
+check "the notice, and -q" test_notice_quiet
 # last: it kills the agent
 check "kill -9 of the agent during a steal: the pod answers again" test_agent_killed
