@@ -426,6 +426,32 @@ test_concurrent_continue() {
 	trun_stop holder
 }
 
+# ---- port_mapping and ignore_ports ----
+
+test_port_mapping_and_ignore() {
+	local got
+	echo '{"feature": {"network": {"incoming": {"mode": "steal",
+  "port_mapping": [[18080, 8080]], "ignore_ports": [7000]}}}}' >"$WORK/mapping.json"
+	# the program's 18080 stands for the pod's 8080
+	trun_bg mapped seccomp root -f "$WORK/mapping.json" -- \
+		"$REQLOG" serve -listen :18080 -name local
+	assert_contains "$(cat "$WORK/mapped.err")" "port 8080 of pod/$WEB is stolen by the program (port 18080)"
+	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 3)
+	assert_eq "answers local=3" "$got" "the pod's 8080 through the program's 18080"
+	trun_stop mapped
+	# an ignored port stays local: the pod keeps serving it
+	HERMIT_TOKEN="$TOKEN" timeout 30 "$TRACE_RUN" --agent-unix "$WORK/agent.sock" \
+		--target "pod/$WEB" -f "$WORK/mapping.json" -- "$REQLOG" serve -tcp -listen :7000 \
+		-name local </dev/null >/dev/null 2>"$WORK/ignored.err" &
+	local pid=$!
+	wait_until 100 grep -q 'listening on' "$WORK/ignored.err" || fail "no listener: $(cat "$WORK/ignored.err")"
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line ignored)
+	kill -TERM "$pid"
+	wait "$pid" || true
+	assert_contains "$got" "pod: ignored" "an ignored port"
+	assert_not_contains "$(cat "$WORK/ignored.err")" "stolen by" "trace-run's stderr"
+}
+
 # ---- the notice: once per port, not with -q ----
 
 test_notice_quiet() {
@@ -516,5 +542,6 @@ check "a closed listener gives the port back (seccomp)" test_listener_closed sec
 check "a closed listener gives the port back (ptrace)" test_listener_closed ptrace
 check "on_concurrent_steal continue" test_concurrent_continue
 check "the notice, and -q" test_notice_quiet
+check "port_mapping and ignore_ports" test_port_mapping_and_ignore
 # last: it kills the agent
 check "kill -9 of the agent during a steal: the pod answers again" test_agent_killed
