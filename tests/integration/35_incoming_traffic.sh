@@ -452,6 +452,39 @@ test_port_mapping_and_ignore() {
 	assert_not_contains "$(cat "$WORK/ignored.err")" "stolen by" "trace-run's stderr"
 }
 
+# ---- two SO_REUSEPORT listeners on one port share the subscription ----
+
+REUSEPORT_PY='
+import select, socket
+socks = []
+for i in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("0.0.0.0", 7000))
+    s.listen(8)
+    socks.append(s)
+print("listening", flush=True)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        c, a = s.accept()
+        c.recv(100)
+        c.sendall(("local: socket %d saw %s\n" % (socks.index(s), a[0])).encode())
+        c.close()
+'
+
+test_reuseport() {
+	local got i
+	trun_bg reuse seccomp root --incoming steal -- "$PYTHON" -c "$REUSEPORT_PY"
+	for i in 1 2 3 4; do
+		got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line "r$i")
+		assert_contains "$got" "local: socket " "connection $i"
+		assert_contains "$got" " saw $CLI_IP" "connection $i"
+	done
+	assert_eq 1 "$(grep -c 'stolen by the program' "$WORK/reuse.err")" "one subscription"
+	assert_not_contains "$(cat "$WORK/reuse.err")" "cannot steal" "trace-run's stderr"
+	trun_stop reuse
+}
+
 # ---- the notice: once per port, not with -q ----
 
 test_notice_quiet() {
@@ -543,5 +576,6 @@ check "a closed listener gives the port back (ptrace)" test_listener_closed ptra
 check "on_concurrent_steal continue" test_concurrent_continue
 check "the notice, and -q" test_notice_quiet
 check "port_mapping and ignore_ports" test_port_mapping_and_ignore
+check "two SO_REUSEPORT listeners share the port" test_reuseport
 # last: it kills the agent
 check "kill -9 of the agent during a steal: the pod answers again" test_agent_killed

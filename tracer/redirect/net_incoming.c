@@ -129,6 +129,12 @@ static struct inc_listener *listener_by_sub(struct net_incoming *in, uint32_t su
 	return NULL;
 }
 
+/* Another listener still uses the subscription (SO_REUSEPORT sockets share one). */
+static bool sub_in_use(struct net_incoming *in, uint32_t sub)
+{
+	return listener_by_sub(in, sub) != NULL;
+}
+
 static void listener_unlink(struct net_incoming *in, struct inc_listener *l)
 {
 	for (struct inc_listener **pp = &in->listeners; *pp; pp = &(*pp)->next) {
@@ -542,6 +548,8 @@ static void collect(struct net_incoming *in)
 			port = l->remote_port;
 			listener_unlink(in, l);
 			listener_free(l);
+			if (sub && sub_in_use(in, sub))
+				sub = 0;
 		}
 		pthread_mutex_unlock(&in->lock);
 		if (sub)
@@ -686,6 +694,8 @@ static struct tracer_result handle_bind(const struct tracer_call *call, void *da
 		old_sub = old->sub;
 		listener_unlink(in, old);
 		listener_free(old);
+		if (old_sub && sub_in_use(in, old_sub))
+			old_sub = 0;
 	}
 	l->next = in->listeners;
 	in->listeners = l;
@@ -783,6 +793,16 @@ static struct tracer_result handle_listen(const struct tracer_call *call, void *
 	if (ours) {
 		sj.port = l->remote_port;
 		sj.mode = l->mode;
+		/* another socket of the program on the same port (SO_REUSEPORT) has the
+		 * subscription already: the two share it (a second steal would be refused) */
+		for (struct inc_listener *o = in->listeners; o; o = o->next) {
+			if (o != l && o->sub && o->remote_port == l->remote_port &&
+			    o->mode == l->mode) {
+				l->sub = o->sub;
+				ours = false;
+				break;
+			}
+		}
 	}
 	pthread_mutex_unlock(&in->lock);
 	if (!ours)
@@ -1160,7 +1180,7 @@ void trace_net_incoming_fini(struct net_state *st)
 	while (in->listeners) {
 		struct inc_listener *l = in->listeners;
 		in->listeners = l->next;
-		if (l->sub)
+		if (l->sub && !sub_in_use(in, l->sub))
 			unsubscribe(in, l->sub, l->remote_port, "the run ends");
 		listener_free(l);
 	}
