@@ -120,7 +120,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $$(foreach m,$$(call unit_libs,$$*
 	$(CC) $(LDFLAGS) -o $@ $< $(foreach m,$(call unit_libs,$*),$($(m)_LIB)) $(LDLIBS) -lcmocka
 
 # a client of a real agent: it links what a client does
-LIBS_agent_e2e := client relay proto util
+LIBS_agent_e2e := client proto util
 $(BUILD)/tests/agent_e2e: $(AGENT_E2E_OBJ) $(foreach m,$(LIBS_agent_e2e),$($(m)_LIB))
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(AGENT_E2E_OBJ) $(foreach m,$(LIBS_agent_e2e),$($(m)_LIB)) $(LDLIBS)

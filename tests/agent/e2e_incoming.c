@@ -16,7 +16,6 @@
 #include <netinet/tcp.h>
 #include <time.h>
 
-#include "relay/relay.h"
 #include "tests/agent/e2e.h"
 
 #define CTL_TIMEOUT_MS 20000
@@ -182,11 +181,8 @@ static void serve_keepalive(int fd, const char *body)
 	}
 }
 
-/* The stream and a local server, joined by the splice relay (relay/relay.h) that also
- * carries trace-run's local connections: one thread for every forwarded connection. */
-static struct relay *forward_relay;
-static struct relay_counters forward_counters;
-
+/* Copy both ways between the stream and a local server until both sides are done;
+ * an EOF becomes a half-close on the other side. */
 static void serve_forward(int fd, const struct proto_addr *to)
 {
 	struct sockaddr_storage ss;
@@ -199,10 +195,28 @@ static void serve_forward(int fd, const struct proto_addr *to)
 	}
 	int one = 1;
 	setsockopt(local, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	struct hm_err err = {0};
-	/* the relay owns both from here on; the caller's close of fd must not happen */
-	if (relay_add_tcp(forward_relay, dup(fd), local, &err) < 0)
-		fprintf(stderr, "forward: %s\n", err.msg);
+	int fds[2] = {fd, local};
+	bool open[2] = {true, true};
+	char buf[65536];
+	while (open[0] || open[1]) {
+		struct pollfd pf[2] = {{.fd = open[0] ? fds[0] : -1, .events = POLLIN},
+				       {.fd = open[1] ? fds[1] : -1, .events = POLLIN}};
+		if (poll(pf, 2, -1) < 0)
+			break;
+		for (int i = 0; i < 2; i++) {
+			if (!pf[i].revents)
+				continue;
+			ssize_t n = recv(fds[i], buf, sizeof(buf), 0);
+			if (n <= 0) {
+				open[i] = false;
+				shutdown(fds[1 - i], SHUT_WR);
+				continue;
+			}
+			if (send(fds[1 - i], buf, (size_t)n, MSG_NOSIGNAL) != n)
+				open[0] = open[1] = false;
+		}
+	}
+	close(local);
 }
 
 static void *serve_main(void *arg)
@@ -327,16 +341,11 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 			opts.mode = SERVE_KEEPALIVE;
 			opts.body = optarg;
 			break;
-		case 'w': {
-			struct hm_err rerr = {0};
-			if (!forward_relay &&
-			    relay_create(&forward_counters, &forward_relay, &rerr) < 0)
-				return e2e_fail("cannot start the relay: %s", rerr.msg);
+		case 'w':
 			opts.mode = SERVE_FORWARD;
 			if (e2e_parse_addr(optarg, &opts.forward) < 0)
 				return 2;
 			break;
-		}
 		case 'h':
 			opts.mode = SERVE_HTTP;
 			opts.body = optarg;
