@@ -62,6 +62,7 @@ struct chunk {
 	uint8_t *data;
 	size_t len, off;
 	uint32_t payload; /* bytes of connection data in it */
+	bool started;	  /* the rest of a frame whose start is already on the wire */
 };
 
 struct mirror_conn;
@@ -145,7 +146,9 @@ struct agent_mirror {
 	struct mirror_copy *graveyard; /* dead and claimed: freed at the end of a round */
 	struct mirror_copy *dirty;
 	size_t round_bytes; /* taken from the ring buffers this round */
-	bool more;	    /* a ring buffer has more: no waiting before the next round */
+	uint64_t unoffered; /* copies not offered since the last warning */
+	int64_t unoffered_warned_ms;
+	bool more; /* a ring buffer has more: no waiting before the next round */
 	struct mirror_copy *all_copies;
 	size_t queued_total;
 };
@@ -225,7 +228,7 @@ static void copy_reset(struct mirror_copy *cp)
 	if (cp->state == COPY_DEAD || cp->end_queued)
 		return;
 	struct chunk *keep = NULL;
-	if (cp->head && cp->head->off > 0) {
+	if (cp->head && (cp->head->off > 0 || cp->head->started)) {
 		keep = cp->head;
 		cp->head = keep->next;
 		keep->next = NULL;
@@ -327,7 +330,8 @@ static size_t copy_write_direct(struct mirror_copy *cp, const uint8_t *p, size_t
 	size_t from_head = done < sizeof(head) ? sizeof(head) - done : 0;
 	memcpy(rest, head + (sizeof(head) - from_head), from_head);
 	memcpy(rest + from_head, p + (len - (total - done - from_head)), total - done - from_head);
-	*c = (struct chunk){.data = rest, .len = total - done, .payload = (uint32_t)len};
+	*c = (struct chunk){
+	    .data = rest, .len = total - done, .payload = (uint32_t)len, .started = done > 0};
 	copy_append(cp, c);
 	return len;
 }
@@ -654,9 +658,22 @@ static void conn_offer(struct agent_mirror *m, struct mirror_conn *c)
 		cp->offered_ms = hm_now_ms();
 		/* claimed is called exactly once from here on, -1 included */
 		if (agent_incoming_offer(subs[i], &c->client, &c->server, copy_claimed, cp, &err) <
-		    0)
-			hm_debug("mirror: connection not offered to subscription %u: %s",
-				 agent_incoming_sub_id(subs[i]), err.msg);
+		    0) {
+			/* the session never sees this connection: a lost copy, said (at most once
+			 * a second) where the operator looks */
+			atomic_fetch_add(&m->cfg.counters->mirror_lost, 1);
+			cp->counted_lost = true;
+			m->unoffered++;
+			int64_t now = hm_now_ms();
+			if (now - m->unoffered_warned_ms >= 1000) {
+				hm_warn(
+				    "mirror: %llu connection(s) not offered to subscription %u: %s",
+				    (unsigned long long)m->unoffered,
+				    agent_incoming_sub_id(subs[i]), err.msg);
+				m->unoffered = 0;
+				m->unoffered_warned_ms = now;
+			}
+		}
 		agent_incoming_sub_put(subs[i]);
 	}
 	c->offered = true;
@@ -733,7 +750,7 @@ static int ns_create(struct agent_mirror *m, int netns_fd, const struct stat *st
 	    .max_held_conn = 4u << 20,
 	    .max_held_total = 64u << 20,
 	    .gap_timeout_ms = 1000,
-	    .idle_timeout_ms = 600000,
+	    .idle_timeout_ms = 3600000, /* a FIN the copy lost is seen by the lost-flow map */
 	    .ops = {.open = reasm_open, .data = reasm_data, .end = reasm_end},
 	    .ctx = ns,
 	};

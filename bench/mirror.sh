@@ -12,7 +12,8 @@ MB_SINK_PORT=9000
 BENCH_MIRROR_ROUNDS="${BENCH_MIRROR_ROUNDS:-5}"
 BENCH_MIRROR_SECONDS="${BENCH_MIRROR_SECONDS:-5}"
 BENCH_MIRROR_C="${BENCH_MIRROR_C:-8}"
-BENCH_MIRROR_CONNS="${BENCH_MIRROR_CONNS:-2000}" # short connections, 8 clients at once
+BENCH_MIRROR_CONNS="${BENCH_MIRROR_CONNS:-1000}" # short connections per client count
+BENCH_MIRROR_CLIENTS="${BENCH_MIRROR_CLIENTS:-2 4 8}" # busybox wget loops at once
 BENCH_MIRROR_UPLOADS="${BENCH_MIRROR_UPLOADS:-8}"
 BENCH_MIRROR_UPLOAD_MIB="${BENCH_MIRROR_UPLOAD_MIB:-10}"
 
@@ -135,16 +136,18 @@ bench_mirror() {
 	mbase=$(median "${base[@]}")
 	mwith=$(median "${with[@]}")
 
-	# short connections, as fast as 8 busybox clients open them
-	local per=$((BENCH_MIRROR_CONNS / 8)) total t0 t1 ended whole rate
-	total=$((per * 8))
-	mb_sub_start conns "$MB_HTTP_PORT"
-	t0=$(date +%s.%N)
-	"$TRACE_POD" exec "$MB_CLI" -- sh -c "for p in 1 2 3 4 5 6 7 8; do
-		(for i in \$(seq $per); do wget -q -O /dev/null 'http://$MB_WEB_IP:$MB_HTTP_PORT/echo?c='\$p.\$i; done) & done; wait"
-	t1=$(date +%s.%N)
-	ended=$(mb_wait_ends conns "$total")
-	whole=$(python3 - "$MB_WORK/conns" <<'EOF'
+	# short connections, as fast as P busybox clients open them, for a few P
+	local p per total t0 t1 ended whole rate short_rows=()
+	for p in $BENCH_MIRROR_CLIENTS; do
+		per=$((BENCH_MIRROR_CONNS / p))
+		total=$((per * p))
+		mb_sub_start "conns$p" "$MB_HTTP_PORT"
+		t0=$(date +%s.%N)
+		"$TRACE_POD" exec "$MB_CLI" -- sh -c "for p in \$(seq $p); do
+			(for i in \$(seq $per); do wget -q -O /dev/null 'http://$MB_WEB_IP:$MB_HTTP_PORT/echo?c='\$p.\$i; done) & done; wait"
+		t1=$(date +%s.%N)
+		ended=$(mb_wait_ends "conns$p" "$total")
+		whole=$(python3 - "$MB_WORK/conns$p" <<'EOF'
 import os, re, sys
 d = sys.argv[1]
 n = 0
@@ -155,8 +158,12 @@ for f in os.listdir(d):
 print(n)
 EOF
 )
-	rate=$(python3 -c "print('%.0f' % ($total / ($t1 - $t0)))")
-	mb_sub_stop conns
+		rate=$(python3 -c "print('%.0f' % ($total / ($t1 - $t0)))")
+		mb_sub_stop "conns$p"
+		short_rows+=("short connections delivered whole / sent, $p clients at $rate conn/s" \
+			"$whole / $total" "($ended ended)" \
+			"$(python3 -c "print('%.1f%%' % (100 * $whole / $total))")" "100%")
+	done
 
 	# parallel uploads: completeness in bytes, and the agent's CPU per mirrored MiB
 	local cpu0 cpu1 bytes0 bytes1 up_whole mbps
@@ -200,8 +207,7 @@ print('%.2f ms' % (ms / mib) if mib else '-')")
 		"pod web, a mirror session on its port" "$mwith rps" "$mbase rps" "$(ratio "$mwith" "$mbase")" ">= 0.95x" \
 		"requests in whole copies / answered (keep-alive)" "$mirrored / $sent" "-" \
 		"$(python3 -c "print('%.1f%%' % (100 * $mirrored / $sent) if $sent else '-')")" "100%" \
-		"short connections delivered whole / sent, at $rate conn/s" "$whole / $total" "($ended ended)" \
-		"$(python3 -c "print('%.1f%%' % (100 * $whole / $total))")" "100%" \
+		"${short_rows[@]}" \
 		"uploads delivered whole / sent, ${BENCH_MIRROR_UPLOADS}x${BENCH_MIRROR_UPLOAD_MIB} MiB at $mbps MiB/s" \
 		"$up_whole / $BENCH_MIRROR_UPLOADS" "-" \
 		"$(python3 -c "print('%.1f%%' % (100 * $up_whole / $BENCH_MIRROR_UPLOADS))")" "100%" \

@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 source bench/agent.sh
 source bench/tracer.sh
-source bench/mirror.sh
 source bench/incoming.sh
+source bench/mirror.sh
 
-BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}" mirror incoming_steal)
+BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}" incoming_steal mirror)
 
 # Busybox rootfs shared by the benchmarks, built by trace-pod itself.
 bench_rootfs() {

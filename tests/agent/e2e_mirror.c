@@ -106,20 +106,6 @@ done:
 	return NULL;
 }
 
-static int ctl_request(int fd, uint32_t id, const struct proto_msg *req, struct proto_msg *reply,
-		       struct hm_err *err)
-{
-	if (proto_send(fd, id, req, err) < 0 ||
-	    proto_recv(fd, PROTO_MAX_PAYLOAD, MIRROR_TIMEOUT_MS, reply, err) < 0)
-		return -1;
-	if (reply->type == PROTO_ERROR) {
-		hm_err_plain(err, reply->error.errnum, "%s", reply->error.message);
-		proto_msg_free(reply);
-		return -1;
-	}
-	return 0;
-}
-
 /* mirror PORT DIR [--ready FILE] [--stall-ms MS] [--sum]: mirror PORT of the target and
  * dump every copy (see copy_main) until killed. Prints "subscribed ID" (also written to
  * FILE) and "connection N from CLIENT" per copy. */
@@ -152,26 +138,17 @@ static int cmd_mirror(struct e2e_ctx *ctx, int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	struct hm_err err = {0};
-	hm_cleanup_close int fd = client_endpoint_dial(&ctx->ep, MIRROR_TIMEOUT_MS, &err);
-	uint64_t agreed;
-	if (fd < 0 ||
-	    proto_client_handshake(fd, ctx->token, "agent_e2e mirror", PROTO_FEATURES_SUPPORTED,
-				   MIRROR_TIMEOUT_MS, &agreed, &err) < 0)
-		return e2e_fail("connect: %s", err.msg);
-	struct proto_msg req = {.type = PROTO_SESSION_OPEN}, reply = {0};
-	req.session_open.target = ctx->target;
-	if (ctl_request(fd, 1, &req, &reply, &err) < 0)
-		return e2e_fail("session on %s: %s", ctx->target, err.msg);
-	proto_msg_free(&reply);
-	req = (struct proto_msg){.type = PROTO_INCOMING_SUBSCRIBE,
-				 .incoming_subscribe = {.port = (uint16_t)port,
-							.mode = PROTO_INCOMING_MIRROR,
-							.http_filter = ""}};
-	if (ctl_request(fd, 2, &req, &reply, &err) < 0)
+	struct e2e_ctl c = {.fd = -1};
+	uint32_t sub;
+	char note[PROTO_MSG_MAX];
+	if (e2e_ctl_session(ctx, &c, &err) < 0)
+		return e2e_fail("%s", err.msg);
+	hm_cleanup_close int fd = c.fd;
+	if (e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_MIRROR, 0, NULL, &sub, note,
+			      sizeof(note), &err) < 0)
 		return e2e_fail("mirror port %d: %s (%s)", port, err.msg, e2e_errno_name(err.code));
 	char line[64];
-	snprintf(line, sizeof(line), "subscribed %u", reply.incoming_subscribe_reply.subscription);
-	proto_msg_free(&reply);
+	snprintf(line, sizeof(line), "subscribed %u", sub);
 	printf("%s\n", line);
 	fflush(stdout);
 	if (ready) {
@@ -220,17 +197,17 @@ static int cmd_mirror_status(struct e2e_ctx *ctx, int argc, char **argv)
 	if (argc != 1)
 		return 2;
 	struct hm_err err = {0};
-	hm_cleanup_close int fd = client_endpoint_dial(&ctx->ep, MIRROR_TIMEOUT_MS, &err);
-	uint64_t agreed;
+	struct e2e_ctl c = {.fd = -1};
 	struct proto_msg req = {.type = PROTO_STATUS}, reply = {0};
-	if (fd < 0 ||
-	    proto_client_handshake(fd, ctx->token, "agent_e2e mirror-status",
-				   PROTO_FEATURES_SUPPORTED, MIRROR_TIMEOUT_MS, &agreed,
-				   &err) < 0 ||
-	    ctl_request(fd, 1, &req, &reply, &err) < 0)
+	int rc = e2e_ctl_open(ctx, &c, &err);
+	if (rc == 0)
+		rc = e2e_ctl_call(&c, &req, &reply, NULL, NULL, &err);
+	if (c.fd >= 0)
+		close(c.fd);
+	if (rc < 0)
 		return e2e_fail("status: %s", err.msg);
 	const struct proto_status_reply *s = &reply.status_reply;
-	int rc = s->has_incoming ? 0 : e2e_fail("the status has no incoming counters");
+	rc = s->has_incoming ? 0 : e2e_fail("the status has no incoming counters");
 	printf("mirrored %llu mirror_lost %llu mirror_bytes %llu\n",
 	       (unsigned long long)s->mirrored, (unsigned long long)s->mirror_lost,
 	       (unsigned long long)s->mirror_bytes);
