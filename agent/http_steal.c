@@ -2,7 +2,10 @@
  * and their compiled filters; per request this asks it for the port's active steal
  * subscriptions, picks one with http_filter_pick, and hands the request's stream to
  * that session with agent_incoming_offer; the pod's own server is reached through the
- * steal program's bypass (agent_incoming_bypass_connect). */
+ * steal program's bypass (agent_incoming_bypass_connect). Both of those can block (a
+ * connect; an event to a session whose client reads slowly), so they run on a helper
+ * thread of their own and the router's thread never waits: a stuck session delays only
+ * the opens queued behind it, never the bytes of established connections. */
 #include <pthread.h>
 #include <string.h>
 
@@ -11,12 +14,14 @@
 /* a connection to the pod's server waits at most this long for its connect */
 #define POD_CONNECT_TIMEOUT_MS 5000
 
-/* a bypass connect asked by the router, done on the connector thread (it blocks) */
-struct pod_connect {
+/* an open the router asked for, done on the opener thread: a bypass connect to the
+ * pod (sub 0) or an offer to subscription sub's session */
+struct open_job {
 	struct agent_incoming_port *port;
-	struct proto_addr server;
+	struct proto_addr client, server;
+	uint32_t sub;
 	uint64_t ticket;
-	struct pod_connect *next;
+	struct open_job *next;
 };
 
 struct agent_http_steal {
@@ -28,10 +33,10 @@ struct agent_http_steal {
 	 * after destroy) */
 	pthread_mutex_t lock;
 	unsigned refs;
-	/* the connector thread and its queue (under lock) */
-	pthread_t connector;
+	/* the opener thread and its queue (under lock) */
+	pthread_t opener;
 	pthread_cond_t wake;
-	struct pod_connect *todo, *todo_tail;
+	struct open_job *todo, *todo_tail;
 	bool stop;
 };
 
@@ -123,61 +128,6 @@ static uint32_t route(void *ctx, void *conn, const struct http_request *req)
 	return id;
 }
 
-/* The router's thread never waits for a connect: they are made here, one after
- * another (a connect to a server on the same host takes microseconds; a dead pod's
- * costs at most POD_CONNECT_TIMEOUT_MS, and only the connections waiting for one). */
-static void *connector_main(void *arg)
-{
-	struct agent_http_steal *s = arg;
-	pthread_mutex_lock(&s->lock);
-	for (;;) {
-		while (!s->todo && !s->stop)
-			pthread_cond_wait(&s->wake, &s->lock);
-		if (s->stop)
-			break;
-		struct pod_connect *pc = s->todo;
-		s->todo = pc->next;
-		if (!s->todo)
-			s->todo_tail = NULL;
-		pthread_mutex_unlock(&s->lock);
-		struct hm_err err = {0};
-		int fd = agent_incoming_bypass_connect(pc->port, &pc->server,
-						       POD_CONNECT_TIMEOUT_MS, &err);
-		if (fd < 0)
-			hm_debug("incoming: filtered connection: %s", err.msg);
-		pthread_mutex_lock(&s->lock);
-		if (s->router)
-			http_router_stream_ready(s->router, pc->ticket, fd);
-		else if (fd >= 0)
-			close(fd);
-		agent_incoming_port_put(pc->port);
-		free(pc);
-	}
-	pthread_mutex_unlock(&s->lock);
-	return NULL;
-}
-
-static int open_pod(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm_err *err)
-{
-	struct agent_http_steal *s = ctx;
-	struct steal_conn *c = conn;
-	struct pod_connect *pc = calloc(1, sizeof(*pc));
-	if (!pc)
-		return hm_err_set(err, ENOMEM, "pod connect");
-	*pc = (struct pod_connect){
-	    .port = agent_incoming_port_get(c->port), .server = c->server, .ticket = ticket};
-	pthread_mutex_lock(&s->lock);
-	if (s->todo_tail)
-		s->todo_tail->next = pc;
-	else
-		s->todo = pc;
-	s->todo_tail = pc;
-	pthread_cond_signal(&s->wake);
-	pthread_mutex_unlock(&s->lock);
-	*fd = -1;
-	return 0;
-}
-
 static void claimed(void *arg, int fd)
 {
 	struct offer_ctx *o = arg;
@@ -192,33 +142,108 @@ static void claimed(void *arg, int fd)
 	steal_put(s);
 }
 
-static int open_local(void *ctx, void *conn, uint32_t sub, uint64_t ticket, struct hm_err *err)
+/* the offer of a stream to subscription sub's session; the answer comes to claimed() */
+static void offer(struct agent_http_steal *s, const struct open_job *job)
 {
-	struct agent_http_steal *s = ctx;
-	struct steal_conn *c = conn;
 	struct subs subs;
-	subs.n = agent_incoming_port_subs(c->port, PROTO_INCOMING_STEAL, subs.v,
+	subs.n = agent_incoming_port_subs(job->port, PROTO_INCOMING_STEAL, subs.v,
 					  AGENT_INCOMING_MAX_PORT_SUBS);
 	struct agent_incoming_sub *chosen = NULL;
 	for (size_t i = 0; i < subs.n && !chosen; i++)
-		if (agent_incoming_sub_id(subs.v[i]) == sub)
+		if (agent_incoming_sub_id(subs.v[i]) == job->sub)
 			chosen = subs.v[i];
-	int rc = -1;
-	struct offer_ctx *o = NULL;
-	if (!chosen) {
-		hm_err_plain(err, ENOENT, "subscription %u is gone", sub);
-	} else if (!(o = malloc(sizeof(*o)))) {
-		hm_err_set(err, ENOMEM, "offer");
-	} else {
-		*o = (struct offer_ctx){.s = s, .ticket = ticket};
+	struct offer_ctx *o = chosen ? malloc(sizeof(*o)) : NULL;
+	struct hm_err err = {0};
+	if (o) {
+		*o = (struct offer_ctx){.s = s, .ticket = job->ticket};
 		pthread_mutex_lock(&s->lock);
 		s->refs++;
 		pthread_mutex_unlock(&s->lock);
 		/* claimed() runs in every case, also when this fails */
-		rc = agent_incoming_offer(chosen, &c->client, &c->server, claimed, o, err);
+		if (agent_incoming_offer(chosen, &job->client, &job->server, claimed, o, &err) < 0)
+			hm_debug("incoming: subscription %u: %s", job->sub, err.msg);
+	} else {
+		/* gone since the request matched (or no memory): the pod answers */
+		pthread_mutex_lock(&s->lock);
+		if (s->router)
+			http_router_stream_ready(s->router, job->ticket, -1);
+		pthread_mutex_unlock(&s->lock);
 	}
 	subs_put(&subs);
-	return rc;
+}
+
+static void connect_pod(struct agent_http_steal *s, const struct open_job *job)
+{
+	struct hm_err err = {0};
+	int fd =
+	    agent_incoming_bypass_connect(job->port, &job->server, POD_CONNECT_TIMEOUT_MS, &err);
+	if (fd < 0)
+		hm_debug("incoming: filtered connection: %s", err.msg);
+	pthread_mutex_lock(&s->lock);
+	if (s->router)
+		http_router_stream_ready(s->router, job->ticket, fd);
+	else if (fd >= 0)
+		close(fd);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void *opener_main(void *arg)
+{
+	struct agent_http_steal *s = arg;
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		while (!s->todo && !s->stop)
+			pthread_cond_wait(&s->wake, &s->lock);
+		if (s->stop)
+			break;
+		struct open_job *job = s->todo;
+		s->todo = job->next;
+		if (!s->todo)
+			s->todo_tail = NULL;
+		pthread_mutex_unlock(&s->lock);
+		if (job->sub)
+			offer(s, job);
+		else
+			connect_pod(s, job);
+		agent_incoming_port_put(job->port);
+		free(job);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+static int queue_open(struct agent_http_steal *s, struct steal_conn *c, uint32_t sub,
+		      uint64_t ticket, struct hm_err *err)
+{
+	struct open_job *job = calloc(1, sizeof(*job));
+	if (!job)
+		return hm_err_set(err, ENOMEM, "open");
+	*job = (struct open_job){.port = agent_incoming_port_get(c->port),
+				 .client = c->client,
+				 .server = c->server,
+				 .sub = sub,
+				 .ticket = ticket};
+	pthread_mutex_lock(&s->lock);
+	if (s->todo_tail)
+		s->todo_tail->next = job;
+	else
+		s->todo = job;
+	s->todo_tail = job;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static int open_pod(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm_err *err)
+{
+	*fd = -1; /* the opener thread brings it */
+	return queue_open(ctx, conn, 0, ticket, err);
+}
+
+static int open_local(void *ctx, void *conn, uint32_t sub, uint64_t ticket, struct hm_err *err)
+{
+	return queue_open(ctx, conn, sub, ticket, err);
 }
 
 static void conn_closed(void *ctx, void *conn)
@@ -260,13 +285,13 @@ int agent_http_steal_create(struct agent_incoming *reg, struct agent_http_steal 
 		free(s);
 		return -1;
 	}
-	int rc = pthread_create(&s->connector, NULL, connector_main, s);
+	int rc = pthread_create(&s->opener, NULL, opener_main, s);
 	if (rc) {
 		http_router_destroy(s->router);
 		pthread_cond_destroy(&s->wake);
 		pthread_mutex_destroy(&s->lock);
 		free(s);
-		return hm_err_set(err, rc, "http router: connector thread");
+		return hm_err_set(err, rc, "http router: opener thread");
 	}
 	agent_incoming_set_http_router(reg, &core_ops, s);
 	*out = s;
@@ -283,12 +308,12 @@ void agent_http_steal_destroy(struct agent_http_steal *s)
 	s->stop = true;
 	pthread_cond_signal(&s->wake);
 	pthread_mutex_unlock(&s->lock);
-	pthread_join(s->connector, NULL);
+	pthread_join(s->opener, NULL);
 	while (s->todo) {
-		struct pod_connect *pc = s->todo;
-		s->todo = pc->next;
-		agent_incoming_port_put(pc->port);
-		free(pc);
+		struct open_job *job = s->todo;
+		s->todo = job->next;
+		agent_incoming_port_put(job->port);
+		free(job);
 	}
 	http_router_destroy(router);
 	steal_put(s);
