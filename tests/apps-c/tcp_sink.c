@@ -131,7 +131,8 @@ static int tcp_sink_send_all(int fd, uint64_t size)
 	uint64_t sent = 0;
 	while (sent < size) {
 		size_t at = (size_t)(sent % sizeof(buf)); /* after a short send too */
-		size_t len = size - sent < sizeof(buf) - at ? (size_t)(size - sent) : sizeof(buf) - at;
+		size_t len =
+		    size - sent < sizeof(buf) - at ? (size_t)(size - sent) : sizeof(buf) - at;
 		ssize_t w = send(fd, buf + at, len, MSG_NOSIGNAL);
 		if (w < 0 && errno == EINTR)
 			continue;
