@@ -280,8 +280,10 @@ test_c_accept() { # LIBC BACKEND
 	printf '%s' "$ACCEPT_C" >"$WORK/accept.c"
 	"$cc" -static -O2 -o "$WORK/accept-$libc" "$WORK/accept.c" || fail "$cc failed"
 	trun_bg "$name" "$backend" root --incoming steal -- "$WORK/accept-$libc"
-	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line hi)
+	# -hold: the server's close must reach the client now, not at its next accept
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line hi -hold 5s)
 	echo "answer: $got"
+	assert_contains "$got" "ended: EOF" "the server closed the connection ($libc)"
 	assert_contains "$got" "local: accept=$CLI_IP:" "accept's address ($libc)"
 	local port=${got#*accept=$CLI_IP:}
 	port=${port%% *}
@@ -476,7 +478,10 @@ test_reuseport() {
 	local got i
 	trun_bg reuse seccomp root --incoming steal -- "$PYTHON" -c "$REUSEPORT_PY"
 	for i in 1 2 3 4; do
-		got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line "r$i")
+		# the server accepts only when select says so: its close must still reach
+		# the client at once
+		got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line "r$i" -hold 5s)
+		assert_contains "$got" "ended: EOF" "connection $i closed by the server"
 		assert_contains "$got" "local: socket " "connection $i"
 		assert_contains "$got" " saw $CLI_IP" "connection $i"
 	done

@@ -53,11 +53,6 @@ struct inc_listener {
 	uint32_t sub; /* 0: not subscribed */
 	uint8_t mode; /* PROTO_INCOMING_* */
 	bool pending; /* a subscription is being asked for */
-	/* the last accepted socket handed to the program, kept until the next accept
-	 * (redeliver: the answer did not arrive, the re-issued accept gets it again) */
-	int last_fd;
-	struct net_addr last_peer;
-	bool redeliver;
 };
 
 /* a delivered connection: trace-run's loopback socket's source port -> the client */
@@ -148,8 +143,6 @@ static void listener_unlink(struct net_incoming *in, struct inc_listener *l)
 
 static void listener_free(struct inc_listener *l)
 {
-	if (l->last_fd >= 0)
-		close(l->last_fd);
 	free(l);
 }
 
@@ -680,7 +673,6 @@ static struct tracer_result handle_bind(const struct tracer_call *call, void *da
 	l->remote_port = remote;
 	l->moved = moved;
 	l->mode = mode;
-	l->last_fd = -1;
 	if (moved) {
 		hm_info("port %u is taken on this machine: the program listens on %u instead "
 			"(getsockname shows %u)",
@@ -901,19 +893,6 @@ static bool signal_waiting(pid_t tid)
 	return pnd & ~strtoull(f[2].value, NULL, 16);
 }
 
-/* The answer did not arrive (a signal, the thread is gone): the re-issued accept gets
- * the same connection. */
-static void undo_accept(void *arg)
-{
-	struct net_state *st = arg;
-	struct net_incoming *in = st->incoming;
-	pthread_mutex_lock(&in->lock);
-	for (struct inc_listener *l = in->listeners; l; l = l->next)
-		if (l->ino == st->last_ino && l->last_fd >= 0)
-			l->redeliver = true;
-	pthread_mutex_unlock(&in->lock);
-}
-
 /* accept on a duplicate of a blocking listener without blocking the supervisor */
 static int accept_nowait(int lfd, struct net_addr *peer)
 {
@@ -977,65 +956,36 @@ static struct tracer_result accept_resume(const struct tracer_call *call, void *
  * the (blocking) listener has one. aw is consumed unless the call is deferred. */
 static struct tracer_result accept_try(const struct tracer_call *call, struct accept_wait *aw)
 {
-	struct net_state *st = aw->st;
-	struct net_incoming *in = st->incoming;
-	int fd = -1;
-	struct net_addr peer;
-	/* an answer that did not arrive comes first */
-	pthread_mutex_lock(&in->lock);
-	struct inc_listener *l = listener_by_ino(in, aw->ino);
-	if (l && l->last_fd >= 0) {
-		if (l->redeliver) {
-			fd = fcntl(l->last_fd, F_DUPFD_CLOEXEC, 0);
-			peer = l->last_peer;
-		}
-		close(l->last_fd);
-		l->last_fd = -1;
-		l->redeliver = false;
-	}
-	pthread_mutex_unlock(&in->lock);
+	struct net_addr peer, kernel_peer;
+	int fd = accept_nowait(aw->dup, &kernel_peer);
 	if (fd < 0) {
-		struct net_addr kernel_peer;
-		fd = accept_nowait(aw->dup, &kernel_peer);
-		if (fd < 0) {
-			int e = errno;
-			int fl = fcntl(aw->dup, F_GETFL);
-			if (e == EAGAIN && fl >= 0 && !(fl & O_NONBLOCK)) {
-				int wfd = accept_wait_fd(aw);
-				if (wfd >= 0)
-					return tracer_defer(wfd, accept_resume, accept_wait_free,
-							    aw);
-				accept_wait_free(aw);
-				return tracer_continue(); /* the kernel's accept, loopback address
-							   */
-			}
+		int e = errno;
+		int fl = fcntl(aw->dup, F_GETFL);
+		if (e == EAGAIN && fl >= 0 && !(fl & O_NONBLOCK)) {
+			int wfd = accept_wait_fd(aw);
+			if (wfd >= 0)
+				return tracer_defer(wfd, accept_resume, accept_wait_free, aw);
 			accept_wait_free(aw);
-			return tracer_error(e == EAGAIN ? EAGAIN : e);
+			return tracer_continue(); /* the kernel's accept, loopback address */
 		}
-		accepted_entry(st, fd, &kernel_peer, &peer);
+		accept_wait_free(aw);
+		return tracer_error(e);
 	}
+	accepted_entry(aw->st, fd, &kernel_peer, &peer);
 	struct hm_err err = {0};
 	if (trace_net_write_addr(call, &peer, call->args[1], call->args[2], &err) < 0) {
 		close(fd);
 		accept_wait_free(aw);
 		return tracer_error(EFAULT); /* the kernel's answer too; the connection is lost */
 	}
-	pthread_mutex_lock(&in->lock);
-	l = listener_by_ino(in, aw->ino);
-	if (l) {
-		l->last_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-		l->last_peer = peer;
-	}
-	pthread_mutex_unlock(&in->lock);
 	int fd_flags = ((aw->flags & SOCK_CLOEXEC) ? O_CLOEXEC : 0) |
 		       ((aw->flags & SOCK_NONBLOCK) ? O_NONBLOCK : 0);
-	ino_t aw_ino = aw->ino;
 	accept_wait_free(aw);
-	struct tracer_result res = tracer_install_fd(fd, fd_flags);
-	st->last_ino = aw_ino;
-	res.undo = undo_accept;
-	res.undo_arg = st;
-	return res;
+	/* An answer that cannot arrive closes the connection (its client sees it end). No
+	 * copy is kept for a re-issued accept: it would hold the connection open after the
+	 * program closed it. Once trace-run has the call, only a fatal signal or the
+	 * thread's death ends it (WAIT_KILLABLE_RECV; ptrace keeps the thread stopped). */
+	return tracer_install_fd(fd, fd_flags);
 }
 
 static struct tracer_result accept_resume(const struct tracer_call *call, void *arg)
