@@ -78,7 +78,7 @@ static void job_cancel(void *arg)
 	job_put(arg);
 }
 
-struct tracer_result trace_net_job_defer(struct net_job *job)
+int trace_net_thread_start(void *(*fn)(void *), void *arg, struct hm_err *err)
 {
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
@@ -89,13 +89,19 @@ struct tracer_result trace_net_job_defer(struct net_job *job)
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	pthread_t tid;
-	__atomic_add_fetch(&job->st->jobs_running, 1, __ATOMIC_ACQ_REL);
-	int r = pthread_create(&tid, &attr, job_thread, job);
+	int r = pthread_create(&tid, &attr, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
-	if (r != 0) {
+	return r ? hm_err_set(err, r, "thread") : 0;
+}
+
+struct tracer_result trace_net_job_defer(struct net_job *job)
+{
+	struct hm_err err = {0};
+	__atomic_add_fetch(&job->st->jobs_running, 1, __ATOMIC_ACQ_REL);
+	if (trace_net_thread_start(job_thread, job, &err) < 0) {
 		__atomic_sub_fetch(&job->st->jobs_running, 1, __ATOMIC_ACQ_REL);
-		hm_warn("worker thread: %s", strerror(r));
+		hm_warn("worker thread: %s", strerror(err.code));
 		trace_net_job_discard(job);
 		return tracer_error(EAGAIN);
 	}

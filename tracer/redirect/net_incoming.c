@@ -16,7 +16,9 @@
  *    the program gets, and later getpeername, is the original client's. The loopback
  *    socket's source port is remembered with the client it stands for, for sockets
  *    accepted some other way.
- *  - A listener the program closed is noticed with sock_diag and unsubscribed. */
+ *  - A listener the program closed is noticed with sock_diag and unsubscribed.
+ * Here: the state, bind, listen, liveness and setup; the delivered connections are in
+ * net_incoming_deliver.c, accept in net_incoming_accept.c. */
 #include <fcntl.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
@@ -24,72 +26,17 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/timerfd.h>
 
 #include "tracer/redirect/net_internal.h"
 
-#define CHECK_EVERY_MS 300	   /* liveness of the listeners */
-#define CONN_FORGET_MS 60000	   /* a delivered connection nobody accepted */
-#define SUBSCRIPTION_WAIT_MS 2000  /* an event that overtook its subscribe reply */
-#define LOCAL_CONNECT_MS 5000	   /* to the program's listener on this machine */
-#define MIRROR_REPLY_DRAIN_MS 5000 /* the program's answer after the client's FIN */
-#define SIGNAL_CHECK_MS 200	   /* a thread waiting in accept is checked for signals */
+#define CHECK_EVERY_MS 300   /* liveness of the listeners */
+#define CONN_FORGET_MS 60000 /* a delivered connection nobody accepted */
 
 #ifndef IPPROTO_MPTCP
 #define IPPROTO_MPTCP 262
 #endif
-
-struct inc_listener {
-	struct inc_listener *next;
-	ino_t ino;
-	int family;
-	struct net_addr asked; /* what the program bound */
-	struct net_addr real;  /* what the socket is bound to */
-	uint16_t local_port, remote_port;
-	bool moved;   /* the asked port was taken here: bound to another */
-	uint32_t sub; /* 0: not subscribed */
-	uint8_t mode; /* PROTO_INCOMING_* */
-	bool pending; /* a subscription is being asked for */
-};
-
-/* a delivered connection: trace-run's loopback socket's source port -> the client */
-struct inc_conn {
-	struct inc_conn *next;
-	uint16_t port;
-	ino_t listener;
-	struct net_addr client, server; /* server: the target's address, the asked port */
-	int64_t added_ms;
-};
-
-/* a mirror connection being fed, so that fini can end it */
-struct inc_feed {
-	struct inc_feed *next;
-	int stream;
-};
-
-struct net_incoming {
-	struct net_state *st;
-	const struct policy_config *cfg;
-	pthread_mutex_t lock; /* everything below */
-	struct inc_listener *listeners;
-	struct inc_conn *conns;
-	struct inc_feed *feeds;
-	size_t n_listeners, n_conns;
-	bool stopping;
-	int threads; /* delivery threads still running */
-	pthread_cond_t threads_done;
-	/* the housekeeping thread */
-	pthread_t thread;
-	bool thread_started;
-	int wake_fd;
-	int diag_fd;
-	/* counters for the summary line */
-	unsigned long delivered, failed;
-	struct tracer_once warned;
-};
 
 static const char *mode_name(uint8_t mode)
 {
@@ -108,7 +55,7 @@ static uint8_t wanted_mode(const struct net_incoming *in)
 		   : PROTO_INCOMING_MIRROR;
 }
 
-static struct inc_listener *listener_by_ino(struct net_incoming *in, ino_t ino)
+struct inc_listener *trace_incoming_listener_by_ino(struct net_incoming *in, ino_t ino)
 {
 	for (struct inc_listener *l = in->listeners; l; l = l->next)
 		if (l->ino == ino)
@@ -116,7 +63,7 @@ static struct inc_listener *listener_by_ino(struct net_incoming *in, ino_t ino)
 	return NULL;
 }
 
-static struct inc_listener *listener_by_sub(struct net_incoming *in, uint32_t sub)
+struct inc_listener *trace_incoming_listener_by_sub(struct net_incoming *in, uint32_t sub)
 {
 	for (struct inc_listener *l = in->listeners; l && sub; l = l->next)
 		if (l->sub == sub)
@@ -127,7 +74,7 @@ static struct inc_listener *listener_by_sub(struct net_incoming *in, uint32_t su
 /* Another listener still uses the subscription (SO_REUSEPORT sockets share one). */
 static bool sub_in_use(struct net_incoming *in, uint32_t sub)
 {
-	return listener_by_sub(in, sub) != NULL;
+	return trace_incoming_listener_by_sub(in, sub) != NULL;
 }
 
 static void listener_unlink(struct net_incoming *in, struct inc_listener *l)
@@ -147,8 +94,8 @@ static void listener_free(struct inc_listener *l)
 }
 
 /* Where trace-run reaches the listener: its own address, loopback for a wildcard */
-static void listener_target(const struct net_state *st, const struct inc_listener *l,
-			    struct net_addr *out)
+void trace_incoming_listener_target(const struct net_state *st, const struct inc_listener *l,
+				    struct net_addr *out)
 {
 	uint8_t key[16];
 	uint16_t port;
@@ -161,7 +108,7 @@ static void listener_target(const struct net_state *st, const struct inc_listene
 		*out = l->real;
 }
 
-static struct inc_conn *conn_take(struct net_incoming *in, uint16_t port)
+struct inc_conn *trace_incoming_conn_take(struct net_incoming *in, uint16_t port)
 {
 	for (struct inc_conn **pp = &in->conns; *pp; pp = &(*pp)->next) {
 		if ((*pp)->port == port) {
@@ -182,7 +129,13 @@ static struct inc_conn *conn_find(struct net_incoming *in, uint16_t port)
 	return NULL;
 }
 
-static bool is_loopback(const struct net_addr *a)
+int trace_incoming_getfd(const struct tracer_call *call)
+{
+	struct hm_err err = {0};
+	return trace_net_getfd(call, (int)call->args[0], &err);
+}
+
+bool trace_net_addr_is_loopback(const struct net_addr *a)
 {
 	uint8_t key[16];
 	uint16_t port;
@@ -191,298 +144,12 @@ static bool is_loopback(const struct net_addr *a)
 	return key[12] == 127 || !memcmp(key, lo6, 16);
 }
 
-/* ================================================================ delivery */
-
-struct delivery {
-	struct net_incoming *in;
-	struct proto_incoming_connection ev;
-};
-
-/* The program's replies to a mirrored connection go nowhere: read and drop them. false
- * once the program closed or reset its side. */
-static bool drain(int fd)
-{
-	char buf[16384];
-	for (;;) {
-		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
-		if (n > 0)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
-			return true;
-		return false;
-	}
-}
-
-static void reset_close(int fd)
-{
-	struct linger lg = {.l_onoff = 1, .l_linger = 0};
-	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	close(fd);
-}
-
-/* Write all of data to the program's side, reading its answers meanwhile (a program that
- * writes while we write must not block us both). */
-static int feed_write(int fd, const uint8_t *data, size_t len)
-{
-	while (len) {
-		ssize_t n = send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (n > 0) {
-			data += n;
-			len -= (size_t)n;
-			continue;
-		}
-		if (n < 0 && errno != EAGAIN && errno != EINTR)
-			return -1;
-		struct pollfd p = {.fd = fd, .events = POLLOUT | POLLIN};
-		if (poll(&p, 1, 30000) <= 0)
-			return -1;
-		if ((p.revents & POLLIN) && !drain(fd))
-			return -1;
-	}
-	return 0;
-}
-
-static void feed_register(struct net_incoming *in, struct inc_feed *f, bool add)
-{
-	pthread_mutex_lock(&in->lock);
-	if (add) {
-		f->next = in->feeds;
-		in->feeds = f;
-	} else {
-		for (struct inc_feed **pp = &in->feeds; *pp; pp = &(*pp)->next) {
-			if (*pp == f) {
-				*pp = f->next;
-				break;
-			}
-		}
-	}
-	pthread_mutex_unlock(&in->lock);
-}
-
-/* Mirror: frames from the agent become the bytes the program reads. */
-static void mirror_feed(struct net_incoming *in, int stream, int local)
-{
-	struct inc_feed f = {.stream = stream};
-	feed_register(in, &f, true);
-	bool reset = true;
-	for (;;) {
-		struct pollfd p[2] = {{.fd = stream, .events = POLLIN},
-				      {.fd = local, .events = POLLIN}};
-		if (poll(p, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
-		}
-		if (p[1].revents && !drain(local))
-			break; /* the program closed: nothing more to give it */
-		if (!p[0].revents)
-			continue;
-		struct proto_msg m;
-		const void *data;
-		int end_error;
-		struct hm_err err = {0};
-		ssize_t n = client_incoming_read(stream, &m, &data, &end_error, 0, &err);
-		if (n < 0) {
-			hm_debug("mirror stream: %s", err.msg[0] ? err.msg : "closed");
-			break;
-		}
-		if (n == 0) {
-			proto_msg_free(&m);
-			reset = end_error != 0;
-			break;
-		}
-		int w = feed_write(local, data, (size_t)n);
-		proto_msg_free(&m);
-		if (w < 0)
-			break;
-	}
-	feed_register(in, &f, false);
-	if (reset) {
-		reset_close(local);
-		return;
-	}
-	/* the client's FIN: the program sees EOF, answers, closes */
-	shutdown(local, SHUT_WR);
-	int64_t deadline = hm_deadline_in(MIRROR_REPLY_DRAIN_MS);
-	while (hm_poll_fd(local, POLLIN, deadline) > 0 && drain(local))
-		;
-	close(local);
-}
-
-/* The listener a subscription belongs to; waits a little for one whose reply is still
- * on its way to the listen handler. Copies what the thread needs. */
-static bool find_listener(struct net_incoming *in, uint32_t sub, struct inc_listener *out)
-{
-	int64_t deadline = hm_deadline_in(SUBSCRIPTION_WAIT_MS);
-	for (;;) {
-		pthread_mutex_lock(&in->lock);
-		struct inc_listener *l = listener_by_sub(in, sub);
-		bool pending = false;
-		for (struct inc_listener *p = in->listeners; p; p = p->next)
-			pending |= p->pending;
-		if (l)
-			*out = *l;
-		bool stop = in->stopping;
-		pthread_mutex_unlock(&in->lock);
-		if (l)
-			return true;
-		if (stop || !pending || hm_now_ms() >= deadline)
-			return false;
-		usleep(5000);
-	}
-}
-
-static int connect_local(struct net_incoming *in, const struct inc_listener *l,
-			 const struct proto_incoming_connection *ev, struct hm_err *err)
-{
-	struct net_addr target;
-	listener_target(in->st, l, &target);
-	int family = target.ss.ss_family;
-	hm_cleanup_close int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return hm_err_errno(err, "socket");
-	/* the source port is known before the connect, so the accept that may come before
-	 * connect returns already finds the client it stands for */
-	struct net_addr any = {.len = target.len};
-	any.ss.ss_family = (sa_family_t)family;
-	if (bind(fd, (struct sockaddr *)&any.ss, any.len) < 0)
-		return hm_err_errno(err, "bind");
-	struct net_addr self = {.len = sizeof(self.ss)};
-	if (getsockname(fd, (struct sockaddr *)&self.ss, &self.len) < 0)
-		return hm_err_errno(err, "getsockname");
-	struct inc_conn *c = calloc(1, sizeof(*c));
-	if (!c)
-		return hm_err_set(err, ENOMEM, "connection");
-	c->port = trace_net_addr_port(&self);
-	c->listener = l->ino;
-	struct net_addr client, server;
-	if (trace_net_addr_from_proto(&ev->client, &client) == 0)
-		trace_net_addr_for_family(&client, l->family, &c->client);
-	if (trace_net_addr_from_proto(&ev->server, &server) == 0) {
-		trace_net_addr_for_family(&server, l->family, &c->server);
-		/* the port the program asked for, as its listener shows */
-		if (c->server.ss.ss_family == AF_INET)
-			((struct sockaddr_in *)&c->server.ss)->sin_port = htons(l->local_port);
-		else
-			((struct sockaddr_in6 *)&c->server.ss)->sin6_port = htons(l->local_port);
-	}
-	c->added_ms = hm_now_ms();
-	pthread_mutex_lock(&in->lock);
-	c->next = in->conns;
-	in->conns = c;
-	in->n_conns++;
-	pthread_mutex_unlock(&in->lock);
-	if (hm_connect_deadline(fd, (struct sockaddr *)&target.ss, target.len,
-				hm_deadline_in(LOCAL_CONNECT_MS), NULL) < 0) {
-		int e = errno;
-		pthread_mutex_lock(&in->lock);
-		free(conn_take(in, c->port));
-		pthread_mutex_unlock(&in->lock);
-		char where[80];
-		return hm_err_set(err, e, "connect to the program's listener at %s",
-				  trace_net_addr_str(&target, where, sizeof(where)));
-	}
-	return hm_steal_fd(&fd);
-}
-
-static void *deliver_main(void *arg)
-{
-	struct delivery *d = arg;
-	struct net_incoming *in = d->in;
-	struct net_state *st = in->st;
-	struct hm_err err = {0};
-	hm_cleanup_close int stream = -1;
-	struct inc_listener l;
-	char client[80];
-	struct net_addr ca;
-	if (trace_net_addr_from_proto(&d->ev.client, &ca) == 0)
-		trace_net_addr_str(&ca, client, sizeof(client));
-	else
-		snprintf(client, sizeof(client), "?");
-	bool ok = false;
-	if (!find_listener(in, d->ev.subscription, &l)) {
-		hm_debug("incoming connection from %s: no subscription %u (any more)", client,
-			 d->ev.subscription);
-		goto out;
-	}
-	stream = client_incoming_open(st->s->client, d->ev.token, &err);
-	if (stream < 0) {
-		hm_debug("incoming connection from %s: %s", client, err.msg);
-		goto out;
-	}
-	int local = connect_local(in, &l, &d->ev, &err);
-	if (local < 0) {
-		/* the client sees a reset, as from a port nobody listens on */
-		hm_debug("incoming connection from %s: %s", client, err.msg);
-		goto out;
-	}
-	hm_debug("incoming connection from %s to port %u (%s)", client, l.local_port,
-		 l.mode == PROTO_INCOMING_STEAL ? "steal" : "mirror");
-	ok = true;
-	if (l.mode == PROTO_INCOMING_STEAL) {
-		if (relay_add_tcp(st->relay, local, hm_steal_fd(&stream), &err) < 0) {
-			hm_debug("incoming connection from %s: %s", client, err.msg);
-			ok = false;
-		}
-	} else {
-		mirror_feed(in, stream, local);
-	}
-out:
-	pthread_mutex_lock(&in->lock);
-	if (ok)
-		in->delivered++;
-	else
-		in->failed++;
-	if (--in->threads == 0)
-		pthread_cond_broadcast(&in->threads_done);
-	pthread_mutex_unlock(&in->lock);
-	free(d);
-	return NULL;
-}
-
-/* On the client's reader thread: hand the connection to a thread of its own. */
-static void on_incoming(void *arg, const struct proto_incoming_connection *ev)
-{
-	struct net_incoming *in = arg;
-	struct delivery *d = malloc(sizeof(*d));
-	if (!d)
-		return;
-	d->in = in;
-	d->ev = *ev;
-	pthread_mutex_lock(&in->lock);
-	bool stop = in->stopping;
-	if (!stop)
-		in->threads++;
-	pthread_mutex_unlock(&in->lock);
-	if (stop) {
-		free(d);
-		return;
-	}
-	pthread_attr_t attr;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, 256 << 10);
-	pthread_t tid;
-	/* the reader thread blocks every signal: so do its children */
-	int r = pthread_create(&tid, &attr, deliver_main, d);
-	pthread_attr_destroy(&attr);
-	if (r != 0) {
-		hm_warn("incoming connection: thread: %s", strerror(r));
-		free(d);
-		pthread_mutex_lock(&in->lock);
-		in->failed++;
-		if (--in->threads == 0)
-			pthread_cond_broadcast(&in->threads_done);
-		pthread_mutex_unlock(&in->lock);
-	}
-}
-
 /* ================================================================ housekeeping */
 
 static bool listener_alive(struct net_incoming *in, const struct inc_listener *l)
 {
 	struct net_sock probe = {.ino = l->ino, .type = SOCK_STREAM, .family = l->family};
-	listener_target(in->st, l, &probe.prog);
+	trace_incoming_listener_target(in->st, l, &probe.prog);
 	probe.diag_peer.ss.ss_family = probe.prog.ss.ss_family;
 	probe.diag_peer.len = probe.prog.len;
 	return trace_net_sock_alive_fd(in->diag_fd, &probe);
@@ -533,7 +200,7 @@ static void collect(struct net_incoming *in)
 		if (listener_alive(in, &check[i].copy))
 			continue;
 		pthread_mutex_lock(&in->lock);
-		struct inc_listener *l = listener_by_ino(in, check[i].ino);
+		struct inc_listener *l = trace_incoming_listener_by_ino(in, check[i].ino);
 		uint32_t sub = 0;
 		uint16_t port = 0;
 		if (l && !l->pending) {
@@ -598,19 +265,12 @@ static void name_entry(struct net_state *st, const struct inc_listener *l)
 	ns->family = l->family;
 	ns->stream = -1;
 	ns->local = l->asked;
-	listener_target(st, l, &ns->prog);
+	trace_incoming_listener_target(st, l, &ns->prog);
 	ns->diag_peer.ss.ss_family = ns->prog.ss.ss_family;
 	ns->diag_peer.len = ns->prog.len;
 	ns->delivered = true;
 	ns->last_ms = hm_now_ms();
-	pthread_mutex_lock(&st->lock);
-	struct net_sock *old = trace_net_table_find(st, ns->ino);
-	if (old) {
-		trace_net_table_remove(st, old);
-		trace_net_sock_free(st, old);
-	}
-	trace_net_table_insert(st, ns);
-	pthread_mutex_unlock(&st->lock);
+	trace_net_table_put(st, ns);
 }
 
 static struct tracer_result handle_bind(const struct tracer_call *call, void *data)
@@ -642,7 +302,7 @@ static struct tracer_result handle_bind(const struct tracer_call *call, void *da
 		return tracer_continue();
 	}
 	pthread_mutex_lock(&in->lock);
-	struct inc_listener *known = listener_by_ino(in, sb.st_ino);
+	struct inc_listener *known = trace_incoming_listener_by_ino(in, sb.st_ino);
 	bool again = known && trace_net_addr_equal(&known->asked, &asked);
 	pthread_mutex_unlock(&in->lock);
 	if (again)
@@ -680,7 +340,7 @@ static struct tracer_result handle_bind(const struct tracer_call *call, void *da
 		name_entry(st, l);
 	}
 	pthread_mutex_lock(&in->lock);
-	struct inc_listener *old = listener_by_ino(in, l->ino);
+	struct inc_listener *old = trace_incoming_listener_by_ino(in, l->ino);
 	uint32_t old_sub = 0;
 	if (old) { /* an earlier socket of the same inode: closed since */
 		old_sub = old->sub;
@@ -732,7 +392,7 @@ static struct tracer_result subscribe_finish(struct net_job *job, const struct t
 	struct sub_job *sj = job->data;
 	const char *target = in->cfg->target;
 	pthread_mutex_lock(&in->lock);
-	struct inc_listener *l = listener_by_ino(in, job->ino);
+	struct inc_listener *l = trace_incoming_listener_by_ino(in, job->ino);
 	uint16_t local_port = l ? l->local_port : sj->port;
 	struct inc_listener moved = {0};
 	if (l) {
@@ -779,7 +439,7 @@ static struct tracer_result handle_listen(const struct tracer_call *call, void *
 		return tracer_continue();
 	ino_t ino = trace_net_fd_ino(call, (int)call->args[0]);
 	pthread_mutex_lock(&in->lock);
-	struct inc_listener *l = ino ? listener_by_ino(in, ino) : NULL;
+	struct inc_listener *l = ino ? trace_incoming_listener_by_ino(in, ino) : NULL;
 	bool ours = l && !l->sub && !l->pending;
 	struct sub_job sj = {0};
 	if (ours) {
@@ -799,8 +459,7 @@ static struct tracer_result handle_listen(const struct tracer_call *call, void *
 	pthread_mutex_unlock(&in->lock);
 	if (!ours)
 		return tracer_continue();
-	struct hm_err err = {0};
-	int dup = trace_net_getfd(call, (int)call->args[0], &err);
+	int dup = trace_incoming_getfd(call);
 	if (dup < 0)
 		return tracer_continue();
 	if (listen(dup, (int)call->args[1]) < 0) {
@@ -831,202 +490,11 @@ static struct tracer_result handle_listen(const struct tracer_call *call, void *
 	job->work = subscribe_work;
 	job->finish = subscribe_finish;
 	pthread_mutex_lock(&in->lock);
-	l = listener_by_ino(in, ino);
+	l = trace_incoming_listener_by_ino(in, ino);
 	if (l)
 		l->pending = true;
 	pthread_mutex_unlock(&in->lock);
 	return trace_net_job_defer(job);
-}
-
-/* ================================================================ accept */
-
-struct accept_wait {
-	struct net_state *st;
-	int dup; /* the listener */
-	ino_t ino;
-	int flags; /* accept4's */
-	/* a blocking accept waits for the listener or the timer, whichever comes first */
-	int epfd, timer;
-};
-
-static void accept_wait_free(void *arg)
-{
-	struct accept_wait *aw = arg;
-	close(aw->dup);
-	if (aw->epfd >= 0)
-		close(aw->epfd);
-	if (aw->timer >= 0)
-		close(aw->timer);
-	free(aw);
-}
-
-/* The wait of a blocking accept: readable when the listener has a connection, and every
- * SIGNAL_CHECK_MS. */
-static int accept_wait_fd(struct accept_wait *aw)
-{
-	if (aw->epfd >= 0)
-		return aw->epfd;
-	aw->epfd = epoll_create1(EPOLL_CLOEXEC);
-	aw->timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-	if (aw->epfd < 0 || aw->timer < 0)
-		return -1;
-	struct itimerspec every = {.it_interval = {0, SIGNAL_CHECK_MS * 1000000L},
-				   .it_value = {0, SIGNAL_CHECK_MS * 1000000L}};
-	struct epoll_event ev = {.events = EPOLLIN};
-	if (timerfd_settime(aw->timer, 0, &every, NULL) < 0 ||
-	    epoll_ctl(aw->epfd, EPOLL_CTL_ADD, aw->timer, &ev) < 0 ||
-	    epoll_ctl(aw->epfd, EPOLL_CTL_ADD, aw->dup, &ev) < 0)
-		return -1;
-	return aw->epfd;
-}
-
-/* A signal waits for the thread (not blocked): the kernel's own accept, which returns
- * at once for it, lets it be handled (or kill the program) and the call be restarted as
- * the handler's SA_RESTART says. A deferred call would hold it back until a connection
- * came (the ptrace backend keeps the thread stopped meanwhile). */
-static bool signal_waiting(pid_t tid)
-{
-	struct hm_proc_field f[] = {{.key = "SigPnd"}, {.key = "ShdPnd"}, {.key = "SigBlk"}};
-	if (hm_proc_status(tid, f, HM_ARRAY_SIZE(f)) < 0)
-		return false;
-	unsigned long long pnd = strtoull(f[0].value, NULL, 16) | strtoull(f[1].value, NULL, 16);
-	return pnd & ~strtoull(f[2].value, NULL, 16);
-}
-
-/* accept on a duplicate of a blocking listener without blocking the supervisor */
-static int accept_nowait(int lfd, struct net_addr *peer)
-{
-	int fl = fcntl(lfd, F_GETFL);
-	bool flip = fl >= 0 && !(fl & O_NONBLOCK);
-	if (flip)
-		fcntl(lfd, F_SETFL, fl | O_NONBLOCK);
-	peer->len = sizeof(peer->ss);
-	int fd = accept4(lfd, (struct sockaddr *)&peer->ss, &peer->len, SOCK_CLOEXEC);
-	int e = errno;
-	if (flip)
-		fcntl(lfd, F_SETFL, fl);
-	errno = e;
-	return fd;
-}
-
-/* An accepted connection as the program gets it: the original client's address (from
- * the table of delivered connections), the target's address as its own. */
-static void accepted_entry(struct net_state *st, int fd, const struct net_addr *kernel_peer,
-			   struct net_addr *shown)
-{
-	struct net_incoming *in = st->incoming;
-	*shown = *kernel_peer;
-	if (!is_loopback(kernel_peer))
-		return;
-	pthread_mutex_lock(&in->lock);
-	struct inc_conn *c = conn_take(in, trace_net_addr_port(kernel_peer));
-	pthread_mutex_unlock(&in->lock);
-	if (!c)
-		return; /* a local client of the program's own */
-	*shown = c->client;
-	struct stat sb;
-	struct net_sock *ns = fstat(fd, &sb) == 0 ? calloc(1, sizeof(*ns)) : NULL;
-	if (ns) {
-		ns->ino = sb.st_ino;
-		ns->type = SOCK_STREAM;
-		ns->family = trace_net_socket_family(fd);
-		ns->stream = -1;
-		ns->peer = c->client;
-		ns->local = c->server;
-		ns->prog.len = sizeof(ns->prog.ss);
-		getsockname(fd, (struct sockaddr *)&ns->prog.ss, &ns->prog.len);
-		ns->diag_peer = *kernel_peer;
-		ns->delivered = true;
-		ns->last_ms = hm_now_ms();
-		pthread_mutex_lock(&st->lock);
-		struct net_sock *old = trace_net_table_find(st, ns->ino);
-		if (old) {
-			trace_net_table_remove(st, old);
-			trace_net_sock_free(st, old);
-		}
-		trace_net_table_insert(st, ns);
-		pthread_mutex_unlock(&st->lock);
-	}
-	free(c);
-}
-
-static struct tracer_result accept_resume(const struct tracer_call *call, void *arg);
-
-/* One try: the connection installed in the program, EAGAIN, or the call deferred until
- * the (blocking) listener has one. aw is consumed unless the call is deferred. */
-static struct tracer_result accept_try(const struct tracer_call *call, struct accept_wait *aw)
-{
-	struct net_addr peer, kernel_peer;
-	int fd = accept_nowait(aw->dup, &kernel_peer);
-	if (fd < 0) {
-		int e = errno;
-		int fl = fcntl(aw->dup, F_GETFL);
-		if (e == EAGAIN && fl >= 0 && !(fl & O_NONBLOCK)) {
-			int wfd = accept_wait_fd(aw);
-			if (wfd >= 0)
-				return tracer_defer(wfd, accept_resume, accept_wait_free, aw);
-			accept_wait_free(aw);
-			return tracer_continue(); /* the kernel's accept, loopback address */
-		}
-		accept_wait_free(aw);
-		return tracer_error(e);
-	}
-	accepted_entry(aw->st, fd, &kernel_peer, &peer);
-	struct hm_err err = {0};
-	if (trace_net_write_addr(call, &peer, call->args[1], call->args[2], &err) < 0) {
-		close(fd);
-		accept_wait_free(aw);
-		return tracer_error(EFAULT); /* the kernel's answer too; the connection is lost */
-	}
-	int fd_flags = ((aw->flags & SOCK_CLOEXEC) ? O_CLOEXEC : 0) |
-		       ((aw->flags & SOCK_NONBLOCK) ? O_NONBLOCK : 0);
-	accept_wait_free(aw);
-	/* An answer that cannot arrive closes the connection (its client sees it end). No
-	 * copy is kept for a re-issued accept: it would hold the connection open after the
-	 * program closed it. Once trace-run has the call, only a fatal signal or the
-	 * thread's death ends it (WAIT_KILLABLE_RECV; ptrace keeps the thread stopped). */
-	return tracer_install_fd(fd, fd_flags);
-}
-
-static struct tracer_result accept_resume(const struct tracer_call *call, void *arg)
-{
-	struct accept_wait *aw = arg;
-	uint64_t ticks;
-	if (read(aw->timer, &ticks, sizeof(ticks)) == sizeof(ticks) && signal_waiting(call->pid)) {
-		accept_wait_free(aw);
-		return tracer_continue();
-	}
-	return accept_try(call, aw);
-}
-
-static struct tracer_result handle_accept(const struct tracer_call *call, void *data)
-{
-	struct net_state *st = data;
-	struct net_incoming *in = st->incoming;
-	if (!__atomic_load_n(&in->n_listeners, __ATOMIC_RELAXED))
-		return tracer_continue();
-	int flags = call->nr == SYS_accept4 ? (int)call->args[3] : 0;
-	if (flags & ~(SOCK_CLOEXEC | SOCK_NONBLOCK))
-		return tracer_continue(); /* the kernel's EINVAL */
-	ino_t ino = trace_net_fd_ino(call, (int)call->args[0]);
-	pthread_mutex_lock(&in->lock);
-	struct inc_listener *l = ino ? listener_by_ino(in, ino) : NULL;
-	bool ours = l && (l->sub || l->pending);
-	pthread_mutex_unlock(&in->lock);
-	if (!ours)
-		return tracer_continue();
-	struct hm_err err = {0};
-	int dup = trace_net_getfd(call, (int)call->args[0], &err);
-	if (dup < 0)
-		return tracer_continue();
-	struct accept_wait *aw = malloc(sizeof(*aw));
-	if (!aw) {
-		close(dup);
-		return tracer_error(ENOMEM);
-	}
-	*aw = (struct accept_wait){
-	    .st = st, .dup = dup, .ino = ino, .flags = flags, .epfd = -1, .timer = -1};
-	return accept_try(call, aw);
 }
 
 /* ================================================================ names */
@@ -1043,7 +511,7 @@ bool trace_net_incoming_name(struct net_state *st, const struct tracer_call *cal
 		return false;
 	struct net_addr kernel_peer = {.len = sizeof(kernel_peer.ss)};
 	if (getpeername(dup, (struct sockaddr *)&kernel_peer.ss, &kernel_peer.len) < 0 ||
-	    !is_loopback(&kernel_peer))
+	    !trace_net_addr_is_loopback(&kernel_peer))
 		return false;
 	pthread_mutex_lock(&in->lock);
 	struct inc_conn *c = conn_find(in, trace_net_addr_port(&kernel_peer));
@@ -1075,7 +543,7 @@ int trace_net_incoming_init(struct net_state *st, struct hm_err *err)
 		struct timeval tv = {.tv_sec = 1};
 		setsockopt(in->diag_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	}
-	client_incoming_set_handler(st->s->client, on_incoming, in);
+	client_incoming_set_handler(st->s->client, trace_incoming_on_connection, in);
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -1087,8 +555,8 @@ int trace_net_incoming_init(struct net_state *st, struct hm_err *err)
 	struct tracer *t = st->s->tracer;
 	if (tracer_set_handler(t, SYS_bind, handle_bind, st, err) < 0 ||
 	    tracer_set_handler(t, SYS_listen, handle_listen, st, err) < 0 ||
-	    tracer_set_handler(t, SYS_accept, handle_accept, st, err) < 0 ||
-	    tracer_set_handler(t, SYS_accept4, handle_accept, st, err) < 0)
+	    tracer_set_handler(t, SYS_accept, trace_incoming_accept, st, err) < 0 ||
+	    tracer_set_handler(t, SYS_accept4, trace_incoming_accept, st, err) < 0)
 		return -1;
 	return 0;
 }
