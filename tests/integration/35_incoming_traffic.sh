@@ -96,22 +96,40 @@ trun_stop() {
 	! grep -A20 'Sanitizer' "$WORK/$1.err" >&2 || fail "trace-run: sanitizer report"
 }
 
-# same_requests EXPECTED_FILE LOG_FILE: the local program saw exactly these requests
-# (method, path, body length and sha256), in any order. Mirrored requests arrive
-# asynchronously: waits for the count first.
+# mirror_lost: the agent's count of mirrored connections it reset for lost bytes
+mirror_lost() {
+	"$TRACE_AGENT" status --unix "$WORK/agent.sock" --token-file "$WORK/token" |
+		sed -n 's/.* mirror_lost \([0-9]*\).*/\1/p'
+}
+
+# same_requests EXPECTED_FILE LOG_FILE [LOST_BEFORE]: the local program saw exactly these
+# requests (method, path, body length and sha256), in any order. Mirrored requests
+# arrive asynchronously: waits for the count first. LOST_BEFORE (mirror): a connection
+# the agent could not copy whole is reset, never delivered with a hole, and counted in
+# its mirror_lost; such requests may be missing (on a machine too loaded for the agent
+# to keep up), no others, and nothing the local program saw may differ from what was sent.
 same_requests() {
 	local want=$(grep -c . "$1")
 	wait_until 200 sh -c "[ \$(grep -c . '$2' 2>/dev/null) -ge $want ]" ||
 		echo "only $(grep -c . "$2" 2>/dev/null) of $want requests logged" >&2
-	diff <(sort "$1") <(sort "$2") >&2 || fail "the local program did not see the requests sent"
-	echo "the local program saw the $want requests sent, byte for byte"
+	local extra missing lost=0
+	extra=$(comm -13 <(sort "$1") <(sort "$2"))
+	[ -z "$extra" ] || fail "the local program saw requests that were not sent: $(head -3 <<<"$extra")"
+	missing=$(comm -23 <(sort "$1") <(sort "$2") | grep -c . || true)
+	[ -z "${3:-}" ] || lost=$(($(mirror_lost) - $3))
+	if [ "$missing" -gt 0 ]; then
+		echo "$missing requests missing; the agent counted $lost mirrored connections lost"
+		[ "$missing" -le "$lost" ] || fail "the local program did not see the requests sent"
+	fi
+	echo "the local program saw the $((want - missing)) of $want requests sent, byte for byte"
 }
 
 # http_checks NAME WHO: 200 sequential requests, 50 concurrent connections, a 10 MiB
 # upload from CLI; every answer from WHO (pod: mirror, local: steal), and the local
 # program's log equals what was sent.
 http_checks() {
-	local name="$1" who="$2" got
+	local name="$1" who="$2" got lost_before=""
+	[ "$who" != pod ] || lost_before=$(mirror_lost)
 	: >"$WORK/$name.expect"
 	got=$(cli reqlog client -url "http://$WEB_IP:8080" -n 200 -c 1 -size 700 -expect /tmp/seq)
 	echo "200 sequential: $got"
@@ -126,7 +144,7 @@ http_checks() {
 	echo "10 MiB upload: $got"
 	assert_eq "answers $who=1" "$got" "a 10 MiB upload"
 	cli cat /tmp/big >>"$WORK/$name.expect"
-	same_requests "$WORK/$name.expect" "$WORK/$name.log"
+	same_requests "$WORK/$name.expect" "$WORK/$name.log" $lost_before
 }
 
 # ---- HTTP, the static Go server (accept4 non-blocking + epoll) ----
