@@ -54,8 +54,8 @@ struct server {
 	struct agent_stats stats;
 	struct agent_admission *admission;
 	struct agent_incoming *incoming;     /* subscriptions to the targets' ports */
-	struct agent_http_steal *http_steal; /* routes the filtered steal ports */
 	struct agent_mirror *mirror;	     /* the mirror engine (mirror.c), NULL without */
+	struct agent_http_steal *http_steal; /* routes the filtered steal ports */
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* nconns changed */

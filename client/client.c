@@ -67,6 +67,8 @@ static void route_frame(struct client *c, struct proto_frame *f)
 		pthread_mutex_lock(&c->lock);
 		return;
 	}
+	if (m.id == 0 && client_incoming_event(c, &m))
+		return;
 	for (struct pending_call *p = c->pending; p && m.id; p = p->next) {
 		if (p->id == m.id && !p->done) {
 			p->reply = m;
@@ -442,6 +444,13 @@ int client_status(struct client *c, struct client_status *out, struct hm_err *er
 	out->bytes_out = s->bytes_out;
 	out->nbudgets = s->nbudgets;
 	memcpy(out->budgets, s->budgets, sizeof(out->budgets));
+	out->has_incoming = s->has_incoming;
+	out->subscriptions = s->subscriptions;
+	out->mirrored = s->mirrored;
+	out->mirror_lost = s->mirror_lost;
+	out->mirror_bytes = s->mirror_bytes;
+	out->stolen = s->stolen;
+	out->passed_to_target = s->passed_to_target;
 	return 0;
 }
 

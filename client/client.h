@@ -104,6 +104,10 @@ struct client_status {
 	uint64_t requests, errors, bytes_in, bytes_out;
 	unsigned nbudgets;				 /* 0: an agent without budgets */
 	struct proto_budget budgets[PROTO_BUDGET_COUNT]; /* by enum proto_budget_kind */
+	/* incoming traffic; has_incoming false: an agent without it */
+	bool has_incoming;
+	uint32_t subscriptions;
+	uint64_t mirrored, mirror_lost, mirror_bytes, stolen, passed_to_target;
 };
 int client_status(struct client *c, struct client_status *out, struct hm_err *err);
 void client_status_print(FILE *f, const struct client_status *s);
@@ -188,5 +192,34 @@ int client_udp_send(int stream_fd, const struct proto_addr *dst, const void *dat
  * timeout_ms < 0 waits forever; ETIMEDOUT; err->code 0 when the agent closed the stream. */
 ssize_t client_udp_recv(int stream_fd, struct proto_addr *src, void *buf, size_t cap,
 			int timeout_ms, struct hm_err *err);
+
+/* ---- incoming traffic: the target's connections to a port, mirrored or stolen ----
+ * Each connection the agent delivers is an event naming a stream token; the callback
+ * runs on the thread reading the connection (a caller or the watcher) with the client's lock held
+ * and must not block or call the client (hand the event to a thread of yours); once
+ * client_incoming_set_handler returns, the previous handler runs no more. The event points into a
+ * frame freed after the call: copy what you keep. Set the callback before the first subscription.
+ */
+typedef void (*client_incoming_fn)(void *arg, const struct proto_incoming_connection *ev);
+void client_incoming_set_handler(struct client *c, client_incoming_fn fn, void *arg);
+/* Subscribe to the target's TCP port in mode (PROTO_INCOMING_MIRROR / _STEAL), flags
+ * PROTO_INCOMING_FLUSH / _CONCURRENT, http_filter: NULL or "" for none, else mirrord's
+ * http_filter object as JSON text (steal only). *subscription gets the id; note (may be
+ * NULL) the agent's one line for the user ("" when none). A refused steal fails with
+ * EADDRINUSE and the agent's message naming who holds the port. */
+int client_incoming_subscribe(struct client *c, uint16_t port, uint8_t mode, uint32_t flags,
+			      const char *http_filter, uint32_t *subscription, char *note,
+			      size_t note_len, struct hm_err *err);
+int client_incoming_unsubscribe(struct client *c, uint32_t subscription, struct hm_err *err);
+/* Claim a delivered connection's stream (STREAM_HELLO with ev->token): an O_CLOEXEC fd
+ * carrying the connection's raw bytes both ways (steal), or INCOMING_DATA frames ending
+ * with INCOMING_END (mirror; client_incoming_read). */
+int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
+			 struct hm_err *err);
+/* One frame of a mirror stream: INCOMING_DATA (returns its length, *data points into
+ * *m) or INCOMING_END (returns 0, *end_error its error). Release m with proto_msg_free.
+ * timeout_ms < 0 waits forever. */
+ssize_t client_incoming_read(int stream_fd, struct proto_msg *m, const void **data, int *end_error,
+			     int timeout_ms, struct hm_err *err);
 
 #endif

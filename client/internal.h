@@ -8,6 +8,8 @@
 
 #include "client/client.h"
 
+#define STREAM_FRAME_GRACE_MS 5000 /* a stream frame that started arriving completes by then */
+
 struct pending_call {
 	struct pending_call *next;
 	uint32_t id;
@@ -41,10 +43,19 @@ struct client {
 	int64_t last_call_ms;		  /* when a call last ended (hm_now_ms) */
 	bool stopping;			  /* client_close: the watcher returns */
 	pthread_cond_t watcher_cond;	  /* stopping was set */
+
+	/* incoming.c: INCOMING_CONNECTION events go to this, on whichever thread reads */
+	client_incoming_fn incoming_fn; /* under lock */
+	void *incoming_arg;
 };
 
 /* ---- client.c ---- */
 /* A stream connection: dial the agent again and claim token (STREAM_HELLO). */
 int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
+
+/* ---- incoming.c ---- */
+/* An event of the control connection other than SESSION_ENDED: true when handled.
+ * Call with c->lock held (the frame router does). */
+bool client_incoming_event(struct client *c, const struct proto_msg *m);
 
 #endif

@@ -5,8 +5,6 @@
 
 #include "client/internal.h"
 
-#define STREAM_FRAME_GRACE_MS 5000 /* a frame that started arriving completes by then */
-
 int client_tcp_connect_token(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
 			     uint8_t token[PROTO_TOKEN_LEN], struct proto_addr *local,
 			     struct hm_err *err)

@@ -32,6 +32,15 @@ void client_status_print(FILE *f, const struct client_status *s)
 	/* the protocol's counters are named from the client's side of the agent */
 	print_bytes(f, "to clients", s->bytes_in);
 	print_bytes(f, "from clients", s->bytes_out);
+	if (s->has_incoming) {
+		/* one line, "name N" pairs: scripts pick a counter by its name */
+		fprintf(f,
+			"%-12s subscriptions %u mirrored %llu mirror_lost %llu mirror_bytes %llu "
+			"stolen %llu passed_to_target %llu\n",
+			"incoming", s->subscriptions, (unsigned long long)s->mirrored,
+			(unsigned long long)s->mirror_lost, (unsigned long long)s->mirror_bytes,
+			(unsigned long long)s->stolen, (unsigned long long)s->passed_to_target);
+	}
 	if (!s->nbudgets)
 		return;
 	static const struct {

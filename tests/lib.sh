@@ -43,7 +43,7 @@ run_test() {
 	local start=$SECONDS
 	(
 		set -eE
-		"$@"
+		${HM_XTRACE:+set -x}; "$@"
 	) >"$log" 2>&1 &
 	wait $!
 	local rc=$?

@@ -75,6 +75,12 @@ static void test_config_example_loads(void **state)
 	assert_int_equal(c.feature.network.outgoing.filter.len, 5);
 	assert_string_equal(c.feature.network.outgoing.filter.items[2], "tcp://db.svc:5432");
 	assert_int_equal(c.feature.network.dns, POLICY_TRI_TRUE);
+	assert_int_equal(c.feature.network.incoming.mode, POLICY_INCOMING_STEAL);
+	uint16_t remote = 0;
+	assert_true(policy_incoming_port(&c, 8080, &remote));
+	assert_int_equal(remote, 80);
+	assert_false(policy_incoming_port(&c, 9090, &remote));
+	assert_non_null(policy_incoming_http_filter(&c, 80));
 
 	/* and the policies build from it */
 	struct policy_fs_opts fo;
@@ -1598,12 +1604,171 @@ static void test_env_overrides_and_off(void **state)
 	policy_config_free(&c);
 }
 
+/* ================================================================ incoming traffic */
+
+static void test_config_incoming_defaults(void **state)
+{
+	(void)state;
+	struct policy_config c;
+	struct hm_err err = {0};
+	assert_int_equal(load(&c, "{}", &err), 0);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	assert_int_equal(c.feature.network.incoming.mode, POLICY_INCOMING_MIRROR);
+	assert_int_equal(c.feature.network.incoming.on_concurrent_steal, POLICY_CONCURRENT_ABORT);
+	assert_int_equal(c.feature.network.incoming.flush_connections, POLICY_TRI_FALSE);
+	uint16_t remote = 0;
+	assert_true(policy_incoming_port(&c, 8080, &remote));
+	assert_int_equal(remote, 8080);
+	assert_false(policy_incoming_port(&c, 0, &remote));
+	assert_null(policy_incoming_http_filter(&c, 8080));
+	policy_config_free(&c);
+}
+
+static void test_config_incoming_keys(void **state)
+{
+	(void)state;
+	struct policy_config c;
+	struct hm_err err = {0};
+	if (load(&c,
+		 "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", "
+		 "\"port_mapping\": [[8080, 80], [9000, 9001]], \"ignore_ports\": [9999], "
+		 "\"http_filter\": {\"header_filter\": \"^x-user: me$\", \"ports\": [80]}, "
+		 "\"on_concurrent_steal\": \"continue\", \"flush_connections\": true}}}}",
+		 &err) < 0)
+		fail_msg("%s", err.msg);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	typeof(c.feature.network.incoming) *in = &c.feature.network.incoming;
+	assert_int_equal(in->mode, POLICY_INCOMING_STEAL);
+	assert_int_equal(in->on_concurrent_steal, POLICY_CONCURRENT_CONTINUE);
+	assert_int_equal(in->flush_connections, POLICY_TRI_TRUE);
+	uint16_t remote = 0;
+	assert_true(policy_incoming_port(&c, 8080, &remote));
+	assert_int_equal(remote, 80);
+	assert_true(policy_incoming_port(&c, 9000, &remote));
+	assert_int_equal(remote, 9001);
+	assert_true(policy_incoming_port(&c, 7000, &remote));
+	assert_int_equal(remote, 7000);
+	assert_false(policy_incoming_port(&c, 9999, &remote));
+	/* the filter goes to the agent without its ports, for the ports it names only */
+	assert_string_equal(policy_incoming_http_filter(&c, 80),
+			    "{\"header_filter\":\"^x-user: me$\"}");
+	assert_null(policy_incoming_http_filter(&c, 9001));
+	policy_config_free(&c);
+
+	/* ports: only those; mirrord's shorthand "incoming": "steal" */
+	if (load(&c, "{\"feature\": {\"network\": {\"incoming\": {\"ports\": [8080]}}}}", &err) < 0)
+		fail_msg("%s", err.msg);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	assert_true(policy_incoming_port(&c, 8080, &remote));
+	assert_false(policy_incoming_port(&c, 8081, &remote));
+	policy_config_free(&c);
+	if (load(&c, "{\"feature\": {\"network\": {\"incoming\": \"steal\"}}}", &err) < 0)
+		fail_msg("%s", err.msg);
+	assert_int_equal(c.feature.network.incoming.mode, POLICY_INCOMING_STEAL);
+	policy_config_free(&c);
+	if (load(&c, "{\"feature\": {\"network\": {\"incoming\": \"off\"}}}", &err) < 0)
+		fail_msg("%s", err.msg);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	assert_false(policy_incoming_port(&c, 8080, &remote));
+	policy_config_free(&c);
+
+	/* a filter applies to steal only, and with no ports to every port */
+	if (load(&c,
+		 "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"mirror\", "
+		 "\"http_filter\": {\"any_of\": [{\"path\": \"^/api\"}, {\"method\": "
+		 "\"POST\"}]}}}}}",
+		 &err) < 0)
+		fail_msg("%s", err.msg);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	assert_null(policy_incoming_http_filter(&c, 80));
+	c.feature.network.incoming.mode = POLICY_INCOMING_STEAL;
+	assert_string_equal(policy_incoming_http_filter(&c, 1234),
+			    "{\"any_of\":[{\"path\":\"^\\/api\"},{\"method\":\"POST\"}]}");
+	policy_config_free(&c);
+}
+
+static void test_config_incoming_errors(void **state)
+{
+	(void)state;
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"mdoe\": \"steal\"}}}}",
+			  "unknown key feature.network.incoming.mdoe");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": \"both\"}}}",
+			  "feature.network.incoming: unknown mode \"both\"");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"stael\"}}}}",
+			  "feature.network.incoming.mode: unknown mode \"stael\"");
+	expect_load_error(
+	    "{\"feature\": {\"network\": {\"incoming\": {\"port_mapping\": [[80]]}}}}",
+	    "feature.network.incoming.port_mapping[0]: expected a [local, remote] pair");
+	expect_load_error(
+	    "{\"feature\": {\"network\": {\"incoming\": {\"port_mapping\": [[80, 70000]]}}}}",
+	    "feature.network.incoming.port_mapping[0][1]: 70000 is not a port");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"port_mapping\": [[80, "
+			  "81], [80, 82]]}}}}",
+			  "local port 80 is mapped twice");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"ports\": [\"80\"]}}}}",
+			  "feature.network.incoming.ports[0]: expected a port number, got string");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"ports\": [80], "
+			  "\"ignore_ports\": [81]}}}}",
+			  "set either ports or ignore_ports, not both");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"on_concurrent_steal\": "
+			  "\"override\"}}}}",
+			  "feature.network.incoming.on_concurrent_steal: \"override\" is not "
+			  "supported");
+	expect_load_error(
+	    "{\"feature\": {\"network\": {\"incoming\": {\"flush_connections\": 1}}}}",
+	    "feature.network.incoming.flush_connections: expected a boolean");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"http_filter\": "
+			  "{\"header\": \"x\"}}}}}",
+			  "unknown key feature.network.incoming.http_filter.header");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"http_filter\": "
+			  "{\"header_filter\": \"(\"}}}}}",
+			  "feature.network.incoming.http_filter.header_filter[0]: invalid regex");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"http_filter\": "
+			  "{\"header_filter\": \"a\", \"path_filter\": \"b\"}}}}}",
+			  "set one of header_filter");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"http_filter\": "
+			  "{\"all_of\": [{\"header\": \"a\", \"path\": \"b\"}]}}}}}",
+			  "all_of[0]: expected one of header, path, method");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"http_filter\": "
+			  "{\"any_of\": [{\"query\": \"a\"}]}}}}}",
+			  "unknown key feature.network.incoming.http_filter.any_of[0].query");
+	expect_load_error("{\"feature\": {\"network\": {\"incoming\": {\"http_filter\": "
+			  "{\"any_of\": []}}}}}",
+			  "any_of: expected a non-empty array");
+}
+
+static void test_config_incoming_merge(void **state)
+{
+	(void)state;
+	struct policy_config file, flags;
+	struct hm_err err = {0};
+	if (load(&file,
+		 "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"ports\": "
+		 "[80]}}}}",
+		 &err) < 0)
+		fail_msg("%s", err.msg);
+	policy_config_init(&flags);
+	flags.feature.network.incoming.mode = POLICY_INCOMING_OFF; /* --incoming off */
+	assert_int_equal(policy_config_merge(&file, &flags, &err), 0);
+	assert_int_equal(policy_config_finalize(&file, &err), 0);
+	assert_int_equal(file.feature.network.incoming.mode, POLICY_INCOMING_OFF);
+	assert_int_equal(file.feature.network.incoming.ports.len, 1);
+	uint16_t remote;
+	assert_false(policy_incoming_port(&file, 80, &remote));
+	policy_config_free(&file);
+	policy_config_free(&flags);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_config_example_loads),
 	    cmocka_unit_test(test_config_defaults),
 	    cmocka_unit_test(test_config_unknown_keys),
+	    cmocka_unit_test(test_config_incoming_defaults),
+	    cmocka_unit_test(test_config_incoming_keys),
+	    cmocka_unit_test(test_config_incoming_errors),
+	    cmocka_unit_test(test_config_incoming_merge),
 	    cmocka_unit_test(test_config_wrong_types),
 	    cmocka_unit_test(test_config_bad_values),
 	    cmocka_unit_test(test_config_shorthands),

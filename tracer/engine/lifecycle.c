@@ -124,6 +124,14 @@ static void forward_to_children(struct tracer *t, int sig)
 	tracer_proc_for_each(forward_if_child, &f);
 }
 
+void tracer_terminate(struct tracer *t, int sig)
+{
+	tracer_guard_poll(t);
+	if (!t->main_done && t->main_pid > 0)
+		kill(t->main_pid, sig);
+	forward_to_children(t, sig);
+}
+
 void tracer_signals_handle(struct tracer *t)
 {
 	struct signalfd_siginfo si;

@@ -84,6 +84,10 @@ void tracer_free(struct tracer *t);
  * child subreaper, reaps every child, and blocks the forwarded signals while it runs. */
 int tracer_run(struct tracer *t, char *const argv[], struct tracer_exit *out, struct hm_err *err);
 
+/* Send sig to the program and to everything it started (from the supervisor thread, a
+ * handler say): trace-run ends the run this way when it cannot go on. */
+void tracer_terminate(struct tracer *t, int sig);
+
 /* The shell-style status for an outcome: the exit code, 128+N for signal N, 126/127
  * when exec failed. */
 int tracer_exit_code(const struct tracer_exit *e);

@@ -91,6 +91,106 @@ int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out)
 	return -1;
 }
 
+static const char *const incoming_mode_names[] = {
+    [POLICY_INCOMING_MIRROR] = "mirror",
+    [POLICY_INCOMING_STEAL] = "steal",
+    [POLICY_INCOMING_OFF] = "off",
+};
+
+int policy_incoming_mode_parse(const char *s, enum policy_incoming_mode *out)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(incoming_mode_names); i++) {
+		if (incoming_mode_names[i] && strcmp(s, incoming_mode_names[i]) == 0) {
+			*out = (enum policy_incoming_mode)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+const char *policy_incoming_mode_name(enum policy_incoming_mode m)
+{
+	if ((size_t)m < HM_ARRAY_SIZE(incoming_mode_names) && incoming_mode_names[m])
+		return incoming_mode_names[m];
+	return "mirror";
+}
+
+/* ---------------------------------------------------------------- ports */
+
+static void ports_clear(struct policy_ports *p)
+{
+	free(p->items);
+	*p = (struct policy_ports){0};
+}
+
+static void port_map_clear(struct policy_port_map *m)
+{
+	free(m->pairs);
+	*m = (struct policy_port_map){0};
+}
+
+static bool ports_have(const struct policy_ports *p, uint16_t port)
+{
+	for (size_t i = 0; i < p->len; i++)
+		if (p->items[i] == port)
+			return true;
+	return false;
+}
+
+static int ports_copy(struct policy_ports *dst, const struct policy_ports *src, struct hm_err *err)
+{
+	uint16_t *items = NULL;
+	if (src->len && !(items = malloc(src->len * sizeof(*items))))
+		return hm_err_set(err, ENOMEM, "config");
+	if (src->len)
+		memcpy(items, src->items, src->len * sizeof(*items));
+	ports_clear(dst);
+	*dst = (struct policy_ports){.items = items, .len = src->len, .set = src->set};
+	return 0;
+}
+
+static int port_map_copy(struct policy_port_map *dst, const struct policy_port_map *src,
+			 struct hm_err *err)
+{
+	uint16_t(*pairs)[2] = NULL;
+	if (src->len && !(pairs = malloc(src->len * sizeof(*pairs))))
+		return hm_err_set(err, ENOMEM, "config");
+	if (src->len)
+		memcpy(pairs, src->pairs, src->len * sizeof(*pairs));
+	port_map_clear(dst);
+	*dst = (struct policy_port_map){.pairs = pairs, .len = src->len, .set = src->set};
+	return 0;
+}
+
+bool policy_incoming_port(const struct policy_config *c, uint16_t local, uint16_t *remote)
+{
+	const typeof(c->feature.network.incoming) *in = &c->feature.network.incoming;
+	*remote = local;
+	if (in->mode == POLICY_INCOMING_OFF || local == 0)
+		return false;
+	if (in->ports.set && !ports_have(&in->ports, local))
+		return false;
+	if (ports_have(&in->ignore_ports, local))
+		return false;
+	for (size_t i = 0; i < in->port_mapping.len; i++) {
+		if (in->port_mapping.pairs[i][0] == local) {
+			*remote = in->port_mapping.pairs[i][1];
+			break;
+		}
+	}
+	return true;
+}
+
+const char *policy_incoming_http_filter(const struct policy_config *c, uint16_t remote)
+{
+	const typeof(c->feature.network.incoming) *in = &c->feature.network.incoming;
+	if (in->mode != POLICY_INCOMING_STEAL || !in->http_filter)
+		return NULL;
+	if (in->http_filter_ports.set && !ports_have(&in->http_filter_ports, remote))
+		return NULL;
+	return in->http_filter;
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 void policy_config_init(struct policy_config *c)
@@ -112,6 +212,11 @@ void policy_config_free(struct policy_config *c)
 	policy_strv_clear(&c->feature.fs.local);
 	policy_strv_clear(&c->feature.fs.not_found);
 	policy_strv_clear(&c->feature.network.outgoing.filter);
+	port_map_clear(&c->feature.network.incoming.port_mapping);
+	ports_clear(&c->feature.network.incoming.ports);
+	ports_clear(&c->feature.network.incoming.ignore_ports);
+	ports_clear(&c->feature.network.incoming.http_filter_ports);
+	free(c->feature.network.incoming.http_filter);
 	policy_config_init(c);
 }
 
@@ -541,6 +646,250 @@ static int walk_outgoing(struct walk *w, json_object *obj, struct policy_config 
 	return 0;
 }
 
+/* ---------------------------------------------------------------- incoming */
+
+static int get_port(struct walk *w, const char *path, json_object *v, uint16_t *out)
+{
+	if (!json_object_is_type(v, json_type_int))
+		return type_error(w, path, "a port number", v);
+	int64_t n = json_object_get_int64(v);
+	if (n < 1 || n > 65535)
+		return fail(w, "%s: %lld is not a port (1-65535)", path, (long long)n);
+	*out = (uint16_t)n;
+	return 0;
+}
+
+/* an array of ports, or as in mirrord a single port */
+static int get_ports(struct walk *w, const char *path, json_object *v, struct policy_ports *dst)
+{
+	struct policy_ports list = {.set = true};
+	size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 1;
+	if (!json_object_is_type(v, json_type_array) && !json_object_is_type(v, json_type_int))
+		return type_error(w, path, "an array of port numbers", v);
+	if (n && !(list.items = calloc(n, sizeof(*list.items))))
+		return hm_err_set(w->err, ENOMEM, "config");
+	for (size_t i = 0; i < n; i++) {
+		char at[300];
+		snprintf(at, sizeof(at), "%s[%zu]", path, i);
+		json_object *item =
+		    json_object_is_type(v, json_type_array) ? json_object_array_get_idx(v, i) : v;
+		if (get_port(w, at, item, &list.items[i]) < 0) {
+			ports_clear(&list);
+			return -1;
+		}
+	}
+	list.len = n;
+	ports_clear(dst);
+	*dst = list;
+	return 0;
+}
+
+static int get_port_mapping(struct walk *w, const char *path, json_object *v,
+			    struct policy_port_map *dst)
+{
+	if (!json_object_is_type(v, json_type_array))
+		return type_error(w, path, "an array of [local, remote] pairs", v);
+	struct policy_port_map map = {.set = true};
+	size_t n = json_object_array_length(v);
+	if (n && !(map.pairs = calloc(n, sizeof(*map.pairs))))
+		return hm_err_set(w->err, ENOMEM, "config");
+	for (size_t i = 0; i < n; i++) {
+		char at[300];
+		snprintf(at, sizeof(at), "%s[%zu]", path, i);
+		json_object *pair = json_object_array_get_idx(v, i);
+		if (!json_object_is_type(pair, json_type_array) ||
+		    json_object_array_length(pair) != 2) {
+			fail(w, "%s: expected a [local, remote] pair", at);
+			goto fail;
+		}
+		char at0[320], at1[320];
+		snprintf(at0, sizeof(at0), "%s[0]", at);
+		snprintf(at1, sizeof(at1), "%s[1]", at);
+		if (get_port(w, at0, json_object_array_get_idx(pair, 0), &map.pairs[i][0]) < 0 ||
+		    get_port(w, at1, json_object_array_get_idx(pair, 1), &map.pairs[i][1]) < 0)
+			goto fail;
+		for (size_t j = 0; j < i; j++) {
+			if (map.pairs[j][0] == map.pairs[i][0]) {
+				fail(w, "%s: local port %u is mapped twice", at, map.pairs[i][0]);
+				goto fail;
+			}
+		}
+	}
+	map.len = n;
+	port_map_clear(dst);
+	*dst = map;
+	return 0;
+fail:
+	port_map_clear(&map);
+	return -1;
+}
+
+/* A regex of an HTTP filter: compiled here as the agent will (PCRE2, caseless) */
+static int check_filter_regex(struct walk *w, const char *path, json_object *v)
+{
+	if (!json_object_is_type(v, json_type_string))
+		return type_error(w, path, "a string", v);
+	const char *re = json_object_get_string(v);
+	if (!*re)
+		return fail(w, "%s: must not be empty", path);
+	if (check_regex(path, 0, re, w->err) < 0)
+		return hm_err_prefix(w->err, "%s", w->origin);
+	return 0;
+}
+
+/* one entry of all_of / any_of: {"header": RE} | {"path": RE} | {"method": NAME} */
+static int check_inner_filter(struct walk *w, const char *path, json_object *v)
+{
+	if (check_object(w, path, v) < 0)
+		return -1;
+	if (json_object_object_length(v) != 1)
+		return fail(w, "%s: expected one of header, path, method", path);
+	json_object_object_foreach(v, key, val)
+	{
+		char at[512];
+		join(at, sizeof(at), path, key);
+		if (strcmp(key, "header") == 0 || strcmp(key, "path") == 0)
+			return check_filter_regex(w, at, val);
+		if (strcmp(key, "method") == 0) {
+			char *ignored = NULL;
+			int rc = get_string(w, at, val, &ignored);
+			free(ignored);
+			return rc;
+		}
+		return unknown_key(w, path, key, "header, path, method");
+	}
+	return 0;
+}
+
+static int walk_http_filter(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	const char *parent = "feature.network.incoming.http_filter";
+	if (check_object(w, parent, obj) < 0)
+		return -1;
+	json_object *filter = json_object_new_object();
+	if (!filter)
+		return hm_err_set(w->err, ENOMEM, "config");
+	int rc = 0, kinds = 0;
+	json_object_object_foreach(obj, key, val)
+	{
+		char path[256];
+		join(path, sizeof(path), parent, key);
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "ports") == 0) {
+			rc =
+			    get_ports(w, path, val, &c->feature.network.incoming.http_filter_ports);
+			if (rc < 0)
+				break;
+			continue;
+		}
+		if (strcmp(key, "header_filter") == 0 || strcmp(key, "path_filter") == 0) {
+			rc = check_filter_regex(w, path, val);
+		} else if (strcmp(key, "method_filter") == 0) {
+			char *ignored = NULL;
+			rc = get_string(w, path, val, &ignored);
+			free(ignored);
+		} else if (strcmp(key, "all_of") == 0 || strcmp(key, "any_of") == 0) {
+			if (!json_object_is_type(val, json_type_array) ||
+			    json_object_array_length(val) == 0) {
+				rc = fail(w, "%s: expected a non-empty array of filters", path);
+				break;
+			}
+			for (size_t i = 0; rc == 0 && i < json_object_array_length(val); i++) {
+				char at[300];
+				snprintf(at, sizeof(at), "%s[%zu]", path, i);
+				rc = check_inner_filter(w, at, json_object_array_get_idx(val, i));
+			}
+		} else {
+			rc = unknown_key(w, parent, key,
+					 "header_filter, path_filter, method_filter, all_of, "
+					 "any_of, ports");
+		}
+		if (rc < 0)
+			break;
+		kinds++;
+		json_object_object_add(filter, key, json_object_get(val));
+	}
+	if (rc == 0 && kinds > 1)
+		rc =
+		    fail(w,
+			 "%s: set one of header_filter, path_filter, method_filter, all_of, any_of "
+			 "(combine them with all_of or any_of)",
+			 parent);
+	if (rc == 0) {
+		const char *text =
+		    kinds ? json_object_to_json_string_ext(filter, JSON_C_TO_STRING_PLAIN) : NULL;
+		if (text && strlen(text) > 8192)
+			rc = fail(w, "%s: longer than 8192 bytes", parent);
+		else
+			rc = set_string(&c->feature.network.incoming.http_filter, text, w->err);
+	}
+	json_object_put(filter);
+	return rc;
+}
+
+static int walk_incoming(struct walk *w, json_object *obj, struct policy_config *c)
+{
+	const char *parent = "feature.network.incoming";
+	typeof(c->feature.network.incoming) *in = &c->feature.network.incoming;
+	/* mirrord's shorthand: "incoming": "steal" */
+	if (json_object_is_type(obj, json_type_string)) {
+		if (policy_incoming_mode_parse(json_object_get_string(obj), &in->mode) < 0)
+			return fail(w, "%s: unknown mode \"%s\" (expected mirror, steal or off)",
+				    parent, json_object_get_string(obj));
+		return 0;
+	}
+	if (!json_object_is_type(obj, json_type_object))
+		return type_error(w, parent, "an object or a mode string", obj);
+	json_object_object_foreach(obj, key, val)
+	{
+		char path[256];
+		join(path, sizeof(path), parent, key);
+		int rc = 0;
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		if (strcmp(key, "mode") == 0) {
+			if (!json_object_is_type(val, json_type_string))
+				return type_error(w, path, "a string", val);
+			if (policy_incoming_mode_parse(json_object_get_string(val), &in->mode) < 0)
+				return fail(
+				    w, "%s: unknown mode \"%s\" (expected mirror, steal or off)",
+				    path, json_object_get_string(val));
+		} else if (strcmp(key, "port_mapping") == 0) {
+			rc = get_port_mapping(w, path, val, &in->port_mapping);
+		} else if (strcmp(key, "ports") == 0) {
+			rc = get_ports(w, path, val, &in->ports);
+		} else if (strcmp(key, "ignore_ports") == 0) {
+			rc = get_ports(w, path, val, &in->ignore_ports);
+		} else if (strcmp(key, "http_filter") == 0) {
+			rc = walk_http_filter(w, val, c);
+		} else if (strcmp(key, "on_concurrent_steal") == 0) {
+			if (!json_object_is_type(val, json_type_string))
+				return type_error(w, path, "a string", val);
+			const char *v = json_object_get_string(val);
+			if (strcmp(v, "abort") == 0)
+				in->on_concurrent_steal = POLICY_CONCURRENT_ABORT;
+			else if (strcmp(v, "continue") == 0)
+				in->on_concurrent_steal = POLICY_CONCURRENT_CONTINUE;
+			else
+				return fail(
+				    w, "%s: \"%s\" is not supported (expected abort or continue)",
+				    path, v);
+		} else if (strcmp(key, "flush_connections") == 0) {
+			rc = get_bool(w, path, val, &in->flush_connections);
+		} else {
+			rc = unknown_key(w, parent, key,
+					 "mode, port_mapping, ports, ignore_ports, http_filter, "
+					 "on_concurrent_steal, flush_connections");
+		}
+		if (rc < 0)
+			return -1;
+	}
+	if (in->ports.set && in->ignore_ports.set)
+		return fail(w, "%s: set either ports or ignore_ports, not both", parent);
+	return 0;
+}
+
 static int walk_network(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.network";
@@ -557,8 +906,10 @@ static int walk_network(struct walk *w, json_object *obj, struct policy_config *
 			rc = walk_outgoing(w, val, c);
 		else if (strcmp(key, "dns") == 0)
 			rc = get_bool(w, path, val, &c->feature.network.dns);
+		else if (strcmp(key, "incoming") == 0)
+			rc = walk_incoming(w, val, c);
 		else
-			rc = unknown_key(w, parent, key, "outgoing, dns");
+			rc = unknown_key(w, parent, key, "outgoing, incoming, dns");
 		if (rc < 0)
 			return -1;
 	}
@@ -739,6 +1090,25 @@ int policy_config_merge(struct policy_config *base, const struct policy_config *
 	}
 	if (of->network.dns)
 		bf->network.dns = of->network.dns;
+	typeof(of->network.incoming) *oi = &of->network.incoming;
+	typeof(bf->network.incoming) *bi = &bf->network.incoming;
+	if (oi->mode)
+		bi->mode = oi->mode;
+	if ((oi->port_mapping.set &&
+	     port_map_copy(&bi->port_mapping, &oi->port_mapping, err) < 0) ||
+	    (oi->ports.set && ports_copy(&bi->ports, &oi->ports, err) < 0) ||
+	    (oi->ignore_ports.set && ports_copy(&bi->ignore_ports, &oi->ignore_ports, err) < 0))
+		return -1;
+	/* the filter and its ports go together */
+	if (oi->http_filter || oi->http_filter_ports.set) {
+		if (set_string(&bi->http_filter, oi->http_filter, err) < 0 ||
+		    ports_copy(&bi->http_filter_ports, &oi->http_filter_ports, err) < 0)
+			return -1;
+	}
+	if (oi->on_concurrent_steal)
+		bi->on_concurrent_steal = oi->on_concurrent_steal;
+	if (oi->flush_connections)
+		bi->flush_connections = oi->flush_connections;
 	return 0;
 }
 
@@ -762,6 +1132,16 @@ int policy_config_finalize(struct policy_config *c, struct hm_err *err)
 	default_tri(&c->feature.network.dns);
 	if (c->feature.network.outgoing.filter_kind == POLICY_NET_FILTER_UNSET)
 		c->feature.network.outgoing.filter_kind = POLICY_NET_FILTER_NONE;
+	typeof(c->feature.network.incoming) *in = &c->feature.network.incoming;
+	if (in->mode == POLICY_INCOMING_UNSET)
+		in->mode = POLICY_INCOMING_MIRROR;
+	if (in->on_concurrent_steal == POLICY_CONCURRENT_UNSET)
+		in->on_concurrent_steal = POLICY_CONCURRENT_ABORT;
+	if (in->flush_connections == POLICY_TRI_UNSET)
+		in->flush_connections = POLICY_TRI_FALSE;
+	if (in->ports.set && in->ignore_ports.set)
+		return hm_err_set(
+		    err, 0, "feature.network.incoming: set either ports or ignore_ports, not both");
 
 	if (check_regex_list("feature.fs.read_only", &c->feature.fs.read_only, err) < 0 ||
 	    check_regex_list("feature.fs.read_write", &c->feature.fs.read_write, err) < 0 ||

@@ -54,6 +54,29 @@ enum policy_net_filter_kind {
 	POLICY_NET_FILTER_LOCAL,  /* matching destinations stay local, the rest go remote */
 };
 
+/* feature.network.incoming */
+enum policy_incoming_mode {
+	POLICY_INCOMING_UNSET = 0,
+	POLICY_INCOMING_MIRROR, /* the default */
+	POLICY_INCOMING_STEAL,
+	POLICY_INCOMING_OFF,
+};
+enum policy_concurrent_steal {
+	POLICY_CONCURRENT_UNSET = 0,
+	POLICY_CONCURRENT_ABORT, /* the default: trace-run ends when the port is taken */
+	POLICY_CONCURRENT_CONTINUE,
+};
+struct policy_ports {
+	uint16_t *items;
+	size_t len;
+	bool set;
+};
+struct policy_port_map {
+	uint16_t (*pairs)[2]; /* [local, remote] */
+	size_t len;
+	bool set;
+};
+
 /* Every field starts unset (NULL, *_UNSET, list.set == false) so that a merge can tell
  * "not given" from "given as the default"; policy_config_finalize fills the defaults. */
 struct policy_config {
@@ -84,6 +107,18 @@ struct policy_config {
 				struct policy_strv filter; /* specs of filter_kind's list */
 			} outgoing;
 			enum policy_tristate dns;
+			struct {
+				enum policy_incoming_mode mode;
+				struct policy_port_map port_mapping;
+				struct policy_ports ports, ignore_ports; /* the program's ports */
+				/* mirrord's http_filter object without "ports", as JSON text
+				 * for the agent; NULL: none */
+				char *http_filter;
+				struct policy_ports
+				    http_filter_ports; /* the target's; unset: all */
+				enum policy_concurrent_steal on_concurrent_steal;
+				enum policy_tristate flush_connections;
+			} incoming;
 		} network;
 	} feature;
 };
@@ -116,6 +151,15 @@ int policy_config_env_override(struct policy_config *c, const char *key_value, s
 
 /* Names as they appear in the file; < 0 on an unknown name. */
 int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out);
+int policy_incoming_mode_parse(const char *s, enum policy_incoming_mode *out); /* mirror... */
+const char *policy_incoming_mode_name(enum policy_incoming_mode m);
+
+/* Incoming traffic of a finalized config: whether the program's listening port local is
+ * subscribed (mode not off, ports / ignore_ports), and the target's port it stands for
+ * (port_mapping, else the same). */
+bool policy_incoming_port(const struct policy_config *c, uint16_t local, uint16_t *remote);
+/* The http_filter JSON text for the target's port remote (steal only; ports), or NULL. */
+const char *policy_incoming_http_filter(const struct policy_config *c, uint16_t remote);
 
 /* ---------------------------------------------------------------- files */
 

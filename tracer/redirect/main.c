@@ -51,12 +51,21 @@ static const char usage[] =
     "                      load code are only imported when G names them exactly)\n"
     "  --env-exclude G     never import variables matching G (repeatable)\n"
     "  -e, --env K=V       set K=V in the program's environment (repeatable)\n"
+    "  --incoming M        what reaches PROGRAM's listening TCP ports from the target's\n"
+    "                      same ports: mirror (default: a copy of each connection, the\n"
+    "                      target still answers; PROGRAM's replies are dropped), steal\n"
+    "                      (the connections come to PROGRAM instead) or off\n"
+    "  -q, --quiet         no notices (which ports are mirrored or stolen), no warnings\n"
     "  -v, --verbose       what trace-run does (-vv: every remote file decision)\n"
     "  -h, --help          this text\n"
     "\n"
     "Files: reads of remote paths come from the target (read mode); in write mode\n"
     "written files go back to it on close/fsync; /proc, /sys, /dev, system files, the\n"
     "program, the current directory, $HOME and /tmp stay local (docs/config.md).\n"
+    "Incoming: when PROGRAM listens on a TCP port, the same port of the target is\n"
+    "subscribed (port_mapping, ports, ignore_ports, http_filter in the config); accept\n"
+    "and getpeername show the original client. A steal refused because another session\n"
+    "holds the port ends the run with 125 (on_concurrent_steal: abort, the default).\n"
     "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to PROGRAM;\n"
     "trace-run returns once PROGRAM and everything it started have exited. If trace-run\n"
     "dies, even by SIGKILL, PROGRAM and everything it started are killed.\n"
@@ -99,6 +108,7 @@ struct cli {
 	struct trace_kube_opts kube;
 	const char *config_file;
 	int verbose;
+	bool quiet;
 };
 
 /* 0: parsed; > 0: exit with that code (help printed, or an error reported) */
@@ -117,6 +127,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 		OPT_KUBE,
 		OPT_KUBECONFIG,
 		OPT_CONTEXT,
+		OPT_INCOMING,
 	};
 	static const struct option longopts[] = {
 	    {"target", required_argument, NULL, OPT_TARGET},
@@ -134,6 +145,8 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 	    {"kubeconfig", required_argument, NULL, OPT_KUBECONFIG},
 	    {"context", required_argument, NULL, OPT_CONTEXT},
 	    {"namespace", required_argument, NULL, 'n'},
+	    {"incoming", required_argument, NULL, OPT_INCOMING},
+	    {"quiet", no_argument, NULL, 'q'},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
@@ -143,7 +156,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 	int opt;
 	opterr = 0;
 	/* '+': stop at PROGRAM, whose own flags are not ours */
-	while ((opt = getopt_long(argc, argv, "+:f:e:n:vh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "+:f:e:n:vqh", longopts, NULL)) != -1) {
 		int rc = 0;
 		switch (opt) {
 		case OPT_TARGET:
@@ -217,6 +230,16 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 		case 'n':
 			cli->kube.namespace = optarg;
 			break;
+		case OPT_INCOMING:
+			if (policy_incoming_mode_parse(optarg, &c->feature.network.incoming.mode) <
+			    0)
+				return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
+						   "--incoming '%s': expected mirror, steal or off",
+						   optarg);
+			break;
+		case 'q':
+			cli->quiet = true;
+			break;
 		case 'v':
 			cli->verbose++;
 			break;
@@ -281,6 +304,8 @@ static int run(int argc, char **argv)
 	}
 	if (cli.verbose)
 		hm_log_init(PROG, cli.verbose > 1 ? HM_LOG_DEBUG : HM_LOG_INFO);
+	else if (cli.quiet)
+		hm_log_init(PROG, HM_LOG_ERROR);
 	char **program = argv + optind;
 
 	policy_cleanup_config struct policy_config cfg = {0};
@@ -305,6 +330,7 @@ static int run(int argc, char **argv)
 		goto fail;
 	exit_code = TRACER_EXIT_FAILURE;
 	s.tracer = t;
+	s.quiet = cli.quiet;
 	if (trace_env_build(&s, environ, &env, &err) < 0)
 		goto fail;
 	const char *path = NULL;
@@ -321,7 +347,10 @@ static int run(int argc, char **argv)
 	struct tracer_exit ex;
 	rc = tracer_run(t, program, &ex, &err);
 	environ = saved_environ;
+	int abort_exit = s.abort_exit;
 	run_release(&s, env, t);
+	if (abort_exit)
+		return abort_exit;
 	if (rc < 0)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 	if (ex.outcome == TRACER_EXEC_FAILED) {

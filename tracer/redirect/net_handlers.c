@@ -78,7 +78,7 @@ static void job_cancel(void *arg)
 	job_put(arg);
 }
 
-struct tracer_result trace_net_job_defer(struct net_job *job)
+int trace_net_thread_start(void *(*fn)(void *), void *arg, struct hm_err *err)
 {
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
@@ -89,13 +89,19 @@ struct tracer_result trace_net_job_defer(struct net_job *job)
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	pthread_t tid;
-	__atomic_add_fetch(&job->st->jobs_running, 1, __ATOMIC_ACQ_REL);
-	int r = pthread_create(&tid, &attr, job_thread, job);
+	int r = pthread_create(&tid, &attr, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
-	if (r != 0) {
+	return r ? hm_err_set(err, r, "thread") : 0;
+}
+
+struct tracer_result trace_net_job_defer(struct net_job *job)
+{
+	struct hm_err err = {0};
+	__atomic_add_fetch(&job->st->jobs_running, 1, __ATOMIC_ACQ_REL);
+	if (trace_net_thread_start(job_thread, job, &err) < 0) {
 		__atomic_sub_fetch(&job->st->jobs_running, 1, __ATOMIC_ACQ_REL);
-		hm_warn("worker thread: %s", strerror(r));
+		hm_warn("worker thread: %s", strerror(err.code));
 		trace_net_job_discard(job);
 		return tracer_error(EAGAIN);
 	}
@@ -203,7 +209,7 @@ static struct tracer_result handle_connect(const struct tracer_call *call, void 
 static struct tracer_result answer_name(const struct tracer_call *call, struct net_state *st,
 					bool peer)
 {
-	if (!count_of(&st->n_tcp) && !count_of(&st->n_udp))
+	if (!count_of(&st->n_tcp) && !count_of(&st->n_udp) && !st->incoming)
 		return tracer_continue();
 	ino_t ino = trace_net_fd_ino(call, (int)call->args[0]);
 	if (!ino)
@@ -220,6 +226,8 @@ static struct tracer_result answer_name(const struct tracer_call *call, struct n
 		found = true;
 	}
 	pthread_mutex_unlock(&st->lock);
+	if (!found && !ns && st->incoming)
+		found = trace_net_incoming_name(st, call, peer, &addr);
 	if (!found)
 		return tracer_continue();
 	struct hm_err err;
@@ -275,7 +283,8 @@ int trace_net_register(struct trace_session *s, struct hm_err *err)
 	bool tcp = c->feature.network.outgoing.tcp != POLICY_TRI_FALSE;
 	bool udp = c->feature.network.outgoing.udp != POLICY_TRI_FALSE ||
 		   c->feature.network.dns != POLICY_TRI_FALSE;
-	if (!tcp && !udp)
+	bool incoming = c->feature.network.incoming.mode != POLICY_INCOMING_OFF;
+	if (!tcp && !udp && !incoming)
 		return 0;
 	struct net_state *st = calloc(1, sizeof(*st));
 	if (!st)
@@ -286,6 +295,8 @@ int trace_net_register(struct trace_session *s, struct hm_err *err)
 	s->netio = st;
 	if (trace_net_tcp_init(st, err) < 0 || trace_net_udp_init(st, err) < 0)
 		return hm_err_prefix(err, "local proxy");
+	if (incoming && trace_net_incoming_init(st, err) < 0)
+		return hm_err_prefix(err, "incoming traffic");
 	struct tracer *t = s->tracer;
 	if (tracer_set_handler(t, SYS_connect, handle_connect, st, err) < 0 ||
 	    tracer_set_handler(t, SYS_getpeername, handle_getpeername, st, err) < 0 ||
@@ -313,6 +324,7 @@ void trace_net_release(struct trace_session *s)
 				__atomic_load_n(&st->jobs_running, __ATOMIC_ACQUIRE));
 		usleep(10000);
 	}
+	trace_net_incoming_fini(st);
 	trace_net_udp_fini(st);
 	trace_net_tcp_fini(st);
 	hm_info("network: %lu TCP and %lu UDP sockets went through the pod, %lu DNS answers seen",

@@ -93,6 +93,8 @@ struct net_state {
 	unsigned long redirected_tcp, redirected_udp, dns_answers;
 	int jobs_running; /* atomic: worker threads that may still use the agent client */
 	bool nofile_raised;
+	struct net_incoming
+	    *incoming; /* net_incoming.c; NULL when feature.network.incoming is off */
 };
 
 bool trace_net_addr_is_v4(const struct net_addr *a); /* AF_INET or v4-mapped AF_INET6 */
@@ -126,12 +128,16 @@ ino_t trace_net_fd_ino(const struct tracer_call *call, int fd);
 struct net_sock *trace_net_table_find(struct net_state *st, ino_t ino);
 void trace_net_table_insert(struct net_state *st, struct net_sock *ns);
 void trace_net_table_remove(struct net_state *st, struct net_sock *ns);
+/* not under st->lock: insert ns, replacing (and freeing) an entry of the same inode */
+void trace_net_table_put(struct net_state *st, struct net_sock *ns);
 /* frees the entry (closes its UDP stream and proxies); not in the table any more */
 void trace_net_sock_free(struct net_state *st, struct net_sock *ns);
 /* AF_INET / AF_INET6 of a socket (SO_DOMAIN), 0 when unknown */
 int trace_net_socket_family(int fd);
 /* false once sock_diag says the program's socket ns->ino is gone */
 bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns);
+/* the same with a NETLINK_SOCK_DIAG socket of the caller's (one per thread) */
+bool trace_net_sock_alive_fd(int diag_fd, const struct net_sock *ns);
 
 /* ---- net_tcp.c ---- */
 int trace_net_tcp_init(struct net_state *st, struct hm_err *err);
@@ -151,6 +157,83 @@ struct tracer_result trace_net_udp_sendto(struct net_state *st, const struct tra
 struct tracer_result trace_net_udp_sendmsg(struct net_state *st, const struct tracer_call *call);
 struct tracer_result trace_net_udp_sendmmsg(struct net_state *st, const struct tracer_call *call);
 struct tracer_result trace_net_udp_recv(struct net_state *st, const struct tracer_call *call);
+
+/* ---- net_incoming.c: the target's incoming traffic to the program's listeners ----
+ * bind/listen/accept/accept4 of the program's TCP sockets; delivered connections come
+ * to the program's real listener from a loopback socket of trace-run's (relayed raw for
+ * steal, fed from INCOMING_DATA frames for mirror). */
+int trace_net_incoming_init(struct net_state *st, struct hm_err *err);
+/* unsubscribes, ends the delivered connections' threads */
+void trace_net_incoming_fini(struct net_state *st);
+/* getpeername/getsockname of an accepted socket the table does not know (accepted
+ * without trace-run): the original client / the target's address. */
+bool trace_net_incoming_name(struct net_state *st, const struct tracer_call *call, bool peer,
+			     struct net_addr *out);
+
+/* the state net_incoming*.c share; everything below net_incoming.lock is under it */
+struct inc_listener {
+	struct inc_listener *next;
+	ino_t ino;
+	int family;
+	struct net_addr asked; /* what the program bound */
+	struct net_addr real;  /* what the socket is bound to */
+	uint16_t local_port, remote_port;
+	bool moved;   /* the asked port was taken here: bound to another */
+	uint32_t sub; /* 0: not subscribed */
+	uint8_t mode; /* PROTO_INCOMING_* */
+	bool pending; /* a subscription is being asked for */
+};
+
+/* a delivered connection: trace-run's loopback socket's source port -> the client */
+struct inc_conn {
+	struct inc_conn *next;
+	uint16_t port;
+	ino_t listener;
+	struct net_addr client, server; /* server: the target's address, the asked port */
+	int64_t added_ms;
+};
+
+/* a mirror connection being fed, so that fini can end it */
+struct inc_feed {
+	struct inc_feed *next;
+	int stream;
+};
+
+struct net_incoming {
+	struct net_state *st;
+	const struct policy_config *cfg;
+	pthread_mutex_t lock; /* everything below */
+	struct inc_listener *listeners;
+	struct inc_conn *conns;
+	struct inc_feed *feeds;
+	size_t n_listeners, n_conns;
+	bool stopping;
+	int threads; /* delivery threads still running */
+	pthread_cond_t threads_done;
+	/* the housekeeping thread */
+	pthread_t thread;
+	bool thread_started;
+	int wake_fd;
+	int diag_fd;
+	/* counters for the summary line */
+	unsigned long delivered, failed;
+	struct tracer_once warned;
+};
+
+/* under in->lock */
+struct inc_listener *trace_incoming_listener_by_ino(struct net_incoming *in, ino_t ino);
+struct inc_listener *trace_incoming_listener_by_sub(struct net_incoming *in, uint32_t sub);
+struct inc_conn *trace_incoming_conn_take(struct net_incoming *in, uint16_t port);
+/* where trace-run reaches the listener: its own address, loopback for a wildcard */
+void trace_incoming_listener_target(const struct net_state *st, const struct inc_listener *l,
+				    struct net_addr *out);
+bool trace_net_addr_is_loopback(const struct net_addr *a); /* 127/8, ::1 (v4-mapped too) */
+/* the program's socket args[0] as trace-run's (pidfd_getfd), -1 when it cannot be had */
+int trace_incoming_getfd(const struct tracer_call *call);
+/* net_incoming_deliver.c: the INCOMING_CONNECTION callback (the client's reader thread) */
+void trace_incoming_on_connection(void *arg, const struct proto_incoming_connection *ev);
+/* net_incoming_accept.c: the accept and accept4 handler */
+struct tracer_result trace_incoming_accept(const struct tracer_call *call, void *data);
 
 /* ---- net_handlers.c: work done by a thread while the program's call waits ---- */
 struct net_job;
@@ -184,5 +267,7 @@ struct tracer_result trace_net_job_defer(struct net_job *job);
 struct net_job *trace_net_job_new(struct net_state *st, int dup, ino_t ino);
 /* Free a job that was never started. */
 void trace_net_job_discard(struct net_job *job);
+/* Run fn(arg) in a detached thread that takes none of trace-run's signals. */
+int trace_net_thread_start(void *(*fn)(void *), void *arg, struct hm_err *err);
 
 #endif

@@ -238,6 +238,18 @@ void trace_net_table_insert(struct net_state *st, struct net_sock *ns)
 		st->n_udp++;
 }
 
+void trace_net_table_put(struct net_state *st, struct net_sock *ns)
+{
+	pthread_mutex_lock(&st->lock);
+	struct net_sock *old = trace_net_table_find(st, ns->ino);
+	if (old) { /* a socket of the same inode before: that one is closed */
+		trace_net_table_remove(st, old);
+		trace_net_sock_free(st, old);
+	}
+	trace_net_table_insert(st, ns);
+	pthread_mutex_unlock(&st->lock);
+}
+
 void trace_net_table_remove(struct net_state *st, struct net_sock *ns)
 {
 	for (struct net_sock **pp = &st->table[slot_of(ns->ino)]; *pp; pp = &(*pp)->next) {
@@ -282,7 +294,12 @@ static void diag_fill(const struct net_addr *a, __be32 out[4], __be16 *port)
 
 bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns)
 {
-	if (st->diag_fd < 0)
+	return trace_net_sock_alive_fd(st->diag_fd, ns);
+}
+
+bool trace_net_sock_alive_fd(int diag_fd, const struct net_sock *ns)
+{
+	if (diag_fd < 0)
 		return true;
 	struct {
 		struct nlmsghdr nh;
@@ -321,15 +338,14 @@ bool trace_net_sock_alive(struct net_state *st, const struct net_sock *ns)
 		diag_fill(peer, msg.req.id.idiag_dst, &msg.req.id.idiag_dport);
 	}
 	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-	if (sendto(st->diag_fd, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel, sizeof(kernel)) <
-	    0)
+	if (sendto(diag_fd, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
 		return true;
 	union {
 		struct nlmsghdr nh;
 		char buf[8192];
 	} resp;
 	for (;;) {
-		ssize_t n = recv(st->diag_fd, resp.buf, sizeof(resp.buf), 0);
+		ssize_t n = recv(diag_fd, resp.buf, sizeof(resp.buf), 0);
 		if (n < 0)
 			return true; /* cannot tell: keep it */
 		for (struct nlmsghdr *nh = &resp.nh; NLMSG_OK(nh, (size_t)n);

@@ -35,6 +35,10 @@ struct trace_session {
 	char tmpdir[PATH_MAX];	    /* $TMPDIR, "" when unset */
 	char runtime_dir[PATH_MAX]; /* $XDG_RUNTIME_DIR, "" when unset */
 	bool lost_reported;	    /* trace_session_lost said so */
+	bool quiet;		    /* -q: no notices (which ports are mirrored...) */
+	/* trace-run ended the program itself (a refused steal with on_concurrent_steal
+	 * abort): its exit code, 0 when not */
+	int abort_exit;
 };
 
 /* session.c */

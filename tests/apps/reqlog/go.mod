@@ -1,0 +1,3 @@
+module hermit/tests/apps/reqlog
+
+go 1.19
