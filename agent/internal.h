@@ -167,6 +167,9 @@ struct agent_pending_stream {
 	int fd;		     /* TCP or UDP socket in the pod's netns, or the file */
 	uint64_t size;	     /* FILE: bytes to send */
 	uint64_t session_id; /* the session that asked */
+	/* TCP: the uid of the session's unix peer when it agreed PROTO_FEAT_TCP_FD (the
+	 * socket may be passed to a unix stream connection of that uid); -1: relay only */
+	int64_t pass_uid;
 	/* its budget: one stream reserved and one reference, released together by
 	 * agent_budget_stream_closed (NULL: not counted) */
 	struct agent_budget_account *account;
@@ -175,10 +178,12 @@ struct agent_streams;
 int agent_streams_create(unsigned ttl_ms, struct agent_streams **out, struct hm_err *err);
 void agent_streams_destroy(struct agent_streams *s); /* closes every unclaimed fd */
 /* Park fd (owned from here on, closed on failure too) and fill token. One stream of
- * account's budget is reserved (EMFILE/ENFILE when there is none left). */
+ * account's budget is reserved (EMFILE/ENFILE when there is none left). pass_uid: see
+ * agent_pending_stream (-1 for anything but a hand-off TCP socket). */
 int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 		      struct agent_budget_account *account, enum relay_kind kind, int fd,
-		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
+		      uint64_t size, int64_t pass_uid, uint8_t token[PROTO_TOKEN_LEN],
+		      struct hm_err *err);
 /* Take the object a token names: 0 and *out (the caller owns out->fd and the budget
  * stream of out->account), or -1 when the token is unknown, used or expired. */
 int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN_LEN],

@@ -116,7 +116,8 @@ static bool of_session(const struct parked *p, uint64_t session_id)
 
 int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 		      struct agent_budget_account *account, enum relay_kind kind, int fd,
-		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
+		      uint64_t size, int64_t pass_uid, uint8_t token[PROTO_TOKEN_LEN],
+		      struct hm_err *err)
 {
 	agent_streams_expire(s); /* what expired frees room before it is counted */
 	if (agent_budget_reserve(account, AGENT_RES_STREAMS, 1, 0, err) < 0) {
@@ -133,6 +134,7 @@ int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 					       .fd = fd,
 					       .size = size,
 					       .session_id = session_id,
+					       .pass_uid = pass_uid,
 					       .account = agent_budget_account_get(account)};
 	if (random_token(p->token, err) < 0) {
 		parked_free(p);

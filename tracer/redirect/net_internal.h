@@ -58,6 +58,7 @@ struct net_sock {
 	struct net_addr peer;  /* the original destination */
 	struct net_addr local; /* the pod-side address the agent's socket got */
 	bool delivered;	       /* the connect's answer reached the program */
+	bool handed_off;       /* the program's fd is the pod's socket: the kernel answers */
 	/* UDP */
 	int stream; /* agent UDP stream (frames), O_NONBLOCK */
 	struct proto_frame_reader reader;
@@ -174,6 +175,7 @@ struct net_job {
 	/* outputs */
 	int result_fd;
 	bool direct; /* dup itself is connected to the agent and carries the stream */
+	bool pod_socket; /* result_fd is the pod's own socket (TCP hand-off, unix agent) */
 	struct proto_addr local;
 	struct hm_err err;
 };
