@@ -76,6 +76,10 @@ struct policy_config {
 			enum policy_fs_mode mode;
 			struct policy_strv read_only, read_write, local, not_found; /* PCRE2 */
 			uint64_t max_file_size; /* bytes; 0: unset (POLICY_FS_MAX_FILE_DEFAULT) */
+			/* how long a remote file read stays the answer to its opens (0: never
+			 * reused); unset until finalize: POLICY_FS_CACHE_TTL_MS_DEFAULT */
+			uint32_t cache_ttl_ms;
+			bool cache_ttl_set;
 		} fs;
 		struct {
 			struct {
@@ -88,6 +92,9 @@ struct policy_config {
 	} feature;
 };
 
+/* feature.fs.cache_ttl_ms when unset, and its ceiling */
+#define POLICY_FS_CACHE_TTL_MS_DEFAULT 5
+#define POLICY_FS_CACHE_TTL_MS_MAX 60000
 /* feature.fs.max_file_size when unset: the agent's own default cap */
 #define POLICY_FS_MAX_FILE_DEFAULT (1ULL << 30)
 

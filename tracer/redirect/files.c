@@ -358,7 +358,7 @@ const struct files_cache_entry *trace_files_cache_get(struct files *f, const cha
 		struct files_cache_entry *e = &f->cache[i];
 		if (!e->path)
 			continue;
-		if (ns_between(&e->when, &now) > FILES_CACHE_NS) {
+		if (ns_between(&e->when, &now) > f->cache_ttl_ns) {
 			cache_drop(e);
 			continue;
 		}
@@ -577,6 +577,9 @@ int trace_files_register(struct trace_session *s, struct hm_err *err)
 	const struct policy_config *c = &s->cfg;
 	f->max_file_size =
 	    c->feature.fs.max_file_size ? c->feature.fs.max_file_size : POLICY_FS_MAX_FILE_DEFAULT;
+	f->cache_ttl_ns = (c->feature.fs.cache_ttl_set ? (int64_t)c->feature.fs.cache_ttl_ms
+						       : POLICY_FS_CACHE_TTL_MS_DEFAULT) *
+			  1000000LL;
 	f->writes =
 	    c->feature.fs.mode == POLICY_FS_MODE_WRITE ||
 	    (c->feature.fs.mode != POLICY_FS_MODE_LOCAL && c->feature.fs.read_write.len > 0);
@@ -598,7 +601,7 @@ void trace_files_release(struct trace_session *s)
 		trace_files_sync_all(f);
 	hm_info("remote files: %lu agent calls, %lu reads from the %lld ms cache, %lu opens of "
 		"a shared big file",
-		f->remote_ops, f->cache_hits, FILES_CACHE_NS / 1000000, f->shared_hits);
+		f->remote_ops, f->cache_hits, (long long)(f->cache_ttl_ns / 1000000), f->shared_hits);
 	cache_clear(f);
 	for (size_t i = 0; i < f->nbuckets; i++) {
 		struct files_node *n = f->buckets[i];
