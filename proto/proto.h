@@ -50,6 +50,8 @@
  * the same agent address, opened with a one-time token from a reply:
  *   client STREAM_HELLO(token) -> agent STREAM_HELLO_REPLY, then depending on the token
  *   - TCP_CONNECT_REPLY:  raw bytes both ways (splice-able) until either side closes;
+ *     with PROTO_FEAT_TCP_FD on a unix connection of the session's own uid, instead the
+ *     reply carries the pod's socket (SCM_RIGHTS) and the agent closes the connection;
  *   - FILE_READ_REPLY with transfer STREAM: the agent sends exactly `size` raw bytes
  *     and closes;
  *   - UDP_OPEN_REPLY:  UDP_DATAGRAM frames (id 0) both ways, each carrying the peer
