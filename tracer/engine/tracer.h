@@ -237,6 +237,12 @@ bool tracer_call_valid(const struct tracer_call *call);
  * while the call is still valid (tracer_call_valid). */
 int tracer_read_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
 		     struct hm_err *err);
+/* The same without the validity check (one ioctl less on every intercepted path): for
+ * a decision that can only end in TRACER_CONTINUE. A read from a recycled TID belongs to
+ * a call that is gone, and the kernel refuses any answer to it; call tracer_call_valid
+ * before acting on the path in any other way (asking the agent, answering). */
+int tracer_peek_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
+		     struct hm_err *err);
 /* The absolute, lexically normalized form of path as the program would resolve it
  * relative to dirfd (AT_FDCWD = its current directory), through /proc/TID/{cwd,fd}. */
 int tracer_resolve_at(const struct tracer_call *call, int dirfd, const char *path, char *out,

@@ -25,8 +25,9 @@ enum files_route trace_files_route_path(struct files *f, const struct tracer_cal
 		return empty_is_fd ? ROUTE_FD : ROUTE_LOCAL;
 	char raw[PATH_MAX];
 	struct hm_err err = {0};
-	/* unreadable, too long, or the call is gone: the kernel says what it says */
-	if (tracer_read_path(call, addr, raw, sizeof(raw), &err) < 0)
+	/* unreadable or too long: the kernel says what it says. Most paths are local and
+	 * end in CONTINUE, which needs no validity check; the others are checked below */
+	if (tracer_peek_path(call, addr, raw, sizeof(raw), &err) < 0)
 		return ROUTE_LOCAL;
 	if (!raw[0])
 		return empty_is_fd ? ROUTE_FD : ROUTE_LOCAL;
@@ -81,6 +82,9 @@ decide:;
 		}
 	}
 	t->verdict = v;
+	/* acting on the path: it must be the calling thread's (not a recycled TID's) */
+	if (v != POLICY_FS_LOCAL && !tracer_call_valid(call))
+		return ROUTE_LOCAL;
 	if (v != POLICY_FS_LOCAL)
 		hm_debug("%s %s: %s (%s)", op, t->path, policy_fs_verdict_name(v), why ? why : "");
 	switch (v) {
