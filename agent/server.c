@@ -525,8 +525,8 @@ static void connect_done(void *ctx, uint32_t id, int fd, const struct proto_addr
 	if (fd >= 0) {
 		r.tcp_connect_reply.local = *local;
 		/* the hand-off goes only to this session's own unix peer (start_stream) */
-		bool passable = (c->features & PROTO_FEAT_TCP_FD) && c->from.is_unix &&
-				c->from.has_cred;
+		bool passable =
+		    (c->features & PROTO_FEAT_TCP_FD) && c->from.is_unix && c->from.has_cred;
 		if (agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_TCP, fd, 0,
 				      passable ? (int64_t)c->from.uid : -1,
 				      r.tcp_connect_reply.token, &err) < 0)
@@ -764,7 +764,8 @@ static void hand_off(struct conn *c, const struct proto_msg *r, struct agent_pen
 		while (n < 0 && errno == EINTR);
 		if (n < 0)
 			hm_err_errno(&err, "sendmsg");
-		else if ((size_t)n < b.len && send_bytes(c, b.data + n, b.len - (size_t)n, &err) < 0)
+		else if ((size_t)n < b.len &&
+			 send_bytes(c, b.data + n, b.len - (size_t)n, &err) < 0)
 			n = -1;
 		if (n >= 0)
 			atomic_fetch_add(&c->srv->stats.ctl_bytes_in, (size_t)n);

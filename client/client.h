@@ -175,9 +175,8 @@ int client_tcp_connect(struct client *c, const struct proto_addr *dst, uint32_t 
 /* The same, saying which fd it is: on a unix agent that agreed PROTO_FEAT_TCP_FD the
  * pod's socket itself (*pod_socket true: no relay; getsockname and getpeername are the
  * pod's), otherwise a stream connection to the agent. Blocking either way. */
-int client_tcp_connect_handoff(struct client *c, const struct proto_addr *dst,
-			       uint32_t timeout_ms, struct proto_addr *local, bool *pod_socket,
-			       struct hm_err *err);
+int client_tcp_connect_handoff(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
+			       struct proto_addr *local, bool *pod_socket, struct hm_err *err);
 /* The same connect, without opening the stream: the one-time token for a STREAM_HELLO
  * the caller sends on a connection of its own to the agent's address (a socket it
  * wants to carry the pod's bytes itself, with no relay in between). The token expires

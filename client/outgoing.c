@@ -34,9 +34,8 @@ int client_tcp_connect(struct client *c, const struct proto_addr *dst, uint32_t 
 	return client_tcp_connect_handoff(c, dst, timeout_ms, local, &pod_socket, err);
 }
 
-int client_tcp_connect_handoff(struct client *c, const struct proto_addr *dst,
-			       uint32_t timeout_ms, struct proto_addr *local, bool *pod_socket,
-			       struct hm_err *err)
+int client_tcp_connect_handoff(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
+			       struct proto_addr *local, bool *pod_socket, struct hm_err *err)
 {
 	uint8_t token[PROTO_TOKEN_LEN];
 	if (client_tcp_connect_token(c, dst, timeout_ms, token, local, err) < 0)

@@ -167,8 +167,8 @@ int proto_stream_open(int fd, const uint8_t token[PROTO_TOKEN_LEN], int timeout_
 	return stream_open(fd, token, timeout_ms, NULL, err);
 }
 
-int proto_stream_open_fd(int fd, const uint8_t token[PROTO_TOKEN_LEN], int timeout_ms,
-			 int *passed, struct hm_err *err)
+int proto_stream_open_fd(int fd, const uint8_t token[PROTO_TOKEN_LEN], int timeout_ms, int *passed,
+			 struct hm_err *err)
 {
 	*passed = -1;
 	return stream_open(fd, token, timeout_ms, passed, err);

@@ -74,9 +74,8 @@ static struct client *bench_session(struct e2e_ctx *ctx, uint64_t disable)
 {
 	struct hm_err err = {0};
 	client_cleanup_close struct client *c = NULL;
-	struct client_opts opts = {.client_name = "agent_e2e bench",
-				   .disable_features = disable,
-				   .timeout_ms = 20000};
+	struct client_opts opts = {
+	    .client_name = "agent_e2e bench", .disable_features = disable, .timeout_ms = 20000};
 	struct client_session_info info;
 	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		e2e_fail("connect: %s", err.msg);
@@ -100,7 +99,8 @@ static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 	if ((argc != 3 && (argc != 4 || strcmp(argv[3], "relay"))) ||
 	    e2e_parse_addr(argv[1], &dst) < 0 || hm_parse_size(argv[2], &size) < 0)
 		return 2;
-	client_cleanup_close struct client *c = bench_session(ctx, argc == 4 ? PROTO_FEAT_TCP_FD : 0);
+	client_cleanup_close struct client *c =
+	    bench_session(ctx, argc == 4 ? PROTO_FEAT_TCP_FD : 0);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -115,7 +115,6 @@ static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 		       (double)size / dt / 1e6);
 	return rc;
 }
-
 
 /* bench-file-rtt POD_PATH LOCAL_PATH N [nozlib]: N rounds, each a FILE_READ of POD_PATH through
  * the agent (open + read + close in one request, as the tracer does it) and then an

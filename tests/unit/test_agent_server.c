@@ -258,7 +258,8 @@ static int loopback_listener(struct sockaddr_in *addr)
 {
 	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_true(l >= 0);
-	*addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	*addr =
+	    (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	assert_int_equal(bind(l, (struct sockaddr *)addr, sizeof(*addr)), 0);
 	assert_int_equal(listen(l, 8), 0);
 	socklen_t len = sizeof(*addr);

@@ -139,10 +139,11 @@ static void test_stream_budget(void **state)
 	assert_int_equal(agent_budget_session_open(b, "uid 1", &one, &err), 0);
 	assert_int_equal(agent_budget_session_open(b, "uid 2", &two, &err), 0);
 	uint8_t t[PROTO_TOKEN_LEN], first[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, -1, first, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, -1, first, &err),
+			 0);
 	for (int i = 1; i < 4; i++)
-		assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, -1, t, &err),
-				 0);
+		assert_int_equal(
+		    agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, -1, t, &err), 0);
 	int fd = a_socket();
 	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, fd, 0, -1, t, &err), -1);
 	assert_int_equal(err.code, EMFILE);

@@ -160,8 +160,7 @@ static void test_config_cache_ttl(void **state)
 	assert_int_equal(c.feature.fs.cache_ttl_ms, 0);
 	/* a later file (or flags) wins */
 	struct policy_config over;
-	assert_int_equal(load(&over, "{\"feature\": {\"fs\": {\"cache_ttl_ms\": 750}}}", &err),
-			 0);
+	assert_int_equal(load(&over, "{\"feature\": {\"fs\": {\"cache_ttl_ms\": 750}}}", &err), 0);
 	assert_int_equal(policy_config_merge(&c, &over, &err), 0);
 	assert_int_equal(c.feature.fs.cache_ttl_ms, 750);
 	policy_config_free(&over);
@@ -179,9 +178,9 @@ static void test_config_unknown_keys(void **state)
 	expect_load_error("{\"agent\": {\"port\": 1}}", "unknown key agent.port");
 	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
 			  "unknown key feature.fs.mdoe");
-	expect_load_error(
-	    "{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
-	    "(known here: mode, read_only, read_write, local, not_found, max_file_size, cache_ttl_ms)");
+	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
+			  "(known here: mode, read_only, read_write, local, not_found, "
+			  "max_file_size, cache_ttl_ms)");
 	expect_load_error("{\"feature\": {\"env\": {\"includes\": []}}}",
 			  "unknown key feature.env.includes");
 	expect_load_error("{\"feature\": {\"network\": {\"dsn\": true}}}",

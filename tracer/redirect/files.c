@@ -605,7 +605,8 @@ void trace_files_release(struct trace_session *s)
 		trace_files_sync_all(f);
 	hm_info("remote files: %lu agent calls, %lu reads from the %lld ms cache, %lu opens of "
 		"a shared big file",
-		f->remote_ops, f->cache_hits, (long long)(f->cache_ttl_ns / 1000000), f->shared_hits);
+		f->remote_ops, f->cache_hits, (long long)(f->cache_ttl_ns / 1000000),
+		f->shared_hits);
 	cache_clear(f);
 	for (size_t i = 0; i < f->nbuckets; i++) {
 		struct files_node *n = f->buckets[i];

@@ -179,7 +179,7 @@ struct net_job {
 	size_t data_len;
 	/* outputs */
 	int result_fd;
-	bool direct; /* dup itself is connected to the agent and carries the stream */
+	bool direct;	 /* dup itself is connected to the agent and carries the stream */
 	bool pod_socket; /* result_fd is the pod's own socket (TCP hand-off, unix agent) */
 	struct proto_addr local;
 	struct hm_err err;

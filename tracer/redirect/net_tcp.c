@@ -247,8 +247,8 @@ static void tcp_work(struct net_job *job)
 	struct net_state *st = job->st;
 	const struct net_addr *agent = direct_addr(st, trace_net_socket_family(job->dup));
 	if (!agent) {
-		job->result_fd = client_tcp_connect_handoff(st->s->client, &job->pdst, 0, &job->local,
-							    &job->pod_socket, &job->err);
+		job->result_fd = client_tcp_connect_handoff(
+		    st->s->client, &job->pdst, 0, &job->local, &job->pod_socket, &job->err);
 		return;
 	}
 	uint8_t token[PROTO_TOKEN_LEN];
@@ -290,11 +290,11 @@ static void tcp_work(struct net_job *job)
 static const struct {
 	int level, name;
 } copied_opts[] = {
-    {SOL_SOCKET, SO_KEEPALIVE}, {SOL_SOCKET, SO_LINGER},      {SOL_SOCKET, SO_RCVTIMEO},
-    {SOL_SOCKET, SO_SNDTIMEO},  {SOL_SOCKET, SO_PRIORITY},    {SOL_SOCKET, SO_OOBINLINE},
-    {IPPROTO_TCP, TCP_NODELAY}, {IPPROTO_TCP, TCP_KEEPIDLE},  {IPPROTO_TCP, TCP_KEEPINTVL},
-    {IPPROTO_TCP, TCP_KEEPCNT}, {IPPROTO_TCP, TCP_USER_TIMEOUT},
-    {IPPROTO_TCP, TCP_CORK},	{IPPROTO_TCP, TCP_QUICKACK},
+    {SOL_SOCKET, SO_KEEPALIVE},	 {SOL_SOCKET, SO_LINGER},	  {SOL_SOCKET, SO_RCVTIMEO},
+    {SOL_SOCKET, SO_SNDTIMEO},	 {SOL_SOCKET, SO_PRIORITY},	  {SOL_SOCKET, SO_OOBINLINE},
+    {IPPROTO_TCP, TCP_NODELAY},	 {IPPROTO_TCP, TCP_KEEPIDLE},	  {IPPROTO_TCP, TCP_KEEPINTVL},
+    {IPPROTO_TCP, TCP_KEEPCNT},	 {IPPROTO_TCP, TCP_USER_TIMEOUT}, {IPPROTO_TCP, TCP_CORK},
+    {IPPROTO_TCP, TCP_QUICKACK},
 };
 
 static void copy_sockopts(int from, int to, int family)
@@ -365,8 +365,8 @@ static struct tracer_result hand_off(struct net_state *st, struct net_job *job,
 	int flags = prog_fd_cloexec(call, (int)call->args[0]) ? O_CLOEXEC : 0;
 	/* Linux never completes a non-blocking TCP connect at once: EINPROGRESS, and the
 	 * socket is writable with SO_ERROR 0 when the program looks, as in connected() */
-	struct tracer_result res = tracer_replace_fd(pod, flags, (int)call->args[0], 0,
-						     nonblock ? EINPROGRESS : 0);
+	struct tracer_result res =
+	    tracer_replace_fd(pod, flags, (int)call->args[0], 0, nonblock ? EINPROGRESS : 0);
 	res.undo = undo_connect;
 	res.undo_arg = st;
 	return res;
@@ -457,7 +457,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	char pod[80];
 	hm_debug("pid %d: connect %s through the pod (from %s)%s", call->pid, where,
 		 trace_net_addr_str(&ns->local, pod, sizeof(pod)),
-		 hand		? ", the socket is the pod's"
+		 hand	       ? ", the socket is the pod's"
 		 : job->direct ? ", the socket is the agent's stream"
 			       : "");
 	return hand ? handed : connected(st, ns->ino, job->dup);
