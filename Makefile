@@ -28,7 +28,7 @@ BIN_trace-agent := agent
 BIN_trace-run   := tracer/redirect
 # the modules each binary links, in link order
 LIBS_trace-pod   := runtime loader util
-LIBS_trace-agent := agent client relay runtime proto util
+LIBS_trace-agent := agent client relay runtime loader proto util
 LIBS_trace-run   := tracer/redirect tracer/policy tracer/engine client relay proto util
 # the modules each unit test (tests/unit/test_NAME.c) links, in link order: the tests
 # named in UNIT_<binary> link that binary's modules, a lower module's tests only that

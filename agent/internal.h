@@ -162,28 +162,47 @@ void agent_env_release(struct agent_env *e);
  * parks its object here under a fresh random token; the client's STREAM_HELLO claims it
  * exactly once. Unclaimed objects are closed when they expire or when the session that
  * asked for them ends. */
+/* A handoff's receiver (agent_streams_add_handoff): fd is the client's stream
+ * connection (O_NONBLOCK, O_CLOEXEC, the callee's), -1 when the token expired or its
+ * session ended unclaimed. Called once, from any thread, without locks held. */
+typedef void (*agent_stream_claimed_fn)(void *ctx, int fd);
 struct agent_pending_stream {
 	enum relay_kind kind;
 	int fd;		     /* TCP or UDP socket in the pod's netns, or the file */
 	uint64_t size;	     /* FILE: bytes to send */
 	uint64_t session_id; /* the session that asked */
-	/* TCP: the uid of the session's unix peer when it agreed PROTO_FEAT_TCP_FD (the
-	 * socket may be passed to a unix stream connection of that uid); -1: relay only */
-	int64_t pass_uid;
+	/* TCP (agent_streams_add_tcp): the session's unix peer agreed PROTO_FEAT_TCP_FD,
+	 * so a unix stream connection of pass_uid gets the socket itself, not a relay */
+	bool passable;
+	uid_t pass_uid;
 	/* its budget: one stream reserved and one reference, released together by
 	 * agent_budget_stream_closed (NULL: not counted) */
 	struct agent_budget_account *account;
+	/* a handoff: the claim gives the client's stream fd to claimed(claimed_ctx, fd)
+	 * instead of relaying it (kind, fd and size unused) */
+	agent_stream_claimed_fn claimed;
+	void *claimed_ctx;
 };
 struct agent_streams;
 int agent_streams_create(unsigned ttl_ms, struct agent_streams **out, struct hm_err *err);
 void agent_streams_destroy(struct agent_streams *s); /* closes every unclaimed fd */
 /* Park fd (owned from here on, closed on failure too) and fill token. One stream of
- * account's budget is reserved (EMFILE/ENFILE when there is none left). pass_uid: see
- * agent_pending_stream (-1 for anything but a hand-off TCP socket). */
+ * account's budget is reserved (EMFILE/ENFILE when there is none left). */
 int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 		      struct agent_budget_account *account, enum relay_kind kind, int fd,
-		      uint64_t size, int64_t pass_uid, uint8_t token[PROTO_TOKEN_LEN],
-		      struct hm_err *err);
+		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
+/* Park a handoff: whoever claims the token gets its stream connection through
+ * claimed(ctx, fd) (see agent_stream_claimed_fn). Reserves one stream of account's
+ * budget until the claim (or the end). On failure claimed is not called. */
+int agent_streams_add_handoff(struct agent_streams *s, uint64_t session_id,
+			      struct agent_budget_account *account, agent_stream_claimed_fn claimed,
+			      void *ctx, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
+/* A connected TCP socket of the target, parked like agent_streams_add; a stream
+ * connection of uid pass_uid on the unix socket gets the socket itself instead of a
+ * relay (PROTO_FEAT_TCP_FD; pass_uid -1: relay only). */
+int agent_streams_add_tcp(struct agent_streams *s, uint64_t session_id,
+			  struct agent_budget_account *account, int fd, int64_t pass_uid,
+			  uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
 /* Take the object a token names: 0 and *out (the caller owns out->fd and the budget
  * stream of out->account), or -1 when the token is unknown, used or expired. */
 int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN_LEN],
@@ -337,5 +356,152 @@ void agent_admission_add(struct agent_admission *a, int fd, uint64_t id,
  * the ms until the next deadline, -1 when nothing is pending. */
 int agent_admission_service(struct agent_admission *a);
 unsigned agent_admission_pending(const struct agent_admission *a, bool is_unix);
+
+/* ---- incoming.c: subscriptions to the target's incoming connections ----
+ * A registry of subscriptions keyed by (the target's network namespace, TCP port),
+ * shared by every session on that netns. STEAL: the first steal subscription of a
+ * (netns, port) attaches the steal program (loader/steal.c) and opens the agent's
+ * listener in the netns; an accept thread per port hands each connection to the
+ * active subscription (unfiltered: the one holder; filtered: the HTTP router). MIRROR
+ * is the mirror engine's (hooks below). Everything is released when the subscription
+ * or its session ends, however the session ends. */
+struct agent_incoming;	    /* the registry: one per server */
+struct agent_incoming_port; /* one (netns, port) with subscriptions; refcounted */
+struct agent_incoming_sub;  /* one subscription; refcounted */
+
+/* A session as incoming.c sees it. server.c embeds one in each connection and fills it
+ * when the session opens; hold/release keep it (and conn) alive while a subscription
+ * or an event in flight refers to it. */
+struct agent_incoming_session {
+	uint64_t id;
+	char who[240]; /* "session 3 (unix pid 1234 uid 0) on pod/web (pid 77)" */
+	struct agent_target *target;
+	struct agent_budget_account *account;
+	/* the pid/N rules hold and the peer is not root: only a network namespace that
+	 * the peer's own user namespace owns may be subscribed to */
+	bool confined;
+	uid_t uid;
+	/* an event (frame id 0) on the control connection, serialized with the session's
+	 * replies; < 0 once the session ended. Thread-safe. */
+	int (*send)(void *conn, const struct proto_msg *m);
+	void (*hold)(void *conn);
+	void (*release)(void *conn);
+	void *conn;
+};
+
+/* STATUS_REPLY counters; the mirror engine and the router add to theirs */
+struct agent_incoming_counters {
+	atomic_uint_fast64_t mirrored, mirror_lost, mirror_bytes, stolen, passed_to_target;
+};
+
+#define AGENT_INCOMING_MAX_PER_SESSION 64
+#define AGENT_INCOMING_MAX_PORT_SUBS 64 /* enumeration: subscriptions of one port */
+
+int agent_incoming_create(struct agent_streams *streams, struct agent_incoming **out,
+			  struct hm_err *err);
+/* After every session ended (agent_incoming_session_end). NULL is a no-op. */
+void agent_incoming_destroy(struct agent_incoming *reg);
+/* INCOMING_SUBSCRIBE of session s (its thread). 0: reply filled (reply->note points
+ * into note); < 0: err->code the errno for the ERROR (EADDRINUSE naming the holder,
+ * EPERM, EOPNOTSUPP naming what is missing, EINVAL). */
+int agent_incoming_subscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
+			     const struct proto_incoming_subscribe *req,
+			     struct proto_incoming_subscribe_reply *reply, char *note,
+			     size_t note_len, struct hm_err *err);
+/* INCOMING_UNSUBSCRIBE: ENOENT for an id the session does not hold. */
+int agent_incoming_unsubscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
+			       uint32_t subscription, struct hm_err *err);
+/* The session ended (any path): every subscription of s goes; stealing stops (its
+ * link closes) when it was the port's last. Returns when s is no longer referenced
+ * by the registry (events in flight may still hold s->conn). */
+void agent_incoming_session_end(struct agent_incoming *reg, struct agent_incoming_session *s);
+struct agent_incoming_counters *agent_incoming_counters(struct agent_incoming *reg);
+/* has_incoming and the counters of a STATUS_REPLY */
+void agent_incoming_status(struct agent_incoming *reg, struct proto_status_reply *out);
+
+/* -- for the mirror engine and the HTTP router -- */
+/* A port's facts; the port stays valid while a reference is held. */
+struct agent_incoming_port *agent_incoming_port_get(struct agent_incoming_port *p);
+void agent_incoming_port_put(struct agent_incoming_port *p);
+uint16_t agent_incoming_port_number(const struct agent_incoming_port *p);
+uint64_t agent_incoming_port_netns_ino(const struct agent_incoming_port *p);
+int agent_incoming_port_netns_fd(const struct agent_incoming_port *p); /* borrowed */
+/* a target in the port's netns: agent_target_socket() makes sockets there */
+struct agent_target *agent_incoming_port_target(const struct agent_incoming_port *p);
+/* the registry's STATUS counters, for the engine and the router to add to */
+struct agent_incoming_counters *agent_incoming_port_counters(struct agent_incoming_port *p);
+/* The port's current subscriptions of mode (MIRROR: all; STEAL: the active ones, i.e.
+ * what gets connections now), at most max, each with a reference for the caller
+ * (agent_incoming_sub_put). */
+size_t agent_incoming_port_subs(struct agent_incoming_port *p, uint8_t mode,
+				struct agent_incoming_sub **out, size_t max);
+void agent_incoming_sub_put(struct agent_incoming_sub *sub);
+uint32_t agent_incoming_sub_id(const struct agent_incoming_sub *sub);
+uint64_t agent_incoming_sub_session_id(const struct agent_incoming_sub *sub);
+/* STEAL: the filter the router compiled (filter_compile), NULL when unfiltered */
+void *agent_incoming_sub_filter(const struct agent_incoming_sub *sub);
+/* Announce a connection to sub's session (INCOMING_CONNECTION with a fresh token) and
+ * hand the client's stream connection to claimed(ctx, fd) when it claims the token.
+ * claimed is called exactly once in every case: with -1 when the token expires, the
+ * session ends, or this fails (returns < 0: the event could not be sent). */
+int agent_incoming_offer(struct agent_incoming_sub *sub, const struct proto_addr *client,
+			 const struct proto_addr *server, agent_stream_claimed_fn claimed,
+			 void *ctx, struct hm_err *err);
+/* The same for a socket the relay carries as raw bytes (a stolen connection): fd is
+ * owned from here on, closed on failure too. */
+int agent_incoming_offer_fd(struct agent_incoming_sub *sub, int fd, const struct proto_addr *client,
+			    const struct proto_addr *server, struct hm_err *err);
+/* A connection from the agent to the target's own server on a stolen port (server: the
+ * address the client dialed), which the steal program lets through: connected,
+ * O_NONBLOCK, O_CLOEXEC. Blocks up to timeout_ms (0: 10 s). */
+int agent_incoming_bypass_connect(struct agent_incoming_port *p, const struct proto_addr *server,
+				  uint32_t timeout_ms, struct hm_err *err);
+
+/* The mirror engine's hook (agent/mirror.c; set once at start, before any session).
+ * Without one, a MIRROR subscribe fails with EOPNOTSUPP. */
+struct agent_incoming_mirror_ops {
+	/* The first MIRROR subscription of port arrived: start copying its new
+	 * connections; *state is given back to port_last. Called with the registry lock
+	 * held: it must not call agent_incoming_* (take a port reference and work from a
+	 * thread instead). < 0: the subscribe fails with err. */
+	int (*port_first)(void *engine, struct agent_incoming_port *port, void **state,
+			  struct hm_err *err);
+	/* Its last one went: stop. Called without the lock; port_first may already run
+	 * again for the same (netns, port) meanwhile. */
+	void (*port_last)(void *engine, struct agent_incoming_port *port, void *state);
+};
+void agent_incoming_set_mirror(struct agent_incoming *reg,
+			       const struct agent_incoming_mirror_ops *ops, void *engine);
+
+/* The HTTP router's hook (agent/http_router.c; set once at start). Without one, a
+ * STEAL subscribe with an http_filter fails with EOPNOTSUPP. */
+struct agent_http_router_ops {
+	/* Check and compile a subscription's http_filter (JSON text, not ""): < 0 with
+	 * err (EINVAL naming the bad key/regex) refuses the subscribe. */
+	int (*filter_compile)(void *router, const char *json, void **filter, struct hm_err *err);
+	void (*filter_free)(void *router, void *filter);
+	/* A new connection to a port whose active steal subscriptions all have filters:
+	 * fd (the accepted socket, O_NONBLOCK, O_CLOEXEC), client and server as for
+	 * INCOMING_CONNECTION, and a port reference: all the router's (fd closed and the
+	 * reference put by it). Called on the port's accept thread: return quickly. The
+	 * router picks subscriptions with agent_incoming_port_subs(STEAL) and
+	 * agent_incoming_sub_filter, offers requests with agent_incoming_offer, reaches
+	 * the pod's server with agent_incoming_bypass_connect, and counts stolen /
+	 * passed_to_target in agent_incoming_counters. */
+	void (*connection)(void *router, struct agent_incoming_port *port, int fd,
+			   const struct proto_addr *client, const struct proto_addr *server);
+};
+void agent_incoming_set_http_router(struct agent_incoming *reg,
+				    const struct agent_http_router_ops *ops, void *router);
+
+/* ---- incoming_flush.c ---- */
+/* Destroy the TCP connections whose local port is port in t's netns (not the
+ * listeners): their peers see a reset. Returns how many; EOPNOTSUPP naming
+ * CONFIG_INET_DIAG_DESTROY when the kernel cannot. */
+int agent_incoming_flush(struct agent_target *t, uint16_t port, struct hm_err *err);
+
+/* ---- target.c (additions) ---- */
+/* One more reference (agent_target_put drops it). */
+void agent_target_get(struct agent_target *t);
 
 #endif

@@ -53,6 +53,7 @@ struct server {
 	struct agent_budget *budget;
 	struct agent_stats stats;
 	struct agent_admission *admission;
+	struct agent_incoming *incoming; /* subscriptions to the targets' ports */
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* nconns changed */
@@ -62,6 +63,9 @@ struct server {
 
 struct conn {
 	struct server *srv;
+	/* the connection's thread, and each subscription and event in flight of its
+	 * session (incoming.c): the last one frees it */
+	atomic_uint refs;
 	int fd;
 	uint64_t id;
 	char peer[128];
@@ -77,7 +81,8 @@ struct conn {
 	struct agent_connects *connects;      /* TCP connects in progress (serve's thread) */
 	uint64_t frame_charge;		      /* reply memory held by the request read */
 	struct agent_target *target;
-	char target_name[PROTO_NAME_MAX]; /* as the client named it */
+	char target_name[PROTO_NAME_MAX];	/* as the client named it */
+	struct agent_incoming_session incoming; /* the session as incoming.c sees it */
 };
 
 static int errno_for_wire(int e)
@@ -87,8 +92,10 @@ static int errno_for_wire(int e)
 
 /* ---- connection lifetime ---- */
 
-static void conn_free(struct conn *c)
+static void conn_put(struct conn *c)
 {
+	if (atomic_fetch_sub(&c->refs, 1) != 1)
+		return;
 	struct server *srv = c->srv;
 	if (c->fd >= 0)
 		close(c->fd);
@@ -219,6 +226,8 @@ static void conn_end(struct conn *c, int errnum, const char *why)
 	agent_connects_destroy(c->connects);
 	c->connects = NULL;
 	if (c->session_id) {
+		/* first: no new connection is announced to the session from here on */
+		agent_incoming_session_end(c->srv->incoming, &c->incoming);
 		agent_streams_drop_session(c->srv->streams, c->session_id);
 		agent_budget_session_close(c->account);
 		atomic_fetch_sub(&c->srv->stats.sessions, 1);
@@ -252,6 +261,72 @@ static void target_refused(struct conn *c, const struct proto_msg *m, const stru
 	hm_warn("conn %llu (%s): target %s refused: %s", (unsigned long long)c->id, c->peer,
 		m->session_open.target, err->msg);
 	conn_send_err(c, m->id, m->type, err);
+}
+
+/* ---- the session as incoming.c sees it ---- */
+
+static int incoming_send(void *conn, const struct proto_msg *m)
+{
+	return conn_send(conn, 0, m);
+}
+
+static void incoming_hold(void *conn)
+{
+	struct conn *c = conn;
+	atomic_fetch_add(&c->refs, 1);
+}
+
+static void incoming_release(void *conn)
+{
+	conn_put(conn);
+}
+
+static void session_incoming_init(struct conn *c, const char *description, bool confined)
+{
+	struct agent_incoming_session *s = &c->incoming;
+	s->id = c->session_id;
+	snprintf(s->who, sizeof(s->who), "session %llu (%.80s) on %.120s",
+		 (unsigned long long)c->session_id, c->peer, description);
+	s->target = c->target;
+	s->account = c->account;
+	s->confined = confined;
+	s->uid = c->from.uid;
+	s->send = incoming_send;
+	s->hold = incoming_hold;
+	s->release = incoming_release;
+	s->conn = c;
+}
+
+static void handle_incoming(struct conn *c, const struct proto_msg *m)
+{
+	struct hm_err err = {0};
+	if (m->type == PROTO_INCOMING_UNSUBSCRIBE) {
+		if (agent_incoming_unsubscribe(c->srv->incoming, &c->incoming,
+					       m->incoming_unsubscribe.subscription, &err) < 0) {
+			conn_send_err(c, m->id, m->type, &err);
+			return;
+		}
+		struct proto_msg r = {.type = PROTO_OK};
+		conn_send(c, m->id, &r);
+		return;
+	}
+	uint64_t feature = m->incoming_subscribe.mode == PROTO_INCOMING_MIRROR ? PROTO_FEAT_MIRROR
+									       : PROTO_FEAT_STEAL;
+	if (!(c->features & feature)) {
+		conn_send_error(c, m->id, m->type, EOPNOTSUPP,
+				"incoming mode not agreed in the handshake");
+		return;
+	}
+	char note[PROTO_MSG_MAX];
+	struct proto_msg r = {.type = PROTO_INCOMING_SUBSCRIBE_REPLY};
+	if (agent_incoming_subscribe(c->srv->incoming, &c->incoming, &m->incoming_subscribe,
+				     &r.incoming_subscribe_reply, note, sizeof(note), &err) < 0) {
+		hm_info("conn %llu (%s): subscribe to port %u refused: %s",
+			(unsigned long long)c->id, c->peer, m->incoming_subscribe.port, err.msg);
+		conn_send_err(c, m->id, m->type, &err);
+		return;
+	}
+	conn_send(c, m->id, &r);
 }
 
 /* A session refused after its budget was taken gives its slot back. */
@@ -349,6 +424,8 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		 (int)agent_target_pid(t));
 	hm_info("conn %llu (%s): session %llu opened on %s", (unsigned long long)c->id, c->peer,
 		(unsigned long long)c->session_id, description);
+	session_incoming_init(c, description,
+			      pid_rules && agent_peer_needs_confining(&c->from, any_pid));
 	struct proto_msg r = {.type = PROTO_SESSION_OPEN_REPLY};
 	r.session_open_reply.session_id = c->session_id;
 	r.session_open_reply.pid = (uint32_t)agent_target_pid(t);
@@ -407,7 +484,7 @@ static void send_file_read_reply(struct conn *c, const struct proto_msg *m,
 		r.file_read_reply.transfer = PROTO_XFER_STREAM;
 		r.file_read_reply.stream_size = res->size;
 		if (agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_FILE,
-				      hm_steal_fd(&file_fd), res->size, -1, r.file_read_reply.token,
+				      hm_steal_fd(&file_fd), res->size, r.file_read_reply.token,
 				      &err) < 0) {
 			conn_send_err(c, m->id, m->type, &err);
 			return;
@@ -507,7 +584,7 @@ static void handle_udp_open(struct conn *c, const struct proto_msg *m)
 	int fd =
 	    agent_outgoing_udp_open(c->target, m->udp_open.family, &r.udp_open_reply.local, &err);
 	if (fd < 0 || agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_UDP, fd,
-					0, -1, r.udp_open_reply.token, &err) < 0) {
+					0, r.udp_open_reply.token, &err) < 0) {
 		conn_send_err(c, m->id, m->type, &err);
 		return;
 	}
@@ -527,9 +604,9 @@ static void connect_done(void *ctx, uint32_t id, int fd, const struct proto_addr
 		/* the hand-off goes only to this session's own unix peer (start_stream) */
 		bool passable =
 		    (c->features & PROTO_FEAT_TCP_FD) && c->from.is_unix && c->from.has_cred;
-		if (agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_TCP, fd, 0,
-				      passable ? (int64_t)c->from.uid : -1,
-				      r.tcp_connect_reply.token, &err) < 0)
+		if (agent_streams_add_tcp(c->srv->streams, c->session_id, c->account, fd,
+					  passable ? (int64_t)c->from.uid : -1,
+					  r.tcp_connect_reply.token, &err) < 0)
 			fd = -1;
 	}
 	if (fd < 0) {
@@ -579,6 +656,7 @@ static void handle_status(struct conn *c, const struct proto_msg *m)
 	agent_stats_fill(&c->srv->stats, AGENT_SERVER_NAME, agent_streams_pending(c->srv->streams),
 			 &r.status_reply);
 	agent_budget_status(c->srv->budget, &r.status_reply);
+	agent_incoming_status(c->srv->incoming, &r.status_reply);
 	conn_send(c, m->id, &r);
 }
 
@@ -638,6 +716,10 @@ static int dispatch(struct conn *c, const struct proto_msg *m)
 		break;
 	case PROTO_UDP_OPEN:
 		handle_udp_open(c, m);
+		break;
+	case PROTO_INCOMING_SUBSCRIBE:
+	case PROTO_INCOMING_UNSUBSCRIBE:
+		handle_incoming(c, m);
 		break;
 	default:
 		conn_send_error(c, m->id, m->type, EOPNOTSUPP,
@@ -802,8 +884,17 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 		return;
 	}
 	r.stream_hello_reply.reason = "";
-	if (ps.kind == RELAY_TCP && ps.pass_uid >= 0 && c->from.is_unix && c->from.has_cred &&
-	    (int64_t)c->from.uid == ps.pass_uid) {
+	if (ps.claimed) {
+		/* a handoff: its owner (mirror, HTTP router) serves the stream itself */
+		if (conn_send(c, 0, &r) < 0)
+			ps.claimed(ps.claimed_ctx, -1);
+		else
+			ps.claimed(ps.claimed_ctx, hm_steal_fd(&c->fd));
+		agent_budget_stream_closed(ps.account);
+		return;
+	}
+	if (ps.kind == RELAY_TCP && ps.passable && c->from.is_unix && c->from.has_cred &&
+	    c->from.uid == ps.pass_uid) {
 		hand_off(c, &r, &ps);
 		return;
 	}
@@ -946,7 +1037,7 @@ static void *conn_main(void *arg)
 		serve(c);
 	else
 		conn_end(c, 0, NULL);
-	conn_free(c);
+	conn_put(c);
 	return NULL;
 }
 
@@ -984,13 +1075,14 @@ static void admitted(void *arg, int fd, uint64_t id, const struct agent_peer *pe
 	c->first = *first;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer->desc);
 	pthread_mutex_init(&c->send_lock, NULL);
+	atomic_init(&c->refs, 1);
 	atomic_fetch_add(&srv->stats.connections, 1);
 	hm_debug("conn %llu (%s): accepted", (unsigned long long)id, peer->desc);
 	int rc = spawn_detached(conn_main, c);
 	if (rc == 0)
 		return;
 	hm_warn("conn %llu: cannot start its thread: %s", (unsigned long long)id, strerror(rc));
-	conn_free(c); /* closes fd, nconns-- */
+	conn_put(c); /* closes fd, nconns-- */
 }
 
 static void accept_some(struct server *srv, int lfd, bool is_unix)
@@ -1250,6 +1342,8 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	};
 	if (agent_admission_create(&acfg, &srv->admission, err) < 0)
 		goto fail;
+	if (agent_incoming_create(srv->streams, &srv->incoming, err) < 0)
+		goto fail;
 	if (cfg->unix_path && listen_unix(srv, cfg->unix_path, err) < 0)
 		goto fail;
 	if (cfg->listen_addr && listen_tcp(srv, cfg->listen_addr, err) < 0)
@@ -1315,6 +1409,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		return 0;
 	}
 	relay_destroy(srv->relay);
+	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
 	close(srv->stop_efd);
@@ -1330,6 +1425,7 @@ fail:
 		close(srv->tcp_fd);
 	if (srv->relay)
 		relay_destroy(srv->relay);
+	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
 	agent_admission_destroy(srv->admission);

@@ -38,6 +38,8 @@ static void parked_free(struct parked *p)
 {
 	if (p->obj.fd >= 0)
 		close(p->obj.fd);
+	if (p->obj.claimed)
+		p->obj.claimed(p->obj.claimed_ctx, -1);
 	if (p->obj.account)
 		agent_budget_stream_closed(p->obj.account);
 	explicit_bzero(p->token, sizeof(p->token));
@@ -114,29 +116,28 @@ static bool of_session(const struct parked *p, uint64_t session_id)
 	return p->obj.session_id == session_id;
 }
 
-int agent_streams_add(struct agent_streams *s, uint64_t session_id,
-		      struct agent_budget_account *account, enum relay_kind kind, int fd,
-		      uint64_t size, int64_t pass_uid, uint8_t token[PROTO_TOKEN_LEN],
-		      struct hm_err *err)
+/* Park obj (its fd owned from here on, closed on failure too; a handoff's callback is
+ * not called on failure). */
+static int park(struct agent_streams *s, struct agent_pending_stream obj,
+		uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
 {
 	agent_streams_expire(s); /* what expired frees room before it is counted */
-	if (agent_budget_reserve(account, AGENT_RES_STREAMS, 1, 0, err) < 0) {
-		close(fd);
+	if (agent_budget_reserve(obj.account, AGENT_RES_STREAMS, 1, 0, err) < 0) {
+		if (obj.fd >= 0)
+			close(obj.fd);
 		return -1;
 	}
 	struct parked *p = calloc(1, sizeof(*p));
 	if (!p) {
-		close(fd);
-		agent_budget_release(account, AGENT_RES_STREAMS, 1);
+		if (obj.fd >= 0)
+			close(obj.fd);
+		agent_budget_release(obj.account, AGENT_RES_STREAMS, 1);
 		return hm_err_set(err, ENOMEM, "stream token");
 	}
-	p->obj = (struct agent_pending_stream){.kind = kind,
-					       .fd = fd,
-					       .size = size,
-					       .session_id = session_id,
-					       .pass_uid = pass_uid,
-					       .account = agent_budget_account_get(account)};
+	p->obj = obj;
+	p->obj.account = agent_budget_account_get(obj.account);
 	if (random_token(p->token, err) < 0) {
+		p->obj.claimed = NULL;
 		parked_free(p);
 		return -1;
 	}
@@ -148,6 +149,41 @@ int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 	s->count++;
 	pthread_mutex_unlock(&s->lock);
 	return 0;
+}
+
+int agent_streams_add(struct agent_streams *s, uint64_t session_id,
+		      struct agent_budget_account *account, enum relay_kind kind, int fd,
+		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
+{
+	struct agent_pending_stream obj = {
+	    .kind = kind, .fd = fd, .size = size, .session_id = session_id, .account = account};
+	return park(s, obj, token, err);
+}
+
+int agent_streams_add_tcp(struct agent_streams *s, uint64_t session_id,
+			  struct agent_budget_account *account, int fd, int64_t pass_uid,
+			  uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
+{
+	struct agent_pending_stream obj = {.kind = RELAY_TCP,
+					   .fd = fd,
+					   .session_id = session_id,
+					   .passable = pass_uid >= 0,
+					   .pass_uid = pass_uid >= 0 ? (uid_t)pass_uid : 0,
+					   .account = account};
+	return park(s, obj, token, err);
+}
+
+int agent_streams_add_handoff(struct agent_streams *s, uint64_t session_id,
+			      struct agent_budget_account *account, agent_stream_claimed_fn claimed,
+			      void *ctx, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
+{
+	struct agent_pending_stream obj = {.kind = RELAY_TCP,
+					   .fd = -1,
+					   .session_id = session_id,
+					   .account = account,
+					   .claimed = claimed,
+					   .claimed_ctx = ctx};
+	return park(s, obj, token, err);
 }
 
 int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN_LEN],
@@ -171,6 +207,7 @@ int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN
 		return -1;
 	*out = found->obj;
 	found->obj.fd = -1;
+	found->obj.claimed = NULL; /* the claimer calls it, with the stream */
 	found->obj.account = NULL; /* the claimer's now, with its stream of the budget */
 	parked_free(found);
 	return 0;

@@ -154,6 +154,13 @@ static void target_free(struct agent_target *t)
 	free(t);
 }
 
+void agent_target_get(struct agent_target *t)
+{
+	pthread_mutex_lock(&registry_lock);
+	t->refs++;
+	pthread_mutex_unlock(&registry_lock);
+}
+
 void agent_target_put(struct agent_target *t)
 {
 	if (!t)

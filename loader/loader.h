@@ -66,4 +66,26 @@ int hm_counter_destroy(struct hm_counter *counter, struct hm_err *err);
  * allow_mknod lets mknod of any device node through (opening one stays denied). */
 int hm_device_policy_attach(int cgroup_fd, bool allow_mknod, struct hm_err *err);
 
+/* ---- steal: new TCP connections to a port go to a listener (bpf/steal.bpf.c) ----
+ * An sk_lookup program attached to a network namespace with a BPF link held only by
+ * this process: it ends with the fd (hm_steal_destroy, exit, kill -9) and nothing is
+ * pinned, so nothing can be left behind. Only new connections (SYNs) are affected. */
+struct hm_steal;
+/* From now on, every new TCP connection to port (any address of netns_fd, borrowed) is
+ * given to listen_v4 or listen_v6 by its family (borrowed: listening TCP sockets
+ * created in that netns; -1: that family's connections are left alone; a v4 one only
+ * gets IPv4). Missing BPF support or capability
+ * and a verifier rejection fail with one message naming what is missing (EOPNOTSUPP,
+ * EPERM); libbpf's log (the verifier's) is at debug level. */
+int hm_steal_attach(int netns_fd, uint16_t port, int listen_v4, int listen_v6,
+		    struct hm_steal **out, struct hm_err *err);
+/* Let connections from source port src_port (the agent's own connections to the
+ * target's server) through to the target (on), or not any more (off). Only their SYN
+ * is looked up: the entry can go once the connection is established. */
+int hm_steal_bypass(struct hm_steal *s, uint16_t src_port, bool on, struct hm_err *err);
+/* The program's id (`bpftool prog show id N`), 0 if unknown. */
+uint32_t hm_steal_prog_id(const struct hm_steal *s);
+/* Detach and free. NULL is a no-op. */
+void hm_steal_destroy(struct hm_steal *s);
+
 #endif

@@ -34,7 +34,7 @@ static void test_token_claimed_once(void **state)
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	int fd = a_socket();
 	uint8_t token[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 7, NULL, RELAY_FILE, fd, 1234, -1, token, &err), 0);
+	assert_int_equal(agent_streams_add(s, 7, NULL, RELAY_FILE, fd, 1234, token, &err), 0);
 	assert_int_equal(agent_streams_pending(s), 1);
 
 	uint8_t wrong[PROTO_TOKEN_LEN];
@@ -62,10 +62,42 @@ static void test_tokens_differ(void **state)
 	struct hm_err err = {0};
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	uint8_t a[PROTO_TOKEN_LEN], b[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, -1, a, &err), 0);
-	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, -1, b, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, a, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, b, &err), 0);
 	assert_memory_not_equal(a, b, PROTO_TOKEN_LEN);
 	agent_streams_destroy(s); /* closes both */
+}
+
+/* Only agent_streams_add_tcp with a uid makes a socket passable (the TCP hand-off); every
+ * other parked object, a root client's included (uid 0), is relayed. */
+static void test_passable_only_when_asked(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(0, &s, &err), 0);
+	uint8_t a[PROTO_TOKEN_LEN], b[PROTO_TOKEN_LEN], c[PROTO_TOKEN_LEN], d[PROTO_TOKEN_LEN];
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, a, &err), 0);
+	assert_int_equal(agent_streams_add_tcp(s, 1, NULL, a_socket(), -1, b, &err), 0);
+	assert_int_equal(agent_streams_add_tcp(s, 1, NULL, a_socket(), 0, c, &err), 0);
+	assert_int_equal(agent_streams_add_tcp(s, 1, NULL, a_socket(), 1000, d, &err), 0);
+	struct agent_pending_stream ps;
+	assert_int_equal(agent_streams_claim(s, a, &ps), 0);
+	assert_false(ps.passable);
+	close(ps.fd);
+	assert_int_equal(agent_streams_claim(s, b, &ps), 0);
+	assert_false(ps.passable);
+	close(ps.fd);
+	assert_int_equal(agent_streams_claim(s, c, &ps), 0);
+	assert_true(ps.passable);
+	assert_int_equal(ps.pass_uid, 0);
+	assert_int_equal(ps.kind, RELAY_TCP);
+	close(ps.fd);
+	assert_int_equal(agent_streams_claim(s, d, &ps), 0);
+	assert_true(ps.passable);
+	assert_int_equal(ps.pass_uid, 1000);
+	close(ps.fd);
+	agent_streams_destroy(s);
 }
 
 static void test_drop_session_closes_its_fds(void **state)
@@ -76,8 +108,8 @@ static void test_drop_session_closes_its_fds(void **state)
 	assert_int_equal(agent_streams_create(0, &s, &err), 0);
 	int mine = a_socket(), other = a_socket();
 	uint8_t t1[PROTO_TOKEN_LEN], t2[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_UDP, mine, 0, -1, t1, &err), 0);
-	assert_int_equal(agent_streams_add(s, 2, NULL, RELAY_UDP, other, 0, -1, t2, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_UDP, mine, 0, t1, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, NULL, RELAY_UDP, other, 0, t2, &err), 0);
 	agent_streams_drop_session(s, 1);
 	assert_false(fd_open(mine));
 	assert_true(fd_open(other));
@@ -96,7 +128,7 @@ static void test_expiry(void **state)
 	assert_int_equal(agent_streams_create(50, &s, &err), 0);
 	int fd = a_socket();
 	uint8_t t[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, fd, 0, -1, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, fd, 0, t, &err), 0);
 	usleep(120 * 1000);
 	agent_streams_expire(s);
 	assert_false(fd_open(fd));
@@ -139,30 +171,29 @@ static void test_stream_budget(void **state)
 	assert_int_equal(agent_budget_session_open(b, "uid 1", &one, &err), 0);
 	assert_int_equal(agent_budget_session_open(b, "uid 2", &two, &err), 0);
 	uint8_t t[PROTO_TOKEN_LEN], first[PROTO_TOKEN_LEN];
-	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, -1, first, &err),
-			 0);
+	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, first, &err), 0);
 	for (int i = 1; i < 4; i++)
-		assert_int_equal(
-		    agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, -1, t, &err), 0);
+		assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, a_socket(), 0, t, &err),
+				 0);
 	int fd = a_socket();
-	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, fd, 0, -1, t, &err), -1);
+	assert_int_equal(agent_streams_add(s, 1, one, RELAY_TCP, fd, 0, t, &err), -1);
 	assert_int_equal(err.code, EMFILE);
 	assert_non_null(strstr(err.msg, "--max-session-streams"));
 	assert_false(fd_open(fd)); /* taken over even on failure */
 	/* the other session has its own share, up to what the agent has left */
-	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, -1, t, &err), 0);
-	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, -1, t, &err), 0);
-	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, -1, t, &err), -1);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), -1);
 	assert_int_equal(err.code, ENFILE);
 	assert_non_null(strstr(err.msg, "--max-streams"));
 	/* claimed: still counted (now the relay's), until closed */
 	struct agent_pending_stream ps;
 	assert_int_equal(agent_streams_claim(s, first, &ps), 0);
 	assert_ptr_equal(ps.account, one);
-	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, -1, t, &err), -1);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), -1);
 	close(ps.fd);
 	agent_budget_stream_closed(ps.account);
-	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, -1, t, &err), 0);
+	assert_int_equal(agent_streams_add(s, 2, two, RELAY_TCP, a_socket(), 0, t, &err), 0);
 	/* a session's end returns its unclaimed streams */
 	agent_streams_drop_session(s, 1);
 	struct agent_budget_usage u;
@@ -343,6 +374,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_token_claimed_once),
 	    cmocka_unit_test(test_tokens_differ),
+	    cmocka_unit_test(test_passable_only_when_asked),
 	    cmocka_unit_test(test_drop_session_closes_its_fds),
 	    cmocka_unit_test(test_expiry),
 	    cmocka_unit_test(test_stream_budget),

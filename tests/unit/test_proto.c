@@ -158,8 +158,14 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		m->ping.nonce = 0x0123456789abcdefull;
 		return true;
 	case PROTO_STATUS_REPLY:
-		m->status_reply = (struct proto_status_reply){"0.1", 12345,   2,       17, 1000,
-							      3,     1 << 20, 2 << 20, 0,  {{0}}};
+		m->status_reply = (struct proto_status_reply){.version = "0.1",
+							      .uptime_ms = 12345,
+							      .sessions = 2,
+							      .streams = 17,
+							      .requests = 1000,
+							      .errors = 3,
+							      .bytes_in = 1 << 20,
+							      .bytes_out = 2 << 20};
 		m->status_reply.nbudgets = PROTO_BUDGET_COUNT;
 		for (unsigned i = 0; i < PROTO_BUDGET_COUNT; i++)
 			m->status_reply.budgets[i] =
@@ -618,6 +624,8 @@ static void test_roundtrip_variants(void **state)
 
 /* ---- hostile input ---- */
 
+#define STATUS_INCOMING_LEN (4 + 5 * 8) /* subscriptions, then five u64 counters */
+
 static void test_truncated_at_every_offset(void **state)
 {
 	(void)state;
@@ -639,11 +647,15 @@ static void test_truncated_at_every_offset(void **state)
 		/* a payload cut short anywhere, with a header that agrees, is rejected */
 		assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 		uint32_t full = h.len;
-		/* a STATUS_REPLY without its optional budgets is an older agent's, and whole */
-		uint32_t budgetless =
-		    t == PROTO_STATUS_REPLY ? full - 1 - 32 * m.status_reply.nbudgets : UINT32_MAX;
+		/* a STATUS_REPLY without its optional incoming counters, or also without its
+		 * budgets, is an older agent's, and whole */
+		uint32_t incomingless =
+		    t == PROTO_STATUS_REPLY ? full - STATUS_INCOMING_LEN : UINT32_MAX;
+		uint32_t budgetless = t == PROTO_STATUS_REPLY
+					  ? incomingless - 1 - 32 * m.status_reply.nbudgets
+					  : UINT32_MAX;
 		for (uint32_t n = 0; n < full; n++) {
-			if (n == budgetless)
+			if (n == budgetless || n == incomingless)
 				continue;
 			h.len = n;
 			uint8_t *copy =
@@ -691,7 +703,7 @@ static void test_status_without_budgets(void **state)
 	assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 	uint8_t *copy = malloc(h.len);
 	memcpy(copy, payload, h.len);
-	copy[h.len - 33] = PROTO_BUDGET_MAX + 1;
+	copy[h.len - 33 - STATUS_INCOMING_LEN] = PROTO_BUDGET_MAX + 1;
 	assert_int_equal(proto_decode(&h, copy, &out, &err), -1);
 	assert_int_equal(err.code, EBADMSG);
 	free(copy);
@@ -1273,7 +1285,7 @@ static void test_handshake_and_call(void **state)
 			assert_int_equal(err.code, EACCES);
 		} else {
 			assert_int_equal(proto_client_handshake(sv[0], "right-token", "test",
-								PROTO_FEAT_ZLIB | PROTO_FEAT_STEAL,
+								PROTO_FEAT_ZLIB | (1ull << 40),
 								1000, &agreed, &err),
 					 0);
 			assert_int_equal(agreed, PROTO_FEAT_ZLIB);
