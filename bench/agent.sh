@@ -149,7 +149,7 @@ bench_agent_tcp() {
 	for r in $(seq "$BENCH_TCP_ROUNDS"); do
 		direct+=("$(mbps "$("$TRACE_POD" exec "$AB_SRC" -- tcp_sink send "$dst" "$BENCH_TCP_BYTES")")")
 		agent+=("$(mbps "$(ab_e2e main bench-tcp-send "$dst" "$BENCH_TCP_BYTES")")")
-		relay+=("$(mbps "$(ab_e2e main bench-tcp-send "$dst" "$BENCH_TCP_BYTES" relay)")")
+		relay+=("$(mbps "$(ab_e2e main --no-handoff bench-tcp-send "$dst" "$BENCH_TCP_BYTES")")")
 		traced+=("$(mbps "$("${trace[@]}" "$TCP_SINK" send "$dst" "$BENCH_TCP_BYTES")")")
 	done
 	local md ma mr mt tsv="$BENCH_DIR/agent_tcp.tsv"
@@ -207,14 +207,15 @@ bench_agent_memory() {
 	local idle held tsv="$BENCH_DIR/agent_memory.tsv" holder
 	agent_up "$AB_WORK" mem
 	ab_e2e mem ping >/dev/null
-	ab_e2e mem bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 1 "$AB_WORK/hold1" &
+	# relayed connections (the TCP agent's path) are what an agent holds memory for
+	ab_e2e mem --no-handoff bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 1 "$AB_WORK/hold1" &
 	holder=$!
 	for _ in $(seq 300); do [ -f "$AB_WORK/hold1" ] && break; sleep 0.1; done
 	rm -f "$AB_WORK/hold1"
 	wait "$holder"
 	sleep 0.5
 	idle=$(agent_rss_kib mem)
-	ab_e2e mem bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 200 "$AB_WORK/hold" &
+	ab_e2e mem --no-handoff bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 200 "$AB_WORK/hold" &
 	holder=$!
 	for _ in $(seq 600); do [ -f "$AB_WORK/hold" ] && break; sleep 0.1; done
 	[ -f "$AB_WORK/hold" ] || { echo "bench: 200 connections did not open" >&2; kill "$holder"; return 1; }

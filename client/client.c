@@ -388,6 +388,13 @@ int client_open_stream_handoff(struct client *c, const uint8_t token[PROTO_TOKEN
 		return -1;
 	if (passed < 0)
 		return hm_steal_fd(&fd);
+	/* a connected TCP socket or nothing: the fd may end up in a program's fd table */
+	int type = 0;
+	socklen_t tlen = sizeof(type);
+	if (getsockopt(passed, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM) {
+		close(passed);
+		return hm_err_set(err, EPROTO, "the agent passed an fd that is no stream socket");
+	}
 	/* blocking, as every stream fd the library returns; the agent's was not */
 	int fl = fcntl(passed, F_GETFL);
 	if (fl < 0 || fcntl(passed, F_SETFL, fl & ~O_NONBLOCK) < 0) {

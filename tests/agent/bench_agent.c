@@ -69,38 +69,15 @@ static int send_all_to_sink(int fd, uint64_t size)
 	return 0;
 }
 
-/* A session on ctx->target like e2e_session, without the PROTO_FEAT_* of disable. */
-static struct client *bench_session(struct e2e_ctx *ctx, uint64_t disable)
-{
-	struct hm_err err = {0};
-	client_cleanup_close struct client *c = NULL;
-	struct client_opts opts = {
-	    .client_name = "agent_e2e bench", .disable_features = disable, .timeout_ms = 20000};
-	struct client_session_info info;
-	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
-		e2e_fail("connect: %s", err.msg);
-		return NULL;
-	}
-	if (client_session_open(c, ctx->target, &info, &err) < 0) {
-		e2e_fail("session on %s: %s", ctx->target, err.msg);
-		return NULL;
-	}
-	return hm_steal_ptr(&c);
-}
-
-/* bench-tcp-send ADDR BYTES [relay]: one connection from the target pod to a tcp_sink
- * through the agent; prints "sent BYTES in SECONDS s: MBPS MB/s" like `tcp_sink send`.
- * On a unix agent the client gets the pod's socket itself (PROTO_FEAT_TCP_FD); "relay"
- * does not offer that, so the bytes go through the agent's splice relay. */
+/* bench-tcp-send ADDR BYTES: one connection from the target pod to a tcp_sink through
+ * the agent; prints "sent BYTES in SECONDS s: MBPS MB/s" like `tcp_sink send`. */
 static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	struct proto_addr dst;
 	uint64_t size;
-	if ((argc != 3 && (argc != 4 || strcmp(argv[3], "relay"))) ||
-	    e2e_parse_addr(argv[1], &dst) < 0 || hm_parse_size(argv[2], &size) < 0)
+	if (argc != 3 || e2e_parse_addr(argv[1], &dst) < 0 || hm_parse_size(argv[2], &size) < 0)
 		return 2;
-	client_cleanup_close struct client *c =
-	    bench_session(ctx, argc == 4 ? PROTO_FEAT_TCP_FD : 0);
+	client_cleanup_close struct client *c = e2e_session(ctx);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -114,6 +91,26 @@ static int cmd_tcp_send(struct e2e_ctx *ctx, int argc, char **argv)
 		printf("sent %llu in %.6f s: %.1f MB/s\n", (unsigned long long)size, dt,
 		       (double)size / dt / 1e6);
 	return rc;
+}
+
+/* A session on ctx->target like e2e_session, optionally without zlib. */
+static struct client *bench_session(struct e2e_ctx *ctx, bool zlib)
+{
+	struct hm_err err = {0};
+	client_cleanup_close struct client *c = NULL;
+	struct client_opts opts = {.client_name = "agent_e2e bench",
+				   .disable_features = zlib ? 0 : PROTO_FEAT_ZLIB,
+				   .timeout_ms = 20000};
+	struct client_session_info info;
+	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
+		e2e_fail("connect: %s", err.msg);
+		return NULL;
+	}
+	if (client_session_open(c, ctx->target, &info, &err) < 0) {
+		e2e_fail("session on %s: %s", ctx->target, err.msg);
+		return NULL;
+	}
+	return hm_steal_ptr(&c);
 }
 
 /* bench-file-rtt POD_PATH LOCAL_PATH N [nozlib]: N rounds, each a FILE_READ of POD_PATH through
@@ -135,7 +132,7 @@ static int cmd_file_rtt(struct e2e_ctx *ctx, int argc, char **argv)
 		return e2e_fail("out of memory");
 	if (!ctx->target)
 		return e2e_fail("this command needs --target");
-	struct client *c = bench_session(ctx, argc == 4 ? PROTO_FEAT_ZLIB : 0);
+	struct client *c = bench_session(ctx, argc == 4);
 	if (!c)
 		return 1;
 	struct hm_err err = {0};
@@ -276,7 +273,7 @@ static int cmd_hold(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 static const struct e2e_cmd bench_cmds[] = {
-    {"bench-tcp-send", "ADDR BYTES [relay]", cmd_tcp_send},
+    {"bench-tcp-send", "ADDR BYTES", cmd_tcp_send},
     {"bench-file-rtt", "POD_PATH LOCAL_PATH N [nozlib]", cmd_file_rtt},
     {"bench-file-bulk", "POD_PATH LOCAL_PATH", cmd_file_bulk},
     {"bench-hold", "ADDR N READY_FILE", cmd_hold},
