@@ -256,6 +256,9 @@ print('nodelay', s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 print('keepalive', s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
 print('rcvbuf', s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 print('local', s.getsockname()[0], 'peer', s.getpeername()[0], s.getpeername()[1])
+before = os.readlink('/proc/self/fd/%d' % s.fileno())
+print('again', s.connect_ex(('$SRV_IP', $ECHO_PORT)))
+print('same', before == os.readlink('/proc/self/fd/%d' % s.fileno()))
 print('fd', os.readlink('/proc/self/fd/%d' % s.fileno()))
 sys.stdout.flush()
 for _ in range(200):
@@ -284,6 +287,10 @@ s.sendall(b'seven'); s.shutdown(socket.SHUT_WR); print('echo', s.recv(10).decode
 		assert_contains "$out" "keepalive 1" "SO_KEEPALIVE copied ($b)"
 		assert_contains "$out" "rcvbuf 131072" "SO_RCVBUF copied ($b)"
 		assert_contains "$out" "local $TGT_IP peer $SRV_IP $ECHO_PORT" "kernel's names ($b)"
+		# a second connect() is the kernel's (0 on Linux for a finished non-blocking
+		# connect, as natively) on the same socket: no new hand-off
+		assert_contains "$out" "again 0" "connect() again ($b)"
+		assert_contains "$out" "same True" "connect() again keeps the socket ($b)"
 		assert_contains "$out" "echo seven" "echo ($b)"
 	done
 }

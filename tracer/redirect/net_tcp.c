@@ -482,7 +482,7 @@ struct tracer_result trace_net_tcp_connect(struct net_state *st, const struct tr
 	}
 	pthread_mutex_unlock(&st->lock);
 	/* connected already (a handed-off socket whose entry was released, a program that
-	 * calls connect() again to see whether it is done): the kernel says EISCONN */
+	 * calls connect() again to see whether it is done): the kernel answers it */
 	struct sockaddr_storage peer;
 	socklen_t peer_len = sizeof(peer);
 	if (getpeername(dup, (struct sockaddr *)&peer, &peer_len) == 0) {
