@@ -482,6 +482,12 @@ static void check_fs(const struct policy_fs *p, const char *label, const struct 
 				 policy_fs_verdict_name(v), why,
 				 policy_fs_verdict_name(cases[i].want));
 		assert_non_null(why);
+		/* without a rule to name (trace-run below debug level), the same verdict */
+		enum policy_fs_verdict fast =
+		    policy_fs_decide(p, cases[i].path, cases[i].access, NULL);
+		if (fast != v)
+			fail_msg("%s: %s -> %s with why, %s without", label, cases[i].path,
+				 policy_fs_verdict_name(v), policy_fs_verdict_name(fast));
 	}
 }
 

@@ -64,8 +64,10 @@ enum files_route trace_files_route_path(struct files *f, const struct tracer_cal
 		memcpy(t->path, abs, strlen(abs) + 1);
 
 decide:;
+	/* which rule decided is said only in debug logs; naming it costs regex matches */
 	const char *why = NULL;
-	enum policy_fs_verdict v = policy_fs_decide(f->fs, t->path, access, &why);
+	enum policy_fs_verdict v =
+	    policy_fs_decide(f->fs, t->path, access, hm_log_level() <= HM_LOG_DEBUG ? &why : NULL);
 	if (t->mapped && v == POLICY_FS_LOCAL) {
 		/* the program got here by looking at the target: the local mirror holds only
 		 * placeholders, so a local answer would be a wrong one */
