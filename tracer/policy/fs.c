@@ -19,6 +19,7 @@
 
 #include <limits.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "tracer/policy/policy.h"
@@ -381,6 +382,39 @@ const char *policy_fs_verdict_name(enum policy_fs_verdict v)
 	return "?";
 }
 
+/* One match block per thread, so that concurrent handler threads never share one: made
+ * on a thread's first decision (not a malloc and free per decision) and freed when the
+ * thread ends. */
+static pthread_key_t md_key;
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static bool md_key_ok;
+
+static void md_free(void *md)
+{
+	pcre2_match_data_free(md);
+}
+
+static void md_key_create(void)
+{
+	md_key_ok = pthread_key_create(&md_key, md_free) == 0;
+}
+
+static pcre2_match_data *thread_match_data(void)
+{
+	pthread_once(&md_once, md_key_create);
+	if (!md_key_ok)
+		return NULL;
+	pcre2_match_data *md = pthread_getspecific(md_key);
+	if (md)
+		return md;
+	md = pcre2_match_data_create(1, NULL);
+	if (md && pthread_setspecific(md_key, md) != 0) {
+		pcre2_match_data_free(md);
+		md = NULL;
+	}
+	return md;
+}
+
 enum policy_fs_verdict policy_fs_decide(const struct policy_fs *p, const char *path,
 					enum policy_fs_access access, const char **why)
 {
@@ -405,10 +439,8 @@ enum policy_fs_verdict policy_fs_decide(const struct policy_fs *p, const char *p
 	}
 	size_t len = (size_t)n;
 	bool write = access == POLICY_FS_ACCESS_WRITE;
-	/* one per thread, so that concurrent handler threads never share one; made once
-	 * (a malloc and free per decision otherwise) and kept for the thread's life */
-	static __thread pcre2_match_data *md;
-	if (!md && !(md = pcre2_match_data_create(1, NULL))) {
+	pcre2_match_data *md = thread_match_data();
+	if (!md) {
 		*why = "out of memory";
 		return POLICY_FS_LOCAL;
 	}
