@@ -19,7 +19,7 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -I$(BUILD)/bpf \
            -fno-strict-aliasing -MMD -MP $(SAN_FLAGS)
 LDFLAGS += $(SAN_FLAGS)
-LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lseccomp -lpthread
+LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lhttp_parser -lseccomp -lpthread
 
 # library modules, in link order (dependents first)
 LIB_MODULES := agent tracer/redirect tracer/policy tracer/engine client relay runtime loader proto util
@@ -39,6 +39,7 @@ UNIT_trace-run   := tracer tracer_%
 LIBS_test_util   := util
 LIBS_test_proto  := proto util
 LIBS_test_loader := loader util
+LIBS_test_loader_steal := loader util
 unit_program = $(firstword $(foreach b,trace-pod trace-agent trace-run,$(if $(filter $(UNIT_$(b):%=test_%),$(1)),$(b))))
 unit_libs = $(or $(LIBS_$(1)),$(LIBS_$(call unit_program,$(1))),$(LIB_MODULES))
 
@@ -149,7 +150,7 @@ asan:
 
 # Unit tests under valgrind. The others use syscalls Debian's valgrind 3.19 does not
 # know (clone3, pidfd_open, openat2, seccomp listeners, bpf) and run under `make asan`.
-VALGRIND_TESTS := test_util test_proto test_agent_streams test_cgroup test_net test_tracer_policy test_agent_admission test_agent_peer
+VALGRIND_TESTS := test_util test_proto test_agent_streams test_cgroup test_net test_tracer_policy test_agent_admission test_agent_peer test_agent_http
 valgrind: all
 	@set -e; for t in $(VALGRIND_TESTS); do echo "valgrind: $$t"; \
 		valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
@@ -171,10 +172,13 @@ FUZZ_TIME ?= 60
 # the module sources each target links besides util/
 FUZZ_LINK_fuzz_proto := $(wildcard proto/*.c)
 FUZZ_LINK_fuzz_dns   := tracer/policy/net.c
-$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h)
+FUZZ_LINK_fuzz_http  := agent/http_filter.c agent/http_parse.c
+# the libraries a target needs besides -lz -lpthread
+FUZZ_LIBS_fuzz_http  := -ljson-c -lpcre2-8 -lhttp_parser
+$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h agent/internal.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
-		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) -lz -lpthread
+		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_LINK_$*) $(wildcard util/*.c) $(FUZZ_LIBS_$*) -lz -lpthread
 # seeds: tests/fuzz/seeds/NAME/ (read-only, committed); a finding fails the target
 fuzz: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do \

@@ -83,7 +83,65 @@ struct agent_incoming {
 	void *mirror_engine;
 	const struct agent_http_router_ops *router;
 	void *router_ctx;
+	/* runs the work of confined session threads (see run_unconfined) */
+	pthread_t runner;
+	bool runner_started, runner_stop;
+	pthread_mutex_t runner_lock;
+	pthread_cond_t runner_cond;
+	struct unconfined_job *jobs;
 };
+
+/* ---- the unconfined runner ----
+ * A pid/N session of a non-root peer runs on a thread without capabilities
+ * (agent_peer_confine_thread), and threads it starts inherit that. Loading BPF, the
+ * netns ioctls and the mirror engine's tc work need the agent's own: the session hands
+ * that work to this thread, started with the registry by the unconfined main thread,
+ * and waits. What the work may do is decided by check_confined, not by the thread. */
+struct unconfined_job {
+	struct unconfined_job *next;
+	void (*fn)(void *arg);
+	void *arg;
+	bool done;
+};
+
+static void *runner_main(void *arg)
+{
+	struct agent_incoming *reg = arg;
+	pthread_mutex_lock(&reg->runner_lock);
+	for (;;) {
+		while (!reg->jobs && !reg->runner_stop)
+			pthread_cond_wait(&reg->runner_cond, &reg->runner_lock);
+		if (!reg->jobs)
+			break;
+		struct unconfined_job *job = reg->jobs;
+		reg->jobs = job->next;
+		pthread_mutex_unlock(&reg->runner_lock);
+		job->fn(job->arg);
+		pthread_mutex_lock(&reg->runner_lock);
+		job->done = true;
+		pthread_cond_broadcast(&reg->runner_cond);
+	}
+	pthread_mutex_unlock(&reg->runner_lock);
+	return NULL;
+}
+
+static void run_unconfined(struct agent_incoming *reg, void (*fn)(void *), void *arg)
+{
+	if (!agent_thread_confined() || !reg->runner_started) {
+		fn(arg);
+		return;
+	}
+	struct unconfined_job job = {.fn = fn, .arg = arg};
+	pthread_mutex_lock(&reg->runner_lock);
+	struct unconfined_job **tail = &reg->jobs;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = &job;
+	pthread_cond_broadcast(&reg->runner_cond);
+	while (!job.done)
+		pthread_cond_wait(&reg->runner_cond, &reg->runner_lock);
+	pthread_mutex_unlock(&reg->runner_lock);
+}
 
 int agent_incoming_create(struct agent_streams *streams, struct agent_incoming **out,
 			  struct hm_err *err)
@@ -92,8 +150,20 @@ int agent_incoming_create(struct agent_streams *streams, struct agent_incoming *
 	if (!reg)
 		return hm_err_set(err, ENOMEM, "incoming registry");
 	pthread_mutex_init(&reg->lock, NULL);
+	pthread_mutex_init(&reg->runner_lock, NULL);
+	pthread_cond_init(&reg->runner_cond, NULL);
 	reg->streams = streams;
 	atomic_init(&reg->next_sub_id, 1);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int rc = pthread_create(&reg->runner, NULL, runner_main, reg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc) {
+		agent_incoming_destroy(reg);
+		return hm_err_set(err, rc, "start the incoming runner");
+	}
+	reg->runner_started = true;
 	*out = reg;
 	return 0;
 }
@@ -104,6 +174,15 @@ void agent_incoming_destroy(struct agent_incoming *reg)
 		return;
 	if (reg->ports)
 		hm_warn("incoming: destroyed with subscriptions left");
+	if (reg->runner_started) {
+		pthread_mutex_lock(&reg->runner_lock);
+		reg->runner_stop = true;
+		pthread_cond_broadcast(&reg->runner_cond);
+		pthread_mutex_unlock(&reg->runner_lock);
+		pthread_join(reg->runner, NULL);
+	}
+	pthread_mutex_destroy(&reg->runner_lock);
+	pthread_cond_destroy(&reg->runner_cond);
 	pthread_mutex_destroy(&reg->lock);
 	free(reg);
 }
@@ -450,7 +529,8 @@ static void steal_stop(struct steal_engine *e)
 			hm_warn("incoming: wake the accept thread: %s", strerror(errno));
 		pthread_join(e->thread, NULL);
 	}
-	hm_info("incoming: %s is not stolen any more", e->port->name);
+	if (e->thread_started)
+		hm_info("incoming: %s is not stolen any more", e->port->name);
 	for (int i = 0; i < 2; i++)
 		if (e->listen_fd[i] >= 0)
 			close(e->listen_fd[i]);
@@ -728,10 +808,10 @@ static int check_request(const struct proto_incoming_subscribe *req, struct hm_e
 	return 0;
 }
 
-int agent_incoming_subscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
-			     const struct proto_incoming_subscribe *req,
-			     struct proto_incoming_subscribe_reply *reply, char *note,
-			     size_t note_len, struct hm_err *err)
+static int subscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
+		     const struct proto_incoming_subscribe *req,
+		     struct proto_incoming_subscribe_reply *reply, char *note, size_t note_len,
+		     struct hm_err *err)
 {
 	note[0] = '\0';
 	reply->note = note;
@@ -753,6 +833,9 @@ int agent_incoming_subscribe(struct agent_incoming *reg, struct agent_incoming_s
 
 	pthread_mutex_lock(&reg->lock);
 	int rc = -1;
+	/* after the steal is attached (so a client that reconnects lands in it); a
+	 * connection accepted by the agent in the few ms between is flushed too, and its
+	 * client reconnects like the others */
 	bool flush = false;
 	struct agent_incoming_port *p = port_find(reg, ino, req->port);
 	bool new_port = !p;
@@ -863,8 +946,8 @@ out:
 	return rc;
 }
 
-int agent_incoming_unsubscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
-			       uint32_t subscription, struct hm_err *err)
+static int unsubscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
+		       uint32_t subscription, struct hm_err *err)
 {
 	pthread_mutex_lock(&reg->lock);
 	struct agent_incoming_sub *found = NULL;
@@ -887,7 +970,7 @@ int agent_incoming_unsubscribe(struct agent_incoming *reg, struct agent_incoming
 	return 0;
 }
 
-void agent_incoming_session_end(struct agent_incoming *reg, struct agent_incoming_session *s)
+static void session_end(struct agent_incoming *reg, struct agent_incoming_session *s)
 {
 	for (;;) {
 		pthread_mutex_lock(&reg->lock);
@@ -910,4 +993,66 @@ void agent_incoming_session_end(struct agent_incoming *reg, struct agent_incomin
 		released_run(reg, &r, mirror, engine);
 		agent_incoming_sub_put(found);
 	}
+}
+
+/* ---- the entry points: on the runner when the session's thread is confined ---- */
+
+struct call {
+	struct agent_incoming *reg;
+	struct agent_incoming_session *s;
+	const struct proto_incoming_subscribe *req;
+	struct proto_incoming_subscribe_reply *reply;
+	char *note;
+	size_t note_len;
+	uint32_t subscription;
+	struct hm_err *err;
+	int rc;
+};
+
+static void call_subscribe(void *arg)
+{
+	struct call *c = arg;
+	c->rc = subscribe(c->reg, c->s, c->req, c->reply, c->note, c->note_len, c->err);
+}
+
+static void call_unsubscribe(void *arg)
+{
+	struct call *c = arg;
+	c->rc = unsubscribe(c->reg, c->s, c->subscription, c->err);
+}
+
+static void call_session_end(void *arg)
+{
+	struct call *c = arg;
+	session_end(c->reg, c->s);
+}
+
+int agent_incoming_subscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
+			     const struct proto_incoming_subscribe *req,
+			     struct proto_incoming_subscribe_reply *reply, char *note,
+			     size_t note_len, struct hm_err *err)
+{
+	struct call c = {.reg = reg,
+			 .s = s,
+			 .req = req,
+			 .reply = reply,
+			 .note = note,
+			 .note_len = note_len,
+			 .err = err};
+	run_unconfined(reg, call_subscribe, &c);
+	return c.rc;
+}
+
+int agent_incoming_unsubscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
+			       uint32_t subscription, struct hm_err *err)
+{
+	struct call c = {.reg = reg, .s = s, .subscription = subscription, .err = err};
+	run_unconfined(reg, call_unsubscribe, &c);
+	return c.rc;
+}
+
+void agent_incoming_session_end(struct agent_incoming *reg, struct agent_incoming_session *s)
+{
+	struct call c = {.reg = reg, .s = s};
+	run_unconfined(reg, call_session_end, &c);
 }

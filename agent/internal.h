@@ -503,5 +503,151 @@ int agent_incoming_flush(struct agent_target *t, uint16_t port, struct hm_err *e
 /* ---- target.c (additions) ---- */
 /* One more reference (agent_target_put drops it). */
 void agent_target_get(struct agent_target *t);
+/* ---- http_parse.c: HTTP/1.x message framing over libhttp-parser ----
+ * A reader follows one direction of a connection (requests from the client, or one
+ * upstream's responses) and tells where each message's head and end are, so that the
+ * router can forward the raw bytes as they came. It never copies or rewrites a byte.
+ * The bytes of the current message must stay where they are in the caller's buffer
+ * until the head is reported (the head's strings point into it). */
+#define HTTP_HEAD_MAX (32u << 10) /* request head (line + headers) larger: 431 */
+#define HTTP_HEADERS_MAX 128	  /* headers kept for filtering (more: 431) */
+struct http_header {
+	const char *name, *value;
+	size_t name_len, value_len;
+};
+/* A request head as the filters see it: strings point into the reader's buffer. */
+struct http_request {
+	const char *method; /* upper case, NUL-terminated (libhttp-parser's name) */
+	const char *url;    /* the request target as sent ("/a/b?q=1" or absolute) */
+	size_t url_len;
+	struct http_header headers[HTTP_HEADERS_MAX];
+	size_t n_headers;
+};
+/* what one feed found; HEAD and END can come together */
+enum {
+	HTTP_EV_HEAD = 1,    /* the head is complete: http_reader_request / status */
+	HTTP_EV_END = 2,     /* the message ended (the reader stopped right after it) */
+	HTTP_EV_UPGRADE = 4, /* with END: the bytes after it are another protocol */
+	HTTP_EV_ERROR = 8,   /* not HTTP, or broken: http_reader_error says why */
+};
+struct http_reader_state;
+struct http_reader {
+	struct http_reader_state *st;
+};
+/* request: true for client requests, false for responses. */
+int http_reader_init(struct http_reader *r, bool request, struct hm_err *err);
+void http_reader_fini(struct http_reader *r);
+/* Parse base[from..len). base[msg_start..from) are the earlier bytes of the current
+ * message, unmoved (msg_start is given by the caller: the offset where it started).
+ * Stops after an END; *consumed is what was parsed. Returns HTTP_EV_* bits. */
+int http_reader_feed(struct http_reader *r, const char *base, size_t msg_start, size_t from,
+		     size_t len, size_t *consumed);
+/* The peer closed: END for a response delimited by the close, ERROR when a message
+ * was cut, 0 between messages. */
+int http_reader_eof(struct http_reader *r);
+/* After END: be ready for the next message. */
+void http_reader_next(struct http_reader *r);
+/* The next response answers a HEAD request (it has no body whatever it says). */
+void http_reader_expect_head(struct http_reader *r, bool head);
+/* Between messages, with no byte of the next one seen yet. */
+bool http_reader_idle(const struct http_reader *r);
+/* After HEAD of a request: its method, target and headers (pointers into base). */
+void http_reader_request(const struct http_reader *r, const char *base, struct http_request *out);
+unsigned http_reader_status(const struct http_reader *r); /* after HEAD of a response */
+bool http_reader_too_large(const struct http_reader *r);  /* ERROR: the head is too big */
+/* After END: the connection stays open after this message (HTTP/1.1 without
+ * "Connection: close", or HTTP/1.0 with keep-alive). */
+bool http_reader_keep_alive(const struct http_reader *r);
+const char *http_reader_error(const struct http_reader *r);
+
+/* ---- http_filter.c: mirrord's http_filter, parsed and matched ----
+ * The JSON object a client sends in INCOMING_SUBSCRIBE.http_filter (hostile input):
+ *   {"header_filter": RE} | {"path_filter": RE} | {"method_filter": "GET"}
+ *   | {"all_of": [INNER...]} | {"any_of": [INNER...]}   (exactly one of these), plus
+ *   "ports" (the client's business: accepted and ignored here);
+ *   INNER = {"header": RE} | {"path": RE} | {"method": M} | {"all_of": [...]}
+ *   | {"any_of": [...]}  (nesting is hermit's extension; mirrord's lists are flat).
+ * header: a header line "Name: value" matches RE; path: the path without the query, or
+ * the path with it, matches RE (as mirrord); method: equal, ignoring case. Regexes are
+ * PCRE2, case-insensitive, unanchored (as mirrord's), with match, depth and heap limits
+ * so that a hostile one costs bounded CPU: a match that hits a limit counts as no
+ * match. Unknown keys, empty lists, wrong types and bad regexes are errors naming the
+ * key ("http_filter.all_of[1].header: bad regex ..."). */
+#define HTTP_FILTER_JSON_MAX 16384
+#define HTTP_FILTER_DEPTH_MAX 8 /* nesting of all_of / any_of */
+#define HTTP_FILTER_NODES_MAX 64
+#define HTTP_FILTER_REGEX_MAX 1024
+struct http_filter;
+int http_filter_parse(const char *json, size_t len, struct http_filter **out, struct hm_err *err);
+void http_filter_free(struct http_filter *f);
+bool http_filter_match(const struct http_filter *f, const struct http_request *req);
+
+/* Which of a port's steal subscriptions a request goes to: the first (in the order
+ * given) whose filter matches, else the first unfiltered one (NULL); -1 for none (the
+ * pod's own server). */
+int http_filter_pick(struct http_filter *const *filters, size_t n, const struct http_request *req);
+
+/* ---- http_router.c: filtered steal, request by request ----
+ * One thread with an epoll loop serves every stolen connection of a port whose steal
+ * subscriptions have filters (no thread per connection: a connection is ~70 KiB of
+ * buffers and a few fds). Each request goes, whole, to the first subscription whose
+ * filter matches it (a stream to that session's local program) or else to the pod's own
+ * server; its response comes back in order, so keep-alive connections that mix the two
+ * and pipelined requests work. Upgrade/CONNECT turn the connection into a raw tunnel
+ * with the side its request went to. Bytes that are not HTTP from the first byte, or a
+ * pod that speaks first (a server-first protocol), go to the pod untouched as a raw
+ * tunnel. A request head over HTTP_HEAD_MAX (or HTTP_HEADERS_MAX headers) gets
+ * "431 Request Header Fields Too Large" and the connection is closed; broken HTTP after
+ * the first request closes it (reset). */
+#define HTTP_ROUTER_CONNS_MAX 4096  /* connections at once (more are refused); at most 4096 */
+#define HTTP_ROUTER_PIPELINE_MAX 32 /* requests awaiting their response per connection */
+#define HTTP_ROUTER_UPSTREAMS_MAX 8 /* the pod + subscriptions used by one connection */
+struct http_router_ops {
+	/* The subscription a request head goes to; 0: the pod's own server. */
+	uint32_t (*route)(void *ctx, void *conn, const struct http_request *req);
+	/* A socket to the pod's own server for conn (called at once, and again when the
+	 * pod closed an idle one): 0 with *fd connected or with a non-blocking connect in
+	 * progress; or 0 with *fd -1: it comes later through
+	 * http_router_stream_ready(ticket, fd), connected (the router's thread never
+	 * waits for a connect). < 0: no way to the pod (the connection is reset). */
+	int (*open_pod)(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm_err *err);
+	/* Ask subscription sub's session for a stream; the answer comes through
+	 * http_router_stream_ready(ticket, fd). < 0: sub is gone (the pod answers). */
+	int (*open_local)(void *ctx, void *conn, uint32_t sub, uint64_t ticket, struct hm_err *err);
+	/* The router is done with conn: once per successful http_router_add. */
+	void (*closed)(void *ctx, void *conn);
+};
+struct http_router_counters {
+	atomic_uint_fast64_t to_local;	  /* requests sent to a local program */
+	atomic_uint_fast64_t to_pod;	  /* requests sent to the pod's server */
+	atomic_uint_fast64_t passthrough; /* connections that were not HTTP */
+	atomic_uint_fast64_t connections; /* currently open */
+};
+struct http_router;
+/* counters must outlive the router. */
+int http_router_create(const struct http_router_ops *ops, void *ctx,
+		       struct http_router_counters *counters, struct http_router **out,
+		       struct hm_err *err);
+/* Stops the thread; every connection is closed (reset) and its closed() called. */
+void http_router_destroy(struct http_router *r);
+/* A stolen client connection (fd owned from here on, closed on failure too); conn is
+ * what the ops get for it. Any thread. */
+int http_router_add(struct http_router *r, int client_fd, void *conn, struct hm_err *err);
+/* The stream open_local asked for, or the pod's socket open_pod left for later: fd
+ * (owned, connected), or -1 when it will not come (a local request then goes to the
+ * pod). Any thread; a ticket of a closed connection is fine. */
+void http_router_stream_ready(struct http_router *r, uint64_t ticket, int fd);
+
+/* ---- http_steal.c: the router bound to the incoming core ----
+ * Compiles the filters of steal subscriptions (agent_http_router_ops.filter_compile)
+ * and routes the connections of filtered ports: requests to the matching
+ * subscription's session (agent_incoming_offer), the others to the pod's server
+ * (agent_incoming_bypass_connect), counted in stolen / passed_to_target. */
+struct agent_http_steal;
+/* Creates the router's thread and registers it with reg. */
+int agent_http_steal_create(struct agent_incoming *reg, struct agent_http_steal **out,
+			    struct hm_err *err);
+/* After every session ended, before agent_incoming_destroy. NULL is a no-op. */
+void agent_http_steal_destroy(struct agent_http_steal *s);
 
 #endif

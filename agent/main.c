@@ -63,8 +63,8 @@ static const char usage_text[] =
     "  --max-connects N       TCP connects in progress (default 1024; EAGAIN)\n"
     "  --max-session-connects N  the same for one session (default 256)\n"
     "\n"
-    "status: print the sessions, streams, requests, errors, bytes and budgets of a running\n"
-    "agent.\n"
+    "status: print the sessions, streams, requests, errors, bytes, budgets and incoming\n"
+    "traffic counters (subscriptions, stolen and mirrored connections) of a running agent.\n"
     "The token may also come from the HERMIT_TOKEN environment variable.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

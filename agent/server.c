@@ -53,7 +53,8 @@ struct server {
 	struct agent_budget *budget;
 	struct agent_stats stats;
 	struct agent_admission *admission;
-	struct agent_incoming *incoming; /* subscriptions to the targets' ports */
+	struct agent_incoming *incoming;     /* subscriptions to the targets' ports */
+	struct agent_http_steal *http_steal; /* routes the filtered steal ports */
 	int stop_efd; /* eventfd, readable once shutdown began: every connection polls it */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* nconns changed */
@@ -1342,7 +1343,8 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 	};
 	if (agent_admission_create(&acfg, &srv->admission, err) < 0)
 		goto fail;
-	if (agent_incoming_create(srv->streams, &srv->incoming, err) < 0)
+	if (agent_incoming_create(srv->streams, &srv->incoming, err) < 0 ||
+	    agent_http_steal_create(srv->incoming, &srv->http_steal, err) < 0)
 		goto fail;
 	if (cfg->unix_path && listen_unix(srv, cfg->unix_path, err) < 0)
 		goto fail;
@@ -1409,6 +1411,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		return 0;
 	}
 	relay_destroy(srv->relay);
+	agent_http_steal_destroy(srv->http_steal);
 	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);
@@ -1425,6 +1428,7 @@ fail:
 		close(srv->tcp_fd);
 	if (srv->relay)
 		relay_destroy(srv->relay);
+	agent_http_steal_destroy(srv->http_steal);
 	agent_incoming_destroy(srv->incoming);
 	agent_streams_destroy(srv->streams);
 	agent_budget_destroy(srv->budget);

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 source bench/agent.sh
 source bench/tracer.sh
+source bench/incoming.sh
 
-BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}")
+BENCHMARKS=(pod_start agent_tcp agent_files agent_memory "${TRACER_BENCHMARKS[@]}" incoming_steal)
 
 # Busybox rootfs shared by the benchmarks, built by trace-pod itself.
 bench_rootfs() {

@@ -14,6 +14,10 @@ static int libbpf_to_hm_log(enum libbpf_print_level level, const char *fmt, va_l
 	static const char extack[] = "libbpf: Kernel error message";
 	if (strncmp(fmt, extack, sizeof(extack) - 1) == 0)
 		hm_level = HM_LOG_DEBUG;
+	/* the verifier's log is hundreds of lines: the loader's error says the program was
+	 * refused, and the log is there at debug level */
+	if (strstr(fmt, "PROG LOAD LOG"))
+		hm_level = HM_LOG_DEBUG;
 	/* libbpf is chatty at debug level: do not format what will be dropped */
 	if (hm_level < hm_log_level())
 		return 0;

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   make gcc clang clang-format llvm pkg-config
   bpftool libbpf-dev libelf-dev zlib1g-dev
-  libmnl-dev libcmocka-dev libjson-c-dev libpcre2-dev libseccomp-dev
+  libhttp-parser-dev libmnl-dev libcmocka-dev libjson-c-dev libpcre2-dev libseccomp-dev
   busybox-static runc golang-go
   iproute2 procps curl python3 valgrind git
   musl-tools

@@ -46,4 +46,25 @@ int e2e_parse_addr(const char *s, struct proto_addr *out);
  * ctx->target is set); else 1 after printing why. */
 int e2e_agent_still_serves(struct e2e_ctx *ctx);
 
+/* ---- a control connection spoken by hand (e2e_incoming.c), for what the client
+ * library does not expose (events such as INCOMING_CONNECTION) ---- */
+struct e2e_ctl {
+	int fd;
+	uint32_t next_id;
+};
+typedef void (*e2e_event_fn)(void *arg, const struct proto_msg *ev);
+/* Dial and authenticate (every supported feature). */
+int e2e_ctl_open(struct e2e_ctx *ctx, struct e2e_ctl *c, struct hm_err *err);
+/* Send req and wait for its reply (the caller frees it with proto_msg_free); events
+ * that arrive meanwhile go to on_event (may be NULL). An ERROR reply fails with its
+ * errno and message, SESSION_ENDED too. */
+int e2e_ctl_call(struct e2e_ctl *c, struct proto_msg *req, struct proto_msg *reply,
+		 e2e_event_fn on_event, void *arg, struct hm_err *err);
+/* e2e_ctl_open and a session on ctx->target; prints "session ID". */
+int e2e_ctl_session(struct e2e_ctx *ctx, struct e2e_ctl *c, struct hm_err *err);
+/* INCOMING_SUBSCRIBE: *sub and the reply's note (note_len bytes at most). */
+int e2e_ctl_subscribe(struct e2e_ctl *c, uint16_t port, uint8_t mode, uint32_t flags,
+		      const char *filter, uint32_t *sub, char *note, size_t note_len,
+		      struct hm_err *err);
+
 #endif

@@ -12,18 +12,15 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 
 #include "tests/agent/e2e.h"
 
 #define CTL_TIMEOUT_MS 20000
 
-struct ctl {
-	int fd;
-	uint32_t next_id;
-};
-
-static int ctl_open(struct e2e_ctx *ctx, struct ctl *c, struct hm_err *err)
+int e2e_ctl_open(struct e2e_ctx *ctx, struct e2e_ctl *c, struct hm_err *err)
 {
 	c->next_id = 1;
 	c->fd = client_endpoint_dial(&ctx->ep, CTL_TIMEOUT_MS, err);
@@ -34,12 +31,8 @@ static int ctl_open(struct e2e_ctx *ctx, struct ctl *c, struct hm_err *err)
 				      PROTO_FEATURES_SUPPORTED, CTL_TIMEOUT_MS, &agreed, err);
 }
 
-typedef void (*event_fn)(void *arg, const struct proto_msg *ev);
-
-/* Send req and wait for its reply; events that arrive meanwhile go to on_event. An
- * ERROR reply fails with its errno and message. */
-static int ctl_call(struct ctl *c, struct proto_msg *req, struct proto_msg *reply,
-		    event_fn on_event, void *arg, struct hm_err *err)
+int e2e_ctl_call(struct e2e_ctl *c, struct proto_msg *req, struct proto_msg *reply,
+		 e2e_event_fn on_event, void *arg, struct hm_err *err)
 {
 	uint32_t id = c->next_id++;
 	if (proto_send(c->fd, id, req, err) < 0)
@@ -68,31 +61,31 @@ static int ctl_call(struct ctl *c, struct proto_msg *req, struct proto_msg *repl
 	}
 }
 
-static int ctl_session(struct e2e_ctx *ctx, struct ctl *c, struct hm_err *err)
+int e2e_ctl_session(struct e2e_ctx *ctx, struct e2e_ctl *c, struct hm_err *err)
 {
 	if (!ctx->target)
 		return hm_err_set(err, EINVAL, "this command needs --target");
-	if (ctl_open(ctx, c, err) < 0)
+	if (e2e_ctl_open(ctx, c, err) < 0)
 		return -1;
 	struct proto_msg req = {.type = PROTO_SESSION_OPEN}, r;
 	req.session_open.target = ctx->target;
-	if (ctl_call(c, &req, &r, NULL, NULL, err) < 0)
+	if (e2e_ctl_call(c, &req, &r, NULL, NULL, err) < 0)
 		return hm_err_prefix(err, "session on %s", ctx->target);
 	printf("session %llu\n", (unsigned long long)r.session_open_reply.session_id);
 	proto_msg_free(&r);
 	return 0;
 }
 
-static int ctl_subscribe(struct ctl *c, uint16_t port, uint8_t mode, uint32_t flags,
-			 const char *filter, uint32_t *sub, char *note, size_t note_len,
-			 struct hm_err *err)
+int e2e_ctl_subscribe(struct e2e_ctl *c, uint16_t port, uint8_t mode, uint32_t flags,
+		      const char *filter, uint32_t *sub, char *note, size_t note_len,
+		      struct hm_err *err)
 {
 	struct proto_msg req = {.type = PROTO_INCOMING_SUBSCRIBE}, r;
 	req.incoming_subscribe.port = port;
 	req.incoming_subscribe.mode = mode;
 	req.incoming_subscribe.flags = flags;
 	req.incoming_subscribe.http_filter = filter ? filter : "";
-	if (ctl_call(c, &req, &r, NULL, NULL, err) < 0)
+	if (e2e_ctl_call(c, &req, &r, NULL, NULL, err) < 0)
 		return -1;
 	*sub = r.incoming_subscribe_reply.subscription;
 	snprintf(note, note_len, "%s", r.incoming_subscribe_reply.note);
@@ -102,12 +95,13 @@ static int ctl_subscribe(struct ctl *c, uint16_t port, uint8_t mode, uint32_t fl
 
 /* ---- serving delivered connections ---- */
 
-enum serve_mode { SERVE_HTTP, SERVE_ECHO };
+enum serve_mode { SERVE_HTTP, SERVE_ECHO, SERVE_SILENT, SERVE_FORWARD, SERVE_KEEPALIVE };
 
 struct server_opts {
 	struct e2e_ctx *ctx;
 	enum serve_mode mode;
 	const char *body;
+	struct proto_addr forward; /* SERVE_FORWARD: a local server (what trace-run does) */
 };
 
 struct delivered {
@@ -140,9 +134,14 @@ static void serve_http(int fd, const char *body)
 	}
 }
 
+/* an echo that tells itself apart from the pod's own echo server */
+#define STOLEN_ECHO_PREFIX "stolen:"
+
 static void serve_echo(int fd)
 {
 	char buf[65536];
+	if (send(fd, STOLEN_ECHO_PREFIX, strlen(STOLEN_ECHO_PREFIX), MSG_NOSIGNAL) < 0)
+		return;
 	for (;;) {
 		ssize_t n = recv(fd, buf, sizeof(buf), 0);
 		if (n <= 0)
@@ -151,6 +150,73 @@ static void serve_echo(int fd)
 			break;
 	}
 	shutdown(fd, SHUT_WR);
+}
+
+/* HTTP/1.1 keep-alive on the stream itself, one GET after the other (no bodies): the
+ * agent's own cost, without a local server behind it. */
+static void serve_keepalive(int fd, const char *body)
+{
+	char buf[16384], resp[512];
+	int rl = snprintf(resp, sizeof(resp),
+			  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+			  "%zu\r\n\r\n%s",
+			  strlen(body), body);
+	size_t got = 0;
+	for (;;) {
+		ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+		if (n <= 0)
+			return;
+		got += (size_t)n;
+		buf[got] = '\0';
+		char *end;
+		while ((end = strstr(buf, "\r\n\r\n"))) {
+			if (send(fd, resp, (size_t)rl, MSG_NOSIGNAL) != rl)
+				return;
+			size_t used = (size_t)(end + 4 - buf);
+			memmove(buf, buf + used, got - used + 1);
+			got -= used;
+		}
+		if (got == sizeof(buf) - 1)
+			return; /* a header this long is not what this serves */
+	}
+}
+
+/* Copy both ways between the stream and a local server until both sides are done;
+ * an EOF becomes a half-close on the other side. */
+static void serve_forward(int fd, const struct proto_addr *to)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = proto_addr_to_sockaddr(to, &ss);
+	int local = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (local < 0 || connect(local, (struct sockaddr *)&ss, sl) < 0) {
+		if (local >= 0)
+			close(local);
+		return;
+	}
+	int one = 1;
+	setsockopt(local, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	int fds[2] = {fd, local};
+	bool open[2] = {true, true};
+	char buf[65536];
+	while (open[0] || open[1]) {
+		struct pollfd pf[2] = {{.fd = open[0] ? fds[0] : -1, .events = POLLIN},
+				       {.fd = open[1] ? fds[1] : -1, .events = POLLIN}};
+		if (poll(pf, 2, -1) < 0)
+			break;
+		for (int i = 0; i < 2; i++) {
+			if (!pf[i].revents)
+				continue;
+			ssize_t n = recv(fds[i], buf, sizeof(buf), 0);
+			if (n <= 0) {
+				open[i] = false;
+				shutdown(fds[1 - i], SHUT_WR);
+				continue;
+			}
+			if (send(fds[1 - i], buf, (size_t)n, MSG_NOSIGNAL) != n)
+				open[0] = open[1] = false;
+		}
+	}
+	close(local);
 }
 
 static void *serve_main(void *arg)
@@ -163,10 +229,18 @@ static void *serve_main(void *arg)
 	} else {
 		/* the relay hands a non-blocking fd's bytes; ours blocks */
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+		char sink[4096];
 		if (d->opts->mode == SERVE_HTTP)
 			serve_http(fd, d->opts->body);
-		else
+		else if (d->opts->mode == SERVE_ECHO)
 			serve_echo(fd);
+		else if (d->opts->mode == SERVE_FORWARD)
+			serve_forward(fd, &d->opts->forward);
+		else if (d->opts->mode == SERVE_KEEPALIVE)
+			serve_keepalive(fd, d->opts->body);
+		else /* read and never answer: a client waits until the session goes */
+			while (recv(fd, sink, sizeof(sink), 0) > 0) {
+			}
 	}
 	if (fd >= 0)
 		close(fd);
@@ -218,20 +292,30 @@ static void write_ready(const char *path, const char *text)
 	rename(tmp, path);
 }
 
-/* steal PORT [--flush] [--concurrent] [--echo | --http BODY] [--ready FILE] [--max N]
- *       [--unsubscribe] [--linger S]: subscribe (steal) to PORT of the target and serve
- * every delivered connection (an HTTP answer with BODY, or an echo) until N were
- * delivered (default: until killed); then, with --unsubscribe, unsubscribe and keep
- * the session open for S seconds (default 0). Prints "subscribed ID", the note if any,
- * and "connection SUB from CLIENT to SERVER" for each; writes "subscribed ID" to FILE. */
+/* steal PORT [--flush] [--concurrent] [--echo | --http BODY | --http-keepalive BODY |
+ *       --silent | --forward ADDR]
+ *       [--ready FILE] [--max N] [--unsubscribe] [--linger S] [--filter JSON]: subscribe
+ * (steal) to PORT of the target and serve every delivered connection (an HTTP answer
+ * with BODY, once or keep-alive; an echo of what it gets after "stolen:"; silence; or a relay to a
+ * local server at ADDR, as trace-run does) until N were delivered (default: until killed); then,
+ * with --unsubscribe, unsubscribe and keep the session open for S seconds (default 0). Prints
+ * "session ID", "subscribed ID", the note if any, and "connection SUB from CLIENT to SERVER" for
+ * each; writes "subscribed ID" to FILE. */
 static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 {
-	static const struct option longopts[] = {
-	    {"flush", no_argument, NULL, 'f'},	      {"concurrent", no_argument, NULL, 'c'},
-	    {"echo", no_argument, NULL, 'e'},	      {"http", required_argument, NULL, 'h'},
-	    {"ready", required_argument, NULL, 'r'},  {"max", required_argument, NULL, 'm'},
-	    {"unsubscribe", no_argument, NULL, 'u'},  {"linger", required_argument, NULL, 'l'},
-	    {"filter", required_argument, NULL, 'F'}, {0}};
+	static const struct option longopts[] = {{"flush", no_argument, NULL, 'f'},
+						 {"concurrent", no_argument, NULL, 'c'},
+						 {"echo", no_argument, NULL, 'e'},
+						 {"http", required_argument, NULL, 'h'},
+						 {"ready", required_argument, NULL, 'r'},
+						 {"max", required_argument, NULL, 'm'},
+						 {"unsubscribe", no_argument, NULL, 'u'},
+						 {"linger", required_argument, NULL, 'l'},
+						 {"filter", required_argument, NULL, 'F'},
+						 {"silent", no_argument, NULL, 's'},
+						 {"forward", required_argument, NULL, 'w'},
+						 {"http-keepalive", required_argument, NULL, 'k'},
+						 {0}};
 	struct server_opts opts = {.ctx = ctx, .mode = SERVE_HTTP, .body = "stolen\n"};
 	uint32_t flags = 0;
 	const char *ready = NULL, *filter = NULL;
@@ -249,6 +333,18 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 			break;
 		case 'e':
 			opts.mode = SERVE_ECHO;
+			break;
+		case 's':
+			opts.mode = SERVE_SILENT;
+			break;
+		case 'k':
+			opts.mode = SERVE_KEEPALIVE;
+			opts.body = optarg;
+			break;
+		case 'w':
+			opts.mode = SERVE_FORWARD;
+			if (e2e_parse_addr(optarg, &opts.forward) < 0)
+				return 2;
 			break;
 		case 'h':
 			opts.mode = SERVE_HTTP;
@@ -280,12 +376,12 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 		return 2;
 	signal(SIGPIPE, SIG_IGN);
 	struct hm_err err = {0};
-	struct ctl c = {.fd = -1};
+	struct e2e_ctl c = {.fd = -1};
 	uint32_t sub;
 	char note[PROTO_MSG_MAX];
-	if (ctl_session(ctx, &c, &err) < 0 ||
-	    ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_STEAL, flags, filter, &sub, note,
-			  sizeof(note), &err) < 0)
+	if (e2e_ctl_session(ctx, &c, &err) < 0 ||
+	    e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_STEAL, flags, filter, &sub, note,
+			      sizeof(note), &err) < 0)
 		return e2e_fail("steal port %d: %s", port, err.msg);
 	char line[64];
 	snprintf(line, sizeof(line), "subscribed %u", sub);
@@ -310,7 +406,7 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 	if (unsubscribe) {
 		struct proto_msg req = {.type = PROTO_INCOMING_UNSUBSCRIBE}, r;
 		req.incoming_unsubscribe.subscription = sub;
-		if (ctl_call(&c, &req, &r, on_connection, &st, &err) < 0)
+		if (e2e_ctl_call(&c, &req, &r, on_connection, &st, &err) < 0)
 			return e2e_fail("unsubscribe %u: %s", sub, err.msg);
 		proto_msg_free(&r);
 		printf("unsubscribed %u\n", sub);
@@ -357,16 +453,16 @@ static int cmd_subscribe(struct e2e_ctx *ctx, int argc, char **argv)
 		       : !strcmp(mode_s, "mirror") ? PROTO_INCOMING_MIRROR
 						   : 0;
 	int want_errno = strcmp(want, "ok") ? e2e_errno_code(want) : 0;
-	if (port <= 0 || port > 65535 || !mode || want_errno < 0)
+	if (port < 0 || port > 65535 || !mode || want_errno < 0) /* 0: the agent says no */
 		return 2;
 	struct hm_err err = {0};
-	struct ctl c = {.fd = -1};
-	if (ctl_session(ctx, &c, &err) < 0)
+	struct e2e_ctl c = {.fd = -1};
+	if (e2e_ctl_session(ctx, &c, &err) < 0)
 		return e2e_fail("%s", err.msg);
 	uint32_t sub;
 	char note[PROTO_MSG_MAX];
-	int rc =
-	    ctl_subscribe(&c, (uint16_t)port, mode, flags, filter, &sub, note, sizeof(note), &err);
+	int rc = e2e_ctl_subscribe(&c, (uint16_t)port, mode, flags, filter, &sub, note,
+				   sizeof(note), &err);
 	close(c.fd);
 	if (rc == 0) {
 		printf("subscribed %u%s%s\n", sub, note[0] ? ", note: " : "", note);
@@ -385,6 +481,33 @@ static int cmd_subscribe(struct e2e_ctx *ctx, int argc, char **argv)
 	return e2e_ok("%s of port %d refused with %s", mode_s, port, want);
 }
 
+/* unsubscribe ID ok|ERRNO: a fresh session unsubscribes ID (another session's: ENOENT) */
+static int cmd_unsubscribe(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	long id = atol(argv[1]);
+	int want = strcmp(argv[2], "ok") ? e2e_errno_code(argv[2]) : 0;
+	if (id <= 0 || id > UINT32_MAX || want < 0)
+		return 2;
+	struct hm_err err = {0};
+	struct e2e_ctl c = {.fd = -1};
+	if (e2e_ctl_session(ctx, &c, &err) < 0)
+		return e2e_fail("%s", err.msg);
+	struct proto_msg req = {.type = PROTO_INCOMING_UNSUBSCRIBE}, r;
+	req.incoming_unsubscribe.subscription = (uint32_t)id;
+	int rc = e2e_ctl_call(&c, &req, &r, NULL, NULL, &err);
+	close(c.fd);
+	if (rc == 0) {
+		proto_msg_free(&r);
+		return want ? e2e_fail("unsubscribe %ld succeeded, expected %s", id, argv[2])
+			    : e2e_ok("subscription %ld ended", id);
+	}
+	if (err.code != want)
+		return e2e_fail("unsubscribe %ld: %s, expected %s", id, err.msg, argv[2]);
+	return e2e_ok("unsubscribe %ld refused: %s", id, err.msg);
+}
+
 /* incoming-status: print the agent's incoming counters (has_incoming must be set). */
 static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 {
@@ -392,9 +515,9 @@ static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 	if (argc != 1)
 		return 2;
 	struct hm_err err = {0};
-	struct ctl c = {.fd = -1};
+	struct e2e_ctl c = {.fd = -1};
 	struct proto_msg req = {.type = PROTO_STATUS}, r;
-	if (ctl_open(ctx, &c, &err) < 0 || ctl_call(&c, &req, &r, NULL, NULL, &err) < 0)
+	if (e2e_ctl_open(ctx, &c, &err) < 0 || e2e_ctl_call(&c, &req, &r, NULL, NULL, &err) < 0)
 		return e2e_fail("status: %s", err.msg);
 	close(c.fd);
 	struct proto_status_reply *s = &r.status_reply;
@@ -408,11 +531,14 @@ static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 
 static const struct e2e_cmd incoming_cmds[] = {
     {"steal",
-     "PORT [--flush] [--concurrent] [--echo|--http BODY] [--ready FILE] [--max N] "
+     "PORT [--flush] [--concurrent] [--echo|--http BODY|--http-keepalive BODY|--silent|"
+     "--forward ADDR] [--ready FILE] "
+     "[--max N] "
      "[--unsubscribe] [--linger S] [--filter JSON]",
      cmd_steal},
     {"subscribe", "PORT steal|mirror ok|ERRNO [TEXT] [--flush] [--concurrent] [--filter JSON]",
      cmd_subscribe},
+    {"unsubscribe", "ID ok|ERRNO", cmd_unsubscribe},
     {"incoming-status", "", cmd_incoming_status},
 };
 E2E_REGISTER(incoming_cmds)

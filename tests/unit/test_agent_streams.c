@@ -137,6 +137,49 @@ static void test_expiry(void **state)
 	agent_streams_destroy(s);
 }
 
+/* A handoff's callback runs exactly once: -1 when dropped or expired unclaimed; the
+ * claimer calls it with the stream (here: by hand, as server.c does). */
+static int handoff_calls, handoff_fd;
+static void handoff_claimed(void *ctx, int fd)
+{
+	assert_ptr_equal(ctx, &handoff_calls);
+	handoff_calls++;
+	handoff_fd = fd;
+}
+
+static void test_handoff(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(50, &s, &err), 0);
+	uint8_t t1[PROTO_TOKEN_LEN], t2[PROTO_TOKEN_LEN], t3[PROTO_TOKEN_LEN];
+	assert_int_equal(
+	    agent_streams_add_handoff(s, 1, NULL, handoff_claimed, &handoff_calls, t1, &err), 0);
+	assert_int_equal(
+	    agent_streams_add_handoff(s, 2, NULL, handoff_claimed, &handoff_calls, t2, &err), 0);
+	assert_int_equal(
+	    agent_streams_add_handoff(s, 3, NULL, handoff_claimed, &handoff_calls, t3, &err), 0);
+	struct agent_pending_stream ps;
+	assert_int_equal(agent_streams_claim(s, t1, &ps), 0);
+	assert_int_equal(handoff_calls, 0); /* the claimer's to call */
+	assert_ptr_equal(ps.claimed, handoff_claimed);
+	assert_int_equal(ps.fd, -1);
+	ps.claimed(ps.claimed_ctx, 42);
+	assert_int_equal(handoff_calls, 1);
+	assert_int_equal(handoff_fd, 42);
+	agent_streams_drop_session(s, 2);
+	assert_int_equal(handoff_calls, 2);
+	assert_int_equal(handoff_fd, -1);
+	usleep(120 * 1000);
+	agent_streams_expire(s);
+	assert_int_equal(handoff_calls, 3);
+	assert_int_equal(handoff_fd, -1);
+	assert_int_equal(agent_streams_claim(s, t3, &ps), -1);
+	agent_streams_destroy(s);
+	assert_int_equal(handoff_calls, 3);
+}
+
 static void close_session(struct agent_budget_account *a)
 {
 	agent_budget_session_close(a);
@@ -377,6 +420,7 @@ int main(void)
 	    cmocka_unit_test(test_passable_only_when_asked),
 	    cmocka_unit_test(test_drop_session_closes_its_fds),
 	    cmocka_unit_test(test_expiry),
+	    cmocka_unit_test(test_handoff),
 	    cmocka_unit_test(test_stream_budget),
 	    cmocka_unit_test(test_session_budget),
 	    cmocka_unit_test(test_bytes_budget),

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,11 +38,21 @@ func main() {
 	duration := flag.Duration("d", 0, "run for this long (default 5s unless -n is given)")
 	total := flag.Int64("n", 0, "send this many requests in all instead of running for -d")
 	timeout := flag.Duration("timeout", 10*time.Second, "deadline of one request")
+	header := flag.String("header", "", "send this header (\"Name: value\") with every request")
 	flag.Parse()
 	if *url == "" || flag.NArg() > 0 || *concurrency < 1 || *total < 0 || *duration < 0 ||
 		(*total > 0 && *duration > 0) {
-		fmt.Fprintln(os.Stderr, "usage: httpbench -url URL [-c CONCURRENCY] [-d DURATION | -n REQUESTS] [-timeout D]")
+		fmt.Fprintln(os.Stderr, "usage: httpbench -url URL [-c CONCURRENCY] [-d DURATION | -n REQUESTS] [-timeout D] [-header 'NAME: VALUE']")
 		os.Exit(2)
+	}
+	var hname, hvalue string
+	if *header != "" {
+		i := strings.Index(*header, ":")
+		if i <= 0 {
+			fmt.Fprintln(os.Stderr, "httpbench: -header wants \"Name: value\"")
+			os.Exit(2)
+		}
+		hname, hvalue = (*header)[:i], strings.TrimSpace((*header)[i+1:])
 	}
 	if *total == 0 && *duration == 0 {
 		*duration = 5 * time.Second
@@ -78,7 +89,7 @@ func main() {
 			defer wg.Done()
 			for more() {
 				began := time.Now()
-				err := fetch(client, *url)
+				err := fetch(client, *url, hname, hvalue)
 				if err != nil {
 					res.errors++
 					if res.firstErr == nil {
@@ -119,8 +130,15 @@ func main() {
 }
 
 // fetch reads the whole body so the connection goes back to the pool for the next request.
-func fetch(client *http.Client, url string) error {
-	resp, err := client.Get(url)
+func fetch(client *http.Client, url, hname, hvalue string) error {
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return err
+	}
+	if hname != "" {
+		req.Header.Set(hname, hvalue)
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

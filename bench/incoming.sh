@@ -1,0 +1,198 @@
+# Sourced by bench/run.sh: incoming traffic of a pod through a real trace-agent.
+#
+#   incoming_steal   httpbench (static Go, keep-alive) in pod LOAD against httpserve in pod
+#                    WEB: direct, and with the port stolen by a session that relays each
+#                    connection to an httpserve on the host (agent_e2e steal --forward, the
+#                    path trace-run takes: sk_lookup -> agent's listener -> relay -> stream
+#                    -> local server). Rounds interleaved, median of BENCH_STEAL_ROUNDS.
+#                    With a header filter (agent_e2e steal --filter): requests with the
+#                    header to the local server, the others through the router to the pod.
+#
+# Uses the agent setup of bench/agent.sh's helpers (agent_up/agent_down) with pods of
+# its own.
+
+HTTPSERVE="$BUILD/apps/httpserve"
+HTTPBENCH="$BUILD/apps/httpbench"
+BI_WORK=""
+BI_PORT=8080
+BI_LOCAL_PORT="${BI_LOCAL_PORT:-18481}"
+BENCH_STEAL_ROUNDS="${BENCH_STEAL_ROUNDS:-3}"
+BENCH_STEAL_SECONDS="${BENCH_STEAL_SECONDS:-4}"
+BENCH_STEAL_C="${BENCH_STEAL_C:-8}"
+
+# The stolen rows: the local server behind a user-space relay (agent_e2e --forward: the
+# hop trace-run's local delivery adds), and a C responder on the stream itself (the
+# agent's own cost; faster per request than the pod's Go server, so not the same
+# server). TODO(lead): once i-trace's trace-run side is merged, a row with the same
+# httpserve under `trace-run --target pod/WEB --incoming steal` is the real one.
+incoming_env_down() {
+	local f n
+	[ -n "$BI_WORK" ] || return 0
+	for f in "$BI_WORK"/*.pid; do
+		[ -f "$f" ] || continue
+		case "$f" in
+		*/agent.pid) agent_down "$BI_WORK" agent ;;
+		*) kill -TERM "$(cat "$f")" 2>/dev/null || true ;;
+		esac
+	done
+	for n in "${BI_WEB:-}" "${BI_LOAD:-}"; do
+		[ -n "$n" ] && [ -e "/run/hermit/pods/$n" ] || continue
+		timeout 20 "$TRACE_POD" rm -f "$n" >/dev/null 2>&1 || true
+	done
+	case "$BI_WORK" in
+	/tmp/hermit-bench-incoming.?*) rm -rf -- "$BI_WORK" ;;
+	esac
+	BI_WORK=""
+}
+
+incoming_env_up() {
+	[ -z "$BI_WORK" ] || return 0
+	local f i
+	for f in "$AGENT_E2E" "$TRACE_AGENT" "$HTTPSERVE" "$HTTPBENCH"; do
+		[ -x "$f" ] || { echo "bench: $f not built (make BUILD=... all)" >&2; return 1; }
+	done
+	BI_WORK=$(mktemp -d /tmp/hermit-bench-incoming.XXXXXX)
+	bench_on_exit incoming_env_down
+	chmod 0755 "$BI_WORK"
+	BI_WEB="hb$$-web"
+	BI_LOAD="hb$$-load"
+	mkdir -m 0700 "$BI_WORK/private"
+	local rootfs="$BI_WORK/private/rootfs"
+	cp -a "$(bench_rootfs)" "$rootfs"
+	"$TRACE_POD" deploy "$HTTPSERVE" --rootfs "$rootfs" >/dev/null
+	"$TRACE_POD" deploy "$HTTPBENCH" --rootfs "$rootfs" >/dev/null
+	"$TRACE_POD" run -d --name "$BI_WEB" --rootfs "$rootfs" -- \
+		httpserve -listen ":$BI_PORT" -body "hello from the pod" </dev/null >/dev/null
+	"$TRACE_POD" run -d --name "$BI_LOAD" --rootfs "$rootfs" -- sleep 1000000 </dev/null >/dev/null
+	# the session's local server, the same program and body size
+	"$HTTPSERVE" -listen "127.0.0.1:$BI_LOCAL_PORT" -body "hello from local!!" \
+		</dev/null >/dev/null 2>"$BI_WORK/local.log" &
+	echo $! >"$BI_WORK/local.pid"
+	for i in $(seq 100); do
+		"$TRACE_POD" logs "$BI_WEB" 2>/dev/null | grep -q listening &&
+			grep -q listening "$BI_WORK/local.log" && break
+		sleep 0.1
+	done
+	BI_WEB_IP=$(ab_pod_ip "$BI_WEB")
+	[ -n "$BI_WEB_IP" ] || { echo "bench: pod $BI_WEB has no IP" >&2; return 1; }
+	agent_up "$BI_WORK" agent
+}
+
+# bi_steal_start ARGS...: a session stealing the web pod's port, serving connections
+# as agent_e2e steal ARGS says; bi_steal_stop ends it
+bi_steal_start() {
+	rm -f "$BI_WORK/steal.ready"
+	timeout 600 "$AGENT_E2E" --unix "$BI_WORK/agent.sock" --token-file "$BI_WORK/token" \
+		--target "pod/$BI_WEB" steal "$BI_PORT" "$@" \
+		--ready "$BI_WORK/steal.ready" >"$BI_WORK/steal.out" 2>&1 &
+	echo $! >"$BI_WORK/steal.pid"
+	local i
+	for i in $(seq 100); do
+		[ -f "$BI_WORK/steal.ready" ] && return 0
+		sleep 0.1
+	done
+	echo "bench: the steal did not start: $(cat "$BI_WORK/steal.out")" >&2
+	return 1
+}
+bi_steal_stop() {
+	local pid
+	pid=$(cat "$BI_WORK/steal.pid")
+	rm -f "$BI_WORK/steal.pid"
+	kill -TERM "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+# bi_load [HEADER]: one httpbench run in the load pod (with that header on every
+# request); prints its result line
+bi_load() {
+	local out hdr=()
+	[ -z "${1:-}" ] || hdr=(-header "$1")
+	out=$(timeout 120 "$TRACE_POD" exec "$BI_LOAD" -- httpbench -url "http://$BI_WEB_IP:$BI_PORT/" \
+		-c "$BENCH_STEAL_C" -d "${BENCH_STEAL_SECONDS}s" "${hdr[@]}" </dev/null) ||
+		{ echo "bench: httpbench failed: $out" >&2; return 1; }
+	echo "$out"
+}
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+BI_FORWARD=(--forward "127.0.0.1:$BI_LOCAL_PORT")
+BI_STREAM=(--http-keepalive "hello from local!!")
+# a filtered steal (agent/http_router.c): requests with the header go to the local
+# server, the others through the router to the pod's own
+BI_FILTER_HEADER="X-Session: bench"
+BI_FILTER=(--filter '{"header_filter": "^x-session: bench$"}' "${BI_FORWARD[@]}")
+
+bench_incoming_steal() {
+	incoming_env_up
+	local -A rps p50 p99
+	local r out body mode
+	# the stealer really answers: the local server's body, not the pod's
+	for mode in BI_FORWARD BI_STREAM; do
+		local -n args=$mode
+		bi_steal_start "${args[@]}"
+		body=$("$TRACE_POD" exec "$BI_LOAD" -- wget -q -O - "http://$BI_WEB_IP:$BI_PORT/" </dev/null)
+		bi_steal_stop
+		[ "$body" = "hello from local!!" ] || { echo "bench: the steal answered '$body'" >&2; return 1; }
+	done
+	# the filter: the header to the local server, the rest to the pod
+	bi_steal_start "${BI_FILTER[@]}"
+	body=$("$TRACE_POD" exec "$BI_LOAD" -- wget -q -O - --header "$BI_FILTER_HEADER" \
+		"http://$BI_WEB_IP:$BI_PORT/" </dev/null)
+	local passed
+	passed=$("$TRACE_POD" exec "$BI_LOAD" -- wget -q -O - "http://$BI_WEB_IP:$BI_PORT/" </dev/null)
+	bi_steal_stop
+	[ "$body" = "hello from local!!" ] && [ "$passed" = "hello from the pod" ] ||
+		{ echo "bench: the filtered steal answered '$body' / '$passed'" >&2; return 1; }
+	for r in $(seq "$BENCH_STEAL_ROUNDS"); do
+		for mode in direct BI_FORWARD BI_STREAM BI_FILTER; do
+			if [ "$mode" != direct ]; then
+				local -n args=$mode
+				bi_steal_start "${args[@]}"
+			fi
+			if [ "$mode" = BI_FILTER ]; then
+				# matching first, then passed to the pod, on the same subscription
+				out=$(bi_load "$BI_FILTER_HEADER")
+				local pass
+				pass=$(bi_load)
+				rps[BI_FILTER_PASS]+=" $(field rps "$pass")"
+				p50[BI_FILTER_PASS]+=" $(field p50_ms "$pass")"
+				p99[BI_FILTER_PASS]+=" $(field p99_ms "$pass")"
+			else
+				out=$(bi_load)
+			fi
+			[ "$mode" = direct ] || bi_steal_stop
+			rps[$mode]+=" $(field rps "$out")"
+			p50[$mode]+=" $(field p50_ms "$out")"
+			p99[$mode]+=" $(field p99_ms "$out")"
+		done
+	done
+	local tsv="$BI_WORK/steal.tsv" d
+	# shellcheck disable=SC2086 # word lists of numbers
+	d=$(median ${rps[direct]})
+	added() { python3 -c 'import sys; print("%+.2f ms" % (float(sys.argv[1]) - float(sys.argv[2])))' "$1" "$2"; }
+	# latencies are fractions of a ms: two decimals
+	median2() { python3 -c 'import statistics, sys; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+	{
+		printf 'direct to the pod (httpserve), req/s\t%s\t-\t-\t-\n' "$d"
+		for mode in BI_FORWARD BI_STREAM BI_FILTER BI_FILTER_PASS; do
+			local name s
+			case "$mode" in
+			BI_FORWARD) name="stolen -> relay -> local httpserve" ;;
+			BI_STREAM) name="stolen, served on the stream (C)" ;;
+			BI_FILTER) name="header filter, matching -> router -> local httpserve" ;;
+			BI_FILTER_PASS) name="header filter, not matching -> router -> the pod" ;;
+			esac
+			# shellcheck disable=SC2086
+			s=$(median ${rps[$mode]})
+			printf '%s, req/s\t%s\t%s\t%s\t>= 0.70x\n' "$name" "$s" "$d" "$(ratio "$s" "$d")"
+			# shellcheck disable=SC2086
+			printf '%s, latency p50\t%s ms\t%s ms\t%s\t-\n' "$name" "$(median2 ${p50[$mode]})" \
+				"$(median2 ${p50[direct]})" "$(added "$(median2 ${p50[$mode]})" "$(median2 ${p50[direct]})")"
+			# shellcheck disable=SC2086
+			printf '%s, latency p99\t%s ms\t%s ms\t%s\t-\n' "$name" "$(median2 ${p99[$mode]})" \
+				"$(median2 ${p99[direct]})" "$(added "$(median2 ${p99[$mode]})" "$(median2 ${p99[direct]})")"
+		done
+	} >"$tsv"
+	print_rows "steal: httpbench -c $BENCH_STEAL_C keep-alive from another pod, ${BENCH_STEAL_SECONDS}s, median of $BENCH_STEAL_ROUNDS interleaved" "$tsv"
+	# shellcheck disable=SC2086
+	echo "runs req/s: direct${rps[direct]}; relay to httpserve${rps[BI_FORWARD]}; on the stream${rps[BI_STREAM]}; filter matching${rps[BI_FILTER]}; filter passed to the pod${rps[BI_FILTER_PASS]}"
+}
