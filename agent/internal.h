@@ -171,6 +171,10 @@ struct agent_pending_stream {
 	int fd;		     /* TCP or UDP socket in the pod's netns, or the file */
 	uint64_t size;	     /* FILE: bytes to send */
 	uint64_t session_id; /* the session that asked */
+	/* TCP (agent_streams_add_tcp): the session's unix peer agreed PROTO_FEAT_TCP_FD,
+	 * so a unix stream connection of pass_uid gets the socket itself, not a relay */
+	bool passable;
+	uid_t pass_uid;
 	/* its budget: one stream reserved and one reference, released together by
 	 * agent_budget_stream_closed (NULL: not counted) */
 	struct agent_budget_account *account;
@@ -193,6 +197,12 @@ int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 int agent_streams_add_handoff(struct agent_streams *s, uint64_t session_id,
 			      struct agent_budget_account *account, agent_stream_claimed_fn claimed,
 			      void *ctx, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
+/* A connected TCP socket of the target, parked like agent_streams_add; a stream
+ * connection of uid pass_uid on the unix socket gets the socket itself instead of a
+ * relay (PROTO_FEAT_TCP_FD; pass_uid -1: relay only). */
+int agent_streams_add_tcp(struct agent_streams *s, uint64_t session_id,
+			  struct agent_budget_account *account, int fd, int64_t pass_uid,
+			  uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
 /* Take the object a token names: 0 and *out (the caller owns out->fd and the budget
  * stream of out->account), or -1 when the token is unknown, used or expired. */
 int agent_streams_claim(struct agent_streams *s, const uint8_t token[PROTO_TOKEN_LEN],

@@ -607,8 +607,12 @@ static void connect_done(void *ctx, uint32_t id, int fd, const struct proto_addr
 	struct proto_msg r = {.type = PROTO_TCP_CONNECT_REPLY};
 	if (fd >= 0) {
 		r.tcp_connect_reply.local = *local;
-		if (agent_streams_add(c->srv->streams, c->session_id, c->account, RELAY_TCP, fd, 0,
-				      r.tcp_connect_reply.token, &err) < 0)
+		/* the hand-off goes only to this session's own unix peer (start_stream) */
+		bool passable =
+		    (c->features & PROTO_FEAT_TCP_FD) && c->from.is_unix && c->from.has_cred;
+		if (agent_streams_add_tcp(c->srv->streams, c->session_id, c->account, fd,
+					  passable ? (int64_t)c->from.uid : -1,
+					  r.tcp_connect_reply.token, &err) < 0)
 			fd = -1;
 	}
 	if (fd < 0) {
@@ -837,7 +841,58 @@ static void protocol_error(struct conn *c, const char *what, const struct hm_err
 		err->msg);
 }
 
-/* A STREAM_HELLO: the token names a parked object; the fd goes to the relay. */
+/* The TCP hand-off (PROTO_FEAT_TCP_FD): the reply carries the pod's socket itself and
+ * the stream connection ends there. The client then owns the connection outright: the
+ * socket stops counting as a stream of the session. */
+static void hand_off(struct conn *c, const struct proto_msg *r, struct agent_pending_stream *ps)
+{
+	struct hm_err err = {0};
+	struct proto_buf b = PROTO_BUF_INIT;
+	if (proto_encode(&b, 0, r, &err) == 0) {
+		union {
+			char buf[CMSG_SPACE(sizeof(int))];
+			struct cmsghdr align;
+		} control;
+		memset(&control, 0, sizeof(control));
+		struct iovec iov = {.iov_base = b.data, .iov_len = b.len};
+		struct msghdr msg = {.msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = control.buf,
+				     .msg_controllen = sizeof(control.buf)};
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &ps->fd, sizeof(int));
+		/* a fresh connection's send buffer takes a reply of a few dozen bytes whole */
+		ssize_t n;
+		do
+			n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			hm_err_errno(&err, "sendmsg");
+		else if ((size_t)n < b.len &&
+			 send_bytes(c, b.data + n, b.len - (size_t)n, &err) < 0)
+			n = -1;
+		if (n >= 0)
+			atomic_fetch_add(&c->srv->stats.ctl_bytes_in, (size_t)n);
+	}
+	proto_buf_release(&b);
+	if (err.code) {
+		atomic_fetch_add(&c->srv->stats.errors, 1);
+		hm_warn("conn %llu (%s): TCP hand-off of session %llu: %s",
+			(unsigned long long)c->id, c->peer, (unsigned long long)ps->session_id,
+			err.msg);
+	} else {
+		hm_debug("conn %llu (%s): TCP socket of session %llu handed off",
+			 (unsigned long long)c->id, c->peer, (unsigned long long)ps->session_id);
+	}
+	close(ps->fd);
+	agent_budget_stream_closed(ps->account);
+}
+
+/* A STREAM_HELLO: the token names a parked object; the fd goes to the relay, or for a
+ * TCP socket to the session's own unix peer (hand_off). */
 static void start_stream(struct conn *c, const struct proto_msg *m)
 {
 	struct server *srv = c->srv;
@@ -861,6 +916,11 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 		else
 			ps.claimed(ps.claimed_ctx, hm_steal_fd(&c->fd));
 		agent_budget_stream_closed(ps.account);
+		return;
+	}
+	if (ps.kind == RELAY_TCP && ps.passable && c->from.is_unix && c->from.has_cred &&
+	    c->from.uid == ps.pass_uid) {
+		hand_off(c, &r, &ps);
 		return;
 	}
 	/* the stream keeps counting for its session until the relay closes it */

@@ -160,6 +160,19 @@ int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 	return park(s, obj, token, err);
 }
 
+int agent_streams_add_tcp(struct agent_streams *s, uint64_t session_id,
+			  struct agent_budget_account *account, int fd, int64_t pass_uid,
+			  uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
+{
+	struct agent_pending_stream obj = {.kind = RELAY_TCP,
+					   .fd = fd,
+					   .session_id = session_id,
+					   .passable = pass_uid >= 0,
+					   .pass_uid = pass_uid >= 0 ? (uid_t)pass_uid : 0,
+					   .account = account};
+	return park(s, obj, token, err);
+}
+
 int agent_streams_add_handoff(struct agent_streams *s, uint64_t session_id,
 			      struct agent_budget_account *account, agent_stream_claimed_fn claimed,
 			      void *ctx, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)

@@ -157,30 +157,40 @@ bench_agent_ping() {
 }
 
 # Outgoing TCP throughput, one connection SRC pod -> SINK pod: a client inside SRC
-# (trace-pod exec tcp_sink send) vs the client library through the agent from the host,
-# rounds interleaved so load drift hits both alike.
+# (trace-pod exec tcp_sink send) vs the client library through the agent from the host
+# (the pod's socket handed over the unix socket, and with the hand-off turned off: the
+# agent's splice relay) vs the same tcp_sink under trace-run --target pod/SRC, rounds
+# interleaved so load drift hits them all alike.
 bench_agent_tcp() {
 	agent_env_up
-	local dst="$AB_SINK_IP:$AB_SINK_PORT" direct=() agent=() out r
+	local dst="$AB_SINK_IP:$AB_SINK_PORT" direct=() agent=() relay=() traced=() r
+	local trace=("$BIN/trace-run" --agent-unix "$AB_WORK/main.sock" --token-file "$AB_WORK/token"
+		--target "pod/$AB_SRC" --)
+	mbps() { sed -n 's/.*: \([0-9.]*\) MB\/s$/\1/p' <<<"$1"; }
 	# one unmeasured round each: page cache, TCP autotuning, the agent's worker
 	"$TRACE_POD" exec "$AB_SRC" -- tcp_sink send "$dst" 64M >/dev/null
 	ab_e2e main bench-tcp-send "$dst" 64M >/dev/null
+	"${trace[@]}" "$TCP_SINK" send "$dst" 64M >/dev/null
 	for r in $(seq "$BENCH_TCP_ROUNDS"); do
-		out=$("$TRACE_POD" exec "$AB_SRC" -- tcp_sink send "$dst" "$BENCH_TCP_BYTES")
-		direct+=("$(sed -n 's/.*: \([0-9.]*\) MB\/s$/\1/p' <<<"$out")")
-		out=$(ab_e2e main bench-tcp-send "$dst" "$BENCH_TCP_BYTES")
-		agent+=("$(sed -n 's/.*: \([0-9.]*\) MB\/s$/\1/p' <<<"$out")")
+		direct+=("$(mbps "$("$TRACE_POD" exec "$AB_SRC" -- tcp_sink send "$dst" "$BENCH_TCP_BYTES")")")
+		agent+=("$(mbps "$(ab_e2e main bench-tcp-send "$dst" "$BENCH_TCP_BYTES")")")
+		relay+=("$(mbps "$(ab_e2e main --no-handoff bench-tcp-send "$dst" "$BENCH_TCP_BYTES")")")
+		traced+=("$(mbps "$("${trace[@]}" "$TCP_SINK" send "$dst" "$BENCH_TCP_BYTES")")")
 	done
-	local md ma tsv="$BENCH_DIR/agent_tcp.tsv"
+	local md ma mr mt tsv="$BENCH_DIR/agent_tcp.tsv"
 	md=$(median "${direct[@]}")
 	ma=$(median "${agent[@]}")
+	mr=$(median "${relay[@]}")
+	mt=$(median "${traced[@]}")
 	mkdir -p "$BENCH_DIR"
 	printf '%s\t%s\t%s\t%s\t%s\n' \
 		"direct: client in the pod" "$md MB/s" "-" "-" "-" \
-		"through the agent (unix socket + splice relay)" "$ma MB/s" "$md MB/s" "$(ratio "$ma" "$md")" ">= 0.95x direct" \
+		"client library, unix agent (the pod's socket handed off)" "$ma MB/s" "$md MB/s" "$(ratio "$ma" "$md")" ">= 0.95x direct" \
+		"client library, unix agent, hand-off off (splice relay)" "$mr MB/s" "$md MB/s" "$(ratio "$mr" "$md")" ">= 0.80x direct" \
+		"tcp_sink under trace-run --target pod/SRC (unix agent)" "$mt MB/s" "$md MB/s" "$(ratio "$mt" "$md")" ">= 0.95x direct" \
 		>"$tsv"
 	print_rows "outgoing TCP, 1 connection pod -> pod, $BENCH_TCP_BYTES per run, median of $BENCH_TCP_ROUNDS" "$tsv"
-	echo "runs MB/s: direct ${direct[*]}; agent ${agent[*]}"
+	echo "runs MB/s: direct ${direct[*]}; hand-off ${agent[*]}; relay ${relay[*]}; trace-run ${traced[*]}"
 }
 
 # Remote open+read: a 4 KiB file, FILE_READ round trips vs a local open+read+close of
@@ -222,14 +232,15 @@ bench_agent_memory() {
 	local idle held tsv="$BENCH_DIR/agent_memory.tsv" holder
 	agent_up "$AB_WORK" mem
 	ab_e2e mem ping >/dev/null
-	ab_e2e mem bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 1 "$AB_WORK/hold1" &
+	# relayed connections (the TCP agent's path) are what an agent holds memory for
+	ab_e2e mem --no-handoff bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 1 "$AB_WORK/hold1" &
 	holder=$!
 	for _ in $(seq 300); do [ -f "$AB_WORK/hold1" ] && break; sleep 0.1; done
 	rm -f "$AB_WORK/hold1"
 	wait "$holder"
 	sleep 0.5
 	idle=$(agent_rss_kib mem)
-	ab_e2e mem bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 200 "$AB_WORK/hold" &
+	ab_e2e mem --no-handoff bench-hold "$AB_SINK_IP:$AB_SINK_PORT" 200 "$AB_WORK/hold" &
 	holder=$!
 	for _ in $(seq 600); do [ -f "$AB_WORK/hold" ] && break; sleep 0.1; done
 	[ -f "$AB_WORK/hold" ] || { echo "bench: 200 connections did not open" >&2; kill "$holder"; return 1; }

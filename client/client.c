@@ -507,13 +507,42 @@ int client_env(struct client *c, char ***vars, size_t *count, struct hm_err *err
 
 int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
 {
+	return client_open_stream_handoff(c, token, NULL, err);
+}
+
+int client_open_stream_handoff(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
+			       bool *handed_off, struct hm_err *err)
+{
 	int timeout = finite_timeout(c);
-	int fd = client_endpoint_dial(&c->ep, timeout, err);
+	hm_cleanup_close int fd = client_endpoint_dial(&c->ep, timeout, err);
 	if (fd < 0)
 		return -1;
-	if (proto_stream_open(fd, token, timeout, err) < 0) {
-		close(fd);
+	/* only a unix agent passes fds, and only when both ends agreed to */
+	bool may_pass = handed_off && (c->features & PROTO_FEAT_TCP_FD) &&
+			c->ep.transport == &client_transport_unix;
+	if (handed_off)
+		*handed_off = false;
+	if (!may_pass)
+		return proto_stream_open(fd, token, timeout, err) < 0 ? -1 : hm_steal_fd(&fd);
+	int passed;
+	if (proto_stream_open_fd(fd, token, timeout, &passed, err) < 0)
+		return -1;
+	if (passed < 0)
+		return hm_steal_fd(&fd);
+	/* a connected TCP socket or nothing: the fd may end up in a program's fd table */
+	int type = 0;
+	socklen_t tlen = sizeof(type);
+	if (getsockopt(passed, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM) {
+		close(passed);
+		return hm_err_set(err, EPROTO, "the agent passed an fd that is no stream socket");
+	}
+	/* blocking, as every stream fd the library returns; the agent's was not */
+	int fl = fcntl(passed, F_GETFL);
+	if (fl < 0 || fcntl(passed, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+		hm_err_errno(err, "the pod's socket");
+		close(passed);
 		return -1;
 	}
-	return fd;
+	*handed_off = true;
+	return passed;
 }

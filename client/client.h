@@ -172,9 +172,15 @@ int client_statfs(struct client *c, const char *path, struct proto_statfs *out, 
 /* ---- outgoing traffic from the target's network ---- */
 /* Connect to dst from the pod (timeout_ms 0: the agent's default). Returns a connected
  * O_CLOEXEC stream fd that carries the connection's raw bytes from here on; *local (may
- * be NULL) gets the address the pod's socket got. */
+ * be NULL) gets the address the pod's socket got. From a unix agent that hands sockets
+ * off (PROTO_FEAT_TCP_FD) the fd is the pod's connected socket itself. */
 int client_tcp_connect(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
 		       struct proto_addr *local, struct hm_err *err);
+/* The same, saying which fd it is: on a unix agent that agreed PROTO_FEAT_TCP_FD the
+ * pod's socket itself (*pod_socket true: no relay; getsockname and getpeername are the
+ * pod's), otherwise a stream connection to the agent. Blocking either way. */
+int client_tcp_connect_handoff(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
+			       struct proto_addr *local, bool *pod_socket, struct hm_err *err);
 /* The same connect, without opening the stream: the one-time token for a STREAM_HELLO
  * the caller sends on a connection of its own to the agent's address (a socket it
  * wants to carry the pod's bytes itself, with no relay in between). The token expires

@@ -52,6 +52,10 @@ struct client {
 /* ---- client.c ---- */
 /* A stream connection: dial the agent again and claim token (STREAM_HELLO). */
 int client_open_stream(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
+/* The same for a TCP token, where the agent may hand the pod's socket over instead
+ * (PROTO_FEAT_TCP_FD): *handed_off says which of the two the fd is. */
+int client_open_stream_handoff(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
+			       bool *handed_off, struct hm_err *err);
 
 /* ---- incoming.c ---- */
 /* An event of the control connection other than SESSION_ENDED: true when handled.

@@ -28,10 +28,17 @@ int client_tcp_connect_token(struct client *c, const struct proto_addr *dst, uin
 int client_tcp_connect(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
 		       struct proto_addr *local, struct hm_err *err)
 {
+	bool pod_socket;
+	return client_tcp_connect_handoff(c, dst, timeout_ms, local, &pod_socket, err);
+}
+
+int client_tcp_connect_handoff(struct client *c, const struct proto_addr *dst, uint32_t timeout_ms,
+			       struct proto_addr *local, bool *pod_socket, struct hm_err *err)
+{
 	uint8_t token[PROTO_TOKEN_LEN];
 	if (client_tcp_connect_token(c, dst, timeout_ms, token, local, err) < 0)
 		return -1;
-	int fd = client_open_stream(c, token, err);
+	int fd = client_open_stream_handoff(c, token, pod_socket, err);
 	if (fd < 0) {
 		char where[80];
 		return hm_err_prefix(err, "TCP stream to %s",

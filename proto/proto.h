@@ -50,6 +50,8 @@
  * the same agent address, opened with a one-time token from a reply:
  *   client STREAM_HELLO(token) -> agent STREAM_HELLO_REPLY, then depending on the token
  *   - TCP_CONNECT_REPLY:  raw bytes both ways (splice-able) until either side closes;
+ *     with PROTO_FEAT_TCP_FD on a unix connection of the session's own uid, instead the
+ *     reply carries the pod's socket (SCM_RIGHTS) and the agent closes the connection;
  *   - FILE_READ_REPLY with transfer STREAM: the agent sends exactly `size` raw bytes
  *     and closes;
  *   - UDP_OPEN_REPLY:  UDP_DATAGRAM frames (id 0) both ways, each carrying the peer
@@ -120,10 +122,16 @@
 #define PROTO_DEFAULT_TOKEN_FILE "/run/hermit/agent.token"
 
 /* Handshake feature bits; HELLO_REPLY carries the intersection. */
-#define PROTO_FEAT_ZLIB (1ull << 0)   /* peer inflates zlib blobs: the agent may compress */
+#define PROTO_FEAT_ZLIB (1ull << 0) /* peer inflates zlib blobs: the agent may compress */
+/* TCP hand-off: on a unix stream connection of the session's own peer (same uid), the
+ * STREAM_HELLO_REPLY of a TCP_CONNECT token carries the pod's connected socket itself
+ * (SCM_RIGHTS on the reply's first byte) and the agent closes the stream connection:
+ * no relay. Never over TCP. The frame layouts do not change; see proto_stream_open_fd. */
+#define PROTO_FEAT_TCP_FD (1ull << 1)
 #define PROTO_FEAT_MIRROR (1ull << 8) /* INCOMING_SUBSCRIBE with PROTO_INCOMING_MIRROR */
 #define PROTO_FEAT_STEAL (1ull << 9)  /* INCOMING_SUBSCRIBE with PROTO_INCOMING_STEAL */
-#define PROTO_FEATURES_SUPPORTED (PROTO_FEAT_ZLIB | PROTO_FEAT_MIRROR | PROTO_FEAT_STEAL)
+#define PROTO_FEATURES_SUPPORTED                                                                   \
+	(PROTO_FEAT_ZLIB | PROTO_FEAT_TCP_FD | PROTO_FEAT_MIRROR | PROTO_FEAT_STEAL)
 
 #define PROTO_REPLY_BIT 0x8000
 enum proto_type {
@@ -631,6 +639,11 @@ int proto_server_check_hello(const struct proto_hello *hello, const char *auth_t
 /* Client: STREAM_HELLO with a one-time token, wait for STREAM_HELLO_REPLY. */
 int proto_stream_open(int fd, const uint8_t token[PROTO_TOKEN_LEN], int timeout_ms,
 		      struct hm_err *err);
+/* The same, on a unix stream connection that may get the object itself (PROTO_FEAT_TCP_FD):
+ * *passed is the fd that came with the reply (O_CLOEXEC; the agent then closes the
+ * connection, fd carries nothing more), or -1 when none came and fd is the stream. */
+int proto_stream_open_fd(int fd, const uint8_t token[PROTO_TOKEN_LEN], int timeout_ms, int *passed,
+			 struct hm_err *err);
 /* Constant-time comparison of two byte strings of the same length. */
 bool proto_token_equal(const void *a, const void *b, size_t len);
 

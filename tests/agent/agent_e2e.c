@@ -92,7 +92,9 @@ struct client *e2e_connect(struct e2e_ctx *ctx)
 {
 	struct hm_err err = {0};
 	struct client *c;
-	struct client_opts opts = {.client_name = "agent_e2e", .timeout_ms = 20000};
+	struct client_opts opts = {.client_name = "agent_e2e",
+				   .timeout_ms = 20000,
+				   .disable_features = ctx->disable_features};
 	if (client_connect(&ctx->ep, ctx->token, &opts, &c, &err) < 0) {
 		e2e_fail("connect: %s", err.msg);
 		return NULL;
@@ -1032,7 +1034,7 @@ E2E_REGISTER(core_cmds)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: agent_e2e [--unix PATH | --agent ADDR] [--token-file F] "
-		   "[--target T] CMD [ARGS]\ncommands:\n");
+		   "[--target T] [--no-handoff] CMD [ARGS]\ncommands:\n");
 	for (size_t t = 0; t < ntables; t++)
 		for (size_t i = 0; i < tables[t].n; i++)
 			fprintf(f, "  %s %s\n", tables[t].cmds[i].name, tables[t].cmds[i].args);
@@ -1041,11 +1043,9 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"unix", required_argument, NULL, 'u'},
-	    {"agent", required_argument, NULL, 'a'},
-	    {"token-file", required_argument, NULL, 't'},
-	    {"target", required_argument, NULL, 'T'},
-	    {0},
+	    {"unix", required_argument, NULL, 'u'},	  {"agent", required_argument, NULL, 'a'},
+	    {"token-file", required_argument, NULL, 't'}, {"target", required_argument, NULL, 'T'},
+	    {"no-handoff", no_argument, NULL, 'H'},	  {0},
 	};
 	struct e2e_ctx ctx = {0};
 	char spec[4200];
@@ -1066,6 +1066,9 @@ int main(int argc, char **argv)
 			break;
 		case 'T':
 			ctx.target = optarg;
+			break;
+		case 'H':
+			ctx.disable_features |= PROTO_FEAT_TCP_FD;
 			break;
 		default:
 			usage(stderr);

@@ -11,6 +11,8 @@ struct e2e_ctx {
 	struct client_endpoint ep;
 	char token[PROTO_AUTH_TOKEN_MAX + 1];
 	const char *target; /* --target, NULL when not given */
+	/* --no-handoff: TCP connections come as relayed streams even from a unix agent */
+	uint64_t disable_features;
 };
 
 struct e2e_cmd {

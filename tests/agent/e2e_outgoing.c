@@ -177,7 +177,8 @@ static int cmd_tcp_echo(struct e2e_ctx *ctx, int argc, char **argv)
 }
 
 /* tcp-parallel ADDR N BYTES: N connections open at the same time, each echoing BYTES of
- * its own pattern; the agent reports them all as open streams meanwhile. */
+ * its own pattern; the agent reports the relayed ones as open streams meanwhile, and
+ * none for sockets it handed off (PROTO_FEAT_TCP_FD: it keeps nothing of them). */
 static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 {
 	struct proto_addr dst;
@@ -195,16 +196,19 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 		client_close(c);
 		return e2e_fail("out of memory");
 	}
-	int rc = 0, opened = 0;
+	int rc = 0, opened = 0, relayed = 0;
 	struct hm_err err = {0};
 	double t0 = now_s();
 	for (; opened < n; opened++) {
 		cs[opened].seed = 1000 + (uint64_t)opened;
-		cs[opened].fd = client_tcp_connect(c, &dst, 0, &cs[opened].local, &err);
+		bool pod_socket;
+		cs[opened].fd =
+		    client_tcp_connect_handoff(c, &dst, 0, &cs[opened].local, &pod_socket, &err);
 		if (cs[opened].fd < 0) {
 			rc = e2e_fail("connection %d of %d: %s", opened, n, err.msg);
 			break;
 		}
+		relayed += !pod_socket;
 	}
 	double t_open = now_s() - t0;
 	if (rc == 0) {
@@ -214,14 +218,20 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 		int status_rc;
 		for (int tries = 0;; tries++) {
 			status_rc = client_status(c, &st, &err);
-			if (status_rc < 0 || st.streams >= (uint32_t)n || tries >= 100)
+			if (status_rc < 0 || st.streams >= (uint32_t)relayed || tries >= 100)
 				break;
 			usleep(10000);
 		}
 		if (status_rc < 0)
 			rc = e2e_fail("STATUS: %s", err.msg);
-		else if (st.streams < (uint32_t)n)
-			rc = e2e_fail("the agent reports %u open streams with %d connections open",
+		else if (st.streams < (uint32_t)relayed)
+			rc = e2e_fail(
+			    "the agent reports %u open streams with %d relayed connections "
+			    "open",
+			    st.streams, relayed);
+		else if (relayed == 0 && st.streams != 0)
+			rc = e2e_fail("the agent reports %u open streams for %d sockets it handed "
+				      "off",
 				      st.streams, n);
 	}
 	t0 = now_s();
@@ -233,9 +243,9 @@ static int cmd_tcp_parallel(struct e2e_ctx *ctx, int argc, char **argv)
 	free(cs);
 	client_close(c);
 	if (rc == 0)
-		e2e_ok("%d parallel connections to %s each echoed %llu bytes intact (opened in "
-		       "%.2f s, %.0f MB/s total each way)",
-		       n, argv[1], (unsigned long long)size, t_open,
+		e2e_ok("%d parallel connections to %s (%d relayed, %d handed off) each echoed "
+		       "%llu bytes intact (opened in %.2f s, %.0f MB/s total each way)",
+		       n, argv[1], relayed, n - relayed, (unsigned long long)size, t_open,
 		       dt > 0 ? (double)size * n / dt / 1e6 : 0.0);
 	return rc;
 }

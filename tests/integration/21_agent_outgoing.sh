@@ -94,9 +94,14 @@ test_tcp_pod_loopback() {
 }
 
 test_tcp_200_parallel() {
-	local fds_before fds_after
+	local fds_before fds_after out
 	fds_before=$(agent_fds)
-	E tcp-parallel "$SRV_IP:$ECHO_PORT" 200 256k
+	# through the relay (the TCP agent's path; here the hand-off turned off)...
+	E --no-handoff tcp-parallel "$SRV_IP:$ECHO_PORT" 200 256k
+	# ...and handed off: the client holds the pod's sockets, the agent nothing
+	out=$(E tcp-parallel "$SRV_IP:$ECHO_PORT" 200 256k)
+	echo "$out"
+	assert_contains "$out" "(0 relayed, 200 handed off)" "hand-off on the unix socket"
 	# everything those 200 connections held is released; the relay may keep up to 32
 	# idle pipes (64 fds) for reuse
 	wait_until 50 sh -c "[ \$(ls /proc/$AGENT_PID/fd | wc -l) -le $((fds_before + 64)) ]" ||
@@ -125,7 +130,8 @@ test_memory_200_connections() {
 	local idle held
 	idle=$(agent_rss_kib)
 	rm -f "$WORK/hold"
-	E tcp-hold "$SRV_IP:$ECHO_PORT" 200 "$WORK/hold" &
+	# relayed connections are what costs the agent memory; handed-off ones cost nothing
+	E --no-handoff tcp-hold "$SRV_IP:$ECHO_PORT" 200 "$WORK/hold" &
 	local holder=$!
 	wait_until 300 test -f "$WORK/hold" || fail "the connections did not open"
 	held=$(agent_rss_kib)

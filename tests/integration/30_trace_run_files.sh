@@ -244,6 +244,47 @@ test_config() {
 	assert_contains "$out" "unknown key feature.fs.mdoe"
 }
 
+# feature.fs.cache_ttl_ms: an open within the TTL of a read of the same file is answered
+# from trace-run's copy (no agent request: a change in the pod is not seen yet); after
+# the TTL the next open reads the file again and sees the change.
+test_cache_ttl() {
+	local b ttl out
+	for b in "${BACKENDS[@]}"; do
+		for ttl in 200 60000; do
+			echo "first-$b-$ttl" >"$ROOTFS$P/ttl.txt"
+			rm -f "$WORK/changed"
+			echo "{\"feature\": {\"fs\": {\"cache_ttl_ms\": $ttl}}}" >"$WORK/ttl.json"
+			trun -f "$WORK/ttl.json" --backend "$b" -- "$PYTHON" -c "
+import os, sys, time
+print(open('$P/ttl.txt').read().strip()); sys.stdout.flush()
+open('$WORK/ready', 'w').close()
+while not os.path.exists('$WORK/changed'):
+    time.sleep(0.01)
+time.sleep(0.5)
+print(open('$P/ttl.txt').read().strip())" >"$WORK/ttl.out" 2>&1 &
+			local pid=$!
+			wait_until 200 test -e "$WORK/ready" || fail "python did not read ($b): $(cat "$WORK/ttl.out")"
+			rm -f "$WORK/ready"
+			echo "second-$b-$ttl" >"$ROOTFS$P/ttl.txt.new"
+			mv "$ROOTFS$P/ttl.txt.new" "$ROOTFS$P/ttl.txt"
+			touch "$WORK/changed"
+			wait "$pid" || fail "trace-run failed ($b, ttl $ttl): $(cat "$WORK/ttl.out")"
+			out=$(cat "$WORK/ttl.out")
+			echo "$b ttl $ttl: $out"
+			if [ "$ttl" = 200 ]; then
+				assert_eq "first-$b-$ttl
+second-$b-$ttl" "$out" "a change after the TTL is seen ($b)"
+			else
+				assert_eq "first-$b-$ttl
+first-$b-$ttl" "$out" "within the TTL the copy answers ($b)"
+			fi
+		done
+	done
+	echo '{"feature": {"fs": {"cache_ttl_ms": -1}}}' >"$WORK/ttl.json"
+	out=$(trun -f "$WORK/ttl.json" -- /bin/true 2>&1) && fail "a negative TTL was accepted"
+	assert_contains "$out" "cache_ttl_ms: must be 0 to 60000 milliseconds"
+}
+
 test_write_mode() {
 	local b n=0
 	for b in "${BACKENDS[@]}"; do
@@ -411,6 +452,7 @@ run_test "trace-run files: python3 read, listdir, fstat, mmap, fchdir" test_pyth
 run_test "trace-run files: chdir into a pod-only directory (sh, bash, python3)" test_chdir_remote
 run_test "trace-run files: /tmp, \$HOME, cwd stay local; /etc/hostname remote" test_local_stays_local
 run_test "trace-run files: not_found, local, fs mode; strict config" test_config
+run_test "trace-run files: feature.fs.cache_ttl_ms, a change after the TTL is seen" test_cache_ttl
 run_test "trace-run files: write mode writes back into the pod" test_write_mode
 run_test "trace-run env: pod env, include/exclude/override, PATH local" test_env
 run_test "trace-run errors: one line, distinct exit codes" test_bad_input

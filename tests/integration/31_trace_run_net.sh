@@ -225,6 +225,76 @@ s.sendall(b'six'); s.shutdown(socket.SHUT_WR); print('echo', s.recv(10).decode()
 	assert_contains "$out" "echo six" "v4-mapped echo"
 }
 
+# A unix agent hands the pod's socket itself to the program (PROTO_FEAT_TCP_FD): the
+# program's fd is a socket of the target pod's network namespace (ss there lists its
+# inode), its non-blocking mode and the options it set before connect() survive, and
+# getsockname/getpeername are the kernel's own answers.
+test_tcp_handoff() {
+	local b out ino pid
+	pid=$(pod_field "$TGT" pid)
+	for b in $BACKENDS; do
+		out=$(TR "$b" -vv -- "$PODPROBE" -connect "$SRV_IP:$ECHO_PORT" -send "handoff-$b" 2>"$WORK/handoff-$b.err")
+		assert_contains "$out" "local=$TGT_IP:" "Go getsockname ($b)"
+		assert_contains "$out" "remote=$SRV_IP:$ECHO_PORT" "Go getpeername ($b)"
+		assert_contains "$out" "handoff-$b" "Go echo ($b)"
+		grep -q "connect $SRV_IP:$ECHO_PORT through the pod .*the socket is the pod's" \
+			"$WORK/handoff-$b.err" || fail "no hand-off ($b): $(grep -i connect "$WORK/handoff-$b.err")"
+		rm -f "$WORK/go-on"
+		TR "$b" -- "$PYTHON" -c "
+import fcntl, os, select, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+print('connect', s.connect_ex(('$SRV_IP', $ECHO_PORT)))
+select.select([], [s], [], 10)
+print('so_error', s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+print('nonblock', bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK))
+print('cloexec', bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+print('nodelay', s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+print('keepalive', s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+print('rcvbuf', s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+print('local', s.getsockname()[0], 'peer', s.getpeername()[0], s.getpeername()[1])
+before = os.readlink('/proc/self/fd/%d' % s.fileno())
+print('again', s.connect_ex(('$SRV_IP', $ECHO_PORT)))
+print('same', before == os.readlink('/proc/self/fd/%d' % s.fileno()))
+print('fd', os.readlink('/proc/self/fd/%d' % s.fileno()))
+sys.stdout.flush()
+for _ in range(200):
+    if os.path.exists('$WORK/go-on'):
+        break
+    time.sleep(0.05)
+s.setblocking(True)
+s.sendall(b'seven'); s.shutdown(socket.SHUT_WR); print('echo', s.recv(10).decode())
+" >"$WORK/handoff-py-$b.out" 2>&1 &
+		local tr=$!
+		wait_until 100 grep -q '^fd ' "$WORK/handoff-py-$b.out" ||
+			fail "python did not connect ($b): $(cat "$WORK/handoff-py-$b.out")"
+		ino=$(sed -n 's/^fd socket:\[\([0-9]*\)\]$/\1/p' "$WORK/handoff-py-$b.out")
+		# the program's socket lives in the target pod's network namespace
+		nsenter -t "$pid" -n ss -tne state established | grep -q " ino:$ino " ||
+			fail "socket $ino is not in pod $TGT's netns ($b): $(nsenter -t "$pid" -n ss -tne)"
+		touch "$WORK/go-on"
+		wait "$tr" || fail "python under trace-run ($b) failed: $(cat "$WORK/handoff-py-$b.out")"
+		out=$(cat "$WORK/handoff-py-$b.out")
+		echo "$b: $out"
+		assert_contains "$out" "connect 115" "non-blocking connect says EINPROGRESS ($b)"
+		assert_contains "$out" "so_error 0" "SO_ERROR ($b)"
+		assert_contains "$out" "nonblock True" "O_NONBLOCK survives ($b)"
+		assert_contains "$out" "cloexec True" "FD_CLOEXEC survives ($b)"
+		assert_contains "$out" "nodelay 1" "TCP_NODELAY copied ($b)"
+		assert_contains "$out" "keepalive 1" "SO_KEEPALIVE copied ($b)"
+		assert_contains "$out" "rcvbuf 131072" "SO_RCVBUF copied ($b)"
+		assert_contains "$out" "local $TGT_IP peer $SRV_IP $ECHO_PORT" "kernel's names ($b)"
+		# a second connect() is the kernel's (0 on Linux for a finished non-blocking
+		# connect, as natively) on the same socket: no new hand-off
+		assert_contains "$out" "again 0" "connect() again ($b)"
+		assert_contains "$out" "same True" "connect() again keeps the socket ($b)"
+		assert_contains "$out" "echo seven" "echo ($b)"
+	done
+}
+
 # --agent HOST:PORT (a cluster's port-forward): the program's own socket connects to the
 # agent and carries the stream, with no relay of trace-run's in between
 test_tcp_agent() {
@@ -388,6 +458,7 @@ run_test "net: busybox wget and nslookup" test_busybox
 run_test "net: python urllib, unconnected UDP with real sources" test_python
 run_test "net: musl's resolver (static)" test_musl
 run_test "net: an IPv6 socket to a v4-mapped address" test_ipv6_socket
+run_test "net: a unix agent hands the pod's socket to the program" test_tcp_handoff
 run_test "net: a TCP agent address, the program's socket carries the stream" test_tcp_agent
 run_test "net: refused connects carry the pod's errno" test_errors
 run_test "net: a slow connect does not hold up the others" test_slow_connect

@@ -9,10 +9,13 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
+#include <grp.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -250,6 +253,116 @@ static void test_session_on_self(void **state)
 	client_close(c);
 }
 
+/* A TCP listener on loopback in this process's netns (the target of pid/self). */
+static int loopback_listener(struct sockaddr_in *addr)
+{
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(l >= 0);
+	*addr =
+	    (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	assert_int_equal(bind(l, (struct sockaddr *)addr, sizeof(*addr)), 0);
+	assert_int_equal(listen(l, 8), 0);
+	socklen_t len = sizeof(*addr);
+	assert_int_equal(getsockname(l, (struct sockaddr *)addr, &len), 0);
+	return l;
+}
+
+static struct client *session_on_self(struct fixture *f, uint64_t disable)
+{
+	struct client *c;
+	struct hm_err err = {0};
+	struct client_opts opts = {.disable_features = disable};
+	if (client_connect(&f->ep, TOKEN, &opts, &c, &err) < 0)
+		fail_msg("connect: %s", err.msg);
+	char target[32];
+	snprintf(target, sizeof(target), "pid/%d", (int)getpid());
+	if (client_session_open(c, target, NULL, &err) < 0)
+		fail_msg("session: %s", err.msg);
+	return c;
+}
+
+/* The TCP hand-off: on the unix socket the client gets the target's socket itself,
+ * connected to the destination; without the feature, a relayed stream. A stream token
+ * claimed by another user (a leaked token) gets the relay, never the socket. */
+static void test_tcp_handoff(void **state)
+{
+	struct fixture *f = *state;
+	if (geteuid() != 0)
+		skip(); /* entering a netns, even our own, needs CAP_SYS_ADMIN */
+	struct sockaddr_in laddr;
+	int l = loopback_listener(&laddr);
+	struct proto_addr dst;
+	struct hm_err err = {0};
+	assert_int_equal(
+	    proto_addr_from_sockaddr((struct sockaddr *)&laddr, sizeof(laddr), &dst, &err), 0);
+
+	struct client *c = session_on_self(f, 0);
+	assert_true(client_features(c) & PROTO_FEAT_TCP_FD);
+	bool pod_socket = false;
+	int fd = client_tcp_connect_handoff(c, &dst, 0, NULL, &pod_socket, &err);
+	assert_true(fd >= 0);
+	assert_true(pod_socket);
+	/* the agent's own socket: its peer is the listener, not an agent stream */
+	struct sockaddr_in peer;
+	socklen_t plen = sizeof(peer);
+	assert_int_equal(getpeername(fd, (struct sockaddr *)&peer, &plen), 0);
+	assert_int_equal(peer.sin_port, laddr.sin_port);
+	assert_int_equal(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+	assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+	int a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(a >= 0);
+	assert_int_equal(write(fd, "hand", 4), 4);
+	char buf[8];
+	assert_int_equal(read(a, buf, sizeof(buf)), 4);
+	assert_memory_equal(buf, "hand", 4);
+	close(a);
+	close(fd);
+
+	/* another user with this session's stream token: the relay, not the socket */
+	uint8_t token[PROTO_TOKEN_LEN];
+	assert_int_equal(client_tcp_connect_token(c, &dst, 0, token, NULL, &err), 0);
+	a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(a >= 0);
+	assert_int_equal(chmod(f->dir, 0711), 0);
+	assert_int_equal(chmod(f->sock, 0666), 0);
+	pid_t child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+			_exit(3);
+		struct hm_err e = {0};
+		int s = client_endpoint_dial(&f->ep, 5000, &e);
+		int passed = -1;
+		if (s < 0 || proto_stream_open_fd(s, token, 5000, &passed, &e) < 0)
+			_exit(2);
+		if (passed >= 0)
+			_exit(1); /* the hole: another user got the pod's socket */
+		_exit(write(s, "relay", 5) == 5 ? 0 : 4);
+	}
+	int status;
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(read(a, buf, sizeof(buf)), 5);
+	assert_memory_equal(buf, "relay", 5);
+	close(a);
+	client_close(c);
+
+	/* a client that does not offer the feature gets the relay */
+	c = session_on_self(f, PROTO_FEAT_TCP_FD);
+	fd = client_tcp_connect_handoff(c, &dst, 0, NULL, &pod_socket, &err);
+	assert_true(fd >= 0);
+	assert_false(pod_socket);
+	a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(a >= 0);
+	assert_int_equal(write(fd, "stream", 6), 6);
+	assert_int_equal(read(a, buf, sizeof(buf)), 6);
+	close(a);
+	close(fd);
+	client_close(c);
+	close(l);
+}
+
 struct par {
 	struct client *c;
 	int failures;
@@ -313,6 +426,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_own_transport, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_session_yet, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_session_on_self, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tcp_handoff, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_calls, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stop_ends_sessions, setup, teardown),
 	};

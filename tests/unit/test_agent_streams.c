@@ -68,6 +68,38 @@ static void test_tokens_differ(void **state)
 	agent_streams_destroy(s); /* closes both */
 }
 
+/* Only agent_streams_add_tcp with a uid makes a socket passable (the TCP hand-off); every
+ * other parked object, a root client's included (uid 0), is relayed. */
+static void test_passable_only_when_asked(void **state)
+{
+	(void)state;
+	struct agent_streams *s;
+	struct hm_err err = {0};
+	assert_int_equal(agent_streams_create(0, &s, &err), 0);
+	uint8_t a[PROTO_TOKEN_LEN], b[PROTO_TOKEN_LEN], c[PROTO_TOKEN_LEN], d[PROTO_TOKEN_LEN];
+	assert_int_equal(agent_streams_add(s, 1, NULL, RELAY_TCP, a_socket(), 0, a, &err), 0);
+	assert_int_equal(agent_streams_add_tcp(s, 1, NULL, a_socket(), -1, b, &err), 0);
+	assert_int_equal(agent_streams_add_tcp(s, 1, NULL, a_socket(), 0, c, &err), 0);
+	assert_int_equal(agent_streams_add_tcp(s, 1, NULL, a_socket(), 1000, d, &err), 0);
+	struct agent_pending_stream ps;
+	assert_int_equal(agent_streams_claim(s, a, &ps), 0);
+	assert_false(ps.passable);
+	close(ps.fd);
+	assert_int_equal(agent_streams_claim(s, b, &ps), 0);
+	assert_false(ps.passable);
+	close(ps.fd);
+	assert_int_equal(agent_streams_claim(s, c, &ps), 0);
+	assert_true(ps.passable);
+	assert_int_equal(ps.pass_uid, 0);
+	assert_int_equal(ps.kind, RELAY_TCP);
+	close(ps.fd);
+	assert_int_equal(agent_streams_claim(s, d, &ps), 0);
+	assert_true(ps.passable);
+	assert_int_equal(ps.pass_uid, 1000);
+	close(ps.fd);
+	agent_streams_destroy(s);
+}
+
 static void test_drop_session_closes_its_fds(void **state)
 {
 	(void)state;
@@ -385,6 +417,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_token_claimed_once),
 	    cmocka_unit_test(test_tokens_differ),
+	    cmocka_unit_test(test_passable_only_when_asked),
 	    cmocka_unit_test(test_drop_session_closes_its_fds),
 	    cmocka_unit_test(test_expiry),
 	    cmocka_unit_test(test_handoff),

@@ -150,6 +150,33 @@ static void test_config_max_file_size(void **state)
 	    "feature.fs.max_file_size: expected a number or a size string, got boolean");
 }
 
+static void test_config_cache_ttl(void **state)
+{
+	(void)state;
+	struct policy_config c;
+	struct hm_err err = {0};
+	assert_int_equal(load(&c, "{}", &err), 0);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	assert_int_equal(c.feature.fs.cache_ttl_ms, POLICY_FS_CACHE_TTL_MS_DEFAULT);
+	policy_config_free(&c);
+	/* 0 is a setting (never reuse a read), not "unset" */
+	assert_int_equal(load(&c, "{\"feature\": {\"fs\": {\"cache_ttl_ms\": 0}}}", &err), 0);
+	assert_int_equal(policy_config_finalize(&c, &err), 0);
+	assert_true(c.feature.fs.cache_ttl_set);
+	assert_int_equal(c.feature.fs.cache_ttl_ms, 0);
+	/* a later file (or flags) wins */
+	struct policy_config over;
+	assert_int_equal(load(&over, "{\"feature\": {\"fs\": {\"cache_ttl_ms\": 750}}}", &err), 0);
+	assert_int_equal(policy_config_merge(&c, &over, &err), 0);
+	assert_int_equal(c.feature.fs.cache_ttl_ms, 750);
+	policy_config_free(&over);
+	policy_config_free(&c);
+	expect_load_error("{\"feature\": {\"fs\": {\"cache_ttl_ms\": 60001}}}",
+			  "feature.fs.cache_ttl_ms: must be 0 to 60000 milliseconds");
+	expect_load_error("{\"feature\": {\"fs\": {\"cache_ttl_ms\": \"5s\"}}}",
+			  "feature.fs.cache_ttl_ms: expected a number of milliseconds, got string");
+}
+
 static void test_config_unknown_keys(void **state)
 {
 	(void)state;
@@ -157,9 +184,9 @@ static void test_config_unknown_keys(void **state)
 	expect_load_error("{\"agent\": {\"port\": 1}}", "unknown key agent.port");
 	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
 			  "unknown key feature.fs.mdoe");
-	expect_load_error(
-	    "{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
-	    "(known here: mode, read_only, read_write, local, not_found, max_file_size)");
+	expect_load_error("{\"feature\": {\"fs\": {\"mdoe\": \"read\"}}}",
+			  "(known here: mode, read_only, read_write, local, not_found, "
+			  "max_file_size, cache_ttl_ms)");
 	expect_load_error("{\"feature\": {\"env\": {\"includes\": []}}}",
 			  "unknown key feature.env.includes");
 	expect_load_error("{\"feature\": {\"network\": {\"dsn\": true}}}",
@@ -461,6 +488,12 @@ static void check_fs(const struct policy_fs *p, const char *label, const struct 
 				 policy_fs_verdict_name(v), why,
 				 policy_fs_verdict_name(cases[i].want));
 		assert_non_null(why);
+		/* without a rule to name (trace-run below debug level), the same verdict */
+		enum policy_fs_verdict fast =
+		    policy_fs_decide(p, cases[i].path, cases[i].access, NULL);
+		if (fast != v)
+			fail_msg("%s: %s -> %s with why, %s without", label, cases[i].path,
+				 policy_fs_verdict_name(v), policy_fs_verdict_name(fast));
 	}
 }
 
@@ -1764,6 +1797,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_config_example_loads),
 	    cmocka_unit_test(test_config_defaults),
+	    cmocka_unit_test(test_config_cache_ttl),
 	    cmocka_unit_test(test_config_unknown_keys),
 	    cmocka_unit_test(test_config_incoming_defaults),
 	    cmocka_unit_test(test_config_incoming_keys),

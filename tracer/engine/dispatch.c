@@ -46,7 +46,8 @@ struct tracer_result tracer_dispatch(struct tracer *t, const struct tracer_call 
 
 void tracer_result_release(struct tracer_result *res)
 {
-	if (res->verdict == TRACER_INSTALL_FD && res->fd >= 0) {
+	if ((res->verdict == TRACER_INSTALL_FD || res->verdict == TRACER_REPLACE_FD) &&
+	    res->fd >= 0) {
 		close(res->fd);
 		res->fd = -1;
 	}

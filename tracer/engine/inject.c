@@ -470,6 +470,26 @@ static int64_t install(struct tracer *t, struct tracer_pt_proc *p, struct inject
 	return scratch_received_fd(area);
 }
 
+/* The received fd (at number got in the program) moves to res->target_fd: dup3 and
+ * close, run with every signal blocked since the thread is rewound in between. */
+static int64_t replace(struct injection *in, int got, const struct tracer_result *res)
+{
+	int64_t r = 0;
+	if (got != res->target_fd) {
+		int flags = (res->fd_flags & O_CLOEXEC) ? O_CLOEXEC : 0;
+		if (block_signals(in) < 0 ||
+		    inject(in, SYS_dup3, (uint64_t)got, (uint64_t)res->target_fd, (uint64_t)flags,
+			   0, 0, 0, &r) < 0)
+			return -ESRCH;
+		int64_t closed;
+		if (inject(in, SYS_close, (uint64_t)got, 0, 0, 0, 0, 0, &closed) < 0)
+			return -ESRCH;
+		if (r < 0)
+			return r;
+	}
+	return res->error ? -res->error : res->value;
+}
+
 void tracer_pt_install_fd(struct tracer *t, pid_t tid, const struct user_regs_struct *regs,
 			  struct tracer_result *res)
 {
@@ -491,6 +511,8 @@ void tracer_pt_install_fd(struct tracer *t, pid_t tid, const struct user_regs_st
 		if ((res->fd_flags & O_NONBLOCK) && fcntl(res->fd, F_SETFL, O_NONBLOCK) < 0)
 			hm_debug("O_NONBLOCK on installed fd: %s", strerror(errno));
 		result = install(t, p, &in, res);
+		if (result >= 0 && res->verdict == TRACER_REPLACE_FD)
+			result = replace(&in, (int)result, res);
 	}
 	if (result < 0 && !in.gone)
 		hm_debug("pid %d: fd installation failed: %s", tid, strerror((int)-result));

@@ -91,6 +91,12 @@ bool tracer_call_valid(const struct tracer_call *call)
 	return ioctl(call->tracer->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
 }
 
+int tracer_peek_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
+		     struct hm_err *err)
+{
+	return read_string(call, addr, buf, size, err);
+}
+
 int tracer_read_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
 		     struct hm_err *err)
 {

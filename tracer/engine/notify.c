@@ -44,6 +44,33 @@ static void reply(struct tracer *t, uint64_t id, struct tracer_result *res,
 	case TRACER_ERROR:
 		resp->error = -res->error;
 		break;
+	case TRACER_REPLACE_FD: {
+		if ((res->fd_flags & O_NONBLOCK) && fcntl(res->fd, F_SETFL, O_NONBLOCK) < 0)
+			hm_debug("O_NONBLOCK on installed fd: %s", strerror(errno));
+		/* SETFD swaps the file under the program's number atomically, like dup2; the
+		 * answer follows separately, so an interrupted call keeps the swap (undo) */
+		struct seccomp_notif_addfd addfd = {
+		    .id = id,
+		    .flags = SECCOMP_ADDFD_FLAG_SETFD,
+		    .srcfd = (uint32_t)res->fd,
+		    .newfd = (uint32_t)res->target_fd,
+		    .newfd_flags = (res->fd_flags & O_CLOEXEC) ? O_CLOEXEC : 0,
+		};
+		if (ioctl(t->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0) {
+			if (errno == ENOENT) {
+				tracer_result_abandon(t, res);
+				return;
+			}
+			resp->error = -errno;
+			break;
+		}
+		t->stats.fds++;
+		if (res->error)
+			resp->error = -res->error;
+		else
+			resp->val = res->value;
+		break;
+	}
 	case TRACER_INSTALL_FD: {
 		if ((res->fd_flags & O_NONBLOCK) && fcntl(res->fd, F_SETFL, O_NONBLOCK) < 0)
 			hm_debug("O_NONBLOCK on installed fd: %s", strerror(errno));

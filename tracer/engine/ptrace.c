@@ -65,6 +65,7 @@ static void apply_result(struct tracer *t, pid_t tid, struct user_regs_struct *r
 		resume(tid, 0);
 		return;
 	case TRACER_INSTALL_FD:
+	case TRACER_REPLACE_FD:
 		tracer_pt_install_fd(t, tid, regs, res);
 		return;
 	case TRACER_DEFER: /* answer() parks these; never applied */

@@ -122,6 +122,8 @@ enum tracer_verdict {
 	TRACER_RETURN,	   /* skip it; it returns value */
 	TRACER_ERROR,	   /* skip it; it fails with error (a positive errno) */
 	TRACER_INSTALL_FD, /* skip it; install fd in the program and return the new number */
+	TRACER_REPLACE_FD, /* skip it; put fd at the program's number target_fd (as dup2
+			    * would), then return value, or fail with error when not 0 */
 	TRACER_DEFER,	   /* answer later: see tracer_defer() */
 };
 
@@ -135,8 +137,10 @@ struct tracer_result {
 	enum tracer_verdict verdict;
 	int64_t value; /* TRACER_RETURN */
 	int error;     /* TRACER_ERROR */
-	int fd;	       /* TRACER_INSTALL_FD: trace-run's fd; the core closes it */
-	int fd_flags;  /* TRACER_INSTALL_FD: O_CLOEXEC and/or O_NONBLOCK as the program asked */
+	int fd;	       /* TRACER_INSTALL_FD, _REPLACE_FD: trace-run's fd; the core closes it */
+	int fd_flags;  /* TRACER_INSTALL_FD, _REPLACE_FD: O_CLOEXEC and/or O_NONBLOCK as the
+			* program asked */
+	int target_fd; /* TRACER_REPLACE_FD: the program's fd number that gets fd */
 	/* called when the result could not be delivered (syscall interrupted, thread gone) */
 	void (*undo)(void *arg);
 	void *undo_arg;
@@ -163,6 +167,21 @@ static inline struct tracer_result tracer_error(int error)
 static inline struct tracer_result tracer_install_fd(int fd, int fd_flags)
 {
 	return (struct tracer_result){.verdict = TRACER_INSTALL_FD, .fd = fd, .fd_flags = fd_flags};
+}
+
+/* Takes ownership of fd: the program's fd target_fd becomes it (the file there before is
+ * closed, as dup2 closes it) and the syscall returns value, or fails with error when
+ * error != 0. The swap happens even when the answer then finds the call gone (set undo
+ * for that). */
+static inline struct tracer_result tracer_replace_fd(int fd, int fd_flags, int target_fd,
+						     int64_t value, int error)
+{
+	return (struct tracer_result){.verdict = TRACER_REPLACE_FD,
+				      .fd = fd,
+				      .fd_flags = fd_flags,
+				      .target_fd = target_fd,
+				      .value = value,
+				      .error = error};
 }
 
 /* Answer later, without holding up the supervisor: the calling thread stays blocked in
@@ -221,6 +240,12 @@ bool tracer_call_valid(const struct tracer_call *call);
 /* The path argument at addr (NUL-terminated, ENAMETOOLONG when it does not fit), read
  * while the call is still valid (tracer_call_valid). */
 int tracer_read_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
+		     struct hm_err *err);
+/* The same without the validity check (one ioctl less on every intercepted path): for
+ * a decision that can only end in TRACER_CONTINUE. A read from a recycled TID belongs to
+ * a call that is gone, and the kernel refuses any answer to it; call tracer_call_valid
+ * before acting on the path in any other way (asking the agent, answering). */
+int tracer_peek_path(const struct tracer_call *call, uint64_t addr, char *buf, size_t size,
 		     struct hm_err *err);
 /* The absolute, lexically normalized form of path as the program would resolve it
  * relative to dirfd (AT_FDCWD = its current directory), through /proc/TID/{cwd,fd}. */

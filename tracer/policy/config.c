@@ -517,6 +517,20 @@ static int get_size(struct walk *w, const char *path, json_object *v, uint64_t *
 	return 0;
 }
 
+static int get_cache_ttl(struct walk *w, const char *path, json_object *v,
+			 __typeof__(((struct policy_config *)0)->feature.fs) *fs)
+{
+	if (!json_object_is_type(v, json_type_int))
+		return type_error(w, path, "a number of milliseconds", v);
+	int64_t n = json_object_get_int64(v);
+	if (n < 0 || n > POLICY_FS_CACHE_TTL_MS_MAX)
+		return fail(w, "%s: must be 0 to %d milliseconds", path,
+			    POLICY_FS_CACHE_TTL_MS_MAX);
+	fs->cache_ttl_ms = (uint32_t)n;
+	fs->cache_ttl_set = true;
+	return 0;
+}
+
 static int get_fs_mode(struct walk *w, const char *path, json_object *v, enum policy_fs_mode *dst)
 {
 	if (!json_object_is_type(v, json_type_string))
@@ -556,10 +570,12 @@ static int walk_fs(struct walk *w, json_object *obj, struct policy_config *c)
 			rc = get_list(w, path, val, 0, &c->feature.fs.not_found);
 		else if (strcmp(key, "max_file_size") == 0)
 			rc = get_size(w, path, val, &c->feature.fs.max_file_size);
+		else if (strcmp(key, "cache_ttl_ms") == 0)
+			rc = get_cache_ttl(w, path, val, &c->feature.fs);
 		else
 			rc = unknown_key(w, parent, key,
 					 "mode, read_only, read_write, local, not_found, "
-					 "max_file_size");
+					 "max_file_size, cache_ttl_ms");
 		if (rc < 0)
 			return -1;
 	}
@@ -1073,6 +1089,10 @@ int policy_config_merge(struct policy_config *base, const struct policy_config *
 		bf->fs.mode = of->fs.mode;
 	if (of->fs.max_file_size)
 		bf->fs.max_file_size = of->fs.max_file_size;
+	if (of->fs.cache_ttl_set) {
+		bf->fs.cache_ttl_ms = of->fs.cache_ttl_ms;
+		bf->fs.cache_ttl_set = true;
+	}
 	if (merge_list(&bf->fs.read_only, &of->fs.read_only, err) < 0 ||
 	    merge_list(&bf->fs.read_write, &of->fs.read_write, err) < 0 ||
 	    merge_list(&bf->fs.local, &of->fs.local, err) < 0 ||
@@ -1127,6 +1147,10 @@ int policy_config_finalize(struct policy_config *c, struct hm_err *err)
 		c->feature.fs.mode = POLICY_FS_MODE_READ;
 	if (!c->feature.fs.max_file_size)
 		c->feature.fs.max_file_size = POLICY_FS_MAX_FILE_DEFAULT;
+	if (!c->feature.fs.cache_ttl_set) {
+		c->feature.fs.cache_ttl_ms = POLICY_FS_CACHE_TTL_MS_DEFAULT;
+		c->feature.fs.cache_ttl_set = true;
+	}
 	default_tri(&c->feature.network.outgoing.tcp);
 	default_tri(&c->feature.network.outgoing.udp);
 	default_tri(&c->feature.network.dns);

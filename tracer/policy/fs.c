@@ -19,6 +19,7 @@
 
 #include <limits.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "tracer/policy/policy.h"
@@ -323,6 +324,9 @@ void policy_fs_opts_from_config(const struct policy_config *c, struct policy_fs_
 
 /* ---------------------------------------------------------------- decisions */
 
+/* what first_match answers for "some regex of the set" when no rule is to be named */
+static const struct fs_rule any_rule = {.why = "(rule not named)"};
+
 /* >= 0: a match (0 only says the ovector was too small to hold the groups) */
 static bool regex_matches(const pcre2_code *re, bool jit, const char *path, size_t len,
 			  pcre2_match_data *md)
@@ -344,10 +348,16 @@ static bool rule_matches(const struct fs_rule *rule, const char *path, size_t le
 	return regex_matches(rule->re, rule->jit, path, len, md);
 }
 
+/* The rule of r that decides path, or NULL. With name_rule false the caller wants only the
+ * verdict (every rule of a set gives the same): a match of the joined "any" regex then
+ * answers at once, without trying the regexes one by one to name the first that matches
+ * (a path under /tmp used to cost 14 JIT matches). */
 static const struct fs_rule *first_match(const struct fs_rules *r, const char *path, size_t len,
-					 pcre2_match_data *md)
+					 pcre2_match_data *md, bool name_rule)
 {
 	bool some_regex = !r->any || regex_matches(r->any, r->any_jit, path, len, md);
+	if (r->any && some_regex && !name_rule)
+		return &any_rule;
 	for (size_t i = 0; i < r->n; i++) {
 		if (r->v[i].re && !some_regex)
 			continue;
@@ -372,10 +382,44 @@ const char *policy_fs_verdict_name(enum policy_fs_verdict v)
 	return "?";
 }
 
+/* One match block per thread, so that concurrent handler threads never share one: made
+ * on a thread's first decision (not a malloc and free per decision) and freed when the
+ * thread ends. */
+static pthread_key_t md_key;
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static bool md_key_ok;
+
+static void md_free(void *md)
+{
+	pcre2_match_data_free(md);
+}
+
+static void md_key_create(void)
+{
+	md_key_ok = pthread_key_create(&md_key, md_free) == 0;
+}
+
+static pcre2_match_data *thread_match_data(void)
+{
+	pthread_once(&md_once, md_key_create);
+	if (!md_key_ok)
+		return NULL;
+	pcre2_match_data *md = pthread_getspecific(md_key);
+	if (md)
+		return md;
+	md = pcre2_match_data_create(1, NULL);
+	if (md && pthread_setspecific(md_key, md) != 0) {
+		pcre2_match_data_free(md);
+		md = NULL;
+	}
+	return md;
+}
+
 enum policy_fs_verdict policy_fs_decide(const struct policy_fs *p, const char *path,
 					enum policy_fs_access access, const char **why)
 {
 	const char *unused;
+	bool name_rule = why != NULL;
 	if (!why)
 		why = &unused;
 	if (p->mode == POLICY_FS_MODE_LOCAL) {
@@ -395,27 +439,26 @@ enum policy_fs_verdict policy_fs_decide(const struct policy_fs *p, const char *p
 	}
 	size_t len = (size_t)n;
 	bool write = access == POLICY_FS_ACCESS_WRITE;
-	/* per call so that concurrent handler threads never share one */
-	pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+	pcre2_match_data *md = thread_match_data();
 	if (!md) {
 		*why = "out of memory";
 		return POLICY_FS_LOCAL;
 	}
 	enum policy_fs_verdict v;
 	const struct fs_rule *rule;
-	if ((rule = first_match(&p->not_found, norm, len, md))) {
+	if ((rule = first_match(&p->not_found, norm, len, md, name_rule))) {
 		v = POLICY_FS_NOT_FOUND;
-	} else if ((rule = first_match(&p->read_write, norm, len, md))) {
+	} else if ((rule = first_match(&p->read_write, norm, len, md, name_rule))) {
 		v = write ? POLICY_FS_REMOTE_WRITE : POLICY_FS_REMOTE;
-	} else if ((rule = first_match(&p->read_only, norm, len, md))) {
+	} else if ((rule = first_match(&p->read_only, norm, len, md, name_rule))) {
 		v = write ? POLICY_FS_LOCAL : POLICY_FS_REMOTE;
-	} else if ((rule = first_match(&p->default_not_found, norm, len, md))) {
+	} else if ((rule = first_match(&p->default_not_found, norm, len, md, name_rule))) {
 		v = POLICY_FS_NOT_FOUND;
-	} else if ((rule = first_match(&p->local, norm, len, md))) {
+	} else if ((rule = first_match(&p->local, norm, len, md, name_rule))) {
 		v = POLICY_FS_LOCAL;
-	} else if (!write && (rule = first_match(&p->default_remote, norm, len, md))) {
+	} else if (!write && (rule = first_match(&p->default_remote, norm, len, md, name_rule))) {
 		v = POLICY_FS_REMOTE;
-	} else if ((rule = first_match(&p->default_local, norm, len, md))) {
+	} else if ((rule = first_match(&p->default_local, norm, len, md, name_rule))) {
 		v = POLICY_FS_LOCAL;
 	} else {
 		switch (p->mode) {
@@ -436,7 +479,6 @@ enum policy_fs_verdict policy_fs_decide(const struct policy_fs *p, const char *p
 	}
 	if (rule)
 		*why = rule->why;
-	pcre2_match_data_free(md);
 	return v;
 }
 

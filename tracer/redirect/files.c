@@ -25,8 +25,9 @@ enum files_route trace_files_route_path(struct files *f, const struct tracer_cal
 		return empty_is_fd ? ROUTE_FD : ROUTE_LOCAL;
 	char raw[PATH_MAX];
 	struct hm_err err = {0};
-	/* unreadable, too long, or the call is gone: the kernel says what it says */
-	if (tracer_read_path(call, addr, raw, sizeof(raw), &err) < 0)
+	/* unreadable or too long: the kernel says what it says. Most paths are local and
+	 * end in CONTINUE, which needs no validity check; the others are checked below */
+	if (tracer_peek_path(call, addr, raw, sizeof(raw), &err) < 0)
 		return ROUTE_LOCAL;
 	if (!raw[0])
 		return empty_is_fd ? ROUTE_FD : ROUTE_LOCAL;
@@ -63,8 +64,10 @@ enum files_route trace_files_route_path(struct files *f, const struct tracer_cal
 		memcpy(t->path, abs, strlen(abs) + 1);
 
 decide:;
+	/* which rule decided is said only in debug logs; naming it costs regex matches */
 	const char *why = NULL;
-	enum policy_fs_verdict v = policy_fs_decide(f->fs, t->path, access, &why);
+	enum policy_fs_verdict v =
+	    policy_fs_decide(f->fs, t->path, access, hm_log_level() <= HM_LOG_DEBUG ? &why : NULL);
 	if (t->mapped && v == POLICY_FS_LOCAL) {
 		/* the program got here by looking at the target: the local mirror holds only
 		 * placeholders, so a local answer would be a wrong one */
@@ -81,6 +84,9 @@ decide:;
 		}
 	}
 	t->verdict = v;
+	/* acting on the path: it must be the calling thread's (not a recycled TID's) */
+	if (v != POLICY_FS_LOCAL && !tracer_call_valid(call))
+		return ROUTE_LOCAL;
 	if (v != POLICY_FS_LOCAL)
 		hm_debug("%s %s: %s (%s)", op, t->path, policy_fs_verdict_name(v), why ? why : "");
 	switch (v) {
@@ -358,7 +364,7 @@ const struct files_cache_entry *trace_files_cache_get(struct files *f, const cha
 		struct files_cache_entry *e = &f->cache[i];
 		if (!e->path)
 			continue;
-		if (ns_between(&e->when, &now) > FILES_CACHE_NS) {
+		if (ns_between(&e->when, &now) > f->cache_ttl_ns) {
 			cache_drop(e);
 			continue;
 		}
@@ -577,6 +583,9 @@ int trace_files_register(struct trace_session *s, struct hm_err *err)
 	const struct policy_config *c = &s->cfg;
 	f->max_file_size =
 	    c->feature.fs.max_file_size ? c->feature.fs.max_file_size : POLICY_FS_MAX_FILE_DEFAULT;
+	f->cache_ttl_ns = (c->feature.fs.cache_ttl_set ? (int64_t)c->feature.fs.cache_ttl_ms
+						       : POLICY_FS_CACHE_TTL_MS_DEFAULT) *
+			  1000000LL;
 	f->writes =
 	    c->feature.fs.mode == POLICY_FS_MODE_WRITE ||
 	    (c->feature.fs.mode != POLICY_FS_MODE_LOCAL && c->feature.fs.read_write.len > 0);
@@ -598,7 +607,8 @@ void trace_files_release(struct trace_session *s)
 		trace_files_sync_all(f);
 	hm_info("remote files: %lu agent calls, %lu reads from the %lld ms cache, %lu opens of "
 		"a shared big file",
-		f->remote_ops, f->cache_hits, FILES_CACHE_NS / 1000000, f->shared_hits);
+		f->remote_ops, f->cache_hits, (long long)(f->cache_ttl_ns / 1000000),
+		f->shared_hits);
 	cache_clear(f);
 	for (size_t i = 0; i < f->nbuckets; i++) {
 		struct files_node *n = f->buckets[i];

@@ -68,10 +68,10 @@ struct files_undo {
 /* Remote reads of the last few milliseconds, by path: a burst of opens of one file (a
  * retry after Go's preemption signal, a program that reads a file twice, a tight loop)
  * costs one agent round trip. The content is a sealed memfd, shared read-only by every
- * fd handed out from it. Writes through trace-run drop the entries they touch; changes
- * made in the target itself show after at most FILES_CACHE_NS. */
+ * fd handed out from it: an open it answers makes no request at all. Writes through
+ * trace-run drop the entries they touch; changes made in the target itself show after
+ * at most feature.fs.cache_ttl_ms (files->cache_ttl_ns). */
 #define FILES_CACHE_SLOTS 32
-#define FILES_CACHE_NS 5000000LL
 struct files_cache_entry {
 	char *path; /* NULL: free */
 	bool nofollow;
@@ -110,6 +110,7 @@ struct files {
 	struct files_node *oldest, *newest;
 	struct files_undo undo[FILES_UNDO_SLOTS];
 	struct files_cache_entry cache[FILES_CACHE_SLOTS];
+	int64_t cache_ttl_ns; /* feature.fs.cache_ttl_ms; 0: nothing is cached */
 	unsigned long cache_hits;
 	struct files_cache_entry shared[FILES_SHARED_SLOTS];
 	uint64_t shared_bytes;

@@ -113,7 +113,7 @@ static int remote_read_fd(struct files *f, const char *path, int flags, struct h
 	if (cached) {
 		if (cached->error)
 			return hm_err_set(err, cached->error, "%s (read %lld ms ago)", path,
-					  FILES_CACHE_NS / 1000000);
+					  (long long)(f->cache_ttl_ns / 1000000));
 		return share_content(f, cached->memfd, path, &cached->st, cached, err);
 	}
 	int shared_fd = -1;

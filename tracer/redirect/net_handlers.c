@@ -220,7 +220,7 @@ static struct tracer_result answer_name(const struct tracer_call *call, struct n
 	struct net_sock *ns = trace_net_table_find(st, ino);
 	if (ns && ns->type == SOCK_STREAM) {
 		addr = peer ? ns->peer : ns->local;
-		found = addr.len > 0;
+		found = addr.len > 0 && !ns->handed_off;
 	} else if (ns && peer && ns->connected) {
 		addr = ns->peer;
 		found = true;

@@ -2,7 +2,12 @@
  * files of trace-run (tracer/redirect): they use session.h.
  *
  * The design is a local proxy with real kernel sockets on the program's side:
- *  - TCP: a connect() to a REMOTE destination asks the agent to connect from the pod
+ *  - TCP, unix agent: a connect() to a REMOTE destination asks the agent to connect from
+ *    the pod (in a worker thread), gets the pod's connected socket itself over the unix
+ *    socket (PROTO_FEAT_TCP_FD) and puts it under the program's fd number
+ *    (TRACER_REPLACE_FD), with the program's O_NONBLOCK, FD_CLOEXEC and socket options:
+ *    no relay, the kernel answers getsockname/getpeername (net_tcp.c, hand_off).
+ *  - TCP otherwise (an agent that does not hand sockets off): the agent connects from the pod
  *    (in a worker thread; the program's thread waits in its connect, the supervisor
  *    does not), then connects the program's own socket (a pidfd_getfd duplicate) to
  *    trace-run's relay listener on loopback, pairs the accepted connection with the
@@ -58,6 +63,7 @@ struct net_sock {
 	struct net_addr peer;  /* the original destination */
 	struct net_addr local; /* the pod-side address the agent's socket got */
 	bool delivered;	       /* the connect's answer reached the program */
+	bool handed_off;       /* the program's fd is the pod's socket: the kernel answers */
 	/* UDP */
 	int stream; /* agent UDP stream (frames), O_NONBLOCK */
 	struct proto_frame_reader reader;
@@ -256,7 +262,8 @@ struct net_job {
 	size_t data_len;
 	/* outputs */
 	int result_fd;
-	bool direct; /* dup itself is connected to the agent and carries the stream */
+	bool direct;	 /* dup itself is connected to the agent and carries the stream */
+	bool pod_socket; /* result_fd is the pod's own socket (TCP hand-off, unix agent) */
 	struct proto_addr local;
 	struct hm_err err;
 };

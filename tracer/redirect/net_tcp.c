@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -246,8 +247,8 @@ static void tcp_work(struct net_job *job)
 	struct net_state *st = job->st;
 	const struct net_addr *agent = direct_addr(st, trace_net_socket_family(job->dup));
 	if (!agent) {
-		job->result_fd =
-		    client_tcp_connect(st->s->client, &job->pdst, 0, &job->local, &job->err);
+		job->result_fd = client_tcp_connect_handoff(
+		    st->s->client, &job->pdst, 0, &job->local, &job->pod_socket, &job->err);
 		return;
 	}
 	uint8_t token[PROTO_TOKEN_LEN];
@@ -278,6 +279,99 @@ static void tcp_work(struct net_job *job)
 	job->result_fd = hm_steal_fd(&fd);
 }
 
+/* ---- the TCP hand-off: the program's fd becomes the pod's socket ---- */
+
+/* Options a program sets before connect() that the pod's socket must carry too. Not
+ * copied: a bind() address or port (the pod picks its own), SO_REUSEADDR/PORT (they
+ * matter for binding only), SO_BINDTODEVICE and SO_MARK (names of this host's network),
+ * TCP_FASTOPEN_CONNECT and TCP_CONGESTION (the connection is already open); the program's
+ * epoll registrations and dup()s of the fd made before connect() stay with the old
+ * socket (docs/config.md, "TCP hand-off"). */
+static const struct {
+	int level, name;
+} copied_opts[] = {
+    {SOL_SOCKET, SO_KEEPALIVE},	 {SOL_SOCKET, SO_LINGER},	  {SOL_SOCKET, SO_RCVTIMEO},
+    {SOL_SOCKET, SO_SNDTIMEO},	 {SOL_SOCKET, SO_PRIORITY},	  {SOL_SOCKET, SO_OOBINLINE},
+    {IPPROTO_TCP, TCP_NODELAY},	 {IPPROTO_TCP, TCP_KEEPIDLE},	  {IPPROTO_TCP, TCP_KEEPINTVL},
+    {IPPROTO_TCP, TCP_KEEPCNT},	 {IPPROTO_TCP, TCP_USER_TIMEOUT}, {IPPROTO_TCP, TCP_CORK},
+    {IPPROTO_TCP, TCP_QUICKACK},
+};
+
+static void copy_sockopts(int from, int to, int family)
+{
+	for (size_t i = 0; i < HM_ARRAY_SIZE(copied_opts); i++) {
+		uint8_t val[32];
+		socklen_t len = sizeof(val);
+		if (getsockopt(from, copied_opts[i].level, copied_opts[i].name, val, &len) == 0)
+			setsockopt(to, copied_opts[i].level, copied_opts[i].name, val, len);
+	}
+	int tos, tlen = sizeof(tos);
+	if (family == AF_INET &&
+	    getsockopt(from, IPPROTO_IP, IP_TOS, &tos, (socklen_t *)&tlen) == 0 && tos)
+		setsockopt(to, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
+	if (family == AF_INET6 &&
+	    getsockopt(from, IPPROTO_IPV6, IPV6_TCLASS, &tos, (socklen_t *)&tlen) == 0 && tos)
+		setsockopt(to, IPPROTO_IPV6, IPV6_TCLASS, &tos, sizeof(tos));
+	/* buffer sizes only when the program chose them: the kernel locks a size set with
+	 * setsockopt, and a fresh socket shows what the default would have been */
+	hm_cleanup_close int fresh = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	static const int bufs[] = {SO_RCVBUF, SO_SNDBUF};
+	for (size_t i = 0; fresh >= 0 && i < HM_ARRAY_SIZE(bufs); i++) {
+		int mine, dflt;
+		socklen_t l1 = sizeof(mine), l2 = sizeof(dflt);
+		if (getsockopt(from, SOL_SOCKET, bufs[i], &mine, &l1) == 0 &&
+		    getsockopt(fresh, SOL_SOCKET, bufs[i], &dflt, &l2) == 0 && mine != dflt) {
+			int half = mine / 2; /* the kernel doubles what it is given */
+			setsockopt(to, SOL_SOCKET, bufs[i], &half, sizeof(half));
+		}
+	}
+}
+
+/* Whether the program's fd has FD_CLOEXEC: the "flags:" line of /proc/TID/fdinfo/N
+ * shows O_CLOEXEC for it (a pidfd_getfd copy has its own fd flags). */
+static bool prog_fd_cloexec(const struct tracer_call *call, int fd)
+{
+	char path[64], buf[256];
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", call->pid, fd);
+	hm_cleanup_close int f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return true; /* the safer guess: the fd does not leak into an exec */
+	ssize_t n = read(f, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return true;
+	buf[n] = 0;
+	const char *p = strstr(buf, "flags:");
+	return !p || (strtoul(p + 6, NULL, 8) & O_CLOEXEC);
+}
+
+/* The pod's socket in the program socket's place: its status flags (O_NONBLOCK) and the
+ * options above follow, the program's fd number and FD_CLOEXEC stay. */
+static struct tracer_result hand_off(struct net_state *st, struct net_job *job,
+				     const struct tracer_call *call, struct net_sock *ns)
+{
+	int pod = hm_steal_fd(&job->result_fd);
+	int fl = fcntl(job->dup, F_GETFL);
+	bool nonblock = fl >= 0 && (fl & O_NONBLOCK);
+	copy_sockopts(job->dup, pod, ns->family);
+	if (nonblock && fcntl(pod, F_SETFL, O_NONBLOCK) < 0) {
+		close(pod);
+		return tracer_error(ENOBUFS);
+	}
+	struct stat sb;
+	if (fstat(pod, &sb) == 0)
+		ns->ino = sb.st_ino; /* the program's socket from now on */
+	ns->handed_off = true;
+	st->last_ino = ns->ino;
+	int flags = prog_fd_cloexec(call, (int)call->args[0]) ? O_CLOEXEC : 0;
+	/* Linux never completes a non-blocking TCP connect at once: EINPROGRESS, and the
+	 * socket is writable with SO_ERROR 0 when the program looks, as in connected() */
+	struct tracer_result res =
+	    tracer_replace_fd(pod, flags, (int)call->args[0], 0, nonblock ? EINPROGRESS : 0);
+	res.undo = undo_connect;
+	res.undo_arg = st;
+	return res;
+}
+
 static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_call *call)
 {
 	struct net_state *st = job->st;
@@ -305,7 +399,25 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	ns->type = SOCK_STREAM;
 	ns->family = family;
 	ns->stream = -1;
-	if (job->direct) {
+	bool hand = false;
+	if (job->pod_socket) {
+		/* the pod's socket goes in the program socket's place when they are alike;
+		 * otherwise trace-run relays to it, as to a stream */
+		int pod_family = trace_net_socket_family(job->result_fd);
+		hand = pod_family == family && family != 0;
+		if (!hand)
+			hm_debug("pid %d: connect %s: the pod's socket is of family %d, the "
+				 "program's %d: relayed",
+				 call->pid, where, pod_family, family);
+	}
+	struct tracer_result handed = {.verdict = TRACER_ERROR};
+	if (hand) {
+		handed = hand_off(st, job, call, ns);
+		if (handed.verdict == TRACER_ERROR) {
+			free(ns);
+			return handed;
+		}
+	} else if (job->direct) {
 		/* connected and handshaken by the worker: nothing to relay */
 		const struct net_addr *agent = direct_addr(st, family);
 		if (agent)
@@ -345,8 +457,10 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	char pod[80];
 	hm_debug("pid %d: connect %s through the pod (from %s)%s", call->pid, where,
 		 trace_net_addr_str(&ns->local, pod, sizeof(pod)),
-		 job->direct ? ", the socket is the agent's stream" : "");
-	return connected(st, ns->ino, job->dup);
+		 hand	       ? ", the socket is the pod's"
+		 : job->direct ? ", the socket is the agent's stream"
+			       : "");
+	return hand ? handed : connected(st, ns->ino, job->dup);
 }
 
 struct tracer_result trace_net_tcp_connect(struct net_state *st, const struct tracer_call *call,
@@ -367,6 +481,14 @@ struct tracer_result trace_net_tcp_connect(struct net_state *st, const struct tr
 		return res;
 	}
 	pthread_mutex_unlock(&st->lock);
+	/* connected already (a handed-off socket whose entry was released, a program that
+	 * calls connect() again to see whether it is done): the kernel answers it */
+	struct sockaddr_storage peer;
+	socklen_t peer_len = sizeof(peer);
+	if (getpeername(dup, (struct sockaddr *)&peer, &peer_len) == 0) {
+		close(dup);
+		return tracer_continue();
+	}
 	struct net_job *job = trace_net_job_new(st, dup, ino);
 	if (!job) {
 		close(dup);
