@@ -80,15 +80,22 @@ static const char *const fs_mode_names[] = {
     [POLICY_FS_MODE_LOCAL_WITH_OVERRIDES] = "localwithoverrides",
 };
 
+/* The index of s in names (NULL holes allowed), or -1. */
+static int enum_index(const char *const *names, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (names[i] && strcmp(s, names[i]) == 0)
+			return (int)i;
+	return -1;
+}
+
 int policy_fs_mode_parse(const char *s, enum policy_fs_mode *out)
 {
-	for (size_t i = 0; i < HM_ARRAY_SIZE(fs_mode_names); i++) {
-		if (fs_mode_names[i] && strcmp(s, fs_mode_names[i]) == 0) {
-			*out = (enum policy_fs_mode)i;
-			return 0;
-		}
-	}
-	return -1;
+	int i = enum_index(fs_mode_names, HM_ARRAY_SIZE(fs_mode_names), s);
+	if (i < 0)
+		return -1;
+	*out = (enum policy_fs_mode)i;
+	return 0;
 }
 
 static const char *const incoming_mode_names[] = {
@@ -99,13 +106,11 @@ static const char *const incoming_mode_names[] = {
 
 int policy_incoming_mode_parse(const char *s, enum policy_incoming_mode *out)
 {
-	for (size_t i = 0; i < HM_ARRAY_SIZE(incoming_mode_names); i++) {
-		if (incoming_mode_names[i] && strcmp(s, incoming_mode_names[i]) == 0) {
-			*out = (enum policy_incoming_mode)i;
-			return 0;
-		}
-	}
-	return -1;
+	int i = enum_index(incoming_mode_names, HM_ARRAY_SIZE(incoming_mode_names), s);
+	if (i < 0)
+		return -1;
+	*out = (enum policy_incoming_mode)i;
+	return 0;
 }
 
 const char *policy_incoming_mode_name(enum policy_incoming_mode m)
