@@ -54,8 +54,8 @@ incoming_env_up() {
 	BI_WORK=$(mktemp -d /tmp/hermit-bench-incoming.XXXXXX)
 	bench_on_exit incoming_env_down
 	chmod 0755 "$BI_WORK"
-	BI_WEB="hb$$-web"
-	BI_LOAD="hb$$-load"
+	BI_WEB="bi$$-web"
+	BI_LOAD="bi$$-load"
 	mkdir -m 0700 "$BI_WORK/private"
 	local rootfs="$BI_WORK/private/rootfs"
 	cp -a "$(bench_rootfs)" "$rootfs"
