@@ -57,8 +57,8 @@ struct agent_server_config {
 	bool allow_any_pid;	  /* pid/N for every token holder (else see peer.c) */
 	bool insecure_listen;	  /* --listen may be a non-loopback address */
 	unsigned stream_ttl_ms;
-	size_t mirror_ring_bytes; /* per mirrored netns; 0: the default (32 MiB) */
-	size_t mirror_copy_bytes; /* how far one mirror copy may fall behind; 0: 64 MiB */
+	size_t mirror_ring_bytes;     /* per mirrored netns; 0: the default (32 MiB) */
+	size_t mirror_copy_bytes;     /* how far one mirror copy may fall behind; 0: 64 MiB */
 	const char *containerd_state; /* runc v2 task dir for container/ID; NULL: none */
 	struct agent_budget_limits limits;
 	int stop_fd; /* readable (e.g. a signalfd) -> graceful shutdown */

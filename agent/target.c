@@ -375,8 +375,8 @@ static int container_by_task_state(int proc_fd, const char *state, const char *i
 			id, ns, (int)candidate);
 		return -1;
 	}
-	hm_debug("container/%s: pid %d from containerd's task state (namespace %s) in %lld us",
-		 id, (int)candidate, ns, micros_since(t0));
+	hm_debug("container/%s: pid %d from containerd's task state (namespace %s) in %lld us", id,
+		 (int)candidate, ns, micros_since(t0));
 	*pid = candidate;
 	return pidfd;
 }

@@ -58,10 +58,9 @@ static int read_task_pid(int root_fd, const char *ns, const char *id, pid_t *pid
 	snprintf(path, sizeof(path), "%s/%s/init.pid", ns, id);
 	/* no symlink anywhere (a planted one could point at any file of the host), no
 	 * mount crossed, nothing above root_fd */
-	hm_cleanup_close int fd =
-	    hm_openat2(root_fd, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK,
-		       0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
-		       err);
+	hm_cleanup_close int fd = hm_openat2(
+	    root_fd, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0,
+	    RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV, err);
 	if (fd < 0)
 		return -1;
 	struct stat st;
@@ -76,8 +75,10 @@ static int read_task_pid(int root_fd, const char *ns, const char *id, pid_t *pid
 	if (n < 0)
 		return hm_err_errno(err, "read %s", path);
 	if (agent_parse_pid_file(buf, (size_t)n, pid) < 0)
-		return hm_err_plain(err, EINVAL, "%s: not a pid (%zd bytes that are not 1 to 7 "
-				    "digits)", path, n);
+		return hm_err_plain(err, EINVAL,
+				    "%s: not a pid (%zd bytes that are not 1 to 7 "
+				    "digits)",
+				    path, n);
 	return 0;
 }
 

@@ -32,9 +32,8 @@ static void test_id_ok(void **state)
 			fail_msg("id '%s' refused", good[i]);
 	longest[AGENT_CONTAINER_ID_MAX] = 'a';
 	longest[AGENT_CONTAINER_ID_MAX + 1] = '\0';
-	const char *bad[] = {"",	 ".",	  "..",	   "../../etc", "a/b", "/etc", "a..b",
-			     "..a",	 "a..",	  "a b",   "a\n",	"a\\b", "a:b", "ä",
-			     "%2e%2e", longest};
+	const char *bad[] = {"",    ".",   "..",  "../../etc", "a/b", "/etc", "a..b",	"..a",
+			     "a..", "a b", "a\n", "a\\b",      "a:b", "ä",    "%2e%2e", longest};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(bad); i++)
 		if (agent_container_id_ok(bad[i]))
 			fail_msg("id '%s' accepted", bad[i]);
@@ -53,7 +52,7 @@ static void test_parse_pid_file(void **state)
 			fail_msg("'%s' refused", good[i].text);
 		assert_int_equal(pid, good[i].pid);
 	}
-	const char *bad[] = {"",   "\n",   "0",	  "01",	      "-1",	  " 12",     "12 ",
+	const char *bad[] = {"",    "\n",    "0",	"01",	    "-1",	" 12",	"12 ",
 			     "12a", "1\n\n", "4194305", "99999999", "12345678", "0x10", "+5"};
 	for (size_t i = 0; i < HM_ARRAY_SIZE(bad); i++) {
 		pid_t pid = 77;
@@ -63,7 +62,10 @@ static void test_parse_pid_file(void **state)
 	}
 	/* an embedded NUL is not a digit */
 	pid_t pid;
-	assert_int_equal(agent_parse_pid_file("12\0" "3", 4, &pid), -1);
+	assert_int_equal(agent_parse_pid_file("12\0"
+					      "3",
+					      4, &pid),
+			 -1);
 }
 
 /* ---- the lookup, on a task state made in a temporary directory ---- */
@@ -139,8 +141,8 @@ static void test_task_lookup(void **state)
 
 	/* no state directory at all: "no task", so the caller scans */
 	err = (struct hm_err){0};
-	assert_int_equal(agent_containerd_task_pid("/nonexistent/hermit-task-state", ID64, &pid,
-						   ns, sizeof(ns), &err),
+	assert_int_equal(agent_containerd_task_pid("/nonexistent/hermit-task-state", ID64, &pid, ns,
+						   sizeof(ns), &err),
 			 -1);
 	assert_int_equal(err.code, ENOENT);
 }
