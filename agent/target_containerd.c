@@ -57,19 +57,23 @@ static int read_task_pid(int root_fd, const char *ns, const char *id, pid_t *pid
 	char path[2 * NAME_MAX + 16];
 	snprintf(path, sizeof(path), "%s/%s/init.pid", ns, id);
 	/* no symlink anywhere (a planted one could point at any file of the host), no
-	 * mount crossed, nothing above root_fd */
-	hm_cleanup_close int fd = hm_openat2(
-	    root_fd, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0,
+	 * mount crossed, nothing above root_fd; O_PATH first, so that nothing but a
+	 * regular file (no fifo, no device) is ever really opened */
+	hm_cleanup_close int path_fd = hm_openat2(
+	    root_fd, path, O_PATH, 0,
 	    RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV, err);
-	if (fd < 0)
+	if (path_fd < 0)
 		return -1;
 	struct stat st;
-	if (fstat(fd, &st) < 0)
+	if (fstat(path_fd, &st) < 0)
 		return hm_err_errno(err, "%s", path);
 	if (!S_ISREG(st.st_mode) || st.st_size > PID_FILE_MAX)
 		return hm_err_plain(err, EINVAL, "%s: not a pid file (a %s of %lld bytes)", path,
 				    S_ISREG(st.st_mode) ? "file" : "non-regular file",
 				    (long long)st.st_size);
+	hm_cleanup_close int fd = agent_file_reopen(path_fd, O_RDONLY | O_NONBLOCK, err);
+	if (fd < 0)
+		return -1;
 	char buf[PID_FILE_MAX + 1];
 	ssize_t n = hm_read_all(fd, buf, sizeof(buf));
 	if (n < 0)
