@@ -44,6 +44,9 @@ void agent_budget_default_limits(struct agent_budget_limits *l);
 /* ---- the server (server.c): listeners, connections, sessions ---- */
 #define AGENT_VERSION "0.1"
 #define AGENT_SERVER_NAME "trace-agent " AGENT_VERSION
+/* where containerd's runc shim v2 keeps its tasks (the DaemonSet mounts the host's
+ * /run/containerd there) */
+#define AGENT_CONTAINERD_STATE_DEFAULT "/run/containerd/io.containerd.runtime.v2.task"
 struct agent_server_config {
 	const char *unix_path;	  /* NULL: no unix listener */
 	const char *listen_addr;  /* "ADDR:PORT" / "[V6]:PORT"; NULL: no TCP listener */
@@ -54,8 +57,9 @@ struct agent_server_config {
 	bool allow_any_pid;	  /* pid/N for every token holder (else see peer.c) */
 	bool insecure_listen;	  /* --listen may be a non-loopback address */
 	unsigned stream_ttl_ms;
-	size_t mirror_ring_bytes; /* per mirrored netns; 0: the default (32 MiB) */
-	size_t mirror_copy_bytes; /* how far one mirror copy may fall behind; 0: 64 MiB */
+	size_t mirror_ring_bytes;     /* per mirrored netns; 0: the default (32 MiB) */
+	size_t mirror_copy_bytes;     /* how far one mirror copy may fall behind; 0: 64 MiB */
+	const char *containerd_state; /* runc v2 task dir for container/ID; NULL: none */
 	struct agent_budget_limits limits;
 	int stop_fd; /* readable (e.g. a signalfd) -> graceful shutdown */
 };

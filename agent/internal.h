@@ -23,8 +23,10 @@
  * caller can use it from any thread afterwards). Shared by the sessions that name the
  * same pid; refcounted. */
 struct agent_target;
-int agent_target_resolve(const struct proto_target *t, struct agent_target **out,
-			 struct hm_err *err);
+/* containerd_state: containerd's runc v2 task directory (agent_server_config), where a
+ * container/ID is looked up first; NULL or "": only the cgroup scan of /proc. */
+int agent_target_resolve(const struct proto_target *t, const char *containerd_state,
+			 struct agent_target **out, struct hm_err *err);
 void agent_target_put(struct agent_target *t);
 /* Is a container/ID target what a privileged runtime started: its own pid and mount
  * namespaces, and a user namespace that is the initial one or root's? EPERM with the
@@ -37,6 +39,23 @@ const char *agent_target_describe(const struct agent_target *t);
 /* socket(domain, type|SOCK_CLOEXEC, protocol) inside the target's netns. */
 int agent_target_socket(struct agent_target *t, int domain, int type, int protocol,
 			struct hm_err *err);
+
+/* ---- target_containerd.c: container/ID through containerd's task state ----
+ * The runc shim v2 layout STATE/<namespace>/<ID>/init.pid; namespace k8s.io first,
+ * then the other directories of STATE. */
+#define AGENT_CONTAINER_ID_MAX 128
+/* Is id one plain path element a runtime could name a task by: 1 to 128 of
+ * [A-Za-z0-9_.-], never containing ".."? */
+bool agent_container_id_ok(const char *id);
+/* len bytes of an init.pid: 1 to 7 digits, no leading zero, an optional final newline,
+ * at most the kernel's pid ceiling. 0 or -1. */
+int agent_parse_pid_file(const char *text, size_t len, pid_t *pid);
+/* The init pid containerd's task state in state_dir records for container id, and the
+ * namespace it was found in (into ns). Opened without symlinks or mount crossings
+ * below state_dir. < 0 with err->code ENOENT (no such task or no state_dir), EINVAL (a
+ * bad id, or a task file that is not a pid) or another errno. The pid is unverified. */
+int agent_containerd_task_pid(const char *state_dir, const char *id, pid_t *pid, char *ns,
+			      size_t ns_len, struct hm_err *err);
 
 /* ---- files.c, files_write.c: file requests, always below root_fd ----
  * Every function resolves paths with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)

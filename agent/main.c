@@ -49,6 +49,12 @@ static const char usage_text[] =
     "                         of mirrored traffic may fill before copies are reset\n"
     "  --mirror-copy-buffer SIZE  how far one mirror copy may fall behind its\n"
     "                         connection before it is reset (default 64M)\n"
+    "  --containerd-state DIR containerd's runc v2 task state, where container/ID is\n"
+    "                         looked up first (DIR/NAMESPACE/ID/init.pid, namespace\n"
+    "                         k8s.io first; the pid must be in the container's cgroup),\n"
+    "                         before the cgroup scan of /proc (default\n"
+    "                         " AGENT_CONTAINERD_STATE_DEFAULT ";\n"
+    "                         '' for the scan only)\n"
     "  --log-level L          debug, info (default), warn or error\n"
     "  --version              print the version\n"
     "  -h, --help             this text\n"
@@ -310,6 +316,7 @@ int main(int argc, char **argv)
 	    {"max-session-inflight", required_argument, NULL, OPT_BUDGET + 5},
 	    {"max-connects", required_argument, NULL, OPT_BUDGET + 6},
 	    {"max-session-connects", required_argument, NULL, OPT_BUDGET + 7},
+	    {"containerd-state", required_argument, NULL, 'D'},
 	    {"log-level", required_argument, NULL, 'L'},
 	    {"version", no_argument, NULL, 'V'},
 	    {"help", no_argument, NULL, 'h'},
@@ -320,6 +327,7 @@ int main(int argc, char **argv)
 	    .max_file_size = DEFAULT_MAX_FILE,
 	    .handshake_timeout_ms = DEFAULT_HANDSHAKE_MS,
 	    .stream_ttl_ms = AGENT_STREAM_TTL_MS,
+	    .containerd_state = AGENT_CONTAINERD_STATE_DEFAULT,
 	};
 	agent_budget_default_limits(&cfg.limits);
 	bool streams_set = false;
@@ -394,6 +402,9 @@ int main(int argc, char **argv)
 			streams_set |= i == 2;
 			break;
 		}
+		case 'D':
+			cfg.containerd_state = optarg;
+			break;
 		case 'L':
 			if (parse_level(optarg, &level) < 0)
 				return usage_error(

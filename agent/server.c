@@ -373,7 +373,7 @@ static void handle_session_open(struct conn *c, const struct proto_msg *m)
 		return;
 	}
 	struct agent_target *t;
-	if (agent_target_resolve(&spec, &t, &err) < 0) {
+	if (agent_target_resolve(&spec, c->srv->cfg->containerd_state, &t, &err) < 0) {
 		hm_info("conn %llu (%s): target %s: %s", (unsigned long long)c->id, c->peer,
 			m->session_open.target, err.msg);
 		session_account_drop(account);

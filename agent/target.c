@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -202,13 +203,14 @@ static bool is_hex(int c)
 
 /* Does text start with the (lower-case) id, abbreviated or whole, followed by suffix
  * and nothing else? A full 64-digit id must match whole; an abbreviated one (>= 12
- * digits) may be the start of a longer id. */
-static bool id_then(const char *text, size_t len, const char *id, size_t idlen, const char *suffix)
+ * digits) may be the start of a longer id, unless whole is asked for. */
+static bool id_then(const char *text, size_t len, const char *id, size_t idlen, bool whole,
+		    const char *suffix)
 {
 	if (len < idlen || strncasecmp(text, id, idlen))
 		return false;
 	size_t n = idlen;
-	while (n < len && n < CONTAINER_ID_MAX && is_hex((unsigned char)text[n]))
+	while (!whole && n < len && n < CONTAINER_ID_MAX && is_hex((unsigned char)text[n]))
 		n++; /* an abbreviated id: the rest of the full id */
 	size_t slen = strlen(suffix);
 	return len - n == slen && !memcmp(text + n, suffix, slen);
@@ -225,7 +227,7 @@ static bool element_is(const char *el, size_t len, const char *name)
  * "cri-containerd-ID.scope", "crio-ID.scope", "libpod-ID.scope". Any user can make a
  * cgroup named so (systemd-run --user, delegation): the namespace checks of
  * agent_target_check_container decide, this only finds the candidates. */
-static bool cgroup_path_has_id(const char *path, const char *id, size_t idlen)
+static bool cgroup_path_has_id(const char *path, const char *id, size_t idlen, bool whole)
 {
 	static const char *const prefixes[] = {"docker-", "cri-containerd-", "crio-", "libpod-"};
 	bool under_runtime = false, prev_docker = false;
@@ -238,11 +240,11 @@ static bool cgroup_path_has_id(const char *path, const char *id, size_t idlen)
 		for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
 			size_t plen = strlen(prefixes[i]);
 			if (len > plen && !memcmp(el, prefixes[i], plen) &&
-			    (id_then(el + plen, len - plen, id, idlen, ".scope") ||
-			     id_then(el + plen, len - plen, id, idlen, "")))
+			    (id_then(el + plen, len - plen, id, idlen, whole, ".scope") ||
+			     id_then(el + plen, len - plen, id, idlen, whole, "")))
 				return true;
 		}
-		if ((prev_docker || under_runtime) && id_then(el, len, id, idlen, ""))
+		if ((prev_docker || under_runtime) && id_then(el, len, id, idlen, whole, ""))
 			return true;
 		prev_docker = element_is(el, len, "docker");
 		if (len >= 8 && !memcmp(el, "kubepods", 8))
@@ -254,7 +256,8 @@ static bool cgroup_path_has_id(const char *path, const char *id, size_t idlen)
 	return false;
 }
 
-static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, size_t idlen)
+static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, size_t idlen,
+			     bool whole)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "%s/cgroup", pid_name);
@@ -272,7 +275,7 @@ static bool pid_in_container(int proc_fd, const char *pid_name, const char *id, 
 		/* "hierarchy-id:controllers:path": only the path may carry the id */
 		char *path_part = strchr(line, ':');
 		path_part = path_part ? strchr(path_part + 1, ':') : NULL;
-		if (path_part && cgroup_path_has_id(path_part + 1, id, idlen))
+		if (path_part && cgroup_path_has_id(path_part + 1, id, idlen, whole))
 			return true;
 	}
 	return false;
@@ -307,7 +310,7 @@ static int check_pod_process(pid_t pid, const char *name, struct hm_err *err)
 				  "pod/%s: pid %d is in the host's pid namespace: "
 				  "not the pod's (exited?)",
 				  name, (int)pid);
-	char path[64], want[RT_NAME_MAX + 16];
+	char path[64], want[PROTO_NAME_MAX + 16]; /* name is at most a target value */
 	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
 	snprintf(want, sizeof(want), "/hermit/%s", name);
 	hm_cleanup_free char *text = NULL;
@@ -324,8 +327,63 @@ static int check_pod_process(pid_t pid, const char *name, struct hm_err *err)
 			  name, (int)pid, want);
 }
 
-static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
+/* Pin pid with a pidfd, then check it is (still) in a cgroup of container id: a pid
+ * read before the pidfd was opened may have been recycled since. The pidfd, or < 0. */
+static int pin_container_pid(int proc_fd, pid_t pid, const char *id, size_t idlen, bool whole)
 {
+	int pidfd = pidfd_open(pid, 0);
+	if (pidfd < 0)
+		return -1;
+	char pid_name[16];
+	snprintf(pid_name, sizeof(pid_name), "%d", (int)pid);
+	if (!pid_in_container(proc_fd, pid_name, id, idlen, whole) || !pidfd_alive(pidfd)) {
+		close(pidfd);
+		return -1;
+	}
+	return pidfd;
+}
+
+static long long micros_since(uint64_t t0_ns)
+{
+	return (long long)((hm_now_ns() - t0_ns) / 1000);
+}
+
+/* The pid containerd's task state gives for id, pinned and verified; < 0 (why logged)
+ * when there is none to trust, and the caller falls back to the cgroup scan. */
+static int container_by_task_state(int proc_fd, const char *state, const char *id, pid_t *pid)
+{
+	uint64_t t0 = hm_now_ns();
+	struct hm_err err = {0};
+	char ns[NAME_MAX + 1];
+	pid_t candidate;
+	if (agent_containerd_task_pid(state, id, &candidate, ns, sizeof(ns), &err) < 0) {
+		if (err.code == ENOENT)
+			hm_debug("container/%s: not in containerd's task state (%s)", id, err.msg);
+		else
+			hm_warn("container/%s: containerd's task state: %s; falling back to the "
+				"cgroup scan",
+				id, err.msg);
+		return -1;
+	}
+	/* the task state is only as trustworthy as whoever could write it: the process
+	 * must be in the container's cgroup, under the whole id */
+	int pidfd = pin_container_pid(proc_fd, candidate, id, strlen(id), true);
+	if (pidfd < 0) {
+		hm_warn("container/%s: containerd's task state (namespace %s) names pid %d, "
+			"which is not a live process in a cgroup of the container; falling back "
+			"to the cgroup scan",
+			id, ns, (int)candidate);
+		return -1;
+	}
+	hm_debug("container/%s: pid %d from containerd's task state (namespace %s) in %lld us", id,
+		 (int)candidate, ns, micros_since(t0));
+	*pid = candidate;
+	return pidfd;
+}
+
+static int container_by_cgroup_scan(int proc_fd, const char *id, pid_t *pid, struct hm_err *err)
+{
+	uint64_t t0 = hm_now_ns();
 	size_t idlen = strlen(id);
 	if (idlen < CONTAINER_ID_MIN || idlen > CONTAINER_ID_MAX)
 		return hm_err_set(err, EINVAL, "container id '%s': expected %d to %d hex digits",
@@ -337,9 +395,6 @@ static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
 	for (size_t i = 0; i <= idlen; i++)
 		lower[i] = (char)tolower((unsigned char)id[i]);
 
-	hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (proc_fd < 0)
-		return hm_err_errno(err, "open /proc");
 	int dir_fd = fcntl(proc_fd, F_DUPFD_CLOEXEC, 0);
 	DIR *d = dir_fd < 0 ? NULL : fdopendir(dir_fd);
 	if (!d) {
@@ -349,21 +404,53 @@ static int resolve_container(const char *id, pid_t *pid, struct hm_err *err)
 		return -1;
 	}
 	pid_t best = 0;
+	unsigned scanned = 0;
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		uint64_t n;
 		if (hm_parse_u64(de->d_name, &n) < 0 || n == 0 || n > INT32_MAX)
 			continue;
+		scanned++;
 		if (best && (pid_t)n >= best)
 			continue;
-		if (pid_in_container(proc_fd, de->d_name, lower, idlen))
+		if (pid_in_container(proc_fd, de->d_name, lower, idlen, false))
 			best = (pid_t)n;
 	}
 	closedir(d);
 	if (!best)
 		return hm_err_set(err, ESRCH, "no process in a cgroup of container %s", id);
+	int pidfd = pin_container_pid(proc_fd, best, lower, idlen, false);
+	if (pidfd < 0)
+		return hm_err_set(err, ESRCH, "container/%s (pid %d) exited while being resolved",
+				  id, (int)best);
+	hm_debug("container/%s: pid %d by a cgroup scan of /proc (%u processes) in %lld us", id,
+		 (int)best, scanned, micros_since(t0));
 	*pid = best;
-	return 0;
+	return pidfd;
+}
+
+/* container/ID to a pid pinned by the returned pidfd: containerd's task state first
+ * when there is one, else (or when it names no process of the container) the cgroup
+ * scan of /proc. */
+static int resolve_container(const char *id, const char *containerd_state, pid_t *pid,
+			     struct hm_err *err)
+{
+	/* the id goes into paths below the task state: one plain element, checked here
+	 * whatever the protocol layer already checked */
+	if (!agent_container_id_ok(id))
+		return hm_err_plain(err, EINVAL,
+				    "container id '%s': expected 1 to %d of [A-Za-z0-9_.-], never "
+				    "'/' or '..'",
+				    id, AGENT_CONTAINER_ID_MAX);
+	hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (proc_fd < 0)
+		return hm_err_errno(err, "open /proc");
+	if (containerd_state && containerd_state[0]) {
+		int pidfd = container_by_task_state(proc_fd, containerd_state, id, pid);
+		if (pidfd >= 0)
+			return pidfd;
+	}
+	return container_by_cgroup_scan(proc_fd, id, pid, err);
 }
 
 /* An existing live target for pid, with a reference taken; NULL if none. A registered
@@ -442,11 +529,12 @@ static int target_create(pid_t pid, int pidfd, const char *description, struct a
 	return 0;
 }
 
-int agent_target_resolve(const struct proto_target *spec, struct agent_target **out,
-			 struct hm_err *err)
+int agent_target_resolve(const struct proto_target *spec, const char *containerd_state,
+			 struct agent_target **out, struct hm_err *err)
 {
 	*out = NULL;
 	pid_t pid = 0;
+	int pidfd = -1;
 	const char *kind = "pid";
 	switch (spec->kind) {
 	case PROTO_TARGET_POD:
@@ -461,7 +549,8 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 		break;
 	case PROTO_TARGET_CONTAINER:
 		kind = "container";
-		if (resolve_container(spec->value, &pid, err) < 0)
+		pidfd = resolve_container(spec->value, containerd_state, &pid, err);
+		if (pidfd < 0)
 			return -1;
 		break;
 	default:
@@ -470,7 +559,8 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 
 	char description[PROTO_NAME_MAX + 32];
 	snprintf(description, sizeof(description), "%s/%s (pid %d)", kind, spec->value, (int)pid);
-	int pidfd = pidfd_open(pid, 0);
+	if (pidfd < 0)
+		pidfd = pidfd_open(pid, 0);
 	if (pidfd < 0) {
 		if (errno == ESRCH)
 			return hm_err_set(err, ESRCH, "%s: no such process", description);
@@ -493,21 +583,8 @@ int agent_target_resolve(const struct proto_target *spec, struct agent_target **
 					   description);
 			return -1;
 		}
-	} else if (spec->kind == PROTO_TARGET_CONTAINER) {
-		hm_cleanup_close int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		char pid_name[16];
-		snprintf(pid_name, sizeof(pid_name), "%d", (int)pid);
-		char lower[CONTAINER_ID_MAX + 1];
-		size_t idlen = strlen(spec->value);
-		for (size_t i = 0; i <= idlen; i++)
-			lower[i] = (char)tolower((unsigned char)spec->value[i]);
-		if (proc_fd < 0 || !pid_in_container(proc_fd, pid_name, lower, idlen) ||
-		    !pidfd_alive(pidfd)) {
-			close(pidfd);
-			return hm_err_set(err, ESRCH, "%s exited while being resolved",
-					  description);
-		}
 	}
+	/* container/ID: resolve_container pinned and checked it already */
 
 	struct agent_target *t = registry_get(pid);
 	if (t) {

@@ -50,6 +50,9 @@ mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
 vols = {v["name"]: v for v in spec["volumes"]}
 need(vols[mounts["/sys/fs/bpf"]["name"]]["hostPath"]["path"] == "/sys/fs/bpf", "bpffs mounted")
 need(vols[mounts["/run/containerd"]["name"]]["hostPath"]["path"] == "/run/containerd", "containerd state")
+need(mounts["/run/containerd"].get("readOnly") is True, "containerd state mounted read-only")
+need(args[args.index("--containerd-state") + 1].startswith("/run/containerd/"),
+     "--containerd-state below the mounted /run/containerd")
 tok = vols[[m for m in c["volumeMounts"] if tf.startswith(m["mountPath"])][0]["name"]]
 need(tok["secret"]["secretName"] == "hermit-agent-token", "token from the Secret")
 need(("Secret", "hermit-agent-token") in by, "the token Secret")

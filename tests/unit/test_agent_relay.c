@@ -950,7 +950,7 @@ static struct agent_target *self_target(void)
 	snprintf(spec.value, sizeof(spec.value), "%d", (int)getpid());
 	struct agent_target *t;
 	struct hm_err err;
-	if (agent_target_resolve(&spec, &t, &err) < 0)
+	if (agent_target_resolve(&spec, NULL, &t, &err) < 0)
 		fail_msg("resolve self: %s", err.msg);
 	return t;
 }
