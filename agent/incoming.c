@@ -399,8 +399,10 @@ int agent_incoming_offer_fd(struct agent_incoming_sub *sub, int fd, const struct
 {
 	uint8_t token[PROTO_TOKEN_LEN];
 	struct agent_incoming_session *s = sub->sess;
-	if (agent_streams_add(sub->port->reg->streams, s->id, s->account, RELAY_TCP, fd, 0, token,
-			      err) < 0)
+	/* to the session's own unix peer, the socket itself (no relay); otherwise relayed */
+	int64_t pass_uid = (sub->flags & PROTO_INCOMING_RELAY) ? -1 : s->pass_uid;
+	if (agent_streams_add_tcp(sub->port->reg->streams, s->id, s->account, fd, pass_uid, token,
+				  err) < 0)
 		return -1;
 	if (send_connection_event(sub, token, client, server, err) < 0) {
 		unpark(sub, token);
@@ -803,7 +805,8 @@ static int check_request(const struct proto_incoming_subscribe *req, struct hm_e
 	bool filtered = req->http_filter && req->http_filter[0];
 	if (filtered && req->mode != PROTO_INCOMING_STEAL)
 		return hm_err_set(err, EINVAL, "an http_filter applies to steal only");
-	if (req->flags & ~(uint32_t)(PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT))
+	if (req->flags &
+	    ~(uint32_t)(PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT | PROTO_INCOMING_RELAY))
 		return hm_err_set(err, EINVAL, "unknown incoming flags 0x%x", req->flags);
 	return 0;
 }

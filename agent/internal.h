@@ -381,6 +381,9 @@ struct agent_incoming_session {
 	 * the peer's own user namespace owns may be subscribed to */
 	bool confined;
 	uid_t uid;
+	/* a stolen connection's socket may be passed to this uid (the session's own unix
+	 * peer that agreed PROTO_FEAT_TCP_FD, as for TCP_CONNECT); -1: relayed */
+	int64_t pass_uid;
 	/* an event (frame id 0) on the control connection, serialized with the session's
 	 * replies; < 0 once the session ended. Thread-safe. */
 	int (*send)(void *conn, const struct proto_msg *m);

@@ -435,13 +435,15 @@ struct proto_udp_datagram {
 enum proto_incoming_mode { PROTO_INCOMING_MIRROR = 1, PROTO_INCOMING_STEAL = 2 };
 #define PROTO_INCOMING_FLUSH (1u << 0)	    /* steal: reset the port's open connections */
 #define PROTO_INCOMING_CONCURRENT (1u << 1) /* on_concurrent_steal=continue: share, no abort */
-#define PROTO_HTTP_FILTER_MAX 8192	    /* bytes of an http_filter's JSON text */
+/* steal: relay the connections even to a peer that agreed PROTO_FEAT_TCP_FD */
+#define PROTO_INCOMING_RELAY (1u << 2)
+#define PROTO_HTTP_FILTER_MAX 8192 /* bytes of an http_filter's JSON text */
 #define PROTO_INCOMING_DATA_MAX (256u << 10)
 
 struct proto_incoming_subscribe {
 	uint16_t port;	/* 1..65535, the target's port */
 	uint8_t mode;	/* enum proto_incoming_mode */
-	uint32_t flags; /* PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT */
+	uint32_t flags; /* PROTO_INCOMING_FLUSH | _CONCURRENT | _RELAY */
 	/* STEAL only: "" for none, else mirrord's http_filter object as JSON text (the
 	 * keys header_filter, path_filter, method_filter, all_of, any_of; ports already
 	 * applied by the client), <= PROTO_HTTP_FILTER_MAX bytes. Checked by the agent. */
