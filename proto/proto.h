@@ -49,8 +49,8 @@
  * Stream connection (bulk bytes never travel in control frames): a new connection to
  * the same agent address, opened with a one-time token from a reply:
  *   client STREAM_HELLO(token) -> agent STREAM_HELLO_REPLY, then depending on the token
- *   - TCP_CONNECT_REPLY:  raw bytes both ways (splice-able) until either side closes;
- *     with PROTO_FEAT_TCP_FD on a unix connection of the session's own uid, instead the
+ *   - TCP_CONNECT_REPLY (and a stolen INCOMING_CONNECTION):  raw bytes both ways
+ *     (splice-able) until either side closes; with PROTO_FEAT_TCP_FD on a unix connection of the session's own uid, instead the
  *     reply carries the pod's socket (SCM_RIGHTS) and the agent closes the connection;
  *   - FILE_READ_REPLY with transfer STREAM: the agent sends exactly `size` raw bytes
  *     and closes;
@@ -124,7 +124,8 @@
 /* Handshake feature bits; HELLO_REPLY carries the intersection. */
 #define PROTO_FEAT_ZLIB (1ull << 0) /* peer inflates zlib blobs: the agent may compress */
 /* TCP hand-off: on a unix stream connection of the session's own peer (same uid), the
- * STREAM_HELLO_REPLY of a TCP_CONNECT token carries the pod's connected socket itself
+ * STREAM_HELLO_REPLY of a TCP_CONNECT token, or of a stolen INCOMING_CONNECTION's (a
+ * subscription without PROTO_INCOMING_RELAY), carries the pod's socket itself
  * (SCM_RIGHTS on the reply's first byte) and the agent closes the stream connection:
  * no relay. Never over TCP. The frame layouts do not change; see proto_stream_open_fd. */
 #define PROTO_FEAT_TCP_FD (1ull << 1)
