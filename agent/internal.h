@@ -450,8 +450,9 @@ void *agent_incoming_sub_filter(const struct agent_incoming_sub *sub);
 int agent_incoming_offer(struct agent_incoming_sub *sub, const struct proto_addr *client,
 			 const struct proto_addr *server, agent_stream_claimed_fn claimed,
 			 void *ctx, struct hm_err *err);
-/* The same for a socket the relay carries as raw bytes (a stolen connection): fd is
- * owned from here on, closed on failure too. */
+/* The same for a stolen connection's socket: the relay carries it as raw bytes, or it
+ * is passed to the session's own unix peer (pass_uid; not with PROTO_INCOMING_RELAY).
+ * fd is owned from here on, closed on failure too. */
 int agent_incoming_offer_fd(struct agent_incoming_sub *sub, int fd, const struct proto_addr *client,
 			    const struct proto_addr *server, struct hm_err *err);
 /* A connection from the agent to the target's own server on a stolen port (server: the
