@@ -96,16 +96,17 @@ bi_steal_start() {
 	echo "bench: the steal did not start: $(cat "$BI_WORK/steal.out")" >&2
 	return 1
 }
-# bi_trun_start on|off: httpserve under trace-run stealing the web pod's port, with the
-# fd hand-off on or off; an IPv4 listener (an IPv4 client of a dual-stack listener is
-# relayed: docs/config.md); bi_trun_stop ends it
+# bi_trun_start on|off [LISTEN]: httpserve under trace-run stealing the web pod's port,
+# with the fd hand-off on or off; an IPv4 listener unless LISTEN says otherwise (the
+# pod's socket of an IPv4 client is relayed by trace-run to a dual-stack listener:
+# docs/config.md); bi_trun_stop ends it
 bi_trun_start() {
 	echo "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"fd_handoff\": $([ "$1" = on ] && echo true || echo false)}}}}" \
 		>"$BI_WORK/trun.json"
 	: >"$BI_WORK/trun.err"
 	timeout 600 "$TRACE_RUN" --agent-unix "$BI_WORK/agent.sock" --token-file "$BI_WORK/token" \
 		--target "pod/$BI_WEB" -f "$BI_WORK/trun.json" -- \
-		"$HTTPSERVE" -listen "0.0.0.0:$BI_PORT" -body "hello from local!!" \
+		"$HTTPSERVE" -listen "${2:-0.0.0.0:$BI_PORT}" -body "hello from local!!" \
 		</dev/null >/dev/null 2>"$BI_WORK/trun.err" &
 	echo $! >"$BI_WORK/trun.pid"
 	local i
@@ -180,9 +181,13 @@ bench_incoming_steal() {
 		[ "$body" = "hello from local!!" ] || { echo "bench: trace-run ($mode) answered '$body'" >&2; return 1; }
 	done
 	for r in $(seq "$BENCH_STEAL_ROUNDS"); do
-		for mode in direct BI_FORWARD BI_STREAM BI_FILTER TRUN_HANDOFF TRUN_RELAY; do
-			if [ "$mode" = TRUN_HANDOFF ] || [ "$mode" = TRUN_RELAY ]; then
-				bi_trun_start "$([ "$mode" = TRUN_HANDOFF ] && echo on || echo off)"
+		for mode in direct BI_FORWARD BI_STREAM BI_FILTER TRUN_HANDOFF TRUN_DUAL TRUN_RELAY; do
+			if [ "$mode" = TRUN_HANDOFF ]; then
+				bi_trun_start on
+			elif [ "$mode" = TRUN_DUAL ]; then
+				bi_trun_start on ":$BI_PORT"
+			elif [ "$mode" = TRUN_RELAY ]; then
+				bi_trun_start off
 			elif [ "$mode" != direct ]; then
 				local -n args=$mode
 				bi_steal_start "${args[@]}"
@@ -216,10 +221,11 @@ bench_incoming_steal() {
 	median2() { python3 -c 'import statistics, sys; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 	{
 		printf 'direct to the pod (httpserve), req/s\t%s\t-\t-\t-\n' "$d"
-		for mode in TRUN_HANDOFF TRUN_RELAY BI_FORWARD BI_STREAM BI_FILTER BI_FILTER_PASS; do
+		for mode in TRUN_HANDOFF TRUN_DUAL TRUN_RELAY BI_FORWARD BI_STREAM BI_FILTER BI_FILTER_PASS; do
 			local name s
 			case "$mode" in
 			TRUN_HANDOFF) name="steal, Go httpserve under trace-run --incoming steal vs direct to the pod (unix agent)" ;;
+			TRUN_DUAL) name="the same, dual-stack listener :$BI_PORT (the pod's socket, trace-run relay)" ;;
 			TRUN_RELAY) name="the same, fd_handoff false (agent relay + trace-run relay)" ;;
 			BI_FORWARD) name="stolen -> relay -> local httpserve" ;;
 			BI_STREAM) name="stolen, served on the stream (C)" ;;
@@ -239,5 +245,5 @@ bench_incoming_steal() {
 	} >"$tsv"
 	print_rows "steal: httpbench -c $BENCH_STEAL_C keep-alive from another pod, ${BENCH_STEAL_SECONDS}s, median of $BENCH_STEAL_ROUNDS interleaved" "$tsv"
 	# shellcheck disable=SC2086
-	echo "runs req/s: direct${rps[direct]}; trace-run hand-off${rps[TRUN_HANDOFF]}; trace-run relayed${rps[TRUN_RELAY]}; relay to httpserve${rps[BI_FORWARD]}; on the stream${rps[BI_STREAM]}; filter matching${rps[BI_FILTER]}; filter passed to the pod${rps[BI_FILTER_PASS]}"
+	echo "runs req/s: direct${rps[direct]}; trace-run hand-off${rps[TRUN_HANDOFF]}; trace-run dual-stack${rps[TRUN_DUAL]}; trace-run fd_handoff false${rps[TRUN_RELAY]}; relay to httpserve${rps[BI_FORWARD]}; on the stream${rps[BI_STREAM]}; filter matching${rps[BI_FILTER]}; filter passed to the pod${rps[BI_FILTER_PASS]}"
 }
