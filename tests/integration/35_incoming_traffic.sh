@@ -574,11 +574,12 @@ pod_sock_owner() {
 		grep -F "$2:" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1
 }
 
-test_steal_handoff() { # BACKEND HANDOFF(on|off)
-	local backend="$1" handoff="$2" name="handoff-$1-$2" got prog owner
+test_steal_handoff() { # BACKEND HANDOFF(on|off) [USER]
+	local backend="$1" handoff="$2" user="${3:-root}" name="handoff-$1-$2-${3:-root}" got prog owner
 	echo "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"fd_handoff\": $([ "$handoff" = on ] && echo true || echo false)}}}}" \
 		>"$WORK/$name.json"
-	trun_bg "$name" "$backend" root -vv -f "$WORK/$name.json" -- "$PYTHON" -c "$HANDOFF_PY"
+	chmod 0644 "$WORK/$name.json"
+	trun_bg "$name" "$backend" "$user" -vv -f "$WORK/$name.json" -- "$PYTHON" -c "$HANDOFF_PY"
 	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line hi)
 	echo "answer: $got"
 	# the kernel's own answers on the socket: the client pod, the pod's address
@@ -649,6 +650,7 @@ check "a signal reaches python in a blocking accept (seccomp)" test_signal_in_ac
 check "a signal reaches python in a blocking accept (ptrace)" test_signal_in_accept ptrace
 check "steal hands the pod's socket to the program (seccomp)" test_steal_handoff seccomp on
 check "steal hands the pod's socket to the program (ptrace)" test_steal_handoff ptrace on
+check "steal hands the pod's socket to the program (seccomp, nobody)" test_steal_handoff seccomp on nobody
 check "steal with fd_handoff false: relayed (seccomp)" test_steal_handoff seccomp off
 check "a second steal of a port is refused" test_second_steal_refused
 check "the session ends with connections open" test_session_end_open_connections
