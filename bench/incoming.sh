@@ -97,9 +97,8 @@ bi_steal_start() {
 	return 1
 }
 # bi_trun_start on|off [LISTEN]: httpserve under trace-run stealing the web pod's port,
-# with the fd hand-off on or off; an IPv4 listener unless LISTEN says otherwise (the
-# pod's socket of an IPv4 client is relayed by trace-run to a dual-stack listener:
-# docs/config.md); bi_trun_stop ends it
+# with the fd hand-off on or off; on 0.0.0.0:PORT unless LISTEN says otherwise (Go
+# listens dual-stack on both); bi_trun_stop ends it
 bi_trun_start() {
 	echo "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"fd_handoff\": $([ "$1" = on ] && echo true || echo false)}}}}" \
 		>"$BI_WORK/trun.json"
@@ -225,7 +224,7 @@ bench_incoming_steal() {
 			local name s
 			case "$mode" in
 			TRUN_HANDOFF) name="steal, Go httpserve under trace-run --incoming steal vs direct to the pod (unix agent)" ;;
-			TRUN_DUAL) name="the same, dual-stack listener :$BI_PORT (the pod's socket, trace-run relay)" ;;
+			TRUN_DUAL) name="the same, listening on :$BI_PORT" ;;
 			TRUN_RELAY) name="the same, fd_handoff false (agent relay + trace-run relay)" ;;
 			BI_FORWARD) name="stolen -> relay -> local httpserve" ;;
 			BI_STREAM) name="stolen, served on the stream (C)" ;;

@@ -50,8 +50,9 @@
  * the same agent address, opened with a one-time token from a reply:
  *   client STREAM_HELLO(token) -> agent STREAM_HELLO_REPLY, then depending on the token
  *   - TCP_CONNECT_REPLY (and a stolen INCOMING_CONNECTION):  raw bytes both ways
- *     (splice-able) until either side closes; with PROTO_FEAT_TCP_FD on a unix connection of the session's own uid, instead the
- *     reply carries the pod's socket (SCM_RIGHTS) and the agent closes the connection;
+ *     (splice-able) until either side closes; with PROTO_FEAT_TCP_FD on a unix connection of the
+ * session's own uid, instead the reply carries the pod's socket (SCM_RIGHTS) and the agent closes
+ * the connection;
  *   - FILE_READ_REPLY with transfer STREAM: the agent sends exactly `size` raw bytes
  *     and closes;
  *   - UDP_OPEN_REPLY:  UDP_DATAGRAM frames (id 0) both ways, each carrying the peer
@@ -438,13 +439,17 @@ enum proto_incoming_mode { PROTO_INCOMING_MIRROR = 1, PROTO_INCOMING_STEAL = 2 }
 #define PROTO_INCOMING_CONCURRENT (1u << 1) /* on_concurrent_steal=continue: share, no abort */
 /* steal: relay the connections even to a peer that agreed PROTO_FEAT_TCP_FD */
 #define PROTO_INCOMING_RELAY (1u << 2)
+/* steal: the program's listener is a dual-stack IPv6 socket; when this subscription
+ * starts the port's steal, IPv4 connections come as IPv6 sockets (v4-mapped), as the
+ * program's own accept would give them */
+#define PROTO_INCOMING_DUAL_STACK (1u << 3)
 #define PROTO_HTTP_FILTER_MAX 8192 /* bytes of an http_filter's JSON text */
 #define PROTO_INCOMING_DATA_MAX (256u << 10)
 
 struct proto_incoming_subscribe {
 	uint16_t port;	/* 1..65535, the target's port */
 	uint8_t mode;	/* enum proto_incoming_mode */
-	uint32_t flags; /* PROTO_INCOMING_FLUSH | _CONCURRENT | _RELAY */
+	uint32_t flags; /* PROTO_INCOMING_FLUSH | _CONCURRENT | _RELAY | _DUAL_STACK */
 	/* STEAL only: "" for none, else mirrord's http_filter object as JSON text (the
 	 * keys header_filter, path_filter, method_filter, all_of, any_of; ports already
 	 * applied by the client), <= PROTO_HTTP_FILTER_MAX bytes. Checked by the agent. */

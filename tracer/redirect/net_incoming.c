@@ -482,6 +482,12 @@ static struct tracer_result handle_listen(const struct tracer_call *call, void *
 			sj.flags |= PROTO_INCOMING_CONCURRENT;
 		if (cfg->fd_handoff == POLICY_TRI_FALSE)
 			sj.flags |= PROTO_INCOMING_RELAY;
+		/* its IPv4 clients come as IPv6 sockets, as its own accept would give them */
+		int v6only = 1;
+		socklen_t ol = sizeof(v6only);
+		if (trace_net_socket_family(dup) == AF_INET6 &&
+		    getsockopt(dup, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &ol) == 0 && !v6only)
+			sj.flags |= PROTO_INCOMING_DUAL_STACK;
 		sj.filter = policy_incoming_http_filter(in->cfg, sj.port);
 	}
 	struct net_job *job = trace_net_job_new(st, dup, ino);
