@@ -49,7 +49,9 @@ struct agent_incoming_sub {
 /* A port being stolen. Owned by its port; stopped outside the registry lock. */
 struct steal_engine {
 	struct agent_incoming_port *port; /* a reference */
-	int listen_fd[2];		  /* IPv4, IPv6 (-1: none, e.g. IPv6 disabled in the pod) */
+	/* IPv4 (an IPv6 socket bound to ::ffff:127.0.0.1 for a dual-stack program), IPv6
+	 * (-1: none, e.g. IPv6 disabled in the pod) */
+	int listen_fd[2];
 	int stop_efd;
 	struct hm_steal *bpf;
 	pthread_t thread;
@@ -399,8 +401,10 @@ int agent_incoming_offer_fd(struct agent_incoming_sub *sub, int fd, const struct
 {
 	uint8_t token[PROTO_TOKEN_LEN];
 	struct agent_incoming_session *s = sub->sess;
-	if (agent_streams_add(sub->port->reg->streams, s->id, s->account, RELAY_TCP, fd, 0, token,
-			      err) < 0)
+	/* to the session's own unix peer, the socket itself (no relay); otherwise relayed */
+	int64_t pass_uid = (sub->flags & PROTO_INCOMING_RELAY) ? -1 : s->pass_uid;
+	if (agent_streams_add_tcp(sub->port->reg->streams, s->id, s->account, fd, pass_uid, token,
+				  err) < 0)
 		return -1;
 	if (send_connection_event(sub, token, client, server, err) < 0) {
 		unpark(sub, token);
@@ -492,8 +496,9 @@ static void *steal_main(void *arg)
 
 /* A listener of one family on the target's loopback and an ephemeral port: only the
  * steal program sends it connections (an IPv6 socket bound to ::1 is v6-only, hence
- * one per family). */
-static int steal_listener(struct agent_target *t, int family, struct hm_err *err)
+ * one per family). v4_mapped: an IPv6 socket for IPv4 connections (bound to
+ * ::ffff:127.0.0.1), whose accepted sockets are what a dual-stack listener's are. */
+static int steal_listener(struct agent_target *t, int family, bool v4_mapped, struct hm_err *err)
 {
 	hm_cleanup_close int fd = agent_target_socket(t, family, SOCK_STREAM, 0, err);
 	if (fd < 0)
@@ -504,6 +509,8 @@ static int steal_listener(struct agent_target *t, int family, struct hm_err *err
 		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
 		a->sin6_family = AF_INET6;
 		a->sin6_addr = in6addr_loopback;
+		if (v4_mapped)
+			inet_pton(AF_INET6, "::ffff:127.0.0.1", &a->sin6_addr);
 		sl = sizeof(*a);
 	} else {
 		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
@@ -540,7 +547,7 @@ static void steal_stop(struct steal_engine *e)
 	free(e);
 }
 
-static int steal_start(struct agent_incoming_port *p, struct hm_err *err)
+static int steal_start(struct agent_incoming_port *p, bool dual_stack, struct hm_err *err)
 {
 	struct steal_engine *e = calloc(1, sizeof(*e));
 	if (!e)
@@ -552,11 +559,18 @@ static int steal_start(struct agent_incoming_port *p, struct hm_err *err)
 		hm_err_errno(err, "eventfd");
 		goto fail;
 	}
-	e->listen_fd[0] = steal_listener(p->target, AF_INET, err);
+	struct hm_err v6err = {0};
+	if (dual_stack) {
+		e->listen_fd[0] = steal_listener(p->target, AF_INET6, true, &v6err);
+		if (e->listen_fd[0] < 0) /* IPv6 off in the pod: plain IPv4 sockets then */
+			hm_info("incoming: %s: IPv4 connections as IPv4 sockets: %s", p->name,
+				v6err.msg);
+	}
+	if (e->listen_fd[0] < 0)
+		e->listen_fd[0] = steal_listener(p->target, AF_INET, false, err);
 	if (e->listen_fd[0] < 0)
 		goto fail;
-	struct hm_err v6err = {0};
-	e->listen_fd[1] = steal_listener(p->target, AF_INET6, &v6err);
+	e->listen_fd[1] = steal_listener(p->target, AF_INET6, false, &v6err);
 	if (e->listen_fd[1] < 0) /* IPv6 off in the pod: nobody connects over it */
 		hm_info("incoming: %s: IPv4 only: %s", p->name, v6err.msg);
 	if (hm_steal_attach(p->netns_fd, p->port, e->listen_fd[0], e->listen_fd[1], &e->bpf, err) <
@@ -803,7 +817,8 @@ static int check_request(const struct proto_incoming_subscribe *req, struct hm_e
 	bool filtered = req->http_filter && req->http_filter[0];
 	if (filtered && req->mode != PROTO_INCOMING_STEAL)
 		return hm_err_set(err, EINVAL, "an http_filter applies to steal only");
-	if (req->flags & ~(uint32_t)(PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT))
+	if (req->flags & ~(uint32_t)(PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT |
+				     PROTO_INCOMING_RELAY | PROTO_INCOMING_DUAL_STACK))
 		return hm_err_set(err, EINVAL, "unknown incoming flags 0x%x", req->flags);
 	return 0;
 }
@@ -897,7 +912,7 @@ static int subscribe(struct agent_incoming *reg, struct agent_incoming_session *
 		goto out;
 	}
 	bool started_steal = req->mode == PROTO_INCOMING_STEAL && p->nsteal == 0;
-	if (started_steal && steal_start(p, err) < 0)
+	if (started_steal && steal_start(p, req->flags & PROTO_INCOMING_DUAL_STACK, err) < 0)
 		goto out;
 	/* only when stealing starts: later, the port's connections are stolen ones */
 	flush = started_steal && (req->flags & PROTO_INCOMING_FLUSH);

@@ -400,6 +400,9 @@ struct agent_incoming_session {
 	 * the peer's own user namespace owns may be subscribed to */
 	bool confined;
 	uid_t uid;
+	/* a stolen connection's socket may be passed to this uid (the session's own unix
+	 * peer that agreed PROTO_FEAT_TCP_FD, as for TCP_CONNECT); -1: relayed */
+	int64_t pass_uid;
 	/* an event (frame id 0) on the control connection, serialized with the session's
 	 * replies; < 0 once the session ended. Thread-safe. */
 	int (*send)(void *conn, const struct proto_msg *m);
@@ -466,8 +469,9 @@ void *agent_incoming_sub_filter(const struct agent_incoming_sub *sub);
 int agent_incoming_offer(struct agent_incoming_sub *sub, const struct proto_addr *client,
 			 const struct proto_addr *server, agent_stream_claimed_fn claimed,
 			 void *ctx, struct hm_err *err);
-/* The same for a socket the relay carries as raw bytes (a stolen connection): fd is
- * owned from here on, closed on failure too. */
+/* The same for a stolen connection's socket: the relay carries it as raw bytes, or it
+ * is passed to the session's own unix peer (pass_uid; not with PROTO_INCOMING_RELAY).
+ * fd is owned from here on, closed on failure too. */
 int agent_incoming_offer_fd(struct agent_incoming_sub *sub, int fd, const struct proto_addr *client,
 			    const struct proto_addr *server, struct hm_err *err);
 /* A connection from the agent to the target's own server on a stolen port (server: the

@@ -7,6 +7,9 @@
 #                    -> local server). Rounds interleaved, median of BENCH_STEAL_ROUNDS.
 #                    With a header filter (agent_e2e steal --filter): requests with the
 #                    header to the local server, the others through the router to the pod.
+#                    And the real thing: httpserve under `trace-run --incoming steal`
+#                    (unix agent), which accepts the pod's own socket (the hand-off), and
+#                    the same with fd_handoff false (agent relay + trace-run relay).
 #
 # Uses the agent setup of bench/agent.sh's helpers (agent_up/agent_down) with pods of
 # its own.
@@ -23,8 +26,7 @@ BENCH_STEAL_C="${BENCH_STEAL_C:-8}"
 # The stolen rows: the local server behind a user-space relay (agent_e2e --forward: the
 # hop trace-run's local delivery adds), and a C responder on the stream itself (the
 # agent's own cost; faster per request than the pod's Go server, so not the same
-# server). TODO(lead): once i-trace's trace-run side is merged, a row with the same
-# httpserve under `trace-run --target pod/WEB --incoming steal` is the real one.
+# server); then httpserve under `trace-run --target pod/WEB --incoming steal`.
 incoming_env_down() {
 	local f n
 	[ -n "$BI_WORK" ] || return 0
@@ -48,7 +50,7 @@ incoming_env_down() {
 incoming_env_up() {
 	[ -z "$BI_WORK" ] || return 0
 	local f i
-	for f in "$AGENT_E2E" "$TRACE_AGENT" "$HTTPSERVE" "$HTTPBENCH"; do
+	for f in "$AGENT_E2E" "$TRACE_AGENT" "$TRACE_RUN" "$HTTPSERVE" "$HTTPBENCH"; do
 		[ -x "$f" ] || { echo "bench: $f not built (make BUILD=... all)" >&2; return 1; }
 	done
 	BI_WORK=$(mktemp -d /tmp/hermit-bench-incoming.XXXXXX)
@@ -94,6 +96,34 @@ bi_steal_start() {
 	echo "bench: the steal did not start: $(cat "$BI_WORK/steal.out")" >&2
 	return 1
 }
+# bi_trun_start on|off [LISTEN]: httpserve under trace-run stealing the web pod's port,
+# with the fd hand-off on or off; on 0.0.0.0:PORT unless LISTEN says otherwise (Go
+# listens dual-stack on both); bi_trun_stop ends it
+bi_trun_start() {
+	echo "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"fd_handoff\": $([ "$1" = on ] && echo true || echo false)}}}}" \
+		>"$BI_WORK/trun.json"
+	: >"$BI_WORK/trun.err"
+	timeout 600 "$TRACE_RUN" --agent-unix "$BI_WORK/agent.sock" --token-file "$BI_WORK/token" \
+		--target "pod/$BI_WEB" -f "$BI_WORK/trun.json" -- \
+		"$HTTPSERVE" -listen "${2:-0.0.0.0:$BI_PORT}" -body "hello from local!!" \
+		</dev/null >/dev/null 2>"$BI_WORK/trun.err" &
+	echo $! >"$BI_WORK/trun.pid"
+	local i
+	for i in $(seq 100); do
+		grep -q 'is stolen by the program' "$BI_WORK/trun.err" && return 0
+		sleep 0.1
+	done
+	echo "bench: trace-run did not steal: $(cat "$BI_WORK/trun.err")" >&2
+	return 1
+}
+bi_trun_stop() {
+	local pid
+	pid=$(cat "$BI_WORK/trun.pid")
+	rm -f "$BI_WORK/trun.pid"
+	kill -TERM "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
 bi_steal_stop() {
 	local pid
 	pid=$(cat "$BI_WORK/steal.pid")
@@ -142,9 +172,22 @@ bench_incoming_steal() {
 	bi_steal_stop
 	[ "$body" = "hello from local!!" ] && [ "$passed" = "hello from the pod" ] ||
 		{ echo "bench: the filtered steal answered '$body' / '$passed'" >&2; return 1; }
+	# trace-run answers from the local program, with and without the hand-off
+	for mode in on off; do
+		bi_trun_start "$mode"
+		body=$("$TRACE_POD" exec "$BI_LOAD" -- wget -q -O - "http://$BI_WEB_IP:$BI_PORT/" </dev/null)
+		bi_trun_stop
+		[ "$body" = "hello from local!!" ] || { echo "bench: trace-run ($mode) answered '$body'" >&2; return 1; }
+	done
 	for r in $(seq "$BENCH_STEAL_ROUNDS"); do
-		for mode in direct BI_FORWARD BI_STREAM BI_FILTER; do
-			if [ "$mode" != direct ]; then
+		for mode in direct BI_FORWARD BI_STREAM BI_FILTER TRUN_HANDOFF TRUN_DUAL TRUN_RELAY; do
+			if [ "$mode" = TRUN_HANDOFF ]; then
+				bi_trun_start on
+			elif [ "$mode" = TRUN_DUAL ]; then
+				bi_trun_start on ":$BI_PORT"
+			elif [ "$mode" = TRUN_RELAY ]; then
+				bi_trun_start off
+			elif [ "$mode" != direct ]; then
 				local -n args=$mode
 				bi_steal_start "${args[@]}"
 			fi
@@ -159,7 +202,11 @@ bench_incoming_steal() {
 			else
 				out=$(bi_load)
 			fi
-			[ "$mode" = direct ] || bi_steal_stop
+			case "$mode" in
+			direct) ;;
+			TRUN_*) bi_trun_stop ;;
+			*) bi_steal_stop ;;
+			esac
 			rps[$mode]+=" $(field rps "$out")"
 			p50[$mode]+=" $(field p50_ms "$out")"
 			p99[$mode]+=" $(field p99_ms "$out")"
@@ -173,9 +220,12 @@ bench_incoming_steal() {
 	median2() { python3 -c 'import statistics, sys; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 	{
 		printf 'direct to the pod (httpserve), req/s\t%s\t-\t-\t-\n' "$d"
-		for mode in BI_FORWARD BI_STREAM BI_FILTER BI_FILTER_PASS; do
+		for mode in TRUN_HANDOFF TRUN_DUAL TRUN_RELAY BI_FORWARD BI_STREAM BI_FILTER BI_FILTER_PASS; do
 			local name s
 			case "$mode" in
+			TRUN_HANDOFF) name="steal, Go httpserve under trace-run --incoming steal vs direct to the pod (unix agent)" ;;
+			TRUN_DUAL) name="the same, listening on :$BI_PORT" ;;
+			TRUN_RELAY) name="the same, fd_handoff false (agent relay + trace-run relay)" ;;
 			BI_FORWARD) name="stolen -> relay -> local httpserve" ;;
 			BI_STREAM) name="stolen, served on the stream (C)" ;;
 			BI_FILTER) name="header filter, matching -> router -> local httpserve" ;;
@@ -194,5 +244,5 @@ bench_incoming_steal() {
 	} >"$tsv"
 	print_rows "steal: httpbench -c $BENCH_STEAL_C keep-alive from another pod, ${BENCH_STEAL_SECONDS}s, median of $BENCH_STEAL_ROUNDS interleaved" "$tsv"
 	# shellcheck disable=SC2086
-	echo "runs req/s: direct${rps[direct]}; relay to httpserve${rps[BI_FORWARD]}; on the stream${rps[BI_STREAM]}; filter matching${rps[BI_FILTER]}; filter passed to the pod${rps[BI_FILTER_PASS]}"
+	echo "runs req/s: direct${rps[direct]}; trace-run hand-off${rps[TRUN_HANDOFF]}; trace-run dual-stack${rps[TRUN_DUAL]}; trace-run fd_handoff false${rps[TRUN_RELAY]}; relay to httpserve${rps[BI_FORWARD]}; on the stream${rps[BI_STREAM]}; filter matching${rps[BI_FILTER]}; filter passed to the pod${rps[BI_FILTER_PASS]}"
 }

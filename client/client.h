@@ -219,8 +219,10 @@ int client_incoming_subscribe(struct client *c, uint16_t port, uint8_t mode, uin
 int client_incoming_unsubscribe(struct client *c, uint32_t subscription, struct hm_err *err);
 /* Claim a delivered connection's stream (STREAM_HELLO with ev->token): an O_CLOEXEC fd
  * carrying the connection's raw bytes both ways (steal), or INCOMING_DATA frames ending
- * with INCOMING_END (mirror; client_incoming_read). */
-int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN],
+ * with INCOMING_END (mirror; client_incoming_read). With pod_socket (steal) a unix agent
+ * that agreed PROTO_FEAT_TCP_FD may pass the pod's accepted socket itself instead:
+ * *pod_socket says which the fd is. */
+int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], bool *pod_socket,
 			 struct hm_err *err);
 /* One frame of a mirror stream: INCOMING_DATA (returns its length, *data points into
  * *m) or INCOMING_END (returns 0, *end_error its error). Release m with proto_msg_free.

@@ -50,9 +50,10 @@ int client_incoming_unsubscribe(struct client *c, uint32_t subscription, struct 
 	return client_call(c, &req, &reply, 0, err);
 }
 
-int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err)
+int client_incoming_open(struct client *c, const uint8_t token[PROTO_TOKEN_LEN], bool *pod_socket,
+			 struct hm_err *err)
 {
-	int fd = client_open_stream(c, token, err);
+	int fd = client_open_stream_handoff(c, token, pod_socket, err);
 	if (fd < 0)
 		return hm_err_prefix(err, "incoming connection's stream");
 	return fd;

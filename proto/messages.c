@@ -591,7 +591,9 @@ static void incoming_subscribe(struct codec *c, struct proto_msg *m)
 	c_u8(c, &s->mode);
 	c_check(c, s->mode == PROTO_INCOMING_MIRROR || s->mode == PROTO_INCOMING_STEAL,
 		"unknown incoming mode");
-	c_flags(c, &s->flags, PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT);
+	c_flags(c, &s->flags,
+		PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT | PROTO_INCOMING_RELAY |
+		    PROTO_INCOMING_DUAL_STACK);
 	c_string(c, &s->http_filter, PROTO_HTTP_FILTER_MAX);
 	c_check(c, s->mode == PROTO_INCOMING_STEAL || !s->http_filter || !s->http_filter[0],
 		"an http filter needs steal mode");

@@ -49,9 +49,10 @@
  * Stream connection (bulk bytes never travel in control frames): a new connection to
  * the same agent address, opened with a one-time token from a reply:
  *   client STREAM_HELLO(token) -> agent STREAM_HELLO_REPLY, then depending on the token
- *   - TCP_CONNECT_REPLY:  raw bytes both ways (splice-able) until either side closes;
- *     with PROTO_FEAT_TCP_FD on a unix connection of the session's own uid, instead the
- *     reply carries the pod's socket (SCM_RIGHTS) and the agent closes the connection;
+ *   - TCP_CONNECT_REPLY (and a stolen INCOMING_CONNECTION):  raw bytes both ways
+ *     (splice-able) until either side closes; with PROTO_FEAT_TCP_FD on a unix connection of the
+ * session's own uid, instead the reply carries the pod's socket (SCM_RIGHTS) and the agent closes
+ * the connection;
  *   - FILE_READ_REPLY with transfer STREAM: the agent sends exactly `size` raw bytes
  *     and closes;
  *   - UDP_OPEN_REPLY:  UDP_DATAGRAM frames (id 0) both ways, each carrying the peer
@@ -124,7 +125,8 @@
 /* Handshake feature bits; HELLO_REPLY carries the intersection. */
 #define PROTO_FEAT_ZLIB (1ull << 0) /* peer inflates zlib blobs: the agent may compress */
 /* TCP hand-off: on a unix stream connection of the session's own peer (same uid), the
- * STREAM_HELLO_REPLY of a TCP_CONNECT token carries the pod's connected socket itself
+ * STREAM_HELLO_REPLY of a TCP_CONNECT token, or of a stolen INCOMING_CONNECTION's (a
+ * subscription without PROTO_INCOMING_RELAY), carries the pod's socket itself
  * (SCM_RIGHTS on the reply's first byte) and the agent closes the stream connection:
  * no relay. Never over TCP. The frame layouts do not change; see proto_stream_open_fd. */
 #define PROTO_FEAT_TCP_FD (1ull << 1)
@@ -435,13 +437,19 @@ struct proto_udp_datagram {
 enum proto_incoming_mode { PROTO_INCOMING_MIRROR = 1, PROTO_INCOMING_STEAL = 2 };
 #define PROTO_INCOMING_FLUSH (1u << 0)	    /* steal: reset the port's open connections */
 #define PROTO_INCOMING_CONCURRENT (1u << 1) /* on_concurrent_steal=continue: share, no abort */
-#define PROTO_HTTP_FILTER_MAX 8192	    /* bytes of an http_filter's JSON text */
+/* steal: relay the connections even to a peer that agreed PROTO_FEAT_TCP_FD */
+#define PROTO_INCOMING_RELAY (1u << 2)
+/* steal: the program's listener is a dual-stack IPv6 socket; when this subscription
+ * starts the port's steal, IPv4 connections come as IPv6 sockets (v4-mapped), as the
+ * program's own accept would give them */
+#define PROTO_INCOMING_DUAL_STACK (1u << 3)
+#define PROTO_HTTP_FILTER_MAX 8192 /* bytes of an http_filter's JSON text */
 #define PROTO_INCOMING_DATA_MAX (256u << 10)
 
 struct proto_incoming_subscribe {
 	uint16_t port;	/* 1..65535, the target's port */
 	uint8_t mode;	/* enum proto_incoming_mode */
-	uint32_t flags; /* PROTO_INCOMING_FLUSH | PROTO_INCOMING_CONCURRENT */
+	uint32_t flags; /* PROTO_INCOMING_FLUSH | _CONCURRENT | _RELAY | _DUAL_STACK */
 	/* STEAL only: "" for none, else mirrord's http_filter object as JSON text (the
 	 * keys header_filter, path_filter, method_filter, all_of, any_of; ports already
 	 * applied by the client), <= PROTO_HTTP_FILTER_MAX bytes. Checked by the agent. */

@@ -317,7 +317,8 @@ static int cmd_steal(struct e2e_ctx *ctx, int argc, char **argv)
 						 {"http-keepalive", required_argument, NULL, 'k'},
 						 {0}};
 	struct server_opts opts = {.ctx = ctx, .mode = SERVE_HTTP, .body = "stolen\n"};
-	uint32_t flags = 0;
+	/* this tool serves the stream's bytes itself: never the pod's socket */
+	uint32_t flags = PROTO_INCOMING_RELAY;
 	const char *ready = NULL, *filter = NULL;
 	unsigned max = 0, linger = 0;
 	bool unsubscribe = false;

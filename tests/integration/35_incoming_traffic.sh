@@ -544,6 +544,74 @@ test_agent_killed() {
 	trun_stop doomed
 }
 
+# ---- steal over the unix agent: the program accepts the pod's own socket ----
+
+# accepts one connection on 7000 (AF_INET, or with argument 6 a dual-stack AF_INET6
+# socket), answers with its pid, its socket's family and the kernel's addresses of the
+# socket, and keeps it until it has said so on stdout
+HANDOFF_PY='
+import os, socket, sys, time
+v6 = sys.argv[1:] == ["6"]
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if v6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::" if v6 else "0.0.0.0", 7000))
+s.listen(8)
+c, a = s.accept()
+c.recv(100)
+fam = c.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+c.sendall(("local: pid=%d family=%d peer=%s:%d self=%s:%d\n" % ((os.getpid(), fam) + c.getpeername()[:2] + c.getsockname()[:2])).encode())
+print("answered", flush=True)
+time.sleep(30)
+'
+
+# agent_streams: the streams the agent relays now
+agent_streams() {
+	"$TRACE_AGENT" status --unix "$WORK/agent.sock" --token-file "$WORK/token" |
+		awk '$1 == "streams" { print $2; exit }'
+}
+
+# pod_sock_owner PORT PEER_IP: the pid that owns the pod's end of the connection
+# PEER_IP -> WEB:PORT in WEB's network namespace
+pod_sock_owner() {
+	nsenter -n -t "$(pod_pid "$WEB")" ss -tnpeH "sport = :$1" |
+		grep -E "[^0-9]${2//./\\.}\]?:" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1
+}
+
+test_steal_handoff() { # BACKEND HANDOFF(on|off) [USER [4|6]]
+	local backend="$1" handoff="$2" user="${3:-root}" ipv="${4:-4}" got prog owner
+	local name="handoff-$1-$2-$user-$ipv"
+	echo "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", \"fd_handoff\": $([ "$handoff" = on ] && echo true || echo false)}}}}" \
+		>"$WORK/$name.json"
+	chmod 0644 "$WORK/$name.json"
+	trun_bg "$name" "$backend" "$user" -vv -f "$WORK/$name.json" -- "$PYTHON" -c "$HANDOFF_PY" "$ipv"
+	got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line hi)
+	echo "answer: $got"
+	# the kernel's own answers on the socket: the client pod, the pod's address
+	local mapped=""
+	[ "$ipv" = 4 ] || mapped="::ffff:"
+	assert_contains "$got" "peer=$mapped$CLI_IP:" "getpeername"
+	assert_contains "$got" "self=$mapped$WEB_IP:7000" "getsockname"
+	wait_until 50 grep -q answered "$WORK/$name.out" || fail "python did not answer"
+	prog=$(sed -n 's/.*pid=\([0-9]*\) .*/\1/p' <<<"$got")
+	# a dual-stack listener's accept gives an IPv6 socket (v4-mapped), as the kernel's
+	assert_contains "$got" "family=$([ "$ipv" = 6 ] && echo 10 || echo 2) " "the accepted socket's family"
+	owner=$(pod_sock_owner 7000 "$CLI_IP")
+	echo "the pod's end of the connection belongs to pid $owner (the program: $prog, agent: $(agent_pid "$WORK" agent))"
+	if [ "$handoff" = on ]; then
+		assert_eq "$prog" "$owner" "the program owns the pod's socket"
+		grep -q "the pod's socket handed to the program" "$WORK/$name.err" ||
+			fail "trace-run did not log the hand-off"
+		assert_eq 0 "$(agent_streams)" "streams the agent relays"
+	else
+		assert_eq "$(agent_pid "$WORK" agent)" "$owner" "the agent owns the pod's socket (relay)"
+		grep -q "steal, relayed" "$WORK/$name.err" || fail "trace-run did not log the relay"
+		[ "$(agent_streams)" -ge 1 ] || fail "the agent relays no stream"
+	fi
+	trun_stop "$name"
+}
+
 # ---- HTTP filter: matching requests to the local program, the rest to the pod ----
 
 test_http_filter() { # BACKEND
@@ -590,6 +658,12 @@ check "C server, musl, blocking accept (ptrace)" test_c_accept musl ptrace
 check "busybox httpd steal (seccomp)" test_busybox_httpd seccomp
 check "a signal reaches python in a blocking accept (seccomp)" test_signal_in_accept seccomp
 check "a signal reaches python in a blocking accept (ptrace)" test_signal_in_accept ptrace
+check "steal hands the pod's socket to the program (seccomp)" test_steal_handoff seccomp on
+check "steal hands the pod's socket to the program (ptrace)" test_steal_handoff ptrace on
+check "steal hands the pod's socket to the program (seccomp, nobody)" test_steal_handoff seccomp on nobody
+check "steal hands the pod's socket to a dual-stack listener (seccomp)" test_steal_handoff seccomp on root 6
+check "steal hands the pod's socket to a dual-stack listener (ptrace)" test_steal_handoff ptrace on root 6
+check "steal with fd_handoff false: relayed (seccomp)" test_steal_handoff seccomp off
 check "a second steal of a port is refused" test_second_steal_refused
 check "the session ends with connections open" test_session_end_open_connections
 check "HTTP filter on a keep-alive connection (seccomp)" test_http_filter seccomp

@@ -1649,6 +1649,7 @@ static void test_config_incoming_defaults(void **state)
 	assert_int_equal(c.feature.network.incoming.mode, POLICY_INCOMING_MIRROR);
 	assert_int_equal(c.feature.network.incoming.on_concurrent_steal, POLICY_CONCURRENT_ABORT);
 	assert_int_equal(c.feature.network.incoming.flush_connections, POLICY_TRI_FALSE);
+	assert_int_equal(c.feature.network.incoming.fd_handoff, POLICY_TRI_TRUE);
 	uint16_t remote = 0;
 	assert_true(policy_incoming_port(&c, 8080, &remote));
 	assert_int_equal(remote, 8080);
@@ -1666,7 +1667,8 @@ static void test_config_incoming_keys(void **state)
 		 "{\"feature\": {\"network\": {\"incoming\": {\"mode\": \"steal\", "
 		 "\"port_mapping\": [[8080, 80], [9000, 9001]], \"ignore_ports\": [9999], "
 		 "\"http_filter\": {\"header_filter\": \"^x-user: me$\", \"ports\": [80]}, "
-		 "\"on_concurrent_steal\": \"continue\", \"flush_connections\": true}}}}",
+		 "\"on_concurrent_steal\": \"continue\", \"flush_connections\": true, "
+		 "\"fd_handoff\": false}}}}",
 		 &err) < 0)
 		fail_msg("%s", err.msg);
 	assert_int_equal(policy_config_finalize(&c, &err), 0);
@@ -1674,6 +1676,7 @@ static void test_config_incoming_keys(void **state)
 	assert_int_equal(in->mode, POLICY_INCOMING_STEAL);
 	assert_int_equal(in->on_concurrent_steal, POLICY_CONCURRENT_CONTINUE);
 	assert_int_equal(in->flush_connections, POLICY_TRI_TRUE);
+	assert_int_equal(in->fd_handoff, POLICY_TRI_FALSE);
 	uint16_t remote = 0;
 	assert_true(policy_incoming_port(&c, 8080, &remote));
 	assert_int_equal(remote, 80);

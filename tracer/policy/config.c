@@ -898,10 +898,12 @@ static int walk_incoming(struct walk *w, json_object *obj, struct policy_config 
 				    path, v);
 		} else if (strcmp(key, "flush_connections") == 0) {
 			rc = get_bool(w, path, val, &in->flush_connections);
+		} else if (strcmp(key, "fd_handoff") == 0) {
+			rc = get_bool(w, path, val, &in->fd_handoff);
 		} else {
 			rc = unknown_key(w, parent, key,
 					 "mode, port_mapping, ports, ignore_ports, http_filter, "
-					 "on_concurrent_steal, flush_connections");
+					 "on_concurrent_steal, flush_connections, fd_handoff");
 		}
 		if (rc < 0)
 			return -1;
@@ -1134,6 +1136,8 @@ int policy_config_merge(struct policy_config *base, const struct policy_config *
 		bi->on_concurrent_steal = oi->on_concurrent_steal;
 	if (oi->flush_connections)
 		bi->flush_connections = oi->flush_connections;
+	if (oi->fd_handoff)
+		bi->fd_handoff = oi->fd_handoff;
 	return 0;
 }
 
@@ -1168,6 +1172,7 @@ int policy_config_finalize(struct policy_config *c, struct hm_err *err)
 		in->on_concurrent_steal = POLICY_CONCURRENT_ABORT;
 	if (in->flush_connections == POLICY_TRI_UNSET)
 		in->flush_connections = POLICY_TRI_FALSE;
+	default_tri(&in->fd_handoff);
 	if (in->ports.set && in->ignore_ports.set)
 		return hm_err_set(
 		    err, 0, "feature.network.incoming: set either ports or ignore_ports, not both");

@@ -122,6 +122,9 @@ struct policy_config {
 				    http_filter_ports; /* the target's; unset: all */
 				enum policy_concurrent_steal on_concurrent_steal;
 				enum policy_tristate flush_connections;
+				/* steal over a unix agent: the program accepts the pod's
+				 * socket itself (PROTO_FEAT_TCP_FD); false: relayed */
+				enum policy_tristate fd_handoff;
 			} incoming;
 		} network;
 	} feature;

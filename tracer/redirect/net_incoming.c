@@ -121,6 +121,13 @@ struct inc_conn *trace_incoming_conn_take(struct net_incoming *in, uint16_t port
 	return NULL;
 }
 
+void trace_incoming_conn_free(struct inc_conn *c)
+{
+	if (c && c->pod_socket >= 0)
+		close(c->pod_socket);
+	free(c);
+}
+
 static struct inc_conn *conn_find(struct net_incoming *in, uint16_t port)
 {
 	for (struct inc_conn *c = in->conns; c; c = c->next)
@@ -190,7 +197,7 @@ static void collect(struct net_incoming *in)
 		if (now - c->added_ms > CONN_FORGET_MS) {
 			*pp = c->next;
 			in->n_conns--;
-			free(c);
+			trace_incoming_conn_free(c);
 		} else {
 			pp = &c->next;
 		}
@@ -473,6 +480,14 @@ static struct tracer_result handle_listen(const struct tracer_call *call, void *
 			sj.flags |= PROTO_INCOMING_FLUSH;
 		if (cfg->on_concurrent_steal == POLICY_CONCURRENT_CONTINUE)
 			sj.flags |= PROTO_INCOMING_CONCURRENT;
+		if (cfg->fd_handoff == POLICY_TRI_FALSE)
+			sj.flags |= PROTO_INCOMING_RELAY;
+		/* its IPv4 clients come as IPv6 sockets, as its own accept would give them */
+		int v6only = 1;
+		socklen_t ol = sizeof(v6only);
+		if (trace_net_socket_family(dup) == AF_INET6 &&
+		    getsockopt(dup, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &ol) == 0 && !v6only)
+			sj.flags |= PROTO_INCOMING_DUAL_STACK;
 		sj.filter = policy_incoming_http_filter(in->cfg, sj.port);
 	}
 	struct net_job *job = trace_net_job_new(st, dup, ino);
@@ -605,7 +620,7 @@ void trace_net_incoming_fini(struct net_state *st)
 	while (in->conns) {
 		struct inc_conn *c = in->conns;
 		in->conns = c->next;
-		free(c);
+		trace_incoming_conn_free(c);
 	}
 	hm_info("incoming: %lu connections delivered to the program, %lu could not be",
 		in->delivered, in->failed);

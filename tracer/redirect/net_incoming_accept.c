@@ -82,20 +82,33 @@ static int accept_nowait(int lfd, struct net_addr *peer)
 }
 
 /* An accepted connection as the program gets it: the original client's address (from
- * the table of delivered connections), the target's address as its own. */
-static void accepted_entry(struct net_state *st, int fd, const struct net_addr *kernel_peer,
-			   struct net_addr *shown)
+ * the table of delivered connections), the target's address as its own. A placeholder
+ * of a handed-off connection (net_incoming_deliver.c) gives way to the pod's socket:
+ * returns the fd the program gets (fd or the pod's socket, fd then closed). */
+static int accepted_entry(struct net_state *st, int fd, const struct net_addr *kernel_peer,
+			  struct net_addr *shown)
 {
 	struct net_incoming *in = st->incoming;
 	*shown = *kernel_peer;
 	if (!trace_net_addr_is_loopback(kernel_peer))
-		return;
+		return fd;
 	pthread_mutex_lock(&in->lock);
 	struct inc_conn *c = trace_incoming_conn_take(in, trace_net_addr_port(kernel_peer));
 	pthread_mutex_unlock(&in->lock);
 	if (!c)
-		return; /* a local client of the program's own */
+		return fd; /* a local client of the program's own */
 	*shown = c->client;
+	if (c->pod_socket >= 0) {
+		/* the kernel answers getsockname/getpeername on it: nothing to remember */
+		close(fd);
+		fd = hm_steal_fd(&c->pod_socket);
+		shown->len = sizeof(shown->ss);
+		if (getpeername(fd, (struct sockaddr *)&shown->ss, &shown->len) < 0)
+			*shown = c->client;
+		hm_debug("incoming connection from port %u: the pod's socket accepted", c->port);
+		trace_incoming_conn_free(c);
+		return fd;
+	}
 	struct stat sb;
 	struct net_sock *ns = fstat(fd, &sb) == 0 ? calloc(1, sizeof(*ns)) : NULL;
 	if (ns) {
@@ -112,7 +125,8 @@ static void accepted_entry(struct net_state *st, int fd, const struct net_addr *
 		ns->last_ms = hm_now_ms();
 		trace_net_table_put(st, ns);
 	}
-	free(c);
+	trace_incoming_conn_free(c);
+	return fd;
 }
 
 static struct tracer_result accept_resume(const struct tracer_call *call, void *arg);
@@ -136,7 +150,7 @@ static struct tracer_result accept_try(const struct tracer_call *call, struct ac
 		accept_wait_free(aw);
 		return tracer_error(e);
 	}
-	accepted_entry(aw->st, fd, &kernel_peer, &peer);
+	fd = accepted_entry(aw->st, fd, &kernel_peer, &peer);
 	struct hm_err err = {0};
 	if (trace_net_write_addr(call, &peer, call->args[1], call->args[2], &err) < 0) {
 		close(fd);

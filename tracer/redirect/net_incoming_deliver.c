@@ -1,7 +1,12 @@
 /* Connections the agent delivers to the program's listeners (see net_incoming.c): one
  * thread each opens the connection's stream and connects a loopback socket to the
  * program's real listener; steal hands the pair to the splice relay, mirror feeds the
- * INCOMING_DATA frames to the program and drops what it answers. */
+ * INCOMING_DATA frames to the program and drops what it answers.
+ *
+ * Steal over a unix agent (PROTO_FEAT_TCP_FD) gets the pod's accepted socket itself:
+ * the loopback connection is then only a placeholder that wakes the program's listener
+ * (accept, epoll, poll on it), and the program's accept gets the pod's socket in its
+ * place (net_incoming_accept.c), keyed by the placeholder's source port. No relay. */
 #include <poll.h>
 #include <string.h>
 
@@ -150,9 +155,12 @@ static bool find_listener(struct net_incoming *in, uint32_t sub, struct inc_list
 	}
 }
 
+/* pod_socket (-1: none) goes with the connection's entry, closed with it */
 static int connect_local(struct net_incoming *in, const struct inc_listener *l,
-			 const struct proto_incoming_connection *ev, struct hm_err *err)
+			 const struct proto_incoming_connection *ev, int pod_socket,
+			 struct hm_err *err)
 {
+	hm_cleanup_close int pod = pod_socket;
 	struct net_addr target;
 	trace_incoming_listener_target(in->st, l, &target);
 	int family = target.ss.ss_family;
@@ -172,6 +180,7 @@ static int connect_local(struct net_incoming *in, const struct inc_listener *l,
 	if (!c)
 		return hm_err_set(err, ENOMEM, "connection");
 	c->port = trace_net_addr_port(&self);
+	c->pod_socket = hm_steal_fd(&pod);
 	c->listener = l->ino;
 	struct net_addr client, server;
 	if (trace_net_addr_from_proto(&ev->client, &client) == 0)
@@ -194,7 +203,7 @@ static int connect_local(struct net_incoming *in, const struct inc_listener *l,
 				hm_deadline_in(LOCAL_CONNECT_MS), NULL) < 0) {
 		int e = errno;
 		pthread_mutex_lock(&in->lock);
-		free(trace_incoming_conn_take(in, c->port));
+		trace_incoming_conn_free(trace_incoming_conn_take(in, c->port));
 		pthread_mutex_unlock(&in->lock);
 		char where[80];
 		return hm_err_set(err, e, "connect to the program's listener at %s",
@@ -223,21 +232,33 @@ static void *deliver_main(void *arg)
 			 d->ev.subscription);
 		goto out;
 	}
-	stream = client_incoming_open(st->s->client, d->ev.token, &err);
+	bool pod_socket = false;
+	stream = client_incoming_open(st->s->client, d->ev.token, &pod_socket, &err);
 	if (stream < 0) {
 		hm_debug("incoming connection from %s: %s", client, err.msg);
 		goto out;
 	}
-	int local = connect_local(in, &l, &d->ev, &err);
+	/* the program's accept gets a socket of its listener's family, as the kernel's
+	 * would; an IPv4 client of a dual-stack listener is relayed */
+	int pod_family = pod_socket ? trace_net_socket_family(stream) : 0;
+	bool hand = pod_socket && l.mode == PROTO_INCOMING_STEAL && pod_family == l.family;
+	int local = connect_local(in, &l, &d->ev, hand ? hm_steal_fd(&stream) : -1, &err);
 	if (local < 0) {
 		/* the client sees a reset, as from a port nobody listens on */
 		hm_debug("incoming connection from %s: %s", client, err.msg);
 		goto out;
 	}
 	hm_debug("incoming connection from %s to port %u (%s)", client, l.local_port,
-		 l.mode == PROTO_INCOMING_STEAL ? "steal" : "mirror");
+		 l.mode != PROTO_INCOMING_STEAL ? "mirror"
+		 : hand				? "steal, the pod's socket handed to the program"
+		 : pod_socket			? "steal, the pod's socket relayed: another family"
+						: "steal, relayed");
 	ok = true;
-	if (l.mode == PROTO_INCOMING_STEAL) {
+	if (hand) {
+		/* the placeholder has woken the listener; its accepted end is all that is
+		 * needed of it */
+		close(local);
+	} else if (l.mode == PROTO_INCOMING_STEAL) {
 		if (relay_add_tcp(st->relay, local, hm_steal_fd(&stream), &err) < 0) {
 			hm_debug("incoming connection from %s: %s", client, err.msg);
 			ok = false;

@@ -197,7 +197,12 @@ struct inc_conn {
 	ino_t listener;
 	struct net_addr client, server; /* server: the target's address, the asked port */
 	int64_t added_ms;
+	/* steal over a unix agent: the pod's accepted socket, which the program's accept
+	 * gets in place of this loopback placeholder; -1: the placeholder is relayed */
+	int pod_socket;
 };
+/* closes its pod_socket */
+void trace_incoming_conn_free(struct inc_conn *c);
 
 /* a mirror connection being fed, so that fini can end it */
 struct inc_feed {
