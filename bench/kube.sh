@@ -26,7 +26,7 @@ kb_up() {
 	kube_certs
 	KAGENT_PORT=${TB_TCP_AGENT##*:}
 	tp deploy "$BUILD/tests/tcp_sink" --rootfs "$FX_ROOTFS" >/dev/null
-	KB_SINK="${FX_WEB%web}sink"
+	KB_SINK="${FX_WEB%web}kube-sink" # not agent.sh's hb-sink, alive in the same run
 	tp run -d --name "$KB_SINK" --rootfs "$FX_ROOTFS" -- tcp_sink serve -p 9000 </dev/null >/dev/null
 	fx_wait_log "$KB_SINK" listening
 	KB_SINK_IP=$(pod_ip "$KB_SINK")
