@@ -21,7 +21,7 @@ CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -I$(BUILD)/bpf \
 LDFLAGS += $(SAN_FLAGS)
 LDLIBS  := -Wl,--as-needed -lbpf -lelf -lz -lmnl -ljson-c -lpcre2-8 -lhttp_parser -lseccomp -lpthread
 # what the kube module (Kubernetes API client) needs: added for whatever links it
-KUBE_LDLIBS := -lcurl -lyaml -lcrypto
+KUBE_LDLIBS := -lyaml
 kube_ldlibs = $(if $(filter kube,$(1)),$(KUBE_LDLIBS))
 
 # library modules, in link order (dependents first)
@@ -178,10 +178,10 @@ FUZZ_TIME ?= 60
 FUZZ_LINK_fuzz_proto := $(wildcard proto/*.c)
 FUZZ_LINK_fuzz_dns   := tracer/policy/net.c
 FUZZ_LINK_fuzz_http  := agent/http_filter.c agent/http_parse.c
-FUZZ_LINK_fuzz_websocket := kube/websocket.c kube/util.c
+FUZZ_LINK_fuzz_websocket := kube/websocket.c kube/util.c kube/dl.c
 # the libraries a target needs besides -lz -lpthread
 FUZZ_LIBS_fuzz_http  := -ljson-c -lpcre2-8 -lhttp_parser
-FUZZ_LIBS_fuzz_websocket := -lcrypto -ljson-c
+FUZZ_LIBS_fuzz_websocket := -ljson-c
 $(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_LINK_$$*) $(wildcard util/*.c proto/*.h util/*.h tracer/policy/policy.h tracer/engine/tracer.h agent/internal.h kube/*.h)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \

@@ -1,10 +1,10 @@
 /* The API server over libcurl: the client's lifetime, credentials (static, tokenFile,
  * exec plugin cached until its expirationTimestamp), TLS as the kubeconfig says, GET
  * of JSON objects, and the one-line errors every failure becomes. */
-#include <curl/curl.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "kube/dl.h"
 #include "kube/internal.h"
 
 #define KUBE_CONNECT_TIMEOUT_MS 10000
@@ -21,6 +21,8 @@ static void curl_init(void)
 
 int kube_open(const struct kube_opts *opts, struct kube **out, struct hm_err *err)
 {
+	if (kube_dl_load(err) < 0)
+		return -1;
 	pthread_once(&curl_once, curl_init);
 	if (curl_init_rc != CURLE_OK)
 		return hm_err_set(err, EIO, "libcurl: %s", curl_easy_strerror(curl_init_rc));

@@ -153,6 +153,6 @@ struct ws_event {
 int kube_ws_channels_feed(struct ws_channels *st, const struct ws_frame *f, struct ws_event *ev,
 			  struct hm_err *err);
 /* Sec-WebSocket-Accept for key (RFC 6455 4.2.2), 29 bytes with the NUL. */
-void kube_ws_accept(const char *key, char out[29]);
+int kube_ws_accept(const char *key, char out[29], struct hm_err *err);
 
 #endif

@@ -6,14 +6,13 @@
  * curl_easy_send/recv. Each dial is one WebSocket, pumped by a thread of its own
  * between the API server and one end of a socketpair; the caller gets the other end,
  * a plain stream socket, which is what client/client.h's transports hand out. */
-#include <curl/curl.h>
-#include <openssl/crypto.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 
+#include "kube/dl.h"
 #include "kube/internal.h"
 
 #define PF_HEADERS_MAX 16384
@@ -366,7 +365,8 @@ static int upgrade(struct pf_conn *pc, struct kube *k, const struct kube_pf_targ
 		return hm_err_errno(err, "getrandom");
 	char key[32], accept[29], host[300];
 	kube_base64_encode(nonce, sizeof(nonce), key);
-	kube_ws_accept(key, accept);
+	if (kube_ws_accept(key, accept, err) < 0)
+		return -1;
 	const char *server = k->cfg.server;
 	const char *h = strstr(server, "://");
 	h = h ? h + 3 : server;

@@ -1,9 +1,9 @@
 /* RFC 6455 frames and the port-forward channel protocol (v4.channel.k8s.io) on top of
  * them: pure functions over buffers, no I/O, so the decoder (network-facing: the API
  * server's bytes) is fuzzed on its own (tests/fuzz/fuzz_websocket.c). */
-#include <openssl/evp.h>
 #include <string.h>
 
+#include "kube/dl.h"
 #include "kube/internal.h"
 
 size_t kube_ws_header(uint8_t *out, uint8_t opcode, uint64_t len, const uint8_t mask[4])
@@ -178,13 +178,17 @@ int kube_ws_channels_feed(struct ws_channels *st, const struct ws_frame *f, stru
 	}
 }
 
-void kube_ws_accept(const char *key, char out[29])
+int kube_ws_accept(const char *key, char out[29], struct hm_err *err)
 {
+	if (kube_dl_load(err) < 0)
+		return -1;
 	static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 	char joined[128];
 	int n = snprintf(joined, sizeof(joined), "%s%s", key, guid);
 	unsigned char digest[EVP_MAX_MD_SIZE];
 	unsigned int dlen = 0;
-	EVP_Digest(joined, (size_t)n, digest, &dlen, EVP_sha1(), NULL);
+	if (!EVP_Digest(joined, (size_t)n, digest, &dlen, EVP_sha1(), NULL))
+		return hm_err_set(err, EIO, "SHA-1 of the WebSocket key");
 	kube_base64_encode(digest, dlen, out);
+	return 0;
 }
