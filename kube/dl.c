@@ -51,7 +51,8 @@ static void load(void)
 		  sym(curl, "curl_easy_strerror", &d.curl_easy_strerror) &&
 		  sym(curl, "curl_slist_append", &d.curl_slist_append) &&
 		  sym(curl, "curl_slist_free_all", &d.curl_slist_free_all) &&
-		  sym(crypto, "EVP_Digest", &d.EVP_Digest) && sym(crypto, "EVP_sha1", &d.EVP_sha1) &&
+		  sym(crypto, "EVP_Digest", &d.EVP_Digest) &&
+		  sym(crypto, "EVP_sha1", &d.EVP_sha1) &&
 		  sym(crypto, "OPENSSL_thread_stop", &d.OPENSSL_thread_stop);
 	if (ok)
 		kube_dl = d;
