@@ -961,15 +961,23 @@ out:
 	return rc;
 }
 
+/* Session s's subscription with this id, or (id 0) any of its subscriptions; NULL
+ * when none. Call with reg->lock held. */
+static struct agent_incoming_sub *session_sub(struct agent_incoming *reg,
+					      const struct agent_incoming_session *s, uint32_t id)
+{
+	for (struct agent_incoming_port *p = reg->ports; p; p = p->next)
+		for (struct agent_incoming_sub *sub = p->subs; sub; sub = sub->next)
+			if (sub->sess == s && (!id || sub->id == id))
+				return sub;
+	return NULL;
+}
+
 static int unsubscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
 		       uint32_t subscription, struct hm_err *err)
 {
 	pthread_mutex_lock(&reg->lock);
-	struct agent_incoming_sub *found = NULL;
-	for (struct agent_incoming_port *p = reg->ports; p && !found; p = p->next)
-		for (struct agent_incoming_sub *sub = p->subs; sub && !found; sub = sub->next)
-			if (sub->sess == s && sub->id == subscription)
-				found = sub;
+	struct agent_incoming_sub *found = session_sub(reg, s, subscription);
 	struct released r = {0};
 	if (found)
 		sub_unlink(reg, found, &r);
@@ -989,12 +997,7 @@ static void session_end(struct agent_incoming *reg, struct agent_incoming_sessio
 {
 	for (;;) {
 		pthread_mutex_lock(&reg->lock);
-		struct agent_incoming_sub *found = NULL;
-		for (struct agent_incoming_port *p = reg->ports; p && !found; p = p->next)
-			for (struct agent_incoming_sub *sub = p->subs; sub && !found;
-			     sub = sub->next)
-				if (sub->sess == s)
-					found = sub;
+		struct agent_incoming_sub *found = session_sub(reg, s, 0);
 		struct released r = {0};
 		if (found)
 			sub_unlink(reg, found, &r);
