@@ -7,7 +7,8 @@
 #                    file), timed inside tests/apps-c/syscall_loop: vs native, goal <= 1.05x;
 #                    with the floor any seccomp filter costs (a 1-instruction ALLOW filter)
 #   tracer_open      open+read+close of a 4 KiB file in the pod, seccomp vs ptrace backend
-#                    in the same run: goal seccomp <= 0.3x ptrace
+#                    in the same run: goal seccomp <= 0.3x ptrace; beside them the floor
+#                    of a user-notification round trip on this machine (syscall_loop -u)
 #   tracer_start     `trace-run --target pod/web /bin/true` vs /bin/true: goal < 50 ms added
 #   tracer_python    python3 start-up importing json, http.server, email, urllib.request,
 #                    asyncio, decimal (thousands of path syscalls that stay local): native
@@ -124,15 +125,22 @@ bench_tracer_open() {
 			done
 		done
 		runs[native]+=" $(tb_ns native "$SYSCALL_LOOP" -n "$BENCH_OPEN_N" -r 5 open "$FX_ROOTFS/srv/bench/many/%d")"
+		# the machine's floor: a minimal supervisor answering the same loop's opens of a
+		# local file of the same size, with CONTINUE or with ADDFD (a cached open's answer)
+		for how in continue addfd; do
+			runs[floor.$how]+=" $(tb_ns native "$SYSCALL_LOOP" -n "$BENCH_OPEN_N" -r 5 -u "$how" open "$FX_WORK/local-4k.bin")"
+		done
 	done
 	local -A med=()
-	for kind in same.seccomp same.ptrace many.seccomp many.ptrace native; do
+	for kind in same.seccomp same.ptrace many.seccomp many.ptrace native floor.continue floor.addfd; do
 		# shellcheck disable=SC2086
 		med[$kind]=$(tb_median ${runs[$kind]})
 	done
 	mkdir -p "$BENCH_DIR"
 	printf '%s\t%s\t%s\t%s\t%s\n' \
 		"for scale: the files opened natively" "$(tb_us "${med[native]}") us" "-" "-" "-" \
+		"floor: a minimal supervisor, CONTINUE" "$(tb_us "${med[floor.continue]}") us" "-" "-" "-" \
+		"floor: a minimal supervisor, ADDFD (as a cached open)" "$(tb_us "${med[floor.addfd]}") us" "-" "-" "-" \
 		"one file again (cached), --backend ptrace" "$(tb_us "${med[same.ptrace]}") us" "-" "-" "-" \
 		"one file again (cached), --backend seccomp" "$(tb_us "${med[same.seccomp]}") us" \
 		"$(tb_us "${med[same.ptrace]}") us" "$(tb_ratio "${med[same.seccomp]}" "${med[same.ptrace]}")" "<= 0.15x ptrace" \
@@ -141,7 +149,7 @@ bench_tracer_open() {
 		"$(tb_us "${med[many.ptrace]}") us" "$(tb_ratio "${med[many.seccomp]}" "${med[many.ptrace]}")" "<= 0.30x ptrace" \
 		>"$tsv"
 	print_rows "intercepted open+read+close of 4 KiB files in pod web, us per open (median of $BENCH_TRACER_PROCS processes x 5 rounds x $BENCH_OPEN_N)" "$tsv"
-	for kind in same.seccomp same.ptrace many.seccomp many.ptrace native; do
+	for kind in same.seccomp same.ptrace many.seccomp many.ptrace native floor.continue floor.addfd; do
 		echo "runs $kind ns:${runs[$kind]}"
 	done
 }
