@@ -8,12 +8,14 @@
 #                    with the floor any seccomp filter costs (a 1-instruction ALLOW filter)
 #   tracer_open      open+read+close of a 4 KiB file in the pod, seccomp vs ptrace backend
 #                    in the same run: goal seccomp <= 0.3x ptrace; beside them the floor
-#                    of a user-notification round trip on this machine (syscall_loop -u)
+#                    of a user-notification round trip on this machine (notif_floor)
 #   tracer_start     `trace-run --target pod/web /bin/true` vs /bin/true: goal < 50 ms added
 #   tracer_python    python3 start-up importing json, http.server, email, urllib.request,
 #                    asyncio, decimal (thousands of path syscalls that stay local): native
 #                    vs trace-run (seccomp, ptrace) vs proot, the usual ptrace-based path
-#                    interposer: goal trace-run <= 1.10x native
+#                    interposer: goal trace-run <= 1.10x native; and under notif_floor, a
+#                    supervisor that answers the same path calls with CONTINUE and does
+#                    nothing else: the floor of any user-notification interposer here
 #   tracer_http      httpbench (static Go) GETs to pod svc: under trace-run on the host vs
 #                    the same binary inside pod web: goal >= 0.7x the requests per second
 #                    (svc answers the pods' network only, so there is no host-direct row);
@@ -26,6 +28,7 @@ source "$HERMIT_ROOT/tests/trace_fixture.sh"
 # shellcheck disable=SC2034 # bench/run.sh adds them to BENCHMARKS
 TRACER_BENCHMARKS=(tracer_syscalls tracer_open tracer_start tracer_python tracer_http)
 SYSCALL_LOOP="$BUILD/tests/syscall_loop"
+NOTIF_FLOOR="$BUILD/tests/notif_floor" # a do-nothing user-notification supervisor
 BENCH_TRACER_PROCS="${BENCH_TRACER_PROCS:-5}"   # processes per row, interleaved
 BENCH_SYSCALL_N="${BENCH_SYSCALL_N:-200000}"    # calls per round, 11 rounds per process
 BENCH_OPEN_N="${BENCH_OPEN_N:-1000}"            # opens per round, 5 rounds per process
@@ -39,6 +42,7 @@ tb_ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2
 tracer_env_up() {
 	[ -z "$FX_WORK" ] || return 0
 	[ -x "$SYSCALL_LOOP" ] || { echo "bench: $SYSCALL_LOOP not built (make BUILD=... all)" >&2; return 1; }
+	[ -x "$NOTIF_FLOOR" ] || { echo "bench: $NOTIF_FLOOR not built (make BUILD=... all)" >&2; return 1; }
 	bench_on_exit fixture_down
 	FX_PREFIX="hb$$-" FX_NO_TRAP=1 FX_QUIET=1 fixture_up
 	# a local file for the pread loop: /tmp is local under trace-run's default policy
@@ -128,7 +132,9 @@ bench_tracer_open() {
 		# the machine's floor: a minimal supervisor answering the same loop's opens of a
 		# local file of the same size, with CONTINUE or with ADDFD (a cached open's answer)
 		for how in continue addfd; do
-			runs[floor.$how]+=" $(tb_ns native "$SYSCALL_LOOP" -n "$BENCH_OPEN_N" -r 5 -u "$how" open "$FX_WORK/local-4k.bin")"
+			local floor=("$NOTIF_FLOOR")
+			[ "$how" = continue ] || floor+=(--addfd "$FX_WORK/local-4k.bin")
+			runs[floor.$how]+=" $(tb_ns native "${floor[@]}" -- "$SYSCALL_LOOP" -n "$BENCH_OPEN_N" -r 5 open "$FX_WORK/local-4k.bin")"
 		done
 	done
 	local -A med=()
@@ -182,7 +188,8 @@ bench_tracer_python() {
 		"python3 native" "$prog" \
 		"trace-run --backend seccomp" "$tr --backend seccomp -- $prog" \
 		"trace-run --backend ptrace" "$tr --backend ptrace -- $prog" \
-		"proot (ptrace path interposer)" "proot -r / -w $PWD $prog"
+		"proot (ptrace path interposer)" "proot -r / -w $PWD $prog" \
+		"floor: a do-nothing supervisor (notif_floor)" "$NOTIF_FLOOR -- $prog"
 	print_table "python3 start-up ($BENCH_PYTHON_IMPORTS), N=$BENCH_N interleaved" "python3 native" "$tsv" \
 		"trace-run --backend seccomp=<= 1.10x native"
 }

@@ -9,12 +9,6 @@
  * -s installs a one-instruction seccomp filter (SECCOMP_RET_ALLOW) first: the floor of
  * what any seccomp filter costs a system call, however short the filter.
  *
- * -u continue|addfd (open only): the floor of a user-notification round trip on this
- * machine. openat raises a notification that a minimal supervisor (a child process that
- * does nothing else: poll, RECV, SEND) answers with CONTINUE, or by opening FILE itself
- * and installing it with ADDFD + ADDFD_FLAG_SEND, which is how trace-run answers an open
- * from its cache. SYNC_WAKE_UP is asked for where the kernel has it, as trace-run does.
- *
  * In FILE, "%d" stands for the iteration number modulo 1000 in three digits (000 to
  * 999): 1000 different files, so that trace-run's short-lived cache of remote file
  * contents does not answer the opens.
@@ -32,14 +26,8 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <string.h>
-#include <poll.h>
-#include <signal.h>
-#include <stddef.h>
-#include <sys/ioctl.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -126,113 +114,10 @@ static int allow_all_filter(void)
 	return 0;
 }
 
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
-#endif
-
-/* The supervisor of -u: answers every notification until the listener reports that
- * the process is gone. addfd_path: open it and install it as the call's result. */
-static int supervise(int listener, const char *addfd_path)
-{
-	struct seccomp_notif req;
-	struct seccomp_notif_resp resp;
-	for (;;) {
-		struct pollfd pfd = {.fd = listener, .events = POLLIN};
-		if (poll(&pfd, 1, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			return 1;
-		}
-		if (pfd.revents & (POLLHUP | POLLERR))
-			return 0;
-		memset(&req, 0, sizeof(req));
-		if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
-			continue; /* interrupted, or the call was abandoned */
-		if (addfd_path) {
-			int fd = open(addfd_path, O_RDONLY | O_CLOEXEC);
-			if (fd >= 0) {
-				struct seccomp_notif_addfd add = {.id = req.id,
-								  .flags = SECCOMP_ADDFD_FLAG_SEND,
-								  .srcfd = (__u32)fd,
-								  .newfd_flags = O_CLOEXEC};
-				int r = ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
-				close(fd);
-				if (r >= 0)
-					continue;
-			}
-		}
-		resp = (struct seccomp_notif_resp){.id = req.id,
-						   .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
-		ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
-	}
-}
-
-/* -u: fork the supervisor, then filter openat in this process with a listener and pass
- * the listener to it (SCM_RIGHTS): the supervisor itself stays unfiltered. */
-static int user_notif_floor(const char *how, const char *path)
-{
-	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		return -1;
-	pid_t pid = fork();
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		close(sv[0]);
-		char cbuf[CMSG_SPACE(sizeof(int))];
-		char byte;
-		struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-		struct msghdr mh = {.msg_iov = &iov,
-				    .msg_iovlen = 1,
-				    .msg_control = cbuf,
-				    .msg_controllen = sizeof(cbuf)};
-		if (recvmsg(sv[1], &mh, MSG_CMSG_CLOEXEC) <= 0 || !CMSG_FIRSTHDR(&mh))
-			_exit(1);
-		int listener;
-		memcpy(&listener, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(listener));
-		close(sv[1]);
-		_exit(supervise(listener, strcmp(how, "addfd") == 0 ? path : NULL));
-	}
-	close(sv[1]);
-	struct sock_filter notify_openat[] = {
-	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_openat, 0, 1),
-	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = {.len = 4, .filter = notify_openat};
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-		return -1;
-	int listener = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
-				    SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
-	if (listener < 0)
-		return -1;
-	ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0};
-	char byte = 0;
-	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-	struct msghdr mh = {
-	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	cm->cmsg_level = SOL_SOCKET;
-	cm->cmsg_type = SCM_RIGHTS;
-	cm->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cm), &listener, sizeof(listener));
-	if (sendmsg(sv[0], &mh, 0) < 0)
-		return -1;
-	close(sv[0]);
-	close(listener); /* the supervisor's copy keeps it; its end is the HUP above */
-	return 0;
-}
-
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: syscall_loop [-n N] [-r ROUNDS] [-s | -u continue|addfd] getppid | pread "
-		"FILE | open FILE\n");
+		"usage: syscall_loop [-n N] [-r ROUNDS] [-s] getppid | pread FILE | open FILE\n");
 }
 
 int main(int argc, char **argv)
@@ -240,8 +125,7 @@ int main(int argc, char **argv)
 	long n = 1000000;
 	int rounds = 5, opt;
 	int seccomp_floor = 0;
-	const char *user_notif = NULL;
-	while ((opt = getopt(argc, argv, "n:r:su:h")) != -1) {
+	while ((opt = getopt(argc, argv, "n:r:sh")) != -1) {
 		switch (opt) {
 		case 'n':
 			n = atol(optarg);
@@ -251,9 +135,6 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			seccomp_floor = 1;
-			break;
-		case 'u':
-			user_notif = optarg;
 			break;
 		default:
 			usage();
@@ -281,18 +162,8 @@ int main(int argc, char **argv)
 			}
 		}
 	}
-	if (user_notif &&
-	    (strcmp(mode, "open") != 0 || seccomp_floor ||
-	     (strcmp(user_notif, "continue") != 0 && strcmp(user_notif, "addfd") != 0))) {
-		usage();
-		return 2;
-	}
 	if (seccomp_floor && allow_all_filter() < 0)
 		return 1;
-	if (user_notif && user_notif_floor(user_notif, path) < 0) {
-		fprintf(stderr, "syscall_loop: user notification: %s\n", strerror(errno));
-		return 1;
-	}
 	double samples[MAX_ROUNDS];
 	for (int r = 0; r < rounds; r++) {
 		double ns;
