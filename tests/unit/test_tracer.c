@@ -669,6 +669,11 @@ static void test_new_in_two_steps(void **state)
 	struct hm_err err = {0};
 	struct tracer *t = NULL;
 	assert_int_equal(tracer_new_start(TRACER_BACKEND_AUTO, &t, &err), 0);
+	/* nothing runs on a tracer whose backend is not chosen yet */
+	char *true_argv[] = {"true", NULL};
+	struct tracer_exit ex;
+	assert_int_equal(tracer_run(t, true_argv, &ex, &err), -1);
+	assert_int_equal(err.code, EINVAL);
 	tracer_free(t);
 	count_fds(&after);
 	assert_int_equal(after, before);

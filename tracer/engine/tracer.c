@@ -130,6 +130,8 @@ int tracer_run(struct tracer *t, char *const argv[], struct tracer_exit *out, st
 		return hm_err_set(err, EINVAL, "no program to run");
 	if (t->main_pid)
 		return hm_err_set(err, EBUSY, "tracer already ran a program");
+	if (!t->ready)
+		return hm_err_set(err, EINVAL, "tracer_new_finish first: no backend chosen yet");
 	if (tracer_signals_block(t, err) < 0)
 		return -1;
 	int r = tracer_launch(t, argv, err);
