@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/io_uring.h>
@@ -647,6 +648,52 @@ static void test_probe(void **state)
 	assert_true(f.user_notif && f.notif_continue && f.addfd && f.addfd_send && f.ret_trace);
 }
 
+/* Started and freed without tracer_new_finish (trace-run when the agent cannot be
+ * reached): the probe thread is joined and its listener closed, nothing leaks (ASan), no
+ * fd stays open; finished, the probe gives what tracer_probe gives. */
+static void count_fds(int *n)
+{
+	*n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	assert_non_null(d);
+	while (readdir(d))
+		(*n)++;
+	closedir(d);
+}
+
+static void test_new_in_two_steps(void **state)
+{
+	(void)state;
+	int before, after;
+	count_fds(&before);
+	struct hm_err err = {0};
+	struct tracer *t = NULL;
+	assert_int_equal(tracer_new_start(TRACER_BACKEND_AUTO, &t, &err), 0);
+	/* nothing runs on a tracer whose backend is not chosen yet */
+	char *true_argv[] = {"true", NULL};
+	struct tracer_exit ex;
+	assert_int_equal(tracer_run(t, true_argv, &ex, &err), -1);
+	assert_int_equal(err.code, EINVAL);
+	tracer_free(t);
+	count_fds(&after);
+	assert_int_equal(after, before);
+
+	struct tracer_features f;
+	assert_int_equal(tracer_probe(&f, &err), 0);
+	assert_int_equal(tracer_new_start(TRACER_BACKEND_AUTO, &t, &err), 0);
+	assert_int_equal(tracer_new_finish(t, &err), 0);
+	assert_int_equal(tracer_new_finish(t, &err), 0); /* once is enough */
+	assert_int_equal(t->backend, TRACER_BACKEND_SECCOMP);
+	assert_true(t->features.notif_continue == f.notif_continue &&
+		    t->features.addfd_send == f.addfd_send &&
+		    t->features.sync_wakeup == f.sync_wakeup &&
+		    t->features.wait_killable == f.wait_killable);
+	assert_int_equal(t->probe.fd, -1); /* the probe's listener is closed */
+	tracer_free(t);
+	count_fds(&after);
+	assert_int_equal(after, before);
+}
+
 static void test_exit_status(void **state)
 {
 	(void)state;
@@ -1017,6 +1064,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_filter_shape),
 	    cmocka_unit_test(test_path_normalize),
 	    cmocka_unit_test(test_probe),
+	    cmocka_unit_test(test_new_in_two_steps),
 	    cmocka_unit_test(test_exit_status),
 	    cmocka_unit_test(test_redirect_cat),
 	    cmocka_unit_test(test_children_threads_exec),

@@ -7,6 +7,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -80,9 +81,21 @@ struct tracer_deferred {
 	struct user_regs_struct regs; /* ptrace: the thread's registers at its seccomp stop */
 };
 
+/* probe.c: the listener probe running in its thread */
+struct tracer_probe_job {
+	pthread_t thread;
+	bool running; /* thread started and not joined yet */
+	/* written by the thread, read after the join */
+	int fd; /* its listener, -1 when none */
+	bool wait_killable;
+	int error;
+};
+
 struct tracer {
 	enum tracer_backend backend;
 	struct tracer_features features;
+	struct tracer_probe_job probe; /* between tracer_new_start and tracer_new_finish */
+	bool ready;		       /* tracer_new_finish succeeded */
 	struct tracer_handler_entry handlers[TRACER_NR_MAX];
 	uint64_t handoff_cookie[2]; /* see filter.c: the listener handoff sendmsg */
 
@@ -110,7 +123,13 @@ struct tracer {
 	void *watch_arg;
 };
 
-/* probe.c */
+/* probe.c: the cheap probes at once, the listener's in a thread (tracer_probe_start);
+ * tracer_probe_finish waits for it and completes f; tracer_probe_cancel when the
+ * result is not wanted any more. tracer_probe = start + finish. */
+int tracer_probe_start(struct tracer_probe_job *job, struct tracer_features *f, struct hm_err *err);
+int tracer_probe_finish(struct tracer_probe_job *job, struct tracer_features *f,
+			struct hm_err *err);
+void tracer_probe_cancel(struct tracer_probe_job *job);
 int tracer_probe(struct tracer_features *f, struct hm_err *err);
 void tracer_probe_log(const struct tracer_features *f);
 

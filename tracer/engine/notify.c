@@ -74,6 +74,13 @@ static void reply(struct tracer *t, uint64_t id, struct tracer_result *res,
 	case TRACER_INSTALL_FD: {
 		if ((res->fd_flags & O_NONBLOCK) && fcntl(res->fd, F_SETFL, O_NONBLOCK) < 0)
 			hm_debug("O_NONBLOCK on installed fd: %s", strerror(errno));
+		/* Unlike NOTIF_SEND, this costs two wake-ups across CPUs on an idle machine,
+		 * whatever SYNC_WAKE_UP says (kernel/seccomp.c, 6.18): seccomp_notify_addfd
+		 * wakes the program with a plain complete(&knotif->ready) while we still run
+		 * on its CPU, so the scheduler puts it on an idle CPU; we then sleep in
+		 * wait_for_completion until seccomp_handle_addfd, in the program, wakes us
+		 * with a plain complete() from there. Only the fd install must happen in the
+		 * program, and no other reply installs an fd: no user-space way around it. */
 		struct seccomp_notif_addfd addfd = {
 		    .id = id,
 		    .flags = t->features.addfd_send ? SECCOMP_ADDFD_FLAG_SEND : 0,

@@ -2,7 +2,9 @@
  * asked of the kernel itself, never inferred from the version, except where a feature
  * exists but is known to misbehave. The flag probes need a listener: a short-lived
  * thread installs an allow-everything filter on itself only (no TSYNC: the filter and
- * no_new_privs stay on that thread, which exits) and leaves its listener behind. */
+ * no_new_privs stay on that thread, which exits) and leaves its listener behind. That
+ * thread runs while trace-run talks to the agent (tracer_new_start/finish): its creation,
+ * its seccomp() and the join cost a few hundred us of every start otherwise. */
 #include <linux/seccomp.h>
 #include <pthread.h>
 #include <string.h>
@@ -13,15 +15,9 @@
 
 #include "tracer/engine/internal.h"
 
-struct probe_listener {
-	int fd;
-	bool wait_killable;
-	int error;
-};
-
 static void *probe_listener_thread(void *arg)
 {
-	struct probe_listener *p = arg;
+	struct tracer_probe_job *p = arg;
 	struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 	struct sock_fprog prog = {.len = 1, .filter = &allow};
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
@@ -71,8 +67,10 @@ static int ptrace_scope(void)
 	return scope;
 }
 
-int tracer_probe(struct tracer_features *f, struct hm_err *err)
+int tracer_probe_start(struct tracer_probe_job *job, struct tracer_features *f, struct hm_err *err)
 {
+	memset(job, 0, sizeof(*job));
+	job->fd = -1;
 	memset(f, 0, sizeof(*f));
 	struct utsname u;
 	if (uname(&u) == 0)
@@ -82,22 +80,40 @@ int tracer_probe(struct tracer_features *f, struct hm_err *err)
 	f->user_notif = action_available(SECCOMP_RET_USER_NOTIF);
 	if (!f->user_notif)
 		return 0;
-
-	struct probe_listener p = {.fd = -1};
-	pthread_t th;
-	int r = pthread_create(&th, NULL, probe_listener_thread, &p);
+	int r = pthread_create(&job->thread, NULL, probe_listener_thread, job);
 	if (r != 0)
 		return hm_err_set(err, r, "probe seccomp: create thread");
-	pthread_join(th, NULL);
-	if (p.fd < 0) {
+	job->running = true;
+	return 0;
+}
+
+void tracer_probe_cancel(struct tracer_probe_job *job)
+{
+	if (job->running)
+		pthread_join(job->thread, NULL);
+	job->running = false;
+	if (job->fd >= 0)
+		close(job->fd);
+	job->fd = -1;
+}
+
+int tracer_probe_finish(struct tracer_probe_job *job, struct tracer_features *f, struct hm_err *err)
+{
+	(void)err;
+	if (!job->running)
+		return 0; /* no user notification: nothing was started */
+	pthread_join(job->thread, NULL);
+	job->running = false;
+	if (job->fd < 0) {
 		/* the action exists but no listener can be had (e.g. an outer filter forbids
 		 * seccomp()): as good as no user notification */
-		f->listener_errno = p.error;
+		f->listener_errno = job->error;
 		f->user_notif = false;
 		return 0;
 	}
-	hm_cleanup_close int listener = p.fd;
-	f->wait_killable = p.wait_killable;
+	hm_cleanup_close int listener = job->fd;
+	job->fd = -1;
+	f->wait_killable = job->wait_killable;
 
 	struct seccomp_notif_resp resp = {.id = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
 	f->notif_continue = notif_ioctl_known(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
@@ -109,6 +125,14 @@ int tracer_probe(struct tracer_features *f, struct hm_err *err)
 	f->sync_wakeup =
 	    ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) == 0;
 	return 0;
+}
+
+int tracer_probe(struct tracer_features *f, struct hm_err *err)
+{
+	struct tracer_probe_job job;
+	if (tracer_probe_start(&job, f, err) < 0)
+		return -1;
+	return tracer_probe_finish(&job, f, err);
 }
 
 static const char *yes_no(bool b)

@@ -60,7 +60,7 @@ static int choose_backend(struct tracer *t, enum tracer_backend asked, struct hm
 	return 0;
 }
 
-int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *err)
+int tracer_new_start(enum tracer_backend backend, struct tracer **out, struct hm_err *err)
 {
 	struct tracer *t = calloc(1, sizeof(*t));
 	if (!t)
@@ -70,12 +70,39 @@ int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *
 	t->guard_sock = -1;
 	t->watch_fd = -1;
 	t->sigfd = -1;
-	if (tracer_probe(&t->features, err) < 0 || (tracer_probe_log(&t->features), 0) ||
-	    choose_backend(t, backend, err) < 0 || tracer_register_builtin(t, err) < 0) {
+	t->probe.fd = -1;
+	t->backend = backend; /* what was asked, until tracer_new_finish chooses */
+	if (tracer_probe_start(&t->probe, &t->features, err) < 0) {
 		tracer_free(t);
 		return -1;
 	}
+	*out = t;
+	return 0;
+}
+
+int tracer_new_finish(struct tracer *t, struct hm_err *err)
+{
+	if (t->ready)
+		return 0;
+	if (tracer_probe_finish(&t->probe, &t->features, err) < 0)
+		return -1;
+	tracer_probe_log(&t->features);
+	if (choose_backend(t, t->backend, err) < 0 || tracer_register_builtin(t, err) < 0)
+		return -1;
 	hm_info("backend: %s", tracer_backend_name(t->backend));
+	t->ready = true;
+	return 0;
+}
+
+int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *err)
+{
+	struct tracer *t = NULL;
+	if (tracer_new_start(backend, &t, err) < 0)
+		return -1;
+	if (tracer_new_finish(t, err) < 0) {
+		tracer_free(t);
+		return -1;
+	}
 	*out = t;
 	return 0;
 }
@@ -84,6 +111,7 @@ void tracer_free(struct tracer *t)
 {
 	if (!t)
 		return;
+	tracer_probe_cancel(&t->probe);
 	if (t->listener >= 0)
 		close(t->listener);
 	if (t->status_sock >= 0)
@@ -102,6 +130,8 @@ int tracer_run(struct tracer *t, char *const argv[], struct tracer_exit *out, st
 		return hm_err_set(err, EINVAL, "no program to run");
 	if (t->main_pid)
 		return hm_err_set(err, EBUSY, "tracer already ran a program");
+	if (!t->ready)
+		return hm_err_set(err, EINVAL, "tracer_new_finish first: no backend chosen yet");
 	if (tracer_signals_block(t, err) < 0)
 		return -1;
 	int r = tracer_launch(t, argv, err);

@@ -56,7 +56,7 @@ struct tracer_exit {
 	bool core_dumped;
 };
 
-/* What the kernel offers, probed once by tracer_new(). */
+/* What the kernel offers, probed once by tracer_new() (or tracer_new_start/finish). */
 struct tracer_features {
 	bool user_notif;     /* SECCOMP_RET_USER_NOTIF (5.0) */
 	bool notif_continue; /* SECCOMP_USER_NOTIF_FLAG_CONTINUE (5.5) */
@@ -76,6 +76,12 @@ struct tracer;
  * and ADDFD work, ptrace otherwise). Asking for a backend the kernel cannot run is an
  * error that names the missing feature. Degradations are logged at info level. */
 int tracer_new(enum tracer_backend backend, struct tracer **out, struct hm_err *err);
+/* tracer_new in two steps: _start begins the probe in a thread of its own and returns,
+ * _finish waits for it, chooses the backend and must succeed before anything else is
+ * done with t (tracer_free excepted). In between, the caller does what it has to anyway
+ * (trace-run: the agent handshake) while the probe runs. */
+int tracer_new_start(enum tracer_backend backend, struct tracer **out, struct hm_err *err);
+int tracer_new_finish(struct tracer *t, struct hm_err *err);
 void tracer_free(struct tracer *t);
 
 /* Run argv (PATH is searched) under the tracer with the handlers registered so far and

@@ -144,6 +144,8 @@ static struct fs_rule *rules_add(struct fs_rules *r, struct hm_err *err)
 	return &r->v[r->n++];
 }
 
+static void rule_jit(struct fs_rule *rule);
+
 /* static_src: re is a static default pattern (options 0) that rules_join may combine */
 static int rules_add_regex(struct fs_rules *r, const char *re, uint32_t options, bool static_src,
 			   const char *why, char *why_owned, struct hm_err *err)
@@ -166,9 +168,26 @@ static int rules_add_regex(struct fs_rules *r, const char *re, uint32_t options,
 		return hm_err_set(err, 0, "%s: invalid regex \"%s\": %s at offset %zu", rule->why,
 				  re, (const char *)msg, (size_t)offset);
 	}
-	/* JIT makes a match a few times faster; without it (no JIT support) matches still work */
-	rule->jit = jit_wanted() && pcre2_jit_compile(rule->re, PCRE2_JIT_COMPLETE) == 0;
+	/* A static default is JIT-compiled only if rules_join cannot fold it into its set's
+	 * "any": folded, it is matched alone only to name the rule in debug logs, and a JIT
+	 * compile costs ~10 us of every trace-run start per regex. */
+	if (!static_src)
+		rule_jit(rule);
 	return 0;
+}
+
+/* JIT makes a match a few times faster; without it (no JIT support) matches still work */
+static void rule_jit(struct fs_rule *rule)
+{
+	rule->jit = jit_wanted() && pcre2_jit_compile(rule->re, PCRE2_JIT_COMPLETE) == 0;
+}
+
+/* every regex of r matched one by one: JIT what rules_add_regex left to rules_join */
+static void rules_jit_each(struct fs_rules *r)
+{
+	for (size_t i = 0; i < r->n; i++)
+		if (r->v[i].re && !r->v[i].jit)
+			rule_jit(&r->v[i]);
 }
 
 /* Compile r->any from the rules' static patterns; left NULL (every rule tried in turn)
@@ -179,13 +198,17 @@ static int rules_join(struct fs_rules *r, struct hm_err *err)
 	for (size_t i = 0; i < r->n; i++) {
 		if (!r->v[i].re)
 			continue;
-		if (!r->v[i].src)
+		if (!r->v[i].src) {
+			rules_jit_each(r);
 			return 0;
+		}
 		len += strlen(r->v[i].src) + sizeof("|(?:)");
 		regexes++;
 	}
-	if (regexes < 2)
+	if (regexes < 2) {
+		rules_jit_each(r);
 		return 0;
+	}
 	hm_cleanup_free char *joined = malloc(len + 1);
 	if (!joined)
 		return hm_err_set(err, ENOMEM, "file policy");

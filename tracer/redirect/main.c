@@ -316,7 +316,8 @@ static int run(int argc, char **argv)
 
 	struct hm_err err = {0};
 	struct tracer *t = NULL;
-	if (tracer_new(cfg.backend, &t, &err) < 0)
+	/* the kernel probe runs in a thread of its own during the agent handshake */
+	if (tracer_new_start(cfg.backend, &t, &err) < 0)
 		return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s", err.msg);
 
 	struct trace_session s;
@@ -329,6 +330,8 @@ static int run(int argc, char **argv)
 	    trace_session_connect(&s, &exit_code, &err) < 0)
 		goto fail;
 	exit_code = TRACER_EXIT_FAILURE;
+	if (tracer_new_finish(t, &err) < 0)
+		goto fail;
 	s.tracer = t;
 	s.quiet = cli.quiet;
 	if (trace_env_build(&s, environ, &env, &err) < 0)
