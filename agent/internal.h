@@ -594,7 +594,8 @@ const char *http_reader_error(const struct http_reader *r);
  * the path with it, matches RE (as mirrord); method: equal, ignoring case. Regexes are
  * PCRE2, case-insensitive, unanchored (as mirrord's), with match, depth and heap limits
  * so that a hostile one costs bounded CPU: a match that hits a limit counts as no
- * match. Unknown keys, empty lists, wrong types and bad regexes are errors naming the
+ * match, and so does a filter that has used its time for the request (1 ms: the
+ * router's one thread serves every session). Unknown keys, empty lists, wrong types and bad regexes are errors naming the
  * key ("http_filter.all_of[1].header: bad regex ..."). */
 #define HTTP_FILTER_JSON_MAX 16384
 #define HTTP_FILTER_DEPTH_MAX 8 /* nesting of all_of / any_of */
