@@ -707,7 +707,8 @@ struct agent_reasm_ops {
 };
 struct agent_reasm_config {
 	size_t max_conns;	 /* beyond: the least recently active one ends LOST */
-	size_t max_held_conn;	 /* out-of-order bytes held per connection */
+	size_t max_held_conn;	 /* out-of-order bytes held per connection (a segment
+				  * counts as 1 KiB at least: its bookkeeping) */
 	size_t max_held_total;	 /* ... for all connections */
 	int64_t gap_timeout_ms;	 /* a hole older than this is lost */
 	int64_t idle_timeout_ms; /* a connection silent this long ends LOST (its FIN was lost) */
