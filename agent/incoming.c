@@ -799,13 +799,31 @@ static void released_run(struct agent_incoming *reg, const struct released *r,
 	(void)reg;
 }
 
-static unsigned session_subs(struct agent_incoming *reg, const struct agent_incoming_session *s)
+/* Whether s may hold one more subscription: of its own, of its peer's sessions, and of
+ * the agent's (lock held). */
+static int check_limits(struct agent_incoming *reg, const struct agent_incoming_session *s,
+			struct hm_err *err)
 {
-	unsigned n = 0;
-	for (struct agent_incoming_port *p = reg->ports; p; p = p->next)
-		for (struct agent_incoming_sub *sub = p->subs; sub; sub = sub->next)
-			n += sub->sess == s;
-	return n;
+	unsigned of_session = 0, of_peer = 0;
+	for (struct agent_incoming_port *p = reg->ports; p; p = p->next) {
+		for (struct agent_incoming_sub *sub = p->subs; sub; sub = sub->next) {
+			of_session += sub->sess == s;
+			of_peer += !strcmp(sub->sess->peer_key, s->peer_key);
+		}
+	}
+	if (of_session >= AGENT_INCOMING_MAX_PER_SESSION)
+		return hm_err_set(err, ENOSPC, "a session may hold %d subscriptions",
+				  AGENT_INCOMING_MAX_PER_SESSION);
+	if (of_peer >= AGENT_INCOMING_MAX_PER_PEER)
+		return hm_err_set(err, EUSERS,
+				  "agent limit: this peer (%s) holds %u subscriptions in its "
+				  "sessions, the limit is %d",
+				  s->peer_key, of_peer, AGENT_INCOMING_MAX_PER_PEER);
+	if (reg->nsubs >= AGENT_INCOMING_MAX)
+		return hm_err_set(err, ENOSPC,
+				  "agent limit: the agent holds %u subscriptions, the limit is %d",
+				  reg->nsubs, AGENT_INCOMING_MAX);
+	return 0;
 }
 
 static int check_request(const struct proto_incoming_subscribe *req, struct hm_err *err)
@@ -854,11 +872,8 @@ static int subscribe(struct agent_incoming *reg, struct agent_incoming_session *
 	bool flush = false;
 	struct agent_incoming_port *p = port_find(reg, ino, req->port);
 	bool new_port = !p;
-	if (session_subs(reg, s) >= AGENT_INCOMING_MAX_PER_SESSION) {
-		hm_err_set(err, ENOSPC, "a session may hold %d subscriptions",
-			   AGENT_INCOMING_MAX_PER_SESSION);
+	if (check_limits(reg, s, err) < 0)
 		goto out;
-	}
 	if (req->mode == PROTO_INCOMING_MIRROR && !reg->mirror) {
 		hm_err_plain(err, EOPNOTSUPP,
 			     "port %u: mirroring is not built into this agent yet (mirror "

@@ -400,6 +400,7 @@ struct agent_incoming_session {
 	 * the peer's own user namespace owns may be subscribed to */
 	bool confined;
 	uid_t uid;
+	char peer_key[64]; /* agent_peer_key: who the per-peer limit counts */
 	/* a stolen connection's socket may be passed to this uid (the session's own unix
 	 * peer that agreed PROTO_FEAT_TCP_FD, as for TCP_CONNECT); -1: relayed */
 	int64_t pass_uid;
@@ -417,6 +418,11 @@ struct agent_incoming_counters {
 };
 
 #define AGENT_INCOMING_MAX_PER_SESSION 64
+/* A subscription may start a steal (a thread, listeners and an sk_lookup program with
+ * its maps in the kernel) or a mirror: a peer with the sessions it may open would
+ * otherwise hold 128 x 64 of them. */
+#define AGENT_INCOMING_MAX_PER_PEER 256
+#define AGENT_INCOMING_MAX 1024
 #define AGENT_INCOMING_MAX_PORT_SUBS 64 /* enumeration: subscriptions of one port */
 
 int agent_incoming_create(struct agent_streams *streams, struct agent_incoming **out,

@@ -297,6 +297,7 @@ static void session_incoming_init(struct conn *c, const char *description, bool 
 	s->account = c->account;
 	s->confined = confined;
 	s->uid = c->from.uid;
+	agent_peer_key(&c->from, s->peer_key, sizeof(s->peer_key));
 	s->pass_uid = (c->features & PROTO_FEAT_TCP_FD) && c->from.is_unix && c->from.has_cred
 			  ? (int64_t)c->from.uid
 			  : -1;
