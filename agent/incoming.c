@@ -799,10 +799,33 @@ static void released_run(struct agent_incoming *reg, const struct released *r,
 	(void)reg;
 }
 
-/* Whether s may hold one more subscription: of its own, of its peer's sessions, and of
- * the agent's (lock held). */
+/* Network namespaces mirrored (by peer's sessions; NULL: anyone's), counted up to
+ * max + 1, and whether ino is one of them (lock held). */
+static unsigned mirrored_netns(struct agent_incoming *reg, const char *peer, uint64_t ino,
+			       unsigned max, bool *has_ino)
+{
+	uint64_t seen[AGENT_MIRROR_NETNS_MAX + 1];
+	unsigned n = 0;
+	*has_ino = false;
+	for (struct agent_incoming_port *p = reg->ports; p; p = p->next) {
+		bool counts = false;
+		for (struct agent_incoming_sub *sub = p->subs; sub && !counts; sub = sub->next)
+			counts = sub->mode == PROTO_INCOMING_MIRROR &&
+				 (!peer || !strcmp(sub->sess->peer_key, peer));
+		unsigned i = 0;
+		while (counts && i < n && seen[i] != p->netns_ino)
+			i++;
+		if (counts && i == n && n <= max)
+			seen[n++] = p->netns_ino;
+		*has_ino |= counts && p->netns_ino == ino;
+	}
+	return n;
+}
+
+/* Whether s may hold one more subscription of this mode in netns ino: of its own, of
+ * its peer's sessions, and of the agent's (lock held). */
 static int check_limits(struct agent_incoming *reg, const struct agent_incoming_session *s,
-			struct hm_err *err)
+			uint8_t mode, uint64_t ino, struct hm_err *err)
 {
 	unsigned of_session = 0, of_peer = 0;
 	for (struct agent_incoming_port *p = reg->ports; p; p = p->next) {
@@ -823,6 +846,22 @@ static int check_limits(struct agent_incoming *reg, const struct agent_incoming_
 		return hm_err_set(err, ENOSPC,
 				  "agent limit: the agent holds %u subscriptions, the limit is %d",
 				  reg->nsubs, AGENT_INCOMING_MAX);
+	if (mode != PROTO_INCOMING_MIRROR)
+		return 0;
+	bool has;
+	unsigned n = mirrored_netns(reg, s->peer_key, ino, AGENT_MIRROR_NETNS_PER_PEER, &has);
+	if (!has && n >= AGENT_MIRROR_NETNS_PER_PEER)
+		return hm_err_set(err, EUSERS,
+				  "agent limit: this peer (%s) mirrors %d network namespaces, "
+				  "the limit is %d (each has a ring buffer)",
+				  s->peer_key, AGENT_MIRROR_NETNS_PER_PEER,
+				  AGENT_MIRROR_NETNS_PER_PEER);
+	n = mirrored_netns(reg, NULL, ino, AGENT_MIRROR_NETNS_MAX, &has);
+	if (!has && n >= AGENT_MIRROR_NETNS_MAX)
+		return hm_err_set(err, ENOSPC,
+				  "agent limit: the agent mirrors %d network namespaces, the "
+				  "limit is %d (each has a ring buffer)",
+				  AGENT_MIRROR_NETNS_MAX, AGENT_MIRROR_NETNS_MAX);
 	return 0;
 }
 
@@ -872,7 +911,7 @@ static int subscribe(struct agent_incoming *reg, struct agent_incoming_session *
 	bool flush = false;
 	struct agent_incoming_port *p = port_find(reg, ino, req->port);
 	bool new_port = !p;
-	if (check_limits(reg, s, err) < 0)
+	if (check_limits(reg, s, req->mode, ino, err) < 0)
 		goto out;
 	if (req->mode == PROTO_INCOMING_MIRROR && !reg->mirror) {
 		hm_err_plain(err, EOPNOTSUPP,

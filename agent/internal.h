@@ -423,6 +423,10 @@ struct agent_incoming_counters {
  * otherwise hold 128 x 64 of them. */
 #define AGENT_INCOMING_MAX_PER_PEER 256
 #define AGENT_INCOMING_MAX 1024
+/* Mirroring a network namespace costs a ring buffer (--mirror-buffer, 32 MiB) of kernel
+ * memory: network namespaces mirrored at once, by one peer's sessions and in all. */
+#define AGENT_MIRROR_NETNS_PER_PEER 8
+#define AGENT_MIRROR_NETNS_MAX 64
 #define AGENT_INCOMING_MAX_PORT_SUBS 64 /* enumeration: subscriptions of one port */
 
 int agent_incoming_create(struct agent_streams *streams, struct agent_incoming **out,

@@ -590,6 +590,55 @@ static int cmd_subscribe_many(struct e2e_ctx *ctx, int argc, char **argv)
 		      sessions * per, argv[5]);
 }
 
+/* mirror-netns PORT ACCEPTED ERRNO PID...: one session per pid/PID target (each in a
+ * network namespace of its own) mirrors PORT, all held at once; exactly ACCEPTED must
+ * succeed, the others be refused with ERRNO. */
+static int cmd_mirror_netns(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc < 5 || argc - 4 > 64)
+		return 2;
+	int port = atoi(argv[1]), want_ok = atoi(argv[2]), want_errno = e2e_errno_code(argv[3]);
+	if (port <= 0 || port > 65535 || want_errno <= 0)
+		return 2;
+	int fds[64], n = argc - 4, accepted = 0, rc = 0;
+	char first_refusal[PROTO_MSG_MAX] = "", target[64];
+	const char *saved = ctx->target;
+	for (int i = 0; i < n; i++)
+		fds[i] = -1;
+	for (int i = 0; i < n && !rc; i++) {
+		struct hm_err err = {0};
+		struct e2e_ctl c = {.fd = -1};
+		snprintf(target, sizeof(target), "pid/%s", argv[4 + i]);
+		ctx->target = target;
+		if (e2e_ctl_session(ctx, &c, &err) < 0) {
+			rc = e2e_fail("session on %s: %s", target, err.msg);
+			break;
+		}
+		fds[i] = c.fd;
+		uint32_t sub;
+		char note[PROTO_MSG_MAX];
+		if (e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_MIRROR, 0, NULL, &sub, note,
+				      sizeof(note), &err) == 0)
+			accepted++;
+		else if (err.code != want_errno)
+			rc = e2e_fail("mirror port %d of %s: %s (%s), expected %s", port, target,
+				      err.msg, e2e_errno_name(err.code), argv[3]);
+		else if (!first_refusal[0])
+			snprintf(first_refusal, sizeof(first_refusal), "%s", err.msg);
+	}
+	ctx->target = saved;
+	printf("accepted %d refused %d: %s\n", accepted, n - accepted, first_refusal);
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (rc)
+		return rc;
+	if (accepted != want_ok)
+		return e2e_fail("%d mirrors accepted, expected %d", accepted, want_ok);
+	return e2e_ok("%d of %d network namespaces mirrored, the others refused with %s",
+		      accepted, n, argv[3]);
+}
+
 static const struct e2e_cmd incoming_cmds[] = {
     {"steal",
      "PORT [--flush] [--concurrent] [--echo|--http BODY|--http-keepalive BODY|--silent|"
@@ -602,6 +651,7 @@ static const struct e2e_cmd incoming_cmds[] = {
     {"unsubscribe", "ID ok|ERRNO", cmd_unsubscribe},
     {"subscribe-many", "steal|mirror SESSIONS PER_SESSION BASE_PORT ACCEPTED ERRNO",
      cmd_subscribe_many},
+    {"mirror-netns", "PORT ACCEPTED ERRNO PID...", cmd_mirror_netns},
     {"incoming-status", "", cmd_incoming_status},
 };
 E2E_REGISTER(incoming_cmds)

@@ -338,6 +338,27 @@ test_kill9_filters_removed_by_next_agent() {
 		fail "the pod does not answer"
 }
 
+# Each mirrored network namespace has a ring buffer (32 MiB of kernel memory by
+# default): one peer (uid 0 here) mirroring a port in namespace after namespace (a
+# non-root one may make as many as it likes with `unshare -rn`) is refused past 8.
+test_mirrored_netns_per_peer() {
+	local pids=() i out
+	for i in $(seq 9); do
+		unshare -n sleep 300 </dev/null >/dev/null 2>&1 &
+		pids+=($!)
+		echo $! >"$WORK/netns-$i.pid"
+	done
+	for i in "${pids[@]}"; do
+		wait_until 50 sh -c "[ \"\$(readlink /proc/$i/ns/net)\" != \"\$(readlink /proc/self/ns/net)\" ]"
+	done
+	out=$(e2e "$WORK" main mirror-netns 8080 8 EUSERS "${pids[@]}")
+	echo "$out"
+	assert_contains "$out" "this peer (uid 0) mirrors 8 network namespaces, the limit is 8"
+	kill "${pids[@]}" 2>/dev/null
+	wait "${pids[@]}" 2>/dev/null || true
+	assert_contains "$(e2e "$WORK" main --target "pod/$WEB" incoming-status)" "subscriptions 0 "
+}
+
 run_test "mirror: 200 sequential wget requests copied whole, pod answers" test_sequential_requests
 run_test "mirror: 50 concurrent Go client connections" test_concurrent_go_clients
 run_test "mirror: 10 MiB upload arrives complete" test_upload_10mib
@@ -347,4 +368,6 @@ run_test "mirror: filters detached when the session ends" test_detached_when_uns
 run_test "mirror: lost bytes reset the copy, never a hole; status counts it" test_loss_resets_never_a_hole
 run_test "mirror: a slow subscriber's copy is reset, the other goes on" test_slow_subscriber_loses_only_its_copy
 run_test "mirror: kill -9 of the agent, the next one removes its filters" test_kill9_filters_removed_by_next_agent
+run_test "mirror: network namespaces mirrored at once are limited per peer" test_mirrored_netns_per_peer
+
 agent_stop "$WORK" main
