@@ -72,6 +72,7 @@ struct agent_incoming_port {
 	uint64_t steal_gen; /* changes with each steal engine: bypass entries belong to one */
 	void *mirror_state;
 	atomic_uint refs;
+	atomic_uint routed; /* connections in the HTTP router */
 };
 
 struct agent_incoming {
@@ -266,6 +267,19 @@ struct agent_target *agent_incoming_port_target(const struct agent_incoming_port
 struct agent_incoming_counters *agent_incoming_port_counters(struct agent_incoming_port *p)
 {
 	return &p->reg->counters;
+}
+
+bool agent_incoming_port_route_begin(struct agent_incoming_port *p, unsigned max)
+{
+	if (atomic_fetch_add(&p->routed, 1) < max)
+		return true;
+	atomic_fetch_sub(&p->routed, 1);
+	return false;
+}
+
+void agent_incoming_port_route_end(struct agent_incoming_port *p)
+{
+	atomic_fetch_sub(&p->routed, 1);
 }
 
 static struct agent_incoming_sub *sub_get(struct agent_incoming_sub *sub)

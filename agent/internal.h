@@ -462,6 +462,11 @@ int agent_incoming_port_netns_fd(const struct agent_incoming_port *p); /* borrow
 struct agent_target *agent_incoming_port_target(const struct agent_incoming_port *p);
 /* the registry's STATUS counters, for the engine and the router to add to */
 struct agent_incoming_counters *agent_incoming_port_counters(struct agent_incoming_port *p);
+/* One more of the port's connections in the HTTP router, if it has fewer than max (the
+ * router's connections are shared by every port: one port's clients must not take
+ * them all); route_end when it is gone. */
+bool agent_incoming_port_route_begin(struct agent_incoming_port *p, unsigned max);
+void agent_incoming_port_route_end(struct agent_incoming_port *p);
 /* The port's current subscriptions of mode (MIRROR: all; STEAL: the active ones, i.e.
  * what gets connections now), at most max, each with a reference for the caller
  * (agent_incoming_sub_put). */
@@ -634,6 +639,7 @@ int http_filter_pick(struct http_filter *const *filters, size_t n, const struct 
  * "431 Request Header Fields Too Large" and the connection is closed; broken HTTP after
  * the first request closes it (reset). */
 #define HTTP_ROUTER_CONNS_MAX 4096  /* connections at once (more are refused); at most 4096 */
+#define HTTP_ROUTER_PORT_CONNS_MAX 1024 /* ... of one port */
 #define HTTP_ROUTER_PIPELINE_MAX 32 /* requests awaiting their response per connection */
 #define HTTP_ROUTER_UPSTREAMS_MAX 8 /* the pod + subscriptions used by one connection */
 struct http_router_ops {
