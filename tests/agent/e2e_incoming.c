@@ -639,6 +639,29 @@ static int cmd_mirror_netns(struct e2e_ctx *ctx, int argc, char **argv)
 		      accepted, n, argv[3]);
 }
 
+/* mirror-stall PORT READY_FILE SECONDS: a session mirrors PORT and then reads nothing
+ * for SECONDS (its INCOMING_CONNECTION events pile up in the agent's socket) */
+static int cmd_mirror_stall(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 4)
+		return 2;
+	int port = atoi(argv[1]), secs = atoi(argv[3]);
+	if (port <= 0 || port > 65535 || secs <= 0)
+		return 2;
+	struct hm_err err = {0};
+	struct e2e_ctl c = {.fd = -1};
+	uint32_t sub;
+	char note[PROTO_MSG_MAX];
+	if (e2e_ctl_session(ctx, &c, &err) < 0 ||
+	    e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_MIRROR, 0, NULL, &sub, note,
+			      sizeof(note), &err) < 0)
+		return e2e_fail("mirror port %d: %s", port, err.msg);
+	write_ready(argv[2], "stalled\n");
+	sleep((unsigned)secs);
+	close(c.fd);
+	return e2e_ok("stalled %d s", secs);
+}
+
 static const struct e2e_cmd incoming_cmds[] = {
     {"steal",
      "PORT [--flush] [--concurrent] [--echo|--http BODY|--http-keepalive BODY|--silent|"
@@ -652,6 +675,7 @@ static const struct e2e_cmd incoming_cmds[] = {
     {"subscribe-many", "steal|mirror SESSIONS PER_SESSION BASE_PORT ACCEPTED ERRNO",
      cmd_subscribe_many},
     {"mirror-netns", "PORT ACCEPTED ERRNO PID...", cmd_mirror_netns},
+    {"mirror-stall", "PORT READY_FILE SECONDS", cmd_mirror_stall},
     {"incoming-status", "", cmd_incoming_status},
 };
 E2E_REGISTER(incoming_cmds)
