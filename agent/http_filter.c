@@ -14,9 +14,16 @@
 
 /* The interpreter's limits for one match (pcre2_set_*): a header line is at most
  * HTTP_HEAD_MAX bytes; these keep a hostile regex to a few ms of CPU. */
-#define MATCH_LIMIT 200000
+#define MATCH_LIMIT 50000 /* ~0.6 ms for (a|a)*[bc]$ on a 250-byte header */
 #define MATCH_DEPTH_LIMIT 2000
 #define MATCH_HEAP_LIMIT_KIB 2048
+/* What matching one request may cost a filter in all: the router's one thread serves
+ * every filtered connection of every session, and the per-match limits above multiply
+ * by regexes x headers x subscriptions (64 x 128 x 64 matches of up to a few ms each:
+ * half an hour of that thread for one request). A legitimate filter takes
+ * microseconds; past this (and the match running then), the filter does not match.
+ * With AGENT_INCOMING_MAX_PORT_SUBS filters, a request costs at most ~0.1 s. */
+#define FILTER_BUDGET_NS (1000ull * 1000)
 
 enum node_kind { NODE_HEADER, NODE_PATH, NODE_METHOD, NODE_ALL_OF, NODE_ANY_OF };
 
@@ -276,19 +283,34 @@ int http_filter_parse(const char *json, size_t len, struct http_filter **out, st
 
 /* ---- matching ---- */
 
+/* One filter's matching of one request: once past its deadline, every regex of that
+ * filter left counts as no match. */
+struct match_budget {
+	pcre2_match_data *md;
+	uint64_t deadline_ns;
+	bool spent;
+};
+
 static bool regex_finds(const struct http_filter *f, const char *s, size_t len,
-			pcre2_match_data *md)
+			struct match_budget *b)
 {
-	int rc = pcre2_match(f->re, (PCRE2_SPTR)s, len, 0, 0, md, f->mctx);
+	if (b->spent)
+		return false;
+	int rc = pcre2_match(f->re, (PCRE2_SPTR)s, len, 0, 0, b->md, f->mctx);
 	if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
 	    rc == PCRE2_ERROR_HEAPLIMIT)
 		hm_debug("http filter: a regex hit its match limit; counted as no match");
+	if (rc < 0 && hm_now_ns() >= b->deadline_ns) {
+		b->spent = true;
+		hm_debug("http filter: out of matching time for this request; the rest of the "
+			 "filter counts as no match");
+	}
 	return rc >= 0;
 }
 
 /* "Name: value" of each header, as mirrord gives them to header_filter */
 static bool header_matches(const struct http_filter *f, const struct http_request *req,
-			   pcre2_match_data *md)
+			   struct match_budget *b)
 {
 	char stack[1024];
 	for (size_t i = 0; i < req->n_headers; i++) {
@@ -300,7 +322,7 @@ static bool header_matches(const struct http_filter *f, const struct http_reques
 		memcpy(line, h->name, h->name_len);
 		memcpy(line + h->name_len, ": ", 2);
 		memcpy(line + h->name_len + 2, h->value, h->value_len);
-		bool hit = regex_finds(f, line, len, md);
+		bool hit = regex_finds(f, line, len, b);
 		if (line != stack)
 			free(line);
 		if (hit)
@@ -312,7 +334,7 @@ static bool header_matches(const struct http_filter *f, const struct http_reques
 /* The path alone, and the path with its query (mirrord tries both). An absolute-form
  * target ("http://host/p?q", proxies) counts from its path. */
 static bool path_matches(const struct http_filter *f, const struct http_request *req,
-			 pcre2_match_data *md)
+			 struct match_budget *b)
 {
 	const char *url = req->url;
 	size_t len = req->url_len;
@@ -332,29 +354,29 @@ static bool path_matches(const struct http_filter *f, const struct http_request 
 	if (fragment)
 		len = (size_t)(fragment - url);
 	const char *query = memchr(url, '?', len);
-	if (query && regex_finds(f, url, (size_t)(query - url), md))
+	if (query && regex_finds(f, url, (size_t)(query - url), b))
 		return true;
-	return regex_finds(f, url, len, md);
+	return regex_finds(f, url, len, b);
 }
 
 static bool node_matches(const struct http_filter *f, const struct http_request *req,
-			 pcre2_match_data *md)
+			 struct match_budget *b)
 {
 	switch (f->kind) {
 	case NODE_HEADER:
-		return header_matches(f, req, md);
+		return header_matches(f, req, b);
 	case NODE_PATH:
-		return path_matches(f, req, md);
+		return path_matches(f, req, b);
 	case NODE_METHOD:
 		return req->method && strcasecmp(req->method, f->method) == 0;
 	case NODE_ALL_OF:
 		for (size_t i = 0; i < f->n_children; i++)
-			if (!node_matches(f->children[i], req, md))
+			if (!node_matches(f->children[i], req, b))
 				return false;
 		return true;
 	case NODE_ANY_OF:
 		for (size_t i = 0; i < f->n_children; i++)
-			if (node_matches(f->children[i], req, md))
+			if (node_matches(f->children[i], req, b))
 				return true;
 		return false;
 	}
@@ -363,11 +385,12 @@ static bool node_matches(const struct http_filter *f, const struct http_request 
 
 bool http_filter_match(const struct http_filter *f, const struct http_request *req)
 {
-	pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-	if (!md)
+	struct match_budget b = {.md = pcre2_match_data_create(1, NULL),
+				 .deadline_ns = hm_now_ns() + FILTER_BUDGET_NS};
+	if (!b.md)
 		return false;
-	bool hit = node_matches(f, req, md);
-	pcre2_match_data_free(md);
+	bool hit = node_matches(f, req, &b);
+	pcre2_match_data_free(b.md);
 	return hit;
 }
 

@@ -80,21 +80,35 @@ static void filter_free(void *ctx, void *filter)
 	http_filter_free(filter);
 }
 
+static void conn_closed(void *ctx, void *conn);
+
 static void connection(void *ctx, struct agent_incoming_port *port, int fd,
 		       const struct proto_addr *client, const struct proto_addr *server)
 {
 	struct agent_http_steal *s = ctx;
+	if (!agent_incoming_port_route_begin(port, HTTP_ROUTER_PORT_CONNS_MAX)) {
+		/* a flood of one port's clients (the pod's, hostile) */
+		hm_debug("incoming: port %u: %d filtered connections already; one refused",
+			 agent_incoming_port_number(port), HTTP_ROUTER_PORT_CONNS_MAX);
+		close(fd);
+		agent_incoming_port_put(port);
+		return;
+	}
 	struct steal_conn *c = calloc(1, sizeof(*c));
 	if (!c) {
 		close(fd);
+		agent_incoming_port_route_end(port);
 		agent_incoming_port_put(port);
 		return;
 	}
 	*c = (struct steal_conn){.s = s, .port = port, .client = *client, .server = *server};
 	struct hm_err err = {0};
-	/* on failure the router closed fd and called closed(c) */
-	if (http_router_add(s->router, fd, c, &err) < 0)
-		hm_warn("incoming: filtered connection dropped: %s", err.msg);
+	/* on failure the router closed fd; c is still ours (closed() is for added ones:
+	 * c, the port's reference and its place were leaked here before) */
+	if (http_router_add(s->router, fd, c, &err) < 0) {
+		hm_debug("incoming: filtered connection dropped: %s", err.msg);
+		conn_closed(s, c);
+	}
 }
 
 struct subs {
@@ -252,6 +266,7 @@ static void conn_closed(void *ctx, void *conn)
 	struct steal_conn *c = conn;
 	if (!c)
 		return;
+	agent_incoming_port_route_end(c->port);
 	agent_incoming_port_put(c->port);
 	free(c);
 }

@@ -72,6 +72,7 @@ struct agent_incoming_port {
 	uint64_t steal_gen; /* changes with each steal engine: bypass entries belong to one */
 	void *mirror_state;
 	atomic_uint refs;
+	atomic_uint routed; /* connections in the HTTP router */
 };
 
 struct agent_incoming {
@@ -266,6 +267,19 @@ struct agent_target *agent_incoming_port_target(const struct agent_incoming_port
 struct agent_incoming_counters *agent_incoming_port_counters(struct agent_incoming_port *p)
 {
 	return &p->reg->counters;
+}
+
+bool agent_incoming_port_route_begin(struct agent_incoming_port *p, unsigned max)
+{
+	if (atomic_fetch_add(&p->routed, 1) < max)
+		return true;
+	atomic_fetch_sub(&p->routed, 1);
+	return false;
+}
+
+void agent_incoming_port_route_end(struct agent_incoming_port *p)
+{
+	atomic_fetch_sub(&p->routed, 1);
 }
 
 static struct agent_incoming_sub *sub_get(struct agent_incoming_sub *sub)
@@ -799,13 +813,70 @@ static void released_run(struct agent_incoming *reg, const struct released *r,
 	(void)reg;
 }
 
-static unsigned session_subs(struct agent_incoming *reg, const struct agent_incoming_session *s)
+/* Network namespaces mirrored (by peer's sessions; NULL: anyone's), counted up to
+ * max + 1, and whether ino is one of them (lock held). */
+static unsigned mirrored_netns(struct agent_incoming *reg, const char *peer, uint64_t ino,
+			       unsigned max, bool *has_ino)
 {
+	uint64_t seen[AGENT_MIRROR_NETNS_MAX + 1];
 	unsigned n = 0;
-	for (struct agent_incoming_port *p = reg->ports; p; p = p->next)
-		for (struct agent_incoming_sub *sub = p->subs; sub; sub = sub->next)
-			n += sub->sess == s;
+	*has_ino = false;
+	for (struct agent_incoming_port *p = reg->ports; p; p = p->next) {
+		bool counts = false;
+		for (struct agent_incoming_sub *sub = p->subs; sub && !counts; sub = sub->next)
+			counts = sub->mode == PROTO_INCOMING_MIRROR &&
+				 (!peer || !strcmp(sub->sess->peer_key, peer));
+		unsigned i = 0;
+		while (counts && i < n && seen[i] != p->netns_ino)
+			i++;
+		if (counts && i == n && n <= max)
+			seen[n++] = p->netns_ino;
+		*has_ino |= counts && p->netns_ino == ino;
+	}
 	return n;
+}
+
+/* Whether s may hold one more subscription of this mode in netns ino: of its own, of
+ * its peer's sessions, and of the agent's (lock held). */
+static int check_limits(struct agent_incoming *reg, const struct agent_incoming_session *s,
+			uint8_t mode, uint64_t ino, struct hm_err *err)
+{
+	unsigned of_session = 0, of_peer = 0;
+	for (struct agent_incoming_port *p = reg->ports; p; p = p->next) {
+		for (struct agent_incoming_sub *sub = p->subs; sub; sub = sub->next) {
+			of_session += sub->sess == s;
+			of_peer += !strcmp(sub->sess->peer_key, s->peer_key);
+		}
+	}
+	if (of_session >= AGENT_INCOMING_MAX_PER_SESSION)
+		return hm_err_set(err, ENOSPC, "a session may hold %d subscriptions",
+				  AGENT_INCOMING_MAX_PER_SESSION);
+	if (of_peer >= AGENT_INCOMING_MAX_PER_PEER)
+		return hm_err_set(err, EUSERS,
+				  "agent limit: this peer (%s) holds %u subscriptions in its "
+				  "sessions, the limit is %d",
+				  s->peer_key, of_peer, AGENT_INCOMING_MAX_PER_PEER);
+	if (reg->nsubs >= AGENT_INCOMING_MAX)
+		return hm_err_set(err, ENOSPC,
+				  "agent limit: the agent holds %u subscriptions, the limit is %d",
+				  reg->nsubs, AGENT_INCOMING_MAX);
+	if (mode != PROTO_INCOMING_MIRROR)
+		return 0;
+	bool has;
+	unsigned n = mirrored_netns(reg, s->peer_key, ino, AGENT_MIRROR_NETNS_PER_PEER, &has);
+	if (!has && n >= AGENT_MIRROR_NETNS_PER_PEER)
+		return hm_err_set(err, EUSERS,
+				  "agent limit: this peer (%s) mirrors %d network namespaces, "
+				  "the limit is %d (each has a ring buffer)",
+				  s->peer_key, AGENT_MIRROR_NETNS_PER_PEER,
+				  AGENT_MIRROR_NETNS_PER_PEER);
+	n = mirrored_netns(reg, NULL, ino, AGENT_MIRROR_NETNS_MAX, &has);
+	if (!has && n >= AGENT_MIRROR_NETNS_MAX)
+		return hm_err_set(err, ENOSPC,
+				  "agent limit: the agent mirrors %d network namespaces, the "
+				  "limit is %d (each has a ring buffer)",
+				  AGENT_MIRROR_NETNS_MAX, AGENT_MIRROR_NETNS_MAX);
+	return 0;
 }
 
 static int check_request(const struct proto_incoming_subscribe *req, struct hm_err *err)
@@ -854,11 +925,8 @@ static int subscribe(struct agent_incoming *reg, struct agent_incoming_session *
 	bool flush = false;
 	struct agent_incoming_port *p = port_find(reg, ino, req->port);
 	bool new_port = !p;
-	if (session_subs(reg, s) >= AGENT_INCOMING_MAX_PER_SESSION) {
-		hm_err_set(err, ENOSPC, "a session may hold %d subscriptions",
-			   AGENT_INCOMING_MAX_PER_SESSION);
+	if (check_limits(reg, s, req->mode, ino, err) < 0)
 		goto out;
-	}
 	if (req->mode == PROTO_INCOMING_MIRROR && !reg->mirror) {
 		hm_err_plain(err, EOPNOTSUPP,
 			     "port %u: mirroring is not built into this agent yet (mirror "

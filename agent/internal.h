@@ -400,6 +400,7 @@ struct agent_incoming_session {
 	 * the peer's own user namespace owns may be subscribed to */
 	bool confined;
 	uid_t uid;
+	char peer_key[64]; /* agent_peer_key: who the per-peer limit counts */
 	/* a stolen connection's socket may be passed to this uid (the session's own unix
 	 * peer that agreed PROTO_FEAT_TCP_FD, as for TCP_CONNECT); -1: relayed */
 	int64_t pass_uid;
@@ -417,6 +418,15 @@ struct agent_incoming_counters {
 };
 
 #define AGENT_INCOMING_MAX_PER_SESSION 64
+/* A subscription may start a steal (a thread, listeners and an sk_lookup program with
+ * its maps in the kernel) or a mirror: a peer with the sessions it may open would
+ * otherwise hold 128 x 64 of them. */
+#define AGENT_INCOMING_MAX_PER_PEER 256
+#define AGENT_INCOMING_MAX 1024
+/* Mirroring a network namespace costs a ring buffer (--mirror-buffer, 32 MiB) of kernel
+ * memory: network namespaces mirrored at once, by one peer's sessions and in all. */
+#define AGENT_MIRROR_NETNS_PER_PEER 8
+#define AGENT_MIRROR_NETNS_MAX 64
 #define AGENT_INCOMING_MAX_PORT_SUBS 64 /* enumeration: subscriptions of one port */
 
 int agent_incoming_create(struct agent_streams *streams, struct agent_incoming **out,
@@ -452,6 +462,11 @@ int agent_incoming_port_netns_fd(const struct agent_incoming_port *p); /* borrow
 struct agent_target *agent_incoming_port_target(const struct agent_incoming_port *p);
 /* the registry's STATUS counters, for the engine and the router to add to */
 struct agent_incoming_counters *agent_incoming_port_counters(struct agent_incoming_port *p);
+/* One more of the port's connections in the HTTP router, if it has fewer than max (the
+ * router's connections are shared by every port: one port's clients must not take
+ * them all); route_end when it is gone. */
+bool agent_incoming_port_route_begin(struct agent_incoming_port *p, unsigned max);
+void agent_incoming_port_route_end(struct agent_incoming_port *p);
 /* The port's current subscriptions of mode (MIRROR: all; STEAL: the active ones, i.e.
  * what gets connections now), at most max, each with a reference for the caller
  * (agent_incoming_sub_put). */
@@ -594,7 +609,8 @@ const char *http_reader_error(const struct http_reader *r);
  * the path with it, matches RE (as mirrord); method: equal, ignoring case. Regexes are
  * PCRE2, case-insensitive, unanchored (as mirrord's), with match, depth and heap limits
  * so that a hostile one costs bounded CPU: a match that hits a limit counts as no
- * match. Unknown keys, empty lists, wrong types and bad regexes are errors naming the
+ * match, and so does a filter that has used its time for the request (1 ms: the
+ * router's one thread serves every session). Unknown keys, empty lists, wrong types and bad regexes are errors naming the
  * key ("http_filter.all_of[1].header: bad regex ..."). */
 #define HTTP_FILTER_JSON_MAX 16384
 #define HTTP_FILTER_DEPTH_MAX 8 /* nesting of all_of / any_of */
@@ -623,6 +639,7 @@ int http_filter_pick(struct http_filter *const *filters, size_t n, const struct 
  * "431 Request Header Fields Too Large" and the connection is closed; broken HTTP after
  * the first request closes it (reset). */
 #define HTTP_ROUTER_CONNS_MAX 4096  /* connections at once (more are refused); at most 4096 */
+#define HTTP_ROUTER_PORT_CONNS_MAX 1024 /* ... of one port */
 #define HTTP_ROUTER_PIPELINE_MAX 32 /* requests awaiting their response per connection */
 #define HTTP_ROUTER_UPSTREAMS_MAX 8 /* the pod + subscriptions used by one connection */
 struct http_router_ops {
@@ -706,7 +723,8 @@ struct agent_reasm_ops {
 };
 struct agent_reasm_config {
 	size_t max_conns;	 /* beyond: the least recently active one ends LOST */
-	size_t max_held_conn;	 /* out-of-order bytes held per connection */
+	size_t max_held_conn;	 /* out-of-order bytes held per connection (a segment
+				  * counts as 1 KiB at least: its bookkeeping) */
 	size_t max_held_total;	 /* ... for all connections */
 	int64_t gap_timeout_ms;	 /* a hole older than this is lost */
 	int64_t idle_timeout_ms; /* a connection silent this long ends LOST (its FIN was lost) */

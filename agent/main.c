@@ -92,7 +92,7 @@ static int usage_error(const char *fmt, ...)
 
 static int fail(const struct hm_err *err)
 {
-	fprintf(stderr, PROG ": %s\n", err->msg);
+	hm_print_line(stderr, PROG ": %s", err->msg); /* may be a remote agent's words */
 	return 1;
 }
 

@@ -38,6 +38,11 @@
  * client: room for floods, at the kernel's cost (capped by net.core.somaxconn) */
 #define LISTEN_BACKLOG 4096
 #define SEND_STALL_MS 30000 /* a peer that reads nothing for this long is dropped */
+/* ... for an event: the threads that send them (the mirror engine, the HTTP router's
+ * opener, a port's accept thread) serve every session, and a session that stopped
+ * reading must not hold them (the mirror engine's ring buffers overflow meanwhile, and
+ * every mirrored connection of the agent is lost) */
+#define EVENT_STALL_MS 200
 #define DRAIN_MS 500	    /* reading leftovers before close, so TCP sends no RST */
 #define SHUTDOWN_WAIT_MS 10000
 #define THREAD_STACK (256u << 10)
@@ -121,7 +126,8 @@ static void conn_put(struct conn *c)
 
 /* Write a whole buffer to the non-blocking fd. Gives up when the peer has read nothing
  * for SEND_STALL_MS or the agent stops. Call with send_lock held. */
-static int send_bytes(struct conn *c, const uint8_t *p, size_t len, struct hm_err *err)
+static int send_bytes(struct conn *c, const uint8_t *p, size_t len, int stall_ms,
+		      struct hm_err *err)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -136,14 +142,13 @@ static int send_bytes(struct conn *c, const uint8_t *p, size_t len, struct hm_er
 			return hm_err_errno(err, "send");
 		struct pollfd pf[2] = {{.fd = c->fd, .events = POLLOUT},
 				       {.fd = c->srv->stop_efd, .events = POLLIN}};
-		int r = poll(pf, 2, SEND_STALL_MS);
+		int r = poll(pf, 2, stall_ms);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return hm_err_errno(err, "poll");
 		if (r == 0)
-			return hm_err_set(err, ETIMEDOUT, "peer read nothing for %d s",
-					  SEND_STALL_MS / 1000);
+			return hm_err_set(err, ETIMEDOUT, "peer read nothing for %d ms", stall_ms);
 		if (pf[1].revents)
 			return hm_err_set(err, ESHUTDOWN, "agent stopping");
 	}
@@ -151,9 +156,23 @@ static int send_bytes(struct conn *c, const uint8_t *p, size_t len, struct hm_er
 	return 0;
 }
 
+static int lock_within(pthread_mutex_t *lock, int ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	return pthread_mutex_timedlock(lock, &until);
+}
+
 /* Send one frame unless the session has ended. A reply we cannot encode (a value
- * outside the protocol's limits, e.g. a too long link target) becomes an ERROR. */
-static int conn_send(struct conn *c, uint32_t id, const struct proto_msg *m)
+ * outside the protocol's limits, e.g. a too long link target) becomes an ERROR. An
+ * event waits at most EVENT_STALL_MS, for the lock and for the peer. */
+static int conn_send_frame(struct conn *c, uint32_t id, const struct proto_msg *m, bool event)
 {
 	struct hm_err err = {0};
 	struct proto_buf b = PROTO_BUF_INIT;
@@ -174,10 +193,18 @@ static int conn_send(struct conn *c, uint32_t id, const struct proto_msg *m)
 		}
 	}
 	int rc = 0;
-	pthread_mutex_lock(&c->send_lock);
+	int stall_ms = event ? EVENT_STALL_MS : SEND_STALL_MS;
+	if (event && lock_within(&c->send_lock, EVENT_STALL_MS) != 0) {
+		/* a reply is being sent (a session's own thread may be stuck in a big one
+		 * to a peer that stopped reading): the event is lost, the session goes on */
+		proto_buf_release(&b);
+		return -1;
+	}
+	if (!event)
+		pthread_mutex_lock(&c->send_lock);
 	if (c->closed) {
 		rc = -1;
-	} else if (send_bytes(c, b.data, b.len, &err) < 0) {
+	} else if (send_bytes(c, b.data, b.len, stall_ms, &err) < 0) {
 		hm_debug("conn %llu: %s: %s", (unsigned long long)c->id, proto_type_name(m->type),
 			 err.msg);
 		/* a peer that cannot take a reply gets nothing more: the reader notices the
@@ -189,6 +216,11 @@ static int conn_send(struct conn *c, uint32_t id, const struct proto_msg *m)
 	pthread_mutex_unlock(&c->send_lock);
 	proto_buf_release(&b);
 	return rc;
+}
+
+static int conn_send(struct conn *c, uint32_t id, const struct proto_msg *m)
+{
+	return conn_send_frame(c, id, m, false);
 }
 
 static int conn_send_error(struct conn *c, uint32_t id, uint16_t req_type, int errnum,
@@ -273,7 +305,7 @@ static void target_refused(struct conn *c, const struct proto_msg *m, const stru
 
 static int incoming_send(void *conn, const struct proto_msg *m)
 {
-	return conn_send(conn, 0, m);
+	return conn_send_frame(conn, 0, m, true);
 }
 
 static void incoming_hold(void *conn)
@@ -297,6 +329,7 @@ static void session_incoming_init(struct conn *c, const char *description, bool 
 	s->account = c->account;
 	s->confined = confined;
 	s->uid = c->from.uid;
+	agent_peer_key(&c->from, s->peer_key, sizeof(s->peer_key));
 	s->pass_uid = (c->features & PROTO_FEAT_TCP_FD) && c->from.is_unix && c->from.has_cred
 			  ? (int64_t)c->from.uid
 			  : -1;
@@ -875,7 +908,7 @@ static void hand_off(struct conn *c, const struct proto_msg *r, struct agent_pen
 		if (n < 0)
 			hm_err_errno(&err, "sendmsg");
 		else if ((size_t)n < b.len &&
-			 send_bytes(c, b.data + n, b.len - (size_t)n, &err) < 0)
+			 send_bytes(c, b.data + n, b.len - (size_t)n, SEND_STALL_MS, &err) < 0)
 			n = -1;
 		if (n >= 0)
 			atomic_fetch_add(&c->srv->stats.ctl_bytes_in, (size_t)n);

@@ -6,6 +6,17 @@
 #include "agent/internal.h"
 
 #define BUCKETS 1024
+/* What a held segment counts against the bounds at least: its bookkeeping (~48 bytes
+ * of malloc) and its place in the sorted list. Counted by payload alone, a client of
+ * the pod sending 1-byte segments behind a hole made the 4 MB per connection 4 million
+ * list entries: ~200 MB of memory and a walk of the list per segment (hours of the
+ * mirror thread). */
+#define HELD_CHARGE_MIN 1024u
+
+static size_t held_charge(uint32_t len)
+{
+	return len > HELD_CHARGE_MIN ? len : HELD_CHARGE_MIN;
+}
 
 struct held {
 	struct held *next; /* sorted by seq */
@@ -145,8 +156,8 @@ static bool drain(struct agent_reasm *r, struct conn *c, uint32_t progress_from,
 	while (c->held && at_or_before(c->held->seq, c->next_seq)) {
 		struct held *h = c->held;
 		c->held = h->next;
-		c->held_bytes -= h->len;
-		r->held_total -= h->len;
+		c->held_bytes -= held_charge(h->len);
+		r->held_total -= held_charge(h->len);
 		bool alive = deliver(r, c, h->seq, h->data, h->len);
 		free(h);
 		if (!alive)
@@ -176,8 +187,9 @@ static bool hold(struct agent_reasm *r, struct conn *c, uint32_t seq, const uint
 			return true;
 		pp = &(*pp)->next;
 	}
-	if (c->held_bytes + len > r->cfg.max_held_conn ||
-	    r->held_total + len > r->cfg.max_held_total) {
+	size_t charge = held_charge(len);
+	if (c->held_bytes + charge > r->cfg.max_held_conn ||
+	    r->held_total + charge > r->cfg.max_held_total) {
 		finish(r, c, AGENT_REASM_LOST);
 		return false;
 	}
@@ -191,8 +203,8 @@ static bool hold(struct agent_reasm *r, struct conn *c, uint32_t seq, const uint
 	memcpy(h->data, p, len);
 	h->next = *pp;
 	*pp = h;
-	c->held_bytes += len;
-	r->held_total += len;
+	c->held_bytes += charge;
+	r->held_total += charge;
 	return true;
 }
 

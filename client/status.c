@@ -21,7 +21,7 @@ static void print_bytes(FILE *f, const char *label, uint64_t v)
 void client_status_print(FILE *f, const struct client_status *s)
 {
 	uint64_t secs = s->uptime_ms / 1000;
-	fprintf(f, "%-12s %s\n", "agent", s->version);
+	hm_print_line(f, "%-12s %s", "agent", s->version);
 	fprintf(f, "%-12s %llud %02lluh %02llum %02llus\n", "uptime",
 		(unsigned long long)(secs / 86400), (unsigned long long)(secs / 3600 % 24),
 		(unsigned long long)(secs / 60 % 60), (unsigned long long)(secs % 60));

@@ -37,7 +37,7 @@ int hm_cli_fail(const char *prog, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "%s: %s\n", prog, msg);
+	hm_print_line(stderr, "%s: %s", prog, msg);
 	return code;
 }
 

@@ -72,6 +72,14 @@ void hm_log(enum hm_log_level level, const char *fmt, ...) __attribute__((format
 #define hm_info(...) hm_log(HM_LOG_INFO, __VA_ARGS__)
 #define hm_warn(...) hm_log(HM_LOG_WARN, __VA_ARGS__)
 #define hm_error(...) hm_log(HM_LOG_ERROR, __VA_ARGS__)
+/* Text for a terminal: control characters (C0 but tab, DEL, and C1 as UTF-8) become
+ * \xNN. Names and errors come from agents, pods and API servers: an escape sequence in
+ * one must not retitle, redraw or answer-back into the operator's terminal, nor a
+ * newline forge a log line. hm_log and hm_cli_fail print their message through it.
+ * Always NUL-terminated (cut at a whole character); returns out. */
+const char *hm_printable(const char *in, char *out, size_t out_len);
+/* One line to f (fmt without its newline), through hm_printable. */
+void hm_print_line(FILE *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Time and waiting. A deadline is a point of CLOCK_MONOTONIC in milliseconds (hm_now_ms
  * terms); HM_NO_DEADLINE waits for ever. */

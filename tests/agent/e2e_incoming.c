@@ -530,6 +530,138 @@ static int cmd_incoming_status(struct e2e_ctx *ctx, int argc, char **argv)
 	return rc ? rc : e2e_ok("incoming counters reported");
 }
 
+/* subscribe-many steal|mirror SESSIONS PER_SESSION BASE_PORT ACCEPTED ERRNO: SESSIONS
+ * sessions of this one peer subscribe to PER_SESSION ports each (BASE_PORT on), all held
+ * at once; exactly ACCEPTED subscriptions must succeed, the others be refused with
+ * ERRNO. */
+static int cmd_subscribe_many(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 7)
+		return 2;
+	uint8_t mode = !strcmp(argv[1], "steal")    ? PROTO_INCOMING_STEAL
+		       : !strcmp(argv[1], "mirror") ? PROTO_INCOMING_MIRROR
+						    : 0;
+	argv++;
+	int sessions = atoi(argv[1]), per = atoi(argv[2]), base = atoi(argv[3]);
+	int want_ok = atoi(argv[4]), want_errno = e2e_errno_code(argv[5]);
+	if (!mode || sessions <= 0 || sessions > 64 || per <= 0 || base <= 0 ||
+	    base + sessions * per > 65535 || want_errno <= 0)
+		return 2;
+	int fds[64];
+	int accepted = 0, refused = 0, rc = 0;
+	char first_refusal[PROTO_MSG_MAX] = "";
+	for (int i = 0; i < sessions; i++)
+		fds[i] = -1;
+	for (int i = 0; i < sessions && !rc; i++) {
+		struct hm_err err = {0};
+		struct e2e_ctl c = {.fd = -1};
+		if (e2e_ctl_session(ctx, &c, &err) < 0) {
+			rc = e2e_fail("session %d: %s", i, err.msg);
+			break;
+		}
+		fds[i] = c.fd;
+		for (int j = 0; j < per; j++) {
+			uint32_t sub;
+			char note[PROTO_MSG_MAX];
+			uint16_t port = (uint16_t)(base + i * per + j);
+			if (e2e_ctl_subscribe(&c, port, mode, 0, NULL, &sub, note, sizeof(note),
+					      &err) == 0) {
+				accepted++;
+				continue;
+			}
+			if (err.code != want_errno) {
+				rc = e2e_fail("subscribe to port %u: %s (%s), expected %s", port,
+					      err.msg, e2e_errno_name(err.code), argv[5]);
+				break;
+			}
+			if (!refused++)
+				snprintf(first_refusal, sizeof(first_refusal), "%s", err.msg);
+		}
+	}
+	printf("accepted %d refused %d: %s\n", accepted, refused, first_refusal);
+	for (int i = 0; i < sessions; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (rc)
+		return rc;
+	if (accepted != want_ok)
+		return e2e_fail("%d subscriptions accepted, expected %d", accepted, want_ok);
+	return e2e_ok("%d of %d subscriptions accepted, the others refused with %s", accepted,
+		      sessions * per, argv[5]);
+}
+
+/* mirror-netns PORT ACCEPTED ERRNO PID...: one session per pid/PID target (each in a
+ * network namespace of its own) mirrors PORT, all held at once; exactly ACCEPTED must
+ * succeed, the others be refused with ERRNO. */
+static int cmd_mirror_netns(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc < 5 || argc - 4 > 64)
+		return 2;
+	int port = atoi(argv[1]), want_ok = atoi(argv[2]), want_errno = e2e_errno_code(argv[3]);
+	if (port <= 0 || port > 65535 || want_errno <= 0)
+		return 2;
+	int fds[64], n = argc - 4, accepted = 0, rc = 0;
+	char first_refusal[PROTO_MSG_MAX] = "", target[64];
+	const char *saved = ctx->target;
+	for (int i = 0; i < n; i++)
+		fds[i] = -1;
+	for (int i = 0; i < n && !rc; i++) {
+		struct hm_err err = {0};
+		struct e2e_ctl c = {.fd = -1};
+		snprintf(target, sizeof(target), "pid/%s", argv[4 + i]);
+		ctx->target = target;
+		if (e2e_ctl_session(ctx, &c, &err) < 0) {
+			rc = e2e_fail("session on %s: %s", target, err.msg);
+			break;
+		}
+		fds[i] = c.fd;
+		uint32_t sub;
+		char note[PROTO_MSG_MAX];
+		if (e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_MIRROR, 0, NULL, &sub, note,
+				      sizeof(note), &err) == 0)
+			accepted++;
+		else if (err.code != want_errno)
+			rc = e2e_fail("mirror port %d of %s: %s (%s), expected %s", port, target,
+				      err.msg, e2e_errno_name(err.code), argv[3]);
+		else if (!first_refusal[0])
+			snprintf(first_refusal, sizeof(first_refusal), "%s", err.msg);
+	}
+	ctx->target = saved;
+	printf("accepted %d refused %d: %s\n", accepted, n - accepted, first_refusal);
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (rc)
+		return rc;
+	if (accepted != want_ok)
+		return e2e_fail("%d mirrors accepted, expected %d", accepted, want_ok);
+	return e2e_ok("%d of %d network namespaces mirrored, the others refused with %s",
+		      accepted, n, argv[3]);
+}
+
+/* mirror-stall PORT READY_FILE SECONDS: a session mirrors PORT and then reads nothing
+ * for SECONDS (its INCOMING_CONNECTION events pile up in the agent's socket) */
+static int cmd_mirror_stall(struct e2e_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 4)
+		return 2;
+	int port = atoi(argv[1]), secs = atoi(argv[3]);
+	if (port <= 0 || port > 65535 || secs <= 0)
+		return 2;
+	struct hm_err err = {0};
+	struct e2e_ctl c = {.fd = -1};
+	uint32_t sub;
+	char note[PROTO_MSG_MAX];
+	if (e2e_ctl_session(ctx, &c, &err) < 0 ||
+	    e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_MIRROR, 0, NULL, &sub, note,
+			      sizeof(note), &err) < 0)
+		return e2e_fail("mirror port %d: %s", port, err.msg);
+	write_ready(argv[2], "stalled\n");
+	sleep((unsigned)secs);
+	close(c.fd);
+	return e2e_ok("stalled %d s", secs);
+}
+
 static const struct e2e_cmd incoming_cmds[] = {
     {"steal",
      "PORT [--flush] [--concurrent] [--echo|--http BODY|--http-keepalive BODY|--silent|"
@@ -540,6 +672,10 @@ static const struct e2e_cmd incoming_cmds[] = {
     {"subscribe", "PORT steal|mirror ok|ERRNO [TEXT] [--flush] [--concurrent] [--filter JSON]",
      cmd_subscribe},
     {"unsubscribe", "ID ok|ERRNO", cmd_unsubscribe},
+    {"subscribe-many", "steal|mirror SESSIONS PER_SESSION BASE_PORT ACCEPTED ERRNO",
+     cmd_subscribe_many},
+    {"mirror-netns", "PORT ACCEPTED ERRNO PID...", cmd_mirror_netns},
+    {"mirror-stall", "PORT READY_FILE SECONDS", cmd_mirror_stall},
     {"incoming-status", "", cmd_incoming_status},
 };
 E2E_REGISTER(incoming_cmds)

@@ -151,6 +151,39 @@ test_sessions_end() {
 		fail "the pod does not answer after the sessions ended: $(get 'X-User: bob')"
 }
 
+# The router's connections (4096) are shared by every filtered port of every pod: one
+# port's clients (hostile: the pod's, from anywhere) held them all and the other ports'
+# clients were reset. A flood of 4200 idle connections to one filtered port takes at
+# most 1024; another port's clients are still routed.
+test_port_flood_leaves_room() {
+	steal_bg flood "$ECHO_PORT" --echo --filter "$ALICE"
+	steal_bg alice "$HTTP_PORT" --http alice-answer --filter "$ALICE"
+	python3 - "$WEB_IP" "$ECHO_PORT" "$WORK/flood.ready" <<'PY' &
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+socks = []
+for _ in range(4200):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((sys.argv[1], int(sys.argv[2])))
+        socks.append(s)
+    except OSError:  # refused by the agent once its share is full
+        s.close()
+open(sys.argv[3], "w").write("%d\n" % len(socks))
+time.sleep(300)
+PY
+	echo $! >"$WORK/flood.pid"
+	wait_until 300 test -s "$WORK/flood.ready" || fail "the flood did not connect"
+	sleep 1 # the agent accepts them all meanwhile
+	assert_eq "alice-answer" "$(get 'X-User: alice')" "a client of the other port, for alice"
+	assert_eq "pod-answer" "$(get)" "a client of the other port, for the pod"
+	kill "$(cat "$WORK/flood.pid")"
+	wait "$(cat "$WORK/flood.pid")" 2>/dev/null || true
+	stop_steal flood
+	stop_steal alice
+}
+
 run_test bad_filter_refused test_bad_filter_refused
 run_test header_filter test_header_filter
 run_test keepalive_mixed test_keepalive_mixed
@@ -158,4 +191,5 @@ run_test two_sessions_share test_two_sessions_share
 run_test not_http_passthrough test_not_http_passthrough
 run_test status_counts test_status_counts
 run_test sessions_end test_sessions_end
+run_test port_flood_leaves_room test_port_flood_leaves_room
 

@@ -338,6 +338,56 @@ test_kill9_filters_removed_by_next_agent() {
 		fail "the pod does not answer"
 }
 
+# Each mirrored network namespace has a ring buffer (32 MiB of kernel memory by
+# default): one peer (uid 0 here) mirroring a port in namespace after namespace (a
+# non-root one may make as many as it likes with `unshare -rn`) is refused past 8.
+test_mirrored_netns_per_peer() {
+	local pids=() i out
+	for i in $(seq 9); do
+		unshare -n sleep 300 </dev/null >/dev/null 2>&1 &
+		pids+=($!)
+		echo $! >"$WORK/netns-$i.pid"
+	done
+	for i in "${pids[@]}"; do
+		wait_until 50 sh -c "[ \"\$(readlink /proc/$i/ns/net)\" != \"\$(readlink /proc/self/ns/net)\" ]"
+	done
+	out=$(e2e "$WORK" main mirror-netns 8080 8 EUSERS "${pids[@]}")
+	echo "$out"
+	assert_contains "$out" "this peer (uid 0) mirrors 8 network namespaces, the limit is 8"
+	kill "${pids[@]}" 2>/dev/null
+	wait "${pids[@]}" 2>/dev/null || true
+	assert_contains "$(e2e "$WORK" main --target "pod/$WEB" incoming-status)" "subscriptions 0 "
+}
+
+# The mirror engine's one thread offers every new connection to its sessions: one
+# that stopped reading its control connection (its events fill the socket) held that
+# thread up to 30 s per event, the ring buffers of every mirrored namespace filled
+# meanwhile and other sessions' copies were lost or late. Now an event waits 200 ms.
+test_stalled_session_holds_no_one() {
+	rm -f "$WORK/stall.ready"
+	timeout 120 "$AGENT_E2E" --unix "$WORK/main.sock" --token-file "$WORK/token" \
+		--target "pod/$WEB" mirror-stall "$SINK_PORT" "$WORK/stall.ready" 60 \
+		>"$WORK/stall.out" 2>&1 &
+	echo $! >"$WORK/stall.pid"
+	wait_until 100 test -s "$WORK/stall.ready" || fail "no stalled subscriber: $(cat "$WORK/stall.out")"
+	mirror_start victim "$HTTP_PORT"
+	# a thousand connections to the stalled session's port: its events fill its socket
+	python3 - "$WEB_IP" "$SINK_PORT" <<'PY'
+import resource, socket, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+socks = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) for _ in range(1000)]
+for s in socks:
+    s.close()
+PY
+	in_pod wget -q -O /dev/null "http://$WEB_IP:$HTTP_PORT/" || fail "the pod does not answer"
+	wait_until 50 sh -c "[ \$(find '$WORK/victim' -name '*.end' | wc -l) -ge 1 ]" ||
+		fail "the other session's copy did not come within 5 s: $(tail -3 "$WORK/sub-victim.out")"
+	assert_eq 0 "$(cat "$WORK"/victim/*.end | head -1)" "the other session's copy ended"
+	kill "$(cat "$WORK/stall.pid")" 2>/dev/null || true
+	wait "$(cat "$WORK/stall.pid")" 2>/dev/null || true
+	mirror_stop victim
+}
+
 run_test "mirror: 200 sequential wget requests copied whole, pod answers" test_sequential_requests
 run_test "mirror: 50 concurrent Go client connections" test_concurrent_go_clients
 run_test "mirror: 10 MiB upload arrives complete" test_upload_10mib
@@ -347,4 +397,7 @@ run_test "mirror: filters detached when the session ends" test_detached_when_uns
 run_test "mirror: lost bytes reset the copy, never a hole; status counts it" test_loss_resets_never_a_hole
 run_test "mirror: a slow subscriber's copy is reset, the other goes on" test_slow_subscriber_loses_only_its_copy
 run_test "mirror: kill -9 of the agent, the next one removes its filters" test_kill9_filters_removed_by_next_agent
+run_test "mirror: network namespaces mirrored at once are limited per peer" test_mirrored_netns_per_peer
+run_test "mirror: a session that stopped reading delays no other session's copies" test_stalled_session_holds_no_one
+
 agent_stop "$WORK" main

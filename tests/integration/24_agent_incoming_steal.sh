@@ -247,6 +247,23 @@ test_other_sessions_subscription() {
 	stop_steal mine
 }
 
+# Each steal is a thread, listeners and an sk_lookup program with its maps (64 at most
+# in one netns, but a peer may target many: a non-root one its own `unshare -rn`
+# namespaces), a mirror a port of the tc program's: one peer (uid 0 here) with the 128
+# sessions it may open held 128 x 64 of them. 5 sessions of 64 mirrored ports: 256
+# held, the rest refused with EUSERS; a subscription works again once they are gone.
+test_peer_subscription_limit() {
+	local out
+	out=$(E subscribe-many mirror 5 64 20000 256 EUSERS)
+	echo "$out"
+	assert_contains "$out" "this peer (uid 0) holds 256 subscriptions in its sessions, the limit is 256"
+	wait_until 100 test -z "$(ours_in_pod)" || fail "left behind: $(ours_in_pod | wc -l) objects"
+	assert_contains "$(E incoming-status)" "subscriptions 0 "
+	steal_bg after "$HTTP_PORT" --http after-answer
+	assert_eq "after-answer" "$(get)" "a steal after the limit was reached"
+	stop_steal after
+}
+
 run_test pod_answers_before test_pod_answers_before
 run_test other_sessions_subscription test_other_sessions_subscription
 run_test steal_http test_steal_http
@@ -258,3 +275,4 @@ run_test flush test_flush
 run_test session_ends_open test_session_ends_with_open_connections
 run_test nonroot_pid_rules test_nonroot_pid_rules
 run_test agent_killed test_agent_killed
+run_test peer_subscription_limit test_peer_subscription_limit

@@ -138,9 +138,45 @@ PY
 	kube_scenario
 }
 
+# A hostile API server (or anyone who names pods and users in the cluster) puts escape
+# sequences in what trace-run prints: a user name in a 403's message, a pod's and a
+# node's name in `trace-run agents`. They reach the operator's terminal as \xNN text,
+# never as the bytes that retitle, clear or answer back into it.
+test_hostile_cluster_text() {
+	local evil='evil\u001b]0;owned\u0007\u001b[2J\u009b6n'
+	local out rc=0
+	kube_scenario 'tokens={"tok-alice": "alice", "tok-evil": "'"$evil"'"}'
+	kube_config "$KWORK/evil.yaml" "    token: tok-evil"
+	out=$(timeout 20 "$TRACE_RUN" --kubeconfig "$KWORK/evil.yaml" --target pod/web -- true 2>&1) || rc=$?
+	echo "exit $rc: $out"
+	assert_eq 122 "$rc" "exit status"
+	assert_contains "$out" 'User "evil\x1b]0;owned\x07\x1b[2J\xc2\x9b6n" cannot get resource'
+	assert_eq 0 "$(LC_ALL=C grep -c $'[\x01-\x08\x0b-\x1f\x7f]\|\xc2[\x80-\x9f]' <<<"$out")" \
+		"lines with control characters"
+	python3 - "$KWORK/scenario.json" <<'PY'
+import json, sys
+sc = json.load(open(sys.argv[1]))
+for p in sc["pods"]:
+    if p["namespace"] == "hermit-system":
+        p["node"] = "node-a\u001b[31m"
+        p["name"] = "hermit-agent\u001b]2;owned\u0007"
+json.dump(sc, open(sys.argv[1] + ".new", "w"))
+PY
+	mv "$KWORK/scenario.json.new" "$KWORK/scenario.json"
+	rc=0
+	out=$("$TRACE_RUN" agents --kubeconfig "$KUBECONFIG_ALICE" 2>&1) || rc=$?
+	kube_scenario
+	echo "exit $rc: $out"
+	assert_contains "$out" 'node-a\x1b[31m'
+	assert_contains "$out" 'hermit-agent\x1b]2;owned\x07'
+	assert_eq 0 "$(LC_ALL=C grep -c $'[\x01-\x08\x0b-\x1f\x7f]' <<<"$out")" \
+		"lines with control characters"
+}
+
 run_test "kube errors: RBAC denials and 401 name verb, resource, namespace" test_rbac
 run_test "kube errors: no such pod, deployment, namespace, container" test_not_found
 run_test "kube errors: Pending, not ready, CrashLoopBackOff, node without agent" test_not_running
 run_test "kube errors: API server down or unknown, port-forward refused" test_unreachable
 run_test "kube targets: deployment/NAME picks the ready pod; container/C" test_deployment
 run_test "kube: trace-run agents lists the agent per node, asking each its version" test_agents
+run_test "kube: escape sequences in cluster names and errors are printed as text" test_hostile_cluster_text

@@ -277,6 +277,38 @@ static void test_total_held_bound(void **state)
 	assert_int_equal(agent_reasm_held_bytes(fx->r), 7000);
 }
 
+/* A pod's client sends 1-byte segments behind a hole: counted by payload, the
+ * agent's 4 MB per connection held them as 4 million list entries (~200 MB, and a walk
+ * of the list per segment). Each counts for its bookkeeping: the connection is lost
+ * after a few thousand. */
+static void test_tiny_segments_count_their_bookkeeping(void **state)
+{
+	(void)state;
+	struct recorder rec = {0};
+	struct agent_reasm_config cfg = config(&rec);
+	cfg.max_held_conn = 4u << 20; /* the mirror engine's bounds */
+	cfg.max_held_total = 64u << 20;
+	struct agent_reasm *r;
+	struct hm_err err;
+	assert_int_equal(agent_reasm_create(&cfg, &r, &err), 0);
+	struct agent_tcp_segment s = seg(1020, 0);
+	s.syn = true;
+	agent_reasm_segment(r, &s, 0);
+	static const uint8_t byte = 'x';
+	uint32_t sent = 0;
+	for (; sent < 200000 && !rec.conns[0].ended; sent++) {
+		s = seg(1020, 2 + sent); /* byte 1 never comes */
+		s.payload = &byte;
+		s.len = 1;
+		agent_reasm_segment(r, &s, 1);
+	}
+	assert_true(rec.conns[0].ended);
+	assert_int_equal(rec.conns[0].how, AGENT_REASM_LOST);
+	assert_true(sent <= (4u << 20) / 1024 + 1);
+	assert_int_equal(agent_reasm_held_bytes(r), 0);
+	agent_reasm_destroy(r);
+}
+
 static void test_rst_resets(void **state)
 {
 	struct fixture *fx = *state;
@@ -397,6 +429,7 @@ int main(void)
 	    T(test_progress_restarts_hole_clock),
 	    T(test_held_bound_loses_connection),
 	    T(test_total_held_bound),
+	    cmocka_unit_test(test_tiny_segments_count_their_bookkeeping),
 	    T(test_rst_resets),
 	    T(test_max_conns_evicts_least_recent),
 	    T(test_tuple_reuse_and_ipv6),

@@ -323,6 +323,43 @@ static void test_proc_status(void **state)
 	assert_false(gone.found);
 }
 
+/* An agent's error or a pod's name with escape sequences, logged: the terminal gets
+ * them as text (\xNN), and a newline cannot start a forged line. */
+static void test_log_escapes_control_characters(void **state)
+{
+	(void)state;
+	char out[256];
+	assert_string_equal(hm_printable("a\x1b]0;x\x07" "b\tc\nd\x7f" "\xc2\x9b" "6n é", out,
+					 sizeof(out)),
+			    "a\\x1b]0;x\\x07b\tc\\x0ad\\x7f\\xc2\\x9b6n é");
+	/* cut at a whole character, always terminated */
+	assert_string_equal(hm_printable("ab\x1b", out, 6), "ab");
+	assert_string_equal(hm_printable("abc", out, 1), "");
+
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	int saved = dup(STDERR_FILENO);
+	dup2(p[1], STDERR_FILENO);
+	hm_log_init("test", HM_LOG_INFO);
+	hm_warn("agent says: %s", "\x1b[2J\x1b]2;owned\x07\nfake: line");
+	fflush(stderr);
+	hm_cli_fail("test", 1, "pod %s", "web\x1b[31m");
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	close(p[1]);
+	char buf[1024];
+	ssize_t n = read(p[0], buf, sizeof(buf) - 1);
+	close(p[0]);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	for (ssize_t i = 0; i < n; i++)
+		if (buf[i] != '\n')
+			assert_false((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f);
+	assert_non_null(strstr(buf, "agent says: \\x1b[2J\\x1b]2;owned\\x07\\x0afake: line\n"));
+	assert_non_null(strstr(buf, "test: pod web\\x1b[31m\n"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -338,6 +375,7 @@ int main(void)
 	    cmocka_unit_test(test_connect_deadline_connects_and_refuses),
 	    cmocka_unit_test(test_connect_deadline_times_out),
 	    cmocka_unit_test(test_cleanup_macros_release),
+	    cmocka_unit_test(test_log_escapes_control_characters),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

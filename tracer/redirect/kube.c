@@ -181,13 +181,13 @@ int trace_agents_main(int argc, char **argv)
 		else if (!token[0] ||
 			 agent_version(k, a, token, version, sizeof(version), &verr) < 0)
 			rc = TRACER_EXIT_AGENT_DOWN;
-		printf("%-24s %-32s %-6s %s\n", a->node[0] ? a->node : "<none>", a->pod,
+		hm_print_line(stdout, "%-24s %-32s %-6s %s", a->node[0] ? a->node : "<none>", a->pod,
 		       a->ready ? "yes" : "no", version);
 		if (a->ready && verr.msg[0])
-			fprintf(stderr, PROG ": agent on node %s: %s\n", a->node, verr.msg);
+			hm_print_line(stderr, PROG ": agent on node %s: %s", a->node, verr.msg);
 	}
 	if (!token[0])
-		fprintf(stderr, PROG ": %s\n", token_err.msg);
+		hm_print_line(stderr, PROG ": %s", token_err.msg);
 	explicit_bzero(token, sizeof(token));
 	free(agents);
 	return rc;
