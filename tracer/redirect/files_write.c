@@ -189,21 +189,23 @@ static enum files_route route_write(struct files *f, const struct tracer_call *c
 	return trace_files_route_path(f, call, dirfd, addr, POLICY_FS_ACCESS_WRITE, false, op, t);
 }
 
+/* mkdir and unlink: true for a path of the target to change (t->path); false with *res
+ * the call's answer otherwise (a replayed one, the routing's error, or the kernel's) */
+static bool route_change(struct files *f, const struct tracer_call *call, int dirfd, uint64_t addr,
+			 const char *op, struct files_target *t, struct tracer_result *res)
+{
+	if (trace_files_undo_replay(f, call, res))
+		return false;
+	return trace_files_route_remote(f, call, dirfd, addr, POLICY_FS_ACCESS_WRITE, op, t, res);
+}
+
 static struct tracer_result mkdir_at(struct files *f, const struct tracer_call *call, int dirfd,
 				     uint64_t path, mode_t mode)
 {
 	struct tracer_result res;
-	if (trace_files_undo_replay(f, call, &res))
-		return res;
 	struct files_target t;
-	switch (route_write(f, call, dirfd, path, "mkdir", &t)) {
-	case ROUTE_REMOTE:
-		break;
-	case ROUTE_FAIL:
-		return tracer_error(t.error);
-	default:
-		return tracer_continue();
-	}
+	if (!route_change(f, call, dirfd, path, "mkdir", &t, &res))
+		return res;
 	struct hm_err err = {0};
 	f->remote_ops++;
 	mode_t m = (mode & 07777) & ~trace_files_umask(call->pid);
@@ -227,17 +229,9 @@ static struct tracer_result unlink_at(struct files *f, const struct tracer_call 
 				      uint64_t path, bool dir, const char *op)
 {
 	struct tracer_result res;
-	if (trace_files_undo_replay(f, call, &res))
-		return res;
 	struct files_target t;
-	switch (route_write(f, call, dirfd, path, op, &t)) {
-	case ROUTE_REMOTE:
-		break;
-	case ROUTE_FAIL:
-		return tracer_error(t.error);
-	default:
-		return tracer_continue();
-	}
+	if (!route_change(f, call, dirfd, path, op, &t, &res))
+		return res;
 	struct hm_err err = {0};
 	f->remote_ops++;
 	trace_files_cache_invalidate(f, t.path);
