@@ -849,17 +849,24 @@ static int walk_http_filter(struct walk *w, json_object *obj, struct policy_conf
 	return rc;
 }
 
+static int get_incoming_mode(struct walk *w, const char *path, json_object *v,
+			     enum policy_incoming_mode *dst)
+{
+	if (!json_object_is_type(v, json_type_string))
+		return type_error(w, path, "a string", v);
+	if (policy_incoming_mode_parse(json_object_get_string(v), dst) < 0)
+		return fail(w, "%s: unknown mode \"%s\" (expected mirror, steal or off)", path,
+			    json_object_get_string(v));
+	return 0;
+}
+
 static int walk_incoming(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.network.incoming";
 	typeof(c->feature.network.incoming) *in = &c->feature.network.incoming;
 	/* mirrord's shorthand: "incoming": "steal" */
-	if (json_object_is_type(obj, json_type_string)) {
-		if (policy_incoming_mode_parse(json_object_get_string(obj), &in->mode) < 0)
-			return fail(w, "%s: unknown mode \"%s\" (expected mirror, steal or off)",
-				    parent, json_object_get_string(obj));
-		return 0;
-	}
+	if (json_object_is_type(obj, json_type_string))
+		return get_incoming_mode(w, parent, obj, &in->mode);
 	if (!json_object_is_type(obj, json_type_object))
 		return type_error(w, parent, "an object or a mode string", obj);
 	json_object_object_foreach(obj, key, val)
@@ -870,12 +877,7 @@ static int walk_incoming(struct walk *w, json_object *obj, struct policy_config 
 		if (json_object_is_type(val, json_type_null))
 			continue;
 		if (strcmp(key, "mode") == 0) {
-			if (!json_object_is_type(val, json_type_string))
-				return type_error(w, path, "a string", val);
-			if (policy_incoming_mode_parse(json_object_get_string(val), &in->mode) < 0)
-				return fail(
-				    w, "%s: unknown mode \"%s\" (expected mirror, steal or off)",
-				    path, json_object_get_string(val));
+			rc = get_incoming_mode(w, path, val, &in->mode);
 		} else if (strcmp(key, "port_mapping") == 0) {
 			rc = get_port_mapping(w, path, val, &in->port_mapping);
 		} else if (strcmp(key, "ports") == 0) {
