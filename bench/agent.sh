@@ -136,12 +136,10 @@ bench_agent_ping() {
 		p90+=("$b")
 		p99+=("$c")
 	done
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"PING round trip, median" "$(bench_median "${med[@]}") us" "-" "-" "<= 20 us" \
 		"PING round trip, p90" "$(bench_median "${p90[@]}") us" "-" "-" "-" \
-		"PING round trip, p99" "$(bench_median "${p99[@]}") us" "-" "-" "-" \
-		>"$tsv"
+		"PING round trip, p99" "$(bench_median "${p99[@]}") us" "-" "-" "-"
 	print_rows "agent request round trip (PING) on the unix socket, $BENCH_PING_N calls, median of $BENCH_PING_ROUNDS processes" "$tsv"
 	echo "runs median us: ${med[*]}"
 }
@@ -172,13 +170,11 @@ bench_agent_tcp() {
 	ma=$(bench_median "${agent[@]}")
 	mr=$(bench_median "${relay[@]}")
 	mt=$(bench_median "${traced[@]}")
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"direct: client in the pod" "$md MB/s" "-" "-" "-" \
 		"client library, unix agent (the pod's socket handed off)" "$ma MB/s" "$md MB/s" "$(bench_ratio "$ma" "$md")" ">= 0.95x direct" \
 		"client library, unix agent, hand-off off (splice relay)" "$mr MB/s" "$md MB/s" "$(bench_ratio "$mr" "$md")" ">= 0.80x direct" \
-		"tcp_sink under trace-run --target pod/SRC (unix agent)" "$mt MB/s" "$md MB/s" "$(bench_ratio "$mt" "$md")" ">= 0.95x direct" \
-		>"$tsv"
+		"tcp_sink under trace-run --target pod/SRC (unix agent)" "$mt MB/s" "$md MB/s" "$(bench_ratio "$mt" "$md")" ">= 0.95x direct"
 	print_rows "outgoing TCP, 1 connection pod -> pod, $BENCH_TCP_BYTES per run, median of $BENCH_TCP_ROUNDS" "$tsv"
 	echo "runs MB/s: direct ${direct[*]}; hand-off ${agent[*]}; relay ${relay[*]}; trace-run ${traced[*]}"
 }
@@ -202,15 +198,13 @@ bench_agent_files() {
 	local mr ml
 	mr=$(bench_median "${rem[@]}")
 	ml=$(bench_median "${loc[@]}")
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"4 KiB file, open+read, median" "$rmed us" "$lmed us" "$(bench_ratio "$rmed" "$lmed")" "-" \
 		"4 KiB file, open+read, p99" "$rp99 us" "$lp99 us" "$(bench_ratio "$rp99" "$lp99")" "-" \
 		"4 KiB file, open+read, zlib off, median" "$zmed us" "$lmed us" "$(bench_ratio "$zmed" "$lmed")" "-" \
 		"4 KiB file, open+read, zlib off, p99" "$zp99 us" "$lp99 us" "$(bench_ratio "$zp99" "$lp99")" "-" \
 		"for scale: PING round trip, median / p99" "$pmed / $pp99 us" "-" "-" "-" \
-		"100 MiB file, whole read" "$mr MB/s" "$ml MB/s" "$(bench_ratio "$mr" "$ml")" ">= 200 MB/s" \
-		>"$tsv"
+		"100 MiB file, whole read" "$mr MB/s" "$ml MB/s" "$(bench_ratio "$mr" "$ml")" ">= 200 MB/s"
 	print_rows "remote files through the agent (baseline: the same file read locally), 4 KiB N=$BENCH_FILE_N, 100 MiB median of $BENCH_BULK_ROUNDS" "$tsv"
 	echo "100 MiB runs MB/s: agent ${rem[*]}; local ${loc[*]}"
 }
@@ -238,10 +232,8 @@ bench_agent_memory() {
 	rm -f "$AB_WORK/hold"
 	wait "$holder"
 	agent_down "$AB_WORK" mem
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"agent VmRSS, idle (after a session)" "$(mib "$idle")" "-" "-" "-" \
-		"agent VmRSS, 200 open connections" "$(mib "$held")" "$(mib "$idle")" "$(bench_ratio "$held" "$idle")" "< 16 MiB" \
-		>"$tsv"
+		"agent VmRSS, 200 open connections" "$(mib "$held")" "$(mib "$idle")" "$(bench_ratio "$held" "$idle")" "< 16 MiB"
 	print_rows "agent resident memory (VmRSS)" "$tsv"
 }

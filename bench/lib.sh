@@ -71,6 +71,15 @@ print_table() {
 bench_median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 bench_ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2fx" % (a / b) if b else "-")' "$1" "$2"; }
 
+# bench_rows TSV NAME VALUE BASELINE RATIO GOAL...: writes TSV, the rows print_rows
+# shows, five fields each.
+bench_rows() {
+	local tsv="$1"
+	shift
+	mkdir -p "$BENCH_DIR"
+	printf '%s\t%s\t%s\t%s\t%s\n' "$@" >"$tsv"
+}
+
 # bench_need_built FILE...: fails, naming the first, when one is not an executable.
 bench_need_built() {
 	local f

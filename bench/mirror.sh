@@ -199,8 +199,7 @@ ms = ($cpu1 - $cpu0) * 1000 / os.sysconf('SC_CLK_TCK')
 mib = ($bytes1 - $bytes0) / 1048576
 print('%.2f ms' % (ms / mib) if mib else '-')")
 
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"pod web, no session" "$mbase rps" "-" "-" "-" \
 		"pod web, a mirror session on its port" "$mwith rps" "$mbase rps" "$(bench_ratio "$mwith" "$mbase")" ">= 0.95x" \
 		"requests in whole copies / answered (keep-alive)" "$mirrored / $sent" "-" \
@@ -209,8 +208,7 @@ print('%.2f ms' % (ms / mib) if mib else '-')")
 		"uploads delivered whole / sent, ${BENCH_MIRROR_UPLOADS}x${BENCH_MIRROR_UPLOAD_MIB} MiB at $mbps MiB/s" \
 		"$up_whole / $BENCH_MIRROR_UPLOADS" "-" \
 		"$(python3 -c "print('%.1f%%' % (100 * $up_whole / $BENCH_MIRROR_UPLOADS))")" "100%" \
-		"agent CPU per mirrored MiB (utime+stime)" "$cpu_per_mib" "-" "-" "-" \
-		>"$tsv"
+		"agent CPU per mirrored MiB (utime+stime)" "$cpu_per_mib" "-" "-" "-"
 	print_rows "mirror mode: pod $MB_WEB throughput with no session vs a mirror session (httpbench -c $BENCH_MIRROR_C, ${BENCH_MIRROR_SECONDS}s x $BENCH_MIRROR_ROUNDS rounds, medians), completeness, agent CPU" "$tsv"
 	echo "rounds rps: no session ${base[*]}; mirror ${with[*]}"
 }

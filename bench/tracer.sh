@@ -128,16 +128,14 @@ bench_tracer_open() {
 		# shellcheck disable=SC2086
 		med[$kind]=$(bench_median ${runs[$kind]})
 	done
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"for scale: the files opened natively" "$(tb_us "${med[native]}") us" "-" "-" "-" \
 		"one file again (cached), --backend ptrace" "$(tb_us "${med[same.ptrace]}") us" "-" "-" "-" \
 		"one file again (cached), --backend seccomp" "$(tb_us "${med[same.seccomp]}") us" \
 		"$(tb_us "${med[same.ptrace]}") us" "$(bench_ratio "${med[same.seccomp]}" "${med[same.ptrace]}")" "<= 0.15x ptrace" \
 		"1000 files in turn (agent), --backend ptrace" "$(tb_us "${med[many.ptrace]}") us" "-" "-" "-" \
 		"1000 files in turn (agent), --backend seccomp" "$(tb_us "${med[many.seccomp]}") us" \
-		"$(tb_us "${med[many.ptrace]}") us" "$(bench_ratio "${med[many.seccomp]}" "${med[many.ptrace]}")" "<= 0.30x ptrace" \
-		>"$tsv"
+		"$(tb_us "${med[many.ptrace]}") us" "$(bench_ratio "${med[many.seccomp]}" "${med[many.ptrace]}")" "<= 0.30x ptrace"
 	print_rows "intercepted open+read+close of 4 KiB files in pod web, us per open (median of $BENCH_TRACER_PROCS processes x 5 rounds x $BENCH_OPEN_N)" "$tsv"
 	for kind in same.seccomp same.ptrace many.seccomp many.ptrace native; do
 		echo "runs $kind ns:${runs[$kind]}"
@@ -229,13 +227,11 @@ bench_tracer_http() {
 	msec=$(bench_median "${sec[@]}")
 	mptr=$(bench_median "${ptr[@]}")
 	mtcp=$(bench_median "${tcp[@]}")
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"client inside pod web" "$mpod rps" "-" "-" "-" \
 		"trace-run --backend seccomp on the host" "$msec rps" "$mpod rps" "$(bench_ratio "$msec" "$mpod")" ">= 0.90x in pod" \
 		"trace-run --backend ptrace on the host" "$mptr rps" "$mpod rps" "$(bench_ratio "$mptr" "$mpod")" "-" \
-		"trace-run --backend seccomp, agent on TCP (direct)" "$mtcp rps" "$mpod rps" "$(bench_ratio "$mtcp" "$mpod")" ">= 0.70x in pod" \
-		>"$tsv"
+		"trace-run --backend seccomp, agent on TCP (direct)" "$mtcp rps" "$mpod rps" "$(bench_ratio "$mtcp" "$mpod")" ">= 0.70x in pod"
 	print_rows "HTTP GET to pod svc, httpbench -c $BENCH_HTTP_C keep-alive, ${BENCH_HTTP_SECONDS}s, median of $BENCH_HTTP_ROUNDS" "$tsv"
 	echo "runs rps: pod ${pod[*]}; seccomp ${sec[*]}; ptrace ${ptr[*]}; seccomp TCP agent ${tcp[*]}"
 }
