@@ -83,30 +83,37 @@ static int node_sync(struct files *f, struct files_node *n, pid_t tid, int fd, b
 	return 0;
 }
 
+/* A written file trace-run holds (keep_fd) back to the target, a failure only warned
+ * about: nothing of the program's waits for it. */
+static void kept_write_back(struct files *f, struct files_node *n)
+{
+	struct hm_err err = {0};
+	if (node_sync(f, n, 0, -1, false, &err) < 0)
+		hm_warn("write back %s: %s", n->path, err.msg);
+}
+
+/* the written files trace-run still holds, of path (NULL: all) */
+static void kept_sync(struct files *f, const char *path)
+{
+	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
+		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
+			if (n->kind != NODE_WRITE || n->keep_fd < 0 ||
+			    (path && strcmp(n->path, path)))
+				continue;
+			kept_write_back(f, n);
+		}
+}
+
 /* every written file trace-run still holds (the others only go back through an fd of
  * the program's) */
 void trace_files_sync_all(struct files *f)
 {
-	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
-		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
-			if (n->kind != NODE_WRITE || n->keep_fd < 0)
-				continue;
-			struct hm_err err = {0};
-			if (node_sync(f, n, 0, -1, false, &err) < 0)
-				hm_warn("write back %s: %s", n->path, err.msg);
-		}
+	kept_sync(f, NULL);
 }
 
 void trace_files_sync_path(struct files *f, const char *path)
 {
-	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
-		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
-			if (n->kind != NODE_WRITE || n->keep_fd < 0 || strcmp(n->path, path))
-				continue;
-			struct hm_err err = {0};
-			if (node_sync(f, n, 0, -1, false, &err) < 0)
-				hm_warn("write back %s: %s", n->path, err.msg);
-		}
+	kept_sync(f, path);
 }
 
 void trace_files_release_kept(struct files *f)
@@ -116,9 +123,7 @@ void trace_files_release_kept(struct files *f)
 		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
 			if (n->kind != NODE_WRITE || n->keep_fd < 0)
 				continue;
-			struct hm_err err = {0};
-			if (node_sync(f, n, 0, -1, false, &err) < 0)
-				hm_warn("write back %s: %s", n->path, err.msg);
+			kept_write_back(f, n);
 			close(n->keep_fd);
 			n->keep_fd = -1;
 			f->kept--;
