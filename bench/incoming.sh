@@ -110,18 +110,14 @@ bi_trun_start() {
 	echo "bench: trace-run did not steal: $(cat "$BI_WORK/trun.err")" >&2
 	return 1
 }
-bi_trun_stop() {
-	local pid
-	pid=$(cat "$BI_WORK/trun.pid")
-	rm -f "$BI_WORK/trun.pid"
-	kill -TERM "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
+bi_trun_stop() { bi_stop trun; }
+bi_steal_stop() { bi_stop steal; }
 
-bi_steal_stop() {
+# bi_stop NAME: ends the process BI_WORK/NAME.pid names, and forgets it
+bi_stop() {
 	local pid
-	pid=$(cat "$BI_WORK/steal.pid")
-	rm -f "$BI_WORK/steal.pid"
+	pid=$(cat "$BI_WORK/$1.pid")
+	rm -f "$BI_WORK/$1.pid"
 	kill -TERM "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 }
