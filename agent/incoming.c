@@ -769,6 +769,8 @@ struct released {
 	void *mirror_state;
 	bool mirror_last;
 	struct agent_incoming_port *port; /* a reference while anything above is set */
+	const struct agent_incoming_mirror_ops *mirror; /* reg's, taken under its lock */
+	void *mirror_engine;
 };
 
 static void sub_unlink(struct agent_incoming *reg, struct agent_incoming_sub *sub,
@@ -803,14 +805,12 @@ static void sub_unlink(struct agent_incoming *reg, struct agent_incoming_sub *su
 	}
 }
 
-static void released_run(struct agent_incoming *reg, const struct released *r,
-			 const struct agent_incoming_mirror_ops *mirror, void *engine)
+static void released_run(const struct released *r)
 {
 	steal_stop(r->steal);
-	if (r->mirror_last && mirror)
-		mirror->port_last(engine, r->port, r->mirror_state);
+	if (r->mirror_last && r->mirror)
+		r->mirror->port_last(r->mirror_engine, r->port, r->mirror_state);
 	agent_incoming_port_put(r->port);
-	(void)reg;
 }
 
 /* Network namespaces mirrored (by peer's sessions; NULL: anyone's), counted up to
@@ -1041,22 +1041,33 @@ static struct agent_incoming_sub *session_sub(struct agent_incoming *reg,
 	return NULL;
 }
 
+/* Unlinks session_sub(reg, s, id); r: what is left to release (released_run) outside the
+ * lock. The subscription, still to put, or NULL when none. */
+static struct agent_incoming_sub *session_sub_unlink(struct agent_incoming *reg,
+						     struct agent_incoming_session *s, uint32_t id,
+						     struct released *r)
+{
+	pthread_mutex_lock(&reg->lock);
+	struct agent_incoming_sub *found = session_sub(reg, s, id);
+	*r = (struct released){0};
+	if (found)
+		sub_unlink(reg, found, r);
+	r->mirror = reg->mirror;
+	r->mirror_engine = reg->mirror_engine;
+	pthread_mutex_unlock(&reg->lock);
+	return found;
+}
+
 static int unsubscribe(struct agent_incoming *reg, struct agent_incoming_session *s,
 		       uint32_t subscription, struct hm_err *err)
 {
-	pthread_mutex_lock(&reg->lock);
-	struct agent_incoming_sub *found = session_sub(reg, s, subscription);
-	struct released r = {0};
-	if (found)
-		sub_unlink(reg, found, &r);
-	const struct agent_incoming_mirror_ops *mirror = reg->mirror;
-	void *engine = reg->mirror_engine;
-	pthread_mutex_unlock(&reg->lock);
+	struct released r;
+	struct agent_incoming_sub *found = session_sub_unlink(reg, s, subscription, &r);
 	if (!found)
 		return hm_err_set(err, ENOENT, "no subscription %u in this session", subscription);
 	hm_info("incoming: %s unsubscribed from %s (subscription %u)", s->who, found->port->name,
 		subscription);
-	released_run(reg, &r, mirror, engine);
+	released_run(&r);
 	agent_incoming_sub_put(found);
 	return 0;
 }
@@ -1064,19 +1075,13 @@ static int unsubscribe(struct agent_incoming *reg, struct agent_incoming_session
 static void session_end(struct agent_incoming *reg, struct agent_incoming_session *s)
 {
 	for (;;) {
-		pthread_mutex_lock(&reg->lock);
-		struct agent_incoming_sub *found = session_sub(reg, s, 0);
-		struct released r = {0};
-		if (found)
-			sub_unlink(reg, found, &r);
-		const struct agent_incoming_mirror_ops *mirror = reg->mirror;
-		void *engine = reg->mirror_engine;
-		pthread_mutex_unlock(&reg->lock);
+		struct released r;
+		struct agent_incoming_sub *found = session_sub_unlink(reg, s, 0, &r);
 		if (!found)
 			return;
 		hm_debug("incoming: %s: subscription %u to %s released with the session", s->who,
 			 found->id, found->port->name);
-		released_run(reg, &r, mirror, engine);
+		released_run(&r);
 		agent_incoming_sub_put(found);
 	}
 }

@@ -1354,6 +1354,18 @@ static void remove_unix_socket(struct server *srv)
 		unlink(path);
 }
 
+/* What the connections share, in the order their references to each other allow. */
+static void destroy_services(struct server *srv)
+{
+	relay_destroy(srv->relay);
+	agent_http_steal_destroy(srv->http_steal);
+	agent_mirror_stop(srv->mirror); /* it offers through the registry */
+	agent_incoming_destroy(srv->incoming);
+	agent_streams_destroy(srv->streams);
+	agent_mirror_destroy(srv->mirror); /* after the claims the streams resolved */
+	agent_budget_destroy(srv->budget);
+}
+
 static int wait_connections_gone(struct server *srv)
 {
 	struct timespec until;
@@ -1479,13 +1491,7 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		hm_warn("connections did not end within %d s", SHUTDOWN_WAIT_MS / 1000);
 		return 0;
 	}
-	relay_destroy(srv->relay);
-	agent_http_steal_destroy(srv->http_steal);
-	agent_mirror_stop(srv->mirror); /* it offers through the registry */
-	agent_incoming_destroy(srv->incoming);
-	agent_streams_destroy(srv->streams);
-	agent_mirror_destroy(srv->mirror); /* after the claims the streams resolved */
-	agent_budget_destroy(srv->budget);
+	destroy_services(srv);
 	close(srv->stop_efd);
 	hm_info("stopped");
 	return 0;
@@ -1497,14 +1503,7 @@ fail:
 	}
 	if (srv->tcp_fd >= 0)
 		close(srv->tcp_fd);
-	if (srv->relay)
-		relay_destroy(srv->relay);
-	agent_http_steal_destroy(srv->http_steal);
-	agent_mirror_stop(srv->mirror); /* it offers through the registry */
-	agent_incoming_destroy(srv->incoming);
-	agent_streams_destroy(srv->streams);
-	agent_mirror_destroy(srv->mirror); /* after the claims the streams resolved */
-	agent_budget_destroy(srv->budget);
+	destroy_services(srv);
 	agent_admission_destroy(srv->admission);
 	close(srv->stop_efd);
 	return -1;

@@ -59,15 +59,12 @@ for p in json.load(sys.stdin):
 # Stops what agent_env_up started. Removes AB_WORK only when it is the directory
 # mktemp made (never an empty or foreign path).
 agent_env_down() {
-	local n f
+	local f
 	[ -n "$AB_WORK" ] || return 0
 	for f in "$AB_WORK"/*.pid; do
 		[ -f "$f" ] && agent_down "$AB_WORK" "$(basename "$f" .pid)"
 	done
-	for n in "${AB_SINK:-}" "${AB_SRC:-}"; do
-		[ -n "$n" ] && [ -e "/run/hermit/pods/$n" ] || continue
-		timeout 20 "$TRACE_POD" rm -f "$n" >/dev/null 2>&1 || true
-	done
+	bench_pods_rm "${AB_SINK:-}" "${AB_SRC:-}"
 	case "$AB_WORK" in
 	/tmp/hermit-bench-agent.?*) rm -rf -- "$AB_WORK" ;;
 	esac
@@ -76,19 +73,14 @@ agent_env_down() {
 
 agent_env_up() {
 	[ -z "$AB_WORK" ] || return 0
-	local f
-	for f in "$AGENT_E2E" "$TRACE_AGENT" "$TCP_SINK"; do
-		[ -x "$f" ] || { echo "bench: $f not built (make BUILD=... all)" >&2; return 1; }
-	done
+	bench_need_built "$AGENT_E2E" "$TRACE_AGENT" "$TCP_SINK" || return 1
 	AB_WORK=$(mktemp -d /tmp/hermit-bench-agent.XXXXXX)
 	bench_on_exit agent_env_down
 	chmod 0755 "$AB_WORK"
 	AB_SINK="hb$$-sink"
 	AB_SRC="hb$$-src"
-	# trace-pod runs only a rootfs other host users cannot reach: a 0700 directory holds it
-	mkdir -m 0700 "$AB_WORK/private"
-	local rootfs="$AB_WORK/private/rootfs"
-	cp -a "$(bench_rootfs)" "$rootfs"
+	local rootfs
+	rootfs=$(bench_pod_rootfs "$AB_WORK")
 	"$TRACE_POD" deploy "$TCP_SINK" --rootfs "$rootfs" >/dev/null
 	# files only the pod's root has, read through the agent; the host reads the same
 	# files at their host path as the local baseline
@@ -127,9 +119,7 @@ ab_e2e() {
 		--target "pod/$AB_SRC" "$@"
 }
 
-median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 mib() { python3 -c 'import sys; print("%.1f MiB" % (int(sys.argv[1]) / 1024))' "$1"; }
-ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2fx" % (a / b) if b else "-")' "$1" "$2"; }
 
 # The bare request round trip: PING on one control connection over the unix socket,
 # BENCH_PING_N of them (tests/agent/bench_agent.c bench-ping), median of
@@ -146,12 +136,10 @@ bench_agent_ping() {
 		p90+=("$b")
 		p99+=("$c")
 	done
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
-		"PING round trip, median" "$(median "${med[@]}") us" "-" "-" "<= 20 us" \
-		"PING round trip, p90" "$(median "${p90[@]}") us" "-" "-" "-" \
-		"PING round trip, p99" "$(median "${p99[@]}") us" "-" "-" "-" \
-		>"$tsv"
+	bench_rows "$tsv" \
+		"PING round trip, median" "$(bench_median "${med[@]}") us" "-" "-" "<= 20 us" \
+		"PING round trip, p90" "$(bench_median "${p90[@]}") us" "-" "-" "-" \
+		"PING round trip, p99" "$(bench_median "${p99[@]}") us" "-" "-" "-"
 	print_rows "agent request round trip (PING) on the unix socket, $BENCH_PING_N calls, median of $BENCH_PING_ROUNDS processes" "$tsv"
 	echo "runs median us: ${med[*]}"
 }
@@ -178,17 +166,15 @@ bench_agent_tcp() {
 		traced+=("$(mbps "$("${trace[@]}" "$TCP_SINK" send "$dst" "$BENCH_TCP_BYTES")")")
 	done
 	local md ma mr mt tsv="$BENCH_DIR/agent_tcp.tsv"
-	md=$(median "${direct[@]}")
-	ma=$(median "${agent[@]}")
-	mr=$(median "${relay[@]}")
-	mt=$(median "${traced[@]}")
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	md=$(bench_median "${direct[@]}")
+	ma=$(bench_median "${agent[@]}")
+	mr=$(bench_median "${relay[@]}")
+	mt=$(bench_median "${traced[@]}")
+	bench_rows "$tsv" \
 		"direct: client in the pod" "$md MB/s" "-" "-" "-" \
-		"client library, unix agent (the pod's socket handed off)" "$ma MB/s" "$md MB/s" "$(ratio "$ma" "$md")" ">= 0.95x direct" \
-		"client library, unix agent, hand-off off (splice relay)" "$mr MB/s" "$md MB/s" "$(ratio "$mr" "$md")" ">= 0.80x direct" \
-		"tcp_sink under trace-run --target pod/SRC (unix agent)" "$mt MB/s" "$md MB/s" "$(ratio "$mt" "$md")" ">= 0.95x direct" \
-		>"$tsv"
+		"client library, unix agent (the pod's socket handed off)" "$ma MB/s" "$md MB/s" "$(bench_ratio "$ma" "$md")" ">= 0.95x direct" \
+		"client library, unix agent, hand-off off (splice relay)" "$mr MB/s" "$md MB/s" "$(bench_ratio "$mr" "$md")" ">= 0.80x direct" \
+		"tcp_sink under trace-run --target pod/SRC (unix agent)" "$mt MB/s" "$md MB/s" "$(bench_ratio "$mt" "$md")" ">= 0.95x direct"
 	print_rows "outgoing TCP, 1 connection pod -> pod, $BENCH_TCP_BYTES per run, median of $BENCH_TCP_ROUNDS" "$tsv"
 	echo "runs MB/s: direct ${direct[*]}; hand-off ${agent[*]}; relay ${relay[*]}; trace-run ${traced[*]}"
 }
@@ -210,17 +196,15 @@ bench_agent_files() {
 		loc+=("$lm")
 	done
 	local mr ml
-	mr=$(median "${rem[@]}")
-	ml=$(median "${loc[@]}")
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
-		"4 KiB file, open+read, median" "$rmed us" "$lmed us" "$(ratio "$rmed" "$lmed")" "-" \
-		"4 KiB file, open+read, p99" "$rp99 us" "$lp99 us" "$(ratio "$rp99" "$lp99")" "-" \
-		"4 KiB file, open+read, zlib off, median" "$zmed us" "$lmed us" "$(ratio "$zmed" "$lmed")" "-" \
-		"4 KiB file, open+read, zlib off, p99" "$zp99 us" "$lp99 us" "$(ratio "$zp99" "$lp99")" "-" \
+	mr=$(bench_median "${rem[@]}")
+	ml=$(bench_median "${loc[@]}")
+	bench_rows "$tsv" \
+		"4 KiB file, open+read, median" "$rmed us" "$lmed us" "$(bench_ratio "$rmed" "$lmed")" "-" \
+		"4 KiB file, open+read, p99" "$rp99 us" "$lp99 us" "$(bench_ratio "$rp99" "$lp99")" "-" \
+		"4 KiB file, open+read, zlib off, median" "$zmed us" "$lmed us" "$(bench_ratio "$zmed" "$lmed")" "-" \
+		"4 KiB file, open+read, zlib off, p99" "$zp99 us" "$lp99 us" "$(bench_ratio "$zp99" "$lp99")" "-" \
 		"for scale: PING round trip, median / p99" "$pmed / $pp99 us" "-" "-" "-" \
-		"100 MiB file, whole read" "$mr MB/s" "$ml MB/s" "$(ratio "$mr" "$ml")" ">= 200 MB/s" \
-		>"$tsv"
+		"100 MiB file, whole read" "$mr MB/s" "$ml MB/s" "$(bench_ratio "$mr" "$ml")" ">= 200 MB/s"
 	print_rows "remote files through the agent (baseline: the same file read locally), 4 KiB N=$BENCH_FILE_N, 100 MiB median of $BENCH_BULK_ROUNDS" "$tsv"
 	echo "100 MiB runs MB/s: agent ${rem[*]}; local ${loc[*]}"
 }
@@ -248,10 +232,8 @@ bench_agent_memory() {
 	rm -f "$AB_WORK/hold"
 	wait "$holder"
 	agent_down "$AB_WORK" mem
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"agent VmRSS, idle (after a session)" "$(mib "$idle")" "-" "-" "-" \
-		"agent VmRSS, 200 open connections" "$(mib "$held")" "$(mib "$idle")" "$(ratio "$held" "$idle")" "< 16 MiB" \
-		>"$tsv"
+		"agent VmRSS, 200 open connections" "$(mib "$held")" "$(mib "$idle")" "$(bench_ratio "$held" "$idle")" "< 16 MiB"
 	print_rows "agent resident memory (VmRSS)" "$tsv"
 }

@@ -28,7 +28,7 @@ BENCH_STEAL_C="${BENCH_STEAL_C:-8}"
 # agent's own cost; faster per request than the pod's Go server, so not the same
 # server); then httpserve under `trace-run --target pod/WEB --incoming steal`.
 incoming_env_down() {
-	local f n
+	local f
 	[ -n "$BI_WORK" ] || return 0
 	for f in "$BI_WORK"/*.pid; do
 		[ -f "$f" ] || continue
@@ -37,10 +37,7 @@ incoming_env_down() {
 		*) kill -TERM "$(cat "$f")" 2>/dev/null || true ;;
 		esac
 	done
-	for n in "${BI_WEB:-}" "${BI_LOAD:-}"; do
-		[ -n "$n" ] && [ -e "/run/hermit/pods/$n" ] || continue
-		timeout 20 "$TRACE_POD" rm -f "$n" >/dev/null 2>&1 || true
-	done
+	bench_pods_rm "${BI_WEB:-}" "${BI_LOAD:-}"
 	case "$BI_WORK" in
 	/tmp/hermit-bench-incoming.?*) rm -rf -- "$BI_WORK" ;;
 	esac
@@ -49,18 +46,15 @@ incoming_env_down() {
 
 incoming_env_up() {
 	[ -z "$BI_WORK" ] || return 0
-	local f i
-	for f in "$AGENT_E2E" "$TRACE_AGENT" "$TRACE_RUN" "$HTTPSERVE" "$HTTPBENCH"; do
-		[ -x "$f" ] || { echo "bench: $f not built (make BUILD=... all)" >&2; return 1; }
-	done
+	local i
+	bench_need_built "$AGENT_E2E" "$TRACE_AGENT" "$TRACE_RUN" "$HTTPSERVE" "$HTTPBENCH" || return 1
 	BI_WORK=$(mktemp -d /tmp/hermit-bench-incoming.XXXXXX)
 	bench_on_exit incoming_env_down
 	chmod 0755 "$BI_WORK"
 	BI_WEB="bi$$-web"
 	BI_LOAD="bi$$-load"
-	mkdir -m 0700 "$BI_WORK/private"
-	local rootfs="$BI_WORK/private/rootfs"
-	cp -a "$(bench_rootfs)" "$rootfs"
+	local rootfs
+	rootfs=$(bench_pod_rootfs "$BI_WORK")
 	"$TRACE_POD" deploy "$HTTPSERVE" --rootfs "$rootfs" >/dev/null
 	"$TRACE_POD" deploy "$HTTPBENCH" --rootfs "$rootfs" >/dev/null
 	"$TRACE_POD" run -d --name "$BI_WEB" --rootfs "$rootfs" -- \
@@ -116,18 +110,14 @@ bi_trun_start() {
 	echo "bench: trace-run did not steal: $(cat "$BI_WORK/trun.err")" >&2
 	return 1
 }
-bi_trun_stop() {
-	local pid
-	pid=$(cat "$BI_WORK/trun.pid")
-	rm -f "$BI_WORK/trun.pid"
-	kill -TERM "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
+bi_trun_stop() { bi_stop trun; }
+bi_steal_stop() { bi_stop steal; }
 
-bi_steal_stop() {
+# bi_stop NAME: ends the process BI_WORK/NAME.pid names, and forgets it
+bi_stop() {
 	local pid
-	pid=$(cat "$BI_WORK/steal.pid")
-	rm -f "$BI_WORK/steal.pid"
+	pid=$(cat "$BI_WORK/$1.pid")
+	rm -f "$BI_WORK/$1.pid"
 	kill -TERM "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 }
@@ -214,7 +204,7 @@ bench_incoming_steal() {
 	done
 	local tsv="$BI_WORK/steal.tsv" d
 	# shellcheck disable=SC2086 # word lists of numbers
-	d=$(median ${rps[direct]})
+	d=$(bench_median ${rps[direct]})
 	added() { python3 -c 'import sys; print("%+.2f ms" % (float(sys.argv[1]) - float(sys.argv[2])))' "$1" "$2"; }
 	# latencies are fractions of a ms: two decimals
 	median2() { python3 -c 'import statistics, sys; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
@@ -232,8 +222,8 @@ bench_incoming_steal() {
 			BI_FILTER_PASS) name="header filter, not matching -> router -> the pod" ;;
 			esac
 			# shellcheck disable=SC2086
-			s=$(median ${rps[$mode]})
-			printf '%s, req/s\t%s\t%s\t%s\t>= 0.70x\n' "$name" "$s" "$d" "$(ratio "$s" "$d")"
+			s=$(bench_median ${rps[$mode]})
+			printf '%s, req/s\t%s\t%s\t%s\t>= 0.70x\n' "$name" "$s" "$d" "$(bench_ratio "$s" "$d")"
 			# shellcheck disable=SC2086
 			printf '%s, latency p50\t%s ms\t%s ms\t%s\t-\n' "$name" "$(median2 ${p50[$mode]})" \
 				"$(median2 ${p50[direct]})" "$(added "$(median2 ${p50[$mode]})" "$(median2 ${p50[direct]})")"

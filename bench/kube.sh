@@ -105,12 +105,12 @@ bench_kube_portforward() {
 	local d k
 	# shellcheck disable=SC2086
 	{
-		d=$(tb_median ${conn[direct]}); k=$(tb_median ${conn[kube]})
-		printf '%s\t%s\t%s\t%s\t%s\n' "outgoing TCP connect, ms (median of $BENCH_KUBE_CONNECTS)" "$d" "$k" "$(tb_ratio "$k" "$d")" "-"
-		d=$(tb_median ${tput[direct]}); k=$(tb_median ${tput[kube]})
-		printf '%s\t%s\t%s\t%s\t%s\n' "TCP send to a pod, MB/s ($BENCH_KUBE_MIB MiB)" "$d" "$k" "$(tb_ratio "$k" "$d")" "-"
-		d=$(tb_us "$(tb_median ${opn[direct]})"); k=$(tb_us "$(tb_median ${opn[kube]})")
-		printf '%s\t%s\t%s\t%s\t%s\n' "remote 4 KiB open+read+close, us" "$d" "$k" "$(tb_ratio "$k" "$d")" "-"
+		d=$(bench_median ${conn[direct]}); k=$(bench_median ${conn[kube]})
+		printf '%s\t%s\t%s\t%s\t%s\n' "outgoing TCP connect, ms (median of $BENCH_KUBE_CONNECTS)" "$d" "$k" "$(bench_ratio "$k" "$d")" "-"
+		d=$(bench_median ${tput[direct]}); k=$(bench_median ${tput[kube]})
+		printf '%s\t%s\t%s\t%s\t%s\n' "TCP send to a pod, MB/s ($BENCH_KUBE_MIB MiB)" "$d" "$k" "$(bench_ratio "$k" "$d")" "-"
+		d=$(tb_us "$(bench_median ${opn[direct]})"); k=$(tb_us "$(bench_median ${opn[kube]})")
+		printf '%s\t%s\t%s\t%s\t%s\n' "remote 4 KiB open+read+close, us" "$d" "$k" "$(bench_ratio "$k" "$d")" "-"
 	} >>"$tsv"
 	echo
 	echo "== kube: the agent direct (TCP) vs through the API server's WebSocket port-forward, median of $BENCH_TRACER_PROCS processes"

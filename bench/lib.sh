@@ -66,6 +66,46 @@ print_table() {
 	python3 "$HERMIT_ROOT/bench/report.py" timing "$BENCH_DIR" "$title" "$base" "$tsv" "$@"
 }
 
+# bench_median VALUE...: their median, one decimal. bench_ratio A B: A/B as "1.23x" ("-"
+# when B is 0).
+bench_median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+bench_ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2fx" % (a / b) if b else "-")' "$1" "$2"; }
+
+# bench_rows TSV NAME VALUE BASELINE RATIO GOAL...: writes TSV, the rows print_rows
+# shows, five fields each.
+bench_rows() {
+	local tsv="$1"
+	shift
+	mkdir -p "$BENCH_DIR"
+	printf '%s\t%s\t%s\t%s\t%s\n' "$@" >"$tsv"
+}
+
+# bench_need_built FILE...: fails, naming the first, when one is not an executable.
+bench_need_built() {
+	local f
+	for f in "$@"; do
+		[ -x "$f" ] || { echo "bench: $f not built (make BUILD=... all)" >&2; return 1; }
+	done
+}
+
+# bench_pod_rootfs WORK: a copy of the benchmarks' rootfs at WORK/private/rootfs, its
+# path printed. trace-pod runs only a rootfs other host users cannot reach: private/ is
+# 0700.
+bench_pod_rootfs() {
+	mkdir -m 0700 "$1/private" &&
+		cp -a "$(bench_rootfs)" "$1/private/rootfs" &&
+		echo "$1/private/rootfs"
+}
+
+# bench_pods_rm NAME...: removes those of the pods that exist (empty names skipped).
+bench_pods_rm() {
+	local n
+	for n in "$@"; do
+		[ -n "$n" ] && [ -e "/run/hermit/pods/$n" ] || continue
+		timeout 20 "$TRACE_POD" rm -f "$n" >/dev/null 2>&1 || true
+	done
+}
+
 # Exit hooks: a benchmark that starts something (pods, daemons) registers a function
 # that stops it; run.sh runs them all once on exit, whatever the exit path.
 BENCH_EXIT_HOOKS=()

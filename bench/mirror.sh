@@ -18,16 +18,13 @@ BENCH_MIRROR_UPLOADS="${BENCH_MIRROR_UPLOADS:-8}"
 BENCH_MIRROR_UPLOAD_MIB="${BENCH_MIRROR_UPLOAD_MIB:-10}"
 
 mirror_env_down() {
-	local f n
+	local f
 	[ -n "$MB_WORK" ] || return 0
 	for f in "$MB_WORK"/sub-*.pid; do
 		[ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
 	done
 	agent_down "$MB_WORK" main
-	for n in "${MB_WEB:-}" "${MB_CLI:-}"; do
-		[ -n "$n" ] && [ -e "/run/hermit/pods/$n" ] || continue
-		timeout 20 "$TRACE_POD" rm -f "$n" >/dev/null 2>&1 || true
-	done
+	bench_pods_rm "${MB_WEB:-}" "${MB_CLI:-}"
 	case "$MB_WORK" in
 	/tmp/hermit-bench-mirror.?*) [ -n "${BENCH_KEEP:-}" ] || rm -rf -- "$MB_WORK" ;;
 	esac
@@ -37,17 +34,15 @@ mirror_env_down() {
 mirror_env_up() {
 	[ -z "$MB_WORK" ] || return 0
 	local f i
-	for f in "$AGENT_E2E" "$TRACE_AGENT" "$TCP_SINK" "$BUILD/apps/httpserve" "$BUILD/apps/httpbench"; do
-		[ -x "$f" ] || { echo "bench: $f not built (make BUILD=... all)" >&2; return 1; }
-	done
+	bench_need_built "$AGENT_E2E" "$TRACE_AGENT" "$TCP_SINK" "$BUILD/apps/httpserve" \
+		"$BUILD/apps/httpbench" || return 1
 	MB_WORK=$(mktemp -d /tmp/hermit-bench-mirror.XXXXXX)
 	bench_on_exit mirror_env_down
 	chmod 0755 "$MB_WORK"
 	MB_WEB="hb$$-mweb"
 	MB_CLI="hb$$-mcli"
-	mkdir -m 0700 "$MB_WORK/private"
-	local rootfs="$MB_WORK/private/rootfs"
-	cp -a "$(bench_rootfs)" "$rootfs"
+	local rootfs
+	rootfs=$(bench_pod_rootfs "$MB_WORK")
 	for f in "$TCP_SINK" "$BUILD/apps/httpserve" "$BUILD/apps/httpbench"; do
 		"$TRACE_POD" deploy "$f" --rootfs "$rootfs" >/dev/null
 	done
@@ -157,8 +152,8 @@ bench_mirror() {
 		mirrored=$((mirrored + $(cat "$MB_WORK/rps$r"/*.data | grep -c '^GET / HTTP/1.1')))
 	done
 	local mbase mwith mratio
-	mbase=$(median "${base[@]}")
-	mwith=$(median "${with[@]}")
+	mbase=$(bench_median "${base[@]}")
+	mwith=$(bench_median "${with[@]}")
 	mratio=$(python3 -c "import statistics, sys; print('%.2fx' % statistics.median(float(x) for x in sys.argv[1:]))" "${ratios[@]}")
 
 	# short connections, as fast as P busybox clients open them, for a few P
@@ -229,8 +224,7 @@ ms = ($cpu1 - $cpu0) * 1000 / os.sysconf('SC_CLK_TCK')
 mib = ($bytes1 - $bytes0) / 1048576
 print('%.2f ms' % (ms / mib) if mib else '-')")
 
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"pod web, no session" "$mbase rps" "-" "-" "-" \
 		"pod web, a mirror session on its port" "$mwith rps" "$mbase rps" "$mratio" ">= 0.95x" \
 		"requests in whole copies / answered (keep-alive)" "$mirrored / $sent" "-" \
@@ -239,8 +233,7 @@ print('%.2f ms' % (ms / mib) if mib else '-')")
 		"uploads delivered whole / sent, ${BENCH_MIRROR_UPLOADS}x${BENCH_MIRROR_UPLOAD_MIB} MiB at $mbps MiB/s" \
 		"$up_whole / $BENCH_MIRROR_UPLOADS" "-" \
 		"$(python3 -c "print('%.1f%%' % (100 * $up_whole / $BENCH_MIRROR_UPLOADS))")" "100%" \
-		"agent CPU per mirrored MiB (utime+stime)" "$cpu_per_mib" "-" "-" "-" \
-		>"$tsv"
+		"agent CPU per mirrored MiB (utime+stime)" "$cpu_per_mib" "-" "-" "-"
 	print_rows "mirror mode: pod $MB_WEB throughput with no session vs a mirror session (httpbench -c $BENCH_MIRROR_C, ${BENCH_MIRROR_SECONDS}s x $BENCH_MIRROR_ROUNDS rounds in alternating order, medians; ratio: median of the rounds' ratios), completeness, agent CPU" "$tsv"
 	echo "rounds rps: no session ${base[*]}; mirror ${with[*]}"
 }

@@ -36,8 +36,6 @@ BENCH_HTTP_ROUNDS="${BENCH_HTTP_ROUNDS:-3}"
 BENCH_HTTP_SECONDS="${BENCH_HTTP_SECONDS:-3}"
 BENCH_HTTP_C="${BENCH_HTTP_C:-4}"
 
-tb_median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-tb_ratio() { python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2fx" % (a / b) if b else "-")' "$1" "$2"; }
 
 tracer_env_up() {
 	[ -z "$FX_WORK" ] || return 0
@@ -95,17 +93,17 @@ bench_tracer_syscalls() {
 	for mode in getppid pread; do
 		local base m
 		# shellcheck disable=SC2086
-		base=$(tb_median ${runs[$mode.native]})
+		base=$(bench_median ${runs[$mode.native]})
 		printf '%s\t%s\t%s\t%s\t%s\n' "$mode, native" "$base ns" "-" "-" "-" >>"$tsv"
 		# shellcheck disable=SC2086
-		m=$(tb_median ${runs[$mode.floor]})
+		m=$(bench_median ${runs[$mode.floor]})
 		printf '%s\t%s\t%s\t%s\t%s\n' "$mode, floor: any seccomp filter (1 insn)" "$m ns" "$base ns" \
-			"$(tb_ratio "$m" "$base")" "-" >>"$tsv"
+			"$(bench_ratio "$m" "$base")" "-" >>"$tsv"
 		for how in seccomp ptrace; do
 			# shellcheck disable=SC2086
-			m=$(tb_median ${runs[$mode.$how]})
+			m=$(bench_median ${runs[$mode.$how]})
 			printf '%s\t%s\t%s\t%s\t%s\n' "$mode, trace-run --backend $how" "$m ns" "$base ns" \
-				"$(tb_ratio "$m" "$base")" "<= 1.05x native" >>"$tsv"
+				"$(bench_ratio "$m" "$base")" "<= 1.05x native" >>"$tsv"
 		done
 	done
 	print_rows "system calls trace-run does not intercept, ns per call (median of $BENCH_TRACER_PROCS processes x 11 rounds x $BENCH_SYSCALL_N calls)" "$tsv"
@@ -140,20 +138,18 @@ bench_tracer_open() {
 	local -A med=()
 	for kind in same.seccomp same.ptrace many.seccomp many.ptrace native floor.continue floor.addfd; do
 		# shellcheck disable=SC2086
-		med[$kind]=$(tb_median ${runs[$kind]})
+		med[$kind]=$(bench_median ${runs[$kind]})
 	done
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	bench_rows "$tsv" \
 		"for scale: the files opened natively" "$(tb_us "${med[native]}") us" "-" "-" "-" \
 		"floor: a minimal supervisor, CONTINUE" "$(tb_us "${med[floor.continue]}") us" "-" "-" "-" \
 		"floor: a minimal supervisor, ADDFD (as a cached open)" "$(tb_us "${med[floor.addfd]}") us" "-" "-" "-" \
 		"one file again (cached), --backend ptrace" "$(tb_us "${med[same.ptrace]}") us" "-" "-" "-" \
 		"one file again (cached), --backend seccomp" "$(tb_us "${med[same.seccomp]}") us" \
-		"$(tb_us "${med[same.ptrace]}") us" "$(tb_ratio "${med[same.seccomp]}" "${med[same.ptrace]}")" "<= 0.15x ptrace" \
+		"$(tb_us "${med[same.ptrace]}") us" "$(bench_ratio "${med[same.seccomp]}" "${med[same.ptrace]}")" "<= 0.15x ptrace" \
 		"1000 files in turn (agent), --backend ptrace" "$(tb_us "${med[many.ptrace]}") us" "-" "-" "-" \
 		"1000 files in turn (agent), --backend seccomp" "$(tb_us "${med[many.seccomp]}") us" \
-		"$(tb_us "${med[many.ptrace]}") us" "$(tb_ratio "${med[many.seccomp]}" "${med[many.ptrace]}")" "<= 0.30x ptrace" \
-		>"$tsv"
+		"$(tb_us "${med[many.ptrace]}") us" "$(bench_ratio "${med[many.seccomp]}" "${med[many.ptrace]}")" "<= 0.30x ptrace"
 	print_rows "intercepted open+read+close of 4 KiB files in pod web, us per open (median of $BENCH_TRACER_PROCS processes x 5 rounds x $BENCH_OPEN_N)" "$tsv"
 	for kind in same.seccomp same.ptrace many.seccomp many.ptrace native floor.continue floor.addfd; do
 		echo "runs $kind ns:${runs[$kind]}"
@@ -242,17 +238,15 @@ bench_tracer_http() {
 		tcp+=("$(tb_rps trun_tcp --backend seccomp -- "$BUILD/apps/httpbench" "${args[@]}")")
 	done
 	local mpod msec mptr mtcp
-	mpod=$(tb_median "${pod[@]}")
-	msec=$(tb_median "${sec[@]}")
-	mptr=$(tb_median "${ptr[@]}")
-	mtcp=$(tb_median "${tcp[@]}")
-	mkdir -p "$BENCH_DIR"
-	printf '%s\t%s\t%s\t%s\t%s\n' \
+	mpod=$(bench_median "${pod[@]}")
+	msec=$(bench_median "${sec[@]}")
+	mptr=$(bench_median "${ptr[@]}")
+	mtcp=$(bench_median "${tcp[@]}")
+	bench_rows "$tsv" \
 		"client inside pod web" "$mpod rps" "-" "-" "-" \
-		"trace-run --backend seccomp on the host" "$msec rps" "$mpod rps" "$(tb_ratio "$msec" "$mpod")" ">= 0.90x in pod" \
-		"trace-run --backend ptrace on the host" "$mptr rps" "$mpod rps" "$(tb_ratio "$mptr" "$mpod")" "-" \
-		"trace-run --backend seccomp, agent on TCP (direct)" "$mtcp rps" "$mpod rps" "$(tb_ratio "$mtcp" "$mpod")" ">= 0.70x in pod" \
-		>"$tsv"
+		"trace-run --backend seccomp on the host" "$msec rps" "$mpod rps" "$(bench_ratio "$msec" "$mpod")" ">= 0.90x in pod" \
+		"trace-run --backend ptrace on the host" "$mptr rps" "$mpod rps" "$(bench_ratio "$mptr" "$mpod")" "-" \
+		"trace-run --backend seccomp, agent on TCP (direct)" "$mtcp rps" "$mpod rps" "$(bench_ratio "$mtcp" "$mpod")" ">= 0.70x in pod"
 	print_rows "HTTP GET to pod svc, httpbench -c $BENCH_HTTP_C keep-alive, ${BENCH_HTTP_SECONDS}s, median of $BENCH_HTTP_ROUNDS" "$tsv"
 	echo "runs rps: pod ${pod[*]}; seccomp ${sec[*]}; ptrace ${ptr[*]}; seccomp TCP agent ${tcp[*]}"
 }

@@ -132,18 +132,31 @@ static int by_logging(const void *pa, const void *pb)
 			kube_json_str(kube_json_path(b, "metadata"), "creationTimestamp"));
 }
 
+/* The items array of a list answer (*items, NULL when it has none) and its length. */
+static size_t list_items(struct json_object *list, struct json_object **items)
+{
+	*items = kube_json_path(list, "items");
+	return *items && json_object_is_type(*items, json_type_array)
+		   ? json_object_array_length(*items)
+		   : 0;
+}
+
+/* GET resource/name (a kind) in namespace ns of the API group at api ("/api/v1"). */
+static int get_named(struct kube *k, const char *api, const char *resource, const char *kind,
+		     const char *ns, const char *name, struct json_object **out, struct hm_err *err)
+{
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/namespaces/%s/%s/%s", api, ns, resource, name);
+	struct kube_what what = {
+	    .verb = "get", .resource = resource, .kind = kind, .name = name, .namespace = ns};
+	return kube_get_json(k, path, &what, out, err);
+}
+
 static int deployment_pod(struct kube *k, const char *ns, const char *name,
 			  struct json_object **pod, struct hm_err *err)
 {
-	char path[1024];
-	snprintf(path, sizeof(path), "/apis/apps/v1/namespaces/%s/deployments/%s", ns, name);
-	struct kube_what what = {.verb = "get",
-				 .resource = "deployments",
-				 .kind = "deployment",
-				 .name = name,
-				 .namespace = ns};
 	struct json_object *dep = NULL;
-	if (kube_get_json(k, path, &what, &dep, err) < 0)
+	if (get_named(k, "/apis/apps/v1", "deployments", "deployment", ns, name, &dep, err) < 0)
 		return -1;
 	struct json_object *labels = kube_json_path(dep, "spec.selector.matchLabels");
 	if (kube_json_path(dep, "spec.selector.matchExpressions") || !labels ||
@@ -170,10 +183,8 @@ static int deployment_pod(struct kube *k, const char *ns, const char *name,
 	struct json_object *list = NULL;
 	if (kube_get_json(k, lpath, &lwhat, &list, err) < 0)
 		return -1;
-	struct json_object *items = kube_json_path(list, "items");
-	size_t n = items && json_object_is_type(items, json_type_array)
-		       ? json_object_array_length(items)
-		       : 0;
+	struct json_object *items;
+	size_t n = list_items(list, &items);
 	struct json_object **pods = calloc(n ? n : 1, sizeof(*pods));
 	size_t live = 0;
 	for (size_t i = 0; pods && i < n; i++) {
@@ -285,16 +296,8 @@ int kube_resolve_target(struct kube *k, const char *spec, const char *ns, struct
 	if (deployment) {
 		if (deployment_pod(k, ns, name, &pod, err) < 0)
 			return -1;
-	} else {
-		char path[1024];
-		snprintf(path, sizeof(path), "/api/v1/namespaces/%s/pods/%s", ns, name);
-		struct kube_what what = {.verb = "get",
-					 .resource = "pods",
-					 .kind = "pod",
-					 .name = name,
-					 .namespace = ns};
-		if (kube_get_json(k, path, &what, &pod, err) < 0)
-			return -1;
+	} else if (get_named(k, "/api/v1", "pods", "pod", ns, name, &pod, err) < 0) {
+		return -1;
 	}
 	int rc = -1;
 	const char *pod_name = kube_json_str(kube_json_path(pod, "metadata"), "name");
@@ -384,10 +387,8 @@ int kube_find_agent(struct kube *k, const char *node, struct kube_agent *out, st
 	struct json_object *list = NULL;
 	if (agent_pods(k, node, &list, err) < 0)
 		return hm_err_prefix(err, "finding the hermit agent on node %s", node);
-	struct json_object *items = kube_json_path(list, "items");
-	size_t n = items && json_object_is_type(items, json_type_array)
-		       ? json_object_array_length(items)
-		       : 0;
+	struct json_object *items;
+	size_t n = list_items(list, &items);
 	int rc = hm_err_plain(err, ENOENT,
 			      "no hermit agent on node %s (no pod labelled %s in namespace %s; "
 			      "install it: kubectl apply -k kube/deploy)",
@@ -420,10 +421,8 @@ int kube_list_agents(struct kube *k, struct kube_agent **out, size_t *count, str
 	struct json_object *list = NULL;
 	if (agent_pods(k, NULL, &list, err) < 0)
 		return -1;
-	struct json_object *items = kube_json_path(list, "items");
-	size_t n = items && json_object_is_type(items, json_type_array)
-		       ? json_object_array_length(items)
-		       : 0;
+	struct json_object *items;
+	size_t n = list_items(list, &items);
 	struct kube_agent *a = calloc(n ? n : 1, sizeof(*a));
 	if (!a) {
 		json_object_put(list);
@@ -440,16 +439,9 @@ int kube_list_agents(struct kube *k, struct kube_agent **out, size_t *count, str
 
 int kube_agent_token(struct kube *k, char *out, size_t len, struct hm_err *err)
 {
-	char path[256];
-	snprintf(path, sizeof(path), "/api/v1/namespaces/%s/secrets/%s", KUBE_AGENT_NAMESPACE,
-		 KUBE_AGENT_SECRET);
-	struct kube_what what = {.verb = "get",
-				 .resource = "secrets",
-				 .kind = "secret",
-				 .name = KUBE_AGENT_SECRET,
-				 .namespace = KUBE_AGENT_NAMESPACE};
 	struct json_object *secret = NULL;
-	if (kube_get_json(k, path, &what, &secret, err) < 0)
+	if (get_named(k, "/api/v1", "secrets", "secret", KUBE_AGENT_NAMESPACE, KUBE_AGENT_SECRET,
+		      &secret, err) < 0)
 		return hm_err_prefix(err, "the hermit agent's token");
 	const char *b64 = kube_json_str(kube_json_path(secret, "data"), KUBE_AGENT_SECRET_KEY);
 	unsigned char *token = NULL;

@@ -346,27 +346,38 @@ static int make_pod_dir(const char *mount, const char *name, char *out, struct h
 	return 0;
 }
 
+static int write_cgroup_number(const char *dir, const char *file, uint64_t number,
+			       struct hm_err *err)
+{
+	char value[32];
+	snprintf(value, sizeof(value), "%llu", (unsigned long long)number);
+	return write_cgroup_file(dir, file, value, err);
+}
+
+static uint64_t cpu_period_of(const struct rt_limits *lim)
+{
+	return lim->cpu_period ? lim->cpu_period : CPU_PERIOD_DEFAULT;
+}
+
 static int write_v2_limit(const char *dir, enum controller c, const struct rt_limits *lim,
 			  struct hm_err *err)
 {
-	char value[64];
 	switch (c) {
 	case CTRL_PIDS:
-		snprintf(value, sizeof(value), "%llu", (unsigned long long)lim->pids_max);
-		return write_cgroup_file(dir, "pids.max", value, err);
+		return write_cgroup_number(dir, "pids.max", lim->pids_max, err);
 	case CTRL_MEMORY:
-		snprintf(value, sizeof(value), "%llu", (unsigned long long)lim->memory_max);
-		if (write_cgroup_file(dir, "memory.max", value, err) < 0)
+		if (write_cgroup_number(dir, "memory.max", lim->memory_max, err) < 0)
 			return -1;
 		/* without swap the OOM kill comes promptly instead of after a swap storm */
 		if (file_exists_in(dir, "memory.swap.max"))
 			return write_cgroup_file(dir, "memory.swap.max", "0", err);
 		return 0;
-	case CTRL_CPU:
-		snprintf(
-		    value, sizeof(value), "%llu %llu", (unsigned long long)lim->cpu_quota,
-		    (unsigned long long)(lim->cpu_period ? lim->cpu_period : CPU_PERIOD_DEFAULT));
+	case CTRL_CPU: {
+		char value[64];
+		snprintf(value, sizeof(value), "%llu %llu", (unsigned long long)lim->cpu_quota,
+			 (unsigned long long)cpu_period_of(lim));
 		return write_cgroup_file(dir, "cpu.max", value, err);
+	}
 	default:
 		return 0;
 	}
@@ -375,14 +386,11 @@ static int write_v2_limit(const char *dir, enum controller c, const struct rt_li
 static int write_v1_limit(const char *dir, enum controller c, const struct rt_limits *lim,
 			  struct hm_err *err)
 {
-	char value[64];
 	switch (c) {
 	case CTRL_PIDS:
-		snprintf(value, sizeof(value), "%llu", (unsigned long long)lim->pids_max);
-		return write_cgroup_file(dir, "pids.max", value, err);
+		return write_cgroup_number(dir, "pids.max", lim->pids_max, err);
 	case CTRL_MEMORY:
-		snprintf(value, sizeof(value), "%llu", (unsigned long long)lim->memory_max);
-		if (write_cgroup_file(dir, "memory.limit_in_bytes", value, err) < 0)
+		if (write_cgroup_number(dir, "memory.limit_in_bytes", lim->memory_max, err) < 0)
 			return -1;
 		/* swap would delay the OOM kill; failing to disable it only makes it slower */
 		if (file_exists_in(dir, "memory.swappiness")) {
@@ -393,13 +401,9 @@ static int write_v1_limit(const char *dir, enum controller c, const struct rt_li
 		return 0;
 	case CTRL_CPU:
 		/* the period first: the kernel checks the quota against the current period */
-		snprintf(
-		    value, sizeof(value), "%llu",
-		    (unsigned long long)(lim->cpu_period ? lim->cpu_period : CPU_PERIOD_DEFAULT));
-		if (write_cgroup_file(dir, "cpu.cfs_period_us", value, err) < 0)
+		if (write_cgroup_number(dir, "cpu.cfs_period_us", cpu_period_of(lim), err) < 0)
 			return -1;
-		snprintf(value, sizeof(value), "%llu", (unsigned long long)lim->cpu_quota);
-		return write_cgroup_file(dir, "cpu.cfs_quota_us", value, err);
+		return write_cgroup_number(dir, "cpu.cfs_quota_us", lim->cpu_quota, err);
 	default:
 		return 0;
 	}

@@ -1,4 +1,5 @@
 #include <string.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -39,6 +40,14 @@ int hm_cli_fail(const char *prog, int code, const char *fmt, ...)
 	va_end(ap);
 	hm_print_line(stderr, "%s: %s", prog, msg);
 	return code;
+}
+
+int hm_cli_bad_option(const char *prog, int code, int opt, char *const argv[], const char *help)
+{
+	if (opt == ':')
+		return hm_cli_fail(prog, code, "option '%s' needs a value (see %s)",
+				   argv[optind - 1], help);
+	return hm_cli_fail(prog, code, "unknown option '%s' (see %s)", argv[optind - 1], help);
 }
 
 int hm_err_prefix(struct hm_err *err, const char *fmt, ...)

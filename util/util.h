@@ -36,6 +36,10 @@ int hm_err_plain(struct hm_err *err, int code, const char *fmt, ...)
  * so main can `return hm_cli_fail(...)`. */
 int hm_cli_fail(const char *prog, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* getopt_long with ':' first in its optstring: opt ':' (an option without its value) or
+ * anything else (an unknown option) as hm_cli_fail's one line, which points at help
+ * ("see HELP"). */
+int hm_cli_bad_option(const char *prog, int code, int opt, char *const argv[], const char *help);
 /* Convenience: hm_err_set(err, errno, ...). */
 #define hm_err_errno(err, ...) hm_err_set((err), errno, __VA_ARGS__)
 

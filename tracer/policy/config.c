@@ -429,31 +429,82 @@ static int check_object(struct walk *w, const char *path, json_object *v)
 	return 0;
 }
 
+/* A member of an object in the config: its key, and its path ("feature.fs.mode") under
+ * parent ("feature.fs"). */
+struct member {
+	const char *parent, *key, *path;
+	json_object *val; /* never null: a null member is one not set */
+};
+typedef int member_fn(struct walk *w, const struct member *m, struct policy_config *c);
+
+/* fn for each member of obj (the object at parent) but the null ones, up to the first
+ * that fails. */
+static int walk_members(struct walk *w, const char *parent, json_object *obj,
+			struct policy_config *c, member_fn *fn)
+{
+	json_object_object_foreach(obj, key, val)
+	{
+		if (json_object_is_type(val, json_type_null))
+			continue;
+		char path[256];
+		join(path, sizeof(path), parent, key);
+		struct member m = {.parent = parent, .key = key, .path = path, .val = val};
+		if (fn(w, &m, c) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int agent_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	if (strcmp(m->key, "unix") == 0)
+		return get_string(w, m->path, m->val, &c->agent.unix_path);
+	if (strcmp(m->key, "address") == 0)
+		return get_string(w, m->path, m->val, &c->agent.address);
+	if (strcmp(m->key, "token_file") == 0)
+		return get_string(w, m->path, m->val, &c->agent.token_file);
+	return unknown_key(w, m->parent, m->key, "unix, address, token_file");
+}
+
 static int walk_agent(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	if (check_object(w, "agent", obj) < 0)
 		return -1;
-	json_object_object_foreach(obj, key, val)
-	{
-		char path[256];
-		join(path, sizeof(path), "agent", key);
-		int rc;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "unix") == 0)
-			rc = get_string(w, path, val, &c->agent.unix_path);
-		else if (strcmp(key, "address") == 0)
-			rc = get_string(w, path, val, &c->agent.address);
-		else if (strcmp(key, "token_file") == 0)
-			rc = get_string(w, path, val, &c->agent.token_file);
-		else
-			rc = unknown_key(w, "agent", key, "unix, address, token_file");
-		if (rc < 0)
-			return -1;
-	}
+	if (walk_members(w, "agent", obj, c, agent_member) < 0)
+		return -1;
 	if (c->agent.unix_path && c->agent.address)
 		return fail(w, "agent: set either unix or address, not both");
 	return 0;
+}
+
+static int env_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	int rc = 0;
+	if (strcmp(m->key, "include") == 0) {
+		rc = get_list(w, m->path, m->val, ';', &c->feature.env.include);
+	} else if (strcmp(m->key, "exclude") == 0) {
+		rc = get_list(w, m->path, m->val, ';', &c->feature.env.exclude);
+	} else if (strcmp(m->key, "override") == 0) {
+		if (check_object(w, m->path, m->val) < 0)
+			return -1;
+		c->feature.env.override.set = true;
+		json_object_object_foreach(m->val, name, value)
+		{
+			char at[512];
+			snprintf(at, sizeof(at), "%s.%s", m->path, name);
+			if (!*name || strchr(name, '='))
+				return fail(w, "%s: a variable name cannot be empty or contain '='",
+					    at);
+			if (!json_object_is_type(value, json_type_string))
+				return type_error(w, at, "a string", value);
+			if (override_set(&c->feature.env.override, name, strlen(name),
+					 json_object_get_string(value), w->err) < 0)
+				return -1;
+		}
+	} else {
+		rc = unknown_key(w, m->parent, m->key, "include, exclude, override");
+	}
+	return rc;
 }
 
 static int walk_env(struct walk *w, json_object *obj, struct policy_config *c)
@@ -464,42 +515,7 @@ static int walk_env(struct walk *w, json_object *obj, struct policy_config *c)
 	if (!json_object_is_type(obj, json_type_object))
 		return type_error(w, parent, "an object or a boolean", obj);
 	c->feature.env.enabled = POLICY_TRI_TRUE;
-	json_object_object_foreach(obj, key, val)
-	{
-		char path[256];
-		join(path, sizeof(path), parent, key);
-		int rc = 0;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "include") == 0) {
-			rc = get_list(w, path, val, ';', &c->feature.env.include);
-		} else if (strcmp(key, "exclude") == 0) {
-			rc = get_list(w, path, val, ';', &c->feature.env.exclude);
-		} else if (strcmp(key, "override") == 0) {
-			if (check_object(w, path, val) < 0)
-				return -1;
-			c->feature.env.override.set = true;
-			json_object_object_foreach(val, name, value)
-			{
-				char at[512];
-				snprintf(at, sizeof(at), "%s.%s", path, name);
-				if (!*name || strchr(name, '='))
-					return fail(
-					    w, "%s: a variable name cannot be empty or contain '='",
-					    at);
-				if (!json_object_is_type(value, json_type_string))
-					return type_error(w, at, "a string", value);
-				if (override_set(&c->feature.env.override, name, strlen(name),
-						 json_object_get_string(value), w->err) < 0)
-					return -1;
-			}
-		} else {
-			rc = unknown_key(w, parent, key, "include, exclude, override");
-		}
-		if (rc < 0)
-			return -1;
-	}
-	return 0;
+	return walk_members(w, parent, obj, c, env_member);
 }
 
 /* a byte count: a positive integer, or a string with a k/M/G suffix ("512M") */
@@ -548,6 +564,27 @@ static int get_fs_mode(struct walk *w, const char *path, json_object *v, enum po
 	return 0;
 }
 
+static int fs_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	if (strcmp(m->key, "mode") == 0)
+		return get_fs_mode(w, m->path, m->val, &c->feature.fs.mode);
+	if (strcmp(m->key, "read_only") == 0)
+		return get_list(w, m->path, m->val, 0, &c->feature.fs.read_only);
+	if (strcmp(m->key, "read_write") == 0)
+		return get_list(w, m->path, m->val, 0, &c->feature.fs.read_write);
+	if (strcmp(m->key, "local") == 0)
+		return get_list(w, m->path, m->val, 0, &c->feature.fs.local);
+	if (strcmp(m->key, "not_found") == 0)
+		return get_list(w, m->path, m->val, 0, &c->feature.fs.not_found);
+	if (strcmp(m->key, "max_file_size") == 0)
+		return get_size(w, m->path, m->val, &c->feature.fs.max_file_size);
+	if (strcmp(m->key, "cache_ttl_ms") == 0)
+		return get_cache_ttl(w, m->path, m->val, &c->feature.fs);
+	return unknown_key(w, m->parent, m->key,
+			   "mode, read_only, read_write, local, not_found, "
+			   "max_file_size, cache_ttl_ms");
+}
+
 static int walk_fs(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.fs";
@@ -556,34 +593,8 @@ static int walk_fs(struct walk *w, json_object *obj, struct policy_config *c)
 		return get_fs_mode(w, parent, obj, &c->feature.fs.mode);
 	if (!json_object_is_type(obj, json_type_object))
 		return type_error(w, parent, "an object or a mode string", obj);
-	json_object_object_foreach(obj, key, val)
-	{
-		char path[256];
-		join(path, sizeof(path), parent, key);
-		int rc;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "mode") == 0)
-			rc = get_fs_mode(w, path, val, &c->feature.fs.mode);
-		else if (strcmp(key, "read_only") == 0)
-			rc = get_list(w, path, val, 0, &c->feature.fs.read_only);
-		else if (strcmp(key, "read_write") == 0)
-			rc = get_list(w, path, val, 0, &c->feature.fs.read_write);
-		else if (strcmp(key, "local") == 0)
-			rc = get_list(w, path, val, 0, &c->feature.fs.local);
-		else if (strcmp(key, "not_found") == 0)
-			rc = get_list(w, path, val, 0, &c->feature.fs.not_found);
-		else if (strcmp(key, "max_file_size") == 0)
-			rc = get_size(w, path, val, &c->feature.fs.max_file_size);
-		else if (strcmp(key, "cache_ttl_ms") == 0)
-			rc = get_cache_ttl(w, path, val, &c->feature.fs);
-		else
-			rc = unknown_key(w, parent, key,
-					 "mode, read_only, read_write, local, not_found, "
-					 "max_file_size, cache_ttl_ms");
-		if (rc < 0)
-			return -1;
-	}
+	if (walk_members(w, parent, obj, c, fs_member) < 0)
+		return -1;
 	struct {
 		const char *key;
 		struct policy_strv *list;
@@ -635,6 +646,17 @@ static int walk_filter(struct walk *w, json_object *obj, struct policy_config *c
 	return 0;
 }
 
+static int outgoing_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	if (strcmp(m->key, "tcp") == 0)
+		return get_bool(w, m->path, m->val, &c->feature.network.outgoing.tcp);
+	if (strcmp(m->key, "udp") == 0)
+		return get_bool(w, m->path, m->val, &c->feature.network.outgoing.udp);
+	if (strcmp(m->key, "filter") == 0)
+		return walk_filter(w, m->val, c);
+	return unknown_key(w, m->parent, m->key, "tcp, udp, filter");
+}
+
 static int walk_outgoing(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.network.outgoing";
@@ -646,25 +668,7 @@ static int walk_outgoing(struct walk *w, json_object *obj, struct policy_config 
 	}
 	if (!json_object_is_type(obj, json_type_object))
 		return type_error(w, parent, "an object or a boolean", obj);
-	json_object_object_foreach(obj, key, val)
-	{
-		char path[256];
-		join(path, sizeof(path), parent, key);
-		int rc;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "tcp") == 0)
-			rc = get_bool(w, path, val, &c->feature.network.outgoing.tcp);
-		else if (strcmp(key, "udp") == 0)
-			rc = get_bool(w, path, val, &c->feature.network.outgoing.udp);
-		else if (strcmp(key, "filter") == 0)
-			rc = walk_filter(w, val, c);
-		else
-			rc = unknown_key(w, parent, key, "tcp, udp, filter");
-		if (rc < 0)
-			return -1;
-	}
-	return 0;
+	return walk_members(w, parent, obj, c, outgoing_member);
 }
 
 /* ---------------------------------------------------------------- incoming */
@@ -849,68 +853,79 @@ static int walk_http_filter(struct walk *w, json_object *obj, struct policy_conf
 	return rc;
 }
 
+static int get_incoming_mode(struct walk *w, const char *path, json_object *v,
+			     enum policy_incoming_mode *dst)
+{
+	if (!json_object_is_type(v, json_type_string))
+		return type_error(w, path, "a string", v);
+	if (policy_incoming_mode_parse(json_object_get_string(v), dst) < 0)
+		return fail(w, "%s: unknown mode \"%s\" (expected mirror, steal or off)", path,
+			    json_object_get_string(v));
+	return 0;
+}
+
+static int incoming_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	typeof(c->feature.network.incoming) *in = &c->feature.network.incoming;
+	int rc = 0;
+	if (strcmp(m->key, "mode") == 0) {
+		rc = get_incoming_mode(w, m->path, m->val, &in->mode);
+	} else if (strcmp(m->key, "port_mapping") == 0) {
+		rc = get_port_mapping(w, m->path, m->val, &in->port_mapping);
+	} else if (strcmp(m->key, "ports") == 0) {
+		rc = get_ports(w, m->path, m->val, &in->ports);
+	} else if (strcmp(m->key, "ignore_ports") == 0) {
+		rc = get_ports(w, m->path, m->val, &in->ignore_ports);
+	} else if (strcmp(m->key, "http_filter") == 0) {
+		rc = walk_http_filter(w, m->val, c);
+	} else if (strcmp(m->key, "on_concurrent_steal") == 0) {
+		if (!json_object_is_type(m->val, json_type_string))
+			return type_error(w, m->path, "a string", m->val);
+		const char *v = json_object_get_string(m->val);
+		if (strcmp(v, "abort") == 0)
+			in->on_concurrent_steal = POLICY_CONCURRENT_ABORT;
+		else if (strcmp(v, "continue") == 0)
+			in->on_concurrent_steal = POLICY_CONCURRENT_CONTINUE;
+		else
+			return fail(w, "%s: \"%s\" is not supported (expected abort or continue)",
+				    m->path, v);
+	} else if (strcmp(m->key, "flush_connections") == 0) {
+		rc = get_bool(w, m->path, m->val, &in->flush_connections);
+	} else if (strcmp(m->key, "fd_handoff") == 0) {
+		rc = get_bool(w, m->path, m->val, &in->fd_handoff);
+	} else {
+		rc = unknown_key(w, m->parent, m->key,
+				 "mode, port_mapping, ports, ignore_ports, http_filter, "
+				 "on_concurrent_steal, flush_connections, fd_handoff");
+	}
+	return rc;
+}
+
 static int walk_incoming(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	const char *parent = "feature.network.incoming";
 	typeof(c->feature.network.incoming) *in = &c->feature.network.incoming;
 	/* mirrord's shorthand: "incoming": "steal" */
-	if (json_object_is_type(obj, json_type_string)) {
-		if (policy_incoming_mode_parse(json_object_get_string(obj), &in->mode) < 0)
-			return fail(w, "%s: unknown mode \"%s\" (expected mirror, steal or off)",
-				    parent, json_object_get_string(obj));
-		return 0;
-	}
+	if (json_object_is_type(obj, json_type_string))
+		return get_incoming_mode(w, parent, obj, &in->mode);
 	if (!json_object_is_type(obj, json_type_object))
 		return type_error(w, parent, "an object or a mode string", obj);
-	json_object_object_foreach(obj, key, val)
-	{
-		char path[256];
-		join(path, sizeof(path), parent, key);
-		int rc = 0;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "mode") == 0) {
-			if (!json_object_is_type(val, json_type_string))
-				return type_error(w, path, "a string", val);
-			if (policy_incoming_mode_parse(json_object_get_string(val), &in->mode) < 0)
-				return fail(
-				    w, "%s: unknown mode \"%s\" (expected mirror, steal or off)",
-				    path, json_object_get_string(val));
-		} else if (strcmp(key, "port_mapping") == 0) {
-			rc = get_port_mapping(w, path, val, &in->port_mapping);
-		} else if (strcmp(key, "ports") == 0) {
-			rc = get_ports(w, path, val, &in->ports);
-		} else if (strcmp(key, "ignore_ports") == 0) {
-			rc = get_ports(w, path, val, &in->ignore_ports);
-		} else if (strcmp(key, "http_filter") == 0) {
-			rc = walk_http_filter(w, val, c);
-		} else if (strcmp(key, "on_concurrent_steal") == 0) {
-			if (!json_object_is_type(val, json_type_string))
-				return type_error(w, path, "a string", val);
-			const char *v = json_object_get_string(val);
-			if (strcmp(v, "abort") == 0)
-				in->on_concurrent_steal = POLICY_CONCURRENT_ABORT;
-			else if (strcmp(v, "continue") == 0)
-				in->on_concurrent_steal = POLICY_CONCURRENT_CONTINUE;
-			else
-				return fail(
-				    w, "%s: \"%s\" is not supported (expected abort or continue)",
-				    path, v);
-		} else if (strcmp(key, "flush_connections") == 0) {
-			rc = get_bool(w, path, val, &in->flush_connections);
-		} else if (strcmp(key, "fd_handoff") == 0) {
-			rc = get_bool(w, path, val, &in->fd_handoff);
-		} else {
-			rc = unknown_key(w, parent, key,
-					 "mode, port_mapping, ports, ignore_ports, http_filter, "
-					 "on_concurrent_steal, flush_connections, fd_handoff");
-		}
-		if (rc < 0)
-			return -1;
-	}
+	if (walk_members(w, parent, obj, c, incoming_member) < 0)
+		return -1;
 	if (in->ports.set && in->ignore_ports.set)
 		return fail(w, "%s: set either ports or ignore_ports, not both", parent);
 	return 0;
+}
+
+static int network_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	if (strcmp(m->key, "outgoing") == 0)
+		return walk_outgoing(w, m->val, c);
+	if (strcmp(m->key, "dns") == 0)
+		return get_bool(w, m->path, m->val, &c->feature.network.dns);
+	if (strcmp(m->key, "incoming") == 0)
+		return walk_incoming(w, m->val, c);
+	return unknown_key(w, m->parent, m->key, "outgoing, incoming, dns");
 }
 
 static int walk_network(struct walk *w, json_object *obj, struct policy_config *c)
@@ -918,83 +933,57 @@ static int walk_network(struct walk *w, json_object *obj, struct policy_config *
 	const char *parent = "feature.network";
 	if (check_object(w, parent, obj) < 0)
 		return -1;
-	json_object_object_foreach(obj, key, val)
-	{
-		char path[256];
-		join(path, sizeof(path), parent, key);
-		int rc;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "outgoing") == 0)
-			rc = walk_outgoing(w, val, c);
-		else if (strcmp(key, "dns") == 0)
-			rc = get_bool(w, path, val, &c->feature.network.dns);
-		else if (strcmp(key, "incoming") == 0)
-			rc = walk_incoming(w, val, c);
-		else
-			rc = unknown_key(w, parent, key, "outgoing, incoming, dns");
-		if (rc < 0)
-			return -1;
-	}
-	return 0;
+	return walk_members(w, parent, obj, c, network_member);
+}
+
+static int feature_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	if (strcmp(m->key, "env") == 0)
+		return walk_env(w, m->val, c);
+	if (strcmp(m->key, "fs") == 0)
+		return walk_fs(w, m->val, c);
+	if (strcmp(m->key, "network") == 0)
+		return walk_network(w, m->val, c);
+	return unknown_key(w, m->parent, m->key, "env, fs, network");
 }
 
 static int walk_feature(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	if (check_object(w, "feature", obj) < 0)
 		return -1;
-	json_object_object_foreach(obj, key, val)
-	{
-		int rc;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "env") == 0)
-			rc = walk_env(w, val, c);
-		else if (strcmp(key, "fs") == 0)
-			rc = walk_fs(w, val, c);
-		else if (strcmp(key, "network") == 0)
-			rc = walk_network(w, val, c);
-		else
-			rc = unknown_key(w, "feature", key, "env, fs, network");
-		if (rc < 0)
-			return -1;
+	return walk_members(w, "feature", obj, c, feature_member);
+}
+
+static int root_member(struct walk *w, const struct member *m, struct policy_config *c)
+{
+	int rc = 0;
+	if (strcmp(m->key, "target") == 0) {
+		rc = get_string(w, "target", m->val, &c->target);
+	} else if (strcmp(m->key, "agent") == 0) {
+		rc = walk_agent(w, m->val, c);
+	} else if (strcmp(m->key, "backend") == 0) {
+		if (!json_object_is_type(m->val, json_type_string))
+			return type_error(w, "backend", "a string", m->val);
+		if (tracer_backend_parse(json_object_get_string(m->val), &c->backend) < 0)
+			return fail(w,
+				    "backend: unknown backend \"%s\" (expected seccomp, ptrace "
+				    "or auto)",
+				    json_object_get_string(m->val));
+		c->backend_set = true;
+		rc = 0;
+	} else if (strcmp(m->key, "feature") == 0) {
+		rc = walk_feature(w, m->val, c);
+	} else {
+		rc = unknown_key(w, m->parent, m->key, "target, agent, backend, feature");
 	}
-	return 0;
+	return rc;
 }
 
 static int walk_root(struct walk *w, json_object *obj, struct policy_config *c)
 {
 	if (!json_object_is_type(obj, json_type_object))
 		return fail(w, "expected a JSON object at the top, got %s", json_kind(obj));
-	json_object_object_foreach(obj, key, val)
-	{
-		int rc;
-		if (json_object_is_type(val, json_type_null))
-			continue;
-		if (strcmp(key, "target") == 0) {
-			rc = get_string(w, "target", val, &c->target);
-		} else if (strcmp(key, "agent") == 0) {
-			rc = walk_agent(w, val, c);
-		} else if (strcmp(key, "backend") == 0) {
-			if (!json_object_is_type(val, json_type_string))
-				return type_error(w, "backend", "a string", val);
-			if (tracer_backend_parse(json_object_get_string(val), &c->backend) < 0)
-				return fail(
-				    w,
-				    "backend: unknown backend \"%s\" (expected seccomp, ptrace "
-				    "or auto)",
-				    json_object_get_string(val));
-			c->backend_set = true;
-			rc = 0;
-		} else if (strcmp(key, "feature") == 0) {
-			rc = walk_feature(w, val, c);
-		} else {
-			rc = unknown_key(w, "", key, "target, agent, backend, feature");
-		}
-		if (rc < 0)
-			return -1;
-	}
-	return 0;
+	return walk_members(w, "", obj, c, root_member);
 }
 
 /* 1-based line and column of a byte offset, for parse errors people can find. */

@@ -100,6 +100,22 @@ decide:;
 	}
 }
 
+bool trace_files_route_remote(struct files *f, const struct tracer_call *call, int dirfd,
+			      uint64_t addr, enum policy_fs_access access, const char *op,
+			      struct files_target *t, struct tracer_result *res)
+{
+	switch (trace_files_route_path(f, call, dirfd, addr, access, false, op, t)) {
+	case ROUTE_REMOTE:
+		return true;
+	case ROUTE_FAIL:
+		*res = tracer_error(t->error);
+		return false;
+	default:
+		*res = tracer_continue();
+		return false;
+	}
+}
+
 /* ---------------------------------------------------------------- nodes */
 
 static size_t node_hash(const struct files *f, dev_t dev, ino_t ino)

@@ -150,6 +150,12 @@ struct files_target {
 enum files_route trace_files_route_path(struct files *f, const struct tracer_call *call, int dirfd,
 					uint64_t addr, enum policy_fs_access access,
 					bool empty_is_fd, const char *op, struct files_target *t);
+/* trace_files_route_path (an empty path LOCAL) for the handlers that act only on a path
+ * of the target: true for t->path; false with *res the call's answer (the routing's
+ * error, or the kernel's) otherwise. */
+bool trace_files_route_remote(struct files *f, const struct tracer_call *call, int dirfd,
+			      uint64_t addr, enum policy_fs_access access, const char *op,
+			      struct files_target *t, struct tracer_result *res);
 
 /* The node an fd of the program refers to (fd AT_FDCWD: its working directory), or NULL
  * when it is not one of ours; *lst (may be NULL) gets the local inode's stat. */

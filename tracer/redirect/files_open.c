@@ -233,16 +233,11 @@ static struct tracer_result open_remote(struct files *f, const struct tracer_cal
 	bool writing = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC)) ||
 		       (flags & O_TMPFILE) == O_TMPFILE;
 	struct files_target t;
-	switch (trace_files_route_path(f, call, dirfd, path_addr,
-				       writing ? POLICY_FS_ACCESS_WRITE : POLICY_FS_ACCESS_READ,
-				       false, "open", &t)) {
-	case ROUTE_REMOTE:
-		break;
-	case ROUTE_FAIL:
-		return tracer_error(t.error);
-	default:
-		return tracer_continue();
-	}
+	struct tracer_result answer;
+	if (!trace_files_route_remote(f, call, dirfd, path_addr,
+				      writing ? POLICY_FS_ACCESS_WRITE : POLICY_FS_ACCESS_READ,
+				      "open", &t, &answer))
+		return answer;
 	if ((flags & O_TMPFILE) == O_TMPFILE)
 		return tracer_error(EOPNOTSUPP); /* an unnamed file in the target: not offered */
 	struct hm_err err = {0};

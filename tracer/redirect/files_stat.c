@@ -198,15 +198,10 @@ static struct tracer_result readlink_at(struct files *f, const struct tracer_cal
 	if ((int64_t)size <= 0)
 		return tracer_continue(); /* EINVAL from the kernel */
 	struct files_target t;
-	switch (trace_files_route_path(f, call, dirfd, path, POLICY_FS_ACCESS_READ, false,
-				       "readlink", &t)) {
-	case ROUTE_REMOTE:
-		break;
-	case ROUTE_FAIL:
-		return tracer_error(t.error);
-	default:
-		return tracer_continue();
-	}
+	struct tracer_result res;
+	if (!trace_files_route_remote(f, call, dirfd, path, POLICY_FS_ACCESS_READ, "readlink", &t,
+				      &res))
+		return res;
 	char target[PATH_MAX];
 	struct hm_err err = {0};
 	f->remote_ops++;

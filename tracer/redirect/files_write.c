@@ -83,30 +83,37 @@ static int node_sync(struct files *f, struct files_node *n, pid_t tid, int fd, b
 	return 0;
 }
 
+/* A written file trace-run holds (keep_fd) back to the target, a failure only warned
+ * about: nothing of the program's waits for it. */
+static void kept_write_back(struct files *f, struct files_node *n)
+{
+	struct hm_err err = {0};
+	if (node_sync(f, n, 0, -1, false, &err) < 0)
+		hm_warn("write back %s: %s", n->path, err.msg);
+}
+
+/* the written files trace-run still holds, of path (NULL: all) */
+static void kept_sync(struct files *f, const char *path)
+{
+	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
+		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
+			if (n->kind != NODE_WRITE || n->keep_fd < 0 ||
+			    (path && strcmp(n->path, path)))
+				continue;
+			kept_write_back(f, n);
+		}
+}
+
 /* every written file trace-run still holds (the others only go back through an fd of
  * the program's) */
 void trace_files_sync_all(struct files *f)
 {
-	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
-		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
-			if (n->kind != NODE_WRITE || n->keep_fd < 0)
-				continue;
-			struct hm_err err = {0};
-			if (node_sync(f, n, 0, -1, false, &err) < 0)
-				hm_warn("write back %s: %s", n->path, err.msg);
-		}
+	kept_sync(f, NULL);
 }
 
 void trace_files_sync_path(struct files *f, const char *path)
 {
-	for (size_t i = 0; f->kept && i < f->nbuckets; i++)
-		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
-			if (n->kind != NODE_WRITE || n->keep_fd < 0 || strcmp(n->path, path))
-				continue;
-			struct hm_err err = {0};
-			if (node_sync(f, n, 0, -1, false, &err) < 0)
-				hm_warn("write back %s: %s", n->path, err.msg);
-		}
+	kept_sync(f, path);
 }
 
 void trace_files_release_kept(struct files *f)
@@ -116,9 +123,7 @@ void trace_files_release_kept(struct files *f)
 		for (struct files_node *n = f->buckets[i]; n; n = n->hnext) {
 			if (n->kind != NODE_WRITE || n->keep_fd < 0)
 				continue;
-			struct hm_err err = {0};
-			if (node_sync(f, n, 0, -1, false, &err) < 0)
-				hm_warn("write back %s: %s", n->path, err.msg);
+			kept_write_back(f, n);
 			close(n->keep_fd);
 			n->keep_fd = -1;
 			f->kept--;
@@ -189,21 +194,23 @@ static enum files_route route_write(struct files *f, const struct tracer_call *c
 	return trace_files_route_path(f, call, dirfd, addr, POLICY_FS_ACCESS_WRITE, false, op, t);
 }
 
+/* mkdir and unlink: true for a path of the target to change (t->path); false with *res
+ * the call's answer otherwise (a replayed one, the routing's error, or the kernel's) */
+static bool route_change(struct files *f, const struct tracer_call *call, int dirfd, uint64_t addr,
+			 const char *op, struct files_target *t, struct tracer_result *res)
+{
+	if (trace_files_undo_replay(f, call, res))
+		return false;
+	return trace_files_route_remote(f, call, dirfd, addr, POLICY_FS_ACCESS_WRITE, op, t, res);
+}
+
 static struct tracer_result mkdir_at(struct files *f, const struct tracer_call *call, int dirfd,
 				     uint64_t path, mode_t mode)
 {
 	struct tracer_result res;
-	if (trace_files_undo_replay(f, call, &res))
-		return res;
 	struct files_target t;
-	switch (route_write(f, call, dirfd, path, "mkdir", &t)) {
-	case ROUTE_REMOTE:
-		break;
-	case ROUTE_FAIL:
-		return tracer_error(t.error);
-	default:
-		return tracer_continue();
-	}
+	if (!route_change(f, call, dirfd, path, "mkdir", &t, &res))
+		return res;
 	struct hm_err err = {0};
 	f->remote_ops++;
 	mode_t m = (mode & 07777) & ~trace_files_umask(call->pid);
@@ -227,17 +234,9 @@ static struct tracer_result unlink_at(struct files *f, const struct tracer_call 
 				      uint64_t path, bool dir, const char *op)
 {
 	struct tracer_result res;
-	if (trace_files_undo_replay(f, call, &res))
-		return res;
 	struct files_target t;
-	switch (route_write(f, call, dirfd, path, op, &t)) {
-	case ROUTE_REMOTE:
-		break;
-	case ROUTE_FAIL:
-		return tracer_error(t.error);
-	default:
-		return tracer_continue();
-	}
+	if (!route_change(f, call, dirfd, path, op, &t, &res))
+		return res;
 	struct hm_err err = {0};
 	f->remote_ops++;
 	trace_files_cache_invalidate(f, t.path);

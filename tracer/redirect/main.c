@@ -246,14 +246,9 @@ static int parse_args(int argc, char **argv, struct cli *cli)
 		case 'h':
 			fputs(usage, stdout);
 			return -1;
-		case ':':
-			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
-					   "option '%s' needs a value (see trace-run --help)",
-					   argv[optind - 1]);
-		default:
-			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
-					   "unknown option '%s' (see trace-run --help)",
-					   argv[optind - 1]);
+		default: /* ':' or '?' */
+			return hm_cli_bad_option(PROG, TRACER_EXIT_FAILURE, opt, argv,
+						 "trace-run --help");
 		}
 		if (rc < 0)
 			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE, "%s",

@@ -134,6 +134,8 @@ ino_t trace_net_fd_ino(const struct tracer_call *call, int fd);
 struct net_sock *trace_net_table_find(struct net_state *st, ino_t ino);
 void trace_net_table_insert(struct net_state *st, struct net_sock *ns);
 void trace_net_table_remove(struct net_state *st, struct net_sock *ns);
+/* insert ns, replacing (and freeing) an entry of the same inode */
+void trace_net_table_replace(struct net_state *st, struct net_sock *ns);
 /* not under st->lock: insert ns, replacing (and freeing) an entry of the same inode */
 void trace_net_table_put(struct net_state *st, struct net_sock *ns);
 /* frees the entry (closes its UDP stream and proxies); not in the table any more */

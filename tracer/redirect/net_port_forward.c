@@ -508,13 +508,8 @@ static int parse_args(int argc, char **argv, struct policy_config *cfg, struct p
 		case 'h':
 			fputs(usage, stdout);
 			return -1;
-		case ':':
-			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
-					   "option '%s' needs a value (see --help)",
-					   argv[optind - 1]);
-		default:
-			return hm_cli_fail(PROG, TRACER_EXIT_FAILURE,
-					   "unknown option '%s' (see --help)", argv[optind - 1]);
+		default: /* ':' or '?' */
+			return hm_cli_bad_option(PROG, TRACER_EXIT_FAILURE, opt, argv, "--help");
 		}
 		if (slot) {
 			free(*slot);

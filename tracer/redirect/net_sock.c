@@ -238,15 +238,20 @@ void trace_net_table_insert(struct net_state *st, struct net_sock *ns)
 		st->n_udp++;
 }
 
-void trace_net_table_put(struct net_state *st, struct net_sock *ns)
+void trace_net_table_replace(struct net_state *st, struct net_sock *ns)
 {
-	pthread_mutex_lock(&st->lock);
 	struct net_sock *old = trace_net_table_find(st, ns->ino);
 	if (old) { /* a socket of the same inode before: that one is closed */
 		trace_net_table_remove(st, old);
 		trace_net_sock_free(st, old);
 	}
 	trace_net_table_insert(st, ns);
+}
+
+void trace_net_table_put(struct net_state *st, struct net_sock *ns)
+{
+	pthread_mutex_lock(&st->lock);
+	trace_net_table_replace(st, ns);
 	pthread_mutex_unlock(&st->lock);
 }
 

@@ -446,12 +446,7 @@ static struct tracer_result tcp_finish(struct net_job *job, const struct tracer_
 	ns->delivered = true;
 	ns->last_ms = hm_now_ms();
 	pthread_mutex_lock(&st->lock);
-	struct net_sock *old = trace_net_table_find(st, ns->ino);
-	if (old) { /* a socket of the same inode before: that one is closed */
-		trace_net_table_remove(st, old);
-		trace_net_sock_free(st, old);
-	}
-	trace_net_table_insert(st, ns);
+	trace_net_table_replace(st, ns);
 	st->redirected_tcp++;
 	pthread_mutex_unlock(&st->lock);
 	char pod[80];
