@@ -2,13 +2,19 @@
  * it serves, so an open connection costs a few hundred bytes of state and two fds, never
  * a thread.
  *
- * TCP pairs: each direction splices source socket -> pipe -> destination socket, so
- * payload never enters user space. Pipes are taken from a small pool only while a
- * direction has bytes in flight and returned once it is drained: idle connections hold
- * no pipe fds. All fds are registered edge-triggered for in and out once; a direction
- * runs until its source or its destination would block (then an edge for that fd is
- * guaranteed to come) or its budget is spent (then the connection goes on a ready list
- * and runs again after the next epoll_wait), so one busy stream cannot starve others.
+ * TCP pairs: a direction that moves small messages (requests, responses) copies them:
+ * one recv() into the thread's buffer and one send() cost less than two splices and a
+ * pipe's page references. Once a read fills that buffer the direction carries a bulk
+ * transfer and splices source socket -> pipe -> destination socket, so payload never
+ * enters user space, until a read comes back small again. Bytes a send() did not take
+ * go into the direction's pipe, and while the pipe holds bytes every byte goes through
+ * it, so order is kept across the two paths. Pipes are taken from a small pool only
+ * while a direction has bytes in flight and returned once it is drained: idle
+ * connections hold no pipe fds. All fds are registered edge-triggered for in and out
+ * once; a direction runs until its source or its destination would block (then an
+ * edge for that fd is guaranteed to come) or its budget is spent (then the connection
+ * goes on a ready list and runs again after the next epoll_wait), so one busy stream
+ * cannot starve others.
  * EOF on one side becomes shutdown(SHUT_WR) on the other once the bytes before it are
  * delivered; an error or reset on one side resets the other (SO_LINGER 0), so the app
  * sees what the pod would have seen.
@@ -33,6 +39,10 @@
 #include "relay/relay.h"
 
 #define RELAY_PIPE_SIZE (256u << 10)
+/* a read that fills the copy buffer switches its direction to splicing; it must fit
+ * in an empty pipe (64 KiB at least) since what a send() leaves goes there */
+#define RELAY_COPY_MAX (16u << 10)
+_Static_assert(RELAY_COPY_MAX <= PROTO_DATAGRAM_MAX, "the copy path shares the datagram buffer");
 #define RELAY_PIPE_POOL_MAX 32	       /* idle pipes kept for reuse; the rest are closed */
 #define RELAY_BUDGET (1u << 20)	       /* bytes one direction moves before others get a turn */
 #define RELAY_DGRAM_BUDGET 64	       /* datagrams per turn */
@@ -61,6 +71,14 @@ struct relay_dir {
 	uint32_t pending;	/* bytes in the pipe */
 	bool eof;		/* the source said EOF */
 	bool done;		/* EOF delivered (or the destination stopped reading) */
+	bool bulk;		/* splice, not copy: the last read was big */
+	/* a short read proves the source's queue empty, so the next bytes bring a new
+	 * edge and no EAGAIN probe is needed: true of a TCP source (tcp_recvmsg stops
+	 * early only with its queue empty or an urgent mark, and a backlog it leaves
+	 * raises an edge when processed) until epoll reports its end (an EOF already
+	 * queued behind the bytes raises no new edge). Not of a unix socket, whose reads
+	 * stop between two writers' bytes. */
+	bool short_read_drains;
 };
 
 struct relay_conn {
@@ -106,7 +124,8 @@ struct relay {
 	struct relay_conn *graveyard;
 	struct relay_pipe pool[RELAY_PIPE_POOL_MAX];
 	unsigned pool_len;
-	uint8_t *dgram_buf; /* one datagram being framed */
+	/* one datagram being framed, or a small TCP message on its way */
+	uint8_t *io_buf;
 };
 
 /* ---- pipes ---- */
@@ -238,9 +257,89 @@ static bool would_block(int e)
 	return e == EAGAIN || e == EWOULDBLOCK;
 }
 
+/* Send buf[*off..len) without blocking, advancing *off, until done or the socket is
+ * full; < 0 (why set) on an error of the socket. */
+static int send_until_full(int fd, const uint8_t *buf, size_t len, size_t *off, const char **why)
+{
+	while (*off < len) {
+		ssize_t n = send(fd, buf + *off, len - *off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (would_block(errno))
+				break;
+			*why = strerror(errno);
+			return -1;
+		}
+		*off += (size_t)n;
+	}
+	return 0;
+}
+
 /* ---- TCP ---- */
 
 enum step { STEP_WAIT, STEP_AGAIN, STEP_FAILED };
+
+static int dir_pipe(struct relay *r, struct relay_dir *d, const char **why)
+{
+	struct hm_err err;
+	if (d->pipe.rd >= 0)
+		return 0;
+	if (pipe_get(r, &d->pipe, &err) < 0) {
+		*why = "no pipe";
+		hm_warn("relay: %s", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+enum copy_result { COPY_SPLICE, COPY_DRAINED, COPY_MORE, COPY_FAILED };
+
+/* The small-message path of a direction with an empty pipe: one recv(), one send() of
+ * what came, the rest (if the destination is full) into the pipe. COPY_DRAINED: the
+ * read was short, so the source's queue was empty and new bytes bring a new edge;
+ * COPY_MORE: go on reading (EOF seen, or a full buffer: from now on the direction
+ * splices); COPY_SPLICE: nothing read, the caller's loop decides. */
+static enum copy_result tcp_copy(struct relay *r, struct relay_conn *c, int from, size_t *moved,
+				 const char **why)
+{
+	struct relay_dir *d = &c->tcp.dir[from];
+	int src = c->end[from].fd, dst = c->end[!from].fd;
+	ssize_t n = recv(src, r->io_buf, RELAY_COPY_MAX, MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno == EINTR || would_block(errno))
+			return COPY_SPLICE;
+		*why = strerror(errno); /* the source's reset */
+		return COPY_FAILED;
+	}
+	if (n == 0) {
+		d->eof = true;
+		return COPY_MORE;
+	}
+	size_t sent = 0;
+	if (send_until_full(dst, r->io_buf, (size_t)n, &sent, why) < 0)
+		return COPY_FAILED;
+	*moved += sent;
+	atomic_fetch_add(from == SIDE_CLIENT ? &r->counters->bytes_out : &r->counters->bytes_in,
+			 (uint64_t)sent);
+	if (sent < (size_t)n) {
+		/* the destination is full: the rest waits in the pipe, ahead of anything
+		 * read later, and leaves with the destination's EPOLLOUT */
+		if (dir_pipe(r, d, why) < 0)
+			return COPY_FAILED;
+		ssize_t w = write(d->pipe.wr, r->io_buf + sent, (size_t)n - sent);
+		if (w != (ssize_t)n - (ssize_t)sent) {
+			*why = w < 0 ? strerror(errno) : "pipe too small";
+			return COPY_FAILED;
+		}
+		d->pending = (uint32_t)w;
+	}
+	if ((size_t)n == RELAY_COPY_MAX) {
+		d->bulk = true;
+		return COPY_MORE;
+	}
+	return d->short_read_drains && !d->pending ? COPY_DRAINED : COPY_MORE;
+}
 
 /* Move bytes of one direction until it would block or its budget is spent. */
 static enum step tcp_run_dir(struct relay *r, struct relay_conn *c, int from, const char **why)
@@ -250,21 +349,33 @@ static enum step tcp_run_dir(struct relay *r, struct relay_conn *c, int from, co
 	atomic_uint_fast64_t *counter =
 	    from == SIDE_CLIENT ? &r->counters->bytes_out : &r->counters->bytes_in;
 	size_t moved = 0;
-	struct hm_err err;
 
 	while (!d->done) {
 		bool progress = false;
-		if (!d->eof && d->pipe.rd < 0 && pipe_get(r, &d->pipe, &err) < 0) {
-			*why = "no pipe";
-			hm_warn("relay: %s", err.msg);
-			return STEP_FAILED;
+		if (!d->eof && !d->bulk && !d->pending) {
+			switch (tcp_copy(r, c, from, &moved, why)) {
+			case COPY_FAILED:
+				return STEP_FAILED;
+			case COPY_DRAINED:
+				return STEP_WAIT;
+			case COPY_MORE:
+				progress = true;
+				break;
+			case COPY_SPLICE:
+				break;
+			}
 		}
-		if (!d->eof && d->pending < d->pipe.cap) {
+		if (!d->eof && (d->bulk || d->pending) && dir_pipe(r, d, why) < 0)
+			return STEP_FAILED;
+		if (!d->eof && d->pipe.rd >= 0 && d->pending < d->pipe.cap) {
 			ssize_t n = splice(src, NULL, d->pipe.wr, NULL, d->pipe.cap - d->pending,
 					   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n > 0) {
 				d->pending += (uint32_t)n;
 				progress = true;
+				/* a small read: the transfer is over, small messages again */
+				if ((size_t)n < RELAY_COPY_MAX)
+					d->bulk = false;
 			} else if (n == 0) {
 				d->eof = true;
 				progress = true;
@@ -318,6 +429,8 @@ static void tcp_event(struct relay *r, struct relay_conn *c, int side, uint32_t 
 			return;
 		}
 	}
+	if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->tcp.dir[side].short_read_drains = false;
 	/* the direction out of this fd on input, the one into it when it drained */
 	if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
 		enum step s = tcp_run_dir(r, c, side, &why);
@@ -384,19 +497,8 @@ static socklen_t udp_peer_sockaddr(const struct proto_addr *peer, int family,
 static bool udp_flush(struct relay_conn *c, const char **why)
 {
 	struct proto_buf *b = &c->udp.out;
-	while (c->udp.out_off < b->len) {
-		ssize_t n = send(c->end[SIDE_CLIENT].fd, b->data + c->udp.out_off,
-				 b->len - c->udp.out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (would_block(errno))
-				break;
-			*why = strerror(errno);
-			return false;
-		}
-		c->udp.out_off += (size_t)n;
-	}
+	if (send_until_full(c->end[SIDE_CLIENT].fd, b->data, b->len, &c->udp.out_off, why) < 0)
+		return false;
 	if (c->udp.out_off == b->len) {
 		c->udp.out_off = 0;
 		/* a burst may have grown the buffer: do not keep it for an idle stream */
@@ -474,7 +576,7 @@ static enum step udp_to_client(struct relay *r, struct relay_conn *c, const char
 	for (unsigned i = 0; i < RELAY_DGRAM_BUDGET; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
-		ssize_t n = recvfrom(c->end[SIDE_REMOTE].fd, r->dgram_buf, PROTO_DATAGRAM_MAX,
+		ssize_t n = recvfrom(c->end[SIDE_REMOTE].fd, r->io_buf, PROTO_DATAGRAM_MAX,
 				     MSG_DONTWAIT, (struct sockaddr *)&ss, &sl);
 		if (n < 0) {
 			if (errno == EINTR)
@@ -490,7 +592,7 @@ static enum step udp_to_client(struct relay *r, struct relay_conn *c, const char
 		if (proto_addr_from_sockaddr((struct sockaddr *)&ss, sl, &m.udp_datagram.peer,
 					     &err) < 0)
 			continue;
-		m.udp_datagram.data = r->dgram_buf;
+		m.udp_datagram.data = r->io_buf;
 		m.udp_datagram.len = (uint32_t)n;
 		if (proto_encode(&c->udp.out, 0, &m, &err) < 0) {
 			*why = "cannot frame a datagram";
@@ -744,8 +846,8 @@ int relay_create(struct relay_counters *counters, struct relay **out, struct hm_
 	r->counters = counters;
 	r->epfd = r->wake_fd = -1;
 	pthread_mutex_init(&r->lock, NULL);
-	r->dgram_buf = malloc(PROTO_DATAGRAM_MAX);
-	if (!r->dgram_buf) {
+	r->io_buf = malloc(PROTO_DATAGRAM_MAX);
+	if (!r->io_buf) {
 		hm_err_set(err, ENOMEM, "relay buffer");
 		goto fail;
 	}
@@ -804,7 +906,7 @@ void relay_destroy(struct relay *r)
 		close(r->epfd);
 	if (r->wake_fd >= 0)
 		close(r->wake_fd);
-	free(r->dgram_buf);
+	free(r->io_buf);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
 }
@@ -895,14 +997,24 @@ fail:
 	return -1;
 }
 
+static bool is_tcp(int fd)
+{
+	int proto = 0;
+	socklen_t len = sizeof(proto);
+	return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 && proto == IPPROTO_TCP;
+}
+
 static int add_tcp(struct relay *r, int client_fd, int remote_fd, const struct relay_release *rel,
 		   struct hm_err *err)
 {
 	struct relay_conn *c;
 	if (add_pair(RELAY_TCP, client_fd, remote_fd, rel, &c, err) < 0)
 		return hm_err_prefix(err, "relay tcp");
-	set_nodelay(client_fd);
-	set_nodelay(remote_fd);
+	for (int s = 0; s < 2; s++) {
+		int fd = c->end[s].fd;
+		c->tcp.dir[s].short_read_drains = is_tcp(fd);
+		set_nodelay(fd);
+	}
 	return enqueue(r, c, err);
 }
 

@@ -2,8 +2,10 @@
  * serves through it, and trace-run's local proxy relays redirected connections the
  * same way; it lives apart so that neither side links the other.
  *
- * One thread with an epoll loop moves bytes between pairs of fds with splice() through
- * pipes (no user-space copy), and frames UDP datagrams. Per stream it keeps ~200 bytes
+ * One thread with an epoll loop moves bytes between pairs of fds, and frames UDP
+ * datagrams. Bulk transfers go with splice() through pipes (no user-space copy); small
+ * messages (a read that does not fill 16 KiB) with one recv() and one send() through
+ * the thread's buffer, which costs less than two splices. Per stream it keeps ~200 bytes
  * and its own fds; pipes are pooled and held only while bytes are in flight (at most 32
  * idle pipes are kept for reuse). The thread is created with the caller's signal mask:
  * block the signals it must not take (a signalfd user) around relay_create. */

@@ -1,5 +1,6 @@
 /* The agent's relay (relay/relay.c) and outgoing sockets (agent/outgoing.c), on
- * loopback: checksummed bulk TCP both ways, half-close and reset semantics, 200
+ * loopback: checksummed bulk TCP both ways, small and mixed-size messages against a
+ * slow reader, an EOF queued behind bytes, half-close and reset semantics, 200
  * parallel pairs and what they cost, UDP datagrams framed on a stream, file streams,
  * and destroying the relay while it is busy. */
 #include <setjmp.h>
@@ -180,6 +181,9 @@ static void pattern_fill(uint64_t seed, uint64_t off, uint8_t *buf, size_t len)
 struct pump {
 	int fd;
 	bool write;
+	/* a writer of small messages paced apart, of mixed sizes up to 60000 bytes, not of
+	 * full 64 KiB chunks back to back */
+	bool paced;
 	uint64_t seed, len;
 	/* results */
 	uint64_t done;
@@ -195,9 +199,19 @@ static void *pump_main(void *arg)
 	uint8_t *buf = malloc(chunk);
 	p->crc = crc32(0, NULL, 0);
 	p->want_crc = crc32(0, NULL, 0);
+	/* mostly below the relay's 16 KiB copy buffer, now and then a bulk burst */
+	static const size_t paced_sizes[] = {1,	    100,   700,	  3000, 16383,
+					     16384, 16385, 60000, 40,	9000};
 	if (p->write) {
-		while (p->done < p->len) {
-			size_t n = p->len - p->done < chunk ? p->len - p->done : chunk;
+		for (unsigned i = 0; p->done < p->len; i++) {
+			size_t want =
+			    p->paced
+				? paced_sizes[i % (sizeof(paced_sizes) / sizeof(paced_sizes[0]))]
+				: chunk;
+			size_t n = p->len - p->done < want ? p->len - p->done : want;
+			/* one message per relay read, most of the time */
+			if (p->paced && i % 4 == 0)
+				usleep(200);
 			pattern_fill(p->seed, p->done, buf, n);
 			ssize_t w = send(p->fd, buf, n, MSG_NOSIGNAL);
 			if (w < 0) {
@@ -231,14 +245,20 @@ static void *pump_main(void *arg)
 	return NULL;
 }
 
-static void pump_start(struct pump *p, int fd, bool write, uint64_t seed, uint64_t len)
+static void pump_begin(struct pump *p, int fd, bool write, bool paced, uint64_t seed, uint64_t len)
 {
 	memset(p, 0, sizeof(*p));
 	p->fd = fd;
 	p->write = write;
+	p->paced = paced;
 	p->seed = seed;
 	p->len = len;
 	assert_int_equal(pthread_create(&p->thread, NULL, pump_main, p), 0);
+}
+
+static void pump_start(struct pump *p, int fd, bool write, uint64_t seed, uint64_t len)
+{
+	pump_begin(p, fd, write, false, seed, len);
 }
 
 static void pump_join(struct pump *p)
@@ -379,6 +399,82 @@ static void test_tcp_reset_propagates(void **state)
 	assert_int_equal(n, 0);
 	wait_streams(0);
 	close(ch.server);
+}
+
+/* Small writes that reach the relay one by one take its copy path (recv + send), large
+ * ones its splice path; a destination that stops reading leaves a copied message half
+ * sent, and its rest must wait in the pipe ahead of everything read later. A writer of
+ * paced messages of mixed sizes, a reader that starts late on small socket buffers:
+ * the stream must arrive whole and in order, in both directions. */
+static void set_buffer(int fd, int opt, int size)
+{
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size)), 0);
+}
+
+/* The reader at rfd half-closes too: the relay closes the pair by itself. */
+static void end_both(int rfd, int app, int server)
+{
+	shutdown(rfd, SHUT_WR);
+	wait_streams(0);
+	close(app);
+	close(server);
+}
+
+static void test_tcp_mixed_sizes_slow_reader(void **state)
+{
+	struct relay *r = *state;
+	for (int dir = 0; dir < 2; dir++) {
+		int app, client_side, remote_side, server;
+		tcp_pair(&app, &client_side);
+		tcp_pair(&remote_side, &server);
+		/* the relay's sends hit a full destination early and often (a window
+		 * small enough to fill, big enough not to stall on silly-window rules) */
+		set_buffer(dir ? client_side : remote_side, SO_SNDBUF, 4096);
+		set_buffer(dir ? app : server, SO_RCVBUF, 65536);
+		struct hm_err err;
+		assert_int_equal(relay_add_tcp(r, client_side, remote_side, &err), 0);
+		int wfd = dir ? server : app, rfd = dir ? app : server;
+		/* bytes lost on the way must fail the test, not hang it */
+		struct timeval tv = {.tv_sec = 20};
+		assert_int_equal(setsockopt(rfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+		assert_int_equal(setsockopt(wfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)), 0);
+		const uint64_t size = 4 << 20;
+		struct pump w, rd;
+		pump_begin(&w, wfd, true, true, 77 + (uint64_t)dir, size);
+		usleep(300000);
+		pump_start(&rd, rfd, false, 77 + (uint64_t)dir, 0);
+		pump_join(&w);
+		pump_join(&rd);
+		assert_int_equal(w.error, 0);
+		assert_int_equal(rd.error, 0);
+		assert_int_equal(rd.done, size);
+		assert_int_equal(rd.crc, rd.want_crc);
+		/* the other direction still ends cleanly */
+		end_both(rfd, app, server);
+	}
+}
+
+/* Bytes and the EOF behind them are queued before the relay first reads: the read of
+ * the bytes comes back short, yet the EOF is still owed and must be passed on (no new
+ * edge will announce it). */
+static void test_tcp_data_and_eof_already_queued(void **state)
+{
+	struct relay *r = *state;
+	for (int dir = 0; dir < 2; dir++) {
+		int app, client_side, remote_side, server;
+		tcp_pair(&app, &client_side);
+		tcp_pair(&remote_side, &server);
+		int wfd = dir ? server : app, rfd = dir ? app : server;
+		assert_int_equal(send(wfd, "queued", 6, 0), 6);
+		assert_int_equal(shutdown(wfd, SHUT_WR), 0);
+		usleep(20000); /* both have arrived at the relay's socket */
+		struct hm_err err;
+		assert_int_equal(relay_add_tcp(r, client_side, remote_side, &err), 0);
+		char buf[16];
+		assert_int_equal(read_all_timeout(rfd, buf, sizeof(buf), 5000), 6);
+		assert_memory_equal(buf, "queued", 6);
+		end_both(rfd, app, server);
+	}
 }
 
 /* 200 connections through one relay at once, driven by one poll loop. */
@@ -1066,6 +1162,10 @@ int main(void)
 					    relay_teardown),
 	    cmocka_unit_test_setup_teardown(test_tcp_half_close, relay_setup, relay_teardown),
 	    cmocka_unit_test_setup_teardown(test_tcp_reset_propagates, relay_setup, relay_teardown),
+	    cmocka_unit_test_setup_teardown(test_tcp_mixed_sizes_slow_reader, relay_setup,
+					    relay_teardown),
+	    cmocka_unit_test_setup_teardown(test_tcp_data_and_eof_already_queued, relay_setup,
+					    relay_teardown),
 	    cmocka_unit_test_setup_teardown(test_tcp_200_parallel, relay_setup, relay_teardown),
 	    cmocka_unit_test_setup_teardown(test_udp_round_trip, relay_setup, relay_teardown),
 	    cmocka_unit_test_setup_teardown(test_udp_v6_and_mapped, relay_setup, relay_teardown),
