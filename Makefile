@@ -133,7 +133,7 @@ $(BUILD)/tests/agent_e2e: $(AGENT_E2E_OBJ) $(foreach m,$(LIBS_agent_e2e),$($(m)_
 # no sanitizers: they do not link statically, and a pod has no libasan
 $(APPS_C): $(BUILD)/tests/%: tests/apps-c/%.c
 	@mkdir -p $(@D)
-	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -static -o $@ $<
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -static -o $@ $<
 
 # static Go test apps (CGO_ENABLED=0): the case an LD_PRELOAD tool cannot see
 $(BUILD)/apps/%: tests/apps/%/main.go

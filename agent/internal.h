@@ -610,8 +610,8 @@ const char *http_reader_error(const struct http_reader *r);
  * PCRE2, case-insensitive, unanchored (as mirrord's), with match, depth and heap limits
  * so that a hostile one costs bounded CPU: a match that hits a limit counts as no
  * match, and so does a filter that has used its time for the request (1 ms: the
- * router's one thread serves every session). Unknown keys, empty lists, wrong types and bad regexes are errors naming the
- * key ("http_filter.all_of[1].header: bad regex ..."). */
+ * router's one thread serves every session). Unknown keys, empty lists, wrong types and bad regexes
+ * are errors naming the key ("http_filter.all_of[1].header: bad regex ..."). */
 #define HTTP_FILTER_JSON_MAX 16384
 #define HTTP_FILTER_DEPTH_MAX 8 /* nesting of all_of / any_of */
 #define HTTP_FILTER_NODES_MAX 64
@@ -638,10 +638,10 @@ int http_filter_pick(struct http_filter *const *filters, size_t n, const struct 
  * tunnel. A request head over HTTP_HEAD_MAX (or HTTP_HEADERS_MAX headers) gets
  * "431 Request Header Fields Too Large" and the connection is closed; broken HTTP after
  * the first request closes it (reset). */
-#define HTTP_ROUTER_CONNS_MAX 4096  /* connections at once (more are refused); at most 4096 */
+#define HTTP_ROUTER_CONNS_MAX 4096	/* connections at once (more are refused); at most 4096 */
 #define HTTP_ROUTER_PORT_CONNS_MAX 1024 /* ... of one port */
-#define HTTP_ROUTER_PIPELINE_MAX 32 /* requests awaiting their response per connection */
-#define HTTP_ROUTER_UPSTREAMS_MAX 8 /* the pod + subscriptions used by one connection */
+#define HTTP_ROUTER_PIPELINE_MAX 32	/* requests awaiting their response per connection */
+#define HTTP_ROUTER_UPSTREAMS_MAX 8	/* the pod + subscriptions used by one connection */
 struct http_router_ops {
 	/* The subscription a request head goes to; 0: the pod's own server. */
 	uint32_t (*route)(void *ctx, void *conn, const struct http_request *req);

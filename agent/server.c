@@ -43,7 +43,7 @@
  * reading must not hold them (the mirror engine's ring buffers overflow meanwhile, and
  * every mirrored connection of the agent is lost) */
 #define EVENT_STALL_MS 200
-#define DRAIN_MS 500	    /* reading leftovers before close, so TCP sends no RST */
+#define DRAIN_MS 500 /* reading leftovers before close, so TCP sends no RST */
 #define SHUTDOWN_WAIT_MS 10000
 #define THREAD_STACK (256u << 10)
 #define FRAME_CHARGE_MIN (64u << 10) /* smaller requests are not counted */

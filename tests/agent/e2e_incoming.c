@@ -617,8 +617,8 @@ static int cmd_mirror_netns(struct e2e_ctx *ctx, int argc, char **argv)
 		fds[i] = c.fd;
 		uint32_t sub;
 		char note[PROTO_MSG_MAX];
-		if (e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_MIRROR, 0, NULL, &sub, note,
-				      sizeof(note), &err) == 0)
+		if (e2e_ctl_subscribe(&c, (uint16_t)port, PROTO_INCOMING_MIRROR, 0, NULL, &sub,
+				      note, sizeof(note), &err) == 0)
 			accepted++;
 		else if (err.code != want_errno)
 			rc = e2e_fail("mirror port %d of %s: %s (%s), expected %s", port, target,
@@ -635,8 +635,8 @@ static int cmd_mirror_netns(struct e2e_ctx *ctx, int argc, char **argv)
 		return rc;
 	if (accepted != want_ok)
 		return e2e_fail("%d mirrors accepted, expected %d", accepted, want_ok);
-	return e2e_ok("%d of %d network namespaces mirrored, the others refused with %s",
-		      accepted, n, argv[3]);
+	return e2e_ok("%d of %d network namespaces mirrored, the others refused with %s", accepted,
+		      n, argv[3]);
 }
 
 /* mirror-stall PORT READY_FILE SECONDS: a session mirrors PORT and then reads nothing

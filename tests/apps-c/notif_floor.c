@@ -28,17 +28,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
-#endif
+#include "tracer/engine/seccomp_compat.h"
 
 static const int path_syscalls[] = {
-    SYS_open,	 SYS_openat,	  SYS_openat2,	 SYS_creat,    SYS_stat,      SYS_lstat,
-    SYS_newfstatat, SYS_statx,	  SYS_access,	 SYS_faccessat, SYS_faccessat2, SYS_readlink,
-    SYS_readlinkat, SYS_execve,	  SYS_execveat,
+    SYS_open,	    SYS_openat,	    SYS_openat2,    SYS_creat,	SYS_stat,
+    SYS_lstat,	    SYS_newfstatat, SYS_statx,	    SYS_access, SYS_faccessat,
+    SYS_faccessat2, SYS_readlink,   SYS_readlinkat, SYS_execve, SYS_execveat,
 };
 
 static int send_fd(int sock, int fd)
@@ -123,8 +118,7 @@ static void answer(int listener, const struct seccomp_notif *req, const char *ad
 				return;
 		}
 	}
-	struct seccomp_notif_resp resp = {.id = req->id,
-					  .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+	struct seccomp_notif_resp resp = {.id = req->id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
 	ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp); /* fails only if the call is gone */
 }
 

@@ -329,8 +329,11 @@ static void test_log_escapes_control_characters(void **state)
 {
 	(void)state;
 	char out[256];
-	assert_string_equal(hm_printable("a\x1b]0;x\x07" "b\tc\nd\x7f" "\xc2\x9b" "6n é", out,
-					 sizeof(out)),
+	assert_string_equal(hm_printable("a\x1b]0;x\x07"
+					 "b\tc\nd\x7f"
+					 "\xc2\x9b"
+					 "6n é",
+					 out, sizeof(out)),
 			    "a\\x1b]0;x\\x07b\tc\\x0ad\\x7f\\xc2\\x9b6n é");
 	/* cut at a whole character, always terminated */
 	assert_string_equal(hm_printable("ab\x1b", out, 6), "ab");

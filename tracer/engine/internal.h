@@ -27,21 +27,7 @@
 #error "trace-run: only x86-64 is supported so far (add a syscall table and ptrace regs)"
 #endif
 
-/* seccomp features newer than some build machines' headers (the probe checks the
- * running kernel) */
-#include <linux/seccomp.h>
-#ifndef SECCOMP_ADDFD_FLAG_SEND
-#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
-#endif
-#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
-#endif
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
-#endif
+#include "tracer/engine/seccomp_compat.h"
 
 /* every native syscall number is below this (x86-64 is at ~470 in 2025) */
 #define TRACER_NR_MAX 1024

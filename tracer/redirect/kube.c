@@ -181,8 +181,8 @@ int trace_agents_main(int argc, char **argv)
 		else if (!token[0] ||
 			 agent_version(k, a, token, version, sizeof(version), &verr) < 0)
 			rc = TRACER_EXIT_AGENT_DOWN;
-		hm_print_line(stdout, "%-24s %-32s %-6s %s", a->node[0] ? a->node : "<none>", a->pod,
-		       a->ready ? "yes" : "no", version);
+		hm_print_line(stdout, "%-24s %-32s %-6s %s", a->node[0] ? a->node : "<none>",
+			      a->pod, a->ready ? "yes" : "no", version);
 		if (a->ready && verr.msg[0])
 			hm_print_line(stderr, PROG ": agent on node %s: %s", a->node, verr.msg);
 	}

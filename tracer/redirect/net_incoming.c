@@ -417,8 +417,8 @@ static struct tracer_result subscribe_finish(struct net_job *job, const struct t
 		if (!st->s->quiet)
 			hm_print_line(stderr,
 				      "trace-run: port %u of %s is %s the program (port %u)%s%s",
-				sj->port, target, mode_to(sj->mode), local_port,
-				sj->note[0] ? ": " : "", sj->note);
+				      sj->port, target, mode_to(sj->mode), local_port,
+				      sj->note[0] ? ": " : "", sj->note);
 		return tracer_return(0);
 	}
 	if (job->err.code == EADDRINUSE && sj->mode == PROTO_INCOMING_STEAL &&
@@ -427,14 +427,14 @@ static struct tracer_result subscribe_finish(struct net_job *job, const struct t
 		hm_print_line(stderr,
 			      "trace-run: cannot steal port %u of %s: %s (on_concurrent_steal is "
 			      "abort: ending the program)",
-			sj->port, target, agent_words(&job->err));
+			      sj->port, target, agent_words(&job->err));
 		st->s->abort_exit = TRACER_EXIT_FAILURE;
 		tracer_terminate(st->s->tracer, SIGKILL);
 		return tracer_error(EADDRINUSE);
 	}
 	/* the program still listens locally; it just gets nothing from the target */
 	hm_print_line(stderr, "trace-run: port %u of %s is not %s: %s", sj->port, target,
-		mode_name(sj->mode), agent_words(&job->err));
+		      mode_name(sj->mode), agent_words(&job->err));
 	return tracer_return(0);
 }
 
