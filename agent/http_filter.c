@@ -20,10 +20,15 @@
 /* What matching one request may cost a filter in all: the router's one thread serves
  * every filtered connection of every session, and the per-match limits above multiply
  * by regexes x headers x subscriptions (64 x 128 x 64 matches of up to a few ms each:
- * half an hour of that thread for one request). A legitimate filter takes
- * microseconds; past this (and the match running then), the filter does not match.
- * With AGENT_INCOMING_MAX_PORT_SUBS filters, a request costs at most ~0.1 s. */
-#define FILTER_BUDGET_NS (1000ull * 1000)
+ * half an hour of that thread for one request). A legitimate filter takes microseconds.
+ * So a filter is spent for the rest of a request (what is left of it counts as no
+ * match) once one of its regexes hits a per-match limit, or once matching that request
+ * has taken FILTER_CPU_BUDGET_NS of the thread's CPU time (looked at every
+ * FILTER_CPU_CHECK_EVERY matches). CPU time, not the clock: a router preempted on a busy
+ * machine must not route a legitimate request elsewhere. With AGENT_INCOMING_MAX_PORT_SUBS
+ * filters, a request costs at most ~0.15 s. */
+#define FILTER_CPU_BUDGET_NS (2000ull * 1000)
+#define FILTER_CPU_CHECK_EVERY 16
 
 enum node_kind { NODE_HEADER, NODE_PATH, NODE_METHOD, NODE_ALL_OF, NODE_ANY_OF };
 
@@ -283,13 +288,21 @@ int http_filter_parse(const char *json, size_t len, struct http_filter **out, st
 
 /* ---- matching ---- */
 
-/* One filter's matching of one request: once past its deadline, every regex of that
- * filter left counts as no match. */
+/* One filter's matching of one request (see FILTER_CPU_BUDGET_NS) */
 struct match_budget {
 	pcre2_match_data *md;
-	uint64_t deadline_ns;
+	uint64_t cpu_deadline_ns;
+	unsigned matches;
 	bool spent;
 };
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
+		return UINT64_MAX; /* cannot tell: spent, the safe side */
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static bool regex_finds(const struct http_filter *f, const char *s, size_t len,
 			struct match_budget *b)
@@ -298,9 +311,13 @@ static bool regex_finds(const struct http_filter *f, const char *s, size_t len,
 		return false;
 	int rc = pcre2_match(f->re, (PCRE2_SPTR)s, len, 0, 0, b->md, f->mctx);
 	if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
-	    rc == PCRE2_ERROR_HEAPLIMIT)
-		hm_debug("http filter: a regex hit its match limit; counted as no match");
-	if (rc < 0 && hm_now_ns() >= b->deadline_ns) {
+	    rc == PCRE2_ERROR_HEAPLIMIT) {
+		b->spent = true;
+		hm_debug("http filter: a regex hit its match limit; the rest of the filter counts "
+			 "as no match for this request");
+		return false;
+	}
+	if (++b->matches % FILTER_CPU_CHECK_EVERY == 0 && thread_cpu_ns() >= b->cpu_deadline_ns) {
 		b->spent = true;
 		hm_debug("http filter: out of matching time for this request; the rest of the "
 			 "filter counts as no match");
@@ -386,7 +403,7 @@ static bool node_matches(const struct http_filter *f, const struct http_request 
 bool http_filter_match(const struct http_filter *f, const struct http_request *req)
 {
 	struct match_budget b = {.md = pcre2_match_data_create(1, NULL),
-				 .deadline_ns = hm_now_ns() + FILTER_BUDGET_NS};
+				 .cpu_deadline_ns = thread_cpu_ns() + FILTER_CPU_BUDGET_NS};
 	if (!b.md)
 		return false;
 	bool hit = node_matches(f, req, &b);

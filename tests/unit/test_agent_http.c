@@ -217,7 +217,9 @@ static void test_pick_hostile_filters_are_bounded_in_all(void **state)
 	for (int i = 0; i <= HOSTILE; i++)
 		http_filter_free(f[i]);
 	assert_int_equal(pick, HOSTILE);
-	assert_true(ms < 200);
+	/* unbounded, this is 8 x 63 x 128 matches at their limit: ~40 s here, half an hour
+	 * under valgrind; bounded, ~5 ms here, a quarter of a second under valgrind */
+	assert_true(ms < 5000);
 }
 
 static void test_pick(void **state)
