@@ -33,10 +33,10 @@ struct agent_http_steal {
 	 * after destroy) */
 	pthread_mutex_t lock;
 	unsigned refs;
-	/* the opener thread and its queue (under lock) */
+	/* the opener thread and its queue of jobs, oldest first (under lock) */
 	pthread_t opener;
 	pthread_cond_t wake;
-	struct open_job *todo, *todo_tail;
+	struct open_job *jobs, *jobs_tail;
 	bool stop;
 };
 
@@ -206,14 +206,14 @@ static void *opener_main(void *arg)
 	struct agent_http_steal *s = arg;
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
-		while (!s->todo && !s->stop)
+		while (!s->jobs && !s->stop)
 			pthread_cond_wait(&s->wake, &s->lock);
 		if (s->stop)
 			break;
-		struct open_job *job = s->todo;
-		s->todo = job->next;
-		if (!s->todo)
-			s->todo_tail = NULL;
+		struct open_job *job = s->jobs;
+		s->jobs = job->next;
+		if (!s->jobs)
+			s->jobs_tail = NULL;
 		pthread_mutex_unlock(&s->lock);
 		if (job->sub)
 			offer(s, job);
@@ -239,11 +239,11 @@ static int queue_open(struct agent_http_steal *s, struct steal_conn *c, uint32_t
 				 .sub = sub,
 				 .ticket = ticket};
 	pthread_mutex_lock(&s->lock);
-	if (s->todo_tail)
-		s->todo_tail->next = job;
+	if (s->jobs_tail)
+		s->jobs_tail->next = job;
 	else
-		s->todo = job;
-	s->todo_tail = job;
+		s->jobs = job;
+	s->jobs_tail = job;
 	pthread_cond_signal(&s->wake);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
@@ -324,9 +324,9 @@ void agent_http_steal_destroy(struct agent_http_steal *s)
 	pthread_cond_signal(&s->wake);
 	pthread_mutex_unlock(&s->lock);
 	pthread_join(s->opener, NULL);
-	while (s->todo) {
-		struct open_job *job = s->todo;
-		s->todo = job->next;
+	while (s->jobs) {
+		struct open_job *job = s->jobs;
+		s->jobs = job->next;
 		agent_incoming_port_put(job->port);
 		free(job);
 	}
