@@ -141,17 +141,6 @@ static void take(struct agent_budget_account *a, enum agent_budget_res res, uint
 		b->peak[res] = b->used[res];
 }
 
-static void deadline_after(struct timespec *ts, int ms)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000;
-	if (ts->tv_nsec >= 1000000000) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000;
-	}
-}
-
 /* Call with the lock held. */
 static void unqueue(struct agent_budget *b, struct waiter *w)
 {
@@ -194,7 +183,7 @@ int agent_budget_reserve(struct agent_budget_account *a, enum agent_budget_res r
 			b->waiters = &w;
 		b->waiters_tail = &w;
 		struct timespec until;
-		deadline_after(&until, wait_ms);
+		hm_realtime_in(&until, wait_ms);
 		int t = 0;
 		while (!b->stopping && t != ETIMEDOUT &&
 		       (b->waiters != &w || !fits(b->used[res], n, global)))

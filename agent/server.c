@@ -159,13 +159,7 @@ static int send_bytes(struct conn *c, const uint8_t *p, size_t len, int stall_ms
 static int lock_within(pthread_mutex_t *lock, int ms)
 {
 	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
+	hm_realtime_in(&until, ms);
 	return pthread_mutex_timedlock(lock, &until);
 }
 
@@ -1369,8 +1363,7 @@ static void destroy_services(struct server *srv)
 static int wait_connections_gone(struct server *srv)
 {
 	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += SHUTDOWN_WAIT_MS / 1000;
+	hm_realtime_in(&until, SHUTDOWN_WAIT_MS);
 	int rc = 0;
 	pthread_mutex_lock(&srv->lock);
 	while (srv->nconns > 0 && rc != ETIMEDOUT)

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
+#include <time.h>
 
 #define HM_ERR_MSG_MAX 1024
 
@@ -93,6 +94,8 @@ int64_t hm_now_ms(void); /* CLOCK_MONOTONIC */
 int64_t hm_deadline_in(int64_t timeout_ms);
 /* What is left until deadline_ms as a poll(2) timeout: 0 once passed, -1 for none. */
 int hm_ms_until(int64_t deadline_ms);
+/* The absolute CLOCK_REALTIME time ms from now, as pthread_*_timed* take it. */
+void hm_realtime_in(struct timespec *ts, int ms);
 /* Wait until fd reports one of events or deadline_ms passes, retrying EINTR with the time
  * left. Returns the revents (> 0), 0 at the deadline, -1 with errno when poll fails.
  * A passed deadline still looks once, so a ready fd is reported. */

@@ -17,6 +17,17 @@ int64_t hm_deadline_in(int64_t timeout_ms)
 	return timeout_ms < 0 ? HM_NO_DEADLINE : hm_now_ms() + timeout_ms;
 }
 
+void hm_realtime_in(struct timespec *ts, int ms)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
 int hm_ms_until(int64_t deadline_ms)
 {
 	if (deadline_ms < 0)
