@@ -27,10 +27,11 @@
  * sees and a message naming the trace-agent flag: sessions EUSERS; streams EMFILE
  * (this session's) or ENFILE (the agent's); reply memory ENOBUFS; connects EAGAIN.
  * Streams count from the reply that opens them (an unclaimed token) to the relay's
- * close. Reply memory is the only resource a request waits for (in arrival order). */
+ * close, or to the close by the mirror or the HTTP router of a stream they were handed.
+ * Reply memory is the only resource a request waits for (in arrival order). */
 enum agent_budget_res {
 	AGENT_RES_SESSIONS,
-	AGENT_RES_STREAMS,  /* unclaimed stream tokens and relayed streams */
+	AGENT_RES_STREAMS,  /* unclaimed tokens; streams relayed, or held by mirror/router */
 	AGENT_RES_BYTES,    /* memory held by replies being built or sent */
 	AGENT_RES_CONNECTS, /* TCP connects in progress, a socket each */
 	AGENT_RES_COUNT

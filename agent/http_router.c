@@ -48,6 +48,7 @@ struct upstream {
 	unsigned pending; /* requests in the queue for it */
 	bool eof;	  /* it closed its side */
 	bool shut;	  /* we closed ours (raw tunnel) */
+	struct relay_release release; /* run when fd closes: a session's stream budget */
 };
 
 enum entry_kind { ENTRY_RESPONSE, ENTRY_431 };
@@ -88,6 +89,7 @@ struct msg {
 	int fd;
 	uint64_t ticket;
 	void *ctx;
+	struct relay_release release; /* MSG_STREAM: fd's */
 	struct msg *next;
 };
 
@@ -155,6 +157,7 @@ static void upstream_close(struct conn *c, struct upstream *u)
 		close(u->fd);
 	}
 	u->fd = -1;
+	agent_release_run(&u->release); /* conn_free may have closed fd already */
 	u->state = UP_NONE;
 	u->in_len = u->in_parsed = 0;
 	u->eof = u->shut = false;
@@ -716,7 +719,8 @@ static void conn_start(struct http_router *r, struct msg *m)
 	drive(c);
 }
 
-static void stream_arrived(struct http_router *r, uint64_t ticket, int fd)
+static void stream_arrived(struct http_router *r, uint64_t ticket, int fd,
+			   struct relay_release release)
 {
 	uint32_t gen = (uint32_t)(ticket >> 32), slot = (uint32_t)(ticket >> 20) & 0xfff;
 	uint32_t opens = (uint32_t)(ticket >> 8) & 0xfff;
@@ -726,6 +730,7 @@ static void stream_arrived(struct http_router *r, uint64_t ticket, int fd)
 	    c->up[up].state != UP_OPENING || (c->up[up].opens & 0xfff) != opens) {
 		if (fd >= 0)
 			close(fd);
+		agent_release_run(&release);
 		return;
 	}
 	struct upstream *u = &c->up[up];
@@ -734,6 +739,7 @@ static void stream_arrived(struct http_router *r, uint64_t ticket, int fd)
 	} else {
 		set_nonblock(fd);
 		u->fd = fd;
+		u->release = release;
 		u->state = UP_READY;
 		watch_fd(c, fd, &u->w);
 	}
@@ -763,7 +769,7 @@ static void take_inbox(struct http_router *r)
 		if (m->kind == MSG_ADD)
 			conn_start(r, m);
 		else
-			stream_arrived(r, m->ticket, m->fd);
+			stream_arrived(r, m->ticket, m->fd, m->release);
 		free(m);
 		m = next;
 	}
@@ -869,6 +875,7 @@ void http_router_destroy(struct http_router *r)
 		struct msg *next = m->next;
 		if (m->fd >= 0)
 			close_reset(m->fd);
+		agent_release_run(&m->release);
 		if (m->kind == MSG_ADD) {
 			atomic_fetch_sub(&r->count, 1);
 			r->ops->closed(r->ctx, m->ctx);
@@ -905,16 +912,19 @@ int http_router_add(struct http_router *r, int client_fd, void *conn, struct hm_
 	return 0;
 }
 
-void http_router_stream_ready(struct http_router *r, uint64_t ticket, int fd)
+void http_router_stream_ready(struct http_router *r, uint64_t ticket, int fd,
+			      const struct relay_release *release)
 {
+	struct relay_release rel = release ? *release : (struct relay_release){0};
 	struct msg *m = calloc(1, sizeof(*m));
 	if (!m) {
 		if (fd >= 0)
 			close(fd);
+		agent_release_run(&rel);
 		/* the connection then waits for a stream that never comes; its client
 		 * times out. Only under memory exhaustion. */
 		return;
 	}
-	*m = (struct msg){.kind = MSG_STREAM, .fd = fd, .ticket = ticket};
+	*m = (struct msg){.kind = MSG_STREAM, .fd = fd, .ticket = ticket, .release = rel};
 	post(r, m);
 }

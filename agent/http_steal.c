@@ -142,15 +142,18 @@ static uint32_t route(void *ctx, void *conn, const struct http_request *req)
 	return id;
 }
 
-static void claimed(void *arg, int fd)
+static void claimed(void *arg, int fd, const struct relay_release *release)
 {
 	struct offer_ctx *o = arg;
 	struct agent_http_steal *s = o->s;
+	struct relay_release rel = release ? *release : (struct relay_release){0};
 	pthread_mutex_lock(&s->lock);
-	if (s->router)
-		http_router_stream_ready(s->router, o->ticket, fd);
-	else if (fd >= 0)
+	if (s->router) {
+		http_router_stream_ready(s->router, o->ticket, fd, &rel);
+	} else if (fd >= 0) {
 		close(fd);
+		agent_release_run(&rel);
+	}
 	pthread_mutex_unlock(&s->lock);
 	free(o);
 	steal_put(s);
@@ -180,7 +183,7 @@ static void offer(struct agent_http_steal *s, const struct open_job *job)
 		/* gone since the request matched (or no memory): the pod answers */
 		pthread_mutex_lock(&s->lock);
 		if (s->router)
-			http_router_stream_ready(s->router, job->ticket, -1);
+			http_router_stream_ready(s->router, job->ticket, -1, NULL);
 		pthread_mutex_unlock(&s->lock);
 	}
 	subs_put(&subs);
@@ -195,7 +198,7 @@ static void connect_pod(struct agent_http_steal *s, const struct open_job *job)
 		hm_debug("incoming: filtered connection: %s", err.msg);
 	pthread_mutex_lock(&s->lock);
 	if (s->router)
-		http_router_stream_ready(s->router, job->ticket, fd);
+		http_router_stream_ready(s->router, job->ticket, fd, NULL);
 	else if (fd >= 0)
 		close(fd);
 	pthread_mutex_unlock(&s->lock);

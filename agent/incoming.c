@@ -388,7 +388,7 @@ static void unpark(struct agent_incoming_sub *sub, const uint8_t token[PROTO_TOK
 	if (ps.fd >= 0)
 		close(ps.fd);
 	if (ps.claimed)
-		ps.claimed(ps.claimed_ctx, -1);
+		ps.claimed(ps.claimed_ctx, -1, NULL);
 	agent_budget_stream_closed(ps.account);
 }
 
@@ -400,7 +400,7 @@ int agent_incoming_offer(struct agent_incoming_sub *sub, const struct proto_addr
 	struct agent_incoming_session *s = sub->sess;
 	if (agent_streams_add_handoff(sub->port->reg->streams, s->id, s->account, claimed, ctx,
 				      token, err) < 0) {
-		claimed(ctx, -1);
+		claimed(ctx, -1, NULL);
 		return -1;
 	}
 	if (send_connection_event(sub, token, client, server, err) < 0) {

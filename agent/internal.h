@@ -183,8 +183,20 @@ void agent_env_release(struct agent_env *e);
  * asked for them ends. */
 /* A handoff's receiver (agent_streams_add_handoff): fd is the client's stream
  * connection (O_NONBLOCK, O_CLOEXEC, the callee's), -1 when the token expired or its
- * session ended unclaimed. Called once, from any thread, without locks held. */
-typedef void (*agent_stream_claimed_fn)(void *ctx, int fd);
+ * session ended unclaimed. Called once, from any thread, without locks held.
+ * With an fd comes release (NULL with -1): the fd keeps holding one stream of its
+ * session's budget, so that what the mirror and the HTTP router hold for a session is
+ * bounded by --max-session-streams; the callee keeps a copy and runs it
+ * (agent_release_run) exactly once, when it closes fd, on every path. */
+typedef void (*agent_stream_claimed_fn)(void *ctx, int fd, const struct relay_release *release);
+/* Run a release hook once: it is cleared, so a second call does nothing. */
+static inline void agent_release_run(struct relay_release *release)
+{
+	void (*fn)(void *) = release->fn;
+	release->fn = NULL;
+	if (fn)
+		fn(release->arg);
+}
 struct agent_pending_stream {
 	enum relay_kind kind;
 	int fd;		     /* TCP or UDP socket in the pod's netns, or the file */
@@ -211,8 +223,9 @@ int agent_streams_add(struct agent_streams *s, uint64_t session_id,
 		      struct agent_budget_account *account, enum relay_kind kind, int fd,
 		      uint64_t size, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
 /* Park a handoff: whoever claims the token gets its stream connection through
- * claimed(ctx, fd) (see agent_stream_claimed_fn). Reserves one stream of account's
- * budget until the claim (or the end). On failure claimed is not called. */
+ * claimed(ctx, fd, release) (see agent_stream_claimed_fn). Reserves one stream of
+ * account's budget until claimed's callee closes the stream (or the token ends
+ * unclaimed). On failure claimed is not called. */
 int agent_streams_add_handoff(struct agent_streams *s, uint64_t session_id,
 			      struct agent_budget_account *account, agent_stream_claimed_fn claimed,
 			      void *ctx, uint8_t token[PROTO_TOKEN_LEN], struct hm_err *err);
@@ -675,8 +688,10 @@ void http_router_destroy(struct http_router *r);
 int http_router_add(struct http_router *r, int client_fd, void *conn, struct hm_err *err);
 /* The stream open_local asked for, or the pod's socket open_pod left for later: fd
  * (owned, connected), or -1 when it will not come (a local request then goes to the
- * pod). Any thread; a ticket of a closed connection is fine. */
-void http_router_stream_ready(struct http_router *r, uint64_t ticket, int fd);
+ * pod). Any thread; a ticket of a closed connection is fine. release (may be NULL):
+ * run exactly once when the router closes fd, also when it never used it. */
+void http_router_stream_ready(struct http_router *r, uint64_t ticket, int fd,
+			      const struct relay_release *release);
 
 /* ---- http_steal.c: the router bound to the incoming core ----
  * Compiles the filters of steal subscriptions (agent_http_router_ops.filter_compile)

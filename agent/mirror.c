@@ -78,6 +78,10 @@ struct mirror_copy {
 	enum copy_state state;
 	int fd;
 	int claimed_fd; /* handed over by the claim, not yet taken by the engine */
+	struct relay_release claimed_release; /* ... with the stream's place in the budget */
+	/* the stream (fd, or claimed_fd until the engine takes it) counts for its session
+	 * until this runs, when the copy closes it */
+	struct relay_release release;
 	bool claim_done;
 	struct chunk *head, *tail;
 	size_t queued;
@@ -287,6 +291,7 @@ static void copy_kill(struct mirror_copy *cp)
 		copy_free_chunks(cp);
 		cp->state = COPY_DEAD;
 	}
+	agent_release_run(&cp->release);
 	copy_bury(cp);
 }
 
@@ -440,12 +445,14 @@ static void flush_dirty(struct agent_mirror *m)
 }
 
 /* The stream claim (streams.c), from any thread: queue it for the engine. */
-static void copy_claimed(void *ctx, int fd)
+static void copy_claimed(void *ctx, int fd, const struct relay_release *release)
 {
 	struct mirror_copy *cp = ctx;
 	struct agent_mirror *m = cp->m;
 	pthread_mutex_lock(&m->claim_lock);
 	cp->claimed_fd = fd;
+	if (release)
+		cp->claimed_release = *release;
 	cp->claimed_next = m->claimed;
 	m->claimed = cp;
 	pthread_mutex_unlock(&m->claim_lock);
@@ -484,10 +491,11 @@ static void reap(struct agent_mirror *m)
 static void take_claim(struct mirror_copy *cp)
 {
 	cp->claim_done = true;
+	cp->release = cp->claimed_release;
 	if (cp->claimed_fd < 0 || cp->state == COPY_DEAD) {
 		if (cp->claimed_fd >= 0)
 			close(cp->claimed_fd);
-		copy_kill(cp);
+		copy_kill(cp); /* releases the stream, also when the copy died before */
 		return;
 	}
 	cp->fd = cp->claimed_fd;

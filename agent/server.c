@@ -940,12 +940,15 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 	}
 	r.stream_hello_reply.reason = "";
 	if (ps.claimed) {
-		/* a handoff: its owner (mirror, HTTP router) serves the stream itself */
-		if (conn_send(c, 0, &r) < 0)
-			ps.claimed(ps.claimed_ctx, -1);
-		else
-			ps.claimed(ps.claimed_ctx, hm_steal_fd(&c->fd));
-		agent_budget_stream_closed(ps.account);
+		/* a handoff: its owner (mirror, HTTP router) serves the stream itself, and the
+		 * stream counts for its session until the owner closes it */
+		struct relay_release owner_release = {agent_budget_stream_closed, ps.account};
+		if (conn_send(c, 0, &r) < 0) {
+			ps.claimed(ps.claimed_ctx, -1, NULL);
+			agent_budget_stream_closed(ps.account);
+		} else {
+			ps.claimed(ps.claimed_ctx, hm_steal_fd(&c->fd), &owner_release);
+		}
 		return;
 	}
 	if (ps.kind == RELAY_TCP && ps.passable && c->from.is_unix && c->from.has_cred &&

@@ -39,7 +39,7 @@ static void parked_free(struct parked *p)
 	if (p->obj.fd >= 0)
 		close(p->obj.fd);
 	if (p->obj.claimed)
-		p->obj.claimed(p->obj.claimed_ctx, -1);
+		p->obj.claimed(p->obj.claimed_ctx, -1, NULL);
 	if (p->obj.account)
 		agent_budget_stream_closed(p->obj.account);
 	explicit_bzero(p->token, sizeof(p->token));

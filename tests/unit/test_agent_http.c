@@ -295,6 +295,7 @@ struct harness {
 	bool refuse_local;
 	bool pod_later; /* open_pod answers through http_router_stream_ready */
 	int closed;
+	atomic_int local_released; /* local streams whose release the router ran */
 	struct http_router *router;
 	struct http_router_counters counters;
 	struct http_filter *filter; /* subscription 5's */
@@ -321,11 +322,17 @@ static int h_open_pod(void *ctx, void *conn, uint64_t ticket, int *fd, struct hm
 	pthread_mutex_unlock(&h->lock);
 	if (later) { /* as the agent does: connected by another thread */
 		*fd = -1;
-		http_router_stream_ready(h->router, ticket, sv[1]);
+		http_router_stream_ready(h->router, ticket, sv[1], NULL);
 	} else {
 		*fd = sv[1];
 	}
 	return 0;
+}
+
+static void h_local_released(void *arg)
+{
+	struct harness *h = arg;
+	atomic_fetch_add(&h->local_released, 1);
 }
 
 static int h_open_local(void *ctx, void *conn, uint32_t sub, uint64_t ticket, struct hm_err *err)
@@ -342,8 +349,10 @@ static int h_open_local(void *ctx, void *conn, uint32_t sub, uint64_t ticket, st
 	h->local_sub[h->n_local++] = sub;
 	pthread_cond_broadcast(&h->cond);
 	pthread_mutex_unlock(&h->lock);
-	/* as the session's claim does: later, from elsewhere */
-	http_router_stream_ready(h->router, ticket, sv[1]);
+	/* as the session's claim does: later, from elsewhere, holding a stream of the
+	 * session's budget until the router closes it */
+	struct relay_release release = {h_local_released, h};
+	http_router_stream_ready(h->router, ticket, sv[1], &release);
 	return 0;
 }
 
@@ -403,6 +412,8 @@ static void harness_free(struct harness *h, int client)
 	close(client);
 	http_router_destroy(h->router);
 	assert_int_equal(h->closed, 1);
+	/* every local stream went back to its session's budget, once */
+	assert_int_equal(atomic_load(&h->local_released), h->n_local);
 	for (int i = 0; i < h->n_pod; i++)
 		close(h->pod[i]);
 	for (int i = 0; i < h->n_local; i++)

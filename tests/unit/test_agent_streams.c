@@ -140,9 +140,10 @@ static void test_expiry(void **state)
 /* A handoff's callback runs exactly once: -1 when dropped or expired unclaimed; the
  * claimer calls it with the stream (here: by hand, as server.c does). */
 static int handoff_calls, handoff_fd;
-static void handoff_claimed(void *ctx, int fd)
+static void handoff_claimed(void *ctx, int fd, const struct relay_release *release)
 {
 	assert_ptr_equal(ctx, &handoff_calls);
+	assert_true((fd < 0) == (release == NULL)); /* a stream comes with its release */
 	handoff_calls++;
 	handoff_fd = fd;
 }
@@ -165,7 +166,8 @@ static void test_handoff(void **state)
 	assert_int_equal(handoff_calls, 0); /* the claimer's to call */
 	assert_ptr_equal(ps.claimed, handoff_claimed);
 	assert_int_equal(ps.fd, -1);
-	ps.claimed(ps.claimed_ctx, 42);
+	struct relay_release none = {0};
+	ps.claimed(ps.claimed_ctx, 42, &none);
 	assert_int_equal(handoff_calls, 1);
 	assert_int_equal(handoff_fd, 42);
 	agent_streams_drop_session(s, 2);
