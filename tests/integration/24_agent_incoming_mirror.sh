@@ -388,6 +388,77 @@ PY
 	mirror_stop victim
 }
 
+# budget_streams AGENT FIELD: the agent's streams budget, FIELD used or refused
+budget_streams() {
+	"$TRACE_AGENT" status --unix "$WORK/$1.sock" --token-file "$WORK/token" |
+		awk -v f="$2" '$1 == "streams" && NF == 5 {print (f == "used" ? $2 : $5)}'
+}
+streams_used_is() { [ "$(budget_streams "$1" used)" = "$2" ]; } # AGENT N
+
+# A claimed copy is a socket the agent holds for its session until the copy ends: it
+# counts against the session's stream budget (--max-session-streams) for all that time,
+# not only until the claim (then one session mirroring busy ports made the agent hold
+# 4096 x 64 sockets). 20 connections held open by the pod's clients (opened one by one,
+# each claimed before the next comes), a budget of 8: the session gets 8 copies, the
+# others are refused (mirror_lost); another session still gets its copies; the count
+# returns to 0 when the copies end.
+test_claimed_copies_count() {
+	on_exit agent_stop "$WORK" capped
+	agent_start "$WORK" capped --max-session-streams 8
+	mirror_start hog "$SINK_PORT" capped
+	rm -f "$WORK/hold.ready"
+	touch "$WORK/hold.go"
+	python3 - "$WEB_IP" "$SINK_PORT" "$WORK/hold.ready" "$WORK/hold.go" <<'PY' &
+import os, socket, sys, time
+socks = []
+for i in range(20):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.sendall(b"copy %d\n" % i)
+    socks.append(s)
+    time.sleep(0.2)  # one at a time: each copy is claimed before the next is offered
+open(sys.argv[3], "w").write("20\n")
+while os.path.exists(sys.argv[4]):
+    time.sleep(0.1)
+for s in socks:
+    s.close()
+PY
+	local holder=$!
+	echo "$holder" >"$WORK/holder.pid"
+	wait_until 100 test -s "$WORK/hold.ready" || fail "the pod's clients did not connect"
+	sleep 2 # every offer has been made by now (a copy is offered at its SYN)
+	local copies used refused lost
+	copies=$(find "$WORK/hog" -name '*.addr' | wc -l)
+	used=$(budget_streams capped used)
+	refused=$(budget_streams capped refused)
+	lost=$(status_field capped mirror_lost)
+	echo "20 connections held: $copies copies, streams used $used, refused $refused, mirror_lost $lost"
+	assert_eq 8 "$copies" "copies the session holds with a budget of 8 streams"
+	assert_eq 8 "$used" "streams counted while the copies are open"
+	[ "$refused" -ge 12 ] && [ "$lost" -ge 12 ] ||
+		fail "the 12 connections over the budget were not refused ($refused) and counted lost ($lost)"
+	grep -q 'not offered to subscription .*--max-session-streams' "$WORK/capped.log" ||
+		fail "no warning naming the limit: $(grep 'not offered' "$WORK/capped.log")"
+	# another session has its own budget: its copy comes, whole
+	mirror_start legit "$HTTP_PORT" capped
+	in_pod wget -q -O - "http://$WEB_IP:$HTTP_PORT/echo?i=legit" >/dev/null ||
+		fail "the pod does not answer"
+	wait_ends legit 1
+	assert_eq 0 "$(cat "$WORK/legit/1.end")" "the other session's copy"
+	grep -q 'i=legit' "$WORK/legit/1.data" || fail "the other session's copy is not the request"
+	# the clients close: the copies end and give their streams back
+	rm -f "$WORK/hold.go"
+	wait "$holder"
+	wait_ends hog 8
+	wait_until 50 streams_used_is capped 0 ||
+		fail "streams still counted after the copies ended: $(budget_streams capped used)"
+	# and the session gets copies again
+	in_pod tcp_sink send "$WEB_IP:$SINK_PORT" 1K >/dev/null || fail "tcp_sink send after the flood"
+	wait_ends hog 9
+	mirror_stop hog
+	mirror_stop legit
+	assert_eq 0 "$(budget_streams capped used)" "streams after the sessions ended"
+}
+
 run_test "mirror: 200 sequential wget requests copied whole, pod answers" test_sequential_requests
 run_test "mirror: 50 concurrent Go client connections" test_concurrent_go_clients
 run_test "mirror: 10 MiB upload arrives complete" test_upload_10mib
@@ -399,5 +470,6 @@ run_test "mirror: a slow subscriber's copy is reset, the other goes on" test_slo
 run_test "mirror: kill -9 of the agent, the next one removes its filters" test_kill9_filters_removed_by_next_agent
 run_test "mirror: network namespaces mirrored at once are limited per peer" test_mirrored_netns_per_peer
 run_test "mirror: a session that stopped reading delays no other session's copies" test_stalled_session_holds_no_one
+run_test "mirror: claimed copies count against the session's stream budget" test_claimed_copies_count
 
 agent_stop "$WORK" main
