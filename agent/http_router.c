@@ -45,9 +45,9 @@ struct upstream {
 	struct http_reader resp;
 	char *in;
 	size_t in_len, in_parsed;
-	unsigned pending; /* requests in the queue for it */
-	bool eof;	  /* it closed its side */
-	bool shut;	  /* we closed ours (raw tunnel) */
+	unsigned pending;	      /* requests in the queue for it */
+	bool eof;		      /* it closed its side */
+	bool shut;		      /* we closed ours (raw tunnel) */
 	struct relay_release release; /* run when fd closes: a session's stream budget */
 };
 

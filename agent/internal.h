@@ -743,6 +743,8 @@ struct agent_reasm_config {
 	size_t max_held_total;	 /* ... for all connections */
 	int64_t gap_timeout_ms;	 /* a hole older than this is lost */
 	int64_t idle_timeout_ms; /* a connection silent this long ends LOST (its FIN was lost) */
+	/* the connection hash's secret; {0, 0} (the agent's case): drawn from getrandom() */
+	uint64_t hash_key[2];
 	struct agent_reasm_ops ops;
 	void *ctx;
 };
@@ -762,6 +764,10 @@ void agent_reasm_lose(struct agent_reasm *r, const struct agent_tcp_segment *key
 void agent_reasm_drop_port(struct agent_reasm *r, uint16_t port);
 size_t agent_reasm_conns(const struct agent_reasm *r);
 size_t agent_reasm_held_bytes(const struct agent_reasm *r);
+/* The hash bucket a segment's connection goes to, and the longest chain of connections
+ * in one bucket (tests, and the bound a pod choosing its flows runs into). */
+size_t agent_reasm_bucket_of(const struct agent_reasm *r, const struct agent_tcp_segment *s);
+size_t agent_reasm_longest_chain(const struct agent_reasm *r);
 
 /* ---- mirror.c: the mirror engine (see the file comment) ----
  * Plugs into incoming.c through agent_mirror_ops (agent_incoming_set_mirror). Its

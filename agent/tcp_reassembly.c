@@ -1,11 +1,25 @@
 /* TCP reassembly of the client-to-server direction of mirrored connections. Sequence
  * numbers are compared as offsets from the next expected byte in 32-bit modular
- * arithmetic, so wrap-around needs no special case. */
+ * arithmetic, so wrap-around needs no special case.
+ *
+ * Connections are found by a hash of their 4-tuple. The pod's clients choose their
+ * ports (and a hostile pod its clients' addresses), so the hash is keyed with a secret
+ * drawn from getrandom() for each reassembly: with a public hash (FNV-1a, before) a
+ * pod could put all of its 4096 connections in one bucket and make every segment walk
+ * them all. A bucket's chain is also bounded (CHAIN_MAX): a connection that would go
+ * over it is not followed, so even a leaked key costs at most CHAIN_MAX comparisons
+ * per segment. */
+#include <sys/random.h>
 #include <string.h>
 
 #include "agent/internal.h"
 
-#define BUCKETS 1024
+#define BUCKETS_MIN 64
+#define BUCKETS_MAX (1u << 16)
+/* With a secret key and at most one connection per bucket on average, a chain this
+ * long comes by chance about never (Poisson(1): 1e-13 per bucket): reaching it means
+ * the key is known to whoever chose the flows. */
+#define CHAIN_MAX 16
 /* What a held segment counts against the bounds at least: its bookkeeping (~48 bytes
  * of malloc) and its place in the sorted list. Counted by payload alone, a client of
  * the pod sending 1-byte segments behind a hole made the 4 MB per connection 4 million
@@ -42,10 +56,14 @@ struct conn {
 
 struct agent_reasm {
 	struct agent_reasm_config cfg;
-	struct conn *buckets[BUCKETS];
+	uint64_t key[2];
+	unsigned bucket_bits;
+	struct conn **buckets; /* 1 << bucket_bits */
 	struct conn *lru_head, *lru_tail;
 	size_t nconns;
 	size_t held_total;
+	uint64_t unfollowed; /* connections over CHAIN_MAX, since the last warning */
+	int64_t unfollowed_warned_ms;
 };
 
 static size_t addr_len(uint8_t family)
@@ -60,25 +78,49 @@ static bool same_conn(const struct agent_tcp_segment *a, const struct agent_tcp_
 	       memcmp(a->daddr, b->daddr, addr_len(a->family)) == 0;
 }
 
-static unsigned bucket_of(const struct agent_tcp_segment *s)
+/* splitmix64's finalizer: every input bit flips each output bit with probability ~1/2 */
+static uint64_t mix64(uint64_t x)
 {
-	/* FNV-1a over the 4-tuple: the client port varies most */
-	uint32_t h = 2166136261u;
-	const uint8_t *parts[] = {s->saddr, s->daddr};
-	for (size_t p = 0; p < 2; p++)
-		for (size_t i = 0; i < addr_len(s->family); i++)
-			h = (h ^ parts[p][i]) * 16777619u;
-	h = (h ^ s->sport) * 16777619u;
-	h = (h ^ s->dport) * 16777619u;
-	return h % BUCKETS;
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	x ^= x >> 31;
+	return x;
+}
+
+/* A keyed mix of the 4-tuple, not a MAC: it only has to keep a pod that never sees
+ * the key (nor the buckets) from choosing flows that share one. */
+size_t agent_reasm_bucket_of(const struct agent_reasm *r, const struct agent_tcp_segment *s)
+{
+	uint8_t addrs[32] = {0}; /* an IPv4 address's unused bytes are not part of it */
+	memcpy(addrs, s->saddr, addr_len(s->family));
+	memcpy(addrs + 16, s->daddr, addr_len(s->family));
+	uint64_t h = r->key[0];
+	for (size_t i = 0; i < sizeof(addrs); i += 8) {
+		uint64_t w;
+		memcpy(&w, addrs + i, 8);
+		h = mix64(h ^ w);
+	}
+	h = mix64(h ^ ((uint64_t)s->family << 32 | (uint64_t)s->sport << 16 | s->dport));
+	h = mix64(h ^ r->key[1]);
+	return (size_t)(h >> (64 - r->bucket_bits));
 }
 
 static struct conn **find(struct agent_reasm *r, const struct agent_tcp_segment *s)
 {
-	struct conn **pp = &r->buckets[bucket_of(s)];
+	struct conn **pp = &r->buckets[agent_reasm_bucket_of(r, s)];
 	while (*pp && !same_conn(&(*pp)->key, s))
 		pp = &(*pp)->hash_next;
 	return pp;
+}
+
+static size_t chain_length(const struct conn *c)
+{
+	size_t n = 0;
+	for (; c; c = c->hash_next)
+		n++;
+	return n;
 }
 
 static void lru_unlink(struct agent_reasm *r, struct conn *c)
@@ -208,9 +250,28 @@ static bool hold(struct agent_reasm *r, struct conn *c, uint32_t seq, const uint
 	return true;
 }
 
+/* A connection whose bucket is full is not followed (its copies are never offered):
+ * only flows chosen with the key can fill one. Said at most once a second. */
+static bool chain_full(struct agent_reasm *r, const struct agent_tcp_segment *syn, int64_t now_ms)
+{
+	if (chain_length(r->buckets[agent_reasm_bucket_of(r, syn)]) < CHAIN_MAX)
+		return false;
+	r->unfollowed++;
+	if (now_ms - r->unfollowed_warned_ms >= 1000) {
+		hm_warn("mirror: %llu new connection(s) to port %u not mirrored: %d connections "
+			"already share their hash bucket (flows chosen to collide?)",
+			(unsigned long long)r->unfollowed, syn->dport, CHAIN_MAX);
+		r->unfollowed = 0;
+		r->unfollowed_warned_ms = now_ms;
+	}
+	return true;
+}
+
 static struct conn *open_conn(struct agent_reasm *r, const struct agent_tcp_segment *syn,
 			      int64_t now_ms)
 {
+	if (chain_full(r, syn, now_ms))
+		return NULL;
 	if (r->nconns >= r->cfg.max_conns && r->lru_tail)
 		finish(r, r->lru_tail, AGENT_REASM_LOST);
 	struct conn *c = calloc(1, sizeof(*c));
@@ -328,13 +389,43 @@ size_t agent_reasm_held_bytes(const struct agent_reasm *r)
 	return r->held_total;
 }
 
+size_t agent_reasm_longest_chain(const struct agent_reasm *r)
+{
+	size_t longest = 0;
+	for (size_t b = 0; b < (size_t)1 << r->bucket_bits; b++) {
+		size_t n = chain_length(r->buckets[b]);
+		longest = n > longest ? n : longest;
+	}
+	return longest;
+}
+
 int agent_reasm_create(const struct agent_reasm_config *cfg, struct agent_reasm **out,
 		       struct hm_err *err)
 {
-	*out = calloc(1, sizeof(**out));
-	if (!*out)
+	*out = NULL;
+	struct agent_reasm *r = calloc(1, sizeof(*r));
+	if (!r)
 		return hm_err_errno(err, "tcp reassembly");
-	(*out)->cfg = *cfg;
+	r->cfg = *cfg;
+	/* about one connection per bucket when all max_conns are there */
+	r->bucket_bits = 6;
+	while (((size_t)1 << r->bucket_bits) < BUCKETS_MAX &&
+	       ((size_t)1 << r->bucket_bits) < cfg->max_conns)
+		r->bucket_bits++;
+	r->buckets = calloc((size_t)1 << r->bucket_bits, sizeof(*r->buckets));
+	if (!r->buckets) {
+		free(r);
+		return hm_err_errno(err, "tcp reassembly");
+	}
+	if (cfg->hash_key[0] || cfg->hash_key[1]) {
+		memcpy(r->key, cfg->hash_key, sizeof(r->key));
+	} else if (getrandom(r->key, sizeof(r->key), 0) != (ssize_t)sizeof(r->key)) {
+		hm_err_errno(err, "getrandom (the connection hash's key)");
+		free(r->buckets);
+		free(r);
+		return -1;
+	}
+	*out = r;
 	return 0;
 }
 
@@ -344,5 +435,7 @@ void agent_reasm_destroy(struct agent_reasm *r)
 		return;
 	while (r->lru_head)
 		finish(r, r->lru_head, AGENT_REASM_RESET);
+	explicit_bzero(r->key, sizeof(r->key));
+	free(r->buckets);
 	free(r);
 }

@@ -414,6 +414,154 @@ static void test_idle_and_drop_port(void **state)
 	assert_int_equal(agent_reasm_tick(fx->r, 60002), -1);
 }
 
+/* ---- the connection hash: a pod chooses its flows ---- */
+
+/* Every connection is followed (a handle that is never NULL); nothing is recorded. */
+static int counted_opens;
+static void *count_open(void *ctx, const struct agent_tcp_segment *syn)
+{
+	(void)ctx;
+	(void)syn;
+	counted_opens++;
+	return &counted_opens;
+}
+static bool count_data(void *ctx, void *conn, const void *p, size_t len)
+{
+	(void)ctx, (void)conn, (void)p, (void)len;
+	return true;
+}
+static void count_end(void *ctx, void *conn, enum agent_reasm_end how)
+{
+	(void)ctx, (void)conn, (void)how;
+}
+
+/* The agent's sizes (agent/mirror.c); key {0, 0}: from getrandom() */
+static struct agent_reasm *hash_reasm(uint64_t k0, uint64_t k1)
+{
+	struct agent_reasm_config cfg = {
+	    .max_conns = 4096,
+	    .max_held_conn = 4u << 20,
+	    .max_held_total = 64u << 20,
+	    .gap_timeout_ms = 1000,
+	    .idle_timeout_ms = 60000,
+	    .hash_key = {k0, k1},
+	    .ops = {.open = count_open, .data = count_data, .end = count_end},
+	};
+	struct agent_reasm *r;
+	struct hm_err err = {0};
+	assert_int_equal(agent_reasm_create(&cfg, &r, &err), 0);
+	counted_opens = 0;
+	return r;
+}
+
+/* The hash before it was keyed (FNV-1a over the 4-tuple, 1024 buckets): public, so a
+ * pod could compute it for the flows its clients open. */
+static unsigned public_fnv_bucket(const struct agent_tcp_segment *s)
+{
+	uint32_t h = 2166136261u;
+	const uint8_t *parts[] = {s->saddr, s->daddr};
+	for (size_t p = 0; p < 2; p++)
+		for (size_t i = 0; i < 4; i++)
+			h = (h ^ parts[p][i]) * 16777619u;
+	h = (h ^ s->sport) * 16777619u;
+	h = (h ^ s->dport) * 16777619u;
+	return h % 1024;
+}
+
+#define CHOSEN 512
+/* 512 flows of 9 client addresses to port 8080 that all share FNV bucket 7 */
+static size_t chosen_flows(struct agent_tcp_segment *out)
+{
+	size_t n = 0;
+	for (unsigned host = 10; host < 250 && n < CHOSEN; host++) {
+		for (uint32_t port = 1024; port < 65536 && n < CHOSEN; port++) {
+			struct agent_tcp_segment s = {.family = 4,
+						      .sport = (uint16_t)port,
+						      .dport = 8080,
+						      .seq = 1,
+						      .syn = true};
+			memcpy(s.saddr, (uint8_t[]){10, 213, 0, (uint8_t)host}, 4);
+			memcpy(s.daddr, "\x0a\xd5\x00\x02", 4);
+			if (public_fnv_bucket(&s) == 7)
+				out[n++] = s;
+		}
+	}
+	return n;
+}
+
+static size_t open_all(struct agent_reasm *r, const struct agent_tcp_segment *flows, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		agent_reasm_segment(r, &flows[i], 0);
+	return agent_reasm_conns(r);
+}
+
+/* Flows chosen to collide under the public hash spread over the buckets under a key,
+ * each key its own way: every one is followed and no chain is long. */
+static void test_hash_keyed_spreads_chosen_flows(void **state)
+{
+	(void)state;
+	static struct agent_tcp_segment flows[CHOSEN];
+	assert_int_equal(chosen_flows(flows), CHOSEN); /* the attack, under the old hash */
+	struct agent_reasm *a = hash_reasm(0x0123456789abcdefull, 0xfedcba9876543210ull);
+	struct agent_reasm *b = hash_reasm(0x5851f42d4c957f2dull, 0x14057b7ef767814full);
+	struct agent_reasm *drawn = hash_reasm(0, 0);
+	size_t same_bucket = 0;
+	for (size_t i = 0; i < CHOSEN; i++)
+		same_bucket +=
+		    agent_reasm_bucket_of(a, &flows[i]) == agent_reasm_bucket_of(b, &flows[i]);
+	assert_int_equal(open_all(a, flows, CHOSEN), CHOSEN);
+	assert_int_equal(open_all(b, flows, CHOSEN), CHOSEN);
+	assert_int_equal(open_all(drawn, flows, CHOSEN), CHOSEN);
+	size_t la = agent_reasm_longest_chain(a), lb = agent_reasm_longest_chain(b),
+	       ld = agent_reasm_longest_chain(drawn);
+	print_message("512 flows in one bucket of the public hash: longest chain %zu, %zu and %zu "
+		      "(a drawn key) under keys; %zu flows in the same bucket under both keys\n",
+		      la, lb, ld, same_bucket);
+	/* 512 connections over 4096 buckets: a chain of 6 happens by chance about never */
+	assert_true(la <= 6 && lb <= 6 && ld <= 6);
+	assert_true(same_bucket < 16); /* ~512/4096 by chance */
+	agent_reasm_destroy(a);
+	agent_reasm_destroy(b);
+	agent_reasm_destroy(drawn);
+}
+
+/* Whoever knows the key can fill a bucket: its chain stays bounded (the flows over
+ * the bound are not followed), and the connections followed so far go on. */
+static void test_hash_chain_bounded(void **state)
+{
+	(void)state;
+	struct agent_reasm *r = hash_reasm(42, 43);
+	static struct agent_tcp_segment flows[64];
+	size_t n = 0;
+	struct agent_tcp_segment first = seg(1024, 1);
+	first.syn = true;
+	size_t target = agent_reasm_bucket_of(r, &first);
+	for (uint32_t i = 0; i < (1u << 24) && n < HM_ARRAY_SIZE(flows); i++) {
+		/* the pod's clients: any address of 10.0/16, any port */
+		struct agent_tcp_segment s = seg((uint16_t)(1024 + i % 64512), 1);
+		s.saddr[2] = (uint8_t)(i / 64512);
+		s.syn = true;
+		if (agent_reasm_bucket_of(r, &s) == target)
+			flows[n++] = s;
+	}
+	assert_int_equal(n, HM_ARRAY_SIZE(flows));
+	size_t followed = open_all(r, flows, n);
+	print_message("64 flows chosen with the key: %zu followed, longest chain %zu\n", followed,
+		      agent_reasm_longest_chain(r));
+	assert_true(followed >= 8 && followed < n);
+	assert_int_equal(agent_reasm_longest_chain(r), followed);
+	assert_int_equal(counted_opens, (int)followed);
+	/* a connection of another bucket is still followed */
+	struct agent_tcp_segment other = seg(80, 1);
+	other.syn = true;
+	for (uint16_t port = 81; agent_reasm_bucket_of(r, &other) == target; port++)
+		other = seg(port, 1), other.syn = true;
+	agent_reasm_segment(r, &other, 0);
+	assert_int_equal(agent_reasm_conns(r), followed + 1);
+	agent_reasm_destroy(r);
+}
+
 int main(void)
 {
 	hm_log_init("test_agent_reassembly", HM_LOG_QUIET);
@@ -436,6 +584,8 @@ int main(void)
 	    T(test_fast_open_and_refusal),
 	    T(test_lost_flow_ends_at_once),
 	    T(test_idle_and_drop_port),
+	    cmocka_unit_test(test_hash_keyed_spreads_chosen_flows),
+	    cmocka_unit_test(test_hash_chain_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
