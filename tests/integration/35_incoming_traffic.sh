@@ -634,6 +634,91 @@ EOF
 	trun_stop "$name"
 }
 
+# ---- a flood of connections: trace-run's threads stay bounded ----
+
+# A server that accepts nothing until SIGUSR1 (as a busy program would not, for a
+# while), then answers "local: LINE" to each connection's first line.
+SLOW_PY='
+import signal, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000))
+s.listen(16)
+go = []
+signal.signal(signal.SIGUSR1, lambda *a: go.append(1))
+print("pid", __import__("os").getpid(), flush=True)
+while not go:
+    signal.pause()
+while True:
+    c, a = s.accept()
+    c.settimeout(2)
+    try:
+        line = c.recv(100)
+        if line:
+            c.sendall(b"local: " + line)
+    except OSError:
+        pass
+    c.close()
+'
+
+# threads_of PID: the Threads line of its /proc status
+threads_of() { awk '/^Threads:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+
+# A pod is hostile to the developer's machine: 2000 connections at once to a stolen
+# port of a program that accepts nothing meanwhile made trace-run start a thread per
+# connection (each waiting up to 5 s for the program's full listen queue). Now it has
+# at most INCOMING_THREADS_MAX (128) delivery threads, 256 more connections wait, the
+# rest are refused with a warning, and the program serves a client once the flood is
+# over.
+test_flood_bounded_threads() { # BACKEND
+	local backend="$1" name="flood-$1" pid prog base max=0 n got i
+	trun_bg "$name" "$backend" root --incoming steal -- "$PYTHON" -u -c "$SLOW_PY"
+	pid=$(cat "$WORK/$name.trun.pid")
+	wait_until 100 grep -q '^pid ' "$WORK/$name.out" || fail "the server did not start"
+	prog=$(awk '/^pid / {print $2}' "$WORK/$name.out")
+	base=$(threads_of "$pid")
+	rm -f "$WORK/$name.flood-done"
+	"$PYTHON" - "$WEB_IP" 7000 2000 "$WORK/$name.flood-done" <<'PY' &
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+socks = []
+for _ in range(int(sys.argv[3])):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((sys.argv[1], int(sys.argv[2])))
+    socks.append(s)
+time.sleep(8)  # held while trace-run's threads are counted
+for s in socks:
+    s.close()
+open(sys.argv[4], "w").write("done\n")
+PY
+	local flood=$!
+	while [ ! -f "$WORK/$name.flood-done" ] && kill -0 "$flood" 2>/dev/null; do
+		n=$(threads_of "$pid")
+		[ "${n:-0}" -le "$max" ] || max=$n
+		sleep 0.05
+	done
+	wait "$flood"
+	echo "trace-run's threads: $base before the flood, at most $max during it"
+	[ "$max" -le $((base + 128 + 8)) ] ||
+		fail "trace-run ran $max threads for a flood of 2000 connections (cap 128 + $base)"
+	# 128 delivering and 256 waiting: the agent offered more (up to its 1024 streams)
+	grep 'connection(s) to port 7000 refused: 128 are being delivered' "$WORK/$name.err" ||
+		fail "trace-run did not say it refused connections: $(tail -3 "$WORK/$name.err")"
+	# the program serves once the flood is over: when the flood's connections that
+	# wait for it are gone (the agent holds a session's unclaimed ones up to its
+	# --stream-ttl, 10 s, and refuses more meanwhile)
+	kill -USR1 "$prog"
+	for i in $(seq 40); do
+		got=$(cli reqlog tcp -addr "$WEB_IP:7000" -line "after the flood $i" 2>&1) &&
+			[[ "$got" == local:* ]] && break
+		sleep 1
+	done
+	echo "after the flood, attempt $i: $got"
+	assert_contains "$got" "local: after the flood" "a client after the flood"
+	trun_stop "$name"
+}
+
 # INCOMING_TESTS=TEXT runs only the checks whose name contains TEXT (while iterating)
 check() {
 	[[ -z "${INCOMING_TESTS:-}" || "$1" == *"$INCOMING_TESTS"* ]] || return 0
@@ -674,5 +759,6 @@ check "on_concurrent_steal continue" test_concurrent_continue
 check "the notice, and -q" test_notice_quiet
 check "port_mapping and ignore_ports" test_port_mapping_and_ignore
 check "two SO_REUSEPORT listeners share the port" test_reuseport
+check "a flood of 2000 connections: trace-run's threads stay bounded (seccomp)" test_flood_bounded_threads seccomp
 # last: it kills the agent
 check "kill -9 of the agent during a steal: the pod answers again" test_agent_killed

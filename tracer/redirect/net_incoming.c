@@ -6,7 +6,8 @@
  *    gets a free one instead, and getsockname still shows the asked port.
  *  - listen: the port (port_mapping applied) is subscribed in the chosen mode. A steal
  *    the agent refuses ends the run when on_concurrent_steal is abort.
- *  - Each delivered connection (INCOMING_CONNECTION) gets a thread of its own: it opens
+ *  - Each delivered connection (INCOMING_CONNECTION) goes to a delivery thread (at most
+ *    INCOMING_THREADS_MAX, the others wait, a flood beyond is refused): it opens
  *    the connection's stream and connects a loopback socket to the program's real
  *    listener. steal: the splice relay joins the two. mirror: INCOMING_DATA frames are
  *    written to the program, INCOMING_END 0 is a FIN and an error a reset; what the
@@ -610,6 +611,7 @@ void trace_net_incoming_fini(struct net_state *st)
 		pthread_cond_timedwait(&in->threads_done, &in->lock, &until);
 	}
 	pthread_mutex_unlock(&in->lock);
+	in->failed += trace_incoming_waiting_drop(in);
 	while (in->listeners) {
 		struct inc_listener *l = in->listeners;
 		in->listeners = l->next;
@@ -624,6 +626,10 @@ void trace_net_incoming_fini(struct net_state *st)
 	}
 	hm_info("incoming: %lu connections delivered to the program, %lu could not be",
 		in->delivered, in->failed);
+	if (in->refused)
+		hm_warn("incoming: %lu connection(s) refused in all: more came at once than "
+			"trace-run delivers (%d) and holds waiting (%d)",
+			in->refused, INCOMING_THREADS_MAX, INCOMING_WAITING_MAX);
 	if (in->diag_fd >= 0)
 		close(in->diag_fd);
 	if (in->wake_fd >= 0)

@@ -1,7 +1,13 @@
-/* Connections the agent delivers to the program's listeners (see net_incoming.c): one
- * thread each opens the connection's stream and connects a loopback socket to the
+/* Connections the agent delivers to the program's listeners (see net_incoming.c): a
+ * delivery thread opens the connection's stream and connects a loopback socket to the
  * program's real listener; steal hands the pair to the splice relay, mirror feeds the
  * INCOMING_DATA frames to the program and drops what it answers.
+ *
+ * Threads are bounded (INCOMING_THREADS_MAX): a connection that comes while all are
+ * busy waits in a bounded queue, and a thread that finishes one takes the next waiting
+ * one, so normal bursts are served in order. A flood beyond the queue (the pod's
+ * clients are not to be trusted, and the program may accept slowly: each delivery can
+ * wait LOCAL_CONNECT_MS for its listener) is refused with a warning, never more threads.
  *
  * Steal over a unix agent (PROTO_FEAT_TCP_FD) gets the pod's accepted socket itself:
  * the loopback connection is then only a placeholder that wakes the program's listener
@@ -16,9 +22,10 @@
 #define LOCAL_CONNECT_MS 5000	   /* to the program's listener on this machine */
 #define MIRROR_REPLY_DRAIN_MS 5000 /* the program's answer after the client's FIN */
 
-struct delivery {
+struct inc_delivery {
 	struct net_incoming *in;
 	struct proto_incoming_connection ev;
+	struct inc_delivery *next; /* in->waiting */
 };
 
 /* The program's replies to a mirrored connection go nowhere: read and drop them. false
@@ -212,9 +219,9 @@ static int connect_local(struct net_incoming *in, const struct inc_listener *l,
 	return hm_steal_fd(&fd);
 }
 
-static void *deliver_main(void *arg)
+/* One connection; true when it reached the program. */
+static bool deliver(struct inc_delivery *d)
 {
-	struct delivery *d = arg;
 	struct net_incoming *in = d->in;
 	struct net_state *st = in->st;
 	struct hm_err err = {0};
@@ -267,33 +274,106 @@ static void *deliver_main(void *arg)
 		mirror_feed(in, stream, local);
 	}
 out:
+	return ok;
+}
+
+/* under in->lock */
+static struct inc_delivery *waiting_pop(struct net_incoming *in)
+{
+	struct inc_delivery *d = in->waiting;
+	if (d) {
+		in->waiting = d->next;
+		if (!in->waiting)
+			in->waiting_tail = NULL;
+		in->n_waiting--;
+	}
+	return d;
+}
+
+size_t trace_incoming_waiting_drop(struct net_incoming *in)
+{
+	size_t n = 0;
 	pthread_mutex_lock(&in->lock);
-	if (ok)
-		in->delivered++;
-	else
-		in->failed++;
-	if (--in->threads == 0)
-		pthread_cond_broadcast(&in->threads_done);
+	for (struct inc_delivery *d; (d = waiting_pop(in)); n++)
+		free(d);
 	pthread_mutex_unlock(&in->lock);
-	free(d);
+	return n;
+}
+
+/* A delivery thread: its connection, then the waiting ones until none is left. */
+static void *deliver_main(void *arg)
+{
+	struct inc_delivery *d = arg;
+	struct net_incoming *in = d->in;
+	while (d) {
+		bool ok = deliver(d);
+		free(d);
+		pthread_mutex_lock(&in->lock);
+		if (ok)
+			in->delivered++;
+		else
+			in->failed++;
+		d = in->stopping ? NULL : waiting_pop(in);
+		if (!d && --in->threads == 0)
+			pthread_cond_broadcast(&in->threads_done);
+		pthread_mutex_unlock(&in->lock);
+	}
 	return NULL;
 }
 
-/* On the client's reader thread: hand the connection to a thread of its own. */
+/* Under in->lock: a connection refused for the bounds; returns true when it is time to
+ * say so (at most once a second), with the count and port filled in. */
+static bool refuse(struct net_incoming *in, uint32_t sub, unsigned long *count, uint16_t *port)
+{
+	in->refused++;
+	in->refused_unsaid++;
+	int64_t now = hm_now_ms();
+	if (in->refused_warned_ms && now - in->refused_warned_ms < 1000)
+		return false;
+	in->refused_warned_ms = now;
+	*count = in->refused_unsaid;
+	in->refused_unsaid = 0;
+	struct inc_listener *l = trace_incoming_listener_by_sub(in, sub);
+	*port = l ? l->local_port : 0;
+	return true;
+}
+
+/* On the client's reader thread: hand the connection to a delivery thread, a new one
+ * while there are fewer than INCOMING_THREADS_MAX, else to the queue they take from. */
 void trace_incoming_on_connection(void *arg, const struct proto_incoming_connection *ev)
 {
 	struct net_incoming *in = arg;
-	struct delivery *d = malloc(sizeof(*d));
+	struct inc_delivery *d = malloc(sizeof(*d));
 	if (!d)
 		return;
-	d->in = in;
-	d->ev = *ev;
+	*d = (struct inc_delivery){.in = in, .ev = *ev};
+	bool start = false, say = false;
+	unsigned long refused = 0;
+	uint16_t port = 0;
 	pthread_mutex_lock(&in->lock);
-	bool stop = in->stopping;
-	if (!stop)
+	if (in->stopping) {
+		/* dropped below */
+	} else if (in->threads < INCOMING_THREADS_MAX) {
 		in->threads++;
+		start = true;
+	} else if (in->n_waiting < INCOMING_WAITING_MAX) {
+		if (in->waiting_tail)
+			in->waiting_tail->next = d;
+		else
+			in->waiting = d;
+		in->waiting_tail = d;
+		in->n_waiting++;
+		d = NULL;
+	} else {
+		say = refuse(in, ev->subscription, &refused, &port);
+	}
 	pthread_mutex_unlock(&in->lock);
-	if (stop) {
+	if (say)
+		hm_warn("incoming: %lu connection(s) to port %u refused: %d are being delivered "
+			"to the program and %d wait already (a flood from the pod's side?); the "
+			"agent closes them",
+			refused, port, INCOMING_THREADS_MAX, INCOMING_WAITING_MAX);
+	if (!start) {
 		free(d);
 		return;
 	}

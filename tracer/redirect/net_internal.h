@@ -221,15 +221,21 @@ struct net_incoming {
 	struct inc_feed *feeds;
 	size_t n_listeners, n_conns;
 	bool stopping;
-	int threads; /* delivery threads still running */
+	int threads; /* delivery threads still running (at most INCOMING_THREADS_MAX) */
 	pthread_cond_t threads_done;
+	/* connections waiting for a delivery thread, oldest first (at most
+	 * INCOMING_WAITING_MAX) */
+	struct inc_delivery *waiting, *waiting_tail;
+	size_t n_waiting;
 	/* the housekeeping thread */
 	pthread_t thread;
 	bool thread_started;
 	int wake_fd;
 	int diag_fd;
 	/* counters for the summary line */
-	unsigned long delivered, failed;
+	unsigned long delivered, failed, refused;
+	unsigned long refused_unsaid; /* since the last warning, at most one a second */
+	int64_t refused_warned_ms;
 	struct tracer_once warned;
 };
 
@@ -243,8 +249,17 @@ void trace_incoming_listener_target(const struct net_state *st, const struct inc
 bool trace_net_addr_is_loopback(const struct net_addr *a); /* 127/8, ::1 (v4-mapped too) */
 /* the program's socket args[0] as trace-run's (pidfd_getfd), -1 when it cannot be had */
 int trace_incoming_getfd(const struct tracer_call *call);
-/* net_incoming_deliver.c: the INCOMING_CONNECTION callback (the client's reader thread) */
+/* net_incoming_deliver.c: the INCOMING_CONNECTION callback (the client's reader thread).
+ * A pod is hostile to this machine: a flood of connections to a mirrored or stolen port
+ * gets at most INCOMING_THREADS_MAX delivery threads and INCOMING_WAITING_MAX waiting
+ * connections; more are refused (left to the agent, which closes them when their
+ * token expires) with a warning at most once a second. */
+#define INCOMING_THREADS_MAX 128
+#define INCOMING_WAITING_MAX 256
+struct inc_delivery;
 void trace_incoming_on_connection(void *arg, const struct proto_incoming_connection *ev);
+/* Forget the connections still waiting (once no delivery thread runs); returns how many. */
+size_t trace_incoming_waiting_drop(struct net_incoming *in);
 /* net_incoming_accept.c: the accept and accept4 handler */
 struct tracer_result trace_incoming_accept(const struct tracer_call *call, void *data);
 
