@@ -184,6 +184,73 @@ PY
 	stop_steal alice
 }
 
+# budget_streams_used AGENT: what its streams budget has in use
+budget_streams_used() {
+	"$TRACE_AGENT" status --unix "$WORK/$1.sock" --token-file "$WORK/token" |
+		awk '$1 == "streams" && NF == 5 {print $2}'
+}
+streams_used_is() { [ "$(budget_streams_used "$1")" = "$2" ]; } # AGENT N
+
+# The router's stream to a session (one per client connection) is a socket the agent
+# holds for that session while the connection lasts: it counts against the session's
+# --max-session-streams (before, it stopped counting once claimed, and the pod's
+# clients could make the agent hold 4096 of them per session). 10 keep-alive
+# connections, each with one matching request, opened one after the other; a budget
+# of 4: 4 go to the session, the others to the pod; the count returns to 0 when they
+# close, and the session is served again.
+test_router_streams_count() {
+	on_exit agent_stop "$WORK" capped
+	agent_start "$WORK" capped --max-session-streams 4
+	rm -f "$WORK/capped-alice.ready"
+	timeout 300 "$AGENT_E2E" --unix "$WORK/capped.sock" --token-file "$WORK/token" \
+		--target "pod/$WEB" steal "$HTTP_PORT" --http-keepalive alice-answer --filter "$ALICE" \
+		--ready "$WORK/capped-alice.ready" >"$WORK/capped-alice.out" 2>&1 &
+	echo $! >"$WORK/capped-alice.pid"
+	wait_until 100 test -f "$WORK/capped-alice.ready" ||
+		fail "the session did not subscribe: $(cat "$WORK/capped-alice.out")"
+	rm -f "$WORK/held.go"
+	touch "$WORK/held.go"
+	python3 - "$WEB_IP" "$HTTP_PORT" "$WORK/held.answers" "$WORK/held.go" <<'PY' &
+import os, socket, sys, time
+socks, answers = [], []
+for i in range(10):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\nX-User: alice\r\n\r\n")
+    got = b""
+    while b"-answer" not in got:
+        b = s.recv(4096)
+        if not b:
+            break
+        got += b
+    answers.append("alice" if b"alice-answer" in got else "pod" if b"pod-answer" in got else "none")
+    socks.append(s)  # kept open: the router keeps its stream to the session
+open(sys.argv[3], "w").write(" ".join(answers) + "\n")
+while os.path.exists(sys.argv[4]):
+    time.sleep(0.1)
+for s in socks:
+    s.close()
+PY
+	local holder=$! answers used
+	wait_until 300 test -s "$WORK/held.answers" || fail "the clients got no answers"
+	answers=$(cat "$WORK/held.answers")
+	used=$(budget_streams_used capped)
+	echo "10 keep-alive connections: $answers; streams used $used"
+	assert_eq "alice alice alice alice pod pod pod pod pod pod" "$answers" \
+		"who answered, with a budget of 4 streams"
+	assert_eq 4 "$used" "streams counted while the connections are open"
+	rm -f "$WORK/held.go"
+	wait "$holder"
+	wait_until 50 streams_used_is capped 0 ||
+		fail "streams still counted after the connections closed: $(budget_streams_used capped)"
+	local got
+	got=$(tp exec "$CLI" -- timeout 5 wget -q -O - --header 'X-User: alice' \
+		"http://$WEB_IP:$HTTP_PORT/" 2>/dev/null </dev/null)
+	assert_eq "alice-answer" "$got" "the session after the connections closed"
+	kill -TERM "$(cat "$WORK/capped-alice.pid")" 2>/dev/null || true
+	wait "$(cat "$WORK/capped-alice.pid")" 2>/dev/null || true
+	wait_until 50 streams_used_is capped 0 || fail "streams counted after the session ended"
+}
+
 run_test bad_filter_refused test_bad_filter_refused
 run_test header_filter test_header_filter
 run_test keepalive_mixed test_keepalive_mixed
@@ -192,4 +259,4 @@ run_test not_http_passthrough test_not_http_passthrough
 run_test status_counts test_status_counts
 run_test sessions_end test_sessions_end
 run_test port_flood_leaves_room test_port_flood_leaves_room
-
+run_test router_streams_count test_router_streams_count
