@@ -73,7 +73,7 @@ config.load_kube_config(config_file=kubeconfig)
 api = client.CoreV1Api()
 pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "shop", ports="9000")
 s = pf.socket(9000)
-s.setblocking(True)
+s.settimeout(60)  # a hang fails the test in a minute, not at the file's 30-min timeout
 payload = os.urandom(200000)
 s.sendall(payload)
 got = b""

@@ -14,6 +14,7 @@ The scenario file is re-read when it changes (tests flip a pod to not ready that
 """
 import argparse
 import base64
+import collections
 import hashlib
 import http.server
 import json
@@ -381,11 +382,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 target = socket.create_connection((h, int(p)), timeout=5)
         except OSError as e:
             msg = "error forwarding port %d to pod %s, uid : %s" % (port, name, e)
-            self.connection.sendall(first + frame(2, b"\x01" + msg.encode()) + frame(8, b"\x03\xe8"))
+            for f in (first[:5], first[5:], frame(2, b"\x01" + msg.encode()), frame(8, b"\x03\xe8")):
+                self.connection.sendall(f)
             return
         if target.family != socket.AF_UNIX:
             target.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection.sendall(first)
+        for f in (first[:5], first[5:]):  # a TLS record per frame: see pump()
+            self.connection.sendall(f)
         pump(self.connection, target)
 
 
@@ -433,11 +436,33 @@ def parse_frames(buf):
     return out, buf
 
 
+class Frames:
+    """frames for the client, each written by its own send() calls so that no TLS record
+    holds the end of one frame and the start of the next, as a Go API server writes them:
+    python3-kubernetes' port-forward reads one frame per select() on the raw socket, so
+    a second frame left decrypted in OpenSSL's buffer would wait unseen (it hung)"""
+    def __init__(self):
+        self.q = collections.deque()
+        self.n = 0
+    def __iadd__(self, f):
+        self.q.append(bytearray(f))
+        self.n += len(f)
+        return self
+    def __len__(self):
+        return self.n
+    def send(self, conn):
+        sent = conn.send(self.q[0])
+        del self.q[0][:sent]
+        self.n -= sent
+        if not self.q[0]:
+            self.q.popleft()
+
+
 def pump(conn, target):
     """one non-blocking loop: TLS from the client <-> the target socket (clients send
     nothing before the 101, so rfile has buffered no frame)"""
     inbuf = bytearray()
-    to_client, to_target = bytearray(), bytearray()
+    to_client, to_target = Frames(), bytearray()
     conn.setblocking(False)
     target.setblocking(False)
     client_open, target_open = True, True
@@ -502,8 +527,7 @@ def pump(conn, target):
                     pass
             if conn in w and to_client:
                 try:
-                    n = conn.send(to_client)
-                    del to_client[:n]
+                    to_client.send(conn)
                 except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
                     pass
             if target in w and to_target:
