@@ -50,7 +50,7 @@ static void notify(__u32 slot, __u32 why)
 }
 
 /* "hm_" prefix: how hermit's own programs are recognised in `bpftool prog show` */
-SEC("sk_skb/verdict")
+SEC("sk_skb") /* attached as BPF_SK_SKB_VERDICT (the loader; older libbpf has no sk_skb/verdict) */
 int hm_sockrelay(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
