@@ -694,6 +694,9 @@ static void handle_status(struct conn *c, const struct proto_msg *m)
 			 &r.status_reply);
 	agent_budget_status(c->srv->budget, &r.status_reply);
 	agent_incoming_status(c->srv->incoming, &r.status_reply);
+	r.status_reply.has_kernel_relay = true;
+	r.status_reply.kernel_relay_on = c->srv->krelay != NULL;
+	r.status_reply.kernel_streams = (uint32_t)atomic_load(&c->srv->stats.kernel_streams);
 	conn_send(c, m->id, &r);
 }
 

@@ -177,6 +177,9 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		m->status_reply.mirror_bytes = 1 << 20;
 		m->status_reply.stolen = 50;
 		m->status_reply.passed_to_target = 9;
+		m->status_reply.has_kernel_relay = true;
+		m->status_reply.kernel_relay_on = true;
+		m->status_reply.kernel_streams = 3;
 		return true;
 	case PROTO_SESSION_OPEN:
 		m->session_open.target = "pod/web";
@@ -390,6 +393,9 @@ static void assert_msg_equal(const struct proto_msg *a, const struct proto_msg *
 		assert_int_equal(a->status_reply.stolen, b->status_reply.stolen);
 		assert_int_equal(a->status_reply.passed_to_target,
 				 b->status_reply.passed_to_target);
+		assert_int_equal(a->status_reply.has_kernel_relay, b->status_reply.has_kernel_relay);
+		assert_int_equal(a->status_reply.kernel_relay_on, b->status_reply.kernel_relay_on);
+		assert_int_equal(a->status_reply.kernel_streams, b->status_reply.kernel_streams);
 		break;
 	case PROTO_SESSION_OPEN:
 		assert_string_equal(a->session_open.target, b->session_open.target);
