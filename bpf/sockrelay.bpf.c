@@ -61,6 +61,12 @@ int hm_sockrelay(struct __sk_buff *skb)
 	if (!s)
 		return SK_PASS;
 	__u64 len = skb->len;
+	/* a bare FIN comes through as an empty skb: redirected, the peer's psock would
+	 * send nothing, take it for a broken pipe (EPIPE on the peer) and stop sending.
+	 * There is nothing to lose by dropping it: the FIN itself is TCP's, and the agent
+	 * forwards it (shutdown) once every byte before it is through. */
+	if (len == 0)
+		return SK_DROP;
 	/* the verdicts of one socket run one at a time (under its lock): only the agent
 	 * writes drained and limit concurrently, and both only grow */
 	__u64 passed = s->passed, drained = *(volatile __u64 *)&s->drained;

@@ -86,6 +86,7 @@ while True:
     b = c.recv(1 << 16)
     if not b: break
     h.update(b); n += len(b)
+time.sleep(0.3) # the answer comes well after the client's FIN went through
 c.sendall(b'%d %s' % (n, h.hexdigest().encode()))"
 server source 7002 "
 want = struct.unpack('!Q', c.recv(8))[0]
@@ -105,7 +106,8 @@ time.sleep(8)"
 
 # EOF comes after every byte: 16 MiB written and shut down at once arrive whole before
 # the server sees its EOF (a FIN forwarded as soon as the client's arrived would cut
-# the stream short); and 16 MiB from the server arrive whole before the client's EOF.
+# the stream short), and the half-closed stream still carries the server's answer;
+# 16 MiB from the server arrive whole before the client's EOF.
 test_eof_after_every_byte() {
 	local a before out
 	for a in kr user; do
@@ -120,6 +122,10 @@ while True:
     if not b: break
     reply += b
 print('sink', reply.decode(), len(data), hashlib.sha256(data).hexdigest())
+# a FIN of its own, after the bytes went through (not on the last data segment)
+s = socket.create_connection(('$SRV_IP', 7001))
+s.sendall(b'late'); time.sleep(0.3); s.shutdown(socket.SHUT_WR)
+print('bare FIN', s.recv(4096).decode().split()[0])
 s = socket.create_connection(('$SRV_IP', 7002))
 s.sendall(struct.pack('!Q', 16 << 20))
 n = 0
@@ -132,6 +138,7 @@ print('source', n)")
 		read -r _ n sha want wantsha <<<"$(grep ^sink <<<"$out")"
 		assert_eq "$want" "$n" "bytes the server read before EOF ($a)"
 		assert_eq "$wantsha" "$sha" "their sha256 ($a)"
+		assert_contains "$out" "bare FIN 4" "the answer after a bare FIN ($a)"
 		assert_contains "$out" "source $((16 << 20))" "bytes the client read before EOF ($a)"
 		if [ "$a" = kr ]; then
 			[ "$(kernel_streams_seen)" -ge $((before + 2)) ] ||
