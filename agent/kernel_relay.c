@@ -151,10 +151,15 @@ static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, co
 	if (p->dead)
 		return;
 	p->dead = true;
-	hm_debug("kernel relay: stream closed%s%s", why ? ": " : "", why ? why : "");
 	struct hm_sockrelay_side c[2];
 	for (int i = 0; i < 2; i++)
 		hm_sockrelay_get(k->bpf, &p->slots, i, &c[i]);
+	hm_debug("kernel relay: stream closed%s%s; bytes from the client %llu, to it %llu, of "
+		 "which moved by the agent %llu",
+		 why ? ": " : "", why ? why : "",
+		 (unsigned long long)(c[AGENT_KR_CLIENT].redirected + p->side[AGENT_KR_CLIENT].sent),
+		 (unsigned long long)(c[AGENT_KR_REMOTE].redirected + p->side[AGENT_KR_REMOTE].sent),
+		 (unsigned long long)(p->side[0].sent + p->side[1].sent));
 	atomic_fetch_add(&k->counters->bytes_out,
 			 c[AGENT_KR_CLIENT].redirected + p->side[AGENT_KR_CLIENT].sent);
 	atomic_fetch_add(&k->counters->bytes_in,

@@ -101,6 +101,15 @@ c.sendall(b'250 you said ' + line)"
 server resetter 7004 "
 c.recv(100)
 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))"
+server slow_sink 7006 "
+time.sleep(2) # meanwhile the kernel's credit runs out: bytes are left to the agent
+h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    h.update(b); n += len(b)
+    time.sleep(0.001)
+c.sendall(b'%d %s' % (n, h.hexdigest().encode()))"
 server lazy 7005 "
 time.sleep(8)"
 
@@ -147,6 +156,35 @@ print('source', n)")
 	done
 	grep -q "relayed by the kernel" "$WORK/user.log" && fail "--no-kernel-relay used the kernel relay"
 	return 0
+}
+
+# A server that reads late and slowly: the program stops at its limit and leaves bytes
+# to the agent, which writes them behind the ones the kernel queued, then lets the
+# program go on; the server must read every byte in order
+test_bytes_left_to_the_agent_keep_order() {
+	local a out moved_before
+	for a in kr user; do
+		moved_before=$(grep -c 'moved by the agent [1-9]' "$WORK/kr.log" || true)
+		out=$(client "$a" "
+data = os.urandom(24 << 20)
+s = socket.create_connection(('$SRV_IP', 7006))
+s.sendall(data); s.shutdown(socket.SHUT_WR)
+reply = b''
+while True:
+    b = s.recv(4096)
+    if not b: break
+    reply += b
+print('slow', reply.decode(), len(data), hashlib.sha256(data).hexdigest())")
+		echo "$a: $out"
+		read -r _ n sha want wantsha <<<"$(grep ^slow <<<"$out")"
+		assert_eq "$want" "$n" "bytes the slow server read ($a)"
+		assert_eq "$wantsha" "$sha" "their sha256: the order ($a)"
+		if [ "$a" = kr ]; then
+			wait_until 50 sh -c "[ \$(grep -c 'moved by the agent [1-9]' '$WORK/kr.log') -gt $moved_before ]" ||
+				fail "the agent moved no byte: the test did not reach the limit"
+			grep 'moved by the agent [1-9]' "$WORK/kr.log" | tail -1
+		fi
+	done
 }
 
 # A server that speaks first (its greeting waits in the agent's socket before the
@@ -261,6 +299,7 @@ test_kill9_leaves_nothing() {
 }
 
 run_test "kernel relay: EOF after every byte, both ways" test_eof_after_every_byte
+run_test "kernel relay: bytes left to the agent keep their order" test_bytes_left_to_the_agent_keep_order
 run_test "kernel relay: a server that speaks first" test_server_speaks_first
 run_test "kernel relay: a reset goes through" test_reset_goes_through
 run_test "kernel relay: a flood to a server that does not read is bounded" test_flood_is_bounded
