@@ -81,7 +81,9 @@ struct agent_krelay {
 	pthread_mutex_t lock; /* incoming, stopping */
 	struct kr_pair *incoming;
 	bool stopping;
-	struct kr_pair *pairs;		       /* the thread's */
+	struct kr_pair *pairs; /* the thread's */
+	/* closed during the current batch of events, which may still point at them */
+	struct kr_pair *graveyard;
 	struct kr_pair *by_slot[HM_SOCKRELAY_SLOTS]; /* the thread's */
 	int poll_ms;
 };
@@ -154,12 +156,13 @@ static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, co
 	struct hm_sockrelay_side c[2];
 	for (int i = 0; i < 2; i++)
 		hm_sockrelay_get(k->bpf, &p->slots, i, &c[i]);
-	hm_debug("kernel relay: stream closed%s%s; bytes from the client %llu, to it %llu, of "
-		 "which moved by the agent %llu",
-		 why ? ": " : "", why ? why : "",
-		 (unsigned long long)(c[AGENT_KR_CLIENT].redirected + p->side[AGENT_KR_CLIENT].sent),
-		 (unsigned long long)(c[AGENT_KR_REMOTE].redirected + p->side[AGENT_KR_REMOTE].sent),
-		 (unsigned long long)(p->side[0].sent + p->side[1].sent));
+	hm_debug(
+	    "kernel relay: stream closed%s%s; bytes from the client %llu, to it %llu, of "
+	    "which moved by the agent %llu",
+	    why ? ": " : "", why ? why : "",
+	    (unsigned long long)(c[AGENT_KR_CLIENT].redirected + p->side[AGENT_KR_CLIENT].sent),
+	    (unsigned long long)(c[AGENT_KR_REMOTE].redirected + p->side[AGENT_KR_REMOTE].sent),
+	    (unsigned long long)(p->side[0].sent + p->side[1].sent));
 	atomic_fetch_add(&k->counters->bytes_out,
 			 c[AGENT_KR_CLIENT].redirected + p->side[AGENT_KR_CLIENT].sent);
 	atomic_fetch_add(&k->counters->bytes_in,
@@ -188,7 +191,17 @@ static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, co
 		p->next->prev = p->prev;
 	atomic_fetch_sub(&k->counters->streams, 1);
 	atomic_fetch_sub(k->streams, 1);
-	free(p);
+	p->next = k->graveyard;
+	k->graveyard = p;
+}
+
+static void bury(struct agent_krelay *k)
+{
+	while (k->graveyard) {
+		struct kr_pair *p = k->graveyard;
+		k->graveyard = p->next;
+		free(p);
+	}
 }
 
 /* Write held bytes to the peer. 1: all written; 0: the peer is full (EPOLLOUT armed);
@@ -258,8 +271,8 @@ static int step(struct agent_krelay *k, struct kr_pair *p, struct kr_side *s)
 			if (!s->held && !(s->held = malloc(KR_CHUNK)))
 				return -1;
 			uint64_t want = c.passed - s->sent;
-			ssize_t n = recv(s->fd, s->held, want < KR_CHUNK ? want : KR_CHUNK,
-					 MSG_DONTWAIT);
+			ssize_t n =
+			    recv(s->fd, s->held, want < KR_CHUNK ? want : KR_CHUNK, MSG_DONTWAIT);
 			if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
 				p->busy = true; /* counted before it was queued: soon */
 				return 0;
@@ -389,12 +402,14 @@ static void *krelay_thread(void *arg)
 		if (n < 0 && errno != EINTR)
 			break;
 		if (n == 0 && busy) {
-			k->poll_ms = k->poll_ms * 2 > KR_POLL_MAX_MS ? KR_POLL_MAX_MS : k->poll_ms * 2;
+			k->poll_ms =
+			    k->poll_ms * 2 > KR_POLL_MAX_MS ? KR_POLL_MAX_MS : k->poll_ms * 2;
 			for (struct kr_pair *p = k->pairs, *next; p; p = next) {
 				next = p->next;
 				if (p->busy)
 					pair_run(k, p);
 			}
+			bury(k);
 			continue;
 		}
 		k->poll_ms = KR_POLL_MIN_MS;
@@ -410,20 +425,19 @@ static void *krelay_thread(void *arg)
 				hm_sockrelay_consume(k->bpf, on_slot, k);
 			}
 		}
-		/* sockets after the rest: a pair closed above is not touched again */
+		/* a pair closed above stays allocated (dead) until bury, after the batch */
 		for (int i = 0; i < n; i++) {
 			void *ptr = evs[i].data.ptr;
-			if (ptr != &k->wake_fd && ptr != k) {
-				struct kr_side *s = ptr;
-				if (k->by_slot[s->pair->slots.slot[s->idx]] == s->pair)
-					on_socket(k, s, evs[i].events);
-			}
+			if (ptr != &k->wake_fd && ptr != k)
+				on_socket(k, ptr, evs[i].events);
 		}
+		bury(k);
 		if (stop)
 			break;
 	}
 	while (k->pairs)
 		pair_close(k, k->pairs, true, "agent stopping");
+	bury(k);
 	return NULL;
 }
 
@@ -491,6 +505,7 @@ void agent_krelay_destroy(struct agent_krelay *k)
 		k->pairs = p;
 		pair_close(k, p, true, "agent stopping");
 	}
+	bury(k);
 	hm_sockrelay_close(k->bpf);
 	close(k->epfd);
 	close(k->wake_fd);

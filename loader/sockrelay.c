@@ -21,7 +21,7 @@ struct hm_sockrelay {
 	struct ring_buffer *events;
 	void (*on_event)(void *ctx, uint32_t slot);
 	void *event_ctx;
-	size_t mapped; /* bytes of the slots mapping; 0: none */
+	size_t mapped;		      /* bytes of the slots mapping; 0: none */
 	struct sockrelay_slot *slots; /* the slots array, mapped */
 	pthread_mutex_t lock;	      /* free */
 	uint32_t nfree;
@@ -31,10 +31,11 @@ struct hm_sockrelay {
 static int check_support(struct hm_err *err)
 {
 	if (!(hm_has_cap(CAP_BPF) || hm_has_cap(CAP_SYS_ADMIN)) || !hm_has_cap(CAP_NET_ADMIN))
-		return hm_err_plain(err, EPERM,
-				    "kernel relay: loading the sk_skb BPF program needs CAP_BPF "
-				    "(or CAP_SYS_ADMIN) and CAP_NET_ADMIN, which the agent does not "
-				    "have");
+		return hm_err_plain(
+		    err, EPERM,
+		    "kernel relay: loading the sk_skb BPF program needs CAP_BPF "
+		    "(or CAP_SYS_ADMIN) and CAP_NET_ADMIN, which the agent does not "
+		    "have");
 	int r = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_SKB, NULL);
 	if (r == 0)
 		return hm_err_plain(err, EOPNOTSUPP,
@@ -77,8 +78,8 @@ int hm_sockrelay_open(struct hm_sockrelay **out, struct hm_err *err)
 		goto fail;
 	}
 	size_t sz = sizeof(struct sockrelay_slot) * SOCKRELAY_SLOTS;
-	void *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED,
-		       bpf_map__fd(r->skel->maps.slots), 0);
+	void *m =
+	    mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(r->skel->maps.slots), 0);
 	if (m == MAP_FAILED) {
 		hm_err_errno(err, "kernel relay: map the counters");
 		goto fail;
@@ -242,8 +243,7 @@ int hm_sockrelay_events_fd(const struct hm_sockrelay *r)
 	return ring_buffer__epoll_fd(r->events);
 }
 
-int hm_sockrelay_consume(struct hm_sockrelay *r, void (*fn)(void *ctx, uint32_t slot),
-			 void *ctx)
+int hm_sockrelay_consume(struct hm_sockrelay *r, void (*fn)(void *ctx, uint32_t slot), void *ctx)
 {
 	r->on_event = fn;
 	r->event_ctx = ctx;
