@@ -291,12 +291,12 @@ void agent_fd_spare_shed(int listen_fd);
 
 /* ---- status.c: what `trace-agent status` reports ---- */
 struct agent_stats {
-	struct relay_counters relay;	  /* bytes and open streams, updated by the relay */
+	struct relay_counters relay;	     /* bytes and open streams, updated by the relay */
 	atomic_uint_fast64_t kernel_streams; /* of relay.streams, relayed by the kernel */
-	atomic_uint_fast64_t requests;	  /* requests answered on control connections */
-	atomic_uint_fast64_t errors;	  /* ERROR replies, rejected peers, protocol errors */
-	atomic_uint_fast64_t sessions;	  /* open */
-	atomic_uint_fast64_t connections; /* open control and stream connections */
+	atomic_uint_fast64_t requests;	     /* requests answered on control connections */
+	atomic_uint_fast64_t errors;	     /* ERROR replies, rejected peers, protocol errors */
+	atomic_uint_fast64_t sessions;	     /* open */
+	atomic_uint_fast64_t connections;    /* open control and stream connections */
 	atomic_uint_fast64_t auth_failures;
 	atomic_uint_fast64_t ctl_bytes_in;  /* control frames to clients */
 	atomic_uint_fast64_t ctl_bytes_out; /* control frames from clients */

@@ -204,8 +204,7 @@ void hm_sockrelay_set(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p,
 int hm_sockrelay_events_fd(const struct hm_sockrelay *r);
 /* fn(ctx, slot) for each socket that needs the caller: bytes were left to it (passed
  * grew past drained) or its redirected total crossed notify_at. Returns how many. */
-int hm_sockrelay_consume(struct hm_sockrelay *r, void (*fn)(void *ctx, uint32_t slot),
-			 void *ctx);
+int hm_sockrelay_consume(struct hm_sockrelay *r, void (*fn)(void *ctx, uint32_t slot), void *ctx);
 /* Forget the pair: the sockets leave the map (bytes the kernel holds between them are
  * lost: call this once nothing is in flight, or when the pair is reset anyway). */
 void hm_sockrelay_remove(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p);

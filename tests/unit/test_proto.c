@@ -393,7 +393,8 @@ static void assert_msg_equal(const struct proto_msg *a, const struct proto_msg *
 		assert_int_equal(a->status_reply.stolen, b->status_reply.stolen);
 		assert_int_equal(a->status_reply.passed_to_target,
 				 b->status_reply.passed_to_target);
-		assert_int_equal(a->status_reply.has_kernel_relay, b->status_reply.has_kernel_relay);
+		assert_int_equal(a->status_reply.has_kernel_relay,
+				 b->status_reply.has_kernel_relay);
 		assert_int_equal(a->status_reply.kernel_relay_on, b->status_reply.kernel_relay_on);
 		assert_int_equal(a->status_reply.kernel_streams, b->status_reply.kernel_streams);
 		break;
