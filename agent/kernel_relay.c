@@ -281,6 +281,11 @@ static int step(struct agent_krelay *k, struct kr_pair *p, struct kr_side *s)
 				return -1;
 			s->held_len = (size_t)n;
 			s->held_off = 0;
+			/* A verdict that read drained just before it grew and counts its skb
+			 * as passed just after this thread last read passed sends no record
+			 * (it did not see passed == drained): look once more shortly, when
+			 * any verdict under way has ended. */
+			p->busy = true;
 			continue;
 		}
 		if (s->eof && !s->forwarded) {
