@@ -316,11 +316,15 @@ int agent_krelay_create(struct relay_counters *counters, atomic_uint_fast64_t *s
 /* Reset every stream still relayed and unload. NULL is a no-op. */
 void agent_krelay_destroy(struct agent_krelay *k);
 uint32_t agent_krelay_prog_id(const struct agent_krelay *k);
+/* close() with SO_LINGER 0: the peer gets a reset, not an EOF that would pass a cut
+ * stream for a complete one */
+void agent_close_reset(int fd);
 /* Relay a pair of connected TCP sockets: client_fd (the accepted stream, whose hello
  * and reply the agent read and wrote already) and remote_fd (connected in the target's
  * netns). On success both fds and rel (may be NULL) belong to the kernel relay; on
- * failure they stay the caller's (ENOSPC when the map is full: relay them in user
- * space). Bytes already queued on either socket are relayed too, in order. */
+ * failure they stay the caller's: relay them in user space (the map is full, a socket
+ * is half closed), except on ECONNABORTED (bytes were lost under way): reset them.
+ * Bytes already queued on either socket are relayed too, in order. */
 int agent_krelay_add(struct agent_krelay *k, int client_fd, int remote_fd,
 		     const struct relay_release *rel, struct hm_err *err);
 /* version must outlive out */

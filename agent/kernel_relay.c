@@ -120,6 +120,18 @@ static int tcp_received(int fd, uint64_t *out)
 	return 0;
 }
 
+/* TCP_ESTABLISHED of the kernel's tcp_states.h: linux/tcp.h, for the tcp_info this file
+ * needs, does not have it and glibc's netinet/tcp.h would clash with that header */
+#define KR_TCP_ESTABLISHED 1
+
+static bool tcp_established(int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+	       ti.tcpi_state == KR_TCP_ESTABLISHED;
+}
+
 /* Bytes the agent has read from fd so far: received minus still queued, read until two
  * tcp_info agree (bytes may arrive between the calls). Before fd enters the map only. */
 static int tcp_consumed(int fd, uint64_t *out)
@@ -148,6 +160,13 @@ static void watch(struct agent_krelay *k, struct kr_side *s, uint32_t events)
 	s->events = events;
 }
 
+void agent_close_reset(int fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
+}
+
 static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, const char *why)
 {
 	if (p->dead)
@@ -171,12 +190,11 @@ static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, co
 	for (int i = 0; i < 2; i++) {
 		struct kr_side *s = &p->side[i];
 		k->by_slot[p->slots.slot[i]] = NULL;
-		if (reset) {
-			struct linger lg = {.l_onoff = 1, .l_linger = 0};
-			setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-		}
 		epoll_ctl(k->epfd, EPOLL_CTL_DEL, s->fd, NULL);
-		close(s->fd);
+		if (reset)
+			agent_close_reset(s->fd);
+		else
+			close(s->fd);
 		s->fd = -1;
 		free(s->held);
 		s->held = NULL;
@@ -536,6 +554,14 @@ int agent_krelay_add(struct agent_krelay *k, int client_fd, int remote_fd,
 		s->pair = p;
 		s->idx = (uint8_t)i;
 		s->fd = fds[i];
+		/* the kernel takes only established sockets: one that saw its FIN (a server
+		 * that answered and closed) goes to the user-space relay, whole */
+		if (!tcp_established(fds[i])) {
+			free(p);
+			return hm_err_plain(err, EOPNOTSUPP,
+					    "the %s socket is no longer established (half closed)",
+					    i == AGENT_KR_CLIENT ? "client" : "remote");
+		}
 		if (tcp_consumed(fds[i], &s->consumed) < 0 ||
 		    tcp_written(fds[i], &s->wrote_before) < 0) {
 			free(p);

@@ -977,9 +977,20 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 				 (unsigned long long)ps.session_id);
 			return;
 		}
-		hm_info("conn %llu (%s): tcp stream of session %llu in the user-space relay: %s",
-			(unsigned long long)c->id, c->peer, (unsigned long long)ps.session_id,
-			err.msg);
+		if (err.code == ECONNABORTED) {
+			atomic_fetch_add(&srv->stats.errors, 1);
+			hm_warn("conn %llu (%s): tcp stream of session %llu reset: %s",
+				(unsigned long long)c->id, c->peer,
+				(unsigned long long)ps.session_id, err.msg);
+			agent_close_reset(client_fd);
+			agent_close_reset(ps.fd);
+			if (ps.account)
+				agent_budget_stream_closed(ps.account);
+			return;
+		}
+		hm_debug("conn %llu (%s): tcp stream of session %llu in the user-space relay: %s",
+			 (unsigned long long)c->id, c->peer, (unsigned long long)ps.session_id,
+			 err.msg);
 		err = (struct hm_err){0};
 	}
 	/* the relay owns both fds from here on, also when adding fails */

@@ -188,7 +188,10 @@ struct hm_sockrelay_pair {
 /* Put the connected TCP sockets fd[0] and fd[1] (borrowed) in the map, each one's
  * bytes redirected to the other while, per direction, redirected stays within limit
  * (hm_sockrelay_set). Bytes queued on a socket before it entered are processed by the
- * program too (in order, before anything newer). ENOSPC when the map is full. */
+ * program too (in order, before anything newer). ENOSPC when the map is full;
+ * EOPNOTSUPP when a socket is not established (the kernel takes only those): on these
+ * the sockets are as they were. ECONNABORTED: bytes were lost while the first socket
+ * was alone in the map (the second's state changed under way): reset the pair. */
 int hm_sockrelay_add(struct hm_sockrelay *r, const int fd[2], const uint64_t limit[2],
 		     struct hm_sockrelay_pair *out, struct hm_err *err);
 /* Read side i's counters (lock-free; concurrent with the program). */

@@ -196,8 +196,16 @@ int hm_sockrelay_add(struct hm_sockrelay *r, const int fd[2], const uint64_t lim
 	if (rc < 0) {
 		in_socks--;
 		hm_err_set(err, -rc, "kernel relay: put a socket in the sockhash");
-		for (int i = 0; i < in_socks; i++)
+		for (int i = 0; i < in_socks; i++) {
 			bpf_map__delete_elem(r->skel->maps.socks, &cookie[i], sizeof(__u64), 0);
+			/* What the program left on a socket while its peer was not in the map
+			 * sat in the socket's psock, which leaving the map discards: the
+			 * stream has a hole and must be reset, not relayed on. */
+			if (__atomic_load_n(&r->slots[out->slot[i]].passed, __ATOMIC_ACQUIRE))
+				hm_err_plain(err, ECONNABORTED,
+					     "kernel relay: bytes arrived while only one socket "
+					     "was in the map, and leaving it lost them");
+		}
 		goto undo;
 	}
 	for (int i = 0; i < 2; i++)
