@@ -57,6 +57,7 @@ struct agent_server_config {
 	gid_t unix_gid;		  /* group of the unix socket (mode 0660) */
 	bool allow_any_pid;	  /* pid/N for every token holder (else see peer.c) */
 	bool insecure_listen;	  /* --listen may be a non-loopback address */
+	bool no_kernel_relay;	  /* --no-kernel-relay: every stream in the user-space relay */
 	unsigned stream_ttl_ms;
 	size_t mirror_ring_bytes;     /* per mirrored netns; 0: the default (32 MiB) */
 	size_t mirror_copy_bytes;     /* how far one mirror copy may fall behind; 0: 64 MiB */

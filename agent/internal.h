@@ -304,17 +304,42 @@ void agent_fd_spare_shed(int listen_fd);
 
 /* ---- status.c: what `trace-agent status` reports ---- */
 struct agent_stats {
-	struct relay_counters relay;	  /* bytes and open streams, updated by the relay */
-	atomic_uint_fast64_t requests;	  /* requests answered on control connections */
-	atomic_uint_fast64_t errors;	  /* ERROR replies, rejected peers, protocol errors */
-	atomic_uint_fast64_t sessions;	  /* open */
-	atomic_uint_fast64_t connections; /* open control and stream connections */
+	struct relay_counters relay;	     /* bytes and open streams, updated by the relay */
+	atomic_uint_fast64_t kernel_streams; /* of relay.streams, relayed by the kernel */
+	atomic_uint_fast64_t requests;	     /* requests answered on control connections */
+	atomic_uint_fast64_t errors;	     /* ERROR replies, rejected peers, protocol errors */
+	atomic_uint_fast64_t sessions;	     /* open */
+	atomic_uint_fast64_t connections;    /* open control and stream connections */
 	atomic_uint_fast64_t auth_failures;
 	atomic_uint_fast64_t ctl_bytes_in;  /* control frames to clients */
 	atomic_uint_fast64_t ctl_bytes_out; /* control frames from clients */
 	uint64_t started_ms;		    /* CLOCK_MONOTONIC */
 };
 void agent_stats_init(struct agent_stats *s);
+
+/* ---- kernel_relay.c: RELAY_TCP streams moved by the kernel (loader's sockrelay) ---- */
+#define AGENT_KR_CLIENT 0
+#define AGENT_KR_REMOTE 1
+struct agent_krelay;
+/* Load the program and start the thread. Fails (EPERM, EOPNOTSUPP, ...) with one
+ * message saying why, for the caller's log: then the relay thread does it all. The
+ * counters (bytes, streams; streams: the kernel's only) must outlive it. */
+int agent_krelay_create(struct relay_counters *counters, atomic_uint_fast64_t *streams,
+			struct agent_krelay **out, struct hm_err *err);
+/* Reset every stream still relayed and unload. NULL is a no-op. */
+void agent_krelay_destroy(struct agent_krelay *k);
+uint32_t agent_krelay_prog_id(const struct agent_krelay *k);
+/* close() with SO_LINGER 0: the peer gets a reset, not an EOF that would pass a cut
+ * stream for a complete one */
+void agent_close_reset(int fd);
+/* Relay a pair of connected TCP sockets: client_fd (the accepted stream, whose hello
+ * and reply the agent read and wrote already) and remote_fd (connected in the target's
+ * netns). On success both fds and rel (may be NULL) belong to the kernel relay; on
+ * failure they stay the caller's: relay them in user space (the map is full, a socket
+ * is half closed), except on ECONNABORTED (bytes were lost under way): reset them.
+ * Bytes already queued on either socket are relayed too, in order. */
+int agent_krelay_add(struct agent_krelay *k, int client_fd, int remote_fd,
+		     const struct relay_release *rel, struct hm_err *err);
 /* version must outlive out */
 void agent_stats_fill(struct agent_stats *s, const char *version, size_t pending_streams,
 		      struct proto_status_reply *out);

@@ -37,6 +37,11 @@ static const char usage_text[] =
     "                         loopback only, unless --insecure\n"
     "  --insecure             allow --listen on any address: TCP is not encrypted, the\n"
     "                         token and file contents cross the network in clear\n"
+    "  --no-kernel-relay      relay the TCP connections of TCP clients in user space\n"
+    "                         too. By default the kernel moves their bytes (a BPF\n"
+    "                         sk_skb program on a sockhash; needs CAP_BPF and\n"
+    "                         CAP_NET_ADMIN, Linux 5.13+; without them the agent\n"
+    "                         says why once and relays in user space)\n"
     "  --allow-any-pid        any token holder may target any pid/N (default: root\n"
     "                         any; other unix users their own processes; TCP none)\n"
     "  --token-file F         auth token (default " PROTO_DEFAULT_TOKEN_FILE "); created\n"
@@ -301,6 +306,7 @@ int main(int argc, char **argv)
 	    {"no-unix", no_argument, NULL, 'U'},
 	    {"unix-group", required_argument, NULL, 'g'},
 	    {"insecure", no_argument, NULL, 'I'},
+	    {"no-kernel-relay", no_argument, NULL, 'K'},
 	    {"allow-any-pid", no_argument, NULL, 'P'},
 	    {"token-file", required_argument, NULL, 't'},
 	    {"max-file-size", required_argument, NULL, 'm'},
@@ -353,6 +359,9 @@ int main(int argc, char **argv)
 			break;
 		case 'I':
 			cfg.insecure_listen = true;
+			break;
+		case 'K':
+			cfg.no_kernel_relay = true;
 			break;
 		case 'P':
 			cfg.allow_any_pid = true;

@@ -54,6 +54,7 @@ struct server {
 	dev_t unix_dev;
 	ino_t unix_ino;
 	struct relay *relay;
+	struct agent_krelay *krelay; /* TCP pairs moved by the kernel; NULL: all by relay */
 	struct agent_streams *streams;
 	struct agent_budget *budget;
 	struct agent_stats stats;
@@ -693,6 +694,9 @@ static void handle_status(struct conn *c, const struct proto_msg *m)
 			 &r.status_reply);
 	agent_budget_status(c->srv->budget, &r.status_reply);
 	agent_incoming_status(c->srv->incoming, &r.status_reply);
+	r.status_reply.has_kernel_relay = true;
+	r.status_reply.kernel_relay_on = c->srv->krelay != NULL;
+	r.status_reply.kernel_streams = (uint32_t)atomic_load(&c->srv->stats.kernel_streams);
 	conn_send(c, m->id, &r);
 }
 
@@ -963,10 +967,36 @@ static void start_stream(struct conn *c, const struct proto_msg *m)
 		agent_budget_stream_closed(ps.account);
 		return;
 	}
-	/* the relay owns both fds from here on, also when adding fails */
 	struct hm_err err = {0};
 	int client_fd = hm_steal_fd(&c->fd);
 	const char *kind = relay_kind_name(ps.kind);
+	/* after the reply: the kernel relay takes what the client sent behind it, and
+	 * whatever the target's server said first, from the sockets' queues */
+	if (ps.kind == RELAY_TCP && srv->krelay && !c->from.is_unix) {
+		if (agent_krelay_add(srv->krelay, client_fd, ps.fd, ps.account ? &rel : NULL,
+				     &err) == 0) {
+			hm_debug("conn %llu (%s): tcp stream of session %llu relayed by the kernel",
+				 (unsigned long long)c->id, c->peer,
+				 (unsigned long long)ps.session_id);
+			return;
+		}
+		if (err.code == ECONNABORTED) {
+			atomic_fetch_add(&srv->stats.errors, 1);
+			hm_warn("conn %llu (%s): tcp stream of session %llu reset: %s",
+				(unsigned long long)c->id, c->peer,
+				(unsigned long long)ps.session_id, err.msg);
+			agent_close_reset(client_fd);
+			agent_close_reset(ps.fd);
+			if (ps.account)
+				agent_budget_stream_closed(ps.account);
+			return;
+		}
+		hm_debug("conn %llu (%s): tcp stream of session %llu in the user-space relay: %s",
+			 (unsigned long long)c->id, c->peer, (unsigned long long)ps.session_id,
+			 err.msg);
+		err = (struct hm_err){0};
+	}
+	/* the relay owns both fds from here on, also when adding fails */
 	int rc = relay_add(srv->relay, ps.kind, client_fd, ps.fd, ps.size, ps.account ? &rel : NULL,
 			   &err);
 	if (rc < 0) {
@@ -1354,6 +1384,7 @@ static void remove_unix_socket(struct server *srv)
 /* What the connections share, in the order their references to each other allow. */
 static void destroy_services(struct server *srv)
 {
+	agent_krelay_destroy(srv->krelay);
 	relay_destroy(srv->relay);
 	agent_http_steal_destroy(srv->http_steal);
 	agent_mirror_stop(srv->mirror); /* it offers through the registry */
@@ -1402,6 +1433,20 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		goto fail;
 	if (relay_create(&srv->stats.relay, &srv->relay, err) < 0)
 		goto fail;
+	if (cfg->no_kernel_relay) {
+		hm_info(
+		    "kernel relay off (--no-kernel-relay): TCP streams in the user-space relay");
+	} else {
+		struct hm_err kr_err = {0};
+		if (agent_krelay_create(&srv->stats.relay, &srv->stats.kernel_streams, &srv->krelay,
+					&kr_err) == 0)
+			hm_info("kernel relay on: TCP streams from TCP clients are moved by the "
+				"kernel (BPF program %u)",
+				agent_krelay_prog_id(srv->krelay));
+		else
+			hm_warn("kernel relay off, TCP streams in the user-space relay: %s",
+				kr_err.msg);
+	}
 	struct agent_admission_config acfg = {
 	    .deadline_ms = cfg->handshake_timeout_ms,
 	    .max_per_transport = AGENT_MAX_PENDING_PER_TRANSPORT,

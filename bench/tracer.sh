@@ -20,7 +20,9 @@
 #                    the same binary inside pod web: goal >= 0.7x the requests per second
 #                    (svc answers the pods' network only, so there is no host-direct row);
 #                    also through the agent's TCP address (--agent 127.0.0.1:PORT, as a
-#                    cluster's port-forward), where the program's socket is the stream
+#                    cluster's port-forward), where the program's socket is the stream,
+#                    moved by the agent's kernel relay, and beside it the same through an
+#                    agent with --no-kernel-relay (its user-space relay)
 source "$HERMIT_ROOT/tests/lib.sh"
 source "$HERMIT_ROOT/tests/agent/agent_lib.sh"
 source "$HERMIT_ROOT/tests/trace_fixture.sh"
@@ -197,56 +199,81 @@ tb_rps() {
 	sed -n 's/.* rps=\([0-9.]*\) .*/\1/p' <<<"$out"
 }
 
-# A second agent of the fixture's, also on TCP: trace-run's --agent HOST:PORT path.
-# Sets TB_TCP_AGENT to its address.
+# Two more agents of the fixture's, on TCP: trace-run's --agent HOST:PORT path, one
+# with the kernel relay (the default), one with --no-kernel-relay. Sets TB_TCP_AGENT and
+# TB_TCP_AGENT_USER to their addresses.
 tb_tcp_agent_up() {
 	[ -z "${TB_TCP_AGENT:-}" ] || return 0
-	local port
-	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-	agent_start "$FX_WORK" tcpagent --listen "127.0.0.1:$port" >&2
-	TB_TCP_AGENT_PID=$(agent_pid "$FX_WORK" tcpagent)
 	bench_on_exit tb_tcp_agent_down
-	TB_TCP_AGENT="127.0.0.1:$port"
+	tb_tcp_agent_start tcpagent
+	TB_TCP_AGENT=$TB_TCP_AGENT_STARTED
+	tb_tcp_agent_start tcpagent-user --no-kernel-relay
+	TB_TCP_AGENT_USER=$TB_TCP_AGENT_STARTED
 }
+# tb_tcp_agent_start NAME [AGENT OPTIONS]: its address in TB_TCP_AGENT_STARTED
+tb_tcp_agent_start() {
+	local name="$1" port
+	shift
+	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	agent_start "$FX_WORK" "$name" --listen "127.0.0.1:$port" "$@" >&2
+	TB_TCP_AGENT_PIDS+=("$(agent_pid "$FX_WORK" "$name")")
+	TB_TCP_AGENT_STARTED="127.0.0.1:$port"
+}
+TB_TCP_AGENT_PIDS=()
 # by pid: fixture_down, an earlier hook, removes the directory with the pid file
 tb_tcp_agent_down() {
-	[ -n "${TB_TCP_AGENT_PID:-}" ] || return 0
-	kill -TERM "$TB_TCP_AGENT_PID" 2>/dev/null || return 0
-	wait_until 100 sh -c "! kill -0 $TB_TCP_AGENT_PID 2>/dev/null" || kill -KILL "$TB_TCP_AGENT_PID"
-	wait "$TB_TCP_AGENT_PID" 2>/dev/null
-	TB_TCP_AGENT_PID=""
+	local pid
+	for pid in "${TB_TCP_AGENT_PIDS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || continue
+		wait_until 100 sh -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid"
+		wait "$pid" 2>/dev/null
+	done
+	TB_TCP_AGENT_PIDS=()
 }
 
 # trun_tcp [TRACE-RUN OPTIONS] -- PROGRAM [ARGS]: trun through the TCP agent
 trun_tcp() {
-	timeout "${TRUN_TIMEOUT:-60}" "$TRACE_RUN" --agent "$TB_TCP_AGENT" --token-file "$FX_TOKEN_FILE" \
+	trun_tcp_at "$TB_TCP_AGENT" "$@"
+}
+# ... through the TCP agent that relays in user space
+trun_tcp_user() {
+	trun_tcp_at "$TB_TCP_AGENT_USER" "$@"
+}
+trun_tcp_at() {
+	local agent="$1"
+	shift
+	timeout "${TRUN_TIMEOUT:-60}" "$TRACE_RUN" --agent "$agent" --token-file "$FX_TOKEN_FILE" \
 		--target "pod/$FX_WEB" "$@"
 }
 
 bench_tracer_http() {
 	tracer_env_up
 	tb_tcp_agent_up
-	local tsv="$BENCH_DIR/tracer_http.tsv" url="http://$FX_SVC_IP:$FX_PORT/" pod=() sec=() ptr=() tcp=()
+	local tsv="$BENCH_DIR/tracer_http.tsv" url="http://$FX_SVC_IP:$FX_PORT/" pod=() sec=() ptr=() tcp=() tcpu=()
 	local args=(-url "$url" -c "$BENCH_HTTP_C" -d "${BENCH_HTTP_SECONDS}s")
 	# unmeasured: the agent's worker for the pod, page cache, the service's goroutines
 	tb_rps trun -- "$BUILD/apps/httpbench" -url "$url" -n 200 >/dev/null
 	tb_rps trun_tcp -- "$BUILD/apps/httpbench" -url "$url" -n 200 >/dev/null
+	tb_rps trun_tcp_user -- "$BUILD/apps/httpbench" -url "$url" -n 200 >/dev/null
 	for _ in $(seq "$BENCH_HTTP_ROUNDS"); do
 		pod+=("$(tb_rps tp exec "$FX_WEB" -- httpbench "${args[@]}")")
 		sec+=("$(tb_rps trun --backend seccomp -- "$BUILD/apps/httpbench" "${args[@]}")")
 		ptr+=("$(tb_rps trun --backend ptrace -- "$BUILD/apps/httpbench" "${args[@]}")")
 		tcp+=("$(tb_rps trun_tcp --backend seccomp -- "$BUILD/apps/httpbench" "${args[@]}")")
+		tcpu+=("$(tb_rps trun_tcp_user --backend seccomp -- "$BUILD/apps/httpbench" "${args[@]}")")
 	done
-	local mpod msec mptr mtcp
+	local mpod msec mptr mtcp mtcpu
 	mpod=$(bench_median "${pod[@]}")
 	msec=$(bench_median "${sec[@]}")
 	mptr=$(bench_median "${ptr[@]}")
 	mtcp=$(bench_median "${tcp[@]}")
+	mtcpu=$(bench_median "${tcpu[@]}")
 	bench_rows "$tsv" \
 		"client inside pod web" "$mpod rps" "-" "-" "-" \
 		"trace-run --backend seccomp on the host" "$msec rps" "$mpod rps" "$(bench_ratio "$msec" "$mpod")" ">= 0.90x in pod" \
 		"trace-run --backend ptrace on the host" "$mptr rps" "$mpod rps" "$(bench_ratio "$mptr" "$mpod")" "-" \
-		"trace-run --backend seccomp, agent on TCP (direct)" "$mtcp rps" "$mpod rps" "$(bench_ratio "$mtcp" "$mpod")" ">= 0.70x in pod"
+		"trace-run --backend seccomp, agent on TCP (direct)" "$mtcp rps" "$mpod rps" "$(bench_ratio "$mtcp" "$mpod")" ">= 0.70x in pod" \
+		"... agent on TCP, user-space relay (--no-kernel-relay)" "$mtcpu rps" "$mpod rps" "$(bench_ratio "$mtcpu" "$mpod")" "-"
 	print_rows "HTTP GET to pod svc, httpbench -c $BENCH_HTTP_C keep-alive, ${BENCH_HTTP_SECONDS}s, median of $BENCH_HTTP_ROUNDS" "$tsv"
-	echo "runs rps: pod ${pod[*]}; seccomp ${sec[*]}; ptrace ${ptr[*]}; seccomp TCP agent ${tcp[*]}"
+	echo "runs rps: pod ${pod[*]}; seccomp ${sec[*]}; ptrace ${ptr[*]}; seccomp TCP agent ${tcp[*]}; TCP agent, user-space relay ${tcpu[*]}"
 }

@@ -451,6 +451,9 @@ int client_status(struct client *c, struct client_status *out, struct hm_err *er
 	out->mirror_bytes = s->mirror_bytes;
 	out->stolen = s->stolen;
 	out->passed_to_target = s->passed_to_target;
+	out->has_kernel_relay = s->has_kernel_relay;
+	out->kernel_relay_on = s->kernel_relay_on;
+	out->kernel_streams = s->kernel_streams;
 	return 0;
 }
 

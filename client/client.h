@@ -108,6 +108,9 @@ struct client_status {
 	bool has_incoming;
 	uint32_t subscriptions;
 	uint64_t mirrored, mirror_lost, mirror_bytes, stolen, passed_to_target;
+	/* has_kernel_relay false: an agent without one */
+	bool has_kernel_relay, kernel_relay_on;
+	uint32_t kernel_streams; /* of streams, moved by the kernel */
 };
 int client_status(struct client *c, struct client_status *out, struct hm_err *err);
 void client_status_print(FILE *f, const struct client_status *s);

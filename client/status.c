@@ -41,6 +41,9 @@ void client_status_print(FILE *f, const struct client_status *s)
 			(unsigned long long)s->mirror_lost, (unsigned long long)s->mirror_bytes,
 			(unsigned long long)s->stolen, (unsigned long long)s->passed_to_target);
 	}
+	if (s->has_kernel_relay)
+		fprintf(f, "%-12s %s streams %u\n", "kernel relay",
+			s->kernel_relay_on ? "on" : "off", s->kernel_streams);
 	if (!s->nbudgets)
 		return;
 	static const struct {

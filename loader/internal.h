@@ -3,6 +3,7 @@
 #ifndef HERMIT_LOADER_INTERNAL_H
 #define HERMIT_LOADER_INTERNAL_H
 
+#include <linux/capability.h>
 #include <net/if.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -14,6 +15,14 @@
 /* Route libbpf's messages into hermit's log (idempotent, thread-safe): warnings at
  * warn level (they carry the verifier log when a load fails), the rest at debug. */
 void hm_libbpf_log_setup(void);
+
+/* ---- caps.c ---- */
+
+#ifndef CAP_BPF
+#define CAP_BPF 39
+#endif
+/* Whether the process's effective set holds cap (CAP_NET_ADMIN, CAP_BPF, ...). */
+bool hm_has_cap(int cap);
 
 /* ---- netns.c ---- */
 

@@ -160,4 +160,56 @@ uint32_t hm_steal_prog_id(const struct hm_steal *s);
 /* Detach and free. NULL is a no-op. */
 void hm_steal_destroy(struct hm_steal *s);
 
+/* ---- sockrelay: the agent's kernel relay of TCP socket pairs (bpf/sockrelay.bpf.c) ----
+ * An sk_skb verdict program on a SOCKHASH: bytes received on one socket of a pair leave
+ * by the other's transmit path from the softirq that received them. Nothing is pinned:
+ * the program and maps live with this process's fds, and a socket leaves the map when
+ * it is closed. What the program does not redirect stays readable on the socket it
+ * came in on (hm_sockrelay_side.passed): the caller moves those bytes itself. */
+struct hm_sockrelay;
+/* slots (hm_sockrelay_pair.slot) are below this: one per relayed socket */
+#define HM_SOCKRELAY_SLOTS 16384
+/* Load the program and attach it to its map. EPERM/EOPNOTSUPP with a message naming
+ * what is missing (capability, kernel support); libbpf's log at debug level. */
+int hm_sockrelay_open(struct hm_sockrelay **out, struct hm_err *err);
+/* Close the program and maps (sockets still in the map leave it). NULL is a no-op. */
+void hm_sockrelay_close(struct hm_sockrelay *r);
+/* The program's id (`bpftool prog show id N`), 0 if unknown. */
+uint32_t hm_sockrelay_prog_id(const struct hm_sockrelay *r);
+
+/* One socket of a relayed pair, as the program counts it: every figure only grows. */
+struct hm_sockrelay_side {
+	uint64_t redirected; /* bytes the kernel handed to the peer's transmit path */
+	uint64_t passed;     /* bytes left on this socket for the caller to move */
+};
+struct hm_sockrelay_pair {
+	uint32_t slot[2]; /* the two sockets' slots, in the order given to add */
+};
+/* Put the connected TCP sockets fd[0] and fd[1] (borrowed) in the map, each one's
+ * bytes redirected to the other while, per direction, redirected stays within limit
+ * (hm_sockrelay_set). Bytes queued on a socket before it entered are processed by the
+ * program too (in order, before anything newer). ENOSPC when the map is full;
+ * EOPNOTSUPP when a socket is not established (the kernel takes only those): on these
+ * the sockets are as they were. ECONNABORTED: bytes were lost while the first socket
+ * was alone in the map (the second's state changed under way): reset the pair. */
+int hm_sockrelay_add(struct hm_sockrelay *r, const int fd[2], const uint64_t limit[2],
+		     struct hm_sockrelay_pair *out, struct hm_err *err);
+/* Read side i's counters (lock-free; concurrent with the program). */
+void hm_sockrelay_get(const struct hm_sockrelay *r, const struct hm_sockrelay_pair *p, int i,
+		      struct hm_sockrelay_side *out);
+/* Tell the program side i's state: drained = how many of its passed bytes the caller
+ * has written to the peer (the program redirects again only once drained == passed,
+ * which keeps the order), limit = the redirected total it may reach, notify_at = the
+ * redirected total at which it tells the caller (time to raise the limit). All grow. */
+void hm_sockrelay_set(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p, int i,
+		      uint64_t drained, uint64_t limit, uint64_t notify_at);
+/* Readable (epoll) when the program has news: then call hm_sockrelay_consume. */
+int hm_sockrelay_events_fd(const struct hm_sockrelay *r);
+/* fn(ctx, slot) for each socket that needs the caller: bytes were left to it (passed
+ * grew past drained) or its redirected total crossed notify_at. Returns how many. */
+int hm_sockrelay_consume(struct hm_sockrelay *r, void (*fn)(void *ctx, uint32_t slot), void *ctx);
+/* Forget the pair: the sockets leave the map (bytes the kernel holds between them are
+ * lost: call this once nothing is in flight, or when the pair is reset anyway). */
+void hm_sockrelay_remove(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p);
+
 #endif

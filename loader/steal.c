@@ -1,10 +1,8 @@
 /* The steal program (bpf/steal.bpf.c): one instance per stolen (netns, port), attached
  * to the netns with a BPF link whose only holder is the agent's fd, so the program
  * disappears with the agent, however it ends. Nothing is pinned. */
-#include <linux/capability.h>
 #include <linux/types.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -19,24 +17,11 @@ struct hm_steal {
 	uint16_t port;
 };
 
-#ifndef CAP_BPF
-#define CAP_BPF 39
-#endif
-
-static bool has_cap(int cap)
-{
-	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
-	struct __user_cap_data_struct data[2] = {0};
-	if (syscall(SYS_capget, &hdr, data) < 0)
-		return false;
-	return data[cap / 32].effective & (1u << (cap % 32));
-}
-
 /* One message for what this kernel or process lacks, before a load whose failure
  * would only say EINVAL or EPERM (the probe itself cannot tell them apart). */
 static int check_support(uint16_t port, struct hm_err *err)
 {
-	if (!(has_cap(CAP_BPF) || has_cap(CAP_SYS_ADMIN)) || !has_cap(CAP_NET_ADMIN))
+	if (!(hm_has_cap(CAP_BPF) || hm_has_cap(CAP_SYS_ADMIN)) || !hm_has_cap(CAP_NET_ADMIN))
 		return hm_err_plain(err, EPERM,
 				    "steal port %u: loading the sk_lookup BPF program needs "
 				    "CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN, which the agent "

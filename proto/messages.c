@@ -418,6 +418,14 @@ static void status_reply(struct codec *c, struct proto_msg *m)
 	c_u64(c, &s->mirror_bytes);
 	c_u64(c, &s->stolen);
 	c_u64(c, &s->passed_to_target);
+	if (!c_has_tail(c, s->has_kernel_relay))
+		return; /* an agent without a kernel relay */
+	s->has_kernel_relay = true;
+	uint8_t on = s->kernel_relay_on;
+	c_u8(c, &on);
+	c_check(c, on <= 1, "bad kernel relay flag");
+	s->kernel_relay_on = on;
+	c_u32(c, &s->kernel_streams);
 }
 
 static void session_open(struct codec *c, struct proto_msg *m)

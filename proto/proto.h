@@ -256,6 +256,10 @@ struct proto_status_reply {
 	uint64_t mirror_bytes;	   /* payload bytes copied to mirror streams */
 	uint64_t stolen;	   /* connections (or HTTP requests) given to a client */
 	uint64_t passed_to_target; /* filtered HTTP requests left to the target */
+	/* the kernel relay, encoded after the incoming counters (so only with them) */
+	bool has_kernel_relay;
+	bool kernel_relay_on;	 /* loaded: TCP streams of TCP clients go through it */
+	uint32_t kernel_streams; /* of streams, moved by the kernel now */
 };
 
 struct proto_session_open {

@@ -177,6 +177,9 @@ static bool sample(uint16_t type, struct proto_msg *m)
 		m->status_reply.mirror_bytes = 1 << 20;
 		m->status_reply.stolen = 50;
 		m->status_reply.passed_to_target = 9;
+		m->status_reply.has_kernel_relay = true;
+		m->status_reply.kernel_relay_on = true;
+		m->status_reply.kernel_streams = 3;
 		return true;
 	case PROTO_SESSION_OPEN:
 		m->session_open.target = "pod/web";
@@ -390,6 +393,10 @@ static void assert_msg_equal(const struct proto_msg *a, const struct proto_msg *
 		assert_int_equal(a->status_reply.stolen, b->status_reply.stolen);
 		assert_int_equal(a->status_reply.passed_to_target,
 				 b->status_reply.passed_to_target);
+		assert_int_equal(a->status_reply.has_kernel_relay,
+				 b->status_reply.has_kernel_relay);
+		assert_int_equal(a->status_reply.kernel_relay_on, b->status_reply.kernel_relay_on);
+		assert_int_equal(a->status_reply.kernel_streams, b->status_reply.kernel_streams);
 		break;
 	case PROTO_SESSION_OPEN:
 		assert_string_equal(a->session_open.target, b->session_open.target);
@@ -625,6 +632,8 @@ static void test_roundtrip_variants(void **state)
 /* ---- hostile input ---- */
 
 #define STATUS_INCOMING_LEN (4 + 5 * 8) /* subscriptions, then five u64 counters */
+/* a STATUS_REPLY's kernel relay tail: on/off (u8) and streams (u32) */
+#define STATUS_KERNEL_LEN (1 + 4)
 
 static void test_truncated_at_every_offset(void **state)
 {
@@ -647,15 +656,17 @@ static void test_truncated_at_every_offset(void **state)
 		/* a payload cut short anywhere, with a header that agrees, is rejected */
 		assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 		uint32_t full = h.len;
-		/* a STATUS_REPLY without its optional incoming counters, or also without its
-		 * budgets, is an older agent's, and whole */
+		/* a STATUS_REPLY without its kernel relay tail, or also without its incoming
+		 * counters, or also without its budgets, is an older agent's, and whole */
+		uint32_t kernelless =
+		    t == PROTO_STATUS_REPLY ? full - STATUS_KERNEL_LEN : UINT32_MAX;
 		uint32_t incomingless =
-		    t == PROTO_STATUS_REPLY ? full - STATUS_INCOMING_LEN : UINT32_MAX;
+		    t == PROTO_STATUS_REPLY ? kernelless - STATUS_INCOMING_LEN : UINT32_MAX;
 		uint32_t budgetless = t == PROTO_STATUS_REPLY
 					  ? incomingless - 1 - 32 * m.status_reply.nbudgets
 					  : UINT32_MAX;
 		for (uint32_t n = 0; n < full; n++) {
-			if (n == budgetless || n == incomingless)
+			if (n == budgetless || n == incomingless || n == kernelless)
 				continue;
 			h.len = n;
 			uint8_t *copy =
@@ -703,7 +714,7 @@ static void test_status_without_budgets(void **state)
 	assert_true(parse_frame(b.data, b.len, PROTO_MAX_PAYLOAD, &h, &payload, &err) > 0);
 	uint8_t *copy = malloc(h.len);
 	memcpy(copy, payload, h.len);
-	copy[h.len - 33 - STATUS_INCOMING_LEN] = PROTO_BUDGET_MAX + 1;
+	copy[h.len - 33 - STATUS_INCOMING_LEN - STATUS_KERNEL_LEN] = PROTO_BUDGET_MAX + 1;
 	assert_int_equal(proto_decode(&h, copy, &out, &err), -1);
 	assert_int_equal(err.code, EBADMSG);
 	free(copy);
