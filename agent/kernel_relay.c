@@ -569,6 +569,11 @@ int agent_krelay_add(struct agent_krelay *k, int client_fd, int remote_fd,
 					    i == AGENT_KR_CLIENT ? "client" : "remote");
 		}
 	}
+	/* as the user-space relay does (relay.c set_nodelay): what the verdict program redirects
+	 * on the pod's socket goes out when it comes, not behind Nagle's wait for an ack.
+	 * The client's socket has it from accept. */
+	int nodelay = 1;
+	setsockopt(remote_fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
 	/* the credit counts from what each peer's TCP holds now (nothing redirected yet) */
 	for (int i = 0; i < 2; i++)
 		limit[i] = p->side[i].limit = KR_CREDIT;
