@@ -11,6 +11,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <linux/tcp.h>
+#include <stdio.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -202,6 +204,66 @@ static void test_limit_bounds_the_queue(void **state)
 	fixture_done(&f);
 }
 
+/* Socket buffers in use (skbuff_head_cache objects, one per skb): the kernel's cost of
+ * bytes queued, which the byte counts above do not see */
+static long skbs_in_use(void)
+{
+	FILE *f = fopen("/proc/slabinfo", "re");
+	if (!f)
+		return -1;
+	char line[512];
+	long n = -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "skbuff_head_cache %ld", &n) == 1)
+			break;
+	fclose(f);
+	return n;
+}
+
+/* The attack on the byte limit: one-byte segments (TCP_NODELAY, one send each) to a
+ * hostile pod's server that takes little and reads nothing. Were each queued as an skb
+ * of its own between the two sockets (~1 KiB of kernel memory for one byte, which no
+ * socket's accounting sees), the 2 MiB of payload the agent's credit allows would be
+ * two million skbs per stream. They are not (Linux 6.18 here): the peer's psock copies
+ * them into its TCP's send queue, which coalesces them. This test keeps it so: the
+ * skbs in use do not grow with the segments sent. */
+static void test_small_segments_are_bounded(void **state)
+{
+	(void)state;
+	const uint64_t limit = 2 << 20; /* the agent's KR_CREDIT */
+	const size_t attack = 400000;	/* segments: far beyond any socket buffers here */
+	struct fixture f;
+	relay_pair(&f, limit);
+	int small = 4096; /* a hostile pod's server: it takes little, and reads nothing */
+	assert_int_equal(setsockopt(f.b.client, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	int one = 1;
+	assert_int_equal(setsockopt(f.a.client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)), 0);
+	long skbs_before = skbs_in_use();
+	size_t sent = 0;
+	for (int idle = 0; idle < 20 && sent < attack;) {
+		ssize_t n = send(f.a.client, "x", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n == 1) {
+			sent++;
+			idle = 0;
+			continue;
+		}
+		assert_true(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+		usleep(10 * 1000);
+		idle++;
+	}
+	long skbs_after = skbs_in_use();
+	assert_true(skbs_before >= 0 && skbs_after >= 0);
+	struct hm_sockrelay_side s;
+	hm_sockrelay_get(f.r, &f.pair, 0, &s);
+	print_message("one-byte segments sent %zu; redirected %llu, left on the socket %llu; "
+		      "skbs in use %ld -> %ld\n",
+		      sent, (unsigned long long)s.redirected, (unsigned long long)s.passed,
+		      skbs_before, skbs_after);
+	/* other tests on this machine allocate skbs too: far below one per segment */
+	assert_true(skbs_after - skbs_before < (long)(sent / 8));
+	fixture_done(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -209,6 +271,7 @@ int main(void)
 	    cmocka_unit_test(test_bytes_queued_before_add),
 	    cmocka_unit_test(test_peer_gone_bytes_stay),
 	    cmocka_unit_test(test_limit_bounds_the_queue),
+	    cmocka_unit_test(test_small_segments_are_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
