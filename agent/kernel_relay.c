@@ -16,7 +16,9 @@
  * - The bound: the program redirects a direction only up to a limit the thread keeps at
  *   what the peer's TCP took plus KR_CREDIT. Past it bytes stay on the socket they came
  *   in on, whose TCP window closes as they fill it: a client writing to a pod that does
- *   not read cannot grow the kernel's queue between the two sockets.
+ *   not read cannot grow the kernel's queue between the two sockets. The queue is
+ *   bounded in skbs too (HM_SOCKRELAY_SKB_CREDIT, raised only when the queue is seen
+ *   empty): one-byte segments would otherwise queue ~1 KiB of kernel memory per byte.
  * - A reset or error on one socket resets the other (close with SO_LINGER 0), as
  *   RELAY_TCP does.
  * The sockets are not polled for input (a redirected byte would wake the thread): the
@@ -260,6 +262,10 @@ static int step(struct agent_krelay *k, struct kr_pair *p, struct kr_side *s)
 		 * between the two sockets */
 		uint64_t kernel_done = written - peer->wrote_before - s->sent;
 		bool queue_empty = kernel_done >= c.redirected;
+		if (queue_empty)
+			hm_sockrelay_skbs_gone(k->bpf, &p->slots, s->idx, c.skbs);
+		else if (c.skbs_low)
+			p->busy = true; /* the skb credit is raised once the queue empties */
 		uint64_t limit = kernel_done + KR_CREDIT;
 		if (limit > s->limit || s->held_len == 0) {
 			if (limit > s->limit)
