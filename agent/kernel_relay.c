@@ -57,6 +57,7 @@ struct kr_side {
 	bool eof;	       /* FIN received */
 	bool forwarded;	       /* its EOF went to the peer (shutdown SHUT_WR) */
 	uint32_t events;       /* registered with epoll */
+	bool unwatched;	       /* hung up: out of the epoll set for good */
 	uint64_t consumed;     /* bytes the agent read from it before it entered the map */
 	uint64_t wrote_before; /* bytes the agent wrote to it before it entered the map */
 	uint64_t sent;	       /* bytes of this side's passed ones written to the peer */
@@ -155,7 +156,7 @@ static int tcp_consumed(int fd, uint64_t *out)
 
 static void watch(struct agent_krelay *k, struct kr_side *s, uint32_t events)
 {
-	if (s->fd < 0 || s->events == events)
+	if (s->fd < 0 || s->unwatched || s->events == events)
 		return;
 	struct epoll_event ev = {.events = events, .data.ptr = s};
 	epoll_ctl(k->epfd, EPOLL_CTL_MOD, s->fd, &ev);
@@ -370,6 +371,14 @@ static void on_socket(struct agent_krelay *k, struct kr_side *s, uint32_t ev)
 		s->eof = true;
 		/* nothing more to hear from its input */
 		watch(k, s, s->events & ~EPOLLRDHUP);
+	}
+	if (ev & EPOLLHUP) {
+		/* Both directions are shut (its EOF came and its peer's went to it) and no
+		 * mask turns EPOLLHUP off: left in the set it would wake this thread on every
+		 * wait until the pair closes, which a peer that does not read puts off at
+		 * will. Nothing is written to it any more; the timer looks after the pair. */
+		epoll_ctl(k->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+		s->unwatched = true;
 	}
 	if (ev & EPOLLOUT)
 		watch(k, s, s->events & ~EPOLLOUT);

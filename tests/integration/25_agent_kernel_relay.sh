@@ -114,6 +114,10 @@ while True:
 c.sendall(b'%d %s' % (n, h.hexdigest().encode()))"
 server lazy 7005 "
 time.sleep(8)"
+server half_closer 7008 "
+time.sleep(0.5) # once the stream is in the kernel relay (not half closed before)
+c.shutdown(socket.SHUT_WR) # its EOF first; then it reads nothing for a while
+time.sleep(8)"
 
 # EOF comes after every byte: 16 MiB written and shut down at once arrive whole before
 # the server sees its EOF (a FIN forwarded as soon as the client's arrived would cut
@@ -312,11 +316,58 @@ test_kill9_leaves_nothing() {
 	echo "program $prog and maps $maps gone after kill -9"
 }
 
+# CPU time (ticks) of the kernel relay agent so far
+agent_cpu_ticks() { awk '{print $14 + $15}' "/proc/$(agent_pid "$WORK" kr)/stat"; }
+
+# A socket whose both directions are shut (the server's EOF went to the client, then
+# the client's came) is EPOLLHUP for good, which no event mask turns off: while the
+# client's EOF waits for the server to read what came before it, the relay thread must
+# not wake on it again and again (one core burnt for as long as the server likes, and
+# the timer that moves the other streams' waiting bytes starved).
+test_hangup_wait_does_not_spin() {
+	local pid a b
+	client kr "
+s = socket.create_connection(('$SRV_IP', 7008))
+time.sleep(1) # the server's EOF reaches the client
+s.sendall(b'y' * (1 << 20)); s.shutdown(socket.SHUT_WR)
+print('sent', flush=True)
+time.sleep(5)" >"$WORK/hup.out" 2>&1 &
+	pid=$!
+	wait_until 100 grep -q sent "$WORK/hup.out" || fail "the client did not send: $(cat "$WORK/hup.out")"
+	sleep 0.5
+	a=$(agent_cpu_ticks)
+	sleep 3
+	b=$(agent_cpu_ticks)
+	wait "$pid"
+	echo "agent CPU over 3 s while the client's EOF waits: $((b - a)) ticks (100 a second)"
+	[ $((b - a)) -lt 60 ] || fail "the agent spun: $((b - a)) ticks of CPU in 3 s"
+}
+
+# Once every stream is over, the agent's maps are empty (no socket, no slot left)
+test_idle_maps_empty() {
+	local prog m n
+	prog=$(sed -n 's/.*kernel relay on: .*(BPF program \([0-9]*\)).*/\1/p' "$WORK/kr.log")
+	[ -n "$prog" ] || fail "no program id in the agent's log"
+	wait_until 100 sh -c "'$TRACE_AGENT' status --agent 127.0.0.1:$KR_PORT --token-file '$WORK/token' | grep -q 'kernel relay on streams 0'" ||
+		fail "streams still open: $("$TRACE_AGENT" status --agent "127.0.0.1:$KR_PORT" --token-file "$WORK/token")"
+	for m in $(bpftool -j prog show id "$prog" | "$PYTHON" -c 'import json,sys; print(" ".join(map(str, json.load(sys.stdin)["map_ids"])))'); do
+		case "$(bpftool -j map show id "$m" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["type"])')" in
+		hash | sockhash) ;;
+		*) continue ;;
+		esac
+		n=$(bpftool -j map dump id "$m" 2>/dev/null | "$PYTHON" -c 'import json,sys; print(len(json.load(sys.stdin)))')
+		echo "map $m: ${n:-?} entries"
+		assert_eq 0 "$n" "entries left in map $m"
+	done
+}
+
 run_test "kernel relay: EOF after every byte, both ways" test_eof_after_every_byte
 run_test "kernel relay: bytes left to the agent keep their order" test_bytes_left_to_the_agent_keep_order
 run_test "kernel relay: a server that speaks first" test_server_speaks_first
 run_test "kernel relay: a reset goes through" test_reset_goes_through
 run_test "kernel relay: a flood to a server that does not read is bounded" test_flood_is_bounded
+run_test "kernel relay: a hung-up socket's wait does not spin" test_hangup_wait_does_not_spin
 run_test "kernel relay: status and --no-kernel-relay" test_status_and_flag
+run_test "kernel relay: the maps are empty when idle" test_idle_maps_empty
 run_test "kernel relay: no capability, user-space relay" test_no_capability_fallback
 run_test "kernel relay: kill -9 leaves nothing" test_kill9_leaves_nothing
