@@ -38,8 +38,10 @@
 #include "agent/internal.h"
 #include "loader/loader.h"
 
-/* how far the kernel may run ahead of what a peer's TCP took, per direction */
+/* how far the kernel may run ahead of what a peer's TCP took, per direction: KR_CREDIT
+ * while half the memory budget is free, then KR_MIN_CREDIT */
 #define KR_CREDIT (2u << 20)
+#define KR_MIN_CREDIT (128u << 10)
 /* what one read of bytes left to the thread may take */
 #define KR_CHUNK (64u << 10)
 /* polling while a socket waits for the kernel's queue to its peer to empty: it starts
@@ -70,6 +72,7 @@ struct kr_pair {
 	struct kr_pair *next, *prev;
 	struct kr_side side[2]; /* AGENT_KR_CLIENT, AGENT_KR_REMOTE */
 	struct hm_sockrelay_pair slots;
+	uint64_t credit; /* per direction, reserved from the memory budget */
 	struct relay_release release;
 	bool busy; /* waits for the kernel: looked at again on the timer */
 	bool dead;
@@ -81,7 +84,9 @@ struct agent_krelay {
 	atomic_uint_fast64_t *streams; /* kernel-relayed, open */
 	int epfd, wake_fd;
 	pthread_t thread;
-	pthread_mutex_t lock; /* incoming, stopping */
+	pthread_mutex_t lock; /* incoming, stopping, memory_used */
+	uint64_t max_memory;  /* 0: unlimited */
+	uint64_t memory_used; /* credits of the open pairs */
 	struct kr_pair *incoming;
 	bool stopping;
 	struct kr_pair *pairs; /* the thread's */
@@ -170,6 +175,27 @@ void agent_close_reset(int fd)
 	close(fd);
 }
 
+/* Reserve the credit of a new pair (per direction) from the memory budget; 0: spent. */
+static uint64_t credit_take(struct agent_krelay *k)
+{
+	uint64_t credit = 0;
+	pthread_mutex_lock(&k->lock);
+	if (!k->max_memory || k->memory_used + 2 * KR_CREDIT <= k->max_memory / 2)
+		credit = KR_CREDIT;
+	else if (k->memory_used + 2 * KR_MIN_CREDIT <= k->max_memory)
+		credit = KR_MIN_CREDIT;
+	k->memory_used += 2 * credit;
+	pthread_mutex_unlock(&k->lock);
+	return credit;
+}
+
+static void credit_put(struct agent_krelay *k, uint64_t credit)
+{
+	pthread_mutex_lock(&k->lock);
+	k->memory_used -= 2 * credit;
+	pthread_mutex_unlock(&k->lock);
+}
+
 static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, const char *why)
 {
 	if (p->dead)
@@ -204,6 +230,7 @@ static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, co
 	}
 	if (p->release.fn)
 		p->release.fn(p->release.arg);
+	credit_put(k, p->credit);
 	if (p->prev)
 		p->prev->next = p->next;
 	else
@@ -267,14 +294,14 @@ static int step(struct agent_krelay *k, struct kr_pair *p, struct kr_side *s)
 			hm_sockrelay_skbs_gone(k->bpf, &p->slots, s->idx, c.skbs);
 		else if (c.skbs_low)
 			p->busy = true; /* the skb credit is raised once the queue empties */
-		uint64_t limit = kernel_done + KR_CREDIT;
+		uint64_t limit = kernel_done + p->credit;
 		if (limit > s->limit || s->held_len == 0) {
 			if (limit > s->limit)
 				s->limit = limit;
 			/* drained counts only bytes written whole: while some are held the
 			 * program keeps leaving new ones to this thread, behind them */
 			hm_sockrelay_set(k->bpf, &p->slots, s->idx, s->sent, s->limit,
-					 s->limit - KR_CREDIT / 2);
+					 s->limit - p->credit / 2);
 		}
 		if (s->held_len) {
 			if (!queue_empty) {
@@ -480,7 +507,7 @@ static void *krelay_thread(void *arg)
 }
 
 int agent_krelay_create(struct relay_counters *counters, atomic_uint_fast64_t *streams,
-			struct agent_krelay **out, struct hm_err *err)
+			uint64_t max_memory, struct agent_krelay **out, struct hm_err *err)
 {
 	*out = NULL;
 	struct agent_krelay *k = calloc(1, sizeof(*k));
@@ -488,6 +515,7 @@ int agent_krelay_create(struct relay_counters *counters, atomic_uint_fast64_t *s
 		return hm_err_errno(err, "kernel relay");
 	k->counters = counters;
 	k->streams = streams;
+	k->max_memory = max_memory;
 	k->epfd = k->wake_fd = -1;
 	k->poll_ms = KR_POLL_MIN_MS;
 	pthread_mutex_init(&k->lock, NULL);
@@ -584,10 +612,17 @@ int agent_krelay_add(struct agent_krelay *k, int client_fd, int remote_fd,
 					    i == AGENT_KR_CLIENT ? "client" : "remote");
 		}
 	}
+	p->credit = credit_take(k);
+	if (!p->credit) {
+		free(p);
+		return hm_err_plain(err, ENOSPC,
+				    "the kernel relay's memory (--kernel-relay-memory) is spent");
+	}
 	/* the credit counts from what each peer's TCP holds now (nothing redirected yet) */
 	for (int i = 0; i < 2; i++)
-		limit[i] = p->side[i].limit = KR_CREDIT;
+		limit[i] = p->side[i].limit = p->credit;
 	if (hm_sockrelay_add(k->bpf, fds, limit, &p->slots, err) < 0) {
+		credit_put(k, p->credit);
 		free(p);
 		return -1;
 	}

@@ -27,9 +27,13 @@ struct sockrelay_slot {
 	__u64 skbs;
 	__u64 skb_limit;
 	__u64 skb_notify_at;
+	/* the agent's own: skb_limit's step, from the first limit (one skb a KiB of it,
+	 * so that their overhead costs at most about as much again as the bytes) */
+	__u64 skb_credit;
 };
-/* skbs a socket may have queued at its peer's psock at once */
+/* skbs a socket may have queued at its peer's psock at once, at most */
 #define SOCKRELAY_SKB_CREDIT 2048
+#define SOCKRELAY_SKB_CREDIT_MIN 16
 
 /* a ring buffer record: the slot whose socket needs the agent (bytes were left to it,
  * or its redirected total crossed notify_at) */

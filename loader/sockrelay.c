@@ -176,8 +176,14 @@ int hm_sockrelay_add(struct hm_sockrelay *r, const int fd[2], const uint64_t lim
 		s->peer = cookie[1 - i];
 		s->limit = limit[i];
 		s->notify_at = limit[i] / 2;
-		s->skb_limit = SOCKRELAY_SKB_CREDIT;
-		s->skb_notify_at = SOCKRELAY_SKB_CREDIT / 2;
+		uint64_t skb_credit = limit[i] >> 10;
+		if (skb_credit > SOCKRELAY_SKB_CREDIT)
+			skb_credit = SOCKRELAY_SKB_CREDIT;
+		if (skb_credit < SOCKRELAY_SKB_CREDIT_MIN)
+			skb_credit = SOCKRELAY_SKB_CREDIT_MIN;
+		s->skb_credit = skb_credit;
+		s->skb_limit = skb_credit;
+		s->skb_notify_at = skb_credit / 2;
 	}
 	atomic_thread_fence(memory_order_seq_cst);
 	int rc = 0, done = 0;
@@ -237,10 +243,10 @@ void hm_sockrelay_skbs_gone(struct hm_sockrelay *r, const struct hm_sockrelay_pa
 			    uint64_t skbs)
 {
 	struct sockrelay_slot *s = &r->slots[p->slot[i]];
-	if (skbs + SOCKRELAY_SKB_CREDIT <= __atomic_load_n(&s->skb_limit, __ATOMIC_ACQUIRE))
+	if (skbs + s->skb_credit <= __atomic_load_n(&s->skb_limit, __ATOMIC_ACQUIRE))
 		return;
-	__atomic_store_n(&s->skb_notify_at, skbs + SOCKRELAY_SKB_CREDIT / 2, __ATOMIC_RELEASE);
-	__atomic_store_n(&s->skb_limit, skbs + SOCKRELAY_SKB_CREDIT, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->skb_notify_at, skbs + s->skb_credit / 2, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->skb_limit, skbs + s->skb_credit, __ATOMIC_RELEASE);
 }
 
 void hm_sockrelay_set(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p, int i,
