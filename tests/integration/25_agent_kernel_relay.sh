@@ -400,7 +400,13 @@ print(sum(s.makefile('rb').readline().startswith(b'220') for s in socks))")
 	assert_eq 4 "$out" "greetings after the flood"
 	assert_eq $((before + 4)) "$(grep -c 'relayed by the kernel' "$WORK/budget.log")" \
 		"streams the kernel took once the credit was back"
+	# SIGTERM, like kill -9, leaves no program behind
+	local prog
+	prog=$(sed -n 's/.*kernel relay on: .*(BPF program \([0-9]*\)).*/\1/p' "$WORK/budget.log")
+	[ -n "$prog" ] || fail "no program id in the agent's log"
 	agent_stop "$WORK" budget
+	wait_until 50 sh -c "! bpftool prog show id $prog >/dev/null 2>&1" ||
+		fail "program $prog still loaded after SIGTERM"
 }
 
 # Once every stream is over, the agent's maps are empty (no socket, no slot left)
