@@ -94,6 +94,7 @@ struct agent_krelay {
 	struct kr_pair *graveyard;
 	struct kr_pair *by_slot[HM_SOCKRELAY_SLOTS]; /* the thread's */
 	int poll_ms;
+	int64_t busy_at; /* CLOCK_MONOTONIC ms: when the waiting pairs are looked at next */
 };
 
 /* Bytes written to fd's TCP since the connection began: acked plus still queued, read
@@ -463,21 +464,14 @@ static void *krelay_thread(void *arg)
 		bool busy = false;
 		for (struct kr_pair *p = k->pairs; p; p = p->next)
 			busy |= p->busy;
-		int n = epoll_wait(k->epfd, evs, 64, busy ? k->poll_ms : -1);
-		if (n < 0 && errno != EINTR)
-			break;
-		if (n == 0 && busy) {
-			k->poll_ms =
-			    k->poll_ms * 2 > KR_POLL_MAX_MS ? KR_POLL_MAX_MS : k->poll_ms * 2;
-			for (struct kr_pair *p = k->pairs, *next; p; p = next) {
-				next = p->next;
-				if (p->busy)
-					pair_run(k, p);
-			}
-			bury(k);
-			continue;
+		int64_t now = hm_now_ms();
+		int timeout = !busy ? -1 : k->busy_at > now ? (int)(k->busy_at - now) : 0;
+		int n = epoll_wait(k->epfd, evs, 64, timeout);
+		if (n < 0) {
+			if (errno != EINTR)
+				break;
+			n = 0;
 		}
-		k->poll_ms = KR_POLL_MIN_MS;
 		bool stop = false;
 		for (int i = 0; i < n; i++) {
 			void *ptr = evs[i].data.ptr;
@@ -497,6 +491,28 @@ static void *krelay_thread(void *arg)
 				on_socket(k, ptr, evs[i].events);
 		}
 		bury(k);
+		now = hm_now_ms();
+		if (n > 0) {
+			/* activity: look at the waiting pairs again soon; but events, however
+			 * many (another client's streams opened and closed in a loop), must not
+			 * put that look off, or the waiting pairs stall */
+			k->poll_ms = KR_POLL_MIN_MS;
+			if (k->busy_at > now + KR_POLL_MIN_MS)
+				k->busy_at = now + KR_POLL_MIN_MS;
+		}
+		if (now >= k->busy_at) {
+			for (struct kr_pair *p = k->pairs, *next; p; p = next) {
+				next = p->next;
+				if (p->busy)
+					pair_run(k, p);
+			}
+			bury(k);
+			/* backs off while nothing else happens: a peer that stopped reading */
+			if (n == 0)
+				k->poll_ms = k->poll_ms * 2 > KR_POLL_MAX_MS ? KR_POLL_MAX_MS
+									     : k->poll_ms * 2;
+			k->busy_at = now + k->poll_ms;
+		}
 		if (stop)
 			break;
 	}
