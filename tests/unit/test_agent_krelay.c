@@ -56,6 +56,7 @@ static double now_s(void)
 
 struct churn {
 	struct agent_krelay *k;
+	atomic_uint_fast64_t *open; /* kernel-relayed streams open */
 	atomic_bool stop;
 	atomic_uint streams;
 };
@@ -73,6 +74,12 @@ static void *churn_streams(void *arg)
 	struct churner *me = arg;
 	struct churn *c = me->churn;
 	while (!atomic_load(&c->stop)) {
+		/* the thread closes them a little later: more would fill the map (then the
+		 * victim's stream, like anyone's, would go to the user-space relay) */
+		if (atomic_load(c->open) > 400) {
+			usleep(100);
+			continue;
+		}
 		int a, b;
 		int ca = connect_to(me->l, &me->addr, &a);
 		int cb = connect_to(me->l, &me->addr, &b);
@@ -139,14 +146,16 @@ static bool waiting_stream_completes(struct churn *churn)
 /* The thread looks again on a timer at a stream that waits for the kernel's queue to
  * its peer to empty (the queue emptying is no event). Events of other streams, each
  * under the timer's period, must not put that look off: a client opening and closing
- * streams in a loop stalled everyone else's for seconds, in some of the rounds only:
- * it lasted until the events happened to leave a gap of the timer's period. */
+ * streams in a loop stalled everyone else's for seconds, until the events happened to
+ * leave a gap of the timer's period. This reproduces it only when the thread is
+ * swamped (seen in 2 of 6 rounds with the churn unbounded, which also fills the map);
+ * bounded as here (fds, slots) it checks that waiting streams go on under churn. */
 static void test_events_do_not_starve_waiting_streams(void **state)
 {
 	(void)state;
 	struct relay_counters counters = {0};
 	atomic_uint_fast64_t streams = 0;
-	struct churn churn = {0};
+	struct churn churn = {.open = &streams};
 	struct hm_err err = {0};
 	if (agent_krelay_create(&counters, &streams, 0, &churn.k, &err) < 0)
 		fail_msg("%s", err.msg);
