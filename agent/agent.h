@@ -48,6 +48,10 @@ void agent_budget_default_limits(struct agent_budget_limits *l);
 /* where containerd's runc shim v2 keeps its tasks (the DaemonSet mounts the host's
  * /run/containerd there) */
 #define AGENT_CONTAINERD_STATE_DEFAULT "/run/containerd/io.containerd.runtime.v2.task"
+/* --kernel-relay-memory's default: what the kernel may queue for all streams at once.
+ * Without a bound, 8192 streams (--max-streams) of 2 MiB a direction, which one peer
+ * can open, would be 32 GiB of kernel memory no socket accounts for. */
+#define AGENT_KR_MEMORY_DEFAULT (256ull << 20)
 struct agent_server_config {
 	const char *unix_path;	  /* NULL: no unix listener */
 	const char *listen_addr;  /* "ADDR:PORT" / "[V6]:PORT"; NULL: no TCP listener */
@@ -58,6 +62,9 @@ struct agent_server_config {
 	bool allow_any_pid;	  /* pid/N for every token holder (else see peer.c) */
 	bool insecure_listen;	  /* --listen may be a non-loopback address */
 	bool no_kernel_relay;	  /* --no-kernel-relay: every stream in the user-space relay */
+	/* --kernel-relay-memory: bytes the kernel may queue between the sockets of all
+	 * kernel-relayed streams (their credits); 0: unlimited */
+	uint64_t kernel_relay_memory;
 	unsigned stream_ttl_ms;
 	size_t mirror_ring_bytes;     /* per mirrored netns; 0: the default (32 MiB) */
 	size_t mirror_copy_bytes;     /* how far one mirror copy may fall behind; 0: 64 MiB */

@@ -325,14 +325,15 @@ struct agent_krelay;
  * message saying why, for the caller's log: then the relay thread does it all. The
  * counters (bytes, streams; streams: the kernel's only) must outlive it. */
 int agent_krelay_create(struct relay_counters *counters, atomic_uint_fast64_t *streams,
-			struct agent_krelay **out, struct hm_err *err);
+			uint64_t max_memory, struct agent_krelay **out, struct hm_err *err);
 /* Reset every stream still relayed and unload. NULL is a no-op. */
 void agent_krelay_destroy(struct agent_krelay *k);
 uint32_t agent_krelay_prog_id(const struct agent_krelay *k);
 /* close() with SO_LINGER 0: the peer gets a reset, not an EOF that would pass a cut
  * stream for a complete one */
 void agent_close_reset(int fd);
-/* Relay a pair of connected TCP sockets: client_fd (the accepted stream, whose hello
+/* Relay a pair of connected TCP sockets (ENOSPC: the memory budget or the map is
+ * full): client_fd (the accepted stream, whose hello
  * and reply the agent read and wrote already) and remote_fd (connected in the target's
  * netns). On success both fds and rel (may be NULL) belong to the kernel relay; on
  * failure they stay the caller's: relay them in user space (the map is full, a socket

@@ -16,7 +16,9 @@
  * - The bound: the program redirects a direction only up to a limit the thread keeps at
  *   what the peer's TCP took plus KR_CREDIT. Past it bytes stay on the socket they came
  *   in on, whose TCP window closes as they fill it: a client writing to a pod that does
- *   not read cannot grow the kernel's queue between the two sockets.
+ *   not read cannot grow the kernel's queue between the two sockets. The queue is
+ *   bounded in skbs too (HM_SOCKRELAY_SKB_CREDIT, raised only when the queue is seen
+ *   empty): one-byte segments would otherwise queue ~1 KiB of kernel memory per byte.
  * - A reset or error on one socket resets the other (close with SO_LINGER 0), as
  *   RELAY_TCP does.
  * The sockets are not polled for input (a redirected byte would wake the thread): the
@@ -36,8 +38,10 @@
 #include "agent/internal.h"
 #include "loader/loader.h"
 
-/* how far the kernel may run ahead of what a peer's TCP took, per direction */
+/* how far the kernel may run ahead of what a peer's TCP took, per direction: KR_CREDIT
+ * while half the memory budget is free, then KR_MIN_CREDIT */
 #define KR_CREDIT (2u << 20)
+#define KR_MIN_CREDIT (128u << 10)
 /* what one read of bytes left to the thread may take */
 #define KR_CHUNK (64u << 10)
 /* polling while a socket waits for the kernel's queue to its peer to empty: it starts
@@ -55,6 +59,7 @@ struct kr_side {
 	bool eof;	       /* FIN received */
 	bool forwarded;	       /* its EOF went to the peer (shutdown SHUT_WR) */
 	uint32_t events;       /* registered with epoll */
+	bool unwatched;	       /* hung up: out of the epoll set for good */
 	uint64_t consumed;     /* bytes the agent read from it before it entered the map */
 	uint64_t wrote_before; /* bytes the agent wrote to it before it entered the map */
 	uint64_t sent;	       /* bytes of this side's passed ones written to the peer */
@@ -67,6 +72,7 @@ struct kr_pair {
 	struct kr_pair *next, *prev;
 	struct kr_side side[2]; /* AGENT_KR_CLIENT, AGENT_KR_REMOTE */
 	struct hm_sockrelay_pair slots;
+	uint64_t credit; /* per direction, reserved from the memory budget */
 	struct relay_release release;
 	bool busy; /* waits for the kernel: looked at again on the timer */
 	bool dead;
@@ -78,7 +84,9 @@ struct agent_krelay {
 	atomic_uint_fast64_t *streams; /* kernel-relayed, open */
 	int epfd, wake_fd;
 	pthread_t thread;
-	pthread_mutex_t lock; /* incoming, stopping */
+	pthread_mutex_t lock; /* incoming, stopping, memory_used */
+	uint64_t max_memory;  /* 0: unlimited */
+	uint64_t memory_used; /* credits of the open pairs */
 	struct kr_pair *incoming;
 	bool stopping;
 	struct kr_pair *pairs; /* the thread's */
@@ -86,6 +94,7 @@ struct agent_krelay {
 	struct kr_pair *graveyard;
 	struct kr_pair *by_slot[HM_SOCKRELAY_SLOTS]; /* the thread's */
 	int poll_ms;
+	int64_t busy_at; /* CLOCK_MONOTONIC ms: when the waiting pairs are looked at next */
 };
 
 /* Bytes written to fd's TCP since the connection began: acked plus still queued, read
@@ -153,7 +162,7 @@ static int tcp_consumed(int fd, uint64_t *out)
 
 static void watch(struct agent_krelay *k, struct kr_side *s, uint32_t events)
 {
-	if (s->fd < 0 || s->events == events)
+	if (s->fd < 0 || s->unwatched || s->events == events)
 		return;
 	struct epoll_event ev = {.events = events, .data.ptr = s};
 	epoll_ctl(k->epfd, EPOLL_CTL_MOD, s->fd, &ev);
@@ -165,6 +174,27 @@ void agent_close_reset(int fd)
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	close(fd);
+}
+
+/* Reserve the credit of a new pair (per direction) from the memory budget; 0: spent. */
+static uint64_t credit_take(struct agent_krelay *k)
+{
+	uint64_t credit = 0;
+	pthread_mutex_lock(&k->lock);
+	if (!k->max_memory || k->memory_used + 2 * KR_CREDIT <= k->max_memory / 2)
+		credit = KR_CREDIT;
+	else if (k->memory_used + 2 * KR_MIN_CREDIT <= k->max_memory)
+		credit = KR_MIN_CREDIT;
+	k->memory_used += 2 * credit;
+	pthread_mutex_unlock(&k->lock);
+	return credit;
+}
+
+static void credit_put(struct agent_krelay *k, uint64_t credit)
+{
+	pthread_mutex_lock(&k->lock);
+	k->memory_used -= 2 * credit;
+	pthread_mutex_unlock(&k->lock);
 }
 
 static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, const char *why)
@@ -201,6 +231,7 @@ static void pair_close(struct agent_krelay *k, struct kr_pair *p, bool reset, co
 	}
 	if (p->release.fn)
 		p->release.fn(p->release.arg);
+	credit_put(k, p->credit);
 	if (p->prev)
 		p->prev->next = p->next;
 	else
@@ -260,14 +291,18 @@ static int step(struct agent_krelay *k, struct kr_pair *p, struct kr_side *s)
 		 * between the two sockets */
 		uint64_t kernel_done = written - peer->wrote_before - s->sent;
 		bool queue_empty = kernel_done >= c.redirected;
-		uint64_t limit = kernel_done + KR_CREDIT;
+		if (queue_empty)
+			hm_sockrelay_skbs_gone(k->bpf, &p->slots, s->idx, c.skbs);
+		else if (c.skbs_low)
+			p->busy = true; /* the skb credit is raised once the queue empties */
+		uint64_t limit = kernel_done + p->credit;
 		if (limit > s->limit || s->held_len == 0) {
 			if (limit > s->limit)
 				s->limit = limit;
 			/* drained counts only bytes written whole: while some are held the
 			 * program keeps leaving new ones to this thread, behind them */
 			hm_sockrelay_set(k->bpf, &p->slots, s->idx, s->sent, s->limit,
-					 s->limit - KR_CREDIT / 2);
+					 s->limit - p->credit / 2);
 		}
 		if (s->held_len) {
 			if (!queue_empty) {
@@ -365,6 +400,14 @@ static void on_socket(struct agent_krelay *k, struct kr_side *s, uint32_t ev)
 		/* nothing more to hear from its input */
 		watch(k, s, s->events & ~EPOLLRDHUP);
 	}
+	if (ev & EPOLLHUP) {
+		/* Both directions are shut (its EOF came and its peer's went to it) and no
+		 * mask turns EPOLLHUP off: left in the set it would wake this thread on every
+		 * wait until the pair closes, which a peer that does not read puts off at
+		 * will. Nothing is written to it any more; the timer looks after the pair. */
+		epoll_ctl(k->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+		s->unwatched = true;
+	}
 	if (ev & EPOLLOUT)
 		watch(k, s, s->events & ~EPOLLOUT);
 	pair_run(k, p);
@@ -421,21 +464,14 @@ static void *krelay_thread(void *arg)
 		bool busy = false;
 		for (struct kr_pair *p = k->pairs; p; p = p->next)
 			busy |= p->busy;
-		int n = epoll_wait(k->epfd, evs, 64, busy ? k->poll_ms : -1);
-		if (n < 0 && errno != EINTR)
-			break;
-		if (n == 0 && busy) {
-			k->poll_ms =
-			    k->poll_ms * 2 > KR_POLL_MAX_MS ? KR_POLL_MAX_MS : k->poll_ms * 2;
-			for (struct kr_pair *p = k->pairs, *next; p; p = next) {
-				next = p->next;
-				if (p->busy)
-					pair_run(k, p);
-			}
-			bury(k);
-			continue;
+		int64_t now = hm_now_ms();
+		int timeout = !busy ? -1 : k->busy_at > now ? (int)(k->busy_at - now) : 0;
+		int n = epoll_wait(k->epfd, evs, 64, timeout);
+		if (n < 0) {
+			if (errno != EINTR)
+				break;
+			n = 0;
 		}
-		k->poll_ms = KR_POLL_MIN_MS;
 		bool stop = false;
 		for (int i = 0; i < n; i++) {
 			void *ptr = evs[i].data.ptr;
@@ -455,6 +491,28 @@ static void *krelay_thread(void *arg)
 				on_socket(k, ptr, evs[i].events);
 		}
 		bury(k);
+		now = hm_now_ms();
+		if (n > 0) {
+			/* activity: look at the waiting pairs again soon; but events, however
+			 * many (another client's streams opened and closed in a loop), must not
+			 * put that look off, or the waiting pairs stall */
+			k->poll_ms = KR_POLL_MIN_MS;
+			if (k->busy_at > now + KR_POLL_MIN_MS)
+				k->busy_at = now + KR_POLL_MIN_MS;
+		}
+		if (now >= k->busy_at) {
+			for (struct kr_pair *p = k->pairs, *next; p; p = next) {
+				next = p->next;
+				if (p->busy)
+					pair_run(k, p);
+			}
+			bury(k);
+			/* backs off while nothing else happens: a peer that stopped reading */
+			if (n == 0)
+				k->poll_ms = k->poll_ms * 2 > KR_POLL_MAX_MS ? KR_POLL_MAX_MS
+									     : k->poll_ms * 2;
+			k->busy_at = now + k->poll_ms;
+		}
 		if (stop)
 			break;
 	}
@@ -465,7 +523,7 @@ static void *krelay_thread(void *arg)
 }
 
 int agent_krelay_create(struct relay_counters *counters, atomic_uint_fast64_t *streams,
-			struct agent_krelay **out, struct hm_err *err)
+			uint64_t max_memory, struct agent_krelay **out, struct hm_err *err)
 {
 	*out = NULL;
 	struct agent_krelay *k = calloc(1, sizeof(*k));
@@ -473,6 +531,7 @@ int agent_krelay_create(struct relay_counters *counters, atomic_uint_fast64_t *s
 		return hm_err_errno(err, "kernel relay");
 	k->counters = counters;
 	k->streams = streams;
+	k->max_memory = max_memory;
 	k->epfd = k->wake_fd = -1;
 	k->poll_ms = KR_POLL_MIN_MS;
 	pthread_mutex_init(&k->lock, NULL);
@@ -569,6 +628,12 @@ int agent_krelay_add(struct agent_krelay *k, int client_fd, int remote_fd,
 					    i == AGENT_KR_CLIENT ? "client" : "remote");
 		}
 	}
+	p->credit = credit_take(k);
+	if (!p->credit) {
+		free(p);
+		return hm_err_plain(err, ENOSPC,
+				    "the kernel relay's memory (--kernel-relay-memory) is spent");
+	}
 	/* as the user-space relay does (relay.c set_nodelay): what the verdict program redirects
 	 * on the pod's socket goes out when it comes, not behind Nagle's wait for an ack.
 	 * The client's socket has it from accept. */
@@ -576,8 +641,9 @@ int agent_krelay_add(struct agent_krelay *k, int client_fd, int remote_fd,
 	setsockopt(remote_fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
 	/* the credit counts from what each peer's TCP holds now (nothing redirected yet) */
 	for (int i = 0; i < 2; i++)
-		limit[i] = p->side[i].limit = KR_CREDIT;
+		limit[i] = p->side[i].limit = p->credit;
 	if (hm_sockrelay_add(k->bpf, fds, limit, &p->slots, err) < 0) {
+		credit_put(k, p->credit);
 		free(p);
 		return -1;
 	}

@@ -42,6 +42,11 @@ static const char usage_text[] =
     "                         sk_skb program on a sockhash; needs CAP_BPF and\n"
     "                         CAP_NET_ADMIN, Linux 5.13+; without them the agent\n"
     "                         says why once and relays in user space)\n"
+    "  --kernel-relay-memory SIZE  bytes the kernel may hold queued between the two\n"
+    "                         sockets of all kernel-relayed streams (default 256M; 0:\n"
+    "                         unlimited). A stream gets 2M a direction while half of\n"
+    "                         it is free, then 128K; past it streams go to the\n"
+    "                         user-space relay\n"
     "  --allow-any-pid        any token holder may target any pid/N (default: root\n"
     "                         any; other unix users their own processes; TCP none)\n"
     "  --token-file F         auth token (default " PROTO_DEFAULT_TOKEN_FILE "); created\n"
@@ -307,6 +312,7 @@ int main(int argc, char **argv)
 	    {"unix-group", required_argument, NULL, 'g'},
 	    {"insecure", no_argument, NULL, 'I'},
 	    {"no-kernel-relay", no_argument, NULL, 'K'},
+	    {"kernel-relay-memory", required_argument, NULL, 'R'},
 	    {"allow-any-pid", no_argument, NULL, 'P'},
 	    {"token-file", required_argument, NULL, 't'},
 	    {"max-file-size", required_argument, NULL, 'm'},
@@ -334,6 +340,7 @@ int main(int argc, char **argv)
 	    .handshake_timeout_ms = DEFAULT_HANDSHAKE_MS,
 	    .stream_ttl_ms = AGENT_STREAM_TTL_MS,
 	    .containerd_state = AGENT_CONTAINERD_STATE_DEFAULT,
+	    .kernel_relay_memory = AGENT_KR_MEMORY_DEFAULT,
 	};
 	agent_budget_default_limits(&cfg.limits);
 	bool streams_set = false;
@@ -379,6 +386,13 @@ int main(int argc, char **argv)
 				return usage_error("bad --handshake-timeout '%s' (1..600000 ms)",
 						   optarg);
 			cfg.handshake_timeout_ms = (int)v;
+			break;
+		case 'R':
+			if (hm_parse_size(optarg, &v) < 0)
+				return usage_error(
+				    "bad --kernel-relay-memory '%s' (a size, 0: unlimited)",
+				    optarg);
+			cfg.kernel_relay_memory = v;
 			break;
 		case 'S':
 			if (hm_parse_u64(optarg, &v) < 0 || v == 0 || v > 3600000)

@@ -1438,8 +1438,8 @@ int agent_server_run(const struct agent_server_config *cfg, struct hm_err *err)
 		    "kernel relay off (--no-kernel-relay): TCP streams in the user-space relay");
 	} else {
 		struct hm_err kr_err = {0};
-		if (agent_krelay_create(&srv->stats.relay, &srv->stats.kernel_streams, &srv->krelay,
-					&kr_err) == 0)
+		if (agent_krelay_create(&srv->stats.relay, &srv->stats.kernel_streams,
+					cfg->kernel_relay_memory, &srv->krelay, &kr_err) == 0)
 			hm_info("kernel relay on: TCP streams from TCP clients are moved by the "
 				"kernel (BPF program %u)",
 				agent_krelay_prog_id(srv->krelay));

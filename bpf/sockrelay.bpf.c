@@ -71,12 +71,17 @@ int hm_sockrelay(struct __sk_buff *skb)
 	 * writes drained and limit concurrently, and both only grow */
 	__u64 passed = s->passed, drained = *(volatile __u64 *)&s->drained;
 	__u64 limit = *(volatile __u64 *)&s->limit;
-	__u64 redirected = s->redirected;
-	if (passed == drained && redirected + len <= limit &&
+	__u64 redirected = s->redirected, skbs = s->skbs;
+	__u64 skb_limit = *(volatile __u64 *)&s->skb_limit;
+	if (passed == drained && redirected + len <= limit && skbs < skb_limit &&
 	    bpf_sk_redirect_hash(skb, &socks, &s->peer, 0) == SK_PASS) {
+		/* redirected before skbs: the agent reads skbs first, so every skb it
+		 * counts has its bytes in the redirected total it reads next */
 		__sync_fetch_and_add(&s->redirected, len);
+		__sync_fetch_and_add(&s->skbs, 1);
 		__u64 at = *(volatile __u64 *)&s->notify_at;
-		if (redirected < at && redirected + len >= at)
+		__u64 skb_at = *(volatile __u64 *)&s->skb_notify_at;
+		if ((redirected < at && redirected + len >= at) || skbs + 1 == skb_at)
 			notify(*idx, SOCKRELAY_CREDIT);
 		return SK_PASS;
 	}

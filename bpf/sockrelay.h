@@ -19,7 +19,21 @@ struct sockrelay_slot {
 	 * sockets (the peer's psock queue, which has no bound of its own) stays bounded */
 	__u64 limit;
 	__u64 notify_at; /* the program tells the agent once redirected crosses this */
+	/* The queue's kernel memory is counted in skbs too: a byte limit alone lets a
+	 * sender of one-byte segments queue one skb (~1 KiB) per byte, which no socket's
+	 * accounting sees. The program redirects while skbs stays below skb_limit, which
+	 * the agent raises only once every skb counted has left the queue; it tells the
+	 * agent when skbs reaches skb_notify_at. */
+	__u64 skbs;
+	__u64 skb_limit;
+	__u64 skb_notify_at;
+	/* the agent's own: skb_limit's step, from the first limit (one skb a KiB of it,
+	 * so that their overhead costs at most about as much again as the bytes) */
+	__u64 skb_credit;
 };
+/* skbs a socket may have queued at its peer's psock at once, at most */
+#define SOCKRELAY_SKB_CREDIT 2048
+#define SOCKRELAY_SKB_CREDIT_MIN 16
 
 /* a ring buffer record: the slot whose socket needs the agent (bytes were left to it,
  * or its redirected total crossed notify_at) */

@@ -169,6 +169,8 @@ void hm_steal_destroy(struct hm_steal *s);
 struct hm_sockrelay;
 /* slots (hm_sockrelay_pair.slot) are below this: one per relayed socket */
 #define HM_SOCKRELAY_SLOTS 16384
+/* skbs one socket may have queued at its peer at once, at most (hm_sockrelay_skbs_gone) */
+#define HM_SOCKRELAY_SKB_CREDIT 2048
 /* Load the program and attach it to its map. EPERM/EOPNOTSUPP with a message naming
  * what is missing (capability, kernel support); libbpf's log at debug level. */
 int hm_sockrelay_open(struct hm_sockrelay **out, struct hm_err *err);
@@ -181,6 +183,11 @@ uint32_t hm_sockrelay_prog_id(const struct hm_sockrelay *r);
 struct hm_sockrelay_side {
 	uint64_t redirected; /* bytes the kernel handed to the peer's transmit path */
 	uint64_t passed;     /* bytes left on this socket for the caller to move */
+	/* skbs redirected: the program stops at a credit more than the count last given
+	 * to hm_sockrelay_skbs_gone: one skb a KiB of the first limit given to add, 16 to
+	 * HM_SOCKRELAY_SKB_CREDIT */
+	uint64_t skbs;
+	bool skbs_low; /* past half that credit: call hm_sockrelay_skbs_gone soon */
 };
 struct hm_sockrelay_pair {
 	uint32_t slot[2]; /* the two sockets' slots, in the order given to add */
@@ -203,6 +210,13 @@ void hm_sockrelay_get(const struct hm_sockrelay *r, const struct hm_sockrelay_pa
  * redirected total at which it tells the caller (time to raise the limit). All grow. */
 void hm_sockrelay_set(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p, int i,
 		      uint64_t drained, uint64_t limit, uint64_t notify_at);
+/* Every skb of side i counted up to skbs (hm_sockrelay_side.skbs, read with the
+ * redirected total that the peer's TCP has taken whole) has left the kernel's queue:
+ * the program may redirect its skb credit more. The queue's kernel memory
+ * is bounded by this as much as by the byte limit (one-byte segments cost ~1 KiB
+ * each). */
+void hm_sockrelay_skbs_gone(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p, int i,
+			    uint64_t skbs);
 /* Readable (epoll) when the program has news: then call hm_sockrelay_consume. */
 int hm_sockrelay_events_fd(const struct hm_sockrelay *r);
 /* fn(ctx, slot) for each socket that needs the caller: bytes were left to it (passed

@@ -15,6 +15,7 @@
 #include "sockrelay.skel.h"
 
 _Static_assert(HM_SOCKRELAY_SLOTS == SOCKRELAY_SLOTS, "one slot count");
+_Static_assert(HM_SOCKRELAY_SKB_CREDIT == SOCKRELAY_SKB_CREDIT, "one skb credit");
 
 struct hm_sockrelay {
 	struct sockrelay_bpf *skel;
@@ -175,6 +176,14 @@ int hm_sockrelay_add(struct hm_sockrelay *r, const int fd[2], const uint64_t lim
 		s->peer = cookie[1 - i];
 		s->limit = limit[i];
 		s->notify_at = limit[i] / 2;
+		uint64_t skb_credit = limit[i] >> 10;
+		if (skb_credit > SOCKRELAY_SKB_CREDIT)
+			skb_credit = SOCKRELAY_SKB_CREDIT;
+		if (skb_credit < SOCKRELAY_SKB_CREDIT_MIN)
+			skb_credit = SOCKRELAY_SKB_CREDIT_MIN;
+		s->skb_credit = skb_credit;
+		s->skb_limit = skb_credit;
+		s->skb_notify_at = skb_credit / 2;
 	}
 	atomic_thread_fence(memory_order_seq_cst);
 	int rc = 0, done = 0;
@@ -222,8 +231,22 @@ void hm_sockrelay_get(const struct hm_sockrelay *r, const struct hm_sockrelay_pa
 		      struct hm_sockrelay_side *out)
 {
 	struct sockrelay_slot *s = &r->slots[p->slot[i]];
+	/* skbs first (hm_sockrelay_skbs_gone relies on it): the program adds to redirected
+	 * before it counts the skb */
+	out->skbs = __atomic_load_n(&s->skbs, __ATOMIC_ACQUIRE);
+	out->skbs_low = out->skbs >= __atomic_load_n(&s->skb_notify_at, __ATOMIC_ACQUIRE);
 	out->redirected = __atomic_load_n(&s->redirected, __ATOMIC_ACQUIRE);
 	out->passed = __atomic_load_n(&s->passed, __ATOMIC_ACQUIRE);
+}
+
+void hm_sockrelay_skbs_gone(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p, int i,
+			    uint64_t skbs)
+{
+	struct sockrelay_slot *s = &r->slots[p->slot[i]];
+	if (skbs + s->skb_credit <= __atomic_load_n(&s->skb_limit, __ATOMIC_ACQUIRE))
+		return;
+	__atomic_store_n(&s->skb_notify_at, skbs + s->skb_credit / 2, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->skb_limit, skbs + s->skb_credit, __ATOMIC_RELEASE);
 }
 
 void hm_sockrelay_set(struct hm_sockrelay *r, const struct hm_sockrelay_pair *p, int i,

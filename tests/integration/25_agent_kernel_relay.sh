@@ -22,6 +22,7 @@ cleanup() {
 	local f
 	agent_stop "$WORK" kr >/dev/null 2>&1
 	agent_stop "$WORK" user >/dev/null 2>&1
+	agent_stop "$WORK" budget >/dev/null 2>&1
 	for f in "$WORK"/*.pid; do
 		[ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null
 	done
@@ -113,6 +114,17 @@ while True:
     time.sleep(0.001)
 c.sendall(b'%d %s' % (n, h.hexdigest().encode()))"
 server lazy 7005 "
+time.sleep(8)"
+server hoarder 7009 "
+held = globals().setdefault('held', [])
+held.append(os.dup(c.fileno())) # open, never read
+if len(held) == 8: # then, a while after the eighth, all reset (unread bytes)
+    time.sleep(5)
+    for f in held: os.close(f)
+    held.clear()"
+server half_closer 7008 "
+time.sleep(0.5) # once the stream is in the kernel relay (not half closed before)
+c.shutdown(socket.SHUT_WR) # its EOF first; then it reads nothing for a while
 time.sleep(8)"
 
 # EOF comes after every byte: 16 MiB written and shut down at once arrive whole before
@@ -312,11 +324,117 @@ test_kill9_leaves_nothing() {
 	echo "program $prog and maps $maps gone after kill -9"
 }
 
+# CPU time (ticks) of the kernel relay agent so far
+agent_cpu_ticks() { awk '{print $14 + $15}' "/proc/$(agent_pid "$WORK" kr)/stat"; }
+
+# A socket whose both directions are shut (the server's EOF went to the client, then
+# the client's came) is EPOLLHUP for good, which no event mask turns off: while the
+# client's EOF waits for the server to read what came before it, the relay thread must
+# not wake on it again and again (one core burnt for as long as the server likes, and
+# the timer that moves the other streams' waiting bytes starved).
+test_hangup_wait_does_not_spin() {
+	local pid a b
+	client kr "
+s = socket.create_connection(('$SRV_IP', 7008))
+time.sleep(1) # the server's EOF reaches the client
+s.sendall(b'y' * (1 << 20)); s.shutdown(socket.SHUT_WR)
+print('sent', flush=True)
+time.sleep(5)" >"$WORK/hup.out" 2>&1 &
+	pid=$!
+	wait_until 100 grep -q sent "$WORK/hup.out" || fail "the client did not send: $(cat "$WORK/hup.out")"
+	sleep 0.5
+	a=$(agent_cpu_ticks)
+	sleep 3
+	b=$(agent_cpu_ticks)
+	wait "$pid"
+	echo "agent CPU over 3 s while the client's EOF waits: $((b - a)) ticks (100 a second)"
+	[ $((b - a)) -lt 60 ] || fail "the agent spun: $((b - a)) ticks of CPU in 3 s"
+}
+
+# Many streams flooding servers that never read: each kernel-relayed one lets the kernel
+# queue its credit between the two sockets, in memory no socket accounts for; with
+# --max-streams of them (8192, one peer can open them all) that was 32 GiB. The
+# agent's --kernel-relay-memory bounds the sum: here 1M, four streams of 128K a
+# direction; the others go to the user-space relay, and a legitimate client still gets
+# its answer meanwhile. Their credit comes back when they close.
+test_kernel_memory_budget() {
+	local port out before
+	port=$(free_port)
+	agent_start "$WORK" budget --listen "127.0.0.1:$port" --kernel-relay-memory 1M
+	out=$(timeout 120 "$TRACE_RUN" --agent "127.0.0.1:$port" --token-file "$WORK/token" \
+		--target "pod/$TGT" -- "$PYTHON" -c "
+import socket, time
+chunk = b'x' * (1 << 16); socks = []
+for i in range(8):
+    s = socket.create_connection(('$SRV_IP', 7009)); s.setblocking(False); socks.append(s)
+end = time.time() + 3; n = 0
+while time.time() < end:
+    moved = False
+    for s in socks:
+        try:
+            n += s.send(chunk); moved = True
+        except BlockingIOError:
+            pass
+    if not moved: time.sleep(0.01)
+g = socket.create_connection(('$SRV_IP', 7003))
+g.sendall(b'HELO meanwhile\n'); f = g.makefile('rb')
+print(f.readline().decode().strip()); print(f.readline().decode().strip())
+print('flooded', n >> 20, 'MiB')")
+	echo "$out"
+	assert_contains "$out" "250 you said HELO meanwhile" "a legitimate stream during the flood"
+	echo "kernel: $(grep -c 'relayed by the kernel' "$WORK/budget.log"), user space: $(grep -c 'kernel-relay-memory) is spent' "$WORK/budget.log")"
+	assert_eq 4 "$(grep -c 'relayed by the kernel' "$WORK/budget.log")" "streams the kernel took"
+	[ "$(grep -c 'kernel-relay-memory) is spent' "$WORK/budget.log")" -ge 4 ] ||
+		fail "the streams past the budget did not go to the user-space relay: $(grep -i 'stream' "$WORK/budget.log" | tail -5)"
+	# the flood's streams closed (the server reset them): their credit is back
+	wait_until 100 sh -c "'$TRACE_AGENT' status --agent 127.0.0.1:$port --token-file '$WORK/token' | grep -q 'kernel relay on streams 0'" ||
+		fail "kernel streams still open"
+	before=$(grep -c 'relayed by the kernel' "$WORK/budget.log")
+	out=$(timeout 60 "$TRACE_RUN" --agent "127.0.0.1:$port" --token-file "$WORK/token" \
+		--target "pod/$TGT" -- "$PYTHON" -c "
+import socket
+socks = [socket.create_connection(('$SRV_IP', 7003)) for i in range(4)]
+for s in socks:
+    s.sendall(b'HELO again\n')
+print(sum(s.makefile('rb').readline().startswith(b'220') for s in socks))")
+	assert_eq 4 "$out" "greetings after the flood"
+	assert_eq $((before + 4)) "$(grep -c 'relayed by the kernel' "$WORK/budget.log")" \
+		"streams the kernel took once the credit was back"
+	# SIGTERM, like kill -9, leaves no program behind
+	local prog
+	prog=$(sed -n 's/.*kernel relay on: .*(BPF program \([0-9]*\)).*/\1/p' "$WORK/budget.log")
+	[ -n "$prog" ] || fail "no program id in the agent's log"
+	agent_stop "$WORK" budget
+	wait_until 50 sh -c "! bpftool prog show id $prog >/dev/null 2>&1" ||
+		fail "program $prog still loaded after SIGTERM"
+}
+
+# Once every stream is over, the agent's maps are empty (no socket, no slot left)
+test_idle_maps_empty() {
+	local prog m n
+	prog=$(sed -n 's/.*kernel relay on: .*(BPF program \([0-9]*\)).*/\1/p' "$WORK/kr.log")
+	[ -n "$prog" ] || fail "no program id in the agent's log"
+	wait_until 100 sh -c "'$TRACE_AGENT' status --agent 127.0.0.1:$KR_PORT --token-file '$WORK/token' | grep -q 'kernel relay on streams 0'" ||
+		fail "streams still open: $("$TRACE_AGENT" status --agent "127.0.0.1:$KR_PORT" --token-file "$WORK/token")"
+	for m in $(bpftool -j prog show id "$prog" | "$PYTHON" -c 'import json,sys; print(" ".join(map(str, json.load(sys.stdin)["map_ids"])))'); do
+		case "$(bpftool -j map show id "$m" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["type"])')" in
+		hash | sockhash) ;;
+		*) continue ;;
+		esac
+		n=$(bpftool -j map dump id "$m" 2>/dev/null | "$PYTHON" -c 'import json,sys; print(len(json.load(sys.stdin)))')
+		echo "map $m: ${n:-?} entries"
+		assert_eq 0 "$n" "entries left in map $m"
+	done
+}
+
 run_test "kernel relay: EOF after every byte, both ways" test_eof_after_every_byte
 run_test "kernel relay: bytes left to the agent keep their order" test_bytes_left_to_the_agent_keep_order
 run_test "kernel relay: a server that speaks first" test_server_speaks_first
 run_test "kernel relay: a reset goes through" test_reset_goes_through
 run_test "kernel relay: a flood to a server that does not read is bounded" test_flood_is_bounded
+run_test "kernel relay: a hung-up socket's wait does not spin" test_hangup_wait_does_not_spin
+run_test "kernel relay: the kernel's memory for all streams is bounded" test_kernel_memory_budget
 run_test "kernel relay: status and --no-kernel-relay" test_status_and_flag
+run_test "kernel relay: the maps are empty when idle" test_idle_maps_empty
 run_test "kernel relay: no capability, user-space relay" test_no_capability_fallback
 run_test "kernel relay: kill -9 leaves nothing" test_kill9_leaves_nothing
