@@ -25,7 +25,10 @@ struct hm_sockrelay {
 	size_t mapped;		      /* bytes of the slots mapping; 0: none */
 	struct sockrelay_slot *slots; /* the slots array, mapped */
 	pthread_mutex_t lock;	      /* free */
-	uint32_t nfree;
+	/* free slots, a FIFO ring: a slot freed now is reused last, so a verdict that was
+	 * still running on another CPU for the socket that held it (it looked the slot up
+	 * before the removal) has long ended before a new stream's counters start in it */
+	uint32_t free_head, nfree;
 	uint32_t free[SOCKRELAY_SLOTS];
 };
 
@@ -67,7 +70,7 @@ int hm_sockrelay_open(struct hm_sockrelay **out, struct hm_err *err)
 		return hm_err_errno(err, "kernel relay");
 	pthread_mutex_init(&r->lock, NULL);
 	for (uint32_t i = 0; i < SOCKRELAY_SLOTS; i++)
-		r->free[r->nfree++] = SOCKRELAY_SLOTS - 1 - i;
+		r->free[r->nfree++] = i;
 	r->skel = sockrelay_bpf__open_and_load();
 	if (!r->skel) {
 		int e = errno;
@@ -140,7 +143,7 @@ static void slots_put(struct hm_sockrelay *r, const uint32_t *slot, int n)
 {
 	pthread_mutex_lock(&r->lock);
 	for (int i = 0; i < n; i++)
-		r->free[r->nfree++] = slot[i];
+		r->free[(r->free_head + r->nfree++) % SOCKRELAY_SLOTS] = slot[i];
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -163,8 +166,11 @@ int hm_sockrelay_add(struct hm_sockrelay *r, const int fd[2], const uint64_t lim
 	pthread_mutex_lock(&r->lock);
 	bool room = r->nfree >= 2;
 	if (room) {
-		out->slot[0] = r->free[--r->nfree];
-		out->slot[1] = r->free[--r->nfree];
+		for (int i = 0; i < 2; i++) {
+			out->slot[i] = r->free[r->free_head];
+			r->free_head = (r->free_head + 1) % SOCKRELAY_SLOTS;
+			r->nfree--;
+		}
 	}
 	pthread_mutex_unlock(&r->lock);
 	if (!room)
