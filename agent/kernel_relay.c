@@ -285,8 +285,14 @@ static int step(struct agent_krelay *k, struct kr_pair *p, struct kr_side *s)
 		struct hm_sockrelay_side c;
 		hm_sockrelay_get(k->bpf, &p->slots, s->idx, &c);
 		uint64_t written;
-		if (tcp_written(peer->fd, &written) < 0)
-			return -1;
+		if (tcp_written(peer->fd, &written) < 0) {
+			if (errno != EAGAIN)
+				return -1;
+			/* acks kept coming between the reads (a busy stream): not a failure
+			 * of the stream, look again shortly */
+			p->busy = true;
+			return 0;
+		}
 		/* what the kernel handed to the peer's TCP: the rest of redirected is queued
 		 * between the two sockets */
 		uint64_t kernel_done = written - peer->wrote_before - s->sent;
