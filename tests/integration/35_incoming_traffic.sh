@@ -700,8 +700,10 @@ PY
 	done
 	wait "$flood"
 	echo "trace-run's threads: $base before the flood, at most $max during it"
-	[ "$max" -le $((base + 128 + 8)) ] ||
-		fail "trace-run ran $max threads for a flood of 2000 connections (cap 128 + $base)"
+	# + 32: a delivery thread leaves the count when its last connection is done, a moment
+	# before it has exited, and a new one may start in that moment (10 such seen under ASan)
+	[ "$max" -le $((base + 128 + 32)) ] ||
+		fail "trace-run ran $max threads for a flood of 2000 connections (cap 128 + $base + 32 on their way out)"
 	# 128 delivering and 256 waiting: the agent offered more (up to its 1024 streams)
 	grep 'connection(s) to port 7000 refused: 128 are being delivered' "$WORK/$name.err" ||
 		fail "trace-run did not say it refused connections: $(tail -3 "$WORK/$name.err")"
