@@ -415,6 +415,10 @@ static void copy_service(struct mirror_copy *cp)
 		/* the client closed its stream: nothing more to deliver to it */
 		if (!cp->end_queued || cp->head)
 			hm_debug("mirror: a client closed its copy early");
+		else if (cp->end_error == 0)
+			/* it had all of it: a client that closes as soon as it read the end
+			 * can do so before this thread looks at the end below */
+			atomic_fetch_add(&cp->m->cfg.counters->mirrored, 1);
 		copy_kill(cp);
 		return;
 	}
