@@ -122,13 +122,6 @@ static void set_nonblock(int fd)
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-static void close_reset(int fd)
-{
-	struct linger lg = {.l_onoff = 1, .l_linger = 0};
-	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	close(fd);
-}
-
 static void kill_conn(struct conn *c, bool reset)
 {
 	if (c->dead)
@@ -172,7 +165,7 @@ static void conn_free(struct conn *c)
 		struct upstream *u = &c->up[i];
 		if (u->fd >= 0 && c->reset) {
 			epoll_ctl(r->epfd, EPOLL_CTL_DEL, u->fd, NULL);
-			close_reset(u->fd);
+			agent_close_reset(u->fd);
 			u->fd = -1;
 		}
 		upstream_close(c, u);
@@ -180,7 +173,7 @@ static void conn_free(struct conn *c)
 	}
 	epoll_ctl(r->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	if (c->reset)
-		close_reset(c->fd);
+		agent_close_reset(c->fd);
 	else
 		close(c->fd);
 	http_reader_fini(&c->req);
@@ -694,7 +687,7 @@ static void conn_start(struct http_router *r, struct msg *m)
 		if (c)
 			free(c->cin);
 		free(c);
-		close_reset(m->fd);
+		agent_close_reset(m->fd);
 		atomic_fetch_sub(&r->count, 1);
 		r->ops->closed(r->ctx, m->ctx);
 		return;
@@ -874,7 +867,7 @@ void http_router_destroy(struct http_router *r)
 	while (m) {
 		struct msg *next = m->next;
 		if (m->fd >= 0)
-			close_reset(m->fd);
+			agent_close_reset(m->fd);
 		agent_release_run(&m->release);
 		if (m->kind == MSG_ADD) {
 			atomic_fetch_sub(&r->count, 1);
@@ -897,14 +890,14 @@ int http_router_add(struct http_router *r, int client_fd, void *conn, struct hm_
 {
 	if (atomic_fetch_add(&r->count, 1) >= HTTP_ROUTER_CONNS_MAX) {
 		atomic_fetch_sub(&r->count, 1);
-		close_reset(client_fd);
+		agent_close_reset(client_fd);
 		return hm_err_set(err, EMFILE, "http router: %d connections already",
 				  HTTP_ROUTER_CONNS_MAX);
 	}
 	struct msg *m = calloc(1, sizeof(*m));
 	if (!m) {
 		atomic_fetch_sub(&r->count, 1);
-		close_reset(client_fd);
+		agent_close_reset(client_fd);
 		return hm_err_set(err, ENOMEM, "http router");
 	}
 	*m = (struct msg){.kind = MSG_ADD, .fd = client_fd, .ctx = conn};
